@@ -1,0 +1,60 @@
+//! Conversions between `std::net` addresses and the map representation (network-order
+//! bytes viewed as native `u32` words, IPv4 in word 0).
+
+use crate::maps::{FAMILY_V4, FAMILY_V6};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+/// Map words and family of an address.
+pub fn ip_to_words(ip: IpAddr) -> ([u32; 4], u8) {
+    match ip {
+        IpAddr::V4(v4) => ([u32::from_ne_bytes(v4.octets()), 0, 0, 0], FAMILY_V4),
+        IpAddr::V6(v6) => {
+            let o = v6.octets();
+            let mut w = [0u32; 4];
+            for (i, word) in w.iter_mut().enumerate() {
+                *word = u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]]);
+            }
+            (w, FAMILY_V6)
+        }
+    }
+}
+
+/// The address that map words of `family` stand for; `None` for an unknown family.
+pub fn words_to_ip(words: [u32; 4], family: u8) -> Option<IpAddr> {
+    match family {
+        FAMILY_V4 => Some(IpAddr::V4(Ipv4Addr::from(words[0].to_ne_bytes()))),
+        FAMILY_V6 => {
+            let mut o = [0u8; 16];
+            for (i, word) in words.iter().enumerate() {
+                o[4 * i..4 * i + 4].copy_from_slice(&word.to_ne_bytes());
+            }
+            Some(IpAddr::V6(Ipv6Addr::from(o)))
+        }
+        _ => None,
+    }
+}
+
+/// The address's bytes (4 or 16), for [`crate::hash::backend_key`].
+pub fn ip_bytes(ip: &IpAddr) -> Vec<u8> {
+    match ip {
+        IpAddr::V4(v4) => v4.octets().to_vec(),
+        IpAddr::V6(v6) => v6.octets().to_vec(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn words_round_trip_and_keep_network_byte_order_in_memory() {
+        for ip in ["198.18.0.1", "fd00::1:2", "fd00:1:2:3:4:5:6:7"] {
+            let ip: IpAddr = ip.parse().unwrap();
+            let (w, f) = ip_to_words(ip);
+            assert_eq!(words_to_ip(w, f), Some(ip));
+        }
+        let (w, _) = ip_to_words("198.18.0.1".parse().unwrap());
+        assert_eq!(w[0].to_ne_bytes(), [198, 18, 0, 1]);
+        assert_eq!(words_to_ip(w, 9), None);
+    }
+}

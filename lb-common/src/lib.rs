@@ -1,0 +1,18 @@
+//! Types and pure logic shared by the lb XDP program (`lb-ebpf`) and the daemon (`lb-user`).
+//!
+//! Everything here compiles for the bpf target (`no_std`, no allocation) except the
+//! Maglev table builder and the address helpers, which sit behind the `std` feature.
+//! Map keys and values are `#[repr(C)]` with explicit padding: implicit padding in a
+//! hash-map key is how lookups silently miss.
+#![cfg_attr(not(feature = "std"), no_std)]
+
+pub mod hash;
+pub mod maglev;
+pub mod maps;
+pub mod stats;
+
+#[cfg(feature = "std")]
+pub mod addr;
+
+#[cfg(feature = "user")]
+mod pod;

@@ -1,0 +1,204 @@
+//! Keys and values of the maps the daemon writes and the XDP program reads.
+//!
+//! Byte order: addresses are the packet's bytes (network order) viewed as native `u32`
+//! words, so the XDP program can copy them without swapping; an IPv4 address sits in
+//! word 0 with words 1..4 zero. Ports are network order too, as in the TCP header.
+//! Timeouts and port ranges in [`GlobalConfig`] are host order (they are not packet data).
+
+use core::mem::size_of;
+
+/// `family` value for IPv4.
+pub const FAMILY_V4: u8 = 4;
+/// `family` value for IPv6.
+pub const FAMILY_V6: u8 = 6;
+/// IANA protocol number of TCP, the only protocol balanced today.
+pub const PROTO_TCP: u8 = 6;
+
+/// Services (VIP:port) the program knows; also the length of the per-service stats array.
+pub const MAX_SERVICES: u32 = 256;
+/// Backend slots, shared by all services; also the length of the per-backend stats array.
+pub const MAX_BACKENDS: u32 = 16384;
+/// Default Maglev ring size (prime), as in the Maglev paper.
+pub const DEFAULT_RING_SIZE: u32 = 65537;
+/// Interfaces the program may redirect to (devmap size).
+pub const MAX_IFACES: u32 = 64;
+
+/// A 5-tuple in one direction. Key of the flow table (client → VIP) and of the reverse
+/// NAT table (backend → SNAT address).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    /// Source address, network order words.
+    pub src: [u32; 4],
+    /// Destination address, network order words.
+    pub dst: [u32; 4],
+    /// Source port, network order.
+    pub sport: u16,
+    /// Destination port, network order.
+    pub dport: u16,
+    /// IP protocol number ([`PROTO_TCP`]).
+    pub proto: u8,
+    /// [`FAMILY_V4`] or [`FAMILY_V6`].
+    pub family: u8,
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(size_of::<FlowKey>() == 40);
+
+/// Key of the service map: which VIP:port is balanced.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct VipKey {
+    /// VIP address, network order words.
+    pub addr: [u32; 4],
+    /// VIP port, network order.
+    pub port: u16,
+    /// IP protocol number ([`PROTO_TCP`]).
+    pub proto: u8,
+    /// [`FAMILY_V4`] or [`FAMILY_V6`].
+    pub family: u8,
+}
+const _: () = assert!(size_of::<VipKey>() == 20);
+
+/// Forwarding mode of a service: full NAT in XDP, both directions through the LB.
+pub const MODE_NAT: u32 = 0;
+
+/// Value of the service map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Service {
+    /// Index into the per-service stats array; below `MAX_SERVICES`.
+    pub id: u32,
+    /// Start of this service's live Maglev table inside the `MAGLEV` array. The daemon
+    /// writes a new table into the other half and then rewrites this value, so a packet
+    /// sees either the whole old table or the whole new one.
+    pub table_offset: u32,
+    /// One of the `MODE_*` constants.
+    pub mode: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<Service>() == 16);
+
+/// Backend slot is unused.
+pub const BACKEND_EMPTY: u8 = 0;
+/// Backend takes new flows.
+pub const BACKEND_UP: u8 = 1;
+/// Backend keeps its flows but takes no new ones (not in the Maglev table).
+pub const BACKEND_DRAINING: u8 = 2;
+/// Backend is down: its flows are re-balanced onto the others.
+pub const BACKEND_DOWN: u8 = 3;
+
+/// Value of the backend array, indexed by backend id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Backend {
+    /// Backend address, network order words.
+    pub addr: [u32; 4],
+    /// Source address the LB uses toward this backend (SNAT), network order words.
+    pub snat_addr: [u32; 4],
+    /// Backend port, network order.
+    pub port: u16,
+    /// [`FAMILY_V4`] or [`FAMILY_V6`].
+    pub family: u8,
+    /// One of the `BACKEND_*` states.
+    pub state: u8,
+    /// The service this backend belongs to.
+    pub service_id: u32,
+}
+const _: () = assert!(size_of::<Backend>() == 40);
+
+/// The client sent a FIN.
+pub const FLOW_FIN_CLIENT: u8 = 1;
+/// The backend sent a FIN.
+pub const FLOW_FIN_BACKEND: u8 = 2;
+/// Either side sent a RST.
+pub const FLOW_RST: u8 = 4;
+/// Flags after which a flow uses the short `closed_timeout_ns`.
+pub const FLOW_CLOSED: u8 = FLOW_FIN_CLIENT | FLOW_FIN_BACKEND;
+
+/// Value of the flow table (key: client → VIP [`FlowKey`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowState {
+    /// `bpf_ktime_get_ns()` of the last packet in either direction.
+    pub last_seen_ns: u64,
+    /// Backend id this flow is pinned to.
+    pub backend: u32,
+    /// Source port toward the backend, network order.
+    pub snat_port: u16,
+    /// `FLOW_*` bits.
+    pub flags: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(size_of::<FlowState>() == 16);
+
+/// Value of the reverse NAT table (key: backend → SNAT address:port [`FlowKey`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReverseNat {
+    /// The flow's client → VIP key, to rewrite replies and refresh the flow entry.
+    pub flow: FlowKey,
+    /// Backend id, for the per-backend counters.
+    pub backend: u32,
+    /// Service id, for the per-service counters.
+    pub service_id: u32,
+}
+const _: () = assert!(size_of::<ReverseNat>() == 48);
+
+/// Settings that apply to every service; the single entry of the `CONFIG` array.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GlobalConfig {
+    /// An established flow idle this long is forgotten, nanoseconds.
+    pub idle_timeout_ns: u64,
+    /// A flow after FIN in both directions or a RST is forgotten after this, nanoseconds.
+    pub closed_timeout_ns: u64,
+    /// Maglev ring size (prime); each service has two tables of this size.
+    pub ring_size: u32,
+    /// Lowest SNAT source port, host order.
+    pub snat_port_min: u16,
+    /// Highest SNAT source port, host order.
+    pub snat_port_max: u16,
+}
+const _: () = assert!(size_of::<GlobalConfig>() == 24);
+
+/// Packet and byte counters of a service or a backend (one per CPU in the maps).
+/// "in" is client → backend, "out" is backend → client.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TrafficCounters {
+    pub packets_in: u64,
+    pub bytes_in: u64,
+    pub packets_out: u64,
+    pub bytes_out: u64,
+    pub new_flows: u64,
+}
+const _: () = assert!(size_of::<TrafficCounters>() == 40);
+
+impl TrafficCounters {
+    /// Field-wise sum, to fold the per-CPU values.
+    pub fn add(&mut self, other: &TrafficCounters) {
+        self.packets_in += other.packets_in;
+        self.bytes_in += other.bytes_in;
+        self.packets_out += other.packets_out;
+        self.bytes_out += other.bytes_out;
+        self.new_flows += other.new_flows;
+    }
+}
+
+/// Names of the maps in the eBPF object, used by the daemon and `lb stats`.
+pub mod names {
+    pub const SERVICES: &str = "SERVICES";
+    pub const BACKENDS: &str = "BACKENDS";
+    pub const MAGLEV: &str = "MAGLEV";
+    pub const FLOWS: &str = "FLOWS";
+    pub const REVERSE_NAT: &str = "REVERSE_NAT";
+    pub const CONFIG: &str = "CONFIG";
+    pub const TX_PORTS: &str = "TX_PORTS";
+    pub const SERVICE_STATS: &str = "SERVICE_STATS";
+    pub const BACKEND_STATS: &str = "BACKEND_STATS";
+    pub const COUNTERS: &str = "COUNTERS";
+    /// The load-balancing program.
+    pub const PROG_LB: &str = "lb_xdp";
+    /// A program that passes everything; tests attach it to veth peers (see TOOLCHAIN.md).
+    pub const PROG_PASS: &str = "xdp_pass";
+}

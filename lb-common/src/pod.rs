@@ -1,0 +1,24 @@
+//! `aya::Pod` for the map types, so the daemon can read and write them.
+
+use crate::maps::{
+    Backend, FlowKey, FlowState, GlobalConfig, ReverseNat, Service, TrafficCounters, VipKey,
+};
+
+// SAFETY: each type is #[repr(C)], Copy, built only from integers and integer arrays,
+// with explicit padding fields (checked by the size asserts in maps.rs), so every bit
+// pattern is a valid value and no byte is uninitialised padding.
+unsafe impl aya::Pod for FlowKey {}
+// SAFETY: as above.
+unsafe impl aya::Pod for VipKey {}
+// SAFETY: as above.
+unsafe impl aya::Pod for Service {}
+// SAFETY: as above.
+unsafe impl aya::Pod for Backend {}
+// SAFETY: as above.
+unsafe impl aya::Pod for FlowState {}
+// SAFETY: as above.
+unsafe impl aya::Pod for ReverseNat {}
+// SAFETY: as above.
+unsafe impl aya::Pod for GlobalConfig {}
+// SAFETY: as above.
+unsafe impl aya::Pod for TrafficCounters {}
