@@ -1,0 +1,327 @@
+//! Starting, watching and stopping the `lb` daemon inside the LB namespace.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use crate::netns::{Netns, wait_until};
+use crate::{cleanup, cmd, sys};
+
+/// How the daemon enters the LB namespace. Users do both; they differ in bpffs:
+/// `ip netns exec` remounts /sys (no bpffs at /sys/fs/bpf), `nsenter --net` keeps the
+/// host's mounts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Launch {
+    IpNetnsExec,
+    Nsenter,
+}
+
+impl Launch {
+    /// A command running `bin` inside `ns` this way.
+    pub fn command(self, ns: &Netns, bin: &Path) -> Command {
+        self.command_in(ns.name(), &ns.path(), bin)
+    }
+
+    fn command_in(self, ns_name: &str, ns_path: &Path, bin: &Path) -> Command {
+        let mut c = match self {
+            Launch::IpNetnsExec => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns_name]);
+                c
+            }
+            Launch::Nsenter => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net={}", ns_path.display()));
+                c
+            }
+        };
+        c.arg(bin);
+        c
+    }
+}
+
+/// XDP attach mode of an interface as `ip link show` reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum XdpState {
+    None,
+    /// Native (driver) mode: `xdp`.
+    Native,
+    /// Generic (skb) mode: `xdpgeneric`.
+    Generic,
+    /// Offload or several programs (`xdpoffload`, `xdpmulti`).
+    Other,
+}
+
+/// Parses the XDP flag off the first line of `ip link show dev IF`
+/// (`... mtu 1500 xdp qdisc ...`).
+pub fn parse_xdp_state(ip_link_output: &str) -> XdpState {
+    let first = ip_link_output.lines().next().unwrap_or_default();
+    for word in first.split_whitespace() {
+        match word {
+            "xdp" => return XdpState::Native,
+            "xdpgeneric" => return XdpState::Generic,
+            "xdpoffload" | "xdpmulti" => return XdpState::Other,
+            _ => {}
+        }
+    }
+    XdpState::None
+}
+
+/// The XDP state of `iface` in `ns`.
+pub fn xdp_state(ns: &Netns, iface: &str) -> Result<XdpState> {
+    Ok(parse_xdp_state(
+        &ns.ip(&format!("-d link show dev {iface}"))?,
+    ))
+}
+
+/// A running (or exited) `lb` daemon. Dropping it stops it (SIGTERM, then SIGKILL).
+pub struct Daemon {
+    child: Option<Child>,
+    status: Option<ExitStatus>,
+    pid: u32,
+    ns_name: String,
+    ns_path: PathBuf,
+    launch: Launch,
+    bin: PathBuf,
+    ifaces: Vec<String>,
+    log: PathBuf,
+    cmdline: String,
+}
+
+impl Daemon {
+    /// Starts `lb ARGS` in `ns` and waits until it is ready: its log says `ready` and
+    /// every interface in `ifaces` has an XDP program (20 s at most). The log goes to
+    /// `log`.
+    pub fn start(
+        ns: &Netns,
+        bin: &Path,
+        launch: Launch,
+        args: &[String],
+        ifaces: &[String],
+        log: &Path,
+    ) -> Result<Daemon> {
+        let mut d = Daemon::spawn(ns, bin, launch, args, ifaces, log)?;
+        d.wait_ready(ns, Duration::from_secs(20))?;
+        Ok(d)
+    }
+
+    /// Starts `lb ARGS` in `ns` without waiting.
+    pub fn spawn(
+        ns: &Netns,
+        bin: &Path,
+        launch: Launch,
+        args: &[String],
+        ifaces: &[String],
+        log: &Path,
+    ) -> Result<Daemon> {
+        let mut c = launch.command(ns, bin);
+        c.args(args);
+        let cmdline = cmd::display(&c);
+        let log_file = File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        let child = c
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log_file.try_clone()?))
+            .stderr(Stdio::from(log_file))
+            .env("RUST_BACKTRACE", "1")
+            .spawn()
+            .with_context(|| format!("cannot start `{cmdline}`"))?;
+        let pid = child.id();
+        cleanup::add_pid(pid);
+        Ok(Daemon {
+            child: Some(child),
+            status: None,
+            pid,
+            ns_name: ns.name().to_owned(),
+            ns_path: ns.path(),
+            launch,
+            bin: bin.to_owned(),
+            ifaces: ifaces.to_vec(),
+            log: log.to_owned(),
+            cmdline,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// The daemon's output so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_else(|e| format!("<cannot read log: {e}>"))
+    }
+
+    fn context(&self) -> String {
+        format!("`{}`; its log:\n{}", self.cmdline, self.log())
+    }
+
+    fn poll_exit(&mut self) -> Option<ExitStatus> {
+        if self.status.is_none() {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                self.status = Some(status);
+                cleanup::remove_pid(self.pid);
+            }
+        }
+        self.status
+    }
+
+    /// Waits until the log says `ready` and every interface has an XDP program.
+    pub fn wait_ready(&mut self, ns: &Netns, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.poll_exit() {
+                bail!(
+                    "lb exited ({status}) before it was ready: {}",
+                    self.context()
+                );
+            }
+            if self.log().contains("ready") {
+                let mut all = true;
+                for iface in &self.ifaces {
+                    if xdp_state(ns, iface)? == XdpState::None {
+                        all = false;
+                    }
+                }
+                if all {
+                    return Ok(());
+                }
+            }
+            if Instant::now() >= deadline {
+                let links = ns.ip("-d link show").unwrap_or_default();
+                bail!(
+                    "lb not ready within {timeout:?} (log says `ready` and xdp on {:?}); links:\n{links}\n{}",
+                    self.ifaces,
+                    self.context()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits up to `timeout` for the daemon to exit on its own.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus> {
+        if !wait_until(timeout, || Ok(self.poll_exit().is_some())) {
+            bail!("lb still running after {timeout:?}: {}", self.context());
+        }
+        Ok(self.status.expect("polled"))
+    }
+
+    /// Runs `lb ARGS` (e.g. `stats --json`) in the daemon's namespace, the same way the
+    /// daemon was started, and returns its stdout.
+    pub fn run_cli(&self, args: &[&str]) -> Result<String> {
+        let mut c = self
+            .launch
+            .command_in(&self.ns_name, &self.ns_path, &self.bin);
+        c.args(args);
+        cmd::run(&mut c).with_context(|| format!("daemon log:\n{}", self.log()))
+    }
+
+    /// `lb stats --json`, parsed.
+    pub fn stats_json(&self) -> Result<serde_json::Value> {
+        let out = self.run_cli(&["stats", "--json"])?;
+        serde_json::from_str(&out).with_context(|| format!("`lb stats --json` printed:\n{out}"))
+    }
+
+    /// Stops the daemon with SIGTERM and checks it exits 0 within 10 s and leaves no
+    /// XDP program on its interfaces.
+    pub fn stop(mut self, ns: &Netns) -> Result<()> {
+        if let Some(status) = self.poll_exit() {
+            bail!("lb had already exited ({status}): {}", self.context());
+        }
+        sys::kill(self.pid, libc::SIGTERM).context("sending SIGTERM to lb")?;
+        let status = self.wait_exit(Duration::from_secs(10))?;
+        if !status.success() {
+            bail!(
+                "lb exited with {status} after SIGTERM, expected 0: {}",
+                self.context()
+            );
+        }
+        for iface in &self.ifaces {
+            let state = xdp_state(ns, iface)?;
+            if state != XdpState::None {
+                bail!(
+                    "after lb exited, {iface} still has an XDP program ({state:?}):\n{}\n{}",
+                    ns.ip(&format!("-d link show dev {iface}"))
+                        .unwrap_or_default(),
+                    self.context()
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        if self.status.is_none() && matches!(child.try_wait(), Ok(None)) {
+            let _ = sys::kill(self.pid, libc::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            if matches!(child.try_wait(), Ok(None)) {
+                let _ = sys::kill(self.pid, libc::SIGKILL);
+            }
+        }
+        let _ = child.wait();
+        cleanup::remove_pid(self.pid);
+    }
+}
+
+/// Per-backend `new_flows` from `lb stats --json`, keyed by the `addr` string.
+pub fn backend_new_flows(stats: &serde_json::Value) -> Result<Vec<(String, u64)>> {
+    let services = stats["services"]
+        .as_array()
+        .with_context(|| format!("no `services` array in {stats}"))?;
+    let mut out = Vec::new();
+    for svc in services {
+        let backends = svc["backends"]
+            .as_array()
+            .with_context(|| format!("no `backends` array in {svc}"))?;
+        for b in backends {
+            let addr = b["addr"]
+                .as_str()
+                .with_context(|| format!("no `addr` in {b}"))?;
+            let n = b["counters"]["new_flows"]
+                .as_u64()
+                .with_context(|| format!("no `counters.new_flows` in {b}"))?;
+            out.push((addr.to_owned(), n));
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_xdp_flags() {
+        let native = "5: lb0@if4: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1500 xdp qdisc noqueue state UP\n    prog/xdp id 42";
+        let generic = "5: lb0@if4: <BROADCAST,UP> mtu 1500 xdpgeneric qdisc noqueue state UP";
+        let none = "5: lb0@if4: <BROADCAST,UP> mtu 1500 qdisc noqueue state UP\n    link/ether";
+        assert_eq!(parse_xdp_state(native), XdpState::Native);
+        assert_eq!(parse_xdp_state(generic), XdpState::Generic);
+        assert_eq!(parse_xdp_state(none), XdpState::None);
+    }
+
+    #[test]
+    fn reads_backend_flows() {
+        let v: serde_json::Value = serde_json::from_str(
+            r#"{"services":[{"name":"web4","vip":"198.18.100.1:80","counters":{},
+                "backends":[{"addr":"198.18.1.11:80","weight":1,"state":"up",
+                "counters":{"packets_in":1,"bytes_in":2,"packets_out":3,"bytes_out":4,"new_flows":7}}]}],
+                "counters":{}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            backend_new_flows(&v).unwrap(),
+            vec![("198.18.1.11:80".to_owned(), 7)]
+        );
+    }
+}

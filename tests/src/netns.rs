@@ -1,0 +1,174 @@
+//! A named network namespace that deletes itself on drop, after killing the processes
+//! started in it.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+
+use crate::{cleanup, cmd, sys};
+
+/// Prefix of every namespace the test bed creates: `lbt<pid>-<n>-<role>`.
+const PREFIX: &str = "lbt";
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A network namespace created with `ip netns add`, deleted on drop.
+pub struct Netns {
+    name: String,
+    children: Mutex<Vec<Child>>,
+}
+
+impl Netns {
+    /// Creates a namespace with a unique name (pid + counter + `role`) and brings its
+    /// loopback up.
+    pub fn new(role: &str) -> Result<Netns> {
+        remove_stale();
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let name = format!("{PREFIX}{}-{n}-{role}", std::process::id());
+        cmd::run(Command::new("ip").args(["netns", "add", &name]))
+            .with_context(|| format!("creating namespace {name}"))?;
+        cleanup::add_namespace(&name);
+        let ns = Netns {
+            name,
+            children: Mutex::new(Vec::new()),
+        };
+        ns.ip("link set lo up")?;
+        Ok(ns)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `/run/netns/NAME`, for `nsenter --net=` and `setns`.
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from("/run/netns").join(&self.name)
+    }
+
+    /// `ip -n NAME ARGS...` (ARGS split on whitespace).
+    pub fn ip(&self, args: &str) -> Result<String> {
+        cmd::run(
+            Command::new("ip")
+                .args(["-n", &self.name])
+                .args(args.split_whitespace()),
+        )
+    }
+
+    /// Runs `ip -n NAME -batch -` with one `ip` command per line of `script`.
+    pub fn ip_batch(&self, script: &str) -> Result<String> {
+        cmd::run_with_stdin(
+            Command::new("ip").args(["-n", &self.name, "-batch", "-"]),
+            script,
+        )
+        .with_context(|| format!("configuring namespace {}", self.name))
+    }
+
+    /// A command that runs `program args...` inside the namespace via `ip netns exec`.
+    pub fn command(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name, program]);
+        c
+    }
+
+    /// Runs `program args...` inside the namespace and returns its stdout.
+    pub fn exec(&self, program: &str, args: &[&str]) -> Result<String> {
+        cmd::run(self.command(program).args(args))
+    }
+
+    /// Sets sysctls (`key=value`) inside the namespace.
+    pub fn sysctl(&self, settings: &[&str]) -> Result<()> {
+        let mut args = vec!["-q", "-w"];
+        args.extend_from_slice(settings);
+        self.exec("sysctl", &args).map(drop)
+    }
+
+    /// Starts `cmd` (built with [`Netns::command`]) in the background; it is killed by
+    /// PID when the namespace is dropped. Returns its PID.
+    pub fn spawn(&self, mut cmd: Command) -> Result<u32> {
+        let line = cmd::display(&cmd);
+        let child = cmd
+            .stdin(Stdio::null())
+            .spawn()
+            .with_context(|| format!("cannot start `{line}`"))?;
+        let pid = child.id();
+        cleanup::add_pid(pid);
+        self.children
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(child);
+        Ok(pid)
+    }
+
+    /// Whether the background process `pid` started with [`Netns::spawn`] still runs.
+    pub fn running(&self, pid: u32) -> bool {
+        let mut children = self.children.lock().unwrap_or_else(|e| e.into_inner());
+        children
+            .iter_mut()
+            .find(|c| c.id() == pid)
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let children = std::mem::take(self.children.get_mut().unwrap_or_else(|e| e.into_inner()));
+        for mut child in children {
+            let pid = child.id();
+            if matches!(child.try_wait(), Ok(None)) {
+                let _ = sys::kill(pid, libc::SIGKILL);
+            }
+            let _ = child.wait();
+            cleanup::remove_pid(pid);
+        }
+        if let Err(e) = cmd::run(Command::new("ip").args(["netns", "delete", &self.name])) {
+            eprintln!("warning: cannot delete namespace {}: {e:#}", self.name);
+        }
+        cleanup::remove_namespace(&self.name);
+    }
+}
+
+/// Deletes namespaces left by earlier runs whose process is gone (a SIGKILLed test run
+/// cannot clean up after itself). Runs once per process.
+fn remove_stale() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let Ok(entries) = std::fs::read_dir("/run/netns") else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(pid) = name
+                .strip_prefix(PREFIX)
+                .and_then(|rest| rest.split('-').next())
+                .and_then(|pid| pid.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if pid != std::process::id() && !sys::alive(pid) {
+                let _ = Command::new("ip")
+                    .args(["netns", "delete", &name])
+                    .stderr(Stdio::null())
+                    .status();
+            }
+        }
+    });
+}
+
+/// Polls `check` every 50 ms until it returns `Ok(true)` or `timeout` passes; returns
+/// whether it succeeded. Errors from `check` count as "not yet".
+pub fn wait_until(timeout: Duration, mut check: impl FnMut() -> Result<bool>) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if matches!(check(), Ok(true)) {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -1,0 +1,77 @@
+//! The only module with `unsafe`: thin wrappers over the few libc calls the test bed
+//! needs (entering a namespace, signalling a process by PID, checking for root).
+#![allow(unsafe_code)]
+
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::path::Path;
+
+/// Moves the calling thread into the network namespace at `path` (e.g. /run/netns/NAME).
+/// Only the calling thread changes namespace; callers use a dedicated thread.
+pub fn enter_netns(path: &Path) -> io::Result<()> {
+    let file = File::open(path)?;
+    // SAFETY: `file` is an open namespace file descriptor for the whole call; setns only
+    // changes the calling thread's network namespace and touches no memory of ours.
+    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Sends `signal` to `pid`. A process that is already gone is not an error.
+pub fn kill(pid: u32, signal: i32) -> io::Result<()> {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "pid out of range",
+        ));
+    };
+    if pid <= 0 {
+        // kill(0 or negative) signals process groups: never what we mean.
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "pid must be positive",
+        ));
+    }
+    // SAFETY: kill has no memory-safety preconditions; `pid` is positive, so exactly one
+    // process is addressed, never a group.
+    let rc = unsafe { libc::kill(pid, signal) };
+    if rc != 0 {
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::ESRCH) {
+            return Ok(());
+        }
+        return Err(err);
+    }
+    Ok(())
+}
+
+/// Whether `pid` names a live process: it exists (signal 0 probes without signalling)
+/// and is not a zombie waiting to be reaped.
+pub fn alive(pid: u32) -> bool {
+    let Ok(raw) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
+    // SAFETY: signal 0 only checks that the process exists; no memory is involved.
+    let exists = raw > 0 && unsafe { libc::kill(raw, 0) } == 0;
+    exists && !zombie(pid)
+}
+
+fn zombie(pid: u32) -> bool {
+    // /proc/PID/stat is "pid (comm) STATE ..."; comm may contain spaces, so split after ')'.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
+}
+
+/// Whether the effective user is root.
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
