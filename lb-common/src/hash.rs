@@ -14,7 +14,10 @@ const SEED: u32 = 0x6c62_2d31; // "lb-1"
 #[inline(always)]
 fn mix(h: u32, k: u32) -> u32 {
     let k = k.wrapping_mul(C1).rotate_left(15).wrapping_mul(C2);
-    (h ^ k).rotate_left(13).wrapping_mul(5).wrapping_add(0xe654_6b64)
+    (h ^ k)
+        .rotate_left(13)
+        .wrapping_mul(5)
+        .wrapping_add(0xe654_6b64)
 }
 
 #[inline(always)]
@@ -68,7 +71,11 @@ pub const fn splitmix64(mut x: u64) -> u64 {
 /// Stable key of a backend from its address bytes (4 or 16) and port (host order).
 pub fn backend_key(addr_bytes: &[u8], port: u16) -> u64 {
     let mut buf = [0u8; 18];
-    let n = if addr_bytes.len() > 16 { 16 } else { addr_bytes.len() };
+    let n = if addr_bytes.len() > 16 {
+        16
+    } else {
+        addr_bytes.len()
+    };
     buf[..n].copy_from_slice(&addr_bytes[..n]);
     buf[n..n + 2].copy_from_slice(&port.to_be_bytes());
     fnv1a64(&buf[..n + 2])

@@ -20,12 +20,12 @@ pub const fn is_prime(n: u32) -> bool {
     if n < 2 {
         return false;
     }
-    if n % 2 == 0 {
+    if n.is_multiple_of(2) {
         return n == 2;
     }
     let mut d = 3u64;
     while d * d <= n as u64 {
-        if n as u64 % d == 0 {
+        if (n as u64).is_multiple_of(d) {
             return false;
         }
         d += 2;
@@ -140,7 +140,11 @@ mod build {
             for (i, got) in shares(&table, weights.len()).into_iter().enumerate() {
                 let want = M as f64 * weights[i] as f64 / total as f64;
                 let err = (got as f64 - want).abs() / want;
-                assert!(err < 0.01, "weights {weights:?}: backend {i} has {got} slots, want {want:.0} ({:.2}% off)", err * 100.0);
+                assert!(
+                    err < 0.01,
+                    "weights {weights:?}: backend {i} has {got} slots, want {want:.0} ({:.2}% off)",
+                    err * 100.0
+                );
             }
         }
 
@@ -182,14 +186,21 @@ mod build {
                 let all = backends(&vec![1; n]);
                 let before = build_table(&all, M);
                 for removed in [0, n / 2, n - 1] {
-                    let rest: Vec<_> = all.iter().copied().filter(|b| b.id != removed as u32).collect();
+                    let rest: Vec<_> = all
+                        .iter()
+                        .copied()
+                        .filter(|b| b.id != removed as u32)
+                        .collect();
                     let after = build_table(&rest, M);
                     let moved = before.iter().zip(&after).filter(|(a, b)| a != b).count();
                     let frac = moved as f64 / M as f64;
                     let ideal = 1.0 / n as f64;
                     // The removed backend's own slots must move; Maglev moves a few more.
                     assert!(frac >= ideal * 0.99, "n={n}: moved {frac:.4} < 1/n");
-                    assert!(frac <= ideal * 1.25, "n={n}: moved {frac:.4}, ideal {ideal:.4}");
+                    assert!(
+                        frac <= ideal * 1.25,
+                        "n={n}: moved {frac:.4}, ideal {ideal:.4}"
+                    );
                     // Slots that did not belong to the removed backend mostly stay.
                     let kept = before
                         .iter()
@@ -198,7 +209,10 @@ mod build {
                         .filter(|(a, b)| a == b)
                         .count();
                     let others = before.iter().filter(|a| **a != removed as u32).count();
-                    assert!(kept as f64 / others as f64 > 0.97, "n={n}: others disturbed");
+                    assert!(
+                        kept as f64 / others as f64 > 0.97,
+                        "n={n}: others disturbed"
+                    );
                 }
             }
         }

@@ -1,0 +1,104 @@
+//! Command-line flags (clap). Values are kept as text here and validated by `config`, so
+//! flags and the config file share one set of checks and error messages.
+
+use crate::config::FlagSettings;
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+/// lb: an XDP/eBPF TCP load balancer. Balances TCP connections to a virtual IP over
+/// backends with Maglev consistent hashing, in the kernel's XDP hook.
+#[derive(Debug, Parser)]
+#[command(name = "lb", version, args_conflicts_with_subcommands = true, after_help = EXAMPLES)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+const EXAMPLES: &str = "Examples:
+  lb --iface eth0 --vip 198.18.100.1:80 --backend 198.18.1.11:80 --backend 198.18.1.12:80@2
+  lb --iface eth0 --vip '[fd00:100::1]:443' --backend '[fd00:1::11]:443' --backend '[fd00:1::12]:443'
+  lb --config /etc/lb/lb.toml
+  lb stats            (in another shell, same network namespace)";
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show the running daemon's counters: per service and backend, and drops by reason.
+    Stats {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Run the load balancer in the foreground until SIGINT/SIGTERM.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// TOML file with global settings and [[service]] sections; flags override its globals.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Interface to attach to; repeat for a two-armed setup (client side, backend side).
+    #[arg(long = "iface", value_name = "IF")]
+    pub ifaces: Vec<String>,
+    /// Virtual IP and port of the service: 198.18.100.1:80 or [fd00::10]:80.
+    #[arg(long, value_name = "IP:PORT")]
+    pub vip: Option<String>,
+    /// A backend of the service, with an optional weight (default 1); repeat per backend.
+    #[arg(long = "backend", value_name = "IP:PORT[@WEIGHT]")]
+    pub backends: Vec<String>,
+    /// Name of the service given with --vip (default "default").
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// Forwarding mode: nat (full NAT, both directions through the LB).
+    #[arg(long, value_name = "MODE")]
+    pub mode: Option<String>,
+    /// Source address toward backends (one per family); default: the egress interface's.
+    #[arg(long = "snat-ip", value_name = "IP")]
+    pub snat_ips: Vec<String>,
+    /// Source ports used toward backends; keep it outside net.ipv4.ip_local_port_range.
+    #[arg(long, value_name = "LOW-HIGH")]
+    pub snat_ports: Option<String>,
+    /// Flow table size (connections remembered); default 262144.
+    #[arg(long, value_name = "N")]
+    pub max_flows: Option<u32>,
+    /// How long an idle established flow is remembered (e.g. 350s, 5m); default 350s.
+    #[arg(long, value_name = "DURATION")]
+    pub idle_timeout: Option<String>,
+    /// How long a flow is remembered after FIN both ways or RST; default 10s.
+    #[arg(long, value_name = "DURATION")]
+    pub closed_timeout: Option<String>,
+    /// XDP attach mode: auto (native, else skb with a warning), native, skb.
+    #[arg(long, value_name = "MODE")]
+    pub xdp_mode: Option<String>,
+    /// Maglev table size per service, a prime; default 65537.
+    #[arg(long, value_name = "PRIME")]
+    pub ring_size: Option<u32>,
+    /// Services the maps are sized for; default 16.
+    #[arg(long, value_name = "N")]
+    pub max_services: Option<u32>,
+    /// Validate the configuration, print it, and exit without attaching anything.
+    #[arg(long)]
+    pub check: bool,
+}
+
+impl RunArgs {
+    pub fn settings(&self) -> FlagSettings {
+        FlagSettings {
+            config: self.config.clone(),
+            ifaces: self.ifaces.clone(),
+            xdp_mode: self.xdp_mode.clone(),
+            name: self.name.clone(),
+            vip: self.vip.clone(),
+            mode: self.mode.clone(),
+            backends: self.backends.clone(),
+            snat_ips: self.snat_ips.clone(),
+            snat_ports: self.snat_ports.clone(),
+            max_flows: self.max_flows,
+            ring_size: self.ring_size,
+            max_services: self.max_services,
+            idle_timeout: self.idle_timeout.clone(),
+            closed_timeout: self.closed_timeout.clone(),
+        }
+    }
+}

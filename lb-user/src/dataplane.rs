@@ -1,0 +1,428 @@
+//! Loads the XDP program, programs its maps and attaches it to the LB's interfaces.
+//! Dropping a [`Dataplane`] detaches the program and frees the maps.
+
+use crate::config::{Config, ServiceConfig, XdpModeChoice};
+use crate::object;
+use crate::sys;
+use aya::maps::{Array, DevMapHash, HashMap, MapData, MapError};
+use aya::programs::{ProgramError, Xdp, XdpMode, xdp::XdpLinkId};
+use aya::{Ebpf, EbpfError, EbpfLoader};
+use lb_common::addr::{ip_bytes, ip_to_words};
+use lb_common::hash::backend_key;
+use lb_common::maglev::{MaglevBackend, build_table};
+use lb_common::maps::{self as m, Backend, GlobalConfig, Service, VipKey, names};
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use tracing::{info, warn};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    #[error(transparent)]
+    MissingObject(#[from] object::MissingObject),
+    #[error("loading the eBPF object: {0}")]
+    Load(#[source] Box<EbpfError>),
+    #[error("program {0} is missing from the eBPF object")]
+    MissingProgram(&'static str),
+    #[error("map {0} is missing from the eBPF object")]
+    MissingMap(&'static str),
+    #[error(
+        "the kernel rejected program {program}: {source}\nverifier log:\n{log}\nhint: run on a kernel with BTF and XDP support (5.15+), as root"
+    )]
+    Verifier {
+        program: &'static str,
+        source: std::io::Error,
+        log: String,
+    },
+    #[error("program {program}: {source}")]
+    Program {
+        program: &'static str,
+        source: Box<ProgramError>,
+    },
+    #[error("interface {iface:?}: {source} (check `ip link` in this network namespace)")]
+    UnknownIface {
+        iface: String,
+        source: std::io::Error,
+    },
+    #[error("attaching to {iface} in {mode} mode: {source}\nhint: {hint}")]
+    Attach {
+        iface: String,
+        mode: &'static str,
+        source: Box<ProgramError>,
+        hint: &'static str,
+    },
+    #[error("writing map {map}: {source}")]
+    Map { map: &'static str, source: MapError },
+    #[error("adding {iface} to the redirect map {}: {source}", names::TX_PORTS)]
+    TxPort {
+        iface: String,
+        source: aya::maps::xdp::XdpMapError,
+    },
+    #[error(
+        "backend {backend}: no route from this host to choose a SNAT source address ({source}); add a route or give --snat-ip"
+    )]
+    NoSnatSource {
+        backend: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Where the program is attached.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct Attachment {
+    pub iface: String,
+    pub ifindex: u32,
+    /// "native" or "skb".
+    pub mode: String,
+}
+
+/// A backend as programmed into the maps.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct BackendSlot {
+    pub id: u32,
+    pub addr: SocketAddr,
+    pub weight: u32,
+    pub snat_ip: IpAddr,
+}
+
+/// A service as programmed into the maps.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct ServiceSlot {
+    pub id: u32,
+    pub name: String,
+    pub vip: SocketAddr,
+    pub mode: String,
+    /// Which half of the service's two Maglev tables is live (0 or 1).
+    pub live_half: u32,
+    pub backends: Vec<BackendSlot>,
+}
+
+pub struct Dataplane {
+    ebpf: Ebpf,
+    ring_size: u32,
+    links: Vec<XdpLinkId>,
+    pub attachments: Vec<Attachment>,
+    pub services: Vec<ServiceSlot>,
+}
+
+impl Dataplane {
+    /// Loads the embedded object with maps sized from `cfg` and verifies the program.
+    /// Nothing is attached yet.
+    pub fn load(cfg: &Config) -> Result<Dataplane, DataplaneError> {
+        let bytes = object::require()?;
+        let maglev_entries = cfg.max_services * 2 * cfg.ring_size;
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(names::MAGLEV, maglev_entries)
+            .map_max_entries(names::FLOWS, cfg.max_flows)
+            .map_max_entries(names::REVERSE_NAT, cfg.max_flows)
+            .load(bytes)
+            .map_err(|e| DataplaneError::Load(Box::new(e)))?;
+        let prog: &mut Xdp = ebpf
+            .program_mut(names::PROG_LB)
+            .ok_or(DataplaneError::MissingProgram(names::PROG_LB))?
+            .try_into()
+            .map_err(|source| DataplaneError::Program {
+                program: names::PROG_LB,
+                source: Box::new(source),
+            })?;
+        prog.load().map_err(|e| match e {
+            ProgramError::LoadError {
+                io_error,
+                verifier_log,
+            } => DataplaneError::Verifier {
+                program: names::PROG_LB,
+                source: io_error,
+                log: verifier_log.to_string(),
+            },
+            other => DataplaneError::Program { program: names::PROG_LB, source: Box::new(other) },
+        })?;
+        info!(
+            maglev_entries,
+            max_flows = cfg.max_flows,
+            "loaded XDP program {}",
+            names::PROG_LB
+        );
+        Ok(Dataplane {
+            ebpf,
+            ring_size: cfg.ring_size,
+            links: Vec::new(),
+            attachments: Vec::new(),
+            services: Vec::new(),
+        })
+    }
+
+    /// Writes the global settings, the redirect ports and every service with its Maglev
+    /// table. Call before [`Dataplane::attach`], so no packet sees a half-filled map.
+    pub fn program(&mut self, cfg: &Config) -> Result<(), DataplaneError> {
+        let global = GlobalConfig {
+            idle_timeout_ns: cfg.idle_timeout.as_nanos() as u64,
+            closed_timeout_ns: cfg.closed_timeout.as_nanos() as u64,
+            ring_size: cfg.ring_size,
+            snat_port_min: cfg.snat_ports.0,
+            snat_port_max: cfg.snat_ports.1,
+        };
+        let mut config: Array<&mut MapData, GlobalConfig> = self.map_mut(names::CONFIG)?;
+        config
+            .set(0, global, 0)
+            .map_err(|source| DataplaneError::Map {
+                map: names::CONFIG,
+                source,
+            })?;
+
+        let mut ports: DevMapHash<&mut MapData> = self.map_mut(names::TX_PORTS)?;
+        for iface in &cfg.ifaces {
+            let idx = sys::ifindex(iface).map_err(|source| DataplaneError::UnknownIface {
+                iface: iface.clone(),
+                source,
+            })?;
+            ports
+                .insert(idx, idx, None, 0)
+                .map_err(|source| DataplaneError::TxPort {
+                    iface: iface.clone(),
+                    source,
+                })?;
+        }
+
+        let mut next_backend = 0u32;
+        for (id, svc) in cfg.services.iter().enumerate() {
+            let slot = self.install_service(id as u32, svc, &mut next_backend, &cfg.snat_ips)?;
+            self.services.push(slot);
+        }
+        Ok(())
+    }
+
+    fn install_service(
+        &mut self,
+        id: u32,
+        svc: &ServiceConfig,
+        next_backend: &mut u32,
+        snat_ips: &[IpAddr],
+    ) -> Result<ServiceSlot, DataplaneError> {
+        let mut backends = Vec::new();
+        {
+            let mut map: Array<&mut MapData, Backend> = self.map_mut(names::BACKENDS)?;
+            for b in &svc.backends {
+                let snat_ip = match snat_ips.iter().find(|ip| ip.is_ipv4() == b.addr.is_ipv4()) {
+                    Some(ip) => *ip,
+                    None => source_address_for(b.addr).map_err(|source| {
+                        DataplaneError::NoSnatSource {
+                            backend: b.addr,
+                            source,
+                        }
+                    })?,
+                };
+                let (addr, family) = ip_to_words(b.addr.ip());
+                let value = Backend {
+                    addr,
+                    snat_addr: ip_to_words(snat_ip).0,
+                    port: b.addr.port().to_be(),
+                    family,
+                    state: m::BACKEND_UP,
+                    service_id: id,
+                };
+                let bid = *next_backend;
+                *next_backend += 1;
+                map.set(bid, value, 0)
+                    .map_err(|source| DataplaneError::Map {
+                        map: names::BACKENDS,
+                        source,
+                    })?;
+                backends.push(BackendSlot {
+                    id: bid,
+                    addr: b.addr,
+                    weight: b.weight,
+                    snat_ip,
+                });
+            }
+        }
+        let mut slot = ServiceSlot {
+            id,
+            name: svc.name.clone(),
+            vip: svc.vip,
+            mode: "nat".into(),
+            live_half: 1,
+            backends,
+        };
+        self.swap_table(&mut slot)?;
+        info!(service = %slot.name, vip = %slot.vip, backends = slot.backends.len(), "service programmed");
+        Ok(slot)
+    }
+
+    /// Builds the service's Maglev table from its backends, writes it into the half that
+    /// is not live, then points the service entry at it: a single map update, so packets
+    /// see the whole old table or the whole new one, never a mix.
+    fn swap_table(&mut self, slot: &mut ServiceSlot) -> Result<(), DataplaneError> {
+        let members: Vec<MaglevBackend> = slot
+            .backends
+            .iter()
+            .map(|b| MaglevBackend {
+                key: backend_key(&ip_bytes(&b.addr.ip()), b.addr.port()),
+                weight: b.weight,
+                id: b.id,
+            })
+            .collect();
+        let table = build_table(&members, self.ring_size);
+        let half = 1 - slot.live_half;
+        let offset = (slot.id * 2 + half) * self.ring_size;
+        {
+            let mut maglev: Array<&mut MapData, u32> = self.map_mut(names::MAGLEV)?;
+            for (i, b) in table.iter().enumerate() {
+                maglev
+                    .set(offset + i as u32, b, 0)
+                    .map_err(|source| DataplaneError::Map {
+                        map: names::MAGLEV,
+                        source,
+                    })?;
+            }
+        }
+        let (addr, family) = ip_to_words(slot.vip.ip());
+        let key = VipKey {
+            addr,
+            port: slot.vip.port().to_be(),
+            proto: m::PROTO_TCP,
+            family,
+        };
+        let value = Service {
+            id: slot.id,
+            table_offset: offset,
+            mode: m::MODE_NAT,
+            _pad: 0,
+        };
+        let mut services: HashMap<&mut MapData, VipKey, Service> = self.map_mut(names::SERVICES)?;
+        services
+            .insert(key, value, 0)
+            .map_err(|source| DataplaneError::Map {
+                map: names::SERVICES,
+                source,
+            })?;
+        slot.live_half = half;
+        Ok(())
+    }
+
+    /// Attaches the program to every interface. On any failure the ones already attached
+    /// are detached (by dropping `self`), so a failed start leaves nothing behind.
+    pub fn attach(
+        &mut self,
+        ifaces: &[String],
+        choice: XdpModeChoice,
+    ) -> Result<(), DataplaneError> {
+        // Resolve every name first: a typo in the last --iface must not leave the first attached.
+        let mut resolved = Vec::new();
+        for iface in ifaces {
+            let idx = sys::ifindex(iface).map_err(|source| DataplaneError::UnknownIface {
+                iface: iface.clone(),
+                source,
+            })?;
+            resolved.push((iface.clone(), idx));
+        }
+        let prog: &mut Xdp = self
+            .ebpf
+            .program_mut(names::PROG_LB)
+            .ok_or(DataplaneError::MissingProgram(names::PROG_LB))?
+            .try_into()
+            .map_err(|source| DataplaneError::Program {
+                program: names::PROG_LB,
+                source: Box::new(source),
+            })?;
+        for (iface, ifindex) in resolved {
+            let (link, mode) = match choice {
+                XdpModeChoice::Skb => (prog.attach_to_if_index(ifindex, XdpMode::Skb), "skb"),
+                XdpModeChoice::Native => {
+                    (prog.attach_to_if_index(ifindex, XdpMode::Driver), "native")
+                }
+                XdpModeChoice::Auto => match prog.attach_to_if_index(ifindex, XdpMode::Driver) {
+                    Ok(l) => (Ok(l), "native"),
+                    Err(e) => {
+                        warn!(iface = %iface, cause = %e, "native XDP attach failed; falling back to skb (generic) mode, which is slower");
+                        (prog.attach_to_if_index(ifindex, XdpMode::Skb), "skb")
+                    }
+                },
+            };
+            let link = link.map_err(|source| DataplaneError::Attach {
+                iface: iface.clone(),
+                mode,
+                source: Box::new(source),
+                hint: if mode == "native" {
+                    "the driver may lack native XDP, or another XDP program is attached (`ip link show`); try --xdp-mode skb"
+                } else {
+                    "another XDP program may be attached (`ip link show`), or the kernel lacks XDP"
+                },
+            })?;
+            info!(iface = %iface, ifindex, mode, "attached XDP program {}", names::PROG_LB);
+            self.links.push(link);
+            self.attachments.push(Attachment {
+                iface,
+                ifindex,
+                mode: mode.into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Kernel ids of the program's maps, for `lb stats` in another process.
+    pub fn map_ids(&self) -> BTreeMap<String, u32> {
+        self.ebpf
+            .maps()
+            .filter_map(|(name, map)| {
+                let data: &MapData = match map {
+                    aya::maps::Map::Array(d)
+                    | aya::maps::Map::HashMap(d)
+                    | aya::maps::Map::LruHashMap(d)
+                    | aya::maps::Map::PerCpuArray(d)
+                    | aya::maps::Map::DevMapHash(d) => d,
+                    _ => return None,
+                };
+                data.info().ok().map(|i| (name.to_string(), i.id()))
+            })
+            .collect()
+    }
+
+    /// Sum of a global counter over all CPUs.
+    pub fn counter(&self, index: u32) -> u64 {
+        self.ebpf
+            .map(lb_common::maps::names::COUNTERS)
+            .and_then(|m| aya::maps::PerCpuArray::<&MapData, u64>::try_from(m).ok())
+            .and_then(|a| a.get(&index, 0).ok())
+            .map(|v| v.iter().sum())
+            .unwrap_or(0)
+    }
+
+    fn map_mut<'a, T>(&'a mut self, name: &'static str) -> Result<T, DataplaneError>
+    where
+        T: TryFrom<&'a mut aya::maps::Map, Error = MapError>,
+    {
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .ok_or(DataplaneError::MissingMap(name))?;
+        T::try_from(map).map_err(|source| DataplaneError::Map { map: name, source })
+    }
+
+    /// Detaches from every interface (also done on drop); logs each.
+    pub fn detach(mut self) {
+        if let Some(prog) = self.ebpf.program_mut(names::PROG_LB) {
+            if let Ok(prog) = <&mut Xdp>::try_from(prog) {
+                for (link, a) in self.links.drain(..).zip(&self.attachments) {
+                    match prog.detach(link) {
+                        Ok(()) => info!(iface = %a.iface, "detached XDP program"),
+                        Err(e) => {
+                            warn!(iface = %a.iface, cause = %e, "detaching XDP program failed")
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The source address this host uses toward `dst`: the egress interface's address that
+/// the routing table picks (a connected UDP socket sends nothing).
+pub fn source_address_for(dst: SocketAddr) -> std::io::Result<IpAddr> {
+    let bind: SocketAddr = if dst.is_ipv4() {
+        "0.0.0.0:0".parse().expect("literal")
+    } else {
+        "[::]:0".parse().expect("literal")
+    };
+    let sock = UdpSocket::bind(bind)?;
+    sock.connect(dst)?;
+    Ok(sock.local_addr()?.ip())
+}

@@ -1,0 +1,12 @@
+//! The lb daemon as a library: `main.rs` parses flags and calls into it.
+#![deny(unsafe_code)]
+
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod dataplane;
+pub mod neigh;
+pub mod object;
+pub mod runtime;
+pub mod stats;
+pub mod sys;
