@@ -717,7 +717,8 @@ mod tests {
 
     #[test]
     fn every_bad_flag_is_named_with_its_value() {
-        let cases: &[(&[(&str, &str)], &str, &str)] = &[
+        type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, &'a str);
+        let cases: &[Case] = &[
             (&[("backend", "198.18.1.13")], "--backend[2]", "198.18.1.13"),
             (
                 &[("backend", "198.18.1.13:80@x")],
