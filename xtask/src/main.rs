@@ -1,1 +1,57 @@
-fn main() {}
+//! `cargo xtask`: the project's build, run and test recipes, so that a fresh machine
+//! needs nothing done by hand (see ../shared/TOOLCHAIN.md for why each step exists).
+
+mod build;
+mod exec;
+mod run;
+mod setup;
+mod test;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Build, run and test lb")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install the toolchain if missing, build the eBPF object, then `lb` in release.
+    Build,
+    /// Build, then run `lb ARGS` as root; with no ARGS, run the built-in demo.
+    Run {
+        /// Arguments for `lb`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Everything: formatting, lints, unit tests, eBPF program tests, end-to-end tests.
+    Test {
+        /// Passed to the test binaries (e.g. a test name filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Only install what building and testing need (apt packages, bpf-linker).
+    Setup,
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Cmd::Build => {
+            setup::ensure()?;
+            build::all()?;
+        }
+        Cmd::Run { args } => {
+            setup::ensure()?;
+            build::all()?;
+            run::run(&args)?;
+        }
+        Cmd::Test { args } => {
+            setup::ensure()?;
+            test::all(&args)?;
+        }
+        Cmd::Setup => setup::ensure()?,
+    }
+    Ok(())
+}

@@ -1,0 +1,62 @@
+//! Builds the eBPF object with Debian's rustc-web (build-std=core for bpfel), then the
+//! `lb` binary in release, which embeds the object (lb-user/build.rs).
+
+use crate::exec::{self, root, step};
+use crate::setup::EBPF_RUSTC;
+use std::path::PathBuf;
+use std::process::Command;
+
+/// Where the eBPF object lands.
+pub fn ebpf_object() -> PathBuf {
+    root().join("target/bpf/bpfel-unknown-none/release/lb-ebpf")
+}
+
+/// The release daemon.
+pub fn lb_binary() -> PathBuf {
+    root().join("target/release/lb")
+}
+
+pub fn ebpf() -> anyhow::Result<()> {
+    step("building the eBPF object (lb-ebpf, bpfel-unknown-none)");
+    exec::run(
+        Command::new("cargo")
+            .current_dir(root())
+            .env_remove("RUSTFLAGS")
+            .env_remove("RUSTC_WORKSPACE_WRAPPER")
+            .env("RUSTC", EBPF_RUSTC)
+            .env("RUSTC_BOOTSTRAP", "1")
+            .env(
+                "CARGO_ENCODED_RUSTFLAGS",
+                "-Cdebuginfo=2\x1f-Clink-arg=--btf",
+            )
+            .args([
+                "build",
+                "-p",
+                "lb-ebpf",
+                "--target",
+                "bpfel-unknown-none",
+                "-Z",
+                "build-std=core",
+                "--release",
+            ])
+            .arg("--target-dir")
+            .arg(root().join("target/bpf")),
+    )
+}
+
+pub fn lb() -> anyhow::Result<()> {
+    step("building lb (release)");
+    exec::run(
+        Command::new("cargo")
+            .current_dir(root())
+            .env("LB_EBPF_OBJECT", ebpf_object())
+            .args(["build", "--release", "-p", "lb-user", "--bin", "lb"]),
+    )
+}
+
+pub fn all() -> anyhow::Result<()> {
+    ebpf()?;
+    lb()?;
+    eprintln!("built {} (eBPF object embedded)", lb_binary().display());
+    Ok(())
+}
