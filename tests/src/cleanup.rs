@@ -2,6 +2,7 @@
 //! dirs), so a Ctrl-C during the demo can undo it: drop guards do not run on a signal.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, Once};
 use std::time::{Duration, Instant};
 
@@ -19,6 +20,19 @@ static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
     pids: Vec::new(),
     dirs: Vec::new(),
 });
+
+/// Set (with the registry locked) once the Ctrl-C handler has started cleaning up.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Drop guards call this first: after a Ctrl-C the handler owns the cleanup, so this
+/// blocks (on the registry lock the handler holds until it exits the process) instead
+/// of racing it.
+pub(crate) fn yield_to_handler() {
+    if INTERRUPTED.load(Ordering::SeqCst) {
+        let _wait = registry();
+        // Not reached while the handler runs: it exits the process holding the lock.
+    }
+}
 
 fn registry() -> MutexGuard<'static, Registry> {
     // A panicking test must not stop the others from cleaning up.
@@ -56,8 +70,10 @@ pub fn install_ctrlc_handler() -> anyhow::Result<()> {
     let mut result = Ok(());
     ONCE.call_once(|| {
         result = ctrlc::set_handler(|| {
+            let mut r = registry();
+            INTERRUPTED.store(true, Ordering::SeqCst);
             eprintln!("\ninterrupted: cleaning up namespaces and processes");
-            cleanup_all();
+            cleanup_locked(&mut r);
             std::process::exit(130);
         });
     });
@@ -67,14 +83,13 @@ pub fn install_ctrlc_handler() -> anyhow::Result<()> {
 /// Stops every registered process (SIGTERM, then SIGKILL after a grace period, so the
 /// daemon gets a chance to detach), deletes every registered namespace and temp dir.
 pub fn cleanup_all() {
-    let (pids, namespaces, dirs) = {
-        let mut r = registry();
-        (
-            std::mem::take(&mut r.pids),
-            std::mem::take(&mut r.namespaces),
-            std::mem::take(&mut r.dirs),
-        )
-    };
+    cleanup_locked(&mut registry());
+}
+
+fn cleanup_locked(r: &mut Registry) {
+    let pids = std::mem::take(&mut r.pids);
+    let namespaces = std::mem::take(&mut r.namespaces);
+    let dirs = std::mem::take(&mut r.dirs);
     for &pid in &pids {
         let _ = sys::kill(pid, libc::SIGTERM);
     }

@@ -177,7 +177,7 @@ impl Daemon {
                     self.context()
                 );
             }
-            if self.log().contains("ready") {
+            if says_ready(&self.log()) {
                 let mut all = true;
                 for iface in &self.ifaces {
                     if xdp_state(ns, iface)? == XdpState::None {
@@ -255,6 +255,7 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
+        crate::cleanup::yield_to_handler();
         let Some(mut child) = self.child.take() else {
             return;
         };
@@ -271,6 +272,12 @@ impl Drop for Daemon {
         let _ = child.wait();
         cleanup::remove_pid(self.pid);
     }
+}
+
+/// Whether the daemon's log has the word `ready` (not as part of "already").
+pub fn says_ready(log: &str) -> bool {
+    log.split(|c: char| !c.is_ascii_alphanumeric())
+        .any(|word| word == "ready")
 }
 
 /// Per-backend `new_flows` from `lb stats --json`, keyed by the `addr` string.
@@ -308,6 +315,16 @@ mod tests {
         assert_eq!(parse_xdp_state(native), XdpState::Native);
         assert_eq!(parse_xdp_state(generic), XdpState::Generic);
         assert_eq!(parse_xdp_state(none), XdpState::None);
+    }
+
+    #[test]
+    fn ready_is_a_word() {
+        assert!(says_ready(
+            "2026-11-21T07:00:00Z  INFO lb: ready services=1"
+        ));
+        assert!(!says_ready(
+            "lb: error: the config file already defines services"
+        ));
     }
 
     #[test]

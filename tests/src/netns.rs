@@ -115,6 +115,7 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
+        crate::cleanup::yield_to_handler();
         let children = std::mem::take(self.children.get_mut().unwrap_or_else(|e| e.into_inner()));
         for mut child in children {
             let pid = child.id();

@@ -116,7 +116,8 @@ impl Topology {
             backends.push(Backend {
                 name: (*name).to_owned(),
                 v4: Ipv4Addr::new(198, 18, 1, host),
-                v6: Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, 0, u16::from(host)),
+                // Same digits as the IPv4 host part: fd00:1::11 next to 198.18.1.11.
+                v6: Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, 0, 0x11 + i as u16),
                 dir: bdir,
                 ns: Netns::new(name)?,
             });
@@ -400,6 +401,7 @@ impl TempDir {
 
 impl Drop for TempDir {
     fn drop(&mut self) {
+        crate::cleanup::yield_to_handler();
         let _ = std::fs::remove_dir_all(&self.path);
         crate::cleanup::remove_dir(&self.path);
     }
