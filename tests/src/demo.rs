@@ -91,12 +91,14 @@ pub fn run(lb_bin: &Path, bpf_object: &Path) -> Result<()> {
     step("stopping lb (SIGTERM) and tearing the topology down");
     daemon.stop(&topo.lb).context("stopping lb")?;
     drop(topo);
+    let failed = v4.failures + v6.failures;
     println!(
         "done in {:.1} s: {} of {} connections answered",
         started.elapsed().as_secs_f64(),
         v4.total_ok() + v6.total_ok(),
         BURST_V4 + BURST_V6
     );
+    anyhow::ensure!(failed == 0, "{failed} connections through the VIPs failed");
     Ok(())
 }
 
