@@ -1,0 +1,73 @@
+//! The program's maps. Names are the static names, which the daemon finds through
+//! `lb_common::maps::names`. Sizes given here are defaults: the daemon resizes `MAGLEV`,
+//! `FLOWS` and `REVERSE_NAT` with `EbpfLoader::set_max_entries` before loading.
+//!
+//! The per-CPU maps need no atomics: an XDP program runs to completion on one CPU with
+//! preemption off, so each CPU's slot has a single writer; user space sums the slots.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
+};
+use lb_common::{
+    maps::{
+        Backend, DEFAULT_RING_SIZE, FlowKey, FlowState, GlobalConfig, MAX_BACKENDS, MAX_IFACES,
+        MAX_SERVICES, ReverseNat, Service, TrafficCounters, VipKey,
+    },
+    stats::NUM_COUNTERS,
+};
+
+/// Default size of the flow and reverse NAT tables (the daemon sets its own).
+const DEFAULT_FLOWS: u32 = 262_144;
+
+/// VIP:port → service; written by the daemon, read by the forward path.
+#[map]
+pub static SERVICES: HashMap<VipKey, Service> = HashMap::with_max_entries(MAX_SERVICES, 0);
+
+/// Backend id → backend (address, SNAT address, state); written by the daemon, read by
+/// the forward path (new flows, and the state check of existing ones).
+#[map]
+pub static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
+
+/// Service table offset + Maglev slot → backend id (or `NO_BACKEND`); written by the
+/// daemon, read by the forward path for new flows. Two tables of the default ring size
+/// by default, so a single service can be tested at offset 0 or `DEFAULT_RING_SIZE`.
+#[map]
+pub static MAGLEV: Array<u32> = Array::with_max_entries(DEFAULT_RING_SIZE * 2, 0);
+
+/// Client → VIP 5-tuple → flow state (backend, SNAT port, last seen, FIN/RST); written
+/// by the forward path (insert, refresh) and the reverse path (refresh), read by both
+/// and by the daemon (flow listing).
+#[map]
+pub static FLOWS: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(DEFAULT_FLOWS, 0);
+
+/// Backend → SNAT address:port 5-tuple → the flow it belongs to; written by the forward
+/// path when it claims a SNAT port, read by the reverse path and by SNAT port claims.
+#[map]
+pub static REVERSE_NAT: LruHashMap<FlowKey, ReverseNat> =
+    LruHashMap::with_max_entries(DEFAULT_FLOWS, 0);
+
+/// 0 → global settings (timeouts, ring size, SNAT port range); written by the daemon,
+/// read by both paths.
+#[map]
+pub static CONFIG: Array<GlobalConfig> = Array::with_max_entries(1, 0);
+
+/// Egress ifindex → ifindex; written by the daemon (the interfaces it attached to), read
+/// by the redirect at the end of both paths.
+#[map]
+pub static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(MAX_IFACES, 0);
+
+/// Service id → per-CPU traffic counters; written by both paths, read by the daemon.
+#[map]
+pub static SERVICE_STATS: PerCpuArray<TrafficCounters> =
+    PerCpuArray::with_max_entries(MAX_SERVICES, 0);
+
+/// Backend id → per-CPU traffic counters; written by both paths, read by the daemon.
+#[map]
+pub static BACKEND_STATS: PerCpuArray<TrafficCounters> =
+    PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
+
+/// `lb_common::stats` index → per-CPU packet count; written by the single exit point
+/// (`stats::finish`), read by the daemon.
+#[map]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(NUM_COUNTERS, 0);
