@@ -26,8 +26,8 @@ use lb_common::{
     addr::ip_to_words,
     maglev::NO_BACKEND,
     maps::{
-        BACKEND_DOWN, BACKEND_UP, Backend, FlowKey, FlowState, GlobalConfig, MODE_NAT, PROTO_TCP,
-        ReverseNat, Service, TrafficCounters, VipKey, names,
+        BACKEND_DOWN, BACKEND_DRAINING, BACKEND_UP, Backend, FlowKey, FlowState, GlobalConfig,
+        MODE_NAT, PROTO_TCP, ReverseNat, Service, TrafficCounters, VipKey, names,
     },
     stats,
 };
@@ -175,10 +175,22 @@ struct Lb {
     counters: PerCpuArray<MapData, u64>,
     service_stats: PerCpuArray<MapData, TrafficCounters>,
     backend_stats: PerCpuArray<MapData, TrafficCounters>,
+    config: Array<MapData, GlobalConfig>,
+    tx_ports: DevMapHash<MapData>,
     lb0: u32,
     lb1: u32,
     // Declared last so it is dropped last: the namespace outlives program and maps.
     _ns: Netns,
+}
+
+fn config_with_idle_timeout(idle_timeout_ns: u64) -> GlobalConfig {
+    GlobalConfig {
+        idle_timeout_ns,
+        closed_timeout_ns: 10_000_000_000,
+        ring_size: RING,
+        snat_port_min: SNAT_MIN,
+        snat_port_max: SNAT_MAX,
+    }
 }
 
 /// Takes a map out of the object as its typed handle.
@@ -251,24 +263,17 @@ impl Lb {
             .expect("lb_xdp is XDP");
         prog.load().expect("lb_xdp passes the verifier");
 
-        let mut cfg: Array<MapData, GlobalConfig> = take(&mut ebpf, names::CONFIG);
-        cfg.set(
-            0,
-            GlobalConfig {
-                idle_timeout_ns: 300_000_000_000,
-                closed_timeout_ns: 10_000_000_000,
-                ring_size: RING,
-                snat_port_min: SNAT_MIN,
-                snat_port_max: SNAT_MAX,
-            },
-            0,
-        )
-        .unwrap();
-        let mut tx: DevMapHash<MapData> = take(&mut ebpf, names::TX_PORTS);
+        let mut config: Array<MapData, GlobalConfig> = take(&mut ebpf, names::CONFIG);
+        config
+            .set(0, config_with_idle_timeout(300_000_000_000), 0)
+            .unwrap();
+        let mut tx_ports: DevMapHash<MapData> = take(&mut ebpf, names::TX_PORTS);
         for i in [lb0, lb1] {
-            tx.insert(i, i, None, 0).unwrap();
+            tx_ports.insert(i, i, None, 0).unwrap();
         }
         Lb {
+            config,
+            tx_ports,
             services: take(&mut ebpf, names::SERVICES),
             backends: take(&mut ebpf, names::BACKENDS),
             maglev: take(&mut ebpf, names::MAGLEV),
@@ -1018,4 +1023,192 @@ fn down_backend_with_no_replacement_drops() {
     lb.set_backend(p, 0, BACKEND_DOWN);
     assert_eq!(lb.run(&build(&syn(p)), lb.lb1).0, XDP_DROP);
     assert_eq!(lb.counter(stats::DROP_NO_BACKEND), 1);
+}
+
+#[test]
+fn draining_backend_keeps_its_flows_but_takes_no_new_ones() {
+    let p = plan4();
+    let mut lb = Lb::new();
+    lb.seed(p, 0);
+    assert_eq!(lb.run(&build(&syn(p)), lb.lb1).0, XDP_REDIRECT);
+    lb.set_backend(p, 0, BACKEND_DRAINING);
+    let ack = build(&Seg {
+        flags: ACK,
+        ..syn(p)
+    });
+    let (action, out) = lb.run(&ack, lb.lb1);
+    assert_eq!(action, XDP_REDIRECT);
+    assert_eq!(decode(&out).dst, p.backends[0]);
+    // A stale table still naming the draining backend does not give it new flows.
+    let other = build(&Seg {
+        sport: CLIENT_PORT + 1,
+        ..syn(p)
+    });
+    assert_eq!(lb.run(&other, lb.lb1).0, XDP_DROP);
+    assert_eq!(lb.counter(stats::DROP_NO_BACKEND), 1);
+}
+
+// ---------------------------------------------------------------------------------------
+// SNAT ports
+
+/// The first SNAT port the program tries for a client → VIP flow.
+fn first_snat_port(k: &FlowKey) -> u16 {
+    let range = (SNAT_MAX - SNAT_MIN) as u32 + 1;
+    SNAT_MIN + (lb_common::hash::flow_hash(k).rotate_right(16) % range) as u16
+}
+
+#[test]
+fn snat_port_is_derived_from_the_flow_hash_and_kept_when_the_flow_is_recreated() {
+    let p = plan4();
+    let mut lb = Lb::new();
+    lb.seed(p, 0);
+    let k = key(p.client, p.vip, CLIENT_PORT, VIP_PORT);
+    let (_, out) = lb.run(&build(&syn(p)), lb.lb1);
+    assert_eq!(decode(&out).sport, first_snat_port(&k));
+    // With no idle time allowed, the next packet finds the flow expired and re-creates
+    // it: it reclaims its own reverse NAT entry, so the port does not change.
+    lb.config.set(0, config_with_idle_timeout(0), 0).unwrap();
+    let (_, out) = lb.run(
+        &build(&Seg {
+            flags: ACK,
+            ..syn(p)
+        }),
+        lb.lb1,
+    );
+    assert_eq!(decode(&out).sport, first_snat_port(&k));
+    assert_eq!(lb.stats(false, 0).new_flows, 2);
+}
+
+#[test]
+fn snat_port_held_by_a_live_flow_is_skipped_and_a_stale_one_is_taken_over() {
+    let p = plan4();
+    let mut lb = Lb::new();
+    lb.seed(p, 0);
+    let k = key(p.client, p.vip, CLIENT_PORT, VIP_PORT);
+    let first = first_snat_port(&k);
+    let rkey = |port: u16| key(p.backends[0], p.snat, BACKEND_PORT, port);
+    // Another client's live flow holds the first candidate port.
+    let other = key(v4(198, 18, 1, 99), p.vip, 999, VIP_PORT);
+    let held = ReverseNat {
+        flow: other,
+        backend: 0,
+        service_id: 0,
+    };
+    lb.reverse_nat.insert(rkey(first), held, 0).unwrap();
+    let live = FlowState {
+        last_seen_ns: u64::MAX / 2, // far in the future of the test's clock: live
+        backend: 0,
+        snat_port: first.to_be(),
+        flags: 0,
+        _pad: 0,
+    };
+    lb.flows.insert(other, live, 0).unwrap();
+    let (action, out) = lb.run(&build(&syn(p)), lb.lb1);
+    assert_eq!(action, XDP_REDIRECT);
+    let want = if first == SNAT_MAX {
+        SNAT_MIN
+    } else {
+        first + 1
+    };
+    assert_eq!(decode(&out).sport, want, "next port after the held one");
+    assert_eq!(
+        lb.reverse(rkey(first)).unwrap().flow,
+        other,
+        "held entry untouched"
+    );
+
+    // Once that flow is gone, its entry is stale and a new flow may take the port.
+    lb.flows.remove(&other).unwrap();
+    let k2 = key(p.client, p.vip, CLIENT_PORT + 7, VIP_PORT);
+    let second = first_snat_port(&k2);
+    let held2 = ReverseNat {
+        flow: other,
+        ..held
+    };
+    lb.reverse_nat.insert(rkey(second), held2, 0).unwrap();
+    let (_, out) = lb.run(
+        &build(&Seg {
+            sport: CLIENT_PORT + 7,
+            ..syn(p)
+        }),
+        lb.lb1,
+    );
+    assert_eq!(decode(&out).sport, second, "stale entry taken over");
+    assert_eq!(lb.reverse(rkey(second)).unwrap().flow, k2);
+}
+
+// ---------------------------------------------------------------------------------------
+// Next hop outcomes
+
+#[test]
+fn forward_without_neighbour_route_or_tx_port_drops() {
+    let p = plan4();
+    let cases = [
+        (
+            "backend without neighbour entry",
+            v4(198, 18, 0, 12),
+            stats::DROP_NO_NEIGH,
+        ),
+        (
+            "backend without route",
+            v4(198, 19, 5, 5),
+            stats::DROP_NO_ROUTE,
+        ),
+    ];
+    for (what, backend, counter) in cases {
+        let mut lb = Lb::new();
+        let plan = Plan {
+            backends: [backend, backend],
+            ..p
+        };
+        lb.seed(plan, 0);
+        let input = build(&syn(plan));
+        let (action, _) = lb.run(&input, lb.lb1);
+        assert_eq!((action, lb.counter(counter)), (XDP_DROP, 1), "{what}");
+        assert_eq!(lb.counter(stats::FWD_IN), 0, "{what}");
+    }
+    let mut lb = Lb::new();
+    lb.seed(p, 0);
+    let lb0 = lb.lb0;
+    lb.tx_ports.remove(lb0).unwrap();
+    let (action, _) = lb.run(&build(&syn(p)), lb.lb1);
+    assert_eq!(
+        (action, lb.counter(stats::DROP_NO_TX_PORT)),
+        (XDP_DROP, 1),
+        "no TX port"
+    );
+}
+
+#[test]
+fn reply_to_a_client_without_neighbour_is_passed_rewritten() {
+    let p = Plan {
+        client: v4(198, 18, 1, 3),
+        ..plan4()
+    };
+    let mut lb = Lb::new();
+    lb.seed(p, 0);
+    assert_eq!(lb.run(&build(&syn(p)), lb.lb1).0, XDP_REDIRECT);
+    let snat_port = u16::from_be(
+        lb.flow(key(p.client, p.vip, CLIENT_PORT, VIP_PORT))
+            .unwrap()
+            .snat_port,
+    );
+    let reply = Seg {
+        src: p.backends[0],
+        dst: p.snat,
+        sport: BACKEND_PORT,
+        dport: snat_port,
+        flags: SYN | ACK,
+        eth_dst: LB0_MAC,
+        eth_src: BACKEND_MACS[0],
+        ..syn(p)
+    };
+    let (action, out) = lb.run(&build(&reply), lb.lb0);
+    assert_eq!(action, XDP_PASS);
+    assert_eq!(lb.counter(stats::PASS_NO_NEIGH_OUT), 1);
+    let seen = decode(&out);
+    assert_eq!(
+        (seen.src, seen.dst, seen.sport, seen.dport),
+        (p.vip, p.client, VIP_PORT, CLIENT_PORT)
+    );
 }
