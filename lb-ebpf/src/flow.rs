@@ -36,7 +36,7 @@ pub fn handle(ctx: &XdpContext) -> Verdict {
     let pkt = parse::zeroed(&mut pkt);
     match parse::parse(ctx, pkt) {
         Parsed::Skip => Verdict::PASS,
-        Parsed::LaterFragment => later_fragment(pkt),
+        Parsed::LaterFragment => later_fragment(),
         parsed => {
             let svc = service(pkt);
             match (parsed, svc) {
@@ -72,7 +72,7 @@ fn service(pkt: &Packet) -> Option<*const Service> {
 /// A later IPv4 fragment has no ports, so whether it belongs to a service cannot be
 /// told; every TCP one is counted as a fragment (the first one was matched by port).
 #[inline(always)]
-fn later_fragment(_pkt: &Packet) -> Verdict {
+fn later_fragment() -> Verdict {
     Verdict::pass(stats::PASS_FRAGMENT)
 }
 
@@ -126,7 +126,7 @@ fn forward(ctx: &XdpContext, pkt: &mut Packet, svc: &Service) -> Verdict {
     let Some(cfg) = CONFIG.get(0) else {
         return Verdict::drop(stats::DROP_INTERNAL);
     };
-    pkt.now = unsafe_now();
+    pkt.now = now();
     let mut t = MaybeUninit::<Target>::uninit();
     let t = parse::zeroed(&mut t);
     t.service = svc.id;
@@ -142,7 +142,7 @@ fn forward(ctx: &XdpContext, pkt: &mut Packet, svc: &Service) -> Verdict {
 
 /// `bpf_ktime_get_ns`.
 #[inline(always)]
-fn unsafe_now() -> u64 {
+fn now() -> u64 {
     // SAFETY: the helper has no preconditions.
     unsafe { bpf_ktime_get_ns() }
 }
@@ -307,7 +307,7 @@ fn reverse(ctx: &XdpContext, pkt: &mut Packet) -> Verdict {
     if pkt.ttl <= 1 {
         return Verdict::PASS;
     }
-    pkt.now = unsafe_now();
+    pkt.now = now();
     if let Some(fs) = FLOWS.get_ptr_mut(&r.flow) {
         // SAFETY: as in `existing_flow`: lost updates of these fields are harmless.
         let fs = unsafe { &mut *fs };
