@@ -133,7 +133,10 @@ impl Dataplane {
                 source: io_error,
                 log: verifier_log.to_string(),
             },
-            other => DataplaneError::Program { program: names::PROG_LB, source: Box::new(other) },
+            other => DataplaneError::Program {
+                program: names::PROG_LB,
+                source: Box::new(other),
+            },
         })?;
         info!(
             maglev_entries,
