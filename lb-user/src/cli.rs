@@ -77,6 +77,10 @@ pub struct RunArgs {
     /// Services the maps are sized for; default 16.
     #[arg(long, value_name = "N")]
     pub max_services: Option<u32>,
+    /// Pin the flow tables in this bpffs directory (e.g. /sys/fs/bpf/lb), so a daemon
+    /// restarted after a crash keeps every flow; removed on a clean shutdown.
+    #[arg(long, value_name = "DIR")]
+    pub pin_dir: Option<PathBuf>,
     /// Validate the configuration, print it, and exit without attaching anything.
     #[arg(long)]
     pub check: bool,
@@ -99,6 +103,7 @@ impl RunArgs {
             max_services: self.max_services,
             idle_timeout: self.idle_timeout.clone(),
             closed_timeout: self.closed_timeout.clone(),
+            pin_dir: self.pin_dir.clone(),
         }
     }
 }

@@ -57,6 +57,8 @@ pub struct Config {
     /// At most one per family; unset families use the egress interface's address.
     pub snat_ips: Vec<IpAddr>,
     pub snat_ports: (u16, u16),
+    /// Where to pin the flow state (bpffs), so a crashed daemon's successor keeps it.
+    pub pin_dir: Option<PathBuf>,
     pub services: Vec<ServiceConfig>,
 }
 
@@ -110,6 +112,7 @@ pub struct FlagSettings {
     pub max_services: Option<u32>,
     pub idle_timeout: Option<String>,
     pub closed_timeout: Option<String>,
+    pub pin_dir: Option<PathBuf>,
 }
 
 /// The TOML file's shape.
@@ -127,6 +130,7 @@ pub struct FileConfig {
     #[serde(default)]
     pub snat_ip: Vec<String>,
     pub snat_ports: Option<String>,
+    pub pin_dir: Option<PathBuf>,
     #[serde(default)]
     pub service: Vec<FileService>,
 }
@@ -314,6 +318,17 @@ fn build(flags: &FlagSettings, file: Option<(PathBuf, FileConfig)>) -> Result<Co
         Some((loc, s)) => parse_port_range(s).map_err(|r| ConfigError::new(loc, s, r))?,
     };
 
+    let pin_dir = flags.pin_dir.clone().or(f.pin_dir.clone());
+    if let Some(dir) = &pin_dir {
+        if !dir.is_absolute() {
+            let loc = flag_or(flags.pin_dir.is_some(), "--pin-dir", at("pin_dir"));
+            return Err(ConfigError::new(
+                loc,
+                dir.display().to_string(),
+                "must be an absolute path, e.g. /sys/fs/bpf/lb",
+            ));
+        }
+    }
     let flag_service = flags.vip.is_some()
         || !flags.backends.is_empty()
         || flags.name.is_some()
@@ -420,6 +435,7 @@ fn build(flags: &FlagSettings, file: Option<(PathBuf, FileConfig)>) -> Result<Co
         closed_timeout,
         snat_ips,
         snat_ports,
+        pin_dir,
         services,
     })
 }
@@ -648,6 +664,7 @@ mod tests {
                 "max-flows" => f.max_flows = Some(v.parse().unwrap()),
                 "ring-size" => f.ring_size = Some(v.parse().unwrap()),
                 "max-services" => f.max_services = Some(v.parse().unwrap()),
+                "pin-dir" => f.pin_dir = Some(PathBuf::from(v)),
                 other => panic!("unknown test flag {other}"),
             }
         }
@@ -775,6 +792,11 @@ mod tests {
             (&[("ring-size", "65536")], "--ring-size", "65536"),
             (&[("max-services", "0")], "--max-services", "0"),
             (&[("max-services", "9999")], "--max-services", "9999"),
+            (
+                &[("pin-dir", "sys/fs/bpf/lb")],
+                "--pin-dir",
+                "sys/fs/bpf/lb",
+            ),
         ];
         for (extra, location, value) in cases {
             let e = err(extra);

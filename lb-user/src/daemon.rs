@@ -73,7 +73,7 @@ pub async fn run(dp: Dataplane) -> anyhow::Result<()> {
         }
     };
     info!(signal = signal_name, "shutting down");
-    dp.detach();
+    dp.shutdown();
     if let Err(e) = std::fs::remove_file(&record_path) {
         warn!(path = %record_path.display(), cause = %e, "removing runtime record");
     }

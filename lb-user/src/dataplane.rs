@@ -3,6 +3,7 @@
 
 use crate::config::{Config, ServiceConfig, XdpModeChoice};
 use crate::object;
+use crate::pin;
 use crate::sys;
 use aya::maps::{Array, DevMapHash, HashMap, MapData, MapError};
 use aya::programs::{ProgramError, Xdp, XdpMode, xdp::XdpLinkId};
@@ -13,6 +14,7 @@ use lb_common::maglev::{MaglevBackend, build_table};
 use lb_common::maps::{self as m, Backend, GlobalConfig, Service, VipKey, names};
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
 use tracing::{info, warn};
 
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +66,16 @@ pub enum DataplaneError {
         backend: SocketAddr,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Pin(#[from] pin::PinError),
+    #[error(
+        "pinned map {path} has {entries} entries but --max-flows is {max_flows}: start with the same --max-flows, or remove the pin (losing its flows)"
+    )]
+    PinnedSize {
+        path: PathBuf,
+        entries: u32,
+        max_flows: u32,
+    },
 }
 
 /// Where the program is attached.
@@ -99,6 +111,7 @@ pub struct ServiceSlot {
 pub struct Dataplane {
     ebpf: Ebpf,
     ring_size: u32,
+    pin_dir: Option<PathBuf>,
     links: Vec<XdpLinkId>,
     pub attachments: Vec<Attachment>,
     pub services: Vec<ServiceSlot>,
@@ -110,21 +123,28 @@ impl Dataplane {
     pub fn load(cfg: &Config) -> Result<Dataplane, DataplaneError> {
         let bytes = object::require()?;
         let maglev_entries = cfg.max_services * 2 * cfg.ring_size;
-        let mut ebpf = EbpfLoader::new()
+        let mut loader = EbpfLoader::new();
+        loader
             .map_max_entries(names::MAGLEV, maglev_entries)
             .map_max_entries(names::FLOWS, cfg.max_flows)
-            .map_max_entries(names::REVERSE_NAT, cfg.max_flows)
+            .map_max_entries(names::REVERSE_NAT, cfg.max_flows);
+        let mut reused = Vec::new();
+        if let Some(dir) = &cfg.pin_dir {
+            pin::prepare(dir)?;
+            for (map, path) in pin::paths(dir) {
+                if path.exists() {
+                    reused.push(map);
+                }
+                loader.map_pin_path(map, path);
+            }
+        }
+        let mut ebpf = loader
             .load(bytes)
             .map_err(|e| DataplaneError::Load(Box::new(e)))?;
-        let prog: &mut Xdp = ebpf
-            .program_mut(names::PROG_LB)
-            .ok_or(DataplaneError::MissingProgram(names::PROG_LB))?
-            .try_into()
-            .map_err(|source| DataplaneError::Program {
-                program: names::PROG_LB,
-                source: Box::new(source),
-            })?;
-        prog.load().map_err(|e| match e {
+        if let Some(dir) = &cfg.pin_dir {
+            check_pinned_sizes(&ebpf, cfg.max_flows, dir, &reused)?;
+        }
+        lb_program(&mut ebpf)?.load().map_err(|e| match e {
             ProgramError::LoadError {
                 io_error,
                 verifier_log,
@@ -147,6 +167,7 @@ impl Dataplane {
         Ok(Dataplane {
             ebpf,
             ring_size: cfg.ring_size,
+            pin_dir: cfg.pin_dir.clone(),
             links: Vec::new(),
             attachments: Vec::new(),
             services: Vec::new(),
@@ -317,15 +338,7 @@ impl Dataplane {
             })?;
             resolved.push((iface.clone(), idx));
         }
-        let prog: &mut Xdp = self
-            .ebpf
-            .program_mut(names::PROG_LB)
-            .ok_or(DataplaneError::MissingProgram(names::PROG_LB))?
-            .try_into()
-            .map_err(|source| DataplaneError::Program {
-                program: names::PROG_LB,
-                source: Box::new(source),
-            })?;
+        let prog = lb_program(&mut self.ebpf)?;
         for (iface, ifindex) in resolved {
             let (link, mode) = match choice {
                 XdpModeChoice::Skb => (prog.attach_to_if_index(ifindex, XdpMode::Skb), "skb"),
@@ -400,21 +413,60 @@ impl Dataplane {
         T::try_from(map).map_err(|source| DataplaneError::Map { map: name, source })
     }
 
-    /// Detaches from every interface (also done on drop); logs each.
-    pub fn detach(mut self) {
-        if let Some(prog) = self.ebpf.program_mut(names::PROG_LB) {
-            if let Ok(prog) = <&mut Xdp>::try_from(prog) {
-                for (link, a) in self.links.drain(..).zip(&self.attachments) {
-                    match prog.detach(link) {
-                        Ok(()) => info!(iface = %a.iface, "detached XDP program"),
-                        Err(e) => {
-                            warn!(iface = %a.iface, cause = %e, "detaching XDP program failed")
-                        }
-                    }
+    /// Detaches from every interface and removes the pins: a clean shutdown leaves
+    /// nothing behind. (Dropping without this also detaches, but keeps the pins.)
+    pub fn shutdown(mut self) {
+        if let Ok(prog) = lb_program(&mut self.ebpf) {
+            for (link, a) in self.links.drain(..).zip(&self.attachments) {
+                match prog.detach(link) {
+                    Ok(()) => info!(iface = %a.iface, "detached XDP program"),
+                    Err(e) => warn!(iface = %a.iface, cause = %e, "detaching XDP program failed"),
                 }
             }
         }
+        if let Some(dir) = &self.pin_dir {
+            pin::remove(dir);
+            info!(dir = %dir.display(), "removed pinned flow tables");
+        }
     }
+}
+
+/// The load-balancing program in the object.
+fn lb_program(ebpf: &mut Ebpf) -> Result<&mut Xdp, DataplaneError> {
+    ebpf.program_mut(names::PROG_LB)
+        .ok_or(DataplaneError::MissingProgram(names::PROG_LB))?
+        .try_into()
+        .map_err(|source| DataplaneError::Program {
+            program: names::PROG_LB,
+            source: Box::new(source),
+        })
+}
+
+/// A reused pin must match this run's sizes: aya opens a pinned map as it is.
+fn check_pinned_sizes(
+    ebpf: &Ebpf,
+    max_flows: u32,
+    dir: &Path,
+    reused: &[&'static str],
+) -> Result<(), DataplaneError> {
+    for (map, path) in pin::paths(dir) {
+        let info = match ebpf.map(map) {
+            Some(aya::maps::Map::LruHashMap(d)) => d.info(),
+            _ => return Err(DataplaneError::MissingMap(map)),
+        }
+        .map_err(|source| DataplaneError::Map { map, source })?;
+        if info.max_entries() != max_flows {
+            return Err(DataplaneError::PinnedSize {
+                path,
+                entries: info.max_entries(),
+                max_flows,
+            });
+        }
+        if reused.contains(&map) {
+            info!(map, path = %path.display(), "reusing pinned flow table: established flows keep their backends");
+        }
+    }
+    Ok(())
 }
 
 /// The source address this host uses toward `dst`: the egress interface's address that

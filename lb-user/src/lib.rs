@@ -7,6 +7,7 @@ pub mod daemon;
 pub mod dataplane;
 pub mod neigh;
 pub mod object;
+pub mod pin;
 pub mod runtime;
 pub mod stats;
 pub mod sys;

@@ -3,6 +3,7 @@
 use clap::Parser;
 use lb_user::cli::{Cli, Command};
 use lb_user::config::Config;
+use lb_user::dataplane::DataplaneError;
 use lb_user::{daemon, stats};
 use std::process::ExitCode;
 
@@ -53,8 +54,13 @@ fn run(args: &lb_user::cli::RunArgs) -> ExitCode {
     }
     let dp = match daemon::start(&cfg) {
         Ok(dp) => dp,
-        Err(e @ lb_user::dataplane::DataplaneError::UnknownIface { .. }) => {
-            eprintln!("lb: error: --iface: {e}");
+        // A named interface or pin directory that is unusable is a bad flag value.
+        Err(
+            e @ (DataplaneError::UnknownIface { .. }
+            | DataplaneError::Pin(_)
+            | DataplaneError::PinnedSize { .. }),
+        ) => {
+            eprintln!("lb: error: {e}");
             return ExitCode::from(EXIT_USAGE);
         }
         Err(e) => {

@@ -15,6 +15,8 @@ use std::{
     os::fd::AsRawFd,
     process::Command,
     sync::atomic::{AtomicU32, Ordering},
+    thread::sleep,
+    time::{Duration, Instant},
 };
 
 use aya::{
@@ -26,8 +28,9 @@ use lb_common::{
     addr::ip_to_words,
     maglev::NO_BACKEND,
     maps::{
-        BACKEND_DOWN, BACKEND_DRAINING, BACKEND_UP, Backend, FlowKey, FlowState, GlobalConfig,
-        MODE_NAT, PROTO_TCP, ReverseNat, Service, TrafficCounters, VipKey, names,
+        BACKEND_DOWN, BACKEND_DRAINING, BACKEND_UP, Backend, FLOW_FIN_BACKEND, FLOW_FIN_CLIENT,
+        FLOW_RST, FlowKey, FlowState, GlobalConfig, MODE_NAT, PROTO_TCP, ReverseNat, Service,
+        TrafficCounters, VipKey, names,
     },
     stats,
 };
@@ -41,6 +44,7 @@ const XDP_REDIRECT: u32 = 4;
 // TCP flags.
 const FIN: u8 = 0x01;
 const SYN: u8 = 0x02;
+const RST: u8 = 0x04;
 const ACK: u8 = 0x10;
 
 // The test topology inside each namespace: `lb0` faces the backends, `lb1` the clients.
@@ -184,9 +188,13 @@ struct Lb {
 }
 
 fn config_with_idle_timeout(idle_timeout_ns: u64) -> GlobalConfig {
+    config_with_timeouts(idle_timeout_ns, 10_000_000_000)
+}
+
+fn config_with_timeouts(idle_timeout_ns: u64, closed_timeout_ns: u64) -> GlobalConfig {
     GlobalConfig {
         idle_timeout_ns,
-        closed_timeout_ns: 10_000_000_000,
+        closed_timeout_ns,
         ring_size: RING,
         snat_port_min: SNAT_MIN,
         snat_port_max: SNAT_MAX,
@@ -1211,4 +1219,221 @@ fn reply_to_a_client_without_neighbour_is_passed_rewritten() {
         (seen.src, seen.dst, seen.sport, seen.dport),
         (p.vip, p.client, VIP_PORT, CLIENT_PORT)
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// Flow expiry: idle flows and closed (FIN both ways, or RST) flows are forgotten, so the
+// next packet of the 5-tuple is balanced afresh. Each test pins a flow on backend 0, then
+// points the whole Maglev table at backend 1: a packet that still reaches backend 0 used
+// the flow entry, one that reaches backend 1 made a new flow.
+
+const MS: u64 = 1_000_000;
+
+/// A client → VIP segment of the connection from `sport`.
+fn from_client(p: Plan, sport: u16, flags: u8) -> Seg {
+    Seg {
+        sport,
+        flags,
+        ..syn(p)
+    }
+}
+
+/// A backend 0 → LB reply segment to the flow from client port `sport`, whose SNAT port
+/// is read from the flow table.
+fn from_backend(lb: &Lb, p: Plan, sport: u16, flags: u8) -> Seg {
+    let fs = lb
+        .flow(key(p.client, p.vip, sport, VIP_PORT))
+        .unwrap_or_else(|| panic!("no flow entry for client port {sport}"));
+    assert_eq!(fs.backend, 0, "replies are built for backend 0");
+    Seg {
+        src: p.backends[0],
+        dst: p.snat,
+        sport: BACKEND_PORT,
+        dport: u16::from_be(fs.snat_port),
+        flags,
+        eth_dst: LB0_MAC,
+        eth_src: BACKEND_MACS[0],
+        payload: b"HTTP/1.0 200 OK\r\n\r\n".to_vec(),
+        ..syn(p)
+    }
+}
+
+impl Lb {
+    /// Runs a client → VIP segment; it must be forwarded. Returns the backend index it
+    /// went to.
+    fn forward_to(&mut self, p: Plan, s: &Seg) -> usize {
+        let (action, out) = self.run(&build(s), self.lb1);
+        assert_eq!(action, XDP_REDIRECT, "client port {}: action", s.sport);
+        let dst = decode(&out).dst;
+        p.backends
+            .iter()
+            .position(|&b| b == dst)
+            .unwrap_or_else(|| panic!("client port {}: sent to {dst}", s.sport))
+    }
+
+    /// Runs a backend → LB reply; it must be rewritten toward the client.
+    fn reply(&mut self, p: Plan, s: &Seg) {
+        let (action, out) = self.run(&build(s), self.lb0);
+        assert_eq!(action, XDP_REDIRECT, "reply to port {}: action", s.dport);
+        let seen = decode(&out);
+        assert_eq!((seen.src, seen.dst), (p.vip, p.client), "reply rewritten");
+    }
+}
+
+#[test]
+fn idle_flow_expires_and_is_rebalanced() {
+    let p = plan4();
+    let idle = Duration::from_millis(200);
+    let mut lb = Lb::new();
+    lb.seed(p, 0);
+    lb.config
+        .set(0, config_with_timeouts(200 * MS, 3_600_000 * MS), 0)
+        .unwrap();
+    let k = key(p.client, p.vip, CLIENT_PORT, VIP_PORT);
+    let start = Instant::now();
+    assert_eq!(lb.forward_to(p, &syn(p)), 0);
+    lb.fill_maglev(1);
+    let ack = from_client(p, CLIENT_PORT, ACK);
+    assert_eq!(
+        lb.forward_to(p, &ack),
+        0,
+        "within the idle timeout: same flow"
+    );
+    assert!(
+        start.elapsed() < idle,
+        "test too slow to check the live flow"
+    );
+    assert_eq!(lb.stats(false, 0).new_flows, 1);
+
+    sleep(idle + Duration::from_millis(100));
+    assert_eq!(lb.forward_to(p, &ack), 1, "idle past the timeout: new flow");
+    assert_eq!(lb.flow(k).unwrap().backend, 1);
+    assert_eq!(lb.stats(false, 0).new_flows, 2);
+    assert_eq!(lb.stats(true, 1).new_flows, 1);
+    // The new flow is live again: the next packet stays on backend 1.
+    assert_eq!(lb.forward_to(p, &ack), 1);
+    assert_eq!(lb.stats(false, 0).new_flows, 2);
+}
+
+#[test]
+fn closed_flow_expires_after_the_closed_timeout_but_a_half_closed_one_does_not() {
+    let p = plan4();
+    let closed = Duration::from_millis(200);
+    let mut lb = Lb::new();
+    lb.seed(p, 0);
+    lb.config
+        .set(0, config_with_timeouts(3_600_000 * MS, 200 * MS), 0)
+        .unwrap();
+    // (what, client port, flags the flow must end with, whether it expires)
+    let cases: [(&str, u16, u8, bool); 5] = [
+        (
+            "FIN from both sides",
+            1001,
+            FLOW_FIN_CLIENT | FLOW_FIN_BACKEND,
+            true,
+        ),
+        ("RST from the client", 1002, FLOW_RST, true),
+        ("RST from the backend", 1003, FLOW_RST, true),
+        ("FIN from the client only", 1004, FLOW_FIN_CLIENT, false),
+        ("FIN from the backend only", 1005, FLOW_FIN_BACKEND, false),
+    ];
+    let start = Instant::now();
+    for (what, sport, _, _) in cases {
+        assert_eq!(
+            lb.forward_to(p, &from_client(p, sport, SYN)),
+            0,
+            "{what}: SYN"
+        );
+        lb.reply(p, &from_backend(&lb, p, sport, SYN | ACK));
+    }
+    lb.fill_maglev(1);
+    let fin_client = |sport| from_client(p, sport, FIN | ACK);
+    // FIN from both sides, then the client's last ACK.
+    assert_eq!(lb.forward_to(p, &fin_client(1001)), 0);
+    lb.reply(p, &from_backend(&lb, p, 1001, FIN | ACK));
+    assert_eq!(lb.forward_to(p, &from_client(p, 1001, ACK)), 0);
+    // RSTs.
+    assert_eq!(lb.forward_to(p, &from_client(p, 1002, RST)), 0);
+    lb.reply(p, &from_backend(&lb, p, 1003, RST | ACK));
+    // Half closes.
+    assert_eq!(lb.forward_to(p, &fin_client(1004)), 0);
+    lb.reply(p, &from_backend(&lb, p, 1005, FIN | ACK));
+    for (what, sport, flags, _) in cases {
+        let fs = lb.flow(key(p.client, p.vip, sport, VIP_PORT)).unwrap();
+        assert_eq!((fs.backend, fs.flags), (0, flags), "{what}: flow entry");
+    }
+    // Within the closed timeout even a closed flow is kept.
+    assert_eq!(lb.forward_to(p, &from_client(p, 1001, ACK)), 0);
+    assert!(
+        start.elapsed() < closed,
+        "test too slow to check live flows"
+    );
+    assert_eq!(lb.stats(false, 0).new_flows, 5);
+
+    sleep(closed + Duration::from_millis(100));
+    let mut new_flows = 5;
+    for (what, sport, _, expires) in cases {
+        let want = if expires { 1 } else { 0 };
+        assert_eq!(
+            lb.forward_to(p, &from_client(p, sport, SYN)),
+            want,
+            "{what}: after the closed timeout"
+        );
+        new_flows += want as u64;
+        assert_eq!(lb.stats(false, 0).new_flows, new_flows, "{what}: new flows");
+    }
+    assert_eq!(lb.stats(true, 1).new_flows, 3);
+}
+
+#[test]
+fn traffic_in_either_direction_keeps_a_flow_past_the_idle_timeout() {
+    let p = plan4();
+    let idle = Duration::from_millis(300);
+    let step = Duration::from_millis(100);
+    let mut lb = Lb::new();
+    lb.seed(p, 0);
+    lb.config
+        .set(0, config_with_timeouts(300 * MS, 3_600_000 * MS), 0)
+        .unwrap();
+    let k = key(p.client, p.vip, CLIENT_PORT, VIP_PORT);
+    assert_eq!(lb.forward_to(p, &syn(p)), 0);
+    lb.fill_maglev(1);
+    let ack = from_client(p, CLIENT_PORT, ACK);
+    let mut last = Instant::now();
+    let mut check_gap = |what: &str| {
+        let gap = last.elapsed();
+        assert!(gap < idle, "{what}: {gap:?} between packets, test stalled");
+        last = Instant::now();
+    };
+
+    // Client packets only, for three idle timeouts.
+    let start = Instant::now();
+    while start.elapsed() < 3 * idle {
+        sleep(step);
+        check_gap("client packets");
+        assert_eq!(lb.forward_to(p, &ack), 0, "client packets keep the flow");
+    }
+    // Backend replies only, for three idle timeouts: each one refreshes the flow.
+    let reply = from_backend(&lb, p, CLIENT_PORT, ACK);
+    let start = Instant::now();
+    while start.elapsed() < 3 * idle {
+        sleep(step);
+        check_gap("backend replies");
+        let before = lb.flow(k).unwrap().last_seen_ns;
+        lb.reply(p, &reply);
+        let after = lb.flow(k).unwrap().last_seen_ns;
+        assert!(
+            after > before,
+            "reply refreshes last_seen ({before} → {after})"
+        );
+    }
+    sleep(step);
+    check_gap("last client packet");
+    assert_eq!(lb.forward_to(p, &ack), 0, "replies kept the flow");
+    assert_eq!(lb.stats(false, 0).new_flows, 1);
+
+    // And the timeout was live all along: silence past it moves the flow.
+    sleep(idle + step);
+    assert_eq!(lb.forward_to(p, &ack), 1);
+    assert_eq!(lb.stats(false, 0).new_flows, 2);
 }

@@ -1,0 +1,235 @@
+//! `--pin-dir`: the flow tables live in a bpf filesystem, so a daemon killed without
+//! cleaning up (SIGKILL) is succeeded by one that keeps every flow; a clean shutdown
+//! removes the pins; a bad pin directory is a flag error that attaches nothing.
+//! Runs as root with real traffic, like e2e.rs; a missing prerequisite is a failure.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use lb_tests::daemon::{XdpState, xdp_state};
+use lb_tests::{Daemon, Kind, Launch, Topology};
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+const PINS: [&str; 2] = ["flows_v1", "reverse_nat_v1"];
+
+struct Env {
+    _serial: MutexGuard<'static, ()>,
+    lb: PathBuf,
+    topo: Topology,
+}
+
+fn env() -> Env {
+    let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    lb_tests::require_root().unwrap();
+    lb_tests::require_tools(lb_tests::TOOLS).unwrap();
+    lb_tests::bpf_object().unwrap();
+    let topo = Topology::new(Kind::TwoArmed).unwrap_or_else(|e| panic!("topology: {e:#}"));
+    Env {
+        _serial: serial,
+        lb: lb_tests::lb_bin().unwrap(),
+        topo,
+    }
+}
+
+/// A pin directory on the host's bpffs, unique to this test, removed on drop.
+struct PinDir(PathBuf);
+
+impl PinDir {
+    fn new(tag: &str) -> PinDir {
+        PinDir(PathBuf::from(format!(
+            "/sys/fs/bpf/lbtest-{}-{tag}",
+            std::process::id()
+        )))
+    }
+    fn pins_present(&self) -> Vec<bool> {
+        PINS.iter().map(|p| self.0.join(p).exists()).collect()
+    }
+}
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn args(topo: &Topology, pin_dir: &Path, extra: &[&str]) -> Vec<String> {
+    let mut a: Vec<String> = Vec::new();
+    for iface in &topo.lb_ifaces {
+        a.extend(["--iface".into(), iface.clone()]);
+    }
+    a.extend(["--vip".into(), topo.vip_arg(false)]);
+    for b in topo.backend_args(false, &[1, 1, 1]) {
+        a.extend(["--backend".into(), b]);
+    }
+    a.extend(["--pin-dir".into(), pin_dir.display().to_string()]);
+    a.extend(extra.iter().map(|s| s.to_string()));
+    a
+}
+
+fn start(env: &Env, launch: Launch, args: &[String], log: &str) -> Daemon {
+    Daemon::start(
+        &env.topo.lb,
+        &env.lb,
+        launch,
+        args,
+        &env.topo.lb_ifaces,
+        &env.topo.path(log),
+    )
+    .unwrap_or_else(|e| panic!("starting lb: {e:#}"))
+}
+
+fn flows(daemon: &Daemon) -> u64 {
+    let stats = daemon
+        .stats_json()
+        .unwrap_or_else(|e| panic!("lb stats: {e:#}"));
+    stats["flows"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no flows in {stats:#}"))
+}
+
+fn all_connect(env: &Env, daemon: &Daemon, n: usize) {
+    let spread = env
+        .topo
+        .spread(false, n)
+        .unwrap_or_else(|e| panic!("curl: {e:#}"));
+    assert_eq!(spread.failures, 0, "{spread}\nlb log:\n{}", daemon.log());
+}
+
+#[test]
+fn flows_survive_a_killed_daemon_and_clean_shutdown_removes_pins() {
+    let env = env();
+    let pins = PinDir::new("kill");
+    let a = args(&env.topo, &pins.0, &[]);
+
+    let first = start(&env, Launch::Nsenter, &a, "lb-first.log");
+    all_connect(&env, &first, 40);
+    let before = flows(&first);
+    assert!(
+        before >= 40,
+        "flow table has {before} entries after 40 connections"
+    );
+    assert_eq!(pins.pins_present(), [true, true], "pins under {:?}", pins.0);
+
+    // SIGKILL: no cleanup runs, the pins stay (the XDP link dies with the process).
+    let status = Command::new("kill")
+        .args(["-9", &first.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut first = first;
+    first.wait_exit(Duration::from_secs(10)).unwrap();
+    assert_eq!(
+        pins.pins_present(),
+        [true, true],
+        "pins lost with the daemon"
+    );
+
+    let second = start(&env, Launch::Nsenter, &a, "lb-second.log");
+    assert!(
+        second.log().contains("reusing pinned flow table"),
+        "second daemon did not say it reused the pins:\n{}",
+        second.log()
+    );
+    let after = flows(&second);
+    assert!(
+        after >= before,
+        "restarted daemon sees {after} flows, the killed one had {before}"
+    );
+    all_connect(&env, &second, 20);
+    second
+        .stop(&env.topo.lb)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(
+        pins.pins_present(),
+        [false, false],
+        "clean shutdown left pins"
+    );
+}
+
+#[test]
+fn reused_pins_of_another_size_are_refused_and_nothing_is_attached() {
+    let env = env();
+    let pins = PinDir::new("size");
+    let first = start(
+        &env,
+        Launch::Nsenter,
+        &args(&env.topo, &pins.0, &["--max-flows", "4096"]),
+        "lb-size1.log",
+    );
+    Command::new("kill")
+        .args(["-9", &first.pid().to_string()])
+        .status()
+        .unwrap();
+    let mut first = first;
+    first.wait_exit(Duration::from_secs(10)).unwrap();
+
+    let mut second = Daemon::spawn(
+        &env.topo.lb,
+        &env.lb,
+        Launch::Nsenter,
+        &args(&env.topo, &pins.0, &["--max-flows", "8192"]),
+        &env.topo.lb_ifaces,
+        &env.topo.path("lb-size2.log"),
+    )
+    .unwrap();
+    let status = second.wait_exit(Duration::from_secs(10)).unwrap();
+    assert_eq!(status.code(), Some(2), "log:\n{}", second.log());
+    let log = second.log();
+    assert!(
+        log.contains("4096") && log.contains("--max-flows is 8192"),
+        "{log}"
+    );
+    for iface in &env.topo.lb_ifaces {
+        assert_eq!(xdp_state(&env.topo.lb, iface).unwrap(), XdpState::None);
+    }
+}
+
+#[test]
+fn pin_dir_outside_bpffs_is_a_flag_error() {
+    let env = env();
+    let mut d = Daemon::spawn(
+        &env.topo.lb,
+        &env.lb,
+        Launch::Nsenter,
+        &args(&env.topo, Path::new("/tmp/lb-not-bpffs"), &[]),
+        &env.topo.lb_ifaces,
+        &env.topo.path("lb-badpin.log"),
+    )
+    .unwrap();
+    let status = d.wait_exit(Duration::from_secs(10)).unwrap();
+    assert_eq!(status.code(), Some(2), "log:\n{}", d.log());
+    assert!(
+        d.log()
+            .contains("--pin-dir /tmp/lb-not-bpffs: not on a bpf filesystem"),
+        "{}",
+        d.log()
+    );
+    for iface in &env.topo.lb_ifaces {
+        assert_eq!(xdp_state(&env.topo.lb, iface).unwrap(), XdpState::None);
+    }
+}
+
+#[test]
+fn under_ip_netns_exec_a_bpffs_is_mounted_with_a_warning() {
+    let env = env();
+    // `ip netns exec` gives lb a fresh /sys without a bpffs; lb mounts one in its own
+    // mount namespace, so nothing appears on the host's bpffs.
+    let pins = PinDir::new("netns-exec");
+    let d = start(
+        &env,
+        Launch::IpNetnsExec,
+        &args(&env.topo, &pins.0, &[]),
+        "lb-exec.log",
+    );
+    assert!(
+        d.log().contains("lb mounted one"),
+        "no bpffs warning:\n{}",
+        d.log()
+    );
+    all_connect(&env, &d, 20);
+    assert_eq!(pins.pins_present(), [false, false]);
+    d.stop(&env.topo.lb).unwrap_or_else(|e| panic!("{e:#}"));
+}
