@@ -36,6 +36,8 @@ fn backend_ips(dp: &Dataplane) -> Vec<IpAddr> {
 pub async fn run(dp: Dataplane) -> anyhow::Result<()> {
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
+    // Without a handler SIGHUP would kill the daemon; reloading comes with live changes.
+    let mut sighup = signal(SignalKind::hangup())?;
     let record = RuntimeRecord {
         pid: std::process::id(),
         netns_inode: netns_inode()?,
@@ -59,6 +61,9 @@ pub async fn run(dp: Dataplane) -> anyhow::Result<()> {
         tokio::select! {
             _ = sigint.recv() => break "SIGINT",
             _ = sigterm.recv() => break "SIGTERM",
+            _ = sighup.recv() => {
+                warn!("SIGHUP: configuration reload is not supported yet; restart lb to apply a new configuration");
+            }
             _ = check.tick() => {
                 let now = dp.counter(DROP_NO_NEIGH);
                 if now != no_neigh || last_refresh.elapsed() >= NEIGH_REFRESH {
