@@ -85,4 +85,12 @@ pub fn require_tools(tools: &[&str]) -> Result<()> {
 }
 
 /// Every external tool the test bed runs.
-pub const TOOLS: &[&str] = &["ip", "nsenter", "ethtool", "curl", "python3", "sha256sum"];
+pub const TOOLS: &[&str] = &[
+    "ip",
+    "nsenter",
+    "ethtool",
+    "curl",
+    "python3",
+    "sha256sum",
+    "nstat",
+];

@@ -369,6 +369,28 @@ impl Topology {
         Ok(format!("http://{bind}:{port}/name"))
     }
 
+    /// `TcpInCsumErrors` of the client and every backend, nonzero ones only, as
+    /// `(namespace role, count)`: a NAT that gets checksums wrong shows up here before
+    /// connections fail.
+    pub fn tcp_csum_errors(&self) -> Result<Vec<(String, u64)>> {
+        let mut bad = Vec::new();
+        let nss = std::iter::once(("client", &self.client))
+            .chain(self.backends.iter().map(|b| (b.name.as_str(), &b.ns)));
+        for (role, ns) in nss {
+            let out = ns.exec("nstat", &["-asz", "TcpInCsumErrors"])?;
+            let n = out
+                .lines()
+                .find_map(|l| l.strip_prefix("TcpInCsumErrors"))
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|v| v.parse::<u64>().ok())
+                .with_context(|| format!("no TcpInCsumErrors in nstat output:\n{out}"))?;
+            if n > 0 {
+                bad.push((role.to_owned(), n));
+            }
+        }
+        Ok(bad)
+    }
+
     /// A path in the topology's temp dir (removed on drop).
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)

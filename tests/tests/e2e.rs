@@ -209,6 +209,8 @@ fn two_armed_v6_config_file() {
     let daemon = start(&env, &topo, Launch::IpNetnsExec, args);
 
     let mut seen = check_spread(&topo, &daemon, true, &[1, 1, 1]);
+    let csum = topo.tcp_csum_errors().unwrap();
+    assert!(csum.is_empty(), "TCP checksum errors over IPv6: {csum:?}");
     let v4 = topo.spread(false, 30).unwrap();
     assert_eq!(
         v4.failures,
@@ -239,6 +241,11 @@ fn two_armed_v4_bulk_100mb() {
     assert_eq!(
         got, want,
         "sha256 of the 100 MB blob downloaded through the VIP differs"
+    );
+    let csum = topo.tcp_csum_errors().unwrap();
+    assert!(
+        csum.is_empty(),
+        "TCP checksum errors after the transfer: {csum:?}"
     );
     daemon.stop(&topo.lb).unwrap_or_else(|e| panic!("{e:#}"));
 }
