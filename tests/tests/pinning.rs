@@ -107,6 +107,7 @@ fn flows_survive_a_killed_daemon_and_clean_shutdown_removes_pins() {
     let first = start(&env, Launch::Nsenter, &a, "lb-first.log");
     all_connect(&env, &first, 40);
     let before = flows(&first);
+    eprintln!("flows after 40 connections: {before}");
     assert!(
         before >= 40,
         "flow table has {before} entries after 40 connections"
