@@ -218,6 +218,42 @@ impl Daemon {
         cmd::run(&mut c).with_context(|| format!("daemon log:\n{}", self.log()))
     }
 
+    /// A command running `lb ARGS` in the daemon's namespace, the same way the daemon
+    /// was started (e.g. `lb ctl ...`, which reaches the admin API on the namespace's
+    /// loopback).
+    pub fn cli_command(&self, args: &[&str]) -> Command {
+        let mut c = self
+            .launch
+            .command_in(&self.ns_name, &self.ns_path, &self.bin);
+        c.args(args);
+        c
+    }
+
+    /// Runs `lb ARGS` in the daemon's namespace and returns its output whatever the
+    /// exit status (for checking error exits).
+    pub fn run_cli_any(&self, args: &[&str]) -> Result<std::process::Output> {
+        cmd::output_any(&mut self.cli_command(args))
+    }
+
+    /// Whether the daemon process still runs.
+    pub fn is_running(&mut self) -> bool {
+        self.poll_exit().is_none()
+    }
+
+    /// Sends `signal` (e.g. `libc::SIGHUP`) to the daemon, by its PID.
+    pub fn signal(&mut self, signal: i32) -> Result<()> {
+        if let Some(status) = self.poll_exit() {
+            bail!("lb had already exited ({status}): {}", self.context());
+        }
+        sys::kill(self.pid, signal).with_context(|| format!("sending signal {signal} to lb"))
+    }
+
+    /// Lines of the daemon's log that contain every one of `words` (case-insensitive,
+    /// colour codes removed).
+    pub fn log_lines_with(&self, words: &[&str]) -> Vec<String> {
+        log_lines_with(&self.log(), words)
+    }
+
     /// `lb stats --json`, parsed.
     pub fn stats_json(&self) -> Result<serde_json::Value> {
         let out = self.run_cli(&["stats", "--json"])?;
@@ -280,6 +316,37 @@ pub fn says_ready(log: &str) -> bool {
         .any(|word| word == "ready")
 }
 
+/// Lines of `log` that contain every one of `words`, compared case-insensitively after
+/// removing ANSI colour sequences.
+pub fn log_lines_with(log: &str, words: &[&str]) -> Vec<String> {
+    let words: Vec<String> = words.iter().map(|w| w.to_lowercase()).collect();
+    log.lines()
+        .map(strip_ansi)
+        .filter(|line| {
+            let lower = line.to_lowercase();
+            words.iter().all(|w| lower.contains(w.as_str()))
+        })
+        .collect()
+}
+
+/// `line` without ANSI escape sequences (`ESC [ ... letter`).
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// Per-backend `new_flows` from `lb stats --json`, keyed by the `addr` string.
 pub fn backend_new_flows(stats: &serde_json::Value) -> Result<Vec<(String, u64)>> {
     let services = stats["services"]
@@ -325,6 +392,18 @@ mod tests {
         assert!(!says_ready(
             "lb: error: the config file already defines services"
         ));
+    }
+
+    #[test]
+    fn finds_log_lines() {
+        let log = "\u{1b}[2m2026\u{1b}[0m \u{1b}[33m WARN\u{1b}[0m lb: backend down service=\"web\" backend=198.18.1.11:80 reason=\"status 503\"\nINFO lb: backend up backend=198.18.1.11:80\n";
+        let hits = log_lines_with(log, &["Backend Down", "198.18.1.11:80", "status 503"]);
+        assert_eq!(hits.len(), 1, "{hits:?}");
+        assert!(
+            hits[0].starts_with("2026  WARN lb: backend down"),
+            "{hits:?}"
+        );
+        assert!(log_lines_with(log, &["backend down", "timeout"]).is_empty());
     }
 
     #[test]

@@ -7,12 +7,18 @@
 //! from 198.18.0.0/15 and fd00::/8; the host's interfaces and routes are never touched.
 #![deny(unsafe_code)]
 
+pub mod admin;
+pub mod backend_ctl;
+pub mod bed;
+pub mod bg;
 pub mod cleanup;
 pub mod client;
 pub mod cmd;
 pub mod daemon;
 pub mod demo;
+pub mod load;
 pub mod netns;
+pub mod prometheus;
 pub mod server;
 mod sys;
 pub mod topology;
@@ -93,4 +99,9 @@ pub const TOOLS: &[&str] = &[
     "python3",
     "sha256sum",
     "nstat",
+    // Faults: a backend port that drops every packet.
+    "nft",
+    // Metrics: the linter and a real server scraping the daemon.
+    "promtool",
+    "prometheus",
 ];

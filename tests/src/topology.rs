@@ -60,6 +60,9 @@ pub struct Backend {
     pub v6: Ipv6Addr,
     pub dir: PathBuf,
     pub ns: Netns,
+    /// PID of the HTTP server now serving this backend (0: none), so tests can stop,
+    /// pause or replace it (see [`crate::backend_ctl`]).
+    server: AtomicU32,
 }
 
 impl Backend {
@@ -69,6 +72,23 @@ impl Backend {
 
     pub fn addr6(&self) -> SocketAddr {
         SocketAddr::new(IpAddr::V6(self.v6), PORT)
+    }
+
+    /// PID of the backend's running HTTP server, if one was started and not stopped.
+    pub fn server_pid(&self) -> Option<u32> {
+        match self.server.load(Ordering::SeqCst) {
+            0 => None,
+            pid => Some(pid),
+        }
+    }
+
+    pub(crate) fn set_server_pid(&self, pid: Option<u32>) {
+        self.server.store(pid.unwrap_or(0), Ordering::SeqCst);
+    }
+
+    /// The log of the server the topology started: `<temp dir>/<name>.log`.
+    pub fn server_log(&self) -> PathBuf {
+        self.dir.with_extension("log")
     }
 }
 
@@ -120,6 +140,7 @@ impl Topology {
                 v6: Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, 0, 0x11 + i as u16),
                 dir: bdir,
                 ns: Netns::new(name)?,
+                server: AtomicU32::new(0),
             });
         }
 
@@ -260,8 +281,9 @@ impl Topology {
     fn start_backends(&self) -> Result<()> {
         let mut started = Vec::new();
         for b in &self.backends {
-            let log = self.dir.path().join(format!("{}.log", b.name));
+            let log = b.server_log();
             let pid = server::start(&b.ns, "::", PORT, &b.dir, &log)?;
+            b.set_server_pid(Some(pid));
             started.push((b, pid, log));
         }
         for (b, pid, log) in started {

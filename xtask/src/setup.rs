@@ -26,6 +26,11 @@ const TEST_PACKAGES: &[&str] = &[
     "util-linux",
     "kmod",
 ];
+/// Test tools whose packages also ship a service (the Prometheus server; nftables' unit):
+/// installed without starting it, see [`apt_install_without_starting`].
+const TEST_PACKAGES_NO_START: &[&str] = &["prometheus", "nftables"];
+/// Where Debian's invoke-rc.d looks for a policy; exit status 101 means "do not start".
+const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Debian's rustc-web installs here (sysroot /usr).
 pub const EBPF_RUSTC: &str = "/usr/bin/rustc";
@@ -37,6 +42,7 @@ pub fn ensure() -> anyhow::Result<()> {
         .map(|s| s.to_string())
         .collect();
     apt_install(&wanted)?;
+    apt_install_without_starting(TEST_PACKAGES_NO_START)?;
     let llvm = llvm_major()?;
     wanted = vec![format!("llvm-{llvm}-dev"), format!("libpolly-{llvm}-dev")];
     apt_install(&wanted)?;
@@ -71,6 +77,84 @@ fn apt_install(pkgs: &[String]) -> anyhow::Result<()> {
             .args(["install", "-y", "-q", "--no-install-recommends"])
             .args(missing.iter().map(|s| s.as_str())),
     )
+}
+
+/// Installs `pkgs` without letting their maintainer scripts start a service: there is no
+/// init system here or in CI, but a postinst may still run `/etc/init.d/NAME start`
+/// (prometheus's does), which would leave a server running on the host. A temporary
+/// policy-rc.d that exits 101 forbids that; it is removed afterwards only if we created
+/// it. A server started anyway (by a script that ignores the policy) is stopped by PID.
+fn apt_install_without_starting(pkgs: &[&str]) -> anyhow::Result<()> {
+    let pkgs: Vec<String> = pkgs.iter().map(|s| s.to_string()).collect();
+    if pkgs.iter().all(|p| installed(p)) {
+        return Ok(());
+    }
+    let before = pids_named("prometheus");
+    let created = if std::path::Path::new(POLICY_RC_D).exists() {
+        false
+    } else if exec::is_root() {
+        write_policy_rc_d()?;
+        true
+    } else {
+        false
+    };
+    let result = apt_install(&pkgs);
+    if created {
+        std::fs::remove_file(POLICY_RC_D)
+            .with_context(|| format!("removing the temporary {POLICY_RC_D}"))?;
+    }
+    result?;
+    let started: Vec<u32> = pids_named("prometheus")
+        .into_iter()
+        .filter(|p| !before.contains(p))
+        .collect();
+    for pid in &started {
+        step(&format!(
+            "stopping the prometheus server (pid {pid}) the package's install started"
+        ));
+        exec::run(Command::new("kill").arg(pid.to_string()))?;
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while started.iter().any(|p| pid_alive(*p)) {
+        if std::time::Instant::now() >= deadline {
+            bail!("the prometheus server started by its package (pids {started:?}) did not stop");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    Ok(())
+}
+
+fn write_policy_rc_d() -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(
+        POLICY_RC_D,
+        "#!/bin/sh\n# Temporary, written by `cargo xtask setup`: start no service.\nexit 101\n",
+    )
+    .with_context(|| format!("writing {POLICY_RC_D}"))?;
+    std::fs::set_permissions(POLICY_RC_D, std::fs::Permissions::from_mode(0o755))
+        .with_context(|| format!("making {POLICY_RC_D} executable"))
+}
+
+/// PIDs of the processes whose command name is `name`.
+fn pids_named(name: &str) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == name)
+        })
+        .collect()
+}
+
+/// Whether `pid` still runs (exists and is not a zombie).
+fn pid_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit_once(')')
+            .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
+    })
 }
 
 /// LLVM major version of rustc-web, which bpf-linker must match.
