@@ -5,6 +5,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod dataplane;
+pub mod health;
 pub mod neigh;
 pub mod object;
 pub mod pin;
