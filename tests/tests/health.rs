@@ -1,0 +1,363 @@
+//! Health checks end to end: real backends that stop answering, answer their HTTP check
+//! with 503, or close their port are taken out within interval × fall + one interval,
+//! traffic goes on over the others, and they come back within interval × rise + one
+//! interval; with every backend down the LB resets new connections at once.
+//!
+//! Root, the `lb` binary and the eBPF object are required (a missing one fails); the
+//! tests run one at a time (the lock in [`Bed`]).
+
+use std::time::{Duration, Instant};
+
+use lb_tests::admin::{self, ServiceInfo};
+use lb_tests::backend_ctl;
+use lb_tests::bed::{Bed, FAST_HEALTH, down_within, up_within};
+use lb_tests::load::{self, ShortConns, ShortOpts};
+use lb_tests::topology::{BACKEND_NAMES, Kind, VIP4};
+use lb_tests::{Daemon, client};
+
+/// The service name lb gives a `--vip` service.
+const SERVICE: &str = "default";
+
+fn all_named() -> Vec<(&'static str, u32)> {
+    BACKEND_NAMES.iter().map(|n| (*n, 1)).collect()
+}
+
+fn start(bed: &Bed, health: &[&str]) -> Daemon {
+    let mut extra = health.to_vec();
+    extra.extend_from_slice(FAST_HEALTH);
+    bed.start(&bed.args(&all_named(), &extra))
+}
+
+fn all_up(bed: &Bed) -> impl FnMut(&ServiceInfo) -> bool + '_ {
+    move |s| {
+        BACKEND_NAMES
+            .iter()
+            .all(|n| s.backend(&bed.addr(n)).is_some_and(|b| b.state == "up"))
+    }
+}
+
+/// Waits for `state` and fails unless it came within `bound` of `since`; returns the
+/// time taken. Waits a few seconds past the bound so a slow transition is reported
+/// with its real duration.
+fn expect_state_within(
+    d: &Daemon,
+    addr: &str,
+    state: &str,
+    since: Instant,
+    bound: Duration,
+) -> Duration {
+    let seen = admin::wait_state(d, SERVICE, addr, state, bound + Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let took = seen - since;
+    assert!(
+        took <= bound,
+        "{addr} became {state} after {took:?}, more than the bound {bound:?}\ndaemon log:\n{}",
+        d.log()
+    );
+    took
+}
+
+fn expect_log(d: &Daemon, words: &[&str]) {
+    let hits = d.log_lines_with(words);
+    assert!(
+        !hits.is_empty(),
+        "the daemon log has no line with all of {words:?}; log:\n{}",
+        d.log()
+    );
+}
+
+/// Every connection succeeds and none reaches `name`.
+fn expect_clean(conns: &load::Conns, avoid: &str, what: &str) {
+    assert!(
+        conns.len() >= 10,
+        "{what}: only {} connections recorded: {conns}",
+        conns.len()
+    );
+    assert!(
+        conns.failures().is_empty(),
+        "{what}: connections failed: {conns}"
+    );
+    assert_eq!(
+        conns.count(avoid),
+        0,
+        "{what}: {avoid} got connections: {conns}"
+    );
+}
+
+/// A backend whose port drops every packet (nft) fails its TCP check by timeout: it is
+/// down within the bound, connections started after that all succeed on the others;
+/// once the port answers again it is up within the bound and gets traffic again.
+#[test]
+fn tcp_check_timeout_takes_backend_out_and_back() {
+    let bed = Bed::new(Kind::TwoArmed);
+    let d = start(&bed, &["--health", "tcp"]);
+    admin::wait_for(&d, SERVICE, "all up", Duration::from_secs(5), all_up(&bed))
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let b2 = bed.backend("b2");
+    let addr = bed.addr("b2");
+
+    let mut short = ShortConns::start(&bed.topo, false, ShortOpts::default()).unwrap();
+    short
+        .wait_for(10, Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("{e:#}"));
+
+    let fault = Instant::now();
+    backend_ctl::block_port(b2, 80).unwrap();
+    let took_down = expect_state_within(&d, &addr, "down", fault, down_within());
+    let down_at = load::now();
+    std::thread::sleep(Duration::from_secs(3));
+
+    let unblock_at = load::now();
+    let repair = Instant::now();
+    backend_ctl::unblock(b2).unwrap();
+    let took_up = expect_state_within(&d, &addr, "up", repair, up_within());
+    let up_at = load::now();
+    std::thread::sleep(Duration::from_secs(3));
+    let conns = short.stop().unwrap();
+    eprintln!("b2 down after {took_down:?}, up again after {took_up:?}; load: {conns}");
+
+    expect_clean(
+        &conns.between(down_at, unblock_at),
+        "b2",
+        "while b2 was down",
+    );
+    let after = conns.since(up_at);
+    assert!(
+        after.failures().is_empty(),
+        "after b2 came back, connections failed: {after}"
+    );
+    assert!(
+        after.count("b2") > 0,
+        "b2 got no connection after it came back: {after}"
+    );
+    expect_log(&d, &["backend down", &addr, "timeout"]);
+    expect_log(&d, &["backend up", &addr]);
+    d.stop(&bed.topo.lb).unwrap_or_else(|e| panic!("{e:#}"));
+}
+
+/// An HTTP check answered 503 takes the backend down with reason `status 503`; 200
+/// brings it back.
+#[test]
+fn http_check_503_takes_backend_out_and_back() {
+    let bed = Bed::new(Kind::TwoArmed);
+    for name in BACKEND_NAMES {
+        backend_ctl::start_health_server(&bed.topo, bed.backend(name), 200).unwrap();
+    }
+    let d = start(&bed, &["--health", "http:/health/instance"]);
+    // Every backend passes its HTTP check: still all up after a few checks.
+    std::thread::sleep(Duration::from_secs(3));
+    admin::wait_for(&d, SERVICE, "all up", Duration::from_secs(1), all_up(&bed))
+        .unwrap_or_else(|e| panic!("{e:#}"));
+
+    let b1 = bed.backend("b1");
+    let addr = bed.addr("b1");
+    let fault = Instant::now();
+    backend_ctl::set_health_status(&bed.topo, b1, 503).unwrap();
+    let took_down = expect_state_within(&d, &addr, "down", fault, down_within());
+    expect_log(&d, &["backend down", &addr, "status 503"]);
+    let s = bed.topo.spread(false, 60).unwrap();
+    assert_eq!(s.failures, 0, "with b1 down: {s}");
+    assert_eq!(s.count("b1"), 0, "b1 is down but got connections: {s}");
+
+    let repair = Instant::now();
+    backend_ctl::set_health_status(&bed.topo, b1, 200).unwrap();
+    let took_up = expect_state_within(&d, &addr, "up", repair, up_within());
+    eprintln!("b1 down after {took_down:?}, up after {took_up:?}");
+    let s = bed.topo.spread(false, 60).unwrap();
+    assert_eq!(s.failures, 0, "after b1 came back: {s}");
+    assert!(s.count("b1") > 0, "b1 is up again but got nothing: {s}");
+    expect_log(&d, &["backend up", &addr]);
+    d.stop(&bed.topo.lb).unwrap_or_else(|e| panic!("{e:#}"));
+}
+
+/// An HTTP check of a frozen server (SIGSTOP: the kernel still accepts the connection,
+/// nothing answers) fails by timeout; thawed, it passes again.
+#[test]
+fn http_check_of_a_frozen_server_times_out() {
+    let bed = Bed::new(Kind::TwoArmed);
+    for name in BACKEND_NAMES {
+        backend_ctl::start_health_server(&bed.topo, bed.backend(name), 200).unwrap();
+    }
+    let d = start(&bed, &["--health", "http:/health/instance"]);
+    admin::wait_for(&d, SERVICE, "all up", Duration::from_secs(5), all_up(&bed))
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let b3 = bed.backend("b3");
+    let addr = bed.addr("b3");
+    let fault = Instant::now();
+    backend_ctl::pause_server(b3, true).unwrap();
+    let took_down = expect_state_within(&d, &addr, "down", fault, down_within());
+    // Thaw before asserting anything else, so a failure leaves no frozen process.
+    let repair = Instant::now();
+    backend_ctl::pause_server(b3, false).unwrap();
+    expect_log(&d, &["backend down", &addr, "timeout"]);
+    let took_up = expect_state_within(&d, &addr, "up", repair, up_within());
+    eprintln!("b3 down after {took_down:?}, up after {took_up:?}");
+    let s = bed.topo.spread(false, 60).unwrap();
+    assert_eq!(s.failures, 0, "after b3 came back: {s}");
+    d.stop(&bed.topo.lb).unwrap_or_else(|e| panic!("{e:#}"));
+}
+
+/// A backend whose server is gone (port closed) fails its TCP check with `connection
+/// refused`; restarted, it comes back.
+#[test]
+fn closed_port_is_connection_refused() {
+    let bed = Bed::new(Kind::TwoArmed);
+    let d = start(&bed, &["--health", "tcp"]);
+    admin::wait_for(&d, SERVICE, "all up", Duration::from_secs(5), all_up(&bed))
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let b3 = bed.backend("b3");
+    let addr = bed.addr("b3");
+    let fault = Instant::now();
+    backend_ctl::stop_server(b3).unwrap();
+    let took_down = expect_state_within(&d, &addr, "down", fault, down_within());
+    expect_log(&d, &["backend down", &addr, "connection refused"]);
+    let s = bed.topo.spread(false, 60).unwrap();
+    assert_eq!(s.failures, 0, "with b3 down: {s}");
+    assert_eq!(s.count("b3"), 0, "b3 is down but answered: {s}");
+
+    let repair = Instant::now();
+    backend_ctl::start_server(&bed.topo, b3).unwrap();
+    let took_up = expect_state_within(&d, &addr, "up", repair, up_within());
+    eprintln!("b3 down after {took_down:?}, up after {took_up:?}");
+    let s = bed.topo.spread(false, 60).unwrap();
+    assert_eq!(s.failures, 0, "after b3 came back: {s}");
+    assert!(s.count("b3") > 0, "b3 is up again but got nothing: {s}");
+    d.stop(&bed.topo.lb).unwrap_or_else(|e| panic!("{e:#}"));
+}
+
+/// Connects once to the VIP from the client with python; returns the outcome
+/// (`connected` or the exception's class name) and how long connect() took.
+fn python_connect(bed: &Bed) -> (String, Duration) {
+    const SCRIPT: &str = "import socket, sys, time\n\
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)\n\
+        s.settimeout(3)\n\
+        t = time.monotonic()\n\
+        try:\n    s.connect((sys.argv[1], int(sys.argv[2])))\n    r = 'connected'\n\
+        except Exception as e:\n    r = type(e).__name__\n\
+        print(r, '%.6f' % (time.monotonic() - t))\n";
+    let out = bed
+        .topo
+        .client
+        .exec("python3", &["-c", SCRIPT, &VIP4.to_string(), "80"])
+        .unwrap();
+    let (what, secs) = out.trim().split_once(' ').expect("two words");
+    (
+        what.to_owned(),
+        Duration::from_secs_f64(secs.parse().expect("seconds")),
+    )
+}
+
+fn drop_no_backend(d: &Daemon) -> u64 {
+    let stats = d.stats_json().unwrap_or_else(|e| panic!("{e:#}"));
+    stats["counters"]["drop_no_backend"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no counters.drop_no_backend in lb stats --json: {stats:#}"))
+}
+
+/// With every backend down, a new connection to the VIP is reset by the LB at once
+/// (refused, not a timeout), counted as `drop_no_backend`; /health/endtoend answers 503
+/// naming the service; one backend back and it answers 200 and traffic flows.
+#[test]
+fn all_backends_down_resets_new_connections() {
+    let bed = Bed::new(Kind::TwoArmed);
+    let d = start(&bed, &["--health", "tcp"]);
+    admin::wait_for(&d, SERVICE, "all up", Duration::from_secs(5), all_up(&bed))
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let (code, body) = admin::get(&bed.topo.lb, "/health/endtoend").unwrap();
+    assert_eq!(code, 200, "/health/endtoend with all up: {body}");
+
+    let fault = Instant::now();
+    for name in BACKEND_NAMES {
+        backend_ctl::stop_server(bed.backend(name)).unwrap();
+    }
+    admin::wait_for(
+        &d,
+        SERVICE,
+        "all down",
+        down_within() + Duration::from_secs(5),
+        |s| s.backends.iter().all(|b| b.state == "down"),
+    )
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    let took = fault.elapsed();
+    assert!(
+        took <= down_within(),
+        "all backends down only after {took:?} (bound {:?})",
+        down_within()
+    );
+
+    let before = drop_no_backend(&d);
+    const TRIES: u64 = 5;
+    for _ in 0..TRIES {
+        let (what, took) = python_connect(&bed);
+        assert!(
+            what == "ConnectionRefusedError" || what == "ConnectionResetError",
+            "connect to the VIP with no backend: {what} after {took:?}, expected a reset at once\ndaemon log:\n{}",
+            d.log()
+        );
+        assert!(
+            took < Duration::from_millis(500),
+            "connect to the VIP with no backend took {took:?} to fail ({what}): not at once"
+        );
+    }
+    for _ in 0..TRIES {
+        let out = lb_tests::cmd::output_any(bed.topo.client.command("curl").args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "--connect-timeout",
+            "3",
+            "-w",
+            "%{time_total}",
+            &bed.topo.vip_url(false, "name"),
+        ]))
+        .unwrap();
+        let code = out.status.code();
+        let secs: f64 = String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .unwrap_or(f64::NAN);
+        assert!(
+            matches!(code, Some(7) | Some(56)),
+            "curl to the VIP with no backend exited {code:?} after {secs} s, expected 7 or 56 (reset)"
+        );
+        assert!(
+            secs < 0.5,
+            "curl to the VIP with no backend took {secs} s to fail"
+        );
+    }
+    let after = drop_no_backend(&d);
+    assert!(
+        after >= before + 2 * TRIES,
+        "drop_no_backend went from {before} to {after} over {} connection attempts",
+        2 * TRIES
+    );
+
+    let (code, body) = admin::get(&bed.topo.lb, "/health/endtoend").unwrap();
+    assert_eq!(
+        code, 503,
+        "/health/endtoend with every backend down: {body}"
+    );
+    let v: serde_json::Value = serde_json::from_str(&body)
+        .unwrap_or_else(|e| panic!("/health/endtoend body is not JSON ({e}): {body}"));
+    assert!(
+        v["services_down"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|s| s == SERVICE)),
+        "/health/endtoend body should name service {SERVICE} in services_down: {body}"
+    );
+    let (code, body) = admin::get(&bed.topo.lb, "/health/instance").unwrap();
+    assert_eq!(code, 200, "/health/instance while running: {body}");
+
+    let b2 = bed.backend("b2");
+    let repair = Instant::now();
+    backend_ctl::start_server(&bed.topo, b2).unwrap();
+    expect_state_within(&d, &bed.addr("b2"), "up", repair, up_within());
+    let (code, body) = admin::get(&bed.topo.lb, "/health/endtoend").unwrap();
+    assert_eq!(code, 200, "/health/endtoend with b2 back up: {body}");
+    let s = bed.topo.spread(false, 20).unwrap();
+    assert_eq!(s.failures, 0, "with b2 back: {s}");
+    assert_eq!(s.count("b2"), 20, "only b2 is up: {s}");
+    let body = client::get(&bed.topo.client, &bed.topo.vip_url(false, "name")).unwrap();
+    assert_eq!(body, "b2");
+    d.stop(&bed.topo.lb).unwrap_or_else(|e| panic!("{e:#}"));
+}
