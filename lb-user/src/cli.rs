@@ -1,7 +1,7 @@
 //! Command-line flags (clap). Values are kept as text here and validated by `config`, so
 //! flags and the config file share one set of checks and error messages.
 
-use crate::config::FlagSettings;
+use crate::config::{FlagSettings, HealthFlags};
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
@@ -20,16 +20,83 @@ const EXAMPLES: &str = "Examples:
   lb --iface eth0 --vip 198.18.100.1:80 --backend 198.18.1.11:80 --backend 198.18.1.12:80@2
   lb --iface eth0 --vip '[fd00:100::1]:443' --backend '[fd00:1::11]:443' --backend '[fd00:1::12]:443'
   lb --config /etc/lb/lb.toml
-  lb stats            (in another shell, same network namespace)";
+  lb stats            (in another shell, same network namespace)
+  lb ctl list         (services and backends through the admin API)
+  lb ctl drain default 198.18.1.11:80";
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Show the running daemon's counters: per service and backend, and drops by reason.
+    /// Refreshes like `top` when printing to a terminal.
     Stats {
-        /// Print JSON instead of a table.
+        /// Print JSON once instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Print one snapshot and exit instead of refreshing.
+        #[arg(long)]
+        once: bool,
+        /// Refresh interval of the live view (e.g. 1s, 500ms).
+        #[arg(long, value_name = "DURATION", default_value = "1s")]
+        interval: String,
+    },
+    /// Change the running daemon through its admin API (see --admin).
+    Ctl(CtlArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CtlArgs {
+    /// The daemon's admin API address.
+    #[arg(long, value_name = "IP:PORT", default_value = crate::config::DEFAULT_ADMIN)]
+    pub admin: String,
+    #[command(subcommand)]
+    pub command: CtlCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CtlCommand {
+    /// List services and backends with their state, weight and active flows.
+    List {
+        /// Print the API's JSON.
         #[arg(long)]
         json: bool,
     },
+    /// Add a backend to a service; with a health check it gets traffic once it passes.
+    Add {
+        service: String,
+        #[arg(value_name = "IP:PORT[@WEIGHT]")]
+        backend: String,
+    },
+    /// Remove a backend: it drains first (no new flows; existing ones may finish
+    /// within --drain-timeout), then it is removed.
+    Remove {
+        service: String,
+        #[arg(value_name = "IP:PORT")]
+        backend: String,
+        /// Remove at once, cutting its flows.
+        #[arg(long)]
+        now: bool,
+    },
+    /// Change a backend's weight (0 = no new flows).
+    Weight {
+        service: String,
+        #[arg(value_name = "IP:PORT")]
+        backend: String,
+        weight: u32,
+    },
+    /// Drain a backend: no new flows; its flows are cut after --drain-timeout.
+    Drain {
+        service: String,
+        #[arg(value_name = "IP:PORT")]
+        backend: String,
+    },
+    /// Put a drained backend back into service.
+    Enable {
+        service: String,
+        #[arg(value_name = "IP:PORT")]
+        backend: String,
+    },
+    /// Re-read the config file and apply the difference (same as SIGHUP).
+    Reload,
 }
 
 /// Run the load balancer in the foreground until SIGINT/SIGTERM.
@@ -81,6 +148,38 @@ pub struct RunArgs {
     /// restarted after a crash keeps every flow; removed on a clean shutdown.
     #[arg(long, value_name = "DIR")]
     pub pin_dir: Option<PathBuf>,
+    /// Health check of the --vip service: tcp (connect), http:/PATH (GET, expects
+    /// --health-status), or none; default tcp.
+    #[arg(long, value_name = "CHECK")]
+    pub health: Option<String>,
+    /// Port to check instead of each backend's own.
+    #[arg(long, value_name = "PORT")]
+    pub health_port: Option<u16>,
+    /// Time between checks of one backend; default 5s.
+    #[arg(long, value_name = "DURATION")]
+    pub health_interval: Option<String>,
+    /// Time a check may take; default 2s (less than the interval).
+    #[arg(long, value_name = "DURATION")]
+    pub health_timeout: Option<String>,
+    /// Consecutive passed checks that bring a backend up; default 2.
+    #[arg(long, value_name = "N")]
+    pub healthy_threshold: Option<u32>,
+    /// Consecutive failed checks that take a backend down; default 2.
+    #[arg(long, value_name = "N")]
+    pub unhealthy_threshold: Option<u32>,
+    /// HTTP statuses that pass an http check: a code or LOW-HIGH; default 200-399.
+    #[arg(long, value_name = "CODES")]
+    pub health_status: Option<String>,
+    /// Host header of the http check; default the backend's IP:PORT.
+    #[arg(long, value_name = "HOST")]
+    pub health_host: Option<String>,
+    /// Admin API (metrics, health, live changes) address; `off` disables it.
+    /// Default 127.0.0.1:9100.
+    #[arg(long, value_name = "IP:PORT")]
+    pub admin: Option<String>,
+    /// How long a draining backend's flows may continue before they are cut; default 300s.
+    #[arg(long, value_name = "DURATION")]
+    pub drain_timeout: Option<String>,
     /// Validate the configuration, print it, and exit without attaching anything.
     #[arg(long)]
     pub check: bool,
@@ -104,6 +203,18 @@ impl RunArgs {
             idle_timeout: self.idle_timeout.clone(),
             closed_timeout: self.closed_timeout.clone(),
             pin_dir: self.pin_dir.clone(),
+            admin: self.admin.clone(),
+            drain_timeout: self.drain_timeout.clone(),
+            health: HealthFlags {
+                check: self.health.clone(),
+                port: self.health_port,
+                interval: self.health_interval.clone(),
+                timeout: self.health_timeout.clone(),
+                rise: self.healthy_threshold,
+                fall: self.unhealthy_threshold,
+                status: self.health_status.clone(),
+                host: self.health_host.clone(),
+            },
         }
     }
 }

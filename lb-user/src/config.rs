@@ -42,6 +42,68 @@ pub struct ServiceConfig {
     pub vip: SocketAddr,
     pub mode: Mode,
     pub backends: Vec<BackendConfig>,
+    pub health: HealthConfig,
+}
+
+/// What a health check asks of a backend.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthCheck {
+    /// No check: backends are always up.
+    None,
+    /// A TCP connect succeeds.
+    Tcp,
+    /// `GET path` answers with a status in `status` (inclusive).
+    Http {
+        path: String,
+        host: Option<String>,
+        status: (u16, u16),
+    },
+}
+
+impl std::fmt::Display for HealthCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HealthCheck::None => f.write_str("none"),
+            HealthCheck::Tcp => f.write_str("tcp"),
+            HealthCheck::Http { path, .. } => write!(f, "http:{path}"),
+        }
+    }
+}
+
+/// A service's health check settings (ELB/HAProxy semantics: `fall` consecutive failures
+/// take a backend out, `rise` consecutive successes bring it back).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct HealthConfig {
+    pub check: HealthCheck,
+    /// Port checked instead of the backend's own.
+    pub port: Option<u16>,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub rise: u32,
+    pub fall: u32,
+}
+
+pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(5);
+pub const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
+pub const DEFAULT_HEALTH_RISE: u32 = 2;
+pub const DEFAULT_HEALTH_FALL: u32 = 2;
+pub const DEFAULT_HEALTH_STATUS: (u16, u16) = (200, 399);
+/// Like NLB's deregistration delay.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(300);
+pub const DEFAULT_ADMIN: &str = "127.0.0.1:9100";
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            check: HealthCheck::Tcp,
+            port: None,
+            interval: DEFAULT_HEALTH_INTERVAL,
+            timeout: DEFAULT_HEALTH_TIMEOUT,
+            rise: DEFAULT_HEALTH_RISE,
+            fall: DEFAULT_HEALTH_FALL,
+        }
+    }
 }
 
 /// Everything the daemon needs, validated.
@@ -59,6 +121,10 @@ pub struct Config {
     pub snat_ports: (u16, u16),
     /// Where to pin the flow state (bpffs), so a crashed daemon's successor keeps it.
     pub pin_dir: Option<PathBuf>,
+    /// Where the admin API listens; `None` when disabled (`--admin off`).
+    pub admin: Option<SocketAddr>,
+    /// How long a draining backend's flows may continue before they are cut.
+    pub drain_timeout: Duration,
     pub services: Vec<ServiceConfig>,
 }
 
@@ -69,7 +135,7 @@ pub const DEFAULT_CLOSED_TIMEOUT: Duration = Duration::from_secs(10);
 /// Below the kernel's default ephemeral range (32768-60999), so SNAT ports never collide
 /// with connections the LB host opens itself.
 pub const DEFAULT_SNAT_PORTS: (u16, u16) = (10000, 32767);
-const MAX_WEIGHT: u32 = 65535;
+pub const MAX_WEIGHT: u32 = 65535;
 const MAX_RING_SIZE: u32 = 16_777_259;
 
 /// A configuration error: where, which value, what is wrong.
@@ -113,6 +179,35 @@ pub struct FlagSettings {
     pub idle_timeout: Option<String>,
     pub closed_timeout: Option<String>,
     pub pin_dir: Option<PathBuf>,
+    pub admin: Option<String>,
+    pub drain_timeout: Option<String>,
+    pub health: HealthFlags,
+}
+
+/// Health check flags of the service given with `--vip`.
+#[derive(Clone, Debug, Default)]
+pub struct HealthFlags {
+    pub check: Option<String>,
+    pub port: Option<u16>,
+    pub interval: Option<String>,
+    pub timeout: Option<String>,
+    pub rise: Option<u32>,
+    pub fall: Option<u32>,
+    pub status: Option<String>,
+    pub host: Option<String>,
+}
+
+impl HealthFlags {
+    fn any(&self) -> bool {
+        self.check.is_some()
+            || self.port.is_some()
+            || self.interval.is_some()
+            || self.timeout.is_some()
+            || self.rise.is_some()
+            || self.fall.is_some()
+            || self.status.is_some()
+            || self.host.is_some()
+    }
 }
 
 /// The TOML file's shape.
@@ -131,6 +226,8 @@ pub struct FileConfig {
     pub snat_ip: Vec<String>,
     pub snat_ports: Option<String>,
     pub pin_dir: Option<PathBuf>,
+    pub admin: Option<String>,
+    pub drain_timeout: Option<String>,
     #[serde(default)]
     pub service: Vec<FileService>,
 }
@@ -143,6 +240,21 @@ pub struct FileService {
     pub mode: Option<String>,
     #[serde(default)]
     pub backends: Vec<FileBackend>,
+    pub health: Option<FileHealth>,
+}
+
+/// A service's `[service.health]` table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileHealth {
+    pub check: Option<String>,
+    pub port: Option<u16>,
+    pub interval: Option<String>,
+    pub timeout: Option<String>,
+    pub healthy_threshold: Option<u32>,
+    pub unhealthy_threshold: Option<u32>,
+    pub status: Option<String>,
+    pub host: Option<String>,
 }
 
 /// A backend as `"IP:PORT[@WEIGHT]"` or `{ addr = "IP:PORT", weight = N }`.
@@ -329,6 +441,32 @@ fn build(flags: &FlagSettings, file: Option<(PathBuf, FileConfig)>) -> Result<Co
             ));
         }
     }
+    let admin = match flags
+        .admin
+        .as_deref()
+        .map(|a| ("--admin".to_string(), a))
+        .or(f.admin.as_deref().map(|a| (at("admin"), a)))
+    {
+        None => Some(DEFAULT_ADMIN.parse().expect("literal")),
+        Some((_, "off")) => None,
+        Some((loc, a)) => Some(a.trim().parse::<SocketAddr>().map_err(|_| {
+            ConfigError::new(
+                loc,
+                a,
+                "expected IP:PORT for the admin API (e.g. 127.0.0.1:9100), or off",
+            )
+        })?),
+    };
+    let drain_timeout = match flags
+        .drain_timeout
+        .as_deref()
+        .map(|d| ("--drain-timeout".to_string(), d))
+        .or(f.drain_timeout.as_deref().map(|d| (at("drain_timeout"), d)))
+    {
+        None => DEFAULT_DRAIN_TIMEOUT,
+        Some((loc, d)) => parse_duration(d).map_err(|r| ConfigError::new(loc, d, r))?,
+    };
+
     let flag_service = flags.vip.is_some()
         || !flags.backends.is_empty()
         || flags.name.is_some()
@@ -354,21 +492,55 @@ fn build(flags: &FlagSettings, file: Option<(PathBuf, FileConfig)>) -> Result<Co
             .iter()
             .map(|b| FileBackend::Short(b.clone()))
             .collect();
+        let health = health_config(&flags.health, &|field: &str| match field {
+            "check" => "--health".to_string(),
+            "rise" => "--healthy-threshold".to_string(),
+            "fall" => "--unhealthy-threshold".to_string(),
+            other => format!("--health-{other}"),
+        })?;
         services.push(service(
             flags.name.as_deref().unwrap_or("default"),
             vip,
             flags.mode.as_deref(),
             &backends,
+            health,
             &|field: &str| format!("--{field}"),
         )?);
     } else {
+        if flags.health.any() {
+            return Err(ConfigError::new(
+                "--health",
+                flags.health.check.clone().unwrap_or_default(),
+                "health check flags apply to the service given with --vip; set `[service.health]` per service in the config file",
+            ));
+        }
         for (i, s) in f.service.iter().enumerate() {
             let loc = |field: &str| at(&format!("service[{i}] ({}) {field}", s.name));
+            let h = s.health.as_ref();
+            let hf = HealthFlags {
+                check: h.and_then(|h| h.check.clone()),
+                port: h.and_then(|h| h.port),
+                interval: h.and_then(|h| h.interval.clone()),
+                timeout: h.and_then(|h| h.timeout.clone()),
+                rise: h.and_then(|h| h.healthy_threshold),
+                fall: h.and_then(|h| h.unhealthy_threshold),
+                status: h.and_then(|h| h.status.clone()),
+                host: h.and_then(|h| h.host.clone()),
+            };
+            let health = health_config(&hf, &|field: &str| {
+                let name = match field {
+                    "rise" => "healthy_threshold",
+                    "fall" => "unhealthy_threshold",
+                    other => other,
+                };
+                loc(&format!("health.{name}"))
+            })?;
             services.push(service(
                 &s.name,
                 &s.vip,
                 s.mode.as_deref(),
                 &s.backends,
+                health,
                 &loc,
             )?);
         }
@@ -436,8 +608,150 @@ fn build(flags: &FlagSettings, file: Option<(PathBuf, FileConfig)>) -> Result<Co
         snat_ips,
         snat_ports,
         pin_dir,
+        admin,
+        drain_timeout,
         services,
     })
+}
+
+/// Validates health check settings; `loc` names a field ("check", "port", "interval",
+/// "timeout", "rise", "fall", "status", "host") where the user wrote it.
+fn health_config(
+    h: &HealthFlags,
+    loc: &dyn Fn(&str) -> String,
+) -> Result<HealthConfig, ConfigError> {
+    let mut status = None;
+    if let Some(st) = &h.status {
+        status = Some(parse_status_range(st).map_err(|r| ConfigError::new(loc("status"), st, r))?);
+    }
+    let check = match h.check.as_deref().map(str::trim) {
+        None | Some("tcp") => HealthCheck::Tcp,
+        Some("none") => HealthCheck::None,
+        Some(c) if c.starts_with("http:") => {
+            let path = &c["http:".len()..];
+            if !path.starts_with('/')
+                || path.chars().any(|ch| ch.is_whitespace() || ch.is_control())
+            {
+                return Err(ConfigError::new(
+                    loc("check"),
+                    c,
+                    "the HTTP check path must start with / and have no spaces, e.g. http:/health/instance",
+                ));
+            }
+            if let Some(host) = &h.host {
+                if host.is_empty() || host.chars().any(|ch| ch.is_whitespace() || ch.is_control()) {
+                    return Err(ConfigError::new(
+                        loc("host"),
+                        host,
+                        "not a valid Host header value",
+                    ));
+                }
+            }
+            HealthCheck::Http {
+                path: path.to_string(),
+                host: h.host.clone(),
+                status: status.unwrap_or(DEFAULT_HEALTH_STATUS),
+            }
+        }
+        Some(c) => {
+            return Err(ConfigError::new(
+                loc("check"),
+                c,
+                "expected tcp, http:/PATH or none",
+            ));
+        }
+    };
+    if !matches!(check, HealthCheck::Http { .. }) {
+        if let Some(st) = &h.status {
+            return Err(ConfigError::new(
+                loc("status"),
+                st,
+                "only an http check has a status",
+            ));
+        }
+        if let Some(host) = &h.host {
+            return Err(ConfigError::new(
+                loc("host"),
+                host,
+                "only an http check sends a Host header",
+            ));
+        }
+    }
+    if h.port == Some(0) {
+        return Err(ConfigError::new(loc("port"), "0", "not a port"));
+    }
+    let dur =
+        |v: &Option<String>, field: &str, default: Duration| -> Result<Duration, ConfigError> {
+            match v {
+                None => Ok(default),
+                Some(s) => {
+                    let d = parse_duration(s).map_err(|r| ConfigError::new(loc(field), s, r))?;
+                    if d < Duration::from_millis(10) {
+                        return Err(ConfigError::new(loc(field), s, "must be at least 10ms"));
+                    }
+                    Ok(d)
+                }
+            }
+        };
+    let interval = dur(&h.interval, "interval", DEFAULT_HEALTH_INTERVAL)?;
+    let timeout = dur(
+        &h.timeout,
+        "timeout",
+        DEFAULT_HEALTH_TIMEOUT.min(interval / 2),
+    )?;
+    if timeout >= interval {
+        let (field, v) = match &h.timeout {
+            Some(t) => ("timeout", t.clone()),
+            None => ("interval", h.interval.clone().unwrap_or_default()),
+        };
+        return Err(ConfigError::new(
+            loc(field),
+            v,
+            format!(
+                "the health check timeout ({timeout:?}) must be shorter than its interval ({interval:?})"
+            ),
+        ));
+    }
+    let threshold = |v: Option<u32>, field: &str, default: u32| -> Result<u32, ConfigError> {
+        match v {
+            None => Ok(default),
+            Some(n) if (1..=100).contains(&n) => Ok(n),
+            Some(n) => Err(ConfigError::new(
+                loc(field),
+                n.to_string(),
+                "must be 1..=100",
+            )),
+        }
+    };
+    Ok(HealthConfig {
+        check,
+        port: h.port,
+        interval,
+        timeout,
+        rise: threshold(h.rise, "rise", DEFAULT_HEALTH_RISE)?,
+        fall: threshold(h.fall, "fall", DEFAULT_HEALTH_FALL)?,
+    })
+}
+
+/// `200` or `200-399`: HTTP status codes 100-599.
+pub fn parse_status_range(s: &str) -> Result<(u16, u16), String> {
+    let code = |t: &str| -> Result<u16, String> {
+        match t.trim().parse::<u16>() {
+            Ok(c) if (100..=599).contains(&c) => Ok(c),
+            _ => Err(format!("{t:?} is not an HTTP status code (100-599)")),
+        }
+    };
+    let (lo, hi) = match s.split_once('-') {
+        Some((a, b)) => (code(a)?, code(b)?),
+        None => {
+            let c = code(s)?;
+            (c, c)
+        }
+    };
+    if hi < lo {
+        return Err("the range must be LOW-HIGH with LOW ≤ HIGH".into());
+    }
+    Ok((lo, hi))
 }
 
 fn flag_or(from_flag: bool, flag: &str, file_loc: String) -> String {
@@ -472,6 +786,7 @@ fn service(
     vip: &str,
     mode: Option<&str>,
     backends: &[FileBackend],
+    health: HealthConfig,
     loc: &dyn Fn(&str) -> String,
 ) -> Result<ServiceConfig, ConfigError> {
     if name.is_empty()
@@ -522,25 +837,7 @@ fn service(
             ),
         };
         let be = parsed.map_err(|r| ConfigError::new(bloc.clone(), &text, r))?;
-        if be.addr.is_ipv4() != vip_addr.is_ipv4() {
-            return Err(ConfigError::new(
-                bloc,
-                &text,
-                format!(
-                    "address family differs from the VIP {vip_addr} (NAT does not translate between IPv4 and IPv6)"
-                ),
-            ));
-        }
-        if be.addr.ip().is_unspecified()
-            || be.addr.ip().is_multicast()
-            || be.addr.ip().is_loopback()
-        {
-            return Err(ConfigError::new(
-                bloc,
-                &text,
-                "a backend must be a unicast address reachable from the LB host",
-            ));
-        }
+        check_backend(vip_addr, &be).map_err(|r| ConfigError::new(bloc.clone(), &text, r))?;
         if out.iter().any(|o| o.addr == be.addr) {
             return Err(ConfigError::new(
                 bloc,
@@ -562,7 +859,21 @@ fn service(
         vip: vip_addr,
         mode,
         backends: out,
+        health,
     })
+}
+
+/// Whether a backend can serve the VIP: same family, a unicast address.
+pub fn check_backend(vip: SocketAddr, be: &BackendConfig) -> Result<(), String> {
+    if be.addr.is_ipv4() != vip.is_ipv4() {
+        return Err(format!(
+            "address family differs from the VIP {vip} (NAT does not translate between IPv4 and IPv6)"
+        ));
+    }
+    if be.addr.ip().is_unspecified() || be.addr.ip().is_multicast() || be.addr.ip().is_loopback() {
+        return Err("a backend must be a unicast address reachable from the LB host".into());
+    }
+    Ok(())
 }
 
 /// `IP:PORT`, IPv6 as `[IP]:PORT`; port 1-65535.
@@ -665,6 +976,16 @@ mod tests {
                 "ring-size" => f.ring_size = Some(v.parse().unwrap()),
                 "max-services" => f.max_services = Some(v.parse().unwrap()),
                 "pin-dir" => f.pin_dir = Some(PathBuf::from(v)),
+                "admin" => f.admin = Some(v),
+                "drain-timeout" => f.drain_timeout = Some(v),
+                "health" => f.health.check = Some(v),
+                "health-port" => f.health.port = Some(v.parse().unwrap()),
+                "health-interval" => f.health.interval = Some(v),
+                "health-timeout" => f.health.timeout = Some(v),
+                "healthy-threshold" => f.health.rise = Some(v.parse().unwrap()),
+                "unhealthy-threshold" => f.health.fall = Some(v.parse().unwrap()),
+                "health-status" => f.health.status = Some(v),
+                "health-host" => f.health.host = Some(v),
                 other => panic!("unknown test flag {other}"),
             }
         }
@@ -947,5 +1268,129 @@ backends = ["[fd00:1::11]:80"]
         assert_eq!(parse_port_range("10000-32767"), Ok((10000, 32767)));
         assert!(parse_port_range("2000-1000").is_err());
         assert!(parse_port_range("1000-2000").is_err());
+    }
+
+    #[test]
+    fn health_defaults_are_tcp_like_an_nlb() {
+        let c = with(&[]).unwrap();
+        let h = &c.services[0].health;
+        assert_eq!(h.check, HealthCheck::Tcp);
+        assert_eq!(
+            (h.interval, h.timeout),
+            (Duration::from_secs(5), Duration::from_secs(2))
+        );
+        assert_eq!((h.rise, h.fall), (2, 2));
+        assert_eq!(c.admin, Some("127.0.0.1:9100".parse().unwrap()));
+        assert_eq!(c.drain_timeout, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn http_health_flags_are_parsed() {
+        let c = with(&[
+            ("health", "http:/health/instance"),
+            ("health-status", "200-299"),
+            ("health-host", "registry.example"),
+            ("health-port", "8080"),
+            ("health-interval", "1s"),
+            ("health-timeout", "500ms"),
+            ("healthy-threshold", "3"),
+            ("unhealthy-threshold", "4"),
+            ("admin", "off"),
+            ("drain-timeout", "0s"),
+        ])
+        .unwrap();
+        let h = &c.services[0].health;
+        assert_eq!(
+            h.check,
+            HealthCheck::Http {
+                path: "/health/instance".into(),
+                host: Some("registry.example".into()),
+                status: (200, 299)
+            }
+        );
+        assert_eq!(h.port, Some(8080));
+        assert_eq!((h.rise, h.fall), (3, 4));
+        assert_eq!(h.timeout, Duration::from_millis(500));
+        assert_eq!(c.admin, None);
+        assert_eq!(c.drain_timeout, Duration::ZERO);
+    }
+
+    #[test]
+    fn bad_health_settings_name_the_flag() {
+        for (extra, loc) in [
+            (vec![("health", "udp")], "--health"),
+            (vec![("health", "http:health")], "--health"),
+            (
+                vec![("health-interval", "1s"), ("health-timeout", "1s")],
+                "--health-timeout",
+            ),
+            (
+                vec![("health", "http:/h"), ("health-status", "700")],
+                "--health-status",
+            ),
+            (vec![("health-status", "200")], "--health-status"),
+            (vec![("unhealthy-threshold", "0")], "--unhealthy-threshold"),
+            (vec![("admin", "localhost")], "--admin"),
+            (vec![("drain-timeout", "soon")], "--drain-timeout"),
+        ] {
+            let e = err(&extra);
+            assert_eq!(e.location, loc, "{extra:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn file_health_table_is_per_service() {
+        let text = r#"
+iface = ["lb0"]
+admin = "127.0.0.1:9200"
+drain_timeout = "30s"
+[[service]]
+name = "registry"
+vip = "198.18.100.1:443"
+backends = ["198.18.1.11:443"]
+[service.health]
+check = "http:/health/instance"
+port = 8080
+interval = "2s"
+timeout = "1s"
+healthy_threshold = 3
+unhealthy_threshold = 5
+[[service]]
+name = "ws"
+vip = "198.18.100.2:80"
+backends = ["198.18.1.12:80"]
+"#;
+        let file = parse_file(text).unwrap();
+        let c = build(
+            &FlagSettings::default(),
+            Some((PathBuf::from("lb.toml"), file)),
+        )
+        .unwrap();
+        assert_eq!(c.admin, Some("127.0.0.1:9200".parse().unwrap()));
+        assert_eq!(c.drain_timeout, Duration::from_secs(30));
+        let h = &c.services[0].health;
+        assert!(matches!(h.check, HealthCheck::Http { .. }));
+        assert_eq!((h.port, h.rise, h.fall), (Some(8080), 3, 5));
+        assert_eq!(c.services[1].health, HealthConfig::default());
+
+        let bad = parse_file(&text.replace("unhealthy_threshold = 5", "unhealthy_threshold = 0"))
+            .unwrap();
+        let e = build(
+            &FlagSettings::default(),
+            Some((PathBuf::from("lb.toml"), bad)),
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.location,
+            "lb.toml: service[0] (registry) health.unhealthy_threshold"
+        );
+        let mut flags = FlagSettings::default();
+        flags.health.check = Some("tcp".into());
+        let e = build(
+            &flags,
+            Some((PathBuf::from("lb.toml"), parse_file(text).unwrap())),
+        )
+        .unwrap_err();
+        assert_eq!(e.location, "--health");
     }
 }

@@ -1,87 +1,159 @@
-//! The daemon's life: program the maps, attach, keep neighbours resolved, and on
-//! SIGINT/SIGTERM detach and remove what it created.
+//! The daemon's life: program the maps, attach, then serve health checks, the admin
+//! API, reloads (SIGHUP) and neighbour upkeep until SIGINT/SIGTERM, and on the way out
+//! detach and remove what it created.
 
-use crate::config::Config;
+use crate::admin::{self, Shared};
+use crate::config::{Config, FlagSettings};
+use crate::control::{Control, ControlError};
 use crate::dataplane::{Dataplane, DataplaneError};
+use crate::health::CheckResult;
 use crate::neigh;
-use crate::runtime::{RuntimeRecord, netns_inode};
 use lb_common::stats::DROP_NO_NEIGH;
-use std::net::IpAddr;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::signal::unix::{SignalKind, signal};
-use tracing::{info, warn};
+use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
+use tracing::{error, info, warn};
 
-/// How often the daemon looks at the no-neighbour drop counter.
-const NEIGH_CHECK: Duration = Duration::from_secs(1);
+/// How often drains and the no-neighbour drop counter are looked at.
+const TICK: Duration = Duration::from_secs(1);
 /// How often backends are pinged anyway, so their neighbour entries stay resolved.
 const NEIGH_REFRESH: Duration = Duration::from_secs(30);
 
-/// Loads, programs and attaches the data path; nothing is left attached on error.
-pub fn start(cfg: &Config) -> Result<Dataplane, DataplaneError> {
-    let mut dp = Dataplane::load(cfg)?;
-    dp.program(cfg)?;
-    neigh::warm(&backend_ips(&dp));
-    dp.attach(&cfg.ifaces, cfg.xdp_mode)?;
-    Ok(dp)
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Dataplane(#[from] DataplaneError),
+    #[error(transparent)]
+    Control(#[from] ControlError),
+    #[error("--admin {addr}: cannot listen: {source} (choose another address, or --admin off)")]
+    Admin {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
-fn backend_ips(dp: &Dataplane) -> Vec<IpAddr> {
-    dp.services
-        .iter()
-        .flat_map(|s| s.backends.iter().map(|b| b.addr.ip()))
-        .collect()
+impl StartError {
+    /// Whether the error is in a value the user gave (exit status 2).
+    pub fn is_usage(&self) -> bool {
+        matches!(
+            self,
+            StartError::Admin { .. }
+                | StartError::Dataplane(
+                    DataplaneError::UnknownIface { .. }
+                        | DataplaneError::Pin(_)
+                        | DataplaneError::PinnedSize { .. }
+                )
+                | StartError::Control(ControlError::Dataplane(DataplaneError::NoSnatSource { .. }))
+        )
+    }
+}
+
+/// A daemon that has attached its program and waits in [`run`].
+pub struct Started {
+    ctl: Shared,
+    admin: Option<std::net::TcpListener>,
+    checks: UnboundedReceiver<CheckResult>,
+}
+
+/// Binds the admin API, loads and programs the data path, then attaches it. Must run
+/// inside the tokio runtime (health checks are tasks). Nothing is left attached on
+/// error.
+pub fn start(cfg: Config, flags: FlagSettings) -> Result<Started, StartError> {
+    let admin = match cfg.admin {
+        Some(addr) => Some(admin::bind(addr).map_err(|source| StartError::Admin { addr, source })?),
+        None => None,
+    };
+    let mut dp = Dataplane::load(&cfg)?;
+    dp.program_globals(&cfg)?;
+    let (tx, checks) = unbounded_channel();
+    let (ifaces, mode) = (cfg.ifaces.clone(), cfg.xdp_mode);
+    let mut ctl = Control::new(dp, cfg, flags, tx)?;
+    ctl.dataplane_mut().attach(&ifaces, mode)?;
+    Ok(Started {
+        ctl: Arc::new(Mutex::new(ctl)),
+        admin,
+        checks,
+    })
+}
+
+fn lock(ctl: &Shared) -> std::sync::MutexGuard<'_, Control> {
+    ctl.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Runs until SIGINT or SIGTERM, then detaches.
-pub async fn run(dp: Dataplane) -> anyhow::Result<()> {
+pub async fn run(started: Started) -> anyhow::Result<()> {
+    let Started {
+        ctl,
+        admin,
+        mut checks,
+    } = started;
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
-    // Without a handler SIGHUP would kill the daemon; reloading comes with live changes.
     let mut sighup = signal(SignalKind::hangup())?;
-    let record = RuntimeRecord {
-        pid: std::process::id(),
-        netns_inode: netns_inode()?,
-        maps: dp.map_ids(),
-        attachments: dp.attachments.clone(),
-        services: dp.services.clone(),
+    let admin_task = match admin {
+        Some(l) => Some(tokio::spawn(admin::serve(
+            tokio::net::TcpListener::from_std(l)?,
+            ctl.clone(),
+        ))),
+        None => None,
     };
-    let record_path = record.write()?;
-    let ifaces: Vec<String> = dp
-        .attachments
-        .iter()
-        .map(|a| format!("{}:{}", a.iface, a.mode))
-        .collect();
-    info!(services = dp.services.len(), ifaces = %ifaces.join(","), record = %record_path.display(), "ready");
+    {
+        let mut c = lock(&ctl);
+        c.write_record();
+        let ifaces: Vec<String> = c
+            .dataplane()
+            .attachments
+            .iter()
+            .map(|a| format!("{}:{}", a.iface, a.mode))
+            .collect();
+        let record = c
+            .record_path()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        info!(services = c.config().services.len(), ifaces = %ifaces.join(","), record = %record, "ready");
+    }
 
-    let backends = backend_ips(&dp);
-    let mut check = tokio::time::interval(NEIGH_CHECK);
+    let mut tick = tokio::time::interval(TICK);
     let mut last_refresh = tokio::time::Instant::now();
-    let mut no_neigh = dp.counter(DROP_NO_NEIGH);
+    let mut no_neigh = lock(&ctl).dataplane().counter(DROP_NO_NEIGH);
     let signal_name = loop {
         tokio::select! {
             _ = sigint.recv() => break "SIGINT",
             _ = sigterm.recv() => break "SIGTERM",
             _ = sighup.recv() => {
-                warn!("SIGHUP: configuration reload is not supported yet; restart lb to apply a new configuration");
+                info!("SIGHUP: reloading the configuration");
+                // Logged (applied or rejected) by reload itself.
+                let _ = lock(&ctl).reload();
             }
-            _ = check.tick() => {
-                let now = dp.counter(DROP_NO_NEIGH);
+            Some(r) = checks.recv() => {
+                if let Err(e) = lock(&ctl).on_check(r) {
+                    error!(cause = %e, "applying a health check result");
+                }
+            }
+            _ = tick.tick() => {
+                let mut c = lock(&ctl);
+                if let Err(e) = c.tick() {
+                    error!(cause = %e, "advancing drains");
+                }
+                let now = c.dataplane().counter(DROP_NO_NEIGH);
                 if now != no_neigh || last_refresh.elapsed() >= NEIGH_REFRESH {
                     if now != no_neigh {
                         warn!(dropped = now - no_neigh, "packets dropped for unresolved backend neighbours; resolving");
                     }
                     no_neigh = now;
                     last_refresh = tokio::time::Instant::now();
-                    neigh::warm(&backends);
+                    neigh::warm(&c.backend_ips());
                 }
             }
         }
     };
     info!(signal = signal_name, "shutting down");
-    dp.shutdown();
-    if let Err(e) = std::fs::remove_file(&record_path) {
-        warn!(path = %record_path.display(), cause = %e, "removing runtime record");
+    if let Some(t) = admin_task {
+        t.abort();
     }
+    lock(&ctl).shutdown();
     info!("stopped");
     Ok(())
 }

@@ -1,17 +1,16 @@
 //! Loads the XDP program, programs its maps and attaches it to the LB's interfaces.
 //! Dropping a [`Dataplane`] detaches the program and frees the maps.
 
-use crate::config::{Config, ServiceConfig, XdpModeChoice};
+use crate::config::{Config, XdpModeChoice};
 use crate::object;
 use crate::pin;
 use crate::sys;
-use aya::maps::{Array, DevMapHash, HashMap, MapData, MapError};
+use aya::maps::{Array, DevMapHash, HashMap, MapData, MapError, PerCpuArray, PerCpuValues};
 use aya::programs::{ProgramError, Xdp, XdpMode, xdp::XdpLinkId};
 use aya::{Ebpf, EbpfError, EbpfLoader};
-use lb_common::addr::{ip_bytes, ip_to_words};
-use lb_common::hash::backend_key;
+use lb_common::addr::ip_to_words;
 use lb_common::maglev::{MaglevBackend, build_table};
-use lb_common::maps::{self as m, Backend, GlobalConfig, Service, VipKey, names};
+use lb_common::maps::{self as m, Backend, GlobalConfig, Service, TrafficCounters, VipKey, names};
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -87,16 +86,19 @@ pub struct Attachment {
     pub mode: String,
 }
 
-/// A backend as programmed into the maps.
+/// A backend as the daemon runs it (written to the runtime record for `lb stats`).
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct BackendSlot {
     pub id: u32,
     pub addr: SocketAddr,
     pub weight: u32,
     pub snat_ip: IpAddr,
+    /// The daemon's view: "up", "down", "initial", "draining" or "drained".
+    #[serde(default)]
+    pub state: String,
 }
 
-/// A service as programmed into the maps.
+/// A service as the daemon runs it.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct ServiceSlot {
     pub id: u32,
@@ -114,7 +116,6 @@ pub struct Dataplane {
     pin_dir: Option<PathBuf>,
     links: Vec<XdpLinkId>,
     pub attachments: Vec<Attachment>,
-    pub services: Vec<ServiceSlot>,
 }
 
 impl Dataplane {
@@ -170,28 +171,13 @@ impl Dataplane {
             pin_dir: cfg.pin_dir.clone(),
             links: Vec::new(),
             attachments: Vec::new(),
-            services: Vec::new(),
         })
     }
 
-    /// Writes the global settings, the redirect ports and every service with its Maglev
-    /// table. Call before [`Dataplane::attach`], so no packet sees a half-filled map.
-    pub fn program(&mut self, cfg: &Config) -> Result<(), DataplaneError> {
-        let global = GlobalConfig {
-            idle_timeout_ns: cfg.idle_timeout.as_nanos() as u64,
-            closed_timeout_ns: cfg.closed_timeout.as_nanos() as u64,
-            ring_size: cfg.ring_size,
-            snat_port_min: cfg.snat_ports.0,
-            snat_port_max: cfg.snat_ports.1,
-        };
-        let mut config: Array<&mut MapData, GlobalConfig> = self.map_mut(names::CONFIG)?;
-        config
-            .set(0, global, 0)
-            .map_err(|source| DataplaneError::Map {
-                map: names::CONFIG,
-                source,
-            })?;
-
+    /// Writes the global settings and the redirect ports. Call before
+    /// [`Dataplane::attach`], so no packet sees a half-filled map.
+    pub fn program_globals(&mut self, cfg: &Config) -> Result<(), DataplaneError> {
+        self.set_timeouts(cfg)?;
         let mut ports: DevMapHash<&mut MapData> = self.map_mut(names::TX_PORTS)?;
         for iface in &cfg.ifaces {
             let idx = sys::ifindex(iface).map_err(|source| DataplaneError::UnknownIface {
@@ -205,88 +191,102 @@ impl Dataplane {
                     source,
                 })?;
         }
-
-        let mut next_backend = 0u32;
-        for (id, svc) in cfg.services.iter().enumerate() {
-            let slot = self.install_service(id as u32, svc, &mut next_backend, &cfg.snat_ips)?;
-            self.services.push(slot);
-        }
         Ok(())
     }
 
-    fn install_service(
-        &mut self,
-        id: u32,
-        svc: &ServiceConfig,
-        next_backend: &mut u32,
-        snat_ips: &[IpAddr],
-    ) -> Result<ServiceSlot, DataplaneError> {
-        let mut backends = Vec::new();
-        {
-            let mut map: Array<&mut MapData, Backend> = self.map_mut(names::BACKENDS)?;
-            for b in &svc.backends {
-                let snat_ip = match snat_ips.iter().find(|ip| ip.is_ipv4() == b.addr.is_ipv4()) {
-                    Some(ip) => *ip,
-                    None => source_address_for(b.addr).map_err(|source| {
-                        DataplaneError::NoSnatSource {
-                            backend: b.addr,
-                            source,
-                        }
-                    })?,
-                };
-                let (addr, family) = ip_to_words(b.addr.ip());
-                let value = Backend {
-                    addr,
-                    snat_addr: ip_to_words(snat_ip).0,
-                    port: b.addr.port().to_be(),
-                    family,
-                    state: m::BACKEND_UP,
-                    service_id: id,
-                };
-                let bid = *next_backend;
-                *next_backend += 1;
-                map.set(bid, value, 0)
-                    .map_err(|source| DataplaneError::Map {
-                        map: names::BACKENDS,
-                        source,
-                    })?;
-                backends.push(BackendSlot {
-                    id: bid,
-                    addr: b.addr,
-                    weight: b.weight,
-                    snat_ip,
-                });
-            }
-        }
-        let mut slot = ServiceSlot {
-            id,
-            name: svc.name.clone(),
-            vip: svc.vip,
-            mode: "nat".into(),
-            live_half: 1,
-            backends,
+    /// Writes the global settings the program reads for every packet (timeouts, ring
+    /// size, SNAT ports); a reload may change the timeouts.
+    pub fn set_timeouts(&mut self, cfg: &Config) -> Result<(), DataplaneError> {
+        let global = GlobalConfig {
+            idle_timeout_ns: cfg.idle_timeout.as_nanos() as u64,
+            closed_timeout_ns: cfg.closed_timeout.as_nanos() as u64,
+            ring_size: cfg.ring_size,
+            snat_port_min: cfg.snat_ports.0,
+            snat_port_max: cfg.snat_ports.1,
         };
-        self.swap_table(&mut slot)?;
-        info!(service = %slot.name, vip = %slot.vip, backends = slot.backends.len(), "service programmed");
-        Ok(slot)
+        let mut config: Array<&mut MapData, GlobalConfig> = self.map_mut(names::CONFIG)?;
+        config
+            .set(0, global, 0)
+            .map_err(|source| DataplaneError::Map {
+                map: names::CONFIG,
+                source,
+            })
     }
 
-    /// Builds the service's Maglev table from its backends, writes it into the half that
-    /// is not live, then points the service entry at it: a single map update, so packets
-    /// see the whole old table or the whole new one, never a mix.
-    fn swap_table(&mut self, slot: &mut ServiceSlot) -> Result<(), DataplaneError> {
-        let members: Vec<MaglevBackend> = slot
-            .backends
-            .iter()
-            .map(|b| MaglevBackend {
-                key: backend_key(&ip_bytes(&b.addr.ip()), b.addr.port()),
-                weight: b.weight,
-                id: b.id,
+    /// Writes backend `id`: where it is, which SNAT address reaches it, its state.
+    pub fn set_backend(
+        &mut self,
+        id: u32,
+        service_id: u32,
+        addr: SocketAddr,
+        snat_ip: IpAddr,
+        state: u8,
+    ) -> Result<(), DataplaneError> {
+        let (words, family) = ip_to_words(addr.ip());
+        let value = Backend {
+            addr: words,
+            snat_addr: ip_to_words(snat_ip).0,
+            port: addr.port().to_be(),
+            family,
+            state,
+            service_id,
+        };
+        let mut map: Array<&mut MapData, Backend> = self.map_mut(names::BACKENDS)?;
+        map.set(id, value, 0).map_err(|source| DataplaneError::Map {
+            map: names::BACKENDS,
+            source,
+        })
+    }
+
+    /// Empties backend slot `id`: flows still pointing at it are re-balanced.
+    pub fn clear_backend(&mut self, id: u32) -> Result<(), DataplaneError> {
+        let mut map: Array<&mut MapData, Backend> = self.map_mut(names::BACKENDS)?;
+        map.set(id, Backend::default(), 0)
+            .map_err(|source| DataplaneError::Map {
+                map: names::BACKENDS,
+                source,
             })
-            .collect();
-        let table = build_table(&members, self.ring_size);
-        let half = 1 - slot.live_half;
-        let offset = (slot.id * 2 + half) * self.ring_size;
+    }
+
+    /// Zeroes the traffic counters of a backend (`service == false`) or service slot
+    /// about to be reused, so a new backend does not inherit an old one's totals.
+    pub fn reset_counters(&mut self, service: bool, id: u32) -> Result<(), DataplaneError> {
+        let name = if service {
+            names::SERVICE_STATS
+        } else {
+            names::BACKEND_STATS
+        };
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| DataplaneError::Map {
+            map: name,
+            source: MapError::IoError(e),
+        })?;
+        let zeros =
+            PerCpuValues::try_from(vec![TrafficCounters::default(); cpus]).map_err(|e| {
+                DataplaneError::Map {
+                    map: name,
+                    source: MapError::IoError(e),
+                }
+            })?;
+        let mut map: PerCpuArray<&mut MapData, TrafficCounters> = self.map_mut(name)?;
+        map.set(id, zeros, 0)
+            .map_err(|source| DataplaneError::Map { map: name, source })
+    }
+
+    /// Points the service at `vip` to a Maglev table built from `members`, written into
+    /// the half that is not live (`live_half` is the live one; the new one is returned).
+    /// The switch is a single SERVICES update, so packets see the whole old table or the
+    /// whole new one, never a mix. An empty `members` makes every new connection get a
+    /// TCP reset.
+    pub fn install_table(
+        &mut self,
+        service_id: u32,
+        vip: SocketAddr,
+        live_half: u32,
+        members: &[MaglevBackend],
+    ) -> Result<u32, DataplaneError> {
+        let table = build_table(members, self.ring_size);
+        let half = 1 - live_half.min(1);
+        let offset = (service_id * 2 + half) * self.ring_size;
         {
             let mut maglev: Array<&mut MapData, u32> = self.map_mut(names::MAGLEV)?;
             for (i, b) in table.iter().enumerate() {
@@ -298,28 +298,32 @@ impl Dataplane {
                     })?;
             }
         }
-        let (addr, family) = ip_to_words(slot.vip.ip());
-        let key = VipKey {
-            addr,
-            port: slot.vip.port().to_be(),
-            proto: m::PROTO_TCP,
-            family,
-        };
         let value = Service {
-            id: slot.id,
+            id: service_id,
             table_offset: offset,
             mode: m::MODE_NAT,
             _pad: 0,
         };
         let mut services: HashMap<&mut MapData, VipKey, Service> = self.map_mut(names::SERVICES)?;
         services
-            .insert(key, value, 0)
+            .insert(vip_key(vip), value, 0)
             .map_err(|source| DataplaneError::Map {
                 map: names::SERVICES,
                 source,
             })?;
-        slot.live_half = half;
-        Ok(())
+        Ok(half)
+    }
+
+    /// Stops matching `vip`: its packets go to the kernel from now on.
+    pub fn remove_service(&mut self, vip: SocketAddr) -> Result<(), DataplaneError> {
+        let mut services: HashMap<&mut MapData, VipKey, Service> = self.map_mut(names::SERVICES)?;
+        match services.remove(&vip_key(vip)) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(source) => Err(DataplaneError::Map {
+                map: names::SERVICES,
+                source,
+            }),
+        }
     }
 
     /// Attaches the program to every interface. On any failure the ones already attached
@@ -415,7 +419,7 @@ impl Dataplane {
 
     /// Detaches from every interface and removes the pins: a clean shutdown leaves
     /// nothing behind. (Dropping without this also detaches, but keeps the pins.)
-    pub fn shutdown(mut self) {
+    pub fn shutdown(&mut self) {
         if let Ok(prog) = lb_program(&mut self.ebpf) {
             for (link, a) in self.links.drain(..).zip(&self.attachments) {
                 match prog.detach(link) {
@@ -424,10 +428,21 @@ impl Dataplane {
                 }
             }
         }
-        if let Some(dir) = &self.pin_dir {
-            pin::remove(dir);
+        if let Some(dir) = self.pin_dir.take() {
+            pin::remove(&dir);
             info!(dir = %dir.display(), "removed pinned flow tables");
         }
+    }
+}
+
+/// The SERVICES key of a VIP.
+fn vip_key(vip: SocketAddr) -> VipKey {
+    let (addr, family) = ip_to_words(vip.ip());
+    VipKey {
+        addr,
+        port: vip.port().to_be(),
+        proto: m::PROTO_TCP,
+        family,
     }
 }
 

@@ -1,10 +1,10 @@
-//! `lb`: parse flags, then run the daemon or a client subcommand.
+//! `lb`: parse flags, then run the daemon or a client subcommand (`stats`, `ctl`).
 
 use clap::Parser;
 use lb_user::cli::{Cli, Command};
-use lb_user::config::Config;
-use lb_user::dataplane::DataplaneError;
-use lb_user::{daemon, stats};
+use lb_user::config::{Config, parse_duration};
+use lb_user::{ctl, daemon, stats};
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 /// Exit status for invalid flags or configuration (as clap uses for bad flags).
@@ -19,29 +19,66 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     match cli.command {
-        Some(Command::Stats { json }) => match stats::collect() {
-            Ok(report) => {
-                if json {
-                    println!(
-                        "{}",
-                        serde_json::to_string_pretty(&report).expect("report serialises")
-                    );
-                } else {
-                    print!("{}", stats::render(&report));
-                }
+        Some(Command::Stats {
+            json,
+            once,
+            interval,
+        }) => stats_command(json, once, &interval),
+        Some(Command::Ctl(args)) => match ctl::run(&args) {
+            Ok(out) => {
+                print!("{out}");
                 ExitCode::SUCCESS
             }
             Err(e) => {
-                eprintln!("lb stats: error: {e}");
-                ExitCode::FAILURE
+                eprintln!("lb ctl: error: {e}");
+                match e {
+                    ctl::CtlError::BadAddr(_) => ExitCode::from(EXIT_USAGE),
+                    _ => ExitCode::FAILURE,
+                }
             }
         },
         None => run(&cli.run),
     }
 }
 
+fn stats_command(json: bool, once: bool, interval: &str) -> ExitCode {
+    let interval = match parse_duration(interval) {
+        Ok(d) if !d.is_zero() => d,
+        Ok(_) => {
+            eprintln!("lb stats: error: --interval {interval:?}: must be longer than zero");
+            return ExitCode::from(EXIT_USAGE);
+        }
+        Err(r) => {
+            eprintln!("lb stats: error: --interval {interval:?}: {r}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let result = if !json && !once && std::io::stdout().is_terminal() {
+        stats::live(interval, &mut std::io::stdout())
+    } else {
+        stats::collect().map(|report| {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).expect("report serialises")
+                );
+            } else {
+                print!("{}", stats::render(&report));
+            }
+        })
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("lb stats: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn run(args: &lb_user::cli::RunArgs) -> ExitCode {
-    let cfg = match Config::from_flags(&args.settings()) {
+    let flags = args.settings();
+    let cfg = match Config::from_flags(&flags) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("lb: error: {e}");
@@ -52,22 +89,6 @@ fn run(args: &lb_user::cli::RunArgs) -> ExitCode {
         println!("{cfg:#?}");
         return ExitCode::SUCCESS;
     }
-    let dp = match daemon::start(&cfg) {
-        Ok(dp) => dp,
-        // A named interface or pin directory that is unusable is a bad flag value.
-        Err(
-            e @ (DataplaneError::UnknownIface { .. }
-            | DataplaneError::Pin(_)
-            | DataplaneError::PinnedSize { .. }),
-        ) => {
-            eprintln!("lb: error: {e}");
-            return ExitCode::from(EXIT_USAGE);
-        }
-        Err(e) => {
-            eprintln!("lb: error: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -78,11 +99,24 @@ fn run(args: &lb_user::cli::RunArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(daemon::run(dp)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("lb: error: {e:#}");
-            ExitCode::FAILURE
+    rt.block_on(async move {
+        let started = match daemon::start(cfg, flags) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("lb: error: {e}");
+                return if e.is_usage() {
+                    ExitCode::from(EXIT_USAGE)
+                } else {
+                    ExitCode::FAILURE
+                };
+            }
+        };
+        match daemon::run(started).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("lb: error: {e:#}");
+                ExitCode::FAILURE
+            }
         }
-    }
+    })
 }

@@ -1,8 +1,9 @@
 //! The built-in demo behind `cargo xtask run`: a two-armed topology, lb balancing three
-//! HTTP backends, a bounded burst of connections and how they spread.
+//! HTTP backends, a bounded burst of connections and how they spread; then one backend
+//! stops, the health check takes it out while traffic goes on, and it comes back.
 
 use std::path::Path;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
@@ -18,6 +19,12 @@ const BURST_V6: usize = 90;
 const WEIGHTS_V4: [u32; 3] = [1, 2, 1];
 /// Weights of b1, b2, b3 in the IPv6 service.
 const WEIGHTS_V6: [u32; 3] = [1, 1, 1];
+/// Connections sent while a backend is down, and after it is back.
+const BURST_FAILOVER: usize = 100;
+/// The backend the demo stops halfway.
+const STOPPED: usize = 1;
+/// Health checks of the demo: every second, down after 2 failures, up after 2 passes.
+const HEALTH: &str = "[service.health]\ncheck = \"tcp\"\ninterval = \"1s\"\ntimeout = \"500ms\"\nhealthy_threshold = 2\nunhealthy_threshold = 2\n";
 
 /// Runs the demo: builds the topology, starts `lb_bin` with a built-in config, sends a
 /// burst, prints the spread and `lb stats`, stops lb and tears everything down. Ctrl-C
@@ -82,6 +89,50 @@ pub fn run(lb_bin: &Path, bpf_object: &Path) -> Result<()> {
     let v6 = topo.spread(true, BURST_V6)?;
     print_spread(&v6, &WEIGHTS_V6);
 
+    let b = &topo.backends[STOPPED];
+    let addr4 = b.addr4().to_string();
+    step(&format!(
+        "stopping {}'s HTTP server ({addr4}): its health check (tcp, every 1 s, down after 2 failures) must take it out",
+        b.name
+    ));
+    let stopped_at = Instant::now();
+    crate::backend_ctl::stop_server(b)?;
+    crate::admin::wait_state(&daemon, "web4", &addr4, "down", Duration::from_secs(10))?;
+    println!(
+        "   {} is down after {:.1} s",
+        b.name,
+        stopped_at.elapsed().as_secs_f64()
+    );
+    step(&format!(
+        "sending {BURST_FAILOVER} connections while {} is down",
+        b.name
+    ));
+    let down = topo.spread(false, BURST_FAILOVER)?;
+    print_spread(&down, &WEIGHTS_V4);
+    anyhow::ensure!(
+        down.count(&b.name) == 0,
+        "{} connections went to the stopped backend",
+        down.count(&b.name)
+    );
+
+    step(&format!("starting {}'s server again", b.name));
+    let back_at = Instant::now();
+    crate::backend_ctl::start_server(&topo, b)?;
+    crate::admin::wait_state(&daemon, "web4", &addr4, "up", Duration::from_secs(10))?;
+    println!(
+        "   {} is up again after {:.1} s (2 passed checks)",
+        b.name,
+        back_at.elapsed().as_secs_f64()
+    );
+    let back = topo.spread(false, BURST_FAILOVER)?;
+    print_spread(&back, &WEIGHTS_V4);
+
+    step("lb ctl list");
+    match daemon.run_cli(&["ctl", "list"]) {
+        Ok(out) => println!("{out}"),
+        Err(e) => println!("   `lb ctl list` failed: {e:#}"),
+    }
+
     step("lb stats");
     match daemon.run_cli(&["stats"]) {
         Ok(out) => println!("{out}"),
@@ -91,12 +142,12 @@ pub fn run(lb_bin: &Path, bpf_object: &Path) -> Result<()> {
     step("stopping lb (SIGTERM) and tearing the topology down");
     daemon.stop(&topo.lb).context("stopping lb")?;
     drop(topo);
-    let failed = v4.failures + v6.failures;
+    let failed = v4.failures + v6.failures + down.failures + back.failures;
     println!(
         "done in {:.1} s: {} of {} connections answered",
         started.elapsed().as_secs_f64(),
-        v4.total_ok() + v6.total_ok(),
-        BURST_V4 + BURST_V6
+        v4.total_ok() + v6.total_ok() + down.total_ok() + back.total_ok(),
+        BURST_V4 + BURST_V6 + 2 * BURST_FAILOVER
     );
     anyhow::ensure!(failed == 0, "{failed} connections through the VIPs failed");
     Ok(())
@@ -117,8 +168,8 @@ fn config_toml(topo: &Topology) -> String {
     };
     format!(
         "iface = [{ifaces}]\nxdp_mode = \"native\"\n\n\
-         [[service]]\nname = \"web4\"\nvip = \"{vip4}\"\nbackends = [{b4}]\n\n\
-         [[service]]\nname = \"web6\"\nvip = \"{vip6}\"\nbackends = [{b6}]\n",
+         [[service]]\nname = \"web4\"\nvip = \"{vip4}\"\nbackends = [{b4}]\n{HEALTH}\n\
+         [[service]]\nname = \"web6\"\nvip = \"{vip6}\"\nbackends = [{b6}]\n{HEALTH}",
         ifaces = topo
             .lb_ifaces
             .iter()

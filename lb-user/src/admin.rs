@@ -1,0 +1,202 @@
+//! The admin API: HTTP/1.1 on `--admin` (default 127.0.0.1:9100). Read endpoints for
+//! monitoring (`/metrics`, `/health/instance`, `/health/endtoend`, `/api/v1/services`)
+//! and POST endpoints for live changes, which `lb ctl` calls. No authentication: bind
+//! it to loopback or a management network only.
+
+use crate::control::{Control, ControlError, services_json};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde::Deserialize;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tracing::{info, warn};
+
+/// The control plane, shared by the admin API, the health checks and the signal loop.
+pub type Shared = Arc<Mutex<Control>>;
+
+/// Largest request body accepted.
+const MAX_BODY: usize = 64 * 1024;
+/// A client that sends nothing for this long is disconnected.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves the API on `listener` until the task is dropped.
+pub async fn serve(listener: TcpListener, ctl: Shared) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(cause = %e, "admin API accept");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let ctl = ctl.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| handle(ctl.clone(), req));
+            let mut builder = http1::Builder::new();
+            builder
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT);
+            if let Err(e) = builder.serve_connection(TokioIo::new(stream), svc).await {
+                tracing::debug!(%peer, cause = %e, "admin API connection");
+            }
+        });
+    }
+}
+
+type Reply = Response<Full<Bytes>>;
+
+fn reply(status: u16, content_type: &str, body: impl Into<Bytes>) -> Reply {
+    Response::builder()
+        .status(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
+        .header("content-type", content_type)
+        .header("cache-control", "no-store")
+        .body(Full::new(body.into()))
+        .expect("static headers are valid")
+}
+
+fn json(status: u16, v: serde_json::Value) -> Reply {
+    let mut text = serde_json::to_string_pretty(&v).expect("JSON values serialise");
+    text.push('\n');
+    reply(status, "application/json", text)
+}
+
+fn error(status: u16, msg: impl std::fmt::Display) -> Reply {
+    json(status, serde_json::json!({ "error": msg.to_string() }))
+}
+
+fn lock(ctl: &Shared) -> MutexGuard<'_, Control> {
+    // A panic while holding the lock poisons it; the state is still the best we have.
+    ctl.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A backend operation's body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BackendOp {
+    service: String,
+    addr: String,
+    weight: Option<u32>,
+    #[serde(default)]
+    now: bool,
+}
+
+async fn handle(ctl: Shared, req: Request<Incoming>) -> Result<Reply, std::convert::Infallible> {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => return Ok(error(413, format!("request body: {e}"))),
+    };
+    Ok(route(&ctl, &method, &path, &body))
+}
+
+fn route(ctl: &Shared, method: &Method, path: &str, body: &[u8]) -> Reply {
+    match (method, path) {
+        (&Method::GET, "/health/instance") => {
+            let c = lock(ctl);
+            let attached: Vec<String> = c
+                .dataplane()
+                .attachments
+                .iter()
+                .map(|a| format!("{}:{}", a.iface, a.mode))
+                .collect();
+            if attached.is_empty() {
+                json(
+                    503,
+                    serde_json::json!({ "status": "down", "attached": attached }),
+                )
+            } else {
+                json(
+                    200,
+                    serde_json::json!({ "status": "ok", "attached": attached }),
+                )
+            }
+        }
+        (&Method::GET, "/health/endtoend") => {
+            let down = lock(ctl).services_down();
+            if down.is_empty() {
+                json(200, serde_json::json!({ "status": "ok" }))
+            } else {
+                json(
+                    503,
+                    serde_json::json!({ "status": "down", "services_down": down }),
+                )
+            }
+        }
+        (&Method::GET, "/metrics") => match lock(ctl).report() {
+            Ok(r) => reply(
+                200,
+                "text/plain; version=0.0.4; charset=utf-8",
+                crate::metrics::render(&r),
+            ),
+            Err(e) => error(e.status(), e),
+        },
+        (&Method::GET, "/api/v1/services") => match lock(ctl).report() {
+            Ok(r) => json(200, services_json(&r)),
+            Err(e) => error(e.status(), e),
+        },
+        (&Method::POST, "/api/v1/reload") => {
+            let result = lock(ctl).reload();
+            done(result.map(|changes| serde_json::json!({ "ok": true, "changes": changes })))
+        }
+        (&Method::POST, p) if p.starts_with("/api/v1/backends/") => {
+            let op: BackendOp = match serde_json::from_slice(body) {
+                Ok(op) => op,
+                Err(e) => {
+                    return error(
+                        400,
+                        format!(
+                            "body must be JSON like {{\"service\":\"web\",\"addr\":\"198.18.1.11:80\"}}: {e}"
+                        ),
+                    );
+                }
+            };
+            let mut c = lock(ctl);
+            let r = match &p["/api/v1/backends/".len()..] {
+                "add" => {
+                    let spec = match op.weight {
+                        Some(w) => format!("{}@{w}", op.addr),
+                        None => op.addr.clone(),
+                    };
+                    c.add_backend(&op.service, &spec)
+                }
+                "remove" => c.remove_backend(&op.service, &op.addr, op.now),
+                "weight" => match op.weight {
+                    Some(w) => c.set_weight(&op.service, &op.addr, w),
+                    None => Err(ControlError::Invalid("weight: missing".into())),
+                },
+                "drain" => c.drain(&op.service, &op.addr),
+                "enable" => c.enable(&op.service, &op.addr),
+                other => return error(404, format!("no backend operation {other:?}")),
+            };
+            done(r.map(|msg| serde_json::json!({ "ok": true, "message": msg })))
+        }
+        (_, "/health/instance" | "/health/endtoend" | "/metrics" | "/api/v1/services") => {
+            error(405, format!("{method} is not allowed on {path}; use GET"))
+        }
+        _ => error(404, format!("no endpoint {method} {path}")),
+    }
+}
+
+fn done(r: Result<serde_json::Value, ControlError>) -> Reply {
+    match r {
+        Ok(v) => json(200, v),
+        Err(e) => error(e.status(), e),
+    }
+}
+
+/// Binds the admin listener (before anything is attached, so a taken port is a clean
+/// start-up error).
+pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let l = std::net::TcpListener::bind(addr)?;
+    l.set_nonblocking(true)?;
+    info!(%addr, "admin API listening");
+    Ok(l)
+}
