@@ -11,7 +11,10 @@ pub const PASS: u32 = 2;
 pub const PASS_FRAGMENT: u32 = 3;
 /// Passed to the kernel after reverse NAT, so it resolves the client's neighbour.
 pub const PASS_NO_NEIGH_OUT: u32 = 4;
-/// Dropped: the service has no usable backend.
+/// A new flow found no usable backend (every one down, draining or weight 0): the client
+/// is answered at once with a TCP RST (XDP_TX) instead of retransmitting into silence;
+/// a segment that is itself a RST is dropped. The name stays `drop_no_backend`: the
+/// segment is not forwarded.
 pub const DROP_NO_BACKEND: u32 = 5;
 /// Dropped: the flow table could not take the new flow.
 pub const DROP_FLOW_TABLE_FULL: u32 = 6;

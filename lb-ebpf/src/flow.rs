@@ -22,6 +22,7 @@ use crate::{
     maps::{BACKENDS, CONFIG, FLOWS, MAGLEV, REVERSE_NAT, SERVICES},
     nat::{self, Target},
     parse::{self, Packet, Parsed, tcp},
+    reset,
     stats::{Dir, Verdict},
 };
 
@@ -116,7 +117,8 @@ fn expired(fs: &FlowState, cfg: &GlobalConfig, now: u64) -> bool {
     now.saturating_sub(fs.last_seen_ns) > timeout
 }
 
-/// Client → VIP: find or create the flow, rewrite toward the backend, send.
+/// Client → VIP: find or create the flow, rewrite toward the backend, send; a new flow
+/// with no usable backend is answered with a RST.
 #[inline(never)]
 fn forward(ctx: &XdpContext, pkt: &mut Packet, svc: &Service) -> Verdict {
     if pkt.ttl <= 1 {
@@ -133,6 +135,11 @@ fn forward(ctx: &XdpContext, pkt: &mut Packet, svc: &Service) -> Verdict {
     let found = existing_flow(pkt, cfg, t);
     if !found {
         let c = new_flow(pkt, svc, cfg, t);
+        if c == stats::DROP_NO_BACKEND {
+            // Nothing can take the connection: tell the client at once, as a closed
+            // port would, rather than let it retransmit into silence.
+            return reset::answer(ctx, pkt);
+        }
         if c != OK {
             return Verdict::drop(c);
         }
@@ -178,7 +185,9 @@ fn existing_flow(pkt: &Packet, cfg: &GlobalConfig, t: &mut Target) -> bool {
 /// Returned by the flow steps when they succeed; otherwise they return a drop counter.
 const OK: u32 = u32::MAX;
 
-/// Creates a flow: Maglev picks the backend, then a SNAT port is claimed.
+/// Creates a flow: Maglev picks the backend, then a SNAT port is claimed. Returns
+/// `DROP_NO_BACKEND` when the slot is empty or its backend cannot take new flows (not
+/// up, or not of the packet's family); the caller answers with a RST.
 #[inline(never)]
 fn new_flow(pkt: &Packet, svc: &Service, cfg: &GlobalConfig, t: &mut Target) -> u32 {
     if cfg.ring_size == 0 {

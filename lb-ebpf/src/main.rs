@@ -3,7 +3,8 @@
 //!
 //! Only the entry points live here; the forwarding path reads in file order:
 //! `parse` → `flow` (service, flow table, backend, SNAT port) → `nat` (rewrite,
-//! checksums, next hop) → `stats` (the one counter each packet bumps).
+//! checksums, next hop) → `stats` (the one counter each packet bumps). A new flow that
+//! no backend can take is answered by `reset` (a TCP RST sent back with XDP_TX).
 #![cfg_attr(target_arch = "bpf", no_std, no_main)]
 
 #[cfg(target_arch = "bpf")]
@@ -16,6 +17,8 @@ mod maps;
 mod nat;
 #[cfg(target_arch = "bpf")]
 mod parse;
+#[cfg(target_arch = "bpf")]
+mod reset;
 #[cfg(target_arch = "bpf")]
 mod stats;
 

@@ -34,6 +34,12 @@ impl Verdict {
         Verdict::new(xdp_action::XDP_PASS, counter)
     }
 
+    /// Sent back out of the interface it arrived on (`XDP_TX`), counted under `counter`.
+    #[inline(always)]
+    pub const fn tx(counter: u32) -> Self {
+        Verdict::new(xdp_action::XDP_TX, counter)
+    }
+
     #[inline(always)]
     pub const fn action(self) -> u32 {
         self.0 & 0xff

@@ -435,6 +435,11 @@ fn syn(p: Plan) -> Seg {
     }
 }
 
+/// Sequence number of every segment `build` makes.
+const SEG_SEQ: u32 = 0x1000_0000;
+/// Acknowledgment number of every segment with ACK that `build` makes (0 without ACK).
+const SEG_ACK: u32 = 0x2000_0000;
+
 /// One's-complement sum of big-endian 16-bit words (odd tail padded with zero).
 fn sum16(data: &[u8], mut acc: u32) -> u32 {
     let mut chunks = data.chunks_exact(2);
@@ -489,15 +494,8 @@ fn build(s: &Seg) -> Vec<u8> {
     let mut tcp = Vec::new();
     tcp.extend(s.sport.to_be_bytes());
     tcp.extend(s.dport.to_be_bytes());
-    tcp.extend(0x1000_0000u32.to_be_bytes()); // seq
-    tcp.extend(
-        if s.flags & ACK != 0 {
-            0x2000_0000u32
-        } else {
-            0
-        }
-        .to_be_bytes(),
-    );
+    tcp.extend(SEG_SEQ.to_be_bytes());
+    tcp.extend(if s.flags & ACK != 0 { SEG_ACK } else { 0 }.to_be_bytes());
     assert_eq!(s.tcp_options.len() % 4, 0);
     tcp.push((((20 + s.tcp_options.len()) / 4) << 4) as u8);
     tcp.push(s.flags);
@@ -954,18 +952,6 @@ fn frames_that_are_not_ours_or_malformed_are_never_rewritten() {
 // Backend selection
 
 #[test]
-fn empty_maglev_table_drops_with_no_backend() {
-    let mut lb = Lb::new();
-    lb.seed(plan4(), NO_BACKEND);
-    let input = build(&syn(plan4()));
-    let (action, out) = lb.run(&input, lb.lb1);
-    assert_eq!(action, XDP_DROP);
-    assert_eq!(out, input);
-    assert_eq!(lb.counter(stats::DROP_NO_BACKEND), 1);
-    assert_eq!(lb.stats(false, 0).new_flows, 0);
-}
-
-#[test]
 fn existing_flow_keeps_its_backend_when_the_maglev_table_changes() {
     let p = plan4();
     let mut lb = Lb::new();
@@ -1024,16 +1010,6 @@ fn flow_to_a_down_backend_is_rebalanced() {
 }
 
 #[test]
-fn down_backend_with_no_replacement_drops() {
-    let p = plan4();
-    let mut lb = Lb::new();
-    lb.seed(p, 0);
-    lb.set_backend(p, 0, BACKEND_DOWN);
-    assert_eq!(lb.run(&build(&syn(p)), lb.lb1).0, XDP_DROP);
-    assert_eq!(lb.counter(stats::DROP_NO_BACKEND), 1);
-}
-
-#[test]
 fn draining_backend_keeps_its_flows_but_takes_no_new_ones() {
     let p = plan4();
     let mut lb = Lb::new();
@@ -1047,13 +1023,344 @@ fn draining_backend_keeps_its_flows_but_takes_no_new_ones() {
     let (action, out) = lb.run(&ack, lb.lb1);
     assert_eq!(action, XDP_REDIRECT);
     assert_eq!(decode(&out).dst, p.backends[0]);
-    // A stale table still naming the draining backend does not give it new flows.
-    let other = build(&Seg {
+    // A stale table still naming the draining backend does not give it new flows: the
+    // client is told at once.
+    let other = Seg {
         sport: CLIENT_PORT + 1,
         ..syn(p)
-    });
-    assert_eq!(lb.run(&other, lb.lb1).0, XDP_DROP);
+    };
+    let (action, out) = lb.run(&build(&other), lb.lb1);
+    assert_eq!(action, XDP_TX);
+    let isn_ack = SEG_SEQ + other.payload.len() as u32 + 1;
+    assert_eq!(out, expected_rst(&other, 0, isn_ack, RST | ACK));
     assert_eq!(lb.counter(stats::DROP_NO_BACKEND), 1);
+    assert_eq!(lb.stats(false, 0).new_flows, 1);
+}
+
+// ---------------------------------------------------------------------------------------
+// No usable backend: the client is answered with a TCP RST (XDP_TX), never left waiting.
+
+/// The RST the program must send in answer to `s` (as `build` makes it): every byte of
+/// the frame, with the checksums computed here from scratch. Ethernet addresses, IP
+/// addresses and ports swapped, the VLAN tag kept, TTL/hop limit 64, no IP or TCP
+/// options, no payload, window 0; IPv4 with identification 0 and DF, IPv6 with the
+/// received flow label.
+fn expected_rst(s: &Seg, seq: u32, ack: u32, flags: u8) -> Vec<u8> {
+    let mut tcp = Vec::new();
+    tcp.extend(s.dport.to_be_bytes());
+    tcp.extend(s.sport.to_be_bytes());
+    tcp.extend(seq.to_be_bytes());
+    tcp.extend(ack.to_be_bytes());
+    tcp.extend([0x50, flags]); // data offset 5 words, flags
+    tcp.extend([0, 0, 0, 0, 0, 0]); // window, checksum, urgent pointer
+    let c = tcp_checksum(s.dst, s.src, &tcp);
+    tcp[16..18].copy_from_slice(&c.to_be_bytes());
+
+    let mut f = Vec::new();
+    f.extend(s.eth_src);
+    f.extend(s.eth_dst);
+    if let Some(vid) = s.vlan {
+        f.extend(0x8100u16.to_be_bytes());
+        f.extend(vid.to_be_bytes());
+    }
+    match (s.dst, s.src) {
+        (IpAddr::V4(src), IpAddr::V4(dst)) => {
+            f.extend(0x0800u16.to_be_bytes());
+            let mut ip = vec![0x45, 0, 0, 40, 0, 0, 0x40, 0, 64, PROTO_TCP, 0, 0];
+            ip.extend(src.octets());
+            ip.extend(dst.octets());
+            let c = ipv4_checksum(&ip);
+            ip[10..12].copy_from_slice(&c.to_be_bytes());
+            f.extend(ip);
+        }
+        (IpAddr::V6(src), IpAddr::V6(dst)) => {
+            f.extend(0x86ddu16.to_be_bytes());
+            f.extend([0x60, 0x01, 0x23, 0x45, 0, 20, PROTO_TCP, 64]);
+            f.extend(src.octets());
+            f.extend(dst.octets());
+        }
+        _ => panic!("mixed families"),
+    }
+    f.extend(tcp);
+    f
+}
+
+impl Lb {
+    /// The sum over CPUs of every counter.
+    fn counters(&self) -> Vec<u64> {
+        (0..stats::NUM_COUNTERS).map(|i| self.counter(i)).collect()
+    }
+
+    /// Runs a frame from the client and returns the action, the output frame and the
+    /// counters it bumped.
+    fn run_counted(&mut self, frame: &[u8]) -> (u32, Vec<u8>, Vec<u32>) {
+        let before = self.counters();
+        let (action, out) = self.run(frame, self.lb1);
+        let after = self.counters();
+        let bumped = (0..stats::NUM_COUNTERS)
+            .filter(|&i| after[i as usize] != before[i as usize])
+            .collect();
+        (action, out, bumped)
+    }
+}
+
+/// A segment to answer, and the sequence number, acknowledgment number and flags its
+/// RST must carry.
+struct RstCase {
+    what: &'static str,
+    seg: Seg,
+    /// Zero bytes appended after the IP packet (Ethernet minimum-size padding).
+    pad: usize,
+    seq: u32,
+    ack: u32,
+    flags: u8,
+}
+
+#[test]
+fn no_backend_answers_the_client_with_a_rst() {
+    let (p4, p6) = (plan4(), plan6());
+    let plain = |p: Plan, flags: u8| Seg {
+        flags,
+        tcp_options: vec![],
+        payload: vec![],
+        ..syn(p)
+    };
+    let tagged = |s: Seg| Seg {
+        vlan: Some(42),
+        ..s
+    };
+    let data = syn(p4).payload.len() as u32;
+    const PSH: u8 = 0x08;
+    let cases = vec![
+        RstCase {
+            what: "IPv4 SYN",
+            seg: syn(p4),
+            pad: 0,
+            seq: 0,
+            ack: SEG_SEQ + data + 1,
+            flags: RST | ACK,
+        },
+        RstCase {
+            what: "IPv4 SYN without options or data",
+            seg: plain(p4, SYN),
+            pad: 0,
+            seq: 0,
+            ack: SEG_SEQ + 1,
+            flags: RST | ACK,
+        },
+        RstCase {
+            what: "IPv6 SYN",
+            seg: syn(p6),
+            pad: 0,
+            seq: 0,
+            ack: SEG_SEQ + data + 1,
+            flags: RST | ACK,
+        },
+        RstCase {
+            what: "IPv6 SYN without options or data",
+            seg: plain(p6, SYN),
+            pad: 0,
+            seq: 0,
+            ack: SEG_SEQ + 1,
+            flags: RST | ACK,
+        },
+        RstCase {
+            what: "802.1Q-tagged IPv4 SYN",
+            seg: tagged(syn(p4)),
+            pad: 0,
+            seq: 0,
+            ack: SEG_SEQ + data + 1,
+            flags: RST | ACK,
+        },
+        RstCase {
+            what: "802.1Q-tagged IPv6 SYN",
+            seg: tagged(plain(p6, SYN)),
+            pad: 0,
+            seq: 0,
+            ack: SEG_SEQ + 1,
+            flags: RST | ACK,
+        },
+        RstCase {
+            what: "IPv4 SYN with IP options (answered without them)",
+            seg: Seg {
+                ip_options: vec![0x94, 0x04, 0, 0], // Router Alert
+                ..syn(p4)
+            },
+            pad: 0,
+            seq: 0,
+            ack: SEG_SEQ + data + 1,
+            flags: RST | ACK,
+        },
+        RstCase {
+            what: "IPv4 SYN padded to the Ethernet minimum",
+            seg: plain(p4, SYN),
+            pad: 6,
+            seq: 0,
+            ack: SEG_SEQ + 1,
+            flags: RST | ACK,
+        },
+        RstCase {
+            what: "IPv6 FIN with data, no ACK",
+            seg: Seg {
+                flags: FIN | PSH,
+                tcp_options: vec![],
+                ..syn(p6)
+            },
+            pad: 0,
+            seq: 0,
+            ack: SEG_SEQ + data + 1,
+            flags: RST | ACK,
+        },
+        RstCase {
+            what: "IPv4 ACK with data",
+            seg: Seg {
+                flags: ACK | PSH,
+                ..syn(p4)
+            },
+            pad: 0,
+            seq: SEG_ACK,
+            ack: 0,
+            flags: RST,
+        },
+        RstCase {
+            what: "IPv6 ACK with data",
+            seg: Seg {
+                flags: ACK | PSH,
+                ..syn(p6)
+            },
+            pad: 0,
+            seq: SEG_ACK,
+            ack: 0,
+            flags: RST,
+        },
+        RstCase {
+            what: "802.1Q-tagged IPv4 FIN|ACK",
+            seg: tagged(plain(p4, FIN | ACK)),
+            pad: 0,
+            seq: SEG_ACK,
+            ack: 0,
+            flags: RST,
+        },
+    ];
+    let mut lb = Lb::new();
+    lb.seed(p4, NO_BACKEND);
+    lb.seed(p6, NO_BACKEND);
+    for case in cases {
+        let what = case.what;
+        let mut input = build(&case.seg);
+        input.resize(input.len() + case.pad, 0);
+        let (action, out, bumped) = lb.run_counted(&input);
+        assert_eq!(action, XDP_TX, "{what}: action");
+        assert_eq!(bumped, [stats::DROP_NO_BACKEND], "{what}: counters");
+        let l3 = if case.seg.vlan.is_some() { 18 } else { 14 };
+        let ip_hlen = if case.seg.src.is_ipv4() { 20 } else { 40 };
+        assert_eq!(out.len(), l3 + ip_hlen + 20, "{what}: trimmed length");
+        // Checksums recomputed from scratch by `decode`, then every byte.
+        let seen = decode(&out);
+        assert_eq!(
+            (seen.src, seen.dst, seen.sport, seen.dport, seen.ttl),
+            (case.seg.dst, case.seg.src, VIP_PORT, CLIENT_PORT, 64),
+            "{what}: addresses"
+        );
+        assert_eq!(
+            out,
+            expected_rst(&case.seg, case.seq, case.ack, case.flags),
+            "{what}: RST frame"
+        );
+    }
+    assert_eq!(lb.counter(stats::DROP_NO_BACKEND), 12);
+    assert_eq!(lb.counter(stats::FWD_IN), 0);
+    assert_eq!(lb.stats(false, 0).new_flows, 0);
+    assert_eq!(lb.flows.keys().count(), 0, "no flow entry");
+    assert_eq!(lb.reverse_nat.keys().count(), 0, "no reverse NAT entry");
+}
+
+#[test]
+fn rst_keeps_the_dscp_and_clears_the_ecn_bits() {
+    let mut lb = Lb::new();
+    lb.seed(plan4(), NO_BACKEND);
+    lb.seed(plan6(), NO_BACKEND);
+    // DSCP EF (46) with ECT(1): the RST keeps EF and is not ECN-capable.
+    let (ef_ect1, ef) = (0xb9u8, 0xb8u8);
+    let with_tos = |f: &mut Vec<u8>, tos: u8| {
+        if f[12..14] == [0x08, 0x00] {
+            f[15] = tos;
+            let c = ipv4_checksum(&f[14..34]);
+            f[24..26].copy_from_slice(&c.to_be_bytes());
+        } else {
+            // The traffic class spans the low nibble of byte 0 and the high one of byte 1.
+            f[14] = 0x60 | (tos >> 4);
+            f[15] = (tos << 4) | (f[15] & 0x0f);
+        }
+    };
+    for p in [plan4(), plan6()] {
+        let seg = syn(p);
+        let mut input = build(&seg);
+        with_tos(&mut input, ef_ect1);
+        let (action, out) = lb.run(&input, lb.lb1);
+        assert_eq!(action, XDP_TX, "{}", p.vip);
+        let mut want = expected_rst(&seg, 0, SEG_SEQ + seg.payload.len() as u32 + 1, RST | ACK);
+        with_tos(&mut want, ef);
+        assert_eq!(out, want, "{}", p.vip);
+        decode(&out);
+    }
+}
+
+#[test]
+fn a_rst_with_no_backend_is_dropped_not_answered() {
+    let mut lb = Lb::new();
+    lb.seed(plan4(), NO_BACKEND);
+    lb.seed(plan6(), NO_BACKEND);
+    for p in [plan4(), plan6()] {
+        for flags in [RST, RST | ACK] {
+            let input = build(&Seg { flags, ..syn(p) });
+            let (action, out, bumped) = lb.run_counted(&input);
+            let what = format!("{} flags {flags:#x}", p.vip);
+            assert_eq!(action, XDP_DROP, "{what}: never answered");
+            assert_eq!(out, input, "{what}: untouched");
+            assert_eq!(bumped, [stats::DROP_NO_BACKEND], "{what}: counters");
+        }
+    }
+    assert_eq!(lb.counter(stats::DROP_NO_BACKEND), 4);
+}
+
+#[test]
+fn down_backend_with_no_replacement_is_answered_with_a_rst() {
+    for p in [plan4(), plan6()] {
+        let mut lb = Lb::new();
+        lb.seed(p, 0);
+        // An existing flow whose backend goes down, with nothing to move to: the next
+        // segment of the connection is answered with a RST.
+        assert_eq!(lb.run(&build(&syn(p)), lb.lb1).0, XDP_REDIRECT);
+        lb.set_backend(p, 0, BACKEND_DOWN);
+        let ack = Seg {
+            flags: ACK,
+            ..syn(p)
+        };
+        let (action, out, bumped) = lb.run_counted(&build(&ack));
+        assert_eq!(action, XDP_TX, "{}: existing flow", p.vip);
+        assert_eq!(bumped, [stats::DROP_NO_BACKEND], "{}", p.vip);
+        assert_eq!(out, expected_rst(&ack, SEG_ACK, 0, RST), "{}", p.vip);
+        // A new connection whose Maglev slot names the down backend.
+        let other = Seg {
+            sport: CLIENT_PORT + 1,
+            payload: vec![],
+            ..syn(p)
+        };
+        let (action, out, bumped) = lb.run_counted(&build(&other));
+        assert_eq!(action, XDP_TX, "{}: new flow", p.vip);
+        assert_eq!(bumped, [stats::DROP_NO_BACKEND], "{}", p.vip);
+        assert_eq!(
+            out,
+            expected_rst(&other, 0, SEG_SEQ + 1, RST | ACK),
+            "{}",
+            p.vip
+        );
+        decode(&out);
+        assert_eq!(lb.counter(stats::DROP_NO_BACKEND), 2);
+        assert_eq!(lb.counter(stats::FWD_IN), 1);
+        assert_eq!(lb.stats(false, 0).new_flows, 1);
+    }
 }
 
 // ---------------------------------------------------------------------------------------
