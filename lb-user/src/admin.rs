@@ -100,22 +100,23 @@ async fn handle(ctl: Shared, req: Request<Incoming>) -> Result<Reply, std::conve
 fn route(ctl: &Shared, method: &Method, path: &str, body: &[u8]) -> Reply {
     match (method, path) {
         (&Method::GET, "/health/instance") => {
-            let c = lock(ctl);
+            let mut c = lock(ctl);
+            let problems = c.dataplane_mut().attachment_problems();
             let attached: Vec<String> = c
                 .dataplane()
                 .attachments
                 .iter()
                 .map(|a| format!("{}:{}", a.iface, a.mode))
                 .collect();
-            if attached.is_empty() {
-                json(
-                    503,
-                    serde_json::json!({ "status": "down", "attached": attached }),
-                )
-            } else {
+            if problems.is_empty() {
                 json(
                     200,
                     serde_json::json!({ "status": "ok", "attached": attached }),
+                )
+            } else {
+                json(
+                    503,
+                    serde_json::json!({ "status": "down", "attached": attached, "problems": problems }),
                 )
             }
         }

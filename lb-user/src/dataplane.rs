@@ -378,6 +378,40 @@ impl Dataplane {
         Ok(())
     }
 
+    /// What is wrong with the attachments, if anything: an interface that is gone or
+    /// was re-created, or fewer XDP links running the program than interfaces.
+    pub fn attachment_problems(&mut self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.attachments.is_empty() {
+            problems.push("not attached".to_string());
+        }
+        for a in &self.attachments {
+            match sys::ifindex(&a.iface) {
+                Ok(i) if i == a.ifindex => {}
+                Ok(i) => problems.push(format!(
+                    "{} has ifindex {i} now, not {}: re-created without the program",
+                    a.iface, a.ifindex
+                )),
+                Err(e) => problems.push(format!("{}: {e}", a.iface)),
+            }
+        }
+        let prog_id = lb_program(&mut self.ebpf)
+            .ok()
+            .and_then(|p| p.info().ok())
+            .map(|i| i.id());
+        let links = aya::programs::loaded_links()
+            .filter_map(Result::ok)
+            .filter(|l| Some(l.program_id()) == prog_id)
+            .count();
+        if links < self.attachments.len() {
+            problems.push(format!(
+                "{links} XDP links run the program, {} expected",
+                self.attachments.len()
+            ));
+        }
+        problems
+    }
+
     /// Kernel ids of the program's maps, for `lb stats` in another process.
     pub fn map_ids(&self) -> BTreeMap<String, u32> {
         self.ebpf
