@@ -1,13 +1,21 @@
-//! `lb stats`: reads the running daemon's per-CPU counters (found through its runtime
-//! record) and prints them summed, as a table or as JSON.
+//! `lb stats`: reads the running daemon's per-CPU counters and flow table (found through
+//! its runtime record) and reports them summed: as a table, as JSON, or as a live view
+//! refreshed like `top`. The daemon builds the same report for its admin API and
+//! `/metrics` ([`collect_from`]).
 
+use crate::histogram::LatencyHistogram;
 use crate::runtime::{RuntimeError, RuntimeRecord};
 use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray};
-use lb_common::maps::{self as m, Backend, FlowKey, FlowState, TrafficCounters, names};
+use lb_common::maps::{
+    self as m, Backend, FLOW_CLOSED, FLOW_RST, FlowKey, FlowState, GlobalConfig, TrafficCounters,
+    names,
+};
 use lb_common::stats::COUNTER_NAMES;
-use serde::Serialize;
-use std::collections::BTreeMap;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap as StdHashMap};
 use std::fmt::Write as _;
+use std::io::Write;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StatsError {
@@ -21,9 +29,11 @@ pub enum StatsError {
     },
     #[error("the runtime record names no map {0}")]
     Unrecorded(&'static str),
+    #[error("writing the table: {0}")]
+    Io(#[from] std::io::Error),
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Counters {
     pub packets_in: u64,
     pub bytes_in: u64,
@@ -44,24 +54,50 @@ impl From<TrafficCounters> for Counters {
     }
 }
 
-#[derive(Debug, Serialize)]
+/// Health-check view of one backend; filled in by the daemon (`collect` leaves it out).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct HealthReport {
+    /// What is checked: "tcp", "http:/path".
+    pub check: String,
+    /// "up", "down" or "initial".
+    pub status: String,
+    /// The last failure, e.g. "timeout", "connection refused", "status 503".
+    pub reason: Option<String>,
+    pub checks_passed: u64,
+    pub checks_failed: u64,
+    /// Round-trip times of the checks.
+    pub latency: LatencyHistogram,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct BackendReport {
     pub addr: String,
     pub weight: u32,
-    pub state: &'static str,
+    /// The daemon's view: "up", "down", "initial", "draining" or "drained" (for an older
+    /// daemon, the map's: "up", "down", "draining", "empty").
+    pub state: String,
+    /// Flows pinned to this backend that are neither closed (FIN both ways, or RST) nor
+    /// idle past the idle timeout.
+    #[serde(default)]
+    pub active_flows: u64,
+    #[serde(default)]
+    pub health: Option<HealthReport>,
     pub counters: Counters,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ServiceReport {
     pub name: String,
     pub vip: String,
     pub mode: String,
+    /// Sum of the backends' `active_flows`.
+    #[serde(default)]
+    pub active_flows: u64,
     pub counters: Counters,
     pub backends: Vec<BackendReport>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Report {
     pub pid: u32,
     pub interfaces: Vec<crate::dataplane::Attachment>,
@@ -69,7 +105,8 @@ pub struct Report {
     /// Entries in the flow table (live and not yet evicted idle ones), and its capacity.
     pub flows: u64,
     pub flow_capacity: u32,
-    pub counters: BTreeMap<&'static str, u64>,
+    /// The global packet counters by name (`lb_common::stats::COUNTER_NAMES`).
+    pub counters: BTreeMap<String, u64>,
 }
 
 fn open(rec: &RuntimeRecord, name: &'static str) -> Result<Map, StatsError> {
@@ -102,54 +139,110 @@ fn traffic(
     Ok(sum)
 }
 
+/// Whether a flow entry counts as active at `now` (CLOCK_MONOTONIC ns, the clock of
+/// `bpf_ktime_get_ns`): not closed (FIN both ways, or RST) and not idle past the idle
+/// timeout, the rule by which the XDP program forgets flows (`lb-ebpf/src/flow.rs`).
+pub fn flow_active(fs: &FlowState, cfg: &GlobalConfig, now: u64) -> bool {
+    let closed = fs.flags & FLOW_RST != 0 || fs.flags & FLOW_CLOSED == FLOW_CLOSED;
+    !closed && now.saturating_sub(fs.last_seen_ns) <= cfg.idle_timeout_ns
+}
+
+/// Active flows per backend id, over flow table entries.
+fn active_per_backend(
+    entries: impl IntoIterator<Item = FlowState>,
+    cfg: &GlobalConfig,
+    now: u64,
+) -> StdHashMap<u32, u64> {
+    let mut active = StdHashMap::new();
+    for fs in entries {
+        if flow_active(&fs, cfg, now) {
+            *active.entry(fs.backend).or_insert(0) += 1;
+        }
+    }
+    active
+}
+
+/// Name of a `BACKEND_*` state of the backend map.
+fn map_state(state: u8) -> &'static str {
+    match state {
+        m::BACKEND_UP => "up",
+        m::BACKEND_DRAINING => "draining",
+        m::BACKEND_DOWN => "down",
+        _ => "empty",
+    }
+}
+
 /// Collects a report from the daemon running in this network namespace.
 pub fn collect() -> Result<Report, StatsError> {
-    let rec = RuntimeRecord::read_current()?;
+    collect_from(&RuntimeRecord::read_current()?)
+}
+
+/// Collects a report from the maps a runtime record names (the daemon passes its own).
+/// Walks the whole flow table once, to count active flows.
+pub fn collect_from(rec: &RuntimeRecord) -> Result<Report, StatsError> {
     let svc_stats =
-        PerCpuArray::<MapData, TrafficCounters>::try_from(open(&rec, names::SERVICE_STATS)?)
-            .map_err(map_err(names::SERVICE_STATS, &rec))?;
+        PerCpuArray::<MapData, TrafficCounters>::try_from(open(rec, names::SERVICE_STATS)?)
+            .map_err(map_err(names::SERVICE_STATS, rec))?;
     let be_stats =
-        PerCpuArray::<MapData, TrafficCounters>::try_from(open(&rec, names::BACKEND_STATS)?)
-            .map_err(map_err(names::BACKEND_STATS, &rec))?;
-    let backends = Array::<MapData, Backend>::try_from(open(&rec, names::BACKENDS)?)
-        .map_err(map_err(names::BACKENDS, &rec))?;
-    let counters = PerCpuArray::<MapData, u64>::try_from(open(&rec, names::COUNTERS)?)
-        .map_err(map_err(names::COUNTERS, &rec))?;
-    let flows_map = open(&rec, names::FLOWS)?;
+        PerCpuArray::<MapData, TrafficCounters>::try_from(open(rec, names::BACKEND_STATS)?)
+            .map_err(map_err(names::BACKEND_STATS, rec))?;
+    let backends = Array::<MapData, Backend>::try_from(open(rec, names::BACKENDS)?)
+        .map_err(map_err(names::BACKENDS, rec))?;
+    let counters = PerCpuArray::<MapData, u64>::try_from(open(rec, names::COUNTERS)?)
+        .map_err(map_err(names::COUNTERS, rec))?;
+    let config = Array::<MapData, GlobalConfig>::try_from(open(rec, names::CONFIG)?)
+        .map_err(map_err(names::CONFIG, rec))?
+        .get(&0, 0)
+        .map_err(map_err(names::CONFIG, rec))?;
+    let flows_map = open(rec, names::FLOWS)?;
     let flow_capacity = match &flows_map {
         Map::LruHashMap(d) | Map::HashMap(d) => d.info().map(|i| i.max_entries()).unwrap_or(0),
         _ => 0,
     };
-    let flows = HashMap::<MapData, FlowKey, FlowState>::try_from(flows_map)
-        .map_err(map_err(names::FLOWS, &rec))?;
+    let flows_map = HashMap::<MapData, FlowKey, FlowState>::try_from(flows_map)
+        .map_err(map_err(names::FLOWS, rec))?;
+
+    // One pass over the flow table. Entries that vanish between listing a key and
+    // reading it (evicted or expired meanwhile) are skipped.
+    let now = crate::sys::monotonic_ns();
+    let mut flows = 0u64;
+    let active = active_per_backend(
+        flows_map.iter().filter_map(|e| e.ok()).map(|(_, fs)| {
+            flows += 1;
+            fs
+        }),
+        &config,
+        now,
+    );
 
     let mut services = Vec::new();
     for s in &rec.services {
         let mut bes = Vec::new();
         for b in &s.backends {
-            let state = match backends
-                .get(&b.id, 0)
-                .map_err(map_err(names::BACKENDS, &rec))?
-                .state
-            {
-                m::BACKEND_UP => "up",
-                m::BACKEND_DRAINING => "draining",
-                m::BACKEND_DOWN => "down",
-                _ => "empty",
+            let state = if b.state.is_empty() {
+                let mb = backends
+                    .get(&b.id, 0)
+                    .map_err(map_err(names::BACKENDS, rec))?;
+                map_state(mb.state).to_string()
+            } else {
+                b.state.clone()
             };
-            let c = traffic(&be_stats, b.id).map_err(map_err(names::BACKEND_STATS, &rec))?;
+            let c = traffic(&be_stats, b.id).map_err(map_err(names::BACKEND_STATS, rec))?;
             bes.push(BackendReport {
                 addr: b.addr.to_string(),
                 weight: b.weight,
                 state,
+                active_flows: active.get(&b.id).copied().unwrap_or(0),
+                health: None,
                 counters: c.into(),
             });
         }
-        let c = traffic(&svc_stats, s.id).map_err(map_err(names::SERVICE_STATS, &rec))?;
+        let c = traffic(&svc_stats, s.id).map_err(map_err(names::SERVICE_STATS, rec))?;
         services.push(ServiceReport {
             name: s.name.clone(),
             vip: s.vip.to_string(),
             mode: s.mode.clone(),
+            active_flows: bes.iter().map(|b| b.active_flows).sum(),
             counters: c.into(),
             backends: bes,
         });
@@ -158,12 +251,11 @@ pub fn collect() -> Result<Report, StatsError> {
     for (i, name) in COUNTER_NAMES.iter().enumerate() {
         let v: u64 = counters
             .get(&(i as u32), 0)
-            .map_err(map_err(names::COUNTERS, &rec))?
+            .map_err(map_err(names::COUNTERS, rec))?
             .iter()
             .sum();
-        totals.insert(*name, v);
+        totals.insert(name.to_string(), v);
     }
-    let flows = flows.keys().filter(|k| k.is_ok()).count() as u64;
     Ok(Report {
         pid: rec.pid,
         interfaces: rec.attachments.clone(),
@@ -174,48 +266,83 @@ pub fn collect() -> Result<Report, StatsError> {
     })
 }
 
-/// Human-readable table of a report.
-pub fn render(r: &Report) -> String {
-    let mut out = String::new();
+fn interfaces(r: &Report) -> String {
     let ifaces: Vec<String> = r
         .interfaces
         .iter()
         .map(|a| format!("{} ({})", a.iface, a.mode))
         .collect();
+    ifaces.join(", ")
+}
+
+/// Short health note for a table: the check and, unless it passes, why it fails.
+fn health_note(h: &Option<HealthReport>) -> String {
+    match h {
+        None => String::new(),
+        Some(h) => match (&h.reason, h.status.as_str()) {
+            (Some(reason), status) if status != "up" => {
+                format!("{} {status}: {reason}", h.check)
+            }
+            (_, status) => format!("{} {status}", h.check),
+        },
+    }
+}
+
+/// Width of the backend column: the longest address, at least `min`.
+fn addr_width(r: &Report, min: usize) -> usize {
+    r.services
+        .iter()
+        .flat_map(|s| s.backends.iter().map(|b| b.addr.len()))
+        .fold(min, usize::max)
+}
+
+/// Human-readable table of a report.
+pub fn render(r: &Report) -> String {
+    let mut out = String::new();
     let _ = writeln!(
         out,
         "lb pid {} on {}; flows {} of {}",
         r.pid,
-        ifaces.join(", "),
+        interfaces(r),
         r.flows,
         r.flow_capacity
     );
+    let w = addr_width(r, 21);
     for s in &r.services {
         let _ = writeln!(out, "\nservice {} {} [{}]", s.name, s.vip, s.mode);
         let _ = writeln!(
             out,
-            "  {:<42} {:>6} {:>8} {:>10} {:>12} {:>10} {:>12} {:>10}",
+            "  {:<w$} {:>6} {:>8} {:>8} {:>10} {:>12} {:>10} {:>12} {:>10}  health",
             "backend",
             "weight",
             "state",
+            "active",
             "new flows",
             "pkts in",
             "bytes in",
             "pkts out",
             "bytes out"
         );
-        let row = |out: &mut String, name: &str, w: String, st: &str, c: &Counters| {
+        let row = |out: &mut String,
+                   name: &str,
+                   weight: String,
+                   state: &str,
+                   active: u64,
+                   c: &Counters,
+                   health: String| {
             let _ = writeln!(
                 out,
-                "  {:<42} {:>6} {:>8} {:>10} {:>12} {:>10} {:>12} {:>10}",
+                "  {:<w$} {:>6} {:>8} {:>8} {:>10} {:>12} {:>10} {:>12} {:>10}  {}",
                 name,
-                w,
-                st,
+                weight,
+                state,
+                active,
                 c.new_flows,
                 c.packets_in,
                 human_bytes(c.bytes_in),
                 c.packets_out,
-                human_bytes(c.bytes_out)
+                human_bytes(c.bytes_out),
+                health
             );
         };
         for b in &s.backends {
@@ -223,12 +350,29 @@ pub fn render(r: &Report) -> String {
                 &mut out,
                 &b.addr,
                 b.weight.to_string(),
-                b.state,
+                &b.state,
+                b.active_flows,
                 &b.counters,
+                health_note(&b.health),
             );
         }
-        row(&mut out, "total", String::new(), "", &s.counters);
+        row(
+            &mut out,
+            "total",
+            String::new(),
+            "",
+            s.active_flows,
+            &s.counters,
+            String::new(),
+        );
     }
+    // Trailing spaces of the empty health column are noise.
+    let mut out: String = out
+        .lines()
+        .map(|l| l.trim_end())
+        .collect::<Vec<_>>()
+        .join("\n");
+    out.push('\n');
     let _ = writeln!(out, "\npackets");
     for (name, v) in &r.counters {
         let _ = writeln!(out, "  {name:<28} {v:>12}");
@@ -236,8 +380,236 @@ pub fn render(r: &Report) -> String {
     out
 }
 
+/// Per-second rate of a counter between two snapshots; `None` without a previous
+/// snapshot or elapsed time. A counter that went down (a restarted daemon) counts as 0.
+fn rate(prev: Option<u64>, cur: u64, secs: f64) -> Option<f64> {
+    let prev = prev?;
+    if secs > 0.0 {
+        Some(cur.saturating_sub(prev) as f64 / secs)
+    } else {
+        None
+    }
+}
+
+/// Rates of a service's or backend's counters.
+struct Rates {
+    new_flows: Option<f64>,
+    bytes_in: Option<f64>,
+    bytes_out: Option<f64>,
+    packets: Option<f64>,
+}
+
+fn rates(prev: Option<&Counters>, cur: &Counters, secs: f64) -> Rates {
+    Rates {
+        new_flows: rate(prev.map(|p| p.new_flows), cur.new_flows, secs),
+        bytes_in: rate(prev.map(|p| p.bytes_in), cur.bytes_in, secs),
+        bytes_out: rate(prev.map(|p| p.bytes_out), cur.bytes_out, secs),
+        packets: rate(
+            prev.map(|p| p.packets_in + p.packets_out),
+            cur.packets_in + cur.packets_out,
+            secs,
+        ),
+    }
+}
+
+fn fmt_count_rate(r: Option<f64>) -> String {
+    match r {
+        None => "-".into(),
+        Some(v) if v >= 100.0 => format!("{v:.0}"),
+        Some(v) => format!("{v:.1}"),
+    }
+}
+
+fn fmt_byte_rate(r: Option<f64>) -> String {
+    match r {
+        None => "-".into(),
+        Some(v) => human_rate(v),
+    }
+}
+
+/// Time of day, UTC, HH:MM:SS.
+fn clock(t: SystemTime) -> String {
+    let s = t
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+        % 86_400;
+    format!("{:02}:{:02}:{:02} UTC", s / 3600, s / 60 % 60, s % 60)
+}
+
+/// One frame of the live view (without the clear-screen sequence): `cur` with rates over
+/// `elapsed` since `prev`. Without `prev` (first frame), from another daemon (pid
+/// changed), or with zero elapsed time, rates show as "-".
+pub fn render_live(prev: Option<&Report>, cur: &Report, elapsed: Duration) -> String {
+    render_live_at(prev, cur, elapsed, SystemTime::now())
+}
+
+fn render_live_at(
+    prev: Option<&Report>,
+    cur: &Report,
+    elapsed: Duration,
+    now: SystemTime,
+) -> String {
+    let prev = prev.filter(|p| p.pid == cur.pid);
+    let secs = elapsed.as_secs_f64();
+    let mut out = String::new();
+    let occupancy = if cur.flow_capacity > 0 {
+        format!(
+            " ({:.1}%)",
+            cur.flows as f64 * 100.0 / cur.flow_capacity as f64
+        )
+    } else {
+        String::new()
+    };
+    let _ = writeln!(
+        out,
+        "lb pid {} on {}   {}   flows {} of {}{}",
+        cur.pid,
+        interfaces(cur),
+        clock(now),
+        cur.flows,
+        cur.flow_capacity,
+        occupancy
+    );
+    let w = addr_width(cur, 21);
+    let header = format!(
+        "  {:<w$} {:>9} {:>6} {:>9} {:>9} {:>10} {:>10} {:>9} {:>10}  {}",
+        "backend",
+        "state",
+        "weight",
+        "new/s",
+        "active",
+        "in B/s",
+        "out B/s",
+        "pkts/s",
+        "new flows",
+        "health"
+    );
+    for s in &cur.services {
+        let ps = prev.and_then(|p| p.services.iter().find(|x| x.name == s.name));
+        let _ = writeln!(out, "\nservice {} {} [{}]", s.name, s.vip, s.mode);
+        let _ = writeln!(out, "{}", header.trim_end());
+        let row = |out: &mut String,
+                   name: &str,
+                   state: &str,
+                   weight: String,
+                   active: u64,
+                   c: &Counters,
+                   rt: Rates,
+                   health: String| {
+            let line = format!(
+                "  {:<w$} {:>9} {:>6} {:>9} {:>9} {:>10} {:>10} {:>9} {:>10}  {}",
+                name,
+                state,
+                weight,
+                fmt_count_rate(rt.new_flows),
+                active,
+                fmt_byte_rate(rt.bytes_in),
+                fmt_byte_rate(rt.bytes_out),
+                fmt_count_rate(rt.packets),
+                c.new_flows,
+                health
+            );
+            let _ = writeln!(out, "{}", line.trim_end());
+        };
+        for b in &s.backends {
+            let pb = ps.and_then(|p| p.backends.iter().find(|x| x.addr == b.addr));
+            row(
+                &mut out,
+                &b.addr,
+                &b.state,
+                b.weight.to_string(),
+                b.active_flows,
+                &b.counters,
+                rates(pb.map(|p| &p.counters), &b.counters, secs),
+                health_note(&b.health),
+            );
+        }
+        row(
+            &mut out,
+            "total",
+            "",
+            String::new(),
+            s.active_flows,
+            &s.counters,
+            rates(ps.map(|p| &p.counters), &s.counters, secs),
+            String::new(),
+        );
+    }
+    let counter_rate = |name: &str, v: u64| {
+        fmt_count_rate(rate(
+            prev.and_then(|p| p.counters.get(name).copied()),
+            v,
+            secs,
+        ))
+    };
+    let get = |name: &str| cur.counters.get(name).copied().unwrap_or(0);
+    let _ = writeln!(
+        out,
+        "\npackets/s: forwarded in {}  out {}  passed {}",
+        counter_rate("forwarded_in", get("forwarded_in")),
+        counter_rate("forwarded_out", get("forwarded_out")),
+        counter_rate("passed", get("passed")),
+    );
+    let drops: Vec<(&String, &u64)> = cur
+        .counters
+        .iter()
+        .filter(|(n, v)| n.starts_with("drop_") && **v > 0)
+        .collect();
+    if drops.is_empty() {
+        let _ = writeln!(out, "drops: none");
+    } else {
+        let _ = writeln!(out, "drops {:>24} {:>12} {:>9}", "", "total", "/s");
+        for (name, v) in drops {
+            let _ = writeln!(
+                out,
+                "  {:<28} {:>12} {:>9}",
+                name.trim_start_matches("drop_"),
+                v,
+                counter_rate(name, *v)
+            );
+        }
+    }
+    out
+}
+
+/// The live view: every `interval` (at least 100ms) collects a report and redraws the
+/// terminal with [`render_live`], until the process is interrupted. Fails if the first
+/// collection fails; later failures (the daemon restarting) are shown and retried.
+pub fn live(interval: Duration, out: &mut impl Write) -> Result<(), StatsError> {
+    let interval = interval.max(Duration::from_millis(100));
+    let mut prev: Option<(Report, Instant)> = None;
+    let mut first = true;
+    loop {
+        let started = Instant::now();
+        let frame = match collect() {
+            Ok(cur) => {
+                let frame = match &prev {
+                    Some((p, at)) => render_live(Some(p), &cur, started.duration_since(*at)),
+                    None => render_live(None, &cur, Duration::ZERO),
+                };
+                prev = Some((cur, started));
+                frame
+            }
+            Err(e) if first => return Err(e),
+            Err(e) => {
+                prev = None;
+                format!(
+                    "lb stats: {e}\nretrying every {:.1}s; Ctrl-C to quit\n",
+                    interval.as_secs_f64()
+                )
+            }
+        };
+        first = false;
+        write!(out, "\x1b[H\x1b[2J{frame}")?;
+        out.flush()?;
+        std::thread::sleep(interval.saturating_sub(started.elapsed()));
+    }
+}
+
+const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+
 fn human_bytes(b: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = b as f64;
     let mut u = 0;
     while v >= 1024.0 && u < UNITS.len() - 1 {
@@ -248,5 +620,301 @@ fn human_bytes(b: u64) -> String {
         format!("{b}B")
     } else {
         format!("{v:.1}{}", UNITS[u])
+    }
+}
+
+/// Like [`human_bytes`] for a rate (fractional bytes are rounded).
+fn human_rate(b: f64) -> String {
+    let mut v = b;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{v:.0}B")
+    } else {
+        format!("{v:.1}{}", UNITS[u])
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::dataplane::Attachment;
+
+    fn counters(new_flows: u64, bytes_in: u64, bytes_out: u64, packets: u64) -> Counters {
+        Counters {
+            packets_in: packets,
+            bytes_in,
+            packets_out: packets,
+            bytes_out,
+            new_flows,
+        }
+    }
+
+    /// A report with one service of two backends, the second one down with a failing
+    /// HTTP check; `scale` multiplies every counter.
+    pub(crate) fn sample(scale: u64) -> Report {
+        let mut latency = LatencyHistogram::default();
+        latency.observe(Duration::from_micros(400));
+        latency.observe(Duration::from_millis(2));
+        let mut counters_map = BTreeMap::new();
+        for name in COUNTER_NAMES {
+            counters_map.insert(name.to_string(), 0);
+        }
+        counters_map.insert("forwarded_in".into(), 100 * scale);
+        counters_map.insert("forwarded_out".into(), 90 * scale);
+        counters_map.insert("drop_no_backend".into(), 3 * scale);
+        Report {
+            pid: 42,
+            interfaces: vec![Attachment {
+                iface: "eth0".into(),
+                ifindex: 2,
+                mode: "native".into(),
+            }],
+            services: vec![ServiceReport {
+                name: "web".into(),
+                vip: "198.18.100.1:80".into(),
+                mode: "nat".into(),
+                active_flows: 7,
+                counters: counters(10 * scale, 4096 * scale, 2048 * scale, 50 * scale),
+                backends: vec![
+                    BackendReport {
+                        addr: "198.18.1.11:80".into(),
+                        weight: 2,
+                        state: "up".into(),
+                        active_flows: 7,
+                        health: Some(HealthReport {
+                            check: "http:/health".into(),
+                            status: "up".into(),
+                            reason: None,
+                            checks_passed: 5,
+                            checks_failed: 0,
+                            latency: latency.clone(),
+                        }),
+                        counters: counters(10 * scale, 4096 * scale, 2048 * scale, 50 * scale),
+                    },
+                    BackendReport {
+                        addr: "198.18.1.12:80".into(),
+                        weight: 1,
+                        state: "down".into(),
+                        active_flows: 0,
+                        health: Some(HealthReport {
+                            check: "http:/health".into(),
+                            status: "down".into(),
+                            reason: Some("status 503".into()),
+                            checks_passed: 1,
+                            checks_failed: 3,
+                            latency,
+                        }),
+                        counters: Counters::default(),
+                    },
+                ],
+            }],
+            flows: 9,
+            flow_capacity: 1000,
+            counters: counters_map,
+        }
+    }
+
+    fn flow(backend: u32, last_seen_ns: u64, flags: u8) -> FlowState {
+        FlowState {
+            last_seen_ns,
+            backend,
+            flags,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn active_flows_follow_the_xdp_expiry_rule_and_skip_closed_ones() {
+        let cfg = GlobalConfig {
+            idle_timeout_ns: 1_000,
+            closed_timeout_ns: 100,
+            ..Default::default()
+        };
+        let now = 10_000;
+        let entries = [
+            flow(1, 9_500, 0),                   // active
+            flow(1, 9_000, 0),                   // exactly at the idle timeout: active
+            flow(1, 8_999, 0),                   // idle too long
+            flow(1, 10_050, 0),                  // seen after `now` was read: active
+            flow(2, 9_990, m::FLOW_FIN_CLIENT),  // half closed: active
+            flow(2, 9_990, m::FLOW_CLOSED),      // closed both ways
+            flow(2, 9_990, m::FLOW_RST),         // reset
+            flow(3, 9_990, m::FLOW_FIN_BACKEND), // half closed: active
+        ];
+        let active = active_per_backend(entries, &cfg, now);
+        assert_eq!(active.get(&1), Some(&3));
+        assert_eq!(active.get(&2), Some(&1));
+        assert_eq!(active.get(&3), Some(&1));
+        assert_eq!(active.len(), 3);
+    }
+
+    #[test]
+    fn json_keeps_the_fields_tests_read_and_has_the_new_ones() {
+        let mut r = sample(1);
+        r.services[0].backends[1].health = None;
+        let v = serde_json::to_value(&r).unwrap();
+        let b = &v["services"][0]["backends"][0];
+        assert_eq!(b["addr"], "198.18.1.11:80");
+        assert_eq!(b["counters"]["new_flows"], 10);
+        assert_eq!(b["state"], "up");
+        assert_eq!(b["active_flows"], 7);
+        assert_eq!(b["health"]["check"], "http:/health");
+        assert_eq!(b["health"]["latency"]["count"], 2);
+        assert!(v["services"][0]["backends"][1]["health"].is_null());
+        assert_eq!(v["services"][0]["active_flows"], 7);
+        assert_eq!(v["counters"]["drop_no_backend"], 3);
+        let back: Report = serde_json::from_value(v).unwrap();
+        assert_eq!(
+            back.services[0].backends[0].counters,
+            r.services[0].backends[0].counters
+        );
+    }
+
+    #[test]
+    fn table_shows_state_active_flows_and_health() {
+        let t = render(&sample(1));
+        assert!(
+            t.starts_with("lb pid 42 on eth0 (native); flows 9 of 1000\n"),
+            "{t}"
+        );
+        let row = t.lines().find(|l| l.contains("198.18.1.12:80")).unwrap();
+        let cols: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(&cols[..4], ["198.18.1.12:80", "1", "down", "0"], "{row}");
+        assert!(row.ends_with("http:/health down: status 503"), "{row}");
+        let row = t.lines().find(|l| l.contains("198.18.1.11:80")).unwrap();
+        let cols: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(
+            &cols[..5],
+            ["198.18.1.11:80", "2", "up", "7", "10"],
+            "{row}"
+        );
+        let total = t
+            .lines()
+            .find(|l| l.trim_start().starts_with("total"))
+            .unwrap();
+        assert_eq!(total.split_whitespace().nth(1), Some("7"), "{total}");
+        assert!(t.contains("drop_no_backend"), "{t}");
+        assert!(t.lines().all(|l| l == l.trim_end()), "{t:?}");
+    }
+
+    fn cols_of<'a>(frame: &'a str, first: &str) -> Vec<&'a str> {
+        frame
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(first))
+            .unwrap_or_else(|| panic!("no row {first} in\n{frame}"))
+            .split_whitespace()
+            .collect()
+    }
+
+    #[test]
+    fn live_frame_computes_rates_from_the_previous_snapshot() {
+        let prev = sample(1);
+        let cur = sample(3);
+        // Over 2s: new flows 10 → 30, bytes in 4096 → 12288, out 2048 → 6144,
+        // packets (in+out) 100 → 300.
+        let at = UNIX_EPOCH + Duration::from_secs(86_400 * 3 + 3600 + 120 + 5);
+        let f = render_live_at(Some(&prev), &cur, Duration::from_secs(2), at);
+        assert!(
+            f.starts_with("lb pid 42 on eth0 (native)   01:02:05 UTC   flows 9 of 1000 (0.9%)\n"),
+            "{f}"
+        );
+        assert!(f.contains("\nservice web 198.18.100.1:80 [nat]\n"), "{f}");
+        assert_eq!(
+            cols_of(&f, "198.18.1.11:80"),
+            [
+                "198.18.1.11:80",
+                "up",
+                "2",
+                "10.0",
+                "7",
+                "4.0KiB",
+                "2.0KiB",
+                "100",
+                "30",
+                "http:/health",
+                "up"
+            ]
+        );
+        assert_eq!(
+            cols_of(&f, "198.18.1.12:80"),
+            [
+                "198.18.1.12:80",
+                "down",
+                "1",
+                "0.0",
+                "0",
+                "0B",
+                "0B",
+                "0.0",
+                "0",
+                "http:/health",
+                "down:",
+                "status",
+                "503"
+            ]
+        );
+        assert_eq!(
+            cols_of(&f, "total"),
+            ["total", "10.0", "7", "4.0KiB", "2.0KiB", "100", "30"]
+        );
+        // forwarded in 100 → 300, out 90 → 270, no_backend 3 → 9 over 2s.
+        assert!(
+            f.contains("packets/s: forwarded in 100  out 90.0  passed 0.0\n"),
+            "{f}"
+        );
+        assert_eq!(cols_of(&f, "no_backend"), ["no_backend", "9", "3.0"]);
+        assert!(!f.contains("snat"), "zero drop counters are left out: {f}");
+    }
+
+    #[test]
+    fn live_frame_without_rates_shows_dashes() {
+        let cur = sample(2);
+        for (prev, elapsed) in [
+            (None, Duration::from_secs(1)),
+            (Some(sample(1)), Duration::ZERO),
+        ] {
+            let f = render_live(prev.as_ref(), &cur, elapsed);
+            let row = cols_of(&f, "198.18.1.11:80");
+            assert_eq!(
+                &row[..9],
+                ["198.18.1.11:80", "up", "2", "-", "7", "-", "-", "-", "20"],
+                "{f}"
+            );
+            assert!(
+                f.contains("packets/s: forwarded in -  out -  passed -"),
+                "{f}"
+            );
+            assert_eq!(cols_of(&f, "no_backend"), ["no_backend", "6", "-"]);
+        }
+    }
+
+    #[test]
+    fn live_frame_ignores_a_snapshot_of_another_daemon_and_counter_resets() {
+        let mut prev = sample(5);
+        prev.pid = 7;
+        let f = render_live(Some(&prev), &sample(1), Duration::from_secs(1));
+        assert_eq!(cols_of(&f, "198.18.1.11:80")[3], "-", "{f}");
+        // Same pid but lower counters (should not happen): rates are 0, not huge.
+        let prev = sample(5);
+        let f = render_live(Some(&prev), &sample(1), Duration::from_secs(1));
+        assert_eq!(cols_of(&f, "198.18.1.11:80")[3], "0.0", "{f}");
+        // A backend added since the previous snapshot has no rates yet.
+        let mut cur = sample(1);
+        cur.services[0].backends[1].addr = "198.18.1.13:80".into();
+        let f = render_live(Some(&sample(1)), &cur, Duration::from_secs(1));
+        assert_eq!(cols_of(&f, "198.18.1.13:80")[3], "-", "{f}");
+        assert_eq!(cols_of(&f, "198.18.1.11:80")[3], "0.0", "{f}");
+    }
+
+    #[test]
+    fn human_units() {
+        assert_eq!(human_bytes(512), "512B");
+        assert_eq!(human_bytes(1536), "1.5KiB");
+        assert_eq!(human_rate(0.4), "0B");
+        assert_eq!(human_rate(3.0 * 1024.0 * 1024.0), "3.0MiB");
     }
 }

@@ -1,0 +1,622 @@
+//! `GET /metrics`: a [`Report`] in the Prometheus text exposition format 0.0.4.
+//!
+//! Conventions: every family has `# HELP` and `# TYPE` and its samples follow at once;
+//! names start with `lb_`, counters end in `_total`, units are bytes and seconds. Labels:
+//! `service` (the service's name), `backend` (its `IP:PORT`), `direction` (`in` is client
+//! → backend, `out` backend → client).
+
+use crate::stats::{BackendReport, Counters, Report, ServiceReport};
+use std::fmt::Write as _;
+
+/// Content type of the exposition format this module writes.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// The states `lb_backend_state` is one-hot over.
+pub const BACKEND_STATES: [&str; 5] = ["up", "down", "initial", "draining", "drained"];
+
+/// Escapes a label value: backslash, double quote and line feed.
+pub fn escape_label_value(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Escapes HELP text: backslash and line feed.
+fn escape_help(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('\n', "\\n")
+}
+
+/// A sample value as the format spells it.
+fn float(v: f64) -> String {
+    if v.is_nan() {
+        "NaN".into()
+    } else if v == f64::INFINITY {
+        "+Inf".into()
+    } else if v == f64::NEG_INFINITY {
+        "-Inf".into()
+    } else {
+        format!("{v}")
+    }
+}
+
+/// Builds the exposition text one family at a time.
+struct Writer {
+    out: String,
+}
+
+impl Writer {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.out, "# HELP {name} {}", escape_help(help));
+        let _ = writeln!(self.out, "# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
+        self.out.push_str(name);
+        if !labels.is_empty() {
+            self.out.push('{');
+            for (i, (k, v)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.out.push(',');
+                }
+                let _ = write!(self.out, "{k}=\"{}\"", escape_label_value(v));
+            }
+            self.out.push('}');
+        }
+        let _ = writeln!(self.out, " {value}");
+    }
+}
+
+/// Reads one counter of a [`Counters`].
+type Field = fn(&Counters) -> u64;
+
+/// Backends with their service, in report order.
+fn backends(r: &Report) -> impl Iterator<Item = (&ServiceReport, &BackendReport)> {
+    r.services
+        .iter()
+        .flat_map(|s| s.backends.iter().map(move |b| (s, b)))
+}
+
+/// Renders the report as Prometheus text (format 0.0.4).
+pub fn render(r: &Report) -> String {
+    let mut w = Writer { out: String::new() };
+
+    w.family("lb_up", "gauge", "Whether the lb daemon is running (1).");
+    w.sample("lb_up", &[], 1);
+    w.family("lb_info", "gauge", "Version of the lb daemon (always 1).");
+    w.sample("lb_info", &[("version", env!("CARGO_PKG_VERSION"))], 1);
+
+    // Per service.
+    let by_dir: [(&str, Field, Field); 2] = [
+        ("in", |c| c.packets_in, |c| c.bytes_in),
+        ("out", |c| c.packets_out, |c| c.bytes_out),
+    ];
+    w.family(
+        "lb_service_packets_total",
+        "counter",
+        "Packets forwarded for a service, by direction (in: client to backend, out: backend to client).",
+    );
+    for s in &r.services {
+        for (dir, packets, _) in &by_dir {
+            let labels = [("service", s.name.as_str()), ("direction", dir)];
+            w.sample("lb_service_packets_total", &labels, packets(&s.counters));
+        }
+    }
+    w.family(
+        "lb_service_bytes_total",
+        "counter",
+        "Bytes forwarded for a service, by direction (in: client to backend, out: backend to client).",
+    );
+    for s in &r.services {
+        for (dir, _, bytes) in &by_dir {
+            let labels = [("service", s.name.as_str()), ("direction", dir)];
+            w.sample("lb_service_bytes_total", &labels, bytes(&s.counters));
+        }
+    }
+    w.family(
+        "lb_service_new_flows_total",
+        "counter",
+        "New flows (connections) balanced for a service.",
+    );
+    for s in &r.services {
+        let labels = [("service", s.name.as_str())];
+        w.sample("lb_service_new_flows_total", &labels, s.counters.new_flows);
+    }
+    w.family(
+        "lb_service_active_flows",
+        "gauge",
+        "Flows of a service that are neither closed nor idle past the idle timeout.",
+    );
+    for s in &r.services {
+        w.sample(
+            "lb_service_active_flows",
+            &[("service", s.name.as_str())],
+            s.active_flows,
+        );
+    }
+
+    // Per backend.
+    w.family(
+        "lb_backend_packets_total",
+        "counter",
+        "Packets forwarded for a backend, by direction (in: client to backend, out: backend to client).",
+    );
+    for (s, b) in backends(r) {
+        for (dir, packets, _) in &by_dir {
+            let labels = [
+                ("service", s.name.as_str()),
+                ("backend", b.addr.as_str()),
+                ("direction", dir),
+            ];
+            w.sample("lb_backend_packets_total", &labels, packets(&b.counters));
+        }
+    }
+    w.family(
+        "lb_backend_bytes_total",
+        "counter",
+        "Bytes forwarded for a backend, by direction (in: client to backend, out: backend to client).",
+    );
+    for (s, b) in backends(r) {
+        for (dir, _, bytes) in &by_dir {
+            let labels = [
+                ("service", s.name.as_str()),
+                ("backend", b.addr.as_str()),
+                ("direction", dir),
+            ];
+            w.sample("lb_backend_bytes_total", &labels, bytes(&b.counters));
+        }
+    }
+    w.family(
+        "lb_backend_new_flows_total",
+        "counter",
+        "New flows (connections) balanced to a backend.",
+    );
+    for (s, b) in backends(r) {
+        let labels = [("service", s.name.as_str()), ("backend", b.addr.as_str())];
+        w.sample("lb_backend_new_flows_total", &labels, b.counters.new_flows);
+    }
+    w.family(
+        "lb_backend_active_flows",
+        "gauge",
+        "Flows pinned to a backend that are neither closed nor idle past the idle timeout.",
+    );
+    for (s, b) in backends(r) {
+        let labels = [("service", s.name.as_str()), ("backend", b.addr.as_str())];
+        w.sample("lb_backend_active_flows", &labels, b.active_flows);
+    }
+    w.family(
+        "lb_backend_up",
+        "gauge",
+        "Whether a backend is up (takes new flows if its weight is above 0): 1, else 0.",
+    );
+    for (s, b) in backends(r) {
+        let labels = [("service", s.name.as_str()), ("backend", b.addr.as_str())];
+        w.sample("lb_backend_up", &labels, u8::from(b.state == "up"));
+    }
+    w.family(
+        "lb_backend_state",
+        "gauge",
+        "State of a backend, one-hot over up, down, initial, draining and drained.",
+    );
+    for (s, b) in backends(r) {
+        for state in BACKEND_STATES {
+            let labels = [
+                ("service", s.name.as_str()),
+                ("backend", b.addr.as_str()),
+                ("state", state),
+            ];
+            w.sample("lb_backend_state", &labels, u8::from(b.state == state));
+        }
+    }
+    w.family(
+        "lb_backend_weight",
+        "gauge",
+        "Configured weight of a backend (its share of the Maglev table while up).",
+    );
+    for (s, b) in backends(r) {
+        let labels = [("service", s.name.as_str()), ("backend", b.addr.as_str())];
+        w.sample("lb_backend_weight", &labels, b.weight);
+    }
+
+    // Health checks, for backends that have one.
+    let checked: Vec<_> = backends(r)
+        .filter_map(|(s, b)| b.health.as_ref().map(|h| (s, b, h)))
+        .collect();
+    if !checked.is_empty() {
+        w.family(
+            "lb_health_checks_total",
+            "counter",
+            "Health checks of a backend, by result (pass or fail).",
+        );
+        for (s, b, h) in &checked {
+            for (result, n) in [("pass", h.checks_passed), ("fail", h.checks_failed)] {
+                let labels = [
+                    ("service", s.name.as_str()),
+                    ("backend", b.addr.as_str()),
+                    ("result", result),
+                ];
+                w.sample("lb_health_checks_total", &labels, n);
+            }
+        }
+        w.family(
+            "lb_health_check_duration_seconds",
+            "histogram",
+            "Round-trip time of a backend's health checks.",
+        );
+        for (s, b, h) in &checked {
+            let base = [("service", s.name.as_str()), ("backend", b.addr.as_str())];
+            for (le, n) in h.latency.cumulative() {
+                let le = float(le);
+                let labels = [base[0], base[1], ("le", le.as_str())];
+                w.sample("lb_health_check_duration_seconds_bucket", &labels, n);
+            }
+            w.sample(
+                "lb_health_check_duration_seconds_sum",
+                &base,
+                float(h.latency.sum_seconds),
+            );
+            w.sample(
+                "lb_health_check_duration_seconds_count",
+                &base,
+                h.latency.count,
+            );
+        }
+    }
+
+    // What happened to packets.
+    w.family(
+        "lb_packets_total",
+        "counter",
+        "Packets the XDP program forwarded or passed to the kernel, by outcome.",
+    );
+    for (name, v) in r.counters.iter().filter(|(n, _)| !n.starts_with("drop_")) {
+        w.sample("lb_packets_total", &[("outcome", name.as_str())], v);
+    }
+    w.family(
+        "lb_dropped_packets_total",
+        "counter",
+        "Packets the XDP program dropped (or answered with a RST), by reason.",
+    );
+    for (name, v) in &r.counters {
+        if let Some(reason) = name.strip_prefix("drop_") {
+            w.sample("lb_dropped_packets_total", &[("reason", reason)], v);
+        }
+    }
+
+    w.family(
+        "lb_flow_table_entries",
+        "gauge",
+        "Entries in the flow table, including idle ones not evicted yet.",
+    );
+    w.sample("lb_flow_table_entries", &[], r.flows);
+    w.family(
+        "lb_flow_table_capacity",
+        "gauge",
+        "Capacity of the flow table (--max-flows).",
+    );
+    w.sample("lb_flow_table_capacity", &[], r.flow_capacity);
+    w.out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dataplane::Attachment;
+    use crate::stats::tests::sample;
+    use std::collections::{BTreeMap, HashSet};
+
+    fn tiny() -> Report {
+        let mut counters = BTreeMap::new();
+        counters.insert("forwarded_in".to_string(), 5);
+        counters.insert("drop_no_backend".to_string(), 2);
+        Report {
+            pid: 1,
+            interfaces: vec![Attachment {
+                iface: "eth0".into(),
+                ifindex: 2,
+                mode: "skb".into(),
+            }],
+            services: vec![ServiceReport {
+                name: "web".into(),
+                vip: "198.18.100.1:80".into(),
+                mode: "nat".into(),
+                active_flows: 3,
+                counters: Counters {
+                    packets_in: 10,
+                    bytes_in: 1000,
+                    packets_out: 8,
+                    bytes_out: 4000,
+                    new_flows: 4,
+                },
+                backends: vec![BackendReport {
+                    addr: "[fd00::1]:80".into(),
+                    weight: 2,
+                    state: "draining".into(),
+                    active_flows: 3,
+                    health: None,
+                    counters: Counters {
+                        packets_in: 10,
+                        bytes_in: 1000,
+                        packets_out: 8,
+                        bytes_out: 4000,
+                        new_flows: 4,
+                    },
+                }],
+            }],
+            flows: 6,
+            flow_capacity: 1024,
+            counters,
+        }
+    }
+
+    #[test]
+    fn exact_output_of_a_small_report() {
+        let expected = format!(
+            r#"# HELP lb_up Whether the lb daemon is running (1).
+# TYPE lb_up gauge
+lb_up 1
+# HELP lb_info Version of the lb daemon (always 1).
+# TYPE lb_info gauge
+lb_info{{version="{version}"}} 1
+# HELP lb_service_packets_total Packets forwarded for a service, by direction (in: client to backend, out: backend to client).
+# TYPE lb_service_packets_total counter
+lb_service_packets_total{{service="web",direction="in"}} 10
+lb_service_packets_total{{service="web",direction="out"}} 8
+# HELP lb_service_bytes_total Bytes forwarded for a service, by direction (in: client to backend, out: backend to client).
+# TYPE lb_service_bytes_total counter
+lb_service_bytes_total{{service="web",direction="in"}} 1000
+lb_service_bytes_total{{service="web",direction="out"}} 4000
+# HELP lb_service_new_flows_total New flows (connections) balanced for a service.
+# TYPE lb_service_new_flows_total counter
+lb_service_new_flows_total{{service="web"}} 4
+# HELP lb_service_active_flows Flows of a service that are neither closed nor idle past the idle timeout.
+# TYPE lb_service_active_flows gauge
+lb_service_active_flows{{service="web"}} 3
+# HELP lb_backend_packets_total Packets forwarded for a backend, by direction (in: client to backend, out: backend to client).
+# TYPE lb_backend_packets_total counter
+lb_backend_packets_total{{service="web",backend="[fd00::1]:80",direction="in"}} 10
+lb_backend_packets_total{{service="web",backend="[fd00::1]:80",direction="out"}} 8
+# HELP lb_backend_bytes_total Bytes forwarded for a backend, by direction (in: client to backend, out: backend to client).
+# TYPE lb_backend_bytes_total counter
+lb_backend_bytes_total{{service="web",backend="[fd00::1]:80",direction="in"}} 1000
+lb_backend_bytes_total{{service="web",backend="[fd00::1]:80",direction="out"}} 4000
+# HELP lb_backend_new_flows_total New flows (connections) balanced to a backend.
+# TYPE lb_backend_new_flows_total counter
+lb_backend_new_flows_total{{service="web",backend="[fd00::1]:80"}} 4
+# HELP lb_backend_active_flows Flows pinned to a backend that are neither closed nor idle past the idle timeout.
+# TYPE lb_backend_active_flows gauge
+lb_backend_active_flows{{service="web",backend="[fd00::1]:80"}} 3
+# HELP lb_backend_up Whether a backend is up (takes new flows if its weight is above 0): 1, else 0.
+# TYPE lb_backend_up gauge
+lb_backend_up{{service="web",backend="[fd00::1]:80"}} 0
+# HELP lb_backend_state State of a backend, one-hot over up, down, initial, draining and drained.
+# TYPE lb_backend_state gauge
+lb_backend_state{{service="web",backend="[fd00::1]:80",state="up"}} 0
+lb_backend_state{{service="web",backend="[fd00::1]:80",state="down"}} 0
+lb_backend_state{{service="web",backend="[fd00::1]:80",state="initial"}} 0
+lb_backend_state{{service="web",backend="[fd00::1]:80",state="draining"}} 1
+lb_backend_state{{service="web",backend="[fd00::1]:80",state="drained"}} 0
+# HELP lb_backend_weight Configured weight of a backend (its share of the Maglev table while up).
+# TYPE lb_backend_weight gauge
+lb_backend_weight{{service="web",backend="[fd00::1]:80"}} 2
+# HELP lb_packets_total Packets the XDP program forwarded or passed to the kernel, by outcome.
+# TYPE lb_packets_total counter
+lb_packets_total{{outcome="forwarded_in"}} 5
+# HELP lb_dropped_packets_total Packets the XDP program dropped (or answered with a RST), by reason.
+# TYPE lb_dropped_packets_total counter
+lb_dropped_packets_total{{reason="no_backend"}} 2
+# HELP lb_flow_table_entries Entries in the flow table, including idle ones not evicted yet.
+# TYPE lb_flow_table_entries gauge
+lb_flow_table_entries 6
+# HELP lb_flow_table_capacity Capacity of the flow table (--max-flows).
+# TYPE lb_flow_table_capacity gauge
+lb_flow_table_capacity 1024
+"#,
+            version = env!("CARGO_PKG_VERSION")
+        );
+        assert_eq!(render(&tiny()), expected);
+    }
+
+    #[test]
+    fn health_histogram_is_cumulative_with_sum_and_count() {
+        let out = render(&sample(1));
+        let lines: Vec<&str> = out
+            .lines()
+            .filter(|l| l.contains(r#"backend="198.18.1.11:80""#))
+            .filter(|l| l.starts_with("lb_health"))
+            .collect();
+        let expected = [
+            r#"lb_health_checks_total{service="web",backend="198.18.1.11:80",result="pass"} 5"#,
+            r#"lb_health_checks_total{service="web",backend="198.18.1.11:80",result="fail"} 0"#,
+            r#"lb_health_check_duration_seconds_bucket{service="web",backend="198.18.1.11:80",le="0.0005"} 1"#,
+            r#"lb_health_check_duration_seconds_bucket{service="web",backend="198.18.1.11:80",le="0.001"} 1"#,
+            r#"lb_health_check_duration_seconds_bucket{service="web",backend="198.18.1.11:80",le="0.0025"} 2"#,
+            r#"lb_health_check_duration_seconds_bucket{service="web",backend="198.18.1.11:80",le="0.005"} 2"#,
+            r#"lb_health_check_duration_seconds_bucket{service="web",backend="198.18.1.11:80",le="0.01"} 2"#,
+            r#"lb_health_check_duration_seconds_bucket{service="web",backend="198.18.1.11:80",le="0.025"} 2"#,
+            r#"lb_health_check_duration_seconds_bucket{service="web",backend="198.18.1.11:80",le="0.05"} 2"#,
+            r#"lb_health_check_duration_seconds_bucket{service="web",backend="198.18.1.11:80",le="0.1"} 2"#,
+            r#"lb_health_check_duration_seconds_bucket{service="web",backend="198.18.1.11:80",le="0.25"} 2"#,
+            r#"lb_health_check_duration_seconds_bucket{service="web",backend="198.18.1.11:80",le="0.5"} 2"#,
+            r#"lb_health_check_duration_seconds_bucket{service="web",backend="198.18.1.11:80",le="1"} 2"#,
+            r#"lb_health_check_duration_seconds_bucket{service="web",backend="198.18.1.11:80",le="2.5"} 2"#,
+            r#"lb_health_check_duration_seconds_bucket{service="web",backend="198.18.1.11:80",le="+Inf"} 2"#,
+            r#"lb_health_check_duration_seconds_count{service="web",backend="198.18.1.11:80"} 2"#,
+        ];
+        let sum_prefix =
+            r#"lb_health_check_duration_seconds_sum{service="web",backend="198.18.1.11:80"} "#;
+        let (sums, lines): (Vec<&str>, Vec<&str>) =
+            lines.into_iter().partition(|l| l.starts_with(sum_prefix));
+        assert_eq!(lines, expected, "{out}");
+        let sum: f64 = sums[0][sum_prefix.len()..].parse().unwrap();
+        assert!((sum - 0.0024).abs() < 1e-12, "{}", sums[0]);
+        assert!(out.contains(
+            r#"lb_health_checks_total{service="web",backend="198.18.1.12:80",result="fail"} 3"#
+        ));
+        assert!(out.contains(r#"lb_backend_up{service="web",backend="198.18.1.11:80"} 1"#));
+        assert!(out.contains(r#"lb_backend_up{service="web",backend="198.18.1.12:80"} 0"#));
+        assert!(out.contains(
+            r#"lb_backend_state{service="web",backend="198.18.1.12:80",state="down"} 1"#
+        ));
+    }
+
+    #[test]
+    fn no_health_families_without_health_checks() {
+        let out = render(&tiny());
+        assert!(!out.contains("lb_health"), "{out}");
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape_label_value(r#"a\b"c"#), r#"a\\b\"c"#);
+        assert_eq!(escape_label_value("x\ny"), r"x\ny");
+        assert_eq!(escape_label_value("plain é"), "plain é");
+        let mut r = tiny();
+        r.services[0].name = "we\"b\\\n".into();
+        let out = render(&r);
+        assert!(
+            out.contains(r#"lb_service_new_flows_total{service="we\"b\\\n"} 4"#),
+            "{out}"
+        );
+        assert!(
+            out.lines().all(|l| !l.is_empty()),
+            "a raw newline split a line"
+        );
+    }
+
+    /// The metric family a sample line belongs to.
+    fn family_of<'a>(name: &'a str, histograms: &HashSet<String>) -> &'a str {
+        for suffix in ["_bucket", "_sum", "_count"] {
+            if let Some(base) = name.strip_suffix(suffix) {
+                if histograms.contains(base) {
+                    return base;
+                }
+            }
+        }
+        name
+    }
+
+    #[test]
+    fn every_family_has_help_and_type_and_is_contiguous() {
+        let out = render(&sample(1));
+        let mut helped = HashSet::new();
+        let mut typed = HashSet::new();
+        let mut histograms = HashSet::new();
+        let mut done: HashSet<String> = HashSet::new();
+        let mut current = String::new();
+        for line in out.lines() {
+            if let Some(rest) = line.strip_prefix("# HELP ") {
+                let name = rest.split(' ').next().unwrap().to_string();
+                assert!(name.starts_with("lb_"), "{line}");
+                assert!(helped.insert(name.clone()), "second HELP: {line}");
+                assert!(!done.contains(&name), "{name} split");
+                if !current.is_empty() {
+                    done.insert(std::mem::replace(&mut current, name));
+                } else {
+                    current = name;
+                }
+            } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let mut it = rest.split(' ');
+                let (name, kind) = (it.next().unwrap(), it.next().unwrap());
+                assert_eq!(name, current, "TYPE right after HELP: {line}");
+                assert!(typed.insert(name.to_string()), "second TYPE: {line}");
+                match kind {
+                    "counter" => assert!(name.ends_with("_total"), "{line}"),
+                    "gauge" => assert!(!name.ends_with("_total"), "{line}"),
+                    "histogram" => {
+                        histograms.insert(name.to_string());
+                    }
+                    _ => panic!("unexpected type: {line}"),
+                }
+            } else {
+                let name = line.split(['{', ' ']).next().unwrap();
+                let fam = family_of(name, &histograms);
+                assert_eq!(fam, current, "sample outside its family: {line}");
+                assert!(typed.contains(fam), "{line}");
+                let value = line.rsplit(' ').next().unwrap();
+                assert!(value.parse::<f64>().is_ok(), "{line}");
+            }
+        }
+        for f in [
+            "lb_up",
+            "lb_info",
+            "lb_service_packets_total",
+            "lb_service_bytes_total",
+            "lb_service_new_flows_total",
+            "lb_service_active_flows",
+            "lb_backend_packets_total",
+            "lb_backend_bytes_total",
+            "lb_backend_new_flows_total",
+            "lb_backend_active_flows",
+            "lb_backend_up",
+            "lb_backend_state",
+            "lb_backend_weight",
+            "lb_health_checks_total",
+            "lb_health_check_duration_seconds",
+            "lb_packets_total",
+            "lb_dropped_packets_total",
+            "lb_flow_table_entries",
+            "lb_flow_table_capacity",
+        ] {
+            assert!(
+                helped.contains(f) && typed.contains(f),
+                "missing family {f}"
+            );
+        }
+        // Every counter name is exported once, as an outcome or a drop reason.
+        let r = sample(1);
+        for name in r.counters.keys() {
+            let line = match name.strip_prefix("drop_") {
+                Some(reason) => format!("lb_dropped_packets_total{{reason=\"{reason}\"}} "),
+                None => format!("lb_packets_total{{outcome=\"{name}\"}} "),
+            };
+            assert_eq!(out.matches(&line).count(), 1, "{line}");
+        }
+    }
+
+    /// `promtool check metrics` (Debian package `prometheus`, installed by `cargo xtask
+    /// setup`) accepts the output, lint included. Fails when promtool is missing.
+    #[test]
+    fn promtool_accepts_the_output() {
+        use std::io::Write;
+        use std::process::{Command, Stdio};
+        let mut r = sample(1);
+        // Two services, one with an IPv6 backend and a name that needs escaping.
+        let mut other = tiny().services.remove(0);
+        other.name = "api \"v2\"".into();
+        r.services.push(other);
+        let text = render(&r);
+        let mut child = Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "running promtool: {e}; install it with `apt-get install prometheus` \
+                     (`cargo xtask setup` does)"
+                )
+            });
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "promtool check metrics: {}\nstdout: {}\nstderr: {}\ninput:\n{text}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
