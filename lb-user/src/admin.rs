@@ -94,7 +94,29 @@ async fn handle(ctl: Shared, req: Request<Incoming>) -> Result<Reply, std::conve
         Ok(b) => b.to_bytes(),
         Err(e) => return Ok(error(413, format!("request body: {e}"))),
     };
+    if method == Method::GET && (path == "/metrics" || path == "/api/v1/services") {
+        return Ok(match report(&ctl).await {
+            Ok(r) if path == "/metrics" => reply(
+                200,
+                crate::metrics::CONTENT_TYPE,
+                crate::metrics::render(&r),
+            ),
+            Ok(r) => json(200, services_json(&r)),
+            Err(e) => error(e.status(), e),
+        });
+    }
     Ok(route(&ctl, &method, &path, &body))
+}
+
+/// The full report. The flow table scan runs on a blocking thread without the lock, so
+/// a scrape never stalls health checks or live changes.
+pub async fn report(ctl: &Shared) -> Result<crate::stats::Report, ControlError> {
+    let record = lock(ctl).record();
+    let mut r = tokio::task::spawn_blocking(move || crate::stats::collect_from(&record))
+        .await
+        .map_err(|e| ControlError::Invalid(format!("collecting the report: {e}")))??;
+    lock(ctl).add_health(&mut r);
+    Ok(r)
 }
 
 fn route(ctl: &Shared, method: &Method, path: &str, body: &[u8]) -> Reply {
@@ -131,18 +153,6 @@ fn route(ctl: &Shared, method: &Method, path: &str, body: &[u8]) -> Reply {
                 )
             }
         }
-        (&Method::GET, "/metrics") => match lock(ctl).report() {
-            Ok(r) => reply(
-                200,
-                "text/plain; version=0.0.4; charset=utf-8",
-                crate::metrics::render(&r),
-            ),
-            Err(e) => error(e.status(), e),
-        },
-        (&Method::GET, "/api/v1/services") => match lock(ctl).report() {
-            Ok(r) => json(200, services_json(&r)),
-            Err(e) => error(e.status(), e),
-        },
         (&Method::POST, "/api/v1/reload") => {
             let result = lock(ctl).reload();
             done(result.map(|changes| serde_json::json!({ "ok": true, "changes": changes })))

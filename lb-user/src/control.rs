@@ -614,18 +614,21 @@ impl Control {
         Ok(format!("{addr} of {service} is back in service ({state})"))
     }
 
-    /// Ends drains whose backends have no flow left or whose time is up. Called every
-    /// second.
-    pub fn tick(&mut self) -> Result<(), ControlError> {
-        let draining = self.services.iter().any(|s| {
-            s.backends
-                .iter()
-                .any(|b| matches!(b.admin, Admin::Draining { .. }))
-        });
-        if !draining {
-            return Ok(());
-        }
-        let report = stats::collect_from(&self.record())?;
+    /// While a drain runs, the record to count active flows with (the scan of the flow
+    /// table runs outside the lock, then [`Control::advance_drains`] gets its report).
+    pub fn drains_pending(&self) -> Option<RuntimeRecord> {
+        self.services
+            .iter()
+            .any(|s| {
+                s.backends
+                    .iter()
+                    .any(|b| matches!(b.admin, Admin::Draining { .. }))
+            })
+            .then(|| self.record())
+    }
+
+    /// Ends drains whose backends have no flow left in `report` or whose time is up.
+    pub fn advance_drains(&mut self, report: &Report) -> Result<(), ControlError> {
         let now = Instant::now();
         let mut done = Vec::new();
         for (si, s) in self.services.iter().enumerate() {
@@ -633,7 +636,7 @@ impl Control {
                 let Admin::Draining { deadline, remove } = b.admin else {
                     continue;
                 };
-                let flows = active_flows(&report, &s.name, b.addr);
+                let flows = active_flows(report, &s.name, b.addr);
                 if flows == 0 {
                     done.push((si, b.addr, remove, "no flows left", 0));
                 } else if now >= deadline {
@@ -641,16 +644,20 @@ impl Control {
                 }
             }
         }
+        if done.is_empty() {
+            return Ok(());
+        }
         for (si, addr, remove, reason, cut) in done {
             let name = self.services[si].name.clone();
-            info!(service = %name, backend = %addr, reason, flows_cut = cut, "drain finished");
+            // The backend may have been enabled or removed while the report was built.
             let Some(bi) = self.services[si]
                 .backends
                 .iter()
-                .position(|b| b.addr == addr)
+                .position(|b| b.addr == addr && matches!(b.admin, Admin::Draining { .. }))
             else {
                 continue;
             };
+            info!(service = %name, backend = %addr, reason, flows_cut = cut, "drain finished");
             if remove {
                 self.drop_backend(si, bi)?;
             } else {
@@ -895,9 +902,9 @@ impl Control {
         self.record_path.as_ref()
     }
 
-    /// Counters, flows and health of every service and backend.
-    pub fn report(&self) -> Result<Report, ControlError> {
-        let mut report = stats::collect_from(&self.record())?;
+    /// Adds what the health checks know to a report built from [`Control::record`]
+    /// (by [`stats::collect_from`], outside the lock: it scans the flow table).
+    pub fn add_health(&self, report: &mut Report) {
         for rs in &mut report.services {
             let Some(s) = self.services.iter().find(|s| s.name == rs.name) else {
                 continue;
@@ -924,7 +931,6 @@ impl Control {
                 });
             }
         }
-        Ok(report)
     }
 
     /// Stops the checks, detaches, and removes the pins and the runtime record.

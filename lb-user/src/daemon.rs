@@ -133,10 +133,20 @@ pub async fn run(started: Started) -> anyhow::Result<()> {
                 }
             }
             _ = tick.tick() => {
-                let mut c = lock(&ctl);
-                if let Err(e) = c.tick() {
-                    error!(cause = %e, "advancing drains");
+                let pending = lock(&ctl).drains_pending();
+                if let Some(record) = pending {
+                    let scan = tokio::task::spawn_blocking(move || crate::stats::collect_from(&record)).await;
+                    match scan {
+                        Ok(Ok(report)) => {
+                            if let Err(e) = lock(&ctl).advance_drains(&report) {
+                                error!(cause = %e, "advancing drains");
+                            }
+                        }
+                        Ok(Err(e)) => error!(cause = %e, "counting the flows of draining backends"),
+                        Err(e) => error!(cause = %e, "counting the flows of draining backends"),
+                    }
                 }
+                let c = lock(&ctl);
                 let now = c.dataplane().counter(DROP_NO_NEIGH);
                 if now != no_neigh || last_refresh.elapsed() >= NEIGH_REFRESH {
                     if now != no_neigh {
