@@ -1,6 +1,6 @@
 //! Traffic that runs while a test changes the LB: a stream of short connections (a python
 //! client recording every connection's start, end and outcome) and long-lived,
-//! rate-limited downloads (curl). Both run in the client namespace in the background,
+//! rate-limited downloads (another python client). Both run in the client namespace in the background,
 //! bounded in count and time.
 
 use std::collections::BTreeMap;
@@ -289,7 +289,64 @@ impl ShortConns {
     }
 }
 
-/// A long-lived flow: curl downloading `/PATH` from the VIP at a limited rate.
+/// The slow client: `GET PATH` over HTTP/1.0, then reads the body at RATE bytes/s into
+/// DEST through a small receive buffer, so the TCP flow itself is slow and steady (curl's
+/// --limit-rate reads in bursts whatever the kernel buffered). Prints `done STATUS
+/// LENGTH` and exits 0 when the whole body arrived, else prints the error and exits 1.
+/// A silent connection fails after 10 s; the whole run after MAX_SECS.
+const SLOW_CLIENT: &str = r#"
+import socket, sys, time
+host, port, path, dest = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+rate, max_secs = int(sys.argv[5]), float(sys.argv[6])
+start = time.monotonic()
+got = 0
+try:
+    s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+    s.settimeout(3)
+    s.connect((host, port))
+    s.settimeout(10)
+    s.sendall(("GET %s HTTP/1.0\r\nHost: vip\r\n\r\n" % path).encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = s.recv(4096)
+        if not chunk:
+            raise Exception("connection closed in the response header")
+        head += chunk
+    head, _, body = head.partition(b"\r\n\r\n")
+    lines = head.decode(errors="replace").split("\r\n")
+    status = int(lines[0].split(" ")[1])
+    length = None
+    for l in lines[1:]:
+        k, _, v = l.partition(":")
+        if k.strip().lower() == "content-length":
+            length = int(v.strip())
+    if status != 200 or length is None:
+        raise Exception("response %r" % lines)
+    with open(dest, "wb") as f:
+        while True:
+            if body:
+                f.write(body)
+                f.flush()
+                got += len(body)
+            if got >= length:
+                break
+            if time.monotonic() - start > max_secs:
+                raise Exception("not done after %s s" % max_secs)
+            wait = start + got / rate - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+            body = s.recv(4096)
+            if not body:
+                raise Exception("connection closed after %d of %d bytes" % (got, length))
+    s.close()
+    print("done", status, length, flush=True)
+except Exception as e:
+    print("error after %d bytes, %.3f s: %s: %s" % (got, time.monotonic() - start, type(e).__name__, e), flush=True)
+    sys.exit(1)
+"#;
+
+/// A long-lived flow: a download from the VIP at a limited rate (see `SLOW_CLIENT`).
 pub struct SlowDownload {
     bg: Bg,
     dest: PathBuf,
@@ -297,25 +354,35 @@ pub struct SlowDownload {
 }
 
 impl SlowDownload {
-    /// Starts `curl --limit-rate RATE` (e.g. `512K`) of `path` (e.g. `blob`) through the
-    /// VIP, at most `max_time`. The request carries a unique query string, so the
-    /// backend that serves it can be found in the servers' logs ([`Self::backend`]).
+    /// Starts downloading `/PATH` (e.g. `blob`) through the VIP at `rate` bytes/s, for
+    /// at most `max_time`. The request carries a unique query string, so the backend
+    /// that serves it can be found in the servers' logs ([`Self::backend`]).
     pub fn start(
         topo: &Topology,
         v6: bool,
         path: &str,
-        rate: &str,
+        rate: u32,
         max_time: Duration,
     ) -> Result<SlowDownload> {
         let marker = unique("slow");
+        let script = topo.path("slow_client.py");
+        if !script.exists() {
+            std::fs::write(&script, SLOW_CLIENT)?;
+        }
         let dest = topo.path(&format!("{marker}.download"));
-        let url = topo.vip_url(v6, &format!("{path}?{marker}"));
-        let mut c = topo.client.command("curl");
-        c.args(["-s", "-S", "-g", "-f", "--connect-timeout", "3"])
-            .args(["--max-time", &max_time.as_secs().max(1).to_string()])
-            .args(["--limit-rate", rate, "-o"])
+        let host = if v6 {
+            VIP6.to_string()
+        } else {
+            VIP4.to_string()
+        };
+        let mut c = topo.client.command("python3");
+        c.arg(&script)
+            .arg(&host)
+            .arg(PORT.to_string())
+            .arg(format!("/{path}?{marker}"))
             .arg(&dest)
-            .arg(&url);
+            .arg(rate.to_string())
+            .arg(max_time.as_secs_f64().to_string());
         let bg = Bg::spawn(c, &topo.path(&format!("{marker}.out")))?;
         Ok(SlowDownload { bg, dest, marker })
     }
@@ -329,12 +396,12 @@ impl SlowDownload {
         self.bg.running()
     }
 
-    /// Waits for curl to end (at most `timeout`) and returns its exit status.
+    /// Waits for the download to end (at most `timeout`) and returns its exit status.
     pub fn wait(&mut self, timeout: Duration) -> Result<ExitStatus> {
         self.bg.wait(timeout)
     }
 
-    /// What curl printed (errors).
+    /// What the client printed (`done ...` or the error).
     pub fn output(&self) -> String {
         self.bg.output()
     }
@@ -355,7 +422,7 @@ impl SlowDownload {
         match found.as_slice() {
             [one] => Ok(one.clone()),
             [] => bail!(
-                "no backend logged the request {} within {timeout:?}; curl said: {}",
+                "no backend logged the request {} within {timeout:?}; the client said: {}",
                 self.marker,
                 self.output()
             ),

@@ -241,7 +241,7 @@ fn stats_show_state_and_active_flows() {
     bed.topo.create_blob(4 << 20).unwrap();
     let d = start(&bed);
     let mut slow =
-        SlowDownload::start(&bed.topo, false, "blob", "256K", Duration::from_secs(60)).unwrap();
+        SlowDownload::start(&bed.topo, false, "blob", 256 << 10, Duration::from_secs(60)).unwrap();
     let x = must(slow.backend(&bed.topo, Duration::from_secs(5)));
     let xa = bed.addr(&x);
     std::thread::sleep(Duration::from_millis(500));
@@ -309,6 +309,41 @@ fn stats_show_state_and_active_flows() {
         slow.running(),
         "the download ended early: {}",
         slow.output()
+    );
+
+    // A backend down (not the one carrying the flow) shows as down in both.
+    let other = BACKEND_NAMES
+        .iter()
+        .copied()
+        .find(|n| *n != x)
+        .expect("three backends");
+    let oa = bed.addr(other);
+    backend_ctl::stop_server(bed.backend(other)).unwrap();
+    must(admin::wait_state(
+        &d,
+        SERVICE,
+        &oa,
+        "down",
+        down_within() + Duration::from_secs(2),
+    ));
+    let table = must(d.run_cli(&["stats", "--once"]));
+    let line = table
+        .lines()
+        .find(|l| l.contains(&oa))
+        .unwrap_or_else(|| panic!("`lb stats --once` does not list {oa}:\n{table}"));
+    assert!(
+        line.split_whitespace().any(|w| w == "down"),
+        "`lb stats --once` should show {oa} down: {line:?}\n{table}"
+    );
+    let stats = must(d.stats_json());
+    let state = stats["services"][0]["backends"]
+        .as_array()
+        .and_then(|bs| bs.iter().find(|b| b["addr"] == oa.as_str()))
+        .map(|b| b["state"].clone());
+    assert_eq!(
+        state,
+        Some(serde_json::Value::from("down")),
+        "lb stats --json state of {oa}: {stats:#}"
     );
     d.stop(&bed.topo.lb).unwrap_or_else(|e| panic!("{e:#}"));
 }
