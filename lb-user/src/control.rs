@@ -144,6 +144,9 @@ struct ServiceState {
     mode: String,
     health: HealthConfig,
     live_half: u32,
+    /// The members the live table was built from (`None` before the first build), so
+    /// changes that leave them as they were do not rewrite the table.
+    table_members: Option<Vec<MaglevBackend>>,
     backends: Vec<BackendState>,
 }
 
@@ -268,6 +271,7 @@ impl Control {
             mode: "nat".into(),
             health: cfg.health.clone(),
             live_half: 1,
+            table_members: None,
             backends: Vec::new(),
         });
         let si = self.services.len() - 1;
@@ -403,8 +407,11 @@ impl Control {
                 id: b.id,
             })
             .collect();
-        let half = self.dp.install_table(sid, vip, live, &members)?;
-        self.services[si].live_half = half;
+        if self.services[si].table_members.as_ref() != Some(&members) {
+            let half = self.dp.install_table(sid, vip, live, &members)?;
+            self.services[si].live_half = half;
+            self.services[si].table_members = Some(members.clone());
+        }
         for bi in later {
             self.write_backend(si, bi)?;
         }
