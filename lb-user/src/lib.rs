@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod neigh;
 pub mod object;
 pub mod pin;
+pub mod proxy;
 pub mod runtime;
 pub mod stats;
 pub mod sys;
