@@ -61,6 +61,10 @@ const _: () = assert!(size_of::<VipKey>() == 20);
 
 /// Forwarding mode of a service: full NAT in XDP, both directions through the LB.
 pub const MODE_NAT: u32 = 0;
+/// Forwarding mode of a service: the XDP program hands the VIP's packets to the local
+/// stack, where the daemon accepts the connections (sk_lookup) and proxies them to the
+/// backends behind a PROXY protocol header.
+pub const MODE_PROXY: u32 = 1;
 
 /// Value of the service map.
 #[repr(C)]

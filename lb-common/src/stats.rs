@@ -32,8 +32,11 @@ pub const DROP_MALFORMED: u32 = 11;
 pub const DROP_NO_TX_PORT: u32 = 12;
 /// Dropped: a map entry the daemon should have written is missing (config, backend).
 pub const DROP_INTERNAL: u32 = 13;
+/// Passed to the kernel: a packet for a PROXY-protocol service, which the daemon
+/// accepts and proxies.
+pub const PASS_PROXY: u32 = 14;
 /// Number of counters.
-pub const NUM_COUNTERS: u32 = 14;
+pub const NUM_COUNTERS: u32 = 15;
 
 /// Counter names, indexed like the constants, for `lb stats` and metrics.
 pub const COUNTER_NAMES: [&str; NUM_COUNTERS as usize] = [
@@ -51,4 +54,5 @@ pub const COUNTER_NAMES: [&str; NUM_COUNTERS as usize] = [
     "drop_malformed",
     "drop_no_tx_port",
     "drop_internal",
+    "passed_proxy",
 ];

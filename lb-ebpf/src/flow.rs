@@ -13,7 +13,7 @@ use lb_common::{
     maglev::{self, NO_BACKEND},
     maps::{
         BACKEND_DRAINING, BACKEND_UP, Backend, FLOW_CLOSED, FLOW_FIN_BACKEND, FLOW_FIN_CLIENT,
-        FLOW_RST, FlowKey, FlowState, GlobalConfig, ReverseNat, Service, VipKey,
+        FLOW_RST, FlowKey, FlowState, GlobalConfig, MODE_PROXY, ReverseNat, Service, VipKey,
     },
     stats,
 };
@@ -125,6 +125,12 @@ fn forward(ctx: &XdpContext, pkt: &mut Packet, svc: &Service) -> Verdict {
         // The kernel sends the ICMP time exceeded.
         return Verdict::PASS;
     }
+    if svc.mode == MODE_PROXY {
+        // The daemon terminates these connections: the local stack delivers them to
+        // its socket (sk_lookup), and it counts per backend itself.
+        crate::stats::service_traffic(svc.id, Dir::In, packet_len(ctx));
+        return Verdict::pass(stats::PASS_PROXY);
+    }
     let Some(cfg) = CONFIG.get(0) else {
         return Verdict::drop(stats::DROP_INTERNAL);
     };
@@ -145,6 +151,12 @@ fn forward(ctx: &XdpContext, pkt: &mut Packet, svc: &Service) -> Verdict {
         }
     }
     nat::send(ctx, pkt, t, Dir::In)
+}
+
+/// Bytes of the frame, as the traffic counters count them.
+#[inline(always)]
+fn packet_len(ctx: &XdpContext) -> u64 {
+    (ctx.data_end() - ctx.data()) as u64
 }
 
 /// `bpf_ktime_get_ns`.

@@ -78,6 +78,12 @@ pub fn traffic(service: u32, backend: u32, dir: Dir, bytes: u64) {
     add(BACKEND_STATS.get_ptr_mut(backend), dir, bytes);
 }
 
+/// Counts a packet of `bytes` for a service alone (its backend is not known here).
+#[inline(always)]
+pub fn service_traffic(service: u32, dir: Dir, bytes: u64) {
+    add(SERVICE_STATS.get_ptr_mut(service), dir, bytes);
+}
+
 /// Counts a new flow for a service and a backend.
 #[inline(always)]
 pub fn new_flow(service: u32, backend: u32) {

@@ -117,7 +117,8 @@ pub struct RunArgs {
     /// Name of the service given with --vip (default "default").
     #[arg(long, value_name = "NAME")]
     pub name: Option<String>,
-    /// Forwarding mode: nat (full NAT, both directions through the LB).
+    /// Forwarding mode: nat (full NAT in XDP, both directions through the LB) or
+    /// proxy-v2 (the daemon proxies each connection behind a PROXY protocol header).
     #[arg(long, value_name = "MODE")]
     pub mode: Option<String>,
     /// Source address toward backends (one per family); default: the egress interface's.
@@ -180,6 +181,36 @@ pub struct RunArgs {
     /// How long a draining backend's flows may continue before they are cut; default 300s.
     #[arg(long, value_name = "DURATION")]
     pub drain_timeout: Option<String>,
+    /// PROXY protocol header of a proxy-v2 service: v2 (binary) or v1 (text).
+    #[arg(long, value_name = "VERSION")]
+    pub proxy_protocol: Option<String>,
+    /// Send a PP2_TYPE_UNIQUE_ID TLV (a unique id per connection, also logged).
+    #[arg(long)]
+    pub proxy_tlv_unique_id: bool,
+    /// Send a PP2_TYPE_CRC32C TLV (a checksum of the header).
+    #[arg(long)]
+    pub proxy_tlv_crc32c: bool,
+    /// Send a PP2_TYPE_AUTHORITY TLV with the TLS ClientHello's SNI (peeked, not decrypted).
+    #[arg(long)]
+    pub proxy_tlv_authority: bool,
+    /// Send a PP2_TYPE_ALPN TLV with the TLS ClientHello's first ALPN protocol.
+    #[arg(long)]
+    pub proxy_tlv_alpn: bool,
+    /// Expect a PROXY v1/v2 header from the client (this LB stands behind another) and
+    /// forward the original client address.
+    #[arg(long)]
+    pub accept_proxy: bool,
+    /// Proxy services: time a backend connect may take before the next backend is tried;
+    /// default 3s.
+    #[arg(long, value_name = "DURATION")]
+    pub connect_timeout: Option<String>,
+    /// Proxy services: how bytes move after the header: sockmap (in the kernel, by an
+    /// sk_skb program) or pipe (splice(2)); default sockmap.
+    #[arg(long, value_name = "ENGINE")]
+    pub splice: Option<String>,
+    /// Proxy services: connections proxied at once, at most; default 65536.
+    #[arg(long, value_name = "N")]
+    pub max_conns: Option<u32>,
     /// Validate the configuration, print it, and exit without attaching anything.
     #[arg(long)]
     pub check: bool,
@@ -215,6 +246,21 @@ impl RunArgs {
                 status: self.health_status.clone(),
                 host: self.health_host.clone(),
             },
+            connect_timeout: self.connect_timeout.clone(),
+            splice: self.splice.clone(),
+            max_conns: self.max_conns,
+            proxy_protocol: self.proxy_protocol.clone(),
+            proxy_tlvs: [
+                (self.proxy_tlv_unique_id, "unique-id"),
+                (self.proxy_tlv_crc32c, "crc32c"),
+                (self.proxy_tlv_authority, "authority"),
+                (self.proxy_tlv_alpn, "alpn"),
+            ]
+            .iter()
+            .filter(|(on, _)| *on)
+            .map(|(_, name)| name.to_string())
+            .collect(),
+            accept_proxy: self.accept_proxy,
         }
     }
 }

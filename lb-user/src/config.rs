@@ -28,6 +28,64 @@ pub enum XdpModeChoice {
 pub enum Mode {
     /// Full NAT in XDP: both directions through the LB, backends need no setup.
     Nat,
+    /// The daemon terminates TCP and sends each backend a PROXY protocol header with the
+    /// client's address first; the bytes then move in the kernel.
+    ProxyV2,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Nat => "nat",
+            Mode::ProxyV2 => "proxy-v2",
+        }
+    }
+}
+
+/// Which PROXY protocol header a proxy service sends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProxyVersion {
+    V1,
+    V2,
+}
+
+/// Optional PROXY v2 TLVs, each off by default.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct TlvSet {
+    pub unique_id: bool,
+    pub crc32c: bool,
+    pub authority: bool,
+    pub alpn: bool,
+}
+
+/// PROXY protocol settings of a `proxy-v2` service.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct ProxyConfig {
+    pub version: ProxyVersion,
+    pub tlvs: TlvSet,
+    /// Read a PROXY header from the client first (this LB stands behind another).
+    pub accept_proxy: bool,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            version: ProxyVersion::V2,
+            tlvs: TlvSet::default(),
+            accept_proxy: false,
+        }
+    }
+}
+
+/// How a proxied connection's bytes move after the header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SpliceChoice {
+    /// sockmap: an sk_skb program redirects each socket's data to its peer.
+    Sockmap,
+    /// splice(2) through a pipe.
+    Pipe,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -43,6 +101,8 @@ pub struct ServiceConfig {
     pub mode: Mode,
     pub backends: Vec<BackendConfig>,
     pub health: HealthConfig,
+    /// Used by `proxy-v2` services only.
+    pub proxy: ProxyConfig,
 }
 
 /// What a health check asks of a backend.
@@ -125,8 +185,17 @@ pub struct Config {
     pub admin: Option<SocketAddr>,
     /// How long a draining backend's flows may continue before they are cut.
     pub drain_timeout: Duration,
+    /// Proxy services: how long a backend connect may take before the next is tried.
+    pub connect_timeout: Duration,
+    pub splice: SpliceChoice,
+    /// Proxy services: connections proxied at once, at most.
+    pub max_conns: u32,
     pub services: Vec<ServiceConfig>,
 }
+
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+pub const DEFAULT_MAX_CONNS: u32 = 65_536;
+pub const DEFAULT_SPLICE: SpliceChoice = SpliceChoice::Sockmap;
 
 pub const DEFAULT_MAX_FLOWS: u32 = 262_144;
 pub const DEFAULT_MAX_SERVICES: u32 = 16;
@@ -182,6 +251,12 @@ pub struct FlagSettings {
     pub admin: Option<String>,
     pub drain_timeout: Option<String>,
     pub health: HealthFlags,
+    pub connect_timeout: Option<String>,
+    pub splice: Option<String>,
+    pub max_conns: Option<u32>,
+    pub proxy_protocol: Option<String>,
+    pub proxy_tlvs: Vec<String>,
+    pub accept_proxy: bool,
 }
 
 /// Health check flags of the service given with `--vip`.
@@ -228,6 +303,9 @@ pub struct FileConfig {
     pub pin_dir: Option<PathBuf>,
     pub admin: Option<String>,
     pub drain_timeout: Option<String>,
+    pub connect_timeout: Option<String>,
+    pub splice: Option<String>,
+    pub max_conns: Option<u32>,
     #[serde(default)]
     pub service: Vec<FileService>,
 }
@@ -241,6 +319,11 @@ pub struct FileService {
     #[serde(default)]
     pub backends: Vec<FileBackend>,
     pub health: Option<FileHealth>,
+    pub proxy_protocol: Option<String>,
+    #[serde(default)]
+    pub proxy_tlvs: Vec<String>,
+    #[serde(default)]
+    pub accept_proxy: bool,
 }
 
 /// A service's `[service.health]` table.
@@ -467,10 +550,40 @@ fn build(flags: &FlagSettings, file: Option<(PathBuf, FileConfig)>) -> Result<Co
         Some((loc, d)) => parse_duration(d).map_err(|r| ConfigError::new(loc, d, r))?,
     };
 
+    let connect_timeout = duration_setting(
+        flags.connect_timeout.as_deref(),
+        "--connect-timeout",
+        f.connect_timeout.as_deref(),
+        at("connect_timeout"),
+        DEFAULT_CONNECT_TIMEOUT,
+    )?;
+    let splice = match flags
+        .splice
+        .as_deref()
+        .map(|v| ("--splice".to_string(), v))
+        .or(f.splice.as_deref().map(|v| (at("splice"), v)))
+    {
+        None => DEFAULT_SPLICE,
+        Some((_, "sockmap")) => SpliceChoice::Sockmap,
+        Some((_, "pipe")) => SpliceChoice::Pipe,
+        Some((loc, v)) => return Err(ConfigError::new(loc, v, "expected sockmap or pipe")),
+    };
+    let max_conns = flags.max_conns.or(f.max_conns).unwrap_or(DEFAULT_MAX_CONNS);
+    if max_conns == 0 || max_conns > 1_000_000 {
+        return Err(ConfigError::new(
+            flag_or(flags.max_conns.is_some(), "--max-conns", at("max_conns")),
+            max_conns.to_string(),
+            "must be 1..=1000000",
+        ));
+    }
+
     let flag_service = flags.vip.is_some()
         || !flags.backends.is_empty()
         || flags.name.is_some()
-        || flags.mode.is_some();
+        || flags.mode.is_some()
+        || flags.proxy_protocol.is_some()
+        || !flags.proxy_tlvs.is_empty()
+        || flags.accept_proxy;
     let mut services = Vec::new();
     if flag_service {
         if !f.service.is_empty() {
@@ -498,13 +611,24 @@ fn build(flags: &FlagSettings, file: Option<(PathBuf, FileConfig)>) -> Result<Co
             "fall" => "--unhealthy-threshold".to_string(),
             other => format!("--health-{other}"),
         })?;
+        let proxy = ProxyFields {
+            version: flags.proxy_protocol.as_deref(),
+            tlvs: &flags.proxy_tlvs,
+            accept_proxy: flags.accept_proxy,
+        };
         services.push(service(
             flags.name.as_deref().unwrap_or("default"),
             vip,
             flags.mode.as_deref(),
             &backends,
             health,
-            &|field: &str| format!("--{field}"),
+            &proxy,
+            &|field: &str| match field {
+                "proxy_protocol" => "--proxy-protocol".to_string(),
+                "proxy_tlvs" => "--proxy-tlv-*".to_string(),
+                "accept_proxy" => "--accept-proxy".to_string(),
+                other => format!("--{other}"),
+            },
         )?);
     } else {
         if flags.health.any() {
@@ -535,12 +659,18 @@ fn build(flags: &FlagSettings, file: Option<(PathBuf, FileConfig)>) -> Result<Co
                 };
                 loc(&format!("health.{name}"))
             })?;
+            let proxy = ProxyFields {
+                version: s.proxy_protocol.as_deref(),
+                tlvs: &s.proxy_tlvs,
+                accept_proxy: s.accept_proxy,
+            };
             services.push(service(
                 &s.name,
                 &s.vip,
                 s.mode.as_deref(),
                 &s.backends,
                 health,
+                &proxy,
                 &loc,
             )?);
         }
@@ -610,7 +740,83 @@ fn build(flags: &FlagSettings, file: Option<(PathBuf, FileConfig)>) -> Result<Co
         pin_dir,
         admin,
         drain_timeout,
+        connect_timeout,
+        splice,
+        max_conns,
         services,
+    })
+}
+
+/// PROXY protocol fields of a service as written (flags or file).
+struct ProxyFields<'a> {
+    version: Option<&'a str>,
+    tlvs: &'a [String],
+    accept_proxy: bool,
+}
+
+fn proxy_config(
+    mode: Mode,
+    p: &ProxyFields<'_>,
+    loc: &dyn Fn(&str) -> String,
+) -> Result<ProxyConfig, ConfigError> {
+    if mode == Mode::Nat {
+        let given = p
+            .version
+            .map(|v| ("proxy_protocol", v.to_string()))
+            .or_else(|| {
+                p.tlvs
+                    .first()
+                    .map(|t| ("proxy_tlvs", t.clone()))
+                    .or(p.accept_proxy.then(|| ("accept_proxy", "true".to_string())))
+            });
+        if let Some((field, v)) = given {
+            return Err(ConfigError::new(
+                loc(field),
+                v,
+                "PROXY protocol settings need mode proxy-v2",
+            ));
+        }
+        return Ok(ProxyConfig::default());
+    }
+    let version = match p.version {
+        None | Some("v2") | Some("2") => ProxyVersion::V2,
+        Some("v1") | Some("1") => ProxyVersion::V1,
+        Some(v) => {
+            return Err(ConfigError::new(
+                loc("proxy_protocol"),
+                v,
+                "expected v1 or v2",
+            ));
+        }
+    };
+    let mut tlvs = TlvSet::default();
+    for t in p.tlvs {
+        let flag = match t.as_str() {
+            "unique-id" => &mut tlvs.unique_id,
+            "crc32c" => &mut tlvs.crc32c,
+            "authority" => &mut tlvs.authority,
+            "alpn" => &mut tlvs.alpn,
+            other => {
+                return Err(ConfigError::new(
+                    loc("proxy_tlvs"),
+                    other,
+                    "expected unique-id, crc32c, authority or alpn",
+                ));
+            }
+        };
+        *flag = true;
+    }
+    if version == ProxyVersion::V1 && tlvs != TlvSet::default() {
+        return Err(ConfigError::new(
+            loc("proxy_tlvs"),
+            p.tlvs.join(","),
+            "TLVs exist in PROXY protocol v2 only",
+        ));
+    }
+    Ok(ProxyConfig {
+        version,
+        tlvs,
+        accept_proxy: p.accept_proxy,
     })
 }
 
@@ -787,6 +993,7 @@ fn service(
     mode: Option<&str>,
     backends: &[FileBackend],
     health: HealthConfig,
+    proxy: &ProxyFields<'_>,
     loc: &dyn Fn(&str) -> String,
 ) -> Result<ServiceConfig, ConfigError> {
     if name.is_empty()
@@ -804,14 +1011,16 @@ fn service(
     let vip_addr = parse_socket_addr(vip).map_err(|r| ConfigError::new(loc("vip"), vip, r))?;
     let mode = match mode.unwrap_or("nat") {
         "nat" => Mode::Nat,
+        "proxy-v2" => Mode::ProxyV2,
         other => {
             return Err(ConfigError::new(
                 loc("mode"),
                 other,
-                "unknown forwarding mode (available: nat)",
+                "unknown forwarding mode (available: nat, proxy-v2)",
             ));
         }
     };
+    let proxy = proxy_config(mode, proxy, loc)?;
     if backends.is_empty() {
         return Err(ConfigError::new(
             loc("backend"),
@@ -837,7 +1046,7 @@ fn service(
             ),
         };
         let be = parsed.map_err(|r| ConfigError::new(bloc.clone(), &text, r))?;
-        check_backend(vip_addr, &be).map_err(|r| ConfigError::new(bloc.clone(), &text, r))?;
+        check_backend(vip_addr, mode, &be).map_err(|r| ConfigError::new(bloc.clone(), &text, r))?;
         if out.iter().any(|o| o.addr == be.addr) {
             return Err(ConfigError::new(
                 bloc,
@@ -860,12 +1069,14 @@ fn service(
         mode,
         backends: out,
         health,
+        proxy,
     })
 }
 
-/// Whether a backend can serve the VIP: same family, a unicast address.
-pub fn check_backend(vip: SocketAddr, be: &BackendConfig) -> Result<(), String> {
-    if be.addr.is_ipv4() != vip.is_ipv4() {
+/// Whether a backend can serve the VIP: a unicast address, of the VIP's family in NAT
+/// mode (a proxy may connect to either family; the header says what the client used).
+pub fn check_backend(vip: SocketAddr, mode: Mode, be: &BackendConfig) -> Result<(), String> {
+    if mode == Mode::Nat && be.addr.is_ipv4() != vip.is_ipv4() {
         return Err(format!(
             "address family differs from the VIP {vip} (NAT does not translate between IPv4 and IPv6)"
         ));
@@ -986,6 +1197,12 @@ mod tests {
                 "unhealthy-threshold" => f.health.fall = Some(v.parse().unwrap()),
                 "health-status" => f.health.status = Some(v),
                 "health-host" => f.health.host = Some(v),
+                "proxy-protocol" => f.proxy_protocol = Some(v),
+                "proxy-tlv" => f.proxy_tlvs.push(v),
+                "accept-proxy" => f.accept_proxy = v == "true",
+                "connect-timeout" => f.connect_timeout = Some(v),
+                "splice" => f.splice = Some(v),
+                "max-conns" => f.max_conns = Some(v.parse().unwrap()),
                 other => panic!("unknown test flag {other}"),
             }
         }
@@ -1237,11 +1454,11 @@ backends = ["[fd00:1::11]:80"]
         )
         .unwrap_err();
         assert!(e.reason.contains("not both"), "{e}");
-        let mode = FILE.replace("mode = \"nat\"", "mode = \"proxy\"");
+        let mode = FILE.replace("mode = \"nat\"", "mode = \"dsr\"");
         let e = from_text(&mode, &FlagSettings::default()).unwrap_err();
         assert_eq!(
             (e.location.as_str(), e.value.as_str()),
-            ("lb.toml: service[1] (web6) mode", "proxy")
+            ("lb.toml: service[1] (web6) mode", "dsr")
         );
     }
 
@@ -1392,5 +1609,51 @@ backends = ["198.18.1.12:80"]
         )
         .unwrap_err();
         assert_eq!(e.location, "--health");
+    }
+
+    #[test]
+    fn proxy_services_take_proxy_settings() {
+        let c = with(&[
+            ("mode", "proxy-v2"),
+            ("proxy-tlv", "unique-id"),
+            ("proxy-tlv", "authority"),
+            ("accept-proxy", "true"),
+            ("connect-timeout", "1s"),
+            ("splice", "pipe"),
+            ("max-conns", "100"),
+        ])
+        .unwrap();
+        let s = &c.services[0];
+        assert_eq!(s.mode, Mode::ProxyV2);
+        assert_eq!(s.proxy.version, ProxyVersion::V2);
+        assert!(s.proxy.tlvs.unique_id && s.proxy.tlvs.authority && !s.proxy.tlvs.crc32c);
+        assert!(s.proxy.accept_proxy);
+        assert_eq!(c.connect_timeout, Duration::from_secs(1));
+        assert_eq!(c.splice, SpliceChoice::Pipe);
+        assert_eq!(c.max_conns, 100);
+        // A proxy may reach a backend of the other family; NAT may not.
+        let mixed = [("vip", "[fd00:100::1]:80")];
+        assert!(with(&[mixed[0], ("mode", "proxy-v2")]).is_ok());
+        assert_eq!(err(&mixed).location, "--backend[0]");
+    }
+
+    #[test]
+    fn proxy_settings_are_checked() {
+        assert_eq!(
+            err(&[("proxy-protocol", "v2")]).location,
+            "--proxy-protocol"
+        );
+        assert_eq!(
+            err(&[("mode", "proxy-v2"), ("proxy-protocol", "v3")]).location,
+            "--proxy-protocol"
+        );
+        let e = err(&[
+            ("mode", "proxy-v2"),
+            ("proxy-protocol", "v1"),
+            ("proxy-tlv", "crc32c"),
+        ]);
+        assert_eq!(e.location, "--proxy-tlv-*");
+        assert_eq!(err(&[("splice", "copy")]).location, "--splice");
+        assert_eq!(err(&[("max-conns", "0")]).location, "--max-conns");
     }
 }

@@ -8,7 +8,8 @@
 //! table that no longer names it. So a new flow never picks a backend that is not up.
 
 use crate::config::{
-    BackendConfig, Config, ConfigError, FlagSettings, HealthCheck, HealthConfig, ServiceConfig,
+    BackendConfig, Config, ConfigError, FlagSettings, HealthCheck, HealthConfig, Mode, ProxyConfig,
+    ServiceConfig,
 };
 use crate::dataplane::{BackendSlot, Dataplane, DataplaneError, ServiceSlot, source_address_for};
 use crate::health::{self, CheckKind, CheckResult, CheckSpec, Tracker, Transition};
@@ -141,7 +142,8 @@ struct ServiceState {
     id: u32,
     name: String,
     vip: SocketAddr,
-    mode: String,
+    mode: Mode,
+    proxy: ProxyConfig,
     health: HealthConfig,
     live_half: u32,
     /// The members the live table was built from (`None` before the first build), so
@@ -268,7 +270,8 @@ impl Control {
             id,
             name: cfg.name.clone(),
             vip: cfg.vip,
-            mode: "nat".into(),
+            mode: cfg.mode,
+            proxy: cfg.proxy.clone(),
             health: cfg.health.clone(),
             live_half: 1,
             table_members: None,
@@ -381,6 +384,10 @@ impl Control {
     fn sync(&mut self, si: usize) -> Result<(), ControlError> {
         let svc = &self.services[si];
         let (sid, vip, live) = (svc.id, svc.vip, svc.live_half);
+        let mode = match svc.mode {
+            Mode::Nat => m::MODE_NAT,
+            Mode::ProxyV2 => m::MODE_PROXY,
+        };
         let mut later = Vec::new();
         let mut now = Vec::new();
         for (bi, b) in svc.backends.iter().enumerate() {
@@ -408,7 +415,7 @@ impl Control {
             })
             .collect();
         if self.services[si].table_members.as_ref() != Some(&members) {
-            let half = self.dp.install_table(sid, vip, live, &members)?;
+            let half = self.dp.install_table(sid, vip, live, mode, &members)?;
             self.services[si].live_half = half;
             self.services[si].table_members = Some(members.clone());
         }
@@ -490,7 +497,7 @@ impl Control {
         let b = crate::config::parse_backend(backend)
             .map_err(|r| ControlError::Invalid(format!("backend {backend:?}: {r}")))?;
         let svc = &self.services[si];
-        crate::config::check_backend(svc.vip, &b)
+        crate::config::check_backend(svc.vip, svc.mode, &b)
             .map_err(|r| ControlError::Invalid(format!("backend {backend:?}: {r}")))?;
         if svc.backends.iter().any(|o| o.addr == b.addr) {
             return Err(ControlError::Conflict(format!(
@@ -758,7 +765,7 @@ impl Control {
         while si < self.services.len() {
             let s = &self.services[si];
             match new.services.iter().find(|n| n.name == s.name) {
-                Some(n) if n.vip == s.vip => si += 1,
+                Some(n) if n.vip == s.vip && n.mode == s.mode && n.proxy == s.proxy => si += 1,
                 _ => {
                     changes.push(format!("removed service {} ({})", s.name, s.vip));
                     self.remove_service(si)?;
@@ -879,7 +886,7 @@ impl Control {
                     id: s.id,
                     name: s.name.clone(),
                     vip: s.vip,
-                    mode: s.mode.clone(),
+                    mode: s.mode.name().into(),
                     live_half: s.live_half,
                     backends: s
                         .backends

@@ -282,6 +282,7 @@ impl Dataplane {
         service_id: u32,
         vip: SocketAddr,
         live_half: u32,
+        mode: u32,
         members: &[MaglevBackend],
     ) -> Result<u32, DataplaneError> {
         let table = build_table(members, self.ring_size);
@@ -301,7 +302,7 @@ impl Dataplane {
         let value = Service {
             id: service_id,
             table_offset: offset,
-            mode: m::MODE_NAT,
+            mode,
             _pad: 0,
         };
         let mut services: HashMap<&mut MapData, VipKey, Service> = self.map_mut(names::SERVICES)?;
