@@ -18,9 +18,12 @@ pub mod daemon;
 pub mod demo;
 pub mod load;
 pub mod netns;
+pub mod pp_peers;
 pub mod prometheus;
+pub mod receivers;
 pub mod server;
 mod sys;
+pub mod tls;
 pub mod topology;
 pub mod xdp;
 
