@@ -29,6 +29,12 @@ const TEST_PACKAGES: &[&str] = &[
 /// Test tools whose packages also ship a service (the Prometheus server; nftables' unit):
 /// installed without starting it, see [`apt_install_without_starting`].
 const TEST_PACKAGES_NO_START: &[&str] = &["prometheus", "nftables"];
+/// The PROXY protocol receivers of the proxy-v2 tests (tests/tests/proxy.rs): nginx (its
+/// Debian build has ssl, realip and `proxy_protocol` listeners) and HAProxy, which ship
+/// services, so installed without starting them.
+const PROXY_TEST_PACKAGES_NO_START: &[&str] = &["nginx", "haproxy"];
+/// The proxy-v2 tests' certificate tool and WebSocket library (for Debian's python3).
+const PROXY_TEST_PACKAGES: &[&str] = &["openssl", "python3-websockets"];
 /// Where Debian's invoke-rc.d looks for a policy; exit status 101 means "do not start".
 const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -43,6 +49,13 @@ pub fn ensure() -> anyhow::Result<()> {
         .collect();
     apt_install(&wanted)?;
     apt_install_without_starting(TEST_PACKAGES_NO_START)?;
+    apt_install_without_starting(PROXY_TEST_PACKAGES_NO_START)?;
+    apt_install(
+        &PROXY_TEST_PACKAGES
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>(),
+    )?;
     let llvm = llvm_major()?;
     wanted = vec![format!("llvm-{llvm}-dev"), format!("libpolly-{llvm}-dev")];
     apt_install(&wanted)?;
