@@ -1668,6 +1668,16 @@ fn proxy_metrics_count_connections_and_bytes() {
         "{N} connections made: {}",
         dump(&m)
     );
+    assert_eq!(
+        prometheus::sum(
+            &m,
+            "lb_proxy_accepted_connections_total",
+            &[("service", "default")]
+        ),
+        N as f64,
+        "{N} client connections accepted: {:?}",
+        prometheus::find(&m, "lb_proxy_accepted_connections_total", &[])
+    );
     for b in &bed.topo.backends {
         let logged = per[&b.name]
             .iter()
