@@ -9,4 +9,6 @@
 pub mod crc32c;
 pub mod header;
 pub mod parse;
+pub mod route;
+pub mod table;
 pub mod tls;
