@@ -29,8 +29,8 @@ use lb_common::{
     maglev::NO_BACKEND,
     maps::{
         BACKEND_DOWN, BACKEND_DRAINING, BACKEND_UP, Backend, FLOW_FIN_BACKEND, FLOW_FIN_CLIENT,
-        FLOW_RST, FlowKey, FlowState, GlobalConfig, MODE_NAT, PROTO_TCP, ReverseNat, Service,
-        TrafficCounters, VipKey, names,
+        FLOW_RST, FlowKey, FlowState, GlobalConfig, MODE_NAT, MODE_PROXY, PROTO_TCP, ReverseNat,
+        Service, TrafficCounters, VipKey, names,
     },
     stats,
 };
@@ -1743,4 +1743,48 @@ fn traffic_in_either_direction_keeps_a_flow_past_the_idle_timeout() {
     sleep(idle + step);
     assert_eq!(lb.forward_to(p, &ack), 1);
     assert_eq!(lb.stats(false, 0).new_flows, 2);
+}
+
+#[test]
+fn proxy_service_packets_go_to_the_stack_untouched_and_are_counted() {
+    let mut lb = Lb::new();
+    for p in [plan4(), plan6()] {
+        lb.seed(p, 0);
+        let (addr, family) = ip_to_words(p.vip);
+        let vip = VipKey {
+            addr,
+            port: VIP_PORT.to_be(),
+            proto: PROTO_TCP,
+            family,
+        };
+        let svc = Service {
+            id: 0,
+            table_offset: 0,
+            mode: MODE_PROXY,
+            _pad: 0,
+        };
+        lb.services.insert(vip, svc, 0).unwrap();
+        let before = lb.stats(false, 0);
+        for flags in [SYN, ACK, FIN | ACK, RST] {
+            let input = build(&Seg { flags, ..syn(p) });
+            let (action, out, bumped) = lb.run_counted(&input);
+            let what = format!("{} flags {flags:#x}", p.vip);
+            assert_eq!(action, XDP_PASS, "{what}: to the local stack");
+            assert_eq!(out, input, "{what}: untouched");
+            assert_eq!(bumped, [stats::PASS_PROXY], "{what}: counters");
+        }
+        let after = lb.stats(false, 0);
+        assert_eq!(
+            after.packets_in - before.packets_in,
+            4,
+            "{}: service packets",
+            p.vip
+        );
+        assert!(
+            lb.flow(key(p.client, p.vip, CLIENT_PORT, VIP_PORT))
+                .is_none(),
+            "no NAT flow"
+        );
+    }
+    assert_eq!(lb.counter(stats::PASS_PROXY), 8);
 }
