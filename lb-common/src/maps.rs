@@ -22,6 +22,9 @@ pub const MAX_BACKENDS: u32 = 16384;
 pub const DEFAULT_RING_SIZE: u32 = 65537;
 /// Interfaces the program may redirect to (devmap size).
 pub const MAX_IFACES: u32 = 64;
+/// Slots of the proxy listener socket map (`PROXY_LISTENERS`): one listener per family
+/// is enough, the rest is room.
+pub const MAX_PROXY_LISTENERS: u32 = 4;
 
 /// A 5-tuple in one direction. Key of the flow table (client → VIP) and of the reverse
 /// NAT table (backend → SNAT address).
@@ -201,8 +204,22 @@ pub mod names {
     pub const SERVICE_STATS: &str = "SERVICE_STATS";
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
     pub const COUNTERS: &str = "COUNTERS";
+    /// Proxy VIP:port ([`super::VipKey`]) → `u32` index into `PROXY_LISTENERS`.
+    pub const PROXY_VIPS: &str = "PROXY_VIPS";
+    /// SockMap of the daemon's proxy listening sockets (`sk_lookup` targets).
+    pub const PROXY_LISTENERS: &str = "PROXY_LISTENERS";
+    /// SockHash: socket cookie (`u64`) → the peer socket of a spliced pair.
+    pub const SPLICE: &str = "SPLICE";
+    /// SockHash: socket cookie (`u64`) → the socket itself; `lb_splice` is attached here.
+    pub const SPLICE_HOOK: &str = "SPLICE_HOOK";
     /// The load-balancing program.
     pub const PROG_LB: &str = "lb_xdp";
     /// A program that passes everything; tests attach it to veth peers (see TOOLCHAIN.md).
     pub const PROG_PASS: &str = "xdp_pass";
+    /// The `sk_lookup` program steering proxy VIP:port connections to the daemon's
+    /// listeners; attached to the daemon's network namespace.
+    pub const PROG_LOOKUP: &str = "lb_lookup";
+    /// The `sk_skb` stream verdict of the sockmap splice engine; attached to
+    /// `SPLICE_HOOK`.
+    pub const PROG_SPLICE: &str = "lb_splice";
 }

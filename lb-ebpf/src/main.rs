@@ -5,12 +5,18 @@
 //! `parse` → `flow` (service, flow table, backend, SNAT port) → `nat` (rewrite,
 //! checksums, next hop) → `stats` (the one counter each packet bumps). A new flow that
 //! no backend can take is answered by `reset` (a TCP RST sent back with XDP_TX).
+//!
+//! Proxy (PROXY protocol) services add two socket programs: `lb_lookup` (`lookup`, an
+//! sk_lookup program handing VIP:port connections to the daemon's listener) and
+//! `lb_splice` (`splice`, the sk_skb stream verdict of the sockmap splice engine).
 #![cfg_attr(target_arch = "bpf", no_std, no_main)]
 
 #[cfg(target_arch = "bpf")]
 mod csum;
 #[cfg(target_arch = "bpf")]
 mod flow;
+#[cfg(target_arch = "bpf")]
+mod lookup;
 #[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]
@@ -20,6 +26,8 @@ mod parse;
 #[cfg(target_arch = "bpf")]
 mod reset;
 #[cfg(target_arch = "bpf")]
+mod splice;
+#[cfg(target_arch = "bpf")]
 mod stats;
 
 /// The host build of this crate is a stub so `cargo build --workspace` passes.
@@ -28,7 +36,11 @@ fn main() {}
 
 #[cfg(target_arch = "bpf")]
 mod entry {
-    use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+    use aya_ebpf::{
+        bindings::xdp_action,
+        macros::{sk_lookup, stream_verdict, xdp},
+        programs::{SkBuffContext, SkLookupContext, XdpContext},
+    };
 
     /// The load balancer. Every packet leaves through `stats::finish`, which bumps exactly
     /// one `COUNTERS` index and returns the XDP action.
@@ -41,6 +53,19 @@ mod entry {
     #[xdp]
     pub fn xdp_pass(_ctx: XdpContext) -> u32 {
         xdp_action::XDP_PASS
+    }
+
+    /// Steers new connections to a proxy VIP:port to the daemon's listening socket
+    /// (`PROXY_VIPS` → `PROXY_LISTENERS`); everything else goes on to the regular lookup.
+    #[sk_lookup]
+    pub fn lb_lookup(ctx: SkLookupContext) -> u32 {
+        crate::lookup::handle(&ctx)
+    }
+
+    /// Redirects what a spliced socket receives to its peer's egress (`SPLICE`).
+    #[stream_verdict]
+    pub fn lb_splice(ctx: SkBuffContext) -> u32 {
+        crate::splice::handle(&ctx)
     }
 
     #[panic_handler]

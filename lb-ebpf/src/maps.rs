@@ -7,12 +7,12 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, SockHash, SockMap},
 };
 use lb_common::{
     maps::{
         Backend, DEFAULT_RING_SIZE, FlowKey, FlowState, GlobalConfig, MAX_BACKENDS, MAX_IFACES,
-        MAX_SERVICES, ReverseNat, Service, TrafficCounters, VipKey,
+        MAX_PROXY_LISTENERS, MAX_SERVICES, ReverseNat, Service, TrafficCounters, VipKey,
     },
     stats::NUM_COUNTERS,
 };
@@ -71,3 +71,26 @@ pub static BACKEND_STATS: PerCpuArray<TrafficCounters> =
 /// (`stats::finish`), read by the daemon.
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(NUM_COUNTERS, 0);
+
+/// Proxy VIP:port → index of the daemon's listening socket in `PROXY_LISTENERS`;
+/// written by the daemon, read by `lb_lookup` (sk_lookup).
+#[map]
+pub static PROXY_VIPS: HashMap<VipKey, u32> = HashMap::with_max_entries(MAX_SERVICES, 0);
+
+/// The daemon's listening sockets for proxy services (one per family is enough);
+/// written by the daemon, read by `lb_lookup`, which assigns them to new connections.
+#[map]
+pub static PROXY_LISTENERS: SockMap = SockMap::with_max_entries(MAX_PROXY_LISTENERS, 0);
+
+/// Default size of the two splice socket hashes: two entries per spliced connection.
+const DEFAULT_SPLICE: u32 = 131_072;
+
+/// Socket cookie → the PEER socket of a spliced pair; written by the daemon, read by
+/// `lb_splice` as the redirect target (see splice.rs).
+#[map]
+pub static SPLICE: SockHash<u64> = SockHash::with_max_entries(DEFAULT_SPLICE, 0);
+
+/// Socket cookie → the socket itself; `lb_splice` is attached to this map, so inserting
+/// a socket turns its redirect on (see splice.rs). Written by the daemon only.
+#[map]
+pub static SPLICE_HOOK: SockHash<u64> = SockHash::with_max_entries(DEFAULT_SPLICE, 0);

@@ -76,3 +76,195 @@ pub fn monotonic_ns() -> u64 {
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
+
+// ---------------------------------------------------------------------------------------
+// Socket and pipe calls of the splice engines (proxy::splice).
+
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+
+/// `getsockopt(fd, level, name)` into a plain-data value; returns the length the kernel
+/// wrote.
+fn getsockopt_into<T: Copy>(
+    fd: BorrowedFd<'_>,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: &mut T,
+) -> io::Result<usize> {
+    let mut len = std::mem::size_of::<T>() as libc::socklen_t;
+    // SAFETY: `value` is a valid, writable `T` of `len` bytes for the call, `len` is a
+    // valid socklen_t, and `fd` is an open descriptor borrowed for the call. `T` is
+    // plain data (integers), so any bytes the kernel writes form a valid value.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            (value as *mut T).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(len as usize)
+    }
+}
+
+/// The socket's cookie (`SO_COOKIE`): a 64-bit id unique for the boot, the same value
+/// `bpf_get_socket_cookie` returns in the kernel.
+pub fn socket_cookie(fd: BorrowedFd<'_>) -> io::Result<u64> {
+    let mut cookie = 0u64;
+    getsockopt_into(fd, libc::SOL_SOCKET, libc::SO_COOKIE, &mut cookie)?;
+    Ok(cookie)
+}
+
+/// Sets `SO_RCVLOWAT`. On TCP the kernel then checks at once whether the socket is
+/// readable and, if data is queued, calls its `sk_data_ready` (tcp_set_rcvlowat →
+/// tcp_data_ready), which is what makes a sockmap verdict read data queued before the
+/// socket entered the map.
+pub fn set_rcvlowat(fd: BorrowedFd<'_>, bytes: i32) -> io::Result<()> {
+    let v: libc::c_int = bytes;
+    // SAFETY: `v` is a valid c_int for the call and `fd` an open descriptor.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVLOWAT,
+            (&v as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// The fields of the kernel's `struct tcp_info` (include/uapi/linux/tcp.h) that the
+/// splice engine reads.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TcpInfo {
+    /// `tcpi_state`: TCP_ESTABLISHED = 1, TCP_CLOSE = 7, TCP_CLOSE_WAIT = 8, ...
+    pub state: u8,
+    /// `tcpi_bytes_acked`: bytes of the send stream the peer acknowledged.
+    pub bytes_acked: u64,
+    /// `tcpi_bytes_received`: bytes of the receive stream that arrived in order.
+    pub bytes_received: u64,
+    /// `tcpi_notsent_bytes`: bytes in the send queue not sent yet.
+    pub notsent_bytes: u32,
+}
+
+/// The kernel's `struct tcp_info` up to `tcpi_min_rtt` (Linux 4.6+), laid out as in
+/// include/uapi/linux/tcp.h; the kernel copies min(our size, its size).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct RawTcpInfo {
+    state: u8,
+    _u8s: [u8; 7],
+    _u32s: [u32; 23],
+    _total_retrans: u32,
+    _pacing_rate: u64,
+    _max_pacing_rate: u64,
+    bytes_acked: u64,
+    bytes_received: u64,
+    _segs_out: u32,
+    _segs_in: u32,
+    notsent_bytes: u32,
+    _min_rtt: u32,
+}
+const _: () = assert!(std::mem::offset_of!(RawTcpInfo, bytes_acked) == 120);
+const _: () = assert!(std::mem::offset_of!(RawTcpInfo, bytes_received) == 128);
+const _: () = assert!(std::mem::offset_of!(RawTcpInfo, notsent_bytes) == 144);
+
+/// `getsockopt(TCP_INFO)`. The kernel takes the socket lock while filling it, so the
+/// fields are one consistent snapshot.
+pub fn tcp_info(fd: BorrowedFd<'_>) -> io::Result<TcpInfo> {
+    // SAFETY: RawTcpInfo is plain integers, for which all-zero is a valid value.
+    let mut raw: RawTcpInfo = unsafe { std::mem::zeroed() };
+    let len = getsockopt_into(fd, libc::IPPROTO_TCP, libc::TCP_INFO, &mut raw)?;
+    if len < std::mem::size_of::<RawTcpInfo>() {
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!("TCP_INFO returned {len} bytes: kernel older than 4.6"),
+        ));
+    }
+    Ok(TcpInfo {
+        state: raw.state,
+        bytes_acked: raw.bytes_acked,
+        bytes_received: raw.bytes_received,
+        notsent_bytes: raw.notsent_bytes,
+    })
+}
+
+/// `ioctl(fd, request)` returning the int the kernel writes.
+fn ioctl_int(fd: BorrowedFd<'_>, request: libc::Ioctl) -> io::Result<usize> {
+    let mut v: libc::c_int = 0;
+    // SAFETY: both requests used here (FIONREAD/SIOCINQ and TIOCOUTQ/SIOCOUTQ) write
+    // one int through the pointer, which is valid and writable for the call.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), request, &mut v as *mut libc::c_int) };
+    if rc != 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(v.max(0) as usize)
+    }
+}
+
+/// Bytes in the socket's receive queue not read yet (`SIOCINQ`; a FIN is not counted).
+pub fn socket_inq(fd: BorrowedFd<'_>) -> io::Result<usize> {
+    ioctl_int(fd, libc::FIONREAD)
+}
+
+/// Bytes in the TCP send queue: not sent yet plus sent but not acknowledged
+/// (`SIOCOUTQ`; a queued FIN counts as one).
+pub fn socket_outq(fd: BorrowedFd<'_>) -> io::Result<usize> {
+    ioctl_int(fd, libc::TIOCOUTQ)
+}
+
+/// A pipe with both ends non-blocking and close-on-exec: (read end, write end).
+pub fn pipe_nonblocking() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds: [libc::c_int; 2] = [-1, -1];
+    // SAFETY: `fds` is a valid, writable array of two ints for the call.
+    let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: pipe2 succeeded, so both are fresh descriptors that nothing else owns.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Sets the pipe's capacity (`F_SETPIPE_SZ`); returns the capacity the kernel chose (a
+/// power of two pages, at least `bytes`, capped by /proc/sys/fs/pipe-max-size unless
+/// CAP_SYS_RESOURCE).
+pub fn set_pipe_size(fd: BorrowedFd<'_>, bytes: usize) -> io::Result<usize> {
+    // SAFETY: F_SETPIPE_SZ takes an int argument and touches no memory of ours.
+    let rc = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, bytes as libc::c_int) };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc as usize)
+    }
+}
+
+/// `splice(2)` of up to `len` bytes from `from` to `to` (one of them a pipe), with
+/// `SPLICE_F_MOVE | SPLICE_F_NONBLOCK`, at the descriptors' current positions. Returns
+/// the bytes moved; 0 means end of file on `from`; `WouldBlock` when nothing can move
+/// now (also decided by the sockets' own O_NONBLOCK).
+pub fn splice(from: BorrowedFd<'_>, to: BorrowedFd<'_>, len: usize) -> io::Result<usize> {
+    // SAFETY: null offsets mean "current position"; no memory of ours is passed.
+    let n = unsafe {
+        libc::splice(
+            from.as_raw_fd(),
+            std::ptr::null_mut(),
+            to.as_raw_fd(),
+            std::ptr::null_mut(),
+            len,
+            libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
+        )
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}

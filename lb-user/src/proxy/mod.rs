@@ -10,5 +10,6 @@ pub mod crc32c;
 pub mod header;
 pub mod parse;
 pub mod route;
+pub mod splice;
 pub mod table;
 pub mod tls;
