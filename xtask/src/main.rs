@@ -1,6 +1,7 @@
 //! `cargo xtask`: the project's build, run and test recipes, so that a fresh machine
 //! needs nothing done by hand (see ../shared/TOOLCHAIN.md for why each step exists).
 
+mod bench;
 mod build;
 mod exec;
 mod run;
@@ -34,6 +35,9 @@ enum Cmd {
     },
     /// Only install what building and testing need (apt packages, bpf-linker).
     Setup,
+    /// Benchmark lb against HAProxy, nginx stream, nftables DNAT and no LB
+    /// (results in bench/results/).
+    Bench(bench::Opts),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -52,6 +56,31 @@ fn main() -> anyhow::Result<()> {
             test::all(&args)?;
         }
         Cmd::Setup => setup::ensure()?,
+        Cmd::Bench(opts) => {
+            if !opts.no_build {
+                setup::ensure()?;
+                build::all()?;
+            }
+            if !exec::is_root() {
+                // Built above: the root half only measures.
+                let mut args: Vec<String> = std::env::args().skip(1).collect();
+                if !opts.no_build {
+                    args.push("--no-build".into());
+                }
+                return exec::run(
+                    std::process::Command::new("sudo")
+                        .arg("-E")
+                        .arg(std::env::current_exe()?)
+                        .args(args),
+                );
+            }
+            let (lb, object) = if opts.no_build {
+                (lb_tests::lb_bin()?, lb_tests::bpf_object()?)
+            } else {
+                (build::lb_binary(), build::ebpf_object())
+            };
+            bench::run(&opts, &lb, &object)?;
+        }
     }
     Ok(())
 }

@@ -35,6 +35,16 @@ const TEST_PACKAGES_NO_START: &[&str] = &["prometheus", "nftables"];
 const PROXY_TEST_PACKAGES_NO_START: &[&str] = &["nginx", "haproxy"];
 /// The proxy-v2 tests' certificate tool and WebSocket library (for Debian's python3).
 const PROXY_TEST_PACKAGES: &[&str] = &["openssl", "python3-websockets"];
+/// The bench's load balancers and servers (`cargo xtask bench` and its smoke test):
+/// HAProxy, nginx with the stream module (Debian builds it as a dynamic module, loaded
+/// with `load_module`), iperf3. Their packages ship services too.
+const BENCH_PACKAGES_NO_START: &[&str] = &["haproxy", "nginx", "libnginx-mod-stream", "iperf3"];
+/// The bench's client and the chart's font.
+const BENCH_PACKAGES: &[&str] = &["wrk", "fonts-dejavu-core"];
+/// For profiling what limits a figure (`perf`); the bench runs without it.
+const BENCH_OPTIONAL: &[&str] = &["linux-perf"];
+/// Servers a package's install may start despite the policy, stopped by PID.
+const SERVICES: &[&str] = &["prometheus", "nginx", "haproxy", "iperf3"];
 /// Where Debian's invoke-rc.d looks for a policy; exit status 101 means "do not start".
 const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -56,6 +66,21 @@ pub fn ensure() -> anyhow::Result<()> {
             .map(|s| s.to_string())
             .collect::<Vec<_>>(),
     )?;
+    apt_install_without_starting(BENCH_PACKAGES_NO_START)?;
+    apt_install(
+        &BENCH_PACKAGES
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>(),
+    )?;
+    if let Err(e) = apt_install(
+        &BENCH_OPTIONAL
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>(),
+    ) {
+        eprintln!("warning: optional {BENCH_OPTIONAL:?} not installed (profiling only): {e:#}");
+    }
     let llvm = llvm_major()?;
     wanted = vec![format!("llvm-{llvm}-dev"), format!("libpolly-{llvm}-dev")];
     apt_install(&wanted)?;
@@ -102,7 +127,7 @@ fn apt_install_without_starting(pkgs: &[&str]) -> anyhow::Result<()> {
     if pkgs.iter().all(|p| installed(p)) {
         return Ok(());
     }
-    let before = pids_named("prometheus");
+    let before: Vec<u32> = SERVICES.iter().flat_map(|s| pids_named(s)).collect();
     let created = if std::path::Path::new(POLICY_RC_D).exists() {
         false
     } else if exec::is_root() {
@@ -117,20 +142,21 @@ fn apt_install_without_starting(pkgs: &[&str]) -> anyhow::Result<()> {
             .with_context(|| format!("removing the temporary {POLICY_RC_D}"))?;
     }
     result?;
-    let started: Vec<u32> = pids_named("prometheus")
-        .into_iter()
-        .filter(|p| !before.contains(p))
+    let started: Vec<(u32, &str)> = SERVICES
+        .iter()
+        .flat_map(|s| pids_named(s).into_iter().map(move |p| (p, *s)))
+        .filter(|(p, _)| !before.contains(p))
         .collect();
-    for pid in &started {
+    for (pid, name) in &started {
         step(&format!(
-            "stopping the prometheus server (pid {pid}) the package's install started"
+            "stopping the {name} server (pid {pid}) the package's install started"
         ));
         exec::run(Command::new("kill").arg(pid.to_string()))?;
     }
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while started.iter().any(|p| pid_alive(*p)) {
+    while started.iter().any(|(p, _)| pid_alive(*p)) {
         if std::time::Instant::now() >= deadline {
-            bail!("the prometheus server started by its package (pids {started:?}) did not stop");
+            bail!("servers started by their packages ({started:?}) did not stop");
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     }

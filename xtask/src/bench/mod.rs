@@ -1,0 +1,647 @@
+//! `cargo xtask bench`: lb against the load balancers a user would pick instead
+//! (HAProxy, nginx stream, nftables DNAT) and against no load balancer, on the same
+//! namespaces, backends and clients, in one run (issue 5). Writes
+//! `bench/results/<date>-<host>.{jsonl,md,png}`.
+
+mod bed;
+mod cost;
+mod cpu;
+mod report;
+mod systems;
+mod workloads;
+
+use anyhow::{Context, Result, bail};
+use bed::Bed;
+use report::{Figure, Meta};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use systems::{Availability, System};
+use workloads::{Metric, Sample, Workload};
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct Opts {
+    /// A short run for the smoke test: 1 s per run, one repeat.
+    #[arg(long)]
+    pub quick: bool,
+    /// Only these workloads (comma-separated): conn, keepalive, bulk1, bulk4, download.
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
+    /// Only these systems (comma-separated): lb-nat, lb-proxy-v2, haproxy, haproxy-pp2,
+    /// nginx, nginx-pp, nft-dnat, no-lb.
+    #[arg(long, value_delimiter = ',')]
+    pub systems: Vec<String>,
+    /// Seconds per run (default 5; 1 with --quick).
+    #[arg(long)]
+    pub secs: Option<u32>,
+    /// Runs per figure (default 3; 1 with --quick).
+    #[arg(long)]
+    pub repeats: Option<usize>,
+    /// Where the results go.
+    #[arg(long, default_value = "bench/results")]
+    pub out: PathBuf,
+    /// Skip installing and building: use the built `lb` ($LB_BIN or target/release/lb)
+    /// and eBPF object ($LB_EBPF_OBJECT or the default path), as the smoke test does.
+    #[arg(long)]
+    pub no_build: bool,
+}
+
+/// A run more than this far off the median of its repeats is thrown away and redone.
+const OUTLIER: f64 = 0.25;
+/// Passes of re-runs for thrown-away runs, at most.
+const EXTRA_PASSES: usize = 3;
+/// A cell that failed this often is reported as failed.
+const MAX_ERRORS: usize = 2;
+/// Above this share of all CPU time busy before a run, the machine is not quiet.
+const MAX_IDLE_BUSY: f64 = 0.25;
+/// How long a whole run may wait for the machine to become quiet, in all.
+const QUIET_BUDGET: Duration = Duration::from_secs(1200);
+
+/// What became of one (system, workload).
+struct Cell {
+    /// Why it is not measured, if it is not (`not built yet ...`, `n/a: ...`).
+    skip: Option<String>,
+    samples: Vec<Sample>,
+    /// Thrown-away runs, with why.
+    discarded: Vec<String>,
+    errors: Vec<String>,
+}
+
+impl Cell {
+    fn valid(&self) -> Vec<&Sample> {
+        self.samples
+            .iter()
+            .filter(|s| s.disturbed.is_none())
+            .collect()
+    }
+
+    fn failed(&self) -> bool {
+        self.errors.len() >= MAX_ERRORS
+    }
+
+    fn wants_run(&self, repeats: usize) -> bool {
+        self.skip.is_none() && !self.failed() && self.valid().len() < repeats
+    }
+}
+
+/// Figures measured once, outside the workloads.
+#[derive(Default)]
+struct Extras {
+    /// Kernel memory per lb flow, in bytes, or why it could not be read.
+    flow_bytes: Option<Result<f64, String>>,
+}
+
+struct Plan {
+    systems: Vec<System>,
+    workloads: Vec<Workload>,
+    secs: u32,
+    repeats: usize,
+    quick: bool,
+    /// What is left of [`QUIET_BUDGET`].
+    patience: std::cell::Cell<Duration>,
+}
+
+pub fn run(opts: &Opts, lb_bin: &Path, object: &Path) -> Result<()> {
+    let started = Instant::now();
+    let plan = plan(opts)?;
+    preflight()?;
+    lb_tests::cleanup::install_ctrlc_handler()?;
+    let deadline = started
+        + if plan.quick {
+            Duration::from_secs(150)
+        } else {
+            Duration::from_secs(60 * 60)
+        };
+
+    eprintln!("\n==> bench: building the namespaces, backends (nginx, iperf3)");
+    let mut bed = Bed::new(object)?;
+    // A copy, so a rebuild of target/release/lb during the run changes nothing measured.
+    let identity = lb_identity(lb_bin);
+    let lb_copy = bed.path("lb");
+    std::fs::copy(lb_bin, &lb_copy)
+        .with_context(|| format!("copying {} to {}", lb_bin.display(), lb_copy.display()))?;
+    let lb_bin = lb_copy.as_path();
+    let mut states: Vec<(System, String)> = Vec::new();
+    let mut cells: BTreeMap<(System, Workload), Cell> = BTreeMap::new();
+    let mut extras = Extras::default();
+    for &s in &plan.systems {
+        let state = match systems::availability(s, &bed, lb_bin)? {
+            Availability::Ready => "ok".to_owned(),
+            Availability::NotBuilt(why) => why,
+        };
+        for &w in &plan.workloads {
+            let skip = if state != "ok" {
+                Some(state.clone())
+            } else {
+                w.not_applicable(s).map(str::to_owned)
+            };
+            cells.insert(
+                (s, w),
+                Cell {
+                    skip,
+                    samples: Vec::new(),
+                    discarded: Vec::new(),
+                    errors: Vec::new(),
+                },
+            );
+        }
+        if state != "ok" {
+            eprintln!("bench: {}: {state}", s.name());
+        }
+        states.push((s, state));
+    }
+
+    // Rounds: every system in turn, one run of each workload, `repeats` times, so a
+    // slow drift of the machine spreads over all systems alike.
+    for round in 1..=plan.repeats {
+        for &s in &plan.systems {
+            session(
+                &mut bed,
+                lb_bin,
+                s,
+                &plan,
+                &mut cells,
+                &mut extras,
+                &format!("round {round}/{}", plan.repeats),
+            )?;
+        }
+    }
+    // Runs that were disturbed or are outliers are thrown away and redone.
+    // Not in a quick run: it reports what it saw, disturbed or not.
+    let passes = if plan.quick { 0 } else { EXTRA_PASSES };
+    for pass in 1..=passes {
+        for c in cells.values_mut() {
+            drop_outliers(c);
+        }
+        let again: Vec<System> = plan
+            .systems
+            .iter()
+            .copied()
+            .filter(|s| {
+                plan.workloads
+                    .iter()
+                    .any(|w| cells[&(*s, *w)].wants_run(plan.repeats))
+            })
+            .collect();
+        if again.is_empty() || Instant::now() >= deadline {
+            break;
+        }
+        for s in again {
+            session(
+                &mut bed,
+                lb_bin,
+                s,
+                &plan,
+                &mut cells,
+                &mut extras,
+                &format!("re-run pass {pass}"),
+            )?;
+        }
+    }
+    drop(bed);
+    let mut notes = vec![identity];
+    let figures = figures(&plan, &cells, &extras, &mut notes);
+    let meta = Meta {
+        date: today(),
+        host: short_host(),
+        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim()
+            .to_owned(),
+        cpu: cpu_model(),
+        command: command_line(),
+        secs: plan.secs,
+        repeats: plan.repeats,
+        elapsed_secs: started.elapsed().as_secs_f64(),
+        systems: states,
+        workloads: plan.workloads.clone(),
+        notes,
+    };
+    std::fs::create_dir_all(&opts.out)
+        .with_context(|| format!("creating {}", opts.out.display()))?;
+    let base = opts.out.join(format!("{}-{}", meta.date, meta.host));
+    let (jsonl, md, png) = (
+        base.with_extension("jsonl"),
+        base.with_extension("md"),
+        base.with_extension("png"),
+    );
+    report::write_jsonl(&jsonl, &figures)?;
+    let text = report::markdown(&meta, &figures);
+    std::fs::write(&md, &text).with_context(|| format!("writing {}", md.display()))?;
+    report::chart(&png, &meta, &figures)?;
+    println!("{text}");
+    eprintln!(
+        "bench: wrote {}, {} and {} in {:.0} s",
+        jsonl.display(),
+        md.display(),
+        png.display(),
+        meta.elapsed_secs
+    );
+    let failed: Vec<String> = cells
+        .iter()
+        .filter(|(_, c)| c.skip.is_none() && c.samples.is_empty())
+        .map(|((s, w), c)| format!("{} {}: {}", s.name(), w.name(), c.errors.join("; ")))
+        .collect();
+    if !failed.is_empty() {
+        bail!("some runs failed:\n{}", failed.join("\n"));
+    }
+    Ok(())
+}
+
+fn plan(opts: &Opts) -> Result<Plan> {
+    let systems = if opts.systems.is_empty() {
+        systems::ALL.to_vec()
+    } else {
+        opts.systems
+            .iter()
+            .map(|n| {
+                System::by_name(n).with_context(|| {
+                    let all: Vec<&str> = systems::ALL.iter().map(|s| s.name()).collect();
+                    format!("unknown system `{n}` (systems: {})", all.join(", "))
+                })
+            })
+            .collect::<Result<Vec<_>>>()?
+    };
+    let workloads = if opts.only.is_empty() {
+        workloads::ALL.to_vec()
+    } else {
+        opts.only
+            .iter()
+            .map(|n| {
+                Workload::by_name(n).with_context(|| {
+                    let all: Vec<&str> = workloads::ALL.iter().map(|w| w.name()).collect();
+                    format!("unknown workload `{n}` (workloads: {})", all.join(", "))
+                })
+            })
+            .collect::<Result<Vec<_>>>()?
+    };
+    let (secs, repeats) = if opts.quick { (1, 1) } else { (5, 3) };
+    Ok(Plan {
+        systems,
+        workloads,
+        secs: opts.secs.unwrap_or(secs).clamp(1, 600),
+        repeats: opts.repeats.unwrap_or(repeats).clamp(1, 20),
+        quick: opts.quick,
+        patience: std::cell::Cell::new(if opts.quick {
+            Duration::ZERO
+        } else {
+            QUIET_BUDGET
+        }),
+    })
+}
+
+/// Everything the bench runs must be there: a missing tool fails the run (and the
+/// smoke test) with its name.
+fn preflight() -> Result<()> {
+    lb_tests::require_root()?;
+    lb_tests::require_tools(lb_tests::TOOLS)?;
+    lb_tests::require_tools(&[
+        "wrk", "iperf3", "haproxy", "nginx", "nft", "taskset", "ss", "getconf",
+    ])
+    .context("the bench's tools are missing: `cargo xtask setup` installs them")?;
+    for (file, package) in [
+        (bed::NGINX_STREAM_MODULE, "libnginx-mod-stream"),
+        (report::FONT, "fonts-dejavu-core"),
+    ] {
+        if !Path::new(file).is_file() {
+            bail!("{file} is missing (Debian package {package}; `cargo xtask setup` installs it)");
+        }
+    }
+    if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
+        bail!("the bench pins the client and the LB to different CPUs: it needs 2 CPUs");
+    }
+    Ok(())
+}
+
+/// Starts `system`, runs each selected workload that still wants a run once, stops it.
+fn session(
+    bed: &mut Bed,
+    lb_bin: &Path,
+    system: System,
+    plan: &Plan,
+    cells: &mut BTreeMap<(System, Workload), Cell>,
+    extras: &mut Extras,
+    label: &str,
+) -> Result<()> {
+    let todo: Vec<Workload> = plan
+        .workloads
+        .iter()
+        .copied()
+        .filter(|w| cells[&(system, *w)].wants_run(plan.repeats))
+        .collect();
+    if todo.is_empty() {
+        return Ok(());
+    }
+    eprintln!("bench: {label}: {}", system.name());
+    let mut running = match systems::start(system, bed, lb_bin) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("bench: {} did not start: {e:#}", system.name());
+            for w in todo {
+                if let Some(c) = cells.get_mut(&(system, w)) {
+                    c.errors.push(format!("did not start: {e:#}"));
+                }
+            }
+            return Ok(());
+        }
+    };
+    if let (Some(pid), None, System::LbNat) = (running.daemon_pid(), &extras.flow_bytes, system) {
+        extras.flow_bytes = Some(cost::flow_bytes(pid).map_err(|e| format!("{e:#}")));
+    }
+    if !plan.quick {
+        // Warm-up, not recorded: caches, conntrack, the backends' first workers.
+        let _ = workloads::run(Workload::KeepAlive, bed, &mut running, 1);
+    }
+    for w in todo {
+        let busy = wait_quiet(plan)?;
+        let result = workloads::run(w, bed, &mut running, plan.secs);
+        let c = cells.get_mut(&(system, w)).expect("every cell exists");
+        match result {
+            Ok(mut sample) => {
+                if sample.disturbed.is_none() {
+                    sample.disturbed = busy;
+                }
+                let primary = w.metrics()[0];
+                eprintln!(
+                    "bench:   {:<9} {} {}{}",
+                    w.name(),
+                    report::num(sample.values[0]),
+                    primary.unit,
+                    sample
+                        .disturbed
+                        .as_deref()
+                        .map(|d| format!(" (disturbed: {d}; will run again)"))
+                        .unwrap_or_default()
+                );
+                if let Some(d) = &sample.disturbed {
+                    c.discarded.push(d.clone());
+                }
+                c.samples.push(sample);
+            }
+            Err(e) => {
+                eprintln!("bench:   {:<9} failed: {e:#}", w.name());
+                c.errors.push(format!("{e:#}"));
+                // The system may be broken: start it afresh next time.
+                break;
+            }
+        }
+    }
+    if let Err(e) = running.stop(bed) {
+        eprintln!("bench: stopping {}: {e:#}", system.name());
+        for w in &plan.workloads {
+            if let Some(c) = cells.get_mut(&(system, *w)) {
+                if c.skip.is_none() {
+                    c.errors.push(format!("stopping: {e:#}"));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Waits until the machine is quiet, within what is left of the run's patience;
+/// returns why the run is disturbed if it did not become quiet.
+fn wait_quiet(plan: &Plan) -> Result<Option<String>> {
+    let window = Duration::from_millis(if plan.quick { 100 } else { 300 });
+    let load = cpu::loadavg();
+    let started = Instant::now();
+    let mut busy;
+    loop {
+        let (ok, b) = cpu::quiet(window, MAX_IDLE_BUSY)?;
+        if ok {
+            break Ok(None);
+        }
+        busy = b;
+        let waited = started.elapsed();
+        if waited >= plan.patience.get() {
+            break Ok(Some(format!(
+                "machine busy before the run ({:.0}% of CPU, loadavg {load})",
+                busy * 100.0
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    .inspect(|_| {
+        plan.patience
+            .set(plan.patience.get().saturating_sub(started.elapsed()));
+    })
+}
+
+/// Moves the runs of `c` whose first figure is an outlier among the valid runs to the
+/// disturbed ones.
+fn drop_outliers(c: &mut Cell) {
+    let idx: Vec<usize> = c
+        .samples
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.disturbed.is_none())
+        .map(|(i, _)| i)
+        .collect();
+    let primary: Vec<f64> = idx.iter().map(|&i| c.samples[i].values[0]).collect();
+    let m = if primary.is_empty() {
+        0.0
+    } else {
+        report::median(&primary)
+    };
+    for o in report::outliers(&primary, OUTLIER) {
+        let s = &mut c.samples[idx[o]];
+        let why = format!(
+            "{} is more than {:.0}% off the median {}",
+            report::num(s.values[0]),
+            OUTLIER * 100.0,
+            report::num(m)
+        );
+        c.discarded.push(why.clone());
+        s.disturbed = Some(why);
+    }
+}
+
+fn figures(
+    plan: &Plan,
+    cells: &BTreeMap<(System, Workload), Cell>,
+    extras: &Extras,
+    notes: &mut Vec<String>,
+) -> Vec<Figure> {
+    let mut out = Vec::new();
+    let (mut discarded, mut all_disturbed) = (0, Vec::new());
+    for &s in &plan.systems {
+        for &w in &plan.workloads {
+            let c = &cells[&(s, w)];
+            let mut used: Vec<&Sample> = c.valid();
+            if used.is_empty() && c.skip.is_none() && !c.failed() && !c.samples.is_empty() {
+                // Never quiet: report the disturbed runs rather than nothing, and say so.
+                used = c.samples.iter().collect();
+                all_disturbed.push(format!("{} {}", s.name(), w.name()));
+            }
+            discarded += c.discarded.len();
+            for (i, &metric) in w.metrics().iter().enumerate() {
+                let status = if let Some(skip) = &c.skip {
+                    skip.clone()
+                } else if used.is_empty() {
+                    format!(
+                        "failed: {}",
+                        c.errors.last().map_or("no run", String::as_str)
+                    )
+                } else {
+                    "ok".to_owned()
+                };
+                let vals: Vec<f64> = used.iter().map(|s| s.values[i]).collect();
+                let ok = status == "ok";
+                out.push(Figure {
+                    system: s,
+                    workload: w.name().to_owned(),
+                    metric,
+                    status,
+                    median: ok.then(|| report::median(&vals)),
+                    min: ok.then(|| vals.iter().copied().fold(f64::INFINITY, f64::min)),
+                    max: ok.then(|| vals.iter().copied().fold(f64::NEG_INFINITY, f64::max)),
+                    repeats: vals.len(),
+                    discarded: c.discarded.len(),
+                });
+            }
+        }
+    }
+    if discarded > 0 {
+        notes.push(format!(
+            "{discarded} runs were disturbed or outliers{}",
+            if plan.quick {
+                " (a quick run does not run them again)"
+            } else {
+                "; they were thrown away and run again"
+            }
+        ));
+    }
+    if !all_disturbed.is_empty() {
+        notes.push(format!(
+            "**every run of these was disturbed, and their figures use them anyway**: {}",
+            all_disturbed.join(", ")
+        ));
+    }
+    // What issue 5 asks for that this bench does not measure yet.
+    let todo = |workload: &str, metric: Metric, why: &str| Figure {
+        system: System::LbNat,
+        workload: workload.to_owned(),
+        metric,
+        status: format!("todo: {why}"),
+        median: None,
+        min: None,
+        max: None,
+        repeats: 0,
+        discarded: 0,
+    };
+    let metric = |name, unit, higher_is_better| Metric {
+        name,
+        unit,
+        higher_is_better,
+    };
+    out.push(todo(
+        "xdp-pps",
+        metric("pps_vs_bare_xdp", "ratio", true),
+        "small-packet rate of lb's XDP path against a bare XDP bounce program on the same topology (the ceiling for any XDP program here)",
+    ));
+    out.push(todo(
+        "maglev-build",
+        metric("build_time", "ms", false),
+        "Maglev table build time and memory for 10, 100, 1,000 and 10,000 backends",
+    ));
+    let flow_metric = metric("memory_per_flow", "bytes", false);
+    match &extras.flow_bytes {
+        Some(Ok(bytes)) => out.push(Figure {
+            system: System::LbNat,
+            workload: "flow-table".to_owned(),
+            metric: flow_metric,
+            status: "ok".to_owned(),
+            median: Some(*bytes),
+            min: Some(*bytes),
+            max: Some(*bytes),
+            repeats: 1,
+            discarded: 0,
+        }),
+        Some(Err(e)) => out.push(Figure {
+            status: format!("failed: {e}"),
+            ..todo("flow-table", flow_metric, "")
+        }),
+        None => out.push(todo(
+            "flow-table",
+            flow_metric,
+            "kernel memory per flow (lb-nat did not run)",
+        )),
+    }
+    out.push(todo(
+        "concurrent-flows",
+        metric("throughput", "Gbit/s", true),
+        "throughput with 1, 1,000 and 100,000 concurrent flows",
+    ));
+    out
+}
+
+fn today() -> String {
+    std::process::Command::new("date")
+        .arg("+%Y-%m-%d")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "undated".into())
+}
+
+fn short_host() -> String {
+    let h = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let h = h.trim().split('.').next().unwrap_or("").to_owned();
+    let h: String = h
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+        .collect();
+    if h.is_empty() { "host".into() } else { h }
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into())
+}
+
+fn command_line() -> String {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    format!("cargo xtask {}", args.join(" "))
+}
+
+/// Which lb was measured: the source commit (and whether the tree had changes) and the
+/// binary's build time.
+fn lb_identity(lb_bin: &Path) -> String {
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .current_dir(lb_tests::workspace_root())
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .unwrap_or_default()
+    };
+    let commit = git(&["rev-parse", "--short", "HEAD"]);
+    let dirty = !git(&["status", "--porcelain", "--untracked-files=no"]).is_empty();
+    let built = std::process::Command::new("date")
+        .arg("-u")
+        .arg("+%Y-%m-%d %H:%M UTC")
+        .arg("-r")
+        .arg(lb_bin)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    format!(
+        "lb: `{}` built {built}, source at commit {commit}{}",
+        lb_bin.display(),
+        if dirty {
+            " (with uncommitted changes in the tree)"
+        } else {
+            ""
+        }
+    )
+}

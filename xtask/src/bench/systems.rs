@@ -1,0 +1,472 @@
+//! The systems compared, each run in turn in the LB namespace on the same VIP and the
+//! same backends: lb (nat; proxy-v2 once issue 4 lands), HAProxy and nginx stream (each
+//! without and with PROXY v2 toward backends that parse it), nftables DNAT, and no load
+//! balancer at all (the ceiling). A new system is one more [`System`] entry and one
+//! more arm in [`start`].
+
+use super::bed::{
+    Bed, HTTP_PORT, IPERF_PORT, LB_CPU, NGINX_STREAM_MODULE, PROXY_PORT, Proc, VIP,
+    check_nginx_conf, nginx_common, pinned,
+};
+use anyhow::{Context, Result, bail};
+use lb_tests::netns::wait_until;
+use lb_tests::{Daemon, Launch};
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum System {
+    LbNat,
+    LbProxyV2,
+    Haproxy,
+    HaproxyPp2,
+    Nginx,
+    NginxPp,
+    NftDnat,
+    NoLb,
+}
+
+/// Every system, in the order of the tables.
+pub const ALL: [System; 8] = [
+    System::LbNat,
+    System::LbProxyV2,
+    System::Haproxy,
+    System::HaproxyPp2,
+    System::Nginx,
+    System::NginxPp,
+    System::NftDnat,
+    System::NoLb,
+];
+
+impl System {
+    pub fn name(self) -> &'static str {
+        match self {
+            System::LbNat => "lb-nat",
+            System::LbProxyV2 => "lb-proxy-v2",
+            System::Haproxy => "haproxy",
+            System::HaproxyPp2 => "haproxy-pp2",
+            System::Nginx => "nginx",
+            System::NginxPp => "nginx-pp",
+            System::NftDnat => "nft-dnat",
+            System::NoLb => "no-lb",
+        }
+    }
+
+    pub fn by_name(name: &str) -> Option<System> {
+        ALL.into_iter().find(|s| s.name() == name)
+    }
+
+    /// One line for the report.
+    pub fn describe(self) -> &'static str {
+        match self {
+            System::LbNat => {
+                "lb, mode nat: XDP full NAT (native mode on the LB's veths), Maglev over the 3 backends"
+            }
+            System::LbProxyV2 => {
+                "lb, mode proxy-v2: user-space splice with a PROXY v2 header to the backends"
+            }
+            System::Haproxy => "HAProxy `mode tcp`, one thread, roundrobin over the 3 backends",
+            System::HaproxyPp2 => {
+                "HAProxy `mode tcp` with `send-proxy-v2` to backends' `proxy_protocol` listeners"
+            }
+            System::Nginx => "nginx `stream`, one worker, round robin over the 3 backends",
+            System::NginxPp => {
+                "nginx `stream` with `proxy_protocol on` to backends' `proxy_protocol` listeners"
+            }
+            System::NftDnat => {
+                "nftables DNAT, `numgen random mod 3` map over the 3 backends (conntrack; no SNAT)"
+            }
+            System::NoLb => {
+                "no load balancer (the ceiling): each client thread talks to one of the 3 backends, routed by the LB namespace's kernel; iperf3 to b1"
+            }
+        }
+    }
+
+    /// Whether the system sends a PROXY v2 header, so its backends are the PROXY
+    /// listeners.
+    pub fn sends_proxy_v2(self) -> bool {
+        matches!(
+            self,
+            System::LbProxyV2 | System::HaproxyPp2 | System::NginxPp
+        )
+    }
+
+    /// One of ours (the systems the ratios are computed for).
+    pub fn is_lb(self) -> bool {
+        matches!(self, System::LbNat | System::LbProxyV2)
+    }
+
+    /// The backend port the system forwards HTTP to.
+    fn backend_http_port(self) -> u16 {
+        if self.sends_proxy_v2() {
+            PROXY_PORT
+        } else {
+            HTTP_PORT
+        }
+    }
+}
+
+/// Whether a system can run on this build.
+pub enum Availability {
+    Ready,
+    NotBuilt(String),
+}
+
+/// lb's config file for `system`: the HTTP service over the three backends and the
+/// bulk (iperf3) service over b1.
+fn lb_config(system: System, bed: &Bed) -> String {
+    let mode = match system {
+        System::LbProxyV2 => "proxy-v2",
+        _ => "nat",
+    };
+    let list = |addrs: Vec<SocketAddr>| {
+        addrs
+            .iter()
+            .map(|a| format!("\"{a}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut s = String::new();
+    let ifaces = bed
+        .topo
+        .lb_ifaces
+        .iter()
+        .map(|i| format!("\"{i}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    writeln!(s, "iface = [{ifaces}]").unwrap();
+    writeln!(s, "xdp_mode = \"native\"").unwrap();
+    // Flows forgotten 2 s after they close (default 10 s): at tens of thousands of
+    // connections per second, 10 s would hold every SNAT port of a backend.
+    writeln!(s, "closed_timeout = \"2s\"").unwrap();
+    writeln!(s, "admin = \"127.0.0.1:9100\"").unwrap();
+    for (name, port, addrs) in [
+        (
+            "web",
+            HTTP_PORT,
+            bed.backend_addrs(system.backend_http_port()),
+        ),
+        (
+            "bulk",
+            IPERF_PORT,
+            bed.backend_addrs(IPERF_PORT)[..1].to_vec(),
+        ),
+    ] {
+        writeln!(
+            s,
+            "\n[[service]]\nname = \"{name}\"\nvip = \"{VIP}:{port}\"\nmode = \"{}\"\nbackends = [{}]",
+            if name == "bulk" { "nat" } else { mode },
+            list(addrs)
+        )
+        .unwrap();
+    }
+    s
+}
+
+/// Whether `system` exists in this build. lb's proxy-v2 mode is looked for by asking
+/// `lb --check` to accept a config that uses it, so the entry turns itself on when
+/// issue 4 lands.
+pub fn availability(system: System, bed: &Bed, lb_bin: &Path) -> Result<Availability> {
+    if system != System::LbProxyV2 {
+        return Ok(Availability::Ready);
+    }
+    let conf = bed.path("lb-proxy-v2-check.toml");
+    std::fs::write(&conf, lb_config(system, bed))?;
+    let out = lb_tests::cmd::output_any(
+        bed.topo
+            .lb
+            .command(&lb_bin.to_string_lossy())
+            .arg("--config")
+            .arg(&conf)
+            .arg("--check"),
+    )?;
+    if out.status.success() {
+        return Ok(Availability::Ready);
+    }
+    let why = String::from_utf8_lossy(&out.stderr);
+    let why = why.lines().last().unwrap_or("").trim();
+    // Without the temp file's path: "lb: error: /tmp/.../x.toml: service[0] ...".
+    let conf_text = format!("{}: ", conf.display());
+    let why = why.split_once(&conf_text).map_or(why, |(_, rest)| rest);
+    Ok(Availability::NotBuilt(format!(
+        "not built yet (issue 4): `lb --check` rejects mode = \"proxy-v2\": {why}"
+    )))
+}
+
+/// A system running in the LB namespace. Dropping it stops it and undoes its setup
+/// (VIP on loopback, nftables table).
+pub struct Running {
+    pub system: System,
+    daemon: Option<Daemon>,
+    procs: Vec<Proc>,
+    vip_on_lo: bool,
+    nft_table: bool,
+    /// The LB namespace's name (the topology owns the namespace).
+    ns: String,
+}
+
+impl Running {
+    /// PIDs whose CPU time is the LB's own (with descendants): the daemon or proxy.
+    pub fn lb_pids(&self) -> Vec<u32> {
+        let mut v: Vec<u32> = self.procs.iter().flat_map(|p| p.pids()).collect();
+        if let Some(d) = &self.daemon {
+            v.extend(super::cpu::with_descendants(d.pid()));
+        }
+        v
+    }
+
+    /// The lb daemon's PID, for lb systems.
+    pub fn daemon_pid(&self) -> Option<u32> {
+        self.daemon.as_ref().map(|d| d.pid())
+    }
+
+    /// Fails if the system's process died.
+    pub fn check(&mut self) -> Result<()> {
+        for p in &mut self.procs {
+            p.check_running()?;
+        }
+        if let Some(d) = &mut self.daemon {
+            if !d.is_running() {
+                bail!("lb exited; its log:\n{}", d.log());
+            }
+        }
+        Ok(())
+    }
+
+    /// Where the client connects: one HTTP address per client thread (see
+    /// [`super::workloads::CLIENT_THREADS`]), and iperf3's. Through a load balancer
+    /// every thread goes to the VIP; without one (the ceiling), thread i goes straight
+    /// to backend i, so the ceiling has the same three backends as everyone else.
+    pub fn targets(&self, bed: &Bed) -> (Vec<SocketAddr>, SocketAddr) {
+        if self.system == System::NoLb {
+            (
+                bed.backend_addrs(HTTP_PORT),
+                SocketAddr::new(bed.direct_backend().into(), IPERF_PORT),
+            )
+        } else {
+            (
+                vec![SocketAddr::new(VIP.into(), HTTP_PORT); bed.topo.backends.len()],
+                SocketAddr::new(VIP.into(), IPERF_PORT),
+            )
+        }
+    }
+
+    /// Stops the system, checking that lb exits cleanly and detaches.
+    pub fn stop(mut self, bed: &Bed) -> Result<()> {
+        if let Some(d) = self.daemon.take() {
+            d.stop(&bed.topo.lb)?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.daemon.take();
+        self.procs.clear();
+        if self.vip_on_lo {
+            let _ = ip(
+                &self.ns,
+                &["addr", "del", &format!("{VIP}/32"), "dev", "lo"],
+            );
+        }
+        if self.nft_table {
+            let _ = lb_tests::cmd::run(std::process::Command::new("ip").args([
+                "netns", "exec", &self.ns, "nft", "delete", "table", "ip", "lbbench",
+            ]));
+        }
+    }
+}
+
+/// `ip -n NS ARGS...`.
+fn ip(ns: &str, args: &[&str]) -> Result<String> {
+    lb_tests::cmd::run(std::process::Command::new("ip").args(["-n", ns]).args(args))
+}
+
+/// Starts `system` in the LB namespace and waits until the VIP serves `/small`.
+pub fn start(system: System, bed: &Bed, lb_bin: &Path) -> Result<Running> {
+    let ns = bed.topo.lb.name().to_owned();
+    let mut r = Running {
+        system,
+        daemon: None,
+        procs: Vec::new(),
+        vip_on_lo: false,
+        nft_table: false,
+        ns,
+    };
+    let tag = system.name();
+    match system {
+        System::LbNat | System::LbProxyV2 => {
+            let conf = bed.path(&format!("{tag}.toml"));
+            std::fs::write(&conf, lb_config(system, bed))?;
+            let args = vec!["--config".to_owned(), conf.to_string_lossy().into_owned()];
+            let d = Daemon::start(
+                &bed.topo.lb,
+                lb_bin,
+                Launch::Nsenter,
+                &args,
+                &bed.topo.lb_ifaces,
+                &bed.path(&format!("{tag}.log")),
+            )?;
+            // The daemon's threads (control plane only; the data path runs in softirq).
+            lb_tests::cmd::run(std::process::Command::new("taskset").args([
+                "-a",
+                "-p",
+                "-c",
+                LB_CPU,
+                &d.pid().to_string(),
+            ]))?;
+            r.daemon = Some(d);
+        }
+        System::Haproxy | System::HaproxyPp2 => {
+            add_vip(&mut r)?;
+            let conf = bed.path(&format!("{tag}.cfg"));
+            std::fs::write(&conf, haproxy_conf(system, bed))?;
+            let out = lb_tests::cmd::output_any(
+                bed.topo
+                    .lb
+                    .command("haproxy")
+                    .arg("-c")
+                    .arg("-f")
+                    .arg(&conf),
+            )?;
+            if !out.status.success() {
+                bail!(
+                    "haproxy -c -f {} failed:\n{}{}",
+                    conf.display(),
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            let mut c = pinned(&bed.topo.lb, LB_CPU, "haproxy");
+            c.arg("-db").arg("-f").arg(&conf);
+            r.procs
+                .push(Proc::spawn(tag, c, &bed.path(&format!("{tag}.log")))?);
+        }
+        System::Nginx | System::NginxPp => {
+            add_vip(&mut r)?;
+            let run = bed.path(tag);
+            std::fs::create_dir_all(&run)?;
+            let conf = run.join("nginx.conf");
+            std::fs::write(&conf, nginx_stream_conf(system, bed, &run))?;
+            check_nginx_conf(&bed.topo.lb, &conf)?;
+            let mut c = pinned(&bed.topo.lb, LB_CPU, "nginx");
+            c.arg("-c").arg(&conf);
+            r.procs.push(Proc::spawn(tag, c, &run.join("out.log"))?);
+        }
+        System::NftDnat => {
+            let conf = bed.path("nft-dnat.nft");
+            std::fs::write(&conf, nft_conf(bed))?;
+            r.nft_table = true;
+            bed.topo
+                .lb
+                .exec("nft", &["-f", &conf.to_string_lossy()])
+                .context("loading the nftables DNAT rules")?;
+        }
+        System::NoLb => {}
+    }
+    wait_serving(&mut r, bed)?;
+    Ok(r)
+}
+
+fn add_vip(r: &mut Running) -> Result<()> {
+    ip(&r.ns, &["addr", "add", &format!("{VIP}/32"), "dev", "lo"])?;
+    r.vip_on_lo = true;
+    Ok(())
+}
+
+/// Waits (10 s at most) until `/small` comes back through the system.
+fn wait_serving(r: &mut Running, bed: &Bed) -> Result<()> {
+    let (http, _) = r.targets(bed);
+    let url = format!("http://{}/small", http[0]);
+    let mut last = String::new();
+    let ok = wait_until(Duration::from_secs(10), || {
+        r.check()?;
+        match lb_tests::client::get(&bed.topo.client, &url) {
+            Ok(body) => Ok(body == bed.small.trim()),
+            Err(e) => {
+                last = format!("{e:#}");
+                Ok(false)
+            }
+        }
+    });
+    if !ok {
+        r.check()?;
+        bail!(
+            "{} does not serve {url} within 10 s: {last}",
+            r.system.name()
+        );
+    }
+    Ok(())
+}
+
+fn haproxy_conf(system: System, bed: &Bed) -> String {
+    let pp = if system.sends_proxy_v2() {
+        " send-proxy-v2"
+    } else {
+        ""
+    };
+    let mut s = String::from(
+        "global\n  nbthread 1\n  maxconn 8000\n\n\
+         defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n\n",
+    );
+    writeln!(
+        s,
+        "frontend web\n  bind {VIP}:{HTTP_PORT} backlog 8192\n  default_backend web\n\nbackend web\n  balance roundrobin"
+    )
+    .unwrap();
+    for (i, a) in bed
+        .backend_addrs(system.backend_http_port())
+        .iter()
+        .enumerate()
+    {
+        writeln!(s, "  server b{} {a} check inter 5s{pp}", i + 1).unwrap();
+    }
+    writeln!(
+        s,
+        "\nfrontend bulk\n  bind {VIP}:{IPERF_PORT}\n  default_backend bulk\n\nbackend bulk\n  server b1 {} check inter 5s",
+        bed.backend_addrs(IPERF_PORT)[0]
+    )
+    .unwrap();
+    s
+}
+
+fn nginx_stream_conf(system: System, bed: &Bed, run: &Path) -> String {
+    let mut s = format!("load_module {NGINX_STREAM_MODULE};\n");
+    s.push_str(&nginx_common(run, 1));
+    s.push_str("stream {\n  upstream web {\n");
+    for a in bed.backend_addrs(system.backend_http_port()) {
+        writeln!(s, "    server {a};").unwrap();
+    }
+    let pp = if system.sends_proxy_v2() {
+        "    proxy_protocol on;\n"
+    } else {
+        ""
+    };
+    writeln!(
+        s,
+        "  }}\n  server {{\n    listen {VIP}:{HTTP_PORT} backlog=8192;\n    proxy_pass web;\n{pp}  }}\n\
+         \x20 upstream bulk {{\n    server {};\n  }}\n  server {{\n    listen {VIP}:{IPERF_PORT};\n    proxy_pass bulk;\n  }}\n}}",
+        bed.backend_addrs(IPERF_PORT)[0]
+    )
+    .unwrap();
+    s
+}
+
+fn nft_conf(bed: &Bed) -> String {
+    let map = bed
+        .backend_addrs(HTTP_PORT)
+        .iter()
+        .enumerate()
+        .map(|(i, a)| format!("{i} : {}", a.ip()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "table ip lbbench {{\n  chain prerouting {{\n    type nat hook prerouting priority dstnat; policy accept;\n\
+         \x20   ip daddr {VIP} tcp dport {HTTP_PORT} dnat to numgen random mod 3 map {{ {map} }}\n\
+         \x20   ip daddr {VIP} tcp dport {IPERF_PORT} dnat to {}\n  }}\n}}\n",
+        bed.backend_addrs(IPERF_PORT)[0].ip()
+    )
+}
