@@ -204,8 +204,9 @@ pub struct RunArgs {
     /// default 3s.
     #[arg(long, value_name = "DURATION")]
     pub connect_timeout: Option<String>,
-    /// Proxy services: how bytes move after the header: sockmap (in the kernel, by an
-    /// sk_skb program) or pipe (splice(2)); default sockmap.
+    /// Proxy services: how bytes move after the header: pipe (splice(2) through a pipe,
+    /// the default: faster here and bounded under a slow receiver) or sockmap (an sk_skb
+    /// program redirects in the kernel; queues without bound behind a slow receiver).
     #[arg(long, value_name = "ENGINE")]
     pub splice: Option<String>,
     /// Proxy services: connections proxied at once, at most; default 65536.

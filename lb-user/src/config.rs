@@ -195,7 +195,9 @@ pub struct Config {
 
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 pub const DEFAULT_MAX_CONNS: u32 = 65_536;
-pub const DEFAULT_SPLICE: SpliceChoice = SpliceChoice::Sockmap;
+/// pipe: faster here than sockmap (README), and bounded under a slow receiver, where
+/// sockmap queues without limit in the kernel.
+pub const DEFAULT_SPLICE: SpliceChoice = SpliceChoice::Pipe;
 
 pub const DEFAULT_MAX_FLOWS: u32 = 262_144;
 pub const DEFAULT_MAX_SERVICES: u32 = 16;

@@ -9,20 +9,25 @@
 
 use crate::config::{
     BackendConfig, Config, ConfigError, FlagSettings, HealthCheck, HealthConfig, Mode, ProxyConfig,
-    ServiceConfig,
+    ProxyVersion, ServiceConfig,
 };
 use crate::dataplane::{BackendSlot, Dataplane, DataplaneError, ServiceSlot, source_address_for};
 use crate::health::{self, CheckKind, CheckResult, CheckSpec, Tracker, Transition};
 use crate::histogram::LatencyHistogram;
+use crate::proxy::header;
+use crate::proxy::route;
+use crate::proxy::server::{Proxy, ServiceRt};
+use crate::proxy::table::ProxyTable;
 use crate::runtime::RuntimeRecord;
 use crate::stats::{self, HealthReport, Report};
 use lb_common::addr::ip_bytes;
 use lb_common::hash::backend_key;
-use lb_common::maglev::MaglevBackend;
+use lb_common::maglev::{MaglevBackend, build_table};
 use lb_common::maps::{self as m, MAX_BACKENDS};
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::task::JoinHandle;
@@ -48,6 +53,8 @@ pub enum ControlError {
     Dataplane(#[from] DataplaneError),
     #[error(transparent)]
     Stats(#[from] stats::StatsError),
+    #[error("routing a proxy VIP to this host: {0}")]
+    Route(String),
 }
 
 impl ControlError {
@@ -59,7 +66,7 @@ impl ControlError {
                 400
             }
             ControlError::Conflict(_) => 409,
-            ControlError::Dataplane(_) | ControlError::Stats(_) => 500,
+            ControlError::Dataplane(_) | ControlError::Stats(_) | ControlError::Route(_) => 500,
         }
     }
 }
@@ -173,6 +180,12 @@ impl BackendIds {
 
 pub struct Control {
     dp: Dataplane,
+    /// The accept path of proxy services.
+    proxy: Arc<Proxy>,
+    /// Proxy services' accept-path state, by service name.
+    proxy_rts: HashMap<String, Arc<ServiceRt>>,
+    /// Proxy VIP addresses with a local route, and how many services use each.
+    local_routes: HashMap<IpAddr, usize>,
     flags: FlagSettings,
     cfg: Config,
     services: Vec<ServiceState>,
@@ -192,9 +205,13 @@ impl Control {
         cfg: Config,
         flags: FlagSettings,
         health_tx: UnboundedSender<CheckResult>,
+        proxy: Arc<Proxy>,
     ) -> Result<Control, ControlError> {
         let mut c = Control {
             dp,
+            proxy,
+            proxy_rts: HashMap::new(),
+            local_routes: HashMap::new(),
             flags,
             cfg: cfg.clone(),
             services: Vec::new(),
@@ -278,6 +295,9 @@ impl Control {
             backends: Vec::new(),
         });
         let si = self.services.len() - 1;
+        if cfg.mode == Mode::ProxyV2 {
+            self.add_proxy_service(cfg)?;
+        }
         let mut added = Vec::new();
         for b in &cfg.backends {
             self.insert_backend(si, b, at_start)?;
@@ -289,8 +309,46 @@ impl Control {
         Ok(())
     }
 
+    /// Makes the kernel deliver a proxy service's VIP to the daemon: the accept path
+    /// learns the service, sk_lookup the VIP, the routing table that the VIP is local.
+    fn add_proxy_service(&mut self, cfg: &ServiceConfig) -> Result<(), ControlError> {
+        let rt = Arc::new(ServiceRt::new(cfg.name.clone(), cfg.vip, cfg.proxy.clone()));
+        self.proxy.register(rt.clone());
+        self.proxy_rts.insert(cfg.name.clone(), rt);
+        self.dp.set_proxy_vip(cfg.vip)?;
+        let users = self.local_routes.entry(cfg.vip.ip()).or_default();
+        if *users == 0 {
+            route::add_local(cfg.vip.ip()).map_err(|e| ControlError::Route(e.to_string()))?;
+        }
+        *users += 1;
+        Ok(())
+    }
+
+    fn remove_proxy_service(&mut self, name: &str, vip: SocketAddr) -> Result<(), ControlError> {
+        self.dp.remove_proxy_vip(vip)?;
+        if let Some(users) = self.local_routes.get_mut(&vip.ip()) {
+            *users -= 1;
+            if *users == 0 {
+                self.local_routes.remove(&vip.ip());
+                if let Err(e) = route::remove_local(vip.ip()) {
+                    warn!(vip = %vip.ip(), cause = %e, "removing the VIP's local route");
+                }
+            }
+        }
+        self.proxy.unregister(vip);
+        if let Some(rt) = self.proxy_rts.remove(name) {
+            for addr in rt.counters().backends.keys() {
+                rt.cut(*addr);
+            }
+        }
+        Ok(())
+    }
+
     fn remove_service(&mut self, si: usize) -> Result<(), ControlError> {
         let svc = self.services.remove(si);
+        if svc.mode == Mode::ProxyV2 {
+            self.remove_proxy_service(&svc.name, svc.vip)?;
+        }
         self.dp.remove_service(svc.vip)?;
         for b in &svc.backends {
             self.dp.clear_backend(b.id)?;
@@ -356,7 +414,7 @@ impl Control {
         } else {
             Duration::ZERO
         };
-        state.checker = self.spawn_checker(&svc.health, &state, first_delay);
+        state.checker = self.spawn_checker(&svc.health, preamble(svc), &state, first_delay);
         self.dp
             .set_backend(id, svc.id, b.addr, snat_ip, m::BACKEND_DOWN)?;
         state.written = Some(m::BACKEND_DOWN);
@@ -367,10 +425,11 @@ impl Control {
     fn spawn_checker(
         &self,
         h: &HealthConfig,
+        preamble: Option<Vec<u8>>,
         b: &BackendState,
         first_delay: Duration,
     ) -> Option<JoinHandle<()>> {
-        let spec = check_spec(h)?;
+        let spec = check_spec(h, preamble)?;
         Some(health::spawn_checker(
             b.check_id,
             b.addr,
@@ -414,6 +473,18 @@ impl Control {
                 id: b.id,
             })
             .collect();
+        if let Some(rt) = self.proxy_rts.get(&self.services[si].name) {
+            let targets = self.services[si]
+                .backends
+                .iter()
+                .filter(|b| b.in_table())
+                .map(|b| (b.id, b.addr))
+                .collect();
+            rt.set_table(ProxyTable::new(
+                build_table(&members, self.cfg.ring_size),
+                targets,
+            ));
+        }
         if self.services[si].table_members.as_ref() != Some(&members) {
             let half = self.dp.install_table(sid, vip, live, mode, &members)?;
             self.services[si].live_half = half;
@@ -441,6 +512,9 @@ impl Control {
     fn drop_backend(&mut self, si: usize, bi: usize) -> Result<(), ControlError> {
         let b = self.services[si].backends.remove(bi);
         self.sync(si)?;
+        if let Some(rt) = self.proxy_rts.get(&self.services[si].name) {
+            rt.cut(b.addr);
+        }
         self.dp.clear_backend(b.id)?;
         self.ids.freed.push_back(b.id);
         info!(service = %self.services[si].name, backend = %b.addr, "backend removed");
@@ -650,7 +724,10 @@ impl Control {
                 let Admin::Draining { deadline, remove } = b.admin else {
                     continue;
                 };
-                let flows = active_flows(report, &s.name, b.addr);
+                let flows = match self.proxy_rts.get(&s.name) {
+                    Some(rt) => rt.active(b.addr),
+                    None => active_flows(report, &s.name, b.addr),
+                };
                 if flows == 0 {
                     done.push((si, b.addr, remove, "no flows left", 0));
                 } else if now >= deadline {
@@ -677,6 +754,9 @@ impl Control {
             } else {
                 self.services[si].backends[bi].admin = Admin::Drained;
                 self.sync(si)?;
+                if let Some(rt) = self.proxy_rts.get(&name) {
+                    rt.cut(addr);
+                }
             }
         }
         self.write_record();
@@ -706,7 +786,7 @@ impl Control {
         }
         let new = Config::from_flags(&self.flags)?;
         let old = &self.cfg;
-        let fixed: [(&str, bool); 9] = [
+        let fixed: [(&str, bool); 11] = [
             ("iface", new.ifaces != old.ifaces),
             ("xdp_mode", new.xdp_mode != old.xdp_mode),
             ("max_flows", new.max_flows != old.max_flows),
@@ -716,6 +796,8 @@ impl Control {
             ("snat_ip", new.snat_ips != old.snat_ips),
             ("snat_ports", new.snat_ports != old.snat_ports),
             ("admin", new.admin != old.admin),
+            ("splice", new.splice != old.splice),
+            ("max_conns", new.max_conns != old.max_conns),
         ];
         let needs: Vec<&str> = fixed.iter().filter(|(_, c)| *c).map(|(n, _)| *n).collect();
         if !needs.is_empty() {
@@ -749,6 +831,10 @@ impl Control {
                 "timeouts: idle {:?}, closed {:?}",
                 new.idle_timeout, new.closed_timeout
             ));
+        }
+        if new.idle_timeout != old.idle_timeout || new.connect_timeout != old.connect_timeout {
+            self.proxy
+                .update_timeouts(new.connect_timeout, new.idle_timeout);
         }
         if new.drain_timeout != old.drain_timeout {
             changes.push(format!("drain timeout {:?}", new.drain_timeout));
@@ -800,7 +886,8 @@ impl Control {
             for bi in 0..self.services[si].backends.len() {
                 let b = &self.services[si].backends[bi];
                 let up = b.health == Health::Up || h.check == HealthCheck::None;
-                let checker = self.spawn_checker(&h, b, Duration::ZERO);
+                let checker =
+                    self.spawn_checker(&h, preamble(&self.services[si]), b, Duration::ZERO);
                 let b = &mut self.services[si].backends[bi];
                 if let Some(old) = b.checker.take() {
                     old.abort();
@@ -920,6 +1007,9 @@ impl Control {
     /// (by [`stats::collect_from`], outside the lock: it scans the flow table).
     pub fn add_health(&self, report: &mut Report) {
         for rs in &mut report.services {
+            if let Some(rt) = self.proxy_rts.get(&rs.name) {
+                rs.proxy = Some(rt.counters());
+            }
             let Some(s) = self.services.iter().find(|s| s.name == rs.name) else {
                 continue;
             };
@@ -950,6 +1040,11 @@ impl Control {
     /// Stops the checks, detaches, and removes the pins and the runtime record.
     pub fn shutdown(&mut self) {
         self.services.clear(); // aborts the checkers
+        for ip in std::mem::take(&mut self.local_routes).into_keys() {
+            if let Err(e) = route::remove_local(ip) {
+                warn!(vip = %ip, cause = %e, "removing the VIP's local route");
+            }
+        }
         self.dp.shutdown();
         if let Some(p) = self.record_path.take() {
             if let Err(e) = std::fs::remove_file(&p) {
@@ -972,7 +1067,17 @@ fn active_flows(r: &Report, service: &str, addr: SocketAddr) -> u64 {
 }
 
 /// The health check engine's spec for a service's settings; `None` for no check.
-fn check_spec(h: &HealthConfig) -> Option<CheckSpec> {
+/// What a health check sends first: a proxy service's backends expect a PROXY header
+/// (LOCAL in v2: "this is the proxy's own connection"; UNKNOWN in v1).
+fn preamble(svc: &ServiceState) -> Option<Vec<u8>> {
+    match (svc.mode, svc.proxy.version) {
+        (Mode::Nat, _) => None,
+        (Mode::ProxyV2, ProxyVersion::V2) => Some(header::encode_v2_local()),
+        (Mode::ProxyV2, ProxyVersion::V1) => Some(header::encode_v1_unknown().as_bytes().to_vec()),
+    }
+}
+
+fn check_spec(h: &HealthConfig, preamble: Option<Vec<u8>>) -> Option<CheckSpec> {
     let kind = match &h.check {
         HealthCheck::None => return None,
         HealthCheck::Tcp => CheckKind::Tcp,
@@ -989,8 +1094,7 @@ fn check_spec(h: &HealthConfig) -> Option<CheckSpec> {
         timeout: h.timeout,
         rise: h.rise,
         fall: h.fall,
-        // The seam for PROXY-protocol services: they will send a PROXY v2 LOCAL header.
-        preamble: None,
+        preamble,
     })
 }
 

@@ -3,11 +3,14 @@
 //! detach and remove what it created.
 
 use crate::admin::{self, Shared};
+use crate::config::SpliceChoice;
 use crate::config::{Config, FlagSettings};
 use crate::control::{Control, ControlError};
 use crate::dataplane::{Dataplane, DataplaneError};
 use crate::health::CheckResult;
 use crate::neigh;
+use crate::proxy::server::{Proxy, Settings};
+use crate::proxy::splice::Engine;
 use lb_common::stats::DROP_NO_NEIGH;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -27,6 +30,8 @@ pub enum StartError {
     Dataplane(#[from] DataplaneError),
     #[error(transparent)]
     Control(#[from] ControlError),
+    #[error("opening the proxy listeners on loopback: {0}")]
+    ProxyListen(#[source] std::io::Error),
     #[error("--admin {addr}: cannot listen: {source} (choose another address, or --admin off)")]
     Admin {
         addr: SocketAddr,
@@ -55,6 +60,39 @@ pub struct Started {
     ctl: Shared,
     admin: Option<std::net::TcpListener>,
     checks: UnboundedReceiver<CheckResult>,
+    proxy: Arc<Proxy>,
+    /// Where sk_lookup delivers proxy services' connections.
+    listeners: Vec<std::net::TcpListener>,
+}
+
+/// The proxy listeners, one per family. sk_lookup assigns them connections to any
+/// proxy VIP regardless of the address they are bound to; loopback keeps them from
+/// being reachable otherwise. IPv6 is optional (a host may have it disabled).
+fn bind_proxy_listeners() -> std::io::Result<(std::net::TcpListener, Option<std::net::TcpListener>)>
+{
+    let listen = |addr: SocketAddr| -> std::io::Result<std::net::TcpListener> {
+        let sock = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )?;
+        if addr.is_ipv6() {
+            sock.set_only_v6(true)?;
+        }
+        sock.set_nonblocking(true)?;
+        sock.bind(&addr.into())?;
+        sock.listen(4096)?;
+        Ok(sock.into())
+    };
+    let v4 = listen("127.0.0.1:0".parse().expect("literal"))?;
+    let v6 = match listen("[::1]:0".parse().expect("literal")) {
+        Ok(l) => Some(l),
+        Err(e) => {
+            warn!(cause = %e, "no IPv6 proxy listener: IPv6 proxy services will not accept connections");
+            None
+        }
+    };
+    Ok((v4, v6))
 }
 
 /// Binds the admin API, loads and programs the data path, then attaches it. Must run
@@ -67,14 +105,35 @@ pub fn start(cfg: Config, flags: FlagSettings) -> Result<Started, StartError> {
     };
     let mut dp = Dataplane::load(&cfg)?;
     dp.program_globals(&cfg)?;
+    let (v4, v6) = bind_proxy_listeners().map_err(StartError::ProxyListen)?;
+    dp.attach_lookup(&v4, v6.as_ref())?;
+    let engine = match cfg.splice {
+        SpliceChoice::Sockmap => Engine::Sockmap,
+        SpliceChoice::Pipe => Engine::Pipe,
+    };
+    let maps = match engine {
+        Engine::Sockmap => Some(Arc::new(dp.splice_maps()?)),
+        Engine::Pipe => None,
+    };
+    let proxy = Arc::new(Proxy::new(
+        Settings {
+            connect_timeout: cfg.connect_timeout,
+            idle_timeout: cfg.idle_timeout,
+            engine,
+        },
+        maps,
+        cfg.max_conns,
+    ));
     let (tx, checks) = unbounded_channel();
     let (ifaces, mode) = (cfg.ifaces.clone(), cfg.xdp_mode);
-    let mut ctl = Control::new(dp, cfg, flags, tx)?;
+    let mut ctl = Control::new(dp, cfg, flags, tx, proxy.clone())?;
     ctl.dataplane_mut().attach(&ifaces, mode)?;
     Ok(Started {
         ctl: Arc::new(Mutex::new(ctl)),
         admin,
         checks,
+        proxy,
+        listeners: [Some(v4), v6].into_iter().flatten().collect(),
     })
 }
 
@@ -88,7 +147,15 @@ pub async fn run(started: Started) -> anyhow::Result<()> {
         ctl,
         admin,
         mut checks,
+        proxy,
+        listeners,
     } = started;
+    let mut proxy_tasks = Vec::new();
+    for l in listeners {
+        proxy_tasks.push(tokio::spawn(
+            proxy.clone().serve(tokio::net::TcpListener::from_std(l)?),
+        ));
+    }
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sighup = signal(SignalKind::hangup())?;
@@ -161,6 +228,9 @@ pub async fn run(started: Started) -> anyhow::Result<()> {
     };
     info!(signal = signal_name, "shutting down");
     if let Some(t) = admin_task {
+        t.abort();
+    }
+    for t in proxy_tasks {
         t.abort();
     }
     lock(&ctl).shutdown();

@@ -67,6 +67,8 @@ pub enum DataplaneError {
     },
     #[error(transparent)]
     Pin(#[from] pin::PinError),
+    #[error("sockmap splice engine: {0} (try --splice pipe)")]
+    Splice(#[source] crate::proxy::splice::SpliceError),
     #[error(
         "pinned map {path} has {entries} entries but --max-flows is {max_flows}: start with the same --max-flows, or remove the pin (losing its flows)"
     )]
@@ -128,7 +130,10 @@ impl Dataplane {
         loader
             .map_max_entries(names::MAGLEV, maglev_entries)
             .map_max_entries(names::FLOWS, cfg.max_flows)
-            .map_max_entries(names::REVERSE_NAT, cfg.max_flows);
+            .map_max_entries(names::REVERSE_NAT, cfg.max_flows)
+            // Two sockets per proxied connection.
+            .map_max_entries(names::SPLICE, cfg.max_conns.saturating_mul(2))
+            .map_max_entries(names::SPLICE_HOOK, cfg.max_conns.saturating_mul(2));
         let mut reused = Vec::new();
         if let Some(dir) = &cfg.pin_dir {
             pin::prepare(dir)?;
@@ -315,6 +320,81 @@ impl Dataplane {
         Ok(half)
     }
 
+    /// Steers connections to a proxy VIP:port to the daemon's listener of its family
+    /// (index 0: IPv4, 1: IPv6 in `PROXY_LISTENERS`).
+    pub fn set_proxy_vip(&mut self, vip: SocketAddr) -> Result<(), DataplaneError> {
+        let index = listener_index(vip);
+        let mut vips: HashMap<&mut MapData, VipKey, u32> = self.map_mut(names::PROXY_VIPS)?;
+        vips.insert(vip_key(vip), index, 0)
+            .map_err(|source| DataplaneError::Map {
+                map: names::PROXY_VIPS,
+                source,
+            })
+    }
+
+    pub fn remove_proxy_vip(&mut self, vip: SocketAddr) -> Result<(), DataplaneError> {
+        let mut vips: HashMap<&mut MapData, VipKey, u32> = self.map_mut(names::PROXY_VIPS)?;
+        match vips.remove(&vip_key(vip)) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(source) => Err(DataplaneError::Map {
+                map: names::PROXY_VIPS,
+                source,
+            }),
+        }
+    }
+
+    /// Registers the proxy listeners and attaches the sk_lookup program to this
+    /// network namespace, so connections to proxy VIPs land on them. The link lives as
+    /// long as the object (detached when the daemon exits).
+    pub fn attach_lookup(
+        &mut self,
+        v4: &std::net::TcpListener,
+        v6: Option<&std::net::TcpListener>,
+    ) -> Result<(), DataplaneError> {
+        {
+            let mut socks: aya::maps::SockMap<&mut MapData> =
+                self.map_mut(names::PROXY_LISTENERS)?;
+            let map_err = |source| DataplaneError::Map {
+                map: names::PROXY_LISTENERS,
+                source,
+            };
+            socks.set(0, v4, 0).map_err(map_err)?;
+            if let Some(v6) = v6 {
+                socks.set(1, v6, 0).map_err(map_err)?;
+            }
+        }
+        let netns =
+            std::fs::File::open("/proc/self/ns/net").map_err(|source| DataplaneError::Program {
+                program: names::PROG_LOOKUP,
+                source: Box::new(ProgramError::IOError(source)),
+            })?;
+        let prog: &mut aya::programs::SkLookup = self
+            .ebpf
+            .program_mut(names::PROG_LOOKUP)
+            .ok_or(DataplaneError::MissingProgram(names::PROG_LOOKUP))?
+            .try_into()
+            .map_err(|source| DataplaneError::Program {
+                program: names::PROG_LOOKUP,
+                source: Box::new(source),
+            })?;
+        let wrap = |source| DataplaneError::Program {
+            program: names::PROG_LOOKUP,
+            source: Box::new(source),
+        };
+        prog.load().map_err(wrap)?;
+        prog.attach(netns).map_err(wrap)?;
+        info!(
+            "attached sk_lookup program {} to this network namespace",
+            names::PROG_LOOKUP
+        );
+        Ok(())
+    }
+
+    /// The sockmap splice engine's maps, with `lb_splice` attached (once per daemon).
+    pub fn splice_maps(&mut self) -> Result<crate::proxy::splice::SpliceMaps, DataplaneError> {
+        crate::proxy::splice::SpliceMaps::load(&mut self.ebpf).map_err(DataplaneError::Splice)
+    }
+
     /// Stops matching `vip`: its packets go to the kernel from now on.
     pub fn remove_service(&mut self, vip: SocketAddr) -> Result<(), DataplaneError> {
         let mut services: HashMap<&mut MapData, VipKey, Service> = self.map_mut(names::SERVICES)?;
@@ -468,6 +548,11 @@ impl Dataplane {
             info!(dir = %dir.display(), "removed pinned flow tables");
         }
     }
+}
+
+/// Index of the proxy listener of the VIP's family in `PROXY_LISTENERS`.
+fn listener_index(vip: SocketAddr) -> u32 {
+    if vip.is_ipv4() { 0 } else { 1 }
 }
 
 /// The SERVICES key of a VIP.

@@ -90,7 +90,7 @@ fn run(args: &lb_user::cli::RunArgs) -> ExitCode {
         println!("{cfg:#?}");
         return ExitCode::SUCCESS;
     }
-    let rt = match tokio::runtime::Builder::new_current_thread()
+    let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
     {

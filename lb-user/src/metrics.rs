@@ -5,6 +5,7 @@
 //! `service` (the service's name), `backend` (its `IP:PORT`), `direction` (`in` is client
 //! → backend, `out` backend → client).
 
+use crate::proxy::server::{BackendCounters, ServiceCounters};
 use crate::stats::{BackendReport, Counters, Report, ServiceReport};
 use std::fmt::Write as _;
 
@@ -301,7 +302,86 @@ pub fn render(r: &Report) -> String {
         "Capacity of the flow table (--max-flows).",
     );
     w.sample("lb_flow_table_capacity", &[], r.flow_capacity);
+    proxy(&mut w, r);
     w.out
+}
+
+/// The families of connections the daemon proxies (proxy-v2 services); left out when no
+/// service proxies.
+fn proxy(w: &mut Writer, r: &Report) {
+    let proxied: Vec<(&ServiceReport, &ServiceCounters)> = r
+        .services
+        .iter()
+        .filter_map(|s| s.proxy.as_ref().map(|p| (s, p)))
+        .collect();
+    if proxied.is_empty() {
+        return;
+    }
+    let per_backend = |w: &mut Writer, name: &str, value: &dyn Fn(&BackendCounters) -> u64| {
+        for (s, p) in &proxied {
+            for (addr, b) in &p.backends {
+                let addr = addr.to_string();
+                let labels = [("service", s.name.as_str()), ("backend", addr.as_str())];
+                w.sample(name, &labels, value(b));
+            }
+        }
+    };
+    w.family(
+        "lb_proxy_connections_total",
+        "counter",
+        "Connections proxied to a backend (after its PROXY header was written).",
+    );
+    per_backend(w, "lb_proxy_connections_total", &|b| b.connections);
+    w.family(
+        "lb_proxy_active_connections",
+        "gauge",
+        "Connections being proxied to a backend now.",
+    );
+    per_backend(w, "lb_proxy_active_connections", &|b| b.active);
+    w.family(
+        "lb_proxy_bytes_total",
+        "counter",
+        "Bytes of ended proxied connections, by direction (in: client to backend, out: backend to client).",
+    );
+    for (s, p) in &proxied {
+        for (addr, b) in &p.backends {
+            let addr = addr.to_string();
+            for (dir, v) in [("in", b.bytes_in), ("out", b.bytes_out)] {
+                let labels = [
+                    ("service", s.name.as_str()),
+                    ("backend", addr.as_str()),
+                    ("direction", dir),
+                ];
+                w.sample("lb_proxy_bytes_total", &labels, v);
+            }
+        }
+    }
+    w.family(
+        "lb_proxy_accepted_connections_total",
+        "counter",
+        "Client connections accepted for a proxy service.",
+    );
+    for (s, p) in &proxied {
+        w.sample(
+            "lb_proxy_accepted_connections_total",
+            &[("service", s.name.as_str())],
+            p.connections,
+        );
+    }
+    w.family(
+        "lb_proxy_errors_total",
+        "counter",
+        "Proxied connections that failed or were refused, by reason.",
+    );
+    for (s, p) in &proxied {
+        for (reason, v) in &p.errors {
+            w.sample(
+                "lb_proxy_errors_total",
+                &[("service", s.name.as_str()), ("reason", reason.as_str())],
+                v,
+            );
+        }
+    }
 }
 
 #[cfg(test)]
@@ -348,6 +428,7 @@ mod tests {
                         new_flows: 4,
                     },
                 }],
+                proxy: None,
             }],
             flows: 6,
             flow_capacity: 1024,

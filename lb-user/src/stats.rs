@@ -95,6 +95,9 @@ pub struct ServiceReport {
     pub active_flows: u64,
     pub counters: Counters,
     pub backends: Vec<BackendReport>,
+    /// Connections the daemon proxied (proxy-v2 services; filled in by the daemon).
+    #[serde(default)]
+    pub proxy: Option<crate::proxy::server::ServiceCounters>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -245,6 +248,7 @@ pub fn collect_from(rec: &RuntimeRecord) -> Result<Report, StatsError> {
             active_flows: bes.iter().map(|b| b.active_flows).sum(),
             counters: c.into(),
             backends: bes,
+            proxy: None,
         });
     }
     let mut totals = BTreeMap::new();
@@ -711,6 +715,7 @@ pub(crate) mod tests {
                         counters: Counters::default(),
                     },
                 ],
+                proxy: None,
             }],
             flows: 9,
             flow_capacity: 1000,

@@ -1,0 +1,643 @@
+//! The proxy path of `proxy-v2` services: accept a client connection that the sk_lookup
+//! program steered to the daemon's listener, pick its backend with the service's Maglev
+//! table, connect (trying the next backends in Maglev order on failure), write the PROXY
+//! header before any client byte, then hand both sockets to the splice engine, which
+//! moves the bytes without copying them through userspace.
+
+use super::header::{self, Tlv, canonical};
+use super::parse::{self, Parsed};
+use super::splice::{self, Engine, SpliceMaps};
+use super::table::{ProxyTable, Target};
+use super::tls::{self, Peek};
+use crate::config::{ProxyConfig, ProxyVersion};
+use std::collections::{BTreeMap, HashMap};
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio::time::{Instant, timeout};
+use tracing::{debug, info, warn};
+
+/// Backends tried per connection before the client is reset.
+pub const MAX_ATTEMPTS: usize = 3;
+/// How long a client may take to send its PROXY header (`--accept-proxy`).
+const ACCEPT_PROXY_TIMEOUT: Duration = Duration::from_secs(5);
+/// With the AUTHORITY or ALPN TLV on, how long after the accept the header may wait for
+/// the client's first byte when the backend connect was quicker. A TLS client sends its
+/// ClientHello right behind its handshake ACK, so it is there within this time; a
+/// server-first protocol (the client waits for a greeting) is delayed by at most this,
+/// and only on services that ask for these TLVs.
+pub const FIRST_BYTE_WAIT: Duration = Duration::from_millis(30);
+/// Once a TLS ClientHello has started to arrive, how much longer the header may wait
+/// for the rest of it (a TLS client speaks first, so this never delays a server-first
+/// protocol).
+const HELLO_GRACE: Duration = Duration::from_millis(200);
+
+/// Proxy settings shared by every service.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub connect_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub engine: Engine,
+}
+
+/// Counters of one backend of a proxy service.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct BackendCounters {
+    pub connections: u64,
+    pub active: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+}
+
+/// Counters of a proxy service.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct ServiceCounters {
+    pub connections: u64,
+    pub active: u64,
+    /// Failed or refused connections by reason.
+    pub errors: BTreeMap<String, u64>,
+    pub backends: BTreeMap<SocketAddr, BackendCounters>,
+}
+
+/// A proxy service as the accept path sees it.
+pub struct ServiceRt {
+    pub name: String,
+    pub vip: SocketAddr,
+    pub proxy: ProxyConfig,
+    table: RwLock<Arc<ProxyTable>>,
+    counters: Mutex<ServiceCounters>,
+    /// Connection tasks per backend, so a drain that times out can cut them.
+    tasks: Mutex<HashMap<SocketAddr, HashMap<u64, tokio::task::AbortHandle>>>,
+}
+
+impl ServiceRt {
+    pub fn new(name: String, vip: SocketAddr, proxy: ProxyConfig) -> Self {
+        ServiceRt {
+            name,
+            vip,
+            proxy,
+            table: RwLock::new(Arc::new(ProxyTable::default())),
+            counters: Mutex::new(ServiceCounters::default()),
+            tasks: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Switches to a new table; connections already proxied keep their backend.
+    pub fn set_table(&self, t: ProxyTable) {
+        *self.table.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(t);
+    }
+
+    pub fn counters(&self) -> ServiceCounters {
+        self.counters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Active connections to `backend`.
+    pub fn active(&self, backend: SocketAddr) -> u64 {
+        self.counters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .backends
+            .get(&backend)
+            .map(|b| b.active)
+            .unwrap_or(0)
+    }
+
+    /// Cuts every connection to `backend` (a drain that timed out, a removal).
+    pub fn cut(&self, backend: SocketAddr) -> usize {
+        let tasks = self
+            .tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&backend)
+            .unwrap_or_default();
+        for t in tasks.values() {
+            t.abort();
+        }
+        tasks.len()
+    }
+
+    fn error(&self, reason: &str) {
+        let mut c = self.counters.lock().unwrap_or_else(|e| e.into_inner());
+        *c.errors.entry(reason.to_string()).or_default() += 1;
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&mut ServiceCounters) -> R) -> R {
+        f(&mut self.counters.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+/// State shared by the listeners and the connection tasks.
+pub struct Proxy {
+    services: RwLock<HashMap<SocketAddr, Arc<ServiceRt>>>,
+    settings: RwLock<Settings>,
+    maps: Option<Arc<SpliceMaps>>,
+    slots: Arc<Semaphore>,
+    max_conns: u32,
+    /// Random per daemon, so unique ids differ across restarts and LB hosts.
+    id_prefix: u64,
+    next_id: AtomicU64,
+}
+
+impl Proxy {
+    pub fn new(settings: Settings, maps: Option<Arc<SpliceMaps>>, max_conns: u32) -> Self {
+        Proxy {
+            services: RwLock::new(HashMap::new()),
+            settings: RwLock::new(settings),
+            maps,
+            slots: Arc::new(Semaphore::new(max_conns as usize)),
+            max_conns,
+            id_prefix: random_u64(),
+            next_id: AtomicU64::new(1),
+        }
+    }
+
+    pub fn register(&self, svc: Arc<ServiceRt>) {
+        self.services
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(svc.vip, svc);
+    }
+
+    pub fn unregister(&self, vip: SocketAddr) -> Option<Arc<ServiceRt>> {
+        self.services
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&vip)
+    }
+
+    pub fn service(&self, vip: SocketAddr) -> Option<Arc<ServiceRt>> {
+        self.services
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&vip)
+            .cloned()
+    }
+
+    /// Applies reloaded timeouts to connections accepted from now on.
+    pub fn update_timeouts(&self, connect: Duration, idle: Duration) {
+        let mut s = self.settings.write().unwrap_or_else(|e| e.into_inner());
+        s.connect_timeout = connect;
+        s.idle_timeout = idle;
+    }
+
+    /// Connections proxied now.
+    pub fn in_use(&self) -> u64 {
+        self.max_conns as u64 - self.slots.available_permits() as u64
+    }
+
+    /// Accepts connections on `listener` until the task is dropped.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        loop {
+            let (client, peer) = match listener.accept().await {
+                Ok(c) => c,
+                Err(e) => {
+                    // EMFILE and the like: back off instead of spinning.
+                    warn!(cause = %e, "proxy accept");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let vip = match client.local_addr() {
+                Ok(a) => canonical(a),
+                Err(_) => continue,
+            };
+            let Some(svc) = self.service(vip) else {
+                // A service removed a moment ago: its clients are reset.
+                reset(client);
+                continue;
+            };
+            let Ok(permit) = self.slots.clone().try_acquire_owned() else {
+                svc.error("max_conns");
+                warn!(service = %svc.name, max_conns = self.max_conns, "connection limit reached: reset");
+                reset(client);
+                continue;
+            };
+            let me = self.clone();
+            tokio::spawn(async move {
+                me.handle(svc, client, canonical(peer), vip).await;
+                drop(permit);
+            });
+        }
+    }
+
+    async fn handle(
+        &self,
+        svc: Arc<ServiceRt>,
+        mut client: TcpStream,
+        peer: SocketAddr,
+        vip: SocketAddr,
+    ) {
+        let _ = client.set_nodelay(true);
+        svc.with(|c| c.connections += 1);
+        let (src, dst) = if svc.proxy.accept_proxy {
+            match read_proxy_header(&mut client).await {
+                Ok(Some(addrs)) => addrs,
+                Ok(None) => (peer, vip),
+                Err(reason) => {
+                    svc.error(&format!("accept_proxy_{reason}"));
+                    warn!(service = %svc.name, client = %peer, reason, "bad PROXY header from the client: reset");
+                    reset(client);
+                    return;
+                }
+            }
+        } else {
+            (peer, vip)
+        };
+        let settings = self
+            .settings
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let table = svc.table.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let candidates = table.candidates(src, vip, MAX_ATTEMPTS);
+        if candidates.is_empty() {
+            svc.error("no_backend");
+            reset(client);
+            return;
+        }
+        let want_hello = svc.proxy.tlvs.authority || svc.proxy.tlvs.alpn;
+        let (connected, hello) = connect_peeking(
+            &svc,
+            &client,
+            &candidates,
+            settings.connect_timeout,
+            want_hello,
+        )
+        .await;
+        let Some((mut backend, target)) = connected else {
+            warn!(service = %svc.name, client = %src, tried = candidates.len(), "no backend could be reached: reset");
+            reset(client);
+            return;
+        };
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let unique = unique_id(self.id_prefix, id);
+        let hdr = match build_header(&svc.proxy, src, dst, &unique, hello.as_ref()) {
+            Ok(h) => h,
+            Err(e) => {
+                svc.error("header");
+                warn!(service = %svc.name, cause = %e, "cannot encode the PROXY header: reset");
+                reset(client);
+                reset(backend);
+                return;
+            }
+        };
+        if let Err(e) = backend.write_all(&hdr).await {
+            svc.error("backend_write");
+            warn!(service = %svc.name, backend = %target.addr, cause = %e, "writing the PROXY header: reset");
+            reset(client);
+            reset(backend);
+            return;
+        }
+        let _ = backend.set_nodelay(true);
+        if svc.proxy.tlvs.unique_id {
+            info!(service = %svc.name, client = %src, backend = %target.addr, unique_id = %hex(&unique), "proxied connection");
+        } else {
+            debug!(service = %svc.name, client = %src, backend = %target.addr, "proxied connection");
+        }
+        svc.with(|c| {
+            c.active += 1;
+            let b = c.backends.entry(target.addr).or_default();
+            b.connections += 1;
+            b.active += 1;
+        });
+        // Run the splice as its own task, so a drain timeout can abort it.
+        let maps = self.maps.clone();
+        let task = tokio::spawn(async move {
+            splice::splice(
+                client,
+                backend,
+                settings.engine,
+                maps.as_deref(),
+                settings.idle_timeout,
+            )
+            .await
+        });
+        svc.tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(target.addr)
+            .or_default()
+            .insert(id, task.abort_handle());
+        let result = task.await;
+        if let Some(m) = svc
+            .tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(&target.addr)
+        {
+            m.remove(&id);
+        }
+        svc.with(|c| {
+            c.active -= 1;
+            let b = c.backends.entry(target.addr).or_default();
+            b.active -= 1;
+            if let Ok(Ok(stats)) = &result {
+                b.bytes_in += stats.bytes_in;
+                b.bytes_out += stats.bytes_out;
+            }
+        });
+        match result {
+            Ok(Ok(stats)) => {
+                debug!(service = %svc.name, backend = %target.addr, bytes_in = stats.bytes_in, bytes_out = stats.bytes_out, ended = ?stats.ended, "connection ended")
+            }
+            Ok(Err(e)) => {
+                svc.error("splice");
+                warn!(service = %svc.name, backend = %target.addr, cause = %e, "connection failed");
+            }
+            Err(_) => {
+                svc.error("cut");
+                debug!(service = %svc.name, backend = %target.addr, "connection cut");
+            }
+        }
+    }
+}
+
+/// What the client's first bytes said, for the AUTHORITY and ALPN TLVs.
+#[derive(Clone, Debug, Default)]
+struct Hello {
+    sni: Option<String>,
+    alpn: Option<Vec<u8>>,
+}
+
+/// Connects to the first reachable candidate while, if `want_hello`, peeking at the
+/// client's first bytes for a TLS ClientHello. The header never waits for client bytes
+/// beyond the connect, except to finish a ClientHello that has begun to arrive.
+async fn connect_peeking(
+    svc: &ServiceRt,
+    client: &TcpStream,
+    candidates: &[Target],
+    connect_timeout: Duration,
+    want_hello: bool,
+) -> (Option<(TcpStream, Target)>, Option<Hello>) {
+    let first_byte_deadline = Instant::now() + FIRST_BYTE_WAIT;
+    let connect = connect_any(svc, candidates, connect_timeout);
+    tokio::pin!(connect);
+    let mut peek = HelloPeek::new(want_hello);
+    let connected = loop {
+        tokio::select! {
+            r = &mut connect => break r,
+            _ = peek.step(client), if peek.pending() => {}
+        }
+    };
+    if connected.is_some() {
+        while peek.pending() && !peek.started() && Instant::now() < first_byte_deadline {
+            let left = first_byte_deadline.saturating_duration_since(Instant::now());
+            let _ = timeout(left, peek.step(client)).await;
+        }
+    }
+    if connected.is_some() && peek.started() {
+        let deadline = Instant::now() + HELLO_GRACE;
+        while peek.pending() && Instant::now() < deadline {
+            let _ = timeout(deadline - Instant::now(), peek.step(client)).await;
+        }
+    }
+    (connected, peek.hello)
+}
+
+async fn connect_any(
+    svc: &ServiceRt,
+    candidates: &[Target],
+    connect_timeout: Duration,
+) -> Option<(TcpStream, Target)> {
+    for t in candidates {
+        let reason = match timeout(connect_timeout, TcpStream::connect(t.addr)).await {
+            Ok(Ok(s)) => return Some((s, *t)),
+            Ok(Err(e)) if e.kind() == io::ErrorKind::ConnectionRefused => "connect_refused",
+            Ok(Err(_)) => "connect_error",
+            Err(_) => "connect_timeout",
+        };
+        svc.error(reason);
+        warn!(service = %svc.name, backend = %t.addr, reason, "backend connect failed; trying the next backend");
+    }
+    None
+}
+
+/// Incremental ClientHello peek: never consumes client bytes.
+struct HelloPeek {
+    want: bool,
+    done: bool,
+    seen: usize,
+    buf: Vec<u8>,
+    hello: Option<Hello>,
+}
+
+impl HelloPeek {
+    fn new(want: bool) -> Self {
+        HelloPeek {
+            want,
+            done: !want,
+            seen: 0,
+            buf: Vec::new(),
+            hello: None,
+        }
+    }
+
+    fn pending(&self) -> bool {
+        self.want && !self.done
+    }
+
+    /// Whether client bytes have arrived (so it is a client-first protocol).
+    fn started(&self) -> bool {
+        self.seen > 0
+    }
+
+    async fn step(&mut self, client: &TcpStream) {
+        if self.buf.is_empty() {
+            self.buf = vec![0; tls::MAX_PEEK_LEN];
+        }
+        let n = match client.peek(&mut self.buf).await {
+            Ok(0) | Err(_) => {
+                self.done = true;
+                return;
+            }
+            Ok(n) => n,
+        };
+        if n == self.seen {
+            // No new bytes since the last look; peek would return at once again.
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            return;
+        }
+        self.seen = n;
+        match tls::peek_client_hello(&self.buf[..n]) {
+            Peek::NeedMore { .. } if n < self.buf.len() => {}
+            Peek::Hello { sni, alpn } => {
+                self.hello = Some(Hello {
+                    sni,
+                    alpn: alpn.into_iter().next(),
+                });
+                self.done = true;
+            }
+            _ => self.done = true,
+        }
+    }
+}
+
+/// Reads a PROXY v1/v2 header from the client and consumes exactly its bytes. `None`
+/// for a LOCAL (or address-less) header: use the connection's own endpoints.
+async fn read_proxy_header(
+    client: &mut TcpStream,
+) -> Result<Option<(SocketAddr, SocketAddr)>, &'static str> {
+    let deadline = Instant::now() + ACCEPT_PROXY_TIMEOUT;
+    let mut buf = vec![0u8; 256];
+    let mut seen = 0;
+    loop {
+        let n = match timeout(
+            deadline.saturating_duration_since(Instant::now()),
+            client.peek(&mut buf),
+        )
+        .await
+        {
+            Err(_) => return Err("timeout"),
+            Ok(Err(_)) => return Err("read_error"),
+            Ok(Ok(0)) => return Err("closed"),
+            Ok(Ok(n)) => n,
+        };
+        match parse::parse(&buf[..n]) {
+            Err(e) => return Err(e.reason()),
+            Ok(Parsed::Complete(h)) => {
+                let len = h.header_len;
+                let addrs = match (h.src, h.dst) {
+                    (Some(s), Some(d)) => Some((canonical(s), canonical(d))),
+                    _ => None,
+                };
+                let mut sink = vec![0u8; len];
+                // The bytes are already queued (peeked), so this does not block.
+                client
+                    .read_exact(&mut sink)
+                    .await
+                    .map_err(|_| "read_error")?;
+                return Ok(addrs);
+            }
+            Ok(Parsed::Incomplete { need }) => {
+                if need > buf.len() {
+                    buf.resize(need.min(header::V2_MAX_LEN), 0);
+                } else if n == seen {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                seen = n;
+            }
+        }
+    }
+}
+
+fn build_header(
+    p: &ProxyConfig,
+    src: SocketAddr,
+    dst: SocketAddr,
+    unique: &[u8],
+    hello: Option<&Hello>,
+) -> Result<Vec<u8>, header::EncodeError> {
+    if p.version == ProxyVersion::V1 {
+        return Ok(header::encode_v1(src, dst).into_bytes());
+    }
+    let mut tlvs = Vec::new();
+    if p.tlvs.unique_id {
+        tlvs.push(Tlv::UniqueId(unique));
+    }
+    if let Some(h) = hello {
+        if p.tlvs.authority {
+            if let Some(sni) = &h.sni {
+                tlvs.push(Tlv::Authority(sni));
+            }
+        }
+        if p.tlvs.alpn {
+            if let Some(a) = &h.alpn {
+                tlvs.push(Tlv::Alpn(a));
+            }
+        }
+    }
+    if p.tlvs.crc32c {
+        tlvs.push(Tlv::Crc32c);
+    }
+    header::encode_v2(src, dst, &tlvs)
+}
+
+/// 16 bytes: the daemon's random prefix, then the connection's sequence number.
+fn unique_id(prefix: u64, id: u64) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    out[..8].copy_from_slice(&prefix.to_be_bytes());
+    out[8..].copy_from_slice(&id.to_be_bytes());
+    out
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn random_u64() -> u64 {
+    let mut b = [0u8; 8];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        use std::io::Read;
+        let _ = f.read_exact(&mut b);
+    }
+    u64::from_ne_bytes(b) ^ std::process::id() as u64
+}
+
+/// Closes with a RST (SO_LINGER 0), as a refused or failed connection should end.
+pub fn reset(s: TcpStream) {
+    let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
+    drop(s);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::TlvSet;
+
+    #[test]
+    fn header_has_the_enabled_tlvs_in_order() {
+        let p = ProxyConfig {
+            version: ProxyVersion::V2,
+            tlvs: TlvSet {
+                unique_id: true,
+                crc32c: true,
+                authority: true,
+                alpn: true,
+            },
+            accept_proxy: false,
+        };
+        let hello = Hello {
+            sni: Some("registry.example".into()),
+            alpn: Some(b"h2".to_vec()),
+        };
+        let src: SocketAddr = "198.18.0.2:40000".parse().unwrap();
+        let dst: SocketAddr = "198.18.100.1:443".parse().unwrap();
+        let h = build_header(&p, src, dst, &unique_id(7, 9), Some(&hello)).unwrap();
+        let Ok(Parsed::Complete(parsed)) = parse::parse(&h) else {
+            panic!("our own header does not parse");
+        };
+        assert_eq!((parsed.src, parsed.dst), (Some(src), Some(dst)));
+        assert_eq!(parsed.authority(), Some(&b"registry.example"[..]));
+        assert_eq!(parsed.alpn(), Some(&b"h2"[..]));
+        assert_eq!(parsed.unique_id(), Some(&unique_id(7, 9)[..]));
+        assert!(parsed.crc32c().is_some());
+        // Without a hello, no AUTHORITY or ALPN.
+        let h = build_header(&p, src, dst, &unique_id(7, 9), None).unwrap();
+        let Ok(Parsed::Complete(parsed)) = parse::parse(&h) else {
+            panic!()
+        };
+        assert_eq!(parsed.authority(), None);
+        let v1 = ProxyConfig {
+            version: ProxyVersion::V1,
+            ..p
+        };
+        assert_eq!(
+            build_header(&v1, src, dst, &[], None).unwrap(),
+            b"PROXY TCP4 198.18.0.2 198.18.100.1 40000 443\r\n"
+        );
+    }
+
+    #[test]
+    fn unique_ids_differ_per_connection() {
+        assert_ne!(unique_id(1, 1), unique_id(1, 2));
+        assert_ne!(unique_id(1, 1), unique_id(2, 1));
+    }
+}
