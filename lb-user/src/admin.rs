@@ -94,8 +94,13 @@ async fn handle(ctl: Shared, req: Request<Incoming>) -> Result<Reply, std::conve
         Ok(b) => b.to_bytes(),
         Err(e) => return Ok(error(413, format!("request body: {e}"))),
     };
-    if method == Method::GET && (path == "/metrics" || path == "/api/v1/services") {
+    if method == Method::GET
+        && (path == "/metrics" || path == "/api/v1/services" || path == "/api/v1/report")
+    {
         return Ok(match report(&ctl).await {
+            Ok(r) if path == "/api/v1/report" => {
+                json(200, serde_json::to_value(&r).unwrap_or_default())
+            }
             Ok(r) if path == "/metrics" => reply(
                 200,
                 crate::metrics::CONTENT_TYPE,

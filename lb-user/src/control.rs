@@ -966,6 +966,7 @@ impl Control {
             netns_inode: self.netns_inode,
             maps: self.dp.map_ids(),
             attachments: self.dp.attachments.clone(),
+            admin: self.cfg.admin,
             services: self
                 .services
                 .iter()

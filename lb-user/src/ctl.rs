@@ -106,6 +106,15 @@ pub fn run(args: &CtlArgs) -> Result<String, CtlError> {
     }
 }
 
+/// The daemon's full report (`GET /api/v1/report`), for `lb stats`.
+pub fn get_report(addr: SocketAddr) -> Result<crate::stats::Report, CtlError> {
+    let v = request(addr, "GET", "/api/v1/report", None)?;
+    serde_json::from_value(v).map_err(|e| CtlError::Protocol {
+        addr,
+        detail: format!("report: {e}"),
+    })
+}
+
 /// One HTTP/1.1 request with `Connection: close`; returns the JSON body of a 2xx
 /// answer, or the daemon's error message.
 fn request(

@@ -18,6 +18,9 @@ pub struct RuntimeRecord {
     pub maps: BTreeMap<String, u32>,
     pub attachments: Vec<Attachment>,
     pub services: Vec<ServiceSlot>,
+    /// The admin API's address, if it is on.
+    #[serde(default)]
+    pub admin: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -177,7 +177,15 @@ fn map_state(state: u8) -> &'static str {
 
 /// Collects a report from the daemon running in this network namespace.
 pub fn collect() -> Result<Report, StatsError> {
-    collect_from(&RuntimeRecord::read_current()?)
+    let rec = RuntimeRecord::read_current()?;
+    // The daemon's own report adds what only it knows (health checks, proxied
+    // connections); the maps alone still work with the admin API off.
+    if let Some(admin) = rec.admin {
+        if let Ok(r) = crate::ctl::get_report(admin) {
+            return Ok(r);
+        }
+    }
+    collect_from(&rec)
 }
 
 /// Collects a report from the maps a runtime record names (the daemon passes its own).
@@ -314,6 +322,9 @@ pub fn render(r: &Report) -> String {
     let w = addr_width(r, 21);
     for s in &r.services {
         let _ = writeln!(out, "\nservice {} {} [{}]", s.name, s.vip, s.mode);
+        if let Some(p) = &s.proxy {
+            let _ = writeln!(out, "  {}", proxy_line(p));
+        }
         let _ = writeln!(
             out,
             "  {:<w$} {:>6} {:>8} {:>8} {:>10} {:>12} {:>10} {:>12} {:>10}  health",
@@ -492,6 +503,9 @@ fn render_live_at(
     for s in &cur.services {
         let ps = prev.and_then(|p| p.services.iter().find(|x| x.name == s.name));
         let _ = writeln!(out, "\nservice {} {} [{}]", s.name, s.vip, s.mode);
+        if let Some(p) = &s.proxy {
+            let _ = writeln!(out, "  {}", proxy_line(p));
+        }
         let _ = writeln!(out, "{}", header.trim_end());
         let row = |out: &mut String,
                    name: &str,
@@ -612,6 +626,26 @@ pub fn live(interval: Duration, out: &mut impl Write) -> Result<(), StatsError> 
 }
 
 const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+
+/// One line on the connections a proxy service's daemon side handled.
+fn proxy_line(p: &crate::proxy::server::ServiceCounters) -> String {
+    let (bytes_in, bytes_out) = p
+        .backends
+        .values()
+        .fold((0, 0), |(i, o), b| (i + b.bytes_in, o + b.bytes_out));
+    let mut line = format!(
+        "proxied: {} connections accepted, {} active, {} in / {} out (ended connections)",
+        p.connections,
+        p.active,
+        human_bytes(bytes_in),
+        human_bytes(bytes_out)
+    );
+    if !p.errors.is_empty() {
+        let errors: Vec<String> = p.errors.iter().map(|(r, n)| format!("{r} {n}")).collect();
+        line.push_str(&format!("; errors: {}", errors.join(", ")));
+    }
+    line
+}
 
 fn human_bytes(b: u64) -> String {
     let mut v = b as f64;
