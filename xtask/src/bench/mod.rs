@@ -612,13 +612,18 @@ fn command_line() -> String {
     format!("cargo xtask {}", args.join(" "))
 }
 
-/// Which lb was measured: the source commit (and whether the tree had changes) and the
-/// binary's build time.
+/// Which lb was measured: the source commit of the tree the binary was built in (and
+/// whether that tree had changes) and the binary's build time.
 fn lb_identity(lb_bin: &Path) -> String {
+    let tree = lb_bin
+        .canonicalize()
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+        .unwrap_or_else(lb_tests::workspace_root);
     let git = |args: &[&str]| {
         std::process::Command::new("git")
             .args(args)
-            .current_dir(lb_tests::workspace_root())
+            .current_dir(&tree)
             .output()
             .ok()
             .filter(|o| o.status.success())

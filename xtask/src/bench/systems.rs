@@ -12,7 +12,7 @@ use anyhow::{Context, Result, bail};
 use lb_tests::netns::wait_until;
 use lb_tests::{Daemon, Launch};
 use std::fmt::Write as _;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
 
@@ -98,6 +98,16 @@ impl System {
         matches!(self, System::LbNat | System::LbProxyV2)
     }
 
+    /// The VIP the system serves. lb's proxy-v2 mode has its own: its proxied
+    /// connections' TIME_WAIT sockets hold VIP:port for a minute after it stops, and
+    /// a user-space proxy started next could not bind it.
+    pub fn vip(self) -> Ipv4Addr {
+        match self {
+            System::LbProxyV2 => VIP_PROXY_V2,
+            _ => VIP,
+        }
+    }
+
     /// The backend port the system forwards HTTP to.
     fn backend_http_port(self) -> u16 {
         if self.sends_proxy_v2() {
@@ -107,6 +117,9 @@ impl System {
         }
     }
 }
+
+/// lb proxy-v2's VIP (see [`System::vip`]).
+const VIP_PROXY_V2: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 2);
 
 /// Whether a system can run on this build.
 pub enum Availability {
@@ -156,7 +169,8 @@ fn lb_config(system: System, bed: &Bed) -> String {
     ] {
         writeln!(
             s,
-            "\n[[service]]\nname = \"{name}\"\nvip = \"{VIP}:{port}\"\nmode = \"{}\"\nbackends = [{}]",
+            "\n[[service]]\nname = \"{name}\"\nvip = \"{}:{port}\"\nmode = \"{}\"\nbackends = [{}]",
+            system.vip(),
             if name == "bulk" { "nat" } else { mode },
             list(addrs)
         )
@@ -247,8 +261,8 @@ impl Running {
             )
         } else {
             (
-                vec![SocketAddr::new(VIP.into(), HTTP_PORT); bed.topo.backends.len()],
-                SocketAddr::new(VIP.into(), IPERF_PORT),
+                vec![SocketAddr::new(self.system.vip().into(), HTTP_PORT); bed.topo.backends.len()],
+                SocketAddr::new(self.system.vip().into(), IPERF_PORT),
             )
         }
     }
