@@ -31,7 +31,7 @@ const ACCEPT_PROXY_TIMEOUT: Duration = Duration::from_secs(5);
 /// ClientHello right behind its handshake ACK, so it is there within this time; a
 /// server-first protocol (the client waits for a greeting) is delayed by at most this,
 /// and only on services that ask for these TLVs.
-pub const FIRST_BYTE_WAIT: Duration = Duration::from_millis(30);
+pub const FIRST_BYTE_WAIT: Duration = Duration::from_millis(100);
 /// Once a TLS ClientHello has started to arrive, how much longer the header may wait
 /// for the rest of it (a TLS client speaks first, so this never delays a server-first
 /// protocol).
