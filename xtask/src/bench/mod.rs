@@ -27,8 +27,8 @@ pub struct Opts {
     /// Only these workloads (comma-separated): conn, keepalive, bulk1, bulk4, download.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
-    /// Only these systems (comma-separated): lb-nat, lb-proxy-v2, haproxy, haproxy-pp2,
-    /// nginx, nginx-pp, nft-dnat, no-lb.
+    /// Only these systems (comma-separated): lb-nat, lb-proxy-v2, lb-proxy-v2-sockmap,
+    /// haproxy, haproxy-pp2, nginx, nginx-pp, nft-dnat, no-lb.
     #[arg(long, value_delimiter = ',')]
     pub systems: Vec<String>,
     /// Seconds per run (default 5; 1 with --quick).

@@ -246,6 +246,24 @@ const TARGETS: &[(&str, System, System, &str, &str, f64, bool)] = &[
         0.5,
         false,
     ),
+    (
+        "new conn/s, proxy-v2 sockmap vs HAProxy send-proxy-v2",
+        System::LbProxyV2Sockmap,
+        System::HaproxyPp2,
+        "conn",
+        "rate",
+        1.5,
+        true,
+    ),
+    (
+        "CPU per GB, proxy-v2 sockmap vs HAProxy send-proxy-v2",
+        System::LbProxyV2Sockmap,
+        System::HaproxyPp2,
+        "download",
+        "cpu",
+        0.5,
+        false,
+    ),
 ];
 
 pub fn markdown(meta: &Meta, figures: &[Figure]) -> String {

@@ -20,6 +20,7 @@ use std::time::Duration;
 pub enum System {
     LbNat,
     LbProxyV2,
+    LbProxyV2Sockmap,
     Haproxy,
     HaproxyPp2,
     Nginx,
@@ -29,9 +30,10 @@ pub enum System {
 }
 
 /// Every system, in the order of the tables.
-pub const ALL: [System; 8] = [
+pub const ALL: [System; 9] = [
     System::LbNat,
     System::LbProxyV2,
+    System::LbProxyV2Sockmap,
     System::Haproxy,
     System::HaproxyPp2,
     System::Nginx,
@@ -45,6 +47,7 @@ impl System {
         match self {
             System::LbNat => "lb-nat",
             System::LbProxyV2 => "lb-proxy-v2",
+            System::LbProxyV2Sockmap => "lb-proxy-v2-sockmap",
             System::Haproxy => "haproxy",
             System::HaproxyPp2 => "haproxy-pp2",
             System::Nginx => "nginx",
@@ -65,7 +68,10 @@ impl System {
                 "lb, mode nat: XDP full NAT (native mode on the LB's veths), Maglev over the 3 backends"
             }
             System::LbProxyV2 => {
-                "lb, mode proxy-v2: user-space splice with a PROXY v2 header to the backends"
+                "lb, mode proxy-v2, `splice = \"pipe\"` (the default: splice(2) through a pipe), PROXY v2 header to the backends' `proxy_protocol` listeners"
+            }
+            System::LbProxyV2Sockmap => {
+                "lb, mode proxy-v2, `splice = \"sockmap\"` (sk_skb sockmap redirect), PROXY v2 header to the backends' `proxy_protocol` listeners"
             }
             System::Haproxy => "HAProxy `mode tcp`, one thread, roundrobin over the 3 backends",
             System::HaproxyPp2 => {
@@ -89,21 +95,25 @@ impl System {
     pub fn sends_proxy_v2(self) -> bool {
         matches!(
             self,
-            System::LbProxyV2 | System::HaproxyPp2 | System::NginxPp
+            System::LbProxyV2 | System::LbProxyV2Sockmap | System::HaproxyPp2 | System::NginxPp
         )
     }
 
     /// One of ours (the systems the ratios are computed for).
     pub fn is_lb(self) -> bool {
-        matches!(self, System::LbNat | System::LbProxyV2)
+        matches!(
+            self,
+            System::LbNat | System::LbProxyV2 | System::LbProxyV2Sockmap
+        )
     }
 
-    /// The VIP the system serves. lb's proxy-v2 mode has its own: its proxied
-    /// connections' TIME_WAIT sockets hold VIP:port for a minute after it stops, and
-    /// a user-space proxy started next could not bind it.
+    /// The VIP the system serves. Each of lb's proxy-v2 variants has its own: its
+    /// proxied connections' TIME_WAIT sockets hold VIP:port for a minute after it
+    /// stops, and a user-space proxy started next could not bind it.
     pub fn vip(self) -> Ipv4Addr {
         match self {
-            System::LbProxyV2 => VIP_PROXY_V2,
+            System::LbProxyV2 => Ipv4Addr::new(198, 18, 100, 2),
+            System::LbProxyV2Sockmap => Ipv4Addr::new(198, 18, 100, 3),
             _ => VIP,
         }
     }
@@ -118,9 +128,6 @@ impl System {
     }
 }
 
-/// lb proxy-v2's VIP (see [`System::vip`]).
-const VIP_PROXY_V2: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 2);
-
 /// Whether a system can run on this build.
 pub enum Availability {
     Ready,
@@ -130,9 +137,10 @@ pub enum Availability {
 /// lb's config file for `system`: the HTTP service over the three backends and the
 /// bulk (iperf3) service over b1.
 fn lb_config(system: System, bed: &Bed) -> String {
-    let mode = match system {
-        System::LbProxyV2 => "proxy-v2",
-        _ => "nat",
+    let (mode, splice) = match system {
+        System::LbProxyV2 => ("proxy-v2", Some("pipe")),
+        System::LbProxyV2Sockmap => ("proxy-v2", Some("sockmap")),
+        _ => ("nat", None),
     };
     let list = |addrs: Vec<SocketAddr>| {
         addrs
@@ -155,6 +163,9 @@ fn lb_config(system: System, bed: &Bed) -> String {
     // connections per second, 10 s would hold every SNAT port of a backend.
     writeln!(s, "closed_timeout = \"2s\"").unwrap();
     writeln!(s, "admin = \"127.0.0.1:9100\"").unwrap();
+    if let Some(engine) = splice {
+        writeln!(s, "splice = \"{engine}\"").unwrap();
+    }
     for (name, port, addrs) in [
         (
             "web",
@@ -183,10 +194,10 @@ fn lb_config(system: System, bed: &Bed) -> String {
 /// `lb --check` to accept a config that uses it, so the entry turns itself on when
 /// issue 4 lands.
 pub fn availability(system: System, bed: &Bed, lb_bin: &Path) -> Result<Availability> {
-    if system != System::LbProxyV2 {
+    if !matches!(system, System::LbProxyV2 | System::LbProxyV2Sockmap) {
         return Ok(Availability::Ready);
     }
-    let conf = bed.path("lb-proxy-v2-check.toml");
+    let conf = bed.path(&format!("{}-check.toml", system.name()));
     std::fs::write(&conf, lb_config(system, bed))?;
     let out = lb_tests::cmd::output_any(
         bed.topo
@@ -205,7 +216,7 @@ pub fn availability(system: System, bed: &Bed, lb_bin: &Path) -> Result<Availabi
     let conf_text = format!("{}: ", conf.display());
     let why = why.split_once(&conf_text).map_or(why, |(_, rest)| rest);
     Ok(Availability::NotBuilt(format!(
-        "not built yet (issue 4): `lb --check` rejects mode = \"proxy-v2\": {why}"
+        "not built yet (issue 4): `lb --check` rejects its config: {why}"
     )))
 }
 
@@ -312,7 +323,7 @@ pub fn start(system: System, bed: &Bed, lb_bin: &Path) -> Result<Running> {
     };
     let tag = system.name();
     match system {
-        System::LbNat | System::LbProxyV2 => {
+        System::LbNat | System::LbProxyV2 | System::LbProxyV2Sockmap => {
             let conf = bed.path(&format!("{tag}.toml"));
             std::fs::write(&conf, lb_config(system, bed))?;
             let args = vec!["--config".to_owned(), conf.to_string_lossy().into_owned()];
