@@ -640,4 +640,110 @@ mod tests {
         assert_ne!(unique_id(1, 1), unique_id(1, 2));
         assert_ne!(unique_id(1, 1), unique_id(2, 1));
     }
+
+    /// A backend on loopback that reads the PROXY header, then echoes.
+    async fn echo_backend() -> SocketAddr {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut s, _)) = l.accept().await else {
+                    return;
+                };
+                tokio::spawn(async move {
+                    let mut hdr = [0u8; 16];
+                    if s.read_exact(&mut hdr).await.is_err() {
+                        return;
+                    }
+                    let len = u16::from_be_bytes([hdr[14], hdr[15]]) as usize;
+                    let mut rest = vec![0u8; len];
+                    if s.read_exact(&mut rest).await.is_err() {
+                        return;
+                    }
+                    let (mut r, mut w) = s.split();
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                });
+            }
+        });
+        addr
+    }
+
+    /// A proxy on loopback (no sk_lookup needed: the service's VIP is the listener's
+    /// own address) in front of one echo backend.
+    async fn proxy(max_conns: u32) -> (Arc<Proxy>, Arc<ServiceRt>, SocketAddr) {
+        let backend = echo_backend().await;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let vip = listener.local_addr().unwrap();
+        let proxy = Arc::new(Proxy::new(
+            Settings {
+                connect_timeout: Duration::from_secs(1),
+                idle_timeout: Duration::from_secs(30),
+                engine: Engine::Pipe,
+            },
+            None,
+            max_conns,
+        ));
+        let svc = Arc::new(ServiceRt::new("web".into(), vip, ProxyConfig::default()));
+        let table = lb_common::maglev::build_table(
+            &[lb_common::maglev::MaglevBackend {
+                key: 1,
+                weight: 1,
+                id: 7,
+            }],
+            251,
+        );
+        svc.set_table(ProxyTable::new(table, [(7, backend)].into_iter().collect()));
+        proxy.register(svc.clone());
+        tokio::spawn(proxy.clone().serve(listener));
+        (proxy, svc, vip)
+    }
+
+    async fn echo_once(s: &mut TcpStream) -> io::Result<()> {
+        s.write_all(b"ping").await?;
+        let mut b = [0u8; 4];
+        s.read_exact(&mut b).await?;
+        assert_eq!(&b, b"ping");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn max_conns_resets_the_connection_over_the_limit_and_counts_it() {
+        let (proxy, svc, vip) = proxy(2).await;
+        let mut a = TcpStream::connect(vip).await.unwrap();
+        let mut b = TcpStream::connect(vip).await.unwrap();
+        echo_once(&mut a).await.unwrap();
+        echo_once(&mut b).await.unwrap();
+        assert_eq!(proxy.in_use(), 2);
+        // The third is accepted by the kernel, then reset by the daemon.
+        let mut c = TcpStream::connect(vip).await.unwrap();
+        let third = timeout(Duration::from_secs(5), echo_once(&mut c)).await;
+        assert!(matches!(third, Ok(Err(_))), "over the limit: {third:?}");
+        assert_eq!(svc.counters().errors.get("max_conns"), Some(&1));
+        // A slot frees when a connection ends.
+        drop(a);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while proxy.in_use() > 1 {
+            assert!(
+                Instant::now() < deadline,
+                "the closed connection's slot was not freed"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let mut d = TcpStream::connect(vip).await.unwrap();
+        echo_once(&mut d).await.unwrap();
+        echo_once(&mut b).await.unwrap();
+        let c = svc.counters();
+        // The one reset over the limit never reached the accept path's count.
+        assert_eq!((c.connections, c.active), (3, 2), "{c:?}");
+    }
+
+    #[tokio::test]
+    async fn an_empty_table_resets_and_counts_no_backend() {
+        let (_proxy, svc, vip) = proxy(8).await;
+        svc.set_table(ProxyTable::default());
+        let mut c = TcpStream::connect(vip).await.unwrap();
+        let r = timeout(Duration::from_secs(5), echo_once(&mut c)).await;
+        assert!(matches!(r, Ok(Err(_))), "{r:?}");
+        assert_eq!(svc.counters().errors.get("no_backend"), Some(&1));
+    }
 }
