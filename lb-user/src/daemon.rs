@@ -103,6 +103,25 @@ pub fn start(cfg: Config, flags: FlagSettings) -> Result<Started, StartError> {
         Some(addr) => Some(admin::bind(addr).map_err(|source| StartError::Admin { addr, source })?),
         None => None,
     };
+    // Each proxied connection holds 6 descriptors (2 sockets, 2 pipes of 2 ends).
+    let wanted = u64::from(cfg.max_conns) * 6 + 1024;
+    match crate::sys::raise_nofile_limit() {
+        Ok(limit)
+            if limit < wanted
+                && cfg
+                    .services
+                    .iter()
+                    .any(|s| s.mode == crate::config::Mode::ProxyV2) =>
+        {
+            warn!(
+                limit,
+                max_conns = cfg.max_conns,
+                "the open-file limit is below what --max-conns needs ({wanted}); raise it (LimitNOFILE= in the systemd unit, ulimit -Hn) or lower --max-conns"
+            )
+        }
+        Ok(_) => {}
+        Err(e) => warn!(cause = %e, "raising the open-file limit"),
+    }
     let mut dp = Dataplane::load(&cfg)?;
     dp.program_globals(&cfg)?;
     let (v4, v6) = bind_proxy_listeners().map_err(StartError::ProxyListen)?;
