@@ -14,15 +14,17 @@
 //! a time (a lock), so the memory and throughput figures they print are not disturbed by
 //! each other; `cargo test -p lb-user --test splice -- --nocapture` shows them.
 
+mod common;
+
+use common::netns::Netns;
+
 use std::{
-    fs::File,
     io::Write as _,
     net::SocketAddr,
-    os::fd::AsRawFd,
     process::{Command, Stdio},
     sync::{
         Arc, Mutex, MutexGuard,
-        atomic::{AtomicU32, AtomicU64, Ordering},
+        atomic::{AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -49,64 +51,6 @@ const MIB: usize = 1 << 20;
 // ---------------------------------------------------------------------------------------
 // Fixture
 
-fn sh(args: &[&str]) {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {args:?} (is iproute2 installed?): {e}"));
-    assert!(
-        out.status.success(),
-        "{args:?} failed (tests need root): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A named network namespace, deleted on drop (also when the test panics).
-struct Netns {
-    name: String,
-}
-
-impl Netns {
-    fn new() -> Netns {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let name = format!(
-            "lbs-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        );
-        sh(&["ip", "netns", "add", &name]);
-        let ns = Netns { name };
-        ns.ip("link set lo up");
-        ns
-    }
-
-    fn file(&self) -> File {
-        File::open(format!("/run/netns/{}", self.name)).expect("open netns file")
-    }
-
-    /// Moves the calling thread into the namespace (each test runs on its own thread).
-    fn enter(&self) {
-        let f = self.file();
-        // SAFETY: setns only changes this thread's network namespace; the fd is valid.
-        let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-    }
-
-    fn ip(&self, args: &str) {
-        let mut v = vec!["ip", "-n", &self.name];
-        v.extend(args.split_whitespace());
-        sh(&v);
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
-}
-
 /// One test's world: its namespace (entered), a runtime whose threads live in it, and
 /// the loaded splice maps with `lb_splice` attached.
 struct Bed {
@@ -122,7 +66,7 @@ static SERIAL: Mutex<()> = Mutex::new(());
 impl Bed {
     fn new() -> Bed {
         let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-        let ns = Netns::new();
+        let ns = Netns::new("lbs");
         ns.enter();
         let object = lb_user::object::require().expect("embedded eBPF object");
         let mut ebpf = EbpfLoader::new()

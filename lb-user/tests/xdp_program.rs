@@ -9,12 +9,12 @@
 //! Checksums of rewritten frames are recomputed here from scratch over the whole header
 //! and segment, independently of the incremental method the program uses.
 
+mod common;
+
+use common::netns::Netns;
+
 use std::{
-    fs::File,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    os::fd::AsRawFd,
-    process::Command,
-    sync::atomic::{AtomicU32, Ordering},
     thread::sleep,
     time::{Duration, Instant},
 };
@@ -98,58 +98,6 @@ fn plan6() -> Plan {
 // ---------------------------------------------------------------------------------------
 // Namespace fixture
 
-fn sh(args: &[&str]) {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {args:?} (is iproute2 installed?): {e}"));
-    assert!(
-        out.status.success(),
-        "{args:?} failed (tests need root): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A named network namespace, deleted on drop (also when the test panics).
-struct Netns {
-    name: String,
-}
-
-impl Netns {
-    fn new() -> Netns {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let name = format!(
-            "lbt-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        );
-        sh(&["ip", "netns", "add", &name]);
-        Netns { name }
-    }
-
-    /// Moves the calling thread into the namespace (each test runs on its own thread).
-    fn enter(&self) {
-        let f = File::open(format!("/run/netns/{}", self.name)).expect("open netns file");
-        // SAFETY: setns only changes this thread's network namespace; the fd is valid.
-        let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-    }
-
-    fn ip(&self, args: &str) {
-        let mut v = vec!["ip", "-n", &self.name];
-        v.extend(args.split_whitespace());
-        sh(&v);
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
-}
-
 fn mac_str(m: [u8; 6]) -> String {
     m.iter()
         .map(|b| format!("{b:02x}"))
@@ -214,9 +162,8 @@ where
 
 impl Lb {
     fn new() -> Lb {
-        let ns = Netns::new();
+        let ns = Netns::new("lbt");
         for cmd in [
-            "link set lo up",
             &format!(
                 "link add lb0 address {} type veth peer name be0",
                 mac_str(LB0_MAC)

@@ -1,0 +1,3 @@
+//! Fixtures shared by lb-user's root integration tests (`xdp_program`, `splice`).
+
+pub mod netns;
