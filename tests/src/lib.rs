@@ -22,7 +22,7 @@ pub mod pp_peers;
 pub mod prometheus;
 pub mod receivers;
 pub mod server;
-mod sys;
+pub mod sys;
 pub mod tls;
 pub mod topology;
 pub mod xdp;

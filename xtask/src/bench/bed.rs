@@ -1,14 +1,21 @@
 //! The bench's test bed: the two-armed topology of `lb-tests` (client, LB host, switch,
-//! three backends; `xdp_pass` on the LB's veth peers and tx checksumming off on the
-//! client's and backends' veths, for every system alike), with nginx and iperf3 servers
-//! on the backends instead of the test bed's python servers, and the sysctls a high
-//! connection rate needs. Processes are stopped by PID on drop and on Ctrl-C.
+//! three backends; an XDP program on each of the LB's veth peers and tx checksumming
+//! off on the client's and backends' veths, for every system alike), with nginx and
+//! iperf3 servers on the backends instead of the test bed's python servers, and the
+//! sysctls a high connection rate needs. Processes are stopped by PID on drop and on
+//! Ctrl-C.
+//!
+//! The LB's veth peers need an XDP program (TOOLCHAIN.md, "veth pitfalls"): the
+//! client's end gets `xdp_pass`, the switch's end gets the packet-rate workloads' sink,
+//! which passes everything but their frames.
 
+use super::pps::BenchXdp;
 use anyhow::{Context, Result, bail};
 use lb_tests::Netns;
 use lb_tests::bg::Bg;
 use lb_tests::netns::wait_until;
 use lb_tests::topology::{Kind, Topology, XdpPeers};
+use lb_tests::xdp::XdpPass;
 use std::fmt::Write as _;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -133,9 +140,18 @@ pub fn pinned(ns: &Netns, cpu: &str, program: &str) -> Command {
     c
 }
 
-/// The bed. Fields drop in order: the servers, then the topology (namespaces, temp dir).
+/// The LB's veth peers: the client's end and the switch's end (see `Topology::build`).
+const CLIENT_IF: &str = "eth0";
+pub const SWITCH_IF: &str = "up0";
+
+/// The bed. Fields drop in order: the servers, the XDP programs, then the topology
+/// (namespaces, temp dir).
 pub struct Bed {
     servers: Vec<Proc>,
+    /// `xdp_pass` on the client's end of the LB's veth.
+    _pass: XdpPass,
+    /// The packet-rate workloads' programs; the sink is on the switch's end.
+    pub xdp: BenchXdp,
     pub topo: Topology,
     /// The body of `/small`.
     pub small: String,
@@ -144,8 +160,12 @@ pub struct Bed {
 impl Bed {
     /// Builds the topology, tunes its namespaces and starts the backends' servers.
     pub fn new(object: &Path) -> Result<Bed> {
-        let topo = Topology::build(Kind::TwoArmed, XdpPeers::Attach(object))
+        let topo = Topology::build(Kind::TwoArmed, XdpPeers::Skip)
             .context("building the two-armed topology")?;
+        let mut pass = XdpPass::load(object)?;
+        pass.attach(&topo.client, CLIENT_IF)?;
+        let mut xdp = BenchXdp::load(&super::pps::object_path(object))?;
+        xdp.attach_sink(&topo.switch, SWITCH_IF)?;
         topo.client.sysctl(CLIENT_SYSCTLS)?;
         topo.lb.sysctl(LB_SYSCTLS)?;
         for b in &topo.backends {
@@ -161,6 +181,8 @@ impl Bed {
         write_big(&big)?;
         let mut bed = Bed {
             servers: Vec::new(),
+            _pass: pass,
+            xdp,
             topo,
             small,
         };

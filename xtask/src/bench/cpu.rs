@@ -35,7 +35,14 @@ pub struct Stat {
 impl Stat {
     pub fn read() -> Result<Stat> {
         let text = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
-        parse_stat(&text).context("no `cpu` line in /proc/stat")
+        parse_stat(&text, "cpu").context("no `cpu` line in /proc/stat")
+    }
+
+    /// The line of one CPU (`cpu0`, `cpu1`, ...).
+    pub fn read_cpu(cpu: &str) -> Result<Stat> {
+        let text = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+        parse_stat(&text, &format!("cpu{cpu}"))
+            .with_context(|| format!("no `cpu{cpu}` line in /proc/stat"))
     }
 
     pub fn total(&self) -> u64 {
@@ -69,8 +76,11 @@ impl Stat {
     }
 }
 
-fn parse_stat(text: &str) -> Option<Stat> {
-    let line = text.lines().find(|l| l.starts_with("cpu "))?;
+/// The /proc/stat line whose first field is `name`.
+fn parse_stat(text: &str, name: &str) -> Option<Stat> {
+    let line = text
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(name))?;
     let v: Vec<u64> = line
         .split_whitespace()
         .skip(1)
@@ -188,7 +198,10 @@ mod tests {
 
     #[test]
     fn parses_proc_stat() {
-        let s = parse_stat("cpu  10 1 20 300 4 0 7 2 0 0\ncpu0 5 0 10 150 2 0 3 1 0 0\n").unwrap();
+        let text = "cpu  10 1 20 300 4 0 7 2 0 0\ncpu0 5 0 10 150 2 0 3 1 0 0\n";
+        assert_eq!(parse_stat(text, "cpu0").unwrap().idle, 150);
+        assert!(parse_stat(text, "cpu1").is_none());
+        let s = parse_stat(text, "cpu").unwrap();
         assert_eq!(s.softirq, 7);
         assert_eq!(s.steal, 2);
         assert_eq!(s.total(), 344);

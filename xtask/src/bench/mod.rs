@@ -6,6 +6,7 @@
 mod bed;
 mod cost;
 mod cpu;
+mod pps;
 mod report;
 mod systems;
 mod workloads;
@@ -348,7 +349,7 @@ fn session(
     if let (Some(pid), None, System::LbNat) = (running.daemon_pid(), &extras.flow_bytes, system) {
         extras.flow_bytes = Some(cost::flow_bytes(pid).map_err(|e| format!("{e:#}")));
     }
-    if !plan.quick {
+    if !plan.quick && system != System::XdpBare {
         // Warm-up, not recorded: caches, conntrack, the backends' first workers.
         let _ = workloads::run(Workload::KeepAlive, bed, &mut running, 1);
     }

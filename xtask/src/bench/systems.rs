@@ -8,7 +8,9 @@ use super::bed::{
     Bed, HTTP_PORT, IPERF_PORT, LB_CPU, NGINX_STREAM_MODULE, PROXY_PORT, Proc, VIP,
     check_nginx_conf, nginx_common, pinned,
 };
+use super::pps::{PPS_BACKEND_PORTS, PPS_PORT};
 use anyhow::{Context, Result, bail};
+use aya::programs::xdp::XdpLink;
 use lb_tests::netns::wait_until;
 use lb_tests::{Daemon, Launch};
 use std::fmt::Write as _;
@@ -27,10 +29,11 @@ pub enum System {
     NginxPp,
     NftDnat,
     NoLb,
+    XdpBare,
 }
 
 /// Every system, in the order of the tables.
-pub const ALL: [System; 9] = [
+pub const ALL: [System; 10] = [
     System::LbNat,
     System::LbProxyV2,
     System::LbProxyV2Sockmap,
@@ -40,6 +43,7 @@ pub const ALL: [System; 9] = [
     System::NginxPp,
     System::NftDnat,
     System::NoLb,
+    System::XdpBare,
 ];
 
 impl System {
@@ -54,6 +58,7 @@ impl System {
             System::NginxPp => "nginx-pp",
             System::NftDnat => "nft-dnat",
             System::NoLb => "no-lb",
+            System::XdpBare => "xdp-bare",
         }
     }
 
@@ -86,6 +91,9 @@ impl System {
             }
             System::NoLb => {
                 "no load balancer (the ceiling): each client thread talks to one of the 3 backends, routed by the LB namespace's kernel; iperf3 to b1"
+            }
+            System::XdpBare => {
+                "bare XDP (the packet-rate ceiling): a program that only redirects every frame from the LB's client side to its backend side; packet-rate workloads only"
             }
         }
     }
@@ -187,6 +195,21 @@ fn lb_config(system: System, bed: &Bed) -> String {
         )
         .unwrap();
     }
+    if system == System::LbNat {
+        // The packet-rate workloads' service: nothing listens behind it (the sink drops
+        // its frames on the way), so no health check; 3 hosts x 4 ports, so 100,000
+        // flows find SNAT ports.
+        let backends: Vec<SocketAddr> = PPS_BACKEND_PORTS
+            .flat_map(|port| bed.backend_addrs(port))
+            .collect();
+        writeln!(
+            s,
+            "\n[[service]]\nname = \"pps\"\nvip = \"{}:{PPS_PORT}\"\nmode = \"nat\"\nbackends = [{}]\n\n[service.health]\ncheck = \"none\"",
+            system.vip(),
+            list(backends)
+        )
+        .unwrap();
+    }
     s
 }
 
@@ -230,6 +253,8 @@ pub struct Running {
     nft_table: bool,
     /// The LB namespace's name (the topology owns the namespace).
     ns: String,
+    /// The bare XDP program's attachment (detached on drop).
+    xdp_link: Option<XdpLink>,
 }
 
 impl Running {
@@ -289,6 +314,7 @@ impl Running {
 
 impl Drop for Running {
     fn drop(&mut self) {
+        self.xdp_link.take();
         self.daemon.take();
         self.procs.clear();
         if self.vip_on_lo {
@@ -311,7 +337,7 @@ fn ip(ns: &str, args: &[&str]) -> Result<String> {
 }
 
 /// Starts `system` in the LB namespace and waits until the VIP serves `/small`.
-pub fn start(system: System, bed: &Bed, lb_bin: &Path) -> Result<Running> {
+pub fn start(system: System, bed: &mut Bed, lb_bin: &Path) -> Result<Running> {
     let ns = bed.topo.lb.name().to_owned();
     let mut r = Running {
         system,
@@ -320,6 +346,7 @@ pub fn start(system: System, bed: &Bed, lb_bin: &Path) -> Result<Running> {
         vip_on_lo: false,
         nft_table: false,
         ns,
+        xdp_link: None,
     };
     let tag = system.name();
     match system {
@@ -391,6 +418,16 @@ pub fn start(system: System, bed: &Bed, lb_bin: &Path) -> Result<Running> {
                 .context("loading the nftables DNAT rules")?;
         }
         System::NoLb => {}
+        System::XdpBare => {
+            let link = bed.xdp.attach_redirect(
+                &bed.topo.lb,
+                lb_tests::topology::LB_IF_A,
+                lb_tests::topology::LB_IF_B,
+            )?;
+            r.xdp_link = Some(link);
+            // It serves no connections: nothing to wait for.
+            return Ok(r);
+        }
     }
     wait_serving(&mut r, bed)?;
     Ok(r)

@@ -15,14 +15,21 @@ pub enum Workload {
     Bulk1,
     Bulk4,
     Download,
+    /// Small frames of 1, 1,000 or 100,000 flows (see `pps`).
+    Pps1,
+    Pps1k,
+    Pps100k,
 }
 
-pub const ALL: [Workload; 5] = [
+pub const ALL: [Workload; 8] = [
     Workload::Conn,
     Workload::KeepAlive,
     Workload::Bulk1,
     Workload::Bulk4,
     Workload::Download,
+    Workload::Pps1,
+    Workload::Pps1k,
+    Workload::Pps100k,
 ];
 
 /// wrk's threads, one per backend (all on the client's CPU): without a load balancer
@@ -57,6 +64,9 @@ impl Workload {
             Workload::Bulk1 => "bulk1",
             Workload::Bulk4 => "bulk4",
             Workload::Download => "download",
+            Workload::Pps1 => "pps-1",
+            Workload::Pps1k => "pps-1k",
+            Workload::Pps100k => "pps-100k",
         }
     }
 
@@ -77,6 +87,20 @@ impl Workload {
             Workload::Download => format!(
                 "HTTP download: wrk, {CLIENT_THREADS} threads, {DOWNLOAD_CONCURRENCY} kept-alive connections, GET /big (64 MiB); the bulk figure every system has, PROXY ones included"
             ),
+            Workload::Pps1 | Workload::Pps1k | Workload::Pps100k => format!(
+                "packet rate, {} concurrent flows: 64-byte TCP frames from an XDP generator (BPF_PROG_TEST_RUN live frames, XDP_TX on the client's veth, on the client's CPU), counted and dropped by an XDP sink on the switch's end of the LB's backend-side veth; `rate` = frames that came out, `offered` = frames sent",
+                self.pps_flows().unwrap_or(0)
+            ),
+        }
+    }
+
+    /// How many flows a packet-rate workload cycles through; `None` for the others.
+    pub fn pps_flows(self) -> Option<u32> {
+        match self {
+            Workload::Pps1 => Some(1),
+            Workload::Pps1k => Some(1_000),
+            Workload::Pps100k => Some(100_000),
+            _ => None,
         }
     }
 
@@ -96,16 +120,30 @@ impl Workload {
             m("cpu", "CPU-s/1k req", false),
         ];
         const BULK: &[Metric] = &[m("throughput", "Gbit/s", true), m("cpu", "CPU-s/GB", false)];
+        const PPS: &[Metric] = &[
+            m("rate", "Mpps", true),
+            m("offered", "Mpps", true),
+            m("lb_cpu_busy", "%", false),
+            m("client_cpu_busy", "%", false),
+        ];
         match self {
             Workload::Conn => CONN,
             Workload::KeepAlive => KEEPALIVE,
             Workload::Bulk1 | Workload::Bulk4 | Workload::Download => BULK,
+            Workload::Pps1 | Workload::Pps1k | Workload::Pps100k => PPS,
         }
     }
 
     /// Why the workload cannot run on `system`, if it cannot.
     pub fn not_applicable(self, system: System) -> Option<&'static str> {
+        let pps = self.pps_flows().is_some();
         match self {
+            _ if system == System::XdpBare && !pps => {
+                Some("n/a: the bare XDP program only forwards the packet-rate workloads' frames")
+            }
+            _ if pps && !matches!(system, System::LbNat | System::XdpBare) => Some(
+                "n/a: packet rate of the XDP path; this system has none (frames of no connection)",
+            ),
             Workload::Bulk1 | Workload::Bulk4 if system.sends_proxy_v2() => Some(
                 "n/a: iperf3 cannot read a PROXY header (see the download workload for this system's bulk cost)",
             ),
@@ -242,6 +280,18 @@ fn spent(a: &Snap, b: &Snap) -> (f64, f64, Option<String>) {
 
 /// Runs `workload` once for `secs` against `running`.
 pub fn run(workload: Workload, bed: &mut Bed, running: &mut Running, secs: u32) -> Result<Sample> {
+    if let Some(flows) = workload.pps_flows() {
+        let r = super::pps::run(bed, running, flows, secs)?;
+        return Ok(Sample {
+            values: vec![
+                r.delivered / 1e6,
+                r.offered / 1e6,
+                r.lb_cpu * 100.0,
+                r.client_cpu * 100.0,
+            ],
+            disturbed: None,
+        });
+    }
     let (http, iperf) = running.targets(bed);
     let pids = running.lb_pids();
     let ours = bed.net_inodes();
@@ -253,6 +303,7 @@ pub fn run(workload: Workload, bed: &mut Bed, running: &mut Running, secs: u32) 
         Workload::Download => wrk(bed, &http, "/big", DOWNLOAD_CONCURRENCY, secs, false),
         Workload::Bulk1 => iperf3(bed, iperf, 1, secs).map(bulk_as_wrk),
         Workload::Bulk4 => iperf3(bed, iperf, 4, secs).map(bulk_as_wrk),
+        Workload::Pps1 | Workload::Pps1k | Workload::Pps100k => unreachable!("measured above"),
     };
     let b = snap(&pids, &ours)?;
     let opens = active_opens(bed)?.saturating_sub(opens0);
@@ -303,6 +354,7 @@ pub fn run(workload: Workload, bed: &mut Bed, running: &mut Running, secs: u32) 
                 cpu / (r.requests as f64 / 1000.0),
             ]
         }
+        Workload::Pps1 | Workload::Pps1k | Workload::Pps100k => unreachable!("measured above"),
         Workload::Bulk1 | Workload::Bulk4 | Workload::Download => {
             let gb = r.bytes as f64 / 1e9;
             vec![r.bytes as f64 * 8.0 / r.secs / 1e9, cpu / gb]

@@ -1,0 +1,521 @@
+//! The packet-rate workloads: small TCP frames at the highest rate this machine makes,
+//! cycling through 1, 1,000 or 100,000 flows, into the LB namespace's XDP path, and
+//! counted where they leave it.
+//!
+//! The frames come from `bench_gen` (the `lb-bench-xdp` object) run with
+//! BPF_PROG_TEST_RUN in live-frames mode on the client's veth: the kernel sends each
+//! frame with XDP_TX, so no socket, qdisc or user-space copy limits the rate. They
+//! enter the LB's `lb0`, where lb's `lb_xdp` (or, for the ceiling, `bench_redirect`)
+//! sends them out of `lb1`, and `bench_sink` on the switch's end of that veth counts
+//! and drops them. Frames go to the `pps` service ([`PPS_PORT`]), whose backends are
+//! never health-checked, and the sink drops only TCP to [`SINK_PORTS`], so the other
+//! workloads' traffic passes it untouched.
+
+use super::bed::{Bed, CLIENT_CPU, LB_CPU};
+use super::cpu::Stat;
+use super::systems::Running;
+use anyhow::{Context, Result, anyhow, bail};
+use aya::maps::{Array, DevMap, PerCpuArray};
+use aya::programs::{Xdp, XdpMode, xdp::XdpLink};
+use aya::{Ebpf, EbpfLoader};
+use lb_tests::Netns;
+use std::net::Ipv4Addr;
+use std::os::fd::{AsFd, AsRawFd};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// The VIP port of lb's `pps` service (and the port the ceiling's frames carry).
+pub const PPS_PORT: u16 = 9000;
+/// The `pps` service's backends listen (nominally: nothing answers) on these ports of
+/// each backend host, so 100,000 flows find enough SNAT ports (one range per backend
+/// address and port).
+pub const PPS_BACKEND_PORTS: std::ops::RangeInclusive<u16> = 9000..=9003;
+/// What the sink counts and drops: TCP to these ports.
+const SINK_PORTS: (u16, u16) = (9000, 9003);
+/// The frame: 14 Ethernet + 20 IPv4 + 20 TCP + 6 padding (a 64-byte frame on a wire,
+/// with its FCS).
+const FRAME_LEN: usize = 60;
+/// Frames per BPF_PROG_TEST_RUN call: a call lasts well under a second.
+const CHUNK: u32 = 1 << 18;
+/// The template's length in the generator's map, in 8-byte words: the headers (54
+/// bytes) and two bytes of padding.
+const TEMPLATE_WORDS: usize = 7;
+/// Unmeasured time first: every flow is created and the rings fill.
+const WARMUP: Duration = Duration::from_secs(1);
+
+/// The object with the bench's XDP programs, next to lb's object.
+pub fn object_path(lb_object: &Path) -> PathBuf {
+    lb_object.with_file_name("lb-bench-xdp")
+}
+
+/// The loaded bench programs; the sink stays attached while this lives.
+pub struct BenchXdp {
+    ebpf: Ebpf,
+}
+
+impl BenchXdp {
+    pub fn load(object: &Path) -> Result<BenchXdp> {
+        let mut ebpf = EbpfLoader::new().load_file(object).with_context(|| {
+            format!(
+                "loading the bench's XDP object {} (`cargo xtask build` builds it)",
+                object.display()
+            )
+        })?;
+        for name in ["bench_gen", "bench_redirect", "bench_sink"] {
+            xdp(&mut ebpf, name)?
+                .load()
+                .with_context(|| format!("loading program `{name}`"))?;
+        }
+        let mut ports: Array<_, u32> = Array::try_from(map(&mut ebpf, "SINK_PORTS")?)?;
+        ports.set(0, SINK_PORTS.0 as u32, 0)?;
+        ports.set(1, SINK_PORTS.1 as u32, 0)?;
+        Ok(BenchXdp { ebpf })
+    }
+
+    /// Attaches the sink to `iface` in `ns` for as long as this lives.
+    pub fn attach_sink(&mut self, ns: &Netns, iface: &str) -> Result<()> {
+        let prog = xdp(&mut self.ebpf, "bench_sink")?;
+        in_netns(ns, || prog.attach(iface, XdpMode::Driver).map(drop))
+            .with_context(|| format!("attaching bench_sink to {iface} in {}", ns.name()))
+    }
+
+    /// Attaches the bare ceiling to `iface` in `ns`, redirecting to `to` there; it is
+    /// detached when the returned link drops.
+    pub fn attach_redirect(&mut self, ns: &Netns, iface: &str, to: &str) -> Result<XdpLink> {
+        let mut tx = DevMap::try_from(map(&mut self.ebpf, "REDIRECT")?)?;
+        // Inside the namespace: the kernel resolves a devmap entry's ifindex in the
+        // writer's namespace.
+        in_netns(ns, || -> Result<()> {
+            tx.set(0, ifindex(to)?, None, 0)
+                .context("writing the redirect port")?;
+            Ok(())
+        })?;
+        let prog = xdp(&mut self.ebpf, "bench_redirect")?;
+        let id = in_netns(ns, || prog.attach(iface, XdpMode::Driver))
+            .with_context(|| format!("attaching bench_redirect to {iface} in {}", ns.name()))?;
+        Ok(prog.take_link(id)?)
+    }
+
+    /// Frames the sink has dropped so far, over all CPUs.
+    fn sunk(&self) -> Result<u64> {
+        let count: PerCpuArray<_, u64> = PerCpuArray::try_from(
+            self.ebpf
+                .map("SINK_COUNT")
+                .ok_or_else(|| anyhow!("map SINK_COUNT not in the bench object"))?,
+        )?;
+        Ok(count.get(&0, 0)?.iter().sum())
+    }
+}
+
+/// What one packet-rate run measured.
+pub struct Rate {
+    /// Frames per second that came out of the system under test.
+    pub delivered: f64,
+    /// Frames per second the generator sent.
+    pub offered: f64,
+    /// Share of the LB's CPU busy meanwhile (its NAPI thread: the system under test).
+    pub lb_cpu: f64,
+    /// Share of the client's CPU busy meanwhile (the generator).
+    pub client_cpu: f64,
+}
+
+/// Sends frames to the `pps` service through `running` for `secs` after the warm-up,
+/// cycling through `flows` flows, and measures what comes out.
+pub fn run(bed: &mut Bed, running: &mut Running, flows: u32, secs: u32) -> Result<Rate> {
+    let topo = &bed.topo;
+    let frame = frame(
+        mac(&topo.client, "eth0")?,
+        mac(&topo.lb, lb_tests::topology::LB_IF_A)?,
+        topo.client_v4,
+        running.system.vip(),
+    );
+    {
+        let mut cfg: Array<_, u32> = Array::try_from(map(&mut bed.xdp.ebpf, "GEN")?)?;
+        cfg.set(0, flows.max(1), 0)?;
+        cfg.set(1, u32::from_ne_bytes(bed.topo.client_v4.octets()), 0)?;
+        let mut template: Array<_, [u64; TEMPLATE_WORDS]> =
+            Array::try_from(map(&mut bed.xdp.ebpf, "TEMPLATE")?)?;
+        template.set(0, words(&frame), 0)?;
+    }
+    let (xdp, topo) = (&bed.xdp, &bed.topo);
+    let _napi = ThreadedNapi::start(&topo.lb, lb_tests::topology::LB_IF_A, LB_CPU)?;
+    let gen_fd = xdp_ref(&xdp.ebpf, "bench_gen")?.fd()?.as_fd();
+    let client = &topo.client;
+    let cpu: usize = CLIENT_CPU.parse().expect("a CPU number");
+    let measure = Duration::from_secs(secs.into());
+    let rate = std::thread::scope(|s| {
+        s.spawn(|| -> Result<Rate> {
+            enter(client)?;
+            sys::pin_to_cpu(cpu).context("pinning the generator")?;
+            let ifindex = ifindex("eth0")?;
+            let send = |n: u32| {
+                sys::test_run_live(gen_fd.as_raw_fd(), &frame, ifindex, n)
+                    .context("BPF_PROG_TEST_RUN (live frames) of bench_gen")
+            };
+            let warm = Instant::now();
+            let mut sent = 0u64;
+            while warm.elapsed() < WARMUP || sent < 2 * flows as u64 {
+                send(CHUNK)?;
+                sent += CHUNK as u64;
+                if warm.elapsed() > WARMUP * 10 {
+                    bail!("the warm-up did not send {} frames in 10 s", 2 * flows);
+                }
+            }
+            let cpus = || -> Result<(Stat, Stat)> {
+                Ok((Stat::read_cpu(LB_CPU)?, Stat::read_cpu(CLIENT_CPU)?))
+            };
+            let (c0, s0, t0) = (cpus()?, xdp.sunk()?, Instant::now());
+            let mut sent = 0u64;
+            while t0.elapsed() < measure {
+                send(CHUNK)?;
+                sent += CHUNK as u64;
+            }
+            let (s1, dt, c1) = (xdp.sunk()?, t0.elapsed().as_secs_f64(), cpus()?);
+            let share = |a: &Stat, b: &Stat| {
+                let d = b.since(a);
+                d.busy() as f64 / d.total().max(1) as f64
+            };
+            Ok(Rate {
+                delivered: (s1 - s0) as f64 / dt,
+                offered: sent as f64 / dt,
+                lb_cpu: share(&c0.0, &c1.0),
+                client_cpu: share(&c0.1, &c1.1),
+            })
+        })
+        .join()
+        .map_err(|_| anyhow!("the generator thread panicked"))?
+    })?;
+    running.check()?;
+    if rate.delivered < 0.01 * rate.offered {
+        bail!(
+            "{:.0} frames/s sent but only {:.0}/s came out of {}",
+            rate.offered,
+            rate.delivered,
+            running.system.name()
+        );
+    }
+    Ok(rate)
+}
+
+/// A veth's NAPI (its receive processing, XDP included) in its own kernel thread, pinned
+/// to a CPU, for as long as this lives. Without it a veth's receive side runs in the
+/// softirq of the CPU that sent to it: the generator's, so generator, load balancer
+/// and sink would share one CPU. With the LB's `lb0` threaded on the LB's CPU, the
+/// generator has the client's CPU to itself, and the LB's CPU runs the system under
+/// test and, in its softirq, the sink (which the LB's redirect schedules there): a
+/// small, equal cost for every system.
+struct ThreadedNapi<'a> {
+    ns: &'a Netns,
+    iface: &'static str,
+}
+
+impl<'a> ThreadedNapi<'a> {
+    fn start(ns: &'a Netns, iface: &'static str, cpu: &str) -> Result<ThreadedNapi<'a>> {
+        let napi = ThreadedNapi { ns, iface };
+        napi.set(false)?;
+        let before = napi_threads(iface)?;
+        napi.set(true)?;
+        let new: Vec<u32> = napi_threads(iface)?
+            .into_iter()
+            .filter(|p| !before.contains(p))
+            .collect();
+        if new.is_empty() {
+            bail!(
+                "no NAPI thread of {iface} in {} appeared when it was made threaded",
+                ns.name()
+            );
+        }
+        for pid in new {
+            lb_tests::cmd::run(std::process::Command::new("taskset").args([
+                "-p",
+                "-c",
+                cpu,
+                &pid.to_string(),
+            ]))
+            .with_context(|| format!("pinning {iface}'s NAPI thread {pid} to CPU {cpu}"))?;
+        }
+        Ok(napi)
+    }
+
+    fn set(&self, on: bool) -> Result<()> {
+        let path = format!("/sys/class/net/{}/threaded", self.iface);
+        self.ns
+            .exec("sh", &["-c", &format!("echo {} > {path}", u8::from(on))])
+            .with_context(|| format!("writing {path} in {}", self.ns.name()))
+            .map(drop)
+    }
+}
+
+impl Drop for ThreadedNapi<'_> {
+    fn drop(&mut self) {
+        let _ = self.set(false);
+    }
+}
+
+/// PIDs of the kernel threads running a NAPI instance of an interface named `iface`
+/// (`napi/IFACE-ID`; any namespace).
+fn napi_threads(iface: &str) -> Result<Vec<u32>> {
+    let prefix = format!("napi/{iface}-");
+    let mut pids = Vec::new();
+    for e in std::fs::read_dir("/proc")? {
+        let e = e?;
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        if let Ok(comm) = std::fs::read_to_string(e.path().join("comm")) {
+            if comm.trim_end().starts_with(&prefix) {
+                pids.push(pid);
+            }
+        }
+    }
+    Ok(pids)
+}
+
+/// The template frame: client → `vip`:[`PPS_PORT`], a bare ACK, checksums right.
+fn frame(src_mac: [u8; 6], dst_mac: [u8; 6], src: Ipv4Addr, vip: Ipv4Addr) -> Vec<u8> {
+    let mut f = vec![0u8; FRAME_LEN];
+    f[0..6].copy_from_slice(&dst_mac);
+    f[6..12].copy_from_slice(&src_mac);
+    f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+    let ip = 14;
+    f[ip] = 0x45;
+    f[ip + 2..ip + 4].copy_from_slice(&40u16.to_be_bytes());
+    f[ip + 6] = 0x40; // DF
+    f[ip + 8] = 64; // TTL
+    f[ip + 9] = 6; // TCP
+    f[ip + 12..ip + 16].copy_from_slice(&src.octets());
+    f[ip + 16..ip + 20].copy_from_slice(&vip.octets());
+    let c = !fold(sum(&f[ip..ip + 20]));
+    f[ip + 10..ip + 12].copy_from_slice(&c.to_be_bytes());
+    let tcp = ip + 20;
+    f[tcp..tcp + 2].copy_from_slice(&1024u16.to_be_bytes());
+    f[tcp + 2..tcp + 4].copy_from_slice(&PPS_PORT.to_be_bytes());
+    f[tcp + 4..tcp + 8].copy_from_slice(&1u32.to_be_bytes()); // seq
+    f[tcp + 8..tcp + 12].copy_from_slice(&1u32.to_be_bytes()); // ack
+    f[tcp + 12] = 5 << 4;
+    f[tcp + 13] = 0x10; // ACK
+    f[tcp + 14..tcp + 16].copy_from_slice(&65535u16.to_be_bytes());
+    let mut pseudo = Vec::with_capacity(32);
+    pseudo.extend_from_slice(&src.octets());
+    pseudo.extend_from_slice(&vip.octets());
+    pseudo.extend_from_slice(&[0, 6, 0, 20]);
+    pseudo.extend_from_slice(&f[tcp..tcp + 20]);
+    let c = !fold(sum(&pseudo));
+    f[tcp + 16..tcp + 18].copy_from_slice(&c.to_be_bytes());
+    f
+}
+
+/// The first [`TEMPLATE_WORDS`] words of `frame`, as the program copies them.
+fn words(frame: &[u8]) -> [u64; TEMPLATE_WORDS] {
+    let mut w = [0u64; TEMPLATE_WORDS];
+    for (i, chunk) in frame.chunks(8).take(TEMPLATE_WORDS).enumerate() {
+        let mut b = [0u8; 8];
+        b[..chunk.len()].copy_from_slice(chunk);
+        w[i] = u64::from_ne_bytes(b);
+    }
+    w
+}
+
+/// One's-complement sum of big-endian 16-bit words (`data` has an even length).
+fn sum(data: &[u8]) -> u32 {
+    data.chunks(2)
+        .map(|w| u16::from_be_bytes([w[0], w[1]]) as u32)
+        .sum()
+}
+
+fn fold(mut s: u32) -> u16 {
+    while s > 0xffff {
+        s = (s & 0xffff) + (s >> 16);
+    }
+    s as u16
+}
+
+/// The MAC address of `iface` in `ns`.
+fn mac(ns: &Netns, iface: &str) -> Result<[u8; 6]> {
+    let out = ns.ip(&format!("-j link show dev {iface}"))?;
+    let v: serde_json::Value = serde_json::from_str(&out)
+        .with_context(|| format!("parsing `ip -j link show dev {iface}`"))?;
+    let text = v[0]["address"]
+        .as_str()
+        .ok_or_else(|| anyhow!("{iface} in {} has no MAC address", ns.name()))?;
+    parse_mac(text).with_context(|| format!("the MAC address `{text}` of {iface}"))
+}
+
+fn parse_mac(text: &str) -> Result<[u8; 6]> {
+    let bytes: Vec<u8> = text
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16))
+        .collect::<Result<_, _>>()?;
+    bytes.try_into().map_err(|_| anyhow!("not six bytes long"))
+}
+
+fn xdp<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {
+    ebpf.program_mut(name)
+        .ok_or_else(|| anyhow!("program `{name}` not in the bench object"))?
+        .try_into()
+        .with_context(|| format!("`{name}` is not an XDP program"))
+}
+
+fn xdp_ref<'a>(ebpf: &'a Ebpf, name: &str) -> Result<&'a Xdp> {
+    ebpf.program(name)
+        .ok_or_else(|| anyhow!("program `{name}` not in the bench object"))?
+        .try_into()
+        .with_context(|| format!("`{name}` is not an XDP program"))
+}
+
+fn map<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::maps::Map> {
+    ebpf.map_mut(name)
+        .ok_or_else(|| anyhow!("map `{name}` not in the bench object"))
+}
+
+/// Moves the calling thread into `ns`.
+fn enter(ns: &Netns) -> Result<()> {
+    lb_tests::sys::enter_netns(&ns.path())
+        .with_context(|| format!("entering namespace {}", ns.name()))
+}
+
+/// Runs `f` on a thread inside `ns` (interface names mean something only there).
+fn in_netns<T: Send, E: Into<anyhow::Error> + Send>(
+    ns: &Netns,
+    f: impl FnOnce() -> std::result::Result<T, E> + Send,
+) -> Result<T> {
+    std::thread::scope(|s| {
+        s.spawn(|| -> Result<T> {
+            enter(ns)?;
+            f().map_err(Into::into)
+        })
+        .join()
+        .map_err(|_| anyhow!("a thread inside {} panicked", ns.name()))?
+    })
+}
+
+fn ifindex(iface: &str) -> Result<u32> {
+    sys::ifindex(iface).with_context(|| format!("no interface {iface}"))
+}
+
+/// The few system calls aya has no wrapper for.
+mod sys {
+    #![allow(unsafe_code)]
+
+    use std::ffi::CString;
+    use std::io;
+    use std::os::fd::RawFd;
+
+    const BPF_PROG_TEST_RUN: libc::c_long = 10;
+    const BPF_F_TEST_XDP_LIVE_FRAMES: u32 = 1 << 1;
+    /// The kernel's most frames per live-frames batch.
+    const BATCH: u32 = 256;
+
+    /// `union bpf_attr`'s `test` member.
+    #[repr(C)]
+    #[derive(Default)]
+    struct TestRun {
+        prog_fd: u32,
+        retval: u32,
+        data_size_in: u32,
+        data_size_out: u32,
+        data_in: u64,
+        data_out: u64,
+        repeat: u32,
+        duration: u32,
+        ctx_size_in: u32,
+        ctx_size_out: u32,
+        ctx_in: u64,
+        ctx_out: u64,
+        flags: u32,
+        cpu: u32,
+        batch_size: u32,
+        _pad: u32,
+    }
+
+    /// Runs the XDP program `prog` `repeat` times on `frame` as if received on
+    /// `ifindex`, sending what it returns XDP_TX for out of that interface.
+    pub fn test_run_live(prog: RawFd, frame: &[u8], ifindex: u32, repeat: u32) -> io::Result<()> {
+        // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index,
+        // egress_ifindex.
+        let ctx: [u32; 6] = [0, frame.len() as u32, 0, ifindex, 0, 0];
+        let attr = TestRun {
+            prog_fd: prog as u32,
+            data_size_in: frame.len() as u32,
+            data_in: frame.as_ptr() as u64,
+            repeat,
+            ctx_size_in: std::mem::size_of_val(&ctx) as u32,
+            ctx_in: ctx.as_ptr() as u64,
+            flags: BPF_F_TEST_XDP_LIVE_FRAMES,
+            batch_size: BATCH,
+            ..TestRun::default()
+        };
+        // SAFETY: `attr` is a valid `bpf_attr` prefix of the size passed, and the frame
+        // and context it points to outlive the call; the kernel only reads them.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_PROG_TEST_RUN,
+                &attr as *const TestRun,
+                std::mem::size_of::<TestRun>(),
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Pins the calling thread to `cpu`.
+    pub fn pin_to_cpu(cpu: usize) -> io::Result<()> {
+        // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET writes inside it.
+        let rc = unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu, &mut set);
+            libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set)
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// The index of interface `name` in the calling thread's namespace.
+    pub fn ifindex(name: &str) -> io::Result<u32> {
+        let c = CString::new(name).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        // SAFETY: `c` is a valid NUL-terminated string for the whole call.
+        let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
+        if i == 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(i)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn template_checksums_verify() {
+        let f = frame(
+            [2, 0, 0, 0, 0, 1],
+            [2, 0, 0, 0, 0, 2],
+            Ipv4Addr::new(198, 18, 0, 2),
+            Ipv4Addr::new(198, 18, 100, 1),
+        );
+        assert_eq!(f.len(), FRAME_LEN);
+        assert_eq!(fold(sum(&f[14..34])), 0xffff, "IPv4 header checksum");
+        let mut pseudo = Vec::new();
+        pseudo.extend_from_slice(&f[26..34]);
+        pseudo.extend_from_slice(&[0, 6, 0, 20]);
+        pseudo.extend_from_slice(&f[34..54]);
+        assert_eq!(fold(sum(&pseudo)), 0xffff, "TCP checksum");
+        assert_eq!(u16::from_be_bytes([f[36], f[37]]), PPS_PORT);
+    }
+
+    #[test]
+    fn parses_macs() {
+        assert_eq!(
+            parse_mac("02:ab:00:10:ff:0e").unwrap(),
+            [2, 0xab, 0, 0x10, 0xff, 0x0e]
+        );
+        assert!(parse_mac("02:ab:00:10:ff").is_err());
+        assert!(parse_mac("zz:ab:00:10:ff:0e").is_err());
+    }
+}
