@@ -28,18 +28,42 @@ fn workloads_of(system: &str) -> &'static [&'static str] {
     }
 }
 
+/// Runs `cargo ARGS` in the workspace; its failure fails the test.
+fn cargo(args: &[&str]) {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .current_dir(lb_tests::workspace_root())
+        .args(args)
+        .status()
+        .unwrap_or_else(|e| panic!("running cargo {}: {e}", args.join(" ")));
+    assert!(
+        status.success(),
+        "cargo {} failed: {status}",
+        args.join(" ")
+    );
+}
+
 /// Builds the xtask binary (cheap: `cargo xtask test` has just built it) and returns
 /// its path.
 fn xtask_bin() -> std::path::PathBuf {
-    let root = lb_tests::workspace_root();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .current_dir(&root)
-        .args(["build", "--quiet", "-p", "xtask"])
-        .status()
-        .expect("running cargo build -p xtask");
-    assert!(status.success(), "cargo build -p xtask failed: {status}");
-    root.join("target/debug/xtask")
+    cargo(&["build", "--quiet", "-p", "xtask"]);
+    lb_tests::workspace_root().join("target/debug/xtask")
+}
+
+/// Builds the Maglev cost harness, which `--no-build` takes as built like `lb` (a
+/// second, it has no dependencies).
+fn maglev_harness() {
+    cargo(&[
+        "build",
+        "--quiet",
+        "--release",
+        "-p",
+        "lb-common",
+        "--features",
+        "std",
+        "--example",
+        "maglev_cost",
+    ]);
 }
 
 #[test]
@@ -48,6 +72,7 @@ fn quick_bench_writes_every_figure() {
     lb_tests::require_root().unwrap_or_else(|e| panic!("{e:#}"));
     let lb = lb_tests::lb_bin().unwrap_or_else(|e| panic!("{e:#}"));
     let object = lb_tests::bpf_object().unwrap_or_else(|e| panic!("{e:#}"));
+    maglev_harness();
     let out = TempDir::new().expect("temp dir");
     let results = out.path().join("results");
 
@@ -168,6 +193,25 @@ fn quick_bench_writes_every_figure() {
             );
         }
     }
+    // The Maglev build cost, for every backend count the issue names.
+    let maglev: Vec<&serde_json::Value> = figures
+        .iter()
+        .copied()
+        .filter(|f| f["workload"] == "maglev-build")
+        .collect();
+    for f in &maglev {
+        assert_eq!(f["status"], "ok", "{f}\nbench log:\n{log}");
+    }
+    for n in [10, 100, 1000, 10000] {
+        let prefix = format!("build_time_n{n}_ring");
+        assert!(
+            maglev
+                .iter()
+                .any(|f| f["metric"].as_str().is_some_and(|m| m.starts_with(&prefix))),
+            "no Maglev build time for {n} backends:\n{md}"
+        );
+    }
+    assert!(md.contains("## Maglev table build"), "{md}");
     // The lb/peer ratios and the issue's targets are in the report, as are the
     // measurements still to build.
     assert!(md.contains("## Ratios lb-nat / peer"), "{md}");

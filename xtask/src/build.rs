@@ -1,5 +1,6 @@
 //! Builds the eBPF object with Debian's rustc-web (build-std=core for bpfel), then the
-//! `lb` binary in release, which embeds the object (lb-user/build.rs).
+//! `lb` binary in release, which embeds the object (lb-user/build.rs); for the bench,
+//! the Maglev cost harness.
 
 use crate::exec::{self, root, step};
 use crate::setup::EBPF_RUSTC;
@@ -15,6 +16,24 @@ pub fn ebpf_object() -> PathBuf {
 pub fn lb_binary() -> PathBuf {
     root().join("target/release/lb")
 }
+
+/// The bench's Maglev cost harness (lb-common's `maglev_cost` example, release).
+pub fn maglev_cost_binary() -> PathBuf {
+    root().join("target/release/examples/maglev_cost")
+}
+
+/// The release build of the harness, whose build time and heap figures the bench
+/// reports (timing it in xtask's own debug build would say nothing about the daemon).
+pub const MAGLEV_COST_BUILD: &[&str] = &[
+    "build",
+    "--release",
+    "-p",
+    "lb-common",
+    "--features",
+    "std",
+    "--example",
+    "maglev_cost",
+];
 
 pub fn ebpf() -> anyhow::Result<()> {
     step("building the eBPF object (lb-ebpf, bpfel-unknown-none)");
@@ -51,6 +70,15 @@ pub fn lb() -> anyhow::Result<()> {
             .current_dir(root())
             .env("LB_EBPF_OBJECT", ebpf_object())
             .args(["build", "--release", "-p", "lb-user", "--bin", "lb"]),
+    )
+}
+
+pub fn maglev_cost() -> anyhow::Result<()> {
+    step("building the Maglev cost harness (lb-common example maglev_cost, release)");
+    exec::run(
+        Command::new("cargo")
+            .current_dir(root())
+            .args(MAGLEV_COST_BUILD),
     )
 }
 

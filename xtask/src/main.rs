@@ -60,6 +60,7 @@ fn main() -> anyhow::Result<()> {
             if !opts.no_build {
                 setup::ensure()?;
                 build::all()?;
+                build::maglev_cost()?;
             }
             if !exec::is_root() {
                 // Built above: the root half only measures.
@@ -79,6 +80,9 @@ fn main() -> anyhow::Result<()> {
             } else {
                 (build::lb_binary(), build::ebpf_object())
             };
+            // Run at the end of the bench: a missing harness fails now, not after an
+            // hour of runs.
+            bench::maglev::harness()?;
             bench::run(&opts, &lb, &object)?;
         }
     }

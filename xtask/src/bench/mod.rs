@@ -6,6 +6,7 @@
 mod bed;
 mod cost;
 mod cpu;
+pub mod maglev;
 mod pps;
 mod report;
 mod systems;
@@ -540,11 +541,7 @@ fn figures(
         metric("pps_vs_bare_xdp", "ratio", true),
         "small-packet rate of lb's XDP path against a bare XDP bounce program on the same topology (the ceiling for any XDP program here)",
     ));
-    out.push(todo(
-        "maglev-build",
-        metric("build_time", "ms", false),
-        "Maglev table build time and memory for 10, 100, 1,000 and 10,000 backends",
-    ));
+    out.extend(maglev::figures(plan.quick, notes));
     let flow_metric = metric("memory_per_flow", "bytes", false);
     match &extras.flow_bytes {
         Some(Ok(bytes)) => out.push(Figure {

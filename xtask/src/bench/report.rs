@@ -2,6 +2,7 @@
 //! every figure, the lb/peer ratios and the targets (`.md`), and a chart of the
 //! main ratios (`.png`).
 
+use super::maglev;
 use super::systems::System;
 use super::workloads::{Metric, Workload};
 use anyhow::{Context, Result};
@@ -434,6 +435,7 @@ pub fn markdown(meta: &Meta, figures: &[Figure]) -> String {
     let other: Vec<&Figure> = figures
         .iter()
         .filter(|f| f.ok() && !meta.workloads.iter().any(|w| w.name() == f.workload))
+        .filter(|f| f.workload != maglev::WORKLOAD)
         .collect();
     if !other.is_empty() {
         writeln!(w, "\n## Cost series\n").unwrap();
@@ -455,6 +457,7 @@ pub fn markdown(meta: &Meta, figures: &[Figure]) -> String {
         )
         .unwrap();
     }
+    w.push_str(&maglev::markdown(figures));
     let todos: Vec<&Figure> = figures
         .iter()
         .filter(|f| f.status.starts_with("todo"))
