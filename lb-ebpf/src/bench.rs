@@ -9,6 +9,9 @@
 //!   the frame with XDP_TX.
 //! - `bench_redirect`: the bare ceiling. It redirects every frame to the one port of
 //!   `REDIRECT` and does nothing else: no XDP program on this path can be faster.
+//! - `bench_pass`: passes every frame to the kernel: the LB-side program for a kernel
+//!   path (nftables) under test, since a veth only takes the generator's frames when
+//!   its receiving end runs an XDP program.
 //! - `bench_sink`: the far end. It counts and drops the bench's frames (TCP to the
 //!   ports in `SINK_PORTS`) and passes everything else, so it can stay attached while
 //!   the other workloads run through it.
@@ -127,6 +130,12 @@ mod programs {
     #[xdp]
     pub fn bench_redirect(_ctx: XdpContext) -> u32 {
         REDIRECT.redirect(0, 0).unwrap_or(xdp_action::XDP_ABORTED)
+    }
+
+    /// Passes every frame to the kernel.
+    #[xdp]
+    pub fn bench_pass(_ctx: XdpContext) -> u32 {
+        xdp_action::XDP_PASS
     }
 
     /// Counts and drops TCP/IPv4 frames to the `SINK_PORTS` range; passes the rest.

@@ -24,7 +24,7 @@ fn workloads_of(system: &str) -> &'static [&'static str] {
         "lb-proxy-v2" | "lb-proxy-v2-sockmap" | "haproxy-pp2" | "nginx-pp" => {
             &["conn", "keepalive", "download"]
         }
-        "lb-nat" => &[
+        "lb-nat" | "nft-dnat" => &[
             "conn",
             "keepalive",
             "bulk1",

@@ -13,7 +13,7 @@
 
 use super::bed::{Bed, CLIENT_CPU, LB_CPU};
 use super::cpu::Stat;
-use super::systems::Running;
+use super::systems::{Running, System};
 use anyhow::{Context, Result, anyhow, bail};
 use aya::maps::{Array, DevMap, PerCpuArray};
 use aya::programs::{Xdp, XdpMode, xdp::XdpLink};
@@ -61,7 +61,7 @@ impl BenchXdp {
                 object.display()
             )
         })?;
-        for name in ["bench_gen", "bench_redirect", "bench_sink"] {
+        for name in ["bench_gen", "bench_redirect", "bench_pass", "bench_sink"] {
             xdp(&mut ebpf, name)?
                 .load()
                 .with_context(|| format!("loading program `{name}`"))?;
@@ -96,6 +96,14 @@ impl BenchXdp {
         Ok(prog.take_link(id)?)
     }
 
+    /// Attaches `bench_pass` to `iface` in `ns`; detached when the link drops.
+    fn attach_pass(&mut self, ns: &Netns, iface: &str) -> Result<XdpLink> {
+        let prog = xdp(&mut self.ebpf, "bench_pass")?;
+        let id = in_netns(ns, || prog.attach(iface, XdpMode::Driver))
+            .with_context(|| format!("attaching bench_pass to {iface} in {}", ns.name()))?;
+        Ok(prog.take_link(id)?)
+    }
+
     /// Frames the sink has dropped so far, over all CPUs.
     fn sunk(&self) -> Result<u64> {
         let count: PerCpuArray<_, u64> = PerCpuArray::try_from(
@@ -122,6 +130,14 @@ pub struct Rate {
 /// Sends frames to the `pps` service through `running` for `secs` after the warm-up,
 /// cycling through `flows` flows, and measures what comes out.
 pub fn run(bed: &mut Bed, running: &mut Running, flows: u32, secs: u32) -> Result<Rate> {
+    // A kernel path has no XDP program of its own on the LB's client side.
+    let _pass = match running.system {
+        System::NftDnat => Some(
+            bed.xdp
+                .attach_pass(&bed.topo.lb, lb_tests::topology::LB_IF_A)?,
+        ),
+        _ => None,
+    };
     let topo = &bed.topo;
     let frame = frame(
         mac(&topo.client, "eth0")?,

@@ -528,7 +528,8 @@ fn nft_conf(bed: &Bed) -> String {
     format!(
         "table ip lbbench {{\n  chain prerouting {{\n    type nat hook prerouting priority dstnat; policy accept;\n\
          \x20   ip daddr {VIP} tcp dport {HTTP_PORT} dnat to numgen random mod 3 map {{ {map} }}\n\
-         \x20   ip daddr {VIP} tcp dport {IPERF_PORT} dnat to {}\n  }}\n}}\n",
+         \x20   ip daddr {VIP} tcp dport {IPERF_PORT} dnat to {}\n\
+         \x20   ip daddr {VIP} tcp dport {PPS_PORT} dnat to numgen random mod 3 map {{ {map} }}\n  }}\n}}\n",
         bed.backend_addrs(IPERF_PORT)[0].ip()
     )
 }

@@ -141,9 +141,11 @@ impl Workload {
             _ if system == System::XdpBare && !pps => {
                 Some("n/a: the bare XDP program only forwards the packet-rate workloads' frames")
             }
-            _ if pps && !matches!(system, System::LbNat | System::XdpBare) => Some(
-                "n/a: packet rate of the XDP path; this system has none (frames of no connection)",
-            ),
+            _ if pps && !matches!(system, System::LbNat | System::XdpBare | System::NftDnat) => {
+                Some(
+                    "n/a: a proxy only sees connections, and the generator's frames belong to none",
+                )
+            }
             Workload::Bulk1 | Workload::Bulk4 if system.sends_proxy_v2() => Some(
                 "n/a: iperf3 cannot read a PROXY header (see the download workload for this system's bulk cost)",
             ),
@@ -281,7 +283,11 @@ fn spent(a: &Snap, b: &Snap) -> (f64, f64, Option<String>) {
 /// Runs `workload` once for `secs` against `running`.
 pub fn run(workload: Workload, bed: &mut Bed, running: &mut Running, secs: u32) -> Result<Sample> {
     if let Some(flows) = workload.pps_flows() {
+        // No process of the LB's: only whether something else competed matters.
+        let ours = bed.net_inodes();
+        let a = snap(&[], &ours)?;
         let r = super::pps::run(bed, running, flows, secs)?;
+        let (_, _, disturbed) = spent(&a, &snap(&[], &ours)?);
         return Ok(Sample {
             values: vec![
                 r.delivered / 1e6,
@@ -289,7 +295,7 @@ pub fn run(workload: Workload, bed: &mut Bed, running: &mut Running, secs: u32) 
                 r.lb_cpu * 100.0,
                 r.client_cpu * 100.0,
             ],
-            disturbed: None,
+            disturbed,
         });
     }
     let (http, iperf) = running.targets(bed);
