@@ -35,8 +35,11 @@ const SINK_PORTS: (u16, u16) = (9000, 9003);
 /// The frame: 14 Ethernet + 20 IPv4 + 20 TCP + 6 padding (a 64-byte frame on a wire,
 /// with its FCS).
 const FRAME_LEN: usize = 60;
-/// Frames per BPF_PROG_TEST_RUN call: a call lasts well under a second.
-const CHUNK: u32 = 1 << 18;
+/// Frames of the first BPF_PROG_TEST_RUN call. Every call waits for two RCU grace
+/// periods (the kernel installs the program in its XDP dispatcher and removes it), during
+/// which nothing is sent, so later calls are sized to last about [`CALL`] each.
+const FIRST_CALL: u32 = 1 << 18;
+const CALL: Duration = Duration::from_secs(1);
 /// The template's length in the generator's map, in 8-byte words: the headers (54
 /// bytes) and two bytes of padding.
 const TEMPLATE_WORDS: usize = 7;
@@ -170,9 +173,14 @@ pub fn run(bed: &mut Bed, running: &mut Running, flows: u32, secs: u32) -> Resul
             };
             let warm = Instant::now();
             let mut sent = 0u64;
+            let mut chunk = FIRST_CALL;
             while warm.elapsed() < WARMUP || sent < 2 * flows as u64 {
-                send(CHUNK)?;
-                sent += CHUNK as u64;
+                let t = Instant::now();
+                send(chunk)?;
+                sent += chunk as u64;
+                let rate = chunk as f64 / t.elapsed().as_secs_f64().max(1e-6);
+                chunk = (rate * CALL.as_secs_f64()).clamp(FIRST_CALL as f64, u32::MAX as f64)
+                    as u32;
                 if warm.elapsed() > WARMUP * 10 {
                     bail!("the warm-up did not send {} frames in 10 s", 2 * flows);
                 }
@@ -183,8 +191,8 @@ pub fn run(bed: &mut Bed, running: &mut Running, flows: u32, secs: u32) -> Resul
             let (c0, s0, t0) = (cpus()?, xdp.sunk()?, Instant::now());
             let mut sent = 0u64;
             while t0.elapsed() < measure {
-                send(CHUNK)?;
-                sent += CHUNK as u64;
+                send(chunk)?;
+                sent += chunk as u64;
             }
             let (s1, dt, c1) = (xdp.sunk()?, t0.elapsed().as_secs_f64(), cpus()?);
             let share = |a: &Stat, b: &Stat| {
