@@ -126,7 +126,8 @@ pub const FLOW_CLOSED: u8 = FLOW_FIN_CLIENT | FLOW_FIN_BACKEND;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowState {
-    /// `bpf_ktime_get_ns()` of the last packet in either direction.
+    /// `bpf_ktime_get_coarse_ns()` (CLOCK_MONOTONIC, to a tick) of the last packet in
+    /// either direction.
     pub last_seen_ns: u64,
     /// Backend id this flow is pinned to.
     pub backend: u32,

@@ -143,7 +143,7 @@ pub enum Parsed {
 pub struct Packet {
     /// The packet's own 5-tuple (addresses and ports as in the packet).
     pub key: FlowKey,
-    /// `bpf_ktime_get_ns()` when the packet arrived.
+    /// `bpf_ktime_get_coarse_ns()` when the packet arrived.
     pub now: u64,
     /// Offset of the IP header.
     pub l3: u32,

@@ -143,7 +143,7 @@ fn traffic(
 }
 
 /// Whether a flow entry counts as active at `now` (CLOCK_MONOTONIC ns, the clock of
-/// `bpf_ktime_get_ns`): not closed (FIN both ways, or RST) and not idle past the idle
+/// `bpf_ktime_get_coarse_ns`): not closed (FIN both ways, or RST) and not idle past the idle
 /// timeout, the rule by which the XDP program forgets flows (`lb-ebpf/src/flow.rs`).
 pub fn flow_active(fs: &FlowState, cfg: &GlobalConfig, now: u64) -> bool {
     let closed = fs.flags & FLOW_RST != 0 || fs.flags & FLOW_CLOSED == FLOW_CLOSED;

@@ -64,7 +64,7 @@ pub fn mount_bpffs(target: &std::path::Path) -> io::Result<()> {
     }
 }
 
-/// CLOCK_MONOTONIC in nanoseconds: the clock of the kernel's `bpf_ktime_get_ns`, so it
+/// CLOCK_MONOTONIC in nanoseconds: the clock of the kernel's `bpf_ktime_get_coarse_ns`, so it
 /// can be compared with the flow table's `last_seen_ns`.
 pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {

@@ -1328,8 +1328,10 @@ fn snat_port_is_derived_from_the_flow_hash_and_kept_when_the_flow_is_recreated()
     let (_, out) = lb.run(&build(&syn(p)), lb.lb1);
     assert_eq!(decode(&out).sport, first_snat_port(&k));
     // With no idle time allowed, the next packet finds the flow expired and re-creates
-    // it: it reclaims its own reverse NAT entry, so the port does not change.
+    // it: it reclaims its own reverse NAT entry, so the port does not change. The
+    // program's clock moves on ticks (bpf_ktime_get_coarse_ns): wait for the next one.
     lb.config.set(0, config_with_idle_timeout(0), 0).unwrap();
+    sleep(Duration::from_millis(20));
     let (_, out) = lb.run(
         &build(&Seg {
             flags: ACK,

@@ -179,8 +179,8 @@ pub fn run(bed: &mut Bed, running: &mut Running, flows: u32, secs: u32) -> Resul
                 send(chunk)?;
                 sent += chunk as u64;
                 let rate = chunk as f64 / t.elapsed().as_secs_f64().max(1e-6);
-                chunk = (rate * CALL.as_secs_f64()).clamp(FIRST_CALL as f64, u32::MAX as f64)
-                    as u32;
+                chunk =
+                    (rate * CALL.as_secs_f64()).clamp(FIRST_CALL as f64, u32::MAX as f64) as u32;
                 if warm.elapsed() > WARMUP * 10 {
                     bail!("the warm-up did not send {} frames in 10 s", 2 * flows);
                 }
