@@ -152,6 +152,31 @@ pub struct ReverseNat {
 }
 const _: () = assert!(size_of::<ReverseNat>() == 48);
 
+/// A backend's next hop as `bpf_fib_lookup` last found it: the value of the per-CPU
+/// `NEXT_HOPS` array (index: backend id). The forward path reuses it for
+/// [`NEXT_HOP_TTL_NS`] instead of a FIB lookup per packet (a third of the program's cost),
+/// so a route or neighbour change reaches established flows within that time.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NextHop {
+    /// The backend address it was looked up for (backend ids are reused), network order.
+    pub dst: [u32; 4],
+    /// `bpf_ktime_get_coarse_ns()` after which it is looked up again.
+    pub expires_ns: u64,
+    /// Egress interface.
+    pub ifindex: u32,
+    /// The longest IP packet (`ip_len`) the lookup found within the route's MTU; a longer
+    /// one is looked up again (and may get "fragmentation needed").
+    pub max_len: u32,
+    /// Destination MAC, then source MAC: the Ethernet header's first 12 bytes.
+    pub macs: [u8; 12],
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<NextHop>() == 48);
+
+/// How long a [`NextHop`] entry is used before the next FIB lookup.
+pub const NEXT_HOP_TTL_NS: u64 = 1_000_000_000;
+
 /// Settings that apply to every service; the single entry of the `CONFIG` array.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -205,6 +230,7 @@ pub mod names {
     pub const SERVICE_STATS: &str = "SERVICE_STATS";
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
     pub const COUNTERS: &str = "COUNTERS";
+    pub const NEXT_HOPS: &str = "NEXT_HOPS";
     /// Proxy VIP:port ([`super::VipKey`]) → `u32` index into `PROXY_LISTENERS`.
     pub const PROXY_VIPS: &str = "PROXY_VIPS";
     /// SockMap of the daemon's proxy listening sockets (`sk_lookup` targets).

@@ -12,7 +12,7 @@ use aya_ebpf::{
 use lb_common::{
     maps::{
         Backend, DEFAULT_RING_SIZE, FlowKey, FlowState, GlobalConfig, MAX_BACKENDS, MAX_IFACES,
-        MAX_PROXY_LISTENERS, MAX_SERVICES, ReverseNat, Service, TrafficCounters, VipKey,
+        MAX_PROXY_LISTENERS, MAX_SERVICES, NextHop, ReverseNat, Service, TrafficCounters, VipKey,
     },
     stats::NUM_COUNTERS,
 };
@@ -56,6 +56,12 @@ pub static CONFIG: Array<GlobalConfig> = Array::with_max_entries(1, 0);
 /// by the redirect at the end of both paths.
 #[map]
 pub static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(MAX_IFACES, 0);
+
+/// Backend id → per-CPU cached next hop (FIB lookup result) toward the backend; written
+/// and read by the forward path only. Per CPU, so an entry has one writer and no reader
+/// sees half of an update.
+#[map]
+pub static NEXT_HOPS: PerCpuArray<NextHop> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
 
 /// Service id → per-CPU traffic counters; written by both paths, read by the daemon.
 #[map]

@@ -12,13 +12,13 @@ use aya_ebpf::{
 };
 use core::mem::{MaybeUninit, size_of};
 use lb_common::{
-    maps::{Backend, FAMILY_V4, PROTO_TCP, ReverseNat},
+    maps::{Backend, FAMILY_V4, NEXT_HOP_TTL_NS, NextHop, PROTO_TCP, ReverseNat},
     stats,
 };
 
 use crate::{
     csum,
-    maps::TX_PORTS,
+    maps::{NEXT_HOPS, TX_PORTS},
     parse::{
         IPV4_HLEN, IPV6_HLEN, OFF_MASK, Packet, TCP_HLEN, frame_len, ptr_at, tcp, v4, v6, zeroed,
     },
@@ -182,9 +182,20 @@ fn rewrite_v6(ctx: &XdpContext, pkt: &Packet, t: &Target) -> bool {
     true
 }
 
-/// FIB lookup for the rewritten packet, then MACs and XDP_TX or a redirect.
+/// FIB lookup for the rewritten packet (toward a backend: the cached one while it is
+/// fresh), then MACs and XDP_TX or a redirect.
 #[inline(never)]
 fn next_hop(ctx: &XdpContext, pkt: &Packet, t: &Target, dir: Dir) -> Verdict {
+    let mut hop = Hop {
+        macs: [0; 12],
+        ifindex: 0,
+        now: pkt.now,
+        ip_len: pkt.ip_len,
+        _pad: 0,
+    };
+    if dir == Dir::In && cached_hop(t, &mut hop) {
+        return out(ctx, t, dir, &hop);
+    }
     let mut p = MaybeUninit::<FibParams>::uninit();
     let p = zeroed(&mut p);
     let ingress = ctx.ingress_ifindex() as u32;
@@ -207,41 +218,110 @@ fn next_hop(ctx: &XdpContext, pkt: &Packet, t: &Target, dir: Dir) -> Verdict {
     // SAFETY: `p` is a valid, initialised `bpf_fib_lookup` of the size passed, and the
     // context pointer is this program's own.
     let rc = unsafe { bpf_fib_lookup(ctx.as_ptr(), p, size_of::<FibParams>() as i32, 0) };
-    let bytes = frame_len(ctx) as u64;
+    match rc as u32 {
+        BPF_FIB_LKUP_RET_SUCCESS => {
+            hop.macs[..6].copy_from_slice(&p.dmac);
+            hop.macs[6..].copy_from_slice(&p.smac);
+            hop.ifindex = p.ifindex;
+            if dir == Dir::In {
+                remember_hop(t, &hop);
+            }
+            out(ctx, t, dir, &hop)
+        }
+        // The daemon resolves the backends' neighbours; until then, drop.
+        BPF_FIB_LKUP_RET_NO_NEIGH if dir == Dir::In => Verdict::drop(stats::DROP_NO_NEIGH),
+        // The source is now the VIP, not a local address, so the kernel forwards the
+        // rewritten packet and resolves the client's neighbour itself.
+        BPF_FIB_LKUP_RET_NO_NEIGH => {
+            traffic(t.service, t.backend, dir, frame_len(ctx) as u64);
+            Verdict::pass(stats::PASS_NO_NEIGH_OUT)
+        }
+        BPF_FIB_LKUP_RET_FRAG_NEEDED => Verdict::drop(stats::DROP_FRAG_NEEDED),
+        _ => Verdict::drop(stats::DROP_NO_ROUTE),
+    }
+}
+
+/// Where a packet leaves: its MACs and interface; with the packet's time and length,
+/// which the next-hop cache needs (in here, so its functions take few arguments: BPF
+/// calls pass at most five, in registers).
+#[repr(C)]
+struct Hop {
+    /// Destination MAC, then source MAC.
+    macs: [u8; 12],
+    ifindex: u32,
+    /// The packet's `Packet::now`.
+    now: u64,
+    /// The packet's `Packet::ip_len`.
+    ip_len: u32,
+    _pad: u32,
+}
+
+/// Fills `hop` from this CPU's cached next hop toward `t`'s backend if it is fresh, for
+/// the same address, and known to fit a packet of `hop.ip_len`.
+#[inline(never)]
+fn cached_hop(t: &Target, hop: &mut Hop) -> bool {
+    let Some(nh) = NEXT_HOPS.get_ptr(t.backend) else {
+        return false;
+    };
+    // SAFETY: a map value stays valid for the whole program run, and this CPU's slot
+    // has no other writer.
+    let nh = unsafe { &*nh };
+    if hop.now >= nh.expires_ns || nh.dst != t.dst || hop.ip_len > nh.max_len {
+        return false;
+    }
+    hop.macs = nh.macs;
+    hop.ifindex = nh.ifindex;
+    true
+}
+
+/// Caches the FIB lookup's answer toward `t`'s backend for this CPU.
+#[inline(never)]
+fn remember_hop(t: &Target, hop: &Hop) {
+    let Some(nh) = NEXT_HOPS.get_ptr_mut(t.backend) else {
+        return;
+    };
+    // SAFETY: as in `cached_hop`.
+    let nh = unsafe { &mut *nh };
+    // Packets up to the entry's length passed the MTU check before (if it is for the
+    // same hop and still fresh), and this one did now.
+    let max_len = if hop.now < nh.expires_ns && nh.dst == t.dst && nh.ifindex == hop.ifindex {
+        nh.max_len.max(hop.ip_len)
+    } else {
+        hop.ip_len
+    };
+    *nh = NextHop {
+        dst: t.dst,
+        expires_ns: hop.now + NEXT_HOP_TTL_NS,
+        ifindex: hop.ifindex,
+        max_len,
+        macs: hop.macs,
+        _pad: 0,
+    };
+}
+
+/// Writes the MACs and sends the packet out of the hop's interface: XDP_TX if that is
+/// where it came in, a redirect otherwise; counts its traffic.
+#[inline(always)]
+fn out(ctx: &XdpContext, t: &Target, dir: Dir, hop: &Hop) -> Verdict {
+    let (macs, ifindex) = (hop.macs, hop.ifindex);
+    let Some(eth) = ptr_at::<[u8; 12]>(ctx, 0) else {
+        // verifier: the parser read past the Ethernet header; never taken.
+        return Verdict::drop(stats::DROP_MALFORMED);
+    };
+    // SAFETY: `ptr_at` checked the 12 MAC bytes are inside the packet.
+    unsafe { eth.write_unaligned(macs) };
     let fwd = match dir {
         Dir::In => stats::FWD_IN,
         Dir::Out => stats::FWD_OUT,
     };
-    let verdict = match rc as u32 {
-        BPF_FIB_LKUP_RET_SUCCESS => {
-            let Some(eth) = ptr_at::<[u8; 12]>(ctx, 0) else {
-                // verifier: the parser read past the Ethernet header; never taken.
-                return Verdict::drop(stats::DROP_MALFORMED);
-            };
-            let mut macs = [0u8; 12];
-            macs[..6].copy_from_slice(&p.dmac);
-            macs[6..].copy_from_slice(&p.smac);
-            // SAFETY: `ptr_at` checked the 12 MAC bytes are inside the packet.
-            unsafe { eth.write_unaligned(macs) };
-            if p.ifindex == ingress {
-                Verdict::new(xdp_action::XDP_TX, fwd)
-            } else {
-                match TX_PORTS.redirect(p.ifindex, xdp_action::XDP_DROP as u64) {
-                    Ok(action) => Verdict::new(action, fwd),
-                    Err(_) => return Verdict::drop(stats::DROP_NO_TX_PORT),
-                }
-            }
+    let verdict = if ifindex == ctx.ingress_ifindex() as u32 {
+        Verdict::new(xdp_action::XDP_TX, fwd)
+    } else {
+        match TX_PORTS.redirect(ifindex, xdp_action::XDP_DROP as u64) {
+            Ok(action) => Verdict::new(action, fwd),
+            Err(_) => return Verdict::drop(stats::DROP_NO_TX_PORT),
         }
-        // The daemon resolves the backends' neighbours; until then, drop.
-        BPF_FIB_LKUP_RET_NO_NEIGH if dir == Dir::In => {
-            return Verdict::drop(stats::DROP_NO_NEIGH);
-        }
-        // The source is now the VIP, not a local address, so the kernel forwards the
-        // rewritten packet and resolves the client's neighbour itself.
-        BPF_FIB_LKUP_RET_NO_NEIGH => Verdict::pass(stats::PASS_NO_NEIGH_OUT),
-        BPF_FIB_LKUP_RET_FRAG_NEEDED => return Verdict::drop(stats::DROP_FRAG_NEEDED),
-        _ => return Verdict::drop(stats::DROP_NO_ROUTE),
     };
-    traffic(t.service, t.backend, dir, bytes);
+    traffic(t.service, t.backend, dir, frame_len(ctx) as u64);
     verdict
 }

@@ -29,8 +29,8 @@ use lb_common::{
     maglev::NO_BACKEND,
     maps::{
         BACKEND_DOWN, BACKEND_DRAINING, BACKEND_UP, Backend, FLOW_FIN_BACKEND, FLOW_FIN_CLIENT,
-        FLOW_RST, FlowKey, FlowState, GlobalConfig, MODE_NAT, MODE_PROXY, PROTO_TCP, ReverseNat,
-        Service, TrafficCounters, VipKey, names,
+        FLOW_RST, FlowKey, FlowState, GlobalConfig, MODE_NAT, MODE_PROXY, NEXT_HOP_TTL_NS,
+        PROTO_TCP, ReverseNat, Service, TrafficCounters, VipKey, names,
     },
     stats,
 };
@@ -132,7 +132,7 @@ struct Lb {
     lb0: u32,
     lb1: u32,
     // Declared last so it is dropped last: the namespace outlives program and maps.
-    _ns: Netns,
+    ns: Netns,
 }
 
 fn config_with_idle_timeout(idle_timeout_ns: u64) -> GlobalConfig {
@@ -240,7 +240,7 @@ impl Lb {
             ebpf,
             lb0,
             lb1,
-            _ns: ns,
+            ns,
         }
     }
 
@@ -1441,6 +1441,83 @@ fn forward_without_neighbour_route_or_tx_port_drops() {
         (XDP_DROP, 1),
         "no TX port"
     );
+}
+
+/// Keeps the test thread on the CPU it runs on: the next-hop cache is per CPU, and
+/// BPF_PROG_TEST_RUN runs the program on the caller's CPU.
+fn stay_on_this_cpu() {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET writes inside it, and
+    // sched_setaffinity only reads it.
+    let rc = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(libc::sched_getcpu() as usize, &mut set);
+        libc::sched_setaffinity(0, size_of_val(&set), &set)
+    };
+    assert_eq!(rc, 0, "sched_setaffinity");
+}
+
+#[test]
+fn next_hop_is_reused_for_its_ttl_then_follows_a_neighbour_change() {
+    stay_on_this_cpu();
+    let p = plan4();
+    let mut lb = Lb::new();
+    lb.seed(p, 0);
+    let (_, out) = lb.run(&build(&syn(p)), lb.lb1);
+    let first = decode(&out);
+    let i = p.backends.iter().position(|b| *b == first.dst).unwrap();
+    assert_eq!(first.eth_dst, BACKEND_MACS[i]);
+
+    // The backend's MAC changes (its host was replaced): the flow's packets keep the
+    // cached next hop until it expires, then the FIB lookup finds the new neighbour.
+    let moved = [0x02, 0, 0, 0, 0, 0x99];
+    lb.ns.ip(&format!(
+        "neigh replace {} lladdr {} dev lb0 nud permanent",
+        first.dst,
+        mac_str(moved)
+    ));
+    let ack = build(&Seg {
+        flags: ACK,
+        ..syn(p)
+    });
+    let (action, out) = lb.run(&ack, lb.lb1);
+    assert_eq!(action, XDP_REDIRECT);
+    assert_eq!(decode(&out).eth_dst, BACKEND_MACS[i], "cached next hop");
+    sleep(Duration::from_nanos(NEXT_HOP_TTL_NS) + Duration::from_millis(100));
+    let (action, out) = lb.run(&ack, lb.lb1);
+    assert_eq!(action, XDP_REDIRECT);
+    assert_eq!(decode(&out).eth_dst, moved, "looked up again after its TTL");
+    assert_eq!(lb.counter(stats::FWD_IN), 3);
+}
+
+#[test]
+fn a_packet_longer_than_the_cached_next_hop_has_seen_is_looked_up_again() {
+    stay_on_this_cpu();
+    let p = plan4();
+    let mut lb = Lb::new();
+    lb.seed(p, 0);
+    // A locked MTU: forwarding uses a route's MTU only then (or with ip_forward_use_pmtu).
+    for b in p.backends {
+        lb.ns.ip(&format!("route add {b}/32 dev lb0 mtu lock 600"));
+    }
+    let small = build(&syn(p));
+    let (action, _) = lb.run(&small, lb.lb1);
+    assert_eq!(action, XDP_REDIRECT, "within the route's MTU");
+    // Longer than the route's MTU: the cache has only seen a short packet, so the FIB
+    // lookup runs and reports it.
+    let long = build(&Seg {
+        flags: ACK,
+        payload: vec![b'x'; 1000],
+        ..syn(p)
+    });
+    let (action, _) = lb.run(&long, lb.lb1);
+    assert_eq!(
+        (action, lb.counter(stats::DROP_FRAG_NEEDED)),
+        (XDP_DROP, 1),
+        "too long for the route"
+    );
+    let (action, _) = lb.run(&small, lb.lb1);
+    assert_eq!(action, XDP_REDIRECT, "short packets still go");
+    assert_eq!(lb.counter(stats::FWD_IN), 2);
 }
 
 #[test]

@@ -35,6 +35,7 @@ impl XdpPass {
             names::SERVICE_STATS,
             names::BACKEND_STATS,
             names::COUNTERS,
+            names::NEXT_HOPS,
         ] {
             loader.map_max_entries(map, 1);
         }
