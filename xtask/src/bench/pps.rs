@@ -40,6 +40,9 @@ const FRAME_LEN: usize = 60;
 /// which nothing is sent, so later calls are sized to last about [`CALL`] each.
 const FIRST_CALL: u32 = 1 << 18;
 const CALL: Duration = Duration::from_secs(1);
+/// The most frames of one call (a few seconds at the rates a veth reaches), which bounds
+/// how far a run can overshoot its time.
+const MAX_CALL: u32 = 1 << 24;
 /// The template's length in the generator's map, in 8-byte words: the headers (54
 /// bytes) and two bytes of padding.
 const TEMPLATE_WORDS: usize = 7;
@@ -180,7 +183,7 @@ pub fn run(bed: &mut Bed, running: &mut Running, flows: u32, secs: u32) -> Resul
                 sent += chunk as u64;
                 let rate = chunk as f64 / t.elapsed().as_secs_f64().max(1e-6);
                 chunk =
-                    (rate * CALL.as_secs_f64()).clamp(FIRST_CALL as f64, u32::MAX as f64) as u32;
+                    (rate * CALL.as_secs_f64()).clamp(FIRST_CALL as f64, MAX_CALL as f64) as u32;
                 if warm.elapsed() > WARMUP * 10 {
                     bail!("the warm-up did not send {} frames in 10 s", 2 * flows);
                 }
