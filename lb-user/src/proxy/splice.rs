@@ -6,7 +6,8 @@
 //! - [`Engine::Pipe`]: splice(2) socket → pipe → socket for each direction, driven by
 //!   tokio readiness on non-blocking descriptors. The kernel moves page references; a
 //!   1 MiB pipe per direction is the only buffer, so a fast sender is held back by TCP
-//!   flow control as soon as the pipe and the receiver's socket buffers are full.
+//!   flow control as soon as the pipe and the receiver's socket buffers are full. Pipes
+//!   left empty by a connection are kept for the next ones (see [`PIPE_POOL_MAX`]).
 //! - [`Engine::Sockmap`]: the sockets enter the `SPLICE`/`SPLICE_HOOK` socket hashes and
 //!   the `lb_splice` sk_skb verdict redirects every received skb to the peer's send
 //!   queue, in softirq/workqueue context; user space only watches for EOF, errors and
@@ -299,11 +300,62 @@ fn idle_tick(idle_timeout: Duration) -> Duration {
 // ---------------------------------------------------------------------------------------
 // Pipe engine
 
-/// One direction of the pipe engine: `src` socket → pipe → `dst` socket.
-struct PipeDir {
+/// A non-blocking pipe sized for splicing.
+struct Pipe {
     read_end: OwnedFd,
     write_end: OwnedFd,
     cap: usize,
+}
+
+/// Empty pipes kept for the next connections, at most this many: a new pipe costs four
+/// syscalls (pipe2, F_SETPIPE_SZ, two closes at the end), a pooled one none. Each pooled
+/// pipe holds two descriptors and its slot array (no data pages: it is empty), and as
+/// many as two per connection in flight are in use, so 256 covers a burst of 128 new
+/// connections at a time.
+pub const PIPE_POOL_MAX: usize = 256;
+
+/// The pool (HAProxy keeps one the same way). A pipe enters it only empty, so a reused
+/// pipe never carries a byte from one connection into another.
+static PIPE_POOL: Mutex<Vec<Pipe>> = Mutex::new(Vec::new());
+
+impl Pipe {
+    /// A pipe from the pool, or a new one.
+    fn take() -> Result<Pipe, SpliceError> {
+        let pooled = PIPE_POOL.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        match pooled {
+            Some(p) => Ok(p),
+            None => Pipe::new(),
+        }
+    }
+
+    fn new() -> Result<Pipe, SpliceError> {
+        let (read_end, write_end) = sys::pipe_nonblocking().map_err(io_err("pipe2"))?;
+        // Without CAP_SYS_RESOURCE the kernel caps the size at pipe-max-size (1 MiB by
+        // default); keep the default (64 KiB) if even that is refused.
+        let cap = sys::set_pipe_size(write_end.as_fd(), PIPE_SIZE)
+            .unwrap_or(65536)
+            .max(4096);
+        Ok(Pipe {
+            read_end,
+            write_end,
+            cap,
+        })
+    }
+
+    /// Gives back an EMPTY pipe for reuse (closes it if the pool is full).
+    fn recycle(self) {
+        let mut pool = PIPE_POOL.lock().unwrap_or_else(|e| e.into_inner());
+        if pool.len() < PIPE_POOL_MAX {
+            pool.push(self);
+        }
+    }
+}
+
+/// One direction of the pipe engine: `src` socket → pipe → `dst` socket.
+struct PipeDir {
+    /// Always Some until the direction is dropped (then it goes back to the pool if it
+    /// is empty).
+    pipe: Option<Pipe>,
     /// Bytes in the pipe.
     queued: usize,
     /// Bytes spliced into `dst`.
@@ -316,6 +368,19 @@ struct PipeDir {
     src_empty: bool,
 }
 
+impl Drop for PipeDir {
+    /// The byte count is exact (every splice reports what it moved), so `queued == 0`
+    /// means the pipe is empty and can serve another connection; one that still holds
+    /// bytes (a reset or cut connection) is closed, which frees them.
+    fn drop(&mut self) {
+        if let Some(pipe) = self.pipe.take() {
+            if self.queued == 0 {
+                pipe.recycle();
+            }
+        }
+    }
+}
+
 /// A pump failed on the direction's source or destination socket.
 enum PumpError {
     Src(io::Error),
@@ -324,16 +389,8 @@ enum PumpError {
 
 impl PipeDir {
     fn new() -> Result<PipeDir, SpliceError> {
-        let (read_end, write_end) = sys::pipe_nonblocking().map_err(io_err("pipe2"))?;
-        // Without CAP_SYS_RESOURCE the kernel caps the size at pipe-max-size (1 MiB by
-        // default); keep the default (64 KiB) if even that is refused.
-        let cap = sys::set_pipe_size(write_end.as_fd(), PIPE_SIZE)
-            .unwrap_or(65536)
-            .max(4096);
         Ok(PipeDir {
-            read_end,
-            write_end,
-            cap,
+            pipe: Some(Pipe::take()?),
             queued: 0,
             moved: 0,
             eof: false,
@@ -360,11 +417,14 @@ impl PipeDir {
         if self.done {
             return Ok(false);
         }
+        let Some(pipe) = &self.pipe else {
+            return Ok(false);
+        };
         let mut moved = false;
         self.src_empty = false;
-        if !self.eof && self.queued < self.cap {
-            let room = self.cap - self.queued;
-            let splice_in = || sys::splice(src.as_fd(), self.write_end.as_fd(), room);
+        if !self.eof && self.queued < pipe.cap {
+            let room = pipe.cap - self.queued;
+            let splice_in = || sys::splice(src.as_fd(), pipe.write_end.as_fd(), room);
             let r = if self.queued == 0 {
                 src.try_io(Interest::READABLE, splice_in)
             } else {
@@ -390,7 +450,7 @@ impl PipeDir {
             // The pipe holds bytes, so EAGAIN here can only mean dst's buffer is full.
             let queued = self.queued;
             match dst.try_io(Interest::WRITABLE, || {
-                sys::splice(self.read_end.as_fd(), dst.as_fd(), queued)
+                sys::splice(pipe.read_end.as_fd(), dst.as_fd(), queued)
             }) {
                 Ok(n) => {
                     self.queued -= n;
