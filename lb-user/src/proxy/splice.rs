@@ -366,6 +366,10 @@ struct PipeDir {
     done: bool,
     /// The last pump found `src` empty with the pipe empty.
     src_empty: bool,
+    /// `src`'s readiness reported its FIN (EPOLLRDHUP): the bytes queued before it are
+    /// the last ones, so a pump that reads some reads on to the EOF and sends them with
+    /// the FIN in one segment.
+    fin_seen: bool,
 }
 
 impl Drop for PipeDir {
@@ -396,6 +400,7 @@ impl PipeDir {
             eof: false,
             done: false,
             src_empty: false,
+            fin_seen: false,
         })
     }
 
@@ -424,7 +429,7 @@ impl PipeDir {
         self.src_empty = false;
         if !self.eof && self.queued < pipe.cap {
             let room = pipe.cap - self.queued;
-            let splice_in = || sys::splice(src.as_fd(), pipe.write_end.as_fd(), room);
+            let splice_in = || sys::splice(src.as_fd(), pipe.write_end.as_fd(), room, false);
             let r = if self.queued == 0 {
                 src.try_io(Interest::READABLE, splice_in)
             } else {
@@ -438,6 +443,20 @@ impl PipeDir {
                 Ok(n) => {
                     self.queued += n;
                     moved = true;
+                    if self.fin_seen && self.queued < pipe.cap {
+                        // Outside readiness tracking, as above (the pipe is not empty).
+                        // An error shows again on the next pump.
+                        match sys::splice(
+                            src.as_fd(),
+                            pipe.write_end.as_fd(),
+                            pipe.cap - self.queued,
+                            false,
+                        ) {
+                            Ok(0) => self.eof = true,
+                            Ok(n) => self.queued += n,
+                            Err(_) => {}
+                        }
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.src_empty = self.queued == 0;
@@ -448,9 +467,13 @@ impl PipeDir {
         }
         if self.queued > 0 {
             // The pipe holds bytes, so EAGAIN here can only mean dst's buffer is full.
+            // After the EOF, SPLICE_F_MORE holds the last bytes back for the FIN that
+            // shutdown(WR) adds right after (one segment, not two); the shutdown sends
+            // whatever is held.
             let queued = self.queued;
+            let more = self.eof;
             match dst.try_io(Interest::WRITABLE, || {
-                sys::splice(pipe.read_end.as_fd(), dst.as_fd(), queued)
+                sys::splice(pipe.read_end.as_fd(), dst.as_fd(), queued, more)
             }) {
                 Ok(n) => {
                     self.queued -= n;
@@ -470,17 +493,20 @@ impl PipeDir {
         Ok(moved)
     }
 
-    /// Waits until `pump` may make progress again (after it made none).
-    async fn wait(&self, src: &TcpStream, dst: &TcpStream) -> io::Result<()> {
+    /// Waits until `pump` may make progress again (after it made none); true if `src`'s
+    /// readiness reported its FIN (set `fin_seen`).
+    async fn wait(&self, src: &TcpStream, dst: &TcpStream) -> io::Result<bool> {
         if self.done {
             pending::<()>().await;
         }
         if self.queued > 0 {
-            dst.writable().await
+            dst.writable().await.map(|()| false)
         } else if !self.eof {
-            src.readable().await
+            src.ready(Interest::READABLE)
+                .await
+                .map(|r| r.is_read_closed())
         } else {
-            Ok(())
+            Ok(false)
         }
     }
 }
@@ -512,8 +538,8 @@ async fn pipe_engine(
             continue;
         }
         tokio::select! {
-            r = up.wait(client, backend) => r.map_err(io_err("socket readiness"))?,
-            r = down.wait(backend, client) => r.map_err(io_err("socket readiness"))?,
+            r = up.wait(client, backend) => up.fin_seen |= r.map_err(io_err("socket readiness"))?,
+            r = down.wait(backend, client) => down.fin_seen |= r.map_err(io_err("socket readiness"))?,
             _ = error_on(client) => break End::ResetByClient,
             _ = error_on(backend) => break End::ResetByBackend,
             _ = sleep_until((last_move + idle_timeout).into()) => break End::IdleTimeout,
@@ -643,7 +669,7 @@ impl MapDir {
     /// Waits until the direction may make progress or its source has news.
     async fn wait(&self, src: &TcpStream, dst: &TcpStream) -> io::Result<Option<Event>> {
         match self.phase {
-            Phase::Pipe => self.pipe.wait(src, dst).await.map(|()| None),
+            Phase::Pipe => self.pipe.wait(src, dst).await.map(|_| None),
             Phase::Kernel => socket_event(src).await.map(Some),
             Phase::Tail => pending().await,
         }
