@@ -925,3 +925,34 @@ fn assert_spawnable(maps: &'static SpliceMaps, a: TcpStream, b: TcpStream) -> im
     shared(maps);
     splice(a, b, Engine::Sockmap, Some(maps), Duration::ZERO)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn pooled_bytes() -> Vec<usize> {
+        PIPE_POOL
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|p| sys::socket_inq(p.read_end.as_fd()).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn a_pipe_that_holds_bytes_is_closed_not_pooled() {
+        // A direction cut with bytes still in its pipe (a reset connection).
+        let mut left = PipeDir::new().unwrap();
+        let pipe = left.pipe.as_ref().unwrap();
+        let mut w = std::fs::File::from(pipe.write_end.try_clone().unwrap());
+        w.write_all(b"the last connection's bytes").unwrap();
+        left.queued = 27;
+        drop(left);
+        // One that ended empty goes back.
+        drop(PipeDir::new().unwrap());
+        // Other tests share the pool, but whatever is in it must be empty.
+        let pooled = pooled_bytes();
+        assert!(pooled.iter().all(|&n| n == 0), "{pooled:?}");
+    }
+}
