@@ -103,8 +103,10 @@ pub fn start(cfg: Config, flags: FlagSettings) -> Result<Started, StartError> {
         Some(addr) => Some(admin::bind(addr).map_err(|source| StartError::Admin { addr, source })?),
         None => None,
     };
-    // Each proxied connection holds 6 descriptors (2 sockets, 2 pipes of 2 ends).
-    let wanted = u64::from(cfg.max_conns) * 6 + 1024;
+    // Each proxied connection holds 6 descriptors (2 sockets, 2 pipes of 2 ends), and
+    // the pool of idle pipes up to 2 per pipe.
+    let wanted =
+        u64::from(cfg.max_conns) * 6 + 2 * crate::proxy::splice::PIPE_POOL_MAX as u64 + 1024;
     match crate::sys::raise_nofile_limit() {
         Ok(limit)
             if limit < wanted

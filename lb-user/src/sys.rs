@@ -247,10 +247,18 @@ pub fn set_pipe_size(fd: BorrowedFd<'_>, bytes: usize) -> io::Result<usize> {
 }
 
 /// `splice(2)` of up to `len` bytes from `from` to `to` (one of them a pipe), with
-/// `SPLICE_F_MOVE | SPLICE_F_NONBLOCK`, at the descriptors' current positions. Returns
+/// `SPLICE_F_MOVE | SPLICE_F_NONBLOCK`, at the descriptors' current positions, and
+/// `SPLICE_F_MORE` if `more` (into a TCP socket: MSG_MORE, more data follows). Returns
 /// the bytes moved; 0 means end of file on `from`; `WouldBlock` when nothing can move
 /// now (also decided by the sockets' own O_NONBLOCK).
-pub fn splice(from: BorrowedFd<'_>, to: BorrowedFd<'_>, len: usize) -> io::Result<usize> {
+pub fn splice(
+    from: BorrowedFd<'_>,
+    to: BorrowedFd<'_>,
+    len: usize,
+    more: bool,
+) -> io::Result<usize> {
+    let flags =
+        libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK | if more { libc::SPLICE_F_MORE } else { 0 };
     // SAFETY: null offsets mean "current position"; no memory of ours is passed.
     let n = unsafe {
         libc::splice(
@@ -259,7 +267,7 @@ pub fn splice(from: BorrowedFd<'_>, to: BorrowedFd<'_>, len: usize) -> io::Resul
             to.as_raw_fd(),
             std::ptr::null_mut(),
             len,
-            libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
+            flags,
         )
     };
     if n < 0 {

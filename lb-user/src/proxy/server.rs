@@ -16,8 +16,8 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::time::{Instant, timeout};
 use tracing::{debug, info, warn};
@@ -289,14 +289,13 @@ impl Proxy {
                 return;
             }
         };
-        if let Err(e) = backend.write_all(&hdr).await {
+        if let Err(e) = write_header(&mut backend, &client, &hdr).await {
             svc.error("backend_write");
             warn!(service = %svc.name, backend = %target.addr, cause = %e, "writing the PROXY header: reset");
             reset(client);
             reset(backend);
             return;
         }
-        let _ = backend.set_nodelay(true);
         if svc.proxy.tlvs.unique_id {
             info!(service = %svc.name, client = %src, backend = %target.addr, unique_id = %hex(&unique), "proxied connection");
         } else {
@@ -408,7 +407,7 @@ async fn connect_any(
     connect_timeout: Duration,
 ) -> Option<(TcpStream, Target)> {
     for t in candidates {
-        let reason = match timeout(connect_timeout, TcpStream::connect(t.addr)).await {
+        let reason = match timeout(connect_timeout, connect(t.addr)).await {
             Ok(Ok(s)) => return Some((s, *t)),
             Ok(Err(e)) if e.kind() == io::ErrorKind::ConnectionRefused => "connect_refused",
             Ok(Err(_)) => "connect_error",
@@ -418,6 +417,46 @@ async fn connect_any(
         warn!(service = %svc.name, backend = %t.addr, reason, "backend connect failed; trying the next backend");
     }
     None
+}
+
+/// Connects to a backend with TCP_NODELAY already set, and TCP_QUICKACK off so the
+/// kernel holds the handshake's last ACK back and sends it with the PROXY header that
+/// follows at once (one packet fewer per connection; HAProxy's `tcp-smart-connect`).
+/// The kernel leaves that mode as the handshake completes, so later data is
+/// acknowledged as usual.
+async fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
+    let sock = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    let s = socket2::SockRef::from(&sock);
+    s.set_nodelay(true)?;
+    let _ = s.set_quickack(false);
+    sock.connect(addr).await
+}
+
+/// Writes the PROXY header to the backend. When the client's first bytes are already
+/// queued, the header goes with MSG_MORE: the kernel holds it until the splice engine's
+/// first splice appends those bytes, and both leave in one segment instead of two
+/// (each acknowledged by the backend).
+async fn write_header(backend: &mut TcpStream, client: &TcpStream, hdr: &[u8]) -> io::Result<()> {
+    let mut probe = [std::mem::MaybeUninit::<u8>::uninit()];
+    let more = matches!(socket2::SockRef::from(client).peek(&mut probe), Ok(n) if n > 0);
+    let flags = if more { libc::MSG_MORE } else { 0 };
+    let sent = loop {
+        backend.writable().await?;
+        match backend.try_io(Interest::WRITABLE, || {
+            socket2::SockRef::from(&*backend).send_with_flags(hdr, flags)
+        }) {
+            Ok(n) => break n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    };
+    // A fresh socket's send buffer holds a header (at most a few hundred bytes) at once;
+    // if not, the rest goes without MSG_MORE.
+    backend.write_all(&hdr[sent..]).await
 }
 
 /// Incremental ClientHello peek: never consumes client bytes.

@@ -6,7 +6,8 @@
 //! - [`Engine::Pipe`]: splice(2) socket → pipe → socket for each direction, driven by
 //!   tokio readiness on non-blocking descriptors. The kernel moves page references; a
 //!   1 MiB pipe per direction is the only buffer, so a fast sender is held back by TCP
-//!   flow control as soon as the pipe and the receiver's socket buffers are full.
+//!   flow control as soon as the pipe and the receiver's socket buffers are full. Pipes
+//!   left empty by a connection are kept for the next ones (see [`PIPE_POOL_MAX`]).
 //! - [`Engine::Sockmap`]: the sockets enter the `SPLICE`/`SPLICE_HOOK` socket hashes and
 //!   the `lb_splice` sk_skb verdict redirects every received skb to the peer's send
 //!   queue, in softirq/workqueue context; user space only watches for EOF, errors and
@@ -299,11 +300,62 @@ fn idle_tick(idle_timeout: Duration) -> Duration {
 // ---------------------------------------------------------------------------------------
 // Pipe engine
 
-/// One direction of the pipe engine: `src` socket → pipe → `dst` socket.
-struct PipeDir {
+/// A non-blocking pipe sized for splicing.
+struct Pipe {
     read_end: OwnedFd,
     write_end: OwnedFd,
     cap: usize,
+}
+
+/// Empty pipes kept for the next connections, at most this many: a new pipe costs four
+/// syscalls (pipe2, F_SETPIPE_SZ, two closes at the end), a pooled one none. Each pooled
+/// pipe holds two descriptors and its slot array (no data pages: it is empty), and as
+/// many as two per connection in flight are in use, so 256 covers a burst of 128 new
+/// connections at a time.
+pub const PIPE_POOL_MAX: usize = 256;
+
+/// The pool (HAProxy keeps one the same way). A pipe enters it only empty, so a reused
+/// pipe never carries a byte from one connection into another.
+static PIPE_POOL: Mutex<Vec<Pipe>> = Mutex::new(Vec::new());
+
+impl Pipe {
+    /// A pipe from the pool, or a new one.
+    fn take() -> Result<Pipe, SpliceError> {
+        let pooled = PIPE_POOL.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        match pooled {
+            Some(p) => Ok(p),
+            None => Pipe::new(),
+        }
+    }
+
+    fn new() -> Result<Pipe, SpliceError> {
+        let (read_end, write_end) = sys::pipe_nonblocking().map_err(io_err("pipe2"))?;
+        // Without CAP_SYS_RESOURCE the kernel caps the size at pipe-max-size (1 MiB by
+        // default); keep the default (64 KiB) if even that is refused.
+        let cap = sys::set_pipe_size(write_end.as_fd(), PIPE_SIZE)
+            .unwrap_or(65536)
+            .max(4096);
+        Ok(Pipe {
+            read_end,
+            write_end,
+            cap,
+        })
+    }
+
+    /// Gives back an EMPTY pipe for reuse (closes it if the pool is full).
+    fn recycle(self) {
+        let mut pool = PIPE_POOL.lock().unwrap_or_else(|e| e.into_inner());
+        if pool.len() < PIPE_POOL_MAX {
+            pool.push(self);
+        }
+    }
+}
+
+/// One direction of the pipe engine: `src` socket → pipe → `dst` socket.
+struct PipeDir {
+    /// Always Some until the direction is dropped (then it goes back to the pool if it
+    /// is empty).
+    pipe: Option<Pipe>,
     /// Bytes in the pipe.
     queued: usize,
     /// Bytes spliced into `dst`.
@@ -314,6 +366,23 @@ struct PipeDir {
     done: bool,
     /// The last pump found `src` empty with the pipe empty.
     src_empty: bool,
+    /// `src`'s readiness reported its FIN (EPOLLRDHUP): the bytes queued before it are
+    /// the last ones, so a pump that reads some reads on to the EOF and sends them with
+    /// the FIN in one segment.
+    fin_seen: bool,
+}
+
+impl Drop for PipeDir {
+    /// The byte count is exact (every splice reports what it moved), so `queued == 0`
+    /// means the pipe is empty and can serve another connection; one that still holds
+    /// bytes (a reset or cut connection) is closed, which frees them.
+    fn drop(&mut self) {
+        if let Some(pipe) = self.pipe.take() {
+            if self.queued == 0 {
+                pipe.recycle();
+            }
+        }
+    }
 }
 
 /// A pump failed on the direction's source or destination socket.
@@ -324,21 +393,14 @@ enum PumpError {
 
 impl PipeDir {
     fn new() -> Result<PipeDir, SpliceError> {
-        let (read_end, write_end) = sys::pipe_nonblocking().map_err(io_err("pipe2"))?;
-        // Without CAP_SYS_RESOURCE the kernel caps the size at pipe-max-size (1 MiB by
-        // default); keep the default (64 KiB) if even that is refused.
-        let cap = sys::set_pipe_size(write_end.as_fd(), PIPE_SIZE)
-            .unwrap_or(65536)
-            .max(4096);
         Ok(PipeDir {
-            read_end,
-            write_end,
-            cap,
+            pipe: Some(Pipe::take()?),
             queued: 0,
             moved: 0,
             eof: false,
             done: false,
             src_empty: false,
+            fin_seen: false,
         })
     }
 
@@ -360,11 +422,14 @@ impl PipeDir {
         if self.done {
             return Ok(false);
         }
+        let Some(pipe) = &self.pipe else {
+            return Ok(false);
+        };
         let mut moved = false;
         self.src_empty = false;
-        if !self.eof && self.queued < self.cap {
-            let room = self.cap - self.queued;
-            let splice_in = || sys::splice(src.as_fd(), self.write_end.as_fd(), room);
+        if !self.eof && self.queued < pipe.cap {
+            let room = pipe.cap - self.queued;
+            let splice_in = || sys::splice(src.as_fd(), pipe.write_end.as_fd(), room, false);
             let r = if self.queued == 0 {
                 src.try_io(Interest::READABLE, splice_in)
             } else {
@@ -378,6 +443,20 @@ impl PipeDir {
                 Ok(n) => {
                     self.queued += n;
                     moved = true;
+                    if self.fin_seen && self.queued < pipe.cap {
+                        // Outside readiness tracking, as above (the pipe is not empty).
+                        // An error shows again on the next pump.
+                        match sys::splice(
+                            src.as_fd(),
+                            pipe.write_end.as_fd(),
+                            pipe.cap - self.queued,
+                            false,
+                        ) {
+                            Ok(0) => self.eof = true,
+                            Ok(n) => self.queued += n,
+                            Err(_) => {}
+                        }
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.src_empty = self.queued == 0;
@@ -388,9 +467,13 @@ impl PipeDir {
         }
         if self.queued > 0 {
             // The pipe holds bytes, so EAGAIN here can only mean dst's buffer is full.
+            // After the EOF, SPLICE_F_MORE holds the last bytes back for the FIN that
+            // shutdown(WR) adds right after (one segment, not two); the shutdown sends
+            // whatever is held.
             let queued = self.queued;
+            let more = self.eof;
             match dst.try_io(Interest::WRITABLE, || {
-                sys::splice(self.read_end.as_fd(), dst.as_fd(), queued)
+                sys::splice(pipe.read_end.as_fd(), dst.as_fd(), queued, more)
             }) {
                 Ok(n) => {
                     self.queued -= n;
@@ -410,17 +493,20 @@ impl PipeDir {
         Ok(moved)
     }
 
-    /// Waits until `pump` may make progress again (after it made none).
-    async fn wait(&self, src: &TcpStream, dst: &TcpStream) -> io::Result<()> {
+    /// Waits until `pump` may make progress again (after it made none); true if `src`'s
+    /// readiness reported its FIN (set `fin_seen`).
+    async fn wait(&self, src: &TcpStream, dst: &TcpStream) -> io::Result<bool> {
         if self.done {
             pending::<()>().await;
         }
         if self.queued > 0 {
-            dst.writable().await
+            dst.writable().await.map(|()| false)
         } else if !self.eof {
-            src.readable().await
+            src.ready(Interest::READABLE)
+                .await
+                .map(|r| r.is_read_closed())
         } else {
-            Ok(())
+            Ok(false)
         }
     }
 }
@@ -452,8 +538,8 @@ async fn pipe_engine(
             continue;
         }
         tokio::select! {
-            r = up.wait(client, backend) => r.map_err(io_err("socket readiness"))?,
-            r = down.wait(backend, client) => r.map_err(io_err("socket readiness"))?,
+            r = up.wait(client, backend) => up.fin_seen |= r.map_err(io_err("socket readiness"))?,
+            r = down.wait(backend, client) => down.fin_seen |= r.map_err(io_err("socket readiness"))?,
             _ = error_on(client) => break End::ResetByClient,
             _ = error_on(backend) => break End::ResetByBackend,
             _ = sleep_until((last_move + idle_timeout).into()) => break End::IdleTimeout,
@@ -583,7 +669,7 @@ impl MapDir {
     /// Waits until the direction may make progress or its source has news.
     async fn wait(&self, src: &TcpStream, dst: &TcpStream) -> io::Result<Option<Event>> {
         match self.phase {
-            Phase::Pipe => self.pipe.wait(src, dst).await.map(|()| None),
+            Phase::Pipe => self.pipe.wait(src, dst).await.map(|_| None),
             Phase::Kernel => socket_event(src).await.map(Some),
             Phase::Tail => pending().await,
         }
@@ -838,4 +924,35 @@ fn assert_spawnable(maps: &'static SpliceMaps, a: TcpStream, b: TcpStream) -> im
     fn shared<T: Send + Sync>(_: &T) {}
     shared(maps);
     splice(a, b, Engine::Sockmap, Some(maps), Duration::ZERO)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn pooled_bytes() -> Vec<usize> {
+        PIPE_POOL
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|p| sys::socket_inq(p.read_end.as_fd()).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn a_pipe_that_holds_bytes_is_closed_not_pooled() {
+        // A direction cut with bytes still in its pipe (a reset connection).
+        let mut left = PipeDir::new().unwrap();
+        let pipe = left.pipe.as_ref().unwrap();
+        let mut w = std::fs::File::from(pipe.write_end.try_clone().unwrap());
+        w.write_all(b"the last connection's bytes").unwrap();
+        left.queued = 27;
+        drop(left);
+        // One that ended empty goes back.
+        drop(PipeDir::new().unwrap());
+        // Other tests share the pool, but whatever is in it must be empty.
+        let pooled = pooled_bytes();
+        assert!(pooled.iter().all(|&n| n == 0), "{pooled:?}");
+    }
 }
