@@ -119,19 +119,19 @@ fn rewrite_v4(ctx: &XdpContext, pkt: &Packet, t: &Target) -> bool {
 
         // IP header checksum: addresses and the TTL/protocol word.
         let ipc = ip.add(v4::CSUM).cast::<u16>();
-        let mut from = [old_src, old_dst, u32::from_ne_bytes([ttl, PROTO_TCP, 0, 0])];
-        let mut to = [
+        let from = [old_src, old_dst, u32::from_ne_bytes([ttl, PROTO_TCP, 0, 0])];
+        let to = [
             t.src[0],
             t.dst[0],
             u32::from_ne_bytes([ttl - 1, PROTO_TCP, 0, 0]),
         ];
-        ipc.write_unaligned(csum::replace(ipc.read_unaligned(), &mut from, &mut to));
+        ipc.write_unaligned(csum::replace(ipc.read_unaligned(), &from, &to));
 
         // TCP checksum: pseudo-header addresses and the ports.
         let tcpc = th.add(tcp::CSUM).cast::<u16>();
-        let mut from = [old_src, old_dst, old_ports];
-        let mut to = [t.src[0], t.dst[0], new_ports];
-        tcpc.write_unaligned(csum::replace(tcpc.read_unaligned(), &mut from, &mut to));
+        let from = [old_src, old_dst, old_ports];
+        let to = [t.src[0], t.dst[0], new_ports];
+        tcpc.write_unaligned(csum::replace(tcpc.read_unaligned(), &from, &to));
 
         saddr.write_unaligned(t.src[0]);
         daddr.write_unaligned(t.dst[0]);
@@ -164,15 +164,15 @@ fn rewrite_v6(ctx: &XdpContext, pkt: &Packet, t: &Target) -> bool {
         let old = addrs.read_unaligned();
         let old_ports = ports.read_unaligned();
         let new_ports = ports_word(t.sport, t.dport);
-        let mut from = [
+        let from = [
             old[0], old[1], old[2], old[3], old[4], old[5], old[6], old[7], old_ports,
         ];
-        let mut to = [
+        let to = [
             t.src[0], t.src[1], t.src[2], t.src[3], t.dst[0], t.dst[1], t.dst[2], t.dst[3],
             new_ports,
         ];
         let tcpc = th.add(tcp::CSUM).cast::<u16>();
-        tcpc.write_unaligned(csum::replace(tcpc.read_unaligned(), &mut from, &mut to));
+        tcpc.write_unaligned(csum::replace(tcpc.read_unaligned(), &from, &to));
         addrs.write_unaligned([
             t.src[0], t.src[1], t.src[2], t.src[3], t.dst[0], t.dst[1], t.dst[2], t.dst[3],
         ]);
