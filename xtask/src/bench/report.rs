@@ -191,6 +191,9 @@ fn rows(figures: &[Figure], meta: &Meta) -> Vec<(String, Metric)> {
     rows
 }
 
+/// Metrics that explain a run rather than rate a system: in the figures, not the ratios.
+const DIAGNOSTICS: &[&str] = &["offered", "lb_cpu_busy", "client_cpu_busy"];
+
 /// The targets: (what, lb system, peer, workload, metric, bound, at least?).
 const TARGETS: &[(&str, System, System, &str, &str, f64, bool)] = &[
     (
@@ -395,16 +398,23 @@ pub fn markdown(meta: &Meta, figures: &[Figure]) -> String {
         }
         writeln!(w).unwrap();
         for (wl, m) in &rows {
+            let ratios: Vec<Option<f64>> = peers
+                .iter()
+                .map(|p| ratio(figures, *lb, *p, wl, m.name))
+                .collect();
+            // Rows this lb system has no ratio in, and the packet-rate runs' diagnostics
+            // (what was offered, how busy each CPU was), which are no figure of merit.
+            if ratios.iter().all(Option::is_none) || DIAGNOSTICS.contains(&m.name) {
+                continue;
+            }
             let better = if m.higher_is_better {
                 "higher"
             } else {
                 "lower"
             };
             write!(w, "| {wl} | {} | {better} |", m.name).unwrap();
-            for p in &peers {
-                let r = ratio(figures, *lb, *p, wl, m.name)
-                    .map(|r| format!("{r:.2}"))
-                    .unwrap_or_else(|| "–".into());
+            for r in ratios {
+                let r = r.map(|r| format!("{r:.2}")).unwrap_or_else(|| "–".into());
                 write!(w, " {r} |").unwrap();
             }
             writeln!(w).unwrap();
