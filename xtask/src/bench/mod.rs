@@ -619,7 +619,18 @@ fn lb_identity(lb_bin: &Path) -> String {
             .unwrap_or_default()
     };
     let commit = git(&["rev-parse", "--short", "HEAD"]);
-    let dirty = !git(&["status", "--porcelain", "--untracked-files=no"]).is_empty();
+    // Changes to the code `lb` is built from; results files and the like do not count.
+    let dirty = !git(&[
+        "status",
+        "--porcelain",
+        "--untracked-files=no",
+        "--",
+        "lb-user",
+        "lb-ebpf",
+        "lb-common",
+        "Cargo.lock",
+    ])
+    .is_empty();
     let built = std::process::Command::new("date")
         .arg("-u")
         .arg("+%Y-%m-%d %H:%M UTC")
