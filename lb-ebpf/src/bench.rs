@@ -21,11 +21,16 @@
 #[cfg(not(target_arch = "bpf"))]
 fn main() {}
 
+/// lb's own incremental checksum (this object is a separate crate root).
+#[cfg(target_arch = "bpf")]
+#[path = "csum.rs"]
+mod csum;
+
 #[cfg(target_arch = "bpf")]
 mod programs {
+    use crate::csum;
     use aya_ebpf::{
         bindings::xdp_action,
-        helpers::bpf_csum_diff,
         macros::{map, xdp},
         maps::{Array, DevMap, PerCpuArray},
         programs::XdpContext,
@@ -114,12 +119,12 @@ mod programs {
             let new_ports = u32::from_ne_bytes(ports);
             src_p.write_unaligned(src);
             ports_p.write_unaligned(new_ports);
-            let ip_csum = replace(ip_csum_p.read_unaligned(), &mut [old_src], &mut [src]);
+            let ip_csum = csum::replace(ip_csum_p.read_unaligned(), &[old_src], &[src]);
             ip_csum_p.write_unaligned(ip_csum);
-            let tcp_csum = replace(
+            let tcp_csum = csum::replace(
                 tcp_csum_p.read_unaligned(),
-                &mut [old_src, old_ports],
-                &mut [src, new_ports],
+                &[old_src, old_ports],
+                &[src, new_ports],
             );
             tcp_csum_p.write_unaligned(tcp_csum);
         }
@@ -177,27 +182,6 @@ mod programs {
             unsafe { *c += 1 };
         }
         xdp_action::XDP_DROP
-    }
-
-    /// The checksum `old` after the covered words `from` became `to` (RFC 1624), with
-    /// `bpf_csum_diff`; words are packet bytes read as native `u32`s.
-    #[inline(always)]
-    fn replace<const N: usize>(old: u16, from: &mut [u32; N], to: &mut [u32; N]) -> u16 {
-        let size = (N * 4) as u32;
-        // SAFETY: both pointers are to initialised stack arrays of `size` bytes, a
-        // multiple of 4 as the helper requires.
-        let sum = unsafe {
-            bpf_csum_diff(
-                from.as_mut_ptr(),
-                size,
-                to.as_mut_ptr(),
-                size,
-                (!old) as u32,
-            )
-        } as u32;
-        let s = (sum & 0xffff) + (sum >> 16);
-        let s = (s & 0xffff) + (s >> 16);
-        !(s as u16)
     }
 
     #[panic_handler]
