@@ -126,8 +126,8 @@ pub const FLOW_CLOSED: u8 = FLOW_FIN_CLIENT | FLOW_FIN_BACKEND;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowState {
-    /// `bpf_ktime_get_coarse_ns()` (CLOCK_MONOTONIC, to a tick) of the last packet in
-    /// either direction.
+    /// `bpf_ktime_get_coarse_ns()` of the last packet in either direction:
+    /// CLOCK_MONOTONIC_COARSE, the same clock as CLOCK_MONOTONIC up to one tick behind.
     pub last_seen_ns: u64,
     /// Backend id this flow is pinned to.
     pub backend: u32,
@@ -170,7 +170,8 @@ pub struct NextHop {
     pub max_len: u32,
     /// Destination MAC, then source MAC: the Ethernet header's first 12 bytes.
     pub macs: [u8; 12],
-    pub _pad: u32,
+    /// The interface the looked-up packet came in on (the lookup depends on it).
+    pub ingress: u32,
 }
 const _: () = assert!(size_of::<NextHop>() == 48);
 

@@ -191,7 +191,7 @@ fn next_hop(ctx: &XdpContext, pkt: &Packet, t: &Target, dir: Dir) -> Verdict {
         ifindex: 0,
         now: pkt.now,
         ip_len: pkt.ip_len,
-        _pad: 0,
+        ingress: ctx.ingress_ifindex() as u32,
     };
     if dir == Dir::In && cached_hop(t, &mut hop) {
         return out(ctx, t, dir, &hop);
@@ -253,11 +253,12 @@ struct Hop {
     now: u64,
     /// The packet's `Packet::ip_len`.
     ip_len: u32,
-    _pad: u32,
+    /// The interface the packet came in on.
+    ingress: u32,
 }
 
 /// Fills `hop` from this CPU's cached next hop toward `t`'s backend if it is fresh, for
-/// the same address, and known to fit a packet of `hop.ip_len`.
+/// the same address and ingress interface, and known to fit a packet of `hop.ip_len`.
 #[inline(never)]
 fn cached_hop(t: &Target, hop: &mut Hop) -> bool {
     let Some(nh) = NEXT_HOPS.get_ptr(t.backend) else {
@@ -266,7 +267,11 @@ fn cached_hop(t: &Target, hop: &mut Hop) -> bool {
     // SAFETY: a map value stays valid for the whole program run, and this CPU's slot
     // has no other writer.
     let nh = unsafe { &*nh };
-    if hop.now >= nh.expires_ns || nh.dst != t.dst || hop.ip_len > nh.max_len {
+    if hop.now >= nh.expires_ns
+        || nh.dst != t.dst
+        || nh.ingress != hop.ingress
+        || hop.ip_len > nh.max_len
+    {
         return false;
     }
     hop.macs = nh.macs;
@@ -282,20 +287,16 @@ fn remember_hop(t: &Target, hop: &Hop) {
     };
     // SAFETY: as in `cached_hop`.
     let nh = unsafe { &mut *nh };
-    // Packets up to the entry's length passed the MTU check before (if it is for the
-    // same hop and still fresh), and this one did now.
-    let max_len = if hop.now < nh.expires_ns && nh.dst == t.dst && nh.ifindex == hop.ifindex {
-        nh.max_len.max(hop.ip_len)
-    } else {
-        hop.ip_len
-    };
+    // A lookup while the entry is fresh and for the same hop happens only for a packet
+    // longer than it has checked, so this packet's length is the longest the route was
+    // checked for.
     *nh = NextHop {
         dst: t.dst,
         expires_ns: hop.now + NEXT_HOP_TTL_NS,
         ifindex: hop.ifindex,
-        max_len,
+        max_len: hop.ip_len,
         macs: hop.macs,
-        _pad: 0,
+        ingress: hop.ingress,
     };
 }
 

@@ -64,8 +64,9 @@ pub fn mount_bpffs(target: &std::path::Path) -> io::Result<()> {
     }
 }
 
-/// CLOCK_MONOTONIC in nanoseconds: the clock of the kernel's `bpf_ktime_get_coarse_ns`, so it
-/// can be compared with the flow table's `last_seen_ns`.
+/// CLOCK_MONOTONIC in nanoseconds. The flow table's `last_seen_ns` comes from
+/// `bpf_ktime_get_coarse_ns` (the same clock, up to one tick behind), so it compares
+/// with this; a flow just looks up to a tick older.
 pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,

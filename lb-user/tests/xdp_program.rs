@@ -733,15 +733,23 @@ fn backend_reply_is_rewritten_back_to_the_client() {
 
 #[test]
 fn xdp_tx_when_the_backend_is_behind_the_ingress_interface() {
+    stay_on_this_cpu();
     let mut lb = Lb::new();
     lb.seed(plan4(), 0);
     let mut s = syn(plan4());
     s.eth_dst = LB0_MAC;
-    let (action, out) = lb.run(&build(&s), lb.lb0);
-    assert_eq!(action, XDP_TX);
-    let seen = decode(&out);
-    assert_eq!((seen.eth_dst, seen.eth_src), (BACKEND_MACS[0], LB0_MAC));
-    assert_eq!(seen.dst, plan4().backends[0]);
+    // The first packet looks the next hop up; the second one uses the cached hop.
+    for what in ["looked up", "cached"] {
+        let (action, out) = lb.run(&build(&s), lb.lb0);
+        assert_eq!(action, XDP_TX, "{what}");
+        let seen = decode(&out);
+        assert_eq!(
+            (seen.eth_dst, seen.eth_src),
+            (BACKEND_MACS[0], LB0_MAC),
+            "{what}"
+        );
+        assert_eq!(seen.dst, plan4().backends[0], "{what}");
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1487,6 +1495,34 @@ fn next_hop_is_reused_for_its_ttl_then_follows_a_neighbour_change() {
     assert_eq!(action, XDP_REDIRECT);
     assert_eq!(decode(&out).eth_dst, moved, "looked up again after its TTL");
     assert_eq!(lb.counter(stats::FWD_IN), 3);
+}
+
+#[test]
+fn a_reused_backend_id_never_gets_the_old_backends_cached_next_hop() {
+    stay_on_this_cpu();
+    let p = plan4();
+    let mut lb = Lb::new();
+    lb.seed(p, 0);
+    let (_, out) = lb.run(&build(&syn(p)), lb.lb1);
+    assert_eq!(decode(&out).eth_dst, BACKEND_MACS[0]);
+    // Backend id 0 now stands for the other backend (removed, and its id given to a new
+    // one): the flow's next packet goes to the new address and its own MAC at once.
+    lb.set_backend(
+        Plan {
+            backends: [p.backends[1], p.backends[1]],
+            ..p
+        },
+        0,
+        BACKEND_UP,
+    );
+    let ack = build(&Seg {
+        flags: ACK,
+        ..syn(p)
+    });
+    let (action, out) = lb.run(&ack, lb.lb1);
+    assert_eq!(action, XDP_REDIRECT);
+    let seen = decode(&out);
+    assert_eq!((seen.dst, seen.eth_dst), (p.backends[1], BACKEND_MACS[1]));
 }
 
 #[test]

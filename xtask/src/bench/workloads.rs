@@ -141,6 +141,9 @@ impl Workload {
             _ if system == System::XdpBare && !pps => {
                 Some("n/a: the bare XDP program only forwards the packet-rate workloads' frames")
             }
+            _ if pps && system == System::NoLb => Some(
+                "n/a: the generator's frames are for a VIP, and without a load balancer there is none",
+            ),
             _ if pps && !matches!(system, System::LbNat | System::XdpBare | System::NftDnat) => {
                 Some(
                     "n/a: a proxy only sees connections, and the generator's frames belong to none",
