@@ -342,8 +342,13 @@ impl Pipe {
         })
     }
 
-    /// Gives back an EMPTY pipe for reuse (closes it if the pool is full).
+    /// Gives back a pipe for reuse if the kernel says it is empty (closes it otherwise,
+    /// or if the pool is full). The kernel's count, not ours: a byte left behind would
+    /// reach the next connection's peer.
     fn recycle(self) {
+        if !matches!(sys::socket_inq(self.read_end.as_fd()), Ok(0)) {
+            return;
+        }
         let mut pool = PIPE_POOL.lock().unwrap_or_else(|e| e.into_inner());
         if pool.len() < PIPE_POOL_MAX {
             pool.push(self);
@@ -370,6 +375,11 @@ struct PipeDir {
     /// the last ones, so a pump that reads some reads on to the EOF and sends them with
     /// the FIN in one segment.
     fin_seen: bool,
+    /// At most this many more bytes are read from `src`, then it counts as at EOF. Set
+    /// for the sockmap engine's tail: the kernel may leave an skb it already redirected
+    /// (the one carrying the FIN) in the receive queue, and those bytes must not go out
+    /// twice.
+    read_limit: Option<u64>,
 }
 
 impl Drop for PipeDir {
@@ -401,7 +411,25 @@ impl PipeDir {
             done: false,
             src_empty: false,
             fin_seen: false,
+            read_limit: None,
         })
+    }
+
+    /// Room for the next splice from `src`: the pipe's, within `read_limit`.
+    fn room(&self, cap: usize) -> usize {
+        let room = cap - self.queued;
+        self.read_limit.map_or(room, |left| {
+            room.min(usize::try_from(left).unwrap_or(usize::MAX))
+        })
+    }
+
+    /// Counts `n` bytes read from `src` into the pipe (fields, not `&mut self`: the
+    /// caller holds the pipe borrowed).
+    fn read(queued: &mut usize, read_limit: &mut Option<u64>, n: usize) {
+        *queued += n;
+        if let Some(left) = read_limit {
+            *left = left.saturating_sub(n as u64);
+        }
     }
 
     /// Nothing of `src` is in flight here, and no skb of `src` is partly read: the last
@@ -427,8 +455,14 @@ impl PipeDir {
         };
         let mut moved = false;
         self.src_empty = false;
+        if !self.eof && self.read_limit == Some(0) {
+            // Everything the source sent has been forwarded; what its receive queue
+            // still shows went out already.
+            self.eof = true;
+            moved = true;
+        }
         if !self.eof && self.queued < pipe.cap {
-            let room = pipe.cap - self.queued;
+            let room = self.room(pipe.cap);
             let splice_in = || sys::splice(src.as_fd(), pipe.write_end.as_fd(), room, false);
             let r = if self.queued == 0 {
                 src.try_io(Interest::READABLE, splice_in)
@@ -441,21 +475,20 @@ impl PipeDir {
                     moved = true;
                 }
                 Ok(n) => {
-                    self.queued += n;
+                    Self::read(&mut self.queued, &mut self.read_limit, n);
                     moved = true;
-                    if self.fin_seen && self.queued < pipe.cap {
+                    let room = self.room(pipe.cap);
+                    if self.fin_seen && room > 0 {
                         // Outside readiness tracking, as above (the pipe is not empty).
                         // An error shows again on the next pump.
-                        match sys::splice(
-                            src.as_fd(),
-                            pipe.write_end.as_fd(),
-                            pipe.cap - self.queued,
-                            false,
-                        ) {
+                        match sys::splice(src.as_fd(), pipe.write_end.as_fd(), room, false) {
                             Ok(0) => self.eof = true,
-                            Ok(n) => self.queued += n,
+                            Ok(n) => Self::read(&mut self.queued, &mut self.read_limit, n),
                             Err(_) => {}
                         }
+                    }
+                    if self.read_limit == Some(0) {
+                        self.eof = true;
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -652,18 +685,21 @@ impl MapDir {
     /// not take is still in the receive queue (the socket leaves the maps, verdict and
     /// all, when it closes: on a FIN received after our own FIN, the skb carrying that
     /// FIN stays queued). SIOCINQ counts that rest either way (0 while still hooked).
+    /// Once flushed, returns how many of the source's bytes are still to forward: the
+    /// received ones not yet in `dst`. That, not SIOCINQ, bounds what the pipe then
+    /// reads, so a byte the kernel forwarded is never sent twice.
     fn tail_flushed(
         &self,
         src: &TcpStream,
         src_base: &Baseline,
         dst: &TcpStream,
         dst_base: &Baseline,
-    ) -> Result<bool, PumpError> {
+    ) -> Result<Option<u64>, PumpError> {
         let info = sys::tcp_info(src.as_fd()).map_err(PumpError::Src)?;
         let rest = sys::socket_inq(src.as_fd()).map_err(PumpError::Src)? as u64;
         let to_forward = received_data(&info, true).saturating_sub(src_base.consumed);
         let done = forwarded(dst.as_fd(), dst_base).map_err(PumpError::Dst)?;
-        Ok(done + rest >= to_forward)
+        Ok((done + rest >= to_forward).then(|| to_forward.saturating_sub(done)))
     }
 
     /// Waits until the direction may make progress or its source has news.
@@ -817,11 +853,13 @@ async fn sockmap_engine(
                 }
                 Phase::Kernel => {}
                 Phase::Tail => match dir.tail_flushed(src, src_base, dst, dst_base) {
-                    Ok(true) => {
+                    Ok(Some(missing)) => {
+                        // The pipe moves what the kernel did not, and no more.
+                        dir.pipe.read_limit = Some(missing);
                         dir.phase = Phase::Pipe;
                         moved = true;
                     }
-                    Ok(false) => {}
+                    Ok(None) => {}
                     Err(e) => break 'run failed(e, side),
                 },
             }
