@@ -170,20 +170,21 @@ pub fn run(bed: &mut Bed, running: &mut Running, flows: u32, secs: u32) -> Resul
             enter(client)?;
             sys::pin_to_cpu(cpu).context("pinning the generator")?;
             let ifindex = ifindex("eth0")?;
-            let send = |n: u32| {
+            // Sends `n` frames in one call; returns how many the next call should send
+            // to last about CALL at the rate this one reached.
+            let send = |n: u32| -> Result<u32> {
+                let t = Instant::now();
                 sys::test_run_live(gen_fd.as_raw_fd(), &frame, ifindex, n)
-                    .context("BPF_PROG_TEST_RUN (live frames) of bench_gen")
+                    .context("BPF_PROG_TEST_RUN (live frames) of bench_gen")?;
+                let rate = n as f64 / t.elapsed().as_secs_f64().max(1e-6);
+                Ok((rate * CALL.as_secs_f64()).clamp(FIRST_CALL as f64, MAX_CALL as f64) as u32)
             };
             let warm = Instant::now();
             let mut sent = 0u64;
             let mut chunk = FIRST_CALL;
             while warm.elapsed() < WARMUP || sent < 2 * flows as u64 {
-                let t = Instant::now();
-                send(chunk)?;
                 sent += chunk as u64;
-                let rate = chunk as f64 / t.elapsed().as_secs_f64().max(1e-6);
-                chunk =
-                    (rate * CALL.as_secs_f64()).clamp(FIRST_CALL as f64, MAX_CALL as f64) as u32;
+                chunk = send(chunk)?;
                 if warm.elapsed() > WARMUP * 10 {
                     bail!("the warm-up did not send {} frames in 10 s", 2 * flows);
                 }
@@ -194,12 +195,8 @@ pub fn run(bed: &mut Bed, running: &mut Running, flows: u32, secs: u32) -> Resul
             let (c0, s0, t0) = (cpus()?, xdp.sunk()?, Instant::now());
             let mut sent = 0u64;
             while t0.elapsed() < measure {
-                let t = Instant::now();
-                send(chunk)?;
                 sent += chunk as u64;
-                let rate = chunk as f64 / t.elapsed().as_secs_f64().max(1e-6);
-                chunk =
-                    (rate * CALL.as_secs_f64()).clamp(FIRST_CALL as f64, MAX_CALL as f64) as u32;
+                chunk = send(chunk)?;
                 if t0.elapsed() > measure + 10 * CALL {
                     bail!(
                         "the generator overran its {} s by more than 10 s",
