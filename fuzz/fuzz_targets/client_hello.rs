@@ -2,7 +2,7 @@
 //! than its bound, and a prefix must either need more or end the way the whole does.
 #![no_main]
 
-use lb_user::proxy::tls::{MAX_PEEK_LEN, Peek, peek_client_hello};
+use lb_user::proxy::codec::tls::{MAX_PEEK_LEN, Peek, peek_client_hello};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -3,10 +3,10 @@
 //! incomplete or failing the same way, accepted headers re-encoding to the same thing).
 #![no_main]
 
-use lb_user::proxy::header::{
+use lb_user::proxy::codec::header::{
     Tlv, V1_MAX_LEN, V2_MAX_LEN, canonical, encode_v1, encode_v2, tlv_type,
 };
-use lb_user::proxy::parse::{ParseError, Parsed, Version, parse};
+use lb_user::proxy::codec::parse::{ParseError, Parsed, Version, parse};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -42,7 +42,7 @@ fuzz_target!(|data: &[u8]| {
                     };
                     assert_eq!(h2.src.map(canonical), Some(canonical(src)));
                     assert_eq!(h2.dst.map(canonical), Some(canonical(dst)));
-                    let kinds = |h: &lb_user::proxy::parse::Header<'_>| {
+                    let kinds = |h: &lb_user::proxy::codec::parse::Header<'_>| {
                         h.tlvs()
                             .filter(|t| t.kind != tlv_type::CRC32C)
                             .map(|t| (t.kind, t.value.to_vec()))

@@ -1,9 +1,11 @@
 //! `lb`: parse flags, then run the daemon or a client subcommand (`stats`, `ctl`).
 
 use clap::Parser;
+use lb_user::api::client::ClientError;
 use lb_user::cli::{Cli, Command};
+use lb_user::cli::{ctl, stats};
 use lb_user::config::{Config, parse_duration};
-use lb_user::{ctl, daemon, stats};
+use lb_user::daemon;
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
@@ -33,7 +35,7 @@ fn main() -> ExitCode {
             Err(e) => {
                 eprintln!("lb ctl: error: {e}");
                 match e {
-                    ctl::CtlError::BadAddr(_) => ExitCode::from(EXIT_USAGE),
+                    ClientError::BadAddr(_) => ExitCode::from(EXIT_USAGE),
                     _ => ExitCode::FAILURE,
                 }
             }

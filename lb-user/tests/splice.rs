@@ -68,7 +68,7 @@ impl Bed {
         let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         let ns = Netns::new("lbs");
         ns.enter();
-        let object = lb_user::object::require().expect("embedded eBPF object");
+        let object = lb_user::dataplane::object::require().expect("embedded eBPF object");
         let mut ebpf = EbpfLoader::new()
             .load(object)
             .expect("load eBPF object (needs root)");
@@ -608,7 +608,7 @@ fn lookup_steers_vip_to_listener() {
     let ns = &bed._ns;
     ns.ip("route add local 198.18.200.1/32 dev lo table local");
     ns.ip("-6 route add local fd00:200::1/128 dev lo table local");
-    let object = lb_user::object::require().unwrap();
+    let object = lb_user::dataplane::object::require().unwrap();
     let mut ebpf = EbpfLoader::new().load(object).expect("load eBPF object");
     let prog: &mut SkLookup = ebpf
         .program_mut(names::PROG_LOOKUP)

@@ -205,7 +205,7 @@ impl Lb {
         }
         let (lb0, lb1) = (ifindex("lb0"), ifindex("lb1"));
 
-        let object = lb_user::object::require().expect("embedded eBPF object");
+        let object = lb_user::dataplane::object::require().expect("embedded eBPF object");
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(names::FLOWS, 4096)
             .map_max_entries(names::REVERSE_NAT, 4096)

@@ -4,11 +4,11 @@
 //! header before any client byte, then hand both sockets to the splice engine, which
 //! moves the bytes without copying them through userspace.
 
-use super::header::{self, Tlv, canonical};
-use super::parse::{self, Parsed};
+use super::codec::header::{self, Tlv, canonical};
+use super::codec::parse::{self, Parsed};
+use super::codec::tls::{self, Peek};
 use super::splice::{self, Engine, SpliceMaps};
 use super::table::{ProxyTable, Target};
-use super::tls::{self, Peek};
 use crate::config::{ProxyConfig, ProxyVersion};
 use std::collections::{BTreeMap, HashMap};
 use std::io;

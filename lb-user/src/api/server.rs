@@ -103,8 +103,8 @@ async fn handle(ctl: Shared, req: Request<Incoming>) -> Result<Reply, std::conve
             }
             Ok(r) if path == "/metrics" => reply(
                 200,
-                crate::metrics::CONTENT_TYPE,
-                crate::metrics::render(&r),
+                crate::api::metrics::CONTENT_TYPE,
+                crate::api::metrics::render(&r),
             ),
             Ok(r) => json(200, services_json(&r)),
             Err(e) => error(e.status(), e),
@@ -115,9 +115,9 @@ async fn handle(ctl: Shared, req: Request<Incoming>) -> Result<Reply, std::conve
 
 /// The full report. The flow table scan runs on a blocking thread without the lock, so
 /// a scrape never stalls health checks or live changes.
-pub async fn report(ctl: &Shared) -> Result<crate::stats::Report, ControlError> {
+pub async fn report(ctl: &Shared) -> Result<crate::api::report::Report, ControlError> {
     let record = lock(ctl).record();
-    let mut r = tokio::task::spawn_blocking(move || crate::stats::collect_from(&record))
+    let mut r = tokio::task::spawn_blocking(move || crate::api::report::collect_from(&record))
         .await
         .map_err(|e| ControlError::Invalid(format!("collecting the report: {e}")))??;
     lock(ctl).add_health(&mut r);

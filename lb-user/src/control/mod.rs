@@ -7,19 +7,19 @@
 //! Maglev table that names it; a backend that stops being usable is written after the
 //! table that no longer names it. So a new flow never picks a backend that is not up.
 
+use crate::api::report::{self as stats, HealthReport, Report};
 use crate::config::{
     BackendConfig, Config, ConfigError, FlagSettings, HealthCheck, HealthConfig, Mode, ProxyConfig,
     ProxyVersion, ServiceConfig,
 };
+use crate::dataplane::runtime::RuntimeRecord;
 use crate::dataplane::{BackendSlot, Dataplane, DataplaneError, ServiceSlot, source_address_for};
+use crate::health::histogram::LatencyHistogram;
 use crate::health::{self, CheckKind, CheckResult, CheckSpec, Tracker, Transition};
-use crate::histogram::LatencyHistogram;
-use crate::proxy::header;
+use crate::proxy::codec::header;
 use crate::proxy::route;
 use crate::proxy::server::{Proxy, ServiceRt};
 use crate::proxy::table::ProxyTable;
-use crate::runtime::RuntimeRecord;
-use crate::stats::{self, HealthReport, Report};
 use lb_common::addr::ip_bytes;
 use lb_common::hash::backend_key;
 use lb_common::maglev::{MaglevBackend, build_table};
@@ -222,7 +222,7 @@ impl Control {
             health_tx,
             next_check_id: 0,
             pid: std::process::id(),
-            netns_inode: crate::runtime::netns_inode()
+            netns_inode: crate::dataplane::runtime::netns_inode()
                 .map_err(|e| ControlError::Invalid(e.to_string()))?,
             record_path: None,
         };
@@ -303,7 +303,7 @@ impl Control {
             self.insert_backend(si, b, at_start)?;
             added.push(b.addr.ip());
         }
-        crate::neigh::warm(&added);
+        crate::dataplane::neigh::warm(&added);
         self.sync(si)?;
         info!(service = %cfg.name, vip = %cfg.vip, backends = cfg.backends.len(), health = %cfg.health.check, "service programmed");
         Ok(())
@@ -586,7 +586,7 @@ impl Control {
             )));
         }
         self.insert_backend(si, &b, false)?;
-        crate::neigh::warm(&[b.addr.ip()]);
+        crate::dataplane::neigh::warm(&[b.addr.ip()]);
         self.sync(si)?;
         let state = self.services[si]
             .backends
@@ -908,7 +908,7 @@ impl Control {
             {
                 None => {
                     self.insert_backend(si, bc, false)?;
-                    crate::neigh::warm(&[bc.addr.ip()]);
+                    crate::dataplane::neigh::warm(&[bc.addr.ip()]);
                     changes.push(format!("service {name}: added backend {}", bc.addr));
                 }
                 Some(bi) => {

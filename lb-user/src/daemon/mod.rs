@@ -2,13 +2,13 @@
 //! API, reloads (SIGHUP) and neighbour upkeep until SIGINT/SIGTERM, and on the way out
 //! detach and remove what it created.
 
-use crate::admin::{self, Shared};
+use crate::api::server::{self as admin, Shared};
 use crate::config::SpliceChoice;
 use crate::config::{Config, FlagSettings};
 use crate::control::{Control, ControlError};
+use crate::dataplane::neigh;
 use crate::dataplane::{Dataplane, DataplaneError};
 use crate::health::CheckResult;
-use crate::neigh;
 use crate::proxy::server::{Proxy, Settings};
 use crate::proxy::splice::Engine;
 use lb_common::stats::DROP_NO_NEIGH;
@@ -223,7 +223,7 @@ pub async fn run(started: Started) -> anyhow::Result<()> {
             _ = tick.tick() => {
                 let pending = lock(&ctl).drains_pending();
                 if let Some(record) = pending {
-                    let scan = tokio::task::spawn_blocking(move || crate::stats::collect_from(&record)).await;
+                    let scan = tokio::task::spawn_blocking(move || crate::api::report::collect_from(&record)).await;
                     match scan {
                         Ok(Ok(report)) => {
                             if let Err(e) = lock(&ctl).advance_drains(&report) {

@@ -324,14 +324,14 @@ fn push_ipv6_hex(out: &mut String, ip: &Ipv6Addr) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proxy::parse::{Command, Parsed, Version, parse};
+    use crate::proxy::codec::parse::{Command, Parsed, Version, parse};
     use std::net::{Ipv4Addr, SocketAddrV6};
 
     fn sa(s: &str) -> SocketAddr {
         s.parse().unwrap()
     }
 
-    fn complete(buf: &[u8]) -> crate::proxy::parse::Header<'_> {
+    fn complete(buf: &[u8]) -> crate::proxy::codec::parse::Header<'_> {
         match parse(buf) {
             Ok(Parsed::Complete(h)) => h,
             other => panic!("expected a complete header, got {other:?}"),

@@ -5,8 +5,8 @@
 //! `service` (the service's name), `backend` (its `IP:PORT`), `direction` (`in` is client
 //! → backend, `out` backend → client).
 
+use crate::api::report::{BackendReport, Counters, Report, ServiceReport};
 use crate::proxy::server::{BackendCounters, ServiceCounters};
-use crate::stats::{BackendReport, Counters, Report, ServiceReport};
 use std::fmt::Write as _;
 
 /// Content type of the exposition format this module writes.
@@ -387,8 +387,8 @@ fn proxy(w: &mut Writer, r: &Report) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::report::tests::sample;
     use crate::dataplane::Attachment;
-    use crate::stats::tests::sample;
     use std::collections::{BTreeMap, HashSet};
 
     fn tiny() -> Report {

@@ -566,8 +566,8 @@ fn v1_port(field: &[u8]) -> Result<u16, ParseError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proxy::crc32c::crc32c;
-    use crate::proxy::header::{Tlv, encode_v1, encode_v2, encode_v2_local};
+    use crate::proxy::codec::crc32c::crc32c;
+    use crate::proxy::codec::header::{Tlv, encode_v1, encode_v2, encode_v2_local};
 
     fn sa(s: &str) -> SocketAddr {
         s.parse().unwrap()

@@ -20,6 +20,8 @@
 //!   checks leave no `TIME_WAIT` pile on the LB host. With a zero linger, `close` does
 //!   not block (only a non-zero linger does, which is why tokio deprecates its setter).
 
+pub mod histogram;
+
 use lb_common::hash::fnv1a64;
 use socket2::SockRef;
 use std::fmt;

@@ -1,6 +1,9 @@
 //! Command-line flags (clap). Values are kept as text here and validated by `config`, so
 //! flags and the config file share one set of checks and error messages.
 
+pub mod ctl;
+pub mod stats;
+
 use crate::config::{FlagSettings, HealthFlags};
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;

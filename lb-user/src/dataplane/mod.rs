@@ -1,9 +1,12 @@
 //! Loads the XDP program, programs its maps and attaches it to the LB's interfaces.
 //! Dropping a [`Dataplane`] detaches the program and frees the maps.
 
+pub mod neigh;
+pub mod object;
+pub mod pin;
+pub mod runtime;
+
 use crate::config::{Config, XdpModeChoice};
-use crate::object;
-use crate::pin;
 use crate::sys;
 use aya::maps::{Array, DevMapHash, HashMap, MapData, MapError, PerCpuArray, PerCpuValues};
 use aya::programs::{ProgramError, Xdp, XdpMode, xdp::XdpLinkId};

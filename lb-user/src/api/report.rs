@@ -1,0 +1,402 @@
+//! The report of a running daemon: per-service and per-backend counters, states, active
+//! flows, health and the global packet counters. One model, built from the maps a
+//! runtime record names ([`collect_from`]) and completed by the daemon; the admin API,
+//! `/metrics`, `lb ctl` and `lb stats` all read it.
+
+use crate::dataplane::runtime::{RuntimeError, RuntimeRecord};
+use crate::health::histogram::LatencyHistogram;
+use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray};
+use lb_common::maps::{
+    self as m, Backend, FLOW_CLOSED, FLOW_RST, FlowKey, FlowState, GlobalConfig, TrafficCounters,
+    names,
+};
+use lb_common::stats::COUNTER_NAMES;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap as StdHashMap};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StatsError {
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    #[error("map {name} (id {id}) of the running daemon: {source}")]
+    Map {
+        name: String,
+        id: u32,
+        source: MapError,
+    },
+    #[error("the runtime record names no map {0}")]
+    Unrecorded(&'static str),
+    #[error("writing the table: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Counters {
+    pub packets_in: u64,
+    pub bytes_in: u64,
+    pub packets_out: u64,
+    pub bytes_out: u64,
+    pub new_flows: u64,
+}
+
+impl From<TrafficCounters> for Counters {
+    fn from(c: TrafficCounters) -> Self {
+        Counters {
+            packets_in: c.packets_in,
+            bytes_in: c.bytes_in,
+            packets_out: c.packets_out,
+            bytes_out: c.bytes_out,
+            new_flows: c.new_flows,
+        }
+    }
+}
+
+/// Health-check view of one backend; filled in by the daemon (`collect` leaves it out).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct HealthReport {
+    /// What is checked: "tcp", "http:/path".
+    pub check: String,
+    /// "up", "down" or "initial".
+    pub status: String,
+    /// The last failure, e.g. "timeout", "connection refused", "status 503".
+    pub reason: Option<String>,
+    pub checks_passed: u64,
+    pub checks_failed: u64,
+    /// Round-trip times of the checks.
+    pub latency: LatencyHistogram,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BackendReport {
+    pub addr: String,
+    pub weight: u32,
+    /// The daemon's view: "up", "down", "initial", "draining" or "drained" (for an older
+    /// daemon, the map's: "up", "down", "draining", "empty").
+    pub state: String,
+    /// Flows pinned to this backend that are neither closed (FIN both ways, or RST) nor
+    /// idle past the idle timeout.
+    #[serde(default)]
+    pub active_flows: u64,
+    #[serde(default)]
+    pub health: Option<HealthReport>,
+    pub counters: Counters,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ServiceReport {
+    pub name: String,
+    pub vip: String,
+    pub mode: String,
+    /// Sum of the backends' `active_flows`.
+    #[serde(default)]
+    pub active_flows: u64,
+    pub counters: Counters,
+    pub backends: Vec<BackendReport>,
+    /// Connections the daemon proxied (proxy-v2 services; filled in by the daemon).
+    #[serde(default)]
+    pub proxy: Option<crate::proxy::server::ServiceCounters>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Report {
+    pub pid: u32,
+    pub interfaces: Vec<crate::dataplane::Attachment>,
+    pub services: Vec<ServiceReport>,
+    /// Entries in the flow table (live and not yet evicted idle ones), and its capacity.
+    pub flows: u64,
+    pub flow_capacity: u32,
+    /// The global packet counters by name (`lb_common::stats::COUNTER_NAMES`).
+    pub counters: BTreeMap<String, u64>,
+}
+
+fn open(rec: &RuntimeRecord, name: &'static str) -> Result<Map, StatsError> {
+    let id = *rec.maps.get(name).ok_or(StatsError::Unrecorded(name))?;
+    let err = |source| StatsError::Map {
+        name: name.to_string(),
+        id,
+        source,
+    };
+    let data = MapData::from_id(id).map_err(err)?;
+    Map::from_map_data(data).map_err(err)
+}
+
+fn map_err<'a>(name: &'static str, rec: &'a RuntimeRecord) -> impl Fn(MapError) -> StatsError + 'a {
+    move |source| StatsError::Map {
+        name: name.to_string(),
+        id: rec.maps.get(name).copied().unwrap_or(0),
+        source,
+    }
+}
+
+fn traffic(
+    a: &PerCpuArray<MapData, TrafficCounters>,
+    index: u32,
+) -> Result<TrafficCounters, MapError> {
+    let mut sum = TrafficCounters::default();
+    for c in a.get(&index, 0)?.iter() {
+        sum.add(c);
+    }
+    Ok(sum)
+}
+
+/// Whether a flow entry counts as active at `now` (CLOCK_MONOTONIC ns, the clock of
+/// `bpf_ktime_get_coarse_ns`): not closed (FIN both ways, or RST) and not idle past the idle
+/// timeout, the rule by which the XDP program forgets flows (`lb-ebpf/src/flow.rs`).
+pub fn flow_active(fs: &FlowState, cfg: &GlobalConfig, now: u64) -> bool {
+    let closed = fs.flags & FLOW_RST != 0 || fs.flags & FLOW_CLOSED == FLOW_CLOSED;
+    !closed && now.saturating_sub(fs.last_seen_ns) <= cfg.idle_timeout_ns
+}
+
+/// Active flows per backend id, over flow table entries.
+fn active_per_backend(
+    entries: impl IntoIterator<Item = FlowState>,
+    cfg: &GlobalConfig,
+    now: u64,
+) -> StdHashMap<u32, u64> {
+    let mut active = StdHashMap::new();
+    for fs in entries {
+        if flow_active(&fs, cfg, now) {
+            *active.entry(fs.backend).or_insert(0) += 1;
+        }
+    }
+    active
+}
+
+/// Name of a `BACKEND_*` state of the backend map.
+fn map_state(state: u8) -> &'static str {
+    match state {
+        m::BACKEND_UP => "up",
+        m::BACKEND_DRAINING => "draining",
+        m::BACKEND_DOWN => "down",
+        _ => "empty",
+    }
+}
+
+/// Collects a report from the maps a runtime record names (the daemon passes its own).
+/// Walks the whole flow table once, to count active flows.
+pub fn collect_from(rec: &RuntimeRecord) -> Result<Report, StatsError> {
+    let svc_stats =
+        PerCpuArray::<MapData, TrafficCounters>::try_from(open(rec, names::SERVICE_STATS)?)
+            .map_err(map_err(names::SERVICE_STATS, rec))?;
+    let be_stats =
+        PerCpuArray::<MapData, TrafficCounters>::try_from(open(rec, names::BACKEND_STATS)?)
+            .map_err(map_err(names::BACKEND_STATS, rec))?;
+    let backends = Array::<MapData, Backend>::try_from(open(rec, names::BACKENDS)?)
+        .map_err(map_err(names::BACKENDS, rec))?;
+    let counters = PerCpuArray::<MapData, u64>::try_from(open(rec, names::COUNTERS)?)
+        .map_err(map_err(names::COUNTERS, rec))?;
+    let config = Array::<MapData, GlobalConfig>::try_from(open(rec, names::CONFIG)?)
+        .map_err(map_err(names::CONFIG, rec))?
+        .get(&0, 0)
+        .map_err(map_err(names::CONFIG, rec))?;
+    let flows_map = open(rec, names::FLOWS)?;
+    let flow_capacity = match &flows_map {
+        Map::LruHashMap(d) | Map::HashMap(d) => d.info().map(|i| i.max_entries()).unwrap_or(0),
+        _ => 0,
+    };
+    let flows_map = HashMap::<MapData, FlowKey, FlowState>::try_from(flows_map)
+        .map_err(map_err(names::FLOWS, rec))?;
+
+    // One pass over the flow table. Entries that vanish between listing a key and
+    // reading it (evicted or expired meanwhile) are skipped.
+    let now = crate::sys::monotonic_ns();
+    let mut flows = 0u64;
+    let active = active_per_backend(
+        flows_map.iter().filter_map(|e| e.ok()).map(|(_, fs)| {
+            flows += 1;
+            fs
+        }),
+        &config,
+        now,
+    );
+
+    let mut services = Vec::new();
+    for s in &rec.services {
+        let mut bes = Vec::new();
+        for b in &s.backends {
+            let state = if b.state.is_empty() {
+                let mb = backends
+                    .get(&b.id, 0)
+                    .map_err(map_err(names::BACKENDS, rec))?;
+                map_state(mb.state).to_string()
+            } else {
+                b.state.clone()
+            };
+            let c = traffic(&be_stats, b.id).map_err(map_err(names::BACKEND_STATS, rec))?;
+            bes.push(BackendReport {
+                addr: b.addr.to_string(),
+                weight: b.weight,
+                state,
+                active_flows: active.get(&b.id).copied().unwrap_or(0),
+                health: None,
+                counters: c.into(),
+            });
+        }
+        let c = traffic(&svc_stats, s.id).map_err(map_err(names::SERVICE_STATS, rec))?;
+        services.push(ServiceReport {
+            name: s.name.clone(),
+            vip: s.vip.to_string(),
+            mode: s.mode.clone(),
+            active_flows: bes.iter().map(|b| b.active_flows).sum(),
+            counters: c.into(),
+            backends: bes,
+            proxy: None,
+        });
+    }
+    let mut totals = BTreeMap::new();
+    for (i, name) in COUNTER_NAMES.iter().enumerate() {
+        let v: u64 = counters
+            .get(&(i as u32), 0)
+            .map_err(map_err(names::COUNTERS, rec))?
+            .iter()
+            .sum();
+        totals.insert(name.to_string(), v);
+    }
+    Ok(Report {
+        pid: rec.pid,
+        interfaces: rec.attachments.clone(),
+        services,
+        flows,
+        flow_capacity,
+        counters: totals,
+    })
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::dataplane::Attachment;
+    use std::time::Duration;
+
+    fn counters(new_flows: u64, bytes_in: u64, bytes_out: u64, packets: u64) -> Counters {
+        Counters {
+            packets_in: packets,
+            bytes_in,
+            packets_out: packets,
+            bytes_out,
+            new_flows,
+        }
+    }
+
+    /// A report with one service of two backends, the second one down with a failing
+    /// HTTP check; `scale` multiplies every counter.
+    pub(crate) fn sample(scale: u64) -> Report {
+        let mut latency = LatencyHistogram::default();
+        latency.observe(Duration::from_micros(400));
+        latency.observe(Duration::from_millis(2));
+        let mut counters_map = BTreeMap::new();
+        for name in COUNTER_NAMES {
+            counters_map.insert(name.to_string(), 0);
+        }
+        counters_map.insert("forwarded_in".into(), 100 * scale);
+        counters_map.insert("forwarded_out".into(), 90 * scale);
+        counters_map.insert("drop_no_backend".into(), 3 * scale);
+        Report {
+            pid: 42,
+            interfaces: vec![Attachment {
+                iface: "eth0".into(),
+                ifindex: 2,
+                mode: "native".into(),
+            }],
+            services: vec![ServiceReport {
+                name: "web".into(),
+                vip: "198.18.100.1:80".into(),
+                mode: "nat".into(),
+                active_flows: 7,
+                counters: counters(10 * scale, 4096 * scale, 2048 * scale, 50 * scale),
+                backends: vec![
+                    BackendReport {
+                        addr: "198.18.1.11:80".into(),
+                        weight: 2,
+                        state: "up".into(),
+                        active_flows: 7,
+                        health: Some(HealthReport {
+                            check: "http:/health".into(),
+                            status: "up".into(),
+                            reason: None,
+                            checks_passed: 5,
+                            checks_failed: 0,
+                            latency: latency.clone(),
+                        }),
+                        counters: counters(10 * scale, 4096 * scale, 2048 * scale, 50 * scale),
+                    },
+                    BackendReport {
+                        addr: "198.18.1.12:80".into(),
+                        weight: 1,
+                        state: "down".into(),
+                        active_flows: 0,
+                        health: Some(HealthReport {
+                            check: "http:/health".into(),
+                            status: "down".into(),
+                            reason: Some("status 503".into()),
+                            checks_passed: 1,
+                            checks_failed: 3,
+                            latency,
+                        }),
+                        counters: Counters::default(),
+                    },
+                ],
+                proxy: None,
+            }],
+            flows: 9,
+            flow_capacity: 1000,
+            counters: counters_map,
+        }
+    }
+
+    fn flow(backend: u32, last_seen_ns: u64, flags: u8) -> FlowState {
+        FlowState {
+            last_seen_ns,
+            backend,
+            flags,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn active_flows_follow_the_xdp_expiry_rule_and_skip_closed_ones() {
+        let cfg = GlobalConfig {
+            idle_timeout_ns: 1_000,
+            closed_timeout_ns: 100,
+            ..Default::default()
+        };
+        let now = 10_000;
+        let entries = [
+            flow(1, 9_500, 0),                   // active
+            flow(1, 9_000, 0),                   // exactly at the idle timeout: active
+            flow(1, 8_999, 0),                   // idle too long
+            flow(1, 10_050, 0),                  // seen after `now` was read: active
+            flow(2, 9_990, m::FLOW_FIN_CLIENT),  // half closed: active
+            flow(2, 9_990, m::FLOW_CLOSED),      // closed both ways
+            flow(2, 9_990, m::FLOW_RST),         // reset
+            flow(3, 9_990, m::FLOW_FIN_BACKEND), // half closed: active
+        ];
+        let active = active_per_backend(entries, &cfg, now);
+        assert_eq!(active.get(&1), Some(&3));
+        assert_eq!(active.get(&2), Some(&1));
+        assert_eq!(active.get(&3), Some(&1));
+        assert_eq!(active.len(), 3);
+    }
+
+    #[test]
+    fn json_keeps_the_fields_tests_read_and_has_the_new_ones() {
+        let mut r = sample(1);
+        r.services[0].backends[1].health = None;
+        let v = serde_json::to_value(&r).unwrap();
+        let b = &v["services"][0]["backends"][0];
+        assert_eq!(b["addr"], "198.18.1.11:80");
+        assert_eq!(b["counters"]["new_flows"], 10);
+        assert_eq!(b["state"], "up");
+        assert_eq!(b["active_flows"], 7);
+        assert_eq!(b["health"]["check"], "http:/health");
+        assert_eq!(b["health"]["latency"]["count"], 2);
+        assert!(v["services"][0]["backends"][1]["health"].is_null());
+        assert_eq!(v["services"][0]["active_flows"], 7);
+        assert_eq!(v["counters"]["drop_no_backend"], 3);
+        let back: Report = serde_json::from_value(v).unwrap();
+        assert_eq!(
+            back.services[0].backends[0].counters,
+            r.services[0].backends[0].counters
+        );
+    }
+}
