@@ -66,8 +66,8 @@ pub fn run(bed: &mut Bed, running: &mut Running, flows: u32, secs: u32) -> Resul
         topo.client_v4,
         running.system.vip(),
     );
-    let client_v4 = topo.client_v4;
-    bed.xdp.set_generator(flows, client_v4, words(&frame))?;
+    bed.xdp
+        .set_generator(flows, topo.client_v4, words(&frame))?;
     let (xdp, topo) = (&bed.xdp, &bed.topo);
     let _napi = ThreadedNapi::start(&topo.lb, lb_tests::topology::LB_IF_A, LB_CPU)?;
     let gen_fd = xdp.generator_fd()?;
