@@ -1,6 +1,6 @@
 //! Builds the eBPF object with Debian's rustc-web (build-std=core for bpfel), then the
 //! `lb` binary in release, which embeds the object (lb-user/build.rs); for the bench,
-//! the Maglev cost harness.
+//! the Maglev cost harness and the bench itself.
 
 use crate::exec::{self, root, step};
 use crate::setup::EBPF_RUSTC;
@@ -17,14 +17,14 @@ pub fn lb_binary() -> PathBuf {
     root().join("target/release/lb")
 }
 
-/// The bench's Maglev cost harness (lb-common's `maglev_cost` example, release).
-pub fn maglev_cost_binary() -> PathBuf {
-    root().join("target/release/examples/maglev_cost")
+/// The bench (bench/, a debug build like xtask's: it drives the systems it measures).
+pub fn bench_binary() -> PathBuf {
+    root().join("target/debug/lb-bench")
 }
 
 /// The release build of the harness, whose build time and heap figures the bench
-/// reports (timing it in xtask's own debug build would say nothing about the daemon).
-pub const MAGLEV_COST_BUILD: &[&str] = &[
+/// reports (timing a debug build would say nothing about the daemon).
+const MAGLEV_COST_BUILD: &[&str] = &[
     "build",
     "--release",
     "-p",
@@ -79,6 +79,15 @@ pub fn maglev_cost() -> anyhow::Result<()> {
         Command::new("cargo")
             .current_dir(root())
             .args(MAGLEV_COST_BUILD),
+    )
+}
+
+pub fn bench() -> anyhow::Result<()> {
+    step("building the bench (lb-bench)");
+    exec::run(
+        Command::new("cargo")
+            .current_dir(root())
+            .args(["build", "-p", "lb-bench"]),
     )
 }
 

@@ -36,8 +36,14 @@ enum Cmd {
     /// Only install what building and testing need (apt packages, bpf-linker).
     Setup,
     /// Benchmark lb against HAProxy, nginx stream, nftables DNAT and no LB
-    /// (results in bench/results/).
-    Bench(bench::Opts),
+    /// (results in bench/results/; `cargo xtask bench --help` lists its flags).
+    #[command(disable_help_flag = true)]
+    Bench {
+        /// The bench's flags (--quick, --only, --systems, --secs, --repeats, --out,
+        /// --no-build).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -56,35 +62,7 @@ fn main() -> anyhow::Result<()> {
             test::all(&args)?;
         }
         Cmd::Setup => setup::ensure()?,
-        Cmd::Bench(opts) => {
-            if !opts.no_build {
-                setup::ensure()?;
-                build::all()?;
-                build::maglev_cost()?;
-            }
-            if !exec::is_root() {
-                // Built above: the root half only measures.
-                let mut args: Vec<String> = std::env::args().skip(1).collect();
-                if !opts.no_build {
-                    args.push("--no-build".into());
-                }
-                return exec::run(
-                    std::process::Command::new("sudo")
-                        .arg("-E")
-                        .arg(std::env::current_exe()?)
-                        .args(args),
-                );
-            }
-            let (lb, object) = if opts.no_build {
-                (lb_tests::lb_bin()?, lb_tests::bpf_object()?)
-            } else {
-                (build::lb_binary(), build::ebpf_object())
-            };
-            // Run at the end of the bench: a missing harness fails now, not after an
-            // hour of runs.
-            bench::maglev::harness()?;
-            bench::run(&opts, &lb, &object)?;
-        }
+        Cmd::Bench { args } => bench::run(&args)?,
     }
     Ok(())
 }

@@ -1,9 +1,10 @@
 //! The workloads: each one bounded run of a real client (wrk, iperf3) in the client
 //! namespace, pinned to its CPU, with the CPU the LB spent meanwhile.
 
-use super::bed::{Bed, CLIENT_CPU, Proc, pinned};
-use super::cpu::{self, Stat};
-use super::systems::{Running, System};
+use crate::bed::{Bed, CLIENT_CPU, Proc, pinned};
+use crate::cpu::{self, Stat};
+use crate::pps;
+use crate::systems::{Running, System};
 use anyhow::{Context, Result, bail};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -68,10 +69,6 @@ impl Workload {
             Workload::Pps1k => "pps-1k",
             Workload::Pps100k => "pps-100k",
         }
-    }
-
-    pub fn by_name(name: &str) -> Option<Workload> {
-        ALL.into_iter().find(|w| w.name() == name)
     }
 
     pub fn describe(self) -> String {
@@ -289,7 +286,7 @@ pub fn run(workload: Workload, bed: &mut Bed, running: &mut Running, secs: u32) 
         // No process of the LB's: only whether something else competed matters.
         let ours = bed.net_inodes();
         let a = snap(&[], &ours)?;
-        let r = super::pps::run(bed, running, flows, secs)?;
+        let r = pps::run(bed, running, flows, secs)?;
         let (_, _, disturbed) = spent(&a, &snap(&[], &ours)?);
         return Ok(Sample {
             values: vec![

@@ -4,11 +4,11 @@
 //! balancer at all (the ceiling). A new system is one more [`System`] entry and one
 //! more arm in [`start`].
 
-use super::bed::{
-    Bed, HTTP_PORT, IPERF_PORT, LB_CPU, NGINX_STREAM_MODULE, PROXY_PORT, Proc, VIP,
-    check_nginx_conf, nginx_common, pinned,
+use crate::bed::{
+    Bed, HTTP_PORT, IPERF_PORT, LB_CPU, NGINX_STREAM_MODULE, PPS_BACKEND_PORTS, PPS_PORT,
+    PROXY_PORT, Proc, VIP, check_nginx_conf, nginx_common, pinned,
 };
-use super::pps::{PPS_BACKEND_PORTS, PPS_PORT};
+use crate::cpu;
 use anyhow::{Context, Result, bail};
 use aya::programs::xdp::XdpLink;
 use lb_tests::netns::wait_until;
@@ -60,10 +60,6 @@ impl System {
             System::NoLb => "no-lb",
             System::XdpBare => "xdp-bare",
         }
-    }
-
-    pub fn by_name(name: &str) -> Option<System> {
-        ALL.into_iter().find(|s| s.name() == name)
     }
 
     /// One line for the report.
@@ -262,7 +258,7 @@ impl Running {
     pub fn lb_pids(&self) -> Vec<u32> {
         let mut v: Vec<u32> = self.procs.iter().flat_map(|p| p.pids()).collect();
         if let Some(d) = &self.daemon {
-            v.extend(super::cpu::with_descendants(d.pid()));
+            v.extend(cpu::with_descendants(d.pid()));
         }
         v
     }
@@ -285,8 +281,8 @@ impl Running {
         Ok(())
     }
 
-    /// Where the client connects: one HTTP address per client thread (see
-    /// [`super::workloads::CLIENT_THREADS`]), and iperf3's. Through a load balancer
+    /// Where the client connects: one HTTP address per client thread (the
+    /// workloads' `CLIENT_THREADS`), and iperf3's. Through a load balancer
     /// every thread goes to the VIP; without one (the ceiling), thread i goes straight
     /// to backend i, so the ceiling has the same three backends as everyone else.
     pub fn targets(&self, bed: &Bed) -> (Vec<SocketAddr>, SocketAddr) {

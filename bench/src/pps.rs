@@ -8,30 +8,20 @@
 //! enter the LB's `lb0`, where lb's `lb_xdp` (or, for the ceiling, `bench_redirect`)
 //! sends them out of `lb1`, and `bench_sink` on the switch's end of that veth counts
 //! and drops them. Frames go to the `pps` service ([`PPS_PORT`]), whose backends are
-//! never health-checked, and the sink drops only TCP to [`SINK_PORTS`], so the other
-//! workloads' traffic passes it untouched.
+//! never health-checked, and the sink drops only TCP to the `pps` backends' ports, so
+//! the other workloads' traffic passes it untouched.
 
-use super::bed::{Bed, CLIENT_CPU, LB_CPU};
-use super::cpu::Stat;
-use super::systems::{Running, System};
+use crate::bed::{Bed, CLIENT_CPU, LB_CPU, PPS_PORT};
+use crate::cpu::Stat;
+use crate::sys;
+use crate::systems::{Running, System};
+use crate::xdp::{TEMPLATE_WORDS, enter, ifindex};
 use anyhow::{Context, Result, anyhow, bail};
-use aya::maps::{Array, DevMap, PerCpuArray};
-use aya::programs::{Xdp, XdpMode, xdp::XdpLink};
-use aya::{Ebpf, EbpfLoader};
 use lb_tests::Netns;
 use std::net::Ipv4Addr;
-use std::os::fd::{AsFd, AsRawFd};
-use std::path::{Path, PathBuf};
+use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
-/// The VIP port of lb's `pps` service (and the port the ceiling's frames carry).
-pub const PPS_PORT: u16 = 9000;
-/// The `pps` service's backends listen (nominally: nothing answers) on these ports of
-/// each backend host, so 100,000 flows find enough SNAT ports (one range per backend
-/// address and port).
-pub const PPS_BACKEND_PORTS: std::ops::RangeInclusive<u16> = 9000..=9003;
-/// What the sink counts and drops: TCP to these ports.
-const SINK_PORTS: (u16, u16) = (9000, 9003);
 /// The frame: 14 Ethernet + 20 IPv4 + 20 TCP + 6 padding (a 64-byte frame on a wire,
 /// with its FCS).
 const FRAME_LEN: usize = 60;
@@ -43,83 +33,8 @@ const CALL: Duration = Duration::from_secs(1);
 /// The most frames of one call (a few seconds at the rates a veth reaches), which bounds
 /// how far a run can overshoot its time.
 const MAX_CALL: u32 = 1 << 24;
-/// The template's length in the generator's map, in 8-byte words: the headers (54
-/// bytes) and two bytes of padding.
-const TEMPLATE_WORDS: usize = 7;
 /// Unmeasured time first: every flow is created and the rings fill.
 const WARMUP: Duration = Duration::from_secs(1);
-
-/// The object with the bench's XDP programs, next to lb's object.
-pub fn object_path(lb_object: &Path) -> PathBuf {
-    lb_object.with_file_name("lb-bench-xdp")
-}
-
-/// The loaded bench programs; the sink stays attached while this lives.
-pub struct BenchXdp {
-    ebpf: Ebpf,
-}
-
-impl BenchXdp {
-    pub fn load(object: &Path) -> Result<BenchXdp> {
-        let mut ebpf = EbpfLoader::new().load_file(object).with_context(|| {
-            format!(
-                "loading the bench's XDP object {} (`cargo xtask build` builds it)",
-                object.display()
-            )
-        })?;
-        for name in ["bench_gen", "bench_redirect", "bench_pass", "bench_sink"] {
-            xdp(&mut ebpf, name)?
-                .load()
-                .with_context(|| format!("loading program `{name}`"))?;
-        }
-        let mut ports: Array<_, u32> = Array::try_from(map(&mut ebpf, "SINK_PORTS")?)?;
-        ports.set(0, SINK_PORTS.0 as u32, 0)?;
-        ports.set(1, SINK_PORTS.1 as u32, 0)?;
-        Ok(BenchXdp { ebpf })
-    }
-
-    /// Attaches the sink to `iface` in `ns` for as long as this lives.
-    pub fn attach_sink(&mut self, ns: &Netns, iface: &str) -> Result<()> {
-        let prog = xdp(&mut self.ebpf, "bench_sink")?;
-        in_netns(ns, || prog.attach(iface, XdpMode::Driver).map(drop))
-            .with_context(|| format!("attaching bench_sink to {iface} in {}", ns.name()))
-    }
-
-    /// Attaches the bare ceiling to `iface` in `ns`, redirecting to `to` there; it is
-    /// detached when the returned link drops.
-    pub fn attach_redirect(&mut self, ns: &Netns, iface: &str, to: &str) -> Result<XdpLink> {
-        let mut tx = DevMap::try_from(map(&mut self.ebpf, "REDIRECT")?)?;
-        // Inside the namespace: the kernel resolves a devmap entry's ifindex in the
-        // writer's namespace.
-        in_netns(ns, || -> Result<()> {
-            tx.set(0, ifindex(to)?, None, 0)
-                .context("writing the redirect port")?;
-            Ok(())
-        })?;
-        let prog = xdp(&mut self.ebpf, "bench_redirect")?;
-        let id = in_netns(ns, || prog.attach(iface, XdpMode::Driver))
-            .with_context(|| format!("attaching bench_redirect to {iface} in {}", ns.name()))?;
-        Ok(prog.take_link(id)?)
-    }
-
-    /// Attaches `bench_pass` to `iface` in `ns`; detached when the link drops.
-    fn attach_pass(&mut self, ns: &Netns, iface: &str) -> Result<XdpLink> {
-        let prog = xdp(&mut self.ebpf, "bench_pass")?;
-        let id = in_netns(ns, || prog.attach(iface, XdpMode::Driver))
-            .with_context(|| format!("attaching bench_pass to {iface} in {}", ns.name()))?;
-        Ok(prog.take_link(id)?)
-    }
-
-    /// Frames the sink has dropped so far, over all CPUs.
-    fn sunk(&self) -> Result<u64> {
-        let count: PerCpuArray<_, u64> = PerCpuArray::try_from(
-            self.ebpf
-                .map("SINK_COUNT")
-                .ok_or_else(|| anyhow!("map SINK_COUNT not in the bench object"))?,
-        )?;
-        Ok(count.get(&0, 0)?.iter().sum())
-    }
-}
 
 /// What one packet-rate run measured.
 pub struct Rate {
@@ -151,17 +66,11 @@ pub fn run(bed: &mut Bed, running: &mut Running, flows: u32, secs: u32) -> Resul
         topo.client_v4,
         running.system.vip(),
     );
-    {
-        let mut cfg: Array<_, u32> = Array::try_from(map(&mut bed.xdp.ebpf, "GEN")?)?;
-        cfg.set(0, flows.max(1), 0)?;
-        cfg.set(1, u32::from_ne_bytes(bed.topo.client_v4.octets()), 0)?;
-        let mut template: Array<_, [u64; TEMPLATE_WORDS]> =
-            Array::try_from(map(&mut bed.xdp.ebpf, "TEMPLATE")?)?;
-        template.set(0, words(&frame), 0)?;
-    }
+    bed.xdp
+        .set_generator(flows, topo.client_v4, words(&frame))?;
     let (xdp, topo) = (&bed.xdp, &bed.topo);
     let _napi = ThreadedNapi::start(&topo.lb, lb_tests::topology::LB_IF_A, LB_CPU)?;
-    let gen_fd = xdp_ref(&xdp.ebpf, "bench_gen")?.fd()?.as_fd();
+    let gen_fd = xdp.generator_fd()?;
     let client = &topo.client;
     let cpu: usize = CLIENT_CPU.parse().expect("a CPU number");
     let measure = Duration::from_secs(secs.into());
@@ -388,144 +297,6 @@ fn parse_mac(text: &str) -> Result<[u8; 6]> {
         .map(|b| u8::from_str_radix(b, 16))
         .collect::<Result<_, _>>()?;
     bytes.try_into().map_err(|_| anyhow!("not six bytes long"))
-}
-
-fn xdp<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {
-    ebpf.program_mut(name)
-        .ok_or_else(|| anyhow!("program `{name}` not in the bench object"))?
-        .try_into()
-        .with_context(|| format!("`{name}` is not an XDP program"))
-}
-
-fn xdp_ref<'a>(ebpf: &'a Ebpf, name: &str) -> Result<&'a Xdp> {
-    ebpf.program(name)
-        .ok_or_else(|| anyhow!("program `{name}` not in the bench object"))?
-        .try_into()
-        .with_context(|| format!("`{name}` is not an XDP program"))
-}
-
-fn map<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::maps::Map> {
-    ebpf.map_mut(name)
-        .ok_or_else(|| anyhow!("map `{name}` not in the bench object"))
-}
-
-/// Moves the calling thread into `ns`.
-fn enter(ns: &Netns) -> Result<()> {
-    lb_tests::sys::enter_netns(&ns.path())
-        .with_context(|| format!("entering namespace {}", ns.name()))
-}
-
-/// Runs `f` on a thread inside `ns` (interface names mean something only there).
-fn in_netns<T: Send, E: Into<anyhow::Error> + Send>(
-    ns: &Netns,
-    f: impl FnOnce() -> std::result::Result<T, E> + Send,
-) -> Result<T> {
-    std::thread::scope(|s| {
-        s.spawn(|| -> Result<T> {
-            enter(ns)?;
-            f().map_err(Into::into)
-        })
-        .join()
-        .map_err(|_| anyhow!("a thread inside {} panicked", ns.name()))?
-    })
-}
-
-fn ifindex(iface: &str) -> Result<u32> {
-    sys::ifindex(iface).with_context(|| format!("no interface {iface}"))
-}
-
-/// The few system calls aya has no wrapper for.
-mod sys {
-    #![allow(unsafe_code)]
-
-    use std::ffi::CString;
-    use std::io;
-    use std::os::fd::RawFd;
-
-    const BPF_PROG_TEST_RUN: libc::c_long = 10;
-    const BPF_F_TEST_XDP_LIVE_FRAMES: u32 = 1 << 1;
-    /// The kernel's most frames per live-frames batch.
-    const BATCH: u32 = 256;
-
-    /// `union bpf_attr`'s `test` member.
-    #[repr(C)]
-    #[derive(Default)]
-    struct TestRun {
-        prog_fd: u32,
-        retval: u32,
-        data_size_in: u32,
-        data_size_out: u32,
-        data_in: u64,
-        data_out: u64,
-        repeat: u32,
-        duration: u32,
-        ctx_size_in: u32,
-        ctx_size_out: u32,
-        ctx_in: u64,
-        ctx_out: u64,
-        flags: u32,
-        cpu: u32,
-        batch_size: u32,
-        _pad: u32,
-    }
-
-    /// Runs the XDP program `prog` `repeat` times on `frame` as if received on
-    /// `ifindex`, sending what it returns XDP_TX for out of that interface.
-    pub fn test_run_live(prog: RawFd, frame: &[u8], ifindex: u32, repeat: u32) -> io::Result<()> {
-        // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index,
-        // egress_ifindex.
-        let ctx: [u32; 6] = [0, frame.len() as u32, 0, ifindex, 0, 0];
-        let attr = TestRun {
-            prog_fd: prog as u32,
-            data_size_in: frame.len() as u32,
-            data_in: frame.as_ptr() as u64,
-            repeat,
-            ctx_size_in: std::mem::size_of_val(&ctx) as u32,
-            ctx_in: ctx.as_ptr() as u64,
-            flags: BPF_F_TEST_XDP_LIVE_FRAMES,
-            batch_size: BATCH,
-            ..TestRun::default()
-        };
-        // SAFETY: `attr` is a valid `bpf_attr` prefix of the size passed, and the frame
-        // and context it points to outlive the call; the kernel only reads them.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_PROG_TEST_RUN,
-                &attr as *const TestRun,
-                std::mem::size_of::<TestRun>(),
-            )
-        };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
-    }
-
-    /// Pins the calling thread to `cpu`.
-    pub fn pin_to_cpu(cpu: usize) -> io::Result<()> {
-        // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET writes inside it.
-        let rc = unsafe {
-            let mut set: libc::cpu_set_t = std::mem::zeroed();
-            libc::CPU_SET(cpu, &mut set);
-            libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set)
-        };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
-    }
-
-    /// The index of interface `name` in the calling thread's namespace.
-    pub fn ifindex(name: &str) -> io::Result<u32> {
-        let c = CString::new(name).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        // SAFETY: `c` is a valid NUL-terminated string for the whole call.
-        let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
-        if i == 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(i)
-    }
 }
 
 #[cfg(test)]

@@ -179,6 +179,9 @@ pub fn loadavg() -> String {
         .unwrap_or_default()
 }
 
+/// Above this share of all CPU time busy before a run, the machine is not quiet.
+pub const MAX_IDLE_BUSY: f64 = 0.25;
+
 /// Whether the machine is quiet enough to start a run: over `window`, at most
 /// `max_busy` of all CPU time was busy and nothing was stolen. Returns the busy
 /// fraction seen.

@@ -1,28 +1,46 @@
-//! `cargo xtask bench`: lb against the load balancers a user would pick instead
-//! (HAProxy, nginx stream, nftables DNAT) and against no load balancer, on the same
-//! namespaces, backends and clients, in one run (issue 5). Writes
-//! `bench/results/<date>-<host>.{jsonl,md,png}`.
+//! The bench, run by `cargo xtask bench` (which builds lb first and runs this as root):
+//! lb against the load balancers a user would pick instead (HAProxy, nginx stream,
+//! nftables DNAT) and against no load balancer, on the same namespaces, backends and
+//! clients, in one run (issue 5). Writes `bench/results/<date>-<host>.{jsonl,md,png}`.
+//!
+//! Modules, lowest first (each uses only those before it): `cpu`, `cost`, `sys`, `xdp`
+//! (the bench's XDP programs), `bed`, `systems`, `pps`, `workloads`, `figure`, `maglev`,
+//! `report`; this file runs the plan.
+
+// The system calls aya has no wrapper for are the only unsafe code, in `sys`.
+#![deny(unsafe_code)]
 
 mod bed;
 mod cost;
 mod cpu;
-pub mod maglev;
+mod figure;
+mod maglev;
 mod pps;
 mod report;
+mod sys;
 mod systems;
 mod workloads;
+mod xdp;
 
 use anyhow::{Context, Result, bail};
 use bed::Bed;
-use report::{Figure, Meta};
+use clap::Parser;
+use cpu::MAX_IDLE_BUSY;
+use figure::{Figure, median, num, outliers};
+use report::Meta;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use systems::{Availability, System};
 use workloads::{Metric, Sample, Workload};
 
-#[derive(clap::Args, Clone, Debug)]
-pub struct Opts {
+#[derive(Parser, Clone, Debug)]
+#[command(
+    name = "cargo xtask bench",
+    bin_name = "cargo xtask bench",
+    about = "Benchmark lb against HAProxy, nginx stream, nftables DNAT and no LB (results in bench/results/)"
+)]
+struct Opts {
     /// A short run for the smoke test: 1 s per run, one repeat.
     #[arg(long)]
     pub quick: bool,
@@ -44,8 +62,18 @@ pub struct Opts {
     pub out: PathBuf,
     /// Skip installing and building: use the built `lb` ($LB_BIN or target/release/lb)
     /// and eBPF object ($LB_EBPF_OBJECT or the default path), as the smoke test does.
+    /// (`cargo xtask bench` acts on it; the bench itself always uses those.)
     #[arg(long)]
     pub no_build: bool,
+}
+
+fn main() -> Result<()> {
+    let opts = Opts::parse();
+    let (lb, object) = (lb_tests::lb_bin()?, lb_tests::bpf_object()?);
+    // Run at the end of the bench: a missing harness fails now, not after an hour of
+    // runs.
+    maglev::harness()?;
+    run(&opts, &lb, &object)
 }
 
 /// A run more than this far off the median of its repeats is thrown away and redone.
@@ -54,8 +82,6 @@ const OUTLIER: f64 = 0.25;
 const EXTRA_PASSES: usize = 3;
 /// A cell that failed this often is reported as failed.
 const MAX_ERRORS: usize = 2;
-/// Above this share of all CPU time busy before a run, the machine is not quiet.
-const MAX_IDLE_BUSY: f64 = 0.25;
 /// How long a whole run may wait for the machine to become quiet, in all.
 const QUIET_BUDGET: Duration = Duration::from_secs(1200);
 
@@ -103,7 +129,17 @@ struct Plan {
     patience: std::cell::Cell<Duration>,
 }
 
-pub fn run(opts: &Opts, lb_bin: &Path, object: &Path) -> Result<()> {
+/// What every session of a run uses and fills in.
+struct Runs<'a> {
+    bed: Bed,
+    /// The copy of `lb` in the bed.
+    lb_bin: &'a Path,
+    plan: &'a Plan,
+    cells: BTreeMap<(System, Workload), Cell>,
+    extras: Extras,
+}
+
+fn run(opts: &Opts, lb_bin: &Path, object: &Path) -> Result<()> {
     let started = Instant::now();
     let plan = plan(opts)?;
     preflight()?;
@@ -116,7 +152,7 @@ pub fn run(opts: &Opts, lb_bin: &Path, object: &Path) -> Result<()> {
         };
 
     eprintln!("\n==> bench: building the namespaces, backends (nginx, iperf3)");
-    let mut bed = Bed::new(object)?;
+    let bed = Bed::new(object)?;
     // A copy, so a rebuild of target/release/lb during the run changes nothing measured.
     let identity = lb_identity(lb_bin);
     let lb_copy = bed.path("lb");
@@ -125,7 +161,6 @@ pub fn run(opts: &Opts, lb_bin: &Path, object: &Path) -> Result<()> {
     let lb_bin = lb_copy.as_path();
     let mut states: Vec<(System, String)> = Vec::new();
     let mut cells: BTreeMap<(System, Workload), Cell> = BTreeMap::new();
-    let mut extras = Extras::default();
     for &s in &plan.systems {
         let state = match systems::availability(s, &bed, lb_bin)? {
             Availability::Ready => "ok".to_owned(),
@@ -153,26 +188,25 @@ pub fn run(opts: &Opts, lb_bin: &Path, object: &Path) -> Result<()> {
         states.push((s, state));
     }
 
+    let mut runs = Runs {
+        bed,
+        lb_bin,
+        plan: &plan,
+        cells,
+        extras: Extras::default(),
+    };
     // Rounds: every system in turn, one run of each workload, `repeats` times, so a
     // slow drift of the machine spreads over all systems alike.
     for round in 1..=plan.repeats {
         for &s in &plan.systems {
-            session(
-                &mut bed,
-                lb_bin,
-                s,
-                &plan,
-                &mut cells,
-                &mut extras,
-                &format!("round {round}/{}", plan.repeats),
-            )?;
+            session(&mut runs, s, &format!("round {round}/{}", plan.repeats))?;
         }
     }
     // Runs that were disturbed or are outliers are thrown away and redone.
     // Not in a quick run: it reports what it saw, disturbed or not.
     let passes = if plan.quick { 0 } else { EXTRA_PASSES };
     for pass in 1..=passes {
-        for c in cells.values_mut() {
+        for c in runs.cells.values_mut() {
             drop_outliers(c);
         }
         let again: Vec<System> = plan
@@ -182,24 +216,19 @@ pub fn run(opts: &Opts, lb_bin: &Path, object: &Path) -> Result<()> {
             .filter(|s| {
                 plan.workloads
                     .iter()
-                    .any(|w| cells[&(*s, *w)].wants_run(plan.repeats))
+                    .any(|w| runs.cells[&(*s, *w)].wants_run(plan.repeats))
             })
             .collect();
         if again.is_empty() || Instant::now() >= deadline {
             break;
         }
         for s in again {
-            session(
-                &mut bed,
-                lb_bin,
-                s,
-                &plan,
-                &mut cells,
-                &mut extras,
-                &format!("re-run pass {pass}"),
-            )?;
+            session(&mut runs, s, &format!("re-run pass {pass}"))?;
         }
     }
+    let Runs {
+        bed, cells, extras, ..
+    } = runs;
     drop(bed);
     let mut notes = vec![identity];
     let figures = figures(&plan, &cells, &extras, &mut notes);
@@ -251,32 +280,8 @@ pub fn run(opts: &Opts, lb_bin: &Path, object: &Path) -> Result<()> {
 }
 
 fn plan(opts: &Opts) -> Result<Plan> {
-    let systems = if opts.systems.is_empty() {
-        systems::ALL.to_vec()
-    } else {
-        opts.systems
-            .iter()
-            .map(|n| {
-                System::by_name(n).with_context(|| {
-                    let all: Vec<&str> = systems::ALL.iter().map(|s| s.name()).collect();
-                    format!("unknown system `{n}` (systems: {})", all.join(", "))
-                })
-            })
-            .collect::<Result<Vec<_>>>()?
-    };
-    let workloads = if opts.only.is_empty() {
-        workloads::ALL.to_vec()
-    } else {
-        opts.only
-            .iter()
-            .map(|n| {
-                Workload::by_name(n).with_context(|| {
-                    let all: Vec<&str> = workloads::ALL.iter().map(|w| w.name()).collect();
-                    format!("unknown workload `{n}` (workloads: {})", all.join(", "))
-                })
-            })
-            .collect::<Result<Vec<_>>>()?
-    };
+    let systems = select(&opts.systems, &systems::ALL, System::name, "system")?;
+    let workloads = select(&opts.only, &workloads::ALL, Workload::name, "workload")?;
     let (secs, repeats) = if opts.quick { (1, 1) } else { (5, 3) };
     Ok(Plan {
         systems,
@@ -290,6 +295,31 @@ fn plan(opts: &Opts) -> Result<Plan> {
             QUIET_BUDGET
         }),
     })
+}
+
+/// The entries of `all` that `names` names, all of them when it names none; an
+/// unknown name fails with the list of known ones.
+fn select<T: Copy>(
+    names: &[String],
+    all: &[T],
+    name: fn(T) -> &'static str,
+    what: &str,
+) -> Result<Vec<T>> {
+    if names.is_empty() {
+        return Ok(all.to_vec());
+    }
+    names
+        .iter()
+        .map(|n| {
+            all.iter()
+                .copied()
+                .find(|&x| name(x) == n)
+                .with_context(|| {
+                    let known: Vec<&str> = all.iter().map(|&x| name(x)).collect();
+                    format!("unknown {what} `{n}` ({what}s: {})", known.join(", "))
+                })
+        })
+        .collect()
 }
 
 /// Everything the bench runs must be there: a missing tool fails the run (and the
@@ -316,15 +346,15 @@ fn preflight() -> Result<()> {
 }
 
 /// Starts `system`, runs each selected workload that still wants a run once, stops it.
-fn session(
-    bed: &mut Bed,
-    lb_bin: &Path,
-    system: System,
-    plan: &Plan,
-    cells: &mut BTreeMap<(System, Workload), Cell>,
-    extras: &mut Extras,
-    label: &str,
-) -> Result<()> {
+fn session(runs: &mut Runs, system: System, label: &str) -> Result<()> {
+    let Runs {
+        bed,
+        lb_bin,
+        plan,
+        cells,
+        extras,
+    } = runs;
+    let (lb_bin, plan): (&Path, &Plan) = (lb_bin, plan);
     let todo: Vec<Workload> = plan
         .workloads
         .iter()
@@ -367,7 +397,7 @@ fn session(
                 eprintln!(
                     "bench:   {:<9} {} {}{}",
                     w.name(),
-                    report::num(sample.values[0]),
+                    num(sample.values[0]),
                     primary.unit,
                     sample
                         .disturbed
@@ -443,15 +473,15 @@ fn drop_outliers(c: &mut Cell) {
     let m = if primary.is_empty() {
         0.0
     } else {
-        report::median(&primary)
+        median(&primary)
     };
-    for o in report::outliers(&primary, OUTLIER) {
+    for o in outliers(&primary, OUTLIER) {
         let s = &mut c.samples[idx[o]];
         let why = format!(
             "{} is more than {:.0}% off the median {}",
-            report::num(s.values[0]),
+            num(s.values[0]),
             OUTLIER * 100.0,
-            report::num(m)
+            num(m)
         );
         c.discarded.push(why.clone());
         s.disturbed = Some(why);
@@ -494,7 +524,7 @@ fn figures(
                     workload: w.name().to_owned(),
                     metric,
                     status,
-                    median: ok.then(|| report::median(&vals)),
+                    median: ok.then(|| median(&vals)),
                     min: ok.then(|| vals.iter().copied().fold(f64::INFINITY, f64::min)),
                     max: ok.then(|| vals.iter().copied().fold(f64::NEG_INFINITY, f64::max)),
                     repeats: vals.len(),

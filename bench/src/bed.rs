@@ -9,7 +9,8 @@
 //! client's end gets `xdp_pass`, the switch's end gets the packet-rate workloads' sink,
 //! which passes everything but their frames.
 
-use super::pps::BenchXdp;
+use crate::cpu;
+use crate::xdp::{self, BenchXdp};
 use anyhow::{Context, Result, bail};
 use lb_tests::Netns;
 use lb_tests::bg::Bg;
@@ -31,6 +32,12 @@ pub const HTTP_PORT: u16 = 8080;
 pub const PROXY_PORT: u16 = 8081;
 /// iperf3's port, on the VIP and on the one bulk backend.
 pub const IPERF_PORT: u16 = 5201;
+/// The VIP port of lb's `pps` service (and the port the ceiling's frames carry).
+pub const PPS_PORT: u16 = 9000;
+/// The `pps` service's backends listen (nominally: nothing answers) on these ports of
+/// each backend host, so 100,000 flows find enough SNAT ports (one range per backend
+/// address and port).
+pub const PPS_BACKEND_PORTS: std::ops::RangeInclusive<u16> = 9000..=9003;
 /// The CPU the client's load generators are pinned to.
 pub const CLIENT_CPU: &str = "0";
 /// The CPU the load balancers' processes are pinned to.
@@ -79,7 +86,7 @@ impl Proc {
 
     /// The process and its descendants.
     pub fn pids(&self) -> Vec<u32> {
-        super::cpu::with_descendants(self.bg.pid())
+        cpu::with_descendants(self.bg.pid())
     }
 
     pub fn running(&mut self) -> bool {
@@ -164,7 +171,7 @@ impl Bed {
             .context("building the two-armed topology")?;
         let mut pass = XdpPass::load(object)?;
         pass.attach(&topo.client, CLIENT_IF)?;
-        let mut xdp = BenchXdp::load(&super::pps::object_path(object))?;
+        let mut xdp = BenchXdp::load(&xdp::object_path(object))?;
         xdp.attach_sink(&topo.switch, SWITCH_IF)?;
         topo.client.sysctl(CLIENT_SYSCTLS)?;
         topo.lb.sysctl(LB_SYSCTLS)?;
@@ -283,7 +290,7 @@ impl Bed {
         [&t.client, &t.lb, &t.switch]
             .into_iter()
             .chain(t.backends.iter().map(|b| &b.ns))
-            .filter_map(|ns| super::cpu::netns_inode(&ns.path()))
+            .filter_map(|ns| cpu::netns_inode(&ns.path()))
             .collect()
     }
 

@@ -2,35 +2,13 @@
 //! every figure, the lb/peer ratios and the targets (`.md`), and a chart of the
 //! main ratios (`.png`).
 
-use super::maglev;
-use super::systems::System;
-use super::workloads::{Metric, Workload};
+use crate::figure::{Figure, num};
+use crate::maglev;
+use crate::systems::System;
+use crate::workloads::{Metric, Workload};
 use anyhow::{Context, Result};
 use std::fmt::Write as _;
 use std::path::Path;
-
-/// One figure: a metric of a workload on a system, over its repeats.
-#[derive(Clone, Debug)]
-pub struct Figure {
-    pub system: System,
-    pub workload: String,
-    pub metric: Metric,
-    /// `ok`, or why there is no value (`not built yet ...`, `n/a: ...`, `failed: ...`,
-    /// `todo: ...`).
-    pub status: String,
-    pub median: Option<f64>,
-    pub min: Option<f64>,
-    pub max: Option<f64>,
-    pub repeats: usize,
-    /// Runs thrown away as disturbed or as outliers, and run again.
-    pub discarded: usize,
-}
-
-impl Figure {
-    pub fn ok(&self) -> bool {
-        self.status == "ok" && self.median.is_some()
-    }
-}
 
 /// What the report says about the run itself.
 pub struct Meta {
@@ -46,47 +24,6 @@ pub struct Meta {
     pub systems: Vec<(System, String)>,
     pub workloads: Vec<Workload>,
     pub notes: Vec<String>,
-}
-
-/// The median of `v` (not empty).
-pub fn median(v: &[f64]) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    let n = s.len();
-    if n % 2 == 1 {
-        s[n / 2]
-    } else {
-        (s[n / 2 - 1] + s[n / 2]) / 2.0
-    }
-}
-
-/// Indices of the values more than `tolerance` (a fraction) off the median of `v`;
-/// none with fewer than three values, where a median says little.
-pub fn outliers(v: &[f64], tolerance: f64) -> Vec<usize> {
-    if v.len() < 3 {
-        return Vec::new();
-    }
-    let m = median(v);
-    v.iter()
-        .enumerate()
-        .filter(|(_, x)| m != 0.0 && ((*x - m) / m).abs() > tolerance)
-        .map(|(i, _)| i)
-        .collect()
-}
-
-/// A number with three significant digits (at least no decimals for large ones).
-pub fn num(v: f64) -> String {
-    let a = v.abs();
-    if a >= 100.0 || a == 0.0 {
-        format!("{v:.0}")
-    } else if a >= 10.0 {
-        format!("{v:.1}")
-    } else if a >= 1.0 {
-        format!("{v:.2}")
-    } else {
-        let decimals = (2.0 - a.log10().floor()) as usize;
-        format!("{v:.decimals$}")
-    }
 }
 
 /// Writes one line per figure (`"kind": "figure"`), then one per lb/peer ratio
@@ -348,15 +285,7 @@ pub fn markdown(meta: &Meta, figures: &[Figure]) -> String {
     }
 
     writeln!(w, "\n## Figures: median (min–max)\n").unwrap();
-    write!(w, "| workload | metric | unit |").unwrap();
-    for sys in &systems {
-        write!(w, " {} |", sys.name()).unwrap();
-    }
-    write!(w, "\n|---|---|---|").unwrap();
-    for _ in &systems {
-        write!(w, "---|").unwrap();
-    }
-    writeln!(w).unwrap();
+    table_head(w, "unit", &systems);
     let rows = rows(figures, meta);
     for (wl, m) in &rows {
         write!(w, "| {wl} | {} | {} |", m.name, m.unit).unwrap();
@@ -388,15 +317,7 @@ pub fn markdown(meta: &Meta, figures: &[Figure]) -> String {
             "Above 1 is better for lb where more is better (rates, throughput), below 1 where less is (latency, CPU).\n"
         )
         .unwrap();
-        write!(w, "| workload | metric | better |").unwrap();
-        for p in &peers {
-            write!(w, " {} |", p.name()).unwrap();
-        }
-        write!(w, "\n|---|---|---|").unwrap();
-        for _ in &peers {
-            write!(w, "---|").unwrap();
-        }
-        writeln!(w).unwrap();
+        table_head(w, "better", &peers);
         for (wl, m) in &rows {
             let ratios: Vec<Option<f64>> = peers
                 .iter()
@@ -464,25 +385,13 @@ pub fn markdown(meta: &Meta, figures: &[Figure]) -> String {
         .unwrap(),
     }
 
-    let other: Vec<&Figure> = figures
+    let other = figures
         .iter()
         .filter(|f| f.ok() && !meta.workloads.iter().any(|w| w.name() == f.workload))
-        .filter(|f| f.workload != maglev::WORKLOAD)
-        .collect();
-    if !other.is_empty() {
-        writeln!(w, "\n## Cost series\n").unwrap();
-        for f in other {
-            writeln!(
-                w,
-                "- `{}` / `{}` ({}): {} {}",
-                f.workload,
-                f.metric.name,
-                f.system.name(),
-                num(f.median.unwrap_or(0.0)),
-                f.metric.unit
-            )
-            .unwrap();
-        }
+        .filter(|f| f.workload != maglev::WORKLOAD);
+    if list(w, "Cost series", other, |f| {
+        format!("{} {}", num(f.median.unwrap_or(0.0)), f.metric.unit)
+    }) {
         writeln!(
             w,
             "\n  memory_per_flow: the flow table's and the reverse NAT table's kernel memory per entry (bpftool's `bytes_memlock` / `max_entries`; a NAT flow takes one entry in each)."
@@ -490,24 +399,10 @@ pub fn markdown(meta: &Meta, figures: &[Figure]) -> String {
         .unwrap();
     }
     w.push_str(&maglev::markdown(figures));
-    let todos: Vec<&Figure> = figures
-        .iter()
-        .filter(|f| f.status.starts_with("todo"))
-        .collect();
-    if !todos.is_empty() {
-        writeln!(w, "\n## TODO (not measured yet)\n").unwrap();
-        for f in todos {
-            writeln!(
-                w,
-                "- `{}` / `{}` ({}): {}",
-                f.workload,
-                f.metric.name,
-                f.system.name(),
-                f.status.trim_start_matches("todo: ")
-            )
-            .unwrap();
-        }
-    }
+    let todos = figures.iter().filter(|f| f.status.starts_with("todo"));
+    list(w, "TODO (not measured yet)", todos, |f| {
+        f.status.trim_start_matches("todo: ").to_owned()
+    });
     let failed: Vec<&Figure> = figures
         .iter()
         .filter(|f| f.status.starts_with("failed"))
@@ -532,6 +427,46 @@ pub fn markdown(meta: &Meta, figures: &[Figure]) -> String {
         }
     }
     s
+}
+
+/// A table's header: workload, metric, `third`, then a column per system.
+fn table_head(w: &mut String, third: &str, systems: &[System]) {
+    write!(w, "| workload | metric | {third} |").unwrap();
+    for s in systems {
+        write!(w, " {} |", s.name()).unwrap();
+    }
+    write!(w, "\n|---|---|---|").unwrap();
+    for _ in systems {
+        write!(w, "---|").unwrap();
+    }
+    writeln!(w).unwrap();
+}
+
+/// A section with a line per figure (`- workload / metric (system): detail`) if there
+/// is any figure; returns whether there was.
+fn list<'a>(
+    w: &mut String,
+    heading: &str,
+    figures: impl IntoIterator<Item = &'a Figure>,
+    detail: impl Fn(&Figure) -> String,
+) -> bool {
+    let mut any = false;
+    for f in figures {
+        if !any {
+            writeln!(w, "\n## {heading}\n").unwrap();
+            any = true;
+        }
+        writeln!(
+            w,
+            "- `{}` / `{}` ({}): {}",
+            f.workload,
+            f.metric.name,
+            f.system.name(),
+            detail(f)
+        )
+        .unwrap();
+    }
+    any
 }
 
 /// `text` on one line, whitespace runs collapsed.
@@ -693,27 +628,4 @@ pub fn chart(path: &Path, meta: &Meta, figures: &[Figure]) -> Result<()> {
     }
     root.present().map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn medians_and_outliers() {
-        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
-        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
-        assert_eq!(outliers(&[100.0, 104.0, 70.0], 0.25), vec![2]);
-        assert!(outliers(&[100.0, 104.0, 90.0], 0.25).is_empty());
-        assert!(outliers(&[100.0, 10.0], 0.25).is_empty());
-    }
-
-    #[test]
-    fn numbers_keep_three_digits() {
-        assert_eq!(num(12345.6), "12346");
-        assert_eq!(num(12.345), "12.3");
-        assert_eq!(num(1.2345), "1.23");
-        assert_eq!(num(0.012345), "0.0123");
-        assert_eq!(num(0.0), "0");
-    }
 }

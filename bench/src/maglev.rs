@@ -3,10 +3,10 @@
 //! `maglev_cost` example in release (the daemon's code as the daemon runs it; xtask
 //! itself is a debug build).
 
-use super::cpu;
-use super::report::{self, Figure};
-use super::systems::System;
-use super::workloads::Metric;
+use crate::cpu;
+use crate::figure::{self, Figure};
+use crate::systems::System;
+use crate::workloads::Metric;
 use anyhow::{Context, Result, bail};
 use lb_common::maglev::is_prime;
 use lb_common::maps::DEFAULT_RING_SIZE;
@@ -97,12 +97,11 @@ fn balanced_ring(backends: u32) -> u32 {
 /// The harness binary. With `--no-build` it must have been built before, as `lb`
 /// must; checked at the start of a run rather than after it.
 pub fn harness() -> Result<PathBuf> {
-    let path = crate::build::maglev_cost_binary();
+    let path = lb_tests::workspace_root().join("target/release/examples/maglev_cost");
     if !path.is_file() {
         bail!(
-            "{} not found: build it with `cargo {}` (`cargo xtask bench` without --no-build does)",
+            "{} not found: build it with `cargo build --release -p lb-common --features std --example maglev_cost` (`cargo xtask bench` without --no-build does)",
             path.display(),
-            crate::build::MAGLEV_COST_BUILD.join(" ")
         );
     }
     Ok(path)
@@ -140,7 +139,7 @@ fn measure(quick: bool, notes: &mut Vec<String>) -> Result<Vec<Measured>> {
     let harness = harness()?;
     let cases = cases();
     let (repeats, max_ms) = if quick { QUICK } else { FULL };
-    let (quiet, busy) = cpu::quiet(Duration::from_millis(300), super::MAX_IDLE_BUSY)?;
+    let (quiet, busy) = cpu::quiet(Duration::from_millis(300), cpu::MAX_IDLE_BUSY)?;
     if !quiet {
         notes.push(format!(
             "the Maglev build times were measured on a busy machine ({:.0}% of CPU time busy just before)",
@@ -238,7 +237,7 @@ impl Measured {
         let min = self.build_ms.iter().copied().fold(f64::INFINITY, f64::min);
         let max = self.build_ms.iter().copied().fold(0.0, f64::max);
         let mut values = vec![(
-            report::median(&self.build_ms),
+            figure::median(&self.build_ms),
             min,
             max,
             self.build_ms.len(),
@@ -292,9 +291,9 @@ pub fn markdown(figures: &[Figure]) -> String {
             "| {} | {} | {} ({}–{}) | {} | {} | {} | {} / {} | {} |",
             case.backends,
             case.ring_label(),
-            report::num(time.median.unwrap_or(0.0)),
-            report::num(time.min.unwrap_or(0.0)),
-            report::num(time.max.unwrap_or(0.0)),
+            figure::num(time.median.unwrap_or(0.0)),
+            figure::num(time.min.unwrap_or(0.0)),
+            figure::num(time.max.unwrap_or(0.0)),
             time.repeats,
             or_dash(value("peak_heap").map(bytes)),
             or_dash(value("table_size").map(bytes)),
@@ -334,11 +333,11 @@ pub fn markdown(figures: &[Figure]) -> String {
 fn bytes(b: f64) -> String {
     const KIB: f64 = 1024.0;
     if b >= KIB * KIB {
-        format!("{} MiB", report::num(b / (KIB * KIB)))
+        format!("{} MiB", figure::num(b / (KIB * KIB)))
     } else if b >= KIB {
-        format!("{} KiB", report::num(b / KIB))
+        format!("{} KiB", figure::num(b / KIB))
     } else {
-        format!("{} B", report::num(b))
+        format!("{} B", figure::num(b))
     }
 }
 
