@@ -10,7 +10,7 @@ use aya::programs::{ProgramError, Xdp, XdpMode, xdp::XdpLinkId};
 use aya::{Ebpf, EbpfError, EbpfLoader};
 use lb_common::addr::ip_to_words;
 use lb_common::maglev::{MaglevBackend, build_table};
-use lb_common::maps::{self as m, Backend, GlobalConfig, Service, TrafficCounters, VipKey, names};
+use lb_common::maps::{Backend, GlobalConfig, Service, TrafficCounters, VipKey, names};
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -312,7 +312,7 @@ impl Dataplane {
         };
         let mut services: HashMap<&mut MapData, VipKey, Service> = self.map_mut(names::SERVICES)?;
         services
-            .insert(vip_key(vip), value, 0)
+            .insert(VipKey::from_socket_addr(vip), value, 0)
             .map_err(|source| DataplaneError::Map {
                 map: names::SERVICES,
                 source,
@@ -325,7 +325,7 @@ impl Dataplane {
     pub fn set_proxy_vip(&mut self, vip: SocketAddr) -> Result<(), DataplaneError> {
         let index = listener_index(vip);
         let mut vips: HashMap<&mut MapData, VipKey, u32> = self.map_mut(names::PROXY_VIPS)?;
-        vips.insert(vip_key(vip), index, 0)
+        vips.insert(VipKey::from_socket_addr(vip), index, 0)
             .map_err(|source| DataplaneError::Map {
                 map: names::PROXY_VIPS,
                 source,
@@ -334,7 +334,7 @@ impl Dataplane {
 
     pub fn remove_proxy_vip(&mut self, vip: SocketAddr) -> Result<(), DataplaneError> {
         let mut vips: HashMap<&mut MapData, VipKey, u32> = self.map_mut(names::PROXY_VIPS)?;
-        match vips.remove(&vip_key(vip)) {
+        match vips.remove(&VipKey::from_socket_addr(vip)) {
             Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
             Err(source) => Err(DataplaneError::Map {
                 map: names::PROXY_VIPS,
@@ -398,7 +398,7 @@ impl Dataplane {
     /// Stops matching `vip`: its packets go to the kernel from now on.
     pub fn remove_service(&mut self, vip: SocketAddr) -> Result<(), DataplaneError> {
         let mut services: HashMap<&mut MapData, VipKey, Service> = self.map_mut(names::SERVICES)?;
-        match services.remove(&vip_key(vip)) {
+        match services.remove(&VipKey::from_socket_addr(vip)) {
             Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
             Err(source) => Err(DataplaneError::Map {
                 map: names::SERVICES,
@@ -553,17 +553,6 @@ impl Dataplane {
 /// Index of the proxy listener of the VIP's family in `PROXY_LISTENERS`.
 fn listener_index(vip: SocketAddr) -> u32 {
     if vip.is_ipv4() { 0 } else { 1 }
-}
-
-/// The SERVICES key of a VIP.
-fn vip_key(vip: SocketAddr) -> VipKey {
-    let (addr, family) = ip_to_words(vip.ip());
-    VipKey {
-        addr,
-        port: vip.port().to_be(),
-        proto: m::PROTO_TCP,
-        family,
-    }
 }
 
 /// The load-balancing program in the object.

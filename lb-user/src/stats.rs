@@ -6,11 +6,10 @@
 use crate::histogram::LatencyHistogram;
 use crate::runtime::{RuntimeError, RuntimeRecord};
 use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray};
+use lb_common::counters::{self, TABLE as COUNTER_TABLE};
 use lb_common::maps::{
-    self as m, Backend, FLOW_CLOSED, FLOW_RST, FlowKey, FlowState, GlobalConfig, TrafficCounters,
-    names,
+    self as m, Backend, FlowKey, FlowState, GlobalConfig, TrafficCounters, names,
 };
-use lb_common::stats::COUNTER_NAMES;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap as StdHashMap};
 use std::fmt::Write as _;
@@ -108,7 +107,7 @@ pub struct Report {
     /// Entries in the flow table (live and not yet evicted idle ones), and its capacity.
     pub flows: u64,
     pub flow_capacity: u32,
-    /// The global packet counters by name (`lb_common::stats::COUNTER_NAMES`).
+    /// The global packet counters by name (`lb_common::counters::TABLE`).
     pub counters: BTreeMap<String, u64>,
 }
 
@@ -142,14 +141,6 @@ fn traffic(
     Ok(sum)
 }
 
-/// Whether a flow entry counts as active at `now` (CLOCK_MONOTONIC ns, the clock of
-/// `bpf_ktime_get_coarse_ns`): not closed (FIN both ways, or RST) and not idle past the idle
-/// timeout, the rule by which the XDP program forgets flows (`lb-ebpf/src/flow.rs`).
-pub fn flow_active(fs: &FlowState, cfg: &GlobalConfig, now: u64) -> bool {
-    let closed = fs.flags & FLOW_RST != 0 || fs.flags & FLOW_CLOSED == FLOW_CLOSED;
-    !closed && now.saturating_sub(fs.last_seen_ns) <= cfg.idle_timeout_ns
-}
-
 /// Active flows per backend id, over flow table entries.
 fn active_per_backend(
     entries: impl IntoIterator<Item = FlowState>,
@@ -158,7 +149,7 @@ fn active_per_backend(
 ) -> StdHashMap<u32, u64> {
     let mut active = StdHashMap::new();
     for fs in entries {
-        if flow_active(&fs, cfg, now) {
+        if lb_common::flow::active(&fs, cfg, now) {
             *active.entry(fs.backend).or_insert(0) += 1;
         }
     }
@@ -260,13 +251,13 @@ pub fn collect_from(rec: &RuntimeRecord) -> Result<Report, StatsError> {
         });
     }
     let mut totals = BTreeMap::new();
-    for (i, name) in COUNTER_NAMES.iter().enumerate() {
+    for c in &COUNTER_TABLE {
         let v: u64 = counters
-            .get(&(i as u32), 0)
+            .get(&c.index, 0)
             .map_err(map_err(names::COUNTERS, rec))?
             .iter()
             .sum();
-        totals.insert(name.to_string(), v);
+        totals.insert(c.name.to_string(), v);
     }
     Ok(Report {
         pid: rec.pid,
@@ -569,20 +560,21 @@ fn render_live_at(
         counter_rate("forwarded_out", get("forwarded_out")),
         counter_rate("passed", get("passed")),
     );
-    let drops: Vec<(&String, &u64)> = cur
+    let drops: Vec<(&String, &str, &u64)> = cur
         .counters
         .iter()
-        .filter(|(n, v)| n.starts_with("drop_") && **v > 0)
+        .filter(|(_, v)| **v > 0)
+        .filter_map(|(n, v)| Some((n, counters::by_name(n)?.drop_reason()?, v)))
         .collect();
     if drops.is_empty() {
         let _ = writeln!(out, "drops: none");
     } else {
         let _ = writeln!(out, "drops {:>24} {:>12} {:>9}", "", "total", "/s");
-        for (name, v) in drops {
+        for (name, reason, v) in drops {
             let _ = writeln!(
                 out,
                 "  {:<28} {:>12} {:>9}",
-                name.trim_start_matches("drop_"),
+                reason,
                 v,
                 counter_rate(name, *v)
             );
@@ -698,8 +690,8 @@ pub(crate) mod tests {
         latency.observe(Duration::from_micros(400));
         latency.observe(Duration::from_millis(2));
         let mut counters_map = BTreeMap::new();
-        for name in COUNTER_NAMES {
-            counters_map.insert(name.to_string(), 0);
+        for c in &COUNTER_TABLE {
+            counters_map.insert(c.name.to_string(), 0);
         }
         counters_map.insert("forwarded_in".into(), 100 * scale);
         counters_map.insert("forwarded_out".into(), 90 * scale);
