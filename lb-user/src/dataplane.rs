@@ -134,6 +134,7 @@ impl Dataplane {
             // Two sockets per proxied connection.
             .map_max_entries(names::SPLICE, cfg.max_conns.saturating_mul(2))
             .map_max_entries(names::SPLICE_HOOK, cfg.max_conns.saturating_mul(2));
+        crate::ebpf_log::configure(&mut loader);
         let mut reused = Vec::new();
         if let Some(dir) = &cfg.pin_dir {
             pin::prepare(dir)?;
@@ -164,6 +165,7 @@ impl Dataplane {
                 source: Box::new(other),
             },
         })?;
+        crate::ebpf_log::forward(&mut ebpf);
         info!(
             maglev_entries,
             max_flows = cfg.max_flows,

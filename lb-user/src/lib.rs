@@ -8,6 +8,7 @@ pub mod control;
 pub mod ctl;
 pub mod daemon;
 pub mod dataplane;
+pub mod ebpf_log;
 pub mod health;
 pub mod histogram;
 pub mod metrics;

@@ -1837,3 +1837,56 @@ fn proxy_service_packets_go_to_the_stack_untouched_and_are_counted() {
     }
     assert_eq!(lb.counter(counters::PASS_PROXY), 8);
 }
+
+/// Collects the log records the program writes (read with aya-log, as the daemon does).
+struct Records(std::sync::Mutex<Vec<(log::Level, String, String)>>);
+
+impl log::Log for Records {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+
+    fn log(&self, r: &log::Record<'_>) {
+        let rec = (r.level(), r.target().to_string(), r.args().to_string());
+        self.0.lock().unwrap().push(rec);
+    }
+
+    fn flush(&self) {}
+}
+
+#[test]
+fn a_rare_drop_writes_a_log_record_and_a_forwarded_packet_none() {
+    let records: &'static Records = Box::leak(Box::new(Records(Default::default())));
+    let take_records = |logger: &mut aya_log::EbpfLogger<&Records>| {
+        logger.flush();
+        std::mem::take(&mut *records.0.lock().unwrap())
+    };
+
+    let mut lb = Lb::new();
+    let mut logger =
+        aya_log::EbpfLogger::init_with_logger(&mut lb.ebpf, records).expect("log ring buffer");
+    let p = plan4();
+    lb.seed(p, 0);
+    let (action, _) = lb.run(&build(&syn(p)), lb.lb1);
+    assert_eq!(action, XDP_REDIRECT);
+    assert_eq!(take_records(&mut logger), [], "forwarded: nothing logged");
+
+    let mut lb = Lb::new();
+    let mut logger =
+        aya_log::EbpfLogger::init_with_logger(&mut lb.ebpf, records).expect("log ring buffer");
+    let plan = Plan {
+        backends: [v4(198, 19, 5, 5); 2],
+        ..p
+    };
+    lb.seed(plan, 0);
+    let (action, _) = lb.run(&build(&syn(plan)), lb.lb1);
+    assert_eq!(action, XDP_DROP);
+    assert_eq!(
+        take_records(&mut logger),
+        [(
+            log::Level::Warn,
+            "lb_ebpf::events".to_string(),
+            "packet dropped: no route toward the next hop".to_string()
+        )]
+    );
+}
