@@ -1,5 +1,5 @@
-//! The next hop of a rewritten packet: the FIB lookup (toward a backend, cached per CPU
-//! for a while), the MAC rewrite, and XDP_TX or a redirect out.
+//! Out of the program toward the next hop: the NAT rewrite, then the FIB lookup (toward
+//! a backend, cached per CPU for a while), the MAC rewrite, and XDP_TX or a redirect.
 
 use aya_ebpf::{
     EbpfContext,
@@ -19,7 +19,7 @@ use lb_common::{
 use crate::{
     events,
     maps::{NEXT_HOPS, TX_PORTS},
-    nat::Target,
+    nat::{self, Target},
     packet::{frame_len, ptr_at},
     parse::Packet,
     stack::zeroed,
@@ -30,10 +30,22 @@ use crate::{
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
 
+/// Rewrites the packet to `t` and sends it toward its new destination. The steps are
+/// separate functions so their stack frames are not summed on one call chain.
+#[inline(never)]
+pub fn send(ctx: &XdpContext, pkt: &Packet, t: &Target, dir: Dir) -> Verdict {
+    if !nat::rewrite(ctx, pkt, t) {
+        // verifier: the parser checked these headers; this path is never taken.
+        events::unreachable(ctx);
+        return Verdict::drop(counters::DROP_MALFORMED);
+    }
+    next_hop(ctx, pkt, t, dir)
+}
+
 /// FIB lookup for the rewritten packet (toward a backend: the cached one while it is
 /// fresh), then MACs and XDP_TX or a redirect.
 #[inline(never)]
-pub fn next_hop(ctx: &XdpContext, pkt: &Packet, t: &Target, dir: Dir) -> Verdict {
+fn next_hop(ctx: &XdpContext, pkt: &Packet, t: &Target, dir: Dir) -> Verdict {
     let mut hop = Hop {
         macs: [0; 12],
         ifindex: 0,

@@ -10,9 +10,9 @@ use lb_common::{
 
 use crate::{
     conntrack::{now, touch},
-    events,
+    events, fib,
     maps::{BACKENDS, CONFIG, FLOWS},
-    nat::{self, Target},
+    nat::Target,
     packet::frame_len,
     parse::Packet,
     reset,
@@ -56,7 +56,7 @@ pub fn forward(ctx: &XdpContext, pkt: &mut Packet, svc: &Service) -> Verdict {
             return Verdict::drop(c);
         }
     }
-    nat::send(ctx, pkt, t, Dir::In)
+    fib::send(ctx, pkt, t, Dir::In)
 }
 
 /// Uses the packet's flow entry if it is live and its backend still serves it: fills

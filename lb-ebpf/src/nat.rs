@@ -1,12 +1,9 @@
 //! The NAT rewrite, shared by both directions: addresses, ports, TTL and the checksums
-//! that cover them, then on to the next hop.
+//! that cover them.
 
 use aya_ebpf::programs::XdpContext;
 use core::ptr::addr_of_mut;
-use lb_common::{
-    counters,
-    maps::{Backend, FAMILY_V4, PROTO_TCP, ReverseNat},
-};
+use lb_common::maps::{Backend, FAMILY_V4, PROTO_TCP, ReverseNat};
 use lb_ebpf::csum;
 use network_types::{
     ip::{Ipv4Hdr, Ipv6Hdr},
@@ -14,11 +11,8 @@ use network_types::{
 };
 
 use crate::{
-    events, fib,
     packet::ptr_at,
     parse::{OFF_MASK, Packet},
-    traffic::Dir,
-    verdict::Verdict,
 };
 
 /// The tuple a packet is rewritten to, and whose counters it bumps.
@@ -59,21 +53,15 @@ impl Target {
     }
 }
 
-/// Rewrites the packet to `t` and sends it toward its new destination. The steps are
-/// separate functions so their stack frames are not summed on one call chain.
-#[inline(never)]
-pub fn send(ctx: &XdpContext, pkt: &Packet, t: &Target, dir: Dir) -> Verdict {
-    let ok = if pkt.key.family == FAMILY_V4 {
+/// Rewrites the packet's addresses, ports and TTL to `t`; false only where the verifier
+/// needs a branch (the parser checked the headers).
+#[inline(always)]
+pub fn rewrite(ctx: &XdpContext, pkt: &Packet, t: &Target) -> bool {
+    if pkt.key.family == FAMILY_V4 {
         rewrite_v4(ctx, pkt, t)
     } else {
         rewrite_v6(ctx, pkt, t)
-    };
-    if !ok {
-        // verifier: the parser checked these headers; this path is never taken.
-        events::unreachable(ctx);
-        return Verdict::drop(counters::DROP_MALFORMED);
     }
-    fib::next_hop(ctx, pkt, t, dir)
 }
 
 /// The two ports (network order) as the one 32-bit word they form in the TCP header.

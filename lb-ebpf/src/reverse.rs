@@ -7,8 +7,9 @@ use lb_common::maps::FLOW_FIN_BACKEND;
 
 use crate::{
     conntrack::{now, touch},
+    fib,
     maps::{CONFIG, FLOWS, REVERSE_NAT},
-    nat::{self, Target},
+    nat::Target,
     parse::Packet,
     stack::zeroed,
     traffic::Dir,
@@ -56,5 +57,5 @@ pub fn reverse(ctx: &XdpContext, pkt: &mut Packet) -> Verdict {
     let mut t = MaybeUninit::<Target>::uninit();
     let t = zeroed(&mut t);
     t.set_reverse(r);
-    nat::send(ctx, pkt, t, Dir::Out)
+    fib::send(ctx, pkt, t, Dir::Out)
 }
