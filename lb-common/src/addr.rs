@@ -1,8 +1,8 @@
 //! Conversions between `std::net` addresses and the map representation (network-order
 //! bytes viewed as native `u32` words, IPv4 in word 0).
 
-use crate::maps::{FAMILY_V4, FAMILY_V6};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use crate::maps::{FAMILY_V4, FAMILY_V6, PROTO_TCP, VipKey};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 /// Map words and family of an address.
 pub fn ip_to_words(ip: IpAddr) -> ([u32; 4], u8) {
@@ -34,6 +34,19 @@ pub fn words_to_ip(words: [u32; 4], family: u8) -> Option<IpAddr> {
     }
 }
 
+impl VipKey {
+    /// The `SERVICES` (and `PROXY_VIPS`) key of a TCP service at `vip`.
+    pub fn from_socket_addr(vip: SocketAddr) -> VipKey {
+        let (addr, family) = ip_to_words(vip.ip());
+        VipKey {
+            addr,
+            port: vip.port().to_be(),
+            proto: PROTO_TCP,
+            family,
+        }
+    }
+}
+
 /// The address's bytes (4 or 16), for [`crate::hash::backend_key`].
 pub fn ip_bytes(ip: &IpAddr) -> Vec<u8> {
     match ip {
@@ -56,5 +69,20 @@ mod tests {
         let (w, _) = ip_to_words("198.18.0.1".parse().unwrap());
         assert_eq!(w[0].to_ne_bytes(), [198, 18, 0, 1]);
         assert_eq!(words_to_ip(w, 9), None);
+    }
+
+    #[test]
+    fn vip_key_of_a_socket_address_is_tcp_with_the_port_in_network_order() {
+        let k = VipKey::from_socket_addr("198.18.0.1:80".parse().unwrap());
+        assert_eq!(k.addr[0].to_ne_bytes(), [198, 18, 0, 1]);
+        assert_eq!(k.addr[1..], [0, 0, 0]);
+        assert_eq!(k.port.to_ne_bytes(), [0, 80]);
+        assert_eq!((k.proto, k.family), (PROTO_TCP, FAMILY_V4));
+        let k = VipKey::from_socket_addr("[fd00::1]:443".parse().unwrap());
+        assert_eq!(
+            words_to_ip(k.addr, k.family),
+            Some("fd00::1".parse().unwrap())
+        );
+        assert_eq!(u16::from_be(k.port), 443);
     }
 }

@@ -6,10 +6,12 @@
 //! hash-map key is how lookups silently miss.
 #![cfg_attr(not(feature = "std"), no_std)]
 
+pub mod counters;
+pub mod flow;
 pub mod hash;
 pub mod maglev;
 pub mod maps;
-pub mod stats;
+pub mod tcp;
 
 #[cfg(feature = "std")]
 pub mod addr;

@@ -21,20 +21,16 @@
 #[cfg(not(target_arch = "bpf"))]
 fn main() {}
 
-/// lb's own incremental checksum (this object is a separate crate root).
-#[cfg(target_arch = "bpf")]
-#[path = "csum.rs"]
-mod csum;
-
 #[cfg(target_arch = "bpf")]
 mod programs {
-    use crate::csum;
+    // The library also gives this object its panic handler and licence.
     use aya_ebpf::{
         bindings::xdp_action,
         macros::{map, xdp},
         maps::{Array, DevMap, PerCpuArray},
         programs::XdpContext,
     };
+    use lb_ebpf::csum;
 
     /// `GEN[0]`: how many flows the generator cycles through (at least 1).
     /// `GEN[1]`: the first source address, as its packet bytes read as a native `u32`.
@@ -183,16 +179,4 @@ mod programs {
         }
         xdp_action::XDP_DROP
     }
-
-    #[panic_handler]
-    fn panic(_info: &core::panic::PanicInfo) -> ! {
-        // Never reached: the verifier rejects a program with a path to a panic.
-        loop {}
-    }
 }
-
-/// GPL-compatible, as in the lb object.
-#[cfg(target_arch = "bpf")]
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

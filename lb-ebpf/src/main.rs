@@ -1,20 +1,30 @@
 //! The lb XDP programs: `lb_xdp`, the full-NAT TCP load balancer, and `xdp_pass`, which
 //! passes everything (tests and veth peers need an XDP program on the receiving side).
 //!
-//! Only the entry points live here; the forwarding path reads in file order:
-//! `parse` → `flow` (service, flow table, backend, SNAT port) → `nat` (rewrite,
-//! checksums, next hop) → `stats` (the one counter each packet bumps). A new flow that
-//! no backend can take is answered by `reset` (a TCP RST sent back with XDP_TX).
+//! Only the entry points live here. The forwarding path reads by file name:
+//! `dispatch` (which path) → `parse` (through `packet`'s bounds-checked cursor) →
+//! `forward` (client → backend: `select` the service and backend, `snat` port,
+//! `conntrack` refresh) or `reverse` (backend → client) → `nat` (rewrite, `csum`) →
+//! `fib` (next hop, cached) → `verdict` (the one counter each packet bumps). A new flow
+//! that no backend can take is answered by `reset` (a TCP RST sent back with XDP_TX).
+//! `traffic` counts per service and backend; `events` logs the rare drops.
 //!
 //! Proxy (PROXY protocol) services add two socket programs: `lb_lookup` (`lookup`, an
 //! sk_lookup program handing VIP:port connections to the daemon's listener) and
 //! `lb_splice` (`splice`, the sk_skb stream verdict of the sockmap splice engine).
+//! The panic handler and licence come from the crate's library (`lib.rs`).
 #![cfg_attr(target_arch = "bpf", no_std, no_main)]
 
 #[cfg(target_arch = "bpf")]
-mod csum;
+mod conntrack;
 #[cfg(target_arch = "bpf")]
-mod flow;
+mod dispatch;
+#[cfg(target_arch = "bpf")]
+mod events;
+#[cfg(target_arch = "bpf")]
+mod fib;
+#[cfg(target_arch = "bpf")]
+mod forward;
 #[cfg(target_arch = "bpf")]
 mod lookup;
 #[cfg(target_arch = "bpf")]
@@ -22,13 +32,25 @@ mod maps;
 #[cfg(target_arch = "bpf")]
 mod nat;
 #[cfg(target_arch = "bpf")]
+mod packet;
+#[cfg(target_arch = "bpf")]
 mod parse;
 #[cfg(target_arch = "bpf")]
 mod reset;
 #[cfg(target_arch = "bpf")]
+mod reverse;
+#[cfg(target_arch = "bpf")]
+mod select;
+#[cfg(target_arch = "bpf")]
+mod snat;
+#[cfg(target_arch = "bpf")]
 mod splice;
 #[cfg(target_arch = "bpf")]
-mod stats;
+mod stack;
+#[cfg(target_arch = "bpf")]
+mod traffic;
+#[cfg(target_arch = "bpf")]
+mod verdict;
 
 /// The host build of this crate is a stub so `cargo build --workspace` passes.
 #[cfg(not(target_arch = "bpf"))]
@@ -41,12 +63,14 @@ mod entry {
         macros::{sk_lookup, stream_verdict, xdp},
         programs::{SkBuffContext, SkLookupContext, XdpContext},
     };
+    // The panic handler and licence.
+    use lb_ebpf as _;
 
-    /// The load balancer. Every packet leaves through `stats::finish`, which bumps exactly
-    /// one `COUNTERS` index and returns the XDP action.
+    /// The load balancer. Every packet leaves through `verdict::finish`, which bumps
+    /// exactly one `COUNTERS` index and returns the XDP action.
     #[xdp]
     pub fn lb_xdp(ctx: XdpContext) -> u32 {
-        crate::stats::finish(crate::flow::handle(&ctx))
+        crate::verdict::finish(crate::dispatch::handle(&ctx))
     }
 
     /// Passes every packet to the kernel.
@@ -67,18 +91,4 @@ mod entry {
     pub fn lb_splice(ctx: SkBuffContext) -> u32 {
         crate::splice::handle(&ctx)
     }
-
-    #[panic_handler]
-    fn panic(_info: &core::panic::PanicInfo) -> ! {
-        // Never reached: the verifier rejects any program with a path to a panic, so the
-        // build only loads when every such path has been optimised away.
-        loop {}
-    }
 }
-
-/// The kernel lets only GPL-compatible programs call GPL-only helpers such as
-/// `bpf_fib_lookup`; "Dual MIT/GPL" is such a license and matches the crate's MIT side.
-#[cfg(target_arch = "bpf")]
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -10,11 +10,11 @@ use aya_ebpf::{
     maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, SockHash, SockMap},
 };
 use lb_common::{
+    counters::NUM_COUNTERS,
     maps::{
         Backend, DEFAULT_RING_SIZE, FlowKey, FlowState, GlobalConfig, MAX_BACKENDS, MAX_IFACES,
         MAX_PROXY_LISTENERS, MAX_SERVICES, NextHop, ReverseNat, Service, TrafficCounters, VipKey,
     },
-    stats::NUM_COUNTERS,
 };
 
 /// Default size of the flow and reverse NAT tables (the daemon sets its own).
@@ -73,8 +73,8 @@ pub static SERVICE_STATS: PerCpuArray<TrafficCounters> =
 pub static BACKEND_STATS: PerCpuArray<TrafficCounters> =
     PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
 
-/// `lb_common::stats` index → per-CPU packet count; written by the single exit point
-/// (`stats::finish`), read by the daemon.
+/// `lb_common::counters` index → per-CPU packet count; written by the single exit point
+/// (`verdict::finish`), read by the daemon.
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(NUM_COUNTERS, 0);
 

@@ -1,126 +1,31 @@
-//! Header parsing. All packet access goes through [`ptr_at`], which checks the access
-//! against `data_end`; variable-length headers (`ihl`, `doff`) are validated before any
-//! offset derived from them is used.
+//! Header parsing: Ethernet, one optional VLAN tag, IPv4 (options allowed) or IPv6, and
+//! TCP, read through `network-types` views from a [`Cursor`]. Variable-length headers
+//! (`ihl`, `doff`) are validated before the cursor moves past them.
 
-use aya_ebpf::{bindings::xdp_md, programs::XdpContext};
-use core::mem::{MaybeUninit, align_of, size_of};
+use aya_ebpf::programs::XdpContext;
+use core::ptr::addr_of;
 use lb_common::maps::{FAMILY_V4, FAMILY_V6, FlowKey, PROTO_TCP};
+use network_types::{
+    eth::{EthHdr, EtherType},
+    ip::{Ipv4Hdr, Ipv6Hdr},
+    tcp::TcpHdr,
+    vlan::VlanHdr,
+};
 
-pub const ETH_HLEN: usize = 14;
-const ETH_P_IPV4: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86dd;
-const ETH_P_8021Q: u16 = 0x8100;
-const ETH_P_8021AD: u16 = 0x88a8;
-const VLAN_HLEN: usize = 4;
-pub const IPV4_HLEN: usize = 20;
-pub const IPV6_HLEN: usize = 40;
-pub const TCP_HLEN: usize = 20;
+use crate::packet::{Cursor, frame_len};
 
-/// Offsets inside an IPv4 header.
-pub mod v4 {
-    pub const TOT_LEN: usize = 2;
-    pub const FRAG_OFF: usize = 6;
-    pub const TTL: usize = 8;
-    pub const PROTO: usize = 9;
-    pub const CSUM: usize = 10;
-    pub const SADDR: usize = 12;
-}
-/// Offsets inside an IPv6 header.
-pub mod v6 {
-    pub const PAYLOAD_LEN: usize = 4;
-    pub const NEXT_HDR: usize = 6;
-    pub const HOP_LIMIT: usize = 7;
-    pub const SADDR: usize = 8;
-}
-/// Offsets inside a TCP header.
-pub mod tcp {
-    pub const DOFF: usize = 12;
-    pub const FLAGS: usize = 13;
-    pub const CSUM: usize = 16;
-    pub const FIN: u8 = 0x01;
-    pub const RST: u8 = 0x04;
-}
+/// 802.1ad (QinQ outer tag), network order as in the header: tagged like 802.1Q.
+const ETH_P_8021AD: u16 = 0x88a8_u16.to_be();
+/// IPv4 "more fragments" flag and fragment offset mask, in host order of `frags`.
+const IPV4_MF: u16 = 0x2000;
+const IPV4_OFFSET: u16 = 0x1fff;
 
 /// Largest offset of a TCP header: Ethernet + VLAN tag + IPv4 header with options.
-pub const MAX_L4_OFF: usize = ETH_HLEN + VLAN_HLEN + 60;
+pub const MAX_L4_OFF: usize = EthHdr::LEN + VlanHdr::LEN + 60;
 /// Mask that keeps every valid header offset (all are `<= MAX_L4_OFF`) unchanged; used to
 /// give the verifier a bound on offsets read back from the stack.
 pub const OFF_MASK: usize = 0x7f;
 const _: () = assert!(MAX_L4_OFF <= OFF_MASK);
-
-/// The context pointer, read with a volatile load so that the context field loads
-/// below stay in the function that uses them. verifier: otherwise LLVM may hoist the
-/// 32-bit `data`/`data_end` loads into the caller of an `#[inline(never)]` function and
-/// zero-extend them in the callee, and the verifier rejects any arithmetic on packet
-/// pointers before a bounds check (a plain 32-bit context load needs no extension).
-#[inline(always)]
-fn raw(ctx: &XdpContext) -> *mut xdp_md {
-    // SAFETY: `ctx` is a valid reference; reading its field has no other precondition.
-    unsafe { core::ptr::addr_of!(ctx.ctx).read_volatile() }
-}
-
-/// Start of the packet.
-#[inline(always)]
-pub fn data(ctx: &XdpContext) -> usize {
-    // SAFETY: the context pointer is valid for the whole program run.
-    unsafe { (*raw(ctx)).data as usize }
-}
-
-/// End of the packet.
-#[inline(always)]
-pub fn data_end(ctx: &XdpContext) -> usize {
-    // SAFETY: as in `data`.
-    unsafe { (*raw(ctx)).data_end as usize }
-}
-
-/// Length of the frame in bytes.
-#[inline(always)]
-pub fn frame_len(ctx: &XdpContext) -> usize {
-    data_end(ctx) - data(ctx)
-}
-
-/// Zeroes a stack value with 32-bit stores the compiler cannot merge into a `memset`
-/// call. verifier/codegen: the BPF backend turns such calls into a byte-loop subprogram.
-#[inline(always)]
-pub fn zeroed<T>(v: &mut MaybeUninit<T>) -> &mut T {
-    const { assert!(size_of::<T>() % 4 == 0 && align_of::<T>() >= 4) };
-    let p = v.as_mut_ptr().cast::<u32>();
-    let mut i = 0;
-    while i < size_of::<T>() / 4 {
-        // SAFETY: `i * 4 < size_of::<T>()` and `T` is 4-byte aligned, so the store is
-        // inside `v` and aligned.
-        unsafe { p.add(i).write_volatile(0) };
-        i += 1;
-    }
-    // SAFETY: every byte is now zero, and the callers' types are plain integers, valid
-    // when zeroed.
-    unsafe { v.assume_init_mut() }
-}
-
-/// A pointer to a `T` at `off` bytes into the packet, if the whole `T` is inside it.
-#[inline(always)]
-pub fn ptr_at<T>(ctx: &XdpContext, off: usize) -> Option<*mut T> {
-    let start = data(ctx);
-    let end = data_end(ctx);
-    if start + off + size_of::<T>() > end {
-        return None;
-    }
-    Some((start + off) as *mut T)
-}
-
-/// Reads a `T` at `off` bytes into the packet (any alignment).
-#[inline(always)]
-fn load<T: Copy>(ctx: &XdpContext, off: usize) -> Option<T> {
-    let p = ptr_at::<T>(ctx, off)?;
-    // SAFETY: `ptr_at` checked that the `size_of::<T>()` bytes at `p` are packet data;
-    // `T` is a plain integer (array), valid for any bytes, read without alignment.
-    Some(unsafe { p.read_unaligned() })
-}
-
-#[inline(always)]
-fn load_be16(ctx: &XdpContext, off: usize) -> Option<u16> {
-    load::<u16>(ctx, off).map(u16::from_be)
-}
 
 /// What the parser found.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -164,142 +69,166 @@ pub struct Packet {
 /// Parses Ethernet, one optional VLAN tag, IPv4/IPv6 and TCP into `pkt`.
 #[inline(never)]
 pub fn parse(ctx: &XdpContext, pkt: &mut Packet) -> Parsed {
-    let Some(mut proto) = load_be16(ctx, 12) else {
+    let mut c = Cursor::new();
+    let Some(eth) = c.next::<EthHdr>(ctx) else {
         return Parsed::Skip;
     };
-    let mut l3 = ETH_HLEN;
-    if proto == ETH_P_8021Q || proto == ETH_P_8021AD {
-        let Some(inner) = load_be16(ctx, ETH_HLEN + 2) else {
+    // SAFETY: `next` checked the header is inside the packet; read unaligned.
+    let mut proto = unsafe { addr_of!((*eth).ether_type).read_unaligned() };
+    if proto == EtherType::Ieee8021q as u16 || proto == ETH_P_8021AD {
+        let Some(vlan) = c.next::<VlanHdr>(ctx) else {
             return Parsed::Skip;
         };
-        proto = inner;
-        l3 += VLAN_HLEN;
+        // SAFETY: as above, for the VLAN tag.
+        proto = unsafe { addr_of!((*vlan).ether_type).read_unaligned() };
     }
-    pkt.l3 = l3 as u32;
-    match proto {
-        ETH_P_IPV4 => parse_v4(ctx, l3, pkt),
-        ETH_P_IPV6 => parse_v6(ctx, l3, pkt),
-        _ => Parsed::Skip,
+    pkt.l3 = c.offset() as u32;
+    if proto == EtherType::Ipv4 as u16 {
+        parse_v4(ctx, c, pkt)
+    } else if proto == EtherType::Ipv6 as u16 {
+        parse_v6(ctx, c, pkt)
+    } else {
+        Parsed::Skip
     }
 }
 
-/// Reads a `T` at `off` bytes past `base`, which a bounds check covered.
-///
-/// # Safety
-/// `base..base + off + size_of::<T>()` must be inside the packet.
 #[inline(always)]
-unsafe fn at<T: Copy>(base: *const u8, off: usize) -> T {
-    // SAFETY: the caller guarantees the bytes are packet data; `T` is a plain integer
-    // (array), valid for any bytes; the read is unaligned-safe.
-    unsafe { base.add(off).cast::<T>().read_unaligned() }
-}
-
-#[inline(always)]
-fn parse_v4(ctx: &XdpContext, l3: usize, pkt: &mut Packet) -> Parsed {
-    let Some(h) = ptr_at::<[u8; IPV4_HLEN]>(ctx, l3) else {
+fn parse_v4(ctx: &XdpContext, mut c: Cursor, pkt: &mut Packet) -> Parsed {
+    let l3 = c.offset();
+    let Some(ip) = c.next::<Ipv4Hdr>(ctx) else {
         return Parsed::Skip;
     };
-    let h = h.cast::<u8>().cast_const();
-    // SAFETY (all `at(h, ..)` below): `ptr_at` checked the 20-byte header at `h`, and
-    // every offset + size read is at most 20.
-    let (vihl, proto) = unsafe { (at::<u8>(h, 0), at::<u8>(h, v4::PROTO)) };
-    if vihl >> 4 != 4 || proto != PROTO_TCP {
+    // SAFETY: `next` checked the 20-byte header is inside the packet; its fields are
+    // bytes, so the view has no alignment to respect.
+    let ip = unsafe { &*ip };
+    if ip.vihl >> 4 != 4 || ip.proto != PROTO_TCP {
         return Parsed::Skip;
     }
-    let ihl = (vihl & 0x0f) as usize * 4;
-    let frag = u16::from_be(unsafe { at::<u16>(h, v4::FRAG_OFF) });
+    let ihl = (ip.vihl & 0x0f) as usize * 4;
+    let frag = u16::from_be_bytes(ip.frags);
     let key = &mut pkt.key;
-    key.src = [unsafe { at::<u32>(h, v4::SADDR) }, 0, 0, 0];
-    key.dst = [unsafe { at::<u32>(h, v4::SADDR + 4) }, 0, 0, 0];
+    key.src = [u32::from_ne_bytes(ip.src_addr), 0, 0, 0];
+    key.dst = [u32::from_ne_bytes(ip.dst_addr), 0, 0, 0];
     key.proto = PROTO_TCP;
     key.family = FAMILY_V4;
     key._pad = [0; 2];
-    if frag & 0x1fff != 0 {
+    if frag & IPV4_OFFSET != 0 {
         return Parsed::LaterFragment;
     }
-    if ihl < IPV4_HLEN {
+    if ihl < Ipv4Hdr::LEN {
         // Where the ports would be is unknown: cannot tell whether it is ours.
         return Parsed::Skip;
     }
-    let l4 = l3 + ihl;
-    let Some(ports) = load::<[u16; 2]>(ctx, l4) else {
+    // The options: `ihl` is at most 60, so this stays within `MAX_L4_OFF`.
+    c.skip(ihl - Ipv4Hdr::LEN);
+    let l4 = c.offset();
+    let Some(ports) = ports(ctx, &c) else {
         return Parsed::Skip;
     };
     key.sport = ports[0];
     key.dport = ports[1];
     pkt.l4 = l4 as u32;
-    if frag & 0x2000 != 0 {
+    if frag & IPV4_MF != 0 {
         return Parsed::FirstFragment;
     }
-    let tot_len = u16::from_be(unsafe { at::<u16>(h, v4::TOT_LEN) }) as usize;
-    if tot_len < ihl + TCP_HLEN || l3 + tot_len > frame_len(ctx) {
+    let tot_len = u16::from_be_bytes(ip.tot_len) as usize;
+    if tot_len < ihl + TcpHdr::LEN || l3 + tot_len > frame_len(ctx) {
         return Parsed::Malformed;
     }
-    let Some(doff) = tcp_doff(ctx, l4, pkt) else {
+    let Some(doff) = tcp(ctx, c, pkt) else {
         return Parsed::Malformed;
     };
     if doff > tot_len - ihl {
         return Parsed::Malformed;
     }
     pkt.ip_len = tot_len as u32;
-    pkt.tos_flowinfo = unsafe { at::<u8>(h, 1) } as u32;
-    pkt.ttl = unsafe { at::<u8>(h, v4::TTL) };
+    pkt.tos_flowinfo = ip.tos as u32;
+    pkt.ttl = ip.ttl;
     Parsed::Tcp
 }
 
 #[inline(always)]
-fn parse_v6(ctx: &XdpContext, l3: usize, pkt: &mut Packet) -> Parsed {
-    let Some(h) = ptr_at::<[u8; IPV6_HLEN]>(ctx, l3) else {
+fn parse_v6(ctx: &XdpContext, mut c: Cursor, pkt: &mut Packet) -> Parsed {
+    let Some(ip) = c.next::<Ipv6Hdr>(ctx) else {
         return Parsed::Skip;
     };
-    let h = h.cast::<u8>().cast_const();
-    // SAFETY (all `at(h, ..)` below): `ptr_at` checked the 40-byte header at `h`, and
-    // every offset + size read is at most 40.
-    let (ver, next) = unsafe { (at::<u8>(h, 0), at::<u8>(h, v6::NEXT_HDR)) };
+    // SAFETY: `next` checked the 40-byte header is inside the packet; its fields are
+    // bytes, so the view has no alignment to respect.
+    let ip = unsafe { &*ip };
     // Extension headers are not followed: only TCP directly after the header is ours.
-    if ver >> 4 != 6 || next != PROTO_TCP {
+    if ip.vcf[0] >> 4 != 6 || ip.next_hdr != PROTO_TCP {
         return Parsed::Skip;
     }
-    let l4 = l3 + IPV6_HLEN;
-    let Some(ports) = load::<[u16; 2]>(ctx, l4) else {
+    let l4 = c.offset();
+    let Some(ports) = ports(ctx, &c) else {
         return Parsed::Skip;
     };
     let key = &mut pkt.key;
-    key.src = unsafe { at::<[u32; 4]>(h, v6::SADDR) };
-    key.dst = unsafe { at::<[u32; 4]>(h, v6::SADDR + 16) };
+    key.src = words(&ip.src_addr);
+    key.dst = words(&ip.dst_addr);
     key.sport = ports[0];
     key.dport = ports[1];
     key.proto = PROTO_TCP;
     key.family = FAMILY_V6;
     key._pad = [0; 2];
     pkt.l4 = l4 as u32;
-    let payload = u16::from_be(unsafe { at::<u16>(h, v6::PAYLOAD_LEN) }) as usize;
+    let payload = u16::from_be_bytes(ip.payload_len) as usize;
     if l4 + payload > frame_len(ctx) {
         return Parsed::Malformed;
     }
-    let Some(doff) = tcp_doff(ctx, l4, pkt) else {
+    let Some(doff) = tcp(ctx, c, pkt) else {
         return Parsed::Malformed;
     };
     if doff > payload {
         return Parsed::Malformed;
     }
-    pkt.ip_len = (IPV6_HLEN + payload) as u32;
+    pkt.ip_len = (Ipv6Hdr::LEN + payload) as u32;
     // Traffic class and flow label: the first word without the version nibble.
-    pkt.tos_flowinfo = unsafe { at::<u32>(h, 0) } & u32::from_be(0x0fff_ffff);
-    pkt.ttl = unsafe { at::<u8>(h, v6::HOP_LIMIT) };
+    pkt.tos_flowinfo = u32::from_ne_bytes(ip.vcf) & u32::from_be(0x0fff_ffff);
+    pkt.ttl = ip.hop_limit;
     Parsed::Tcp
 }
 
-/// Validates the TCP header at `l4` and returns its length; records its flags.
+/// An IPv6 address as the network order words of the maps.
 #[inline(always)]
-fn tcp_doff(ctx: &XdpContext, l4: usize, pkt: &mut Packet) -> Option<usize> {
-    let t = ptr_at::<[u8; TCP_HLEN]>(ctx, l4)?.cast::<u8>().cast_const();
-    // SAFETY: `ptr_at` checked the 20-byte TCP header at `t`.
-    let (doff, flags) = unsafe { (at::<u8>(t, tcp::DOFF), at::<u8>(t, tcp::FLAGS)) };
+fn words(a: &[u8; 16]) -> [u32; 4] {
+    // SAFETY: `a` is 16 readable bytes; any bytes are valid `u32`s; read unaligned.
+    unsafe { (a as *const [u8; 16]).cast::<[u32; 4]>().read_unaligned() }
+}
+
+/// The two ports (network order) at the cursor, the first thing of a TCP header, which
+/// may be all a first fragment carries.
+#[inline(always)]
+fn ports(ctx: &XdpContext, c: &Cursor) -> Option<[u16; 2]> {
+    let p = Cursor::at(c.offset()).next::<[u16; 2]>(ctx)?;
+    // SAFETY: `next` checked the 4 bytes are inside the packet; read unaligned.
+    Some(unsafe { p.read_unaligned() })
+}
+
+/// Validates the TCP header at the cursor and returns its length; records its flags.
+#[inline(always)]
+fn tcp(ctx: &XdpContext, mut c: Cursor, pkt: &mut Packet) -> Option<usize> {
+    let th = c.next::<TcpHdr>(ctx)?;
+    // SAFETY: `next` checked the 20-byte header is inside the packet; read unaligned.
+    let [doff, flags] = unsafe { offset_flags(th) };
     let doff = (doff >> 4) as usize * 4;
-    if doff < TCP_HLEN {
+    if doff < TcpHdr::LEN {
         return None;
     }
     pkt.tcp_flags = flags;
     Some(doff)
+}
+
+/// The TCP header's data offset byte and flags byte (its bitfield, as packet bytes).
+///
+/// # Safety
+/// `th` must point to a whole TCP header inside the packet.
+#[inline(always)]
+pub unsafe fn offset_flags(th: *const TcpHdr) -> [u8; 2] {
+    // SAFETY: the caller guarantees the header; the bitfield is two plain bytes.
+    unsafe {
+        addr_of!((*th)._bitfield_1)
+            .cast::<[u8; 2]>()
+            .read_unaligned()
+    }
 }

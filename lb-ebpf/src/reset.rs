@@ -23,24 +23,33 @@ use aya_ebpf::{
 };
 use core::{
     mem::{MaybeUninit, size_of},
-    ptr,
+    ptr::{self, addr_of},
 };
 use lb_common::{
+    counters,
     maps::{FAMILY_V4, PROTO_TCP},
-    stats,
+    tcp::{ACK, FIN, RST, SYN},
+};
+use network_types::{
+    eth::EthHdr,
+    ip::{Ipv4Hdr, Ipv6Hdr},
+    tcp::TcpHdr,
 };
 
 use crate::{
-    parse::{
-        ETH_HLEN, IPV4_HLEN, IPV6_HLEN, OFF_MASK, Packet, TCP_HLEN, frame_len, ptr_at, tcp, zeroed,
-    },
-    stats::Verdict,
+    events,
+    nat::ports_word,
+    packet::{frame_len, ptr_at},
+    parse::{OFF_MASK, Packet, offset_flags},
+    stack::zeroed,
+    verdict::Verdict,
 };
 
+const IPV4_HLEN: usize = Ipv4Hdr::LEN;
+const IPV6_HLEN: usize = Ipv6Hdr::LEN;
+const TCP_HLEN: usize = TcpHdr::LEN;
 /// TTL / hop limit of the RST (Linux's default).
 const TTL: u8 = 64;
-const SYN: u8 = 0x02;
-const ACK: u8 = 0x10;
 /// TCP data offset byte of a header without options: 5 words.
 const DOFF_NO_OPTIONS: u8 = ((TCP_HLEN / 4) as u8) << 4;
 /// ECN bits of the IPv4 TOS byte. A RST is not ECN-capable transport (RFC 3168 6.1.1),
@@ -71,15 +80,16 @@ struct Segment {
 /// whether it is answered (`XDP_TX`) or dropped (it was a RST itself).
 #[inline(never)]
 pub fn answer(ctx: &XdpContext, pkt: &Packet) -> Verdict {
-    if pkt.tcp_flags & tcp::RST != 0 {
+    if pkt.tcp_flags & RST != 0 {
         // Answering a RST with a RST could loop between two such hosts.
-        return Verdict::drop(stats::DROP_NO_BACKEND);
+        return Verdict::drop(counters::DROP_NO_BACKEND);
     }
     let mut seg = MaybeUninit::<Segment>::uninit();
     let seg = zeroed(&mut seg);
     if !build_tcp(ctx, pkt, seg) {
         // verifier: the parser checked the TCP header; this path is never taken.
-        return Verdict::drop(stats::DROP_MALFORMED);
+        events::unreachable(ctx);
+        return Verdict::drop(counters::DROP_MALFORMED);
     }
     let ip_hlen = if pkt.key.family == FAMILY_V4 {
         write_v4(ctx, pkt, seg)
@@ -88,12 +98,13 @@ pub fn answer(ctx: &XdpContext, pkt: &Packet) -> Verdict {
     };
     let Some(ip_hlen) = ip_hlen else {
         // verifier: as above, the headers were checked; never taken.
-        return Verdict::drop(stats::DROP_MALFORMED);
+        events::unreachable(ctx);
+        return Verdict::drop(counters::DROP_MALFORMED);
     };
     if !swap_macs(ctx) || !trim(ctx, pkt.l3 as usize & OFF_MASK, ip_hlen) {
-        return Verdict::drop(stats::DROP_NO_BACKEND);
+        return Verdict::drop(counters::DROP_NO_BACKEND);
     }
-    Verdict::tx(stats::DROP_NO_BACKEND)
+    Verdict::tx(counters::DROP_NO_BACKEND)
 }
 
 /// Fills `seg` with the RST's pseudo-header and TCP header (checksum included) from the
@@ -103,22 +114,21 @@ fn build_tcp(ctx: &XdpContext, pkt: &Packet, seg: &mut Segment) -> bool {
     // verifier: the mask bounds offsets read back from the stack; it never changes them.
     let l3 = pkt.l3 as usize & OFF_MASK;
     let l4 = pkt.l4 as usize & OFF_MASK;
-    let Some(th) = ptr_at::<[u8; TCP_HLEN]>(ctx, l4) else {
+    let Some(th) = ptr_at::<TcpHdr>(ctx, l4) else {
         return false;
     };
-    let th = th.cast::<u8>().cast_const();
-    // SAFETY: `ptr_at` checked the 20-byte TCP header at `th`; the reads end at byte 13;
-    // all reads are unaligned-safe.
+    // SAFETY: `ptr_at` checked the TCP header at `th` is inside the packet; its fields
+    // are read unaligned.
     let (seq, ack, doff) = unsafe {
         (
-            u32::from_be(th.add(4).cast::<u32>().read_unaligned()),
-            u32::from_be(th.add(8).cast::<u32>().read_unaligned()),
-            (*th.add(tcp::DOFF) >> 4) as u32 * 4,
+            u32::from_be_bytes(addr_of!((*th).seq).read_unaligned()),
+            u32::from_be_bytes(addr_of!((*th).ack_seq).read_unaligned()),
+            (offset_flags(th)[0] >> 4) as u32 * 4,
         )
     };
     let flags = pkt.tcp_flags;
     let (rst_seq, rst_ack, rst_flags) = if flags & ACK != 0 {
-        (ack, 0, tcp::RST)
+        (ack, 0, RST)
     } else {
         // The parser checked `l4 - l3 + doff <= ip_len`, so this does not wrap.
         let payload = pkt.ip_len.wrapping_sub((l4 - l3) as u32).wrapping_sub(doff);
@@ -126,10 +136,10 @@ fn build_tcp(ctx: &XdpContext, pkt: &Packet, seg: &mut Segment) -> bool {
         if flags & SYN != 0 {
             ack = ack.wrapping_add(1);
         }
-        if flags & tcp::FIN != 0 {
+        if flags & FIN != 0 {
             ack = ack.wrapping_add(1);
         }
-        (0, ack, tcp::RST | ACK)
+        (0, ack, RST | ACK)
     };
     seg.src = pkt.key.dst;
     seg.dst = pkt.key.src;
@@ -146,14 +156,6 @@ fn build_tcp(ctx: &XdpContext, pkt: &Packet, seg: &mut Segment) -> bool {
     let c = checksum(seg).to_ne_bytes();
     seg.tcp[4] = u32::from_ne_bytes([c[0], c[1], 0, 0]);
     true
-}
-
-/// The two ports (network order) as the one 32-bit word they form in the TCP header.
-#[inline(always)]
-fn ports_word(sport: u16, dport: u16) -> u32 {
-    let s = sport.to_ne_bytes();
-    let d = dport.to_ne_bytes();
-    u32::from_ne_bytes([s[0], s[1], d[0], d[1]])
 }
 
 /// Writes the RST's IPv4 header (20 bytes, no options) and its TCP header from `seg`;
@@ -225,7 +227,8 @@ fn write_v6(ctx: &XdpContext, pkt: &Packet, seg: &Segment) -> Option<usize> {
 /// came from, from the MAC it was sent to. A VLAN tag after them stays as it is.
 #[inline(never)]
 fn swap_macs(ctx: &XdpContext) -> bool {
-    let Some(eth) = ptr_at::<[u8; ETH_HLEN - 2]>(ctx, 0) else {
+    // The two MACs: the Ethernet header without its type.
+    let Some(eth) = ptr_at::<[u8; EthHdr::LEN - 2]>(ctx, 0) else {
         return false;
     };
     // SAFETY: `ptr_at` checked the 12 MAC bytes at `eth`; accesses are unaligned-safe.
@@ -254,7 +257,7 @@ fn trim(ctx: &XdpContext, l3: usize, ip_hlen: usize) -> bool {
     }
     // SAFETY: the context pointer is this program's own, valid for the whole run. The
     // helper invalidates packet pointers; none is used after it (the next access to the
-    // packet would have to re-read `data`/`data_end`, as `parse::ptr_at` does).
+    // packet would have to re-read `data`/`data_end`, as `packet::ptr_at` does).
     unsafe { bpf_xdp_adjust_tail(ctx.ctx, delta) == 0 }
 }
 

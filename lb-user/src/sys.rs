@@ -299,3 +299,17 @@ pub fn raise_nofile_limit() -> io::Result<u64> {
     }
     Ok(lim.rlim_cur)
 }
+
+/// The reader of the XDP program's log records (see `ebpf_log`).
+pub type EbpfLogger = aya_log::EbpfLogger<&'static dyn log::Log>;
+
+/// Registers `logger`'s ring buffer with the current tokio runtime's reactor, so a task
+/// can wait for records. Must be called inside a runtime.
+pub fn async_ebpf_logger(logger: EbpfLogger) -> io::Result<tokio::io::unix::AsyncFd<EbpfLogger>> {
+    // SAFETY: the logger owns its ring buffer map's descriptor, which stays open until
+    // the logger is dropped, and its `as_raw_fd` always returns that descriptor.
+    unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
+    }
+    .map_err(io::Error::from)
+}

@@ -34,10 +34,7 @@ use aya::{
     maps::{HashMap, MapData, SockMap},
     programs::SkLookup,
 };
-use lb_common::{
-    addr::ip_to_words,
-    maps::{PROTO_TCP, VipKey, names},
-};
+use lb_common::maps::{VipKey, names};
 use lb_user::proxy::splice::{End, Engine, SpliceError, SpliceMaps, SpliceStats, splice};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -636,14 +633,8 @@ fn lookup_steers_vip_to_listener() {
         listeners.set(0, &l4, 0).expect("listener 0");
         listeners.set(1, &l6, 0).expect("listener 1");
         for (vip, index) in [(vip4, 0u32), (vip6, 1)] {
-            let (addr, family) = ip_to_words(vip.ip());
-            let key = VipKey {
-                addr,
-                port: vip.port().to_be(),
-                proto: PROTO_TCP,
-                family,
-            };
-            vips.insert(key, index, 0).unwrap();
+            vips.insert(VipKey::from_socket_addr(vip), index, 0)
+                .unwrap();
         }
         for (vip, listener) in [(vip4, &l4), (vip6, &l6)] {
             let mut client = TcpStream::connect(vip)

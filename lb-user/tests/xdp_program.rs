@@ -14,7 +14,7 @@ mod common;
 use common::netns::Netns;
 
 use std::{
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     thread::sleep,
     time::{Duration, Instant},
 };
@@ -26,13 +26,14 @@ use aya::{
 };
 use lb_common::{
     addr::ip_to_words,
+    counters,
     maglev::NO_BACKEND,
     maps::{
         BACKEND_DOWN, BACKEND_DRAINING, BACKEND_UP, Backend, FLOW_FIN_BACKEND, FLOW_FIN_CLIENT,
         FLOW_RST, FlowKey, FlowState, GlobalConfig, MODE_NAT, MODE_PROXY, NEXT_HOP_TTL_NS,
         PROTO_TCP, ReverseNat, Service, TrafficCounters, VipKey, names,
     },
-    stats,
+    tcp::{ACK, FIN, RST, SYN},
 };
 
 // XDP actions.
@@ -40,12 +41,6 @@ const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
 const XDP_TX: u32 = 3;
 const XDP_REDIRECT: u32 = 4;
-
-// TCP flags.
-const FIN: u8 = 0x01;
-const SYN: u8 = 0x02;
-const RST: u8 = 0x04;
-const ACK: u8 = 0x10;
 
 // The test topology inside each namespace: `lb0` faces the backends, `lb1` the clients.
 const LB0_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xa0];
@@ -247,15 +242,9 @@ impl Lb {
     /// A service at `plan.vip:80` with id 0 whose Maglev table (at offset 0) sends every
     /// slot to `slot_backend`; backends 0 and 1 are `plan.backends`, both up.
     fn seed(&mut self, plan: Plan, slot_backend: u32) {
-        let (addr, family) = ip_to_words(plan.vip);
         self.services
             .insert(
-                VipKey {
-                    addr,
-                    port: VIP_PORT.to_be(),
-                    proto: PROTO_TCP,
-                    family,
-                },
+                VipKey::from_socket_addr(SocketAddr::new(plan.vip, VIP_PORT)),
                 Service {
                     id: 0,
                     table_offset: 0,
@@ -660,7 +649,7 @@ fn client_to_vip_is_rewritten_to_the_backend() {
             "{}",
             case.what
         );
-        assert_eq!(lb.counter(stats::FWD_IN), 1, "{}: FWD_IN", case.what);
+        assert_eq!(lb.counter(counters::FWD_IN), 1, "{}: FWD_IN", case.what);
         for (map, backend) in [(names::SERVICE_STATS, false), (names::BACKEND_STATS, true)] {
             let s = lb.stats(backend, 0);
             assert_eq!(
@@ -714,7 +703,7 @@ fn backend_reply_is_rewritten_back_to_the_client() {
                 rest: decode(&input).rest,
             }
         );
-        assert_eq!(lb.counter(stats::FWD_OUT), 1);
+        assert_eq!(lb.counter(counters::FWD_OUT), 1);
         let s = lb.stats(true, 0);
         assert_eq!((s.packets_out, s.bytes_out), (1, input.len() as u64));
 
@@ -836,12 +825,12 @@ fn frames_that_are_not_ours_or_malformed_are_never_rewritten() {
         (
             "doff 4",
             with(&|v| v[l4 + 12] = 0x40),
-            Untouched::Drop(stats::DROP_MALFORMED),
+            Untouched::Drop(counters::DROP_MALFORMED),
         ),
         (
             "doff 15 beyond the segment",
             with(&|v| v[l4 + 12] = 0xf0),
-            Untouched::Drop(stats::DROP_MALFORMED),
+            Untouched::Drop(counters::DROP_MALFORMED),
         ),
         (
             "total length beyond the frame",
@@ -849,14 +838,14 @@ fn frames_that_are_not_ours_or_malformed_are_never_rewritten() {
                 let t = u16::from_be_bytes([v[l3 + 2], v[l3 + 3]]) + 1;
                 v[l3 + 2..l3 + 4].copy_from_slice(&t.to_be_bytes());
             }),
-            Untouched::Drop(stats::DROP_MALFORMED),
+            Untouched::Drop(counters::DROP_MALFORMED),
         ),
         (
             "total length shorter than the headers",
             with(&|v| {
                 v[l3 + 2..l3 + 4].copy_from_slice(&30u16.to_be_bytes());
             }),
-            Untouched::Drop(stats::DROP_MALFORMED),
+            Untouched::Drop(counters::DROP_MALFORMED),
         ),
         (
             "IPv4 version 5",
@@ -866,23 +855,23 @@ fn frames_that_are_not_ours_or_malformed_are_never_rewritten() {
         (
             "first fragment (MF)",
             with(&|v| v[l3 + 6] = 0x20),
-            Untouched::PassCounted(stats::PASS_FRAGMENT),
+            Untouched::PassCounted(counters::PASS_FRAGMENT),
         ),
         (
             "later fragment",
             with(&|v| v[l3 + 7] = 0x10),
-            Untouched::PassCounted(stats::PASS_FRAGMENT),
+            Untouched::PassCounted(counters::PASS_FRAGMENT),
         ),
         ("TTL 1", build(&Seg { ttl: 1, ..syn(p) }), Untouched::Pass),
     ];
     let mut lb = Lb::new();
     lb.seed(p, 0);
     for (what, frame, expect) in cases {
-        let before: Vec<u64> = (0..stats::NUM_COUNTERS).map(|i| lb.counter(i)).collect();
+        let before: Vec<u64> = (0..counters::NUM_COUNTERS).map(|i| lb.counter(i)).collect();
         let (action, out) = lb.run(&frame, lb.lb1);
         assert_eq!(out, frame, "{what}: output must be the input, untouched");
-        let after: Vec<u64> = (0..stats::NUM_COUNTERS).map(|i| lb.counter(i)).collect();
-        let bumped: Vec<u32> = (0..stats::NUM_COUNTERS)
+        let after: Vec<u64> = (0..counters::NUM_COUNTERS).map(|i| lb.counter(i)).collect();
+        let bumped: Vec<u32> = (0..counters::NUM_COUNTERS)
             .filter(|&i| after[i as usize] != before[i as usize])
             .collect();
         assert_eq!(
@@ -891,7 +880,9 @@ fn frames_that_are_not_ours_or_malformed_are_never_rewritten() {
             "{what}: exactly one counter, got {bumped:?}"
         );
         match expect {
-            Untouched::Pass => assert_eq!((action, bumped[0]), (XDP_PASS, stats::PASS), "{what}"),
+            Untouched::Pass => {
+                assert_eq!((action, bumped[0]), (XDP_PASS, counters::PASS), "{what}")
+            }
             Untouched::PassOrDrop => assert!(
                 action == XDP_PASS || action == XDP_DROP,
                 "{what}: action {action}"
@@ -900,7 +891,7 @@ fn frames_that_are_not_ours_or_malformed_are_never_rewritten() {
             Untouched::PassCounted(c) => assert_eq!((action, bumped[0]), (XDP_PASS, c), "{what}"),
         }
     }
-    assert_eq!(lb.counter(stats::FWD_IN), 0, "nothing forwarded");
+    assert_eq!(lb.counter(counters::FWD_IN), 0, "nothing forwarded");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -934,7 +925,7 @@ fn existing_flow_keeps_its_backend_when_the_maglev_table_changes() {
         "new flow moves"
     );
     assert_eq!(lb.stats(false, 0).new_flows, 2);
-    assert_eq!(lb.counter(stats::FWD_IN), 3);
+    assert_eq!(lb.counter(counters::FWD_IN), 3);
 }
 
 #[test]
@@ -988,7 +979,7 @@ fn draining_backend_keeps_its_flows_but_takes_no_new_ones() {
     assert_eq!(action, XDP_TX);
     let isn_ack = SEG_SEQ + other.payload.len() as u32 + 1;
     assert_eq!(out, expected_rst(&other, 0, isn_ack, RST | ACK));
-    assert_eq!(lb.counter(stats::DROP_NO_BACKEND), 1);
+    assert_eq!(lb.counter(counters::DROP_NO_BACKEND), 1);
     assert_eq!(lb.stats(false, 0).new_flows, 1);
 }
 
@@ -1043,7 +1034,9 @@ fn expected_rst(s: &Seg, seq: u32, ack: u32, flags: u8) -> Vec<u8> {
 impl Lb {
     /// The sum over CPUs of every counter.
     fn counters(&self) -> Vec<u64> {
-        (0..stats::NUM_COUNTERS).map(|i| self.counter(i)).collect()
+        (0..counters::NUM_COUNTERS)
+            .map(|i| self.counter(i))
+            .collect()
     }
 
     /// Runs a frame from the client and returns the action, the output frame and the
@@ -1052,7 +1045,7 @@ impl Lb {
         let before = self.counters();
         let (action, out) = self.run(frame, self.lb1);
         let after = self.counters();
-        let bumped = (0..stats::NUM_COUNTERS)
+        let bumped = (0..counters::NUM_COUNTERS)
             .filter(|&i| after[i as usize] != before[i as usize])
             .collect();
         (action, out, bumped)
@@ -1206,7 +1199,7 @@ fn no_backend_answers_the_client_with_a_rst() {
         input.resize(input.len() + case.pad, 0);
         let (action, out, bumped) = lb.run_counted(&input);
         assert_eq!(action, XDP_TX, "{what}: action");
-        assert_eq!(bumped, [stats::DROP_NO_BACKEND], "{what}: counters");
+        assert_eq!(bumped, [counters::DROP_NO_BACKEND], "{what}: counters");
         let l3 = if case.seg.vlan.is_some() { 18 } else { 14 };
         let ip_hlen = if case.seg.src.is_ipv4() { 20 } else { 40 };
         assert_eq!(out.len(), l3 + ip_hlen + 20, "{what}: trimmed length");
@@ -1223,8 +1216,8 @@ fn no_backend_answers_the_client_with_a_rst() {
             "{what}: RST frame"
         );
     }
-    assert_eq!(lb.counter(stats::DROP_NO_BACKEND), 12);
-    assert_eq!(lb.counter(stats::FWD_IN), 0);
+    assert_eq!(lb.counter(counters::DROP_NO_BACKEND), 12);
+    assert_eq!(lb.counter(counters::FWD_IN), 0);
     assert_eq!(lb.stats(false, 0).new_flows, 0);
     assert_eq!(lb.flows.keys().count(), 0, "no flow entry");
     assert_eq!(lb.reverse_nat.keys().count(), 0, "no reverse NAT entry");
@@ -1273,10 +1266,10 @@ fn a_rst_with_no_backend_is_dropped_not_answered() {
             let what = format!("{} flags {flags:#x}", p.vip);
             assert_eq!(action, XDP_DROP, "{what}: never answered");
             assert_eq!(out, input, "{what}: untouched");
-            assert_eq!(bumped, [stats::DROP_NO_BACKEND], "{what}: counters");
+            assert_eq!(bumped, [counters::DROP_NO_BACKEND], "{what}: counters");
         }
     }
-    assert_eq!(lb.counter(stats::DROP_NO_BACKEND), 4);
+    assert_eq!(lb.counter(counters::DROP_NO_BACKEND), 4);
 }
 
 #[test]
@@ -1294,7 +1287,7 @@ fn down_backend_with_no_replacement_is_answered_with_a_rst() {
         };
         let (action, out, bumped) = lb.run_counted(&build(&ack));
         assert_eq!(action, XDP_TX, "{}: existing flow", p.vip);
-        assert_eq!(bumped, [stats::DROP_NO_BACKEND], "{}", p.vip);
+        assert_eq!(bumped, [counters::DROP_NO_BACKEND], "{}", p.vip);
         assert_eq!(out, expected_rst(&ack, SEG_ACK, 0, RST), "{}", p.vip);
         // A new connection whose Maglev slot names the down backend.
         let other = Seg {
@@ -1304,7 +1297,7 @@ fn down_backend_with_no_replacement_is_answered_with_a_rst() {
         };
         let (action, out, bumped) = lb.run_counted(&build(&other));
         assert_eq!(action, XDP_TX, "{}: new flow", p.vip);
-        assert_eq!(bumped, [stats::DROP_NO_BACKEND], "{}", p.vip);
+        assert_eq!(bumped, [counters::DROP_NO_BACKEND], "{}", p.vip);
         assert_eq!(
             out,
             expected_rst(&other, 0, SEG_SEQ + 1, RST | ACK),
@@ -1312,8 +1305,8 @@ fn down_backend_with_no_replacement_is_answered_with_a_rst() {
             p.vip
         );
         decode(&out);
-        assert_eq!(lb.counter(stats::DROP_NO_BACKEND), 2);
-        assert_eq!(lb.counter(stats::FWD_IN), 1);
+        assert_eq!(lb.counter(counters::DROP_NO_BACKEND), 2);
+        assert_eq!(lb.counter(counters::FWD_IN), 1);
         assert_eq!(lb.stats(false, 0).new_flows, 1);
     }
 }
@@ -1419,12 +1412,12 @@ fn forward_without_neighbour_route_or_tx_port_drops() {
         (
             "backend without neighbour entry",
             v4(198, 18, 0, 12),
-            stats::DROP_NO_NEIGH,
+            counters::DROP_NO_NEIGH,
         ),
         (
             "backend without route",
             v4(198, 19, 5, 5),
-            stats::DROP_NO_ROUTE,
+            counters::DROP_NO_ROUTE,
         ),
     ];
     for (what, backend, counter) in cases {
@@ -1437,7 +1430,7 @@ fn forward_without_neighbour_route_or_tx_port_drops() {
         let input = build(&syn(plan));
         let (action, _) = lb.run(&input, lb.lb1);
         assert_eq!((action, lb.counter(counter)), (XDP_DROP, 1), "{what}");
-        assert_eq!(lb.counter(stats::FWD_IN), 0, "{what}");
+        assert_eq!(lb.counter(counters::FWD_IN), 0, "{what}");
     }
     let mut lb = Lb::new();
     lb.seed(p, 0);
@@ -1445,7 +1438,7 @@ fn forward_without_neighbour_route_or_tx_port_drops() {
     lb.tx_ports.remove(lb0).unwrap();
     let (action, _) = lb.run(&build(&syn(p)), lb.lb1);
     assert_eq!(
-        (action, lb.counter(stats::DROP_NO_TX_PORT)),
+        (action, lb.counter(counters::DROP_NO_TX_PORT)),
         (XDP_DROP, 1),
         "no TX port"
     );
@@ -1494,7 +1487,7 @@ fn next_hop_is_reused_for_its_ttl_then_follows_a_neighbour_change() {
     let (action, out) = lb.run(&ack, lb.lb1);
     assert_eq!(action, XDP_REDIRECT);
     assert_eq!(decode(&out).eth_dst, moved, "looked up again after its TTL");
-    assert_eq!(lb.counter(stats::FWD_IN), 3);
+    assert_eq!(lb.counter(counters::FWD_IN), 3);
 }
 
 #[test]
@@ -1547,13 +1540,13 @@ fn a_packet_longer_than_the_cached_next_hop_has_seen_is_looked_up_again() {
     });
     let (action, _) = lb.run(&long, lb.lb1);
     assert_eq!(
-        (action, lb.counter(stats::DROP_FRAG_NEEDED)),
+        (action, lb.counter(counters::DROP_FRAG_NEEDED)),
         (XDP_DROP, 1),
         "too long for the route"
     );
     let (action, _) = lb.run(&small, lb.lb1);
     assert_eq!(action, XDP_REDIRECT, "short packets still go");
-    assert_eq!(lb.counter(stats::FWD_IN), 2);
+    assert_eq!(lb.counter(counters::FWD_IN), 2);
 }
 
 #[test]
@@ -1582,7 +1575,7 @@ fn reply_to_a_client_without_neighbour_is_passed_rewritten() {
     };
     let (action, out) = lb.run(&build(&reply), lb.lb0);
     assert_eq!(action, XDP_PASS);
-    assert_eq!(lb.counter(stats::PASS_NO_NEIGH_OUT), 1);
+    assert_eq!(lb.counter(counters::PASS_NO_NEIGH_OUT), 1);
     let seen = decode(&out);
     assert_eq!(
         (seen.src, seen.dst, seen.sport, seen.dport),
@@ -1812,13 +1805,7 @@ fn proxy_service_packets_go_to_the_stack_untouched_and_are_counted() {
     let mut lb = Lb::new();
     for p in [plan4(), plan6()] {
         lb.seed(p, 0);
-        let (addr, family) = ip_to_words(p.vip);
-        let vip = VipKey {
-            addr,
-            port: VIP_PORT.to_be(),
-            proto: PROTO_TCP,
-            family,
-        };
+        let vip = VipKey::from_socket_addr(SocketAddr::new(p.vip, VIP_PORT));
         let svc = Service {
             id: 0,
             table_offset: 0,
@@ -1833,7 +1820,7 @@ fn proxy_service_packets_go_to_the_stack_untouched_and_are_counted() {
             let what = format!("{} flags {flags:#x}", p.vip);
             assert_eq!(action, XDP_PASS, "{what}: to the local stack");
             assert_eq!(out, input, "{what}: untouched");
-            assert_eq!(bumped, [stats::PASS_PROXY], "{what}: counters");
+            assert_eq!(bumped, [counters::PASS_PROXY], "{what}: counters");
         }
         let after = lb.stats(false, 0);
         assert_eq!(
@@ -1848,5 +1835,58 @@ fn proxy_service_packets_go_to_the_stack_untouched_and_are_counted() {
             "no NAT flow"
         );
     }
-    assert_eq!(lb.counter(stats::PASS_PROXY), 8);
+    assert_eq!(lb.counter(counters::PASS_PROXY), 8);
+}
+
+/// Collects the log records the program writes (read with aya-log, as the daemon does).
+struct Records(std::sync::Mutex<Vec<(log::Level, String, String)>>);
+
+impl log::Log for Records {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+
+    fn log(&self, r: &log::Record<'_>) {
+        let rec = (r.level(), r.target().to_string(), r.args().to_string());
+        self.0.lock().unwrap().push(rec);
+    }
+
+    fn flush(&self) {}
+}
+
+#[test]
+fn a_rare_drop_writes_a_log_record_and_a_forwarded_packet_none() {
+    let records: &'static Records = Box::leak(Box::new(Records(Default::default())));
+    let take_records = |logger: &mut aya_log::EbpfLogger<&Records>| {
+        logger.flush();
+        std::mem::take(&mut *records.0.lock().unwrap())
+    };
+
+    let mut lb = Lb::new();
+    let mut logger =
+        aya_log::EbpfLogger::init_with_logger(&mut lb.ebpf, records).expect("log ring buffer");
+    let p = plan4();
+    lb.seed(p, 0);
+    let (action, _) = lb.run(&build(&syn(p)), lb.lb1);
+    assert_eq!(action, XDP_REDIRECT);
+    assert_eq!(take_records(&mut logger), [], "forwarded: nothing logged");
+
+    let mut lb = Lb::new();
+    let mut logger =
+        aya_log::EbpfLogger::init_with_logger(&mut lb.ebpf, records).expect("log ring buffer");
+    let plan = Plan {
+        backends: [v4(198, 19, 5, 5); 2],
+        ..p
+    };
+    lb.seed(plan, 0);
+    let (action, _) = lb.run(&build(&syn(plan)), lb.lb1);
+    assert_eq!(action, XDP_DROP);
+    assert_eq!(
+        take_records(&mut logger),
+        [(
+            log::Level::Warn,
+            "lb_ebpf::events".to_string(),
+            "packet dropped: no route toward the next hop".to_string()
+        )]
+    );
 }

@@ -7,6 +7,7 @@
 
 use crate::api::report::{BackendReport, Counters, Report, ServiceReport};
 use crate::proxy::server::{BackendCounters, ServiceCounters};
+use lb_common::counters;
 use std::fmt::Write as _;
 
 /// Content type of the exposition format this module writes.
@@ -276,7 +277,8 @@ pub fn render(r: &Report) -> String {
         "counter",
         "Packets the XDP program forwarded or passed to the kernel, by outcome.",
     );
-    for (name, v) in r.counters.iter().filter(|(n, _)| !n.starts_with("drop_")) {
+    let drop_reason = |name: &str| counters::by_name(name).and_then(|c| c.drop_reason());
+    for (name, v) in r.counters.iter().filter(|(n, _)| drop_reason(n).is_none()) {
         w.sample("lb_packets_total", &[("outcome", name.as_str())], v);
     }
     w.family(
@@ -285,7 +287,7 @@ pub fn render(r: &Report) -> String {
         "Packets the XDP program dropped (or answered with a RST), by reason.",
     );
     for (name, v) in &r.counters {
-        if let Some(reason) = name.strip_prefix("drop_") {
+        if let Some(reason) = drop_reason(name) {
             w.sample("lb_dropped_packets_total", &[("reason", reason)], v);
         }
     }

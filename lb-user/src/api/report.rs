@@ -6,11 +6,10 @@
 use crate::dataplane::runtime::{RuntimeError, RuntimeRecord};
 use crate::health::histogram::LatencyHistogram;
 use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray};
+use lb_common::counters::TABLE as COUNTER_TABLE;
 use lb_common::maps::{
-    self as m, Backend, FLOW_CLOSED, FLOW_RST, FlowKey, FlowState, GlobalConfig, TrafficCounters,
-    names,
+    self as m, Backend, FlowKey, FlowState, GlobalConfig, TrafficCounters, names,
 };
-use lb_common::stats::COUNTER_NAMES;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap as StdHashMap};
 
@@ -105,7 +104,7 @@ pub struct Report {
     /// Entries in the flow table (live and not yet evicted idle ones), and its capacity.
     pub flows: u64,
     pub flow_capacity: u32,
-    /// The global packet counters by name (`lb_common::stats::COUNTER_NAMES`).
+    /// The global packet counters by name (`lb_common::counters::TABLE`).
     pub counters: BTreeMap<String, u64>,
 }
 
@@ -139,14 +138,6 @@ fn traffic(
     Ok(sum)
 }
 
-/// Whether a flow entry counts as active at `now` (CLOCK_MONOTONIC ns, the clock of
-/// `bpf_ktime_get_coarse_ns`): not closed (FIN both ways, or RST) and not idle past the idle
-/// timeout, the rule by which the XDP program forgets flows (`lb-ebpf/src/flow.rs`).
-pub fn flow_active(fs: &FlowState, cfg: &GlobalConfig, now: u64) -> bool {
-    let closed = fs.flags & FLOW_RST != 0 || fs.flags & FLOW_CLOSED == FLOW_CLOSED;
-    !closed && now.saturating_sub(fs.last_seen_ns) <= cfg.idle_timeout_ns
-}
-
 /// Active flows per backend id, over flow table entries.
 fn active_per_backend(
     entries: impl IntoIterator<Item = FlowState>,
@@ -155,7 +146,7 @@ fn active_per_backend(
 ) -> StdHashMap<u32, u64> {
     let mut active = StdHashMap::new();
     for fs in entries {
-        if flow_active(&fs, cfg, now) {
+        if lb_common::flow::active(&fs, cfg, now) {
             *active.entry(fs.backend).or_insert(0) += 1;
         }
     }
@@ -244,13 +235,13 @@ pub fn collect_from(rec: &RuntimeRecord) -> Result<Report, StatsError> {
         });
     }
     let mut totals = BTreeMap::new();
-    for (i, name) in COUNTER_NAMES.iter().enumerate() {
+    for c in &COUNTER_TABLE {
         let v: u64 = counters
-            .get(&(i as u32), 0)
+            .get(&c.index, 0)
             .map_err(map_err(names::COUNTERS, rec))?
             .iter()
             .sum();
-        totals.insert(name.to_string(), v);
+        totals.insert(c.name.to_string(), v);
     }
     Ok(Report {
         pid: rec.pid,
@@ -285,8 +276,8 @@ pub(crate) mod tests {
         latency.observe(Duration::from_micros(400));
         latency.observe(Duration::from_millis(2));
         let mut counters_map = BTreeMap::new();
-        for name in COUNTER_NAMES {
-            counters_map.insert(name.to_string(), 0);
+        for c in &COUNTER_TABLE {
+            counters_map.insert(c.name.to_string(), 0);
         }
         counters_map.insert("forwarded_in".into(), 100 * scale);
         counters_map.insert("forwarded_out".into(), 90 * scale);

@@ -5,6 +5,7 @@
 use crate::api::client;
 use crate::api::report::{Counters, HealthReport, Report, StatsError, collect_from};
 use crate::dataplane::runtime::RuntimeRecord;
+use lb_common::counters;
 use std::fmt::Write as _;
 use std::io::Write;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -313,20 +314,21 @@ fn render_live_at(
         counter_rate("forwarded_out", get("forwarded_out")),
         counter_rate("passed", get("passed")),
     );
-    let drops: Vec<(&String, &u64)> = cur
+    let drops: Vec<(&String, &str, &u64)> = cur
         .counters
         .iter()
-        .filter(|(n, v)| n.starts_with("drop_") && **v > 0)
+        .filter(|(_, v)| **v > 0)
+        .filter_map(|(n, v)| Some((n, counters::by_name(n)?.drop_reason()?, v)))
         .collect();
     if drops.is_empty() {
         let _ = writeln!(out, "drops: none");
     } else {
         let _ = writeln!(out, "drops {:>24} {:>12} {:>9}", "", "total", "/s");
-        for (name, v) in drops {
+        for (name, reason, v) in drops {
             let _ = writeln!(
                 out,
                 "  {:<28} {:>12} {:>9}",
-                name.trim_start_matches("drop_"),
+                reason,
                 v,
                 counter_rate(name, *v)
             );

@@ -11,7 +11,7 @@ use crate::dataplane::{Dataplane, DataplaneError};
 use crate::health::CheckResult;
 use crate::proxy::server::{Proxy, Settings};
 use crate::proxy::splice::Engine;
-use lb_common::stats::DROP_NO_NEIGH;
+use lb_common::counters::DROP_NO_NEIGH;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

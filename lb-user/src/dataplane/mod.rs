@@ -1,6 +1,7 @@
 //! Loads the XDP program, programs its maps and attaches it to the LB's interfaces.
 //! Dropping a [`Dataplane`] detaches the program and frees the maps.
 
+pub mod ebpf_log;
 pub mod neigh;
 pub mod object;
 pub mod pin;
@@ -13,7 +14,7 @@ use aya::programs::{ProgramError, Xdp, XdpMode, xdp::XdpLinkId};
 use aya::{Ebpf, EbpfError, EbpfLoader};
 use lb_common::addr::ip_to_words;
 use lb_common::maglev::{MaglevBackend, build_table};
-use lb_common::maps::{self as m, Backend, GlobalConfig, Service, TrafficCounters, VipKey, names};
+use lb_common::maps::{Backend, GlobalConfig, Service, TrafficCounters, VipKey, names};
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -137,6 +138,7 @@ impl Dataplane {
             // Two sockets per proxied connection.
             .map_max_entries(names::SPLICE, cfg.max_conns.saturating_mul(2))
             .map_max_entries(names::SPLICE_HOOK, cfg.max_conns.saturating_mul(2));
+        ebpf_log::configure(&mut loader);
         let mut reused = Vec::new();
         if let Some(dir) = &cfg.pin_dir {
             pin::prepare(dir)?;
@@ -167,6 +169,7 @@ impl Dataplane {
                 source: Box::new(other),
             },
         })?;
+        ebpf_log::forward(&mut ebpf);
         info!(
             maglev_entries,
             max_flows = cfg.max_flows,
@@ -315,7 +318,7 @@ impl Dataplane {
         };
         let mut services: HashMap<&mut MapData, VipKey, Service> = self.map_mut(names::SERVICES)?;
         services
-            .insert(vip_key(vip), value, 0)
+            .insert(VipKey::from_socket_addr(vip), value, 0)
             .map_err(|source| DataplaneError::Map {
                 map: names::SERVICES,
                 source,
@@ -328,7 +331,7 @@ impl Dataplane {
     pub fn set_proxy_vip(&mut self, vip: SocketAddr) -> Result<(), DataplaneError> {
         let index = listener_index(vip);
         let mut vips: HashMap<&mut MapData, VipKey, u32> = self.map_mut(names::PROXY_VIPS)?;
-        vips.insert(vip_key(vip), index, 0)
+        vips.insert(VipKey::from_socket_addr(vip), index, 0)
             .map_err(|source| DataplaneError::Map {
                 map: names::PROXY_VIPS,
                 source,
@@ -337,7 +340,7 @@ impl Dataplane {
 
     pub fn remove_proxy_vip(&mut self, vip: SocketAddr) -> Result<(), DataplaneError> {
         let mut vips: HashMap<&mut MapData, VipKey, u32> = self.map_mut(names::PROXY_VIPS)?;
-        match vips.remove(&vip_key(vip)) {
+        match vips.remove(&VipKey::from_socket_addr(vip)) {
             Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
             Err(source) => Err(DataplaneError::Map {
                 map: names::PROXY_VIPS,
@@ -401,7 +404,7 @@ impl Dataplane {
     /// Stops matching `vip`: its packets go to the kernel from now on.
     pub fn remove_service(&mut self, vip: SocketAddr) -> Result<(), DataplaneError> {
         let mut services: HashMap<&mut MapData, VipKey, Service> = self.map_mut(names::SERVICES)?;
-        match services.remove(&vip_key(vip)) {
+        match services.remove(&VipKey::from_socket_addr(vip)) {
             Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
             Err(source) => Err(DataplaneError::Map {
                 map: names::SERVICES,
@@ -556,17 +559,6 @@ impl Dataplane {
 /// Index of the proxy listener of the VIP's family in `PROXY_LISTENERS`.
 fn listener_index(vip: SocketAddr) -> u32 {
     if vip.is_ipv4() { 0 } else { 1 }
-}
-
-/// The SERVICES key of a VIP.
-fn vip_key(vip: SocketAddr) -> VipKey {
-    let (addr, family) = ip_to_words(vip.ip());
-    VipKey {
-        addr,
-        port: vip.port().to_be(),
-        proto: m::PROTO_TCP,
-        family,
-    }
 }
 
 /// The load-balancing program in the object.

@@ -1,0 +1,218 @@
+//! The global packet counters: what happened to a packet, and why it was dropped. One
+//! table read by everyone: the XDP program bumps an index at its single exit point, and
+//! `lb stats` and the Prometheus metrics name and classify the sums by the same table.
+
+/// What a counter's packets had happen to them, for the metrics' families.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Rewritten and sent on (`lb_packets_total{outcome}`).
+    Forwarded,
+    /// Handed to the kernel (`lb_packets_total{outcome}`).
+    Passed,
+    /// Not sent on (`lb_dropped_packets_total{reason}`); the reason is the name without
+    /// its `drop_` prefix.
+    Dropped,
+}
+
+/// One entry of the counter table.
+#[derive(Clone, Copy, Debug)]
+pub struct Counter {
+    /// Index into the per-CPU `COUNTERS` array.
+    pub index: u32,
+    /// The name users see (`lb stats`, metrics labels); stable.
+    pub name: &'static str,
+    pub kind: Kind,
+    /// One line saying when the counter is bumped.
+    pub help: &'static str,
+}
+
+impl Counter {
+    /// The drop reason (`lb_dropped_packets_total{reason}`), for a dropped counter.
+    pub fn drop_reason(&self) -> Option<&'static str> {
+        match self.kind {
+            Kind::Dropped => self.name.strip_prefix("drop_"),
+            Kind::Forwarded | Kind::Passed => None,
+        }
+    }
+}
+
+/// Forwarded client → backend after NAT.
+pub const FWD_IN: u32 = 0;
+/// Forwarded backend → client after reverse NAT.
+pub const FWD_OUT: u32 = 1;
+/// Passed to the kernel: not for a VIP, or not something we balance.
+pub const PASS: u32 = 2;
+/// Passed to the kernel: IPv4 fragment for a VIP (cannot be balanced by port).
+pub const PASS_FRAGMENT: u32 = 3;
+/// Passed to the kernel after reverse NAT, so it resolves the client's neighbour.
+pub const PASS_NO_NEIGH_OUT: u32 = 4;
+/// A new flow found no usable backend (every one down, draining or weight 0): the client
+/// is answered at once with a TCP RST (XDP_TX) instead of retransmitting into silence;
+/// a segment that is itself a RST is dropped. The name stays `drop_no_backend`: the
+/// segment is not forwarded.
+pub const DROP_NO_BACKEND: u32 = 5;
+/// Dropped: the flow table could not take the new flow.
+pub const DROP_FLOW_TABLE_FULL: u32 = 6;
+/// Dropped: every SNAT port tried toward the backend was taken.
+pub const DROP_SNAT_EXHAUSTED: u32 = 7;
+/// Dropped: the FIB has no route (or forwarding is disabled, or the route is not unicast).
+pub const DROP_NO_ROUTE: u32 = 8;
+/// Dropped: the backend's neighbour (MAC) is not resolved yet; the daemon resolves it.
+pub const DROP_NO_NEIGH: u32 = 9;
+/// Dropped: the packet is larger than the egress MTU.
+pub const DROP_FRAG_NEEDED: u32 = 10;
+/// Dropped: a malformed header on a packet for a VIP or a NAT flow.
+pub const DROP_MALFORMED: u32 = 11;
+/// Dropped: the egress interface is not one the program may redirect to.
+pub const DROP_NO_TX_PORT: u32 = 12;
+/// Dropped: a map entry the daemon should have written is missing (config, backend).
+pub const DROP_INTERNAL: u32 = 13;
+/// Passed to the kernel: a packet for a PROXY-protocol service, which the daemon
+/// accepts and proxies.
+pub const PASS_PROXY: u32 = 14;
+/// Number of counters (the length of `COUNTERS`).
+pub const NUM_COUNTERS: u32 = 15;
+
+const fn c(index: u32, name: &'static str, kind: Kind, help: &'static str) -> Counter {
+    Counter {
+        index,
+        name,
+        kind,
+        help,
+    }
+}
+
+/// Every counter, in index order (`TABLE[i].index == i`, checked below).
+pub const TABLE: [Counter; NUM_COUNTERS as usize] = {
+    use Kind::{Dropped, Forwarded, Passed};
+    [
+        c(
+            FWD_IN,
+            "forwarded_in",
+            Forwarded,
+            "forwarded client to backend",
+        ),
+        c(
+            FWD_OUT,
+            "forwarded_out",
+            Forwarded,
+            "forwarded backend to client",
+        ),
+        c(
+            PASS,
+            "passed",
+            Passed,
+            "passed to the kernel: not for a VIP or a NAT flow",
+        ),
+        c(
+            PASS_FRAGMENT,
+            "passed_fragment",
+            Passed,
+            "passed to the kernel: an IPv4 fragment",
+        ),
+        c(
+            PASS_NO_NEIGH_OUT,
+            "passed_no_neighbour_out",
+            Passed,
+            "reply passed to the kernel after reverse NAT to resolve the client's neighbour",
+        ),
+        c(
+            DROP_NO_BACKEND,
+            "drop_no_backend",
+            Dropped,
+            "a new flow found no usable backend: answered with a RST",
+        ),
+        c(
+            DROP_FLOW_TABLE_FULL,
+            "drop_flow_table_full",
+            Dropped,
+            "the flow table could not take a new flow",
+        ),
+        c(
+            DROP_SNAT_EXHAUSTED,
+            "drop_snat_ports_exhausted",
+            Dropped,
+            "every SNAT port tried toward the backend was taken",
+        ),
+        c(
+            DROP_NO_ROUTE,
+            "drop_no_route",
+            Dropped,
+            "no route to the next hop",
+        ),
+        c(
+            DROP_NO_NEIGH,
+            "drop_no_neighbour",
+            Dropped,
+            "the backend's neighbour is not resolved yet",
+        ),
+        c(
+            DROP_FRAG_NEEDED,
+            "drop_frag_needed",
+            Dropped,
+            "larger than the egress MTU",
+        ),
+        c(
+            DROP_MALFORMED,
+            "drop_malformed",
+            Dropped,
+            "a malformed header",
+        ),
+        c(
+            DROP_NO_TX_PORT,
+            "drop_no_tx_port",
+            Dropped,
+            "the egress interface is not one lb may redirect to",
+        ),
+        c(
+            DROP_INTERNAL,
+            "drop_internal",
+            Dropped,
+            "a map entry the daemon should have written is missing",
+        ),
+        c(
+            PASS_PROXY,
+            "passed_proxy",
+            Passed,
+            "passed to the kernel for the daemon's PROXY-protocol proxy",
+        ),
+    ]
+};
+
+const _: () = {
+    let mut i = 0;
+    while i < TABLE.len() {
+        assert!(TABLE[i].index as usize == i);
+        i += 1;
+    }
+};
+
+/// The counter called `name`, if any.
+pub fn by_name(name: &str) -> Option<&'static Counter> {
+    TABLE.iter().find(|c| c.name == name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_and_drops_are_exactly_the_drop_prefixed_ones() {
+        for (i, a) in TABLE.iter().enumerate() {
+            assert_eq!(by_name(a.name).map(|c| c.index), Some(i as u32));
+            assert_eq!(
+                a.kind == Kind::Dropped,
+                a.name.starts_with("drop_"),
+                "{}",
+                a.name
+            );
+            assert!(!a.help.is_empty(), "{}", a.name);
+        }
+        assert_eq!(
+            TABLE[DROP_SNAT_EXHAUSTED as usize].drop_reason(),
+            Some("snat_ports_exhausted")
+        );
+        assert_eq!(TABLE[FWD_IN as usize].drop_reason(), None);
+        assert!(by_name("nonsense").is_none());
+    }
+}

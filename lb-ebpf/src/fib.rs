@@ -1,0 +1,192 @@
+//! Out of the program toward the next hop: the NAT rewrite, then the FIB lookup (toward
+//! a backend, cached per CPU for a while), the MAC rewrite, and XDP_TX or a redirect.
+
+use aya_ebpf::{
+    EbpfContext,
+    bindings::{
+        BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
+        bpf_fib_lookup as FibParams, xdp_action,
+    },
+    helpers::bpf_fib_lookup,
+    programs::XdpContext,
+};
+use core::mem::{MaybeUninit, size_of};
+use lb_common::{
+    counters,
+    maps::{FAMILY_V4, NEXT_HOP_TTL_NS, NextHop, PROTO_TCP},
+};
+
+use crate::{
+    events,
+    maps::{NEXT_HOPS, TX_PORTS},
+    nat::{self, Target},
+    packet::{frame_len, ptr_at},
+    parse::Packet,
+    stack::zeroed,
+    traffic::{Dir, traffic},
+    verdict::Verdict,
+};
+
+const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
+
+/// Rewrites the packet to `t` and sends it toward its new destination. The steps are
+/// separate functions so their stack frames are not summed on one call chain.
+#[inline(never)]
+pub fn send(ctx: &XdpContext, pkt: &Packet, t: &Target, dir: Dir) -> Verdict {
+    if !nat::rewrite(ctx, pkt, t) {
+        // verifier: the parser checked these headers; this path is never taken.
+        events::unreachable(ctx);
+        return Verdict::drop(counters::DROP_MALFORMED);
+    }
+    next_hop(ctx, pkt, t, dir)
+}
+
+/// FIB lookup for the rewritten packet (toward a backend: the cached one while it is
+/// fresh), then MACs and XDP_TX or a redirect.
+#[inline(never)]
+fn next_hop(ctx: &XdpContext, pkt: &Packet, t: &Target, dir: Dir) -> Verdict {
+    let mut hop = Hop {
+        macs: [0; 12],
+        ifindex: 0,
+        now: pkt.now,
+        ip_len: pkt.ip_len,
+        ingress: ctx.ingress_ifindex() as u32,
+    };
+    if dir == Dir::In && cached_hop(t, &mut hop) {
+        return out(ctx, t, dir, &hop);
+    }
+    let mut p = MaybeUninit::<FibParams>::uninit();
+    let p = zeroed(&mut p);
+    let ingress = ctx.ingress_ifindex() as u32;
+    p.l4_protocol = PROTO_TCP;
+    p.sport = t.sport;
+    p.dport = t.dport;
+    p.__bindgen_anon_1.tot_len = pkt.ip_len as u16;
+    p.ifindex = ingress;
+    if pkt.key.family == FAMILY_V4 {
+        p.family = AF_INET;
+        p.__bindgen_anon_2.tos = pkt.tos_flowinfo as u8;
+        p.__bindgen_anon_3.ipv4_src = t.src[0];
+        p.__bindgen_anon_4.ipv4_dst = t.dst[0];
+    } else {
+        p.family = AF_INET6;
+        p.__bindgen_anon_2.flowinfo = pkt.tos_flowinfo;
+        p.__bindgen_anon_3.ipv6_src = t.src;
+        p.__bindgen_anon_4.ipv6_dst = t.dst;
+    }
+    // SAFETY: `p` is a valid, initialised `bpf_fib_lookup` of the size passed, and the
+    // context pointer is this program's own.
+    let rc = unsafe { bpf_fib_lookup(ctx.as_ptr(), p, size_of::<FibParams>() as i32, 0) };
+    match rc as u32 {
+        BPF_FIB_LKUP_RET_SUCCESS => {
+            hop.macs[..6].copy_from_slice(&p.dmac);
+            hop.macs[6..].copy_from_slice(&p.smac);
+            hop.ifindex = p.ifindex;
+            if dir == Dir::In {
+                remember_hop(t, &hop);
+            }
+            out(ctx, t, dir, &hop)
+        }
+        // The daemon resolves the backends' neighbours; until then, drop.
+        BPF_FIB_LKUP_RET_NO_NEIGH if dir == Dir::In => Verdict::drop(counters::DROP_NO_NEIGH),
+        // The source is now the VIP, not a local address, so the kernel forwards the
+        // rewritten packet and resolves the client's neighbour itself.
+        BPF_FIB_LKUP_RET_NO_NEIGH => {
+            traffic(t.service, t.backend, dir, frame_len(ctx) as u64);
+            Verdict::pass(counters::PASS_NO_NEIGH_OUT)
+        }
+        BPF_FIB_LKUP_RET_FRAG_NEEDED => Verdict::drop(counters::DROP_FRAG_NEEDED),
+        _ => {
+            events::dropped(ctx, counters::DROP_NO_ROUTE);
+            Verdict::drop(counters::DROP_NO_ROUTE)
+        }
+    }
+}
+
+/// Where a packet leaves: its MACs and interface; with the packet's time and length,
+/// which the next-hop cache needs (in here, so its functions take few arguments: BPF
+/// calls pass at most five, in registers).
+#[repr(C)]
+struct Hop {
+    /// Destination MAC, then source MAC.
+    macs: [u8; 12],
+    ifindex: u32,
+    /// The packet's `Packet::now`.
+    now: u64,
+    /// The packet's `Packet::ip_len`.
+    ip_len: u32,
+    /// The interface the packet came in on.
+    ingress: u32,
+}
+
+/// Fills `hop` from this CPU's cached next hop toward `t`'s backend if it is fresh, for
+/// the same address and ingress interface, and known to fit a packet of `hop.ip_len`.
+#[inline(never)]
+fn cached_hop(t: &Target, hop: &mut Hop) -> bool {
+    let Some(nh) = NEXT_HOPS.get_ptr(t.backend) else {
+        return false;
+    };
+    // SAFETY: a map value stays valid for the whole program run, and this CPU's slot
+    // has no other writer.
+    let nh = unsafe { &*nh };
+    if hop.now >= nh.expires_ns
+        || nh.dst != t.dst
+        || nh.ingress != hop.ingress
+        || hop.ip_len > nh.max_len
+    {
+        return false;
+    }
+    hop.macs = nh.macs;
+    hop.ifindex = nh.ifindex;
+    true
+}
+
+/// Caches the FIB lookup's answer toward `t`'s backend for this CPU.
+#[inline(never)]
+fn remember_hop(t: &Target, hop: &Hop) {
+    let Some(nh) = NEXT_HOPS.get_ptr_mut(t.backend) else {
+        return;
+    };
+    // SAFETY: as in `cached_hop`.
+    let nh = unsafe { &mut *nh };
+    // A lookup while the entry is fresh and for the same hop happens only for a packet
+    // longer than it has checked, so this packet's length is the longest the route was
+    // checked for.
+    *nh = NextHop {
+        dst: t.dst,
+        expires_ns: hop.now + NEXT_HOP_TTL_NS,
+        ifindex: hop.ifindex,
+        max_len: hop.ip_len,
+        macs: hop.macs,
+        ingress: hop.ingress,
+    };
+}
+
+/// Writes the MACs and sends the packet out of the hop's interface: XDP_TX if that is
+/// where it came in, a redirect otherwise; counts its traffic.
+#[inline(always)]
+fn out(ctx: &XdpContext, t: &Target, dir: Dir, hop: &Hop) -> Verdict {
+    let (macs, ifindex) = (hop.macs, hop.ifindex);
+    let Some(eth) = ptr_at::<[u8; 12]>(ctx, 0) else {
+        // verifier: the parser read past the Ethernet header; never taken.
+        events::unreachable(ctx);
+        return Verdict::drop(counters::DROP_MALFORMED);
+    };
+    // SAFETY: `ptr_at` checked the 12 MAC bytes are inside the packet.
+    unsafe { eth.write_unaligned(macs) };
+    let fwd = match dir {
+        Dir::In => counters::FWD_IN,
+        Dir::Out => counters::FWD_OUT,
+    };
+    let verdict = if ifindex == ctx.ingress_ifindex() as u32 {
+        Verdict::new(xdp_action::XDP_TX, fwd)
+    } else {
+        match TX_PORTS.redirect(ifindex, xdp_action::XDP_DROP as u64) {
+            Ok(action) => Verdict::new(action, fwd),
+            Err(_) => return Verdict::drop(counters::DROP_NO_TX_PORT),
+        }
+    };
+    traffic(t.service, t.backend, dir, frame_len(ctx) as u64);
+    verdict
+}

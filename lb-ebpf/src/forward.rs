@@ -1,0 +1,84 @@
+//! Client → VIP: the packet's flow (existing, else a new one), then the rewrite toward
+//! its backend; a new flow no backend can take is answered with a RST.
+
+use aya_ebpf::programs::XdpContext;
+use core::mem::MaybeUninit;
+use lb_common::{
+    counters, flow,
+    maps::{BACKEND_DRAINING, BACKEND_UP, FLOW_FIN_CLIENT, GlobalConfig, MODE_PROXY, Service},
+};
+
+use crate::{
+    conntrack::{now, touch},
+    events, fib,
+    maps::{BACKENDS, CONFIG, FLOWS},
+    nat::Target,
+    packet::frame_len,
+    parse::Packet,
+    reset,
+    select::{OK, new_flow},
+    stack::zeroed,
+    traffic::{Dir, service_traffic},
+    verdict::Verdict,
+};
+
+/// Finds or creates the flow, rewrites toward the backend, sends.
+#[inline(never)]
+pub fn forward(ctx: &XdpContext, pkt: &mut Packet, svc: &Service) -> Verdict {
+    if pkt.ttl <= 1 {
+        // The kernel sends the ICMP time exceeded.
+        return Verdict::PASS;
+    }
+    if svc.mode == MODE_PROXY {
+        // The daemon terminates these connections: the local stack delivers them to
+        // its socket (sk_lookup), and it counts per backend itself.
+        service_traffic(svc.id, Dir::In, frame_len(ctx) as u64);
+        return Verdict::pass(counters::PASS_PROXY);
+    }
+    let Some(cfg) = CONFIG.get(0) else {
+        events::dropped(ctx, counters::DROP_INTERNAL);
+        return Verdict::drop(counters::DROP_INTERNAL);
+    };
+    pkt.now = now();
+    let mut t = MaybeUninit::<Target>::uninit();
+    let t = zeroed(&mut t);
+    t.service = svc.id;
+    let found = existing_flow(pkt, cfg, t);
+    if !found {
+        let c = new_flow(pkt, svc, cfg, t);
+        if c == counters::DROP_NO_BACKEND {
+            // Nothing can take the connection: tell the client at once, as a closed
+            // port would, rather than let it retransmit into silence.
+            return reset::answer(ctx, pkt);
+        }
+        if c != OK {
+            events::dropped(ctx, c);
+            return Verdict::drop(c);
+        }
+    }
+    fib::send(ctx, pkt, t, Dir::In)
+}
+
+/// Uses the packet's flow entry if it is live and its backend still serves it: fills
+/// `t` and refreshes the entry in place.
+#[inline(never)]
+fn existing_flow(pkt: &Packet, cfg: &GlobalConfig, t: &mut Target) -> bool {
+    let Some(fs) = FLOWS.get_ptr_mut(&pkt.key) else {
+        return false;
+    };
+    // SAFETY: a map value stays valid for the whole program run; concurrent writers on
+    // other CPUs only store timestamps and flag bits (see `conntrack::touch`).
+    let fs = unsafe { &mut *fs };
+    if flow::expired(fs, cfg, pkt.now) {
+        return false;
+    }
+    let Some(b) = BACKENDS.get(fs.backend) else {
+        return false;
+    };
+    if b.state != BACKEND_UP && b.state != BACKEND_DRAINING {
+        return false;
+    }
+    touch(fs, pkt.now, pkt.tcp_flags, FLOW_FIN_CLIENT);
+    t.set_forward(b, fs.backend, fs.snat_port);
+    true
+}

@@ -1,0 +1,61 @@
+//! Backend → SNAT address: a reply of a NAT flow (its tuple is in the reverse NAT
+//! table) is rewritten back to VIP → client and sent on.
+
+use aya_ebpf::programs::XdpContext;
+use core::mem::MaybeUninit;
+use lb_common::maps::FLOW_FIN_BACKEND;
+
+use crate::{
+    conntrack::{now, touch},
+    fib,
+    maps::{CONFIG, FLOWS, REVERSE_NAT},
+    nat::Target,
+    parse::Packet,
+    stack::zeroed,
+    traffic::Dir,
+    verdict::Verdict,
+};
+
+/// Whether a packet is a reply of a NAT flow (its own tuple is in the reverse table).
+#[inline(always)]
+pub fn is_nat_reply(pkt: &Packet) -> bool {
+    in_snat_range(pkt) && REVERSE_NAT.get_ptr(&pkt.key).is_some()
+}
+
+#[inline(always)]
+fn in_snat_range(pkt: &Packet) -> bool {
+    let Some(cfg) = CONFIG.get(0) else {
+        return false;
+    };
+    let port = u16::from_be(pkt.key.dport);
+    port >= cfg.snat_port_min && port <= cfg.snat_port_max
+}
+
+/// If the tuple is a NAT flow's, refreshes the flow and rewrites back to VIP → client.
+#[inline(never)]
+pub fn reverse(ctx: &XdpContext, pkt: &mut Packet) -> Verdict {
+    if !in_snat_range(pkt) {
+        return Verdict::PASS;
+    }
+    let Some(r) = REVERSE_NAT.get_ptr(&pkt.key) else {
+        return Verdict::PASS;
+    };
+    // SAFETY: a map value stays valid for the whole program run.
+    let r = unsafe { &*r };
+    if pkt.ttl <= 1 {
+        return Verdict::PASS;
+    }
+    pkt.now = now();
+    if let Some(fs) = FLOWS.get_ptr_mut(&r.flow) {
+        // SAFETY: a map value stays valid for the whole program run; lost updates of
+        // its fields are harmless (see `conntrack::touch`).
+        let fs = unsafe { &mut *fs };
+        if fs.backend == r.backend {
+            touch(fs, pkt.now, pkt.tcp_flags, FLOW_FIN_BACKEND);
+        }
+    }
+    let mut t = MaybeUninit::<Target>::uninit();
+    let t = zeroed(&mut t);
+    t.set_reverse(r);
+    fib::send(ctx, pkt, t, Dir::Out)
+}

@@ -1,0 +1,79 @@
+//! Which service a packet is for (VIP:port), and for a new flow which backend takes it
+//! (Maglev) and the flow-table entry that pins it there.
+
+use aya_ebpf::bindings::BPF_ANY;
+use lb_common::{
+    counters, flow,
+    hash::flow_hash,
+    maglev::{self, NO_BACKEND},
+    maps::{BACKEND_UP, FLOW_FIN_CLIENT, FlowState, GlobalConfig, Service, VipKey},
+};
+
+use crate::{
+    maps::{BACKENDS, FLOWS, MAGLEV, SERVICES},
+    nat::Target,
+    parse::Packet,
+    snat::{Ids, claim_snat_port},
+    traffic,
+};
+
+/// Returned by [`new_flow`] when it succeeds; otherwise it returns a drop counter.
+pub const OK: u32 = u32::MAX;
+
+/// The service the packet is addressed to. Not inlined: keeps the key off the entry's
+/// stack.
+#[inline(never)]
+pub fn service(pkt: &Packet) -> Option<*const Service> {
+    let vip = VipKey {
+        addr: pkt.key.dst,
+        port: pkt.key.dport,
+        proto: pkt.key.proto,
+        family: pkt.key.family,
+    };
+    SERVICES.get_ptr(&vip)
+}
+
+/// Creates a flow: Maglev picks the backend, then a SNAT port is claimed. Returns
+/// `DROP_NO_BACKEND` when the slot is empty or its backend cannot take new flows (not
+/// up, or not of the packet's family); the caller answers with a RST.
+#[inline(never)]
+pub fn new_flow(pkt: &Packet, svc: &Service, cfg: &GlobalConfig, t: &mut Target) -> u32 {
+    if cfg.ring_size == 0 {
+        return counters::DROP_INTERNAL;
+    }
+    let hash = flow_hash(&pkt.key);
+    let slot = maglev::slot(hash, cfg.ring_size);
+    let Some(&id) = MAGLEV.get(svc.table_offset.wrapping_add(slot)) else {
+        return counters::DROP_INTERNAL;
+    };
+    if id == NO_BACKEND {
+        return counters::DROP_NO_BACKEND;
+    }
+    let Some(b) = BACKENDS.get(id) else {
+        return counters::DROP_NO_BACKEND;
+    };
+    if b.state != BACKEND_UP || b.family != pkt.key.family {
+        return counters::DROP_NO_BACKEND;
+    }
+    let ids = Ids {
+        backend: id,
+        service: svc.id,
+        hash,
+    };
+    let Some(snat_port) = claim_snat_port(pkt, cfg, b, &ids) else {
+        return counters::DROP_SNAT_EXHAUSTED;
+    };
+    let fs = FlowState {
+        last_seen_ns: pkt.now,
+        backend: id,
+        snat_port,
+        flags: flow::flags_from_tcp(pkt.tcp_flags, FLOW_FIN_CLIENT),
+        _pad: 0,
+    };
+    if FLOWS.insert(&pkt.key, &fs, BPF_ANY as u64).is_err() {
+        return counters::DROP_FLOW_TABLE_FULL;
+    }
+    traffic::new_flow(svc.id, id);
+    t.set_forward(b, id, snat_port);
+    OK
+}
