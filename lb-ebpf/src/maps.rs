@@ -100,3 +100,9 @@ pub static SPLICE: SockHash<u64> = SockHash::with_max_entries(DEFAULT_SPLICE, 0)
 /// a socket turns its redirect on (see splice.rs). Written by the daemon only.
 #[map]
 pub static SPLICE_HOOK: SockHash<u64> = SockHash::with_max_entries(DEFAULT_SPLICE, 0);
+
+/// When this CPU last wrote a log record (coarse CLOCK_MONOTONIC ns); read and written only
+/// by `events`, so a failure that lasts (a backend without a route) logs at most once a
+/// second per CPU, never once per packet. Not pinned: a restart may log again at once.
+#[map]
+pub static LOG_LAST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);

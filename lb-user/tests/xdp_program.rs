@@ -1879,6 +1879,8 @@ fn a_rare_drop_writes_a_log_record_and_a_forwarded_packet_none() {
         ..p
     };
     lb.seed(plan, 0);
+    // One CPU: the limit of one record a second is per CPU.
+    stay_on_this_cpu();
     let (action, _) = lb.run(&build(&syn(plan)), lb.lb1);
     assert_eq!(action, XDP_DROP);
     assert_eq!(
@@ -1889,4 +1891,14 @@ fn a_rare_drop_writes_a_log_record_and_a_forwarded_packet_none() {
             "packet dropped: no route toward the next hop".to_string()
         )]
     );
+
+    // The failure lasts: every packet is still dropped and counted, but within the second
+    // no further record is written (a log line per packet would flood the daemon's log).
+    let before = lb.counter(counters::DROP_NO_ROUTE);
+    for sport in 1..=20 {
+        let (action, _) = lb.run(&build(&from_client(plan, CLIENT_PORT + sport, SYN)), lb.lb1);
+        assert_eq!(action, XDP_DROP);
+    }
+    assert_eq!(lb.counter(counters::DROP_NO_ROUTE), before + 20);
+    assert_eq!(take_records(&mut logger), [], "at most one record a second");
 }
