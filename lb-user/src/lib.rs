@@ -4,7 +4,8 @@
 //! - `sys`: the few libc calls (the only `unsafe`).
 //! - `config` (typed settings from the file and flags), `dataplane` (the only code that
 //!   loads, attaches and writes the maps), `health` (probes, rise/fall), `proxy` (the
-//!   PROXY protocol codec and the splice engines).
+//!   PROXY protocol codec and the splice engines; the sockmap engine's maps are
+//!   `dataplane`'s).
 //! - `control`: services and backends, and every change to them as ordered map writes.
 //! - `api` (the admin API's types, server, metrics and client), `daemon` (start, run,
 //!   shutdown), `cli` (flags, `lb ctl`, `lb stats`).
