@@ -1,7 +1,7 @@
 //! The lb daemon as a library: `main.rs` parses flags and calls into it.
 //!
 //! Layers, lowest first (a module imports only from layers below it):
-//! - `sys`: the few libc calls (the only `unsafe`).
+//! - `sys`: the few libc calls (the only `unsafe`); `net`: socket helpers.
 //! - `config` (typed settings from the file and flags), `dataplane` (the only code that
 //!   loads, attaches and writes the maps), `health` (probes, rise/fall), `proxy` (the
 //!   PROXY protocol codec and the splice engines; the sockmap engine's maps are
@@ -18,5 +18,6 @@ pub mod control;
 pub mod daemon;
 pub mod dataplane;
 pub mod health;
+pub mod net;
 pub mod proxy;
 pub mod sys;
