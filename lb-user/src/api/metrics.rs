@@ -5,7 +5,7 @@
 //! `service` (the service's name), `backend` (its `IP:PORT`), `direction` (`in` is client
 //! → backend, `out` backend → client).
 
-use crate::api::report::{Counters, HealthReport, Report, ServiceReport};
+use crate::api::report::{BackendReport, Counters, HealthReport, Report, ServiceReport};
 use crate::proxy::server::{BackendCounters, ServiceCounters};
 use std::fmt::Write as _;
 
@@ -100,19 +100,25 @@ type Field = Read<Counters>;
 /// The `direction` label's values with the packet and byte counters they read.
 const PACKETS: [(&str, Field); 2] = [("in", |c| c.packets_in), ("out", |c| c.packets_out)];
 const BYTES: [(&str, Field); 2] = [("in", |c| c.bytes_in), ("out", |c| c.bytes_out)];
+/// The same for the bytes of proxied connections.
+const PROXY_BYTES: [(&str, Read<BackendCounters>); 2] =
+    [("in", |b| b.bytes_in), ("out", |b| b.bytes_out)];
+/// The `result` label's values with the health check counters they read.
+const RESULTS: [(&str, Read<HealthReport>); 2] =
+    [("pass", |h| h.checks_passed), ("fail", |h| h.checks_failed)];
 
-/// Splits every row in one per key, the key's name added as `label`, in `keys` order.
-fn split<'a, T: Copy + 'a, K: Copy + 'a, V>(
+/// Splits every row in one per key, the key's name added as `label` and its reader
+/// applied to the row, in `keys` order.
+fn split<'a, T: Copy + 'a, K: Fn(T) -> V + Copy + 'a, V>(
     rows: impl Iterator<Item = (Labels<'a>, T)> + 'a,
     label: &'static str,
     keys: &'a [(&'a str, K)],
-    value: impl Fn(T, K) -> V + Copy + 'a,
 ) -> impl Iterator<Item = (Labels<'a>, V)> + 'a {
     rows.flat_map(move |(labels, row)| {
-        keys.iter().map(move |&(name, key)| {
+        keys.iter().map(move |&(name, read)| {
             let mut labels = labels.clone();
             labels.push((label, name));
-            (labels, value(row, key))
+            (labels, read(row))
         })
     })
 }
@@ -157,7 +163,7 @@ fn traffic<'a, T: Copy + 'a, I: Iterator<Item = (Labels<'a>, T)> + 'a>(
     rows: impl Fn() -> I,
     read: impl Fn(T) -> (&'a Counters, u64) + Copy + 'a,
 ) {
-    let field = move |row: T, f: Field| f(read(row).0);
+    let counters = || rows().map(|(l, row)| (l, read(row).0));
     for (name, what, fields) in [(t.packets, "Packets", &PACKETS), (t.bytes, "Bytes", &BYTES)] {
         let help = format!(
             "{what} forwarded {}, by direction (in: client to backend, out: backend to client).",
@@ -167,10 +173,10 @@ fn traffic<'a, T: Copy + 'a, I: Iterator<Item = (Labels<'a>, T)> + 'a>(
             name,
             "counter",
             &help,
-            split(rows(), "direction", fields, field),
+            split(counters(), "direction", fields),
         );
     }
-    let new_flows = rows().map(|(l, row)| (l, read(row).0.new_flows));
+    let new_flows = counters().map(|(l, c)| (l, c.new_flows));
     w.family(t.new_flows, "counter", t.new_flows_help, new_flows);
     let active = rows().map(|(l, row)| (l, read(row).1));
     w.family(t.active_flows, "gauge", t.active_flows_help, active);
@@ -218,14 +224,12 @@ pub fn render(r: &Report) -> String {
         "Whether a backend is up (takes new flows if its weight is above 0): 1, else 0.",
         backends().map(|(l, b)| (l, u8::from(b.state == "up"))),
     );
-    let states = BACKEND_STATES.map(|s| (s, s));
+    let one_hot = BACKEND_STATES.map(|s| (s, move |b: &BackendReport| u8::from(b.state == s)));
     w.family(
         "lb_backend_state",
         "gauge",
         "State of a backend, one-hot over up, down, initial, draining and drained.",
-        split(backends(), "state", &states, |b, state| {
-            u8::from(b.state == state)
-        }),
+        split(backends(), "state", &one_hot),
     );
     w.family(
         "lb_backend_weight",
@@ -239,13 +243,11 @@ pub fn render(r: &Report) -> String {
         .filter_map(|(l, b)| b.health.as_ref().map(|h| (l, h)))
         .collect();
     if !checked.is_empty() {
-        let results: [(&str, Read<HealthReport>); 2] =
-            [("pass", |h| h.checks_passed), ("fail", |h| h.checks_failed)];
         w.family(
             "lb_health_checks_total",
             "counter",
             "Health checks of a backend, by result (pass or fail).",
-            split(checked.iter().cloned(), "result", &results, |h, n| n(h)),
+            split(checked.iter().cloned(), "result", &RESULTS),
         );
         w.header(
             "lb_health_check_duration_seconds",
@@ -345,13 +347,11 @@ fn proxy(w: &mut Writer, r: &Report) {
         "Connections being proxied to a backend now.",
         backends().map(|(l, b)| (l, b.active)),
     );
-    let directions: [(&str, Read<BackendCounters>); 2] =
-        [("in", |b| b.bytes_in), ("out", |b| b.bytes_out)];
     w.family(
         "lb_proxy_bytes_total",
         "counter",
         "Bytes of ended proxied connections, by direction (in: client to backend, out: backend to client).",
-        split(backends(), "direction", &directions, |b, bytes| bytes(b)),
+        split(backends(), "direction", &PROXY_BYTES),
     );
     w.family(
         "lb_proxy_accepted_connections_total",
@@ -376,7 +376,6 @@ fn proxy(w: &mut Writer, r: &Report) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::report::BackendReport;
     use crate::api::report::tests::sample;
     use crate::dataplane::Attachment;
     use std::collections::{BTreeMap, HashSet};
