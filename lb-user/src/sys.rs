@@ -146,7 +146,7 @@ pub fn set_rcvlowat(fd: BorrowedFd<'_>, bytes: i32) -> io::Result<()> {
 /// splice engine reads.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TcpInfo {
-    /// `tcpi_state`: TCP_ESTABLISHED = 1, TCP_CLOSE = 7, TCP_CLOSE_WAIT = 8, ...
+    /// `tcpi_state`: [`TcpInfo::ESTABLISHED`], [`TcpInfo::CLOSE_WAIT`], ...
     pub state: u8,
     /// `tcpi_bytes_acked`: bytes of the send stream the peer acknowledged.
     pub bytes_acked: u64,
@@ -154,6 +154,13 @@ pub struct TcpInfo {
     pub bytes_received: u64,
     /// `tcpi_notsent_bytes`: bytes in the send queue not sent yet.
     pub notsent_bytes: u32,
+}
+
+impl TcpInfo {
+    /// `TCP_ESTABLISHED` of include/net/tcp_states.h.
+    pub const ESTABLISHED: u8 = 1;
+    /// `TCP_CLOSE_WAIT`: the peer's FIN arrived.
+    pub const CLOSE_WAIT: u8 = 8;
 }
 
 /// The kernel's `struct tcp_info` up to `tcpi_min_rtt` (Linux 4.6+), laid out as in

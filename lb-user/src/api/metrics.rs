@@ -5,7 +5,7 @@
 //! `service` (the service's name), `backend` (its `IP:PORT`), `direction` (`in` is client
 //! → backend, `out` backend → client).
 
-use crate::api::report::{BackendReport, Counters, Report, ServiceReport};
+use crate::api::report::{BackendReport, Counters, HealthReport, Report, ServiceReport};
 use crate::proxy::server::{BackendCounters, ServiceCounters};
 use lb_common::counters;
 use std::fmt::Write as _;
@@ -54,7 +54,21 @@ struct Writer {
 }
 
 impl Writer {
-    fn family(&mut self, name: &str, kind: &str, help: &str) {
+    /// A whole family: HELP and TYPE, then one sample per row, in order.
+    fn family<'a, V: std::fmt::Display>(
+        &mut self,
+        name: &str,
+        kind: &str,
+        help: &str,
+        rows: impl IntoIterator<Item = (Labels<'a>, V)>,
+    ) {
+        self.header(name, kind, help);
+        for (labels, value) in rows {
+            self.sample(name, &labels, value);
+        }
+    }
+
+    fn header(&mut self, name: &str, kind: &str, help: &str) {
         let _ = writeln!(self.out, "# HELP {name} {}", escape_help(help));
         let _ = writeln!(self.out, "# TYPE {name} {kind}");
     }
@@ -75,235 +89,221 @@ impl Writer {
     }
 }
 
-/// Reads one counter of a [`Counters`].
-type Field = fn(&Counters) -> u64;
+/// The labels of one sample, in the order they are written.
+type Labels<'a> = Vec<(&'static str, &'a str)>;
 
-/// Backends with their service, in report order.
-fn backends(r: &Report) -> impl Iterator<Item = (&ServiceReport, &BackendReport)> {
-    r.services
-        .iter()
-        .flat_map(|s| s.backends.iter().map(move |b| (s, b)))
+/// Reads one counter of a `T`.
+type Read<T> = fn(&T) -> u64;
+
+/// Reads one counter of a [`Counters`].
+type Field = Read<Counters>;
+
+/// The `direction` label's values with the packet and byte counters they read.
+const PACKETS: [(&str, Field); 2] = [("in", |c| c.packets_in), ("out", |c| c.packets_out)];
+const BYTES: [(&str, Field); 2] = [("in", |c| c.bytes_in), ("out", |c| c.bytes_out)];
+/// The same for the bytes of proxied connections.
+const PROXY_BYTES: [(&str, Read<BackendCounters>); 2] =
+    [("in", |b| b.bytes_in), ("out", |b| b.bytes_out)];
+/// The `result` label's values with the health check counters they read.
+const RESULTS: [(&str, Read<HealthReport>); 2] =
+    [("pass", |h| h.checks_passed), ("fail", |h| h.checks_failed)];
+
+/// Splits every row in one per key, the key's name added as `label` and its reader
+/// applied to the row, in `keys` order.
+fn split<'a, T: Copy + 'a, K: Fn(T) -> V + Copy + 'a, V>(
+    rows: impl Iterator<Item = (Labels<'a>, T)> + 'a,
+    label: &'static str,
+    keys: &'a [(&'a str, K)],
+) -> impl Iterator<Item = (Labels<'a>, V)> + 'a {
+    rows.flat_map(move |(labels, row)| {
+        keys.iter().map(move |&(name, read)| {
+            let mut labels = labels.clone();
+            labels.push((label, name));
+            (labels, read(row))
+        })
+    })
+}
+
+/// The families that services and backends both have, named and explained per scope.
+struct Traffic {
+    packets: &'static str,
+    bytes: &'static str,
+    new_flows: &'static str,
+    active_flows: &'static str,
+    /// "for a service", "for a backend": completes the HELP of packets and bytes.
+    forwarded_for: &'static str,
+    new_flows_help: &'static str,
+    active_flows_help: &'static str,
+}
+
+const SERVICE_TRAFFIC: Traffic = Traffic {
+    packets: "lb_service_packets_total",
+    bytes: "lb_service_bytes_total",
+    new_flows: "lb_service_new_flows_total",
+    active_flows: "lb_service_active_flows",
+    forwarded_for: "for a service",
+    new_flows_help: "New flows (connections) balanced for a service.",
+    active_flows_help: "Flows of a service that are neither closed nor idle past the idle timeout.",
+};
+
+const BACKEND_TRAFFIC: Traffic = Traffic {
+    packets: "lb_backend_packets_total",
+    bytes: "lb_backend_bytes_total",
+    new_flows: "lb_backend_new_flows_total",
+    active_flows: "lb_backend_active_flows",
+    forwarded_for: "for a backend",
+    new_flows_help: "New flows (connections) balanced to a backend.",
+    active_flows_help: "Flows pinned to a backend that are neither closed nor idle past the idle timeout.",
+};
+
+/// Writes the [`Traffic`] families of services or backends: packets and bytes by
+/// direction, new flows, active flows. `read` gives a row's counters and active flows.
+fn traffic<'a, T: Copy + 'a, I: Iterator<Item = (Labels<'a>, T)> + 'a>(
+    w: &mut Writer,
+    t: &Traffic,
+    rows: impl Fn() -> I,
+    read: impl Fn(T) -> (&'a Counters, u64) + Copy + 'a,
+) {
+    let counters = || rows().map(|(l, row)| (l, read(row).0));
+    for (name, what, fields) in [(t.packets, "Packets", &PACKETS), (t.bytes, "Bytes", &BYTES)] {
+        let help = format!(
+            "{what} forwarded {}, by direction (in: client to backend, out: backend to client).",
+            t.forwarded_for
+        );
+        w.family(
+            name,
+            "counter",
+            &help,
+            split(counters(), "direction", fields),
+        );
+    }
+    let new_flows = counters().map(|(l, c)| (l, c.new_flows));
+    w.family(t.new_flows, "counter", t.new_flows_help, new_flows);
+    let active = rows().map(|(l, row)| (l, read(row).1));
+    w.family(t.active_flows, "gauge", t.active_flows_help, active);
 }
 
 /// Renders the report as Prometheus text (format 0.0.4).
 pub fn render(r: &Report) -> String {
     let mut w = Writer { out: String::new() };
 
-    w.family("lb_up", "gauge", "Whether the lb daemon is running (1).");
-    w.sample("lb_up", &[], 1);
-    w.family("lb_info", "gauge", "Version of the lb daemon (always 1).");
-    w.sample("lb_info", &[("version", env!("CARGO_PKG_VERSION"))], 1);
-
-    // Per service.
-    let by_dir: [(&str, Field, Field); 2] = [
-        ("in", |c| c.packets_in, |c| c.bytes_in),
-        ("out", |c| c.packets_out, |c| c.bytes_out),
-    ];
     w.family(
-        "lb_service_packets_total",
-        "counter",
-        "Packets forwarded for a service, by direction (in: client to backend, out: backend to client).",
-    );
-    for s in &r.services {
-        for (dir, packets, _) in &by_dir {
-            let labels = [("service", s.name.as_str()), ("direction", dir)];
-            w.sample("lb_service_packets_total", &labels, packets(&s.counters));
-        }
-    }
-    w.family(
-        "lb_service_bytes_total",
-        "counter",
-        "Bytes forwarded for a service, by direction (in: client to backend, out: backend to client).",
-    );
-    for s in &r.services {
-        for (dir, _, bytes) in &by_dir {
-            let labels = [("service", s.name.as_str()), ("direction", dir)];
-            w.sample("lb_service_bytes_total", &labels, bytes(&s.counters));
-        }
-    }
-    w.family(
-        "lb_service_new_flows_total",
-        "counter",
-        "New flows (connections) balanced for a service.",
-    );
-    for s in &r.services {
-        let labels = [("service", s.name.as_str())];
-        w.sample("lb_service_new_flows_total", &labels, s.counters.new_flows);
-    }
-    w.family(
-        "lb_service_active_flows",
+        "lb_up",
         "gauge",
-        "Flows of a service that are neither closed nor idle past the idle timeout.",
+        "Whether the lb daemon is running (1).",
+        [(vec![], 1)],
     );
-    for s in &r.services {
-        w.sample(
-            "lb_service_active_flows",
-            &[("service", s.name.as_str())],
-            s.active_flows,
-        );
-    }
-
-    // Per backend.
     w.family(
-        "lb_backend_packets_total",
-        "counter",
-        "Packets forwarded for a backend, by direction (in: client to backend, out: backend to client).",
-    );
-    for (s, b) in backends(r) {
-        for (dir, packets, _) in &by_dir {
-            let labels = [
-                ("service", s.name.as_str()),
-                ("backend", b.addr.as_str()),
-                ("direction", dir),
-            ];
-            w.sample("lb_backend_packets_total", &labels, packets(&b.counters));
-        }
-    }
-    w.family(
-        "lb_backend_bytes_total",
-        "counter",
-        "Bytes forwarded for a backend, by direction (in: client to backend, out: backend to client).",
-    );
-    for (s, b) in backends(r) {
-        for (dir, _, bytes) in &by_dir {
-            let labels = [
-                ("service", s.name.as_str()),
-                ("backend", b.addr.as_str()),
-                ("direction", dir),
-            ];
-            w.sample("lb_backend_bytes_total", &labels, bytes(&b.counters));
-        }
-    }
-    w.family(
-        "lb_backend_new_flows_total",
-        "counter",
-        "New flows (connections) balanced to a backend.",
-    );
-    for (s, b) in backends(r) {
-        let labels = [("service", s.name.as_str()), ("backend", b.addr.as_str())];
-        w.sample("lb_backend_new_flows_total", &labels, b.counters.new_flows);
-    }
-    w.family(
-        "lb_backend_active_flows",
+        "lb_info",
         "gauge",
-        "Flows pinned to a backend that are neither closed nor idle past the idle timeout.",
+        "Version of the lb daemon (always 1).",
+        [(vec![("version", env!("CARGO_PKG_VERSION"))], 1)],
     );
-    for (s, b) in backends(r) {
-        let labels = [("service", s.name.as_str()), ("backend", b.addr.as_str())];
-        w.sample("lb_backend_active_flows", &labels, b.active_flows);
-    }
+
+    let services = || {
+        r.services
+            .iter()
+            .map(|s| (vec![("service", s.name.as_str())], s))
+    };
+    traffic(&mut w, &SERVICE_TRAFFIC, services, |s| {
+        (&s.counters, s.active_flows)
+    });
+    let backends = || {
+        r.services.iter().flat_map(|s| {
+            s.backends.iter().map(move |b| {
+                let labels = vec![("service", s.name.as_str()), ("backend", b.addr.as_str())];
+                (labels, b)
+            })
+        })
+    };
+    traffic(&mut w, &BACKEND_TRAFFIC, backends, |b| {
+        (&b.counters, b.active_flows)
+    });
     w.family(
         "lb_backend_up",
         "gauge",
         "Whether a backend is up (takes new flows if its weight is above 0): 1, else 0.",
+        backends().map(|(l, b)| (l, u8::from(b.state == "up"))),
     );
-    for (s, b) in backends(r) {
-        let labels = [("service", s.name.as_str()), ("backend", b.addr.as_str())];
-        w.sample("lb_backend_up", &labels, u8::from(b.state == "up"));
-    }
+    let one_hot = BACKEND_STATES.map(|s| (s, move |b: &BackendReport| u8::from(b.state == s)));
     w.family(
         "lb_backend_state",
         "gauge",
         "State of a backend, one-hot over up, down, initial, draining and drained.",
+        split(backends(), "state", &one_hot),
     );
-    for (s, b) in backends(r) {
-        for state in BACKEND_STATES {
-            let labels = [
-                ("service", s.name.as_str()),
-                ("backend", b.addr.as_str()),
-                ("state", state),
-            ];
-            w.sample("lb_backend_state", &labels, u8::from(b.state == state));
-        }
-    }
     w.family(
         "lb_backend_weight",
         "gauge",
         "Configured weight of a backend (its share of the Maglev table while up).",
+        backends().map(|(l, b)| (l, b.weight)),
     );
-    for (s, b) in backends(r) {
-        let labels = [("service", s.name.as_str()), ("backend", b.addr.as_str())];
-        w.sample("lb_backend_weight", &labels, b.weight);
-    }
 
     // Health checks, for backends that have one.
-    let checked: Vec<_> = backends(r)
-        .filter_map(|(s, b)| b.health.as_ref().map(|h| (s, b, h)))
+    let checked: Vec<(Labels<'_>, &HealthReport)> = backends()
+        .filter_map(|(l, b)| b.health.as_ref().map(|h| (l, h)))
         .collect();
     if !checked.is_empty() {
         w.family(
             "lb_health_checks_total",
             "counter",
             "Health checks of a backend, by result (pass or fail).",
+            split(checked.iter().cloned(), "result", &RESULTS),
         );
-        for (s, b, h) in &checked {
-            for (result, n) in [("pass", h.checks_passed), ("fail", h.checks_failed)] {
-                let labels = [
-                    ("service", s.name.as_str()),
-                    ("backend", b.addr.as_str()),
-                    ("result", result),
-                ];
-                w.sample("lb_health_checks_total", &labels, n);
-            }
-        }
-        w.family(
+        w.header(
             "lb_health_check_duration_seconds",
             "histogram",
             "Round-trip time of a backend's health checks.",
         );
-        for (s, b, h) in &checked {
-            let base = [("service", s.name.as_str()), ("backend", b.addr.as_str())];
+        for (base, h) in &checked {
             for (le, n) in h.latency.cumulative() {
                 let le = float(le);
-                let labels = [base[0], base[1], ("le", le.as_str())];
+                let mut labels = base.clone();
+                labels.push(("le", le.as_str()));
                 w.sample("lb_health_check_duration_seconds_bucket", &labels, n);
             }
-            w.sample(
-                "lb_health_check_duration_seconds_sum",
-                &base,
-                float(h.latency.sum_seconds),
-            );
+            let sum = float(h.latency.sum_seconds);
+            w.sample("lb_health_check_duration_seconds_sum", base, sum);
             w.sample(
                 "lb_health_check_duration_seconds_count",
-                &base,
+                base,
                 h.latency.count,
             );
         }
     }
 
     // What happened to packets.
+    let drop_reason = |name: &str| counters::by_name(name).and_then(|c| c.drop_reason());
     w.family(
         "lb_packets_total",
         "counter",
         "Packets the XDP program forwarded or passed to the kernel, by outcome.",
+        r.counters
+            .iter()
+            .filter(|(n, _)| drop_reason(n).is_none())
+            .map(|(name, v)| (vec![("outcome", name.as_str())], v)),
     );
-    let drop_reason = |name: &str| counters::by_name(name).and_then(|c| c.drop_reason());
-    for (name, v) in r.counters.iter().filter(|(n, _)| drop_reason(n).is_none()) {
-        w.sample("lb_packets_total", &[("outcome", name.as_str())], v);
-    }
     w.family(
         "lb_dropped_packets_total",
         "counter",
         "Packets the XDP program dropped (or answered with a RST), by reason.",
+        r.counters
+            .iter()
+            .filter_map(|(name, v)| drop_reason(name).map(|reason| (vec![("reason", reason)], v))),
     );
-    for (name, v) in &r.counters {
-        if let Some(reason) = drop_reason(name) {
-            w.sample("lb_dropped_packets_total", &[("reason", reason)], v);
-        }
-    }
 
     w.family(
         "lb_flow_table_entries",
         "gauge",
         "Entries in the flow table, including idle ones not evicted yet.",
+        [(vec![], r.flows)],
     );
-    w.sample("lb_flow_table_entries", &[], r.flows);
     w.family(
         "lb_flow_table_capacity",
         "gauge",
         "Capacity of the flow table (--max-flows).",
+        [(vec![], r.flow_capacity)],
     );
-    w.sample("lb_flow_table_capacity", &[], r.flow_capacity);
     proxy(&mut w, r);
     w.out
 }
@@ -319,71 +319,59 @@ fn proxy(w: &mut Writer, r: &Report) {
     if proxied.is_empty() {
         return;
     }
-    let per_backend = |w: &mut Writer, name: &str, value: &dyn Fn(&BackendCounters) -> u64| {
-        for (s, p) in &proxied {
-            for (addr, b) in &p.backends {
-                let addr = addr.to_string();
-                let labels = [("service", s.name.as_str()), ("backend", addr.as_str())];
-                w.sample(name, &labels, value(b));
-            }
-        }
+    let addrs: Vec<Vec<String>> = proxied
+        .iter()
+        .map(|(_, p)| p.backends.keys().map(|a| a.to_string()).collect())
+        .collect();
+    let backends = || {
+        proxied.iter().zip(&addrs).flat_map(|((s, p), addrs)| {
+            p.backends.values().zip(addrs).map(move |(b, addr)| {
+                let labels = vec![("service", s.name.as_str()), ("backend", addr.as_str())];
+                (labels, b)
+            })
+        })
+    };
+    let services = || {
+        proxied
+            .iter()
+            .map(|&(s, p)| (vec![("service", s.name.as_str())], p))
     };
     w.family(
         "lb_proxy_connections_total",
         "counter",
         "Connections proxied to a backend (after its PROXY header was written).",
+        backends().map(|(l, b)| (l, b.connections)),
     );
-    per_backend(w, "lb_proxy_connections_total", &|b| b.connections);
     w.family(
         "lb_proxy_active_connections",
         "gauge",
         "Connections being proxied to a backend now.",
+        backends().map(|(l, b)| (l, b.active)),
     );
-    per_backend(w, "lb_proxy_active_connections", &|b| b.active);
     w.family(
         "lb_proxy_bytes_total",
         "counter",
         "Bytes of ended proxied connections, by direction (in: client to backend, out: backend to client).",
+        split(backends(), "direction", &PROXY_BYTES),
     );
-    for (s, p) in &proxied {
-        for (addr, b) in &p.backends {
-            let addr = addr.to_string();
-            for (dir, v) in [("in", b.bytes_in), ("out", b.bytes_out)] {
-                let labels = [
-                    ("service", s.name.as_str()),
-                    ("backend", addr.as_str()),
-                    ("direction", dir),
-                ];
-                w.sample("lb_proxy_bytes_total", &labels, v);
-            }
-        }
-    }
     w.family(
         "lb_proxy_accepted_connections_total",
         "counter",
         "Client connections accepted for a proxy service.",
+        services().map(|(l, p)| (l, p.connections)),
     );
-    for (s, p) in &proxied {
-        w.sample(
-            "lb_proxy_accepted_connections_total",
-            &[("service", s.name.as_str())],
-            p.connections,
-        );
-    }
     w.family(
         "lb_proxy_errors_total",
         "counter",
         "Proxied connections that failed or were refused, by reason.",
+        services().flat_map(|(l, p)| {
+            p.errors.iter().map(move |(reason, v)| {
+                let mut labels = l.clone();
+                labels.push(("reason", reason.as_str()));
+                (labels, v)
+            })
+        }),
     );
-    for (s, p) in &proxied {
-        for (reason, v) in &p.errors {
-            w.sample(
-                "lb_proxy_errors_total",
-                &[("service", s.name.as_str()), ("reason", reason.as_str())],
-                v,
-            );
-        }
-    }
 }
 
 #[cfg(test)]

@@ -1,24 +1,27 @@
-//! Loads the XDP program, programs its maps and attaches it to the LB's interfaces.
-//! Dropping a [`Dataplane`] detaches the program and frees the maps.
+//! The only code that touches the kernel's side of lb: it loads the eBPF object
+//! ([`load`]), writes the maps ([`maps`], and the splice engine's socket hashes in
+//! [`splice`]), attaches the programs ([`attach`]) and pins the flow tables ([`pin`]).
+//! Dropping a [`Dataplane`] detaches the programs and frees the maps.
 
+mod attach;
 pub mod ebpf_log;
+mod load;
+mod maps;
 pub mod neigh;
 pub mod object;
 pub mod pin;
 pub mod runtime;
+pub mod splice;
 
-use crate::config::{Config, XdpModeChoice};
-use crate::sys;
-use aya::maps::{Array, DevMapHash, HashMap, MapData, MapError, PerCpuArray, PerCpuValues};
-use aya::programs::{ProgramError, Xdp, XdpMode, xdp::XdpLinkId};
-use aya::{Ebpf, EbpfError, EbpfLoader};
-use lb_common::addr::ip_to_words;
-use lb_common::maglev::{MaglevBackend, build_table};
-use lb_common::maps::{Backend, GlobalConfig, Service, TrafficCounters, VipKey, names};
-use std::collections::BTreeMap;
+pub use splice::SpliceMaps;
+
+use aya::Ebpf;
+use aya::EbpfError;
+use aya::maps::MapError;
+use aya::programs::{ProgramError, Xdp, xdp::XdpLinkId};
+use lb_common::maps::names;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::path::{Path, PathBuf};
-use tracing::{info, warn};
+use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataplaneError {
@@ -72,7 +75,7 @@ pub enum DataplaneError {
     #[error(transparent)]
     Pin(#[from] pin::PinError),
     #[error("sockmap splice engine: {0} (try --splice pipe)")]
-    Splice(#[source] crate::proxy::splice::SpliceError),
+    Splice(#[source] Box<DataplaneError>),
     #[error(
         "pinned map {path} has {entries} entries but --max-flows is {max_flows}: start with the same --max-flows, or remove the pin (losing its flows)"
     )]
@@ -125,408 +128,6 @@ pub struct Dataplane {
 }
 
 impl Dataplane {
-    /// Loads the embedded object with maps sized from `cfg` and verifies the program.
-    /// Nothing is attached yet.
-    pub fn load(cfg: &Config) -> Result<Dataplane, DataplaneError> {
-        let bytes = object::require()?;
-        let maglev_entries = cfg.max_services * 2 * cfg.ring_size;
-        let mut loader = EbpfLoader::new();
-        loader
-            .map_max_entries(names::MAGLEV, maglev_entries)
-            .map_max_entries(names::FLOWS, cfg.max_flows)
-            .map_max_entries(names::REVERSE_NAT, cfg.max_flows)
-            // Two sockets per proxied connection.
-            .map_max_entries(names::SPLICE, cfg.max_conns.saturating_mul(2))
-            .map_max_entries(names::SPLICE_HOOK, cfg.max_conns.saturating_mul(2));
-        ebpf_log::configure(&mut loader);
-        let mut reused = Vec::new();
-        if let Some(dir) = &cfg.pin_dir {
-            pin::prepare(dir)?;
-            for (map, path) in pin::paths(dir) {
-                if path.exists() {
-                    reused.push(map);
-                }
-                loader.map_pin_path(map, path);
-            }
-        }
-        let mut ebpf = loader
-            .load(bytes)
-            .map_err(|e| DataplaneError::Load(Box::new(e)))?;
-        if let Some(dir) = &cfg.pin_dir {
-            check_pinned_sizes(&ebpf, cfg.max_flows, dir, &reused)?;
-        }
-        lb_program(&mut ebpf)?.load().map_err(|e| match e {
-            ProgramError::LoadError {
-                io_error,
-                verifier_log,
-            } => DataplaneError::Verifier {
-                program: names::PROG_LB,
-                source: io_error,
-                log: verifier_log.to_string(),
-            },
-            other => DataplaneError::Program {
-                program: names::PROG_LB,
-                source: Box::new(other),
-            },
-        })?;
-        ebpf_log::forward(&mut ebpf);
-        info!(
-            maglev_entries,
-            max_flows = cfg.max_flows,
-            "loaded XDP program {}",
-            names::PROG_LB
-        );
-        Ok(Dataplane {
-            ebpf,
-            ring_size: cfg.ring_size,
-            pin_dir: cfg.pin_dir.clone(),
-            links: Vec::new(),
-            attachments: Vec::new(),
-        })
-    }
-
-    /// Writes the global settings and the redirect ports. Call before
-    /// [`Dataplane::attach`], so no packet sees a half-filled map.
-    pub fn program_globals(&mut self, cfg: &Config) -> Result<(), DataplaneError> {
-        self.set_timeouts(cfg)?;
-        let mut ports: DevMapHash<&mut MapData> = self.map_mut(names::TX_PORTS)?;
-        for iface in &cfg.ifaces {
-            let idx = sys::ifindex(iface).map_err(|source| DataplaneError::UnknownIface {
-                iface: iface.clone(),
-                source,
-            })?;
-            ports
-                .insert(idx, idx, None, 0)
-                .map_err(|source| DataplaneError::TxPort {
-                    iface: iface.clone(),
-                    source,
-                })?;
-        }
-        Ok(())
-    }
-
-    /// Writes the global settings the program reads for every packet (timeouts, ring
-    /// size, SNAT ports); a reload may change the timeouts.
-    pub fn set_timeouts(&mut self, cfg: &Config) -> Result<(), DataplaneError> {
-        let global = GlobalConfig {
-            idle_timeout_ns: cfg.idle_timeout.as_nanos() as u64,
-            closed_timeout_ns: cfg.closed_timeout.as_nanos() as u64,
-            ring_size: cfg.ring_size,
-            snat_port_min: cfg.snat_ports.0,
-            snat_port_max: cfg.snat_ports.1,
-        };
-        let mut config: Array<&mut MapData, GlobalConfig> = self.map_mut(names::CONFIG)?;
-        config
-            .set(0, global, 0)
-            .map_err(|source| DataplaneError::Map {
-                map: names::CONFIG,
-                source,
-            })
-    }
-
-    /// Writes backend `id`: where it is, which SNAT address reaches it, its state.
-    pub fn set_backend(
-        &mut self,
-        id: u32,
-        service_id: u32,
-        addr: SocketAddr,
-        snat_ip: IpAddr,
-        state: u8,
-    ) -> Result<(), DataplaneError> {
-        let (words, family) = ip_to_words(addr.ip());
-        let value = Backend {
-            addr: words,
-            snat_addr: ip_to_words(snat_ip).0,
-            port: addr.port().to_be(),
-            family,
-            state,
-            service_id,
-        };
-        let mut map: Array<&mut MapData, Backend> = self.map_mut(names::BACKENDS)?;
-        map.set(id, value, 0).map_err(|source| DataplaneError::Map {
-            map: names::BACKENDS,
-            source,
-        })
-    }
-
-    /// Empties backend slot `id`: flows still pointing at it are re-balanced.
-    pub fn clear_backend(&mut self, id: u32) -> Result<(), DataplaneError> {
-        let mut map: Array<&mut MapData, Backend> = self.map_mut(names::BACKENDS)?;
-        map.set(id, Backend::default(), 0)
-            .map_err(|source| DataplaneError::Map {
-                map: names::BACKENDS,
-                source,
-            })
-    }
-
-    /// Zeroes the traffic counters of a backend (`service == false`) or service slot
-    /// about to be reused, so a new backend does not inherit an old one's totals.
-    pub fn reset_counters(&mut self, service: bool, id: u32) -> Result<(), DataplaneError> {
-        let name = if service {
-            names::SERVICE_STATS
-        } else {
-            names::BACKEND_STATS
-        };
-        let cpus = aya::util::nr_cpus().map_err(|(_, e)| DataplaneError::Map {
-            map: name,
-            source: MapError::IoError(e),
-        })?;
-        let zeros =
-            PerCpuValues::try_from(vec![TrafficCounters::default(); cpus]).map_err(|e| {
-                DataplaneError::Map {
-                    map: name,
-                    source: MapError::IoError(e),
-                }
-            })?;
-        let mut map: PerCpuArray<&mut MapData, TrafficCounters> = self.map_mut(name)?;
-        map.set(id, zeros, 0)
-            .map_err(|source| DataplaneError::Map { map: name, source })
-    }
-
-    /// Points the service at `vip` to a Maglev table built from `members`, written into
-    /// the half that is not live (`live_half` is the live one; the new one is returned).
-    /// The switch is a single SERVICES update, so packets see the whole old table or the
-    /// whole new one, never a mix. An empty `members` makes every new connection get a
-    /// TCP reset.
-    pub fn install_table(
-        &mut self,
-        service_id: u32,
-        vip: SocketAddr,
-        live_half: u32,
-        mode: u32,
-        members: &[MaglevBackend],
-    ) -> Result<u32, DataplaneError> {
-        let table = build_table(members, self.ring_size);
-        let half = 1 - live_half.min(1);
-        let offset = (service_id * 2 + half) * self.ring_size;
-        {
-            let mut maglev: Array<&mut MapData, u32> = self.map_mut(names::MAGLEV)?;
-            for (i, b) in table.iter().enumerate() {
-                maglev
-                    .set(offset + i as u32, b, 0)
-                    .map_err(|source| DataplaneError::Map {
-                        map: names::MAGLEV,
-                        source,
-                    })?;
-            }
-        }
-        let value = Service {
-            id: service_id,
-            table_offset: offset,
-            mode,
-            _pad: 0,
-        };
-        let mut services: HashMap<&mut MapData, VipKey, Service> = self.map_mut(names::SERVICES)?;
-        services
-            .insert(VipKey::from_socket_addr(vip), value, 0)
-            .map_err(|source| DataplaneError::Map {
-                map: names::SERVICES,
-                source,
-            })?;
-        Ok(half)
-    }
-
-    /// Steers connections to a proxy VIP:port to the daemon's listener of its family
-    /// (index 0: IPv4, 1: IPv6 in `PROXY_LISTENERS`).
-    pub fn set_proxy_vip(&mut self, vip: SocketAddr) -> Result<(), DataplaneError> {
-        let index = listener_index(vip);
-        let mut vips: HashMap<&mut MapData, VipKey, u32> = self.map_mut(names::PROXY_VIPS)?;
-        vips.insert(VipKey::from_socket_addr(vip), index, 0)
-            .map_err(|source| DataplaneError::Map {
-                map: names::PROXY_VIPS,
-                source,
-            })
-    }
-
-    pub fn remove_proxy_vip(&mut self, vip: SocketAddr) -> Result<(), DataplaneError> {
-        let mut vips: HashMap<&mut MapData, VipKey, u32> = self.map_mut(names::PROXY_VIPS)?;
-        match vips.remove(&VipKey::from_socket_addr(vip)) {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(source) => Err(DataplaneError::Map {
-                map: names::PROXY_VIPS,
-                source,
-            }),
-        }
-    }
-
-    /// Registers the proxy listeners and attaches the sk_lookup program to this
-    /// network namespace, so connections to proxy VIPs land on them. The link lives as
-    /// long as the object (detached when the daemon exits).
-    pub fn attach_lookup(
-        &mut self,
-        v4: &std::net::TcpListener,
-        v6: Option<&std::net::TcpListener>,
-    ) -> Result<(), DataplaneError> {
-        {
-            let mut socks: aya::maps::SockMap<&mut MapData> =
-                self.map_mut(names::PROXY_LISTENERS)?;
-            let map_err = |source| DataplaneError::Map {
-                map: names::PROXY_LISTENERS,
-                source,
-            };
-            socks.set(0, v4, 0).map_err(map_err)?;
-            if let Some(v6) = v6 {
-                socks.set(1, v6, 0).map_err(map_err)?;
-            }
-        }
-        let netns =
-            std::fs::File::open("/proc/self/ns/net").map_err(|source| DataplaneError::Program {
-                program: names::PROG_LOOKUP,
-                source: Box::new(ProgramError::IOError(source)),
-            })?;
-        let prog: &mut aya::programs::SkLookup = self
-            .ebpf
-            .program_mut(names::PROG_LOOKUP)
-            .ok_or(DataplaneError::MissingProgram(names::PROG_LOOKUP))?
-            .try_into()
-            .map_err(|source| DataplaneError::Program {
-                program: names::PROG_LOOKUP,
-                source: Box::new(source),
-            })?;
-        let wrap = |source| DataplaneError::Program {
-            program: names::PROG_LOOKUP,
-            source: Box::new(source),
-        };
-        prog.load().map_err(wrap)?;
-        prog.attach(netns).map_err(wrap)?;
-        info!(
-            "attached sk_lookup program {} to this network namespace",
-            names::PROG_LOOKUP
-        );
-        Ok(())
-    }
-
-    /// The sockmap splice engine's maps, with `lb_splice` attached (once per daemon).
-    pub fn splice_maps(&mut self) -> Result<crate::proxy::splice::SpliceMaps, DataplaneError> {
-        crate::proxy::splice::SpliceMaps::load(&mut self.ebpf).map_err(DataplaneError::Splice)
-    }
-
-    /// Stops matching `vip`: its packets go to the kernel from now on.
-    pub fn remove_service(&mut self, vip: SocketAddr) -> Result<(), DataplaneError> {
-        let mut services: HashMap<&mut MapData, VipKey, Service> = self.map_mut(names::SERVICES)?;
-        match services.remove(&VipKey::from_socket_addr(vip)) {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(source) => Err(DataplaneError::Map {
-                map: names::SERVICES,
-                source,
-            }),
-        }
-    }
-
-    /// Attaches the program to every interface. On any failure the ones already attached
-    /// are detached (by dropping `self`), so a failed start leaves nothing behind.
-    pub fn attach(
-        &mut self,
-        ifaces: &[String],
-        choice: XdpModeChoice,
-    ) -> Result<(), DataplaneError> {
-        // Resolve every name first: a typo in the last --iface must not leave the first attached.
-        let mut resolved = Vec::new();
-        for iface in ifaces {
-            let idx = sys::ifindex(iface).map_err(|source| DataplaneError::UnknownIface {
-                iface: iface.clone(),
-                source,
-            })?;
-            resolved.push((iface.clone(), idx));
-        }
-        let prog = lb_program(&mut self.ebpf)?;
-        for (iface, ifindex) in resolved {
-            let (link, mode) = match choice {
-                XdpModeChoice::Skb => (prog.attach_to_if_index(ifindex, XdpMode::Skb), "skb"),
-                XdpModeChoice::Native => {
-                    (prog.attach_to_if_index(ifindex, XdpMode::Driver), "native")
-                }
-                XdpModeChoice::Auto => match prog.attach_to_if_index(ifindex, XdpMode::Driver) {
-                    Ok(l) => (Ok(l), "native"),
-                    Err(e) => {
-                        warn!(iface = %iface, cause = %e, "native XDP attach failed; falling back to skb (generic) mode, which is slower");
-                        (prog.attach_to_if_index(ifindex, XdpMode::Skb), "skb")
-                    }
-                },
-            };
-            let link = link.map_err(|source| DataplaneError::Attach {
-                iface: iface.clone(),
-                mode,
-                source: Box::new(source),
-                hint: if mode == "native" {
-                    "the driver may lack native XDP, or another XDP program is attached (`ip link show`); try --xdp-mode skb"
-                } else {
-                    "another XDP program may be attached (`ip link show`), or the kernel lacks XDP"
-                },
-            })?;
-            info!(iface = %iface, ifindex, mode, "attached XDP program {}", names::PROG_LB);
-            self.links.push(link);
-            self.attachments.push(Attachment {
-                iface,
-                ifindex,
-                mode: mode.into(),
-            });
-        }
-        Ok(())
-    }
-
-    /// What is wrong with the attachments, if anything: an interface that is gone or
-    /// was re-created, or fewer XDP links running the program than interfaces.
-    pub fn attachment_problems(&mut self) -> Vec<String> {
-        let mut problems = Vec::new();
-        if self.attachments.is_empty() {
-            problems.push("not attached".to_string());
-        }
-        for a in &self.attachments {
-            match sys::ifindex(&a.iface) {
-                Ok(i) if i == a.ifindex => {}
-                Ok(i) => problems.push(format!(
-                    "{} has ifindex {i} now, not {}: re-created without the program",
-                    a.iface, a.ifindex
-                )),
-                Err(e) => problems.push(format!("{}: {e}", a.iface)),
-            }
-        }
-        let prog_id = lb_program(&mut self.ebpf)
-            .ok()
-            .and_then(|p| p.info().ok())
-            .map(|i| i.id());
-        let links = aya::programs::loaded_links()
-            .filter_map(Result::ok)
-            .filter(|l| Some(l.program_id()) == prog_id)
-            .count();
-        if links < self.attachments.len() {
-            problems.push(format!(
-                "{links} XDP links run the program, {} expected",
-                self.attachments.len()
-            ));
-        }
-        problems
-    }
-
-    /// Kernel ids of the program's maps, for `lb stats` in another process.
-    pub fn map_ids(&self) -> BTreeMap<String, u32> {
-        self.ebpf
-            .maps()
-            .filter_map(|(name, map)| {
-                let data: &MapData = match map {
-                    aya::maps::Map::Array(d)
-                    | aya::maps::Map::HashMap(d)
-                    | aya::maps::Map::LruHashMap(d)
-                    | aya::maps::Map::PerCpuArray(d)
-                    | aya::maps::Map::DevMapHash(d) => d,
-                    _ => return None,
-                };
-                data.info().ok().map(|i| (name.to_string(), i.id()))
-            })
-            .collect()
-    }
-
-    /// Sum of a global counter over all CPUs.
-    pub fn counter(&self, index: u32) -> u64 {
-        self.ebpf
-            .map(lb_common::maps::names::COUNTERS)
-            .and_then(|m| aya::maps::PerCpuArray::<&MapData, u64>::try_from(m).ok())
-            .and_then(|a| a.get(&index, 0).ok())
-            .map(|v| v.iter().sum())
-            .unwrap_or(0)
-    }
-
     fn map_mut<'a, T>(&'a mut self, name: &'static str) -> Result<T, DataplaneError>
     where
         T: TryFrom<&'a mut aya::maps::Map, Error = MapError>,
@@ -535,30 +136,8 @@ impl Dataplane {
             .ebpf
             .map_mut(name)
             .ok_or(DataplaneError::MissingMap(name))?;
-        T::try_from(map).map_err(|source| DataplaneError::Map { map: name, source })
+        T::try_from(map).map_err(map_error(name))
     }
-
-    /// Detaches from every interface and removes the pins: a clean shutdown leaves
-    /// nothing behind. (Dropping without this also detaches, but keeps the pins.)
-    pub fn shutdown(&mut self) {
-        if let Ok(prog) = lb_program(&mut self.ebpf) {
-            for (link, a) in self.links.drain(..).zip(&self.attachments) {
-                match prog.detach(link) {
-                    Ok(()) => info!(iface = %a.iface, "detached XDP program"),
-                    Err(e) => warn!(iface = %a.iface, cause = %e, "detaching XDP program failed"),
-                }
-            }
-        }
-        if let Some(dir) = self.pin_dir.take() {
-            pin::remove(&dir);
-            info!(dir = %dir.display(), "removed pinned flow tables");
-        }
-    }
-}
-
-/// Index of the proxy listener of the VIP's family in `PROXY_LISTENERS`.
-fn listener_index(vip: SocketAddr) -> u32 {
-    if vip.is_ipv4() { 0 } else { 1 }
 }
 
 /// The load-balancing program in the object.
@@ -566,37 +145,20 @@ fn lb_program(ebpf: &mut Ebpf) -> Result<&mut Xdp, DataplaneError> {
     ebpf.program_mut(names::PROG_LB)
         .ok_or(DataplaneError::MissingProgram(names::PROG_LB))?
         .try_into()
-        .map_err(|source| DataplaneError::Program {
-            program: names::PROG_LB,
-            source: Box::new(source),
-        })
+        .map_err(program_error(names::PROG_LB))
 }
 
-/// A reused pin must match this run's sizes: aya opens a pinned map as it is.
-fn check_pinned_sizes(
-    ebpf: &Ebpf,
-    max_flows: u32,
-    dir: &Path,
-    reused: &[&'static str],
-) -> Result<(), DataplaneError> {
-    for (map, path) in pin::paths(dir) {
-        let info = match ebpf.map(map) {
-            Some(aya::maps::Map::LruHashMap(d)) => d.info(),
-            _ => return Err(DataplaneError::MissingMap(map)),
-        }
-        .map_err(|source| DataplaneError::Map { map, source })?;
-        if info.max_entries() != max_flows {
-            return Err(DataplaneError::PinnedSize {
-                path,
-                entries: info.max_entries(),
-                max_flows,
-            });
-        }
-        if reused.contains(&map) {
-            info!(map, path = %path.display(), "reusing pinned flow table: established flows keep their backends");
-        }
+/// The error of a failed write to (or open of) `map`.
+fn map_error(map: &'static str) -> impl Fn(MapError) -> DataplaneError + Copy {
+    move |source| DataplaneError::Map { map, source }
+}
+
+/// The error of a failed step (load, attach, ...) of `program`.
+fn program_error(program: &'static str) -> impl Fn(ProgramError) -> DataplaneError + Copy {
+    move |source| DataplaneError::Program {
+        program,
+        source: Box::new(source),
     }
-    Ok(())
 }
 
 /// The source address this host uses toward `dst`: the egress interface's address that

@@ -196,15 +196,8 @@ impl Proxy {
     /// Accepts connections on `listener` until the task is dropped.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
         loop {
-            let (client, peer) = match listener.accept().await {
-                Ok(c) => c,
-                Err(e) => {
-                    // EMFILE and the like: back off instead of spinning.
-                    warn!(cause = %e, "proxy accept");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
+            let (client, peer) =
+                crate::net::accept(&listener, "proxy", Duration::from_millis(50)).await;
             let vip = match client.local_addr() {
                 Ok(a) => canonical(a),
                 Err(_) => continue,

@@ -23,7 +23,7 @@
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
-use super::crc32c::crc32c;
+use crc32c::crc32c;
 
 /// The 12 bytes every v2 header starts with.
 pub const V2_SIGNATURE: [u8; 12] = *b"\r\n\r\n\0\r\nQUIT\n";
@@ -459,6 +459,17 @@ mod tests {
         want.extend_from_slice(&[0x04, 0, 2, 0, 0]);
         want.extend_from_slice(&[0xE0, 0, 1, b'x']);
         assert_eq!(h, want);
+    }
+
+    #[test]
+    fn the_crate_is_crc32c_castagnoli() {
+        // The "check" value of the CRC-32C catalogue entry and an RFC 3720 B.4 vector:
+        // the checksum TLV needs this polynomial, not the CRC-32 of zip and Ethernet.
+        assert_eq!(crc32c(b"123456789"), 0xE306_9283);
+        assert_eq!(crc32c(&[0xff; 32]), 0x62A8_AB43);
+        // The parser checksums a header in pieces (the field zeroed without a copy).
+        let whole = crc32c(b"123456789");
+        assert_eq!(crc32c::crc32c_append(crc32c(b"1234"), b"56789"), whole);
     }
 
     #[test]

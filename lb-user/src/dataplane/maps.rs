@@ -1,0 +1,199 @@
+//! The map writers: every value the XDP and sk_lookup programs read is written here
+//! (globals, backends, services and their Maglev tables, proxy VIPs), plus the reads
+//! the daemon needs from its own process (map ids, global counters).
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+
+use aya::maps::{Array, DevMapHash, HashMap, MapData, MapError, PerCpuArray, PerCpuValues};
+use lb_common::addr::ip_to_words;
+use lb_common::maglev::{MaglevBackend, build_table};
+use lb_common::maps::{Backend, GlobalConfig, Service, TrafficCounters, VipKey, names};
+
+use super::{Dataplane, DataplaneError, map_error};
+use crate::config::Config;
+use crate::sys;
+
+impl Dataplane {
+    /// Writes the global settings and the redirect ports. Call before
+    /// [`Dataplane::attach`], so no packet sees a half-filled map.
+    pub fn program_globals(&mut self, cfg: &Config) -> Result<(), DataplaneError> {
+        self.set_timeouts(cfg)?;
+        let mut ports: DevMapHash<&mut MapData> = self.map_mut(names::TX_PORTS)?;
+        for iface in &cfg.ifaces {
+            let idx = sys::ifindex(iface).map_err(|source| DataplaneError::UnknownIface {
+                iface: iface.clone(),
+                source,
+            })?;
+            ports
+                .insert(idx, idx, None, 0)
+                .map_err(|source| DataplaneError::TxPort {
+                    iface: iface.clone(),
+                    source,
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Writes the global settings the program reads for every packet (timeouts, ring
+    /// size, SNAT ports); a reload may change the timeouts.
+    pub fn set_timeouts(&mut self, cfg: &Config) -> Result<(), DataplaneError> {
+        let global = GlobalConfig {
+            idle_timeout_ns: cfg.idle_timeout.as_nanos() as u64,
+            closed_timeout_ns: cfg.closed_timeout.as_nanos() as u64,
+            ring_size: cfg.ring_size,
+            snat_port_min: cfg.snat_ports.0,
+            snat_port_max: cfg.snat_ports.1,
+        };
+        let mut config: Array<&mut MapData, GlobalConfig> = self.map_mut(names::CONFIG)?;
+        config.set(0, global, 0).map_err(map_error(names::CONFIG))
+    }
+
+    /// Writes backend `id`: where it is, which SNAT address reaches it, its state.
+    pub fn set_backend(
+        &mut self,
+        id: u32,
+        service_id: u32,
+        addr: SocketAddr,
+        snat_ip: IpAddr,
+        state: u8,
+    ) -> Result<(), DataplaneError> {
+        let (words, family) = ip_to_words(addr.ip());
+        let value = Backend {
+            addr: words,
+            snat_addr: ip_to_words(snat_ip).0,
+            port: addr.port().to_be(),
+            family,
+            state,
+            service_id,
+        };
+        self.write_backend(id, value)
+    }
+
+    /// Empties backend slot `id`: flows still pointing at it are re-balanced.
+    pub fn clear_backend(&mut self, id: u32) -> Result<(), DataplaneError> {
+        self.write_backend(id, Backend::default())
+    }
+
+    fn write_backend(&mut self, id: u32, value: Backend) -> Result<(), DataplaneError> {
+        let mut map: Array<&mut MapData, Backend> = self.map_mut(names::BACKENDS)?;
+        map.set(id, value, 0).map_err(map_error(names::BACKENDS))
+    }
+
+    /// Zeroes the traffic counters of a backend (`service == false`) or service slot
+    /// about to be reused, so a new backend does not inherit an old one's totals.
+    pub fn reset_counters(&mut self, service: bool, id: u32) -> Result<(), DataplaneError> {
+        let name = if service {
+            names::SERVICE_STATS
+        } else {
+            names::BACKEND_STATS
+        };
+        let io_error = |e| map_error(name)(MapError::IoError(e));
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| io_error(e))?;
+        let zeros =
+            PerCpuValues::try_from(vec![TrafficCounters::default(); cpus]).map_err(io_error)?;
+        let mut map: PerCpuArray<&mut MapData, TrafficCounters> = self.map_mut(name)?;
+        map.set(id, zeros, 0).map_err(map_error(name))
+    }
+
+    /// Points the service at `vip` to a Maglev table built from `members`, written into
+    /// the half that is not live (`live_half` is the live one; the new one is returned).
+    /// The switch is a single SERVICES update, so packets see the whole old table or the
+    /// whole new one, never a mix. An empty `members` makes every new connection get a
+    /// TCP reset.
+    pub fn install_table(
+        &mut self,
+        service_id: u32,
+        vip: SocketAddr,
+        live_half: u32,
+        mode: u32,
+        members: &[MaglevBackend],
+    ) -> Result<u32, DataplaneError> {
+        let table = build_table(members, self.ring_size);
+        let half = 1 - live_half.min(1);
+        let offset = (service_id * 2 + half) * self.ring_size;
+        {
+            let mut maglev: Array<&mut MapData, u32> = self.map_mut(names::MAGLEV)?;
+            for (i, b) in table.iter().enumerate() {
+                maglev
+                    .set(offset + i as u32, b, 0)
+                    .map_err(map_error(names::MAGLEV))?;
+            }
+        }
+        let value = Service {
+            id: service_id,
+            table_offset: offset,
+            mode,
+            _pad: 0,
+        };
+        let mut services: HashMap<&mut MapData, VipKey, Service> = self.map_mut(names::SERVICES)?;
+        services
+            .insert(VipKey::from_socket_addr(vip), value, 0)
+            .map_err(map_error(names::SERVICES))?;
+        Ok(half)
+    }
+
+    /// Stops matching `vip`: its packets go to the kernel from now on.
+    pub fn remove_service(&mut self, vip: SocketAddr) -> Result<(), DataplaneError> {
+        self.remove_vip::<Service>(names::SERVICES, vip)
+    }
+
+    /// Steers connections to a proxy VIP:port to the daemon's listener of its family
+    /// (index 0: IPv4, 1: IPv6 in `PROXY_LISTENERS`).
+    pub fn set_proxy_vip(&mut self, vip: SocketAddr) -> Result<(), DataplaneError> {
+        let index = listener_index(vip);
+        let mut vips: HashMap<&mut MapData, VipKey, u32> = self.map_mut(names::PROXY_VIPS)?;
+        vips.insert(VipKey::from_socket_addr(vip), index, 0)
+            .map_err(map_error(names::PROXY_VIPS))
+    }
+
+    pub fn remove_proxy_vip(&mut self, vip: SocketAddr) -> Result<(), DataplaneError> {
+        self.remove_vip::<u32>(names::PROXY_VIPS, vip)
+    }
+
+    /// Removes `vip` from a map keyed by VIP; one that is not there is fine.
+    fn remove_vip<V: aya::Pod>(
+        &mut self,
+        map: &'static str,
+        vip: SocketAddr,
+    ) -> Result<(), DataplaneError> {
+        let mut vips: HashMap<&mut MapData, VipKey, V> = self.map_mut(map)?;
+        match vips.remove(&VipKey::from_socket_addr(vip)) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(source) => Err(map_error(map)(source)),
+        }
+    }
+
+    /// Kernel ids of the program's maps, for `lb stats` in another process.
+    pub fn map_ids(&self) -> BTreeMap<String, u32> {
+        self.ebpf
+            .maps()
+            .filter_map(|(name, map)| {
+                let data: &MapData = match map {
+                    aya::maps::Map::Array(d)
+                    | aya::maps::Map::HashMap(d)
+                    | aya::maps::Map::LruHashMap(d)
+                    | aya::maps::Map::PerCpuArray(d)
+                    | aya::maps::Map::DevMapHash(d) => d,
+                    _ => return None,
+                };
+                data.info().ok().map(|i| (name.to_string(), i.id()))
+            })
+            .collect()
+    }
+
+    /// Sum of a global counter over all CPUs.
+    pub fn counter(&self, index: u32) -> u64 {
+        self.ebpf
+            .map(names::COUNTERS)
+            .and_then(|m| PerCpuArray::<&MapData, u64>::try_from(m).ok())
+            .and_then(|a| a.get(&index, 0).ok())
+            .map(|v| v.iter().sum())
+            .unwrap_or(0)
+    }
+}
+
+/// Index of the proxy listener of the VIP's family in `PROXY_LISTENERS`.
+fn listener_index(vip: SocketAddr) -> u32 {
+    if vip.is_ipv4() { 0 } else { 1 }
+}

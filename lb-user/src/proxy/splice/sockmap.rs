@@ -1,0 +1,379 @@
+//! The sockmap engine: each direction is handed to the `lb_splice` sk_skb verdict once
+//! its source is quiet, and back to the pipe engine for the tail after a FIN (see
+//! [`sockmap_engine`] for why it starts on the pipe).
+
+use std::{
+    future::pending,
+    io,
+    os::fd::{AsFd, BorrowedFd},
+    time::{Duration, Instant},
+};
+
+use tokio::{
+    io::{Interest, Ready},
+    net::TcpStream,
+    time::sleep_until,
+};
+
+use super::pipe::PipeDir;
+use super::{
+    End, Engine, PumpError, Side, SpliceError, SpliceMaps, SpliceStats, error_on, failed, io_err,
+    socket_error,
+};
+use crate::sys;
+
+/// How often the sockmap engine reads tcp_info to see whether any byte moved (it does
+/// not see the bytes itself): the idle timeout fires between `idle_timeout` and
+/// `idle_timeout` + this after the last byte.
+fn idle_tick(idle_timeout: Duration) -> Duration {
+    (idle_timeout / 8).clamp(Duration::from_millis(10), Duration::from_secs(5))
+}
+
+/// A socket's stream positions at the hand-off, read before it enters the maps.
+#[derive(Clone, Copy)]
+struct Baseline {
+    /// Data bytes received and already read by user space (e.g. an --accept-proxy
+    /// header): not to be forwarded.
+    consumed: u64,
+    /// Bytes written into the socket so far (acknowledged + still in the send queue):
+    /// user space's own writes, e.g. the PROXY header.
+    written: u64,
+}
+
+/// Data bytes the socket has received: `tcpi_bytes_received` counts a received FIN
+/// as one byte (measured on 6.18: 110 data bytes + FIN read 111).
+fn received_data(info: &sys::TcpInfo, fin: bool) -> u64 {
+    info.bytes_received.saturating_sub(fin as u64)
+}
+
+/// Bytes written into the socket: acknowledged + in the send queue. Read in this order
+/// (tcp_info first) the sum can only lag behind the truth, never run ahead of it.
+fn written(fd: BorrowedFd<'_>) -> io::Result<u64> {
+    let info = sys::tcp_info(fd)?;
+    let outq = sys::socket_outq(fd)?;
+    Ok(info.bytes_acked + outq as u64)
+}
+
+/// The socket's baseline, or None if it is in no state to be spliced in the kernel.
+/// tcp_info and the queue sizes come from separate calls: a snapshot counts only when
+/// tcp_info did not change around the queue reads (nothing arrived or was acked).
+fn baseline(fd: BorrowedFd<'_>) -> io::Result<Option<Baseline>> {
+    for _ in 0..64 {
+        let before = sys::tcp_info(fd)?;
+        let inq = sys::socket_inq(fd)? as u64;
+        let outq = sys::socket_outq(fd)? as u64;
+        let after = sys::tcp_info(fd)?;
+        if before != after {
+            continue;
+        }
+        let fin = match before.state {
+            // The states in which the socket can be spliced in the kernel.
+            sys::TcpInfo::ESTABLISHED => false,
+            sys::TcpInfo::CLOSE_WAIT => true,
+            _ => return Ok(None),
+        };
+        return Ok(Some(Baseline {
+            consumed: received_data(&before, fin).saturating_sub(inq),
+            written: before.bytes_acked + outq,
+        }));
+    }
+    Ok(None)
+}
+
+/// Bytes forwarded into `dst` since the hand-off, pipe and kernel alike.
+fn forwarded(dst: BorrowedFd<'_>, base: &Baseline) -> io::Result<u64> {
+    Ok(written(dst)?.saturating_sub(base.written))
+}
+
+/// Where a direction of the sockmap engine stands.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Moved by the pipe engine: at the start (until the source's receive queue holds no
+    /// partly read skb, see `sockmap_engine`), when the source could not be hooked, and
+    /// for the tail after EOF.
+    Pipe,
+    /// The source is hooked: the verdict redirects its bytes to the destination.
+    Kernel,
+    /// The source sent FIN while hooked: waiting until the redirected bytes have left
+    /// for the destination, then the pipe engine moves any rest and forwards the EOF.
+    Tail,
+}
+
+/// One direction of the sockmap engine.
+struct MapDir {
+    phase: Phase,
+    pipe: PipeDir,
+    /// The source may still move to the kernel (not once it has been there).
+    hookable: bool,
+}
+
+impl MapDir {
+    fn new() -> Result<MapDir, SpliceError> {
+        Ok(MapDir {
+            phase: Phase::Pipe,
+            pipe: PipeDir::new()?,
+            hookable: true,
+        })
+    }
+
+    /// In the tail phase: whether every byte the verdict redirected is in `dst`'s send
+    /// queue. The verdict is done with the source once its FIN is seen (both run under
+    /// the socket lock, and every skb before the FIN was queued before it); what it did
+    /// not take is still in the receive queue (the socket leaves the maps, verdict and
+    /// all, when it closes: on a FIN received after our own FIN, the skb carrying that
+    /// FIN stays queued). SIOCINQ counts that rest either way (0 while still hooked).
+    /// Once flushed, returns how many of the source's bytes are still to forward: the
+    /// received ones not yet in `dst`. That, not SIOCINQ, bounds what the pipe then
+    /// reads, so a byte the kernel forwarded is never sent twice.
+    fn tail_flushed(
+        &self,
+        src: &TcpStream,
+        src_base: &Baseline,
+        dst: &TcpStream,
+        dst_base: &Baseline,
+    ) -> Result<Option<u64>, PumpError> {
+        let info = sys::tcp_info(src.as_fd()).map_err(PumpError::Src)?;
+        let rest = sys::socket_inq(src.as_fd()).map_err(PumpError::Src)? as u64;
+        let to_forward = received_data(&info, true).saturating_sub(src_base.consumed);
+        let done = forwarded(dst.as_fd(), dst_base).map_err(PumpError::Dst)?;
+        Ok((done + rest >= to_forward).then(|| to_forward.saturating_sub(done)))
+    }
+
+    /// Waits until the direction may make progress or its source has news.
+    async fn wait(&self, src: &TcpStream, dst: &TcpStream) -> io::Result<Option<Event>> {
+        match self.phase {
+            Phase::Pipe => self.pipe.wait(src, dst).await.map(|_| None),
+            Phase::Kernel => socket_event(src).await.map(Some),
+            Phase::Tail => pending().await,
+        }
+    }
+}
+
+/// Removes the pair from the maps however the engine ends (also when its future is
+/// dropped).
+struct Joined<'a> {
+    maps: &'a SpliceMaps,
+    client: u64,
+    backend: u64,
+}
+
+impl Drop for Joined<'_> {
+    fn drop(&mut self) {
+        self.maps.leave(self.client, self.backend);
+    }
+}
+
+/// What a hooked socket's readiness says.
+enum Event {
+    /// Bytes arrived (and were redirected by the verdict): nothing to do.
+    Data,
+    /// The peer's FIN.
+    Eof,
+    /// A reset or another error.
+    Failed,
+}
+
+/// Waits for the next event on a hooked socket. Readability also fires whenever the
+/// verdict has consumed data (the kernel signals the reader after each batch); those
+/// wake-ups are cleared and reported as `Data`.
+async fn socket_event(s: &TcpStream) -> io::Result<Event> {
+    let ready: Ready = s.ready(Interest::READABLE | Interest::ERROR).await?;
+    if ready.is_error() || ready.is_read_closed() {
+        if socket_error(s).is_some() {
+            return Ok(Event::Failed);
+        }
+        if ready.is_read_closed() {
+            return Ok(Event::Eof);
+        }
+    }
+    // Clear the readiness this event reported (only if no newer event came since).
+    // One interest per call: tokio's try_io ignores a combined interest.
+    for interest in [Interest::READABLE, Interest::ERROR] {
+        let _ = s.try_io(interest, || Err::<(), _>(io::ErrorKind::WouldBlock.into()));
+    }
+    Ok(Event::Data)
+}
+
+/// The sockmap engine; Ok(None) when it could not take the pair and left both sockets
+/// untouched (the caller falls back to the pipe engine).
+///
+/// Each direction starts on the pipe engine and moves to the kernel when its source is
+/// quiescent: its pipe is empty and a splice from it found nothing. Only then is it
+/// hooked, because the verdict reads whole skbs from the head of the receive queue
+/// (tcp_read_skb) and ignores how much of the first one user space already read: an
+/// skb partly read before the hand-off (an --accept-proxy header, a read that stopped
+/// mid-skb) would be forwarded whole, its first bytes twice (seen on 6.18). A splice
+/// that comes back empty leaves no partly read skb, and whatever arrives after it is
+/// whole skbs, which the verdict forwards in order behind the bytes the pipe already
+/// delivered. A direction whose source never goes quiet (its destination never drains
+/// the pipe) simply stays on the pipe engine.
+pub(super) async fn sockmap_engine(
+    client: &TcpStream,
+    backend: &TcpStream,
+    maps: &SpliceMaps,
+    idle_timeout: Duration,
+) -> Result<Option<SpliceStats>, SpliceError> {
+    let (cfd, bfd) = (client.as_fd(), backend.as_fd());
+    let (Ok(client_cookie), Ok(backend_cookie)) =
+        (sys::socket_cookie(cfd), sys::socket_cookie(bfd))
+    else {
+        return Ok(None);
+    };
+    let (Some(client_base), Some(backend_base)) = (
+        baseline(cfd).map_err(io_err("client tcp_info"))?,
+        baseline(bfd).map_err(io_err("backend tcp_info"))?,
+    ) else {
+        return Ok(None);
+    };
+    if let Err(e) = maps.pair(cfd, client_cookie, bfd, backend_cookie) {
+        tracing::debug!("sockmap splice unavailable ({e}); using the pipe engine");
+        return Ok(None);
+    }
+    let _joined = Joined {
+        maps,
+        client: client_cookie,
+        backend: backend_cookie,
+    };
+
+    let mut up = MapDir::new()?;
+    let mut down = MapDir::new()?;
+    let tick = idle_tick(idle_timeout);
+    let mut last_activity = activity(cfd, bfd);
+    let mut last_move = Instant::now();
+    let mut next_check = Instant::now() + tick;
+    // While a direction waits in its tail, poll quickly, then back off.
+    let mut tail_poll = Duration::from_millis(1);
+    // Whether a socket was hooked (else the pipe engine did all the work).
+    let mut hooked = false;
+
+    let ended = 'run: loop {
+        let mut moved = false;
+        for (dir, src, src_base, src_cookie, dst, dst_base, side) in [
+            (
+                &mut up,
+                client,
+                &client_base,
+                client_cookie,
+                backend,
+                &backend_base,
+                Side::Client,
+            ),
+            (
+                &mut down,
+                backend,
+                &backend_base,
+                backend_cookie,
+                client,
+                &client_base,
+                Side::Backend,
+            ),
+        ] {
+            match dir.phase {
+                Phase::Pipe => {
+                    match dir.pipe.pump(src, dst) {
+                        Ok(m) => moved |= m,
+                        Err(e) => break 'run failed(e, side),
+                    }
+                    if dir.hookable && dir.pipe.quiescent() {
+                        dir.hookable = false;
+                        if maps.hook(src.as_fd(), src_cookie).is_ok() {
+                            dir.phase = Phase::Kernel;
+                            hooked = true;
+                            // Whole skbs may have arrived since the empty splice, and
+                            // the verdict only runs from the socket's data_ready
+                            // callback. Setting SO_RCVLOWAT calls it at once if data
+                            // is queued (tcp_set_rcvlowat → tcp_data_ready): the verdict
+                            // then takes the queue from its head, in order.
+                            sys::set_rcvlowat(src.as_fd(), 1).map_err(io_err("SO_RCVLOWAT"))?;
+                        }
+                    }
+                }
+                Phase::Kernel => {}
+                Phase::Tail => match dir.tail_flushed(src, src_base, dst, dst_base) {
+                    Ok(Some(missing)) => {
+                        // The pipe moves what the kernel did not, and no more.
+                        dir.pipe.read_limit = Some(missing);
+                        dir.phase = Phase::Pipe;
+                        moved = true;
+                    }
+                    Ok(None) => {}
+                    Err(e) => break 'run failed(e, side),
+                },
+            }
+        }
+        if up.pipe.done && down.pipe.done {
+            break End::ClosedBoth;
+        }
+        if moved {
+            last_move = Instant::now();
+            tokio::task::consume_budget().await;
+            continue;
+        }
+        let wake = if up.phase == Phase::Tail || down.phase == Phase::Tail {
+            let w = Instant::now() + tail_poll;
+            tail_poll = (tail_poll * 2).min(Duration::from_millis(50));
+            w.min(next_check)
+        } else {
+            tail_poll = Duration::from_millis(1);
+            next_check
+        };
+        tokio::select! {
+            ev = up.wait(client, backend) => match ev.map_err(io_err("client readiness"))? {
+                None | Some(Event::Data) => {}
+                Some(Event::Eof) => up.phase = Phase::Tail,
+                Some(Event::Failed) => break End::ResetByClient,
+            },
+            ev = down.wait(backend, client) => match ev.map_err(io_err("backend readiness"))? {
+                None | Some(Event::Data) => {}
+                Some(Event::Eof) => down.phase = Phase::Tail,
+                Some(Event::Failed) => break End::ResetByBackend,
+            },
+            _ = error_on(client) => break End::ResetByClient,
+            _ = error_on(backend) => break End::ResetByBackend,
+            _ = sleep_until(wake.into()) => {}
+        }
+        let now = Instant::now();
+        if now >= next_check {
+            next_check = now + tick;
+            let a = activity(cfd, bfd);
+            if a != last_activity {
+                // Something moved since the last check: count it as now.
+                last_activity = a;
+                last_move = now;
+            }
+            if now.duration_since(last_move) >= idle_timeout {
+                break End::IdleTimeout;
+            }
+        }
+    };
+    // Bytes forwarded each way; a FIN we sent counts one in the send sequence.
+    let moved = |dir: &MapDir, dst: BorrowedFd<'_>, base: &Baseline| {
+        forwarded(dst, base)
+            .map(|n| n.saturating_sub(dir.pipe.done as u64))
+            .unwrap_or(0)
+    };
+    let engine = if hooked {
+        Engine::Sockmap
+    } else {
+        Engine::Pipe
+    };
+    Ok(Some(SpliceStats {
+        bytes_in: moved(&up, bfd, &backend_base),
+        bytes_out: moved(&down, cfd, &client_base),
+        ended,
+        engine,
+    }))
+}
+
+/// A number that changes whenever a byte arrives at or is acknowledged by either socket
+/// (None when tcp_info fails, which then counts as a change only once).
+fn activity(client: BorrowedFd<'_>, backend: BorrowedFd<'_>) -> Option<u64> {
+    let c = sys::tcp_info(client).ok()?;
+    let b = sys::tcp_info(backend).ok()?;
+    Some(
+        c.bytes_received
+            .wrapping_add(c.bytes_acked)
+            .wrapping_add(b.bytes_received)
+            .wrapping_add(b.bytes_acked),
+    )
+}
