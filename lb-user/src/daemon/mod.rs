@@ -226,7 +226,7 @@ pub async fn run(started: Started) -> anyhow::Result<()> {
                     let scan = tokio::task::spawn_blocking(move || crate::api::report::collect_from(&record)).await;
                     match scan {
                         Ok(Ok(report)) => {
-                            if let Err(e) = lock(&ctl).advance_drains(&report) {
+                            if let Err(e) = lock(&ctl).advance_drains(&report.active_flows()) {
                                 error!(cause = %e, "advancing drains");
                             }
                         }
