@@ -180,15 +180,17 @@ fn execute(c: &mut Control, cmd: Command) -> Reply {
                     .map(|changes| serde_json::json!({ "ok": true, "changes": changes })),
             );
         }
-        Command::Add { service, backend } => c.add_backend(&service, &backend),
-        Command::Remove { service, addr, now } => c.remove_backend(&service, addr, now),
+        Command::Add { service, backend } => c.decide(|m, _| m.add_backend(&service, &backend)),
+        Command::Remove { service, addr, now } => {
+            c.decide(|m, at| m.remove_backend(&service, addr, now, at))
+        }
         Command::Weight {
             service,
             addr,
             weight,
-        } => c.set_weight(&service, addr, weight),
-        Command::Drain { service, addr } => c.drain(&service, addr),
-        Command::Enable { service, addr } => c.enable(&service, addr),
+        } => c.decide(|m, _| m.set_weight(&service, addr, weight)),
+        Command::Drain { service, addr } => c.decide(|m, at| m.drain(&service, addr, at)),
+        Command::Enable { service, addr } => c.decide(|m, _| m.enable(&service, addr)),
     };
     done(r.map(|msg| serde_json::json!({ "ok": true, "message": msg })))
 }

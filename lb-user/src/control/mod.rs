@@ -15,7 +15,7 @@ mod tests;
 
 pub use error::ControlError;
 
-use crate::config::{BackendConfig, Config, FlagSettings, HealthCheck};
+use crate::config::{Config, FlagSettings, HealthCheck};
 use crate::dataplane::runtime::RuntimeRecord;
 use crate::dataplane::{BackendSlot, Dataplane, ServiceSlot, source_address_for};
 use crate::health::histogram::LatencyHistogram;
@@ -252,47 +252,14 @@ impl Control {
         self.commit(Ok(()), changed)
     }
 
-    /// Adds a backend to a running service (admin API). With a health check it gets new
-    /// flows once `rise` checks have passed.
-    pub fn add_backend(
+    /// Takes an operator's decision on the model (`Model::add_backend`, `remove_backend`,
+    /// `set_weight`, `drain`, `enable`; `now` is the time drains count from) and
+    /// executes its plan.
+    pub fn decide<T>(
         &mut self,
-        service: &str,
-        backend: &BackendConfig,
-    ) -> Result<String, ControlError> {
-        let r = self.model.add_backend(service, backend);
-        self.commit(r, true)
-    }
-
-    /// Removes a backend: drains it first unless `now`.
-    pub fn remove_backend(
-        &mut self,
-        service: &str,
-        addr: SocketAddr,
-        now: bool,
-    ) -> Result<String, ControlError> {
-        let r = self
-            .model
-            .remove_backend(service, addr, now, Instant::now());
-        self.commit(r, true)
-    }
-
-    pub fn set_weight(
-        &mut self,
-        service: &str,
-        addr: SocketAddr,
-        weight: u32,
-    ) -> Result<String, ControlError> {
-        let r = self.model.set_weight(service, addr, weight);
-        self.commit(r, true)
-    }
-
-    pub fn drain(&mut self, service: &str, addr: SocketAddr) -> Result<String, ControlError> {
-        let r = self.model.drain(service, addr, Instant::now());
-        self.commit(r, true)
-    }
-
-    pub fn enable(&mut self, service: &str, addr: SocketAddr) -> Result<String, ControlError> {
-        let r = self.model.enable(service, addr);
+        decision: impl FnOnce(&mut Model, Instant) -> Result<T, ControlError>,
+    ) -> Result<T, ControlError> {
+        let r = decision(&mut self.model, Instant::now());
         self.commit(r, true)
     }
 
@@ -417,11 +384,15 @@ impl Control {
             .collect()
     }
 
-    /// Stops the checks, detaches, and removes the pins and the runtime record.
-    pub fn shutdown(&mut self) {
+    fn stop_checkers(&mut self) {
         for (_, h) in self.checkers.drain() {
             h.abort();
         }
+    }
+
+    /// Stops the checks, detaches, and removes the pins and the runtime record.
+    pub fn shutdown(&mut self) {
+        self.stop_checkers();
         for ip in self.model.local_routes() {
             if let Err(e) = route::remove_local(ip) {
                 warn!(vip = %ip, cause = %e, "removing the VIP's local route");
@@ -433,5 +404,13 @@ impl Control {
                 warn!(path = %p.display(), cause = %e, "removing runtime record");
             }
         }
+    }
+}
+
+impl Drop for Control {
+    /// A control plane dropped without [`Control::shutdown`] (a failed start) stops its
+    /// checkers too: a dropped task handle does not.
+    fn drop(&mut self) {
+        self.stop_checkers();
     }
 }
