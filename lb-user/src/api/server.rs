@@ -5,6 +5,7 @@
 
 use crate::api::report::{Report, StatsError};
 use crate::api::request::Command;
+use crate::control::task::Handle;
 use crate::control::{Control, ControlError};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -13,13 +14,9 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
-
-/// The control plane, shared by the admin API, the health checks and the signal loop.
-pub type Shared = Arc<Mutex<Control>>;
 
 /// Largest request body accepted.
 const MAX_BODY: usize = 64 * 1024;
@@ -27,7 +24,7 @@ const MAX_BODY: usize = 64 * 1024;
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves the API on `listener` until the task is dropped.
-pub async fn serve(listener: TcpListener, ctl: Shared) {
+pub async fn serve(listener: TcpListener, ctl: Handle) {
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(s) => s,
@@ -72,12 +69,12 @@ fn error(status: u16, msg: impl std::fmt::Display) -> Reply {
     json(status, serde_json::json!({ "error": msg.to_string() }))
 }
 
-fn lock(ctl: &Shared) -> MutexGuard<'_, Control> {
-    // A panic while holding the lock poisons it; the state is still the best we have.
-    ctl.lock().unwrap_or_else(|e| e.into_inner())
+/// The answer while the daemon shuts down and the control plane takes no more work.
+fn stopping() -> Reply {
+    error(503, "lb is shutting down")
 }
 
-async fn handle(ctl: Shared, req: Request<Incoming>) -> Result<Reply, std::convert::Infallible> {
+async fn handle(ctl: Handle, req: Request<Incoming>) -> Result<Reply, std::convert::Infallible> {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
@@ -97,10 +94,11 @@ async fn handle(ctl: Shared, req: Request<Incoming>) -> Result<Reply, std::conve
                 crate::api::metrics::render(&r),
             ),
             Ok(r) => json(200, serde_json::json!({ "services": r.services })),
+            Err(e @ ReportError::Stopping) => error(503, e),
             Err(e) => error(500, e),
         });
     }
-    Ok(route(&ctl, &method, &path, &body))
+    Ok(route(&ctl, &method, &path, &body).await)
 }
 
 /// Why the report could not be built.
@@ -110,37 +108,49 @@ pub enum ReportError {
     Stats(#[from] StatsError),
     #[error("collecting the report: {0}")]
     Join(#[from] tokio::task::JoinError),
+    #[error("lb is shutting down")]
+    Stopping,
 }
 
-/// The full report. The flow table scan runs on a blocking thread without the lock, so
-/// a scrape never stalls health checks or live changes.
-pub async fn report(ctl: &Shared) -> Result<Report, ReportError> {
-    let record = lock(ctl).record();
+/// The full report. The flow table scan runs on a blocking thread, outside the control
+/// task, so a scrape never stalls health checks or live changes.
+pub async fn report(ctl: &Handle) -> Result<Report, ReportError> {
+    let record = ctl
+        .call(|c| c.record())
+        .await
+        .ok_or(ReportError::Stopping)?;
     let mut r =
         tokio::task::spawn_blocking(move || crate::api::report::collect_from(&record)).await??;
-    let health = lock(ctl).health();
+    let health = ctl
+        .call(|c| c.health())
+        .await
+        .ok_or(ReportError::Stopping)?;
     r.add_health(&health);
     Ok(r)
 }
 
-fn route(ctl: &Shared, method: &Method, path: &str, body: &[u8]) -> Reply {
+async fn route(ctl: &Handle, method: &Method, path: &str, body: &[u8]) -> Reply {
     if method == Method::POST {
         match Command::from_wire(path, body) {
-            Some(Ok(cmd)) => return execute(&mut lock(ctl), cmd),
+            Some(Ok(cmd)) => {
+                return ctl
+                    .call(move |c| execute(c, cmd))
+                    .await
+                    .unwrap_or_else(stopping);
+            }
             Some(Err(e)) => return error(e.status, e.message),
             None => {}
         }
     }
     match (method, path) {
         (&Method::GET, "/health/instance") => {
-            let mut c = lock(ctl);
-            let problems = c.dataplane_mut().attachment_problems();
-            let attached: Vec<String> = c
-                .dataplane()
-                .attachments
-                .iter()
-                .map(|a| format!("{}:{}", a.iface, a.mode))
-                .collect();
+            let state = ctl.call(|c| {
+                let problems = c.dataplane_mut().attachment_problems();
+                (problems, c.attached())
+            });
+            let Some((problems, attached)) = state.await else {
+                return stopping();
+            };
             if problems.is_empty() {
                 json(
                     200,
@@ -154,7 +164,9 @@ fn route(ctl: &Shared, method: &Method, path: &str, body: &[u8]) -> Reply {
             }
         }
         (&Method::GET, "/health/endtoend") => {
-            let down = lock(ctl).services_down();
+            let Some(down) = ctl.call(|c| c.services_down()).await else {
+                return stopping();
+            };
             if down.is_empty() {
                 json(200, serde_json::json!({ "status": "ok" }))
             } else {

@@ -10,6 +10,7 @@ pub mod error;
 pub mod model;
 pub mod plan;
 mod reload;
+pub mod task;
 #[cfg(test)]
 mod tests;
 
@@ -111,6 +112,15 @@ impl Control {
 
     pub fn dataplane_mut(&mut self) -> &mut Dataplane {
         &mut self.dp
+    }
+
+    /// Where the program is attached, as `iface:mode`.
+    pub fn attached(&self) -> Vec<String> {
+        self.dp
+            .attachments
+            .iter()
+            .map(|a| format!("{}:{}", a.iface, a.mode))
+            .collect()
     }
 
     pub fn config(&self) -> &Config {
