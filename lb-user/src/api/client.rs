@@ -2,6 +2,7 @@
 //! and `lb stats` (blocking: they are one-shot commands).
 
 use crate::api::report::Report;
+use crate::api::request::Command;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
@@ -27,6 +28,9 @@ pub enum ClientError {
     /// The daemon refused the request; its message.
     #[error("{0}")]
     Refused(String),
+    /// An argument the daemon would refuse (a malformed backend address).
+    #[error("{0}")]
+    Invalid(String),
 }
 
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -38,6 +42,13 @@ pub fn get_report(addr: SocketAddr) -> Result<Report, ClientError> {
         addr,
         detail: format!("report: {e}"),
     })
+}
+
+/// Sends a change request; returns the daemon's JSON answer.
+pub fn send(addr: SocketAddr, cmd: &Command) -> Result<serde_json::Value, ClientError> {
+    let (path, body) = cmd.to_wire();
+    let body = body.map(|b| serde_json::to_value(b).expect("a request body serialises"));
+    request(addr, "POST", &path, body.as_ref())
 }
 
 /// One HTTP/1.1 request with `Connection: close`; returns the JSON body of a 2xx

@@ -3,6 +3,7 @@
 //! runtime record names ([`collect_from`]) and completed by the daemon; the admin API,
 //! `/metrics`, `lb ctl` and `lb stats` all read it.
 
+use crate::control::{ActiveFlows, ServiceHealth};
 use crate::dataplane::runtime::{RuntimeError, RuntimeRecord};
 use crate::health::histogram::LatencyHistogram;
 use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray};
@@ -160,6 +161,50 @@ fn map_state(state: u8) -> &'static str {
         m::BACKEND_DRAINING => "draining",
         m::BACKEND_DOWN => "down",
         _ => "empty",
+    }
+}
+
+impl Report {
+    /// Adds what the health checks and the proxy know (from the daemon's control plane)
+    /// to a report built by [`collect_from`].
+    pub fn add_health(&mut self, health: &[ServiceHealth]) {
+        for rs in &mut self.services {
+            let Some(s) = health.iter().find(|s| s.name == rs.name) else {
+                continue;
+            };
+            if let Some(p) = &s.proxy {
+                rs.proxy = Some(p.clone());
+            }
+            let Some(check) = &s.check else {
+                continue;
+            };
+            for rb in &mut rs.backends {
+                let Some(b) = s.backends.iter().find(|b| b.addr.to_string() == rb.addr) else {
+                    continue;
+                };
+                rb.health = Some(HealthReport {
+                    check: check.clone(),
+                    status: b.status.into(),
+                    reason: b.reason.clone(),
+                    checks_passed: b.checks_passed,
+                    checks_failed: b.checks_failed,
+                    latency: b.latency.clone(),
+                });
+            }
+        }
+    }
+
+    /// Active flows per (service, backend), for ending drains.
+    pub fn active_flows(&self) -> ActiveFlows {
+        let mut flows = ActiveFlows::new();
+        for s in &self.services {
+            for b in &s.backends {
+                if let Ok(addr) = b.addr.parse() {
+                    *flows.entry((s.name.clone(), addr)).or_default() += b.active_flows;
+                }
+            }
+        }
+        flows
     }
 }
 

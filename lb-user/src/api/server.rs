@@ -3,7 +3,10 @@
 //! and POST endpoints for live changes, which `lb ctl` calls. No authentication: bind
 //! it to loopback or a management network only.
 
-use crate::control::{Control, ControlError, services_json};
+use crate::api::report::{Report, StatsError};
+use crate::api::request::Command;
+use crate::control::task::Handle;
+use crate::control::{Control, ControlError};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
@@ -11,14 +14,9 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use serde::Deserialize;
-use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
-
-/// The control plane, shared by the admin API, the health checks and the signal loop.
-pub type Shared = Arc<Mutex<Control>>;
 
 /// Largest request body accepted.
 const MAX_BODY: usize = 64 * 1024;
@@ -26,7 +24,7 @@ const MAX_BODY: usize = 64 * 1024;
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves the API on `listener` until the task is dropped.
-pub async fn serve(listener: TcpListener, ctl: Shared) {
+pub async fn serve(listener: TcpListener, ctl: Handle) {
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(s) => s,
@@ -71,23 +69,12 @@ fn error(status: u16, msg: impl std::fmt::Display) -> Reply {
     json(status, serde_json::json!({ "error": msg.to_string() }))
 }
 
-fn lock(ctl: &Shared) -> MutexGuard<'_, Control> {
-    // A panic while holding the lock poisons it; the state is still the best we have.
-    ctl.lock().unwrap_or_else(|e| e.into_inner())
+/// The answer while the daemon shuts down and the control plane takes no more work.
+fn stopping() -> Reply {
+    error(503, "lb is shutting down")
 }
 
-/// A backend operation's body.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BackendOp {
-    service: String,
-    addr: String,
-    weight: Option<u32>,
-    #[serde(default)]
-    now: bool,
-}
-
-async fn handle(ctl: Shared, req: Request<Incoming>) -> Result<Reply, std::convert::Infallible> {
+async fn handle(ctl: Handle, req: Request<Incoming>) -> Result<Reply, std::convert::Infallible> {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
@@ -106,35 +93,64 @@ async fn handle(ctl: Shared, req: Request<Incoming>) -> Result<Reply, std::conve
                 crate::api::metrics::CONTENT_TYPE,
                 crate::api::metrics::render(&r),
             ),
-            Ok(r) => json(200, services_json(&r)),
-            Err(e) => error(e.status(), e),
+            Ok(r) => json(200, serde_json::json!({ "services": r.services })),
+            Err(e @ ReportError::Stopping) => error(503, e),
+            Err(e) => error(500, e),
         });
     }
-    Ok(route(&ctl, &method, &path, &body))
+    Ok(route(&ctl, &method, &path, &body).await)
 }
 
-/// The full report. The flow table scan runs on a blocking thread without the lock, so
-/// a scrape never stalls health checks or live changes.
-pub async fn report(ctl: &Shared) -> Result<crate::api::report::Report, ControlError> {
-    let record = lock(ctl).record();
-    let mut r = tokio::task::spawn_blocking(move || crate::api::report::collect_from(&record))
+/// Why the report could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error(transparent)]
+    Stats(#[from] StatsError),
+    #[error("collecting the report: {0}")]
+    Join(#[from] tokio::task::JoinError),
+    #[error("lb is shutting down")]
+    Stopping,
+}
+
+/// The full report. The flow table scan runs on a blocking thread, outside the control
+/// task, so a scrape never stalls health checks or live changes.
+pub async fn report(ctl: &Handle) -> Result<Report, ReportError> {
+    let record = ctl
+        .call(|c| c.record())
         .await
-        .map_err(|e| ControlError::Invalid(format!("collecting the report: {e}")))??;
-    lock(ctl).add_health(&mut r);
+        .ok_or(ReportError::Stopping)?;
+    let mut r =
+        tokio::task::spawn_blocking(move || crate::api::report::collect_from(&record)).await??;
+    let health = ctl
+        .call(|c| c.health())
+        .await
+        .ok_or(ReportError::Stopping)?;
+    r.add_health(&health);
     Ok(r)
 }
 
-fn route(ctl: &Shared, method: &Method, path: &str, body: &[u8]) -> Reply {
+async fn route(ctl: &Handle, method: &Method, path: &str, body: &[u8]) -> Reply {
+    if method == Method::POST {
+        match Command::from_wire(path, body) {
+            Some(Ok(cmd)) => {
+                return ctl
+                    .call(move |c| execute(c, cmd))
+                    .await
+                    .unwrap_or_else(stopping);
+            }
+            Some(Err(e)) => return error(e.status, e.message),
+            None => {}
+        }
+    }
     match (method, path) {
         (&Method::GET, "/health/instance") => {
-            let mut c = lock(ctl);
-            let problems = c.dataplane_mut().attachment_problems();
-            let attached: Vec<String> = c
-                .dataplane()
-                .attachments
-                .iter()
-                .map(|a| format!("{}:{}", a.iface, a.mode))
-                .collect();
+            let state = ctl.call(|c| {
+                let problems = c.dataplane_mut().attachment_problems();
+                (problems, c.attached())
+            });
+            let Some((problems, attached)) = state.await else {
+                return stopping();
+            };
             if problems.is_empty() {
                 json(
                     200,
@@ -148,7 +164,9 @@ fn route(ctl: &Shared, method: &Method, path: &str, body: &[u8]) -> Reply {
             }
         }
         (&Method::GET, "/health/endtoend") => {
-            let down = lock(ctl).services_down();
+            let Some(down) = ctl.call(|c| c.services_down()).await else {
+                return stopping();
+            };
             if down.is_empty() {
                 json(200, serde_json::json!({ "status": "ok" }))
             } else {
@@ -158,47 +176,35 @@ fn route(ctl: &Shared, method: &Method, path: &str, body: &[u8]) -> Reply {
                 )
             }
         }
-        (&Method::POST, "/api/v1/reload") => {
-            let result = lock(ctl).reload();
-            done(result.map(|changes| serde_json::json!({ "ok": true, "changes": changes })))
-        }
-        (&Method::POST, p) if p.starts_with("/api/v1/backends/") => {
-            let op: BackendOp = match serde_json::from_slice(body) {
-                Ok(op) => op,
-                Err(e) => {
-                    return error(
-                        400,
-                        format!(
-                            "body must be JSON like {{\"service\":\"web\",\"addr\":\"198.18.1.11:80\"}}: {e}"
-                        ),
-                    );
-                }
-            };
-            let mut c = lock(ctl);
-            let r = match &p["/api/v1/backends/".len()..] {
-                "add" => {
-                    let spec = match op.weight {
-                        Some(w) => format!("{}@{w}", op.addr),
-                        None => op.addr.clone(),
-                    };
-                    c.add_backend(&op.service, &spec)
-                }
-                "remove" => c.remove_backend(&op.service, &op.addr, op.now),
-                "weight" => match op.weight {
-                    Some(w) => c.set_weight(&op.service, &op.addr, w),
-                    None => Err(ControlError::Invalid("weight: missing".into())),
-                },
-                "drain" => c.drain(&op.service, &op.addr),
-                "enable" => c.enable(&op.service, &op.addr),
-                other => return error(404, format!("no backend operation {other:?}")),
-            };
-            done(r.map(|msg| serde_json::json!({ "ok": true, "message": msg })))
-        }
         (_, "/health/instance" | "/health/endtoend" | "/metrics" | "/api/v1/services") => {
             error(405, format!("{method} is not allowed on {path}; use GET"))
         }
         _ => error(404, format!("no endpoint {method} {path}")),
     }
+}
+
+/// Runs a change request and answers with its result.
+fn execute(c: &mut Control, cmd: Command) -> Reply {
+    let r = match cmd {
+        Command::Reload => {
+            return done(
+                c.reload()
+                    .map(|changes| serde_json::json!({ "ok": true, "changes": changes })),
+            );
+        }
+        Command::Add { service, backend } => c.decide(|m, _| m.add_backend(&service, &backend)),
+        Command::Remove { service, addr, now } => {
+            c.decide(|m, at| m.remove_backend(&service, addr, now, at))
+        }
+        Command::Weight {
+            service,
+            addr,
+            weight,
+        } => c.decide(|m, _| m.set_weight(&service, addr, weight)),
+        Command::Drain { service, addr } => c.decide(|m, at| m.drain(&service, addr, at)),
+        Command::Enable { service, addr } => c.decide(|m, _| m.enable(&service, addr)),
+    };
+    done(r.map(|msg| serde_json::json!({ "ok": true, "message": msg })))
 }
 
 fn done(r: Result<serde_json::Value, ControlError>) -> Reply {

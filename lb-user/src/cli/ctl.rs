@@ -1,6 +1,7 @@
 //! `lb ctl`: operator commands sent to the daemon's admin API, so operators need no curl.
 
-use crate::api::client::{ClientError, request};
+use crate::api::client::{ClientError, request, send};
+use crate::api::request::{Command, parse_addr, parse_spec};
 use crate::cli::{CtlArgs, CtlCommand};
 use std::fmt::Write as _;
 use std::net::ToSocketAddrs;
@@ -13,73 +14,63 @@ pub fn run(args: &CtlArgs) -> Result<String, ClientError> {
         .ok()
         .and_then(|mut a| a.next())
         .ok_or_else(|| ClientError::BadAddr(args.admin.clone()))?;
-    let op = |name: &str, body: serde_json::Value| -> Result<String, ClientError> {
-        let v = request(
-            addr,
-            "POST",
-            &format!("/api/v1/backends/{name}"),
-            Some(&body),
-        )?;
-        Ok(v["message"].as_str().unwrap_or("ok").to_string() + "\n")
-    };
-    match &args.command {
+    let backend = |s: &str| parse_addr(s).map_err(ClientError::Invalid);
+    let cmd = match &args.command {
         CtlCommand::List { json } => {
             let v = request(addr, "GET", "/api/v1/services", None)?;
-            if *json {
-                Ok(serde_json::to_string_pretty(&v).unwrap_or_default() + "\n")
+            return Ok(if *json {
+                serde_json::to_string_pretty(&v).unwrap_or_default() + "\n"
             } else {
-                Ok(render_list(&v))
-            }
+                render_list(&v)
+            });
         }
-        CtlCommand::Add { service, backend } => {
-            let (a, w) = match backend.rsplit_once('@') {
-                Some((a, w)) => (a.to_string(), Some(w)),
-                None => (backend.clone(), None),
-            };
-            let mut body = serde_json::json!({ "service": service, "addr": a });
-            if let Some(w) = w {
-                let w: u32 = w.parse().map_err(|_| {
-                    ClientError::Refused(format!(
-                        "backend {backend:?}: weight {w:?} is not a number"
-                    ))
-                })?;
-                body["weight"] = w.into();
-            }
-            op("add", body)
-        }
+        CtlCommand::Add { service, backend } => Command::Add {
+            service: service.clone(),
+            backend: parse_spec(backend).map_err(ClientError::Invalid)?,
+        },
         CtlCommand::Remove {
             service,
-            backend,
+            backend: b,
             now,
-        } => op(
-            "remove",
-            serde_json::json!({ "service": service, "addr": backend, "now": now }),
-        ),
+        } => Command::Remove {
+            service: service.clone(),
+            addr: backend(b)?,
+            now: *now,
+        },
         CtlCommand::Weight {
             service,
-            backend,
+            backend: b,
             weight,
-        } => op(
-            "weight",
-            serde_json::json!({ "service": service, "addr": backend, "weight": weight }),
-        ),
-        CtlCommand::Drain { service, backend } => op(
-            "drain",
-            serde_json::json!({ "service": service, "addr": backend }),
-        ),
-        CtlCommand::Enable { service, backend } => op(
-            "enable",
-            serde_json::json!({ "service": service, "addr": backend }),
-        ),
-        CtlCommand::Reload => {
-            let v = request(addr, "POST", "/api/v1/reload", None)?;
-            let mut out = String::from("configuration reloaded\n");
-            for c in v["changes"].as_array().into_iter().flatten() {
-                let _ = writeln!(out, "  {}", c.as_str().unwrap_or_default());
-            }
-            Ok(out)
+        } => Command::Weight {
+            service: service.clone(),
+            addr: backend(b)?,
+            weight: *weight,
+        },
+        CtlCommand::Drain {
+            service,
+            backend: b,
+        } => Command::Drain {
+            service: service.clone(),
+            addr: backend(b)?,
+        },
+        CtlCommand::Enable {
+            service,
+            backend: b,
+        } => Command::Enable {
+            service: service.clone(),
+            addr: backend(b)?,
+        },
+        CtlCommand::Reload => Command::Reload,
+    };
+    let v = send(addr, &cmd)?;
+    if cmd == Command::Reload {
+        let mut out = String::from("configuration reloaded\n");
+        for c in v["changes"].as_array().into_iter().flatten() {
+            let _ = writeln!(out, "  {}", c.as_str().unwrap_or_default());
         }
+        return Ok(out);
     }
+    Ok(v["message"].as_str().unwrap_or("ok").to_string() + "\n")
 }
 
 /// The service list as a table.

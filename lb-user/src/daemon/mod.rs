@@ -2,10 +2,11 @@
 //! API, reloads (SIGHUP) and neighbour upkeep until SIGINT/SIGTERM, and on the way out
 //! detach and remove what it created.
 
-use crate::api::server::{self as admin, Shared};
+use crate::api::report::{Report, StatsError};
+use crate::api::server as admin;
 use crate::config::SpliceChoice;
 use crate::config::{Config, FlagSettings};
-use crate::control::{Control, ControlError};
+use crate::control::{Control, ControlError, task};
 use crate::dataplane::neigh;
 use crate::dataplane::{Dataplane, DataplaneError};
 use crate::health::CheckResult;
@@ -13,7 +14,7 @@ use crate::proxy::server::{Proxy, Settings};
 use crate::proxy::splice::Engine;
 use lb_common::counters::DROP_NO_NEIGH;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
@@ -57,7 +58,7 @@ impl StartError {
 
 /// A daemon that has attached its program and waits in [`run`].
 pub struct Started {
-    ctl: Shared,
+    ctl: Control,
     admin: Option<std::net::TcpListener>,
     checks: UnboundedReceiver<CheckResult>,
     proxy: Arc<Proxy>,
@@ -150,7 +151,7 @@ pub fn start(cfg: Config, flags: FlagSettings) -> Result<Started, StartError> {
     let mut ctl = Control::new(dp, cfg, flags, tx, proxy.clone())?;
     ctl.dataplane_mut().attach(&ifaces, mode)?;
     Ok(Started {
-        ctl: Arc::new(Mutex::new(ctl)),
+        ctl,
         admin,
         checks,
         proxy,
@@ -158,14 +159,10 @@ pub fn start(cfg: Config, flags: FlagSettings) -> Result<Started, StartError> {
     })
 }
 
-fn lock(ctl: &Shared) -> std::sync::MutexGuard<'_, Control> {
-    ctl.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// Runs until SIGINT or SIGTERM, then detaches.
 pub async fn run(started: Started) -> anyhow::Result<()> {
     let Started {
-        ctl,
+        mut ctl,
         admin,
         mut checks,
         proxy,
@@ -180,32 +177,30 @@ pub async fn run(started: Started) -> anyhow::Result<()> {
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sighup = signal(SignalKind::hangup())?;
+    // The admin API reaches the control plane through `jobs`, run by the loop below.
+    let (handle, mut jobs) = task::channel();
     let admin_task = match admin {
         Some(l) => Some(tokio::spawn(admin::serve(
             tokio::net::TcpListener::from_std(l)?,
-            ctl.clone(),
+            handle,
         ))),
         None => None,
     };
-    {
-        let mut c = lock(&ctl);
-        c.write_record();
-        let ifaces: Vec<String> = c
-            .dataplane()
-            .attachments
-            .iter()
-            .map(|a| format!("{}:{}", a.iface, a.mode))
-            .collect();
-        let record = c
-            .record_path()
-            .map(|p| p.display().to_string())
-            .unwrap_or_default();
-        info!(services = c.config().services.len(), ifaces = %ifaces.join(","), record = %record, "ready");
-    }
+    ctl.write_record();
+    let ifaces = ctl.attached();
+    let record = ctl
+        .record_path()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    info!(services = ctl.config().services.len(), ifaces = %ifaces.join(","), record = %record, "ready");
 
     let mut tick = tokio::time::interval(TICK);
     let mut last_refresh = tokio::time::Instant::now();
-    let mut no_neigh = lock(&ctl).dataplane().counter(DROP_NO_NEIGH);
+    let mut no_neigh = ctl.dataplane().counter(DROP_NO_NEIGH);
+    // Counts of the flows of draining backends: the flow table scan runs on a blocking
+    // thread while the loop goes on; one scan at a time.
+    let (flows_tx, mut flows_rx) = tokio::sync::mpsc::channel(1);
+    let mut scanning = false;
     let signal_name = loop {
         tokio::select! {
             _ = sigint.recv() => break "SIGINT",
@@ -213,36 +208,44 @@ pub async fn run(started: Started) -> anyhow::Result<()> {
             _ = sighup.recv() => {
                 info!("SIGHUP: reloading the configuration");
                 // Logged (applied or rejected) by reload itself.
-                let _ = lock(&ctl).reload();
+                let _ = ctl.reload();
             }
             Some(r) = checks.recv() => {
-                if let Err(e) = lock(&ctl).on_check(r) {
+                if let Err(e) = ctl.on_check(r) {
                     error!(cause = %e, "applying a health check result");
                 }
             }
-            _ = tick.tick() => {
-                let pending = lock(&ctl).drains_pending();
-                if let Some(record) = pending {
-                    let scan = tokio::task::spawn_blocking(move || crate::api::report::collect_from(&record)).await;
-                    match scan {
-                        Ok(Ok(report)) => {
-                            if let Err(e) = lock(&ctl).advance_drains(&report) {
-                                error!(cause = %e, "advancing drains");
-                            }
+            Some(job) = jobs.recv() => job(&mut ctl),
+            Some(scan) = flows_rx.recv() => {
+                scanning = false;
+                let scan: Result<Result<Report, StatsError>, _> = scan;
+                match scan {
+                    Ok(Ok(report)) => {
+                        if let Err(e) = ctl.advance_drains(&report.active_flows()) {
+                            error!(cause = %e, "advancing drains");
                         }
-                        Ok(Err(e)) => error!(cause = %e, "counting the flows of draining backends"),
-                        Err(e) => error!(cause = %e, "counting the flows of draining backends"),
                     }
+                    Ok(Err(e)) => error!(cause = %e, "counting the flows of draining backends"),
+                    Err(e) => error!(cause = %e, "counting the flows of draining backends"),
                 }
-                let c = lock(&ctl);
-                let now = c.dataplane().counter(DROP_NO_NEIGH);
+            }
+            _ = tick.tick() => {
+                if let Some(record) = ctl.drains_pending().filter(|_| !scanning) {
+                    scanning = true;
+                    let tx = flows_tx.clone();
+                    tokio::spawn(async move {
+                        let scan = tokio::task::spawn_blocking(move || crate::api::report::collect_from(&record)).await;
+                        let _ = tx.send(scan).await;
+                    });
+                }
+                let now = ctl.dataplane().counter(DROP_NO_NEIGH);
                 if now != no_neigh || last_refresh.elapsed() >= NEIGH_REFRESH {
                     if now != no_neigh {
                         warn!(dropped = now - no_neigh, "packets dropped for unresolved backend neighbours; resolving");
                     }
                     no_neigh = now;
                     last_refresh = tokio::time::Instant::now();
-                    neigh::warm(&c.backend_ips());
+                    neigh::warm(&ctl.backend_ips());
                 }
             }
         }
@@ -254,7 +257,7 @@ pub async fn run(started: Started) -> anyhow::Result<()> {
     for t in proxy_tasks {
         t.abort();
     }
-    lock(&ctl).shutdown();
+    ctl.shutdown();
     info!("stopped");
     Ok(())
 }

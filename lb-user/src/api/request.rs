@@ -1,0 +1,249 @@
+//! The admin API's change requests, defined once for the server and `lb ctl`: each
+//! operation is a typed [`Command`] with one wire form (method, path, JSON body).
+//! Backend addresses are parsed here, with the config file's parsers, and nowhere else.
+
+use crate::config::{BackendConfig, parse_backend, parse_socket_addr};
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+
+/// Where the backend operations live: `POST {BACKENDS}{add,remove,weight,drain,enable}`.
+pub const BACKENDS: &str = "/api/v1/backends/";
+/// `POST`: re-read the config file.
+pub const RELOAD: &str = "/api/v1/reload";
+
+/// A change an operator asks of the daemon.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// Add a backend; with a health check it gets new flows once it passes.
+    Add {
+        service: String,
+        backend: BackendConfig,
+    },
+    /// Remove a backend: drain it first unless `now`.
+    Remove {
+        service: String,
+        addr: SocketAddr,
+        now: bool,
+    },
+    Weight {
+        service: String,
+        addr: SocketAddr,
+        weight: u32,
+    },
+    Drain {
+        service: String,
+        addr: SocketAddr,
+    },
+    Enable {
+        service: String,
+        addr: SocketAddr,
+    },
+    Reload,
+}
+
+/// A backend operation's JSON body.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendOp {
+    pub service: String,
+    /// `IP:PORT`.
+    pub addr: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<u32>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub now: bool,
+}
+
+/// A request the server refuses before it reaches the control plane.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{message}")]
+pub struct BadRequest {
+    pub status: u16,
+    pub message: String,
+}
+
+fn bad(message: String) -> BadRequest {
+    BadRequest {
+        status: 400,
+        message,
+    }
+}
+
+/// A backend `IP:PORT` as an operator wrote it.
+pub fn parse_addr(s: &str) -> Result<SocketAddr, String> {
+    parse_socket_addr(s).map_err(|r| format!("backend {s:?}: {r}"))
+}
+
+/// A backend `IP:PORT[@WEIGHT]` as an operator wrote it.
+pub fn parse_spec(s: &str) -> Result<BackendConfig, String> {
+    parse_backend(s).map_err(|r| format!("backend {s:?}: {r}"))
+}
+
+impl Command {
+    /// The request's path and JSON body (always `POST`).
+    pub fn to_wire(&self) -> (String, Option<BackendOp>) {
+        let op = |name: &str, service: &str, addr: SocketAddr, weight, now| {
+            (
+                format!("{BACKENDS}{name}"),
+                Some(BackendOp {
+                    service: service.to_string(),
+                    addr: addr.to_string(),
+                    weight,
+                    now,
+                }),
+            )
+        };
+        match self {
+            Command::Add { service, backend } => {
+                op("add", service, backend.addr, Some(backend.weight), false)
+            }
+            Command::Remove { service, addr, now } => op("remove", service, *addr, None, *now),
+            Command::Weight {
+                service,
+                addr,
+                weight,
+            } => op("weight", service, *addr, Some(*weight), false),
+            Command::Drain { service, addr } => op("drain", service, *addr, None, false),
+            Command::Enable { service, addr } => op("enable", service, *addr, None, false),
+            Command::Reload => (RELOAD.to_string(), None),
+        }
+    }
+
+    /// The command of a `POST` to `path` with `body`; `None` if `path` is no command.
+    pub fn from_wire(path: &str, body: &[u8]) -> Option<Result<Command, BadRequest>> {
+        if path == RELOAD {
+            return Some(Ok(Command::Reload));
+        }
+        let name = path.strip_prefix(BACKENDS)?;
+        Some(Self::backend_op(name, body))
+    }
+
+    fn backend_op(name: &str, body: &[u8]) -> Result<Command, BadRequest> {
+        let op: BackendOp = serde_json::from_slice(body).map_err(|e| {
+            bad(format!(
+                "body must be JSON like {{\"service\":\"web\",\"addr\":\"198.18.1.11:80\"}}: {e}"
+            ))
+        })?;
+        let service = op.service;
+        let addr = || parse_addr(&op.addr).map_err(bad);
+        Ok(match name {
+            "add" => {
+                let spec = match op.weight {
+                    Some(w) => format!("{}@{w}", op.addr),
+                    None => op.addr.clone(),
+                };
+                let backend = parse_spec(&spec).map_err(bad)?;
+                Command::Add { service, backend }
+            }
+            "remove" => Command::Remove {
+                service,
+                addr: addr()?,
+                now: op.now,
+            },
+            "weight" => {
+                let weight = op.weight.ok_or_else(|| bad("weight: missing".into()))?;
+                Command::Weight {
+                    service,
+                    addr: addr()?,
+                    weight,
+                }
+            }
+            "drain" => Command::Drain {
+                service,
+                addr: addr()?,
+            },
+            "enable" => Command::Enable {
+                service,
+                addr: addr()?,
+            },
+            other => {
+                return Err(BadRequest {
+                    status: 404,
+                    message: format!("no backend operation {other:?}"),
+                });
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn roundtrip(c: Command) {
+        let (path, body) = c.to_wire();
+        let body = body
+            .map(|b| serde_json::to_vec(&b).unwrap())
+            .unwrap_or_default();
+        assert_eq!(Command::from_wire(&path, &body), Some(Ok(c)), "{path}");
+    }
+
+    #[test]
+    fn every_command_survives_the_wire() {
+        let addr: SocketAddr = "[fd00::10]:80".parse().unwrap();
+        let service = "web".to_string();
+        roundtrip(Command::Add {
+            service: service.clone(),
+            backend: BackendConfig { addr, weight: 3 },
+        });
+        roundtrip(Command::Remove {
+            service: service.clone(),
+            addr,
+            now: true,
+        });
+        roundtrip(Command::Weight {
+            service: service.clone(),
+            addr,
+            weight: 0,
+        });
+        roundtrip(Command::Drain {
+            service: service.clone(),
+            addr,
+        });
+        roundtrip(Command::Enable { service, addr });
+        roundtrip(Command::Reload);
+    }
+
+    #[test]
+    fn bad_requests_say_what_is_wrong() {
+        let refused = |path: &str, body: &str| {
+            Command::from_wire(path, body.as_bytes())
+                .expect("a command path")
+                .expect_err(body)
+        };
+        let e = refused(
+            "/api/v1/backends/add",
+            r#"{"service":"web","addr":"198.18.1.14:http"}"#,
+        );
+        assert_eq!(e.status, 400);
+        assert!(
+            e.message.starts_with("backend \"198.18.1.14:http\": "),
+            "{e}"
+        );
+        let e = refused(
+            "/api/v1/backends/add",
+            r#"{"service":"web","addr":"198.18.1.14:80","weight":70000}"#,
+        );
+        assert_eq!(
+            e.message,
+            "backend \"198.18.1.14:80@70000\": weight 70000 is above 65535"
+        );
+        let e = refused(
+            "/api/v1/backends/weight",
+            r#"{"service":"web","addr":"198.18.1.14:80"}"#,
+        );
+        assert_eq!((e.status, e.message.as_str()), (400, "weight: missing"));
+        let e = refused(
+            "/api/v1/backends/stop",
+            r#"{"service":"web","addr":"198.18.1.14:80"}"#,
+        );
+        assert_eq!(
+            (e.status, e.message.as_str()),
+            (404, "no backend operation \"stop\"")
+        );
+        let e = refused("/api/v1/backends/drain", r#"{"service":"web"}"#);
+        assert_eq!(e.status, 400);
+        assert!(e.message.starts_with("body must be JSON like"), "{e}");
+        assert_eq!(Command::from_wire("/api/v1/other", b""), None);
+    }
+}

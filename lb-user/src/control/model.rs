@@ -1,0 +1,771 @@
+//! The control plane's model: services and backends with their administrative and
+//! health state, and every decision about them (health transitions, the admin API's
+//! operations, drains), each recorded as an ordered [`Plan`] of map writes and side
+//! effects. Pure: no BPF, sockets or runtime, so decisions and their write order are
+//! unit-tested (`tests`); `Control` executes the plans.
+
+use super::error::ControlError;
+use super::plan::{Plan, Step};
+use crate::config::{
+    BackendConfig, Config, HealthCheck, HealthConfig, Mode, ProxyConfig, ProxyVersion,
+    ServiceConfig,
+};
+use crate::dataplane::DataplaneError;
+use crate::health::histogram::LatencyHistogram;
+use crate::health::{self, CheckKind, CheckResult, CheckSpec, Tracker, Transition};
+use crate::proxy::codec::header;
+use lb_common::addr::ip_bytes;
+use lb_common::hash::backend_key;
+use lb_common::maglev::MaglevBackend;
+use lb_common::maps::{self as m, MAX_BACKENDS};
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+use tracing::{info, warn};
+
+/// What an operator asked of a backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admin {
+    /// In service (if healthy).
+    Active,
+    /// No new flows; existing flows continue until `deadline`. `remove`: then removed.
+    Draining { deadline: Instant, remove: bool },
+    /// Out of service after a drain; flows cut.
+    Drained,
+}
+
+/// What the health checks say of a backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Health {
+    Up,
+    Down,
+    /// Added while running; waits for `rise` passed checks.
+    Initial,
+}
+
+impl Health {
+    pub fn name(self) -> &'static str {
+        match self {
+            Health::Up => "up",
+            Health::Down => "down",
+            Health::Initial => "initial",
+        }
+    }
+}
+
+pub struct BackendState {
+    pub id: u32,
+    pub addr: SocketAddr,
+    pub weight: u32,
+    pub snat_ip: IpAddr,
+    pub admin: Admin,
+    pub health: Health,
+    pub(super) tracker: Tracker,
+    /// Identifies this backend's check results (ids are never reused).
+    pub check_id: u64,
+    /// The last check failure.
+    pub reason: Option<String>,
+    pub checks_passed: u64,
+    pub checks_failed: u64,
+    pub latency: LatencyHistogram,
+    /// The state last written to the BACKENDS map.
+    pub(super) written: Option<u8>,
+}
+
+impl BackendState {
+    /// The state name operators see (API, `lb stats`, metrics).
+    pub fn state(&self) -> &'static str {
+        match (self.admin, self.health) {
+            (Admin::Draining { .. }, _) => "draining",
+            (Admin::Drained, _) => "drained",
+            (Admin::Active, h) => h.name(),
+        }
+    }
+
+    /// The state the XDP program sees.
+    pub fn map_state(&self) -> u8 {
+        match (self.admin, self.health) {
+            (Admin::Active, Health::Up) => m::BACKEND_UP,
+            (Admin::Draining { .. }, Health::Up) => m::BACKEND_DRAINING,
+            _ => m::BACKEND_DOWN,
+        }
+    }
+
+    /// Whether new flows may be balanced to it.
+    pub fn in_table(&self) -> bool {
+        self.map_state() == m::BACKEND_UP && self.weight > 0
+    }
+}
+
+pub struct ServiceState {
+    pub id: u32,
+    pub name: String,
+    pub vip: SocketAddr,
+    pub mode: Mode,
+    pub proxy: ProxyConfig,
+    pub health: HealthConfig,
+    pub live_half: u32,
+    /// The members the live table was built from (`None` before the first build), so
+    /// changes that leave them as they were do not rewrite the table.
+    pub(super) table_members: Option<Vec<MaglevBackend>>,
+    pub backends: Vec<BackendState>,
+}
+
+/// Backend slot ids. Fresh ids are handed out first and freed ones are reused oldest
+/// first, so a flow entry still naming a removed backend's id is unlikely to meet a new
+/// backend under that id before it expires.
+#[derive(Default)]
+pub(super) struct BackendIds {
+    next_fresh: u32,
+    freed: VecDeque<u32>,
+}
+
+impl BackendIds {
+    pub(super) fn alloc(&mut self) -> Option<u32> {
+        if self.next_fresh < MAX_BACKENDS {
+            self.next_fresh += 1;
+            Some(self.next_fresh - 1)
+        } else {
+            self.freed.pop_front()
+        }
+    }
+
+    pub(super) fn free(&mut self, id: u32) {
+        self.freed.push_back(id);
+    }
+}
+
+/// The source address that reaches a backend: a routing lookup in the daemon
+/// ([`crate::dataplane::source_address_for`]), a fixed address in tests.
+pub type SnatSource = Box<dyn Fn(SocketAddr) -> std::io::Result<IpAddr> + Send>;
+
+/// Services and backends, and the plan of the decisions taken since the last
+/// [`Model::take_plan`].
+pub struct Model {
+    pub(super) cfg: Config,
+    pub(super) services: Vec<ServiceState>,
+    ids: BackendIds,
+    next_check_id: u64,
+    /// Proxy VIP addresses with a local route, and how many services use each.
+    local_routes: HashMap<IpAddr, usize>,
+    snat_source: SnatSource,
+    pub(super) plan: Vec<Step>,
+}
+
+impl Model {
+    /// The model of `cfg`'s services; the plan programs them all. Backends start up, as
+    /// in HAProxy: the first checks run within one interval.
+    pub fn new(cfg: Config, snat_source: SnatSource) -> Result<Model, ControlError> {
+        let mut model = Model {
+            cfg: cfg.clone(),
+            services: Vec::new(),
+            ids: BackendIds::default(),
+            next_check_id: 0,
+            local_routes: HashMap::new(),
+            snat_source,
+            plan: Vec::new(),
+        };
+        for svc in &cfg.services {
+            model.add_service(svc, true)?;
+        }
+        Ok(model)
+    }
+
+    /// The steps decided since the last call, in order.
+    pub fn take_plan(&mut self) -> Plan {
+        Plan {
+            steps: std::mem::take(&mut self.plan),
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    pub fn services(&self) -> &[ServiceState] {
+        &self.services
+    }
+
+    /// Addresses with a local route for a proxy VIP.
+    pub fn local_routes(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        self.local_routes.keys().copied()
+    }
+
+    /// Forgets what was written after step `failed` of a plan failed (the steps after
+    /// it did not run): the next change rewrites every backend and table.
+    pub fn write_failed(&mut self, failed: &Step) {
+        for s in &mut self.services {
+            if let Step::InstallTable { service, half, .. } = failed {
+                if s.id == *service {
+                    s.live_half = 1 - half.min(&1);
+                }
+            }
+            s.table_members = None;
+            for b in &mut s.backends {
+                b.written = None;
+            }
+        }
+    }
+
+    fn service_index(&self, name: &str) -> Result<usize, ControlError> {
+        self.services
+            .iter()
+            .position(|s| s.name == name)
+            .ok_or_else(|| ControlError::NoService(name.to_string()))
+    }
+
+    fn backend_index(&self, si: usize, addr: SocketAddr) -> Result<usize, ControlError> {
+        let svc = &self.services[si];
+        svc.backends
+            .iter()
+            .position(|b| b.addr == addr)
+            .ok_or_else(|| ControlError::NoBackend {
+                service: svc.name.clone(),
+                addr: addr.to_string(),
+            })
+    }
+
+    pub(super) fn add_service(
+        &mut self,
+        cfg: &ServiceConfig,
+        at_start: bool,
+    ) -> Result<(), ControlError> {
+        let used: Vec<u32> = self.services.iter().map(|s| s.id).collect();
+        let id = (0..self.cfg.max_services)
+            .find(|i| !used.contains(i))
+            .ok_or_else(|| {
+                ControlError::Conflict(format!(
+                    "no room for service {}: --max-services is {}",
+                    cfg.name, self.cfg.max_services
+                ))
+            })?;
+        self.plan.push(Step::ResetServiceCounters { id });
+        self.services.push(ServiceState {
+            id,
+            name: cfg.name.clone(),
+            vip: cfg.vip,
+            mode: cfg.mode,
+            proxy: cfg.proxy.clone(),
+            health: cfg.health.clone(),
+            live_half: 1,
+            table_members: None,
+            backends: Vec::new(),
+        });
+        let si = self.services.len() - 1;
+        if cfg.mode == Mode::ProxyV2 {
+            self.add_proxy_service(cfg);
+        }
+        let mut added = Vec::new();
+        for b in &cfg.backends {
+            self.insert_backend(si, b, at_start)?;
+            added.push(b.addr.ip());
+        }
+        self.plan.push(Step::WarmNeighbours { ips: added });
+        self.sync(si);
+        info!(service = %cfg.name, vip = %cfg.vip, backends = cfg.backends.len(), health = %cfg.health.check, "service programmed");
+        Ok(())
+    }
+
+    /// Makes the kernel deliver a proxy service's VIP to the daemon: the accept path
+    /// learns the service, sk_lookup the VIP, the routing table that the VIP is local.
+    fn add_proxy_service(&mut self, cfg: &ServiceConfig) {
+        self.plan.push(Step::RegisterProxy {
+            name: cfg.name.clone(),
+            vip: cfg.vip,
+            proxy: cfg.proxy.clone(),
+        });
+        self.plan.push(Step::SetProxyVip { vip: cfg.vip });
+        let users = self.local_routes.entry(cfg.vip.ip()).or_default();
+        if *users == 0 {
+            self.plan.push(Step::AddLocalRoute { ip: cfg.vip.ip() });
+        }
+        *users += 1;
+    }
+
+    fn remove_proxy_service(&mut self, name: &str, vip: SocketAddr) {
+        self.plan.push(Step::RemoveProxyVip { vip });
+        if let Some(users) = self.local_routes.get_mut(&vip.ip()) {
+            *users -= 1;
+            if *users == 0 {
+                self.local_routes.remove(&vip.ip());
+                self.plan.push(Step::RemoveLocalRoute { ip: vip.ip() });
+            }
+        }
+        self.plan.push(Step::UnregisterProxy {
+            name: name.to_string(),
+            vip,
+        });
+    }
+
+    pub(super) fn remove_service(&mut self, si: usize) {
+        let svc = self.services.remove(si);
+        if svc.mode == Mode::ProxyV2 {
+            self.remove_proxy_service(&svc.name, svc.vip);
+        }
+        self.plan.push(Step::RemoveService { vip: svc.vip });
+        for b in &svc.backends {
+            self.plan.push(Step::StopChecker {
+                check_id: b.check_id,
+            });
+            self.plan.push(Step::ClearBackend { id: b.id });
+            self.ids.free(b.id);
+        }
+        info!(service = %svc.name, vip = %svc.vip, "service removed");
+    }
+
+    /// Adds a backend to the model and writes its slot (DOWN); the caller syncs the
+    /// table.
+    pub(super) fn insert_backend(
+        &mut self,
+        si: usize,
+        b: &BackendConfig,
+        at_start: bool,
+    ) -> Result<(), ControlError> {
+        let snat_ip = match self
+            .cfg
+            .snat_ips
+            .iter()
+            .find(|ip| ip.is_ipv4() == b.addr.is_ipv4())
+        {
+            Some(ip) => *ip,
+            None => (self.snat_source)(b.addr).map_err(|source| DataplaneError::NoSnatSource {
+                backend: b.addr,
+                source,
+            })?,
+        };
+        let id = self.ids.alloc().ok_or_else(|| {
+            ControlError::Conflict(format!(
+                "no room for backend {}: {MAX_BACKENDS} backends in use",
+                b.addr
+            ))
+        })?;
+        self.plan.push(Step::ResetBackendCounters { id });
+        let svc = &self.services[si];
+        let checked = svc.health.check != HealthCheck::None;
+        let health = if at_start || !checked {
+            Health::Up
+        } else {
+            Health::Initial
+        };
+        let check_id = self.next_check_id;
+        self.next_check_id += 1;
+        let state = BackendState {
+            id,
+            addr: b.addr,
+            weight: b.weight,
+            snat_ip,
+            admin: Admin::Active,
+            health,
+            tracker: Tracker::new(health == Health::Up, svc.health.rise, svc.health.fall),
+            check_id,
+            reason: None,
+            checks_passed: 0,
+            checks_failed: 0,
+            latency: LatencyHistogram::default(),
+            written: Some(m::BACKEND_DOWN),
+        };
+        let first_delay = if at_start {
+            health::spread_delay(&ip_port_bytes(b.addr), svc.health.interval)
+        } else {
+            Duration::ZERO
+        };
+        if let Some(spec) = check_spec(&svc.health, preamble(svc)) {
+            self.plan.push(Step::StartChecker {
+                check_id,
+                addr: b.addr,
+                spec,
+                first_delay,
+            });
+        }
+        self.plan.push(Step::SetBackend {
+            id,
+            service: svc.id,
+            addr: b.addr,
+            snat_ip,
+            state: m::BACKEND_DOWN,
+        });
+        self.services[si].backends.push(state);
+        Ok(())
+    }
+
+    /// Plans the writes that bring service `si`'s backends and table to the model,
+    /// in the order of the rule in [`super::plan`].
+    pub(super) fn sync(&mut self, si: usize) {
+        let svc = &mut self.services[si];
+        let mode = match svc.mode {
+            Mode::Nat => m::MODE_NAT,
+            Mode::ProxyV2 => m::MODE_PROXY,
+        };
+        let mut later = Vec::new();
+        for b in &mut svc.backends {
+            let want = b.map_state();
+            if b.written == Some(want) {
+                continue;
+            }
+            b.written = Some(want);
+            let step = Step::SetBackend {
+                id: b.id,
+                service: svc.id,
+                addr: b.addr,
+                snat_ip: b.snat_ip,
+                state: want,
+            };
+            if want == m::BACKEND_UP {
+                self.plan.push(step);
+            } else {
+                later.push(step);
+            }
+        }
+        let members: Vec<MaglevBackend> = svc
+            .backends
+            .iter()
+            .filter(|b| b.in_table())
+            .map(|b| MaglevBackend {
+                key: backend_key(&ip_bytes(&b.addr.ip()), b.addr.port()),
+                weight: b.weight,
+                id: b.id,
+            })
+            .collect();
+        if svc.mode == Mode::ProxyV2 {
+            let targets = svc
+                .backends
+                .iter()
+                .filter(|b| b.in_table())
+                .map(|b| (b.id, b.addr))
+                .collect();
+            self.plan.push(Step::ProxyTable {
+                service: svc.name.clone(),
+                members: members.clone(),
+                targets,
+            });
+        }
+        if svc.table_members.as_ref() != Some(&members) {
+            let half = 1 - svc.live_half.min(1);
+            svc.live_half = half;
+            svc.table_members = Some(members.clone());
+            self.plan.push(Step::InstallTable {
+                service: svc.id,
+                vip: svc.vip,
+                half,
+                mode,
+                members: members.clone(),
+            });
+        }
+        self.plan.extend(later);
+        if members.is_empty() {
+            warn!(service = %svc.name, "no backend is up: new connections are reset");
+        }
+    }
+
+    /// Removes backend `bi` of service `si` from the model and the maps.
+    fn drop_backend(&mut self, si: usize, bi: usize) {
+        let b = self.services[si].backends.remove(bi);
+        self.plan.push(Step::StopChecker {
+            check_id: b.check_id,
+        });
+        self.sync(si);
+        let svc = &self.services[si];
+        if svc.mode == Mode::ProxyV2 {
+            self.plan.push(Step::ProxyCut {
+                service: svc.name.clone(),
+                addr: b.addr,
+            });
+        }
+        self.plan.push(Step::ClearBackend { id: b.id });
+        self.ids.free(b.id);
+        info!(service = %svc.name, backend = %b.addr, "backend removed");
+    }
+
+    /// Applies one health check result; `true` if the backend changed state.
+    pub fn on_check(&mut self, r: &CheckResult) -> bool {
+        let Some((si, bi)) = self.find_check(r.id) else {
+            return false; // a result of a backend removed meanwhile
+        };
+        let svc = &mut self.services[si];
+        let name = &svc.name;
+        let b = &mut svc.backends[bi];
+        b.latency.observe(r.latency);
+        let ok = r.result.is_ok();
+        if ok {
+            b.checks_passed += 1;
+        } else {
+            b.checks_failed += 1;
+        }
+        if let Err(e) = &r.result {
+            b.reason = Some(e.to_string());
+        }
+        match b.tracker.record(ok) {
+            Some(Transition::Down) => {
+                b.health = Health::Down;
+                warn!(service = %name, backend = %b.addr, reason = %b.reason.as_deref().unwrap_or("?"), "backend down");
+            }
+            Some(Transition::Up) => {
+                let was = b.state();
+                b.health = Health::Up;
+                info!(service = %name, backend = %b.addr, was, "backend up");
+            }
+            None => return false,
+        }
+        self.sync(si);
+        true
+    }
+
+    fn find_check(&self, check_id: u64) -> Option<(usize, usize)> {
+        self.services.iter().enumerate().find_map(|(si, s)| {
+            s.backends
+                .iter()
+                .position(|b| b.check_id == check_id)
+                .map(|bi| (si, bi))
+        })
+    }
+
+    /// Adds a backend to a running service. With a health check it gets new flows once
+    /// `rise` checks have passed.
+    pub fn add_backend(
+        &mut self,
+        service: &str,
+        b: &BackendConfig,
+    ) -> Result<String, ControlError> {
+        let si = self.service_index(service)?;
+        let svc = &self.services[si];
+        crate::config::check_backend(svc.vip, svc.mode, b)
+            .map_err(|r| ControlError::Invalid(format!("backend {:?}: {r}", b.addr.to_string())))?;
+        if svc.backends.iter().any(|o| o.addr == b.addr) {
+            return Err(ControlError::Conflict(format!(
+                "service {service} already has backend {}",
+                b.addr
+            )));
+        }
+        if svc.backends.len() + 1 >= self.cfg.ring_size as usize {
+            return Err(ControlError::Conflict(format!(
+                "service {service} would have more backends than the Maglev ring ({}) allows",
+                self.cfg.ring_size
+            )));
+        }
+        self.insert_backend(si, b, false)?;
+        self.plan.push(Step::WarmNeighbours {
+            ips: vec![b.addr.ip()],
+        });
+        self.sync(si);
+        let state = self.services[si]
+            .backends
+            .last()
+            .map(|b| b.state())
+            .unwrap_or("up");
+        info!(service, backend = %b.addr, weight = b.weight, state, "backend added");
+        Ok(format!(
+            "added {} to {service} (weight {}, {state})",
+            b.addr, b.weight
+        ))
+    }
+
+    /// Removes a backend: drains it first unless `now`.
+    pub fn remove_backend(
+        &mut self,
+        service: &str,
+        addr: SocketAddr,
+        now: bool,
+        at: Instant,
+    ) -> Result<String, ControlError> {
+        let si = self.service_index(service)?;
+        let bi = self.backend_index(si, addr)?;
+        if now {
+            self.drop_backend(si, bi);
+            return Ok(format!("removed {addr} from {service}"));
+        }
+        self.start_drain(si, bi, true, at);
+        Ok(format!(
+            "draining {addr} of {service}; it is removed when its flows end or after {:?}",
+            self.cfg.drain_timeout
+        ))
+    }
+
+    pub fn set_weight(
+        &mut self,
+        service: &str,
+        addr: SocketAddr,
+        weight: u32,
+    ) -> Result<String, ControlError> {
+        if weight > crate::config::MAX_WEIGHT {
+            return Err(ControlError::Invalid(format!(
+                "weight {weight} is above {}",
+                crate::config::MAX_WEIGHT
+            )));
+        }
+        let si = self.service_index(service)?;
+        let bi = self.backend_index(si, addr)?;
+        let b = &mut self.services[si].backends[bi];
+        let old = b.weight;
+        b.weight = weight;
+        self.sync(si);
+        info!(service, backend = %addr, old, weight, "backend re-weighted");
+        Ok(format!("{addr} of {service}: weight {old} -> {weight}"))
+    }
+
+    pub fn drain(
+        &mut self,
+        service: &str,
+        addr: SocketAddr,
+        at: Instant,
+    ) -> Result<String, ControlError> {
+        let si = self.service_index(service)?;
+        let bi = self.backend_index(si, addr)?;
+        match self.services[si].backends[bi].admin {
+            Admin::Draining { .. } => Ok(format!("{addr} of {service} is already draining")),
+            Admin::Drained => Ok(format!("{addr} of {service} is already drained")),
+            Admin::Active => {
+                self.start_drain(si, bi, false, at);
+                Ok(format!(
+                    "draining {addr} of {service}: no new flows; its flows are cut after {:?}",
+                    self.cfg.drain_timeout
+                ))
+            }
+        }
+    }
+
+    pub(super) fn start_drain(&mut self, si: usize, bi: usize, remove: bool, at: Instant) {
+        let timeout = self.cfg.drain_timeout;
+        let b = &mut self.services[si].backends[bi];
+        let remove = remove || matches!(b.admin, Admin::Draining { remove: true, .. });
+        if b.admin == Admin::Drained && remove {
+            // Already out of service with no flows: nothing to wait for.
+            return self.drop_backend(si, bi);
+        }
+        b.admin = Admin::Draining {
+            deadline: at + timeout,
+            remove,
+        };
+        let addr = b.addr;
+        self.sync(si);
+        info!(service = %self.services[si].name, backend = %addr, timeout = ?timeout, remove, "drain started");
+    }
+
+    pub fn enable(&mut self, service: &str, addr: SocketAddr) -> Result<String, ControlError> {
+        let si = self.service_index(service)?;
+        let bi = self.backend_index(si, addr)?;
+        let b = &mut self.services[si].backends[bi];
+        if b.admin == Admin::Active {
+            return Ok(format!(
+                "{addr} of {service} is already in service ({})",
+                b.state()
+            ));
+        }
+        b.admin = Admin::Active;
+        let state = b.state();
+        self.sync(si);
+        info!(service, backend = %addr, state, "backend enabled");
+        Ok(format!("{addr} of {service} is back in service ({state})"))
+    }
+
+    /// Whether a drain is running.
+    pub fn draining(&self) -> bool {
+        self.services.iter().any(|s| {
+            s.backends
+                .iter()
+                .any(|b| matches!(b.admin, Admin::Draining { .. }))
+        })
+    }
+
+    /// Ends the drains whose backends have no flow left (`flows(service, backend)`) or
+    /// whose deadline is past `now`; `true` if one ended.
+    pub fn advance_drains(
+        &mut self,
+        now: Instant,
+        flows: impl Fn(&str, SocketAddr) -> u64,
+    ) -> bool {
+        let mut done = Vec::new();
+        for (si, s) in self.services.iter().enumerate() {
+            for b in &s.backends {
+                let Admin::Draining { deadline, remove } = b.admin else {
+                    continue;
+                };
+                let flows = flows(&s.name, b.addr);
+                if flows == 0 {
+                    done.push((si, b.addr, remove, "no flows left", 0));
+                } else if now >= deadline {
+                    done.push((si, b.addr, remove, "timeout", flows));
+                }
+            }
+        }
+        let ended = !done.is_empty();
+        for (si, addr, remove, reason, cut) in done {
+            let Some(bi) = self.services[si]
+                .backends
+                .iter()
+                .position(|b| b.addr == addr && matches!(b.admin, Admin::Draining { .. }))
+            else {
+                continue;
+            };
+            let name = self.services[si].name.clone();
+            info!(service = %name, backend = %addr, reason, flows_cut = cut, "drain finished");
+            if remove {
+                self.drop_backend(si, bi);
+            } else {
+                self.services[si].backends[bi].admin = Admin::Drained;
+                self.sync(si);
+                if self.services[si].mode == Mode::ProxyV2 {
+                    self.plan.push(Step::ProxyCut {
+                        service: name,
+                        addr,
+                    });
+                }
+            }
+        }
+        ended
+    }
+
+    /// Names of services with no backend that takes new flows.
+    pub fn services_down(&self) -> Vec<String> {
+        self.services
+            .iter()
+            .filter(|s| !s.backends.iter().any(|b| b.in_table()))
+            .map(|s| s.name.clone())
+            .collect()
+    }
+
+    /// Every backend address, for neighbour warm-up.
+    pub fn backend_ips(&self) -> Vec<IpAddr> {
+        self.services
+            .iter()
+            .flat_map(|s| s.backends.iter().map(|b| b.addr.ip()))
+            .collect()
+    }
+}
+
+/// The health check engine's spec for a service's settings; `None` for no check.
+/// What a health check sends first: a proxy service's backends expect a PROXY header
+/// (LOCAL in v2: "this is the proxy's own connection"; UNKNOWN in v1).
+pub(super) fn preamble(svc: &ServiceState) -> Option<Vec<u8>> {
+    match (svc.mode, svc.proxy.version) {
+        (Mode::Nat, _) => None,
+        (Mode::ProxyV2, ProxyVersion::V2) => Some(header::encode_v2_local()),
+        (Mode::ProxyV2, ProxyVersion::V1) => Some(header::encode_v1_unknown().as_bytes().to_vec()),
+    }
+}
+
+pub(super) fn check_spec(h: &HealthConfig, preamble: Option<Vec<u8>>) -> Option<CheckSpec> {
+    let kind = match &h.check {
+        HealthCheck::None => return None,
+        HealthCheck::Tcp => CheckKind::Tcp,
+        HealthCheck::Http { path, host, status } => CheckKind::Http {
+            path: path.clone(),
+            host: host.clone(),
+            status: *status,
+        },
+    };
+    Some(CheckSpec {
+        kind,
+        port: h.port,
+        interval: h.interval,
+        timeout: h.timeout,
+        rise: h.rise,
+        fall: h.fall,
+        preamble,
+    })
+}
+
+fn ip_port_bytes(a: SocketAddr) -> Vec<u8> {
+    let mut v = ip_bytes(&a.ip()).to_vec();
+    v.extend_from_slice(&a.port().to_be_bytes());
+    v
+}

@@ -1,0 +1,127 @@
+//! A plan: the ordered map writes and side effects one control decision needs. The
+//! model (`model`) produces plans without touching anything; `Control` executes them
+//! in order against the data path, the proxy and the health checkers.
+//!
+//! Ordering rule the model keeps: a backend that becomes usable is written (UP) before
+//! the Maglev table that names it; one that stops being usable is written after the
+//! table that no longer names it. So a new flow never picks a backend that is not up.
+
+use crate::config::ProxyConfig;
+use crate::health::CheckSpec;
+use lb_common::maglev::MaglevBackend;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+/// One step of a plan.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Step {
+    // Map writes, executed by `Dataplane`.
+    /// Writes backend slot `id`: where it is, which SNAT address reaches it, its
+    /// `lb_common::maps::BACKEND_*` state.
+    SetBackend {
+        id: u32,
+        service: u32,
+        addr: SocketAddr,
+        snat_ip: IpAddr,
+        state: u8,
+    },
+    /// Builds the Maglev table of `members` into table half `half` of service slot
+    /// `service`, then points the VIP at it (one SERVICES update).
+    InstallTable {
+        service: u32,
+        vip: SocketAddr,
+        half: u32,
+        mode: u32,
+        members: Vec<MaglevBackend>,
+    },
+    /// Empties backend slot `id`.
+    ClearBackend {
+        id: u32,
+    },
+    /// Zeroes the counters of a service slot about to be used.
+    ResetServiceCounters {
+        id: u32,
+    },
+    /// Zeroes the counters of a backend slot about to be used.
+    ResetBackendCounters {
+        id: u32,
+    },
+    /// Removes the VIP from SERVICES.
+    RemoveService {
+        vip: SocketAddr,
+    },
+    /// Steers connections to a proxy VIP to the daemon's listener.
+    SetProxyVip {
+        vip: SocketAddr,
+    },
+    RemoveProxyVip {
+        vip: SocketAddr,
+    },
+    /// Writes the flow timeouts (the running configuration's).
+    SetTimeouts {
+        idle: Duration,
+        closed: Duration,
+    },
+
+    // Side effects.
+    /// Starts (or restarts) the checker whose results carry `check_id`.
+    StartChecker {
+        check_id: u64,
+        addr: SocketAddr,
+        spec: CheckSpec,
+        first_delay: Duration,
+    },
+    StopChecker {
+        check_id: u64,
+    },
+    /// The proxy's accept path learns a proxy service.
+    RegisterProxy {
+        name: String,
+        vip: SocketAddr,
+        proxy: ProxyConfig,
+    },
+    /// The accept path forgets it and cuts its connections.
+    UnregisterProxy {
+        name: String,
+        vip: SocketAddr,
+    },
+    /// The proxy's table for a service: the same members as its Maglev table.
+    ProxyTable {
+        service: String,
+        members: Vec<MaglevBackend>,
+        targets: Vec<(u32, SocketAddr)>,
+    },
+    /// Cuts the proxied connections of a backend.
+    ProxyCut {
+        service: String,
+        addr: SocketAddr,
+    },
+    ProxyTimeouts {
+        connect: Duration,
+        idle: Duration,
+    },
+    /// The routing table delivers a proxy VIP locally (first service on it).
+    AddLocalRoute {
+        ip: IpAddr,
+    },
+    /// No service uses the VIP address any more.
+    RemoveLocalRoute {
+        ip: IpAddr,
+    },
+    /// Resolves the neighbour entries of new backends.
+    WarmNeighbours {
+        ips: Vec<IpAddr>,
+    },
+}
+
+/// The steps of one decision, in the order they must run.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub steps: Vec<Step>,
+}
+
+impl Plan {
+    pub fn is_empty(&self) -> bool {
+        self.steps.is_empty()
+    }
+}

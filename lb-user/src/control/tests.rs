@@ -1,0 +1,594 @@
+//! The control plane's decisions, tested on the model alone: every plan a test makes
+//! runs through [`Maps`], which checks the write-order rule after each step.
+
+use super::error::ControlError;
+use super::model::{BackendIds, Model};
+use super::plan::{Plan, Step};
+use crate::config::{BackendConfig, Config, FlagSettings, HealthCheck, ServiceConfig};
+use crate::health::{CheckResult, FailReason};
+use lb_common::maps::{BACKEND_DOWN, BACKEND_DRAINING, BACKEND_UP, MAX_BACKENDS};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+const SERVICE: &str = "web";
+const B1: &str = "198.18.1.11:80";
+const B2: &str = "198.18.1.12:80";
+const B3: &str = "198.18.1.13:80";
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+/// A configuration of one NAT service on 198.18.0.10:80 with TCP checks (rise 2, fall 2).
+fn config(backends: &[&str]) -> Config {
+    let flags = FlagSettings {
+        ifaces: vec!["lb0".into()],
+        name: Some(SERVICE.into()),
+        vip: Some("198.18.0.10:80".into()),
+        backends: backends.iter().map(|b| b.to_string()).collect(),
+        snat_ips: vec!["198.18.0.1".into()],
+        ..FlagSettings::default()
+    };
+    let cfg = Config::from_flags(&flags).unwrap();
+    assert_eq!(cfg.services[0].health.check, HealthCheck::Tcp);
+    assert_eq!(
+        (cfg.services[0].health.rise, cfg.services[0].health.fall),
+        (2, 2)
+    );
+    cfg
+}
+
+/// What the data path would hold after the plans so far: BACKENDS states and each
+/// service's Maglev members.
+#[derive(Default)]
+struct Maps {
+    backends: HashMap<u32, u8>,
+    tables: HashMap<SocketAddr, Vec<u32>>,
+}
+
+impl Maps {
+    /// Runs `plan`, checking after every step that each table names only backends that
+    /// are UP: no new flow can pick a backend that is not.
+    fn apply(&mut self, plan: &Plan) {
+        for (i, step) in plan.steps.iter().enumerate() {
+            match step {
+                Step::SetBackend { id, state, .. } => {
+                    self.backends.insert(*id, *state);
+                }
+                Step::ClearBackend { id } => {
+                    self.backends.remove(id);
+                }
+                Step::InstallTable { vip, members, .. } => {
+                    self.tables
+                        .insert(*vip, members.iter().map(|m| m.id).collect());
+                }
+                Step::RemoveService { vip } => {
+                    self.tables.remove(vip);
+                }
+                _ => {}
+            }
+            for (vip, ids) in &self.tables {
+                for id in ids {
+                    assert_eq!(
+                        self.backends.get(id),
+                        Some(&BACKEND_UP),
+                        "after step {i} of {plan:#?}: the table of {vip} names backend {id}, which is not up"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// A model, the maps its plans built, and a clock.
+struct Bed {
+    model: Model,
+    maps: Maps,
+    now: Instant,
+}
+
+impl Bed {
+    fn new(backends: &[&str]) -> Bed {
+        let model = Model::new(
+            config(backends),
+            Box::new(|_| unreachable!("--snat-ip is set")),
+        )
+        .unwrap();
+        let mut bed = Bed {
+            model,
+            maps: Maps::default(),
+            now: Instant::now(),
+        };
+        bed.plan();
+        bed
+    }
+
+    /// The plan of the decisions since the last call, run through [`Maps`].
+    fn plan(&mut self) -> Plan {
+        let plan = self.model.take_plan();
+        self.maps.apply(&plan);
+        plan
+    }
+
+    fn backend(&self, a: &str) -> &super::model::BackendState {
+        self.model.services()[0]
+            .backends
+            .iter()
+            .find(|b| b.addr == addr(a))
+            .unwrap_or_else(|| panic!("no backend {a}"))
+    }
+
+    fn id(&self, a: &str) -> u32 {
+        self.backend(a).id
+    }
+
+    fn state(&self, a: &str) -> &'static str {
+        self.backend(a).state()
+    }
+
+    /// The ids the service's table names in the maps.
+    fn table(&self) -> Vec<u32> {
+        let mut ids = self.maps.tables[&addr("198.18.0.10:80")].clone();
+        ids.sort();
+        ids
+    }
+
+    fn ids(&self, addrs: &[&str]) -> Vec<u32> {
+        let mut ids: Vec<u32> = addrs.iter().map(|a| self.id(a)).collect();
+        ids.sort();
+        ids
+    }
+
+    fn check(&mut self, a: &str, ok: bool) -> bool {
+        let r = CheckResult {
+            id: self.backend(a).check_id,
+            result: if ok { Ok(()) } else { Err(FailReason::Refused) },
+            latency: Duration::from_millis(1),
+        };
+        self.model.on_check(&r)
+    }
+}
+
+impl Drop for Bed {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            assert!(
+                self.model.take_plan().is_empty(),
+                "a test left a plan unchecked"
+            );
+        }
+    }
+}
+
+/// Where the first step matching `f` is in `plan`.
+fn position(plan: &Plan, what: &str, f: impl Fn(&Step) -> bool) -> usize {
+    plan.steps
+        .iter()
+        .position(f)
+        .unwrap_or_else(|| panic!("no {what} in {plan:#?}"))
+}
+
+fn set_backend(plan: &Plan, id: u32, state: u8) -> usize {
+    position(
+        plan,
+        &format!("backend {id} set to {state}"),
+        |s| matches!(s, Step::SetBackend { id: i, state: st, .. } if *i == id && *st == state),
+    )
+}
+
+fn table(plan: &Plan) -> usize {
+    position(plan, "table", |s| matches!(s, Step::InstallTable { .. }))
+}
+
+fn has_table(plan: &Plan) -> bool {
+    plan.steps
+        .iter()
+        .any(|s| matches!(s, Step::InstallTable { .. }))
+}
+
+#[test]
+fn start_writes_backends_up_before_the_first_table() {
+    let mut bed = Bed::new(&[B1, B2]);
+    assert_eq!(bed.table(), bed.ids(&[B1, B2]));
+    assert_eq!((bed.state(B1), bed.state(B2)), ("up", "up"));
+    let mut model = Model::new(config(&[B1]), Box::new(|_| unreachable!())).unwrap();
+    let plan = model.take_plan();
+    assert!(
+        set_backend(&plan, 0, BACKEND_UP) < table(&plan),
+        "{plan:#?}"
+    );
+    assert!(
+        plan.steps.iter().any(|s| matches!(s,
+            Step::StartChecker { check_id: 0, addr: a, first_delay, .. }
+                if *a == addr(B1) && *first_delay < Duration::from_secs(5))),
+        "{plan:#?}"
+    );
+    bed.plan();
+}
+
+#[test]
+fn health_down_then_up() {
+    let mut bed = Bed::new(&[B1, B2]);
+    let b1 = bed.id(B1);
+    // fall 2: the first failure changes nothing.
+    assert!(!bed.check(B1, false));
+    assert!(bed.plan().is_empty());
+    assert!(bed.check(B1, false));
+    let plan = bed.plan();
+    assert!(
+        table(&plan) < set_backend(&plan, b1, BACKEND_DOWN),
+        "{plan:#?}"
+    );
+    assert_eq!(bed.state(B1), "down");
+    assert_eq!(bed.table(), bed.ids(&[B2]));
+    assert_eq!(
+        bed.backend(B1).reason.as_deref(),
+        Some("connection refused")
+    );
+
+    assert!(!bed.check(B1, true));
+    assert!(bed.plan().is_empty());
+    assert!(bed.check(B1, true));
+    let plan = bed.plan();
+    assert!(
+        set_backend(&plan, b1, BACKEND_UP) < table(&plan),
+        "{plan:#?}"
+    );
+    assert_eq!(bed.state(B1), "up");
+    assert_eq!(bed.table(), bed.ids(&[B1, B2]));
+}
+
+#[test]
+fn a_change_that_keeps_the_members_keeps_the_table() {
+    let mut bed = Bed::new(&[B1, B2]);
+    let b2 = bed.id(B2);
+    bed.model.set_weight(SERVICE, addr(B2), 0).unwrap();
+    assert!(has_table(&bed.plan()));
+    // Out of the table already: going down writes the backend only.
+    bed.check(B2, false);
+    assert!(bed.check(B2, false));
+    let plan = bed.plan();
+    assert!(!has_table(&plan), "{plan:#?}");
+    assert_eq!(plan.steps.len(), 1, "{plan:#?}");
+    set_backend(&plan, b2, BACKEND_DOWN);
+}
+
+#[test]
+fn drain_ends_when_the_flows_do() {
+    let mut bed = Bed::new(&[B1, B2]);
+    let b1 = bed.id(B1);
+    let msg = bed.model.drain(SERVICE, addr(B1), bed.now).unwrap();
+    assert!(
+        msg.starts_with("draining 198.18.1.11:80 of web: no new flows"),
+        "{msg}"
+    );
+    let plan = bed.plan();
+    assert!(
+        table(&plan) < set_backend(&plan, b1, BACKEND_DRAINING),
+        "{plan:#?}"
+    );
+    assert_eq!(bed.state(B1), "draining");
+    assert_eq!(bed.table(), bed.ids(&[B2]));
+    assert!(bed.model.draining());
+
+    let flows =
+        |n: u64| move |s: &str, a: SocketAddr| if s == SERVICE && a == addr(B1) { n } else { 0 };
+    assert!(!bed.model.advance_drains(bed.now, flows(3)));
+    assert!(bed.plan().is_empty());
+    assert!(bed.model.advance_drains(bed.now, flows(0)));
+    let plan = bed.plan();
+    set_backend(&plan, b1, BACKEND_DOWN);
+    assert!(!has_table(&plan), "{plan:#?}");
+    assert_eq!(bed.state(B1), "drained");
+    assert!(!bed.model.draining());
+    let again = bed.model.drain(SERVICE, addr(B1), bed.now).unwrap();
+    assert_eq!(again, "198.18.1.11:80 of web is already drained");
+    assert!(bed.plan().is_empty());
+}
+
+#[test]
+fn drain_ends_at_its_deadline() {
+    let mut bed = Bed::new(&[B1, B2]);
+    bed.model.drain(SERVICE, addr(B1), bed.now).unwrap();
+    bed.plan();
+    let timeout = bed.model.config().drain_timeout;
+    let busy = |_: &str, _: SocketAddr| 5;
+    let almost = bed.now + timeout - Duration::from_millis(1);
+    assert!(!bed.model.advance_drains(almost, busy));
+    assert!(bed.model.advance_drains(bed.now + timeout, busy));
+    bed.plan();
+    assert_eq!(bed.state(B1), "drained");
+}
+
+#[test]
+fn enable_brings_a_drained_backend_back() {
+    let mut bed = Bed::new(&[B1, B2]);
+    let b1 = bed.id(B1);
+    let msg = bed.model.enable(SERVICE, addr(B1)).unwrap();
+    assert_eq!(msg, "198.18.1.11:80 of web is already in service (up)");
+    assert!(bed.plan().is_empty());
+    bed.model.drain(SERVICE, addr(B1), bed.now).unwrap();
+    bed.model.advance_drains(bed.now, |_, _| 0);
+    bed.plan();
+    let msg = bed.model.enable(SERVICE, addr(B1)).unwrap();
+    assert_eq!(msg, "198.18.1.11:80 of web is back in service (up)");
+    let plan = bed.plan();
+    assert!(
+        set_backend(&plan, b1, BACKEND_UP) < table(&plan),
+        "{plan:#?}"
+    );
+    assert_eq!(bed.table(), bed.ids(&[B1, B2]));
+}
+
+#[test]
+fn an_added_backend_waits_for_rise_checks() {
+    let mut bed = Bed::new(&[B1]);
+    let b3 = BackendConfig {
+        addr: addr(B3),
+        weight: 2,
+    };
+    let msg = bed.model.add_backend(SERVICE, &b3).unwrap();
+    assert_eq!(msg, "added 198.18.1.13:80 to web (weight 2, initial)");
+    let plan = bed.plan();
+    let id = bed.id(B3);
+    assert_eq!(
+        plan.steps,
+        vec![
+            Step::ResetBackendCounters { id },
+            Step::StartChecker {
+                check_id: bed.backend(B3).check_id,
+                addr: addr(B3),
+                spec: crate::health::CheckSpec::default(),
+                first_delay: Duration::ZERO,
+            },
+            Step::SetBackend {
+                id,
+                service: 0,
+                addr: addr(B3),
+                snat_ip: "198.18.0.1".parse().unwrap(),
+                state: BACKEND_DOWN,
+            },
+            Step::WarmNeighbours {
+                ips: vec![addr(B3).ip()],
+            },
+        ]
+    );
+    assert!(!bed.check(B3, true));
+    assert!(bed.check(B3, true));
+    let plan = bed.plan();
+    assert!(
+        set_backend(&plan, id, BACKEND_UP) < table(&plan),
+        "{plan:#?}"
+    );
+    assert_eq!(bed.table(), bed.ids(&[B1, B3]));
+
+    let dup = bed.model.add_backend(SERVICE, &b3).unwrap_err();
+    assert!(matches!(dup, ControlError::Conflict(_)), "{dup}");
+    let none = bed.model.add_backend("nosuch", &b3).unwrap_err();
+    assert_eq!(none.to_string(), "no service named \"nosuch\"");
+    assert!(bed.plan().is_empty());
+}
+
+#[test]
+fn remove_drains_then_clears() {
+    let mut bed = Bed::new(&[B1, B2]);
+    let (b1, check) = (bed.id(B1), bed.backend(B1).check_id);
+    bed.model
+        .remove_backend(SERVICE, addr(B1), false, bed.now)
+        .unwrap();
+    let plan = bed.plan();
+    assert!(
+        table(&plan) < set_backend(&plan, b1, BACKEND_DRAINING),
+        "{plan:#?}"
+    );
+    assert!(bed.model.advance_drains(bed.now, |_, _| 0));
+    let plan = bed.plan();
+    assert_eq!(
+        plan.steps,
+        vec![
+            Step::StopChecker { check_id: check },
+            Step::ClearBackend { id: b1 }
+        ]
+    );
+    assert_eq!(bed.model.services()[0].backends.len(), 1);
+    let gone = bed.model.drain(SERVICE, addr(B1), bed.now).unwrap_err();
+    assert_eq!(
+        gone.to_string(),
+        "service \"web\" has no backend 198.18.1.11:80"
+    );
+
+    // At once: out of the table first, then cleared.
+    let b2 = bed.id(B2);
+    let msg = bed
+        .model
+        .remove_backend(SERVICE, addr(B2), true, bed.now)
+        .unwrap();
+    assert_eq!(msg, "removed 198.18.1.12:80 from web");
+    let plan = bed.plan();
+    let clear = position(&plan, "clear", |s| *s == Step::ClearBackend { id: b2 });
+    assert!(table(&plan) < clear, "{plan:#?}");
+    assert!(bed.table().is_empty());
+
+    // Fresh ids come first: a removed backend's id is not handed out again yet.
+    bed.model
+        .add_backend(
+            SERVICE,
+            &BackendConfig {
+                addr: addr(B3),
+                weight: 1,
+            },
+        )
+        .unwrap();
+    bed.plan();
+    assert!(![b1, b2].contains(&bed.id(B3)));
+}
+
+#[test]
+fn freed_ids_are_reused_oldest_first_once_fresh_ones_run_out() {
+    let mut ids = BackendIds::default();
+    for want in 0..MAX_BACKENDS {
+        assert_eq!(ids.alloc(), Some(want));
+    }
+    assert_eq!(ids.alloc(), None);
+    ids.free(7);
+    ids.free(3);
+    assert_eq!(ids.alloc(), Some(7));
+    assert_eq!(ids.alloc(), Some(3));
+    assert_eq!(ids.alloc(), None);
+}
+
+#[test]
+fn weight_zero_leaves_the_table() {
+    let mut bed = Bed::new(&[B1, B2]);
+    let msg = bed.model.set_weight(SERVICE, addr(B1), 0).unwrap();
+    assert_eq!(msg, "198.18.1.11:80 of web: weight 1 -> 0");
+    let plan = bed.plan();
+    assert_eq!(plan.steps.len(), 1, "only the table changes: {plan:#?}");
+    assert_eq!(bed.table(), bed.ids(&[B2]));
+    assert_eq!(bed.state(B1), "up");
+    bed.model.set_weight(SERVICE, addr(B1), 0).unwrap();
+    assert!(bed.plan().is_empty(), "same weight, same table");
+    bed.model.set_weight(SERVICE, addr(B1), 3).unwrap();
+    let plan = bed.plan();
+    match &plan.steps[table(&plan)] {
+        Step::InstallTable { members, .. } => {
+            assert!(members.iter().any(|m| m.id == bed.id(B1) && m.weight == 3))
+        }
+        _ => unreachable!(),
+    }
+    let e = bed.model.set_weight(SERVICE, addr(B1), 70_000).unwrap_err();
+    assert_eq!(
+        (e.status(), e.to_string()),
+        (400, "weight 70000 is above 65535".into())
+    );
+    assert!(bed.plan().is_empty());
+}
+
+#[test]
+fn table_halves_alternate() {
+    let mut bed = Bed::new(&[B1, B2]);
+    let half = |plan: &Plan| match &plan.steps[table(plan)] {
+        Step::InstallTable { half, .. } => *half,
+        _ => unreachable!(),
+    };
+    bed.model.set_weight(SERVICE, addr(B1), 0).unwrap();
+    let first = half(&bed.plan());
+    bed.model.set_weight(SERVICE, addr(B1), 1).unwrap();
+    assert_eq!(half(&bed.plan()), 1 - first);
+}
+
+fn service(name: &str, vip: &str, backends: &[(&str, u32)]) -> ServiceConfig {
+    ServiceConfig {
+        name: name.into(),
+        vip: addr(vip),
+        backends: backends
+            .iter()
+            .map(|(a, w)| BackendConfig {
+                addr: addr(a),
+                weight: *w,
+            })
+            .collect(),
+        ..config(&[B1]).services[0].clone()
+    }
+}
+
+#[test]
+fn reload_applies_the_difference() {
+    let mut bed = Bed::new(&[B1, B2]);
+    let b2 = bed.id(B2);
+    let mut new = config(&[B1]);
+    new.services[0] = service(SERVICE, "198.18.0.10:80", &[(B1, 2), (B3, 1)]);
+    new.services
+        .push(service("api", "198.18.0.20:443", &[("198.18.1.21:443", 1)]));
+    new.idle_timeout = Duration::from_secs(60);
+    let changes = bed.model.reload(new.clone(), "lb.toml", bed.now).unwrap();
+    assert_eq!(
+        changes,
+        [
+            "timeouts: idle 60s, closed 10s",
+            "service web: backend 198.18.1.11:80 weight 1 -> 2",
+            "service web: added backend 198.18.1.13:80",
+            "service web: removing backend 198.18.1.12:80 (draining)",
+            "added service api (198.18.0.20:443)",
+        ]
+    );
+    let plan = bed.plan();
+    assert_eq!(
+        plan.steps[0],
+        Step::SetTimeouts {
+            idle: Duration::from_secs(60),
+            closed: Duration::from_secs(10)
+        }
+    );
+    set_backend(&plan, b2, BACKEND_DRAINING);
+    assert_eq!(bed.state(B3), "initial");
+    assert_eq!(bed.state(B2), "draining");
+    assert_eq!(bed.table(), bed.ids(&[B1]));
+    // A service added while running waits for its backends' checks, like a backend.
+    assert!(bed.maps.tables[&addr("198.18.0.20:443")].is_empty());
+    assert_eq!(bed.model.services()[1].backends[0].state(), "initial");
+    assert_eq!(bed.model.config(), &new);
+
+    // The same file again changes nothing.
+    assert!(
+        bed.model
+            .reload(new.clone(), "lb.toml", bed.now)
+            .unwrap()
+            .is_empty()
+    );
+    assert!(bed.plan().is_empty());
+
+    // A service dropped from the file is removed with its backends.
+    let api_backend = bed.model.services()[1].backends[0].id;
+    new.services.pop();
+    let changes = bed.model.reload(new, "lb.toml", bed.now).unwrap();
+    assert_eq!(changes, ["removed service api (198.18.0.20:443)"]);
+    let plan = bed.plan();
+    let removed = position(&plan, "service removal", |s| {
+        *s == Step::RemoveService {
+            vip: addr("198.18.0.20:443"),
+        }
+    });
+    let cleared = position(&plan, "clear", |s| {
+        *s == Step::ClearBackend { id: api_backend }
+    });
+    assert!(removed < cleared, "{plan:#?}");
+    assert_eq!(bed.model.services().len(), 1);
+}
+
+#[test]
+fn reload_that_needs_a_restart_applies_nothing() {
+    let mut bed = Bed::new(&[B1, B2]);
+    let mut new = config(&[B1]);
+    new.ifaces = vec!["lb1".into()];
+    new.max_flows *= 2;
+    let e = bed.model.reload(new, "lb.toml", bed.now).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "lb.toml: changing iface, max_flows needs a restart of lb; nothing was applied"
+    );
+    assert_eq!(e.status(), 400);
+    assert!(bed.plan().is_empty());
+    assert_eq!(bed.model.config(), &config(&[B1, B2]));
+    assert_eq!(bed.model.services()[0].backends.len(), 2);
+}
+
+#[test]
+fn a_backend_removed_by_reload_is_kept_if_it_comes_back() {
+    let mut bed = Bed::new(&[B1, B2]);
+    let b2 = bed.id(B2);
+    bed.model.reload(config(&[B1]), "lb.toml", bed.now).unwrap();
+    bed.plan();
+    let changes = bed
+        .model
+        .reload(config(&[B1, B2]), "lb.toml", bed.now)
+        .unwrap();
+    assert_eq!(changes, ["service web: backend 198.18.1.12:80 kept"]);
+    let plan = bed.plan();
+    assert!(
+        set_backend(&plan, b2, BACKEND_UP) < table(&plan),
+        "{plan:#?}"
+    );
+    assert!(!bed.model.draining());
+}
