@@ -16,7 +16,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tracing::{info, warn};
+use tracing::info;
 
 /// Largest request body accepted.
 const MAX_BODY: usize = 64 * 1024;
@@ -26,14 +26,8 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Serves the API on `listener` until the task is dropped.
 pub async fn serve(listener: TcpListener, ctl: Handle) {
     loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(s) => s,
-            Err(e) => {
-                warn!(cause = %e, "admin API accept");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
+        let (stream, peer) =
+            crate::net::accept(&listener, "admin API", Duration::from_millis(100)).await;
         let ctl = ctl.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| handle(ctl.clone(), req));
