@@ -9,13 +9,13 @@
 
 use crate::api::report::{self as stats, HealthReport, Report};
 use crate::config::{
-    BackendConfig, Config, ConfigError, FlagSettings, HealthCheck, HealthConfig, Mode, ProxyConfig,
-    ProxyVersion, ServiceConfig,
+    BackendConfig, Config, ConfigError, FlagSettings, Mode, ProxyConfig, ProxyVersion,
+    ServiceConfig,
 };
 use crate::dataplane::runtime::RuntimeRecord;
 use crate::dataplane::{BackendSlot, Dataplane, DataplaneError, ServiceSlot, source_address_for};
 use crate::health::histogram::LatencyHistogram;
-use crate::health::{self, CheckKind, CheckResult, CheckSpec, Tracker, Transition};
+use crate::health::{self, CheckResult, HealthCheck, HealthConfig, Tracker, Transition};
 use crate::proxy::codec::header;
 use crate::proxy::route;
 use crate::proxy::server::{Proxy, ServiceRt};
@@ -1067,7 +1067,6 @@ fn active_flows(r: &Report, service: &str, addr: SocketAddr) -> u64 {
         .sum()
 }
 
-/// The health check engine's spec for a service's settings; `None` for no check.
 /// What a health check sends first: a proxy service's backends expect a PROXY header
 /// (LOCAL in v2: "this is the proxy's own connection"; UNKNOWN in v1).
 fn preamble(svc: &ServiceState) -> Option<Vec<u8>> {
@@ -1078,24 +1077,11 @@ fn preamble(svc: &ServiceState) -> Option<Vec<u8>> {
     }
 }
 
-fn check_spec(h: &HealthConfig, preamble: Option<Vec<u8>>) -> Option<CheckSpec> {
-    let kind = match &h.check {
-        HealthCheck::None => return None,
-        HealthCheck::Tcp => CheckKind::Tcp,
-        HealthCheck::Http { path, host, status } => CheckKind::Http {
-            path: path.clone(),
-            host: host.clone(),
-            status: *status,
-        },
-    };
-    Some(CheckSpec {
-        kind,
-        port: h.port,
-        interval: h.interval,
-        timeout: h.timeout,
-        rise: h.rise,
-        fall: h.fall,
+/// The check a checker runs: the service's with its preamble; `None` for no check.
+fn check_spec(h: &HealthConfig, preamble: Option<Vec<u8>>) -> Option<HealthConfig> {
+    h.is_checked().then(|| HealthConfig {
         preamble,
+        ..h.clone()
     })
 }
 
