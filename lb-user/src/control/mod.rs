@@ -16,9 +16,10 @@ mod tests;
 
 pub use error::ControlError;
 
-use crate::config::{Config, FlagSettings, HealthCheck};
+use crate::config::{Config, FlagSettings};
 use crate::dataplane::runtime::RuntimeRecord;
 use crate::dataplane::{BackendSlot, Dataplane, ServiceSlot, source_address_for};
+use crate::health::HealthCheck;
 use crate::health::histogram::LatencyHistogram;
 use crate::health::{self, CheckResult};
 use crate::proxy::route;

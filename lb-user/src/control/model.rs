@@ -6,13 +6,10 @@
 
 use super::error::ControlError;
 use super::plan::{Plan, Step};
-use crate::config::{
-    BackendConfig, Config, HealthCheck, HealthConfig, Mode, ProxyConfig, ProxyVersion,
-    ServiceConfig,
-};
+use crate::config::{BackendConfig, Config, Mode, ProxyConfig, ProxyVersion, ServiceConfig};
 use crate::dataplane::DataplaneError;
 use crate::health::histogram::LatencyHistogram;
-use crate::health::{self, CheckKind, CheckResult, CheckSpec, Tracker, Transition};
+use crate::health::{self, CheckResult, HealthCheck, HealthConfig, Tracker, Transition};
 use crate::proxy::codec::header;
 use lb_common::addr::ip_bytes;
 use lb_common::hash::backend_key;
@@ -743,24 +740,11 @@ pub(super) fn preamble(svc: &ServiceState) -> Option<Vec<u8>> {
     }
 }
 
-pub(super) fn check_spec(h: &HealthConfig, preamble: Option<Vec<u8>>) -> Option<CheckSpec> {
-    let kind = match &h.check {
-        HealthCheck::None => return None,
-        HealthCheck::Tcp => CheckKind::Tcp,
-        HealthCheck::Http { path, host, status } => CheckKind::Http {
-            path: path.clone(),
-            host: host.clone(),
-            status: *status,
-        },
-    };
-    Some(CheckSpec {
-        kind,
-        port: h.port,
-        interval: h.interval,
-        timeout: h.timeout,
-        rise: h.rise,
-        fall: h.fall,
+/// The check a checker runs: the service's with its preamble; `None` for no check.
+pub(super) fn check_spec(h: &HealthConfig, preamble: Option<Vec<u8>>) -> Option<HealthConfig> {
+    h.is_checked().then(|| HealthConfig {
         preamble,
+        ..h.clone()
     })
 }
 

@@ -7,7 +7,7 @@
 //! table that no longer names it. So a new flow never picks a backend that is not up.
 
 use crate::config::ProxyConfig;
-use crate::health::CheckSpec;
+use crate::health::HealthConfig;
 use lb_common::maglev::MaglevBackend;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -68,7 +68,7 @@ pub enum Step {
     StartChecker {
         check_id: u64,
         addr: SocketAddr,
-        spec: CheckSpec,
+        spec: HealthConfig,
         first_delay: Duration,
     },
     StopChecker {

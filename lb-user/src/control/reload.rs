@@ -6,7 +6,8 @@
 use super::error::ControlError;
 use super::model::{Admin, Health, Model, check_spec, preamble};
 use super::plan::Step;
-use crate::config::{Config, HealthCheck, ServiceConfig};
+use crate::config::{Config, ServiceConfig};
+use crate::health::HealthCheck;
 use crate::health::Tracker;
 use lb_common::maps::MAX_BACKENDS;
 use std::net::SocketAddr;

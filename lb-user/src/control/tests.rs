@@ -4,7 +4,8 @@
 use super::error::ControlError;
 use super::model::{BackendIds, Model};
 use super::plan::{Plan, Step};
-use crate::config::{BackendConfig, Config, FlagSettings, HealthCheck, ServiceConfig};
+use crate::config::{BackendConfig, Config, FlagSettings, ServiceConfig};
+use crate::health::HealthCheck;
 use crate::health::{CheckResult, FailReason};
 use lb_common::maps::{BACKEND_DOWN, BACKEND_DRAINING, BACKEND_UP, MAX_BACKENDS};
 use std::collections::HashMap;
@@ -339,7 +340,7 @@ fn an_added_backend_waits_for_rise_checks() {
             Step::StartChecker {
                 check_id: bed.backend(B3).check_id,
                 addr: addr(B3),
-                spec: crate::health::CheckSpec::default(),
+                spec: crate::health::HealthConfig::default(),
                 first_delay: Duration::ZERO,
             },
             Step::SetBackend {

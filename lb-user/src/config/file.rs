@@ -1,0 +1,102 @@
+//! The TOML file's shape (syntax and field names only: values stay text until `build`
+//! checks them, so the file and the flags share one set of checks and messages).
+
+use super::ConfigError;
+use super::flags::HealthFlags;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    #[serde(default)]
+    pub iface: Vec<String>,
+    pub xdp_mode: Option<String>,
+    pub max_flows: Option<u32>,
+    pub ring_size: Option<u32>,
+    pub max_services: Option<u32>,
+    pub idle_timeout: Option<String>,
+    pub closed_timeout: Option<String>,
+    #[serde(default)]
+    pub snat_ip: Vec<String>,
+    pub snat_ports: Option<String>,
+    pub pin_dir: Option<PathBuf>,
+    pub admin: Option<String>,
+    pub drain_timeout: Option<String>,
+    pub connect_timeout: Option<String>,
+    pub splice: Option<String>,
+    pub max_conns: Option<u32>,
+    #[serde(default)]
+    pub service: Vec<FileService>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileService {
+    pub name: String,
+    pub vip: String,
+    pub mode: Option<String>,
+    #[serde(default)]
+    pub backends: Vec<FileBackend>,
+    pub health: Option<FileHealth>,
+    pub proxy_protocol: Option<String>,
+    #[serde(default)]
+    pub proxy_tlvs: Vec<String>,
+    #[serde(default)]
+    pub accept_proxy: bool,
+}
+
+/// A service's `[service.health]` table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileHealth {
+    pub check: Option<String>,
+    pub port: Option<u16>,
+    pub interval: Option<String>,
+    pub timeout: Option<String>,
+    pub healthy_threshold: Option<u32>,
+    pub unhealthy_threshold: Option<u32>,
+    pub status: Option<String>,
+    pub host: Option<String>,
+}
+
+impl From<&FileHealth> for HealthFlags {
+    /// The table's settings under the names the flags use.
+    fn from(h: &FileHealth) -> Self {
+        HealthFlags {
+            check: h.check.clone(),
+            port: h.port,
+            interval: h.interval.clone(),
+            timeout: h.timeout.clone(),
+            rise: h.healthy_threshold,
+            fall: h.unhealthy_threshold,
+            status: h.status.clone(),
+            host: h.host.clone(),
+        }
+    }
+}
+
+/// A backend as `"IP:PORT[@WEIGHT]"` or `{ addr = "IP:PORT", weight = N }`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum FileBackend {
+    Short(String),
+    Long { addr: String, weight: Option<u32> },
+}
+
+pub(super) fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigError::new(
+            "--config",
+            path.display().to_string(),
+            format!("cannot read: {e}"),
+        )
+    })?;
+    parse_file(&text)
+        .map_err(|reason| ConfigError::new("--config", path.display().to_string(), reason))
+}
+
+/// Parses the TOML text of a config file (syntax and field names only).
+pub fn parse_file(text: &str) -> Result<FileConfig, String> {
+    toml::from_str(text).map_err(|e| e.to_string().trim_end().replace('\n', " "))
+}

@@ -1,0 +1,279 @@
+//! One service from its settings as written (the `--vip` flags or a `[[service]]` table):
+//! its name, VIP and mode, its backends, its PROXY protocol settings and its health check.
+
+use super::file::FileBackend;
+use super::flags::{HealthFlags, Layered, health_flag, service_flag};
+use super::health::health;
+use super::values::{backend_of, check_backend, parse_backend, parse_socket_addr};
+use super::*;
+
+/// A service's fields as written, from flags or the file.
+struct ServiceFields<'a> {
+    name: &'a str,
+    vip: &'a str,
+    mode: Option<&'a str>,
+    backends: &'a [FileBackend],
+    proxy: ProxyFields<'a>,
+}
+
+/// PROXY protocol fields of a service as written (flags or file).
+struct ProxyFields<'a> {
+    version: Option<&'a str>,
+    tlvs: &'a [String],
+    accept_proxy: bool,
+}
+
+/// The services: the one given with `--vip`, or the file's, but not both.
+pub(super) fn services(src: &Layered<'_>) -> Result<Vec<ServiceConfig>, ConfigError> {
+    let flags = src.flags;
+    let flag_service = flags.vip.is_some()
+        || !flags.backends.is_empty()
+        || flags.name.is_some()
+        || flags.mode.is_some()
+        || flags.proxy_protocol.is_some()
+        || !flags.proxy_tlvs.is_empty()
+        || flags.accept_proxy;
+    let services = if flag_service {
+        vec![flag_service_config(src)?]
+    } else {
+        file_services(src)?
+    };
+    if services.is_empty() {
+        return Err(ConfigError::new(
+            "--vip",
+            "",
+            "no service: give --vip and --backend (or [[service]] sections in a --config file)",
+        ));
+    }
+    Ok(services)
+}
+
+/// The service given with `--vip` and the flags around it.
+fn flag_service_config(src: &Layered<'_>) -> Result<ServiceConfig, ConfigError> {
+    let flags = src.flags;
+    if !src.file.service.is_empty() {
+        return Err(ConfigError::new(
+            "--vip",
+            flags.vip.clone().unwrap_or_default(),
+            "the config file already defines services: give services either with --vip/--backend or in the file, not both",
+        ));
+    }
+    let vip = flags.vip.as_deref().ok_or_else(|| {
+        ConfigError::new(
+            "--vip",
+            "",
+            "missing: give the virtual IP and port, e.g. --vip 198.18.100.1:80",
+        )
+    })?;
+    let backends: Vec<FileBackend> = flags
+        .backends
+        .iter()
+        .map(|b| FileBackend::Short(b.clone()))
+        .collect();
+    let health = health(&flags.health, &health_flag)?;
+    let fields = ServiceFields {
+        name: flags.name.as_deref().unwrap_or("default"),
+        vip,
+        mode: flags.mode.as_deref(),
+        backends: &backends,
+        proxy: ProxyFields {
+            version: flags.proxy_protocol.as_deref(),
+            tlvs: &flags.proxy_tlvs,
+            accept_proxy: flags.accept_proxy,
+        },
+    };
+    service(&fields, health, &service_flag)
+}
+
+/// The file's `[[service]]` tables; health flags do not apply to them.
+fn file_services(src: &Layered<'_>) -> Result<Vec<ServiceConfig>, ConfigError> {
+    let h = &src.flags.health;
+    if h.any() {
+        return Err(ConfigError::new(
+            "--health",
+            h.check.clone().unwrap_or_default(),
+            "health check flags apply to the service given with --vip; set `[service.health]` per service in the config file",
+        ));
+    }
+    let mut services = Vec::new();
+    for (i, s) in src.file.service.iter().enumerate() {
+        let loc = |field: &str| src.at(&format!("service[{i}] ({}) {field}", s.name));
+        let written = s.health.as_ref().map(HealthFlags::from).unwrap_or_default();
+        let health = health(&written, &|field: &str| {
+            let name = match field {
+                "rise" => "healthy_threshold",
+                "fall" => "unhealthy_threshold",
+                other => other,
+            };
+            loc(&format!("health.{name}"))
+        })?;
+        let fields = ServiceFields {
+            name: &s.name,
+            vip: &s.vip,
+            mode: s.mode.as_deref(),
+            backends: &s.backends,
+            proxy: ProxyFields {
+                version: s.proxy_protocol.as_deref(),
+                tlvs: &s.proxy_tlvs,
+                accept_proxy: s.accept_proxy,
+            },
+        };
+        services.push(service(&fields, health, &loc)?);
+    }
+    Ok(services)
+}
+
+/// Validates one service; `loc` names a field where the user wrote it.
+fn service(
+    s: &ServiceFields<'_>,
+    health: HealthConfig,
+    loc: &dyn Fn(&str) -> String,
+) -> Result<ServiceConfig, ConfigError> {
+    let name = s.name;
+    if name.is_empty()
+        || name.len() > 64
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        return Err(ConfigError::new(
+            loc("name"),
+            name,
+            "use 1-64 characters of letters, digits, '-', '_', '.'",
+        ));
+    }
+    let vip = parse_socket_addr(s.vip).map_err(|r| ConfigError::new(loc("vip"), s.vip, r))?;
+    let mode = match s.mode.unwrap_or("nat") {
+        "nat" => Mode::Nat,
+        "proxy-v2" => Mode::ProxyV2,
+        other => {
+            return Err(ConfigError::new(
+                loc("mode"),
+                other,
+                "unknown forwarding mode (available: nat, proxy-v2)",
+            ));
+        }
+    };
+    let proxy = proxy_config(mode, &s.proxy, loc)?;
+    let backends = backends(name, vip, mode, s.backends, loc)?;
+    Ok(ServiceConfig {
+        name: name.to_string(),
+        vip,
+        mode,
+        backends,
+        health,
+        proxy,
+    })
+}
+
+/// A service's backends: at least one, each usable for the VIP, none twice, not all of
+/// weight 0.
+fn backends(
+    name: &str,
+    vip: SocketAddr,
+    mode: Mode,
+    written: &[FileBackend],
+    loc: &dyn Fn(&str) -> String,
+) -> Result<Vec<BackendConfig>, ConfigError> {
+    if written.is_empty() {
+        return Err(ConfigError::new(
+            loc("backend"),
+            "",
+            format!("service {name} has no backend: give at least one IP:PORT[@WEIGHT]"),
+        ));
+    }
+    let mut out: Vec<BackendConfig> = Vec::new();
+    for (i, b) in written.iter().enumerate() {
+        let bloc = loc(&format!("backend[{i}]"));
+        let (text, parsed) = match b {
+            FileBackend::Short(s) => (s, parse_backend(s)),
+            FileBackend::Long { addr, weight } => (addr, backend_of(addr, *weight)),
+        };
+        let be = parsed
+            .and_then(|be| check_backend(vip, mode, &be).map(|()| be))
+            .map_err(|r| ConfigError::new(bloc.clone(), text, r))?;
+        if out.iter().any(|o| o.addr == be.addr) {
+            return Err(ConfigError::new(
+                bloc,
+                text,
+                "backend given twice in this service",
+            ));
+        }
+        out.push(be);
+    }
+    if out.iter().all(|b| b.weight == 0) {
+        return Err(ConfigError::new(
+            loc("backend"),
+            "",
+            format!("every backend of service {name} has weight 0"),
+        ));
+    }
+    Ok(out)
+}
+
+/// A service's PROXY protocol settings: only a `proxy-v2` service may have any.
+fn proxy_config(
+    mode: Mode,
+    p: &ProxyFields<'_>,
+    loc: &dyn Fn(&str) -> String,
+) -> Result<ProxyConfig, ConfigError> {
+    if mode == Mode::Nat {
+        let given = p
+            .version
+            .map(|v| ("proxy_protocol", v.to_string()))
+            .or_else(|| {
+                p.tlvs
+                    .first()
+                    .map(|t| ("proxy_tlvs", t.clone()))
+                    .or(p.accept_proxy.then(|| ("accept_proxy", "true".to_string())))
+            });
+        if let Some((field, v)) = given {
+            return Err(ConfigError::new(
+                loc(field),
+                v,
+                "PROXY protocol settings need mode proxy-v2",
+            ));
+        }
+        return Ok(ProxyConfig::default());
+    }
+    let version = match p.version {
+        None | Some("v2") | Some("2") => ProxyVersion::V2,
+        Some("v1") | Some("1") => ProxyVersion::V1,
+        Some(v) => {
+            return Err(ConfigError::new(
+                loc("proxy_protocol"),
+                v,
+                "expected v1 or v2",
+            ));
+        }
+    };
+    let mut tlvs = TlvSet::default();
+    for t in p.tlvs {
+        let flag = match t.as_str() {
+            "unique-id" => &mut tlvs.unique_id,
+            "crc32c" => &mut tlvs.crc32c,
+            "authority" => &mut tlvs.authority,
+            "alpn" => &mut tlvs.alpn,
+            other => {
+                return Err(ConfigError::new(
+                    loc("proxy_tlvs"),
+                    other,
+                    "expected unique-id, crc32c, authority or alpn",
+                ));
+            }
+        };
+        *flag = true;
+    }
+    if version == ProxyVersion::V1 && tlvs != TlvSet::default() {
+        return Err(ConfigError::new(
+            loc("proxy_tlvs"),
+            p.tlvs.join(","),
+            "TLVs exist in PROXY protocol v2 only",
+        ));
+    }
+    Ok(ProxyConfig {
+        version,
+        tlvs,
+        accept_proxy: p.accept_proxy,
+    })
+}

@@ -1,0 +1,560 @@
+//! The configuration from flags and files: what is accepted and how errors name the
+//! bad value.
+
+use super::build::build;
+use super::*;
+use crate::health::spec::HealthCheck;
+use std::path::PathBuf;
+
+fn flags(args: &[(&str, &str)]) -> FlagSettings {
+    let mut f = FlagSettings::default();
+    for (k, v) in args {
+        let v = v.to_string();
+        match *k {
+            "iface" => f.ifaces.push(v),
+            "vip" => f.vip = Some(v),
+            "backend" => f.backends.push(v),
+            "name" => f.name = Some(v),
+            "mode" => f.mode = Some(v),
+            "xdp-mode" => f.xdp_mode = Some(v),
+            "snat-ip" => f.snat_ips.push(v),
+            "snat-ports" => f.snat_ports = Some(v),
+            "idle-timeout" => f.idle_timeout = Some(v),
+            "closed-timeout" => f.closed_timeout = Some(v),
+            "max-flows" => f.max_flows = Some(v.parse().unwrap()),
+            "ring-size" => f.ring_size = Some(v.parse().unwrap()),
+            "max-services" => f.max_services = Some(v.parse().unwrap()),
+            "pin-dir" => f.pin_dir = Some(PathBuf::from(v)),
+            "admin" => f.admin = Some(v),
+            "drain-timeout" => f.drain_timeout = Some(v),
+            "health" => f.health.check = Some(v),
+            "health-port" => f.health.port = Some(v.parse().unwrap()),
+            "health-interval" => f.health.interval = Some(v),
+            "health-timeout" => f.health.timeout = Some(v),
+            "healthy-threshold" => f.health.rise = Some(v.parse().unwrap()),
+            "unhealthy-threshold" => f.health.fall = Some(v.parse().unwrap()),
+            "health-status" => f.health.status = Some(v),
+            "health-host" => f.health.host = Some(v),
+            "proxy-protocol" => f.proxy_protocol = Some(v),
+            "proxy-tlv" => f.proxy_tlvs.push(v),
+            "accept-proxy" => f.accept_proxy = v == "true",
+            "connect-timeout" => f.connect_timeout = Some(v),
+            "splice" => f.splice = Some(v),
+            "max-conns" => f.max_conns = Some(v.parse().unwrap()),
+            other => panic!("unknown test flag {other}"),
+        }
+    }
+    f
+}
+
+const BASE: &[(&str, &str)] = &[
+    ("iface", "lb0"),
+    ("vip", "198.18.100.1:80"),
+    ("backend", "198.18.1.11:80"),
+    ("backend", "198.18.1.12:80@2"),
+];
+
+fn with(extra: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    let mut all = BASE.to_vec();
+    all.extend_from_slice(extra);
+    build(&flags(&all), None)
+}
+
+fn err(extra: &[(&str, &str)]) -> ConfigError {
+    with(extra).expect_err("config should be rejected")
+}
+
+#[test]
+fn flags_build_a_service_with_defaults() {
+    let c = with(&[]).unwrap();
+    assert_eq!(c.ifaces, vec!["lb0"]);
+    assert_eq!(c.xdp_mode, XdpModeChoice::Auto);
+    assert_eq!(c.max_flows, DEFAULT_MAX_FLOWS);
+    assert_eq!(c.ring_size, 65537);
+    assert_eq!(c.idle_timeout, DEFAULT_IDLE_TIMEOUT);
+    assert_eq!(c.snat_ports, DEFAULT_SNAT_PORTS);
+    assert_eq!(c.services.len(), 1);
+    let s = &c.services[0];
+    assert_eq!(s.name, "default");
+    assert_eq!(s.mode, Mode::Nat);
+    assert_eq!(
+        s.backends[1],
+        BackendConfig {
+            addr: "198.18.1.12:80".parse().unwrap(),
+            weight: 2
+        }
+    );
+}
+
+#[test]
+fn ipv6_addresses_use_brackets() {
+    let f = flags(&[
+        ("iface", "lb0"),
+        ("vip", "[fd00:100::1]:443"),
+        ("backend", "[fd00:1::11]:443@3"),
+    ]);
+    let c = build(&f, None).unwrap();
+    assert_eq!(c.services[0].backends[0].weight, 3);
+    let e = build(
+        &flags(&[
+            ("iface", "lb0"),
+            ("vip", "fd00:100::1:443"),
+            ("backend", "[fd00:1::11]:443"),
+        ]),
+        None,
+    )
+    .unwrap_err();
+    assert_eq!(e.location, "--vip");
+    assert!(e.reason.contains("[fd00::10]:80"), "{e}");
+}
+
+#[test]
+fn every_bad_flag_is_named_with_its_value() {
+    type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, &'a str);
+    let cases: &[Case] = &[
+        (&[("backend", "198.18.1.13")], "--backend[2]", "198.18.1.13"),
+        (
+            &[("backend", "198.18.1.13:80@x")],
+            "--backend[2]",
+            "198.18.1.13:80@x",
+        ),
+        (
+            &[("backend", "198.18.1.13:80@70000")],
+            "--backend[2]",
+            "198.18.1.13:80@70000",
+        ),
+        (
+            &[("backend", "198.18.1.11:80")],
+            "--backend[2]",
+            "198.18.1.11:80",
+        ),
+        (
+            &[("backend", "[fd00::1]:80")],
+            "--backend[2]",
+            "[fd00::1]:80",
+        ),
+        (
+            &[("backend", "127.0.0.1:80")],
+            "--backend[2]",
+            "127.0.0.1:80",
+        ),
+        (
+            &[("backend", "198.18.1.13:0")],
+            "--backend[2]",
+            "198.18.1.13:0",
+        ),
+        (&[("mode", "dsr")], "--mode", "dsr"),
+        (&[("name", "bad name")], "--name", "bad name"),
+        (&[("xdp-mode", "turbo")], "--xdp-mode", "turbo"),
+        (&[("iface", "lb0")], "--iface", "lb0"),
+        (&[("iface", "a/b")], "--iface", "a/b"),
+        (&[("snat-ip", "nope")], "--snat-ip", "nope"),
+        (
+            &[("snat-ip", "198.18.0.1"), ("snat-ip", "198.18.0.2")],
+            "--snat-ip",
+            "198.18.0.2",
+        ),
+        (&[("snat-ip", "0.0.0.0")], "--snat-ip", "0.0.0.0"),
+        (&[("snat-ports", "80-90")], "--snat-ports", "80-90"),
+        (&[("snat-ports", "20000")], "--snat-ports", "20000"),
+        (
+            &[("idle-timeout", "5 parsecs")],
+            "--idle-timeout",
+            "5 parsecs",
+        ),
+        (&[("idle-timeout", "0s")], "--idle-timeout", "0s"),
+        (&[("closed-timeout", "9d")], "--closed-timeout", "9d"),
+        (&[("max-flows", "0")], "--max-flows", "0"),
+        (&[("ring-size", "65536")], "--ring-size", "65536"),
+        (&[("max-services", "0")], "--max-services", "0"),
+        (&[("max-services", "9999")], "--max-services", "9999"),
+        (
+            &[("pin-dir", "sys/fs/bpf/lb")],
+            "--pin-dir",
+            "sys/fs/bpf/lb",
+        ),
+    ];
+    for (extra, location, value) in cases {
+        let e = err(extra);
+        assert_eq!(e.location, *location, "{extra:?}: {e}");
+        assert_eq!(e.value, *value, "{extra:?}: {e}");
+        let shown = e.to_string();
+        assert!(shown.contains(location) && shown.contains(value), "{shown}");
+    }
+}
+
+#[test]
+fn missing_pieces_are_reported() {
+    let e = build(
+        &flags(&[("vip", "198.18.100.1:80"), ("backend", "198.18.1.11:80")]),
+        None,
+    )
+    .unwrap_err();
+    assert_eq!(e.location, "--iface");
+    let e = build(
+        &flags(&[("iface", "lb0"), ("backend", "198.18.1.11:80")]),
+        None,
+    )
+    .unwrap_err();
+    assert_eq!(e.location, "--vip");
+    let e = build(
+        &flags(&[("iface", "lb0"), ("vip", "198.18.100.1:80")]),
+        None,
+    )
+    .unwrap_err();
+    assert!(e.reason.contains("no backend"), "{e}");
+    let e = build(&flags(&[("iface", "lb0")]), None).unwrap_err();
+    assert!(e.reason.contains("no service"), "{e}");
+    let e = build(
+        &flags(&[
+            ("iface", "lb0"),
+            ("vip", "198.18.100.1:80"),
+            ("backend", "198.18.1.11:80@0"),
+        ]),
+        None,
+    )
+    .unwrap_err();
+    assert!(e.reason.contains("weight 0"), "{e}");
+}
+
+#[test]
+fn ring_must_be_larger_than_the_backend_set() {
+    let e = err(&[("ring-size", "2")]);
+    assert_eq!(e.location, "--ring-size");
+    assert!(e.reason.contains("backends"), "{e}");
+    assert!(with(&[("ring-size", "7")]).is_ok());
+}
+
+const FILE: &str = r#"
+iface = ["lb0", "lb1"]
+xdp_mode = "native"
+max_flows = 1000
+idle_timeout = "5m"
+snat_ip = ["198.18.1.1"]
+
+[[service]]
+name = "web4"
+vip = "198.18.100.1:80"
+backends = ["198.18.1.11:80", "198.18.1.12:80@2", { addr = "198.18.1.13:80", weight = 3 }]
+
+[[service]]
+name = "web6"
+vip = "[fd00:100::1]:80"
+mode = "nat"
+backends = ["[fd00:1::11]:80"]
+"#;
+
+fn from_text(text: &str, f: &FlagSettings) -> Result<Config, ConfigError> {
+    let file = parse_file(text).map_err(|r| ConfigError::new("--config", "lb.toml", r))?;
+    build(f, Some((PathBuf::from("lb.toml"), file)))
+}
+
+#[test]
+fn config_file_builds_many_services_and_flags_override_globals() {
+    let c = from_text(FILE, &FlagSettings::default()).unwrap();
+    assert_eq!(c.ifaces, vec!["lb0", "lb1"]);
+    assert_eq!(c.xdp_mode, XdpModeChoice::Native);
+    assert_eq!(c.max_flows, 1000);
+    assert_eq!(c.idle_timeout, Duration::from_secs(300));
+    assert_eq!(c.services.len(), 2);
+    assert_eq!(c.services[0].backends[2].weight, 3);
+    assert_eq!(c.services[1].vip, "[fd00:100::1]:80".parse().unwrap());
+    let c = from_text(
+        FILE,
+        &flags(&[("iface", "eth9"), ("xdp-mode", "skb"), ("max-flows", "5")]),
+    )
+    .unwrap();
+    assert_eq!(
+        (c.ifaces, c.xdp_mode, c.max_flows),
+        (vec!["eth9".to_string()], XdpModeChoice::Skb, 5)
+    );
+}
+
+#[test]
+fn config_file_errors_name_the_file_service_and_field() {
+    let bad_backend = FILE.replace("198.18.1.12:80@2", "198.18.1.12:http");
+    let e = from_text(&bad_backend, &FlagSettings::default()).unwrap_err();
+    assert_eq!(e.location, "lb.toml: service[0] (web4) backend[1]");
+    assert_eq!(e.value, "198.18.1.12:http");
+    let dup = FILE
+        .replace("[fd00:100::1]:80", "198.18.100.1:80")
+        .replace("[fd00:1::11]:80", "198.18.1.14:80");
+    let e = from_text(&dup, &FlagSettings::default()).unwrap_err();
+    assert!(e.reason.contains("same VIP"), "{e}");
+    let unknown = FILE.replace("max_flows", "max_flow");
+    let e = from_text(&unknown, &FlagSettings::default()).unwrap_err();
+    assert!(e.reason.contains("max_flow"), "{e}");
+    let e = from_text("iface = 3", &FlagSettings::default()).unwrap_err();
+    assert_eq!(e.location, "--config");
+    let e = from_text(
+        FILE,
+        &flags(&[("vip", "198.18.100.9:80"), ("backend", "198.18.1.11:80")]),
+    )
+    .unwrap_err();
+    assert!(e.reason.contains("not both"), "{e}");
+    let mode = FILE.replace("mode = \"nat\"", "mode = \"dsr\"");
+    let e = from_text(&mode, &FlagSettings::default()).unwrap_err();
+    assert_eq!(
+        (e.location.as_str(), e.value.as_str()),
+        ("lb.toml: service[1] (web6) mode", "dsr")
+    );
+}
+
+#[test]
+fn unreadable_config_file_is_named() {
+    let f = FlagSettings {
+        config: Some(PathBuf::from("/nonexistent/lb.toml")),
+        ..Default::default()
+    };
+    let e = Config::from_flags(&f).unwrap_err();
+    assert_eq!(
+        (e.location.as_str(), e.value.as_str()),
+        ("--config", "/nonexistent/lb.toml")
+    );
+}
+
+#[test]
+fn durations_and_port_ranges() {
+    assert_eq!(parse_duration("350s"), Ok(Duration::from_secs(350)));
+    assert_eq!(parse_duration("350"), Ok(Duration::from_secs(350)));
+    assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+    assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+    assert!(parse_duration("s").is_err() && parse_duration("1y").is_err());
+    assert_eq!(parse_port_range("10000-32767"), Ok((10000, 32767)));
+    assert!(parse_port_range("2000-1000").is_err());
+    assert!(parse_port_range("1000-2000").is_err());
+}
+
+#[test]
+fn health_defaults_are_tcp_like_an_nlb() {
+    let c = with(&[]).unwrap();
+    let h = &c.services[0].health;
+    assert_eq!(h.check, HealthCheck::Tcp);
+    assert_eq!(
+        (h.interval, h.timeout),
+        (Duration::from_secs(5), Duration::from_secs(2))
+    );
+    assert_eq!((h.rise, h.fall), (2, 2));
+    assert_eq!(c.admin, Some("127.0.0.1:9100".parse().unwrap()));
+    assert_eq!(c.drain_timeout, Duration::from_secs(300));
+}
+
+#[test]
+fn http_health_flags_are_parsed() {
+    let c = with(&[
+        ("health", "http:/health/instance"),
+        ("health-status", "200-299"),
+        ("health-host", "registry.example"),
+        ("health-port", "8080"),
+        ("health-interval", "1s"),
+        ("health-timeout", "500ms"),
+        ("healthy-threshold", "3"),
+        ("unhealthy-threshold", "4"),
+        ("admin", "off"),
+        ("drain-timeout", "0s"),
+    ])
+    .unwrap();
+    let h = &c.services[0].health;
+    assert_eq!(
+        h.check,
+        HealthCheck::Http {
+            path: "/health/instance".into(),
+            host: Some("registry.example".into()),
+            status: (200, 299)
+        }
+    );
+    assert_eq!(h.port, Some(8080));
+    assert_eq!((h.rise, h.fall), (3, 4));
+    assert_eq!(h.timeout, Duration::from_millis(500));
+    assert_eq!(c.admin, None);
+    assert_eq!(c.drain_timeout, Duration::ZERO);
+}
+
+#[test]
+fn bad_health_settings_name_the_flag() {
+    for (extra, loc) in [
+        (vec![("health", "udp")], "--health"),
+        (vec![("health", "http:health")], "--health"),
+        (
+            vec![("health-interval", "1s"), ("health-timeout", "1s")],
+            "--health-timeout",
+        ),
+        (
+            vec![("health", "http:/h"), ("health-status", "700")],
+            "--health-status",
+        ),
+        (vec![("health-status", "200")], "--health-status"),
+        (vec![("unhealthy-threshold", "0")], "--unhealthy-threshold"),
+        (vec![("admin", "localhost")], "--admin"),
+        (vec![("drain-timeout", "soon")], "--drain-timeout"),
+    ] {
+        let e = err(&extra);
+        assert_eq!(e.location, loc, "{extra:?}: {e}");
+    }
+}
+
+#[test]
+fn file_health_table_is_per_service() {
+    let text = r#"
+iface = ["lb0"]
+admin = "127.0.0.1:9200"
+drain_timeout = "30s"
+[[service]]
+name = "registry"
+vip = "198.18.100.1:443"
+backends = ["198.18.1.11:443"]
+[service.health]
+check = "http:/health/instance"
+port = 8080
+interval = "2s"
+timeout = "1s"
+healthy_threshold = 3
+unhealthy_threshold = 5
+[[service]]
+name = "ws"
+vip = "198.18.100.2:80"
+backends = ["198.18.1.12:80"]
+"#;
+    let file = parse_file(text).unwrap();
+    let c = build(
+        &FlagSettings::default(),
+        Some((PathBuf::from("lb.toml"), file)),
+    )
+    .unwrap();
+    assert_eq!(c.admin, Some("127.0.0.1:9200".parse().unwrap()));
+    assert_eq!(c.drain_timeout, Duration::from_secs(30));
+    let h = &c.services[0].health;
+    assert!(matches!(h.check, HealthCheck::Http { .. }));
+    assert_eq!((h.port, h.rise, h.fall), (Some(8080), 3, 5));
+    assert_eq!(c.services[1].health, HealthConfig::default());
+
+    let bad =
+        parse_file(&text.replace("unhealthy_threshold = 5", "unhealthy_threshold = 0")).unwrap();
+    let e = build(
+        &FlagSettings::default(),
+        Some((PathBuf::from("lb.toml"), bad)),
+    )
+    .unwrap_err();
+    assert_eq!(
+        e.location,
+        "lb.toml: service[0] (registry) health.unhealthy_threshold"
+    );
+    let mut flags = FlagSettings::default();
+    flags.health.check = Some("tcp".into());
+    let e = build(
+        &flags,
+        Some((PathBuf::from("lb.toml"), parse_file(text).unwrap())),
+    )
+    .unwrap_err();
+    assert_eq!(e.location, "--health");
+}
+
+#[test]
+fn proxy_services_take_proxy_settings() {
+    let c = with(&[
+        ("mode", "proxy-v2"),
+        ("proxy-tlv", "unique-id"),
+        ("proxy-tlv", "authority"),
+        ("accept-proxy", "true"),
+        ("connect-timeout", "1s"),
+        ("splice", "pipe"),
+        ("max-conns", "100"),
+    ])
+    .unwrap();
+    let s = &c.services[0];
+    assert_eq!(s.mode, Mode::ProxyV2);
+    assert_eq!(s.proxy.version, ProxyVersion::V2);
+    assert!(s.proxy.tlvs.unique_id && s.proxy.tlvs.authority && !s.proxy.tlvs.crc32c);
+    assert!(s.proxy.accept_proxy);
+    assert_eq!(c.connect_timeout, Duration::from_secs(1));
+    assert_eq!(c.splice, SpliceChoice::Pipe);
+    assert_eq!(c.max_conns, 100);
+    // A proxy may reach a backend of the other family; NAT may not.
+    let mixed = [("vip", "[fd00:100::1]:80")];
+    assert!(with(&[mixed[0], ("mode", "proxy-v2")]).is_ok());
+    assert_eq!(err(&mixed).location, "--backend[0]");
+}
+
+#[test]
+fn proxy_settings_are_checked() {
+    assert_eq!(
+        err(&[("proxy-protocol", "v2")]).location,
+        "--proxy-protocol"
+    );
+    assert_eq!(
+        err(&[("mode", "proxy-v2"), ("proxy-protocol", "v3")]).location,
+        "--proxy-protocol"
+    );
+    let e = err(&[
+        ("mode", "proxy-v2"),
+        ("proxy-protocol", "v1"),
+        ("proxy-tlv", "crc32c"),
+    ]);
+    assert_eq!(e.location, "--proxy-tlv-*");
+    assert_eq!(err(&[("splice", "copy")]).location, "--splice");
+    assert_eq!(err(&[("max-conns", "0")]).location, "--max-conns");
+}
+
+#[test]
+fn a_flag_wins_over_the_file_and_errors_name_where_the_value_was() {
+    let file = FileConfig::default();
+    let f = FlagSettings::default();
+    let src = flags::Layered::new(&f, &file, Some("lb.toml".into()));
+    assert_eq!(
+        src.text("idle_timeout", Some("1s"), Some("2s")),
+        Some(("--idle-timeout".to_string(), "1s"))
+    );
+    assert_eq!(
+        src.text("idle_timeout", None, Some("2s")),
+        Some(("lb.toml: idle_timeout".to_string(), "2s"))
+    );
+    assert_eq!(src.text("idle_timeout", None, None), None);
+    assert_eq!(src.loc(true, "max_flows"), "--max-flows");
+    assert_eq!(src.loc(false, "max_flows"), "lb.toml: max_flows");
+    let no_file = flags::Layered::new(&f, &file, None);
+    assert_eq!(no_file.at("x"), "x");
+}
+
+#[test]
+fn backends_short_and_long_share_their_checks() {
+    let b = parse_backend("198.18.1.11:80@7").unwrap();
+    assert_eq!((b.addr.port(), b.weight), (80, 7));
+    assert_eq!(
+        values::backend_of("198.18.1.11:80", None).unwrap().weight,
+        1
+    );
+    assert_eq!(
+        values::backend_of("198.18.1.11:80", Some(70000)),
+        parse_backend("198.18.1.11:80@70000")
+    );
+    assert!(
+        parse_backend("198.18.1.11")
+            .unwrap_err()
+            .contains("not IP:PORT")
+    );
+    assert_eq!(parse_status_range("200-299"), Ok((200, 299)));
+    assert!(parse_status_range("299-200").is_err() && parse_status_range("600").is_err());
+}
+
+#[test]
+fn health_defaults_come_from_the_engine() {
+    let loc = |field: &str| field.to_string();
+    let h = health::health(&HealthFlags::default(), &loc).unwrap();
+    assert_eq!(h, HealthConfig::default());
+    // A short interval halves the default timeout.
+    let short = HealthFlags {
+        interval: Some("1s".into()),
+        ..HealthFlags::default()
+    };
+    let h = health::health(&short, &loc).unwrap();
+    assert_eq!(h.timeout, Duration::from_millis(500));
+    let tiny = HealthFlags {
+        timeout: Some("5ms".into()),
+        ..HealthFlags::default()
+    };
+    let e = health::health(&tiny, &loc).unwrap_err();
+    assert_eq!(
+        (e.location.as_str(), e.reason.as_str()),
+        ("timeout", "must be at least 10ms")
+    );
+}
