@@ -1,4 +1,4 @@
-//! What the health, live-change and observability tests share: the per-binary lock (the
+//! What the end-to-end tests share: the per-binary lock (the
 //! tests run one at a time on two CPUs), the prerequisite checks, a two-armed topology,
 //! the daemon's command line over named backends, and the fast health-check settings
 //! whose timing the tests assert.
@@ -96,18 +96,16 @@ impl Bed {
 
     /// Starts `lb ARGS` in the LB namespace (`ip netns exec`) and waits until ready.
     pub fn start(&self, args: &[String]) -> Daemon {
+        self.start_via(Launch::IpNetnsExec, args)
+    }
+
+    /// Starts `lb ARGS` in the LB namespace through `launch` and waits until ready; each
+    /// start logs to a file of its own.
+    pub fn start_via(&self, launch: Launch, args: &[String]) -> Daemon {
         static N: AtomicU32 = AtomicU32::new(0);
-        let log = self
-            .topo
-            .path(&format!("lb-{}.log", N.fetch_add(1, Ordering::Relaxed)));
-        Daemon::start(
-            &self.topo.lb,
-            &self.lb,
-            Launch::IpNetnsExec,
-            args,
-            &self.topo.lb_ifaces,
-            &log,
-        )
-        .unwrap_or_else(|e| panic!("starting lb {args:?}: {e:#}"))
+        let log = format!("lb-{}.log", N.fetch_add(1, Ordering::Relaxed));
+        self.topo
+            .start_lb(&self.lb, launch, args, &log)
+            .unwrap_or_else(|e| panic!("starting lb {args:?}: {e:#}"))
     }
 }

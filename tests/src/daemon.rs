@@ -92,23 +92,8 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Starts `lb ARGS` in `ns` and waits until it is ready: its log says `ready` and
-    /// every interface in `ifaces` has an XDP program (20 s at most). The log goes to
-    /// `log`.
-    pub fn start(
-        ns: &Netns,
-        bin: &Path,
-        launch: Launch,
-        args: &[String],
-        ifaces: &[String],
-        log: &Path,
-    ) -> Result<Daemon> {
-        let mut d = Daemon::spawn(ns, bin, launch, args, ifaces, log)?;
-        d.wait_ready(ns, Duration::from_secs(20))?;
-        Ok(d)
-    }
-
-    /// Starts `lb ARGS` in `ns` without waiting.
+    /// Starts `lb ARGS` in `ns` without waiting (see [`Daemon::wait_ready`], or
+    /// [`crate::Topology::start_lb`] for the usual start).
     pub fn spawn(
         ns: &Netns,
         bin: &Path,
@@ -252,6 +237,15 @@ impl Daemon {
     /// colour codes removed).
     pub fn log_lines_with(&self, words: &[&str]) -> Vec<String> {
         log_lines_with(&self.log(), words)
+    }
+
+    /// Fails the test unless some line of the log contains every one of `words`.
+    pub fn expect_log(&self, words: &[&str]) {
+        assert!(
+            !self.log_lines_with(words).is_empty(),
+            "the daemon log has no line with all of {words:?}; log:\n{}",
+            self.log()
+        );
     }
 
     /// `lb stats --json`, parsed.

@@ -76,6 +76,11 @@ fn existing(var: &str, default: PathBuf, hint: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
+/// The value of a test bed step, or a test failure showing the whole error chain.
+pub fn must<T>(r: Result<T>) -> T {
+    r.unwrap_or_else(|e| panic!("{e:#}"))
+}
+
 /// Fails unless we are root: the test bed creates namespaces and attaches XDP programs.
 pub fn require_root() -> Result<()> {
     if !sys::is_root() {

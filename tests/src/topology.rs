@@ -22,6 +22,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 
 use crate::client::{self, Spread};
+use crate::daemon::{Daemon, Launch};
 use crate::netns::Netns;
 use crate::server;
 use crate::xdp::XdpPass;
@@ -411,6 +412,39 @@ impl Topology {
             }
         }
         Ok(bad)
+    }
+
+    /// Starts `lb ARGS` (the binary at `bin`) in the LB namespace over the LB's
+    /// interfaces, its output in `log` in the topology's directory, without waiting.
+    pub fn spawn_lb(
+        &self,
+        bin: &Path,
+        launch: Launch,
+        args: &[String],
+        log: &str,
+    ) -> Result<Daemon> {
+        Daemon::spawn(
+            &self.lb,
+            bin,
+            launch,
+            args,
+            &self.lb_ifaces,
+            &self.path(log),
+        )
+    }
+
+    /// As [`Topology::spawn_lb`], then waits until lb is ready: its log says `ready` and
+    /// every LB interface has an XDP program (20 s at most).
+    pub fn start_lb(
+        &self,
+        bin: &Path,
+        launch: Launch,
+        args: &[String],
+        log: &str,
+    ) -> Result<Daemon> {
+        let mut d = self.spawn_lb(bin, launch, args, log)?;
+        d.wait_ready(&self.lb, Duration::from_secs(20))?;
+        Ok(d)
     }
 
     /// A path in the topology's temp dir (removed on drop).

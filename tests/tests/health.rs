@@ -57,15 +57,6 @@ fn expect_state_within(
     took
 }
 
-fn expect_log(d: &Daemon, words: &[&str]) {
-    let hits = d.log_lines_with(words);
-    assert!(
-        !hits.is_empty(),
-        "the daemon log has no line with all of {words:?}; log:\n{}",
-        d.log()
-    );
-}
-
 /// Every connection succeeds and none reaches `name`.
 fn expect_clean(conns: &load::Conns, avoid: &str, what: &str) {
     assert!(
@@ -130,8 +121,8 @@ fn tcp_check_timeout_takes_backend_out_and_back() {
         after.count("b2") > 0,
         "b2 got no connection after it came back: {after}"
     );
-    expect_log(&d, &["backend down", &addr, "timeout"]);
-    expect_log(&d, &["backend up", &addr]);
+    d.expect_log(&["backend down", &addr, "timeout"]);
+    d.expect_log(&["backend up", &addr]);
     d.stop(&bed.topo.lb).unwrap_or_else(|e| panic!("{e:#}"));
 }
 
@@ -154,7 +145,7 @@ fn http_check_503_takes_backend_out_and_back() {
     let fault = Instant::now();
     backend_ctl::set_health_status(&bed.topo, b1, 503).unwrap();
     let took_down = expect_state_within(&d, &addr, "down", fault, down_within());
-    expect_log(&d, &["backend down", &addr, "status 503"]);
+    d.expect_log(&["backend down", &addr, "status 503"]);
     let s = bed.topo.spread(false, 60).unwrap();
     assert_eq!(s.failures, 0, "with b1 down: {s}");
     assert_eq!(s.count("b1"), 0, "b1 is down but got connections: {s}");
@@ -166,7 +157,7 @@ fn http_check_503_takes_backend_out_and_back() {
     let s = bed.topo.spread(false, 60).unwrap();
     assert_eq!(s.failures, 0, "after b1 came back: {s}");
     assert!(s.count("b1") > 0, "b1 is up again but got nothing: {s}");
-    expect_log(&d, &["backend up", &addr]);
+    d.expect_log(&["backend up", &addr]);
     d.stop(&bed.topo.lb).unwrap_or_else(|e| panic!("{e:#}"));
 }
 
@@ -189,7 +180,7 @@ fn http_check_of_a_frozen_server_times_out() {
     // Thaw before asserting anything else, so a failure leaves no frozen process.
     let repair = Instant::now();
     backend_ctl::pause_server(b3, false).unwrap();
-    expect_log(&d, &["backend down", &addr, "timeout"]);
+    d.expect_log(&["backend down", &addr, "timeout"]);
     let took_up = expect_state_within(&d, &addr, "up", repair, up_within());
     eprintln!("b3 down after {took_down:?}, up after {took_up:?}");
     let s = bed.topo.spread(false, 60).unwrap();
@@ -210,7 +201,7 @@ fn closed_port_is_connection_refused() {
     let fault = Instant::now();
     backend_ctl::stop_server(b3).unwrap();
     let took_down = expect_state_within(&d, &addr, "down", fault, down_within());
-    expect_log(&d, &["backend down", &addr, "connection refused"]);
+    d.expect_log(&["backend down", &addr, "connection refused"]);
     let s = bed.topo.spread(false, 60).unwrap();
     assert_eq!(s.failures, 0, "with b3 down: {s}");
     assert_eq!(s.count("b3"), 0, "b3 is down but answered: {s}");

@@ -13,6 +13,7 @@ use lb_tests::admin;
 use lb_tests::backend_ctl;
 use lb_tests::bed::{Bed, FAST_HEALTH, down_within};
 use lb_tests::load::SlowDownload;
+use lb_tests::must;
 use lb_tests::prometheus::{self, PromServer, Sample};
 use lb_tests::topology::{BACKEND_NAMES, Kind};
 
@@ -20,10 +21,6 @@ use lb_tests::topology::{BACKEND_NAMES, Kind};
 const SERVICE: &str = "default";
 /// Connections the metrics tests make.
 const CONNS: usize = 90;
-
-fn must<T>(r: anyhow::Result<T>) -> T {
-    r.unwrap_or_else(|e| panic!("{e:#}"))
-}
 
 fn start(bed: &Bed) -> Daemon {
     let mut extra = vec!["--health", "tcp"];
