@@ -94,6 +94,12 @@ impl Bed {
         a
     }
 
+    /// Stops `d` with SIGTERM: it must exit 0 and leave no XDP program behind.
+    pub fn stop(&self, d: Daemon) {
+        d.stop(&self.topo.lb)
+            .unwrap_or_else(|e| panic!("stopping lb: {e:#}"));
+    }
+
     /// Starts `lb ARGS` in the LB namespace (`ip netns exec`) and waits until ready.
     pub fn start(&self, args: &[String]) -> Daemon {
         self.start_via(Launch::IpNetnsExec, args)

@@ -30,6 +30,7 @@ pub mod topology;
 pub mod xdp;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use anyhow::{Result, bail};
 
@@ -74,6 +75,16 @@ fn existing(var: &str, default: PathBuf, hint: &str) -> Result<PathBuf> {
         );
     }
     Ok(path)
+}
+
+/// `TAG-PID-N`: a name no other test of any run on this host has (file names, paths).
+pub fn unique(tag: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{tag}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// The value of a test bed step, or a test failure showing the whole error chain.

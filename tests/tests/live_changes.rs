@@ -148,7 +148,7 @@ fn add_weight_drain_remove_under_load() {
         "the long-lived flow's download is corrupt"
     );
     d.expect_log(&["drain started", &addr(gone)]);
-    d.stop(&bed.topo.lb).unwrap_or_else(|e| panic!("{e:#}"));
+    bed.stop(d);
 }
 
 /// Waits for a slow download to end, which a drain timeout does by cutting it: at most
@@ -273,7 +273,7 @@ fn drain_timeout_cuts_flows_then_drained_or_removed() {
         "two drains should have finished; log:\n{}",
         d.log()
     );
-    d.stop(&bed.topo.lb).unwrap_or_else(|e| panic!("{e:#}"));
+    bed.stop(d);
 }
 
 /// The reload test's config file: service `web` over `backends` (TOML strings), fast
@@ -395,7 +395,7 @@ fn reload_good_and_bad_config() {
     d.expect_log(&["config rejected"]);
     let body = client::get(&bed.topo.client, &bed.topo.vip_url(false, "name")).unwrap();
     assert!(body == "b1" || body == "b3", "{body}");
-    d.stop(&bed.topo.lb).unwrap_or_else(|e| panic!("{e:#}"));
+    bed.stop(d);
 }
 
 /// `lb ctl` errors: what the API refuses exits 1 with `lb ctl: error: ...`, bad usage
@@ -439,5 +439,5 @@ fn ctl_errors() {
         backends_of(&after),
         "refused commands changed the service"
     );
-    d.stop(&bed.topo.lb).unwrap_or_else(|e| panic!("{e:#}"));
+    bed.stop(d);
 }

@@ -164,7 +164,7 @@ fn metrics_pass_promtool_and_match_traffic() {
         ) >= 2.0,
         "b2 went down after two failed checks:\n{body}"
     );
-    d.stop(&bed.topo.lb).unwrap_or_else(|e| panic!("{e:#}"));
+    bed.stop(d);
 }
 
 /// A real Prometheus server in the LB namespace scrapes the daemon every second; its
@@ -209,7 +209,7 @@ fn prometheus_server_scrapes_the_daemon() {
         "backends in lb_backend_up as Prometheus stored it"
     );
     must(prom.stop());
-    d.stop(&bed.topo.lb).unwrap_or_else(|e| panic!("{e:#}"));
+    bed.stop(d);
 }
 
 fn json(body: &str, what: &str) -> serde_json::Value {
@@ -230,7 +230,7 @@ fn health_endpoints() {
     assert_eq!(json(&body, "/health/endtoend")["status"], "ok", "{body}");
     let (code, body) = must(admin::get(&bed.topo.lb, "/no/such/path"));
     assert_eq!(code, 404, "an unknown path: {body}");
-    d.stop(&bed.topo.lb).unwrap_or_else(|e| panic!("{e:#}"));
+    bed.stop(d);
     assert!(
         admin::get(&bed.topo.lb, "/health/instance").is_err(),
         "the admin API still answers after the daemon stopped"
@@ -349,5 +349,5 @@ fn stats_show_state_and_active_flows() {
         Some(serde_json::Value::from("down")),
         "lb stats --json state of {oa}: {stats:#}"
     );
-    d.stop(&bed.topo.lb).unwrap_or_else(|e| panic!("{e:#}"));
+    bed.stop(d);
 }

@@ -15,7 +15,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use lb_tests::admin;
@@ -27,7 +26,7 @@ use lb_tests::prometheus;
 use lb_tests::receivers::{self, Haproxy, Nginx, NginxEntry, NginxOpts};
 use lb_tests::tls;
 use lb_tests::topology::{Kind, VIP4, VIP6};
-use lb_tests::{Daemon, cmd};
+use lb_tests::{Daemon, cmd, unique};
 use serde_json::Value;
 
 /// The second client address of each family (the topology gives the client .2 / ::2).
@@ -89,15 +88,6 @@ fn backends(bed: &Bed, v6: bool, port: u16) -> Vec<SocketAddr> {
             SocketAddr::new(ip, port)
         })
         .collect()
-}
-
-fn unique(tag: &str) -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "{tag}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
 }
 
 /// One `[[service]]` of a proxy-v2 config file.
@@ -502,7 +492,7 @@ fn nginx_logs_real_client_addresses() {
     for s in ["web4", "web6", "mixed"] {
         all_up(&d, s);
     }
-    d.stop(&bed.topo.lb).unwrap_or_else(|e| panic!("{e:#}"));
+    bed.stop(d);
 }
 
 /// HAProxy with `bind :80 accept-proxy` logs (`%ci %cp %fi %fp`) the real client address
@@ -618,7 +608,7 @@ fn haproxy_logs_real_client_addresses() {
     std::thread::sleep(Duration::from_secs(2));
     all_up(&d, "web4");
     all_up(&d, "web6");
-    d.stop(&bed.topo.lb).unwrap_or_else(|e| panic!("{e:#}"));
+    bed.stop(d);
 }
 
 /// TLS passes through: curl over https to the VIP (IPv4 and IPv6, two client addresses
@@ -739,7 +729,7 @@ fn tls_passthrough_to_nginx() {
             "the certificate seen through {target} is not the backend's"
         );
     }
-    d.stop(&bed.topo.lb).unwrap_or_else(|e| panic!("{e:#}"));
+    bed.stop(d);
 }
 
 /// `--proxy-protocol v1`: nginx logs the real client address from the text header (two
@@ -799,7 +789,7 @@ fn proxy_protocol_v1_to_nginx() {
             d.log()
         );
     }
-    d.stop(&bed.topo.lb).unwrap_or_else(|e| panic!("{e:#}"));
+    bed.stop(d);
 }
 
 /// The four TLVs, read from the raw header by a python backend that terminates TLS:
@@ -912,7 +902,7 @@ fn tlvs_from_the_client_hello() {
         "the health checks should send a PROXY v2 LOCAL header: {local:#?}"
     );
     all_up(&d, "default");
-    d.stop(&bed.topo.lb).unwrap_or_else(|e| panic!("{e:#}"));
+    bed.stop(d);
 }
 
 /// With the ClientHello TLVs on, a server-first protocol (the backend greets right after
@@ -1004,7 +994,7 @@ fn tlvs_never_delay_a_server_first_protocol() {
         "AUTHORITY for plaintext: {rec:#}"
     );
     assert_eq!(rec["crc32c_ok"], true, "{rec:#}");
-    d.stop(&bed.topo.lb).unwrap_or_else(|e| panic!("{e:#}"));
+    bed.stop(d);
 }
 
 /// A WebSocket session through the VIP (IPv4 and IPv6): python3-websockets' client
@@ -1092,7 +1082,7 @@ fn websocket_session() {
             assert_eq!(e.status, "101", "the WebSocket upgrade was logged as {e:?}");
         }
     }
-    d.stop(&bed.topo.lb).unwrap_or_else(|e| panic!("{e:#}"));
+    bed.stop(d);
 }
 
 /// 1 GiB up and 1 GiB down through the VIP, with each splice engine: the backend's
@@ -1487,7 +1477,7 @@ fn refusing_or_silent_backend_is_skipped() {
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
-    d.stop(&bed.topo.lb).unwrap_or_else(|e| panic!("{e:#}"));
+    bed.stop(d);
 }
 
 /// `--accept-proxy`: the client's own v2 (IPv4, IPv6) or v1 header names the client the
@@ -1624,7 +1614,7 @@ fn accept_proxy_forwards_the_original_client() {
             "the request behind a {reason} header reached a backend"
         );
     }
-    d.stop(&bed.topo.lb).unwrap_or_else(|e| panic!("{e:#}"));
+    bed.stop(d);
 }
 
 /// /metrics: lb_proxy_connections_total per service and backend adds up to the
@@ -1735,7 +1725,7 @@ fn proxy_metrics_count_connections_and_bytes() {
     );
     let (_, body) = admin::get(&bed.topo.lb, "/metrics").unwrap();
     prometheus::promtool_check(&body).unwrap_or_else(|e| panic!("{e:#}"));
-    d.stop(&bed.topo.lb).unwrap_or_else(|e| panic!("{e:#}"));
+    bed.stop(d);
 }
 
 /// The receivers themselves, without lb: hand-made PROXY headers sent straight from the
