@@ -111,7 +111,8 @@ impl Bed {
         static N: AtomicU32 = AtomicU32::new(0);
         let log = format!("lb-{}.log", N.fetch_add(1, Ordering::Relaxed));
         self.topo
-            .start_lb(&self.lb, launch, args, &log)
+            .spawn_lb(&self.lb, launch, args, &log)
+            .and_then(|d| d.ready(&self.topo.lb))
             .unwrap_or_else(|e| panic!("starting lb {args:?}: {e:#}"))
     }
 }

@@ -92,8 +92,7 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Starts `lb ARGS` in `ns` without waiting (see [`Daemon::wait_ready`], or
-    /// [`crate::Topology::start_lb`] for the usual start).
+    /// Starts `lb ARGS` in `ns` without waiting (see [`Daemon::ready`]).
     pub fn spawn(
         ns: &Netns,
         bin: &Path,
@@ -150,6 +149,13 @@ impl Daemon {
             }
         }
         self.status
+    }
+
+    /// Waits until lb is ready: its log says `ready` and every interface has an XDP
+    /// program (20 s at most); hands the daemon back.
+    pub fn ready(mut self, ns: &Netns) -> Result<Daemon> {
+        self.wait_ready(ns, Duration::from_secs(20))?;
+        Ok(self)
     }
 
     /// Waits until the log says `ready` and every interface has an XDP program.

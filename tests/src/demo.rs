@@ -61,7 +61,9 @@ pub fn run(lb_bin: &Path, bpf_object: &Path) -> Result<()> {
         "--config".to_owned(),
         config_path.to_string_lossy().into_owned(),
     ];
-    let daemon = topo.start_lb(lb_bin, Launch::Nsenter, &args, "lb.log")?;
+    let daemon = topo
+        .spawn_lb(lb_bin, Launch::Nsenter, &args, "lb.log")?
+        .ready(&topo.lb)?;
     println!(
         "   lb is ready (pid {}), XDP attached to {:?}",
         daemon.pid(),
