@@ -64,17 +64,8 @@ fn xtask_bin() -> std::path::PathBuf {
 /// Builds the Maglev cost harness, which `--no-build` takes as built like `lb` (a
 /// second, it has no dependencies).
 fn maglev_harness() {
-    cargo(&[
-        "build",
-        "--quiet",
-        "--release",
-        "-p",
-        "lb-common",
-        "--features",
-        "std",
-        "--example",
-        "maglev_cost",
-    ]);
+    let args = "build --quiet --release -p lb-common --features std --example maglev_cost";
+    cargo(&args.split(' ').collect::<Vec<_>>());
 }
 
 #[test]
