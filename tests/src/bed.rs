@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
+use crate::load::SlowDownload;
 use crate::topology::{Backend, Kind, Topology};
 use crate::{Daemon, Launch};
 
@@ -76,6 +77,23 @@ impl Bed {
     /// `198.18.1.11:80` for `b1`, as the daemon lists it.
     pub fn addr(&self, name: &str) -> String {
         self.backend(name).addr4().to_string()
+    }
+
+    /// A download of `/blob` through the IPv4 VIP at 256 KiB/s (60 s at most), under way
+    /// for half a second; with the name and address of the backend serving it.
+    pub fn slow_flow(&self) -> (SlowDownload, String, String) {
+        let slow = SlowDownload::start(
+            &self.topo,
+            false,
+            "blob",
+            256 << 10,
+            Duration::from_secs(60),
+        )
+        .unwrap_or_else(|e| panic!("{e:#}"));
+        let name = crate::must(slow.backend(&self.topo, Duration::from_secs(5)));
+        let addr = self.addr(&name);
+        std::thread::sleep(Duration::from_millis(500));
+        (slow, name, addr)
     }
 
     /// `--iface ... --vip VIP4 --backend ADDR@W ... --xdp-mode native` for the IPv4 VIP

@@ -185,11 +185,7 @@ fn drain_timeout_cuts_flows_then_drained_or_removed() {
     let cut_within = timeout + Duration::from_secs(3);
 
     // Drain.
-    let mut slow =
-        SlowDownload::start(&bed.topo, false, "blob", 256 << 10, Duration::from_secs(60)).unwrap();
-    let x = must(slow.backend(&bed.topo, Duration::from_secs(5)));
-    let xa = bed.addr(&x);
-    std::thread::sleep(Duration::from_millis(500));
+    let (mut slow, x, xa) = bed.slow_flow();
     let drain = Instant::now();
     must(admin::ctl(&d, &["drain", SERVICE, &xa]));
     let bytes_at_drain = slow.bytes();
@@ -241,11 +237,7 @@ fn drain_timeout_cuts_flows_then_drained_or_removed() {
     assert!(s.count(&x) > 0, "{x} is enabled but got nothing: {s}");
 
     // Remove with a flow: draining, cut at the timeout, then gone.
-    let mut slow =
-        SlowDownload::start(&bed.topo, false, "blob", 256 << 10, Duration::from_secs(60)).unwrap();
-    let y = must(slow.backend(&bed.topo, Duration::from_secs(5)));
-    let ya = bed.addr(&y);
-    std::thread::sleep(Duration::from_millis(500));
+    let (mut slow, y, ya) = bed.slow_flow();
     let remove = Instant::now();
     must(admin::ctl(&d, &["remove", SERVICE, &ya]));
     assert_eq!(

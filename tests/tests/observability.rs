@@ -12,7 +12,6 @@ use lb_tests::Daemon;
 use lb_tests::admin;
 use lb_tests::backend_ctl;
 use lb_tests::bed::{Bed, FAST_HEALTH, down_within};
-use lb_tests::load::SlowDownload;
 use lb_tests::must;
 use lb_tests::prometheus::{self, PromServer, Sample};
 use lb_tests::topology::{BACKEND_NAMES, Kind};
@@ -77,32 +76,20 @@ fn metrics_pass_promtool_and_match_traffic() {
             "new flows of {name} ({addr}); client saw {spread}"
         );
         assert_eq!(value(&s, &body, "lb_backend_up", &b), 1.0, "{name}");
+        // The backend's sample of `metric` with one more label.
+        let of_backend =
+            |metric, label| value(&s, &body, metric, &[("backend", addr.as_str()), label]);
         assert_eq!(
-            value(
-                &s,
-                &body,
-                "lb_backend_state",
-                &[("backend", addr.as_str()), ("state", "up")]
-            ),
+            of_backend("lb_backend_state", ("state", "up")),
             1.0,
             "{name}"
         );
         assert!(
-            value(
-                &s,
-                &body,
-                "lb_health_checks_total",
-                &[("backend", addr.as_str()), ("result", "pass")]
-            ) >= 1.0,
+            of_backend("lb_health_checks_total", ("result", "pass")) >= 1.0,
             "{name} passed no health check:\n{body}"
         );
         assert!(
-            value(
-                &s,
-                &body,
-                "lb_health_check_duration_seconds_bucket",
-                &[("backend", addr.as_str()), ("le", "+Inf")]
-            ) >= 1.0,
+            of_backend("lb_health_check_duration_seconds_bucket", ("le", "+Inf")) >= 1.0,
             "{name}: the check latency histogram is empty:\n{body}"
         );
     }
@@ -237,6 +224,18 @@ fn health_endpoints() {
     );
 }
 
+/// The `lb stats --once` table lists backend `addr` with the state `state`.
+fn table_shows(table: &str, addr: &str, state: &str) {
+    let line = table
+        .lines()
+        .find(|l| l.contains(addr))
+        .unwrap_or_else(|| panic!("`lb stats --once` does not list {addr}:\n{table}"));
+    assert!(
+        line.split_whitespace().any(|w| w == state),
+        "`lb stats --once` shows no state `{state}` for {addr}: {line:?}\n{table}"
+    );
+}
+
 /// `lb stats --once` prints every backend with its state and the active flows; `lb stats
 /// --json` and `lb ctl list --json` count the long-lived flow as active on its backend.
 #[test]
@@ -244,11 +243,7 @@ fn stats_show_state_and_active_flows() {
     let bed = Bed::new(Kind::TwoArmed);
     bed.topo.create_blob(4 << 20).unwrap();
     let d = start(&bed);
-    let mut slow =
-        SlowDownload::start(&bed.topo, false, "blob", 256 << 10, Duration::from_secs(60)).unwrap();
-    let x = must(slow.backend(&bed.topo, Duration::from_secs(5)));
-    let xa = bed.addr(&x);
-    std::thread::sleep(Duration::from_millis(500));
+    let (mut slow, x, xa) = bed.slow_flow();
 
     let table = must(d.run_cli(&["stats", "--once"]));
     assert!(
@@ -256,15 +251,7 @@ fn stats_show_state_and_active_flows() {
         "`lb stats --once` has no active flows column:\n{table}"
     );
     for name in BACKEND_NAMES {
-        let addr = bed.addr(name);
-        let line = table
-            .lines()
-            .find(|l| l.contains(&addr))
-            .unwrap_or_else(|| panic!("`lb stats --once` does not list {addr}:\n{table}"));
-        assert!(
-            line.split_whitespace().any(|w| w == "up"),
-            "`lb stats --once` shows no state `up` for {addr}: {line:?}\n{table}"
-        );
+        table_shows(&table, &bed.addr(name), "up");
     }
 
     let stats = must(d.stats_json());
@@ -330,15 +317,7 @@ fn stats_show_state_and_active_flows() {
         "down",
         down_within() + Duration::from_secs(2),
     ));
-    let table = must(d.run_cli(&["stats", "--once"]));
-    let line = table
-        .lines()
-        .find(|l| l.contains(&oa))
-        .unwrap_or_else(|| panic!("`lb stats --once` does not list {oa}:\n{table}"));
-    assert!(
-        line.split_whitespace().any(|w| w == "down"),
-        "`lb stats --once` should show {oa} down: {line:?}\n{table}"
-    );
+    table_shows(&must(d.run_cli(&["stats", "--once"])), &oa, "down");
     let stats = must(d.stats_json());
     let state = stats["services"][0]["backends"]
         .as_array()
