@@ -101,6 +101,20 @@ struct Svc<'a> {
     health: &'a str,
 }
 
+impl<'a> Svc<'a> {
+    /// Service `name` at the VIP of the family `v6` on `port`, over every backend of
+    /// that family on the same port, health checked every second.
+    fn new(bed: &Bed, name: &'a str, v6: bool, port: u16) -> Svc<'a> {
+        Svc {
+            name,
+            vip: vip(v6, port),
+            backends: backends(bed, v6, port),
+            extra: "",
+            health: HEALTH_FAST,
+        }
+    }
+}
+
 /// Health checks every second (a proxy service's check sends a PROXY LOCAL header
 /// first, which the receivers must accept).
 const HEALTH_FAST: &str = "check = \"tcp\"\ninterval = \"1s\"\ntimeout = \"500ms\"\n";
@@ -167,6 +181,32 @@ fn stop_http_servers(bed: &Bed) {
             backend_ctl::stop_server(b).unwrap_or_else(|e| panic!("{e:#}"));
         }
     }
+}
+
+/// nginx options: HTTP with `proxy_protocol` on port 80, nothing else.
+fn http_only() -> NginxOpts {
+    NginxOpts {
+        http_port: Some(80),
+        ..NginxOpts::default()
+    }
+}
+
+/// nginx on every backend, HTTP on port 80 only.
+fn http_nginx(bed: &Bed) -> Vec<Nginx> {
+    nginx_all(bed, &http_only())
+}
+
+/// A certificate for [`TLS_HOST`] made for this run, and nginx on every backend with
+/// HTTP on port 80 and TLS with that certificate on 443.
+fn tls_nginx(bed: &Bed) -> (tls::Cert, Vec<Nginx>) {
+    let cert = tls::self_signed(bed.topo.dir.path(), "registry", TLS_HOST)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let opts = NginxOpts {
+        tls: Some((443, cert.cert.clone(), cert.key.clone())),
+        ..http_only()
+    };
+    let nginx = nginx_all(bed, &opts);
+    (cert, nginx)
 }
 
 /// nginx in every backend (after the python servers on port 80 are stopped).
@@ -363,27 +403,26 @@ fn check_nginx(
             dump(&per_backend)
         );
         let (backend, e) = hits[0];
-        let logged: Option<IpAddr> = e.pp_addr.parse().ok();
-        assert_eq!(
-            (logged, e.pp_port.as_str()),
-            (Some(s.src.ip()), s.src.port().to_string().as_str()),
-            "{backend} logged {} {} as the client of {}, the client was {}\n{}",
-            e.pp_addr,
-            e.pp_port,
-            s.path,
+        let dump = dump(&per_backend);
+        let (client, dst) = (
+            (&e.pp_addr, &e.pp_port),
+            (&e.pp_server_addr, &e.pp_server_port),
+        );
+        assert_logged(
+            backend,
+            client,
             s.src,
-            dump(&per_backend)
+            &format!("client of {}", s.path),
+            &dump,
         );
-        let dst: Option<IpAddr> = e.pp_server_addr.parse().ok();
-        assert_eq!(
-            (dst, e.pp_server_port.as_str()),
-            (Some(s.vip.ip()), s.vip.port().to_string().as_str()),
-            "{backend} logged {} {} as the destination of {}, the VIP is {}",
-            e.pp_server_addr,
-            e.pp_server_port,
-            s.path,
-            s.vip
+        assert_logged(
+            backend,
+            dst,
+            s.vip,
+            &format!("destination of {}", s.path),
+            &dump,
         );
+        let logged: Option<IpAddr> = e.pp_addr.parse().ok();
         let peer: Option<IpAddr> = e.remote_addr.parse().ok();
         assert!(
             peer == Some(IpAddr::V4(LB_BACKSIDE_V4)) || peer == Some(IpAddr::V6(LB_BACKSIDE_V6)),
@@ -397,6 +436,19 @@ fn check_nginx(
         );
     }
     per_backend
+}
+
+/// Fails unless `who` logged the address and port `logged` (as text) for the endpoint
+/// `want`, the `what` of a request; `dump` is everything logged.
+fn assert_logged(who: &str, logged: (&String, &String), want: SocketAddr, what: &str, dump: &str) {
+    let ip: Option<IpAddr> = logged.0.parse().ok();
+    assert_eq!(
+        (ip, logged.1.as_str()),
+        (Some(want.ip()), want.port().to_string().as_str()),
+        "{who} logged {} {} as the {what}, it was {want}\n{dump}",
+        logged.0,
+        logged.1
+    );
 }
 
 fn all_up(d: &Daemon, service: &str) {
@@ -418,37 +470,16 @@ fn all_up(d: &Daemon, service: &str) {
 #[test]
 fn nginx_logs_real_client_addresses() {
     let bed = bed();
-    let nginx = nginx_all(
-        &bed,
-        &NginxOpts {
-            http_port: Some(80),
-            ..NginxOpts::default()
-        },
-    );
+    let nginx = http_nginx(&bed);
     let d = start_with_config(
         &bed,
         "",
         &[
+            Svc::new(&bed, "web4", false, 80),
+            Svc::new(&bed, "web6", true, 80),
             Svc {
-                name: "web4",
-                vip: vip(false, 80),
-                backends: backends(&bed, false, 80),
-                extra: "",
-                health: HEALTH_FAST,
-            },
-            Svc {
-                name: "web6",
-                vip: vip(true, 80),
-                backends: backends(&bed, true, 80),
-                extra: "",
-                health: HEALTH_FAST,
-            },
-            Svc {
-                name: "mixed",
                 vip: vip(true, 81),
-                backends: backends(&bed, false, 80),
-                extra: "",
-                health: HEALTH_FAST,
+                ..Svc::new(&bed, "mixed", false, 80)
             },
         ],
     );
@@ -514,20 +545,8 @@ fn haproxy_logs_real_client_addresses() {
         &bed,
         "",
         &[
-            Svc {
-                name: "web4",
-                vip: vip(false, 80),
-                backends: backends(&bed, false, 80),
-                extra: "",
-                health: HEALTH_FAST,
-            },
-            Svc {
-                name: "web6",
-                vip: vip(true, 80),
-                backends: backends(&bed, true, 80),
-                extra: "",
-                health: HEALTH_FAST,
-            },
+            Svc::new(&bed, "web4", false, 80),
+            Svc::new(&bed, "web6", true, 80),
         ],
     );
     let mut sent = http_from(
@@ -583,26 +602,24 @@ fn haproxy_logs_real_client_addresses() {
             dump()
         );
         let (backend, e) = hits[0];
-        let ci: Option<IpAddr> = e.client_addr.parse().ok();
-        assert_eq!(
-            (ci, e.client_port.as_str()),
-            (Some(s.src.ip()), s.src.port().to_string().as_str()),
-            "haproxy {backend} logged {} {} as the client of {}, it was {}\n{}",
-            e.client_addr,
-            e.client_port,
-            s.path,
-            s.src,
-            dump()
+        let who = format!("haproxy {backend}");
+        let (client, frontend) = (
+            (&e.client_addr, &e.client_port),
+            (&e.frontend_addr, &e.frontend_port),
         );
-        let fi: Option<IpAddr> = e.frontend_addr.parse().ok();
-        assert_eq!(
-            (fi, e.frontend_port.as_str()),
-            (Some(s.vip.ip()), "80"),
-            "haproxy {backend} logged {} {} as the destination of {}\n{}",
-            e.frontend_addr,
-            e.frontend_port,
-            s.path,
-            dump()
+        assert_logged(
+            &who,
+            client,
+            s.src,
+            &format!("client of {}", s.path),
+            &dump(),
+        );
+        assert_logged(
+            &who,
+            frontend,
+            s.vip,
+            &format!("destination of {}", s.path),
+            &dump(),
         );
     }
     std::thread::sleep(Duration::from_secs(2));
@@ -618,34 +635,13 @@ fn haproxy_logs_real_client_addresses() {
 #[test]
 fn tls_passthrough_to_nginx() {
     let bed = bed();
-    let cert = tls::self_signed(bed.topo.dir.path(), "registry", TLS_HOST)
-        .unwrap_or_else(|e| panic!("{e:#}"));
-    let nginx = nginx_all(
-        &bed,
-        &NginxOpts {
-            http_port: Some(80),
-            tls: Some((443, cert.cert.clone(), cert.key.clone())),
-            ..NginxOpts::default()
-        },
-    );
+    let (cert, nginx) = tls_nginx(&bed);
     let d = start_with_config(
         &bed,
         "",
         &[
-            Svc {
-                name: "registry4",
-                vip: vip(false, 443),
-                backends: backends(&bed, false, 443),
-                extra: "",
-                health: HEALTH_FAST,
-            },
-            Svc {
-                name: "registry6",
-                vip: vip(true, 443),
-                backends: backends(&bed, true, 443),
-                extra: "",
-                health: HEALTH_FAST,
-            },
+            Svc::new(&bed, "registry4", false, 443),
+            Svc::new(&bed, "registry6", true, 443),
         ],
     );
     let cacert = cert.cert.to_string_lossy().into_owned();
@@ -738,13 +734,7 @@ fn tls_passthrough_to_nginx() {
 #[test]
 fn proxy_protocol_v1_to_nginx() {
     let bed = bed();
-    let nginx = nginx_all(
-        &bed,
-        &NginxOpts {
-            http_port: Some(80),
-            ..NginxOpts::default()
-        },
-    );
+    let nginx = http_nginx(&bed);
     let d = bed.start(&cli(
         &bed,
         vip(false, 80),
@@ -919,18 +909,14 @@ fn tlvs_never_delay_a_server_first_protocol() {
         "",
         &[
             Svc {
-                name: "smtp",
-                vip: vip(false, 2525),
-                backends: backends(&bed, false, 2525),
                 extra: tlvs,
                 health: HEALTH_NONE,
+                ..Svc::new(&bed, "smtp", false, 2525)
             },
             Svc {
-                name: "plain",
-                vip: vip(false, 8080),
-                backends: backends(&bed, false, 8080),
                 extra: tlvs,
                 health: HEALTH_NONE,
+                ..Svc::new(&bed, "plain", false, 8080)
             },
         ],
     );
@@ -1017,29 +1003,16 @@ fn websocket_session() {
     let nginx = nginx_all(
         &bed,
         &NginxOpts {
-            http_port: Some(80),
             ws_upstream: Some(ws_port),
-            ..NginxOpts::default()
+            ..http_only()
         },
     );
     let d = start_with_config(
         &bed,
         "",
         &[
-            Svc {
-                name: "ws4",
-                vip: vip(false, 80),
-                backends: backends(&bed, false, 80),
-                extra: "",
-                health: HEALTH_FAST,
-            },
-            Svc {
-                name: "ws6",
-                vip: vip(true, 80),
-                backends: backends(&bed, true, 80),
-                extra: "",
-                health: HEALTH_FAST,
-            },
+            Svc::new(&bed, "ws4", false, 80),
+            Svc::new(&bed, "ws6", true, 80),
         ],
     );
     let script = bed.topo.path("ws_client.py");
@@ -1101,18 +1074,12 @@ fn one_gib_each_way_sha256_exact() {
             &format!("splice = \"{engine}\"\n"),
             &[
                 Svc {
-                    name: "up",
-                    vip: vip(false, 9000),
-                    backends: backends(&bed, false, 9000),
-                    extra: "",
                     health: HEALTH_NONE,
+                    ..Svc::new(&bed, "up", false, 9000)
                 },
                 Svc {
-                    name: "down",
-                    vip: vip(false, 9001),
-                    backends: backends(&bed, false, 9001),
-                    extra: "",
                     health: HEALTH_NONE,
+                    ..Svc::new(&bed, "down", false, 9001)
                 },
             ],
         );
@@ -1216,11 +1183,8 @@ fn half_close_and_resets_propagate() {
         ]
         .into_iter()
         .map(|(name, port)| Svc {
-            name,
-            vip: vip(false, port),
-            backends: backends(&bed, false, port),
-            extra: "",
             health: HEALTH_NONE,
+            ..Svc::new(&bed, name, false, port)
         })
         .collect();
         let d = start_with_config(&bed, &format!("splice = \"{engine}\"\n"), &svcs);
@@ -1387,13 +1351,7 @@ fn requests(bed: &Bed, d: &Daemon, url: &str, n: usize, what: &str) -> Vec<(Stri
 #[test]
 fn refusing_or_silent_backend_is_skipped() {
     let bed = bed();
-    let nginx = nginx_all(
-        &bed,
-        &NginxOpts {
-            http_port: Some(80),
-            ..NginxOpts::default()
-        },
-    );
+    let nginx = http_nginx(&bed);
     let d = bed.start(&cli(
         &bed,
         vip(false, 80),
@@ -1486,30 +1444,18 @@ fn refusing_or_silent_backend_is_skipped() {
 #[test]
 fn accept_proxy_forwards_the_original_client() {
     let bed = bed();
-    let nginx = nginx_all(
-        &bed,
-        &NginxOpts {
-            http_port: Some(80),
-            ..NginxOpts::default()
-        },
-    );
+    let nginx = http_nginx(&bed);
     let d = start_with_config(
         &bed,
         "",
         &[
             Svc {
-                name: "edge4",
-                vip: vip(false, 80),
-                backends: backends(&bed, false, 80),
                 extra: "accept_proxy = true\n",
-                health: HEALTH_FAST,
+                ..Svc::new(&bed, "edge4", false, 80)
             },
             Svc {
-                name: "edge6",
-                vip: vip(true, 80),
-                backends: backends(&bed, true, 80),
                 extra: "accept_proxy = true\n",
-                health: HEALTH_FAST,
+                ..Svc::new(&bed, "edge6", true, 80)
             },
         ],
     );
@@ -1624,13 +1570,7 @@ fn accept_proxy_forwards_the_original_client() {
 #[test]
 fn proxy_metrics_count_connections_and_bytes() {
     let bed = bed();
-    let nginx = nginx_all(
-        &bed,
-        &NginxOpts {
-            http_port: Some(80),
-            ..NginxOpts::default()
-        },
-    );
+    let nginx = http_nginx(&bed);
     let d = bed.start(&cli(&bed, vip(false, 80), 80, &["--health-interval", "1s"]));
     const N: usize = 30;
     let sent = http_from(
@@ -1736,16 +1676,7 @@ fn proxy_metrics_count_connections_and_bytes() {
 #[test]
 fn receivers_accept_hand_made_headers() {
     let bed = bed();
-    let cert = tls::self_signed(bed.topo.dir.path(), "registry", TLS_HOST)
-        .unwrap_or_else(|e| panic!("{e:#}"));
-    let nginx = nginx_all(
-        &bed,
-        &NginxOpts {
-            http_port: Some(80),
-            tls: Some((443, cert.cert.clone(), cert.key.clone())),
-            ..NginxOpts::default()
-        },
-    );
+    let (cert, nginx) = tls_nginx(&bed);
     let b1 = bed.backend("b1");
     let hap = receivers::start_haproxy(&b1.ns, &bed.topo.path("hap-ctl"), "b1", 8081)
         .unwrap_or_else(|e| panic!("{e:#}"));
