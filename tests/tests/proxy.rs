@@ -153,9 +153,10 @@ fn start_with_config(bed: &Bed, globals: &str, svcs: &[Svc<'_>]) -> Daemon {
     bed.start(&["--config".to_owned(), path.display().to_string()])
 }
 
-/// `--iface ... --mode proxy-v2 --vip VIP --backend ...(every backend on `port`)
-/// --xdp-mode native EXTRA...`.
-fn cli(bed: &Bed, vip: SocketAddr, port: u16, extra: &[&str]) -> Vec<String> {
+/// Starts `lb --iface ... --mode proxy-v2 --vip VIP4:PORT --backend ...(every IPv4
+/// backend on `port`) --xdp-mode native EXTRA...`.
+fn start_proxy(bed: &Bed, port: u16, extra: &[&str]) -> Daemon {
+    let vip = vip(false, port);
     let mut a = Vec::new();
     for iface in &bed.topo.lb_ifaces {
         a.extend(["--iface".to_owned(), iface.clone()]);
@@ -171,7 +172,7 @@ fn cli(bed: &Bed, vip: SocketAddr, port: u16, extra: &[&str]) -> Vec<String> {
     }
     a.extend(["--xdp-mode".to_owned(), "native".to_owned()]);
     a.extend(extra.iter().map(|s| s.to_string()));
-    a
+    bed.start(&a)
 }
 
 /// Stops the python http.servers the topology started on port 80.
@@ -319,6 +320,11 @@ struct Sent {
     path: String,
     src: SocketAddr,
     vip: SocketAddr,
+}
+
+/// [`http_from`] both client addresses of the VIP's family.
+fn http_from_clients(bed: &Bed, d: &Daemon, vip: SocketAddr, n: usize, tag: &str) -> Vec<Sent> {
+    http_from(bed, d, vip, &client_addrs(bed, vip.is_ipv6()), n, tag)
 }
 
 /// Sends `n` HTTP requests from each of `srcs` to `vip` (path `/TAG-...`), each a new
@@ -483,31 +489,10 @@ fn nginx_logs_real_client_addresses() {
             },
         ],
     );
-    let mut sent = http_from(
-        &bed,
-        &d,
-        vip(false, 80),
-        &client_addrs(&bed, false),
-        8,
-        "t1v4",
-    );
+    let mut sent = http_from_clients(&bed, &d, vip(false, 80), 8, "t1v4");
     let v4_paths: BTreeSet<String> = sent.iter().map(|s| s.path.clone()).collect();
-    sent.extend(http_from(
-        &bed,
-        &d,
-        vip(true, 80),
-        &client_addrs(&bed, true),
-        8,
-        "t1v6",
-    ));
-    sent.extend(http_from(
-        &bed,
-        &d,
-        vip(true, 81),
-        &client_addrs(&bed, true),
-        4,
-        "t1mix",
-    ));
+    sent.extend(http_from_clients(&bed, &d, vip(true, 80), 8, "t1v6"));
+    sent.extend(http_from_clients(&bed, &d, vip(true, 81), 4, "t1mix"));
     let per = check_nginx(&bed, &d, &nginx, &sent);
     let v4_backends: Vec<&String> = per
         .iter()
@@ -549,22 +534,8 @@ fn haproxy_logs_real_client_addresses() {
             Svc::new(&bed, "web6", true, 80),
         ],
     );
-    let mut sent = http_from(
-        &bed,
-        &d,
-        vip(false, 80),
-        &client_addrs(&bed, false),
-        6,
-        "t2v4",
-    );
-    sent.extend(http_from(
-        &bed,
-        &d,
-        vip(true, 80),
-        &client_addrs(&bed, true),
-        6,
-        "t2v6",
-    ));
+    let mut sent = http_from_clients(&bed, &d, vip(false, 80), 6, "t2v4");
+    sent.extend(http_from_clients(&bed, &d, vip(true, 80), 6, "t2v6"));
     let mut entries = Vec::new();
     wait_until(Duration::from_secs(5), || {
         entries = haproxy
@@ -735,20 +706,8 @@ fn tls_passthrough_to_nginx() {
 fn proxy_protocol_v1_to_nginx() {
     let bed = bed();
     let nginx = http_nginx(&bed);
-    let d = bed.start(&cli(
-        &bed,
-        vip(false, 80),
-        80,
-        &["--proxy-protocol", "v1", "--health", "none"],
-    ));
-    let sent = http_from(
-        &bed,
-        &d,
-        vip(false, 80),
-        &client_addrs(&bed, false),
-        6,
-        "t4",
-    );
+    let d = start_proxy(&bed, 80, &["--proxy-protocol", "v1", "--health", "none"]);
+    let sent = http_from_clients(&bed, &d, vip(false, 80), 6, "t4");
     check_nginx(&bed, &d, &nginx, &sent);
 
     // The same service, a raw receiver instead of nginx.
@@ -797,9 +756,8 @@ fn tlvs_from_the_client_hello() {
         cert.key.to_string_lossy().into_owned(),
     );
     let pp = pp_all(&bed, 443, "https", &[&c, &k]);
-    let d = bed.start(&cli(
+    let d = start_proxy(
         &bed,
-        vip(false, 443),
         443,
         &[
             "--proxy-tlv-authority",
@@ -811,7 +769,7 @@ fn tlvs_from_the_client_hello() {
             "--health-interval",
             "1s",
         ],
-    ));
+    );
     let resolve = format!("{TLS_HOST}:443:{VIP4}");
     let mut sent = Vec::new();
     for (alpn_flag, expect) in [(None, "h2"), (Some("--http1.1"), "http/1.1")] {
@@ -1352,12 +1310,7 @@ fn requests(bed: &Bed, d: &Daemon, url: &str, n: usize, what: &str) -> Vec<(Stri
 fn refusing_or_silent_backend_is_skipped() {
     let bed = bed();
     let nginx = http_nginx(&bed);
-    let d = bed.start(&cli(
-        &bed,
-        vip(false, 80),
-        80,
-        &["--health", "none", "--connect-timeout", "1s"],
-    ));
+    let d = start_proxy(&bed, 80, &["--health", "none", "--connect-timeout", "1s"]);
     let url = format!("http://{VIP4}/t9");
     let before = requests(&bed, &d, &url, 30, "all up");
     let names: BTreeSet<&str> = before.iter().map(|(b, _)| b.as_str()).collect();
@@ -1571,7 +1524,7 @@ fn accept_proxy_forwards_the_original_client() {
 fn proxy_metrics_count_connections_and_bytes() {
     let bed = bed();
     let nginx = http_nginx(&bed);
-    let d = bed.start(&cli(&bed, vip(false, 80), 80, &["--health-interval", "1s"]));
+    let d = start_proxy(&bed, 80, &["--health-interval", "1s"]);
     const N: usize = 30;
     let sent = http_from(
         &bed,
