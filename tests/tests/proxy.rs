@@ -240,6 +240,28 @@ fn refs(v: &[PpServer]) -> Vec<&PpServer> {
     v.iter().collect()
 }
 
+/// The python client's `mode` against VIP4:`port` from the client's own address, with
+/// the mode's `args`.
+fn pp_to_vip(bed: &Bed, mode: &str, port: u16, args: &[&str], timeout: Duration) -> Value {
+    let (vip, port) = (VIP4.to_string(), port.to_string());
+    let mut all = vec![mode, &vip, &port, "-"];
+    all.extend_from_slice(args);
+    pp_client(bed, &all, timeout)
+}
+
+/// The record one of `servers` wrote for the client's connection `r` (found by its
+/// source port), waiting up to `within` for it.
+fn record_of(servers: &[PpServer], r: &Value, within: Duration) -> Value {
+    let port = r["local_port"].as_u64();
+    let recs = pp_peers::wait_records(&refs(servers), within, |x| {
+        x.iter().any(|x| x["sport"].as_u64() == port)
+    })
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    recs.into_iter()
+        .find(|x| x["sport"].as_u64() == port)
+        .unwrap_or_else(|| panic!("no backend record of the connection from port {port:?}"))
+}
+
 /// The python client in the client namespace.
 fn pp_client(bed: &Bed, args: &[&str], timeout: Duration) -> Value {
     pp_peers::client(&bed.topo.client, bed.topo.dir.path(), args, timeout)
@@ -878,14 +900,9 @@ fn tlvs_never_delay_a_server_first_protocol() {
             },
         ],
     );
-    let target = VIP4.to_string();
     let mut ports = Vec::new();
     for _ in 0..5 {
-        let r = pp_client(
-            &bed,
-            &["greet", &target, "2525", "-"],
-            Duration::from_secs(10),
-        );
+        let r = pp_to_vip(&bed, "greet", 2525, &[], Duration::from_secs(10));
         assert_eq!(
             r["ok"],
             true,
@@ -1025,7 +1042,6 @@ fn one_gib_each_way_sha256_exact() {
     let total = GIB.to_string();
     let _sink = pp_all(&bed, 9000, "sink", &[]);
     let source = pp_all(&bed, 9001, "source", &[&total]);
-    let target = VIP4.to_string();
     for engine in ["sockmap", "pipe"] {
         let d = start_with_config(
             &bed,
@@ -1041,11 +1057,7 @@ fn one_gib_each_way_sha256_exact() {
                 },
             ],
         );
-        let up = pp_client(
-            &bed,
-            &["upload", &target, "9000", "-", &total],
-            Duration::from_secs(120),
-        );
+        let up = pp_to_vip(&bed, "upload", 9000, &[&total], Duration::from_secs(120));
         let ctx =
             |what: &str, r: &Value| format!("{engine}: {what}: {r:#}\ndaemon log:\n{}", d.log());
         assert_eq!(up["ok"], true, "{}", ctx("upload", &up));
@@ -1061,11 +1073,7 @@ fn one_gib_each_way_sha256_exact() {
             up["secs"].as_f64().unwrap_or(0.0)
         );
 
-        let down = pp_client(
-            &bed,
-            &["download", &target, "9001", "-"],
-            Duration::from_secs(120),
-        );
+        let down = pp_to_vip(&bed, "download", 9001, &[], Duration::from_secs(120));
         assert_eq!(down["ok"], true, "{}", ctx("download", &down));
         assert_eq!(
             down["received"].as_u64(),
@@ -1131,7 +1139,6 @@ fn half_close_and_resets_propagate() {
     let srvhalf = pp_all(&bed, 9101, "srvhalf", &[]);
     let watch = pp_all(&bed, 9102, "watch", &[]);
     let rst = pp_all(&bed, 9103, "rst", &[]);
-    let target = VIP4.to_string();
     for engine in ["sockmap", "pipe"] {
         let svcs: Vec<Svc> = [
             ("hc", 9100),
@@ -1150,9 +1157,11 @@ fn half_close_and_resets_propagate() {
             |what: &str, r: &Value| format!("{engine}: {what}: {r:#}\ndaemon log:\n{}", d.log());
 
         // Client half-close.
-        let r = pp_client(
+        let r = pp_to_vip(
             &bed,
-            &["halfclose", &target, "9100", "-", "262144"],
+            "halfclose",
+            9100,
+            &["262144"],
             Duration::from_secs(20),
         );
         assert_eq!(r["ok"], true, "{}", ctx("client half-close", &r));
@@ -1162,12 +1171,7 @@ fn half_close_and_resets_propagate() {
             "{}",
             ctx("the reply after the client's FIN", &r)
         );
-        let port = r["local_port"].as_u64();
-        let recs = pp_peers::wait_records(&refs(&hc), Duration::from_secs(5), |x| {
-            x.iter().any(|x| x["sport"].as_u64() == port)
-        })
-        .unwrap();
-        let rec = recs.iter().find(|x| x["sport"].as_u64() == port).unwrap();
+        let rec = &record_of(&hc, &r, Duration::from_secs(5));
         assert_eq!(
             rec["received"],
             262144,
@@ -1187,19 +1191,10 @@ fn half_close_and_resets_propagate() {
         );
 
         // Backend half-close.
-        let r = pp_client(
-            &bed,
-            &["srvhalf", &target, "9101", "-"],
-            Duration::from_secs(20),
-        );
+        let r = pp_to_vip(&bed, "srvhalf", 9101, &[], Duration::from_secs(20));
         assert_eq!(r["ok"], true, "{}", ctx("backend half-close", &r));
         assert_eq!(r["got"], "bye\n", "{}", ctx("backend half-close", &r));
-        let port = r["local_port"].as_u64();
-        let recs = pp_peers::wait_records(&refs(&srvhalf), Duration::from_secs(5), |x| {
-            x.iter().any(|x| x["sport"].as_u64() == port)
-        })
-        .unwrap();
-        let rec = recs.iter().find(|x| x["sport"].as_u64() == port).unwrap();
+        let rec = &record_of(&srvhalf, &r, Duration::from_secs(5));
         assert_eq!(
             rec["after"],
             "after the backend's FIN\n",
@@ -1208,11 +1203,7 @@ fn half_close_and_resets_propagate() {
         );
 
         // Client reset.
-        let r = pp_client(
-            &bed,
-            &["rst_client", &target, "9102", "-"],
-            Duration::from_secs(10),
-        );
+        let r = pp_to_vip(&bed, "rst_client", 9102, &[], Duration::from_secs(10));
         assert_eq!(r["ok"], true, "{}", ctx("client reset", &r));
         let port = r["local_port"].as_u64();
         let recs = pp_peers::wait_records(&refs(&watch), Duration::from_secs(5), |x| {
@@ -1253,11 +1244,7 @@ fn half_close_and_resets_propagate() {
         );
 
         // Backend reset.
-        let r = pp_client(
-            &bed,
-            &["rst_wait", &target, "9103", "-"],
-            Duration::from_secs(10),
-        );
+        let r = pp_to_vip(&bed, "rst_wait", 9103, &[], Duration::from_secs(10));
         assert_eq!(r["ok"], true, "{}", ctx("backend reset", &r));
         assert_eq!(
             r["outcome"],
@@ -1265,12 +1252,7 @@ fn half_close_and_resets_propagate() {
             "{}",
             ctx("the client after the backend's reset", &r)
         );
-        let port = r["local_port"].as_u64();
-        let recs = pp_peers::wait_records(&refs(&rst), Duration::from_secs(5), |x| {
-            x.iter().any(|x| x["sport"].as_u64() == port)
-        })
-        .unwrap();
-        let rec = recs.iter().find(|x| x["sport"].as_u64() == port).unwrap();
+        let rec = &record_of(&rst, &r, Duration::from_secs(5));
         let lag = r["t_event"].as_f64().unwrap() - rec["t_rst"].as_f64().unwrap();
         assert!(
             lag < 1.0,
@@ -1356,13 +1338,8 @@ fn refusing_or_silent_backend_is_skipped() {
 
     receivers::stop(&bed.backend("b1").ns, &nginx[0].proc).unwrap();
     receivers::stop(&b3.ns, &nginx[2].proc).unwrap();
-    let target = VIP4.to_string();
     for _ in 0..5 {
-        let r = pp_client(
-            &bed,
-            &["reset_check", &target, "80", "-"],
-            Duration::from_secs(10),
-        );
+        let r = pp_to_vip(&bed, "reset_check", 80, &[], Duration::from_secs(10));
         assert_eq!(r["ok"], true, "{r:#}");
         let secs = r["secs"].as_f64().unwrap_or(f64::MAX);
         assert!(
@@ -1475,9 +1452,11 @@ fn accept_proxy_forwards_the_original_client() {
         let path = format!("/{}", unique("t10bad"));
         let mut bytes = header;
         bytes.extend_from_slice(request(&path).as_bytes());
-        let r = pp_client(
+        let r = pp_to_vip(
             &bed,
-            &["raw", &VIP4.to_string(), "80", "-", &pp_peers::hex(&bytes)],
+            "raw",
+            80,
+            &[&pp_peers::hex(&bytes)],
             Duration::from_secs(10),
         );
         assert_eq!(
