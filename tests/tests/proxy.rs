@@ -1081,15 +1081,7 @@ fn one_gib_each_way_sha256_exact() {
             "{}",
             ctx("download size", &down)
         );
-        let port = down["local_port"].as_u64();
-        let recs = pp_peers::wait_records(&refs(&source), Duration::from_secs(10), |r| {
-            r.iter().any(|x| x["sport"].as_u64() == port)
-        })
-        .unwrap();
-        let rec = recs
-            .iter()
-            .find(|x| x["sport"].as_u64() == port)
-            .unwrap_or_else(|| panic!("{}", ctx("no backend record of the download", &down)));
+        let rec = &record_of(&source, &down, Duration::from_secs(10));
         assert_eq!(
             rec["sha256"],
             down["sha256"],
@@ -1155,6 +1147,16 @@ fn half_close_and_resets_propagate() {
         let d = start_with_config(&bed, &format!("splice = \"{engine}\"\n"), &svcs);
         let ctx =
             |what: &str, r: &Value| format!("{engine}: {what}: {r:#}\ndaemon log:\n{}", d.log());
+        // An event a peer saw (stamp `seen`) within a second of the other's action
+        // (stamp `done`).
+        let prompt = |what: &str, done: &Value, seen: &Value, rec: &Value| {
+            let lag = seen.as_f64().unwrap() - done.as_f64().unwrap();
+            assert!(
+                lag < 1.0,
+                "{}",
+                ctx(&format!("{what} after {lag:.3} s"), rec)
+            );
+        };
 
         // Client half-close.
         let r = pp_to_vip(
@@ -1205,23 +1207,8 @@ fn half_close_and_resets_propagate() {
         // Client reset.
         let r = pp_to_vip(&bed, "rst_client", 9102, &[], Duration::from_secs(10));
         assert_eq!(r["ok"], true, "{}", ctx("client reset", &r));
-        let port = r["local_port"].as_u64();
-        let recs = pp_peers::wait_records(&refs(&watch), Duration::from_secs(5), |x| {
-            x.iter().any(|x| x["sport"].as_u64() == port)
-        })
-        .unwrap();
-        let rec = recs
-            .iter()
-            .find(|x| x["sport"].as_u64() == port)
-            .unwrap_or_else(|| {
-                panic!(
-                    "{}",
-                    ctx(
-                        "the backend saw no end of the reset connection within 5 s",
-                        &r
-                    )
-                )
-            });
+        // The backend records the connection when it sees its end.
+        let rec = &record_of(&watch, &r, Duration::from_secs(5));
         assert!(
             rec["outcome"] == "reset" || rec["outcome"] == "eof",
             "{}",
@@ -1233,14 +1220,11 @@ fn half_close_and_resets_propagate() {
             "{}",
             ctx("backend after the client's reset", rec)
         );
-        let lag = rec["t_event"].as_f64().unwrap() - r["t_rst"].as_f64().unwrap();
-        assert!(
-            lag < 1.0,
-            "{}",
-            ctx(
-                &format!("the backend saw the client's reset after {lag:.3} s"),
-                rec
-            )
+        prompt(
+            "the backend saw the client's reset",
+            &r["t_rst"],
+            &rec["t_event"],
+            rec,
         );
 
         // Backend reset.
@@ -1253,14 +1237,11 @@ fn half_close_and_resets_propagate() {
             ctx("the client after the backend's reset", &r)
         );
         let rec = &record_of(&rst, &r, Duration::from_secs(5));
-        let lag = r["t_event"].as_f64().unwrap() - rec["t_rst"].as_f64().unwrap();
-        assert!(
-            lag < 1.0,
-            "{}",
-            ctx(
-                &format!("the client saw the backend's reset after {lag:.3} s"),
-                &r
-            )
+        prompt(
+            "the client saw the backend's reset",
+            &rec["t_rst"],
+            &r["t_event"],
+            &r,
         );
         d.stop(&bed.topo.lb)
             .unwrap_or_else(|e| panic!("{engine}: {e:#}"));
