@@ -336,6 +336,28 @@ fn curl(bed: &Bed, url: &str, args: &[&str]) -> Curl {
     }
 }
 
+/// `curl URL` through the LB that must succeed with status 200.
+fn curl_ok(bed: &Bed, d: &Daemon, url: &str, what: &str) -> Curl {
+    let r = curl(bed, url, &[]);
+    assert!(
+        r.exit == Some(0) && r.http_code == "200",
+        "{what}: GET {url}: {r:?}\ndaemon log:\n{}",
+        d.log()
+    );
+    r
+}
+
+/// lb_proxy_errors_total counts some errors of `reason`.
+fn counted(d: &Daemon, bed: &Bed, reason: &str) {
+    let m = metrics(d, bed);
+    assert!(
+        proxy_errors(&m, &[("reason", reason)]) > 0.0,
+        "no {reason} counted: {:?}\n{}",
+        prometheus::find(&m, "lb_proxy_errors_total", &[]),
+        d.log()
+    );
+}
+
 /// A request made from a known source, to find in a backend's log.
 #[derive(Debug)]
 struct Sent {
@@ -739,13 +761,12 @@ fn proxy_protocol_v1_to_nginx() {
     let pp = pp_all(&bed, 80, "http", &[]);
     let mut seen = Vec::new();
     for _ in 0..6 {
-        let r = curl(&bed, &format!("http://{VIP4}/t4raw"), &[]);
-        assert!(
-            r.exit == Some(0) && r.http_code == "200",
-            "GET through v1 to the python backend: {r:?}\n{}",
-            d.log()
-        );
-        seen.push(r);
+        seen.push(curl_ok(
+            &bed,
+            &d,
+            &format!("http://{VIP4}/t4raw"),
+            "v1 to python",
+        ));
     }
     let recs = pp_peers::wait_records(&refs(&pp), Duration::from_secs(5), |r| {
         r.iter().filter(|r| r["command"] == "PROXY").count() >= seen.len()
@@ -937,12 +958,7 @@ fn tlvs_never_delay_a_server_first_protocol() {
         assert_eq!(rec["crc32c_ok"], true, "{rec:#}");
     }
 
-    let r = curl(&bed, &format!("http://{VIP4}:8080/plain"), &[]);
-    assert!(
-        r.exit == Some(0) && r.http_code == "200",
-        "{r:?}\n{}",
-        d.log()
-    );
+    let r = curl_ok(&bed, &d, &format!("http://{VIP4}:8080/plain"), "plain");
     let recs =
         pp_peers::wait_records(&refs(&http), Duration::from_secs(5), |r| !r.is_empty()).unwrap();
     let rec = recs
@@ -1253,12 +1269,7 @@ fn requests(bed: &Bed, d: &Daemon, url: &str, n: usize, what: &str) -> Vec<(Stri
     (0..n)
         .map(|_| {
             let t = std::time::Instant::now();
-            let r = curl(bed, url, &[]);
-            assert!(
-                r.exit == Some(0) && r.http_code == "200",
-                "{what}: GET {url}: {r:?}\ndaemon log:\n{}",
-                d.log()
-            );
+            let r = curl_ok(bed, d, url, what);
             (r.body.trim().to_owned(), t.elapsed().as_secs_f64())
         })
         .collect()
@@ -1290,13 +1301,7 @@ fn refusing_or_silent_backend_is_skipped() {
         got.iter().all(|(b, _)| b == "b1" || b == "b3"),
         "with b2 refusing: {got:?}"
     );
-    let m = metrics(&d, &bed);
-    assert!(
-        proxy_errors(&m, &[("reason", "connect_refused")]) > 0.0,
-        "45 connections with b2 refusing, and no connect_refused counted: {:?}\n{}",
-        prometheus::find(&m, "lb_proxy_errors_total", &[]),
-        d.log()
-    );
+    counted(&d, &bed, "connect_refused");
 
     backend_ctl::block_port(b3, 80).unwrap();
     let got = requests(&bed, &d, &url, 30, "b2 refusing, b3 silent");
@@ -1310,12 +1315,7 @@ fn refusing_or_silent_backend_is_skipped() {
         slow > 0 && got.iter().all(|(_, s)| *s < 1.0 + 2.0),
         "connections whose first choice was b3 should wait --connect-timeout (1 s) once: {got:?}"
     );
-    let m = metrics(&d, &bed);
-    assert!(
-        proxy_errors(&m, &[("reason", "connect_timeout")]) > 0.0,
-        "no connect_timeout counted: {:?}",
-        prometheus::find(&m, "lb_proxy_errors_total", &[])
-    );
+    counted(&d, &bed, "connect_timeout");
 
     receivers::stop(&bed.backend("b1").ns, &nginx[0].proc).unwrap();
     receivers::stop(&b3.ns, &nginx[2].proc).unwrap();
