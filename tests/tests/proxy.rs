@@ -15,6 +15,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::Path;
 use std::time::Duration;
 
 use lb_tests::admin;
@@ -25,7 +26,7 @@ use lb_tests::pp_peers::{self, PpServer};
 use lb_tests::prometheus;
 use lb_tests::receivers::{self, Haproxy, Nginx, NginxEntry, NginxOpts};
 use lb_tests::tls;
-use lb_tests::topology::{Kind, VIP4, VIP6};
+use lb_tests::topology::{Backend, Kind, VIP4, VIP6};
 use lb_tests::{Daemon, cmd, unique};
 use serde_json::Value;
 
@@ -113,6 +114,15 @@ impl<'a> Svc<'a> {
             health: HEALTH_FAST,
         }
     }
+
+    /// The same service for each family: `names[0]` at the IPv4 VIP, `names[1]` at the
+    /// IPv6 one.
+    fn pair(bed: &Bed, names: [&'a str; 2], port: u16) -> [Svc<'a>; 2] {
+        [
+            Svc::new(bed, names[0], false, port),
+            Svc::new(bed, names[1], true, port),
+        ]
+    }
 }
 
 /// Health checks every second (a proxy service's check sends a PROXY LOCAL header
@@ -151,6 +161,11 @@ fn start_with_config(bed: &Bed, globals: &str, svcs: &[Svc<'_>]) -> Daemon {
     let path = bed.topo.path(&format!("{}.toml", unique("lb")));
     std::fs::write(&path, config(bed, globals, svcs)).unwrap();
     bed.start(&["--config".to_owned(), path.display().to_string()])
+}
+
+/// Starts lb with a config file of `svcs` and no other settings.
+fn start_services(bed: &Bed, svcs: &[Svc<'_>]) -> Daemon {
+    start_with_config(bed, "", svcs)
 }
 
 /// Starts `lb --iface ... --mode proxy-v2 --vip VIP4:PORT --backend ...(every IPv4
@@ -213,13 +228,24 @@ fn tls_nginx(bed: &Bed) -> (tls::Cert, Vec<Nginx>) {
 /// nginx in every backend (after the python servers on port 80 are stopped).
 fn nginx_all(bed: &Bed, opts: &NginxOpts) -> Vec<Nginx> {
     stop_http_servers(bed);
+    on_every_backend(bed, "nginx", |b, dir| {
+        receivers::start_nginx(&b.ns, dir, &b.name, opts)
+    })
+}
+
+/// Starts a `what` receiver on every backend with `start` (given the backend and a fresh
+/// directory of its own); a failure fails the test.
+fn on_every_backend<T>(
+    bed: &Bed,
+    what: &str,
+    start: impl Fn(&Backend, &Path) -> anyhow::Result<T>,
+) -> Vec<T> {
     bed.topo
         .backends
         .iter()
         .map(|b| {
-            let dir = bed.topo.path(&unique(&format!("nginx-{}", b.name)));
-            receivers::start_nginx(&b.ns, &dir, &b.name, opts)
-                .unwrap_or_else(|e| panic!("starting nginx in {}: {e:#}", b.name))
+            let dir = bed.topo.path(&unique(&format!("{what}-{}", b.name)));
+            start(b, &dir).unwrap_or_else(|e| panic!("starting {what} in {}: {e:#}", b.name))
         })
         .collect()
 }
@@ -521,18 +547,12 @@ fn all_up(d: &Daemon, service: &str) {
 fn nginx_logs_real_client_addresses() {
     let bed = bed();
     let nginx = http_nginx(&bed);
-    let d = start_with_config(
-        &bed,
-        "",
-        &[
-            Svc::new(&bed, "web4", false, 80),
-            Svc::new(&bed, "web6", true, 80),
-            Svc {
-                vip: vip(true, 81),
-                ..Svc::new(&bed, "mixed", false, 80)
-            },
-        ],
-    );
+    let mixed = Svc {
+        vip: vip(true, 81),
+        ..Svc::new(&bed, "mixed", false, 80)
+    };
+    let [web4, web6] = Svc::pair(&bed, ["web4", "web6"], 80);
+    let d = start_services(&bed, &[web4, web6, mixed]);
     let mut sent = http_from_clients(&bed, &d, vip(false, 80), 8, "t1v4");
     let v4_paths: BTreeSet<String> = sent.iter().map(|s| s.path.clone()).collect();
     sent.extend(http_from_clients(&bed, &d, vip(true, 80), 8, "t1v6"));
@@ -561,23 +581,10 @@ fn nginx_logs_real_client_addresses() {
 fn haproxy_logs_real_client_addresses() {
     let bed = bed();
     stop_http_servers(&bed);
-    let haproxy: Vec<Haproxy> = bed
-        .topo
-        .backends
-        .iter()
-        .map(|b| {
-            let dir = bed.topo.path(&unique(&format!("haproxy-{}", b.name)));
-            receivers::start_haproxy(&b.ns, &dir, &b.name, 80).unwrap_or_else(|e| panic!("{e:#}"))
-        })
-        .collect();
-    let d = start_with_config(
-        &bed,
-        "",
-        &[
-            Svc::new(&bed, "web4", false, 80),
-            Svc::new(&bed, "web6", true, 80),
-        ],
-    );
+    let haproxy: Vec<Haproxy> = on_every_backend(&bed, "haproxy", |b, dir| {
+        receivers::start_haproxy(&b.ns, dir, &b.name, 80)
+    });
+    let d = start_services(&bed, &Svc::pair(&bed, ["web4", "web6"], 80));
     let mut sent = http_from_clients(&bed, &d, vip(false, 80), 6, "t2v4");
     sent.extend(http_from_clients(&bed, &d, vip(true, 80), 6, "t2v6"));
     let mut entries = Vec::new();
@@ -651,14 +658,7 @@ fn haproxy_logs_real_client_addresses() {
 fn tls_passthrough_to_nginx() {
     let bed = bed();
     let (cert, nginx) = tls_nginx(&bed);
-    let d = start_with_config(
-        &bed,
-        "",
-        &[
-            Svc::new(&bed, "registry4", false, 443),
-            Svc::new(&bed, "registry6", true, 443),
-        ],
-    );
+    let d = start_services(&bed, &Svc::pair(&bed, ["registry4", "registry6"], 443));
     let cacert = cert.cert.to_string_lossy().into_owned();
     let mut sent = Vec::new();
     for v6 in [false, true] {
@@ -905,22 +905,12 @@ fn tlvs_never_delay_a_server_first_protocol() {
     let greet = pp_all(&bed, 2525, "greet", &[]);
     let http = pp_all(&bed, 8080, "http", &[]);
     let tlvs = "proxy_tlvs = [\"authority\", \"alpn\", \"unique-id\", \"crc32c\"]\n";
-    let d = start_with_config(
-        &bed,
-        "",
-        &[
-            Svc {
-                extra: tlvs,
-                health: HEALTH_NONE,
-                ..Svc::new(&bed, "smtp", false, 2525)
-            },
-            Svc {
-                extra: tlvs,
-                health: HEALTH_NONE,
-                ..Svc::new(&bed, "plain", false, 8080)
-            },
-        ],
-    );
+    let with_tlvs = |name, port| Svc {
+        extra: tlvs,
+        health: HEALTH_NONE,
+        ..Svc::new(&bed, name, false, port)
+    };
+    let d = start_services(&bed, &[with_tlvs("smtp", 2525), with_tlvs("plain", 8080)]);
     let mut ports = Vec::new();
     for _ in 0..5 {
         let r = pp_to_vip(&bed, "greet", 2525, &[], Duration::from_secs(10));
@@ -981,16 +971,9 @@ fn tlvs_never_delay_a_server_first_protocol() {
 fn websocket_session() {
     let bed = bed();
     let ws_port = 8765;
-    let _ws: Vec<_> = bed
-        .topo
-        .backends
-        .iter()
-        .map(|b| {
-            let dir = bed.topo.path(&unique(&format!("ws-{}", b.name)));
-            receivers::start_ws_echo(&b.ns, &dir, &b.name, ws_port)
-                .unwrap_or_else(|e| panic!("{e:#}"))
-        })
-        .collect();
+    let _ws = on_every_backend(&bed, "ws", |b, dir| {
+        receivers::start_ws_echo(&b.ns, dir, &b.name, ws_port)
+    });
     let nginx = nginx_all(
         &bed,
         &NginxOpts {
@@ -998,14 +981,7 @@ fn websocket_session() {
             ..http_only()
         },
     );
-    let d = start_with_config(
-        &bed,
-        "",
-        &[
-            Svc::new(&bed, "ws4", false, 80),
-            Svc::new(&bed, "ws6", true, 80),
-        ],
-    );
+    let d = start_services(&bed, &Svc::pair(&bed, ["ws4", "ws6"], 80));
     let script = bed.topo.path("ws_client.py");
     std::fs::write(&script, receivers::WS_CLIENT).unwrap();
     let mut sent = Vec::new();
@@ -1264,6 +1240,111 @@ fn half_close_and_resets_propagate() {
     }
 }
 
+/// /metrics: lb_proxy_connections_total per service and backend adds up to the
+/// connections made and matches, backend by backend, what the nginx logs show;
+/// lb_proxy_bytes_total grows with a request in both directions; no connection stays
+/// active; promtool accepts the exposition.
+#[test]
+fn proxy_metrics_count_connections_and_bytes() {
+    let bed = bed();
+    let nginx = http_nginx(&bed);
+    let d = start_proxy(&bed, 80, &["--health-interval", "1s"]);
+    const N: usize = 30;
+    let sent = http_from(
+        &bed,
+        &d,
+        vip(false, 80),
+        &client_addrs(&bed, false)[..1],
+        N,
+        "t11",
+    );
+    let per = check_nginx(&bed, &d, &nginx, &sent);
+    let mut m = Vec::new();
+    let settled = wait_until(Duration::from_secs(5), || {
+        m = metrics(&d, &bed);
+        Ok(
+            prometheus::sum(&m, "lb_proxy_connections_total", &[("service", "default")])
+                >= N as f64
+                && prometheus::sum(&m, "lb_proxy_active_connections", &[]) == 0.0,
+        )
+    });
+    let dump = |m: &[prometheus::Sample]| {
+        format!(
+            "{:?}\n{:?}\ndaemon log:\n{}",
+            prometheus::find(m, "lb_proxy_connections_total", &[]),
+            prometheus::find(m, "lb_proxy_active_connections", &[]),
+            d.log()
+        )
+    };
+    assert!(
+        settled,
+        "connections not all counted, or some still active: {}",
+        dump(&m)
+    );
+    assert_eq!(
+        prometheus::sum(&m, "lb_proxy_connections_total", &[("service", "default")]),
+        N as f64,
+        "{N} connections made: {}",
+        dump(&m)
+    );
+    assert_eq!(
+        prometheus::sum(
+            &m,
+            "lb_proxy_accepted_connections_total",
+            &[("service", "default")]
+        ),
+        N as f64,
+        "{N} client connections accepted: {:?}",
+        prometheus::find(&m, "lb_proxy_accepted_connections_total", &[])
+    );
+    for b in &bed.topo.backends {
+        let logged = per[&b.name]
+            .iter()
+            .filter(|e| sent.iter().any(|s| s.path == e.uri))
+            .count();
+        let counted = prometheus::sum(
+            &m,
+            "lb_proxy_connections_total",
+            &[("service", "default"), ("backend", &b.addr4().to_string())],
+        );
+        assert_eq!(
+            counted,
+            logged as f64,
+            "backend {}: nginx logged {logged} requests, lb counted {counted}: {}",
+            b.name,
+            dump(&m)
+        );
+    }
+    let bytes = |m: &[prometheus::Sample], dir: &str| {
+        prometheus::sum(
+            m,
+            "lb_proxy_bytes_total",
+            &[("service", "default"), ("direction", dir)],
+        )
+    };
+    let (in0, out0) = (bytes(&m, "in"), bytes(&m, "out"));
+    assert!(
+        in0 > 0.0 && out0 > 0.0,
+        "lb_proxy_bytes_total: {:?}",
+        prometheus::find(&m, "lb_proxy_bytes_total", &[])
+    );
+    let long_path = format!("/{}", "x".repeat(4000));
+    let r = curl(&bed, &format!("http://{VIP4}{long_path}"), &[]);
+    assert!(r.exit == Some(0) && r.http_code == "200", "{r:?}");
+    let grew = wait_until(Duration::from_secs(5), || {
+        let m = metrics(&d, &bed);
+        Ok(bytes(&m, "in") >= in0 + 4000.0 && bytes(&m, "out") > out0)
+    });
+    assert!(
+        grew,
+        "lb_proxy_bytes_total did not grow by the 4 kB request: {:?}",
+        prometheus::find(&metrics(&d, &bed), "lb_proxy_bytes_total", &[])
+    );
+    let (_, body) = admin::get(&bed.topo.lb, "/metrics").unwrap();
+    prometheus::promtool_check(&body).unwrap_or_else(|e| panic!("{e:#}"));
+    bed.stop(d);
+}
+
 /// `n` requests to `url`; each must succeed (status 200). Returns (body, seconds) each.
 fn requests(bed: &Bed, d: &Daemon, url: &str, n: usize, what: &str) -> Vec<(String, f64)> {
     (0..n)
@@ -1356,20 +1437,11 @@ fn refusing_or_silent_backend_is_skipped() {
 fn accept_proxy_forwards_the_original_client() {
     let bed = bed();
     let nginx = http_nginx(&bed);
-    let d = start_with_config(
-        &bed,
-        "",
-        &[
-            Svc {
-                extra: "accept_proxy = true\n",
-                ..Svc::new(&bed, "edge4", false, 80)
-            },
-            Svc {
-                extra: "accept_proxy = true\n",
-                ..Svc::new(&bed, "edge6", true, 80)
-            },
-        ],
-    );
+    let edges = Svc::pair(&bed, ["edge4", "edge6"], 80).map(|s| Svc {
+        extra: "accept_proxy = true\n",
+        ..s
+    });
+    let d = start_services(&bed, &edges);
     let request =
         |path: &str| format!("GET {path} HTTP/1.1\r\nHost: vip\r\nConnection: close\r\n\r\n");
     let claims: [(SocketAddr, bool); 3] = [
@@ -1473,111 +1545,6 @@ fn accept_proxy_forwards_the_original_client() {
             "the request behind a {reason} header reached a backend"
         );
     }
-    bed.stop(d);
-}
-
-/// /metrics: lb_proxy_connections_total per service and backend adds up to the
-/// connections made and matches, backend by backend, what the nginx logs show;
-/// lb_proxy_bytes_total grows with a request in both directions; no connection stays
-/// active; promtool accepts the exposition.
-#[test]
-fn proxy_metrics_count_connections_and_bytes() {
-    let bed = bed();
-    let nginx = http_nginx(&bed);
-    let d = start_proxy(&bed, 80, &["--health-interval", "1s"]);
-    const N: usize = 30;
-    let sent = http_from(
-        &bed,
-        &d,
-        vip(false, 80),
-        &client_addrs(&bed, false)[..1],
-        N,
-        "t11",
-    );
-    let per = check_nginx(&bed, &d, &nginx, &sent);
-    let mut m = Vec::new();
-    let settled = wait_until(Duration::from_secs(5), || {
-        m = metrics(&d, &bed);
-        Ok(
-            prometheus::sum(&m, "lb_proxy_connections_total", &[("service", "default")])
-                >= N as f64
-                && prometheus::sum(&m, "lb_proxy_active_connections", &[]) == 0.0,
-        )
-    });
-    let dump = |m: &[prometheus::Sample]| {
-        format!(
-            "{:?}\n{:?}\ndaemon log:\n{}",
-            prometheus::find(m, "lb_proxy_connections_total", &[]),
-            prometheus::find(m, "lb_proxy_active_connections", &[]),
-            d.log()
-        )
-    };
-    assert!(
-        settled,
-        "connections not all counted, or some still active: {}",
-        dump(&m)
-    );
-    assert_eq!(
-        prometheus::sum(&m, "lb_proxy_connections_total", &[("service", "default")]),
-        N as f64,
-        "{N} connections made: {}",
-        dump(&m)
-    );
-    assert_eq!(
-        prometheus::sum(
-            &m,
-            "lb_proxy_accepted_connections_total",
-            &[("service", "default")]
-        ),
-        N as f64,
-        "{N} client connections accepted: {:?}",
-        prometheus::find(&m, "lb_proxy_accepted_connections_total", &[])
-    );
-    for b in &bed.topo.backends {
-        let logged = per[&b.name]
-            .iter()
-            .filter(|e| sent.iter().any(|s| s.path == e.uri))
-            .count();
-        let counted = prometheus::sum(
-            &m,
-            "lb_proxy_connections_total",
-            &[("service", "default"), ("backend", &b.addr4().to_string())],
-        );
-        assert_eq!(
-            counted,
-            logged as f64,
-            "backend {}: nginx logged {logged} requests, lb counted {counted}: {}",
-            b.name,
-            dump(&m)
-        );
-    }
-    let bytes = |m: &[prometheus::Sample], dir: &str| {
-        prometheus::sum(
-            m,
-            "lb_proxy_bytes_total",
-            &[("service", "default"), ("direction", dir)],
-        )
-    };
-    let (in0, out0) = (bytes(&m, "in"), bytes(&m, "out"));
-    assert!(
-        in0 > 0.0 && out0 > 0.0,
-        "lb_proxy_bytes_total: {:?}",
-        prometheus::find(&m, "lb_proxy_bytes_total", &[])
-    );
-    let long_path = format!("/{}", "x".repeat(4000));
-    let r = curl(&bed, &format!("http://{VIP4}{long_path}"), &[]);
-    assert!(r.exit == Some(0) && r.http_code == "200", "{r:?}");
-    let grew = wait_until(Duration::from_secs(5), || {
-        let m = metrics(&d, &bed);
-        Ok(bytes(&m, "in") >= in0 + 4000.0 && bytes(&m, "out") > out0)
-    });
-    assert!(
-        grew,
-        "lb_proxy_bytes_total did not grow by the 4 kB request: {:?}",
-        prometheus::find(&metrics(&d, &bed), "lb_proxy_bytes_total", &[])
-    );
-    let (_, body) = admin::get(&bed.topo.lb, "/metrics").unwrap();
-    prometheus::promtool_check(&body).unwrap_or_else(|e| panic!("{e:#}"));
     bed.stop(d);
 }
 
