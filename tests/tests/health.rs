@@ -23,8 +23,9 @@ fn all_named() -> Vec<(&'static str, u32)> {
 }
 
 /// Starts lb over all backends with the `health` check flags and waits until every
-/// backend is up (`settle` at most).
-fn start(bed: &Bed, health: &[&str], settle: Duration) -> Daemon {
+/// backend is up (5 s at most).
+fn start(bed: &Bed, health: &[&str]) -> Daemon {
+    let settle = Duration::from_secs(5);
     let mut extra = health.to_vec();
     extra.extend_from_slice(FAST_HEALTH);
     let d = bed.start(&bed.args(&all_named(), &extra));
@@ -32,12 +33,23 @@ fn start(bed: &Bed, health: &[&str], settle: Duration) -> Daemon {
     d
 }
 
-/// Starts a health server answering 200 on every backend, then lb with HTTP checks.
-fn start_http_checked(bed: &Bed, settle: Duration) -> Daemon {
+/// A two-armed bed with lb running TCP checks, every backend up. (The daemon is
+/// declared second, so it stops before the bed goes.)
+fn tcp_checked() -> (Bed, Daemon) {
+    let bed = Bed::new(Kind::TwoArmed);
+    let d = start(&bed, &["--health", "tcp"]);
+    (bed, d)
+}
+
+/// A two-armed bed with a health server answering 200 on every backend, and lb running
+/// HTTP checks, every backend up.
+fn http_checked() -> (Bed, Daemon) {
+    let bed = Bed::new(Kind::TwoArmed);
     for name in BACKEND_NAMES {
         backend_ctl::start_health_server(&bed.topo, bed.backend(name), 200).unwrap();
     }
-    start(bed, &["--health", "http:/health/instance"], settle)
+    let d = start(&bed, &["--health", "http:/health/instance"]);
+    (bed, d)
 }
 
 /// Runs `fault` against `addr`; it must be down within the failover bound. Returns how
@@ -116,8 +128,7 @@ fn expect_clean(conns: &load::Conns, avoid: &str, what: &str) {
 /// once the port answers again it is up within the bound and gets traffic again.
 #[test]
 fn tcp_check_timeout_takes_backend_out_and_back() {
-    let bed = Bed::new(Kind::TwoArmed);
-    let d = start(&bed, &["--health", "tcp"], Duration::from_secs(5));
+    let (bed, d) = tcp_checked();
     let b2 = bed.backend("b2");
     let addr = bed.addr("b2");
 
@@ -160,9 +171,8 @@ fn tcp_check_timeout_takes_backend_out_and_back() {
 /// brings it back.
 #[test]
 fn http_check_503_takes_backend_out_and_back() {
-    let bed = Bed::new(Kind::TwoArmed);
     // Every backend passes its HTTP check: still all up after a few checks.
-    let d = start_http_checked(&bed, Duration::from_secs(5));
+    let (bed, d) = http_checked();
     std::thread::sleep(Duration::from_secs(3));
     admin::wait_for(&d, SERVICE, "all up", Duration::from_secs(1), all_up(&bed))
         .unwrap_or_else(|e| panic!("{e:#}"));
@@ -185,14 +195,13 @@ fn http_check_503_takes_backend_out_and_back() {
 /// nothing answers) fails by timeout; thawed, it passes again.
 #[test]
 fn http_check_of_a_frozen_server_times_out() {
-    let bed = Bed::new(Kind::TwoArmed);
-    let d = start_http_checked(&bed, Duration::from_secs(5));
-    let b3 = bed.backend("b3");
+    let (bed, d) = http_checked();
     let addr = bed.addr("b3");
-    let took_down = goes_down(&d, &addr, || backend_ctl::pause_server(b3, true).unwrap());
+    let pause = |on| backend_ctl::pause_server(bed.backend("b3"), on).unwrap();
+    let took_down = goes_down(&d, &addr, || pause(true));
     // Thaw before asserting anything else, so a failure leaves no frozen process.
     let repair = Instant::now();
-    backend_ctl::pause_server(b3, false).unwrap();
+    pause(false);
     d.expect_log(&["backend down", &addr, "timeout"]);
     let took_up = expect_state_within(&d, &addr, "up", repair, up_within());
     eprintln!("b3 down after {took_down:?}, up after {took_up:?}");
@@ -204,10 +213,8 @@ fn http_check_of_a_frozen_server_times_out() {
 /// refused`; restarted, it comes back.
 #[test]
 fn closed_port_is_connection_refused() {
-    let bed = Bed::new(Kind::TwoArmed);
-    let d = start(&bed, &["--health", "tcp"], Duration::from_secs(5));
-    let b3 = bed.backend("b3");
-    let addr = bed.addr("b3");
+    let (bed, d) = tcp_checked();
+    let (b3, addr) = (bed.backend("b3"), bed.addr("b3"));
     let took_down = goes_down(&d, &addr, || backend_ctl::stop_server(b3).unwrap());
     d.expect_log(&["backend down", &addr, "connection refused"]);
     spread_with(&bed, "b3", false);
@@ -254,8 +261,7 @@ fn drop_no_backend(d: &Daemon) -> u64 {
 /// naming the service; one backend back and it answers 200 and traffic flows.
 #[test]
 fn all_backends_down_resets_new_connections() {
-    let bed = Bed::new(Kind::TwoArmed);
-    let d = start(&bed, &["--health", "tcp"], Duration::from_secs(5));
+    let (bed, d) = tcp_checked();
     let (code, body) = admin::get(&bed.topo.lb, "/health/endtoend").unwrap();
     assert_eq!(code, 200, "/health/endtoend with all up: {body}");
 
