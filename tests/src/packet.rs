@@ -54,16 +54,19 @@ pub struct Packet {
     pub flow_label: u32,
     /// IPv4 options, a multiple of 4 bytes.
     pub ip_options: Vec<u8>,
-    /// TCP: ports, sequence and acknowledgment numbers, flags ([`flags`]), receive
-    /// window (unscaled), options (a multiple of 4 bytes), data.
+    /// TCP ports.
     pub sport: u16,
     pub dport: u16,
+    /// TCP options, a multiple of 4 bytes.
+    pub tcp_options: Vec<u8>,
+    /// Sequence and acknowledgment numbers.
     pub seq: u32,
     pub ack: u32,
+    /// The data after the TCP header.
+    pub payload: Vec<u8>,
+    /// TCP flags byte ([`flags`]) and receive window (unscaled).
     pub flags: u8,
     pub window: u16,
-    pub tcp_options: Vec<u8>,
-    pub payload: Vec<u8>,
 }
 
 impl Packet {
