@@ -92,11 +92,26 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Starts `lb ARGS` in `ns` without waiting (see [`Daemon::ready`]).
-    pub fn spawn(
+    /// Starts `lb ARGS` in `ns` and waits until it is ready: its log says `ready` and
+    /// every interface in `ifaces` has an XDP program (20 s at most). The log goes to
+    /// `log`.
+    pub fn start(
         ns: &Netns,
         bin: &Path,
         launch: Launch,
+        args: &[String],
+        ifaces: &[String],
+        log: &Path,
+    ) -> Result<Daemon> {
+        Daemon::spawn(ns, launch, bin, args, ifaces, log)?.ready(ns)
+    }
+
+    /// Starts `lb ARGS` (the binary `bin`, through `launch`) in `ns` without waiting (see
+    /// [`Daemon::ready`]).
+    pub fn spawn(
+        ns: &Netns,
+        launch: Launch,
+        bin: &Path,
         args: &[String],
         ifaces: &[String],
         log: &Path,

@@ -426,8 +426,8 @@ impl Topology {
     ) -> Result<Daemon> {
         Daemon::spawn(
             &self.lb,
-            bin,
             launch,
+            bin,
             args,
             &self.lb_ifaces,
             &self.path(log),
