@@ -1,4 +1,4 @@
-//! What the health, live-change and observability tests share: the per-binary lock (the
+//! What the end-to-end tests share: the per-binary lock (the
 //! tests run one at a time on two CPUs), the prerequisite checks, a two-armed topology,
 //! the daemon's command line over named backends, and the fast health-check settings
 //! whose timing the tests assert.
@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
+use crate::load::SlowDownload;
 use crate::topology::{Backend, Kind, Topology};
 use crate::{Daemon, Launch};
 
@@ -78,6 +79,23 @@ impl Bed {
         self.backend(name).addr4().to_string()
     }
 
+    /// A download of `/blob` through the IPv4 VIP at 256 KiB/s (60 s at most), under way
+    /// for half a second; with the name and address of the backend serving it.
+    pub fn slow_flow(&self) -> (SlowDownload, String, String) {
+        let slow = SlowDownload::start(
+            &self.topo,
+            false,
+            "blob",
+            256 << 10,
+            Duration::from_secs(60),
+        )
+        .unwrap_or_else(|e| panic!("{e:#}"));
+        let name = crate::must(slow.backend(&self.topo, Duration::from_secs(5)));
+        let addr = self.addr(&name);
+        std::thread::sleep(Duration::from_millis(500));
+        (slow, name, addr)
+    }
+
     /// `--iface ... --vip VIP4 --backend ADDR@W ... --xdp-mode native` for the IPv4 VIP
     /// over the named backends, then `extra`.
     pub fn args(&self, backends: &[(&str, u32)], extra: &[&str]) -> Vec<String> {
@@ -94,20 +112,25 @@ impl Bed {
         a
     }
 
+    /// Stops `d` with SIGTERM: it must exit 0 and leave no XDP program behind.
+    pub fn stop(&self, d: Daemon) {
+        d.stop(&self.topo.lb)
+            .unwrap_or_else(|e| panic!("stopping lb: {e:#}"));
+    }
+
     /// Starts `lb ARGS` in the LB namespace (`ip netns exec`) and waits until ready.
     pub fn start(&self, args: &[String]) -> Daemon {
+        self.start_via(Launch::IpNetnsExec, args)
+    }
+
+    /// Starts `lb ARGS` in the LB namespace through `launch` and waits until ready; each
+    /// start logs to a file of its own.
+    pub fn start_via(&self, launch: Launch, args: &[String]) -> Daemon {
         static N: AtomicU32 = AtomicU32::new(0);
-        let log = self
-            .topo
-            .path(&format!("lb-{}.log", N.fetch_add(1, Ordering::Relaxed)));
-        Daemon::start(
-            &self.topo.lb,
-            &self.lb,
-            Launch::IpNetnsExec,
-            args,
-            &self.topo.lb_ifaces,
-            &log,
-        )
-        .unwrap_or_else(|e| panic!("starting lb {args:?}: {e:#}"))
+        let log = format!("lb-{}.log", N.fetch_add(1, Ordering::Relaxed));
+        self.topo
+            .spawn_lb(&self.lb, launch, args, &log)
+            .and_then(|d| d.ready(&self.topo.lb))
+            .unwrap_or_else(|e| panic!("starting lb {args:?}: {e:#}"))
     }
 }

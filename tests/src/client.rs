@@ -152,23 +152,21 @@ pub fn spread(client: &Netns, url: &str, n: usize) -> Result<Spread> {
     Ok(spread)
 }
 
+/// `curl -sSgf` from `client`: fails on an HTTP error, gives up after 3 s to connect and
+/// `max_time` in all; `more` goes before the URL. Returns curl's stdout.
+fn curl(client: &Netns, url: &str, max_time: Duration, more: &[&str]) -> Result<String> {
+    let secs = max_time.as_secs().max(1).to_string();
+    let mut args = vec!["-sSgf", "--connect-timeout", "3", "--max-time", &secs];
+    args.extend_from_slice(more);
+    args.push(url);
+    client.exec("curl", &args)
+}
+
 /// Fetches `url` once from `client` and returns the body (trimmed).
 pub fn get(client: &Netns, url: &str) -> Result<String> {
-    let out = client.exec(
-        "curl",
-        &[
-            "-s",
-            "-S",
-            "-g",
-            "-f",
-            "--connect-timeout",
-            "3",
-            "--max-time",
-            "5",
-            url,
-        ],
-    )?;
-    Ok(out.trim().to_owned())
+    Ok(curl(client, url, Duration::from_secs(5), &[])?
+        .trim()
+        .to_owned())
 }
 
 /// Downloads `url` from `client` into `dest` (at most `max_time`) and returns the
@@ -179,25 +177,8 @@ pub fn download_sha256(
     dest: &Path,
     max_time: Duration,
 ) -> Result<String> {
-    let secs = max_time.as_secs().max(1).to_string();
     let dest_str = dest.to_string_lossy();
-    client
-        .exec(
-            "curl",
-            &[
-                "-s",
-                "-S",
-                "-g",
-                "-f",
-                "--connect-timeout",
-                "3",
-                "--max-time",
-                &secs,
-                "-o",
-                &dest_str,
-                url,
-            ],
-        )
+    curl(client, url, max_time, &["-o", &dest_str])
         .with_context(|| format!("downloading {url}"))?;
     sha256_file(dest)
 }

@@ -22,7 +22,7 @@ pub fn display(cmd: &Command) -> String {
 }
 
 /// Runs `cmd` to completion and returns its stdout; a non-zero exit is an error carrying
-/// the command line, the status and stderr.
+/// the command line, the status and what it printed.
 pub fn run(cmd: &mut Command) -> Result<String> {
     let out = output(cmd, None)?;
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
@@ -62,8 +62,9 @@ fn output(cmd: &mut Command, stdin: Option<&str>) -> Result<Output> {
         .with_context(|| format!("waiting for `{line}`"))?;
     if !out.status.success() {
         bail!(
-            "`{line}` failed ({}):\n{}{}",
+            "`{line}` failed ({}):\n{}{}{}",
             out.status,
+            String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr),
             if stdin.is_some() {
                 format!("stdin was:\n{}", stdin.unwrap_or_default())

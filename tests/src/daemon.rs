@@ -103,16 +103,15 @@ impl Daemon {
         ifaces: &[String],
         log: &Path,
     ) -> Result<Daemon> {
-        let mut d = Daemon::spawn(ns, bin, launch, args, ifaces, log)?;
-        d.wait_ready(ns, Duration::from_secs(20))?;
-        Ok(d)
+        Daemon::spawn(ns, launch, bin, args, ifaces, log)?.ready(ns)
     }
 
-    /// Starts `lb ARGS` in `ns` without waiting.
+    /// Starts `lb ARGS` (the binary `bin`, through `launch`) in `ns` without waiting (see
+    /// [`Daemon::ready`]).
     pub fn spawn(
         ns: &Netns,
-        bin: &Path,
         launch: Launch,
+        bin: &Path,
         args: &[String],
         ifaces: &[String],
         log: &Path,
@@ -165,6 +164,13 @@ impl Daemon {
             }
         }
         self.status
+    }
+
+    /// Waits until lb is ready: its log says `ready` and every interface has an XDP
+    /// program (20 s at most); hands the daemon back.
+    pub fn ready(mut self, ns: &Netns) -> Result<Daemon> {
+        self.wait_ready(ns, Duration::from_secs(20))?;
+        Ok(self)
     }
 
     /// Waits until the log says `ready` and every interface has an XDP program.
@@ -252,6 +258,15 @@ impl Daemon {
     /// colour codes removed).
     pub fn log_lines_with(&self, words: &[&str]) -> Vec<String> {
         log_lines_with(&self.log(), words)
+    }
+
+    /// Fails the test unless some line of the log contains every one of `words`.
+    pub fn expect_log(&self, words: &[&str]) {
+        assert!(
+            !self.log_lines_with(words).is_empty(),
+            "the daemon log has no line with all of {words:?}; log:\n{}",
+            self.log()
+        );
     }
 
     /// `lb stats --json`, parsed.

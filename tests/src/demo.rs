@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 
 use crate::client::Spread;
-use crate::daemon::{Daemon, Launch};
+use crate::daemon::Launch;
 use crate::topology::{Kind, Topology, XdpPeers};
 
 /// Connections in the IPv4 burst.
@@ -61,14 +61,9 @@ pub fn run(lb_bin: &Path, bpf_object: &Path) -> Result<()> {
         "--config".to_owned(),
         config_path.to_string_lossy().into_owned(),
     ];
-    let daemon = Daemon::start(
-        &topo.lb,
-        lb_bin,
-        Launch::Nsenter,
-        &args,
-        &topo.lb_ifaces,
-        &topo.path("lb.log"),
-    )?;
+    let daemon = topo
+        .spawn_lb(lb_bin, Launch::Nsenter, &args, "lb.log")?
+        .ready(&topo.lb)?;
     println!(
         "   lb is ready (pid {}), XDP attached to {:?}",
         daemon.pid(),

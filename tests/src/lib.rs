@@ -18,16 +18,19 @@ pub mod daemon;
 pub mod demo;
 pub mod load;
 pub mod netns;
+pub mod packet;
 pub mod pp_peers;
 pub mod prometheus;
 pub mod receivers;
 pub mod server;
 pub mod sys;
+pub mod test_run;
 pub mod tls;
 pub mod topology;
 pub mod xdp;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use anyhow::{Result, bail};
 
@@ -72,6 +75,21 @@ fn existing(var: &str, default: PathBuf, hint: &str) -> Result<PathBuf> {
         );
     }
     Ok(path)
+}
+
+/// `TAG-PID-N`: a name no other test of any run on this host has (file names, paths).
+pub fn unique(tag: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{tag}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// The value of a test bed step, or a test failure showing the whole error chain.
+pub fn must<T>(r: Result<T>) -> T {
+    r.unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// Fails unless we are root: the test bed creates namespaces and attaches XDP programs.

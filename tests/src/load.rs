@@ -6,8 +6,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
-use std::process::ExitStatus;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::process::{Command, ExitStatus};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
@@ -15,6 +14,7 @@ use anyhow::{Context, Result, bail};
 use crate::bg::Bg;
 use crate::netns::wait_until;
 use crate::topology::{PORT, Topology, VIP4, VIP6};
+use crate::unique;
 
 /// Seconds since the Unix epoch, the clock the short-connection client stamps with.
 pub fn now() -> f64 {
@@ -22,15 +22,6 @@ pub fn now() -> f64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
         .unwrap_or(0.0)
-}
-
-fn unique(tag: &str) -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "{tag}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
 }
 
 /// The client: sequential connections to HOST:PORT, each `GET PATH` over HTTP/1.0 (so a
@@ -221,25 +212,31 @@ pub struct ShortConns {
     stop: PathBuf,
 }
 
+/// `python3 SCRIPT VIP PORT` in the client namespace, the script (`text`) written to the
+/// topology's directory as `name` the first time; the caller adds the script's own
+/// arguments.
+fn vip_client(topo: &Topology, name: &str, text: &str, v6: bool) -> Result<Command> {
+    let script = topo.path(name);
+    if !script.exists() {
+        std::fs::write(&script, text)?;
+    }
+    let host = if v6 {
+        VIP6.to_string()
+    } else {
+        VIP4.to_string()
+    };
+    let mut c = topo.client.command("python3");
+    c.arg(&script).arg(host).arg(PORT.to_string());
+    Ok(c)
+}
+
 impl ShortConns {
     pub fn start(topo: &Topology, v6: bool, opts: ShortOpts) -> Result<ShortConns> {
         let tag = unique("short");
-        let script = topo.path("short_client.py");
-        if !script.exists() {
-            std::fs::write(&script, SHORT_CLIENT)?;
-        }
         let records = topo.path(&format!("{tag}.records"));
         let stop = topo.path(&format!("{tag}.stop"));
-        let host = if v6 {
-            VIP6.to_string()
-        } else {
-            VIP4.to_string()
-        };
-        let mut c = topo.client.command("python3");
-        c.arg(&script)
-            .arg(&host)
-            .arg(PORT.to_string())
-            .arg("/name")
+        let mut c = vip_client(topo, "short_client.py", SHORT_CLIENT, v6)?;
+        c.arg("/name")
             .arg(&records)
             .arg(&stop)
             .arg(opts.max_conns.to_string())
@@ -365,21 +362,9 @@ impl SlowDownload {
         max_time: Duration,
     ) -> Result<SlowDownload> {
         let marker = unique("slow");
-        let script = topo.path("slow_client.py");
-        if !script.exists() {
-            std::fs::write(&script, SLOW_CLIENT)?;
-        }
         let dest = topo.path(&format!("{marker}.download"));
-        let host = if v6 {
-            VIP6.to_string()
-        } else {
-            VIP4.to_string()
-        };
-        let mut c = topo.client.command("python3");
-        c.arg(&script)
-            .arg(&host)
-            .arg(PORT.to_string())
-            .arg(format!("/{path}?{marker}"))
+        let mut c = vip_client(topo, "slow_client.py", SLOW_CLIENT, v6)?;
+        c.arg(format!("/{path}?{marker}"))
             .arg(&dest)
             .arg(rate.to_string())
             .arg(max_time.as_secs_f64().to_string());

@@ -1,6 +1,7 @@
 //! A named network namespace that deletes itself on drop, after killing the processes
 //! started in it.
 
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
@@ -56,6 +57,33 @@ impl Netns {
                 .args(["-n", &self.name])
                 .args(args.split_whitespace()),
         )
+    }
+
+    /// Moves the calling thread into the namespace: sockets it opens and programs it
+    /// loads live there. Only this thread moves; tests that do this own their thread.
+    pub fn enter(&self) -> Result<()> {
+        sys::enter_netns(&self.path()).with_context(|| format!("entering namespace {}", self.name))
+    }
+
+    /// A veth pair `name` ↔ `peer`, both up, `name` with the fixed MAC `mac` (so frames
+    /// built in advance can address it).
+    pub fn veth(&self, name: &str, mac: [u8; 6], peer: &str) -> Result<()> {
+        self.ip_batch(&format!(
+            "link add {name} address {} type veth peer name {peer}\n\
+             link set {name} up\n\
+             link set {peer} up\n",
+            mac_str(mac)
+        ))
+        .map(drop)
+    }
+
+    /// A permanent neighbour entry: `ip` is at `mac` on `dev`, never resolved again.
+    pub fn neighbour(&self, ip: IpAddr, mac: [u8; 6], dev: &str) -> Result<()> {
+        self.ip(&format!(
+            "neigh replace {ip} lladdr {} dev {dev} nud permanent",
+            mac_str(mac)
+        ))
+        .map(drop)
     }
 
     /// Runs `ip -n NAME -batch -` with one `ip` command per line of `script`.
@@ -172,4 +200,9 @@ pub fn wait_until(timeout: Duration, mut check: impl FnMut() -> Result<bool>) ->
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// `aa:bb:cc:dd:ee:ff`, as `ip` takes a link-layer address.
+pub fn mac_str(mac: [u8; 6]) -> String {
+    mac.map(|b| format!("{b:02x}")).join(":")
 }

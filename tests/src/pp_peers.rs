@@ -15,6 +15,46 @@ use serde_json::Value;
 use crate::netns::{Netns, wait_until};
 use crate::receivers::{self, PYTHON, Proc};
 
+/// Python both peers use (written before each script): `chunks` yields what a socket
+/// receives until EOF, `sink` counts and hashes it; `stream` sends TOTAL bytes of random 1 MiB blocks, each stamped
+/// with its index (reordered, repeated or lost blocks change the hash), and returns the
+/// sha256 of what it sent.
+const SHARED: &str = r#"
+import hashlib, os, struct
+
+def chunks(s):
+    while True:
+        d = s.recv(65536)
+        if not d:
+            return
+        yield d
+
+def sink(s):
+    # Receives until EOF into one buffer; returns the byte count and their sha256.
+    h, n = hashlib.sha256(), 0
+    buf = bytearray(1 << 20)
+    mv = memoryview(buf)
+    while True:
+        k = s.recv_into(buf)
+        if not k:
+            return n, h.hexdigest()
+        h.update(mv[:k])
+        n += k
+
+def stream(send, total):
+    h = hashlib.sha256()
+    block = bytearray(os.urandom(1 << 20))
+    i, left = 0, total
+    while left > 0:
+        block[0:8] = struct.pack("!Q", i)
+        piece = memoryview(block)[:min(left, len(block))]
+        h.update(piece)
+        send(piece)
+        left -= len(piece)
+        i += 1
+    return h.hexdigest()
+"#;
+
 /// The backend: `pp_server.py NAME PORT MODE RECORDS [ARGS...]`, dual-stack on `::`.
 /// Every connection first has its PROXY header read exactly (never a byte more, so what
 /// follows is the client's), then MODE runs; one JSON record per connection is appended
@@ -84,19 +124,16 @@ def read_header(s):
     full = hdr + body
     rec = {"version": vc >> 4, "command": {0: "LOCAL", 1: "PROXY"}.get(vc & 15, str(vc & 15)),
            "family": fam, "raw": full.hex()}
+    # TCP4 and TCP6: (address family, address length); the ports follow the addresses.
+    families = {0x11: (socket.AF_INET, 4), 0x21: (socket.AF_INET6, 16)}
     off = 0
-    if fam == 0x11:
-        if ln < 12:
-            raise ValueError("TCP4 address block of %d bytes" % ln)
-        rec.update(src=ntop(socket.AF_INET, body[0:4]), dst=ntop(socket.AF_INET, body[4:8]))
-        rec["sport"], rec["dport"] = struct.unpack("!HH", body[8:12])
-        off = 12
-    elif fam == 0x21:
-        if ln < 36:
-            raise ValueError("TCP6 address block of %d bytes" % ln)
-        rec.update(src=ntop(socket.AF_INET6, body[0:16]), dst=ntop(socket.AF_INET6, body[16:32]))
-        rec["sport"], rec["dport"] = struct.unpack("!HH", body[32:36])
-        off = 36
+    if fam in families:
+        af, alen = families[fam]
+        off = 2 * alen + 4
+        if ln < off:
+            raise ValueError("address block of %d bytes for family 0x%02x" % (ln, fam))
+        rec.update(src=ntop(af, body[0:alen]), dst=ntop(af, body[alen:2 * alen]))
+        rec["sport"], rec["dport"] = struct.unpack("!HH", body[2 * alen:off])
     elif fam != 0:
         raise ValueError("family/transport 0x%02x" % fam)
     tlvs, crc = [], None
@@ -156,41 +193,15 @@ def mode_greet(c, rec):
     c.sendall(b"220 ready\r\n")
     rec["t_greeting"] = time.time()
     n = 0
-    while True:
-        d = c.recv(65536)
-        if not d:
-            break
+    for d in chunks(c):
         n += len(d)
         c.sendall(d)
     rec["echoed"] = n
 
 def mode_sink(c, rec):
-    h, n = hashlib.sha256(), 0
-    buf = bytearray(1 << 20)
-    mv = memoryview(buf)
-    while True:
-        k = c.recv_into(buf)
-        if not k:
-            break
-        h.update(mv[:k])
-        n += k
-    rec["received"], rec["sha256"] = n, h.hexdigest()
-    c.sendall(b"%s %d\n" % (h.hexdigest().encode(), n))
-
-def stream(send, total):
-    # 1 MiB of random bytes, each block stamped with its index: reordered, repeated or
-    # lost blocks change the hash.
-    h = hashlib.sha256()
-    block = bytearray(os.urandom(1 << 20))
-    i, left = 0, total
-    while left > 0:
-        block[0:8] = struct.pack("!Q", i)
-        piece = memoryview(block)[:min(left, len(block))]
-        h.update(piece)
-        send(piece)
-        left -= len(piece)
-        i += 1
-    return h.hexdigest()
+    n, digest = sink(c)
+    rec["received"], rec["sha256"] = n, digest
+    c.sendall(b"%s %d\n" % (digest.encode(), n))
 
 def mode_source(c, rec):
     total = int(args[0])
@@ -204,10 +215,7 @@ REPLY = bytes(range(256)) * 4096
 
 def mode_halfclose(c, rec):
     h, n = hashlib.sha256(), 0
-    while True:
-        d = c.recv(65536)
-        if not d:
-            break
+    for d in chunks(c):
         h.update(d)
         n += len(d)
     rec["t_eof"] = time.time()
@@ -220,13 +228,7 @@ def mode_srvhalf(c, rec):
     c.sendall(b"bye\n")
     c.shutdown(socket.SHUT_WR)
     rec["t_shut"] = time.time()
-    data = b""
-    while True:
-        d = c.recv(65536)
-        if not d:
-            break
-        data += d
-    rec["after"] = data.decode(errors="replace")
+    rec["after"] = b"".join(chunks(c)).decode(errors="replace")
 
 def mode_watch(c, rec):
     n = 0
@@ -327,26 +329,11 @@ def connect():
 
 def read_all(s, limit=1 << 24):
     data = b""
-    while True:
-        d = s.recv(65536)
-        if not d:
-            return data
+    for d in chunks(s):
         data += d
         if len(data) > limit:
             raise ValueError("more than %d bytes" % limit)
-
-def stream(send, total):
-    h = hashlib.sha256()
-    block = bytearray(os.urandom(1 << 20))
-    i, left = 0, total
-    while left > 0:
-        block[0:8] = struct.pack("!Q", i)
-        piece = memoryview(block)[:min(left, len(block))]
-        h.update(piece)
-        send(piece)
-        left -= len(piece)
-        i += 1
-    return h.hexdigest()
+    return data
 
 REPLY = bytes(range(256)) * 4096
 
@@ -379,16 +366,8 @@ try:
         s = connect()
         s.settimeout(60)
         t = time.time()
-        h, n = hashlib.sha256(), 0
-        buf = bytearray(1 << 20)
-        mv = memoryview(buf)
-        while True:
-            k = s.recv_into(buf)
-            if not k:
-                break
-            h.update(mv[:k])
-            n += k
-        res["received"], res["sha256"], res["secs"] = n, h.hexdigest(), time.time() - t
+        n, digest = sink(s)
+        res["received"], res["sha256"], res["secs"] = n, digest, time.time() - t
     elif mode == "halfclose":
         s = connect()
         s.settimeout(10)
@@ -477,7 +456,8 @@ print(json.dumps(res), flush=True)
 fn script(dir: &Path, name: &str, text: &str) -> Result<PathBuf> {
     let path = dir.join(name);
     if !path.exists() {
-        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(&path, format!("{SHARED}{text}"))
+            .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(path)
 }

@@ -3,16 +3,15 @@
 //! Prometheus server scraping the daemon from inside the LB namespace.
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
-use crate::admin;
 use crate::bg::Bg;
 use crate::netns::{Netns, wait_until};
+use crate::{admin, cmd};
 
 /// One sample line: `name{label="value",...} value [timestamp]`.
 #[derive(Clone, Debug, PartialEq)]
@@ -141,29 +140,7 @@ pub fn sum(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
 /// Runs `promtool check metrics` on `text`; an error carries everything it reported
 /// (it exits non-zero on any lint problem).
 pub fn promtool_check(text: &str) -> Result<()> {
-    let mut child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("cannot start `promtool check metrics`")?;
-    child
-        .stdin
-        .take()
-        .expect("stdin is piped")
-        .write_all(text.as_bytes())
-        .context("writing to promtool")?;
-    let out = child.wait_with_output().context("waiting for promtool")?;
-    if !out.status.success() {
-        bail!(
-            "`promtool check metrics` failed ({}):\n{}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(())
+    cmd::run_with_stdin(Command::new("promtool").args(["check", "metrics"]), text).map(drop)
 }
 
 /// A Prometheus server running in a namespace, scraping `targets` every second, with its

@@ -248,6 +248,23 @@ pub fn start_nginx(ns: &Netns, dir: &Path, name: &str, opts: &NginxOpts) -> Resu
     })
 }
 
+/// A log line of a receiver: the line, its space-separated fields before the first ` "`,
+/// and what follows that quote.
+type Tagged<'a> = (&'a str, Vec<&'a str>, &'a str);
+
+/// The lines of a receiver's log that start with `tag`, split as [`Tagged`]; a line
+/// without a quoted field is an error.
+fn tagged_lines<'a>(text: &'a str, tag: &'a str) -> impl Iterator<Item = Result<Tagged<'a>>> {
+    text.lines()
+        .filter(move |l| l.starts_with(tag))
+        .map(|line| {
+            let (head, quoted) = line
+                .split_once(" \"")
+                .with_context(|| format!("no quoted field in log line {line:?}"))?;
+            Ok((line, head.split(' ').collect(), quoted))
+        })
+}
+
 /// One request as an nginx receiver logged it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NginxEntry {
@@ -260,7 +277,9 @@ pub struct NginxEntry {
     /// `$remote_addr` and `$remote_port`: the TCP peer (the LB).
     pub remote_addr: String,
     pub remote_port: String,
+    /// `$server_port`: the port nginx accepted the connection on.
     pub server_port: String,
+    /// `$scheme` (`http` or `https`), `$status` and the request URI.
     pub scheme: String,
     pub status: String,
     pub uri: String,
@@ -269,14 +288,11 @@ pub struct NginxEntry {
 /// Parses the `pp ...` lines of an access log in [`NGINX_LOG_FORMAT`].
 pub fn parse_nginx_log(text: &str) -> Result<Vec<NginxEntry>> {
     let mut out = Vec::new();
-    for line in text.lines().filter(|l| l.starts_with("pp ")) {
-        let (head, uri) = line
-            .split_once(" \"")
-            .with_context(|| format!("no quoted URI in nginx log line {line:?}"))?;
+    for tagged in tagged_lines(text, "pp ") {
+        let (line, f, uri) = tagged?;
         let uri = uri
             .strip_suffix('"')
             .with_context(|| format!("unterminated URI in nginx log line {line:?}"))?;
-        let f: Vec<&str> = head.split(' ').collect();
         let [
             _,
             pp_addr,
@@ -376,24 +392,21 @@ pub struct HaproxyEntry {
 
 /// Parses the `hap ...` lines of HAProxy's log.
 pub fn parse_haproxy_log(text: &str) -> Result<Vec<HaproxyEntry>> {
-    let mut out = Vec::new();
-    for line in text.lines().filter(|l| l.starts_with("hap ")) {
-        let (head, req) = line
-            .split_once(" \"")
-            .with_context(|| format!("no quoted request in haproxy log line {line:?}"))?;
-        let f: Vec<&str> = head.split(' ').collect();
-        let [_, ci, cp, fi, fp] = f.as_slice() else {
-            bail!("haproxy log line {line:?} has {} fields, not 5", f.len());
-        };
-        out.push(HaproxyEntry {
-            client_addr: ci.to_string(),
-            client_port: cp.to_string(),
-            frontend_addr: fi.to_string(),
-            frontend_port: fp.to_string(),
-            request: req.trim_end_matches('"').to_owned(),
-        });
-    }
-    Ok(out)
+    tagged_lines(text, "hap ")
+        .map(|tagged| {
+            let (line, f, req) = tagged?;
+            let [_, ci, cp, fi, fp] = f.as_slice() else {
+                bail!("haproxy log line {line:?} has {} fields, not 5", f.len());
+            };
+            Ok(HaproxyEntry {
+                client_addr: ci.to_string(),
+                client_port: cp.to_string(),
+                frontend_addr: fi.to_string(),
+                frontend_port: fp.to_string(),
+                request: req.trim_end_matches('"').to_owned(),
+            })
+        })
+        .collect()
 }
 
 impl Haproxy {
@@ -473,28 +486,49 @@ mod tests {
         let log = "pp 198.18.0.3 40312 198.18.100.1 80 198.18.1.1 51000 80 http 200 \"/a?b\"\n\
                    pp fd00::3 40313 fd00:100::1 80 fd00:1::1 51001 80 https 200 \"/x y\"\n\
                    other line\n";
-        let e = parse_nginx_log(log).unwrap();
-        assert_eq!(e.len(), 2);
-        assert_eq!(e[0].pp_addr, "198.18.0.3");
-        assert_eq!(e[0].pp_port, "40312");
-        assert_eq!(e[0].pp_server_addr, "198.18.100.1");
-        assert_eq!(e[0].remote_addr, "198.18.1.1");
-        assert_eq!(e[0].uri, "/a?b");
-        assert_eq!(e[1].pp_addr, "fd00::3");
-        assert_eq!(e[1].scheme, "https");
-        assert_eq!(e[1].uri, "/x y");
+        let entry = |fields: [&str; 10]| {
+            let [pa, pp, sa, sp, ra, rp, port, scheme, status, uri] = fields.map(String::from);
+            NginxEntry {
+                pp_addr: pa,
+                pp_port: pp,
+                pp_server_addr: sa,
+                pp_server_port: sp,
+                remote_addr: ra,
+                remote_port: rp,
+                server_port: port,
+                scheme,
+                status,
+                uri,
+            }
+        };
+        let v4 = "198.18.0.3 40312 198.18.100.1 80 198.18.1.1 51000 80 http 200 /a?b";
+        let v6 = "fd00::3 40313 fd00:100::1 80 fd00:1::1 51001 80 https 200 /x";
+        let fields = |s: &'static str| -> [&str; 10] {
+            s.split(' ').collect::<Vec<_>>().try_into().unwrap()
+        };
+        let mut want = [entry(fields(v4)), entry(fields(v6))];
+        want[1].uri = "/x y".into();
+        assert_eq!(parse_nginx_log(log).unwrap(), want);
         assert!(parse_nginx_log("pp 1 2 3 \"/\"\n").is_err());
+        assert!(parse_nginx_log("pp 1 2 3 4 5 6 7 8 9\n").is_err(), "no URI");
     }
 
     #[test]
     fn parses_haproxy_lines() {
         let log = "hap 198.18.0.2 40000 198.18.100.1 80 \"GET /h1 HTTP/1.1\"\n\
                    [WARNING] something\n";
-        let e = parse_haproxy_log(log).unwrap();
-        assert_eq!(e.len(), 1);
-        assert_eq!(e[0].client_addr, "198.18.0.2");
-        assert_eq!(e[0].client_port, "40000");
-        assert_eq!(e[0].frontend_addr, "198.18.100.1");
-        assert_eq!(e[0].request, "GET /h1 HTTP/1.1");
+        let want = HaproxyEntry {
+            client_addr: "198.18.0.2".into(),
+            client_port: "40000".into(),
+            frontend_addr: "198.18.100.1".into(),
+            frontend_port: "80".into(),
+            request: "GET /h1 HTTP/1.1".into(),
+        };
+        assert_eq!(parse_haproxy_log(log).unwrap(), [want]);
+        assert!(parse_haproxy_log("hap 1 2 3 4\n").is_err(), "no request");
+        assert!(
+            parse_haproxy_log("hap 1 2 \"GET /\"\n").is_err(),
+            "3 fields"
+        );
     }
 }

@@ -1,5 +1,6 @@
 //! The only module with `unsafe`: thin wrappers over the few libc calls the test bed
-//! needs (entering a namespace, signalling a process by PID, checking for root).
+//! needs (entering a namespace, signalling a process by PID, checking for root, pinning
+//! a thread to its CPU).
 #![allow(unsafe_code)]
 
 use std::fs::File;
@@ -74,4 +75,25 @@ fn zombie(pid: u32) -> bool {
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() == 0 }
+}
+
+/// Keeps the calling thread on the CPU it runs on now. BPF_PROG_TEST_RUN runs the program
+/// on the caller's CPU, so per-CPU state (the next-hop cache) is then seen run after run.
+pub fn stay_on_this_cpu() -> io::Result<()> {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET writes inside it (the CPU
+    // number sched_getcpu returns is below CPU_SETSIZE), and sched_setaffinity only reads
+    // it for the given size.
+    let rc = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        let cpu = libc::sched_getcpu();
+        if cpu < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        libc::CPU_SET(cpu as usize, &mut set);
+        libc::sched_setaffinity(0, size_of_val(&set), &set)
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }

@@ -22,6 +22,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 
 use crate::client::{self, Spread};
+use crate::daemon::{Daemon, Launch};
 use crate::netns::Netns;
 use crate::server;
 use crate::xdp::XdpPass;
@@ -161,13 +162,21 @@ impl Topology {
         let mut sw = String::from(
             "link add br0 type bridge stp_state 0 mcast_snooping 0\nlink set br0 up\n",
         );
-        let (lb_v4, lb_v6, client_v4, client_v6, lb_ifaces, peers);
+        // The client's subnet: its own (.0) in front of a two-armed LB, the backends' (.1)
+        // with a one-armed one; the LB is .1 in it, the client .2.
+        let net = match kind {
+            Kind::TwoArmed => 0,
+            Kind::OneArmed => 1,
+        };
+        let (lb_v4, client_v4) = (
+            Ipv4Addr::new(198, 18, net, 1),
+            Ipv4Addr::new(198, 18, net, 2),
+        );
+        let v6 = |host| Ipv6Addr::new(0xfd00, net.into(), 0, 0, 0, 0, 0, host);
+        let (lb_v6, client_v6) = (v6(1), v6(2));
+        let (lb_ifaces, peers, client_routes);
         match kind {
             Kind::TwoArmed => {
-                lb_v4 = Ipv4Addr::new(198, 18, 0, 1);
-                lb_v6 = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1);
-                client_v4 = Ipv4Addr::new(198, 18, 0, 2);
-                client_v6 = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
                 lb.ip_batch(&format!(
                     "link add {LB_IF_A} type veth peer name eth0 netns {client}\n\
                      link add {LB_IF_B} type veth peer name up0 netns {switch}\n\
@@ -180,22 +189,13 @@ impl Topology {
                     client = client.name(),
                     switch = switch.name(),
                 ))?;
-                client.ip_batch(&format!(
-                    "addr add {client_v4}/24 dev eth0\n\
-                     addr add {client_v6}/64 dev eth0 nodad\n\
-                     link set eth0 up\n\
-                     route add default via {lb_v4}\n\
-                     route add default via {lb_v6}\n"
-                ))?;
+                client_routes =
+                    format!("route add default via {lb_v4}\nroute add default via {lb_v6}\n");
                 sw.push_str("link set up0 master br0\nlink set up0 up\n");
                 lb_ifaces = vec![LB_IF_A.to_owned(), LB_IF_B.to_owned()];
                 peers = vec![(&client, "eth0"), (&switch, "up0")];
             }
             Kind::OneArmed => {
-                lb_v4 = Ipv4Addr::new(198, 18, 1, 1);
-                lb_v6 = Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, 0, 1);
-                client_v4 = Ipv4Addr::new(198, 18, 1, 2);
-                client_v6 = Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, 0, 2);
                 switch.ip_batch(&format!(
                     "link add c0 type veth peer name eth0 netns {client}\n\
                      link add lbp type veth peer name {LB_IF_A} netns {lb}\n",
@@ -207,13 +207,8 @@ impl Topology {
                      addr add {lb_v6}/64 dev {LB_IF_A} nodad\n\
                      link set {LB_IF_A} up\n"
                 ))?;
-                client.ip_batch(&format!(
-                    "addr add {client_v4}/24 dev eth0\n\
-                     addr add {client_v6}/64 dev eth0 nodad\n\
-                     link set eth0 up\n\
-                     route add {VIP4}/32 via {lb_v4}\n\
-                     route add {VIP6}/128 via {lb_v6}\n"
-                ))?;
+                client_routes =
+                    format!("route add {VIP4}/32 via {lb_v4}\nroute add {VIP6}/128 via {lb_v6}\n");
                 for port in ["c0", "lbp"] {
                     writeln!(sw, "link set {port} master br0\nlink set {port} up").unwrap();
                 }
@@ -221,6 +216,12 @@ impl Topology {
                 peers = vec![(&switch, "lbp")];
             }
         }
+        client.ip_batch(&format!(
+            "addr add {client_v4}/24 dev eth0\n\
+             addr add {client_v6}/64 dev eth0 nodad\n\
+             link set eth0 up\n\
+             {client_routes}"
+        ))?;
         for b in &backends {
             writeln!(
                 sw,
@@ -411,6 +412,26 @@ impl Topology {
             }
         }
         Ok(bad)
+    }
+
+    /// Starts `lb ARGS` (the binary at `bin`) in the LB namespace over the LB's
+    /// interfaces, its output in `log` in the topology's directory, without waiting (then
+    /// [`Daemon::ready`] for the usual start).
+    pub fn spawn_lb(
+        &self,
+        bin: &Path,
+        launch: Launch,
+        args: &[String],
+        log: &str,
+    ) -> Result<Daemon> {
+        Daemon::spawn(
+            &self.lb,
+            launch,
+            bin,
+            args,
+            &self.lb_ifaces,
+            &self.path(log),
+        )
     }
 
     /// A path in the topology's temp dir (removed on drop).

@@ -7,10 +7,9 @@
 //! started through `nsenter` share the host's bpffs.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
+use lb_tests::bed::Bed;
 use lb_tests::daemon::{XdpState, backend_new_flows, xdp_state};
 use lb_tests::topology::{BACKEND_NAMES, Kind, LB_IF_A};
 use lb_tests::{Daemon, Launch, Topology, client};
@@ -21,39 +20,44 @@ const CONNS: usize = 300;
 /// With 300 samples one standard deviation is at most 2.9 points.
 const TOLERANCE_PP: f64 = 8.0;
 
-static SERIAL: Mutex<()> = Mutex::new(());
-
-struct Env {
-    _serial: MutexGuard<'static, ()>,
-    lb: PathBuf,
+/// lb running over a fresh topology. The daemon is the first field, so it stops before
+/// the topology goes.
+struct Running {
+    daemon: Daemon,
+    bed: Bed,
 }
 
-/// Takes the global lock and checks the prerequisites, failing with what is missing.
-fn env() -> Env {
-    let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    lb_tests::require_root().unwrap();
-    lb_tests::require_tools(lb_tests::TOOLS).unwrap();
-    lb_tests::bpf_object().unwrap();
-    Env {
-        _serial: serial,
-        lb: lb_tests::lb_bin().unwrap(),
+/// Builds a `kind` topology and starts lb over it with the arguments `args` makes.
+fn running(kind: Kind, launch: Launch, args: impl FnOnce(&Topology) -> Vec<String>) -> Running {
+    let bed = Bed::new(kind);
+    let daemon = bed.start_via(launch, &args(&bed.topo));
+    Running { daemon, bed }
+}
+
+/// lb over `kind` for one service of the family `v6` over the three backends, weights 1.
+fn running_plain(kind: Kind, launch: Launch, v6: bool) -> Running {
+    running(kind, launch, |t| cli_args(t, v6, &[1, 1, 1]))
+}
+
+impl Running {
+    fn topo(&self) -> &Topology {
+        &self.bed.topo
     }
-}
 
-fn topology(kind: Kind) -> Topology {
-    Topology::new(kind).unwrap_or_else(|e| panic!("building {kind:?} topology: {e:#}"))
-}
+    /// `CONNS` connections spread near `weights`, and `lb stats` counts what the client
+    /// saw; returns the per-backend counts.
+    fn spread_matches_stats(&self, v6: bool, weights: &[u32]) -> BTreeMap<String, usize> {
+        let seen = check_spread(self.topo(), &self.daemon, v6, weights);
+        check_stats_match(self.topo(), &self.daemon, &seen);
+        seen
+    }
 
-fn start(env: &Env, topo: &Topology, launch: Launch, args: Vec<String>) -> Daemon {
-    Daemon::start(
-        &topo.lb,
-        &env.lb,
-        launch,
-        &args,
-        &topo.lb_ifaces,
-        &topo.path(&format!("lb-{}.log", std::process::id())),
-    )
-    .unwrap_or_else(|e| panic!("starting lb: {e:#}"))
+    /// Stops lb with SIGTERM; it must exit cleanly.
+    fn stop(self) {
+        self.daemon
+            .stop(&self.bed.topo.lb)
+            .unwrap_or_else(|e| panic!("{e:#}"));
+    }
 }
 
 /// `--iface ... --vip ... --backend ...` for one service over the topology's backends.
@@ -134,81 +138,64 @@ fn add(total: &mut BTreeMap<String, usize>, more: BTreeMap<String, usize>) {
 
 #[test]
 fn one_armed_v4() {
-    let env = env();
-    let topo = topology(Kind::OneArmed);
-    let daemon = start(
-        &env,
-        &topo,
-        Launch::IpNetnsExec,
-        cli_args(&topo, false, &[1, 1, 1]),
-    );
-    let seen = check_spread(&topo, &daemon, false, &[1, 1, 1]);
-    check_stats_match(&topo, &daemon, &seen);
-    daemon.stop(&topo.lb).unwrap_or_else(|e| panic!("{e:#}"));
+    let r = running_plain(Kind::OneArmed, Launch::IpNetnsExec, false);
+    r.spread_matches_stats(false, &[1, 1, 1]);
+    r.stop();
 }
 
 #[test]
 fn one_armed_v6() {
-    let env = env();
-    let topo = topology(Kind::OneArmed);
-    let daemon = start(
-        &env,
-        &topo,
-        Launch::Nsenter,
-        cli_args(&topo, true, &[1, 1, 1]),
-    );
-    let seen = check_spread(&topo, &daemon, true, &[1, 1, 1]);
-    check_stats_match(&topo, &daemon, &seen);
-    daemon.stop(&topo.lb).unwrap_or_else(|e| panic!("{e:#}"));
+    let r = running_plain(Kind::OneArmed, Launch::Nsenter, true);
+    r.spread_matches_stats(true, &[1, 1, 1]);
+    r.stop();
 }
 
 #[test]
 fn two_armed_v4_weighted() {
-    let env = env();
-    let topo = topology(Kind::TwoArmed);
-    let mut args = cli_args(&topo, false, &[1, 2, 1]);
-    args.extend(["--name".to_owned(), "web4".to_owned()]);
-    let daemon = start(&env, &topo, Launch::Nsenter, args);
-    let seen = check_spread(&topo, &daemon, false, &[1, 2, 1]);
-    check_stats_match(&topo, &daemon, &seen);
-    let table = daemon
+    let r = running(Kind::TwoArmed, Launch::Nsenter, |t| {
+        let mut args = cli_args(t, false, &[1, 2, 1]);
+        args.extend(["--name".to_owned(), "web4".to_owned()]);
+        args
+    });
+    r.spread_matches_stats(false, &[1, 2, 1]);
+    let table = r
+        .daemon
         .run_cli(&["stats"])
         .unwrap_or_else(|e| panic!("lb stats: {e:#}"));
     assert!(
         table.contains("198.18.1.12"),
         "`lb stats` table does not list backend 198.18.1.12:\n{table}"
     );
-    daemon.stop(&topo.lb).unwrap_or_else(|e| panic!("{e:#}"));
+    r.stop();
 }
 
 /// IPv6 through the two-armed LB, with both families configured from one config file;
 /// a few IPv4 connections check the second service too.
 #[test]
 fn two_armed_v6_config_file() {
-    let env = env();
-    let topo = topology(Kind::TwoArmed);
-    let quote = |v: Vec<String>| {
-        v.iter()
-            .map(|s| format!("\"{s}\""))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    let config = format!(
-        "iface = [{ifaces}]\nxdp_mode = \"native\"\n\n\
-         [[service]]\nname = \"web4\"\nvip = \"{vip4}\"\nbackends = [{b4}]\n\n\
-         [[service]]\nname = \"web6\"\nvip = \"{vip6}\"\nbackends = [{b6}]\n",
-        ifaces = quote(topo.lb_ifaces.clone()),
-        vip4 = topo.vip_arg(false),
-        vip6 = topo.vip_arg(true),
-        b4 = quote(topo.backend_args(false, &[1, 1, 1])),
-        b6 = quote(topo.backend_args(true, &[1, 1, 1])),
-    );
-    let path = topo.path("lb.toml");
-    std::fs::write(&path, &config).unwrap();
-    let args = vec!["--config".to_owned(), path.to_string_lossy().into_owned()];
-    let daemon = start(&env, &topo, Launch::IpNetnsExec, args);
-
-    let mut seen = check_spread(&topo, &daemon, true, &[1, 1, 1]);
+    let r = running(Kind::TwoArmed, Launch::IpNetnsExec, |topo| {
+        let quote = |v: Vec<String>| {
+            v.iter()
+                .map(|s| format!("\"{s}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let config = format!(
+            "iface = [{ifaces}]\nxdp_mode = \"native\"\n\n\
+             [[service]]\nname = \"web4\"\nvip = \"{vip4}\"\nbackends = [{b4}]\n\n\
+             [[service]]\nname = \"web6\"\nvip = \"{vip6}\"\nbackends = [{b6}]\n",
+            ifaces = quote(topo.lb_ifaces.clone()),
+            vip4 = topo.vip_arg(false),
+            vip6 = topo.vip_arg(true),
+            b4 = quote(topo.backend_args(false, &[1, 1, 1])),
+            b6 = quote(topo.backend_args(true, &[1, 1, 1])),
+        );
+        let path = topo.path("lb.toml");
+        std::fs::write(&path, &config).unwrap();
+        vec!["--config".to_owned(), path.to_string_lossy().into_owned()]
+    });
+    let topo = r.topo();
+    let mut seen = check_spread(topo, &r.daemon, true, &[1, 1, 1]);
     let csum = topo.tcp_csum_errors().unwrap();
     assert!(csum.is_empty(), "TCP checksum errors over IPv6: {csum:?}");
     let v4 = topo.spread(false, 30).unwrap();
@@ -216,28 +203,22 @@ fn two_armed_v6_config_file() {
         v4.failures,
         0,
         "IPv4 service from the same config: {v4}\nlb log:\n{}",
-        daemon.log()
+        r.daemon.log()
     );
     add(&mut seen, v4.counts);
-    check_stats_match(&topo, &daemon, &seen);
-    daemon.stop(&topo.lb).unwrap_or_else(|e| panic!("{e:#}"));
+    check_stats_match(topo, &r.daemon, &seen);
+    r.stop();
 }
 
 /// 100 MB through the VIP arrive byte-exact.
 #[test]
 fn two_armed_v4_bulk_100mb() {
-    let env = env();
-    let topo = topology(Kind::TwoArmed);
+    let r = running_plain(Kind::TwoArmed, Launch::Nsenter, false);
+    let topo = r.topo();
     let want = topo.create_blob(100 << 20).unwrap();
-    let daemon = start(
-        &env,
-        &topo,
-        Launch::Nsenter,
-        cli_args(&topo, false, &[1, 1, 1]),
-    );
     let got = topo
         .download(&topo.vip_url(false, "blob"), Duration::from_secs(60))
-        .unwrap_or_else(|e| panic!("{e:#}\nlb log:\n{}", daemon.log()));
+        .unwrap_or_else(|e| panic!("{e:#}\nlb log:\n{}", r.daemon.log()));
     assert_eq!(
         got, want,
         "sha256 of the 100 MB blob downloaded through the VIP differs"
@@ -247,72 +228,65 @@ fn two_armed_v4_bulk_100mb() {
         csum.is_empty(),
         "TCP checksum errors after the transfer: {csum:?}"
     );
-    daemon.stop(&topo.lb).unwrap_or_else(|e| panic!("{e:#}"));
+    r.stop();
 }
 
 /// Traffic to the LB host that is not for a VIP (its own address, another port) is
 /// passed to the kernel and still works while lb runs.
 #[test]
 fn non_vip_traffic_to_lb_host_passes() {
-    let env = env();
-    let topo = topology(Kind::TwoArmed);
-    let url = topo.start_lb_local_server(8080).unwrap();
-    let daemon = start(
-        &env,
-        &topo,
-        Launch::IpNetnsExec,
-        cli_args(&topo, false, &[1, 1, 1]),
-    );
+    let mut url = String::new();
+    let r = running(Kind::TwoArmed, Launch::IpNetnsExec, |t| {
+        url = t.start_lb_local_server(8080).unwrap();
+        cli_args(t, false, &[1, 1, 1])
+    });
+    let client = &r.topo().client;
     for _ in 0..5 {
-        let body = client::get(&topo.client, &url)
-            .unwrap_or_else(|e| panic!("{url} while lb runs: {e:#}\nlb log:\n{}", daemon.log()));
+        let body = client::get(client, &url)
+            .unwrap_or_else(|e| panic!("{url} while lb runs: {e:#}\nlb log:\n{}", r.daemon.log()));
         assert_eq!(body, "lb");
     }
     // And the VIP still works next to it.
-    let s = topo.spread(false, 20).unwrap();
+    let s = r.topo().spread(false, 20).unwrap();
     assert_eq!(s.failures, 0, "{s}");
-    daemon.stop(&topo.lb).unwrap_or_else(|e| panic!("{e:#}"));
-    assert_eq!(client::get(&topo.client, &url).unwrap(), "lb");
+    let Running { daemon, bed } = r;
+    daemon
+        .stop(&bed.topo.lb)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(client::get(&bed.topo.client, &url).unwrap(), "lb");
 }
 
 /// The program sits on both LB interfaces in native mode (`xdp`, not `xdpgeneric`)
 /// and is gone after SIGTERM.
 #[test]
 fn native_mode_attach_and_detach() {
-    let env = env();
-    let topo = topology(Kind::TwoArmed);
-    let daemon = start(
-        &env,
-        &topo,
-        Launch::Nsenter,
-        cli_args(&topo, false, &[1, 1, 1]),
-    );
-    for iface in &topo.lb_ifaces {
-        let shown = topo.lb.ip(&format!("-d link show dev {iface}")).unwrap();
-        assert_eq!(
-            xdp_state(&topo.lb, iface).unwrap(),
-            XdpState::Native,
-            "{iface} should run lb in native mode:\n{shown}"
-        );
-    }
-    daemon.stop(&topo.lb).unwrap_or_else(|e| panic!("{e:#}"));
-    for iface in &topo.lb_ifaces {
-        assert_eq!(
-            xdp_state(&topo.lb, iface).unwrap(),
-            XdpState::None,
-            "{iface}"
-        );
-    }
+    let r = running_plain(Kind::TwoArmed, Launch::Nsenter, false);
+    let xdp_on_all = |want: XdpState, topo: &Topology| {
+        for iface in &topo.lb_ifaces {
+            let shown = topo.lb.ip(&format!("-d link show dev {iface}")).unwrap();
+            assert_eq!(
+                xdp_state(&topo.lb, iface).unwrap(),
+                want,
+                "{iface}:\n{shown}"
+            );
+        }
+    };
+    xdp_on_all(XdpState::Native, r.topo());
+    let Running { daemon, bed } = r;
+    daemon
+        .stop(&bed.topo.lb)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    xdp_on_all(XdpState::None, &bed.topo);
 }
 
 /// The daemon works started through `ip netns exec` (which remounts /sys, so no bpffs)
 /// and through `nsenter --net` (host mounts), one after the other on the same links.
 #[test]
 fn both_launch_methods_in_turn() {
-    let env = env();
-    let topo = topology(Kind::TwoArmed);
+    let bed = Bed::new(Kind::TwoArmed);
+    let topo = &bed.topo;
     for launch in [Launch::IpNetnsExec, Launch::Nsenter, Launch::IpNetnsExec] {
-        let daemon = start(&env, &topo, launch, cli_args(&topo, false, &[1, 1, 1]));
+        let daemon = bed.start_via(launch, &cli_args(topo, false, &[1, 1, 1]));
         let s = topo.spread(false, 30).unwrap();
         assert_eq!(s.failures, 0, "{launch:?}: {s}\nlb log:\n{}", daemon.log());
         assert_eq!(s.counts.len(), 3, "{launch:?}: 30 connections hit {s}");
@@ -330,8 +304,8 @@ fn both_launch_methods_in_turn() {
 /// leave no XDP program behind.
 #[test]
 fn bad_flags_exit_2() {
-    let env = env();
-    let topo = topology(Kind::OneArmed);
+    let bed = Bed::new(Kind::OneArmed);
+    let topo = &bed.topo;
     let good_vip = topo.vip_arg(false);
     let good_backend = format!("{}", topo.backends[0].addr4());
     let bad_config = topo.path("bad.toml");
@@ -344,68 +318,29 @@ fn bad_flags_exit_2() {
     )
     .unwrap();
     let bad_config = bad_config.to_string_lossy().into_owned();
-    // (args, words one of which the error must contain)
-    let cases: Vec<(Vec<&str>, &[&str])> = vec![
+    let (vip, backend) = (good_vip.as_str(), good_backend.as_str());
+    // (VIP, backend, more flags, words one of which the error must contain)
+    let flag_cases: [(&str, &str, &[&str], &[&str]); 5] = [
+        ("198.18.100.1", backend, &[], &["vip", "198.18.100.1"]),
+        (vip, "198.18.1.11:80@zero", &[], &["backend", "zero"]),
+        (vip, "not-an-address", &[], &["backend", "not-an-address"]),
         (
-            vec![
-                "--iface",
-                LB_IF_A,
-                "--vip",
-                "198.18.100.1",
-                "--backend",
-                &good_backend,
-            ],
-            &["vip", "198.18.100.1"],
-        ),
-        (
-            vec![
-                "--iface",
-                LB_IF_A,
-                "--vip",
-                &good_vip,
-                "--backend",
-                "198.18.1.11:80@zero",
-            ],
-            &["backend", "zero"],
-        ),
-        (
-            vec![
-                "--iface",
-                LB_IF_A,
-                "--vip",
-                &good_vip,
-                "--backend",
-                "not-an-address",
-            ],
-            &["backend", "not-an-address"],
-        ),
-        (
-            vec![
-                "--iface",
-                LB_IF_A,
-                "--vip",
-                &good_vip,
-                "--backend",
-                &good_backend,
-                "--xdp-mode",
-                "turbo",
-            ],
+            vip,
+            backend,
+            &["--xdp-mode", "turbo"],
             &["xdp-mode", "xdp_mode", "turbo"],
         ),
-        (
-            vec![
-                "--iface",
-                LB_IF_A,
-                "--vip",
-                &good_vip,
-                "--backend",
-                &good_backend,
-                "--no-such-flag",
-            ],
-            &["no-such-flag"],
-        ),
-        (vec!["--config", &bad_config], &["xdp_mode", "turbo"]),
+        (vip, backend, &["--no-such-flag"], &["no-such-flag"]),
     ];
+    let mut cases: Vec<(Vec<&str>, &[&str])> = flag_cases
+        .iter()
+        .map(|&(vip, backend, more, words)| {
+            let mut args = vec!["--iface", LB_IF_A, "--vip", vip, "--backend", backend];
+            args.extend(more);
+            (args, words)
+        })
+        .collect();
+    cases.push((vec!["--config", &bad_config], &["xdp_mode", "turbo"]));
     for (i, (args, words)) in cases.iter().enumerate() {
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         let launch = if i % 2 == 0 {
@@ -413,15 +348,9 @@ fn bad_flags_exit_2() {
         } else {
             Launch::Nsenter
         };
-        let mut daemon = Daemon::spawn(
-            &topo.lb,
-            &env.lb,
-            launch,
-            &args,
-            &topo.lb_ifaces,
-            &topo.path(&format!("bad-{i}.log")),
-        )
-        .unwrap();
+        let mut daemon = topo
+            .spawn_lb(&bed.lb, launch, &args, &format!("bad-{i}.log"))
+            .unwrap();
         let status = daemon
             .wait_exit(Duration::from_secs(10))
             .unwrap_or_else(|e| panic!("lb {args:?}: {e:#}"));

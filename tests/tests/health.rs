@@ -22,10 +22,58 @@ fn all_named() -> Vec<(&'static str, u32)> {
     BACKEND_NAMES.iter().map(|n| (*n, 1)).collect()
 }
 
+/// Starts lb over all backends with the `health` check flags and waits until every
+/// backend is up (5 s at most).
 fn start(bed: &Bed, health: &[&str]) -> Daemon {
+    let settle = Duration::from_secs(5);
     let mut extra = health.to_vec();
     extra.extend_from_slice(FAST_HEALTH);
-    bed.start(&bed.args(&all_named(), &extra))
+    let d = bed.start(&bed.args(&all_named(), &extra));
+    admin::wait_for(&d, SERVICE, "all up", settle, all_up(bed)).unwrap_or_else(|e| panic!("{e:#}"));
+    d
+}
+
+/// A two-armed bed with lb running TCP checks, every backend up. (The daemon is
+/// declared second, so it stops before the bed goes.)
+fn tcp_checked() -> (Bed, Daemon) {
+    let bed = Bed::new(Kind::TwoArmed);
+    let d = start(&bed, &["--health", "tcp"]);
+    (bed, d)
+}
+
+/// A two-armed bed with a health server answering 200 on every backend, and lb running
+/// HTTP checks, every backend up.
+fn http_checked() -> (Bed, Daemon) {
+    let bed = Bed::new(Kind::TwoArmed);
+    for name in BACKEND_NAMES {
+        backend_ctl::start_health_server(&bed.topo, bed.backend(name), 200).unwrap();
+    }
+    let d = start(&bed, &["--health", "http:/health/instance"]);
+    (bed, d)
+}
+
+/// Runs `fault` against `addr`; it must be down within the failover bound. Returns how
+/// long it took.
+fn goes_down(d: &Daemon, addr: &str, fault: impl FnOnce()) -> Duration {
+    let since = Instant::now();
+    fault();
+    expect_state_within(d, addr, "down", since, down_within())
+}
+
+/// Runs `repair` on `addr`; it must be up within the recovery bound. Returns how long
+/// it took.
+fn comes_up(d: &Daemon, addr: &str, repair: impl FnOnce()) -> Duration {
+    let since = Instant::now();
+    repair();
+    expect_state_within(d, addr, "up", since, up_within())
+}
+
+/// 60 connections through the VIP all succeed, and `name` gets some of them only if it
+/// `is_up`.
+fn spread_with(bed: &Bed, name: &str, is_up: bool) {
+    let s = bed.topo.spread(false, 60).unwrap();
+    assert_eq!(s.failures, 0, "{name} up: {is_up}: {s}");
+    assert_eq!(s.count(name) > 0, is_up, "{name} up: {is_up}: {s}");
 }
 
 fn all_up(bed: &Bed) -> impl FnMut(&ServiceInfo) -> bool + '_ {
@@ -57,15 +105,6 @@ fn expect_state_within(
     took
 }
 
-fn expect_log(d: &Daemon, words: &[&str]) {
-    let hits = d.log_lines_with(words);
-    assert!(
-        !hits.is_empty(),
-        "the daemon log has no line with all of {words:?}; log:\n{}",
-        d.log()
-    );
-}
-
 /// Every connection succeeds and none reaches `name`.
 fn expect_clean(conns: &load::Conns, avoid: &str, what: &str) {
     assert!(
@@ -89,10 +128,7 @@ fn expect_clean(conns: &load::Conns, avoid: &str, what: &str) {
 /// once the port answers again it is up within the bound and gets traffic again.
 #[test]
 fn tcp_check_timeout_takes_backend_out_and_back() {
-    let bed = Bed::new(Kind::TwoArmed);
-    let d = start(&bed, &["--health", "tcp"]);
-    admin::wait_for(&d, SERVICE, "all up", Duration::from_secs(5), all_up(&bed))
-        .unwrap_or_else(|e| panic!("{e:#}"));
+    let (bed, d) = tcp_checked();
     let b2 = bed.backend("b2");
     let addr = bed.addr("b2");
 
@@ -101,16 +137,12 @@ fn tcp_check_timeout_takes_backend_out_and_back() {
         .wait_for(10, Duration::from_secs(10))
         .unwrap_or_else(|e| panic!("{e:#}"));
 
-    let fault = Instant::now();
-    backend_ctl::block_port(b2, 80).unwrap();
-    let took_down = expect_state_within(&d, &addr, "down", fault, down_within());
+    let took_down = goes_down(&d, &addr, || backend_ctl::block_port(b2, 80).unwrap());
     let down_at = load::now();
     std::thread::sleep(Duration::from_secs(3));
 
     let unblock_at = load::now();
-    let repair = Instant::now();
-    backend_ctl::unblock(b2).unwrap();
-    let took_up = expect_state_within(&d, &addr, "up", repair, up_within());
+    let took_up = comes_up(&d, &addr, || backend_ctl::unblock(b2).unwrap());
     let up_at = load::now();
     std::thread::sleep(Duration::from_secs(3));
     let conns = short.stop().unwrap();
@@ -130,99 +162,69 @@ fn tcp_check_timeout_takes_backend_out_and_back() {
         after.count("b2") > 0,
         "b2 got no connection after it came back: {after}"
     );
-    expect_log(&d, &["backend down", &addr, "timeout"]);
-    expect_log(&d, &["backend up", &addr]);
-    d.stop(&bed.topo.lb).unwrap_or_else(|e| panic!("{e:#}"));
+    d.expect_log(&["backend down", &addr, "timeout"]);
+    d.expect_log(&["backend up", &addr]);
+    bed.stop(d);
 }
 
 /// An HTTP check answered 503 takes the backend down with reason `status 503`; 200
 /// brings it back.
 #[test]
 fn http_check_503_takes_backend_out_and_back() {
-    let bed = Bed::new(Kind::TwoArmed);
-    for name in BACKEND_NAMES {
-        backend_ctl::start_health_server(&bed.topo, bed.backend(name), 200).unwrap();
-    }
-    let d = start(&bed, &["--health", "http:/health/instance"]);
     // Every backend passes its HTTP check: still all up after a few checks.
+    let (bed, d) = http_checked();
     std::thread::sleep(Duration::from_secs(3));
     admin::wait_for(&d, SERVICE, "all up", Duration::from_secs(1), all_up(&bed))
         .unwrap_or_else(|e| panic!("{e:#}"));
 
     let b1 = bed.backend("b1");
     let addr = bed.addr("b1");
-    let fault = Instant::now();
-    backend_ctl::set_health_status(&bed.topo, b1, 503).unwrap();
-    let took_down = expect_state_within(&d, &addr, "down", fault, down_within());
-    expect_log(&d, &["backend down", &addr, "status 503"]);
-    let s = bed.topo.spread(false, 60).unwrap();
-    assert_eq!(s.failures, 0, "with b1 down: {s}");
-    assert_eq!(s.count("b1"), 0, "b1 is down but got connections: {s}");
+    let set = |code| backend_ctl::set_health_status(&bed.topo, b1, code).unwrap();
+    let took_down = goes_down(&d, &addr, || set(503));
+    d.expect_log(&["backend down", &addr, "status 503"]);
+    spread_with(&bed, "b1", false);
 
-    let repair = Instant::now();
-    backend_ctl::set_health_status(&bed.topo, b1, 200).unwrap();
-    let took_up = expect_state_within(&d, &addr, "up", repair, up_within());
+    let took_up = comes_up(&d, &addr, || set(200));
     eprintln!("b1 down after {took_down:?}, up after {took_up:?}");
-    let s = bed.topo.spread(false, 60).unwrap();
-    assert_eq!(s.failures, 0, "after b1 came back: {s}");
-    assert!(s.count("b1") > 0, "b1 is up again but got nothing: {s}");
-    expect_log(&d, &["backend up", &addr]);
-    d.stop(&bed.topo.lb).unwrap_or_else(|e| panic!("{e:#}"));
+    spread_with(&bed, "b1", true);
+    d.expect_log(&["backend up", &addr]);
+    bed.stop(d);
 }
 
 /// An HTTP check of a frozen server (SIGSTOP: the kernel still accepts the connection,
 /// nothing answers) fails by timeout; thawed, it passes again.
 #[test]
 fn http_check_of_a_frozen_server_times_out() {
-    let bed = Bed::new(Kind::TwoArmed);
-    for name in BACKEND_NAMES {
-        backend_ctl::start_health_server(&bed.topo, bed.backend(name), 200).unwrap();
-    }
-    let d = start(&bed, &["--health", "http:/health/instance"]);
-    admin::wait_for(&d, SERVICE, "all up", Duration::from_secs(5), all_up(&bed))
-        .unwrap_or_else(|e| panic!("{e:#}"));
-    let b3 = bed.backend("b3");
+    let (bed, d) = http_checked();
     let addr = bed.addr("b3");
-    let fault = Instant::now();
-    backend_ctl::pause_server(b3, true).unwrap();
-    let took_down = expect_state_within(&d, &addr, "down", fault, down_within());
+    let pause = |on| backend_ctl::pause_server(bed.backend("b3"), on).unwrap();
+    let took_down = goes_down(&d, &addr, || pause(true));
     // Thaw before asserting anything else, so a failure leaves no frozen process.
     let repair = Instant::now();
-    backend_ctl::pause_server(b3, false).unwrap();
-    expect_log(&d, &["backend down", &addr, "timeout"]);
+    pause(false);
+    d.expect_log(&["backend down", &addr, "timeout"]);
     let took_up = expect_state_within(&d, &addr, "up", repair, up_within());
     eprintln!("b3 down after {took_down:?}, up after {took_up:?}");
-    let s = bed.topo.spread(false, 60).unwrap();
-    assert_eq!(s.failures, 0, "after b3 came back: {s}");
-    d.stop(&bed.topo.lb).unwrap_or_else(|e| panic!("{e:#}"));
+    spread_with(&bed, "b3", true);
+    bed.stop(d);
 }
 
 /// A backend whose server is gone (port closed) fails its TCP check with `connection
 /// refused`; restarted, it comes back.
 #[test]
 fn closed_port_is_connection_refused() {
-    let bed = Bed::new(Kind::TwoArmed);
-    let d = start(&bed, &["--health", "tcp"]);
-    admin::wait_for(&d, SERVICE, "all up", Duration::from_secs(5), all_up(&bed))
-        .unwrap_or_else(|e| panic!("{e:#}"));
-    let b3 = bed.backend("b3");
-    let addr = bed.addr("b3");
-    let fault = Instant::now();
-    backend_ctl::stop_server(b3).unwrap();
-    let took_down = expect_state_within(&d, &addr, "down", fault, down_within());
-    expect_log(&d, &["backend down", &addr, "connection refused"]);
-    let s = bed.topo.spread(false, 60).unwrap();
-    assert_eq!(s.failures, 0, "with b3 down: {s}");
-    assert_eq!(s.count("b3"), 0, "b3 is down but answered: {s}");
+    let (bed, d) = tcp_checked();
+    let (b3, addr) = (bed.backend("b3"), bed.addr("b3"));
+    let took_down = goes_down(&d, &addr, || backend_ctl::stop_server(b3).unwrap());
+    d.expect_log(&["backend down", &addr, "connection refused"]);
+    spread_with(&bed, "b3", false);
 
-    let repair = Instant::now();
-    backend_ctl::start_server(&bed.topo, b3).unwrap();
-    let took_up = expect_state_within(&d, &addr, "up", repair, up_within());
+    let took_up = comes_up(&d, &addr, || {
+        backend_ctl::start_server(&bed.topo, b3).unwrap()
+    });
     eprintln!("b3 down after {took_down:?}, up after {took_up:?}");
-    let s = bed.topo.spread(false, 60).unwrap();
-    assert_eq!(s.failures, 0, "after b3 came back: {s}");
-    assert!(s.count("b3") > 0, "b3 is up again but got nothing: {s}");
-    d.stop(&bed.topo.lb).unwrap_or_else(|e| panic!("{e:#}"));
+    spread_with(&bed, "b3", true);
+    bed.stop(d);
 }
 
 /// Connects once to the VIP from the client with python; returns the outcome
@@ -259,10 +261,7 @@ fn drop_no_backend(d: &Daemon) -> u64 {
 /// naming the service; one backend back and it answers 200 and traffic flows.
 #[test]
 fn all_backends_down_resets_new_connections() {
-    let bed = Bed::new(Kind::TwoArmed);
-    let d = start(&bed, &["--health", "tcp"]);
-    admin::wait_for(&d, SERVICE, "all up", Duration::from_secs(5), all_up(&bed))
-        .unwrap_or_else(|e| panic!("{e:#}"));
+    let (bed, d) = tcp_checked();
     let (code, body) = admin::get(&bed.topo.lb, "/health/endtoend").unwrap();
     assert_eq!(code, 200, "/health/endtoend with all up: {body}");
 
@@ -349,9 +348,9 @@ fn all_backends_down_resets_new_connections() {
     assert_eq!(code, 200, "/health/instance while running: {body}");
 
     let b2 = bed.backend("b2");
-    let repair = Instant::now();
-    backend_ctl::start_server(&bed.topo, b2).unwrap();
-    expect_state_within(&d, &bed.addr("b2"), "up", repair, up_within());
+    comes_up(&d, &bed.addr("b2"), || {
+        backend_ctl::start_server(&bed.topo, b2).unwrap()
+    });
     let (code, body) = admin::get(&bed.topo.lb, "/health/endtoend").unwrap();
     assert_eq!(code, 200, "/health/endtoend with b2 back up: {body}");
     let s = bed.topo.spread(false, 20).unwrap();
@@ -359,5 +358,5 @@ fn all_backends_down_resets_new_connections() {
     assert_eq!(s.count("b2"), 20, "only b2 is up: {s}");
     let body = client::get(&bed.topo.client, &bed.topo.vip_url(false, "name")).unwrap();
     assert_eq!(body, "b2");
-    d.stop(&bed.topo.lb).unwrap_or_else(|e| panic!("{e:#}"));
+    bed.stop(d);
 }

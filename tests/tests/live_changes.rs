@@ -10,24 +10,12 @@ use std::time::{Duration, Instant};
 use lb_tests::admin::{self, ServiceInfo};
 use lb_tests::bed::{Bed, FAST_HEALTH, up_within};
 use lb_tests::load::{self, ShortConns, ShortOpts, SlowDownload};
+use lb_tests::must;
 use lb_tests::topology::{Kind, LB_IF_A, LB_IF_B};
 use lb_tests::{Daemon, client};
 
 /// The service name lb gives a `--vip` service.
 const SERVICE: &str = "default";
-
-fn expect_log(d: &Daemon, words: &[&str]) {
-    let hits = d.log_lines_with(words);
-    assert!(
-        !hits.is_empty(),
-        "the daemon log has no line with all of {words:?}; log:\n{}",
-        d.log()
-    );
-}
-
-fn must<T>(r: anyhow::Result<T>) -> T {
-    r.unwrap_or_else(|e| panic!("{e:#}"))
-}
 
 /// The whole sequence of live changes under load: no established flow lost, no new
 /// connection failed.
@@ -159,8 +147,8 @@ fn add_weight_drain_remove_under_load() {
         want,
         "the long-lived flow's download is corrupt"
     );
-    expect_log(&d, &["drain started", &addr(gone)]);
-    d.stop(&bed.topo.lb).unwrap_or_else(|e| panic!("{e:#}"));
+    d.expect_log(&["drain started", &addr(gone)]);
+    bed.stop(d);
 }
 
 /// Waits for a slow download to end, which a drain timeout does by cutting it: at most
@@ -197,11 +185,7 @@ fn drain_timeout_cuts_flows_then_drained_or_removed() {
     let cut_within = timeout + Duration::from_secs(3);
 
     // Drain.
-    let mut slow =
-        SlowDownload::start(&bed.topo, false, "blob", 256 << 10, Duration::from_secs(60)).unwrap();
-    let x = must(slow.backend(&bed.topo, Duration::from_secs(5)));
-    let xa = bed.addr(&x);
-    std::thread::sleep(Duration::from_millis(500));
+    let (mut slow, x, xa) = bed.slow_flow();
     let drain = Instant::now();
     must(admin::ctl(&d, &["drain", SERVICE, &xa]));
     let bytes_at_drain = slow.bytes();
@@ -239,8 +223,8 @@ fn drain_timeout_cuts_flows_then_drained_or_removed() {
         "drained",
         Duration::from_secs(3),
     ));
-    expect_log(&d, &["drain started", &xa]);
-    expect_log(&d, &["drain finished", &xa]);
+    d.expect_log(&["drain started", &xa]);
+    d.expect_log(&["drain finished", &xa]);
     let s = bed.topo.spread(false, 30).unwrap();
     assert_eq!(s.failures, 0, "with {x} drained: {s}");
     assert_eq!(s.count(&x), 0, "{x} is drained: {s}");
@@ -253,11 +237,7 @@ fn drain_timeout_cuts_flows_then_drained_or_removed() {
     assert!(s.count(&x) > 0, "{x} is enabled but got nothing: {s}");
 
     // Remove with a flow: draining, cut at the timeout, then gone.
-    let mut slow =
-        SlowDownload::start(&bed.topo, false, "blob", 256 << 10, Duration::from_secs(60)).unwrap();
-    let y = must(slow.backend(&bed.topo, Duration::from_secs(5)));
-    let ya = bed.addr(&y);
-    std::thread::sleep(Duration::from_millis(500));
+    let (mut slow, y, ya) = bed.slow_flow();
     let remove = Instant::now();
     must(admin::ctl(&d, &["remove", SERVICE, &ya]));
     assert_eq!(
@@ -285,7 +265,7 @@ fn drain_timeout_cuts_flows_then_drained_or_removed() {
         "two drains should have finished; log:\n{}",
         d.log()
     );
-    d.stop(&bed.topo.lb).unwrap_or_else(|e| panic!("{e:#}"));
+    bed.stop(d);
 }
 
 /// The reload test's config file: service `web` over `backends` (TOML strings), fast
@@ -356,7 +336,7 @@ fn reload_good_and_bad_config() {
         Duration::from_secs(3) + up_within() + Duration::from_secs(2),
         |s| backends_of(s) == want,
     ));
-    expect_log(&d, &["config applied"]);
+    d.expect_log(&["config applied"]);
     let spread = bed.topo.spread(false, 300).unwrap();
     assert_eq!(spread.failures, 0, "after the reload: {spread}");
     must(spread.check_weights(&[("b1", 2), ("b3", 1)], 8.0));
@@ -404,10 +384,10 @@ fn reload_good_and_bad_config() {
             "after a rejected file with {what}, only b1 and b3 serve: {spread}"
         );
     }
-    expect_log(&d, &["config rejected"]);
+    d.expect_log(&["config rejected"]);
     let body = client::get(&bed.topo.client, &bed.topo.vip_url(false, "name")).unwrap();
     assert!(body == "b1" || body == "b3", "{body}");
-    d.stop(&bed.topo.lb).unwrap_or_else(|e| panic!("{e:#}"));
+    bed.stop(d);
 }
 
 /// `lb ctl` errors: what the API refuses exits 1 with `lb ctl: error: ...`, bad usage
@@ -451,5 +431,5 @@ fn ctl_errors() {
         backends_of(&after),
         "refused commands changed the service"
     );
-    d.stop(&bed.topo.lb).unwrap_or_else(|e| panic!("{e:#}"));
+    bed.stop(d);
 }

@@ -12,7 +12,7 @@ use lb_tests::Daemon;
 use lb_tests::admin;
 use lb_tests::backend_ctl;
 use lb_tests::bed::{Bed, FAST_HEALTH, down_within};
-use lb_tests::load::SlowDownload;
+use lb_tests::must;
 use lb_tests::prometheus::{self, PromServer, Sample};
 use lb_tests::topology::{BACKEND_NAMES, Kind};
 
@@ -20,10 +20,6 @@ use lb_tests::topology::{BACKEND_NAMES, Kind};
 const SERVICE: &str = "default";
 /// Connections the metrics tests make.
 const CONNS: usize = 90;
-
-fn must<T>(r: anyhow::Result<T>) -> T {
-    r.unwrap_or_else(|e| panic!("{e:#}"))
-}
 
 fn start(bed: &Bed) -> Daemon {
     let mut extra = vec!["--health", "tcp"];
@@ -80,37 +76,32 @@ fn metrics_pass_promtool_and_match_traffic() {
             "new flows of {name} ({addr}); client saw {spread}"
         );
         assert_eq!(value(&s, &body, "lb_backend_up", &b), 1.0, "{name}");
+        // The backend's sample of `metric` with one more label.
+        let of_backend =
+            |metric, label| value(&s, &body, metric, &[("backend", addr.as_str()), label]);
         assert_eq!(
-            value(
-                &s,
-                &body,
-                "lb_backend_state",
-                &[("backend", addr.as_str()), ("state", "up")]
-            ),
+            of_backend("lb_backend_state", ("state", "up")),
             1.0,
             "{name}"
         );
         assert!(
-            value(
-                &s,
-                &body,
-                "lb_health_checks_total",
-                &[("backend", addr.as_str()), ("result", "pass")]
-            ) >= 1.0,
+            of_backend("lb_health_checks_total", ("result", "pass")) >= 1.0,
             "{name} passed no health check:\n{body}"
         );
         assert!(
-            value(
-                &s,
-                &body,
-                "lb_health_check_duration_seconds_bucket",
-                &[("backend", addr.as_str()), ("le", "+Inf")]
-            ) >= 1.0,
+            of_backend("lb_health_check_duration_seconds_bucket", ("le", "+Inf")) >= 1.0,
             "{name}: the check latency histogram is empty:\n{body}"
         );
     }
-    assert!(value(&s, &body, "lb_flow_table_capacity", &[]) > 0.0);
-    assert!(value(&s, &body, "lb_flow_table_entries", &[]) >= 0.0);
+    // Every connection made its flow entry (new flows counted CONNS above), and they are
+    // still there (idle ones are evicted only when the table fills): at least CONNS
+    // entries, at most the table's capacity.
+    let capacity = value(&s, &body, "lb_flow_table_capacity", &[]);
+    let entries = value(&s, &body, "lb_flow_table_entries", &[]);
+    assert!(
+        (CONNS as f64..=capacity).contains(&entries),
+        "lb_flow_table_entries {entries}: want {CONNS}..={capacity}:\n{body}"
+    );
     assert_eq!(
         value(
             &s,
@@ -160,7 +151,7 @@ fn metrics_pass_promtool_and_match_traffic() {
         ) >= 2.0,
         "b2 went down after two failed checks:\n{body}"
     );
-    d.stop(&bed.topo.lb).unwrap_or_else(|e| panic!("{e:#}"));
+    bed.stop(d);
 }
 
 /// A real Prometheus server in the LB namespace scrapes the daemon every second; its
@@ -205,7 +196,7 @@ fn prometheus_server_scrapes_the_daemon() {
         "backends in lb_backend_up as Prometheus stored it"
     );
     must(prom.stop());
-    d.stop(&bed.topo.lb).unwrap_or_else(|e| panic!("{e:#}"));
+    bed.stop(d);
 }
 
 fn json(body: &str, what: &str) -> serde_json::Value {
@@ -226,10 +217,22 @@ fn health_endpoints() {
     assert_eq!(json(&body, "/health/endtoend")["status"], "ok", "{body}");
     let (code, body) = must(admin::get(&bed.topo.lb, "/no/such/path"));
     assert_eq!(code, 404, "an unknown path: {body}");
-    d.stop(&bed.topo.lb).unwrap_or_else(|e| panic!("{e:#}"));
+    bed.stop(d);
     assert!(
         admin::get(&bed.topo.lb, "/health/instance").is_err(),
         "the admin API still answers after the daemon stopped"
+    );
+}
+
+/// The `lb stats --once` table lists backend `addr` with the state `state`.
+fn table_shows(table: &str, addr: &str, state: &str) {
+    let line = table
+        .lines()
+        .find(|l| l.contains(addr))
+        .unwrap_or_else(|| panic!("`lb stats --once` does not list {addr}:\n{table}"));
+    assert!(
+        line.split_whitespace().any(|w| w == state),
+        "`lb stats --once` shows no state `{state}` for {addr}: {line:?}\n{table}"
     );
 }
 
@@ -240,11 +243,7 @@ fn stats_show_state_and_active_flows() {
     let bed = Bed::new(Kind::TwoArmed);
     bed.topo.create_blob(4 << 20).unwrap();
     let d = start(&bed);
-    let mut slow =
-        SlowDownload::start(&bed.topo, false, "blob", 256 << 10, Duration::from_secs(60)).unwrap();
-    let x = must(slow.backend(&bed.topo, Duration::from_secs(5)));
-    let xa = bed.addr(&x);
-    std::thread::sleep(Duration::from_millis(500));
+    let (mut slow, x, xa) = bed.slow_flow();
 
     let table = must(d.run_cli(&["stats", "--once"]));
     assert!(
@@ -252,15 +251,7 @@ fn stats_show_state_and_active_flows() {
         "`lb stats --once` has no active flows column:\n{table}"
     );
     for name in BACKEND_NAMES {
-        let addr = bed.addr(name);
-        let line = table
-            .lines()
-            .find(|l| l.contains(&addr))
-            .unwrap_or_else(|| panic!("`lb stats --once` does not list {addr}:\n{table}"));
-        assert!(
-            line.split_whitespace().any(|w| w == "up"),
-            "`lb stats --once` shows no state `up` for {addr}: {line:?}\n{table}"
-        );
+        table_shows(&table, &bed.addr(name), "up");
     }
 
     let stats = must(d.stats_json());
@@ -326,15 +317,7 @@ fn stats_show_state_and_active_flows() {
         "down",
         down_within() + Duration::from_secs(2),
     ));
-    let table = must(d.run_cli(&["stats", "--once"]));
-    let line = table
-        .lines()
-        .find(|l| l.contains(&oa))
-        .unwrap_or_else(|| panic!("`lb stats --once` does not list {oa}:\n{table}"));
-    assert!(
-        line.split_whitespace().any(|w| w == "down"),
-        "`lb stats --once` should show {oa} down: {line:?}\n{table}"
-    );
+    table_shows(&must(d.run_cli(&["stats", "--once"])), &oa, "down");
     let stats = must(d.stats_json());
     let state = stats["services"][0]["backends"]
         .as_array()
@@ -345,5 +328,5 @@ fn stats_show_state_and_active_flows() {
         Some(serde_json::Value::from("down")),
         "lb stats --json state of {oa}: {stats:#}"
     );
-    d.stop(&bed.topo.lb).unwrap_or_else(|e| panic!("{e:#}"));
+    bed.stop(d);
 }

@@ -5,33 +5,17 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
+use lb_tests::bed::Bed;
 use lb_tests::daemon::{XdpState, xdp_state};
 use lb_tests::{Daemon, Kind, Launch, Topology};
 
-static SERIAL: Mutex<()> = Mutex::new(());
-
 const PINS: [&str; 2] = ["flows_v1", "reverse_nat_v1"];
 
-struct Env {
-    _serial: MutexGuard<'static, ()>,
-    lb: PathBuf,
-    topo: Topology,
-}
-
-fn env() -> Env {
-    let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    lb_tests::require_root().unwrap();
-    lb_tests::require_tools(lb_tests::TOOLS).unwrap();
-    lb_tests::bpf_object().unwrap();
-    let topo = Topology::new(Kind::TwoArmed).unwrap_or_else(|e| panic!("topology: {e:#}"));
-    Env {
-        _serial: serial,
-        lb: lb_tests::lb_bin().unwrap(),
-        topo,
-    }
+/// The lock, the prerequisites and a two-armed topology.
+fn env() -> Bed {
+    Bed::new(Kind::TwoArmed)
 }
 
 /// A pin directory on the host's bpffs, unique to this test, removed on drop.
@@ -69,16 +53,29 @@ fn args(topo: &Topology, pin_dir: &Path, extra: &[&str]) -> Vec<String> {
     a
 }
 
-fn start(env: &Env, launch: Launch, args: &[String], log: &str) -> Daemon {
-    Daemon::start(
-        &env.topo.lb,
-        &env.lb,
-        launch,
-        args,
-        &env.topo.lb_ifaces,
-        &env.topo.path(log),
-    )
-    .unwrap_or_else(|e| panic!("starting lb: {e:#}"))
+/// Starts lb with `args`; it must exit 2 at once, attach nothing, and log what `says`
+/// accepts.
+fn refused(env: &Bed, args: &[String], log: &str, says: impl Fn(&str) -> bool) {
+    let mut d = env
+        .topo
+        .spawn_lb(&env.lb, Launch::Nsenter, args, log)
+        .unwrap();
+    let status = d.wait_exit(Duration::from_secs(10)).unwrap();
+    assert_eq!(status.code(), Some(2), "log:\n{}", d.log());
+    assert!(says(&d.log()), "{}", d.log());
+    for iface in &env.topo.lb_ifaces {
+        assert_eq!(xdp_state(&env.topo.lb, iface).unwrap(), XdpState::None);
+    }
+}
+
+/// SIGKILL: the daemon gets no chance to clean up.
+fn kill_hard(mut d: Daemon) {
+    let status = Command::new("kill")
+        .args(["-9", &d.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    d.wait_exit(Duration::from_secs(10)).unwrap();
 }
 
 fn flows(daemon: &Daemon) -> u64 {
@@ -90,7 +87,7 @@ fn flows(daemon: &Daemon) -> u64 {
         .unwrap_or_else(|| panic!("no flows in {stats:#}"))
 }
 
-fn all_connect(env: &Env, daemon: &Daemon, n: usize) {
+fn all_connect(env: &Bed, daemon: &Daemon, n: usize) {
     let spread = env
         .topo
         .spread(false, n)
@@ -104,7 +101,7 @@ fn flows_survive_a_killed_daemon_and_clean_shutdown_removes_pins() {
     let pins = PinDir::new("kill");
     let a = args(&env.topo, &pins.0, &[]);
 
-    let first = start(&env, Launch::Nsenter, &a, "lb-first.log");
+    let first = env.start_via(Launch::Nsenter, &a);
     all_connect(&env, &first, 40);
     let before = flows(&first);
     eprintln!("flows after 40 connections: {before}");
@@ -115,20 +112,14 @@ fn flows_survive_a_killed_daemon_and_clean_shutdown_removes_pins() {
     assert_eq!(pins.pins_present(), [true, true], "pins under {:?}", pins.0);
 
     // SIGKILL: no cleanup runs, the pins stay (the XDP link dies with the process).
-    let status = Command::new("kill")
-        .args(["-9", &first.pid().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let mut first = first;
-    first.wait_exit(Duration::from_secs(10)).unwrap();
+    kill_hard(first);
     assert_eq!(
         pins.pins_present(),
         [true, true],
         "pins lost with the daemon"
     );
 
-    let second = start(&env, Launch::Nsenter, &a, "lb-second.log");
+    let second = env.start_via(Launch::Nsenter, &a);
     assert!(
         second.log().contains("reusing pinned flow table"),
         "second daemon did not say it reused the pins:\n{}",
@@ -154,63 +145,22 @@ fn flows_survive_a_killed_daemon_and_clean_shutdown_removes_pins() {
 fn reused_pins_of_another_size_are_refused_and_nothing_is_attached() {
     let env = env();
     let pins = PinDir::new("size");
-    let first = start(
-        &env,
-        Launch::Nsenter,
-        &args(&env.topo, &pins.0, &["--max-flows", "4096"]),
-        "lb-size1.log",
-    );
-    Command::new("kill")
-        .args(["-9", &first.pid().to_string()])
-        .status()
-        .unwrap();
-    let mut first = first;
-    first.wait_exit(Duration::from_secs(10)).unwrap();
+    let small = args(&env.topo, &pins.0, &["--max-flows", "4096"]);
+    kill_hard(env.start_via(Launch::Nsenter, &small));
 
-    let mut second = Daemon::spawn(
-        &env.topo.lb,
-        &env.lb,
-        Launch::Nsenter,
-        &args(&env.topo, &pins.0, &["--max-flows", "8192"]),
-        &env.topo.lb_ifaces,
-        &env.topo.path("lb-size2.log"),
-    )
-    .unwrap();
-    let status = second.wait_exit(Duration::from_secs(10)).unwrap();
-    assert_eq!(status.code(), Some(2), "log:\n{}", second.log());
-    let log = second.log();
-    assert!(
-        log.contains("4096") && log.contains("--max-flows is 8192"),
-        "{log}"
-    );
-    for iface in &env.topo.lb_ifaces {
-        assert_eq!(xdp_state(&env.topo.lb, iface).unwrap(), XdpState::None);
-    }
+    let args = args(&env.topo, &pins.0, &["--max-flows", "8192"]);
+    refused(&env, &args, "lb-size2.log", |log| {
+        log.contains("4096") && log.contains("--max-flows is 8192")
+    });
 }
 
 #[test]
 fn pin_dir_outside_bpffs_is_a_flag_error() {
     let env = env();
-    let mut d = Daemon::spawn(
-        &env.topo.lb,
-        &env.lb,
-        Launch::Nsenter,
-        &args(&env.topo, Path::new("/tmp/lb-not-bpffs"), &[]),
-        &env.topo.lb_ifaces,
-        &env.topo.path("lb-badpin.log"),
-    )
-    .unwrap();
-    let status = d.wait_exit(Duration::from_secs(10)).unwrap();
-    assert_eq!(status.code(), Some(2), "log:\n{}", d.log());
-    assert!(
-        d.log()
-            .contains("--pin-dir /tmp/lb-not-bpffs: not on a bpf filesystem"),
-        "{}",
-        d.log()
-    );
-    for iface in &env.topo.lb_ifaces {
-        assert_eq!(xdp_state(&env.topo.lb, iface).unwrap(), XdpState::None);
-    }
+    let args = args(&env.topo, Path::new("/tmp/lb-not-bpffs"), &[]);
+    refused(&env, &args, "lb-badpin.log", |log| {
+        log.contains("--pin-dir /tmp/lb-not-bpffs: not on a bpf filesystem")
+    });
 }
 
 #[test]
@@ -219,12 +169,7 @@ fn under_ip_netns_exec_a_bpffs_is_mounted_with_a_warning() {
     // `ip netns exec` gives lb a fresh /sys without a bpffs; lb mounts one in its own
     // mount namespace, so nothing appears on the host's bpffs.
     let pins = PinDir::new("netns-exec");
-    let d = start(
-        &env,
-        Launch::IpNetnsExec,
-        &args(&env.topo, &pins.0, &[]),
-        "lb-exec.log",
-    );
+    let d = env.start_via(Launch::IpNetnsExec, &args(&env.topo, &pins.0, &[]));
     assert!(
         d.log().contains("lb mounted one"),
         "no bpffs warning:\n{}",

@@ -44,9 +44,11 @@ fn check_direct(topo: &Topology) {
     }
 }
 
-#[test]
-fn two_armed_builds_routes_and_cleans_up() {
-    let topo = Topology::build(Kind::TwoArmed, XdpPeers::Skip).expect("build two-armed");
+/// Builds `kind` (without `xdp_pass` on the peers), checks every direct path, drops it
+/// and checks its namespaces are gone.
+fn builds_routes_and_cleans_up(kind: Kind) {
+    let topo =
+        Topology::build(kind, XdpPeers::Skip).unwrap_or_else(|e| panic!("build {kind:?}: {e:#}"));
     check_direct(&topo);
     let names = namespaces_of(&topo);
     drop(topo);
@@ -54,12 +56,13 @@ fn two_armed_builds_routes_and_cleans_up() {
 }
 
 #[test]
+fn two_armed_builds_routes_and_cleans_up() {
+    builds_routes_and_cleans_up(Kind::TwoArmed);
+}
+
+#[test]
 fn one_armed_builds_and_cleans_up() {
-    let topo = Topology::build(Kind::OneArmed, XdpPeers::Skip).expect("build one-armed");
-    check_direct(&topo);
-    let names = namespaces_of(&topo);
-    drop(topo);
-    assert_gone(&names);
+    builds_routes_and_cleans_up(Kind::OneArmed);
 }
 
 /// With `xdp_pass` on the LB's veth peers (what the e2e tests use), traffic still flows

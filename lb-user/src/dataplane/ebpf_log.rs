@@ -42,6 +42,11 @@ pub fn configure(loader: &mut EbpfLoader<'_>) {
 /// statement) or a runtime there is nothing to forward, and any other problem is
 /// reported as a warning.
 pub fn forward(ebpf: &mut Ebpf) {
+    // The runtime first: without one the log map stays in the object for another reader.
+    let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        debug!("no tokio runtime: eBPF log records will not be shown");
+        return;
+    };
     let logger = match aya_log::EbpfLogger::init(ebpf) {
         Ok(l) => l,
         Err(aya_log::Error::MapNotFound) => {
@@ -52,10 +57,6 @@ pub fn forward(ebpf: &mut Ebpf) {
             warn!(cause = %e, "eBPF log records will not be shown");
             return;
         }
-    };
-    let Ok(rt) = tokio::runtime::Handle::try_current() else {
-        debug!("no tokio runtime: eBPF log records will not be shown");
-        return;
     };
     let _guard = rt.enter();
     let mut fd = match crate::sys::async_ebpf_logger(logger) {

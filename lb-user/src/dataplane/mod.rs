@@ -128,6 +128,12 @@ pub struct Dataplane {
 }
 
 impl Dataplane {
+    /// The loaded object: for tests that run the program with BPF_PROG_TEST_RUN and read
+    /// its maps after provisioning them through the writers.
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+
     fn map_mut<'a, T>(&'a mut self, name: &'static str) -> Result<T, DataplaneError>
     where
         T: TryFrom<&'a mut aya::maps::Map, Error = MapError>,

@@ -12,11 +12,7 @@
 //!
 //! Needs root (namespaces, BPF): without it the tests fail, never skip. They run one at
 //! a time (a lock), so the memory and throughput figures they print are not disturbed by
-//! each other; `cargo test -p lb-user --test splice -- --nocapture` shows them.
-
-mod common;
-
-use common::netns::Netns;
+//! each other; `cargo test -p lb-tests --test splice -- --nocapture` shows them.
 
 use std::{
     io::Write as _,
@@ -35,6 +31,7 @@ use aya::{
     programs::SkLookup,
 };
 use lb_common::maps::{VipKey, names};
+use lb_tests::Netns;
 use lb_user::proxy::splice::{End, Engine, SpliceError, SpliceMaps, SpliceStats, splice};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -63,8 +60,8 @@ static SERIAL: Mutex<()> = Mutex::new(());
 impl Bed {
     fn new() -> Bed {
         let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-        let ns = Netns::new("lbs");
-        ns.enter();
+        let ns = Netns::new("splice").expect("namespace (needs root)");
+        ns.enter().expect("enter the namespace");
         let object = lb_user::dataplane::object::require().expect("embedded eBPF object");
         let mut ebpf = EbpfLoader::new()
             .load(object)
@@ -369,91 +366,90 @@ fn eof_before_splice(engine: Engine) {
     assert_eq!(stats.engine, engine);
 }
 
+/// Which end shuts down its write side first.
+#[derive(Clone, Copy)]
+enum First {
+    Client,
+    Server,
+}
+
 /// The client shuts down its write side; the server sees EOF, then still sends a reply
 /// the client receives, then closes.
 fn half_close_client_first(engine: Engine) {
-    let bed = Bed::new();
-    let request = stream(7, MIB);
-    let reply = stream(8, 3 * MIB);
-    let (got_req, got_reply, stats) = bed.run(60, async {
-        let (mut client, mut server, proxy) = proxied(engine, &bed.maps, IDLE).await;
-        client.write_all(&request).await.unwrap();
-        client.shutdown().await.unwrap();
-        // The server gets the request and EOF before it sends anything.
-        let (got_req, err) = read_until_end(&mut server).await;
-        assert_eq!(err, None, "server read ends with EOF");
-        write_then_fin_in_last_segment(&mut server, &reply).await;
-        let (got_reply, err) = read_until_end(&mut client).await;
-        assert_eq!(err, None, "client read ends with EOF");
-        (got_req, got_reply, finished(proxy).await)
-    });
-    assert_same("request", &got_req, &request);
-    assert_same("reply", &got_reply, &reply);
-    assert_eq!(stats.ended, End::ClosedBoth);
+    half_close(engine, First::Client);
 }
 
 /// The server shuts down its write side first (server-first protocol with a goodbye);
 /// the client still sends, then closes.
 fn half_close_backend_first(engine: Engine) {
+    half_close(engine, First::Server);
+}
+
+/// One end sends and shuts down; the other sees all of it and EOF, then still sends its
+/// own data, which arrives whole, then closes.
+fn half_close(engine: Engine, first: First) {
     let bed = Bed::new();
-    let greeting = stream(9, MIB);
-    let upload = stream(10, 3 * MIB);
-    let (got_greeting, got_upload, stats) = bed.run(60, async {
-        let (mut client, mut server, proxy) = proxied(engine, &bed.maps, IDLE).await;
-        server.write_all(&greeting).await.unwrap();
-        server.shutdown().await.unwrap();
-        let (got_greeting, err) = read_until_end(&mut client).await;
-        assert_eq!(err, None, "client read ends with EOF");
-        write_then_fin_in_last_segment(&mut client, &upload).await;
-        let (got_upload, err) = read_until_end(&mut server).await;
-        assert_eq!(err, None, "server read ends with EOF");
-        (got_greeting, got_upload, finished(proxy).await)
+    let (first_data, second_data) = match first {
+        First::Client => (stream(7, MIB), stream(8, 3 * MIB)),
+        First::Server => (stream(9, MIB), stream(10, 3 * MIB)),
+    };
+    let (got_first, got_second, stats) = bed.run(60, async {
+        let (client, server, proxy) = proxied(engine, &bed.maps, IDLE).await;
+        let (mut closer, mut other) = match first {
+            First::Client => (client, server),
+            First::Server => (server, client),
+        };
+        closer.write_all(&first_data).await.unwrap();
+        closer.shutdown().await.unwrap();
+        // The other end gets the data and EOF before it sends anything.
+        let (got_first, err) = read_until_end(&mut other).await;
+        assert_eq!(err, None, "the other end's read ends with EOF");
+        write_then_fin_in_last_segment(&mut other, &second_data).await;
+        let (got_second, err) = read_until_end(&mut closer).await;
+        assert_eq!(err, None, "the first closer's read ends with EOF");
+        (got_first, got_second, finished(proxy).await)
     });
-    assert_same("greeting", &got_greeting, &greeting);
-    assert_same("upload", &got_upload, &upload);
+    assert_same("before the first FIN", &got_first, &first_data);
+    assert_same("after the first FIN", &got_second, &second_data);
     assert_eq!(stats.ended, End::ClosedBoth);
 }
 
 fn client_reset_resets_backend(engine: Engine) {
-    let bed = Bed::new();
-    let stats = bed.run(30, async {
-        let (mut client, mut server, proxy) = proxied(engine, &bed.maps, IDLE).await;
-        client.write_all(b"ping").await.unwrap();
-        assert_eq!(read_exact_n(&mut server, 4).await, b"ping");
-        server.write_all(b"pong").await.unwrap();
-        assert_eq!(read_exact_n(&mut client, 4).await, b"pong");
-        set_rst_on_close(&client);
-        drop(client);
-        let (_, err) = read_until_end(&mut server).await;
-        assert_eq!(
-            err,
-            Some(std::io::ErrorKind::ConnectionReset),
-            "the server sees the reset"
-        );
-        finished(proxy).await
-    });
+    let stats = reset_reaches_the_other_end(engine, First::Client);
     assert_eq!(stats.ended, End::ResetByClient);
-    assert_eq!((stats.bytes_in, stats.bytes_out), (4, 4));
+    assert_eq!((stats.bytes_in, stats.bytes_out), (5, 5));
 }
 
 fn backend_reset_resets_client(engine: Engine) {
+    let stats = reset_reaches_the_other_end(engine, First::Server);
+    assert_eq!(stats.ended, End::ResetByBackend);
+    assert_eq!((stats.bytes_in, stats.bytes_out), (5, 5));
+}
+
+/// After a ping and a pong, `first` closes with a RST (linger 0): the other end's read
+/// fails with a reset, and the splice ends.
+fn reset_reaches_the_other_end(engine: Engine, first: First) -> SpliceStats {
     let bed = Bed::new();
-    let stats = bed.run(30, async {
+    bed.run(30, async {
         let (mut client, mut server, proxy) = proxied(engine, &bed.maps, IDLE).await;
-        server.write_all(b"hello").await.unwrap();
-        assert_eq!(read_exact_n(&mut client, 5).await, b"hello");
-        set_rst_on_close(&server);
-        drop(server);
-        let (_, err) = read_until_end(&mut client).await;
+        client.write_all(b"ping!").await.unwrap();
+        assert_eq!(read_exact_n(&mut server, 5).await, b"ping!");
+        server.write_all(b"pong!").await.unwrap();
+        assert_eq!(read_exact_n(&mut client, 5).await, b"pong!");
+        let (resetter, mut other) = match first {
+            First::Client => (client, server),
+            First::Server => (server, client),
+        };
+        set_rst_on_close(&resetter);
+        drop(resetter);
+        let (_, err) = read_until_end(&mut other).await;
         assert_eq!(
             err,
             Some(std::io::ErrorKind::ConnectionReset),
-            "the client sees the reset"
+            "the other end sees the reset"
         );
         finished(proxy).await
-    });
-    assert_eq!(stats.ended, End::ResetByBackend);
-    assert_eq!(stats.bytes_out, 5);
+    })
 }
 
 /// Traffic keeps the connection alive; silence for the idle timeout resets both sides.
@@ -603,8 +599,10 @@ fn sockmap_without_maps_is_an_error() {
 fn lookup_steers_vip_to_listener() {
     let bed = Bed::new();
     let ns = &bed._ns;
-    ns.ip("route add local 198.18.200.1/32 dev lo table local");
-    ns.ip("-6 route add local fd00:200::1/128 dev lo table local");
+    ns.ip("route add local 198.18.200.1/32 dev lo table local")
+        .unwrap();
+    ns.ip("-6 route add local fd00:200::1/128 dev lo table local")
+        .unwrap();
     let object = lb_user::dataplane::object::require().unwrap();
     let mut ebpf = EbpfLoader::new().load(object).expect("load eBPF object");
     let prog: &mut SkLookup = ebpf
@@ -613,7 +611,7 @@ fn lookup_steers_vip_to_listener() {
         .try_into()
         .expect("lb_lookup is sk_lookup");
     prog.load().expect("lb_lookup passes the verifier");
-    prog.attach(ns.file())
+    prog.attach(std::fs::File::open(ns.path()).expect("namespace file"))
         .expect("attach lb_lookup to the netns");
     let mut vips: HashMap<MapData, VipKey, u32> = ebpf
         .take_map(names::PROXY_VIPS)

@@ -1,0 +1,598 @@
+//! The XDP program alone under BPF_PROG_TEST_RUN: frames in, action and frame out, no
+//! traffic on any wire. The maps are provisioned through lb-user's own [`Dataplane`]
+//! writers, loaded from a config file's text, as the daemon's control plane does, so a
+//! key-encoding bug in those writers fails these tests too.
+//!
+//! Each [`TestRun`] has its own namespace (so `bpf_fib_lookup` finds routes and permanent
+//! neighbours), entered on the calling thread: `lb0` faces the backends, `lb1` the clients.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use anyhow::{Context, Result};
+use aya::maps::{HashMap, MapData, PerCpuArray};
+use aya::programs::{TestRun as _, TestRunOptions, Xdp};
+use lb_common::addr::{ip_bytes, ip_to_words};
+use lb_common::hash::{backend_key, flow_hash};
+use lb_common::maglev::MaglevBackend;
+use lb_common::maps::{
+    BACKEND_DOWN, BACKEND_DRAINING, BACKEND_UP, FlowKey, FlowState, MODE_NAT, MODE_PROXY,
+    PROTO_TCP, ReverseNat, TrafficCounters, names,
+};
+use lb_user::config::{Config, FlagSettings};
+use lb_user::dataplane::Dataplane;
+
+use crate::netns::Netns;
+use crate::packet::{Packet, flags};
+use crate::sys;
+
+/// The program's counters by name, and how many there are: the one place the kit names
+/// lb-common's counter table.
+pub mod counter {
+    pub use lb_common::counters::{
+        DROP_FRAG_NEEDED, DROP_MALFORMED, DROP_NO_BACKEND, DROP_NO_NEIGH, DROP_NO_ROUTE,
+        DROP_NO_TX_PORT, FWD_IN, FWD_OUT, NUM_COUNTERS, PASS, PASS_FRAGMENT, PASS_NO_NEIGH_OUT,
+        PASS_PROXY,
+    };
+}
+
+/// What the program decided for a frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    Drop,
+    Pass,
+    Tx,
+    Redirect,
+}
+
+impl Action {
+    fn from_xdp(code: u32) -> Action {
+        match code {
+            1 => Action::Drop,
+            2 => Action::Pass,
+            3 => Action::Tx,
+            4 => Action::Redirect,
+            other => panic!("XDP action {other} is none the program may return"),
+        }
+    }
+}
+
+pub const LB0_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xa0];
+pub const LB1_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xa1];
+pub const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xc2];
+pub const BACKEND_MACS: [[u8; 6]; 2] = [[0x02, 0, 0, 0, 0, 0x10], [0x02, 0, 0, 0, 0, 0x11]];
+
+pub const RING: u32 = 13;
+pub const SNAT_MIN: u16 = 40000;
+pub const SNAT_MAX: u16 = 40999;
+pub const VIP_PORT: u16 = 80;
+pub const BACKEND_PORT: u16 = 8080;
+pub const CLIENT_PORT: u16 = 12345;
+/// Sequence number of every client segment [`Plan::syn`] and [`Plan::from_client`] make.
+pub const SEQ: u32 = 0x1000_0000;
+/// Acknowledgment number of every segment with ACK they make (0 without ACK).
+pub const ACK_NO: u32 = 0x2000_0000;
+
+/// One address family's service in the namespace: its VIP, a client, the SNAT address
+/// and two backends, with the slot ids the daemon would give them.
+#[derive(Clone, Copy, Debug)]
+pub struct Plan {
+    pub vip: IpAddr,
+    pub client: IpAddr,
+    pub snat: IpAddr,
+    pub backends: [IpAddr; 2],
+    pub service: u32,
+    pub ids: [u32; 2],
+}
+
+pub fn plan4() -> Plan {
+    Plan {
+        vip: [198, 18, 2, 1].into(),
+        client: [198, 18, 1, 2].into(),
+        snat: [198, 18, 0, 1].into(),
+        backends: [[198, 18, 0, 10].into(), [198, 18, 0, 11].into()],
+        service: 0,
+        ids: [0, 1],
+    }
+}
+
+pub fn plan6() -> Plan {
+    let v6 = |s: &str| s.parse::<IpAddr>().expect("literal");
+    Plan {
+        vip: v6("fd00:2::1"),
+        client: v6("fd00:1::2"),
+        snat: v6("fd00::1"),
+        backends: [v6("fd00::10"), v6("fd00::11")],
+        service: 1,
+        ids: [2, 3],
+    }
+}
+
+impl Plan {
+    pub fn vip_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.vip, VIP_PORT)
+    }
+
+    pub fn backend_addr(&self, i: usize) -> SocketAddr {
+        SocketAddr::new(self.backends[i], BACKEND_PORT)
+    }
+
+    /// Which backend of the plan `addr` is.
+    pub fn backend_index(&self, addr: IpAddr) -> Option<usize> {
+        self.backends.iter().position(|&b| b == addr)
+    }
+
+    /// A client → VIP SYN with TCP options and a payload, so checksums cover real data.
+    pub fn syn(&self) -> Packet {
+        self.from_client(CLIENT_PORT, flags::SYN)
+    }
+
+    /// A client → VIP segment of the connection from `sport`, as received on `lb1`.
+    pub fn from_client(&self, sport: u16, tcp_flags: u8) -> Packet {
+        Packet {
+            eth_dst: LB1_MAC,
+            eth_src: CLIENT_MAC,
+            // The IPv4-only and IPv6-only fields as the decoder reads them back.
+            ip_id: if self.vip.is_ipv4() { 0x1234 } else { 0 },
+            df: self.vip.is_ipv4(),
+            flow_label: if self.vip.is_ipv4() { 0 } else { 0x12345 },
+            seq: SEQ,
+            ack: if tcp_flags & flags::ACK != 0 {
+                ACK_NO
+            } else {
+                0
+            },
+            tcp_options: vec![2, 4, 0x05, 0xb4, 1, 1, 4, 2], // MSS 1460, NOP, NOP, SACK ok
+            payload: b"GET / HTTP/1.0\r\n\r\n".to_vec(),
+            ..Packet::tcp(self.client, sport, self.vip, VIP_PORT, tcp_flags)
+        }
+    }
+
+    /// A backend `i` → SNAT address reply to SNAT port `snat_port`, as received on `lb0`,
+    /// with the client segment's numbers and options.
+    pub fn from_backend(&self, i: usize, snat_port: u16, tcp_flags: u8) -> Packet {
+        Packet {
+            eth_dst: LB0_MAC,
+            eth_src: BACKEND_MACS[i],
+            src: self.backends[i],
+            dst: self.snat,
+            sport: BACKEND_PORT,
+            dport: snat_port,
+            payload: b"HTTP/1.0 200 OK\r\n\r\n".to_vec(),
+            ..self.from_client(CLIENT_PORT, tcp_flags)
+        }
+    }
+
+    /// The flow key of the client's connection from `sport`.
+    pub fn client_key(&self, sport: u16) -> FlowKey {
+        key(self.client, self.vip, sport, VIP_PORT)
+    }
+
+    /// The reverse NAT key of backend `i`'s replies to SNAT port `snat_port`.
+    pub fn reverse_key(&self, i: usize, snat_port: u16) -> FlowKey {
+        key(self.backends[i], self.snat, BACKEND_PORT, snat_port)
+    }
+
+    /// The same plan with both backends at `addr` (e.g. one without a route).
+    pub fn with_backends_at(&self, addr: IpAddr) -> Plan {
+        Plan {
+            backends: [addr, addr],
+            ..*self
+        }
+    }
+
+    fn members(&self, which: &[usize]) -> Vec<MaglevBackend> {
+        which
+            .iter()
+            .map(|&i| MaglevBackend {
+                key: backend_key(&ip_bytes(&self.backends[i]), BACKEND_PORT),
+                weight: 1,
+                id: self.ids[i],
+            })
+            .collect()
+    }
+}
+
+/// A TCP flow key as the program stores it (ports in network order).
+pub fn key(src: IpAddr, dst: IpAddr, sport: u16, dport: u16) -> FlowKey {
+    let (s, family) = ip_to_words(src);
+    let (d, _) = ip_to_words(dst);
+    FlowKey {
+        src: s,
+        dst: d,
+        sport: sport.to_be(),
+        dport: dport.to_be(),
+        proto: PROTO_TCP,
+        family,
+        _pad: [0; 2],
+    }
+}
+
+/// The first SNAT port the program tries for the client → VIP flow `k`.
+pub fn first_snat_port(k: &FlowKey) -> u16 {
+    let range = u32::from(SNAT_MAX - SNAT_MIN) + 1;
+    SNAT_MIN + (flow_hash(k).rotate_right(16) % range) as u16
+}
+
+/// The idle and closed timeouts as the config file writes them.
+#[derive(Clone, Copy, Debug)]
+pub struct Timeouts {
+    pub idle: &'static str,
+    pub closed: &'static str,
+}
+
+pub const DEFAULT_TIMEOUTS: Timeouts = Timeouts {
+    idle: "300s",
+    closed: "10s",
+};
+
+/// The config file of the namespace's LB: its interfaces, timeouts, ring and SNAT ports,
+/// and the two plans' services.
+fn config_text(ifaces: &[&str], t: Timeouts) -> String {
+    let (p4, p6) = (plan4(), plan6());
+    let list = |v: Vec<String>| {
+        v.iter()
+            .map(|s| format!("{s:?}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let service = |name: &str, p: &Plan| {
+        format!(
+            "[[service]]\nname = {name:?}\nvip = \"{}\"\nbackends = [{}]\n",
+            p.vip_addr(),
+            list((0..2).map(|i| p.backend_addr(i).to_string()).collect())
+        )
+    };
+    format!(
+        "iface = [{}]\nring_size = {RING}\nmax_flows = 4096\nmax_conns = 64\nadmin = \"off\"\n\
+         idle_timeout = {:?}\nclosed_timeout = {:?}\nsnat_ports = \"{SNAT_MIN}-{SNAT_MAX}\"\n\
+         snat_ip = [{}]\n\n{}\n{}",
+        list(ifaces.iter().map(|s| s.to_string()).collect()),
+        t.idle,
+        t.closed,
+        list(vec![p4.snat.to_string(), p6.snat.to_string()]),
+        service("web4", &p4),
+        service("web6", &p6),
+    )
+}
+
+/// Parses config text the way `lb --config FILE` does.
+pub fn config_from_text(text: &str) -> Result<Config> {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let path = std::env::temp_dir().join(format!(
+        "lb-test-run-{}-{}.toml",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    let cfg = Config::from_flags(&FlagSettings {
+        config: Some(path.clone()),
+        ..FlagSettings::default()
+    });
+    let _ = std::fs::remove_file(&path);
+    cfg.with_context(|| format!("config:\n{text}"))
+}
+
+/// The loaded program in its own namespace, and what has been provisioned.
+pub struct TestRun {
+    dp: Dataplane,
+    ifaces: Vec<&'static str>,
+    /// Live half of each service's Maglev tables, as control tracks it.
+    live_half: BTreeMap<u32, u32>,
+    pub lb0: u32,
+    pub lb1: u32,
+    // Declared last so it is dropped last: the namespace outlives program and maps.
+    ns: Netns,
+}
+
+impl TestRun {
+    /// The namespace and the program, with both interfaces as redirect ports and the
+    /// default timeouts; no service provisioned yet.
+    pub fn new() -> TestRun {
+        TestRun::with_ifaces(&["lb0", "lb1"])
+    }
+
+    /// As [`TestRun::new`], with only `ifaces` given to the LB (so only they are
+    /// redirect ports).
+    pub fn with_ifaces(ifaces: &[&'static str]) -> TestRun {
+        crate::require_root().expect("root");
+        let ns = Netns::new("xdp").expect("namespace");
+        ns.veth("lb0", LB0_MAC, "be0").expect("veth lb0");
+        ns.veth("lb1", LB1_MAC, "cl0").expect("veth lb1");
+        ns.ip_batch(
+            "addr add 198.18.0.1/24 dev lb0\n\
+             addr add 198.18.1.1/24 dev lb1\n\
+             addr add fd00::1/64 dev lb0 nodad\n\
+             addr add fd00:1::1/64 dev lb1 nodad\n",
+        )
+        .expect("addresses");
+        for p in [plan4(), plan6()] {
+            for (b, mac) in p.backends.iter().zip(BACKEND_MACS) {
+                ns.neighbour(*b, mac, "lb0").expect("backend neighbour");
+            }
+            ns.neighbour(p.client, CLIENT_MAC, "lb1")
+                .expect("client neighbour");
+        }
+        ns.sysctl(&["net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"])
+            .expect("forwarding");
+        ns.enter().expect("enter the namespace");
+        let ifindex = |name| lb_user::sys::ifindex(name).expect("interface index");
+        let (lb0, lb1) = (ifindex("lb0"), ifindex("lb1"));
+        let cfg = config_from_text(&config_text(ifaces, DEFAULT_TIMEOUTS)).expect("config");
+        let mut dp = Dataplane::load(&cfg).expect("load the eBPF object (needs root)");
+        dp.program_globals(&cfg).expect("program globals");
+        TestRun {
+            dp,
+            ifaces: ifaces.to_vec(),
+            live_half: BTreeMap::new(),
+            lb0,
+            lb1,
+            ns,
+        }
+    }
+
+    /// The loaded object, for what the kit does not wrap (e.g. reading the log records).
+    pub fn ebpf_mut(&mut self) -> &mut aya::Ebpf {
+        self.dp.ebpf_mut()
+    }
+
+    pub fn ns(&self) -> &Netns {
+        &self.ns
+    }
+
+    /// Reloads the timeouts from config text, as a daemon reload does.
+    pub fn set_timeouts(&mut self, t: Timeouts) {
+        let cfg = config_from_text(&config_text(&self.ifaces, t)).expect("config");
+        self.dp.set_timeouts(&cfg).expect("set timeouts");
+    }
+
+    // -- Provisioning by intent ---------------------------------------------------------
+
+    /// A NAT service with both backends up whose table sends every new flow to backend
+    /// `to` (as after the other one was taken out of the table).
+    pub fn two_backends_up(&mut self, p: &Plan, to: usize) {
+        self.service_with_backends(p);
+        self.table_to(p, to);
+    }
+
+    /// A NAT service whose backends are up but whose table is empty: no backend to give
+    /// a new connection, which is answered with a RST.
+    pub fn no_backend_in_table(&mut self, p: &Plan) {
+        self.service_with_backends(p);
+        self.install(p, MODE_NAT, &[]);
+    }
+
+    /// A proxy service with both backends up: its packets go to the local stack.
+    pub fn proxy_service(&mut self, p: &Plan) {
+        self.service_with_backends(p);
+        self.dp.set_proxy_vip(p.vip_addr()).expect("proxy VIP");
+        self.install(p, MODE_PROXY, &[0, 1]);
+    }
+
+    /// Re-balances the service: its table now names only backend `to`.
+    pub fn table_to(&mut self, p: &Plan, to: usize) {
+        self.install(p, MODE_NAT, &[to]);
+    }
+
+    pub fn backend_up(&mut self, p: &Plan, i: usize) {
+        self.write_backend(p, i, BACKEND_UP);
+    }
+
+    /// Backend `i` failed its checks; the table is left as it was (a stale one).
+    pub fn backend_down(&mut self, p: &Plan, i: usize) {
+        self.write_backend(p, i, BACKEND_DOWN);
+    }
+
+    /// Backend `from` failed its checks and control re-balanced: it is down and the
+    /// table names only `to`.
+    pub fn failed_over(&mut self, p: &Plan, from: usize, to: usize) {
+        self.backend_down(p, from);
+        self.table_to(p, to);
+    }
+
+    /// Backend `i` is being drained: its flows continue, it takes no new ones.
+    pub fn backend_draining(&mut self, p: &Plan, i: usize) {
+        self.write_backend(p, i, BACKEND_DRAINING);
+    }
+
+    /// Backend `i`'s slot id now stands for `addr` (removed, and the id given to a new
+    /// backend).
+    pub fn backend_id_reused(&mut self, p: &Plan, i: usize, addr: IpAddr) {
+        self.write_backend(&p.with_backends_at(addr), i, BACKEND_UP);
+    }
+
+    /// Another client's live flow holds SNAT port `port` toward backend `i`: what the
+    /// program itself writes for a flow it forwarded (there is no daemon writer).
+    pub fn live_flow_holding(&mut self, p: &Plan, i: usize, port: u16, other: FlowKey) {
+        self.stale_reverse_entry(p, i, port, other);
+        let live = FlowState {
+            last_seen_ns: u64::MAX / 2, // far in the future of the program's clock
+            backend: p.ids[i],
+            snat_port: port.to_be(),
+            flags: 0,
+            _pad: 0,
+        };
+        self.flows_mut().insert(other, live, 0).expect("flow entry");
+    }
+
+    /// A reverse NAT entry for port `port` toward backend `i` whose flow `gone` is not
+    /// (or no longer) in the flow table: the port may be taken over.
+    pub fn stale_reverse_entry(&mut self, p: &Plan, i: usize, port: u16, gone: FlowKey) {
+        let held = ReverseNat {
+            flow: gone,
+            backend: p.ids[i],
+            service_id: p.service,
+        };
+        let mut map: HashMap<&mut MapData, FlowKey, ReverseNat> = self.map_mut(names::REVERSE_NAT);
+        map.insert(p.reverse_key(i, port), held, 0)
+            .expect("reverse NAT entry");
+    }
+
+    /// The flow `k` ended and was evicted from the flow table.
+    pub fn flow_evicted(&mut self, k: FlowKey) {
+        self.flows_mut().remove(&k).expect("flow entry to evict");
+    }
+
+    fn service_with_backends(&mut self, p: &Plan) {
+        self.dp
+            .reset_counters(true, p.service)
+            .expect("reset service counters");
+        for i in 0..2 {
+            self.dp
+                .reset_counters(false, p.ids[i])
+                .expect("reset backend counters");
+            self.write_backend(p, i, BACKEND_UP);
+        }
+    }
+
+    fn write_backend(&mut self, p: &Plan, i: usize, state: u8) {
+        self.dp
+            .set_backend(p.ids[i], p.service, p.backend_addr(i), p.snat, state)
+            .expect("set backend");
+    }
+
+    fn install(&mut self, p: &Plan, mode: u32, members: &[usize]) {
+        let live = self.live_half.get(&p.service).copied().unwrap_or(1);
+        let half = self
+            .dp
+            .install_table(p.service, p.vip_addr(), live, mode, &p.members(members))
+            .expect("install table");
+        self.live_half.insert(p.service, half);
+    }
+
+    // -- Running ------------------------------------------------------------------------
+
+    /// Runs one frame as if received on `ingress`; returns the action and output frame.
+    pub fn run(&mut self, frame: &[u8], ingress: u32) -> (Action, Vec<u8>) {
+        let prog: &mut Xdp = self
+            .dp
+            .ebpf_mut()
+            .program_mut(names::PROG_LB)
+            .expect("lb_xdp in the object")
+            .try_into()
+            .expect("lb_xdp is XDP");
+        // struct xdp_md { data, data_end, data_meta, ingress_ifindex, rx_queue_index,
+        // egress_ifindex }
+        let md: Vec<u8> = [0, frame.len() as u32, 0, ingress, 0, 0]
+            .iter()
+            .flat_map(|w| w.to_ne_bytes())
+            .collect();
+        let mut out = vec![0u8; frame.len() + 512];
+        let r = prog
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ctx_in: Some(&md),
+                ..TestRunOptions::new()
+            })
+            .expect("BPF_PROG_TEST_RUN of lb_xdp (needs a kernel with XDP test runs)");
+        out.truncate(r.data_size_out as usize);
+        (Action::from_xdp(r.return_value), out)
+    }
+
+    /// Runs a frame from the client side.
+    pub fn from_client(&mut self, frame: &[u8]) -> (Action, Vec<u8>) {
+        self.run(frame, self.lb1)
+    }
+
+    /// Runs a frame from the backend side.
+    pub fn from_backend(&mut self, frame: &[u8]) -> (Action, Vec<u8>) {
+        self.run(frame, self.lb0)
+    }
+
+    /// Runs a frame from the client side and also returns the counters it bumped.
+    pub fn run_counted(&mut self, frame: &[u8]) -> (Action, Vec<u8>, Vec<u32>) {
+        let before = self.counters();
+        let (action, out) = self.from_client(frame);
+        let after = self.counters();
+        let bumped = (0..counter::NUM_COUNTERS)
+            .filter(|&i| after[i as usize] != before[i as usize])
+            .collect();
+        (action, out, bumped)
+    }
+
+    // -- Reading ------------------------------------------------------------------------
+
+    /// A global counter summed over CPUs.
+    pub fn counter(&self, index: u32) -> u64 {
+        self.dp.counter(index)
+    }
+
+    pub fn counters(&self) -> Vec<u64> {
+        (0..counter::NUM_COUNTERS)
+            .map(|i| self.counter(i))
+            .collect()
+    }
+
+    /// The plan's service's traffic counters summed over CPUs.
+    pub fn service_stats(&mut self, p: &Plan) -> TrafficCounters {
+        self.traffic(names::SERVICE_STATS, p.service)
+    }
+
+    /// Backend `i`'s traffic counters summed over CPUs.
+    pub fn backend_stats(&mut self, p: &Plan, i: usize) -> TrafficCounters {
+        self.traffic(names::BACKEND_STATS, p.ids[i])
+    }
+
+    fn traffic(&mut self, map: &'static str, id: u32) -> TrafficCounters {
+        let m: PerCpuArray<&mut MapData, TrafficCounters> = self.map_mut(map);
+        let mut total = TrafficCounters::default();
+        for v in m.get(&id, 0).expect("traffic counters").iter() {
+            total.add(v);
+        }
+        total
+    }
+
+    pub fn flow(&mut self, k: FlowKey) -> Option<FlowState> {
+        self.flows_mut().get(&k, 0).ok()
+    }
+
+    pub fn reverse(&mut self, k: FlowKey) -> Option<ReverseNat> {
+        let map: HashMap<&mut MapData, FlowKey, ReverseNat> = self.map_mut(names::REVERSE_NAT);
+        map.get(&k, 0).ok()
+    }
+
+    /// The SNAT port of the client's flow from `sport`.
+    pub fn snat_port(&mut self, p: &Plan, sport: u16) -> u16 {
+        let f = self
+            .flow(p.client_key(sport))
+            .unwrap_or_else(|| panic!("no flow entry for client port {sport}"));
+        u16::from_be(f.snat_port)
+    }
+
+    /// How many entries the flow and reverse NAT tables hold.
+    pub fn table_sizes(&mut self) -> (usize, usize) {
+        let flows = self.flows_mut().keys().count();
+        let rev: HashMap<&mut MapData, FlowKey, ReverseNat> = self.map_mut(names::REVERSE_NAT);
+        (flows, rev.keys().count())
+    }
+
+    fn flows_mut(&mut self) -> HashMap<&mut MapData, FlowKey, FlowState> {
+        self.map_mut(names::FLOWS)
+    }
+
+    fn map_mut<'a, T>(&'a mut self, name: &str) -> T
+    where
+        T: TryFrom<&'a mut aya::maps::Map>,
+        T::Error: std::fmt::Debug,
+    {
+        let m = self
+            .dp
+            .ebpf_mut()
+            .map_mut(name)
+            .unwrap_or_else(|| panic!("map {name} in the object"));
+        T::try_from(m).unwrap_or_else(|e| panic!("map {name}: {e:?}"))
+    }
+}
+
+impl Default for TestRun {
+    fn default() -> Self {
+        TestRun::new()
+    }
+}
+
+/// Keeps the test thread on its CPU: the next-hop cache is per CPU.
+pub fn stay_on_this_cpu() {
+    sys::stay_on_this_cpu().expect("sched_setaffinity");
+}
