@@ -2,7 +2,6 @@
 //! checks them, so the file and the flags share one set of checks and messages).
 
 use super::ConfigError;
-use super::flags::HealthFlags;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
@@ -58,22 +57,6 @@ pub struct FileHealth {
     pub unhealthy_threshold: Option<u32>,
     pub status: Option<String>,
     pub host: Option<String>,
-}
-
-impl From<&FileHealth> for HealthFlags {
-    /// The table's settings under the names the flags use.
-    fn from(h: &FileHealth) -> Self {
-        HealthFlags {
-            check: h.check.clone(),
-            port: h.port,
-            interval: h.interval.clone(),
-            timeout: h.timeout.clone(),
-            rise: h.healthy_threshold,
-            fall: h.unhealthy_threshold,
-            status: h.status.clone(),
-            host: h.host.clone(),
-        }
-    }
 }
 
 /// A backend as `"IP:PORT[@WEIGHT]"` or `{ addr = "IP:PORT", weight = N }`.

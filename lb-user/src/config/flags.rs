@@ -2,7 +2,7 @@
 //! over the file's value, which wins over the default, and an error names whichever the
 //! user wrote (`--max-flows` or `lb.toml: max_flows`).
 
-use super::file::FileConfig;
+use super::file::{FileConfig, FileHealth};
 use std::path::PathBuf;
 
 /// Settings as given on the command line; `None`/empty means "not given".
@@ -142,5 +142,21 @@ pub(super) fn health_flag(field: &str) -> String {
         "rise" => "--healthy-threshold".to_string(),
         "fall" => "--unhealthy-threshold".to_string(),
         other => format!("--health-{other}"),
+    }
+}
+
+impl From<&FileHealth> for HealthFlags {
+    /// The table's settings under the names the flags use.
+    fn from(h: &FileHealth) -> Self {
+        HealthFlags {
+            check: h.check.clone(),
+            port: h.port,
+            interval: h.interval.clone(),
+            timeout: h.timeout.clone(),
+            rise: h.healthy_threshold,
+            fall: h.unhealthy_threshold,
+            status: h.status.clone(),
+            host: h.host.clone(),
+        }
     }
 }
