@@ -1,14 +1,15 @@
 //! The lb daemon as a library: `main.rs` parses flags and calls into it.
 //!
 //! Layers, lowest first (a module imports only from layers below it):
-//! - `sys`: the few libc calls (the only `unsafe`); `net`: socket helpers.
-//! - `config` (typed settings from the file and flags), `dataplane` (the only code that
-//!   loads, attaches and writes the maps), `health` (probes, rise/fall), `proxy` (the
-//!   PROXY protocol codec and the splice engines; the sockmap engine's maps are
-//!   `dataplane`'s).
+//! - `sys`: the few libc calls (the only `unsafe`); `net`: socket helpers; `health`:
+//!   one check spec, probes, rise/fall, one task per backend.
+//! - `config`: typed settings from the file and the flags layered over it.
+//! - `dataplane`: the only code that loads, attaches, pins and writes the maps (the
+//!   sockmap splice engine's maps too).
+//! - `proxy`: the PROXY protocol codec, the splice engines, the accept path.
 //! - `control`: services and backends, and every change to them as ordered map writes.
-//! - `api` (the admin API's types, server, metrics and client), `daemon` (start, run,
-//!   shutdown), `cli` (flags, `lb ctl`, `lb stats`).
+//! - `api` (the admin API's types, server, metrics and client), then `daemon` (start, run,
+//!   shutdown) and `cli` (flags, `lb ctl`, `lb stats`).
 #![deny(unsafe_code)]
 
 pub mod api;
