@@ -114,7 +114,7 @@ fn run(args: &lb_user::cli::RunArgs) -> ExitCode {
                 };
             }
         };
-        match daemon::run(started).await {
+        match daemon::run(started, daemon::signalled).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("lb: error: {e:#}");

@@ -363,10 +363,22 @@ try:
         res["reply"] = read_all(s).decode(errors="replace").strip()
         res["secs"] = time.time() - t
     elif mode == "download":
+        # ARGS: [BYTES_PER_SECOND] to read no faster than that (a long-lived flow).
         s = connect()
         s.settimeout(60)
         t = time.time()
-        n, digest = sink(s)
+        if args:
+            rate, h, n = int(args[0]), hashlib.sha256(), 0
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+            res["received"] = 0
+            for d in chunks(s):
+                h.update(d)
+                n += len(d)
+                res["received"] = n
+                time.sleep(max(0.0, t + n / rate - time.time()))
+            digest = h.hexdigest()
+        else:
+            n, digest = sink(s)
         res["received"], res["sha256"], res["secs"] = n, digest, time.time() - t
     elif mode == "halfclose":
         s = connect()

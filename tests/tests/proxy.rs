@@ -1685,3 +1685,87 @@ fn crc32c(data: &[u8]) -> u32 {
     }
     !crc
 }
+
+/// SIGTERM in proxy-v2 mode: no new connection is accepted, but the proxied ones go on
+/// until they end (a paced download completes, sha256-exact) within `--shutdown-timeout`;
+/// past it the daemon cuts what is left and exits.
+#[test]
+fn sigterm_lets_proxied_connections_finish_within_the_shutdown_timeout() {
+    let bed = bed();
+    // 3 MiB at 1 MiB/s: about 3 s, well inside a 30 s deadline.
+    let size = (3u64 << 20).to_string();
+    let source = pp_all(&bed, 9001, "source", &[&size]);
+    let mut d = start_proxy(
+        &bed,
+        9001,
+        &["--health", "none", "--shutdown-timeout", "30s"],
+    );
+    let (down, late) = std::thread::scope(|s| {
+        let download = s.spawn(|| {
+            pp_to_vip(
+                &bed,
+                "download",
+                9001,
+                &["1048576"],
+                Duration::from_secs(60),
+            )
+        });
+        std::thread::sleep(Duration::from_secs(1));
+        d.signal(libc::SIGTERM).unwrap_or_else(|e| panic!("{e:#}"));
+        std::thread::sleep(Duration::from_millis(300));
+        // While it drains, the daemon takes no new connection.
+        let late = pp_to_vip(&bed, "reset_check", 9001, &[], Duration::from_secs(10));
+        (download.join().expect("download thread"), late)
+    });
+    assert_eq!(
+        down["ok"],
+        true,
+        "download across SIGTERM: {down:#}\n{}",
+        d.log()
+    );
+    assert_eq!(down["received"].as_u64(), Some(3 << 20), "{down:#}");
+    let rec = record_of(&source, &down, Duration::from_secs(10));
+    assert_eq!(
+        rec["sha256"], down["sha256"],
+        "the client received something else"
+    );
+    assert_ne!(
+        late["outcome"], "data",
+        "a connection after SIGTERM was served: {late:#}"
+    );
+    let status = d
+        .wait_exit(Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(status.success(), "lb exited with {status}:\n{}", d.log());
+    d.expect_log(&["waiting for proxied connections to end"]);
+
+    // A deadline shorter than the download: cut at the deadline, then the daemon exits.
+    let mut d = start_proxy(
+        &bed,
+        9001,
+        &["--health", "none", "--shutdown-timeout", "1s"],
+    );
+    let (down, exited_after) = std::thread::scope(|s| {
+        let download =
+            s.spawn(|| pp_to_vip(&bed, "download", 9001, &["262144"], Duration::from_secs(60)));
+        std::thread::sleep(Duration::from_secs(1));
+        let t = std::time::Instant::now();
+        d.signal(libc::SIGTERM).unwrap_or_else(|e| panic!("{e:#}"));
+        let status = d
+            .wait_exit(Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        assert!(status.success(), "lb exited with {status}:\n{}", d.log());
+        (download.join().expect("download thread"), t.elapsed())
+    });
+    assert!(
+        exited_after >= Duration::from_millis(900) && exited_after < Duration::from_secs(5),
+        "lb exited {exited_after:?} after SIGTERM, the deadline was 1 s:\n{}",
+        d.log()
+    );
+    assert_eq!(
+        down["ok"], false,
+        "the download outlived the deadline: {down:#}"
+    );
+    assert!(down["received"].as_u64().unwrap_or(0) < 3 << 20, "{down:#}");
+    d.expect_log(&["cutting the proxied connections still open"]);
+}

@@ -184,6 +184,10 @@ pub struct RunArgs {
     /// How long a draining backend's flows may continue before they are cut; default 300s.
     #[arg(long, value_name = "DURATION")]
     pub drain_timeout: Option<String>,
+    /// On SIGINT/SIGTERM, how long proxied connections may go on before the daemon exits
+    /// (no new ones are accepted meanwhile); default 30s.
+    #[arg(long, value_name = "DURATION")]
+    pub shutdown_timeout: Option<String>,
     /// PROXY protocol header of a proxy-v2 service: v2 (binary) or v1 (text).
     #[arg(long, value_name = "VERSION")]
     pub proxy_protocol: Option<String>,
@@ -240,6 +244,7 @@ impl RunArgs {
             pin_dir: self.pin_dir.clone(),
             admin: self.admin.clone(),
             drain_timeout: self.drain_timeout.clone(),
+            shutdown_timeout: self.shutdown_timeout.clone(),
             health: HealthFlags {
                 check: self.health.clone(),
                 port: self.health_port,

@@ -45,6 +45,8 @@ fn globals(src: &Layered<'_>) -> Result<Config, ConfigError> {
         None => DEFAULT_DRAIN_TIMEOUT,
         Some((loc, d)) => parse_duration(d).map_err(|r| ConfigError::new(loc, d, r))?,
     };
+    let shutdown_timeout =
+        duration_setting(setting!(src, shutdown_timeout), DEFAULT_SHUTDOWN_TIMEOUT)?;
     let connect_timeout =
         duration_setting(setting!(src, connect_timeout), DEFAULT_CONNECT_TIMEOUT)?;
     let (splice, max_conns) = proxy_globals(src)?;
@@ -61,6 +63,7 @@ fn globals(src: &Layered<'_>) -> Result<Config, ConfigError> {
         pin_dir,
         admin,
         drain_timeout,
+        shutdown_timeout,
         connect_timeout,
         splice,
         max_conns,

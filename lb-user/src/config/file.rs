@@ -22,6 +22,7 @@ pub struct FileConfig {
     pub pin_dir: Option<PathBuf>,
     pub admin: Option<String>,
     pub drain_timeout: Option<String>,
+    pub shutdown_timeout: Option<String>,
     pub connect_timeout: Option<String>,
     pub splice: Option<String>,
     pub max_conns: Option<u32>,

@@ -25,6 +25,7 @@ pub struct FlagSettings {
     pub pin_dir: Option<PathBuf>,
     pub admin: Option<String>,
     pub drain_timeout: Option<String>,
+    pub shutdown_timeout: Option<String>,
     pub health: HealthFlags,
     pub connect_timeout: Option<String>,
     pub splice: Option<String>,

@@ -125,6 +125,7 @@ pub struct ServiceConfig {
 
 /// Like NLB's deregistration delay.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(300);
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:9100";
 
 /// Everything the daemon needs, validated.
@@ -146,6 +147,8 @@ pub struct Config {
     pub admin: Option<SocketAddr>,
     /// How long a draining backend's flows may continue before they are cut.
     pub drain_timeout: Duration,
+    /// On SIGINT/SIGTERM, how long proxied connections may go on before the daemon exits.
+    pub shutdown_timeout: Duration,
     /// Proxy services: how long a backend connect may take before the next is tried.
     pub connect_timeout: Duration,
     pub splice: SpliceChoice,

@@ -27,6 +27,7 @@ fn flags(args: &[(&str, &str)]) -> FlagSettings {
             "pin-dir" => f.pin_dir = Some(PathBuf::from(v)),
             "admin" => f.admin = Some(v),
             "drain-timeout" => f.drain_timeout = Some(v),
+            "shutdown-timeout" => f.shutdown_timeout = Some(v),
             "health" => f.health.check = Some(v),
             "health-port" => f.health.port = Some(v.parse().unwrap()),
             "health-interval" => f.health.interval = Some(v),
@@ -337,6 +338,7 @@ fn health_defaults_are_tcp_like_an_nlb() {
     assert_eq!((h.rise, h.fall), (2, 2));
     assert_eq!(c.admin, Some("127.0.0.1:9100".parse().unwrap()));
     assert_eq!(c.drain_timeout, Duration::from_secs(300));
+    assert_eq!(c.shutdown_timeout, Duration::from_secs(30));
 }
 
 #[test]
@@ -352,6 +354,7 @@ fn http_health_flags_are_parsed() {
         ("unhealthy-threshold", "4"),
         ("admin", "off"),
         ("drain-timeout", "0s"),
+        ("shutdown-timeout", "5s"),
     ])
     .unwrap();
     let h = &c.services[0].health;
@@ -368,6 +371,7 @@ fn http_health_flags_are_parsed() {
     assert_eq!(h.timeout, Duration::from_millis(500));
     assert_eq!(c.admin, None);
     assert_eq!(c.drain_timeout, Duration::ZERO);
+    assert_eq!(c.shutdown_timeout, Duration::from_secs(5));
 }
 
 #[test]
@@ -387,6 +391,7 @@ fn bad_health_settings_name_the_flag() {
         (vec![("unhealthy-threshold", "0")], "--unhealthy-threshold"),
         (vec![("admin", "localhost")], "--admin"),
         (vec![("drain-timeout", "soon")], "--drain-timeout"),
+        (vec![("shutdown-timeout", "soon")], "--shutdown-timeout"),
     ] {
         let e = err(&extra);
         assert_eq!(e.location, loc, "{extra:?}: {e}");
@@ -399,6 +404,7 @@ fn file_health_table_is_per_service() {
 iface = ["lb0"]
 admin = "127.0.0.1:9200"
 drain_timeout = "30s"
+shutdown_timeout = "2m"
 [[service]]
 name = "registry"
 vip = "198.18.100.1:443"
@@ -423,6 +429,7 @@ backends = ["198.18.1.12:80"]
     .unwrap();
     assert_eq!(c.admin, Some("127.0.0.1:9200".parse().unwrap()));
     assert_eq!(c.drain_timeout, Duration::from_secs(30));
+    assert_eq!(c.shutdown_timeout, Duration::from_secs(120));
     let h = &c.services[0].health;
     assert!(matches!(h.check, HealthCheck::Http { .. }));
     assert_eq!((h.port, h.rise, h.fall), (Some(8080), 3, 5));

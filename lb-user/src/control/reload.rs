@@ -76,6 +76,9 @@ impl Model {
         if new.drain_timeout != old.drain_timeout {
             changes.push(format!("drain timeout {:?}", new.drain_timeout));
         }
+        if new.shutdown_timeout != old.shutdown_timeout {
+            changes.push(format!("shutdown timeout {:?}", new.shutdown_timeout));
+        }
         self.cfg = Config {
             services: self.cfg.services.clone(),
             ..new.clone()

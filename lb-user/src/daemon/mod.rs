@@ -159,8 +159,31 @@ pub fn start(cfg: Config, flags: FlagSettings) -> Result<Started, StartError> {
     })
 }
 
-/// Runs until SIGINT or SIGTERM, then detaches.
-pub async fn run(started: Started) -> anyhow::Result<()> {
+/// The daemon's usual end: the next SIGINT or SIGTERM, by name. Without the handlers
+/// (`run` installs them before it serves) it never resolves, and
+/// the default actions of the signals end the process.
+pub async fn signalled() -> &'static str {
+    let (Ok(mut sigint), Ok(mut sigterm)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        error!("cannot install the SIGINT/SIGTERM handlers");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = sigint.recv() => "SIGINT",
+        _ = sigterm.recv() => "SIGTERM",
+    }
+}
+
+/// Runs until `shutdown` resolves (with what asked for it, for the log), then stops
+/// accepting, lets proxied connections finish within `shutdown_timeout` (a second
+/// `shutdown` cuts them at once), and detaches.
+pub async fn run<F, S>(started: Started, shutdown: S) -> anyhow::Result<()>
+where
+    F: Future<Output = &'static str>,
+    S: Fn() -> F,
+{
     let Started {
         mut ctl,
         admin,
@@ -174,8 +197,6 @@ pub async fn run(started: Started) -> anyhow::Result<()> {
             proxy.clone().serve(tokio::net::TcpListener::from_std(l)?),
         ));
     }
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sigterm = signal(SignalKind::terminate())?;
     let mut sighup = signal(SignalKind::hangup())?;
     // The admin API reaches the control plane through `jobs`, run by the loop below.
     let (handle, mut jobs) = task::channel();
@@ -201,10 +222,11 @@ pub async fn run(started: Started) -> anyhow::Result<()> {
     // thread while the loop goes on; one scan at a time.
     let (flows_tx, mut flows_rx) = tokio::sync::mpsc::channel(1);
     let mut scanning = false;
+    let stop = shutdown();
+    tokio::pin!(stop);
     let signal_name = loop {
         tokio::select! {
-            _ = sigint.recv() => break "SIGINT",
-            _ = sigterm.recv() => break "SIGTERM",
+            why = &mut stop => break why,
             _ = sighup.recv() => {
                 info!("SIGHUP: reloading the configuration");
                 // Logged (applied or rejected) by reload itself.
@@ -257,7 +279,42 @@ pub async fn run(started: Started) -> anyhow::Result<()> {
     for t in proxy_tasks {
         t.abort();
     }
+    let deadline = ctl.config().shutdown_timeout;
+    let cut = tokio::select! {
+        finished = proxied_connections_end(&proxy, deadline) => (!finished).then_some("the shutdown timeout"),
+        why = shutdown() => Some(why),
+    };
+    if let Some(why) = cut {
+        warn!(
+            connections = proxy.cut_all(),
+            cause = why,
+            "cutting the proxied connections still open"
+        );
+        // The aborted tasks reset their sockets as they are dropped.
+        proxied_connections_end(&proxy, Duration::from_secs(1)).await;
+    }
     ctl.shutdown();
     info!("stopped");
     Ok(())
+}
+
+/// Waits until no proxied connection is left (true) or `deadline` has passed (false).
+async fn proxied_connections_end(proxy: &Proxy, deadline: Duration) -> bool {
+    let open = proxy.in_use();
+    if open == 0 {
+        return true;
+    }
+    info!(
+        connections = open,
+        ?deadline,
+        "waiting for proxied connections to end"
+    );
+    let until = tokio::time::Instant::now() + deadline;
+    while proxy.in_use() > 0 {
+        if tokio::time::Instant::now() >= until {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    true
 }

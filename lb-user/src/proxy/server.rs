@@ -124,6 +124,17 @@ impl ServiceRt {
         tasks.len()
     }
 
+    /// Cuts every connection of the service (a shutdown deadline).
+    pub fn cut_all(&self) -> usize {
+        let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut n = 0;
+        for t in tasks.values().flat_map(|m| m.values()) {
+            t.abort();
+            n += 1;
+        }
+        n
+    }
+
     fn error(&self, reason: &str) {
         let mut c = self.counters.lock().unwrap_or_else(|e| e.into_inner());
         *c.errors.entry(reason.to_string()).or_default() += 1;
@@ -179,6 +190,12 @@ impl Proxy {
             .unwrap_or_else(|e| e.into_inner())
             .get(&vip)
             .cloned()
+    }
+
+    /// Cuts every proxied connection (a shutdown deadline); returns how many.
+    pub fn cut_all(&self) -> usize {
+        let services = self.services.read().unwrap_or_else(|e| e.into_inner());
+        services.values().map(|s| s.cut_all()).sum()
     }
 
     /// Applies reloaded timeouts to connections accepted from now on.
@@ -300,17 +317,20 @@ impl Proxy {
             b.connections += 1;
             b.active += 1;
         });
-        // Run the splice as its own task, so a drain timeout can abort it.
+        // Run the splice as its own task, so a drain timeout or shutdown can abort it.
         let maps = self.maps.clone();
+        let cut = ResetIfCut::new(&client, &backend);
         let task = tokio::spawn(async move {
-            splice::splice(
+            let ended = splice::splice(
                 client,
                 backend,
                 settings.engine,
                 maps.as_deref(),
                 settings.idle_timeout,
             )
-            .await
+            .await;
+            cut.disarm();
+            ended
         });
         svc.tasks
             .lock()
@@ -617,6 +637,37 @@ fn random_u64() -> u64 {
 pub fn reset(s: TcpStream) {
     let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
     drop(s);
+}
+
+/// Resets both sockets of a proxied connection whose splice task is aborted (a drain
+/// timeout, a shutdown deadline): both ends learn at once that it is over, instead of
+/// an orphaned socket trickling out what it still holds. It keeps its own descriptor of
+/// each socket, so the socket is released (with the reset) whichever is dropped last.
+struct ResetIfCut {
+    fds: Option<[std::os::fd::OwnedFd; 2]>,
+}
+
+impl ResetIfCut {
+    fn new(client: &TcpStream, backend: &TcpStream) -> Self {
+        use std::os::fd::AsFd;
+        let dup = |s: &TcpStream| s.as_fd().try_clone_to_owned();
+        // Without descriptors (EMFILE) a cut falls back to a plain close.
+        let fds = dup(client).and_then(|c| Ok([c, dup(backend)?])).ok();
+        ResetIfCut { fds }
+    }
+
+    /// The splice ended by itself: the sockets close as it left them.
+    fn disarm(mut self) {
+        self.fds = None;
+    }
+}
+
+impl Drop for ResetIfCut {
+    fn drop(&mut self) {
+        for fd in self.fds.iter().flatten() {
+            let _ = socket2::SockRef::from(fd).set_linger(Some(Duration::ZERO));
+        }
+    }
 }
 
 #[cfg(test)]
