@@ -18,6 +18,7 @@ use crate::systems::{Running, System};
 use crate::xdp::{TEMPLATE_WORDS, enter, ifindex};
 use anyhow::{Context, Result, anyhow, bail};
 use lb_tests::Netns;
+use lb_tests::packet::{Packet, flags};
 use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
@@ -221,37 +222,15 @@ fn napi_threads(iface: &str) -> Result<Vec<u32>> {
     Ok(pids)
 }
 
-/// The template frame: client → `vip`:[`PPS_PORT`], a bare ACK, checksums right.
+/// The template frame: client → `vip`:[`PPS_PORT`], a bare ACK, checksums right (the
+/// test kit's packet builder), padded to the Ethernet minimum.
 fn frame(src_mac: [u8; 6], dst_mac: [u8; 6], src: Ipv4Addr, vip: Ipv4Addr) -> Vec<u8> {
-    let mut f = vec![0u8; FRAME_LEN];
-    f[0..6].copy_from_slice(&dst_mac);
-    f[6..12].copy_from_slice(&src_mac);
-    f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
-    let ip = 14;
-    f[ip] = 0x45;
-    f[ip + 2..ip + 4].copy_from_slice(&40u16.to_be_bytes());
-    f[ip + 6] = 0x40; // DF
-    f[ip + 8] = 64; // TTL
-    f[ip + 9] = 6; // TCP
-    f[ip + 12..ip + 16].copy_from_slice(&src.octets());
-    f[ip + 16..ip + 20].copy_from_slice(&vip.octets());
-    let c = !fold(sum(&f[ip..ip + 20]));
-    f[ip + 10..ip + 12].copy_from_slice(&c.to_be_bytes());
-    let tcp = ip + 20;
-    f[tcp..tcp + 2].copy_from_slice(&1024u16.to_be_bytes());
-    f[tcp + 2..tcp + 4].copy_from_slice(&PPS_PORT.to_be_bytes());
-    f[tcp + 4..tcp + 8].copy_from_slice(&1u32.to_be_bytes()); // seq
-    f[tcp + 8..tcp + 12].copy_from_slice(&1u32.to_be_bytes()); // ack
-    f[tcp + 12] = 5 << 4;
-    f[tcp + 13] = 0x10; // ACK
-    f[tcp + 14..tcp + 16].copy_from_slice(&65535u16.to_be_bytes());
-    let mut pseudo = Vec::with_capacity(32);
-    pseudo.extend_from_slice(&src.octets());
-    pseudo.extend_from_slice(&vip.octets());
-    pseudo.extend_from_slice(&[0, 6, 0, 20]);
-    pseudo.extend_from_slice(&f[tcp..tcp + 20]);
-    let c = !fold(sum(&pseudo));
-    f[tcp + 16..tcp + 18].copy_from_slice(&c.to_be_bytes());
+    let mut p = Packet::tcp(src.into(), 1024, vip.into(), PPS_PORT, flags::ACK);
+    p.eth_src = src_mac;
+    p.eth_dst = dst_mac;
+    (p.seq, p.ack, p.window) = (1, 1, 65535);
+    let mut f = p.build();
+    f.resize(FRAME_LEN, 0);
     f
 }
 
@@ -264,20 +243,6 @@ fn words(frame: &[u8]) -> [u64; TEMPLATE_WORDS] {
         w[i] = u64::from_ne_bytes(b);
     }
     w
-}
-
-/// One's-complement sum of big-endian 16-bit words (`data` has an even length).
-fn sum(data: &[u8]) -> u32 {
-    data.chunks(2)
-        .map(|w| u16::from_be_bytes([w[0], w[1]]) as u32)
-        .sum()
-}
-
-fn fold(mut s: u32) -> u16 {
-    while s > 0xffff {
-        s = (s & 0xffff) + (s >> 16);
-    }
-    s as u16
 }
 
 /// The MAC address of `iface` in `ns`.
@@ -304,7 +269,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn template_checksums_verify() {
+    fn template_is_a_bare_ack_to_the_pps_port_with_right_checksums() {
         let f = frame(
             [2, 0, 0, 0, 0, 1],
             [2, 0, 0, 0, 0, 2],
@@ -312,13 +277,10 @@ mod tests {
             Ipv4Addr::new(198, 18, 100, 1),
         );
         assert_eq!(f.len(), FRAME_LEN);
-        assert_eq!(fold(sum(&f[14..34])), 0xffff, "IPv4 header checksum");
-        let mut pseudo = Vec::new();
-        pseudo.extend_from_slice(&f[26..34]);
-        pseudo.extend_from_slice(&[0, 6, 0, 20]);
-        pseudo.extend_from_slice(&f[34..54]);
-        assert_eq!(fold(sum(&pseudo)), 0xffff, "TCP checksum");
-        assert_eq!(u16::from_be_bytes([f[36], f[37]]), PPS_PORT);
+        // The decoder verifies both checksums.
+        let p = lb_tests::packet::decode(&f).expect("a valid TCP frame");
+        assert_eq!((p.dport, p.flags), (PPS_PORT, flags::ACK));
+        assert_eq!(p.eth_dst, [2, 0, 0, 0, 0, 2]);
     }
 
     #[test]
