@@ -70,8 +70,11 @@ pub const DROP_INTERNAL: u32 = 13;
 /// Passed to the kernel: a packet for a PROXY-protocol service, which the daemon
 /// accepts and proxies.
 pub const PASS_PROXY: u32 = 14;
+/// Dropped: a packet that would open a new flow (SYN) from a source over its new-flow
+/// rate (`--source-rate`); no flow state was created.
+pub const DROP_SOURCE_RATE_LIMITED: u32 = 15;
 /// Number of counters (the length of `COUNTERS`).
-pub const NUM_COUNTERS: u32 = 15;
+pub const NUM_COUNTERS: u32 = 16;
 
 const fn c(index: u32, name: &'static str, kind: Kind, help: &'static str) -> Counter {
     Counter {
@@ -175,6 +178,12 @@ pub const TABLE: [Counter; NUM_COUNTERS as usize] = {
             "passed_proxy",
             Passed,
             "passed to the kernel for the daemon's PROXY-protocol proxy",
+        ),
+        c(
+            DROP_SOURCE_RATE_LIMITED,
+            "drop_source_rate_limited",
+            Dropped,
+            "a SYN from a source over its new-flow rate (--source-rate)",
         ),
     ]
 };

@@ -54,6 +54,8 @@ mod tests {
         ring_size: 13,
         snat_port_min: 1,
         snat_port_max: 2,
+        source_rate: 0,
+        source_burst: 0,
     };
 
     fn flow(last_seen_ns: u64, flags: u8) -> FlowState {

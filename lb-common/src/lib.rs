@@ -11,6 +11,7 @@ pub mod flow;
 pub mod hash;
 pub mod maglev;
 pub mod maps;
+pub mod source_limit;
 pub mod tcp;
 
 #[cfg(feature = "std")]

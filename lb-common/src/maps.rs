@@ -192,8 +192,48 @@ pub struct GlobalConfig {
     pub snat_port_min: u16,
     /// Highest SNAT source port, host order.
     pub snat_port_max: u16,
+    /// New flows a second one source may open (IPv4 address, IPv6 /64); 0 = no limit.
+    pub source_rate: u32,
+    /// How many new flows a source may open at once before `source_rate` applies (the
+    /// token bucket's size); at least 1 when `source_rate` is set.
+    pub source_burst: u32,
 }
-const _: () = assert!(size_of::<GlobalConfig>() == 24);
+const _: () = assert!(size_of::<GlobalConfig>() == 32);
+
+/// Sources whose new-flow rate is tracked at once (`SOURCE_BUCKETS`); the least
+/// recently used one is forgotten when a new source comes.
+pub const MAX_SOURCES: u32 = 65_536;
+
+/// Key of the per-source token buckets: the client address, IPv6 masked to its /64 (a
+/// host commonly holds a whole /64, so per-address buckets would be no limit).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SourceKey {
+    /// Source address, network order words; IPv6 words 2 and 3 are zero.
+    pub addr: [u32; 4],
+    /// [`FAMILY_V4`] or [`FAMILY_V6`].
+    pub family: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(size_of::<SourceKey>() == 20);
+
+impl SourceKey {
+    /// The bucket of a packet from `src` (network order words, as in [`FlowKey`]).
+    #[inline(always)]
+    pub fn of(src: &[u32; 4], family: u8) -> SourceKey {
+        let mut addr = *src;
+        if family == FAMILY_V6 {
+            // Words are network-order bytes, so words 0 and 1 are the first 64 bits.
+            addr[2] = 0;
+            addr[3] = 0;
+        }
+        SourceKey {
+            addr,
+            family,
+            _pad: [0; 3],
+        }
+    }
+}
 
 /// Packet and byte counters of a service or a backend (one per CPU in the maps).
 /// "in" is client → backend, "out" is backend → client.
@@ -232,6 +272,8 @@ pub mod names {
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
     pub const COUNTERS: &str = "COUNTERS";
     pub const NEXT_HOPS: &str = "NEXT_HOPS";
+    /// Source ([`super::SourceKey`]) → its new-flow token bucket (see `source_limit`).
+    pub const SOURCE_BUCKETS: &str = "SOURCE_BUCKETS";
     /// Proxy VIP:port ([`super::VipKey`]) → `u32` index into `PROXY_LISTENERS`.
     pub const PROXY_VIPS: &str = "PROXY_VIPS";
     /// SockMap of the daemon's proxy listening sockets (`sk_lookup` targets).

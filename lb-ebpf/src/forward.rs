@@ -1,5 +1,6 @@
 //! Client → VIP: the packet's flow (existing, else a new one), then the rewrite toward
-//! its backend; a new flow no backend can take is answered with a RST.
+//! its backend; a new flow no backend can take is answered with a RST, and a SYN over
+//! its source's new-flow rate is dropped before any flow state exists.
 
 use aya_ebpf::programs::XdpContext;
 use core::mem::MaybeUninit;
@@ -17,6 +18,7 @@ use crate::{
     parse::Packet,
     reset,
     select::{OK, new_flow},
+    source_limit,
     stack::zeroed,
     traffic::{Dir, service_traffic},
     verdict::Verdict,
@@ -45,6 +47,9 @@ pub fn forward(ctx: &XdpContext, pkt: &mut Packet, svc: &Service) -> Verdict {
     t.service = svc.id;
     let found = existing_flow(pkt, cfg, t);
     if !found {
+        if !source_limit::admits(pkt, cfg) {
+            return Verdict::drop(counters::DROP_SOURCE_RATE_LIMITED);
+        }
         let c = new_flow(pkt, svc, cfg, t);
         if c == counters::DROP_NO_BACKEND {
             // Nothing can take the connection: tell the client at once, as a closed

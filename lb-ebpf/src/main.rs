@@ -4,7 +4,7 @@
 //! Only the entry points live here. The forwarding path reads by file name:
 //! `dispatch` (which path) → `parse` (through `packet`'s bounds-checked cursor) →
 //! `forward` (client → backend: `select` the service and backend, `snat` port,
-//! `conntrack` refresh) or `reverse` (backend → client) → `nat` (rewrite, `csum`) →
+//! `conntrack` refresh; `source_limit` first for a SYN opening a flow) or `reverse` (backend → client) → `nat` (rewrite, `csum`) →
 //! `fib` (next hop, cached) → `verdict` (the one counter each packet bumps). A new flow
 //! that no backend can take is answered by `reset` (a TCP RST sent back with XDP_TX).
 //! `traffic` counts per service and backend; `events` logs the rare drops.
@@ -43,6 +43,8 @@ mod reverse;
 mod select;
 #[cfg(target_arch = "bpf")]
 mod snat;
+#[cfg(target_arch = "bpf")]
+mod source_limit;
 #[cfg(target_arch = "bpf")]
 mod splice;
 #[cfg(target_arch = "bpf")]

@@ -13,7 +13,8 @@ use lb_common::{
     counters::NUM_COUNTERS,
     maps::{
         Backend, DEFAULT_RING_SIZE, FlowKey, FlowState, GlobalConfig, MAX_BACKENDS, MAX_IFACES,
-        MAX_PROXY_LISTENERS, MAX_SERVICES, NextHop, ReverseNat, Service, TrafficCounters, VipKey,
+        MAX_PROXY_LISTENERS, MAX_SERVICES, MAX_SOURCES, NextHop, ReverseNat, Service, SourceKey,
+        TrafficCounters, VipKey,
     },
 };
 
@@ -62,6 +63,14 @@ pub static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(MAX_IFACES, 0);
 /// sees half of an update.
 #[map]
 pub static NEXT_HOPS: PerCpuArray<NextHop> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
+
+/// Source (IPv4 address, IPv6 /64) → its new-flow token bucket (`lb_common::source_limit`:
+/// when the bucket is next full, coarse ns); written and read by the forward path for
+/// SYNs that would open a flow, only while `--source-rate` is set. Shared by all CPUs, so
+/// concurrent SYNs of one source may each take the same token (a small overshoot).
+#[map]
+pub static SOURCE_BUCKETS: LruHashMap<SourceKey, u64> =
+    LruHashMap::with_max_entries(MAX_SOURCES, 0);
 
 /// Service id → per-CPU traffic counters; written by both paths, read by the daemon.
 #[map]

@@ -32,8 +32,8 @@ use crate::sys;
 pub mod counter {
     pub use lb_common::counters::{
         DROP_FRAG_NEEDED, DROP_MALFORMED, DROP_NO_BACKEND, DROP_NO_NEIGH, DROP_NO_ROUTE,
-        DROP_NO_TX_PORT, FWD_IN, FWD_OUT, NUM_COUNTERS, PASS, PASS_FRAGMENT, PASS_NO_NEIGH_OUT,
-        PASS_PROXY,
+        DROP_NO_TX_PORT, DROP_SOURCE_RATE_LIMITED, FWD_IN, FWD_OUT, NUM_COUNTERS, PASS,
+        PASS_FRAGMENT, PASS_NO_NEIGH_OUT, PASS_PROXY,
     };
 }
 
@@ -227,9 +227,23 @@ pub const DEFAULT_TIMEOUTS: Timeouts = Timeouts {
     closed: "10s",
 };
 
-/// The config file of the namespace's LB: its interfaces, timeouts, ring and SNAT ports,
-/// and the two plans' services.
-fn config_text(ifaces: &[&str], t: Timeouts) -> String {
+/// The global settings a test may change after loading, as a reload does.
+#[derive(Clone, Copy, Debug)]
+struct Reloadable {
+    timeouts: Timeouts,
+    /// `source_rate` and `source_burst`; `None`: the key is left out.
+    source_limit: (Option<u32>, Option<u32>),
+}
+
+/// The config file of the namespace's LB: its interfaces, timeouts, source limit, ring
+/// and SNAT ports, and the two plans' services.
+fn config_text(ifaces: &[&str], r: Reloadable) -> String {
+    let t = r.timeouts;
+    let (rate, burst) = r.source_limit;
+    let limit = [("source_rate", rate), ("source_burst", burst)]
+        .iter()
+        .filter_map(|(k, v)| v.map(|v| format!("{k} = {v}\n")))
+        .collect::<String>();
     let (p4, p6) = (plan4(), plan6());
     let list = |v: Vec<String>| {
         v.iter()
@@ -247,7 +261,7 @@ fn config_text(ifaces: &[&str], t: Timeouts) -> String {
     format!(
         "iface = [{}]\nring_size = {RING}\nmax_flows = 4096\nmax_conns = 64\nadmin = \"off\"\n\
          idle_timeout = {:?}\nclosed_timeout = {:?}\nsnat_ports = \"{SNAT_MIN}-{SNAT_MAX}\"\n\
-         snat_ip = [{}]\n\n{}\n{}",
+         snat_ip = [{}]\n{limit}\n{}\n{}",
         list(ifaces.iter().map(|s| s.to_string()).collect()),
         t.idle,
         t.closed,
@@ -278,6 +292,7 @@ pub fn config_from_text(text: &str) -> Result<Config> {
 pub struct TestRun {
     dp: Dataplane,
     ifaces: Vec<&'static str>,
+    reloadable: Reloadable,
     /// Live half of each service's Maglev tables, as control tracks it.
     live_half: BTreeMap<u32, u32>,
     pub lb0: u32,
@@ -319,12 +334,17 @@ impl TestRun {
         ns.enter().expect("enter the namespace");
         let ifindex = |name| lb_user::sys::ifindex(name).expect("interface index");
         let (lb0, lb1) = (ifindex("lb0"), ifindex("lb1"));
-        let cfg = config_from_text(&config_text(ifaces, DEFAULT_TIMEOUTS)).expect("config");
+        let reloadable = Reloadable {
+            timeouts: DEFAULT_TIMEOUTS,
+            source_limit: (None, None),
+        };
+        let cfg = config_from_text(&config_text(ifaces, reloadable)).expect("config");
         let mut dp = Dataplane::load(&cfg).expect("load the eBPF object (needs root)");
         dp.program_globals(&cfg).expect("program globals");
         TestRun {
             dp,
             ifaces: ifaces.to_vec(),
+            reloadable,
             live_half: BTreeMap::new(),
             lb0,
             lb1,
@@ -343,8 +363,20 @@ impl TestRun {
 
     /// Reloads the timeouts from config text, as a daemon reload does.
     pub fn set_timeouts(&mut self, t: Timeouts) {
-        let cfg = config_from_text(&config_text(&self.ifaces, t)).expect("config");
-        self.dp.set_timeouts(&cfg).expect("set timeouts");
+        self.reloadable.timeouts = t;
+        self.reload_globals();
+    }
+
+    /// Reloads the per-source new-flow limit (`source_rate`, `source_burst` in the file)
+    /// as a daemon reload does; `None` leaves the key out.
+    pub fn set_source_limit(&mut self, rate: Option<u32>, burst: Option<u32>) {
+        self.reloadable.source_limit = (rate, burst);
+        self.reload_globals();
+    }
+
+    fn reload_globals(&mut self) {
+        let cfg = config_from_text(&config_text(&self.ifaces, self.reloadable)).expect("config");
+        self.dp.set_globals(&cfg).expect("set the global settings");
     }
 
     // -- Provisioning by intent ---------------------------------------------------------

@@ -130,6 +130,14 @@ pub struct RunArgs {
     /// Source ports used toward backends; keep it outside net.ipv4.ip_local_port_range.
     #[arg(long, value_name = "LOW-HIGH")]
     pub snat_ports: Option<String>,
+    /// New flows a second one source (IPv4 address, IPv6 /64) may open; SYNs over it
+    /// are dropped in XDP. 0 = no limit (the default).
+    #[arg(long, value_name = "N")]
+    pub source_rate: Option<u32>,
+    /// New flows a source may open at once before --source-rate applies; default: the
+    /// rate (at least 1).
+    #[arg(long, value_name = "N")]
+    pub source_burst: Option<u32>,
     /// Flow table size (connections remembered); default 262144.
     #[arg(long, value_name = "N")]
     pub max_flows: Option<u32>,
@@ -258,6 +266,8 @@ impl RunArgs {
             connect_timeout: self.connect_timeout.clone(),
             splice: self.splice.clone(),
             max_conns: self.max_conns,
+            source_rate: self.source_rate,
+            source_burst: self.source_burst,
             proxy_protocol: self.proxy_protocol.clone(),
             proxy_tlvs: [
                 (self.proxy_tlv_unique_id, "unique-id"),

@@ -9,6 +9,7 @@ use super::values::{parse_duration, parse_port_range};
 use super::*;
 use lb_common::maglev::is_prime;
 use lb_common::maps::{DEFAULT_RING_SIZE, MAX_BACKENDS, MAX_SERVICES};
+use lb_common::source_limit::MAX_RATE;
 use std::collections::HashSet;
 
 /// Builds the configuration from the flags and the file (with its path), if any.
@@ -50,6 +51,7 @@ fn globals(src: &Layered<'_>) -> Result<Config, ConfigError> {
     let connect_timeout =
         duration_setting(setting!(src, connect_timeout), DEFAULT_CONNECT_TIMEOUT)?;
     let (splice, max_conns) = proxy_globals(src)?;
+    let (source_rate, source_burst) = source_limit(src)?;
     Ok(Config {
         ifaces,
         xdp_mode,
@@ -67,6 +69,8 @@ fn globals(src: &Layered<'_>) -> Result<Config, ConfigError> {
         connect_timeout,
         splice,
         max_conns,
+        source_rate,
+        source_burst,
         services: Vec::new(),
     })
 }
@@ -232,6 +236,42 @@ fn proxy_globals(src: &Layered<'_>) -> Result<(SpliceChoice, u32), ConfigError> 
         ));
     }
     Ok((splice, max_conns))
+}
+
+/// The per-source new-flow limit: (rate, burst); rate 0 is off, the burst defaults to
+/// the rate (at least 1).
+fn source_limit(src: &Layered<'_>) -> Result<(u32, u32), ConfigError> {
+    let (flags, f) = (src.flags, src.file);
+    let rate = flags.source_rate.or(f.source_rate).unwrap_or(0);
+    if rate > MAX_RATE {
+        return Err(ConfigError::new(
+            src.loc(flags.source_rate.is_some(), "source_rate"),
+            rate.to_string(),
+            format!("must be 0 (no limit) up to {MAX_RATE} new flows a second per source"),
+        ));
+    }
+    let burst = match flags.source_burst.or(f.source_burst) {
+        None => rate.max(1),
+        Some(b) => {
+            let loc = src.loc(flags.source_burst.is_some(), "source_burst");
+            if b == 0 || b > MAX_RATE {
+                return Err(ConfigError::new(
+                    loc,
+                    b.to_string(),
+                    format!("must be 1..={MAX_RATE} new flows"),
+                ));
+            }
+            if rate == 0 {
+                return Err(ConfigError::new(
+                    loc,
+                    b.to_string(),
+                    "a burst needs a source rate: set --source-rate (source_rate in the file) too",
+                ));
+            }
+            b
+        }
+    };
+    Ok((rate, burst))
 }
 
 /// A duration that must be longer than zero; `given` is the text and where it came from.

@@ -26,6 +26,8 @@ pub struct FileConfig {
     pub connect_timeout: Option<String>,
     pub splice: Option<String>,
     pub max_conns: Option<u32>,
+    pub source_rate: Option<u32>,
+    pub source_burst: Option<u32>,
     #[serde(default)]
     pub service: Vec<FileService>,
 }

@@ -30,6 +30,8 @@ pub struct FlagSettings {
     pub connect_timeout: Option<String>,
     pub splice: Option<String>,
     pub max_conns: Option<u32>,
+    pub source_rate: Option<u32>,
+    pub source_burst: Option<u32>,
     pub proxy_protocol: Option<String>,
     pub proxy_tlvs: Vec<String>,
     pub accept_proxy: bool,

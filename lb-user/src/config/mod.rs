@@ -154,6 +154,10 @@ pub struct Config {
     pub splice: SpliceChoice,
     /// Proxy services: connections proxied at once, at most.
     pub max_conns: u32,
+    /// New flows a second one source (IPv4 address, IPv6 /64) may open; 0 = no limit.
+    pub source_rate: u32,
+    /// How many new flows a source may open at once before `source_rate` applies.
+    pub source_burst: u32,
     pub services: Vec<ServiceConfig>,
 }
 

@@ -42,6 +42,8 @@ fn flags(args: &[(&str, &str)]) -> FlagSettings {
             "connect-timeout" => f.connect_timeout = Some(v),
             "splice" => f.splice = Some(v),
             "max-conns" => f.max_conns = Some(v.parse().unwrap()),
+            "source-rate" => f.source_rate = Some(v.parse().unwrap()),
+            "source-burst" => f.source_burst = Some(v.parse().unwrap()),
             other => panic!("unknown test flag {other}"),
         }
     }
@@ -564,4 +566,55 @@ fn health_defaults_come_from_the_engine() {
         (e.location.as_str(), e.reason.as_str()),
         ("timeout", "must be at least 10ms")
     );
+}
+
+#[test]
+fn source_limit_is_off_by_default_and_its_burst_defaults_to_the_rate() {
+    let c = with(&[]).unwrap();
+    assert_eq!((c.source_rate, c.source_burst), (0, 1));
+    let c = with(&[("source-rate", "10")]).unwrap();
+    assert_eq!((c.source_rate, c.source_burst), (10, 10));
+    let c = with(&[("source-rate", "10"), ("source-burst", "3")]).unwrap();
+    assert_eq!((c.source_rate, c.source_burst), (10, 3));
+    let c = with(&[("source-rate", "0")]).unwrap();
+    assert_eq!((c.source_rate, c.source_burst), (0, 1));
+    let file = "source_rate = 20\nsource_burst = 40\n".to_string() + FILE;
+    let c = from_text(&file, &FlagSettings::default()).unwrap();
+    assert_eq!((c.source_rate, c.source_burst), (20, 40));
+    let c = from_text(&file, &flags(&[("source-rate", "5")])).unwrap();
+    assert_eq!((c.source_rate, c.source_burst), (5, 40), "the flag wins");
+}
+
+#[test]
+fn bad_source_limits_name_the_flag_or_key() {
+    let e = err(&[("source-rate", "1000001")]);
+    assert_eq!(
+        (e.location.as_str(), e.value.as_str()),
+        ("--source-rate", "1000001")
+    );
+    assert!(e.reason.contains("0 (no limit) up to 1000000"), "{e}");
+    let e = err(&[("source-rate", "10"), ("source-burst", "0")]);
+    assert_eq!(
+        (e.location.as_str(), e.value.as_str()),
+        ("--source-burst", "0")
+    );
+    assert!(e.reason.contains("1..=1000000"), "{e}");
+    let e = err(&[("source-rate", "10"), ("source-burst", "2000000")]);
+    assert_eq!(e.location, "--source-burst");
+    let e = err(&[("source-burst", "5")]);
+    assert_eq!(e.location, "--source-burst");
+    assert!(e.reason.contains("needs a source rate"), "{e}");
+    let file = "source_rate = 2000000\n".to_string() + FILE;
+    let e = from_text(&file, &FlagSettings::default()).unwrap_err();
+    assert_eq!(
+        (e.location.as_str(), e.value.as_str()),
+        ("lb.toml: source_rate", "2000000")
+    );
+    let file = "source_rate = 1\nsource_burst = 0\n".to_string() + FILE;
+    let e = from_text(&file, &FlagSettings::default()).unwrap_err();
+    assert_eq!(e.location, "lb.toml: source_burst");
+    let file = "source_rate = -1\n".to_string() + FILE;
+    let e = from_text(&file, &FlagSettings::default()).unwrap_err();
+    assert_eq!(e.location, "--config");
+    assert!(e.reason.contains("source_rate"), "{e}");
 }

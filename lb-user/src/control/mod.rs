@@ -190,7 +190,9 @@ impl Control {
             Step::RemoveService { vip } => self.dp.remove_service(*vip)?,
             Step::SetProxyVip { vip } => self.dp.set_proxy_vip(*vip)?,
             Step::RemoveProxyVip { vip } => self.dp.remove_proxy_vip(*vip)?,
-            Step::SetTimeouts { .. } => self.dp.set_timeouts(self.model.config())?,
+            Step::SetTimeouts { .. } | Step::SetSourceLimit { .. } => {
+                self.dp.set_globals(self.model.config())?
+            }
             Step::StartChecker {
                 check_id,
                 addr,

@@ -62,6 +62,11 @@ pub enum Step {
         idle: Duration,
         closed: Duration,
     },
+    /// Writes the per-source new-flow limit (the running configuration's; rate 0: off).
+    SetSourceLimit {
+        rate: u32,
+        burst: u32,
+    },
 
     // Side effects.
     /// Starts (or restarts) the checker whose results carry `check_id`.

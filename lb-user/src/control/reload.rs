@@ -67,6 +67,19 @@ impl Model {
                 new.idle_timeout, new.closed_timeout
             ));
         }
+        if new.source_rate != old.source_rate || new.source_burst != old.source_burst {
+            self.plan.push(Step::SetSourceLimit {
+                rate: new.source_rate,
+                burst: new.source_burst,
+            });
+            changes.push(match new.source_rate {
+                0 => "source limit: off".to_string(),
+                r => format!(
+                    "source limit: {r} new flows a second, burst {}",
+                    new.source_burst
+                ),
+            });
+        }
         if new.idle_timeout != old.idle_timeout || new.connect_timeout != old.connect_timeout {
             self.plan.push(Step::ProxyTimeouts {
                 connect: new.connect_timeout,

@@ -593,3 +593,29 @@ fn a_backend_removed_by_reload_is_kept_if_it_comes_back() {
     );
     assert!(!bed.model.draining());
 }
+
+#[test]
+fn reload_sets_the_source_limit_alone() {
+    let mut bed = Bed::new(&[B1, B2]);
+    let mut new = config(&[B1, B2]);
+    new.source_rate = 10;
+    new.source_burst = 20;
+    let changes = bed.model.reload(new.clone(), "lb.toml", bed.now).unwrap();
+    assert_eq!(changes, ["source limit: 10 new flows a second, burst 20"]);
+    assert_eq!(
+        bed.plan().steps,
+        [Step::SetSourceLimit {
+            rate: 10,
+            burst: 20
+        }],
+        "nothing but the global settings is written: flows and tables stay"
+    );
+    new.source_rate = 0;
+    new.source_burst = 1;
+    let changes = bed.model.reload(new, "lb.toml", bed.now).unwrap();
+    assert_eq!(changes, ["source limit: off"]);
+    assert_eq!(
+        bed.plan().steps,
+        [Step::SetSourceLimit { rate: 0, burst: 1 }]
+    );
+}

@@ -18,7 +18,7 @@ impl Dataplane {
     /// Writes the global settings and the redirect ports. Call before
     /// [`Dataplane::attach`], so no packet sees a half-filled map.
     pub fn program_globals(&mut self, cfg: &Config) -> Result<(), DataplaneError> {
-        self.set_timeouts(cfg)?;
+        self.set_globals(cfg)?;
         let mut ports: DevMapHash<&mut MapData> = self.map_mut(names::TX_PORTS)?;
         for iface in &cfg.ifaces {
             let idx = sys::ifindex(iface).map_err(|source| DataplaneError::UnknownIface {
@@ -36,14 +36,17 @@ impl Dataplane {
     }
 
     /// Writes the global settings the program reads for every packet (timeouts, ring
-    /// size, SNAT ports); a reload may change the timeouts.
-    pub fn set_timeouts(&mut self, cfg: &Config) -> Result<(), DataplaneError> {
+    /// size, SNAT ports, the per-source new-flow limit); a reload may change the
+    /// timeouts and the limit. Flows and the sources' buckets are left as they are.
+    pub fn set_globals(&mut self, cfg: &Config) -> Result<(), DataplaneError> {
         let global = GlobalConfig {
             idle_timeout_ns: cfg.idle_timeout.as_nanos() as u64,
             closed_timeout_ns: cfg.closed_timeout.as_nanos() as u64,
             ring_size: cfg.ring_size,
             snat_port_min: cfg.snat_ports.0,
             snat_port_max: cfg.snat_ports.1,
+            source_rate: cfg.source_rate,
+            source_burst: cfg.source_burst,
         };
         let mut config: Array<&mut MapData, GlobalConfig> = self.map_mut(names::CONFIG)?;
         config.set(0, global, 0).map_err(map_error(names::CONFIG))
