@@ -44,7 +44,9 @@ pub const FWD_OUT: u32 = 1;
 pub const PASS: u32 = 2;
 /// Passed to the kernel: IPv4 fragment for a VIP (cannot be balanced by port).
 pub const PASS_FRAGMENT: u32 = 3;
-/// Passed to the kernel after reverse NAT, so it resolves the client's neighbour.
+/// Passed to the kernel after reverse NAT because the client's neighbour (MAC) is not
+/// known: handed to the TC program (`lb_common::handoff`), which sends it out through the
+/// kernel's neighbour resolution (`bpf_redirect_neigh`).
 pub const PASS_NO_NEIGH_OUT: u32 = 4;
 /// A new flow found no usable backend (every one down, draining or weight 0): the client
 /// is answered at once with a TCP RST (XDP_TX) instead of retransmitting into silence;
@@ -57,7 +59,8 @@ pub const DROP_FLOW_TABLE_FULL: u32 = 6;
 pub const DROP_SNAT_EXHAUSTED: u32 = 7;
 /// Dropped: the FIB has no route (or forwarding is disabled, or the route is not unicast).
 pub const DROP_NO_ROUTE: u32 = 8;
-/// Dropped: the backend's neighbour (MAC) is not resolved yet; the daemon resolves it.
+/// Dropped: the next hop's neighbour (MAC) is not known and the packet could not be handed
+/// to the kernel to resolve it (no room for the hand-off in the packet's metadata area).
 pub const DROP_NO_NEIGH: u32 = 9;
 /// Dropped: the packet is larger than the egress MTU.
 pub const DROP_FRAG_NEEDED: u32 = 10;
@@ -73,8 +76,12 @@ pub const PASS_PROXY: u32 = 14;
 /// Dropped: a packet that would open a new flow (SYN) from a source over its new-flow
 /// rate (`--source-rate`); no flow state was created.
 pub const DROP_SOURCE_RATE_LIMITED: u32 = 15;
+/// Passed to the kernel after NAT toward a backend whose neighbour (MAC) is not known:
+/// handed to the TC program as [`PASS_NO_NEIGH_OUT`] is; the daemon also warms the
+/// backends' neighbours when it moves.
+pub const PASS_NO_NEIGH_IN: u32 = 16;
 /// Number of counters (the length of `COUNTERS`).
-pub const NUM_COUNTERS: u32 = 16;
+pub const NUM_COUNTERS: u32 = 17;
 
 const fn c(index: u32, name: &'static str, kind: Kind, help: &'static str) -> Counter {
     Counter {
@@ -117,7 +124,7 @@ pub const TABLE: [Counter; NUM_COUNTERS as usize] = {
             PASS_NO_NEIGH_OUT,
             "passed_no_neighbour_out",
             Passed,
-            "reply passed to the kernel after reverse NAT to resolve the client's neighbour",
+            "reply handed to the kernel after reverse NAT, which resolves the client's neighbour and sends it",
         ),
         c(
             DROP_NO_BACKEND,
@@ -147,7 +154,7 @@ pub const TABLE: [Counter; NUM_COUNTERS as usize] = {
             DROP_NO_NEIGH,
             "drop_no_neighbour",
             Dropped,
-            "the backend's neighbour is not resolved yet",
+            "the next hop's neighbour is unknown and the packet could not be handed to the kernel",
         ),
         c(
             DROP_FRAG_NEEDED,
@@ -184,6 +191,12 @@ pub const TABLE: [Counter; NUM_COUNTERS as usize] = {
             "drop_source_rate_limited",
             Dropped,
             "a SYN from a source over its new-flow rate (--source-rate)",
+        ),
+        c(
+            PASS_NO_NEIGH_IN,
+            "passed_no_neighbour_in",
+            Passed,
+            "handed to the kernel after NAT, which resolves the backend's neighbour and sends it",
         ),
     ]
 };

@@ -8,6 +8,7 @@
 
 pub mod counters;
 pub mod flow;
+pub mod handoff;
 pub mod hash;
 pub mod maglev;
 pub mod maps;

@@ -284,6 +284,9 @@ pub mod names {
     pub const SPLICE_HOOK: &str = "SPLICE_HOOK";
     /// The load-balancing program.
     pub const PROG_LB: &str = "lb_xdp";
+    /// The TC ingress companion of `PROG_LB` on the same interfaces: sends the packets
+    /// `PROG_LB` hands off for want of a neighbour entry (`crate::handoff`).
+    pub const PROG_NEIGH: &str = "lb_neigh";
     /// A program that passes everything; tests attach it to veth peers (see TOOLCHAIN.md).
     pub const PROG_PASS: &str = "xdp_pass";
     /// The `sk_lookup` program steering proxy VIP:port connections to the daemon's

@@ -1,5 +1,6 @@
 //! Out of the program toward the next hop: the NAT rewrite, then the FIB lookup (toward
-//! a backend, cached per CPU for a while), the MAC rewrite, and XDP_TX or a redirect.
+//! a backend, cached per CPU for a while), the MAC rewrite, and XDP_TX or a redirect; or,
+//! when the next hop has no neighbour entry, the hand-off to the TC program.
 
 use aya_ebpf::{
     EbpfContext,
@@ -13,6 +14,7 @@ use aya_ebpf::{
 use core::mem::{MaybeUninit, size_of};
 use lb_common::{
     counters,
+    handoff::{self, Handoff},
     maps::{FAMILY_V4, NEXT_HOP_TTL_NS, NextHop, PROTO_TCP},
 };
 
@@ -20,7 +22,7 @@ use crate::{
     events,
     maps::{NEXT_HOPS, TX_PORTS},
     nat::{self, Target},
-    packet::{frame_len, ptr_at},
+    packet::{frame_len, ptr_at, push_meta},
     parse::Packet,
     stack::zeroed,
     traffic::{Dir, traffic},
@@ -88,19 +90,48 @@ fn next_hop(ctx: &XdpContext, pkt: &Packet, t: &Target, dir: Dir) -> Verdict {
             }
             out(ctx, t, dir, &hop)
         }
-        // The daemon resolves the backends' neighbours; until then, drop.
-        BPF_FIB_LKUP_RET_NO_NEIGH if dir == Dir::In => Verdict::drop(counters::DROP_NO_NEIGH),
-        // The source is now the VIP, not a local address, so the kernel forwards the
-        // rewritten packet and resolves the client's neighbour itself.
-        BPF_FIB_LKUP_RET_NO_NEIGH => {
-            traffic(t.service, t.backend, dir, frame_len(ctx) as u64);
-            Verdict::pass(counters::PASS_NO_NEIGH_OUT)
-        }
+        BPF_FIB_LKUP_RET_NO_NEIGH => hand_off(ctx, t, dir, p),
         BPF_FIB_LKUP_RET_FRAG_NEEDED => Verdict::drop(counters::DROP_FRAG_NEEDED),
         _ => {
             events::dropped(ctx, counters::DROP_NO_ROUTE);
             Verdict::drop(counters::DROP_NO_ROUTE)
         }
+    }
+}
+
+/// The next hop has no neighbour entry, and XDP cannot make the kernel resolve one: the
+/// rewritten packet is passed with the FIB's answer in its metadata, for `lb_neigh` (TC
+/// ingress, `handoff`) to send out through the kernel's neighbour resolution. Passing it
+/// bare would not do: the kernel would deliver it locally when the VIP is a local address.
+#[inline(never)]
+fn hand_off(ctx: &XdpContext, t: &Target, dir: Dir, p: &FibParams) -> Verdict {
+    let len = frame_len(ctx) as u64;
+    let Some(meta) = push_meta::<Handoff>(ctx) else {
+        events::dropped(ctx, counters::DROP_NO_NEIGH);
+        return Verdict::drop(counters::DROP_NO_NEIGH);
+    };
+    // On NO_NEIGH the lookup has filled in the egress interface and the next hop (the
+    // gateway, or the destination on a connected route), in its own family.
+    let mut h = Handoff {
+        magic: handoff::MAGIC,
+        ifindex: p.ifindex,
+        family: handoff::FAMILY_INET,
+        addr: [0; 4],
+    };
+    if p.family == AF_INET {
+        // SAFETY: an AF_INET answer's destination is the IPv4 member.
+        h.addr[0] = unsafe { p.__bindgen_anon_4.ipv4_dst };
+    } else {
+        h.family = handoff::FAMILY_INET6;
+        // SAFETY: an AF_INET6 answer's destination is the IPv6 member.
+        h.addr = unsafe { p.__bindgen_anon_4.ipv6_dst };
+    }
+    // SAFETY: `push_meta` checked the whole `Handoff` lies before the frame.
+    unsafe { meta.write_unaligned(h) };
+    traffic(t.service, t.backend, dir, len);
+    match dir {
+        Dir::In => Verdict::pass(counters::PASS_NO_NEIGH_IN),
+        Dir::Out => Verdict::pass(counters::PASS_NO_NEIGH_OUT),
     }
 }
 

@@ -7,7 +7,10 @@
 //! `conntrack` refresh; `source_limit` first for a SYN opening a flow) or `reverse` (backend → client) → `nat` (rewrite, `csum`) →
 //! `fib` (next hop, cached) → `verdict` (the one counter each packet bumps). A new flow
 //! that no backend can take is answered by `reset` (a TCP RST sent back with XDP_TX).
-//! `traffic` counts per service and backend; `events` logs the rare drops.
+//! `traffic` counts per service and backend; `events` logs the rare drops. A packet whose
+//! next hop has no neighbour entry is passed with a note in its metadata, and `lb_neigh`
+//! (`handoff`, TC ingress on the same interfaces) sends it out through the kernel's
+//! neighbour resolution.
 //!
 //! Proxy (PROXY protocol) services add two socket programs: `lb_lookup` (`lookup`, an
 //! sk_lookup program handing VIP:port connections to the daemon's listener) and
@@ -25,6 +28,8 @@ mod events;
 mod fib;
 #[cfg(target_arch = "bpf")]
 mod forward;
+#[cfg(target_arch = "bpf")]
+mod handoff;
 #[cfg(target_arch = "bpf")]
 mod lookup;
 #[cfg(target_arch = "bpf")]
@@ -62,8 +67,8 @@ fn main() {}
 mod entry {
     use aya_ebpf::{
         bindings::xdp_action,
-        macros::{sk_lookup, stream_verdict, xdp},
-        programs::{SkBuffContext, SkLookupContext, XdpContext},
+        macros::{classifier, sk_lookup, stream_verdict, xdp},
+        programs::{SkBuffContext, SkLookupContext, TcContext, XdpContext},
     };
     // The panic handler and licence.
     use lb_ebpf as _;
@@ -79,6 +84,13 @@ mod entry {
     #[xdp]
     pub fn xdp_pass(_ctx: XdpContext) -> u32 {
         xdp_action::XDP_PASS
+    }
+
+    /// TC ingress companion of `lb_xdp`: sends the packets it handed off for want of a
+    /// neighbour entry out through the kernel's neighbour resolution; passes the rest.
+    #[classifier]
+    pub fn lb_neigh(ctx: TcContext) -> i32 {
+        crate::handoff::handle(&ctx)
     }
 
     /// Steers new connections to a proxy VIP:port to the daemon's listening socket

@@ -12,7 +12,7 @@ use crate::dataplane::{Dataplane, DataplaneError};
 use crate::health::CheckResult;
 use crate::proxy::server::{Proxy, Settings};
 use crate::proxy::splice::Engine;
-use lb_common::counters::DROP_NO_NEIGH;
+use lb_common::counters::PASS_NO_NEIGH_IN;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -217,7 +217,7 @@ where
 
     let mut tick = tokio::time::interval(TICK);
     let mut last_refresh = tokio::time::Instant::now();
-    let mut no_neigh = ctl.dataplane().counter(DROP_NO_NEIGH);
+    let mut no_neigh = ctl.dataplane().counter(PASS_NO_NEIGH_IN);
     // Counts of the flows of draining backends: the flow table scan runs on a blocking
     // thread while the loop goes on; one scan at a time.
     let (flows_tx, mut flows_rx) = tokio::sync::mpsc::channel(1);
@@ -260,10 +260,10 @@ where
                         let _ = tx.send(scan).await;
                     });
                 }
-                let now = ctl.dataplane().counter(DROP_NO_NEIGH);
+                let now = ctl.dataplane().counter(PASS_NO_NEIGH_IN);
                 if now != no_neigh || last_refresh.elapsed() >= NEIGH_REFRESH {
                     if now != no_neigh {
-                        warn!(dropped = now - no_neigh, "packets dropped for unresolved backend neighbours; resolving");
+                        warn!(dropped = now - no_neigh, "packets to backends with no neighbour entry handed to the kernel; resolving");
                     }
                     no_neigh = now;
                     last_refresh = tokio::time::Instant::now();

@@ -1,12 +1,17 @@
-//! Attaching the programs: XDP to the LB's interfaces (with the native → skb fallback),
-//! sk_lookup to the network namespace, and the checks and detach of a clean shutdown.
+//! Attaching the programs: XDP to the LB's interfaces (with the native → skb fallback) and
+//! its TC companion (neighbour hand-off) to their ingress, sk_lookup to the network
+//! namespace, and the checks and detach of a clean shutdown.
 
 use aya::maps::{MapData, SockMap};
-use aya::programs::{ProgramError, SkLookup, XdpMode};
+use aya::programs::{
+    LinkOrder, ProgramError, SkLookup, TcAttachType, XdpMode, tc::TcAttachOptions,
+};
 use lb_common::maps::names;
 use tracing::{info, warn};
 
-use super::{Attachment, Dataplane, DataplaneError, lb_program, map_error, pin, program_error};
+use super::{
+    Attachment, Dataplane, DataplaneError, lb_program, map_error, neigh_program, pin, program_error,
+};
 use crate::config::XdpModeChoice;
 use crate::sys;
 
@@ -61,8 +66,8 @@ impl Dataplane {
             })?;
             resolved.push((iface.clone(), idx));
         }
-        let prog = lb_program(&mut self.ebpf)?;
         for (iface, ifindex) in resolved {
+            let prog = lb_program(&mut self.ebpf)?;
             let (link, mode) = match choice {
                 XdpModeChoice::Skb => (prog.attach_to_if_index(ifindex, XdpMode::Skb), "skb"),
                 XdpModeChoice::Native => {
@@ -88,6 +93,7 @@ impl Dataplane {
             })?;
             info!(iface = %iface, ifindex, mode, "attached XDP program {}", names::PROG_LB);
             self.links.push(link);
+            self.attach_neigh(&iface)?;
             self.attachments.push(Attachment {
                 iface,
                 ifindex,
@@ -97,8 +103,27 @@ impl Dataplane {
         Ok(())
     }
 
+    /// Attaches the neighbour hand-off's TC program to `iface`'s ingress, ahead of any
+    /// other TCX program there: what the XDP program passes with a hand-off must reach it
+    /// unchanged.
+    fn attach_neigh(&mut self, iface: &str) -> Result<(), DataplaneError> {
+        let link = neigh_program(&mut self.ebpf)?
+            .attach_with_options(
+                iface,
+                TcAttachType::Ingress,
+                TcAttachOptions::TcxOrder(LinkOrder::first()),
+            )
+            .map_err(|source| DataplaneError::AttachNeigh {
+                iface: iface.to_string(),
+                source: Box::new(source),
+            })?;
+        info!(iface = %iface, "attached TC program {} (ingress)", names::PROG_NEIGH);
+        self.neigh_links.push(link);
+        Ok(())
+    }
+
     /// What is wrong with the attachments, if anything: an interface that is gone or
-    /// was re-created, or fewer XDP links running the program than interfaces.
+    /// was re-created, or fewer XDP or TC links running the programs than interfaces.
     pub fn attachment_problems(&mut self) -> Vec<String> {
         let mut problems = Vec::new();
         if self.attachments.is_empty() {
@@ -114,19 +139,25 @@ impl Dataplane {
                 Err(e) => problems.push(format!("{}: {e}", a.iface)),
             }
         }
-        let prog_id = lb_program(&mut self.ebpf)
+        let xdp_id = lb_program(&mut self.ebpf)
             .ok()
             .and_then(|p| p.info().ok())
             .map(|i| i.id());
-        let links = aya::programs::loaded_links()
-            .filter_map(Result::ok)
-            .filter(|l| Some(l.program_id()) == prog_id)
-            .count();
-        if links < self.attachments.len() {
-            problems.push(format!(
-                "{links} XDP links run the program, {} expected",
-                self.attachments.len()
-            ));
+        let tc_id = neigh_program(&mut self.ebpf)
+            .ok()
+            .and_then(|p| p.info().ok())
+            .map(|i| i.id());
+        for (kind, id) in [("XDP", xdp_id), ("TC", tc_id)] {
+            let links = aya::programs::loaded_links()
+                .filter_map(Result::ok)
+                .filter(|l| Some(l.program_id()) == id)
+                .count();
+            if links < self.attachments.len() {
+                problems.push(format!(
+                    "{links} {kind} links run the program, {} expected",
+                    self.attachments.len()
+                ));
+            }
         }
         problems
     }
@@ -139,6 +170,14 @@ impl Dataplane {
                 match prog.detach(link) {
                     Ok(()) => info!(iface = %a.iface, "detached XDP program"),
                     Err(e) => warn!(iface = %a.iface, cause = %e, "detaching XDP program failed"),
+                }
+            }
+        }
+        if let Ok(prog) = neigh_program(&mut self.ebpf) {
+            for (link, a) in self.neigh_links.drain(..).zip(&self.attachments) {
+                match prog.detach(link) {
+                    Ok(()) => info!(iface = %a.iface, "detached TC program"),
+                    Err(e) => warn!(iface = %a.iface, cause = %e, "detaching TC program failed"),
                 }
             }
         }

@@ -1,5 +1,6 @@
 //! Loading the embedded eBPF object: maps sized from the configuration, pinned flow
-//! tables reused (after a size check), and the XDP program through the verifier.
+//! tables reused (after a size check), and the XDP program and its TC companion through
+//! the verifier.
 
 use std::path::Path;
 
@@ -8,7 +9,7 @@ use aya::{Ebpf, EbpfLoader};
 use lb_common::maps::names;
 use tracing::info;
 
-use super::{Dataplane, DataplaneError, lb_program, map_error, object, pin};
+use super::{Dataplane, DataplaneError, lb_program, map_error, neigh_program, object, pin};
 use crate::config::Config;
 
 impl Dataplane {
@@ -42,20 +43,12 @@ impl Dataplane {
         if let Some(dir) = &cfg.pin_dir {
             check_pinned_sizes(&ebpf, cfg.max_flows, dir, &reused)?;
         }
-        lb_program(&mut ebpf)?.load().map_err(|e| match e {
-            ProgramError::LoadError {
-                io_error,
-                verifier_log,
-            } => DataplaneError::Verifier {
-                program: names::PROG_LB,
-                source: io_error,
-                log: verifier_log.to_string(),
-            },
-            other => DataplaneError::Program {
-                program: names::PROG_LB,
-                source: Box::new(other),
-            },
-        })?;
+        lb_program(&mut ebpf)?
+            .load()
+            .map_err(verifier_error(names::PROG_LB))?;
+        neigh_program(&mut ebpf)?
+            .load()
+            .map_err(verifier_error(names::PROG_NEIGH))?;
         super::ebpf_log::forward(&mut ebpf);
         info!(
             maglev_entries,
@@ -68,8 +61,27 @@ impl Dataplane {
             ring_size: cfg.ring_size,
             pin_dir: cfg.pin_dir.clone(),
             links: Vec::new(),
+            neigh_links: Vec::new(),
             attachments: Vec::new(),
         })
+    }
+}
+
+/// The error of a failed program load, with the verifier's log when it rejected it.
+fn verifier_error(program: &'static str) -> impl Fn(ProgramError) -> DataplaneError {
+    move |e| match e {
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => DataplaneError::Verifier {
+            program,
+            source: io_error,
+            log: verifier_log.to_string(),
+        },
+        other => DataplaneError::Program {
+            program,
+            source: Box::new(other),
+        },
     }
 }
 

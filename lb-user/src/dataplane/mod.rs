@@ -18,7 +18,9 @@ pub use splice::SpliceMaps;
 use aya::Ebpf;
 use aya::EbpfError;
 use aya::maps::MapError;
-use aya::programs::{ProgramError, Xdp, xdp::XdpLinkId};
+use aya::programs::{
+    ProgramError, SchedClassifier, Xdp, tc::SchedClassifierLinkId, xdp::XdpLinkId,
+};
 use lb_common::maps::names;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::path::PathBuf;
@@ -57,6 +59,14 @@ pub enum DataplaneError {
         mode: &'static str,
         source: Box<ProgramError>,
         hint: &'static str,
+    },
+    #[error(
+        "attaching {} to {iface} (TC ingress, TCX): {source}\nhint: TCX needs Linux 6.6 or later",
+        names::PROG_NEIGH
+    )]
+    AttachNeigh {
+        iface: String,
+        source: Box<ProgramError>,
     },
     #[error("writing map {map}: {source}")]
     Map { map: &'static str, source: MapError },
@@ -124,6 +134,8 @@ pub struct Dataplane {
     ring_size: u32,
     pin_dir: Option<PathBuf>,
     links: Vec<XdpLinkId>,
+    /// The TC ingress links of `PROG_NEIGH`, one per attachment, in the same order.
+    neigh_links: Vec<SchedClassifierLinkId>,
     pub attachments: Vec<Attachment>,
 }
 
@@ -152,6 +164,14 @@ fn lb_program(ebpf: &mut Ebpf) -> Result<&mut Xdp, DataplaneError> {
         .ok_or(DataplaneError::MissingProgram(names::PROG_LB))?
         .try_into()
         .map_err(program_error(names::PROG_LB))
+}
+
+/// The TC program that sends what the XDP program hands off for want of a neighbour.
+fn neigh_program(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier, DataplaneError> {
+    ebpf.program_mut(names::PROG_NEIGH)
+        .ok_or(DataplaneError::MissingProgram(names::PROG_NEIGH))?
+        .try_into()
+        .map_err(program_error(names::PROG_NEIGH))
 }
 
 /// The error of a failed write to (or open of) `map`.

@@ -1,8 +1,9 @@
 //! Neighbour warm-up. The XDP program forwards with the MAC addresses the kernel's
-//! neighbour table knows (bpf_fib_lookup), and XDP traffic never makes the kernel resolve
-//! one, so the daemon does: an ICMP echo to each backend makes the kernel ARP/ND for it.
-//! A packet that still meets an unresolved backend is dropped and counted
-//! (`drop_no_neighbour`); the daemon sees the counter move and warms again.
+//! neighbour table knows (bpf_fib_lookup); a packet that meets an unresolved next hop is
+//! handed to the TC program, which sends it through the kernel's neighbour resolution
+//! (`passed_no_neighbour_in`/`_out`): correct, but slower than XDP. So the daemon resolves
+//! the backends ahead of traffic: an ICMP echo to each makes the kernel ARP/ND for it, and
+//! it warms again when `passed_no_neighbour_in` moves.
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use std::net::{IpAddr, SocketAddr};
