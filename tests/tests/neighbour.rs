@@ -30,8 +30,9 @@ const BEFORE_SYN_RETRY: &str = "0.9";
 const ONE_ND_RETRY: &str = "2.5";
 
 /// lb in nat mode over backend `b1` alone, for the family `v6`, with the VIP also on
-/// the LB's client-side interface if `vip_local`.
-fn lb_over_b1(bed: &Bed, v6: bool, vip_local: bool) -> Daemon {
+/// the LB's client-side interface if `vip_local`, XDP attached in `mode` (`native`, or
+/// `skb`: generic XDP hands the metadata to TC by another path in the kernel).
+fn lb_over_b1(bed: &Bed, v6: bool, vip_local: bool, mode: &str) -> Daemon {
     let topo = &bed.topo;
     if vip_local {
         let vip: IpAddr = if v6 { VIP6.into() } else { VIP4.into() };
@@ -52,7 +53,7 @@ fn lb_over_b1(bed: &Bed, v6: bool, vip_local: bool) -> Daemon {
         "--mode".to_owned(),
         "nat".to_owned(),
         "--xdp-mode".to_owned(),
-        "native".to_owned(),
+        mode.to_owned(),
         // No health check re-resolves the backend between a flush and the connection.
         "--health-interval".to_owned(),
         "60s".to_owned(),
@@ -175,10 +176,10 @@ fn counter(d: &Daemon, name: &str) -> u64 {
 
 /// A client address the LB has no neighbour entry for connects at its first SYN: the
 /// SYN-ACK is handed to TC and leaves once the kernel has resolved the client.
-fn new_client_connects(v6: bool, vip_local: bool) {
+fn new_client_connects(v6: bool, vip_local: bool, mode: &str) {
     let bed = Bed::new(Kind::TwoArmed);
     client_never_asks_for_the_lb(&bed);
-    let d = lb_over_b1(&bed, v6, vip_local);
+    let d = lb_over_b1(&bed, v6, vip_local, mode);
     // One connection from the client's own address first: lb works at all.
     let own = if v6 {
         bed.topo.client_v6.into()
@@ -214,30 +215,30 @@ fn new_client_connects(v6: bool, vip_local: bool) {
 
 #[test]
 fn new_client_with_the_vip_local_v4() {
-    new_client_connects(false, true);
+    new_client_connects(false, true, "native");
 }
 
 #[test]
 fn new_client_with_the_vip_local_v6() {
-    new_client_connects(true, true);
+    new_client_connects(true, true, "native");
 }
 
 #[test]
 fn new_client_with_the_vip_not_local_v4() {
-    new_client_connects(false, false);
+    new_client_connects(false, false, "native");
 }
 
 #[test]
 fn new_client_with_the_vip_not_local_v6() {
-    new_client_connects(true, false);
+    new_client_connects(true, false, "native");
 }
 
 /// A backend whose neighbour entry the LB lost takes the next new connection at its
 /// first SYN: the SYN is handed to TC, which resolves the backend.
-fn backend_without_neighbour_takes_the_first_syn(v6: bool) {
+fn backend_without_neighbour_takes_the_first_syn(v6: bool, mode: &str) {
     let bed = Bed::new(Kind::TwoArmed);
     // The VIP not local: only the path toward the backend is under test.
-    let d = lb_over_b1(&bed, v6, false);
+    let d = lb_over_b1(&bed, v6, false, mode);
     let b1 = bed.topo.backend("b1");
     let b1_ip: IpAddr = if v6 { b1.v6.into() } else { b1.v4.into() };
     let client: IpAddr = if v6 {
@@ -260,10 +261,20 @@ fn backend_without_neighbour_takes_the_first_syn(v6: bool) {
 
 #[test]
 fn backend_without_neighbour_v4() {
-    backend_without_neighbour_takes_the_first_syn(false);
+    backend_without_neighbour_takes_the_first_syn(false, "native");
 }
 
 #[test]
 fn backend_without_neighbour_v6() {
-    backend_without_neighbour_takes_the_first_syn(true);
+    backend_without_neighbour_takes_the_first_syn(true, "native");
+}
+
+#[test]
+fn new_client_with_the_vip_local_v4_generic_xdp() {
+    new_client_connects(false, true, "skb");
+}
+
+#[test]
+fn backend_without_neighbour_v6_generic_xdp() {
+    backend_without_neighbour_takes_the_first_syn(true, "skb");
 }

@@ -4,7 +4,7 @@
 
 use aya::maps::{MapData, SockMap};
 use aya::programs::{
-    LinkOrder, ProgramError, SkLookup, TcAttachType, XdpMode, tc::TcAttachOptions,
+    LinkOrder, ProgramError, SchedClassifier, SkLookup, TcAttachType, XdpMode, tc::TcAttachOptions,
 };
 use lb_common::maps::names;
 use tracing::{info, warn};
@@ -143,20 +143,33 @@ impl Dataplane {
             .ok()
             .and_then(|p| p.info().ok())
             .map(|i| i.id());
+        let links = aya::programs::loaded_links()
+            .filter_map(Result::ok)
+            .filter(|l| Some(l.program_id()) == xdp_id)
+            .count();
+        if links < self.attachments.len() {
+            problems.push(format!(
+                "{links} XDP links run the program, {} expected",
+                self.attachments.len()
+            ));
+        }
+        // Asked per interface: a detached TCX link still exists (and names the program)
+        // while the daemon holds it, but the interface no longer runs it.
         let tc_id = neigh_program(&mut self.ebpf)
             .ok()
             .and_then(|p| p.info().ok())
             .map(|i| i.id());
-        for (kind, id) in [("XDP", xdp_id), ("TC", tc_id)] {
-            let links = aya::programs::loaded_links()
-                .filter_map(Result::ok)
-                .filter(|l| Some(l.program_id()) == id)
-                .count();
-            if links < self.attachments.len() {
-                problems.push(format!(
-                    "{links} {kind} links run the program, {} expected",
-                    self.attachments.len()
-                ));
+        for a in &self.attachments {
+            let running = SchedClassifier::query_tcx(&a.iface, TcAttachType::Ingress)
+                .map(|(_, progs)| progs.iter().any(|p| Some(p.id()) == tc_id));
+            match running {
+                Ok(true) => {}
+                Ok(false) => problems.push(format!(
+                    "{}: TC program {} is not attached to its ingress",
+                    a.iface,
+                    names::PROG_NEIGH
+                )),
+                Err(e) => problems.push(format!("{}: querying its TC programs: {e}", a.iface)),
             }
         }
         problems
