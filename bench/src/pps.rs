@@ -13,18 +13,15 @@
 
 use crate::bed::{Bed, CLIENT_CPU, LB_CPU, PPS_PORT};
 use crate::cpu::Stat;
+use crate::frames::{self, ACK, mac, words};
+use crate::napi::ThreadedNapi;
 use crate::sys;
-use crate::systems::{Running, System};
-use crate::xdp::{TEMPLATE_WORDS, enter, ifindex};
+use crate::systems::Running;
+use crate::xdp::{enter, ifindex};
 use anyhow::{Context, Result, anyhow, bail};
-use lb_tests::Netns;
-use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
-/// The frame: 14 Ethernet + 20 IPv4 + 20 TCP + 6 padding (a 64-byte frame on a wire,
-/// with its FCS).
-const FRAME_LEN: usize = 60;
 /// Frames of the first BPF_PROG_TEST_RUN call. Every call waits for two RCU grace
 /// periods (the kernel installs the program in its XDP dispatcher and removes it), during
 /// which nothing is sent, so later calls are sized to last about [`CALL`] each.
@@ -52,19 +49,24 @@ pub struct Rate {
 /// cycling through `flows` flows, and measures what comes out.
 pub fn run(bed: &mut Bed, running: &mut Running, flows: u32, secs: u32) -> Result<Rate> {
     // A kernel path has no XDP program of its own on the LB's client side.
-    let _pass = match running.system {
-        System::NftDnat => Some(
+    let _pass = if running.system.has_own_xdp() {
+        None
+    } else {
+        Some(
             bed.xdp
                 .attach_pass(&bed.topo.lb, lb_tests::topology::LB_IF_A)?,
-        ),
-        _ => None,
+        )
     };
     let topo = &bed.topo;
-    let frame = frame(
-        mac(&topo.client, "eth0")?,
-        mac(&topo.lb, lb_tests::topology::LB_IF_A)?,
+    let frame = frames::frame(
+        (
+            mac(&topo.client, "eth0")?,
+            mac(&topo.lb, lb_tests::topology::LB_IF_A)?,
+        ),
         topo.client_v4,
         running.system.vip(),
+        PPS_PORT,
+        ACK,
     );
     bed.xdp
         .set_generator(flows, topo.client_v4, words(&frame))?;
@@ -138,196 +140,4 @@ pub fn run(bed: &mut Bed, running: &mut Running, flows: u32, secs: u32) -> Resul
         );
     }
     Ok(rate)
-}
-
-/// A veth's NAPI (its receive processing, XDP included) in its own kernel thread, pinned
-/// to a CPU, for as long as this lives. Without it a veth's receive side runs in the
-/// softirq of the CPU that sent to it: the generator's, so generator, load balancer
-/// and sink would share one CPU. With the LB's `lb0` threaded on the LB's CPU, the
-/// generator has the client's CPU to itself, and the LB's CPU runs the system under
-/// test and, in its softirq, the sink (which the LB's redirect schedules there): a
-/// small, equal cost for every system.
-struct ThreadedNapi<'a> {
-    ns: &'a Netns,
-    iface: &'static str,
-}
-
-impl<'a> ThreadedNapi<'a> {
-    fn start(ns: &'a Netns, iface: &'static str, cpu: &str) -> Result<ThreadedNapi<'a>> {
-        let napi = ThreadedNapi { ns, iface };
-        napi.set(false)?;
-        let before = napi_threads(iface)?;
-        napi.set(true)?;
-        let after = napi_threads(iface)?;
-        let new: Vec<u32> = after
-            .iter()
-            .copied()
-            .filter(|p| !before.contains(p))
-            .collect();
-        // Kernels before 6.17 keep a NAPI's thread when threading is turned off (until
-        // the NAPI goes, with the XDP program): then the thread is one that was there.
-        let ours = if new.is_empty() { after } else { new };
-        if ours.is_empty() {
-            bail!(
-                "no NAPI thread of {iface} in {} runs after it was made threaded",
-                ns.name()
-            );
-        }
-        for pid in ours {
-            lb_tests::cmd::run(std::process::Command::new("taskset").args([
-                "-p",
-                "-c",
-                cpu,
-                &pid.to_string(),
-            ]))
-            .with_context(|| format!("pinning {iface}'s NAPI thread {pid} to CPU {cpu}"))?;
-        }
-        Ok(napi)
-    }
-
-    fn set(&self, on: bool) -> Result<()> {
-        let path = format!("/sys/class/net/{}/threaded", self.iface);
-        self.ns
-            .exec("sh", &["-c", &format!("echo {} > {path}", u8::from(on))])
-            .with_context(|| format!("writing {path} in {}", self.ns.name()))
-            .map(drop)
-    }
-}
-
-impl Drop for ThreadedNapi<'_> {
-    fn drop(&mut self) {
-        if let Err(e) = self.set(false) {
-            eprintln!("bench: turning threaded NAPI off again: {e:#}");
-        }
-    }
-}
-
-/// PIDs of the kernel threads running a NAPI instance of an interface named `iface`
-/// (`napi/IFACE-ID`; any namespace).
-fn napi_threads(iface: &str) -> Result<Vec<u32>> {
-    let prefix = format!("napi/{iface}-");
-    let mut pids = Vec::new();
-    for e in std::fs::read_dir("/proc")? {
-        let e = e?;
-        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
-            continue;
-        };
-        if let Ok(comm) = std::fs::read_to_string(e.path().join("comm")) {
-            if comm.trim_end().starts_with(&prefix) {
-                pids.push(pid);
-            }
-        }
-    }
-    Ok(pids)
-}
-
-/// The template frame: client → `vip`:[`PPS_PORT`], a bare ACK, checksums right.
-fn frame(src_mac: [u8; 6], dst_mac: [u8; 6], src: Ipv4Addr, vip: Ipv4Addr) -> Vec<u8> {
-    let mut f = vec![0u8; FRAME_LEN];
-    f[0..6].copy_from_slice(&dst_mac);
-    f[6..12].copy_from_slice(&src_mac);
-    f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
-    let ip = 14;
-    f[ip] = 0x45;
-    f[ip + 2..ip + 4].copy_from_slice(&40u16.to_be_bytes());
-    f[ip + 6] = 0x40; // DF
-    f[ip + 8] = 64; // TTL
-    f[ip + 9] = 6; // TCP
-    f[ip + 12..ip + 16].copy_from_slice(&src.octets());
-    f[ip + 16..ip + 20].copy_from_slice(&vip.octets());
-    let c = !fold(sum(&f[ip..ip + 20]));
-    f[ip + 10..ip + 12].copy_from_slice(&c.to_be_bytes());
-    let tcp = ip + 20;
-    f[tcp..tcp + 2].copy_from_slice(&1024u16.to_be_bytes());
-    f[tcp + 2..tcp + 4].copy_from_slice(&PPS_PORT.to_be_bytes());
-    f[tcp + 4..tcp + 8].copy_from_slice(&1u32.to_be_bytes()); // seq
-    f[tcp + 8..tcp + 12].copy_from_slice(&1u32.to_be_bytes()); // ack
-    f[tcp + 12] = 5 << 4;
-    f[tcp + 13] = 0x10; // ACK
-    f[tcp + 14..tcp + 16].copy_from_slice(&65535u16.to_be_bytes());
-    let mut pseudo = Vec::with_capacity(32);
-    pseudo.extend_from_slice(&src.octets());
-    pseudo.extend_from_slice(&vip.octets());
-    pseudo.extend_from_slice(&[0, 6, 0, 20]);
-    pseudo.extend_from_slice(&f[tcp..tcp + 20]);
-    let c = !fold(sum(&pseudo));
-    f[tcp + 16..tcp + 18].copy_from_slice(&c.to_be_bytes());
-    f
-}
-
-/// The first [`TEMPLATE_WORDS`] words of `frame`, as the program copies them.
-fn words(frame: &[u8]) -> [u64; TEMPLATE_WORDS] {
-    let mut w = [0u64; TEMPLATE_WORDS];
-    for (i, chunk) in frame.chunks(8).take(TEMPLATE_WORDS).enumerate() {
-        let mut b = [0u8; 8];
-        b[..chunk.len()].copy_from_slice(chunk);
-        w[i] = u64::from_ne_bytes(b);
-    }
-    w
-}
-
-/// One's-complement sum of big-endian 16-bit words (`data` has an even length).
-fn sum(data: &[u8]) -> u32 {
-    data.chunks(2)
-        .map(|w| u16::from_be_bytes([w[0], w[1]]) as u32)
-        .sum()
-}
-
-fn fold(mut s: u32) -> u16 {
-    while s > 0xffff {
-        s = (s & 0xffff) + (s >> 16);
-    }
-    s as u16
-}
-
-/// The MAC address of `iface` in `ns`.
-fn mac(ns: &Netns, iface: &str) -> Result<[u8; 6]> {
-    let out = ns.ip(&format!("-j link show dev {iface}"))?;
-    let v: serde_json::Value = serde_json::from_str(&out)
-        .with_context(|| format!("parsing `ip -j link show dev {iface}`"))?;
-    let text = v[0]["address"]
-        .as_str()
-        .ok_or_else(|| anyhow!("{iface} in {} has no MAC address", ns.name()))?;
-    parse_mac(text).with_context(|| format!("the MAC address `{text}` of {iface}"))
-}
-
-fn parse_mac(text: &str) -> Result<[u8; 6]> {
-    let bytes: Vec<u8> = text
-        .split(':')
-        .map(|b| u8::from_str_radix(b, 16))
-        .collect::<Result<_, _>>()?;
-    bytes.try_into().map_err(|_| anyhow!("not six bytes long"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn template_checksums_verify() {
-        let f = frame(
-            [2, 0, 0, 0, 0, 1],
-            [2, 0, 0, 0, 0, 2],
-            Ipv4Addr::new(198, 18, 0, 2),
-            Ipv4Addr::new(198, 18, 100, 1),
-        );
-        assert_eq!(f.len(), FRAME_LEN);
-        assert_eq!(fold(sum(&f[14..34])), 0xffff, "IPv4 header checksum");
-        let mut pseudo = Vec::new();
-        pseudo.extend_from_slice(&f[26..34]);
-        pseudo.extend_from_slice(&[0, 6, 0, 20]);
-        pseudo.extend_from_slice(&f[34..54]);
-        assert_eq!(fold(sum(&pseudo)), 0xffff, "TCP checksum");
-        assert_eq!(u16::from_be_bytes([f[36], f[37]]), PPS_PORT);
-    }
-
-    #[test]
-    fn parses_macs() {
-        assert_eq!(
-            parse_mac("02:ab:00:10:ff:0e").unwrap(),
-            [2, 0xab, 0, 0x10, 0xff, 0x0e]
-        );
-        assert!(parse_mac("02:ab:00:10:ff").is_err());
-        assert!(parse_mac("zz:ab:00:10:ff:0e").is_err());
-    }
 }
