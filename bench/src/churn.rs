@@ -88,7 +88,7 @@ pub struct FloodRun {
 /// `synflood`: `warm` seconds unmeasured, `secs` without a flood, then `secs` during
 /// one.
 pub fn synflood(bed: &mut Bed, running: &mut Running, warm: u32, secs: u32) -> Result<FloodRun> {
-    flood::arm(bed, running.system.vip())?;
+    let _held = flood::arm(bed, running.system.vip())?;
     // The spoofed sources' answers die in the LB namespace (as if sent to a far
     // internet): no loop, no cost of delivering them to anyone, nothing leaves the bed.
     let (net, len) = flood::SOURCES;
@@ -125,7 +125,12 @@ fn clear_half_open(bed: &Bed) -> Result<()> {
     let t = &bed.topo;
     for ns in t.backends.iter().map(|b| &b.ns).chain([&t.lb]) {
         ns.exec("ss", &["-K", "-t", "-n", "state", "syn-recv"])
-            .with_context(|| format!("removing the flood's half-open connections in {}", ns.name()))?;
+            .with_context(|| {
+                format!(
+                    "removing the flood's half-open connections in {}",
+                    ns.name()
+                )
+            })?;
     }
     Ok(())
 }
@@ -174,7 +179,14 @@ fn phase(
         cpus()?,
     );
     let a = cpu::snap(&pids, &ours)?;
-    let client = || wrk(bed, to, "/small", CONCURRENCY, secs, true);
+    let client = || {
+        wrk(bed, to, "/small", CONCURRENCY, secs, true).with_context(|| {
+            format!(
+                "the phase {} a flood",
+                if flood.is_some() { "during" } else { "without" }
+            )
+        })
+    };
     let (wrk, sent) = match flood {
         Some(limit) => {
             let (r, sent) = flood::during(bed, limit, client)?;

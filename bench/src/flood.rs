@@ -4,18 +4,19 @@
 //! as fast as it goes, bounded in count and in time. Every SYN of a flood is a new flow
 //! (its own source address and port), as a spoofing attacker's are.
 //!
-//! Not paced to the 1M SYN/s: each generator call costs two RCU grace periods
-//! (about 20 ms here), so a call cannot be shorter than about 0.1 s, and a paced
-//! flood would be bursts at full speed a fifth of the time, the LB idle in between. An
-//! LB that takes fewer SYNs per second than that (every one here) is saturated by a
-//! steady 1M/s all the time; sending all the time does the same. What was sent and
-//! what reached the LB are both reported.
+//! Paced in calls of [`CHUNK`] SYNs, as many as the LB's receive ring holds: a
+//! generator call normally costs two RCU grace periods (about 20 ms here, as the kernel
+//! puts the program into its XDP dispatcher and takes it out), which would make a paced
+//! flood full-speed bursts with the LB idle in between; with the generator also attached
+//! to an idle interface (a veth of its own in the client namespace) for the flood's duration it stays in the dispatcher and a call
+//! costs microseconds.
 
 use crate::bed::{Bed, CLIENT_CPU, HTTP_PORT};
 use crate::frames::{self, SYN, mac, words};
 use crate::sys;
 use crate::xdp::{enter, ifindex};
 use anyhow::{Context, Result, anyhow};
+use aya::programs::xdp::XdpLink;
 use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,18 +25,23 @@ use std::time::{Duration, Instant};
 /// The spoofed sources: 198.18.128.0/17, and only there (the generator counts up from
 /// its first address, [`FLOWS`] keeps it inside).
 pub const SOURCES: (Ipv4Addr, u8) = (Ipv4Addr::new(198, 18, 128, 0), 17);
-/// The most SYNs per second a flood may send, a bound on its count far above what the
-/// generator reaches on a veth.
-const MAX_RATE: f64 = 1e7;
+/// SYNs per second the flood offers: the million (`Sent` says what the
+/// generator reached).
+pub const RATE: f64 = 1e6;
 /// Source ports per address in the generator (`bench_gen`'s 1024..65024).
 const PORTS_PER_ADDR: u32 = 64_000;
 /// Flows the flood cycles through: every port of 256 addresses (198.18.128.0 to
 /// 198.18.128.255), 16 million SYNs before a 5-tuple comes again, more than a flood
 /// sends.
 pub const FLOWS: u32 = PORTS_PER_ADDR * 256;
-/// SYNs per generator call: a tenth of a second or so, which bounds how long the flood
-/// outlasts the client, while the calls' RCU grace periods stay a small share.
-const CHUNK: u64 = 1 << 19;
+/// SYNs per generator call: the LB's veth receive ring's size, so a burst at the
+/// generator's full speed fits in it.
+const CHUNK: u64 = 256;
+/// Behind schedule by more than this, the flood gives up catching up (no bursts to
+/// make up for lost time): it then sends less than [`RATE`], and says so.
+const MAX_LAG: Duration = Duration::from_millis(5);
+/// The idle interface in the client namespace (one end of a veth of its own) that holds the generator (see above).
+const HOLDER: &str = "gen0";
 
 /// What a flood sent.
 #[derive(Clone, Copy, Debug)]
@@ -51,31 +57,38 @@ impl Sent {
     }
 }
 
-/// Loads the SYN template into the generator: SYNs from [`SOURCES`] to `vip`'s HTTP
-/// port, addressed to the LB's client-side veth.
-pub fn arm(bed: &mut Bed, vip: Ipv4Addr) -> Result<()> {
+/// Loads the SYN template into the generator (SYNs from [`SOURCES`] to `vip`'s HTTP
+/// port, addressed to the LB's client-side veth) and holds it in the dispatcher until
+/// the returned link drops.
+pub fn arm(bed: &mut Bed, vip: Ipv4Addr) -> Result<XdpLink> {
     let topo = &bed.topo;
     let frame = syn_frame(
         mac(&topo.client, "eth0")?,
         mac(&topo.lb, lb_tests::topology::LB_IF_A)?,
         vip,
     );
-    bed.xdp.set_generator(FLOWS, SOURCES.0, words(&frame))
+    bed.xdp.set_generator(FLOWS, SOURCES.0, words(&frame))?;
+    if topo.client.ip(&format!("link show {HOLDER}")).is_err() {
+        topo.client.ip_batch(&format!(
+            "link add {HOLDER} type veth peer name {HOLDER}p\nlink set {HOLDER} up\n"
+        ))?;
+    }
+    bed.xdp.hold_generator(&bed.topo.client, HOLDER)
 }
 
 fn syn_frame(client_mac: [u8; 6], lb_mac: [u8; 6], vip: Ipv4Addr) -> Vec<u8> {
     frames::frame((client_mac, lb_mac), SOURCES.0, vip, HTTP_PORT, SYN)
 }
 
-/// Runs `f` while the generator (armed with [`arm`]) floods on the client's CPU; the
-/// flood stops when `f` returns, or after `limit`, or after `limit` at [`MAX_RATE`]
-/// worth of SYNs, whichever comes first.
+/// Runs `f` while the generator (armed with [`arm`]) floods at [`RATE`] on the client's
+/// CPU; the flood stops when `f` returns, or after `limit`, or after `limit` worth of
+/// SYNs, whichever comes first.
 pub fn during<T>(bed: &Bed, limit: Duration, f: impl FnOnce() -> T) -> Result<(T, Sent)> {
     let fd = bed.xdp.generator_fd()?;
     let client = &bed.topo.client;
     let cpu: usize = CLIENT_CPU.parse().expect("a CPU number");
     let stop = AtomicBool::new(false);
-    let cap = (MAX_RATE * limit.as_secs_f64()) as u64;
+    let cap = (RATE * limit.as_secs_f64()) as u64;
     std::thread::scope(|s| {
         let generator = s.spawn(|| -> Result<Sent> {
             enter(client)?;
@@ -85,12 +98,25 @@ pub fn during<T>(bed: &Bed, limit: Duration, f: impl FnOnce() -> T) -> Result<(T
             // matter.
             let frame = vec![0u8; frames::FRAME_LEN];
             let start = Instant::now();
+            // When the SYNs sent so far were due, less the time given up as lag.
+            let mut base = start;
+            let mut on_time = 0u64;
             let mut syns = 0u64;
             while !stop.load(Ordering::Relaxed) && start.elapsed() < limit && syns < cap {
+                let due = base + Duration::from_secs_f64(on_time as f64 / RATE);
+                let now = Instant::now();
+                if now < due {
+                    std::thread::sleep(due - now);
+                    continue;
+                }
+                if now - due > MAX_LAG {
+                    (base, on_time) = (now, 0);
+                }
                 let n = CHUNK.min(cap - syns) as u32;
                 sys::test_run_live(fd.as_raw_fd(), &frame, ifindex, n)
                     .context("BPF_PROG_TEST_RUN (live frames) of bench_gen")?;
                 syns += n as u64;
+                on_time += n as u64;
             }
             Ok(Sent {
                 syns,
@@ -146,7 +172,10 @@ mod tests {
     fn counts_frames_handed_to_the_peer() {
         let out = "NIC statistics:\n     peer_ifindex: 2\n     rx_queue_0_xdp_packets: 7\n     tx_queue_0_xdp_xmit: 1000\n     tx_queue_0_xdp_xmit_errors: 50\n     tx_queue_1_xdp_xmit: 24\n";
         assert_eq!(parse_xdp_xmit(out), Some(1024));
-        assert_eq!(parse_xdp_xmit("NIC statistics:\n     peer_ifindex: 2\n"), None);
+        assert_eq!(
+            parse_xdp_xmit("NIC statistics:\n     peer_ifindex: 2\n"),
+            None
+        );
     }
 
     #[test]

@@ -123,13 +123,15 @@ impl Workload {
                 churn::placement_note()
             ),
             Workload::SynFlood => format!(
-                "new connections during a SYN flood: as conn-sustained (ports not narrowed), {} s of warm-up, {} s without a flood (`rate_base`), then {} s during one (`rate_flood`; `--quick`: 1 s each); `ratio` = rate_flood / rate_base. The flood: spoofed SYNs to the HTTP VIP from {} addresses of {}/{} (a new 5-tuple each), from the packet-rate workloads' XDP generator on the client's CPU (which it shares with wrk), as fast as it goes (a paced 1 Mpps would be full-speed bursts a fifth of the time: each generator call costs about 20 ms of RCU grace periods), for the phase and 2 s more at most; `syn_offered` = what it sent per second, `syn_in` = what of it the client's veth handed to the LB's receive ring per second (the rest found the ring full: the LB took no more). Answers to the spoofed sources are blackholed in the LB namespace. `failed_flood` = connections opened during the flood that completed no request; {}",
+                "new connections during a SYN flood: as conn-sustained (ports not narrowed), {} s of warm-up, {} s without a flood (`rate_base`), then {} s during one (`rate_flood`; `--quick`: 1 s each); `ratio` = rate_flood / rate_base. The flood: spoofed SYNs to the HTTP VIP from {} addresses of {}/{} (a new 5-tuple each), from the packet-rate workloads' XDP generator on the client's CPU (which it shares with wrk), paced to {} Mpps in bursts of 256 (the LB's veth ring), for the phase and 2 s more at most; `syn_offered` = what it sent per second (below {} where it could not keep up), `syn_in` = what of it the client's veth handed to the LB's receive ring per second (the rest found the ring full: the LB took no more). Answers to the spoofed sources are blackholed in the LB namespace. `failed_flood` = connections opened during the flood that completed no request; {}",
                 SYNFLOOD_SECS.0,
                 SYNFLOOD_SECS.1,
                 SYNFLOOD_SECS.1,
                 flood::FLOWS / 64_000,
                 flood::SOURCES.0,
                 flood::SOURCES.1,
+                flood::RATE / 1e6,
+                flood::RATE / 1e6,
                 churn::placement_note()
             ),
         }
