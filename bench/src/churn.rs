@@ -65,11 +65,7 @@ pub fn sustained(bed: &mut Bed, running: &mut Running, warm: u32, secs: u32) -> 
         .sysctl(&[&format!("net.ipv4.ip_local_port_range={lo} {hi}")])?;
     let result = (|| {
         let pass = pass_links(bed, running)?;
-        let rx = LbRx::start(bed, pass)?;
-        let to = running.targets(bed).0;
-        if warm > 0 {
-            wrk(bed, &to, "/small", CONCURRENCY, warm, true).context("the warm-up")?;
-        }
+        let (rx, to) = warmed_up(bed, running, pass, warm)?;
         checked(phase(bed, running, &rx, &to, secs, None)?.0, &rx)
     })();
     bed.topo
@@ -96,11 +92,7 @@ pub fn synflood(bed: &mut Bed, running: &mut Running, warm: u32, secs: u32) -> R
     bed.topo.lb.ip(&format!("route add blackhole {route}"))?;
     let result = (|| {
         let pass = pass_links(bed, running)?;
-        let rx = LbRx::start(bed, pass)?;
-        let to = running.targets(bed).0;
-        if warm > 0 {
-            wrk(bed, &to, "/small", CONCURRENCY, warm, true).context("the warm-up")?;
-        }
+        let (rx, to) = warmed_up(bed, running, pass, warm)?;
         let base = checked(phase(bed, running, &rx, &to, secs, None)?.0, &rx)?;
         // A little longer than wrk's run: the flood is on before its first connection
         // and until its last. No request during it is a figure (0), not a failure.
@@ -115,6 +107,23 @@ pub fn synflood(bed: &mut Bed, running: &mut Running, warm: u32, secs: u32) -> R
     let _ = bed.topo.lb.ip(&format!("route del blackhole {route}"));
     clear_half_open(bed)?;
     finish(bed, running, result)
+}
+
+/// The LB's receive threads started (with `pass` for a system that needs it) and
+/// `warm` seconds of new connections, unmeasured; the LB's receive and the client's
+/// targets.
+fn warmed_up<'a>(
+    bed: &'a Bed,
+    running: &Running,
+    pass: Vec<XdpLink>,
+    warm: u32,
+) -> Result<(LbRx<'a>, Vec<SocketAddr>)> {
+    let rx = LbRx::start(bed, pass)?;
+    let to = running.targets(bed).0;
+    if warm > 0 {
+        wrk(bed, &to, "/small", CONCURRENCY, warm, true).context("the warm-up")?;
+    }
+    Ok((rx, to))
 }
 
 /// Removes the flood's half-open connections (`ss -K`) from the backends and the LB

@@ -115,15 +115,16 @@ impl Workload {
                 self.pps_flows().unwrap_or(0)
             ),
             Workload::ConnSustained => format!(
-                "sustained new connections: wrk, {CLIENT_THREADS} threads, {CHURN_CONCURRENCY} connections, `Connection: close`, GET /small, for {} s after {} s of warm-up (`--quick`: 2 after 1), the client's ports narrowed to {}-{} (with `tcp_tw_reuse 1`) so they come round again every few seconds, and with them lb's flows and SNAT ports; `syn_retrans` and `retrans_segs` are the client's TcpExtTCPSynRetrans and TcpRetransSegs over the run (nstat's counters), `snat_exhausted` lb's `drop_snat_ports_exhausted` (0 for systems without one), `failed` connections opened that completed no request; {}",
+                "sustained new connections: wrk, {CLIENT_THREADS} threads, {CHURN_CONCURRENCY} connections, `Connection: close`, GET /small, for {} s after {} s of warm-up (`--quick`: 2 after 1), the client's ports narrowed to {}-{} (with `tcp_tw_reuse 1`) so they come round again every few seconds, and with them lb's flows and SNAT ports; `syn_retrans` and `retrans_segs` are the client's TcpExtTCPSynRetrans and TcpRetransSegs over the run (nstat's counters), `snat_exhausted` lb's `drop_snat_ports_exhausted` (0 for systems without one), `unanswered` = connections opened that completed no request (a SYN lost for good, a reset, a wrk error, or one of the up to {} still open when wrk stops); {}",
                 SUSTAINED_SECS.1,
                 SUSTAINED_SECS.0,
                 PORT_RANGE.0,
                 PORT_RANGE.1,
+                CHURN_CONCURRENCY,
                 churn::placement_note()
             ),
             Workload::SynFlood => format!(
-                "new connections during a SYN flood: as conn-sustained (ports not narrowed), {} s of warm-up, {} s without a flood (`rate_base`), then {} s during one (`rate_flood`; `--quick`: 1 s each); `ratio` = rate_flood / rate_base. The flood: spoofed SYNs to the HTTP VIP from {} addresses of {}/{} (a new 5-tuple each), from the packet-rate workloads' XDP generator on the client's CPU (which it shares with wrk), paced to {} Mpps in bursts of 256 (the LB's veth ring), for the phase and 2 s more at most; `syn_offered` = what it sent per second (below {} where it could not keep up), `syn_in` = what of it the client's veth handed to the LB's receive ring per second (the rest found the ring full: the LB took no more). Answers to the spoofed sources are blackholed in the LB namespace. `failed_flood` = connections opened during the flood that completed no request; {}",
+                "new connections during a SYN flood: as conn-sustained (ports not narrowed), {} s of warm-up, {} s without a flood (`rate_base`), then {} s during one (`rate_flood`; `--quick`: 1 s each); `ratio` = rate_flood / rate_base. The flood: spoofed SYNs to the HTTP VIP from {} addresses of {}/{} (a new 5-tuple each), from the packet-rate workloads' XDP generator on the client's CPU (which it shares with wrk), paced to {} Mpps in bursts of 256 (the LB's veth ring), for the phase and 2 s more at most; `syn_offered` = what it sent per second (below {} where it could not keep up), `syn_in` = what of it the client's veth handed to the LB's receive ring per second (the rest found the ring full: the LB took no more). Answers to the spoofed sources are blackholed in the LB namespace. `unanswered_flood` = `unanswered` of conn-sustained, during the flood; {}",
                 SYNFLOOD_SECS.0,
                 SYNFLOOD_SECS.1,
                 SYNFLOOD_SECS.1,
@@ -172,7 +173,7 @@ impl Workload {
         const SUSTAINED: &[Metric] = &[
             m("rate", "conn/s", true),
             m("p99", "ms", false),
-            m("failed", "conn", false),
+            m("unanswered", "conn", false),
             m("syn_retrans", "SYNs", false),
             m("retrans_segs", "segments", false),
             m("snat_exhausted", "SYNs", false),
@@ -184,7 +185,7 @@ impl Workload {
             m("ratio", "x", true),
             m("rate_base", "conn/s", true),
             m("rate_flood", "conn/s", true),
-            m("failed_flood", "conn", false),
+            m("unanswered_flood", "conn", false),
             m("syn_retrans_flood", "SYNs", false),
             m("snat_exhausted_flood", "SYNs", false),
             m("syn_offered", "Mpps", true),
