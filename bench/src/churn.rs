@@ -132,7 +132,15 @@ fn warmed_up<'a>(
 /// a minute.
 fn clear_half_open(bed: &Bed) -> Result<()> {
     let t = &bed.topo;
-    for ns in t.backends.iter().map(|b| &b.ns).chain([&t.lb]) {
+    let nss: Vec<&lb_tests::Netns> = t.backends.iter().map(|b| &b.ns).chain([&t.lb]).collect();
+    let half_open = |ns: &lb_tests::Netns| -> Result<usize> {
+        Ok(ns
+            .exec("ss", &["-Htn", "state", "syn-recv"])?
+            .lines()
+            .count())
+    };
+    let left: usize = nss.iter().map(|ns| half_open(ns)).sum::<Result<usize>>()?;
+    for ns in &nss {
         ns.exec("ss", &["-K", "-t", "-n", "state", "syn-recv"])
             .with_context(|| {
                 format!(
@@ -140,6 +148,10 @@ fn clear_half_open(bed: &Bed) -> Result<()> {
                     ns.name()
                 )
             })?;
+    }
+    let after: usize = nss.iter().map(|ns| half_open(ns)).sum::<Result<usize>>()?;
+    if after > 0 {
+        bail!("{after} of the flood's {left} half-open connections are still there after `ss -K`");
     }
     Ok(())
 }
