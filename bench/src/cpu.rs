@@ -3,7 +3,7 @@
 //! betrays a disturbed run) and the CPU time of the LB's own processes.
 
 use anyhow::{Context, Result};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Clock ticks per second of /proc times (USER_HZ; 100 on every Linux we run on, read
 /// from `getconf` once anyway).
@@ -193,6 +193,52 @@ pub fn quiet(window: Duration, max_busy: f64) -> Result<(bool, f64)> {
     let busy = d.busy() as f64 / total;
     let steal = d.steal as f64 / total;
     Ok((busy <= max_busy && steal <= 0.02, busy))
+}
+
+/// CPU counters at one instant: the machine's, those of the LB's processes and those
+/// of processes that are not the bench's.
+pub struct Snap {
+    stat: Stat,
+    lb_ticks: u64,
+    foreign_ticks: u64,
+    pub at: Instant,
+}
+
+pub fn snap(pids: &[u32], ours: &[u64]) -> Result<Snap> {
+    Ok(Snap {
+        stat: Stat::read()?,
+        lb_ticks: pids.iter().map(|p| process_ticks(*p)).sum(),
+        foreign_ticks: foreign_ticks(ours),
+        at: Instant::now(),
+    })
+}
+
+/// Share of all CPU time that processes other than the bench's may take during a run
+/// before it counts as disturbed.
+const MAX_FOREIGN: f64 = 0.05;
+
+/// CPU spent between two snapshots: (LB processes, softirq) in seconds, and whether
+/// the hypervisor stole a noticeable share or other processes competed.
+pub fn spent(a: &Snap, b: &Snap) -> (f64, f64, Option<String>) {
+    let hz = ticks_per_sec();
+    let d = b.stat.since(&a.stat);
+    let steal = d.steal as f64 / d.total().max(1) as f64;
+    let foreign = b.foreign_ticks.saturating_sub(a.foreign_ticks) as f64 / d.total().max(1) as f64;
+    let disturbed = if steal > 0.02 {
+        Some(format!("{:.0}% of CPU time stolen", steal * 100.0))
+    } else if foreign > MAX_FOREIGN {
+        Some(format!(
+            "other processes took {:.0}% of CPU time during the run",
+            foreign * 100.0
+        ))
+    } else {
+        None
+    };
+    (
+        b.lb_ticks.saturating_sub(a.lb_ticks) as f64 / hz,
+        d.softirq as f64 / hz,
+        disturbed,
+    )
 }
 
 #[cfg(test)]

@@ -4,17 +4,24 @@
 //! clients, in one run (issue 5). Writes `bench/results/<date>-<host>.{jsonl,md,png}`.
 //!
 //! Modules, lowest first (each uses only those before it): `cpu`, `cost`, `sys`, `xdp`
-//! (the bench's XDP programs), `bed`, `systems`, `pps`, `workloads`, `figure`, `maglev`,
-//! `report`; this file runs the plan.
+//! (the bench's XDP programs), `frames` (the generator's template frames), `bed`,
+//! `systems`, `napi`, `pps`, `clients` (wrk, iperf3), `flood` (the SYN flood), `churn`
+//! (the connection-state workloads), `workloads`, `figure`, `maglev`, `report`; this
+//! file runs the plan.
 
 // The system calls aya has no wrapper for are the only unsafe code, in `sys`.
 #![deny(unsafe_code)]
 
 mod bed;
+mod churn;
+mod clients;
 mod cost;
 mod cpu;
 mod figure;
+mod flood;
+mod frames;
 mod maglev;
+mod napi;
 mod pps;
 mod report;
 mod sys;
@@ -38,20 +45,23 @@ use workloads::{Metric, Sample, Workload};
 #[command(
     name = "cargo xtask bench",
     bin_name = "cargo xtask bench",
-    about = "Benchmark lb against HAProxy, nginx stream, nftables DNAT and no LB (results in bench/results/)"
+    about = "Benchmark lb against HAProxy, nginx stream, nftables (DNAT, full NAT) and no LB (results in bench/results/)"
 )]
 struct Opts {
-    /// A short run for the smoke test: 1 s per run, one repeat.
+    /// A short run for the smoke test: 1 s per run (conn-sustained 2 s after 1 s of
+    /// warm-up, synflood 1 s per phase), one repeat.
     #[arg(long)]
     pub quick: bool,
-    /// Only these workloads (comma-separated): conn, keepalive, bulk1, bulk4, download.
+    /// Only these workloads (comma-separated): conn, keepalive, bulk1, bulk4, download,
+    /// pps-1, pps-1k, pps-100k, conn-sustained, synflood.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// Only these systems (comma-separated): lb-nat, lb-proxy-v2, lb-proxy-v2-sockmap,
-    /// haproxy, haproxy-pp2, nginx, nginx-pp, nft-dnat, no-lb.
+    /// haproxy, haproxy-pp2, nginx, nginx-pp, nft-fullnat, nft-dnat, no-lb, xdp-bare.
     #[arg(long, value_delimiter = ',')]
     pub systems: Vec<String>,
-    /// Seconds per run (default 5; 1 with --quick).
+    /// Measured seconds per run (default 5, conn-sustained 30, synflood 10 per phase;
+    /// 1 with --quick).
     #[arg(long)]
     pub secs: Option<u32>,
     /// Runs per figure (default 3; 1 with --quick).
@@ -123,6 +133,8 @@ struct Plan {
     systems: Vec<System>,
     workloads: Vec<Workload>,
     secs: u32,
+    /// `--secs`, if given: it overrides every workload's own length.
+    given_secs: Option<u32>,
     repeats: usize,
     quick: bool,
     /// What is left of [`QUIET_BUDGET`].
@@ -287,6 +299,7 @@ fn plan(opts: &Opts) -> Result<Plan> {
         systems,
         workloads,
         secs: opts.secs.unwrap_or(secs).clamp(1, 600),
+        given_secs: opts.secs.map(|s| s.clamp(1, 600)),
         repeats: opts.repeats.unwrap_or(repeats).clamp(1, 20),
         quick: opts.quick,
         patience: std::cell::Cell::new(if opts.quick {
@@ -382,11 +395,16 @@ fn session(runs: &mut Runs, system: System, label: &str) -> Result<()> {
     }
     if !plan.quick && system != System::XdpBare {
         // Warm-up, not recorded: caches, conntrack, the backends' first workers.
-        let _ = workloads::run(Workload::KeepAlive, bed, &mut running, 1);
+        let _ = workloads::run(Workload::KeepAlive, bed, &mut running, (0, 1));
     }
     for w in todo {
         let busy = wait_quiet(plan)?;
-        let result = workloads::run(w, bed, &mut running, plan.secs);
+        let result = workloads::run(
+            w,
+            bed,
+            &mut running,
+            w.durations(plan.given_secs, plan.quick),
+        );
         let c = cells.get_mut(&(system, w)).expect("every cell exists");
         match result {
             Ok(mut sample) => {

@@ -129,14 +129,31 @@ fn rows(figures: &[Figure], meta: &Meta) -> Vec<(String, Metric)> {
 }
 
 /// Metrics that explain a run rather than rate a system: in the figures, not the ratios.
-const DIAGNOSTICS: &[&str] = &["offered", "lb_cpu_busy", "client_cpu_busy"];
+const DIAGNOSTICS: &[&str] = &[
+    "offered",
+    "lb_cpu_busy",
+    "client_cpu_busy",
+    "napi_cpu",
+    "syn_offered",
+    "syn_in",
+];
 
-/// The issue's targets: (what, lb system, peer, workload, metric, bound, at least?).
-const TARGETS: &[(&str, System, System, &str, &str, f64, bool)] = &[
+/// The issues' targets: (what, lb system, peer, workload, metric, bound, at least?). The
+/// bound is on lb / peer, or on lb's own figure without a peer.
+type Target = (
+    &'static str,
+    System,
+    Option<System>,
+    &'static str,
+    &'static str,
+    f64,
+    bool,
+);
+const TARGETS: &[Target] = &[
     (
         "new conn/s, nat vs no LB",
         System::LbNat,
-        System::NoLb,
+        Some(System::NoLb),
         "conn",
         "rate",
         0.95,
@@ -145,7 +162,7 @@ const TARGETS: &[(&str, System, System, &str, &str, f64, bool)] = &[
     (
         "new conn/s, nat vs nftables DNAT",
         System::LbNat,
-        System::NftDnat,
+        Some(System::NftDnat),
         "conn",
         "rate",
         1.15,
@@ -154,7 +171,7 @@ const TARGETS: &[(&str, System, System, &str, &str, f64, bool)] = &[
     (
         "new conn/s, nat vs HAProxy",
         System::LbNat,
-        System::Haproxy,
+        Some(System::Haproxy),
         "conn",
         "rate",
         2.5,
@@ -163,7 +180,7 @@ const TARGETS: &[(&str, System, System, &str, &str, f64, bool)] = &[
     (
         "kept-alive req/s, nat vs no LB",
         System::LbNat,
-        System::NoLb,
+        Some(System::NoLb),
         "keepalive",
         "rate",
         0.97,
@@ -172,7 +189,7 @@ const TARGETS: &[(&str, System, System, &str, &str, f64, bool)] = &[
     (
         "new conn/s, proxy-v2 vs HAProxy send-proxy-v2",
         System::LbProxyV2,
-        System::HaproxyPp2,
+        Some(System::HaproxyPp2),
         "conn",
         "rate",
         1.5,
@@ -181,7 +198,7 @@ const TARGETS: &[(&str, System, System, &str, &str, f64, bool)] = &[
     (
         "CPU per GB, proxy-v2 vs HAProxy send-proxy-v2",
         System::LbProxyV2,
-        System::HaproxyPp2,
+        Some(System::HaproxyPp2),
         "download",
         "cpu",
         0.5,
@@ -190,7 +207,7 @@ const TARGETS: &[(&str, System, System, &str, &str, f64, bool)] = &[
     (
         "new conn/s, proxy-v2 sockmap vs HAProxy send-proxy-v2",
         System::LbProxyV2Sockmap,
-        System::HaproxyPp2,
+        Some(System::HaproxyPp2),
         "conn",
         "rate",
         1.5,
@@ -199,7 +216,7 @@ const TARGETS: &[(&str, System, System, &str, &str, f64, bool)] = &[
     (
         "CPU per GB, proxy-v2 sockmap vs HAProxy send-proxy-v2",
         System::LbProxyV2Sockmap,
-        System::HaproxyPp2,
+        Some(System::HaproxyPp2),
         "download",
         "cpu",
         0.5,
@@ -208,7 +225,7 @@ const TARGETS: &[(&str, System, System, &str, &str, f64, bool)] = &[
     (
         "XDP packet rate, 1 flow, nat vs bare XDP redirect",
         System::LbNat,
-        System::XdpBare,
+        Some(System::XdpBare),
         "pps-1",
         "rate",
         0.85,
@@ -217,7 +234,7 @@ const TARGETS: &[(&str, System, System, &str, &str, f64, bool)] = &[
     (
         "XDP packet rate, 1,000 flows, nat vs bare XDP redirect",
         System::LbNat,
-        System::XdpBare,
+        Some(System::XdpBare),
         "pps-1k",
         "rate",
         0.85,
@@ -226,10 +243,28 @@ const TARGETS: &[(&str, System, System, &str, &str, f64, bool)] = &[
     (
         "XDP packet rate, 100,000 flows, nat vs bare XDP redirect",
         System::LbNat,
-        System::XdpBare,
+        Some(System::XdpBare),
         "pps-100k",
         "rate",
         0.85,
+        true,
+    ),
+    (
+        "sustained new conn/s (ports reused), nat vs nftables full NAT",
+        System::LbNat,
+        Some(System::NftFullnat),
+        "conn-sustained",
+        "rate",
+        1.15,
+        true,
+    ),
+    (
+        "new conn/s during a SYN flood, nat, as a share of its own without",
+        System::LbNat,
+        None,
+        "synflood",
+        "ratio",
+        0.8,
         true,
     ),
 ];
@@ -253,7 +288,7 @@ pub fn markdown(meta: &Meta, figures: &[Figure]) -> String {
     .unwrap();
     writeln!(
         w,
-        "- pinning: the client's load generators (wrk with 3 threads, iperf3) run on CPU 0 and the load balancers' processes (HAProxy, nginx, lb's daemon) on CPU 1 (taskset), so a user-space proxy does not compete with the client for a core; the backends (nginx, 2 workers each; iperf3) are not pinned. Kernel paths (lb's XDP program, nftables, plain forwarding) run in softirq on whichever CPU receives the packet: no process to pin. In the packet-rate workloads the generator runs on CPU 0 and the LB's client-side veth receives in a NAPI kernel thread pinned to CPU 1.\n\
+        "- pinning: the client's load generators (wrk with 3 threads, iperf3) run on CPU 0 and the load balancers' processes (HAProxy, nginx, lb's daemon) on CPU 1 (taskset), so a user-space proxy does not compete with the client for a core; the backends (nginx, 2 workers each; iperf3) are not pinned. Kernel paths (lb's XDP program, nftables, plain forwarding) run in softirq on whichever CPU receives the packet: no process to pin. In the packet-rate workloads the generator runs on CPU 0 and the LB's client-side veth receives in a NAPI kernel thread pinned to CPU 1. In `conn-sustained` and `synflood` both of the LB's veths receive in NAPI kernel threads pinned to CPU 1 (`napi_cpu`: their CPU time), and the SYN flood's generator runs on CPU 0 beside wrk.\n\
          - equal terms: one topology for every system (client, LB host, switch, 3 backends in network namespaces, veths), an XDP program on each of the LB's veth peers (`xdp_pass` on the client's end; on the switch's end the packet-rate sink, which passes all other traffic) and tx checksumming off on the client's and backends' veths (see TOOLCHAIN.md) whichever system runs.\n\
          - CPU = CPU time of the LB's processes + machine-wide softirq time (from /proc/stat; this kernel samples softirq time on ticks, CONFIG_IRQ_TIME_ACCOUNTING is off), per 1000 connections or requests, or per GB. Softirq includes the client's and backends' own network processing, so compare against no-lb, which has only that.\n\
          - disturbed runs (machine busy before the run, stolen time, or a result more than 25% off the median of its repeats) are thrown away and run again."
@@ -261,7 +296,7 @@ pub fn markdown(meta: &Meta, figures: &[Figure]) -> String {
     .unwrap();
     writeln!(
         w,
-        "- settings: lb `closed_timeout = \"2s\"` (default 10 s: at thousands of connections per second, closed flows would hold every SNAT port); HAProxy `nbthread 1`, nginx stream `worker_processes 1` (one core of two is theirs); nftables and conntrack at their defaults; client namespace `ip_local_port_range 1024 65000`, `tcp_tw_reuse 1`; LB namespace `ip_local_port_range 32768 65000` (above lb's SNAT ports), `tcp_tw_reuse 1`, `somaxconn` and `tcp_max_syn_backlog` 8192, as on the backends."
+        "- settings: lb `closed_timeout = \"2s\"` (default 10 s: at thousands of connections per second, closed flows would hold every SNAT port); HAProxy `nbthread 1`, nginx stream `worker_processes 1` (one core of two is theirs); nftables and conntrack at their defaults (nft-fullnat masquerades to the LB's backend-side address); client namespace `ip_local_port_range 1024 65000`, `tcp_tw_reuse 1`; LB namespace `ip_local_port_range 32768 65000` (above lb's SNAT ports), `tcp_tw_reuse 1`, `somaxconn` and `tcp_max_syn_backlog` 8192, as on the backends."
     )
     .unwrap();
     for n in &meta.notes {
@@ -342,11 +377,15 @@ pub fn markdown(meta: &Meta, figures: &[Figure]) -> String {
         }
     }
 
-    writeln!(w, "\n## Targets (issue 5)\n").unwrap();
+    writeln!(w, "\n## Targets (issues 5 and 11)\n").unwrap();
     writeln!(w, "| target | value | goal | met |\n|---|---|---|---|").unwrap();
     for (what, lb, peer, wl, m, bound, at_least) in TARGETS {
         let goal = format!("{} {bound}", if *at_least { "≥" } else { "≤" });
-        let (v, met) = match ratio(figures, *lb, *peer, wl, m) {
+        let measured = match peer {
+            Some(peer) => ratio(figures, *lb, *peer, wl, m),
+            None => value(figures, *lb, wl, m),
+        };
+        let (v, met) = match measured {
             Some(r) => (
                 format!("{r:.2}"),
                 if (*at_least && r >= *bound) || (!*at_least && r <= *bound) {

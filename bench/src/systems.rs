@@ -27,13 +27,14 @@ pub enum System {
     HaproxyPp2,
     Nginx,
     NginxPp,
+    NftFullnat,
     NftDnat,
     NoLb,
     XdpBare,
 }
 
 /// Every system, in the order of the tables.
-pub const ALL: [System; 10] = [
+pub const ALL: [System; 11] = [
     System::LbNat,
     System::LbProxyV2,
     System::LbProxyV2Sockmap,
@@ -41,6 +42,7 @@ pub const ALL: [System; 10] = [
     System::HaproxyPp2,
     System::Nginx,
     System::NginxPp,
+    System::NftFullnat,
     System::NftDnat,
     System::NoLb,
     System::XdpBare,
@@ -56,6 +58,7 @@ impl System {
             System::HaproxyPp2 => "haproxy-pp2",
             System::Nginx => "nginx",
             System::NginxPp => "nginx-pp",
+            System::NftFullnat => "nft-fullnat",
             System::NftDnat => "nft-dnat",
             System::NoLb => "no-lb",
             System::XdpBare => "xdp-bare",
@@ -82,6 +85,9 @@ impl System {
             System::NginxPp => {
                 "nginx `stream` with `proxy_protocol on` to backends' `proxy_protocol` listeners"
             }
+            System::NftFullnat => {
+                "nftables full NAT, what lb's `nat` mode does: the same DNAT as nft-dnat plus `masquerade` out of the backend side, so the backends see the LB's address (conntrack)"
+            }
             System::NftDnat => {
                 "nftables DNAT, `numgen random mod 3` map over the 3 backends (conntrack; no SNAT)"
             }
@@ -92,6 +98,16 @@ impl System {
                 "bare XDP (the packet-rate ceiling): a program that only redirects every frame from the LB's client side to its backend side; packet-rate workloads only"
             }
         }
+    }
+
+    /// Whether the system attaches an XDP program to the LB's veths itself. The others
+    /// get `bench_pass` there when a workload needs the veths' NAPI (a veth has one only
+    /// with an XDP program).
+    pub fn has_own_xdp(self) -> bool {
+        matches!(
+            self,
+            System::LbNat | System::LbProxyV2 | System::LbProxyV2Sockmap | System::XdpBare
+        )
     }
 
     /// Whether the system sends a PROXY v2 header, so its backends are the PROXY
@@ -268,6 +284,19 @@ impl Running {
         self.daemon.as_ref().map(|d| d.pid())
     }
 
+    /// lb's global counter `name` (from `lb stats --json`) for lb systems; `None` for
+    /// the others, which have none.
+    pub fn lb_counter(&self, name: &str) -> Result<Option<u64>> {
+        let Some(d) = &self.daemon else {
+            return Ok(None);
+        };
+        let stats = d.stats_json()?;
+        stats["counters"][name]
+            .as_u64()
+            .with_context(|| format!("no counter `{name}` in `lb stats --json`: {stats}"))
+            .map(Some)
+    }
+
     /// Fails if the system's process died.
     pub fn check(&mut self) -> Result<()> {
         for p in &mut self.procs {
@@ -404,14 +433,14 @@ pub fn start(system: System, bed: &mut Bed, lb_bin: &Path) -> Result<Running> {
             c.arg("-c").arg(&conf);
             r.procs.push(Proc::spawn(tag, c, &run.join("out.log"))?);
         }
-        System::NftDnat => {
-            let conf = bed.path("nft-dnat.nft");
-            std::fs::write(&conf, nft_conf(bed))?;
+        System::NftDnat | System::NftFullnat => {
+            let conf = bed.path(&format!("{tag}.nft"));
+            std::fs::write(&conf, nft_conf(bed, system == System::NftFullnat))?;
             r.nft_table = true;
             bed.topo
                 .lb
                 .exec("nft", &["-f", &conf.to_string_lossy()])
-                .context("loading the nftables DNAT rules")?;
+                .with_context(|| format!("loading the nftables rules of {tag}"))?;
         }
         System::NoLb => {}
         System::XdpBare => {
@@ -513,7 +542,9 @@ fn nginx_stream_conf(system: System, bed: &Bed, run: &Path) -> String {
     s
 }
 
-fn nft_conf(bed: &Bed) -> String {
+/// The nftables table: DNAT of the VIP's ports to the backends and, for full NAT,
+/// masquerade of those connections out of the backend side (lb `nat` mode's SNAT).
+fn nft_conf(bed: &Bed, full_nat: bool) -> String {
     let map = bed
         .backend_addrs(HTTP_PORT)
         .iter()
@@ -525,7 +556,16 @@ fn nft_conf(bed: &Bed) -> String {
         "table ip lbbench {{\n  chain prerouting {{\n    type nat hook prerouting priority dstnat; policy accept;\n\
          \x20   ip daddr {VIP} tcp dport {HTTP_PORT} dnat to numgen random mod 3 map {{ {map} }}\n\
          \x20   ip daddr {VIP} tcp dport {IPERF_PORT} dnat to {}\n\
-         \x20   ip daddr {VIP} tcp dport {PPS_PORT} dnat to numgen random mod 3 map {{ {map} }}\n  }}\n}}\n",
-        bed.backend_addrs(IPERF_PORT)[0].ip()
+         \x20   ip daddr {VIP} tcp dport {PPS_PORT} dnat to numgen random mod 3 map {{ {map} }}\n  }}\n{snat}}}\n",
+        bed.backend_addrs(IPERF_PORT)[0].ip(),
+        snat = if full_nat {
+            format!(
+                "  chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n\
+                 \x20   ct status dnat oifname \"{}\" masquerade\n  }}\n",
+                lb_tests::topology::LB_IF_B
+            )
+        } else {
+            String::new()
+        }
     )
 }

@@ -1,13 +1,15 @@
 //! The workloads: each one bounded run of a real client (wrk, iperf3) in the client
-//! namespace, pinned to its CPU, with the CPU the LB spent meanwhile.
+//! namespace, pinned to its CPU, with the CPU the LB spent meanwhile; or of the XDP
+//! generator (`pps`); or both (`churn`).
 
-use crate::bed::{Bed, CLIENT_CPU, Proc, pinned};
-use crate::cpu::{self, Stat};
+use crate::bed::Bed;
+use crate::churn::{self, CONCURRENCY as CHURN_CONCURRENCY, PORT_RANGE};
+use crate::clients::{CLIENT_THREADS, TcpCounters, Wrk, iperf3, wrk};
+use crate::cpu::{snap, spent};
+use crate::flood;
 use crate::pps;
 use crate::systems::{Running, System};
-use anyhow::{Context, Result, bail};
-use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use anyhow::{Result, bail};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Workload {
@@ -20,9 +22,14 @@ pub enum Workload {
     Pps1,
     Pps1k,
     Pps100k,
+    /// New connections for long enough that ports come round again (see `churn`).
+    ConnSustained,
+    /// New connections without and during a SYN flood. Last: a flood may leave the
+    /// system's state full for the rest of its session.
+    SynFlood,
 }
 
-pub const ALL: [Workload; 8] = [
+pub const ALL: [Workload; 10] = [
     Workload::Conn,
     Workload::KeepAlive,
     Workload::Bulk1,
@@ -31,11 +38,14 @@ pub const ALL: [Workload; 8] = [
     Workload::Pps1,
     Workload::Pps1k,
     Workload::Pps100k,
+    Workload::ConnSustained,
+    Workload::SynFlood,
 ];
 
-/// wrk's threads, one per backend (all on the client's CPU): without a load balancer
-/// each thread talks to its own backend.
-pub const CLIENT_THREADS: u32 = 3;
+/// `conn-sustained`'s default warm-up and measured seconds (`--quick`: 1 and 2).
+const SUSTAINED_SECS: (u32, u32) = (10, 30);
+/// `synflood`'s default warm-up and seconds of each phase (`--quick`: 1 and 1).
+const SYNFLOOD_SECS: (u32, u32) = (5, 10);
 /// Concurrent connections of the wrk workloads (all threads together).
 const CONN_CONCURRENCY: u32 = 30;
 const KEEPALIVE_CONCURRENCY: u32 = 30;
@@ -68,7 +78,23 @@ impl Workload {
             Workload::Pps1 => "pps-1",
             Workload::Pps1k => "pps-1k",
             Workload::Pps100k => "pps-100k",
+            Workload::ConnSustained => "conn-sustained",
+            Workload::SynFlood => "synflood",
         }
+    }
+
+    /// Seconds of unmeasured warm-up and of measuring (of each phase, for `synflood`)
+    /// in one run: `secs` (`--secs`) sets the measured part when given.
+    pub fn durations(self, secs: Option<u32>, quick: bool) -> (u32, u32) {
+        let (warm, measured) = match self {
+            Workload::ConnSustained if quick => (1, 2),
+            Workload::ConnSustained => SUSTAINED_SECS,
+            Workload::SynFlood if quick => (1, 1),
+            Workload::SynFlood => SYNFLOOD_SECS,
+            _ if quick => (0, 1),
+            _ => (0, 5),
+        };
+        (warm, secs.unwrap_or(measured))
     }
 
     pub fn describe(self) -> String {
@@ -87,6 +113,27 @@ impl Workload {
             Workload::Pps1 | Workload::Pps1k | Workload::Pps100k => format!(
                 "packet rate, {} concurrent flows: 64-byte TCP frames from an XDP generator (BPF_PROG_TEST_RUN live frames, XDP_TX on the client's veth, on the client's CPU), counted and dropped by an XDP sink on the switch's end of the LB's backend-side veth; `rate` = frames that came out, `offered` = frames sent",
                 self.pps_flows().unwrap_or(0)
+            ),
+            Workload::ConnSustained => format!(
+                "sustained new connections: wrk, {CLIENT_THREADS} threads, {CHURN_CONCURRENCY} connections, `Connection: close`, GET /small, for {} s after {} s of warm-up (`--quick`: 2 after 1), the client's ports narrowed to {}-{} (with `tcp_tw_reuse 1`) so they come round again every few seconds, and with them lb's flows and SNAT ports; `syn_retrans` and `retrans_segs` are the client's TcpExtTCPSynRetrans and TcpRetransSegs over the run (nstat's counters), `snat_exhausted` lb's `drop_snat_ports_exhausted` (0 for systems without one), `unanswered` = connections opened that completed no request (a SYN lost for good, a reset, a wrk error, or one of the up to {} still open when wrk stops); {}",
+                SUSTAINED_SECS.1,
+                SUSTAINED_SECS.0,
+                PORT_RANGE.0,
+                PORT_RANGE.1,
+                CHURN_CONCURRENCY,
+                churn::placement_note()
+            ),
+            Workload::SynFlood => format!(
+                "new connections during a SYN flood: as conn-sustained (ports not narrowed), {} s of warm-up, {} s without a flood (`rate_base`), then {} s during one (`rate_flood`; `--quick`: 1 s each); `ratio` = rate_flood / rate_base. The flood: spoofed SYNs to the HTTP VIP from {} addresses of {}/{} (a new 5-tuple each), from the packet-rate workloads' XDP generator on the client's CPU (which it shares with wrk), paced to {} Mpps in bursts of 256 (the LB's veth ring), for the phase and 2 s more at most; `syn_offered` = what it sent per second (below {} where it could not keep up), `syn_in` = what of it the client's veth handed to the LB's receive ring per second (the rest found the ring full: the LB took no more). Answers to the spoofed sources are blackholed in the LB namespace. `unanswered_flood` = `unanswered` of conn-sustained, during the flood; {}",
+                SYNFLOOD_SECS.0,
+                SYNFLOOD_SECS.1,
+                SYNFLOOD_SECS.1,
+                flood::FLOWS / 64_000,
+                flood::SOURCES.0,
+                flood::SOURCES.1,
+                flood::RATE / 1e6,
+                flood::RATE / 1e6,
+                churn::placement_note()
             ),
         }
     }
@@ -123,11 +170,35 @@ impl Workload {
             m("lb_cpu_busy", "%", false),
             m("client_cpu_busy", "%", false),
         ];
+        const SUSTAINED: &[Metric] = &[
+            m("rate", "conn/s", true),
+            m("p99", "ms", false),
+            m("unanswered", "conn", false),
+            m("syn_retrans", "SYNs", false),
+            m("retrans_segs", "segments", false),
+            m("snat_exhausted", "SYNs", false),
+            m("lb_cpu_busy", "%", false),
+            m("napi_cpu", "% of a CPU", false),
+            m("client_cpu_busy", "%", false),
+        ];
+        const SYNFLOOD: &[Metric] = &[
+            m("ratio", "x", true),
+            m("rate_base", "conn/s", true),
+            m("rate_flood", "conn/s", true),
+            m("unanswered_flood", "conn", false),
+            m("syn_retrans_flood", "SYNs", false),
+            m("snat_exhausted_flood", "SYNs", false),
+            m("syn_offered", "Mpps", true),
+            m("syn_in", "Mpps", true),
+            m("lb_cpu_busy", "%", false),
+        ];
         match self {
             Workload::Conn => CONN,
             Workload::KeepAlive => KEEPALIVE,
             Workload::Bulk1 | Workload::Bulk4 | Workload::Download => BULK,
             Workload::Pps1 | Workload::Pps1k | Workload::Pps100k => PPS,
+            Workload::ConnSustained => SUSTAINED,
+            Workload::SynFlood => SYNFLOOD,
         }
     }
 
@@ -146,6 +217,29 @@ impl Workload {
                     "n/a: a proxy only sees connections, and the generator's frames belong to none",
                 )
             }
+            Workload::ConnSustained
+                if !matches!(
+                    system,
+                    System::LbNat | System::NftFullnat | System::NftDnat | System::NoLb
+                ) =>
+            {
+                Some(
+                    "n/a: the sustained run compares lb's nat mode with the kernel's NAT and no LB; the proxies' new connections are the `conn` figures",
+                )
+            }
+            Workload::SynFlood if system == System::NoLb => {
+                Some("n/a: without a load balancer there is no VIP to flood")
+            }
+            Workload::SynFlood
+                if matches!(
+                    system,
+                    System::HaproxyPp2 | System::Nginx | System::NginxPp | System::NftDnat
+                ) =>
+            {
+                Some(
+                    "n/a: the flood runs against lb and its like-for-like peers (nftables full NAT, HAProxy)",
+                )
+            }
             Workload::Bulk1 | Workload::Bulk4 if system.sends_proxy_v2() => Some(
                 "n/a: iperf3 cannot read a PROXY header (see the download workload for this system's bulk cost)",
             ),
@@ -162,126 +256,52 @@ pub struct Sample {
     pub disturbed: Option<String>,
 }
 
-/// Writes wrk's result as one JSON line when the run ends (wrk's own summary rounds).
-const WRK_DONE: &str = r#"
-done = function(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format(
-    'WRKJSON {"requests":%d,"bytes":%d,"duration_us":%d,"connect":%d,"read":%d,"write":%d,"status":%d,"timeout":%d,"p50_us":%d,"p99_us":%d}\n',
-    summary.requests, summary.bytes, summary.duration, e.connect, e.read, e.write,
-    e.status, e.timeout, latency:percentile(50), latency:percentile(99)))
-end
-"#;
-
-/// wrk's result.
-#[derive(Debug, PartialEq)]
-struct Wrk {
-    requests: u64,
-    bytes: u64,
-    secs: f64,
-    errors: u64,
-    p50_ms: f64,
-    p99_ms: f64,
-}
-
-fn parse_wrk(out: &str) -> Result<Wrk> {
-    let line = out
-        .lines()
-        .find_map(|l| l.strip_prefix("WRKJSON "))
-        .with_context(|| format!("wrk printed no result line:\n{out}"))?;
-    let v: serde_json::Value = serde_json::from_str(line)?;
-    let n = |k: &str| v[k].as_f64().unwrap_or(0.0);
-    Ok(Wrk {
-        requests: n("requests") as u64,
-        bytes: n("bytes") as u64,
-        secs: n("duration_us") / 1e6,
-        errors: ["connect", "read", "write", "status", "timeout"]
-            .iter()
-            .map(|k| n(k) as u64)
-            .sum(),
-        p50_ms: n("p50_us") / 1e3,
-        p99_ms: n("p99_us") / 1e3,
-    })
-}
-
-/// iperf3's result: bytes received and seconds.
-fn parse_iperf3(out: &str) -> Result<(u64, f64)> {
-    let v: serde_json::Value =
-        serde_json::from_str(out).with_context(|| format!("iperf3 printed no JSON:\n{out}"))?;
-    if let Some(e) = v["error"].as_str() {
-        bail!("iperf3: {e}");
+/// Runs `workload` once against `running`: `warm` seconds unmeasured (the workloads
+/// that have a warm-up), then `secs` measured.
+pub fn run(
+    workload: Workload,
+    bed: &mut Bed,
+    running: &mut Running,
+    (warm, secs): (u32, u32),
+) -> Result<Sample> {
+    match workload {
+        Workload::ConnSustained => {
+            let p = churn::sustained(bed, running, warm, secs)?;
+            return Ok(Sample {
+                values: vec![
+                    p.rate(),
+                    p.wrk.p99_ms,
+                    p.failed() as f64,
+                    p.tcp.syn_retrans as f64,
+                    p.tcp.retrans_segs as f64,
+                    p.snat_exhausted as f64,
+                    p.lb_busy * 100.0,
+                    p.napi_busy * 100.0,
+                    p.client_busy * 100.0,
+                ],
+                disturbed: p.disturbed,
+            });
+        }
+        Workload::SynFlood => {
+            let r = churn::synflood(bed, running, warm, secs)?;
+            let (base, flood) = (&r.base, &r.flood);
+            return Ok(Sample {
+                values: vec![
+                    flood.rate() / base.rate(),
+                    base.rate(),
+                    flood.rate(),
+                    flood.failed() as f64,
+                    flood.tcp.syn_retrans as f64,
+                    flood.snat_exhausted as f64,
+                    r.sent.rate() / 1e6,
+                    flood.flood_in as f64 / r.sent.secs.max(1e-6) / 1e6,
+                    flood.lb_busy * 100.0,
+                ],
+                disturbed: base.disturbed.clone().or(flood.disturbed.clone()),
+            });
+        }
+        _ => {}
     }
-    let s = &v["end"]["sum_received"];
-    let bytes = s["bytes"]
-        .as_f64()
-        .with_context(|| format!("no end.sum_received.bytes in iperf3's output:\n{out}"))?;
-    let secs = s["seconds"].as_f64().unwrap_or(0.0);
-    if secs <= 0.0 {
-        bail!("iperf3 reports {secs} s:\n{out}");
-    }
-    Ok((bytes as u64, secs))
-}
-
-/// The client namespace's TcpActiveOpens (connections it opened).
-fn active_opens(bed: &Bed) -> Result<u64> {
-    let snmp = bed.topo.client.exec("cat", &["/proc/net/snmp"])?;
-    parse_active_opens(&snmp).context("no Tcp: ActiveOpens in /proc/net/snmp")
-}
-
-fn parse_active_opens(snmp: &str) -> Option<u64> {
-    let mut tcp = snmp.lines().filter(|l| l.starts_with("Tcp:"));
-    let (names, values) = (tcp.next()?, tcp.next()?);
-    let i = names.split_whitespace().position(|n| n == "ActiveOpens")?;
-    values.split_whitespace().nth(i)?.parse().ok()
-}
-
-/// CPU counters at one instant.
-struct Snap {
-    stat: Stat,
-    lb_ticks: u64,
-    foreign_ticks: u64,
-    at: Instant,
-}
-
-fn snap(pids: &[u32], ours: &[u64]) -> Result<Snap> {
-    Ok(Snap {
-        stat: Stat::read()?,
-        lb_ticks: pids.iter().map(|p| cpu::process_ticks(*p)).sum(),
-        foreign_ticks: cpu::foreign_ticks(ours),
-        at: Instant::now(),
-    })
-}
-
-/// Share of all CPU time that processes other than the bench's may take during a run
-/// before it counts as disturbed.
-const MAX_FOREIGN: f64 = 0.05;
-
-/// CPU spent between two snapshots: (LB processes, softirq) in seconds, and whether
-/// the hypervisor stole a noticeable share or other processes competed.
-fn spent(a: &Snap, b: &Snap) -> (f64, f64, Option<String>) {
-    let hz = cpu::ticks_per_sec();
-    let d = b.stat.since(&a.stat);
-    let steal = d.steal as f64 / d.total().max(1) as f64;
-    let foreign = b.foreign_ticks.saturating_sub(a.foreign_ticks) as f64 / d.total().max(1) as f64;
-    let disturbed = if steal > 0.02 {
-        Some(format!("{:.0}% of CPU time stolen", steal * 100.0))
-    } else if foreign > MAX_FOREIGN {
-        Some(format!(
-            "other processes took {:.0}% of CPU time during the run",
-            foreign * 100.0
-        ))
-    } else {
-        None
-    };
-    (
-        b.lb_ticks.saturating_sub(a.lb_ticks) as f64 / hz,
-        d.softirq as f64 / hz,
-        disturbed,
-    )
-}
-
-/// Runs `workload` once for `secs` against `running`.
-pub fn run(workload: Workload, bed: &mut Bed, running: &mut Running, secs: u32) -> Result<Sample> {
     if let Some(flows) = workload.pps_flows() {
         // No process of the LB's: only whether something else competed matters.
         let ours = bed.net_inodes();
@@ -301,7 +321,7 @@ pub fn run(workload: Workload, bed: &mut Bed, running: &mut Running, secs: u32) 
     let (http, iperf) = running.targets(bed);
     let pids = running.lb_pids();
     let ours = bed.net_inodes();
-    let opens0 = active_opens(bed)?;
+    let opens0 = TcpCounters::read(&bed.topo.client)?.active_opens;
     let a = snap(&pids, &ours)?;
     let result = match workload {
         Workload::Conn => wrk(bed, &http, "/small", CONN_CONCURRENCY, secs, true),
@@ -309,10 +329,16 @@ pub fn run(workload: Workload, bed: &mut Bed, running: &mut Running, secs: u32) 
         Workload::Download => wrk(bed, &http, "/big", DOWNLOAD_CONCURRENCY, secs, false),
         Workload::Bulk1 => iperf3(bed, iperf, 1, secs).map(bulk_as_wrk),
         Workload::Bulk4 => iperf3(bed, iperf, 4, secs).map(bulk_as_wrk),
-        Workload::Pps1 | Workload::Pps1k | Workload::Pps100k => unreachable!("measured above"),
+        Workload::Pps1
+        | Workload::Pps1k
+        | Workload::Pps100k
+        | Workload::ConnSustained
+        | Workload::SynFlood => unreachable!("measured above"),
     };
     let b = snap(&pids, &ours)?;
-    let opens = active_opens(bed)?.saturating_sub(opens0);
+    let opens = TcpCounters::read(&bed.topo.client)?
+        .active_opens
+        .saturating_sub(opens0);
     running.check()?;
     bed.check_servers()?;
     let r = result?;
@@ -360,7 +386,11 @@ pub fn run(workload: Workload, bed: &mut Bed, running: &mut Running, secs: u32) 
                 cpu / (r.requests as f64 / 1000.0),
             ]
         }
-        Workload::Pps1 | Workload::Pps1k | Workload::Pps100k => unreachable!("measured above"),
+        Workload::Pps1
+        | Workload::Pps1k
+        | Workload::Pps100k
+        | Workload::ConnSustained
+        | Workload::SynFlood => unreachable!("measured above"),
         Workload::Bulk1 | Workload::Bulk4 | Workload::Download => {
             let gb = r.bytes as f64 / 1e9;
             vec![r.bytes as f64 * 8.0 / r.secs / 1e9, cpu / gb]
@@ -377,133 +407,5 @@ fn bulk_as_wrk((bytes, secs): (u64, f64)) -> Wrk {
         errors: 0,
         p50_ms: 0.0,
         p99_ms: 0.0,
-    }
-}
-
-/// The Lua script: thread i connects to `to[i]` (wrk's `thread.addr`), `Connection:
-/// close` if asked, and the result line at the end.
-fn wrk_script(to: &[SocketAddr], close: bool) -> String {
-    let mut s = String::new();
-    if close {
-        s.push_str("wrk.headers[\"Connection\"] = \"close\"\n");
-    }
-    let list: Vec<String> = to
-        .iter()
-        .map(|a| format!("{{\"{}\", \"{}\"}}", a.ip(), a.port()))
-        .collect();
-    s.push_str(&format!(
-        "local targets = {{{}}}\nlocal n = 0\n\
-         setup = function(thread)\n  n = n + 1\n  local t = targets[(n - 1) % #targets + 1]\n\
-         \x20 thread.addr = wrk.lookup(t[1], t[2])[1]\nend\n",
-        list.join(", ")
-    ));
-    s.push_str(WRK_DONE);
-    s
-}
-
-fn wrk(
-    bed: &Bed,
-    to: &[SocketAddr],
-    path: &str,
-    conns: u32,
-    secs: u32,
-    close: bool,
-) -> Result<Wrk> {
-    let script = bed.path("wrk.lua");
-    std::fs::write(&script, wrk_script(to, close))?;
-    let mut c = pinned(&bed.topo.client, CLIENT_CPU, "wrk");
-    c.args([
-        &format!("-t{CLIENT_THREADS}"),
-        &format!("-c{conns}"),
-        &format!("-d{secs}s"),
-        "--timeout",
-        "5s",
-        "-s",
-    ])
-    .arg(&script)
-    .arg(format!("http://{}{path}", to[0]));
-    let out = bounded(bed, "wrk", c, secs)?;
-    parse_wrk(&out)
-}
-
-fn iperf3(bed: &Bed, to: SocketAddr, streams: u32, secs: u32) -> Result<(u64, f64)> {
-    let mut c = pinned(&bed.topo.client, CLIENT_CPU, "iperf3");
-    c.args([
-        "-c",
-        &to.ip().to_string(),
-        "-p",
-        &to.port().to_string(),
-        "-t",
-        &secs.to_string(),
-        "-P",
-        &streams.to_string(),
-        "-J",
-        "--connect-timeout",
-        "3000",
-    ]);
-    let out = bounded(bed, "iperf3", c, secs)?;
-    parse_iperf3(&out)
-}
-
-/// Runs a load generator for its `secs` (plus 20 s of grace, then it is killed) and
-/// returns its output; a non-zero exit is an error.
-fn bounded(bed: &Bed, what: &str, cmd: std::process::Command, secs: u32) -> Result<String> {
-    let log = bed.path(&format!("{what}.out"));
-    let mut p = Proc::spawn(what, cmd, &log)?;
-    let status = p.wait(Duration::from_secs(secs as u64 + 20))?;
-    let out = p.output();
-    if !status.success() {
-        bail!("{what} exited with {status}:\n{out}");
-    }
-    Ok(out)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_wrk_result_line() {
-        let out = "Running 1s test @ http://x\nWRKJSON {\"requests\":1000,\"bytes\":256000,\"duration_us\":2000000,\"connect\":0,\"read\":2,\"write\":0,\"status\":1,\"timeout\":0,\"p50_us\":1500,\"p99_us\":9000}\n";
-        let w = parse_wrk(out).unwrap();
-        assert_eq!(w.requests, 1000);
-        assert_eq!(w.errors, 3);
-        assert_eq!(w.secs, 2.0);
-        assert_eq!(w.p50_ms, 1.5);
-        assert_eq!(w.p99_ms, 9.0);
-        assert!(parse_wrk("Running 1s test\n").is_err());
-    }
-
-    #[test]
-    fn parses_iperf3_json() {
-        let out = r#"{"start":{},"end":{"sum_received":{"bytes":1250000000,"seconds":1.0}}}"#;
-        assert_eq!(parse_iperf3(out).unwrap(), (1_250_000_000, 1.0));
-        let err = parse_iperf3(r#"{"error":"unable to connect to server"}"#).unwrap_err();
-        assert!(err.to_string().contains("unable to connect"), "{err}");
-    }
-
-    #[test]
-    fn wrk_threads_get_their_own_target() {
-        let to: Vec<SocketAddr> = ["198.18.1.11:8080", "198.18.1.12:8080"]
-            .iter()
-            .map(|a| a.parse().unwrap())
-            .collect();
-        let s = wrk_script(&to, true);
-        assert!(
-            s.starts_with("wrk.headers[\"Connection\"] = \"close\""),
-            "{s}"
-        );
-        assert!(
-            s.contains(r#"local targets = {{"198.18.1.11", "8080"}, {"198.18.1.12", "8080"}}"#),
-            "{s}"
-        );
-        assert!(s.contains("thread.addr = wrk.lookup(t[1], t[2])[1]"), "{s}");
-        assert!(!wrk_script(&to, false).contains("Connection"));
-    }
-
-    #[test]
-    fn parses_active_opens() {
-        let snmp = "Ip: Forwarding DefaultTTL\nIp: 1 64\nTcp: RtoAlgorithm RtoMin RtoMax MaxConn ActiveOpens PassiveOpens\nTcp: 1 200 120000 -1 4242 7\n";
-        assert_eq!(parse_active_opens(snmp), Some(4242));
     }
 }

@@ -21,10 +21,9 @@ const LIMIT: Duration = Duration::from_secs(240);
 fn workloads_of(system: &str) -> &'static [&'static str] {
     match system {
         // iperf3 cannot read a PROXY header: these have no iperf3 workloads.
-        "lb-proxy-v2" | "lb-proxy-v2-sockmap" | "haproxy-pp2" | "nginx-pp" => {
-            &["conn", "keepalive", "download"]
-        }
-        "lb-nat" | "nft-dnat" => &[
+        "lb-proxy-v2" | "lb-proxy-v2-sockmap" => &["conn", "keepalive", "download", "synflood"],
+        "haproxy-pp2" | "nginx-pp" => &["conn", "keepalive", "download"],
+        "lb-nat" => &[
             "conn",
             "keepalive",
             "bulk1",
@@ -33,6 +32,44 @@ fn workloads_of(system: &str) -> &'static [&'static str] {
             "pps-1",
             "pps-1k",
             "pps-100k",
+            "conn-sustained",
+            "synflood",
+        ],
+        "nft-dnat" => &[
+            "conn",
+            "keepalive",
+            "bulk1",
+            "bulk4",
+            "download",
+            "pps-1",
+            "pps-1k",
+            "pps-100k",
+            "conn-sustained",
+        ],
+        "nft-fullnat" => &[
+            "conn",
+            "keepalive",
+            "bulk1",
+            "bulk4",
+            "download",
+            "conn-sustained",
+            "synflood",
+        ],
+        "no-lb" => &[
+            "conn",
+            "keepalive",
+            "bulk1",
+            "bulk4",
+            "download",
+            "conn-sustained",
+        ],
+        "haproxy" => &[
+            "conn",
+            "keepalive",
+            "bulk1",
+            "bulk4",
+            "download",
+            "synflood",
         ],
         "xdp-bare" => &["pps-1", "pps-1k", "pps-100k"],
         _ => &["conn", "keepalive", "bulk1", "bulk4", "download"],
@@ -143,6 +180,7 @@ fn quick_bench_writes_every_figure() {
         "haproxy-pp2",
         "nginx",
         "nginx-pp",
+        "nft-fullnat",
         "nft-dnat",
         "no-lb",
         "xdp-bare",

@@ -1,0 +1,294 @@
+//! The connection-state workloads (issue 11): new connections sustained long enough
+//! for the client's ports and the LB's SNAT ports to come round again
+//! (`conn-sustained`), and new connections during a SYN flood against the same
+//! system's rate without one (`synflood`). The LB's veths receive in NAPI threads on
+//! the LB's CPU, so every system does its work there.
+
+use crate::bed::{Bed, CLIENT_CPU, LB_CPU};
+use crate::clients::{CLIENT_THREADS, TcpCounters, Wrk, wrk};
+use crate::cpu::{self, Stat};
+use crate::flood::{self, Sent};
+use crate::napi::ThreadedNapi;
+use crate::systems::Running;
+use anyhow::{Context, Result, bail};
+use aya::programs::xdp::XdpLink;
+use lb_tests::topology::{LB_IF_A, LB_IF_B};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Concurrent connections of both workloads (all wrk threads together).
+pub const CONCURRENCY: u32 = 30;
+/// The client's ephemeral ports during `conn-sustained`: 16,384 of them, so at
+/// thousands of connections per second each comes round again every few seconds, well
+/// within a run.
+pub const PORT_RANGE: (u16, u16) = (40_000, 56_383);
+/// The client namespace's port range otherwise (the bed's).
+const BED_PORT_RANGE: &str = "1024 65000";
+/// lb's counter of SYNs dropped for want of a SNAT port.
+pub const SNAT_EXHAUSTED: &str = "drop_snat_ports_exhausted";
+
+/// One measured stretch of new connections.
+pub struct Phase {
+    pub wrk: Wrk,
+    /// The client's TCP counters over the stretch.
+    pub tcp: TcpCounters,
+    /// lb's [`SNAT_EXHAUSTED`] over the stretch (0 for the systems without it).
+    pub snat_exhausted: u64,
+    /// Busy share of the LB's CPU and of the client's.
+    pub lb_busy: f64,
+    pub client_busy: f64,
+    /// CPU time of the LB's veths' NAPI threads, as a share of one CPU.
+    pub napi_busy: f64,
+    /// Flood SYNs that reached the LB's receive ring.
+    pub flood_in: u64,
+    pub disturbed: Option<String>,
+}
+
+impl Phase {
+    pub fn rate(&self) -> f64 {
+        self.wrk.requests as f64 / self.wrk.secs.max(1e-6)
+    }
+
+    /// Connections that did not complete a request: opened and never answered
+    /// (a SYN lost for good, a reset, still waiting at the end) or failed in wrk.
+    pub fn failed(&self) -> u64 {
+        self.tcp.active_opens.saturating_sub(self.wrk.requests) + self.wrk.errors
+    }
+}
+
+/// `conn-sustained`: `warm` seconds unmeasured, then `secs` measured, with the client's
+/// ports narrowed to [`PORT_RANGE`].
+pub fn sustained(bed: &mut Bed, running: &mut Running, warm: u32, secs: u32) -> Result<Phase> {
+    let (lo, hi) = PORT_RANGE;
+    bed.topo
+        .client
+        .sysctl(&[&format!("net.ipv4.ip_local_port_range={lo} {hi}")])?;
+    let result = (|| {
+        let pass = pass_links(bed, running)?;
+        let (rx, to) = warmed_up(bed, running, pass, warm)?;
+        checked(phase(bed, running, &rx, &to, secs, None)?.0, &rx)
+    })();
+    bed.topo
+        .client
+        .sysctl(&[&format!("net.ipv4.ip_local_port_range={BED_PORT_RANGE}")])?;
+    finish(bed, running, result)
+}
+
+/// What `synflood` measured: the same system without and with the flood.
+pub struct FloodRun {
+    pub base: Phase,
+    pub flood: Phase,
+    pub sent: Sent,
+}
+
+/// `synflood`: `warm` seconds unmeasured, `secs` without a flood, then `secs` during
+/// one.
+pub fn synflood(bed: &mut Bed, running: &mut Running, warm: u32, secs: u32) -> Result<FloodRun> {
+    let _held = flood::arm(bed, running.system.vip())?;
+    // The spoofed sources' answers die in the LB namespace (as if sent to a far
+    // internet): no loop, no cost of delivering them to anyone, nothing leaves the bed.
+    let (net, len) = flood::SOURCES;
+    let route = format!("{net}/{len}");
+    bed.topo.lb.ip(&format!("route add blackhole {route}"))?;
+    let result = (|| {
+        let pass = pass_links(bed, running)?;
+        let (rx, to) = warmed_up(bed, running, pass, warm)?;
+        let base = checked(phase(bed, running, &rx, &to, secs, None)?.0, &rx)?;
+        // A little longer than wrk's run: the flood is on before its first connection
+        // and until its last. No request during it is a figure (0), not a failure.
+        let limit = Duration::from_secs(secs as u64 + 2);
+        let (flood, sent) = phase(bed, running, &rx, &to, secs, Some(limit))?;
+        Ok(FloodRun {
+            base,
+            flood,
+            sent: sent.context("the flood phase sent no flood")?,
+        })
+    })();
+    let _ = bed.topo.lb.ip(&format!("route del blackhole {route}"));
+    clear_half_open(bed)?;
+    finish(bed, running, result)
+}
+
+/// The LB's receive threads started (with `pass` for a system that needs it) and
+/// `warm` seconds of new connections, unmeasured; the LB's receive and the client's
+/// targets.
+fn warmed_up<'a>(
+    bed: &'a Bed,
+    running: &Running,
+    pass: Vec<XdpLink>,
+    warm: u32,
+) -> Result<(LbRx<'a>, Vec<SocketAddr>)> {
+    let rx = LbRx::start(bed, pass)?;
+    let to = running.targets(bed).0;
+    if warm > 0 {
+        wrk(bed, &to, "/small", CONCURRENCY, warm, true).context("the warm-up")?;
+    }
+    Ok((rx, to))
+}
+
+/// Removes the flood's half-open connections (`ss -K`) from the backends and the LB
+/// namespace (a proxy's listener). Left there, they would answer the next system's
+/// SYNs from the LB's address and a port the flood had, with the flood's SYN-ACK, for
+/// a minute.
+fn clear_half_open(bed: &Bed) -> Result<()> {
+    let t = &bed.topo;
+    let nss: Vec<&lb_tests::Netns> = t.backends.iter().map(|b| &b.ns).chain([&t.lb]).collect();
+    let half_open = |ns: &lb_tests::Netns| -> Result<usize> {
+        Ok(ns
+            .exec("ss", &["-Htn", "state", "syn-recv"])?
+            .lines()
+            .count())
+    };
+    let left: usize = nss.iter().map(|ns| half_open(ns)).sum::<Result<usize>>()?;
+    for ns in &nss {
+        ns.exec("ss", &["-K", "-t", "-n", "state", "syn-recv"])
+            .with_context(|| {
+                format!(
+                    "removing the flood's half-open connections in {}",
+                    ns.name()
+                )
+            })?;
+    }
+    let after: usize = nss.iter().map(|ns| half_open(ns)).sum::<Result<usize>>()?;
+    if after > 0 {
+        bail!("{after} of the flood's {left} half-open connections are still there after `ss -K`");
+    }
+    Ok(())
+}
+
+/// Fails if the system or a backend died, else passes `result` on.
+fn finish<T>(bed: &mut Bed, running: &mut Running, result: Result<T>) -> Result<T> {
+    running.check()?;
+    bed.check_servers()?;
+    result
+}
+
+/// A run that moved nothing says why rather than reporting 0 conn/s as a figure.
+fn checked(p: Phase, rx: &LbRx) -> Result<Phase> {
+    if p.wrk.requests == 0 {
+        bail!(
+            "no request completed in {:.1} s ({} connections opened, {} SYNs sent again; LB receive: {})",
+            p.wrk.secs,
+            p.tcp.active_opens,
+            p.tcp.syn_retrans,
+            rx.placement()
+        );
+    }
+    Ok(p)
+}
+
+/// wrk for `secs` with `Connection: close`, measured; during a SYN flood bounded by
+/// `flood` if given.
+fn phase(
+    bed: &Bed,
+    running: &Running,
+    rx: &LbRx,
+    to: &[SocketAddr],
+    secs: u32,
+    flood: Option<Duration>,
+) -> Result<(Phase, Option<Sent>)> {
+    let ours = bed.net_inodes();
+    let pids = running.lb_pids();
+    let counter = || -> Result<u64> { Ok(running.lb_counter(SNAT_EXHAUSTED)?.unwrap_or(0)) };
+    let cpus =
+        || -> Result<(Stat, Stat)> { Ok((Stat::read_cpu(LB_CPU)?, Stat::read_cpu(CLIENT_CPU)?)) };
+    let (snat0, tcp0, in0, napi0, cpus0) = (
+        counter()?,
+        TcpCounters::read(&bed.topo.client)?,
+        flood::reached_lb(bed)?,
+        rx.ticks(),
+        cpus()?,
+    );
+    let a = cpu::snap(&pids, &ours)?;
+    let client = || {
+        wrk(bed, to, "/small", CONCURRENCY, secs, true).with_context(|| {
+            format!(
+                "the phase {} a flood",
+                if flood.is_some() { "during" } else { "without" }
+            )
+        })
+    };
+    let (wrk, sent) = match flood {
+        Some(limit) => {
+            let (r, sent) = flood::during(bed, limit, client)?;
+            (r, Some(sent))
+        }
+        None => (client(), None),
+    };
+    let b = cpu::snap(&pids, &ours)?;
+    let (napi1, cpus1, in1, tcp1, snat1) = (
+        rx.ticks(),
+        cpus()?,
+        flood::reached_lb(bed)?,
+        TcpCounters::read(&bed.topo.client)?,
+        counter()?,
+    );
+    let wrk = wrk?;
+    let (_, _, disturbed) = cpu::spent(&a, &b);
+    let wall = b.at.duration_since(a.at).as_secs_f64();
+    let share = |x: &Stat, y: &Stat| {
+        let d = y.since(x);
+        d.busy() as f64 / d.total().max(1) as f64
+    };
+    Ok((
+        Phase {
+            wrk,
+            tcp: tcp1.since(&tcp0),
+            snat_exhausted: snat1.saturating_sub(snat0),
+            lb_busy: share(&cpus0.0, &cpus1.0),
+            client_busy: share(&cpus0.1, &cpus1.1),
+            napi_busy: napi1.saturating_sub(napi0) as f64 / cpu::ticks_per_sec() / wall.max(1e-6),
+            flood_in: in1.saturating_sub(in0),
+            disturbed,
+        },
+        sent,
+    ))
+}
+
+/// The LB's two veths receiving in NAPI threads on the LB's CPU, for as long as this
+/// lives. A system without an XDP program of its own gets `bench_pass` on both, since a
+/// veth has a NAPI only with one.
+struct LbRx<'a> {
+    napi: Vec<ThreadedNapi<'a>>,
+    _pass: Vec<XdpLink>,
+}
+
+/// `bench_pass` on the LB's veths if `running` has no XDP program there.
+fn pass_links(bed: &mut Bed, running: &Running) -> Result<Vec<XdpLink>> {
+    if running.system.has_own_xdp() {
+        return Ok(Vec::new());
+    }
+    [LB_IF_A, LB_IF_B]
+        .into_iter()
+        .map(|iface| bed.xdp.attach_pass(&bed.topo.lb, iface))
+        .collect()
+}
+
+impl<'a> LbRx<'a> {
+    fn start(bed: &'a Bed, pass: Vec<XdpLink>) -> Result<LbRx<'a>> {
+        let napi = [LB_IF_A, LB_IF_B]
+            .into_iter()
+            .map(|iface| ThreadedNapi::start(&bed.topo.lb, iface, LB_CPU))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(LbRx { napi, _pass: pass })
+    }
+
+    fn ticks(&self) -> u64 {
+        self.napi.iter().map(ThreadedNapi::ticks).sum()
+    }
+
+    fn placement(&self) -> String {
+        self.napi
+            .iter()
+            .map(ThreadedNapi::placement)
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// The report's line on where the LB's receive work ran.
+pub fn placement_note() -> String {
+    format!(
+        "NAPI of {LB_IF_A} and {LB_IF_B} in kernel threads pinned to CPU {LB_CPU} (`bench_pass` on both for systems without an XDP program of their own), wrk's {CLIENT_THREADS} threads on CPU {CLIENT_CPU}"
+    )
+}
