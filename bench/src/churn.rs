@@ -106,6 +106,7 @@ pub fn synflood(bed: &mut Bed, running: &mut Running, warm: u32, secs: u32) -> R
     })();
     let _ = bed.topo.lb.ip(&format!("route del blackhole {route}"));
     clear_half_open(bed)?;
+    flush_conntrack(&bed.topo.lb)?;
     finish(bed, running, result)
 }
 
@@ -154,6 +155,24 @@ fn clear_half_open(bed: &Bed) -> Result<()> {
         bail!("{after} of the flood's {left} half-open connections are still there after `ss -K`");
     }
     Ok(())
+}
+
+/// Empties the LB namespace's connection tracking table (netlink's conntrack flush; no
+/// conntrack tool is installed). A flood through nftables fills it with half-open
+/// entries that last two minutes, and the next runs' connections would wait for room.
+fn flush_conntrack(ns: &lb_tests::Netns) -> Result<()> {
+    const FLUSH: &str = "import socket, struct\n\
+        s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 12)  # NETLINK_NETFILTER\n\
+        body = struct.pack('=BBH', 2, 0, 0)  # nfgenmsg: AF_INET\n\
+        # ctnetlink (subsystem 1), IPCTNL_MSG_CT_DELETE (2) without a tuple: all; REQUEST|ACK\n\
+        s.send(struct.pack('=IHHII', 16 + len(body), (1 << 8) | 2, 1 | 4, 1, 0) + body)\n\
+        r = s.recv(4096)\n\
+        kind, err = struct.unpack('=H', r[4:6])[0], struct.unpack('=i', r[16:20])[0]\n\
+        if kind != 2 or err != 0:\n\
+        \x20   raise SystemExit(f'netlink answered type {kind}, error {err}')\n";
+    ns.exec("python3", &["-c", FLUSH])
+        .with_context(|| format!("flushing the conntrack table of {}", ns.name()))
+        .map(drop)
 }
 
 /// Fails if the system or a backend died, else passes `result` on.
