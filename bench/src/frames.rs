@@ -72,24 +72,22 @@ mod tests {
 
     #[test]
     fn template_checksums_verify() {
-        let f = frame(
-            ([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]),
-            Ipv4Addr::new(198, 18, 0, 2),
-            Ipv4Addr::new(198, 18, 100, 1),
-            9000,
-            ACK,
-        );
+        let template = |src: [u8; 4], dport, flags| {
+            let macs = ([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]);
+            frame(
+                macs,
+                src.into(),
+                Ipv4Addr::new(198, 18, 100, 1),
+                dport,
+                flags,
+            )
+        };
+        let f = template([198, 18, 0, 2], 9000, ACK);
         assert_eq!(f.len(), FRAME_LEN);
         // The kit's decoder verifies the IPv4 and TCP checksums.
         let p = decode(&f).expect("a valid TCP frame");
         assert_eq!((p.dport, p.flags), (9000, ACK));
-        let syn = frame(
-            ([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]),
-            Ipv4Addr::new(198, 18, 128, 0),
-            Ipv4Addr::new(198, 18, 100, 1),
-            8080,
-            SYN,
-        );
+        let syn = template([198, 18, 128, 0], 8080, SYN);
         let p = decode(&syn).expect("a valid TCP frame");
         assert_eq!((p.flags, p.ack), (SYN, 0), "a SYN acknowledges nothing");
     }

@@ -60,19 +60,9 @@ pub fn ensure() -> anyhow::Result<()> {
     apt_install(&wanted)?;
     apt_install_without_starting(TEST_PACKAGES_NO_START)?;
     apt_install_without_starting(PROXY_TEST_PACKAGES_NO_START)?;
-    apt_install(
-        &PROXY_TEST_PACKAGES
-            .iter()
-            .map(|s| s.to_string())
-            .collect::<Vec<_>>(),
-    )?;
+    apt_install(&owned(PROXY_TEST_PACKAGES))?;
     apt_install_without_starting(BENCH_PACKAGES_NO_START)?;
-    apt_install(
-        &BENCH_PACKAGES
-            .iter()
-            .map(|s| s.to_string())
-            .collect::<Vec<_>>(),
-    )?;
+    apt_install(&owned(BENCH_PACKAGES))?;
     if let Err(e) = apt_install(
         &BENCH_OPTIONAL
             .iter()
@@ -93,6 +83,11 @@ fn installed(pkg: &str) -> bool {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
         .unwrap_or(false)
+}
+
+/// Package names as `apt_install` takes them.
+fn owned(pkgs: &[&str]) -> Vec<String> {
+    pkgs.iter().map(|s| s.to_string()).collect()
 }
 
 fn apt_install(pkgs: &[String]) -> anyhow::Result<()> {
@@ -123,7 +118,7 @@ fn apt_install(pkgs: &[String]) -> anyhow::Result<()> {
 /// policy-rc.d that exits 101 forbids that; it is removed afterwards only if we created
 /// it. A server started anyway (by a script that ignores the policy) is stopped by PID.
 fn apt_install_without_starting(pkgs: &[&str]) -> anyhow::Result<()> {
-    let pkgs: Vec<String> = pkgs.iter().map(|s| s.to_string()).collect();
+    let pkgs = owned(pkgs);
     if pkgs.iter().all(|p| installed(p)) {
         return Ok(());
     }

@@ -394,22 +394,12 @@ fn proxy_line(p: &crate::proxy::server::ServiceCounters) -> String {
 }
 
 fn human_bytes(b: u64) -> String {
-    let mut v = b as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{b}B")
-    } else {
-        format!("{v:.1}{}", UNITS[u])
-    }
+    human_rate(b as f64)
 }
 
-/// Like [`human_bytes`] for a rate (fractional bytes are rounded).
-fn human_rate(b: f64) -> String {
-    let mut v = b;
+/// Bytes (per second) in the largest unit that keeps the figure at least 1: one
+/// decimal, or whole bytes (fractional bytes of a rate are rounded).
+fn human_rate(mut v: f64) -> String {
     let mut u = 0;
     while v >= 1024.0 && u < UNITS.len() - 1 {
         v /= 1024.0;
