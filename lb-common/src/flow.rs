@@ -1,8 +1,18 @@
-//! When a flow-table entry is over: the rule the XDP program forgets flows by, and by
-//! which the daemon counts the active ones. Written once so the two never disagree.
+//! When a flow-table entry is over, how segments move a flow through its states, and
+//! when a closed flow's SNAT port is safe to hand to a new flow: the rules the XDP
+//! program keeps flows by, and by which the daemon counts the active ones. Written once
+//! so the two never disagree.
 
-use crate::maps::{FLOW_CLOSED, FLOW_RST, FlowState, GlobalConfig};
+use crate::maps::{
+    FLOW_CLIENT_TS, FLOW_CLOSED, FLOW_ESTABLISHED, FLOW_FIN_BACKEND, FLOW_FIN_BACKEND_FIRST,
+    FLOW_FIN_CLIENT, FLOW_LAST_ACK, FLOW_REPLIED, FLOW_RST, FlowState, GlobalConfig,
+};
 use crate::tcp;
+
+/// How long a backend keeps a connection it closed first in TIME_WAIT: Linux's fixed
+/// `TCP_TIMEWAIT_LEN`. Other stacks use up to 2 × 120 s; a SYN they refuse costs the
+/// client one retransmission, not the connection.
+pub const BACKEND_TIME_WAIT_NS: u64 = 60_000_000_000;
 
 /// Whether a flow with these `FLOW_*` bits is closed: FIN in both directions, or a RST.
 #[inline(always)]
@@ -10,17 +20,29 @@ pub fn closed(flags: u8) -> bool {
     flags & FLOW_RST != 0 || flags & FLOW_CLOSED == FLOW_CLOSED
 }
 
-/// Whether the entry has outlived its timeout at `now` (CLOCK_MONOTONIC ns, the clock of
-/// `bpf_ktime_get_coarse_ns`): `closed_timeout_ns` once closed, else `idle_timeout_ns`.
-/// An expired entry is treated as absent.
+/// How long the entry may stay idle: `closed_timeout_ns` once closed, the half-open
+/// timeout (at most the idle one) until established, else `idle_timeout_ns`.
 #[inline(always)]
-pub fn expired(fs: &FlowState, cfg: &GlobalConfig, now: u64) -> bool {
-    let timeout = if closed(fs.flags) {
+pub fn timeout_ns(flags: u8, cfg: &GlobalConfig) -> u64 {
+    if closed(flags) {
         cfg.closed_timeout_ns
+    } else if flags & FLOW_ESTABLISHED == 0 {
+        let half_open = cfg.half_open_timeout_ns;
+        if half_open != 0 && half_open < cfg.idle_timeout_ns {
+            half_open
+        } else {
+            cfg.idle_timeout_ns
+        }
     } else {
         cfg.idle_timeout_ns
-    };
-    now.saturating_sub(fs.last_seen_ns) > timeout
+    }
+}
+
+/// Whether the entry has outlived its timeout at `now` (CLOCK_MONOTONIC ns, the clock of
+/// `bpf_ktime_get_coarse_ns`). An expired entry is treated as absent.
+#[inline(always)]
+pub fn expired(fs: &FlowState, cfg: &GlobalConfig, now: u64) -> bool {
+    now.saturating_sub(fs.last_seen_ns) > timeout_ns(fs.flags, cfg)
 }
 
 /// Whether the entry counts as an active flow at `now`: neither closed nor expired.
@@ -29,28 +51,132 @@ pub fn active(fs: &FlowState, cfg: &GlobalConfig, now: u64) -> bool {
     !closed(fs.flags) && !expired(fs, cfg, now)
 }
 
-/// The `FLOW_*` bits a segment with TCP flags `tcp_flags` adds to its flow: `fin` (the
-/// sender's `FLOW_FIN_CLIENT` or `FLOW_FIN_BACKEND`) for a FIN, `FLOW_RST` for a RST.
+/// The `FLOW_*` bits of the flow a client SYN creates: none for a SYN (half-open until
+/// the handshake completes), `FLOW_ESTABLISHED` for any other segment (the connection
+/// already exists: the flow was lost or expired and is picked up again mid-stream).
 #[inline(always)]
-pub fn flags_from_tcp(tcp_flags: u8, fin: u8) -> u8 {
-    let mut f = 0;
-    if tcp_flags & tcp::FIN != 0 {
-        f |= fin;
+pub fn new_flow_flags(tcp_flags: u8) -> u8 {
+    let f = client_segment(0, tcp_flags);
+    if tcp_flags & tcp::SYN != 0 {
+        f
+    } else {
+        f | FLOW_ESTABLISHED
     }
-    if tcp_flags & tcp::RST != 0 {
-        f |= FLOW_RST;
+}
+
+/// The `FLOW_*` bits a client segment with TCP flags `tcp_flags` adds to a flow whose
+/// bits are `before`.
+#[inline(always)]
+pub fn client_segment(before: u8, tcp_flags: u8) -> u8 {
+    let mut f = resets(tcp_flags);
+    if tcp_flags & tcp::FIN != 0 {
+        f |= FLOW_FIN_CLIENT;
+    }
+    if tcp_flags & tcp::ACK != 0 && tcp_flags & tcp::SYN == 0 {
+        if before & FLOW_REPLIED != 0 {
+            f |= FLOW_ESTABLISHED;
+        }
+        if before & FLOW_CLOSED == FLOW_CLOSED {
+            f |= FLOW_LAST_ACK;
+        }
     }
     f
+}
+
+/// The `FLOW_*` bits a backend segment with TCP flags `tcp_flags` adds to a flow whose
+/// bits are `before`.
+#[inline(always)]
+pub fn backend_segment(before: u8, tcp_flags: u8) -> u8 {
+    let mut f = resets(tcp_flags);
+    if tcp_flags & tcp::FIN != 0 {
+        f |= FLOW_FIN_BACKEND;
+        if before & FLOW_FIN_CLIENT == 0 {
+            f |= FLOW_FIN_BACKEND_FIRST;
+        }
+    }
+    if tcp_flags & (tcp::SYN | tcp::ACK) == tcp::SYN | tcp::ACK {
+        f |= FLOW_REPLIED;
+    }
+    f
+}
+
+#[inline(always)]
+fn resets(tcp_flags: u8) -> u8 {
+    if tcp_flags & tcp::RST != 0 {
+        FLOW_RST
+    } else {
+        0
+    }
+}
+
+/// Whether a flow with these bits records the client's sequence number and TSval from
+/// a client segment with `tcp_flags`: once it is closing (or the segment closes it), so
+/// that the last values the backend accepted are kept for [`port_free_for`].
+#[inline(always)]
+pub fn records_close(flags: u8, tcp_flags: u8) -> bool {
+    flags & (FLOW_CLOSED | FLOW_RST) != 0 || tcp_flags & (tcp::FIN | tcp::RST) != 0
+}
+
+/// The opening segment of a new flow, as [`port_free_for`] needs it: the sequence
+/// number and TSval (if the segment has the timestamps option) it carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Opening {
+    pub seq: u32,
+    pub tsval: Option<u32>,
+}
+
+/// Whether the SNAT port of the flow `old` (same backend, same SNAT address and port)
+/// may carry a new flow that opens with `syn` at `now`, without the backend refusing it.
+///
+/// - An open flow keeps its port until it expires (half-open flows soon).
+/// - After a RST the backend has no connection left.
+/// - A backend that closed passively (the client's FIN first) forgets the connection
+///   once it has the client's last ACK (`FLOW_LAST_ACK`); until then, or the closed
+///   timeout, the port waits.
+/// - A backend that closed first holds TIME_WAIT for [`BACKEND_TIME_WAIT_NS`]. Linux
+///   (`tcp_timewait_state_process`) accepts a new SYN there when it passes PAWS and
+///   either its TSval is newer than the last one it saw from us or its sequence number
+///   is after the old `rcv_nxt`; any other SYN is answered with the old connection's
+///   ACK, which the client resets, then retransmits its SYN a second later. So the port
+///   is free only for a SYN that this rule accepts.
+#[inline(always)]
+pub fn port_free_for(old: &FlowState, cfg: &GlobalConfig, now: u64, syn: &Opening) -> bool {
+    if !closed(old.flags) {
+        return expired(old, cfg, now);
+    }
+    if old.flags & FLOW_RST != 0 {
+        return true;
+    }
+    if old.flags & FLOW_FIN_BACKEND_FIRST == 0 {
+        return old.flags & FLOW_LAST_ACK != 0 || expired(old, cfg, now);
+    }
+    now.saturating_sub(old.last_seen_ns) > BACKEND_TIME_WAIT_NS || time_wait_accepts(old, syn)
+}
+
+/// Linux's TIME_WAIT test for a new SYN, against the client's last sequence number and
+/// TSval the flow recorded. With timestamps on both, PAWS refuses a TSval more than one
+/// below the last one, and the SYN is taken when its TSval is newer or its sequence
+/// number is after the old one; otherwise only the sequence number counts.
+#[inline(always)]
+fn time_wait_accepts(old: &FlowState, syn: &Opening) -> bool {
+    let seq_after = (syn.seq.wrapping_sub(old.close_seq) as i32) > 0;
+    match syn.tsval {
+        Some(ts) if old.flags & FLOW_CLIENT_TS != 0 => {
+            let newer = ts.wrapping_sub(old.close_tsval) as i32;
+            newer > 0 || (newer >= -1 && seq_after)
+        }
+        _ => seq_after,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::maps::{FLOW_FIN_BACKEND, FLOW_FIN_CLIENT};
 
     const CFG: GlobalConfig = GlobalConfig {
         idle_timeout_ns: 1_000,
         closed_timeout_ns: 10,
+        half_open_timeout_ns: 100,
         ring_size: 13,
         snat_port_min: 1,
         snat_port_max: 2,
@@ -66,6 +192,8 @@ mod tests {
         }
     }
 
+    const OPEN: u8 = FLOW_REPLIED | FLOW_ESTABLISHED;
+
     #[test]
     fn closed_means_fin_both_ways_or_rst() {
         assert!(!closed(0));
@@ -77,26 +205,56 @@ mod tests {
     }
 
     #[test]
-    fn open_flows_expire_after_the_idle_timeout_closed_ones_after_the_closed_timeout() {
+    fn established_flows_expire_after_the_idle_timeout_closed_ones_after_the_closed_timeout() {
         let now = 5_000;
-        assert!(!expired(&flow(now - 1_000, 0), &CFG, now), "at the limit");
-        assert!(expired(&flow(now - 1_001, 0), &CFG, now));
-        assert!(!expired(&flow(now - 10, FLOW_RST), &CFG, now));
-        assert!(expired(&flow(now - 11, FLOW_RST), &CFG, now));
-        assert!(expired(&flow(now - 11, FLOW_CLOSED), &CFG, now));
         assert!(
-            !expired(&flow(now - 11, FLOW_FIN_CLIENT), &CFG, now),
+            !expired(&flow(now - 1_000, OPEN), &CFG, now),
+            "at the limit"
+        );
+        assert!(expired(&flow(now - 1_001, OPEN), &CFG, now));
+        assert!(!expired(&flow(now - 10, OPEN | FLOW_RST), &CFG, now));
+        assert!(expired(&flow(now - 11, OPEN | FLOW_RST), &CFG, now));
+        assert!(expired(&flow(now - 11, OPEN | FLOW_CLOSED), &CFG, now));
+        assert!(
+            !expired(&flow(now - 11, OPEN | FLOW_FIN_CLIENT), &CFG, now),
             "half closed"
         );
         // Last seen after `now` (a later packet on another CPU): not expired.
-        assert!(!expired(&flow(now + 5, 0), &CFG, now));
+        assert!(!expired(&flow(now + 5, OPEN), &CFG, now));
+    }
+
+    #[test]
+    fn half_open_flows_expire_after_the_half_open_timeout_or_the_idle_one_if_shorter() {
+        let now = 5_000;
+        for half_open in [0, FLOW_REPLIED] {
+            assert!(!expired(&flow(now - 100, half_open), &CFG, now));
+            assert!(expired(&flow(now - 101, half_open), &CFG, now));
+        }
+        let short_idle = GlobalConfig {
+            idle_timeout_ns: 50,
+            ..CFG
+        };
+        assert!(expired(&flow(now - 51, 0), &short_idle, now));
+        let unset = GlobalConfig {
+            half_open_timeout_ns: 0,
+            ..CFG
+        };
+        assert!(
+            !expired(&flow(now - 1_000, 0), &unset, now),
+            "0: no own timeout"
+        );
+        assert!(expired(&flow(now - 1_001, 0), &unset, now));
     }
 
     #[test]
     fn active_flows_are_open_and_not_idle_past_the_timeout() {
         let now = 5_000;
-        assert!(active(&flow(now - 1_000, FLOW_FIN_CLIENT), &CFG, now));
-        assert!(!active(&flow(now - 1_001, 0), &CFG, now));
+        assert!(active(
+            &flow(now - 1_000, OPEN | FLOW_FIN_CLIENT),
+            &CFG,
+            now
+        ));
+        assert!(!active(&flow(now - 1_001, OPEN), &CFG, now));
         assert!(
             !active(&flow(now, FLOW_RST), &CFG, now),
             "closed, not yet expired"
@@ -104,18 +262,145 @@ mod tests {
         assert!(!active(&flow(now, FLOW_CLOSED), &CFG, now));
     }
 
+    /// Runs segments through the state rules: `true` for the client's, `false` for the
+    /// backend's.
+    fn run(start: u8, segments: &[(bool, u8)]) -> u8 {
+        segments.iter().fold(start, |f, &(client, tcp_flags)| {
+            f | if client {
+                client_segment(f, tcp_flags)
+            } else {
+                backend_segment(f, tcp_flags)
+            }
+        })
+    }
+
     #[test]
-    fn tcp_flags_map_to_flow_bits_of_the_sender() {
-        assert_eq!(flags_from_tcp(tcp::SYN | tcp::ACK, FLOW_FIN_CLIENT), 0);
+    fn the_handshake_establishes_a_flow_only_once_the_client_acknowledges_the_answer() {
+        use tcp::{ACK, SYN};
+        let syn = new_flow_flags(SYN);
+        assert_eq!(syn, 0, "a SYN opens a half-open flow");
+        assert_eq!(run(syn, &[(false, SYN | ACK)]), FLOW_REPLIED);
         assert_eq!(
-            flags_from_tcp(tcp::FIN | tcp::ACK, FLOW_FIN_CLIENT),
-            FLOW_FIN_CLIENT
+            run(syn, &[(true, ACK)]),
+            0,
+            "an ACK before the answer (a spoofed one) establishes nothing"
         );
-        assert_eq!(flags_from_tcp(tcp::FIN, FLOW_FIN_BACKEND), FLOW_FIN_BACKEND);
-        assert_eq!(flags_from_tcp(tcp::RST, FLOW_FIN_BACKEND), FLOW_RST);
+        assert_eq!(run(syn, &[(false, SYN | ACK), (true, ACK)]), OPEN);
         assert_eq!(
-            flags_from_tcp(tcp::RST | tcp::FIN, FLOW_FIN_CLIENT),
-            FLOW_RST | FLOW_FIN_CLIENT
+            new_flow_flags(ACK),
+            FLOW_ESTABLISHED,
+            "picked up mid-stream"
         );
+    }
+
+    #[test]
+    fn the_closing_order_and_the_last_ack_are_recorded() {
+        use tcp::{ACK, FIN, RST};
+        let client_first = run(OPEN, &[(true, FIN | ACK), (false, FIN | ACK)]);
+        assert_eq!(client_first, OPEN | FLOW_CLOSED);
+        assert_eq!(
+            run(client_first, &[(true, ACK)]),
+            OPEN | FLOW_CLOSED | FLOW_LAST_ACK
+        );
+        let backend_first = run(OPEN, &[(false, FIN | ACK), (true, FIN | ACK)]);
+        assert_eq!(backend_first, OPEN | FLOW_CLOSED | FLOW_FIN_BACKEND_FIRST);
+        assert_eq!(
+            run(OPEN, &[(false, FIN | ACK)]),
+            OPEN | FLOW_FIN_BACKEND | FLOW_FIN_BACKEND_FIRST,
+        );
+        assert_eq!(run(OPEN, &[(true, RST)]), OPEN | FLOW_RST);
+        assert_eq!(run(OPEN, &[(false, RST | ACK)]), OPEN | FLOW_RST);
+        assert!(!records_close(OPEN, ACK));
+        assert!(records_close(OPEN, FIN | ACK));
+        assert!(records_close(OPEN | FLOW_FIN_BACKEND, ACK));
+    }
+
+    fn closed_flow(flags: u8, close_seq: u32, close_tsval: u32) -> FlowState {
+        FlowState {
+            close_seq,
+            close_tsval,
+            ..flow(5_000, OPEN | flags)
+        }
+    }
+
+    fn syn(seq: u32, tsval: Option<u32>) -> Opening {
+        Opening { seq, tsval }
+    }
+
+    #[test]
+    fn a_port_is_free_once_its_flow_cannot_refuse_a_new_one() {
+        let any = syn(7, Some(7));
+        let now = 5_001;
+        assert!(!port_free_for(&flow(5_000, OPEN), &CFG, now, &any), "open");
+        assert!(
+            port_free_for(&flow(3_000, OPEN), &CFG, now, &any),
+            "expired"
+        );
+        assert!(
+            !port_free_for(&flow(5_000, 0), &CFG, now, &any),
+            "half-open"
+        );
+        assert!(
+            port_free_for(&flow(4_800, 0), &CFG, now, &any),
+            "half-open, expired"
+        );
+        let reset = closed_flow(FLOW_RST, 0, 0);
+        assert!(port_free_for(&reset, &CFG, now, &any), "reset");
+        let passive = closed_flow(FLOW_CLOSED, 0, 0);
+        assert!(
+            !port_free_for(&passive, &CFG, now, &any),
+            "backend in LAST_ACK"
+        );
+        let done = closed_flow(FLOW_CLOSED | FLOW_LAST_ACK, 0, 0);
+        assert!(
+            port_free_for(&done, &CFG, now, &any),
+            "backend got the last ACK"
+        );
+        assert!(
+            port_free_for(&passive, &CFG, 5_011, &any),
+            "after the closed timeout"
+        );
+    }
+
+    #[test]
+    fn a_backend_in_time_wait_takes_only_a_syn_that_linux_accepts_there() {
+        let tw = FLOW_CLOSED | FLOW_FIN_BACKEND_FIRST;
+        let now = 5_001;
+        let free = |old: &FlowState, s: Opening| port_free_for(old, &CFG, now, &s);
+        // Without timestamps: the sequence number must be after the old rcv_nxt.
+        let plain = closed_flow(tw, 1_000, 0);
+        assert!(free(&plain, syn(1_001, None)));
+        assert!(!free(&plain, syn(1_000, None)));
+        assert!(!free(&plain, syn(999, None)));
+        assert!(free(&plain, syn(1_000 + (1 << 30), None)));
+        assert!(!free(&plain, syn(1_000u32.wrapping_sub(1 << 30), None)));
+        assert!(
+            !free(&plain, syn(999, Some(u32::MAX / 4))),
+            "the old flow had no timestamps: the SYN's TSval does not count"
+        );
+        // With timestamps on both: a newer TSval, or one at most 1 older with a later
+        // sequence number.
+        let ts = closed_flow(tw | FLOW_CLIENT_TS, 1_000, 500);
+        assert!(free(&ts, syn(0, Some(501))));
+        assert!(!free(&ts, syn(0, Some(500))));
+        assert!(free(&ts, syn(1_001, Some(500))));
+        assert!(free(&ts, syn(1_001, Some(499))));
+        assert!(!free(&ts, syn(1_001, Some(498))), "PAWS refuses it");
+        assert!(free(&ts, syn(5, Some(500u32.wrapping_add(1 << 30)))));
+        assert!(
+            free(&ts, syn(1_001, None)),
+            "no timestamps on the SYN: the sequence number decides"
+        );
+        assert!(!free(&ts, syn(999, None)));
+        // Wrapping TSval clocks.
+        let wrap = closed_flow(tw | FLOW_CLIENT_TS, 0, u32::MAX);
+        assert!(free(&wrap, syn(0, Some(0))));
+        // Past TIME_WAIT anything goes.
+        assert!(port_free_for(
+            &plain,
+            &CFG,
+            5_000 + BACKEND_TIME_WAIT_NS + 1,
+            &syn(0, None)
+        ));
     }
 }

@@ -121,6 +121,19 @@ pub const FLOW_FIN_BACKEND: u8 = 2;
 pub const FLOW_RST: u8 = 4;
 /// Flags after which a flow uses the short `closed_timeout_ns`.
 pub const FLOW_CLOSED: u8 = FLOW_FIN_CLIENT | FLOW_FIN_BACKEND;
+/// The backend answered the client's SYN (SYN-ACK seen).
+pub const FLOW_REPLIED: u8 = 8;
+/// The client acknowledged after the backend's answer, or the flow was picked up from a
+/// segment other than a SYN: until then the flow is half-open (`half_open_timeout_ns`).
+pub const FLOW_ESTABLISHED: u8 = 16;
+/// The backend's FIN came before the client's: the backend closed actively and holds
+/// the connection in TIME_WAIT (see `flow::port_free_for`).
+pub const FLOW_FIN_BACKEND_FIRST: u8 = 32;
+/// The client acknowledged after FINs both ways: a backend that closed passively has
+/// its last ACK and has forgotten the connection.
+pub const FLOW_LAST_ACK: u8 = 64;
+/// `close_tsval` holds the TSval of the client's last segment while closing.
+pub const FLOW_CLIENT_TS: u8 = 128;
 
 /// Value of the flow table (key: client → VIP [`FlowKey`]).
 #[repr(C)]
@@ -136,8 +149,14 @@ pub struct FlowState {
     /// `FLOW_*` bits.
     pub flags: u8,
     pub _pad: u8,
+    /// Once the flow closes: the sequence number after the client's last segment (the
+    /// backend's `rcv_nxt`), host order.
+    pub close_seq: u32,
+    /// Once the flow closes: the TSval of the client's last segment (with
+    /// `FLOW_CLIENT_TS`), host order.
+    pub close_tsval: u32,
 }
-const _: () = assert!(size_of::<FlowState>() == 16);
+const _: () = assert!(size_of::<FlowState>() == 24);
 
 /// Value of the reverse NAT table (key: backend → SNAT address:port [`FlowKey`]).
 #[repr(C)]
@@ -186,6 +205,9 @@ pub struct GlobalConfig {
     pub idle_timeout_ns: u64,
     /// A flow after FIN in both directions or a RST is forgotten after this, nanoseconds.
     pub closed_timeout_ns: u64,
+    /// A half-open flow (no `FLOW_ESTABLISHED` yet) idle this long is forgotten, and its
+    /// SNAT port freed, nanoseconds (the idle timeout when that is shorter).
+    pub half_open_timeout_ns: u64,
     /// Maglev ring size (prime); each service has two tables of this size.
     pub ring_size: u32,
     /// Lowest SNAT source port, host order.
@@ -198,7 +220,7 @@ pub struct GlobalConfig {
     /// token bucket's size); at least 1 when `source_rate` is set.
     pub source_burst: u32,
 }
-const _: () = assert!(size_of::<GlobalConfig>() == 32);
+const _: () = assert!(size_of::<GlobalConfig>() == 40);
 
 /// Sources whose new-flow rate is tracked at once (`SOURCE_BUCKETS`); the least
 /// recently used one is forgotten when a new source comes.

@@ -2,7 +2,12 @@
 //! packet refreshes its flow. When an entry is over is `lb_common::flow`'s rule.
 
 use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
-use lb_common::{flow, maps::FlowState};
+use lb_common::{
+    flow,
+    maps::{FLOW_CLIENT_TS, FlowState},
+};
+
+use crate::sequence::Sequence;
 
 /// CLOCK_MONOTONIC to the last tick: enough for timeouts of seconds, and in a VM it
 /// reads no clock source (the precise `bpf_ktime_get_ns` reads the TSC through the
@@ -13,15 +18,41 @@ pub fn now() -> u64 {
     unsafe { bpf_ktime_get_coarse_ns() }
 }
 
-/// Stamps the flow with the packet's time and adds the FIN/RST bits its TCP flags
-/// carry (`fin`: the sender's `FLOW_FIN_*` bit). Concurrent writers on other CPUs only
-/// store timestamps and flag bits, where a lost update is harmless; the flags are only
+/// Stamps the flow with a client segment's time and adds the `FLOW_*` bits it brings
+/// (`lb_common::flow::client_segment`). Concurrent writers on other CPUs only store
+/// timestamps and flag bits, where a lost update is harmless; the flags are only
 /// written when they change, so the common packet dirties no more than the timestamp.
 #[inline(always)]
-pub fn touch(fs: &mut FlowState, now: u64, tcp_flags: u8, fin: u8) {
+pub fn touch_client(fs: &mut FlowState, now: u64, tcp_flags: u8) {
     fs.last_seen_ns = now;
-    let f = flow::flags_from_tcp(tcp_flags, fin);
+    add_flags(fs, flow::client_segment(fs.flags, tcp_flags));
+}
+
+/// As [`touch_client`], for a backend segment.
+#[inline(always)]
+pub fn touch_backend(fs: &mut FlowState, now: u64, tcp_flags: u8) {
+    fs.last_seen_ns = now;
+    add_flags(fs, flow::backend_segment(fs.flags, tcp_flags));
+}
+
+#[inline(always)]
+fn add_flags(fs: &mut FlowState, f: u8) {
     if f & !fs.flags != 0 {
         fs.flags |= f;
+    }
+}
+
+/// Keeps where the client's segment ends and its TSval once the flow is closing: the
+/// last values the backend saw from this address and port, which decide when the SNAT
+/// port may carry a new flow (`lb_common::flow::port_free_for`).
+#[inline(always)]
+pub fn record_close(fs: &mut FlowState, seq: &Sequence) {
+    fs.close_seq = seq.end;
+    match seq.tsval {
+        Some(ts) => {
+            fs.close_tsval = ts;
+            add_flags(fs, FLOW_CLIENT_TS);
+        }
+        None => fs.flags &= !FLOW_CLIENT_TS,
     }
 }

@@ -6,11 +6,12 @@ use aya_ebpf::programs::XdpContext;
 use core::mem::MaybeUninit;
 use lb_common::{
     counters, flow,
-    maps::{BACKEND_DRAINING, BACKEND_UP, FLOW_FIN_CLIENT, GlobalConfig, MODE_PROXY, Service},
+    maps::{BACKEND_DRAINING, BACKEND_UP, GlobalConfig, MODE_PROXY, Service},
+    tcp,
 };
 
 use crate::{
-    conntrack::{now, touch},
+    conntrack::{now, record_close, touch_client},
     events, fib,
     maps::{BACKENDS, CONFIG, FLOWS},
     nat::Target,
@@ -18,7 +19,7 @@ use crate::{
     parse::Packet,
     reset,
     select::{OK, new_flow},
-    source_limit,
+    sequence, source_limit,
     stack::zeroed,
     traffic::{Dir, service_traffic},
     verdict::Verdict,
@@ -45,12 +46,12 @@ pub fn forward(ctx: &XdpContext, pkt: &mut Packet, svc: &Service) -> Verdict {
     let mut t = MaybeUninit::<Target>::uninit();
     let t = zeroed(&mut t);
     t.service = svc.id;
-    let found = existing_flow(pkt, cfg, t);
+    let found = existing_flow(ctx, pkt, cfg, t);
     if !found {
         if !source_limit::admits(pkt, cfg) {
             return Verdict::drop(counters::DROP_SOURCE_RATE_LIMITED);
         }
-        let c = new_flow(pkt, svc, cfg, t);
+        let c = new_flow(ctx, pkt, svc, cfg, t);
         if c == counters::DROP_NO_BACKEND {
             // Nothing can take the connection: tell the client at once, as a closed
             // port would, rather than let it retransmit into silence.
@@ -65,9 +66,10 @@ pub fn forward(ctx: &XdpContext, pkt: &mut Packet, svc: &Service) -> Verdict {
 }
 
 /// Uses the packet's flow entry if it is live and its backend still serves it: fills
-/// `t` and refreshes the entry in place.
+/// `t` and refreshes the entry in place. A SYN on a closed flow opens a new one (a
+/// client reusing its port), which may go elsewhere and starts half-open.
 #[inline(never)]
-fn existing_flow(pkt: &Packet, cfg: &GlobalConfig, t: &mut Target) -> bool {
+fn existing_flow(ctx: &XdpContext, pkt: &Packet, cfg: &GlobalConfig, t: &mut Target) -> bool {
     let Some(fs) = FLOWS.get_ptr_mut(&pkt.key) else {
         return false;
     };
@@ -77,13 +79,21 @@ fn existing_flow(pkt: &Packet, cfg: &GlobalConfig, t: &mut Target) -> bool {
     if flow::expired(fs, cfg, pkt.now) {
         return false;
     }
+    if pkt.tcp_flags & (tcp::SYN | tcp::ACK) == tcp::SYN && flow::closed(fs.flags) {
+        return false;
+    }
     let Some(b) = BACKENDS.get(fs.backend) else {
         return false;
     };
     if b.state != BACKEND_UP && b.state != BACKEND_DRAINING {
         return false;
     }
-    touch(fs, pkt.now, pkt.tcp_flags, FLOW_FIN_CLIENT);
+    touch_client(fs, pkt.now, pkt.tcp_flags);
+    if flow::records_close(fs.flags, pkt.tcp_flags) {
+        if let Some(seq) = sequence::read(ctx, pkt) {
+            record_close(fs, &seq);
+        }
+    }
     t.set_forward(b, fs.backend, fs.snat_port);
     true
 }

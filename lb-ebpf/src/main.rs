@@ -47,6 +47,8 @@ mod reverse;
 #[cfg(target_arch = "bpf")]
 mod select;
 #[cfg(target_arch = "bpf")]
+mod sequence;
+#[cfg(target_arch = "bpf")]
 mod snat;
 #[cfg(target_arch = "bpf")]
 mod source_limit;

@@ -28,7 +28,7 @@ use core::{
 use lb_common::{
     counters,
     maps::{FAMILY_V4, PROTO_TCP},
-    tcp::{ACK, FIN, RST, SYN},
+    tcp::{ACK, RST},
 };
 use network_types::{
     eth::EthHdr,
@@ -41,6 +41,7 @@ use crate::{
     nat::ports_word,
     packet::{frame_len, ptr_at},
     parse::{OFF_MASK, Packet, offset_flags},
+    sequence,
     stack::zeroed,
     verdict::Verdict,
 };
@@ -130,16 +131,11 @@ fn build_tcp(ctx: &XdpContext, pkt: &Packet, seg: &mut Segment) -> bool {
     let (rst_seq, rst_ack, rst_flags) = if flags & ACK != 0 {
         (ack, 0, RST)
     } else {
-        // The parser checked `l4 - l3 + doff <= ip_len`, so this does not wrap.
-        let payload = pkt.ip_len.wrapping_sub((l4 - l3) as u32).wrapping_sub(doff);
-        let mut ack = seq.wrapping_add(payload);
-        if flags & SYN != 0 {
-            ack = ack.wrapping_add(1);
-        }
-        if flags & FIN != 0 {
-            ack = ack.wrapping_add(1);
-        }
-        (0, ack, RST | ACK)
+        (
+            0,
+            sequence::end(pkt, seq, (l4 - l3) as u32, doff),
+            RST | ACK,
+        )
     };
     seg.src = pkt.key.dst;
     seg.dst = pkt.key.src;

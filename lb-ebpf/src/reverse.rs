@@ -3,10 +3,9 @@
 
 use aya_ebpf::programs::XdpContext;
 use core::mem::MaybeUninit;
-use lb_common::maps::FLOW_FIN_BACKEND;
 
 use crate::{
-    conntrack::{now, touch},
+    conntrack::{now, touch_backend},
     fib,
     maps::{CONFIG, FLOWS, REVERSE_NAT},
     nat::Target,
@@ -51,7 +50,7 @@ pub fn reverse(ctx: &XdpContext, pkt: &mut Packet) -> Verdict {
         // its fields are harmless (see `conntrack::touch`).
         let fs = unsafe { &mut *fs };
         if fs.backend == r.backend {
-            touch(fs, pkt.now, pkt.tcp_flags, FLOW_FIN_BACKEND);
+            touch_backend(fs, pkt.now, pkt.tcp_flags);
         }
     }
     let mut t = MaybeUninit::<Target>::uninit();

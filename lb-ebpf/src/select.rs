@@ -1,18 +1,19 @@
 //! Which service a packet is for (VIP:port), and for a new flow which backend takes it
 //! (Maglev) and the flow-table entry that pins it there.
 
-use aya_ebpf::bindings::BPF_ANY;
+use aya_ebpf::{bindings::BPF_ANY, programs::XdpContext};
 use lb_common::{
     counters, flow,
     hash::flow_hash,
     maglev::{self, NO_BACKEND},
-    maps::{BACKEND_UP, FLOW_FIN_CLIENT, FlowState, GlobalConfig, Service, VipKey},
+    maps::{BACKEND_UP, FlowState, GlobalConfig, Service, VipKey},
 };
 
 use crate::{
     maps::{BACKENDS, FLOWS, MAGLEV, SERVICES},
     nat::Target,
     parse::Packet,
+    sequence,
     snat::{Ids, claim_snat_port},
     traffic,
 };
@@ -33,11 +34,18 @@ pub fn service(pkt: &Packet) -> Option<*const Service> {
     SERVICES.get_ptr(&vip)
 }
 
-/// Creates a flow: Maglev picks the backend, then a SNAT port is claimed. Returns
+/// Creates a flow: Maglev picks the backend, then a SNAT port is claimed that the
+/// backend will take a connection on from this segment (see `snat`). Returns
 /// `DROP_NO_BACKEND` when the slot is empty or its backend cannot take new flows (not
 /// up, or not of the packet's family); the caller answers with a RST.
 #[inline(never)]
-pub fn new_flow(pkt: &Packet, svc: &Service, cfg: &GlobalConfig, t: &mut Target) -> u32 {
+pub fn new_flow(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    svc: &Service,
+    cfg: &GlobalConfig,
+    t: &mut Target,
+) -> u32 {
     if cfg.ring_size == 0 {
         return counters::DROP_INTERNAL;
     }
@@ -55,10 +63,14 @@ pub fn new_flow(pkt: &Packet, svc: &Service, cfg: &GlobalConfig, t: &mut Target)
     if b.state != BACKEND_UP || b.family != pkt.key.family {
         return counters::DROP_NO_BACKEND;
     }
+    let Some(seq) = sequence::read(ctx, pkt) else {
+        return counters::DROP_INTERNAL;
+    };
     let ids = Ids {
         backend: id,
         service: svc.id,
         hash,
+        opening: seq.opening(),
     };
     let Some(snat_port) = claim_snat_port(pkt, cfg, b, &ids) else {
         return counters::DROP_SNAT_EXHAUSTED;
@@ -67,8 +79,10 @@ pub fn new_flow(pkt: &Packet, svc: &Service, cfg: &GlobalConfig, t: &mut Target)
         last_seen_ns: pkt.now,
         backend: id,
         snat_port,
-        flags: flow::flags_from_tcp(pkt.tcp_flags, FLOW_FIN_CLIENT),
+        flags: flow::new_flow_flags(pkt.tcp_flags),
         _pad: 0,
+        close_seq: 0,
+        close_tsval: 0,
     };
     if FLOWS.insert(&pkt.key, &fs, BPF_ANY as u64).is_err() {
         return counters::DROP_FLOW_TABLE_FULL;

@@ -3,7 +3,7 @@
 
 use aya_ebpf::bindings::{BPF_ANY, BPF_NOEXIST};
 use lb_common::{
-    flow,
+    flow::{self, Opening},
     maps::{Backend, FlowKey, GlobalConfig, ReverseNat},
 };
 
@@ -12,21 +12,25 @@ use crate::{
     parse::Packet,
 };
 
-/// SNAT ports tried for a new flow before giving up.
-const SNAT_PROBES: u32 = 8;
+/// SNAT ports tried for a new flow before giving up: enough that a port whose last
+/// flow's backend would refuse this SYN (TIME_WAIT) rarely ends the search.
+const SNAT_PROBES: u32 = 32;
 
 /// What a new flow has chosen so far, for [`claim_snat_port`].
 pub struct Ids {
     pub backend: u32,
     pub service: u32,
     pub hash: u32,
+    /// The flow's opening segment, for `flow::port_free_for`.
+    pub opening: Opening,
 }
 
 /// Claims a SNAT port toward backend `b` by inserting the reverse NAT entry; returns the
 /// port (network order). Candidates start at a port derived from the flow hash (so a
 /// flow re-created after eviction likely gets its old port back) and go up by one,
-/// wrapping inside the range. A taken port is reused if the entry is this flow's own or
-/// stale (its flow is gone, expired or moved).
+/// wrapping inside the range. A taken port is reused if the entry is stale (its flow is
+/// gone or moved), this flow's own, or its flow is over as far as the backend is
+/// concerned for a connection opening with `ids.opening` (`flow::port_free_for`).
 #[inline(never)]
 pub fn claim_snat_port(pkt: &Packet, cfg: &GlobalConfig, b: &Backend, ids: &Ids) -> Option<u16> {
     let (min, max) = (cfg.snat_port_min, cfg.snat_port_max);
@@ -60,7 +64,7 @@ pub fn claim_snat_port(pkt: &Packet, cfg: &GlobalConfig, b: &Backend, ids: &Ids)
         }
         if let Some(old) = REVERSE_NAT.get_ptr(&key) {
             // SAFETY: a map value stays valid for the whole program run.
-            if reusable(unsafe { &*old }, pkt, port, cfg)
+            if reusable(unsafe { &*old }, pkt, port, cfg, &ids.opening)
                 && REVERSE_NAT.insert(&key, &val, BPF_ANY as u64).is_ok()
             {
                 return Some(port);
@@ -72,17 +76,27 @@ pub fn claim_snat_port(pkt: &Packet, cfg: &GlobalConfig, b: &Backend, ids: &Ids)
 }
 
 /// Whether the reverse NAT entry holding `port` may be taken over by the packet's flow:
-/// it is the flow's own, or stale (its flow is gone, expired, or uses another backend
-/// or port). Not inlined: keeps the comparison's loads off the probe loop's stack.
+/// it is stale (its flow is gone, or uses another backend or port), the flow's own
+/// while open (re-created after it expired), or its flow leaves the backend ready for
+/// `opening`. Not inlined: keeps the comparison's loads off the probe loop's stack.
 #[inline(never)]
-fn reusable(old: &ReverseNat, pkt: &Packet, port: u16, cfg: &GlobalConfig) -> bool {
-    if old.flow == pkt.key {
-        return true;
-    }
+fn reusable(
+    old: &ReverseNat,
+    pkt: &Packet,
+    port: u16,
+    cfg: &GlobalConfig,
+    opening: &Opening,
+) -> bool {
     let Some(fs) = FLOWS.get_ptr(&old.flow) else {
         return true;
     };
     // SAFETY: a map value stays valid for the whole program run.
     let fs = unsafe { &*fs };
-    flow::expired(fs, cfg, pkt.now) || fs.backend != old.backend || fs.snat_port != port
+    if fs.backend != old.backend || fs.snat_port != port {
+        return true;
+    }
+    if old.flow == pkt.key && !flow::closed(fs.flags) {
+        return true;
+    }
+    flow::port_free_for(fs, cfg, pkt.now, opening)
 }

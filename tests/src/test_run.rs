@@ -17,8 +17,8 @@ use lb_common::addr::{ip_bytes, ip_to_words};
 use lb_common::hash::{backend_key, flow_hash};
 use lb_common::maglev::MaglevBackend;
 use lb_common::maps::{
-    BACKEND_DOWN, BACKEND_DRAINING, BACKEND_UP, FlowKey, FlowState, MODE_NAT, MODE_PROXY,
-    PROTO_TCP, ReverseNat, TrafficCounters, names,
+    BACKEND_DOWN, BACKEND_DRAINING, BACKEND_UP, FLOW_ESTABLISHED, FLOW_REPLIED, FlowKey, FlowState,
+    MODE_NAT, MODE_PROXY, PROTO_TCP, ReverseNat, TrafficCounters, names,
 };
 use lb_user::config::{Config, FlagSettings};
 use lb_user::dataplane::Dataplane;
@@ -220,11 +220,13 @@ pub fn first_snat_port(k: &FlowKey) -> u16 {
 pub struct Timeouts {
     pub idle: &'static str,
     pub closed: &'static str,
+    pub half_open: &'static str,
 }
 
 pub const DEFAULT_TIMEOUTS: Timeouts = Timeouts {
     idle: "300s",
     closed: "10s",
+    half_open: "5s",
 };
 
 /// The global settings a test may change after loading, as a reload does.
@@ -260,11 +262,12 @@ fn config_text(ifaces: &[&str], r: Reloadable) -> String {
     };
     format!(
         "iface = [{}]\nring_size = {RING}\nmax_flows = 4096\nmax_conns = 64\nadmin = \"off\"\n\
-         idle_timeout = {:?}\nclosed_timeout = {:?}\nsnat_ports = \"{SNAT_MIN}-{SNAT_MAX}\"\n\
+         idle_timeout = {:?}\nclosed_timeout = {:?}\nhalf_open_timeout = {:?}\nsnat_ports = \"{SNAT_MIN}-{SNAT_MAX}\"\n\
          snat_ip = [{}]\n{limit}\n{}\n{}",
         list(ifaces.iter().map(|s| s.to_string()).collect()),
         t.idle,
         t.closed,
+        t.half_open,
         list(vec![p4.snat.to_string(), p6.snat.to_string()]),
         service("web4", &p4),
         service("web6", &p6),
@@ -434,18 +437,28 @@ impl TestRun {
         self.write_backend(&p.with_backends_at(addr), i, BACKEND_UP);
     }
 
-    /// Another client's live flow holds SNAT port `port` toward backend `i`: what the
-    /// program itself writes for a flow it forwarded (there is no daemon writer).
+    /// Another client's live, established flow holds SNAT port `port` toward backend
+    /// `i`: what the program itself writes for a flow it forwarded (there is no daemon
+    /// writer).
     pub fn live_flow_holding(&mut self, p: &Plan, i: usize, port: u16, other: FlowKey) {
-        self.stale_reverse_entry(p, i, port, other);
         let live = FlowState {
             last_seen_ns: u64::MAX / 2, // far in the future of the program's clock
+            flags: FLOW_REPLIED | FLOW_ESTABLISHED,
+            ..FlowState::default()
+        };
+        self.flow_holding(p, i, port, other, live);
+    }
+
+    /// The flow `other`, in state `fs` (its backend and port are set here), holds SNAT
+    /// port `port` toward backend `i`.
+    pub fn flow_holding(&mut self, p: &Plan, i: usize, port: u16, other: FlowKey, fs: FlowState) {
+        self.stale_reverse_entry(p, i, port, other);
+        let fs = FlowState {
             backend: p.ids[i],
             snat_port: port.to_be(),
-            flags: 0,
-            _pad: 0,
+            ..fs
         };
-        self.flows_mut().insert(other, live, 0).expect("flow entry");
+        self.flows_mut().insert(other, fs, 0).expect("flow entry");
     }
 
     /// A reverse NAT entry for port `port` toward backend `i` whose flow `gone` is not

@@ -11,7 +11,10 @@ use std::net::IpAddr;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use lb_common::maps::{FLOW_FIN_BACKEND, FLOW_FIN_CLIENT, FLOW_RST, NEXT_HOP_TTL_NS};
+use lb_common::maps::{
+    FLOW_ESTABLISHED, FLOW_FIN_BACKEND, FLOW_FIN_BACKEND_FIRST, FLOW_FIN_CLIENT, FLOW_LAST_ACK,
+    FLOW_REPLIED, FLOW_RST, NEXT_HOP_TTL_NS,
+};
 use lb_tests::packet::{Packet, decode, flags::*};
 use lb_tests::test_run::{
     ACK_NO, Action, BACKEND_MACS, BACKEND_PORT, CLIENT_MAC, CLIENT_PORT, LB0_MAC, LB1_MAC, Plan,
@@ -203,11 +206,19 @@ fn backend_reply_is_rewritten_back_to_the_client() {
         let s = lb.backend_stats(&p, 0);
         assert_eq!((s.packets_out, s.bytes_out), (1, input.len() as u64));
 
-        // The backend's FIN is recorded on the flow.
+        // The backend's answer and then its FIN (before the client's) are recorded on
+        // the flow.
+        assert_eq!(
+            lb.flow(p.client_key(CLIENT_PORT)).unwrap().flags,
+            FLOW_REPLIED
+        );
         let fin = p.from_backend(0, port, FIN | ACK).build();
         assert_eq!(lb.from_backend(&fin).0, Action::Redirect);
         let flow = lb.flow(p.client_key(CLIENT_PORT)).unwrap();
-        assert_eq!(flow.flags, FLOW_FIN_BACKEND);
+        assert_eq!(
+            flow.flags,
+            FLOW_REPLIED | FLOW_FIN_BACKEND | FLOW_FIN_BACKEND_FIRST
+        );
     }
 }
 
@@ -669,6 +680,7 @@ fn snat_port_is_derived_from_the_flow_hash_and_kept_when_the_flow_is_recreated()
     lb.set_timeouts(Timeouts {
         idle: "1ms",
         closed: "10s",
+        half_open: "5s",
     });
     sleep(Duration::from_millis(20));
     let (_, out) = lb.from_client(&p.from_client(CLIENT_PORT, ACK).build());
@@ -880,7 +892,11 @@ fn reply(lb: &mut TestRun, p: &Plan, sport: u16, f: u8) {
 fn serving4_with_timeouts(idle: &'static str, closed: &'static str) -> (Plan, TestRun) {
     let p = plan4();
     let mut lb = serving(&p);
-    lb.set_timeouts(Timeouts { idle, closed });
+    lb.set_timeouts(Timeouts {
+        idle,
+        closed,
+        half_open: "5s",
+    });
     (p, lb)
 }
 
@@ -916,24 +932,40 @@ fn idle_flow_expires_and_is_rebalanced() {
 fn closed_flow_expires_after_the_closed_timeout_but_a_half_closed_one_does_not() {
     let closed = 200 * MS;
     let (p, mut lb) = serving4_with_timeouts("1h", "200ms");
-    // (what, client port, flags the flow must end with, whether it expires)
+    // (what, client port, flags the flow must end with, whether it expires); every
+    // flow was answered by the backend, and acknowledged by the client but the one it
+    // resets at once.
+    const OPEN: u8 = FLOW_REPLIED | FLOW_ESTABLISHED;
     let cases: [(&str, u16, u8, bool); 5] = [
         (
             "FIN from both sides",
             1001,
-            FLOW_FIN_CLIENT | FLOW_FIN_BACKEND,
+            OPEN | FLOW_FIN_CLIENT | FLOW_FIN_BACKEND | FLOW_LAST_ACK,
             true,
         ),
-        ("RST from the client", 1002, FLOW_RST, true),
-        ("RST from the backend", 1003, FLOW_RST, true),
-        ("FIN from the client only", 1004, FLOW_FIN_CLIENT, false),
-        ("FIN from the backend only", 1005, FLOW_FIN_BACKEND, false),
+        ("RST from the client", 1002, FLOW_REPLIED | FLOW_RST, true),
+        ("RST from the backend", 1003, OPEN | FLOW_RST, true),
+        (
+            "FIN from the client only",
+            1004,
+            OPEN | FLOW_FIN_CLIENT,
+            false,
+        ),
+        (
+            "FIN from the backend only",
+            1005,
+            OPEN | FLOW_FIN_BACKEND | FLOW_FIN_BACKEND_FIRST,
+            false,
+        ),
     ];
     let start = Instant::now();
     for (what, sport, _, _) in cases {
         let syn = p.from_client(sport, SYN);
         assert_eq!(forward_to(&mut lb, &p, &syn), 0, "{what}: SYN");
         reply(&mut lb, &p, sport, SYN | ACK);
+        if sport != 1002 {
+            assert_eq!(forward_to(&mut lb, &p, &p.from_client(sport, ACK)), 0);
+        }
     }
     lb.table_to(&p, 1);
     // FIN from both sides, then the client's last ACK.

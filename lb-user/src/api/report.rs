@@ -394,6 +394,7 @@ pub(crate) mod tests {
         let cfg = GlobalConfig {
             idle_timeout_ns: 1_000,
             closed_timeout_ns: 100,
+            half_open_timeout_ns: 0,
             ..Default::default()
         };
         let now = 10_000;

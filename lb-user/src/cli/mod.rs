@@ -147,6 +147,9 @@ pub struct RunArgs {
     /// How long a flow is remembered after FIN both ways or RST; default 10s.
     #[arg(long, value_name = "DURATION")]
     pub closed_timeout: Option<String>,
+    /// How long a flow whose handshake is not complete may stay idle; default 5s.
+    #[arg(long, value_name = "DURATION")]
+    pub half_open_timeout: Option<String>,
     /// XDP attach mode: auto (native, else skb with a warning), native, skb.
     #[arg(long, value_name = "MODE")]
     pub xdp_mode: Option<String>,
@@ -249,6 +252,7 @@ impl RunArgs {
             max_services: self.max_services,
             idle_timeout: self.idle_timeout.clone(),
             closed_timeout: self.closed_timeout.clone(),
+            half_open_timeout: self.half_open_timeout.clone(),
             pin_dir: self.pin_dir.clone(),
             admin: self.admin.clone(),
             drain_timeout: self.drain_timeout.clone(),

@@ -35,6 +35,8 @@ fn globals(src: &Layered<'_>) -> Result<Config, ConfigError> {
     let (max_flows, ring_size, max_services) = table_sizes(src)?;
     let idle_timeout = duration_setting(setting!(src, idle_timeout), DEFAULT_IDLE_TIMEOUT)?;
     let closed_timeout = duration_setting(setting!(src, closed_timeout), DEFAULT_CLOSED_TIMEOUT)?;
+    let half_open_timeout =
+        duration_setting(setting!(src, half_open_timeout), DEFAULT_HALF_OPEN_TIMEOUT)?;
     let snat_ips = snat_ips(src)?;
     let snat_ports = match setting!(src, snat_ports) {
         None => DEFAULT_SNAT_PORTS,
@@ -60,6 +62,7 @@ fn globals(src: &Layered<'_>) -> Result<Config, ConfigError> {
         max_services,
         idle_timeout,
         closed_timeout,
+        half_open_timeout,
         snat_ips,
         snat_ports,
         pin_dir,

@@ -16,6 +16,7 @@ pub struct FileConfig {
     pub max_services: Option<u32>,
     pub idle_timeout: Option<String>,
     pub closed_timeout: Option<String>,
+    pub half_open_timeout: Option<String>,
     #[serde(default)]
     pub snat_ip: Vec<String>,
     pub snat_ports: Option<String>,

@@ -22,6 +22,7 @@ pub struct FlagSettings {
     pub max_services: Option<u32>,
     pub idle_timeout: Option<String>,
     pub closed_timeout: Option<String>,
+    pub half_open_timeout: Option<String>,
     pub pin_dir: Option<PathBuf>,
     pub admin: Option<String>,
     pub drain_timeout: Option<String>,

@@ -138,6 +138,9 @@ pub struct Config {
     pub max_services: u32,
     pub idle_timeout: Duration,
     pub closed_timeout: Duration,
+    /// How long a flow whose handshake is not complete may stay idle (and hold its
+    /// SNAT port).
+    pub half_open_timeout: Duration,
     /// At most one per family; unset families use the egress interface's address.
     pub snat_ips: Vec<IpAddr>,
     pub snat_ports: (u16, u16),
@@ -171,6 +174,10 @@ pub const DEFAULT_MAX_FLOWS: u32 = 262_144;
 pub const DEFAULT_MAX_SERVICES: u32 = 16;
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(350);
 pub const DEFAULT_CLOSED_TIMEOUT: Duration = Duration::from_secs(10);
+/// Long enough for a client's SYN retransmissions at 1 and 3 s to find their flow, short
+/// enough that SYNs nobody completes (a flood, a vanished client) give their SNAT ports
+/// back within seconds; conntrack's SYN states wait 60-120 s.
+pub const DEFAULT_HALF_OPEN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Below the kernel's default ephemeral range (32768-60999), so SNAT ports never collide
 /// with connections the LB host opens itself.
 pub const DEFAULT_SNAT_PORTS: (u16, u16) = (10000, 32767);

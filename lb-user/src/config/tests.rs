@@ -21,6 +21,7 @@ fn flags(args: &[(&str, &str)]) -> FlagSettings {
             "snat-ports" => f.snat_ports = Some(v),
             "idle-timeout" => f.idle_timeout = Some(v),
             "closed-timeout" => f.closed_timeout = Some(v),
+            "half-open-timeout" => f.half_open_timeout = Some(v),
             "max-flows" => f.max_flows = Some(v.parse().unwrap()),
             "ring-size" => f.ring_size = Some(v.parse().unwrap()),
             "max-services" => f.max_services = Some(v.parse().unwrap()),
@@ -75,6 +76,7 @@ fn flags_build_a_service_with_defaults() {
     assert_eq!(c.max_flows, DEFAULT_MAX_FLOWS);
     assert_eq!(c.ring_size, 65537);
     assert_eq!(c.idle_timeout, DEFAULT_IDLE_TIMEOUT);
+    assert_eq!(c.half_open_timeout, DEFAULT_HALF_OPEN_TIMEOUT);
     assert_eq!(c.snat_ports, DEFAULT_SNAT_PORTS);
     assert_eq!(c.services.len(), 1);
     let s = &c.services[0];
@@ -167,6 +169,12 @@ fn every_bad_flag_is_named_with_its_value() {
         ),
         (&[("idle-timeout", "0s")], "--idle-timeout", "0s"),
         (&[("closed-timeout", "9d")], "--closed-timeout", "9d"),
+        (
+            &[("half-open-timeout", "soon")],
+            "--half-open-timeout",
+            "soon",
+        ),
+        (&[("half-open-timeout", "0s")], "--half-open-timeout", "0s"),
         (&[("max-flows", "0")], "--max-flows", "0"),
         (&[("ring-size", "65536")], "--ring-size", "65536"),
         (&[("max-services", "0")], "--max-services", "0"),
@@ -233,6 +241,7 @@ iface = ["lb0", "lb1"]
 xdp_mode = "native"
 max_flows = 1000
 idle_timeout = "5m"
+half_open_timeout = "2s"
 snat_ip = ["198.18.1.1"]
 
 [[service]]
@@ -259,6 +268,7 @@ fn config_file_builds_many_services_and_flags_override_globals() {
     assert_eq!(c.xdp_mode, XdpModeChoice::Native);
     assert_eq!(c.max_flows, 1000);
     assert_eq!(c.idle_timeout, Duration::from_secs(300));
+    assert_eq!(c.half_open_timeout, Duration::from_secs(2));
     assert_eq!(c.services.len(), 2);
     assert_eq!(c.services[0].backends[2].weight, 3);
     assert_eq!(c.services[1].vip, "[fd00:100::1]:80".parse().unwrap());

@@ -61,6 +61,7 @@ pub enum Step {
     SetTimeouts {
         idle: Duration,
         closed: Duration,
+        half_open: Duration,
     },
     /// Writes the per-source new-flow limit (the running configuration's; rate 0: off).
     SetSourceLimit {

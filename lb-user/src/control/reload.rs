@@ -57,14 +57,18 @@ impl Model {
         }
 
         let mut changes = Vec::new();
-        if new.idle_timeout != old.idle_timeout || new.closed_timeout != old.closed_timeout {
+        if new.idle_timeout != old.idle_timeout
+            || new.closed_timeout != old.closed_timeout
+            || new.half_open_timeout != old.half_open_timeout
+        {
             self.plan.push(Step::SetTimeouts {
                 idle: new.idle_timeout,
                 closed: new.closed_timeout,
+                half_open: new.half_open_timeout,
             });
             changes.push(format!(
-                "timeouts: idle {:?}, closed {:?}",
-                new.idle_timeout, new.closed_timeout
+                "timeouts: idle {:?}, closed {:?}, half-open {:?}",
+                new.idle_timeout, new.closed_timeout, new.half_open_timeout
             ));
         }
         if new.source_rate != old.source_rate || new.source_burst != old.source_burst {

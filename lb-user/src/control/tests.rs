@@ -507,7 +507,7 @@ fn reload_applies_the_difference() {
     assert_eq!(
         changes,
         [
-            "timeouts: idle 60s, closed 10s",
+            "timeouts: idle 60s, closed 10s, half-open 5s",
             "service web: backend 198.18.1.11:80 weight 1 -> 2",
             "service web: added backend 198.18.1.13:80",
             "service web: removing backend 198.18.1.12:80 (draining)",
@@ -519,7 +519,8 @@ fn reload_applies_the_difference() {
         plan.steps[0],
         Step::SetTimeouts {
             idle: Duration::from_secs(60),
-            closed: Duration::from_secs(10)
+            closed: Duration::from_secs(10),
+            half_open: Duration::from_secs(5),
         }
     );
     set_backend(&plan, b2, BACKEND_DRAINING);

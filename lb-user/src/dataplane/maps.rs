@@ -42,6 +42,7 @@ impl Dataplane {
         let global = GlobalConfig {
             idle_timeout_ns: cfg.idle_timeout.as_nanos() as u64,
             closed_timeout_ns: cfg.closed_timeout.as_nanos() as u64,
+            half_open_timeout_ns: cfg.half_open_timeout.as_nanos() as u64,
             ring_size: cfg.ring_size,
             snat_port_min: cfg.snat_ports.0,
             snat_port_max: cfg.snat_ports.1,

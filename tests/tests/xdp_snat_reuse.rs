@@ -1,0 +1,250 @@
+//! When a SNAT port goes back to the pool, through the `lb_xdp` program with
+//! BPF_PROG_TEST_RUN (the kit's [`TestRun`]): half-open flows give their port back after
+//! the half-open timeout while established ones keep it, and a closed flow's port goes
+//! to a new flow as soon as the backend would accept that flow's SYN (the rule is
+//! `lb_common::flow::port_free_for`, unit-tested there; these tests check the program
+//! applies it to real segments: sequence numbers, TCP timestamps, closing order).
+//!
+//! Each case makes a second client whose first candidate port is the port under test,
+//! so where that client lands says whether the port was free.
+//!
+//! Needs root and a kernel with BPF_PROG_TEST_RUN for XDP: without either the tests fail
+//! (never skip) and say what is missing.
+
+use std::thread::sleep;
+use std::time::Duration;
+
+use lb_common::maps::{FLOW_ESTABLISHED, FLOW_REPLIED};
+use lb_tests::packet::{Packet, decode, flags::*};
+use lb_tests::test_run::{
+    Action, CLIENT_PORT, Plan, SEQ, SNAT_MAX, SNAT_MIN, TestRun, Timeouts, first_snat_port, plan4,
+    plan6,
+};
+
+/// A fresh program with `p`'s service (every new flow to backend 0) and these timeouts.
+fn serving(p: &Plan, half_open: &'static str) -> TestRun {
+    let mut lb = TestRun::new();
+    lb.two_backends_up(p, 0);
+    lb.set_timeouts(Timeouts {
+        idle: "1h",
+        closed: "1h",
+        half_open,
+    });
+    lb
+}
+
+/// Forwards a client segment that must go to backend 0; returns its SNAT port.
+fn port_of(lb: &mut TestRun, s: &Packet) -> u16 {
+    let (action, out) = lb.from_client(&s.build());
+    assert_eq!(action, Action::Redirect, "client port {}", s.sport);
+    decode(&out).unwrap().sport
+}
+
+/// A client port, other than those in `taken`, whose first candidate SNAT port is
+/// `port`.
+fn client_first_at(p: &Plan, port: u16, taken: &[u16]) -> u16 {
+    (1024..=u16::MAX)
+        .find(|&c| !taken.contains(&c) && first_snat_port(&p.client_key(c)) == port)
+        .unwrap_or_else(|| panic!("no client port starts at SNAT port {port}"))
+}
+
+/// The port after `port` in the SNAT range.
+fn next(port: u16) -> u16 {
+    if port == SNAT_MAX { SNAT_MIN } else { port + 1 }
+}
+
+/// A client segment without payload with sequence number `seq` and, if given, the
+/// timestamps option with this TSval after the kit's usual options (MSS, NOP, NOP, SACK
+/// permitted, NOP, NOP, TS: the program must walk past the others).
+fn segment(p: &Plan, sport: u16, flags: u8, seq: u32, tsval: Option<u32>) -> Packet {
+    let mut s = p.from_client(sport, flags);
+    s.seq = seq;
+    s.payload.clear();
+    if let Some(ts) = tsval {
+        let mut opts = s.tcp_options.clone();
+        opts.extend_from_slice(&[1, 1, 8, 10]);
+        opts.extend_from_slice(&ts.to_be_bytes());
+        opts.extend_from_slice(&0u32.to_be_bytes());
+        s.tcp_options = opts;
+    }
+    s
+}
+
+/// Runs the handshake of the client's connection from `sport` (timestamps from
+/// `tsval`); returns its SNAT port.
+fn established(lb: &mut TestRun, p: &Plan, sport: u16, tsval: Option<u32>) -> u16 {
+    let port = port_of(lb, &segment(p, sport, SYN, SEQ, tsval));
+    backend(lb, p, port, SYN | ACK);
+    port_of(lb, &segment(p, sport, ACK, SEQ + 1, tsval));
+    let flags = lb.flow(p.client_key(sport)).unwrap().flags;
+    assert_eq!(
+        flags,
+        FLOW_REPLIED | FLOW_ESTABLISHED,
+        "after the handshake"
+    );
+    port
+}
+
+/// A backend 0 segment to SNAT port `port`, which must be sent on to the client.
+fn backend(lb: &mut TestRun, p: &Plan, port: u16, flags: u8) {
+    let (action, _) = lb.from_backend(&p.from_backend(0, port, flags).build());
+    assert_eq!(action, Action::Redirect, "backend segment to port {port}");
+}
+
+#[test]
+fn a_half_open_flow_gives_its_port_back_after_the_half_open_timeout_an_established_one_keeps_it() {
+    for p in [plan4(), plan6()] {
+        let mut lb = serving(&p, "200ms");
+        let half_open = port_of(&mut lb, &p.syn());
+        backend(&mut lb, &p, half_open, SYN | ACK); // answered, never acknowledged
+        let open = established(&mut lb, &p, CLIENT_PORT + 1, None);
+        let mut taken = vec![CLIENT_PORT, CLIENT_PORT + 1];
+        for (what, port) in [("half-open", half_open), ("established", open)] {
+            let c = client_first_at(&p, port, &taken);
+            taken.push(c);
+            let got = port_of(&mut lb, &p.from_client(c, SYN));
+            assert_eq!(got, next(port), "{what}: its port is held at first");
+        }
+        sleep(Duration::from_millis(400));
+        let c = client_first_at(&p, half_open, &taken);
+        taken.push(c);
+        assert_eq!(
+            port_of(&mut lb, &p.from_client(c, SYN)),
+            half_open,
+            "the half-open flow's port after the half-open timeout"
+        );
+        let c = client_first_at(&p, open, &taken);
+        let got = port_of(&mut lb, &p.from_client(c, SYN));
+        assert_ne!(got, open, "the established flow keeps its port");
+        assert!(lb.flow(p.client_key(CLIENT_PORT + 1)).is_some());
+    }
+}
+
+#[test]
+fn a_reset_flow_gives_its_port_back_at_once_a_passively_closed_one_after_the_last_ack() {
+    let p = plan4();
+    let mut lb = serving(&p, "5s");
+    let mut taken = vec![CLIENT_PORT, CLIENT_PORT + 1];
+
+    let reset = established(&mut lb, &p, CLIENT_PORT, None);
+    port_of(&mut lb, &p.from_client(CLIENT_PORT, RST | ACK));
+    let c = client_first_at(&p, reset, &taken);
+    taken.push(c);
+    assert_eq!(port_of(&mut lb, &p.from_client(c, SYN)), reset, "after RST");
+
+    // The client closes first; the backend (in LAST_ACK) forgets the connection only
+    // when the client's last ACK reaches it.
+    let passive = established(&mut lb, &p, CLIENT_PORT + 1, None);
+    port_of(&mut lb, &p.from_client(CLIENT_PORT + 1, FIN | ACK));
+    backend(&mut lb, &p, passive, FIN | ACK);
+    let c = client_first_at(&p, passive, &taken);
+    taken.push(c);
+    assert_eq!(
+        port_of(&mut lb, &p.from_client(c, SYN)),
+        next(passive),
+        "before the last ACK"
+    );
+    port_of(&mut lb, &p.from_client(CLIENT_PORT + 1, ACK));
+    let c = client_first_at(&p, passive, &taken);
+    assert_eq!(
+        port_of(&mut lb, &p.from_client(c, SYN)),
+        passive,
+        "after the last ACK"
+    );
+}
+
+/// Closes the connection from `sport` with the backend's FIN first, so the backend holds
+/// it in TIME_WAIT; the client's last segments end at sequence `end` with TSval `tsval`.
+fn backend_closes_first(lb: &mut TestRun, p: &Plan, sport: u16, end: u32, tsval: Option<u32>) {
+    let port = lb.snat_port(p, sport);
+    backend(lb, p, port, FIN | ACK);
+    // The client's FIN takes the sequence number `end - 1`; its last ACK comes after.
+    port_of(lb, &segment(p, sport, FIN | ACK, end - 1, tsval));
+    port_of(lb, &segment(p, sport, ACK, end, tsval));
+}
+
+#[test]
+fn a_port_in_the_backends_time_wait_goes_only_to_a_syn_the_backend_accepts() {
+    let p = plan4();
+    let mut lb = serving(&p, "5s");
+    let mut taken = vec![CLIENT_PORT, CLIENT_PORT + 1];
+    let end = 0x4000_0000;
+
+    // Without timestamps: the new SYN's sequence number must be after the old end.
+    let port = established(&mut lb, &p, CLIENT_PORT, None);
+    backend_closes_first(&mut lb, &p, CLIENT_PORT, end, None);
+    for (what, seq, tsval, free) in [
+        ("sequence number before the end", end - 10, None, false),
+        ("sequence number at the end", end, None, false),
+        ("a TSval does not count", end - 10, Some(7), false),
+        ("sequence number after the end", end + 10, None, true),
+    ] {
+        let c = client_first_at(&p, port, &taken);
+        taken.push(c);
+        let got = port_of(&mut lb, &segment(&p, c, SYN, seq, tsval));
+        assert_eq!(got == port, free, "no timestamps: {what}: port {got}");
+        if free {
+            break;
+        }
+    }
+
+    // With timestamps: a newer TSval (or one at most 1 older with a later sequence
+    // number) is accepted.
+    let ts = 1_000_000;
+    let port = established(&mut lb, &p, CLIENT_PORT + 1, Some(ts - 5));
+    backend_closes_first(&mut lb, &p, CLIENT_PORT + 1, end, Some(ts));
+    for (what, seq, tsval, free) in [
+        (
+            "older TSval, later sequence number",
+            end + 10,
+            Some(ts - 2),
+            false,
+        ),
+        (
+            "same TSval, earlier sequence number",
+            end - 10,
+            Some(ts),
+            false,
+        ),
+        (
+            "newer TSval, earlier sequence number",
+            end - 10,
+            Some(ts + 1),
+            true,
+        ),
+    ] {
+        let c = client_first_at(&p, port, &taken);
+        taken.push(c);
+        let got = port_of(&mut lb, &segment(&p, c, SYN, seq, tsval));
+        assert_eq!(got == port, free, "timestamps: {what}: port {got}");
+        if free {
+            break;
+        }
+    }
+}
+
+#[test]
+fn a_syn_on_a_closed_flow_opens_a_new_half_open_flow() {
+    let p = plan4();
+    let mut lb = serving(&p, "5s");
+    let end = 0x4000_0000;
+    let ts = 5_000;
+    let port = established(&mut lb, &p, CLIENT_PORT, Some(ts));
+    backend_closes_first(&mut lb, &p, CLIENT_PORT, end, Some(ts));
+    assert_eq!(lb.service_stats(&p).new_flows, 1);
+
+    // The client reuses its port at once (tcp_tw_reuse) with a newer TSval: the backend
+    // takes that SYN in TIME_WAIT, so the same SNAT port carries it, as a new flow.
+    let got = port_of(&mut lb, &segment(&p, CLIENT_PORT, SYN, 7, Some(ts + 1000)));
+    assert_eq!(got, port);
+    assert_eq!(lb.service_stats(&p).new_flows, 2);
+    let fs = lb.flow(p.client_key(CLIENT_PORT)).unwrap();
+    assert_eq!(fs.flags, 0, "half-open again");
+
+    // A SYN the backend's TIME_WAIT would refuse gets another port.
+    established(&mut lb, &p, CLIENT_PORT, Some(ts + 1000));
+    backend_closes_first(&mut lb, &p, CLIENT_PORT, end, Some(ts + 2000));
+    let got = port_of(&mut lb, &segment(&p, CLIENT_PORT, SYN, 7, Some(ts + 1500)));
+    assert_ne!(got, port);
+    assert_eq!(lb.service_stats(&p).new_flows, 3);
+}
