@@ -296,7 +296,7 @@ pub fn markdown(meta: &Meta, figures: &[Figure]) -> String {
     .unwrap();
     writeln!(
         w,
-        "- settings: lb `closed_timeout = \"2s\"` (default 10 s: at thousands of connections per second, closed flows would hold every SNAT port); HAProxy `nbthread 1`, nginx stream `worker_processes 1` (one core of two is theirs); nftables and conntrack at their defaults (nft-fullnat masquerades to the LB's backend-side address); client namespace `ip_local_port_range 1024 65000`, `tcp_tw_reuse 1`; LB namespace `ip_local_port_range 32768 65000` (above lb's SNAT ports), `tcp_tw_reuse 1`, `somaxconn` and `tcp_max_syn_backlog` 8192, as on the backends."
+        "- settings: lb at its default timeouts; HAProxy `nbthread 1`, nginx stream `worker_processes 1` (one core of two is theirs); nftables and conntrack at their defaults (nft-fullnat masquerades to the LB's backend-side address); client namespace `ip_local_port_range 1024 65000`, `tcp_tw_reuse 1`; LB namespace `ip_local_port_range 32768 65000` (above lb's SNAT ports), `tcp_tw_reuse 1`, `somaxconn` and `tcp_max_syn_backlog` 8192, as on the backends."
     )
     .unwrap();
     for n in &meta.notes {

@@ -179,9 +179,8 @@ fn lb_config(system: System, bed: &Bed) -> String {
         .join(", ");
     writeln!(s, "iface = [{ifaces}]").unwrap();
     writeln!(s, "xdp_mode = \"native\"").unwrap();
-    // Flows forgotten 2 s after they close (default 10 s): at tens of thousands of
-    // connections per second, 10 s would hold every SNAT port of a backend.
-    writeln!(s, "closed_timeout = \"2s\"").unwrap();
+    // lb's own timeouts: a closed flow's SNAT port goes back as soon as the backend
+    // would take a new SYN on it, so the closed timeout does not bound the rate.
     writeln!(s, "admin = \"127.0.0.1:9100\"").unwrap();
     if let Some(engine) = splice {
         writeln!(s, "splice = \"{engine}\"").unwrap();
