@@ -4,7 +4,7 @@
 //! so the two never disagree.
 
 use crate::maps::{
-    FLOW_CLIENT_TS, FLOW_CLOSED, FLOW_ESTABLISHED, FLOW_FIN_BACKEND, FLOW_FIN_BACKEND_FIRST,
+    FLOW_BACKEND_TIME_WAIT, FLOW_CLIENT_TS, FLOW_CLOSED, FLOW_ESTABLISHED, FLOW_FIN_BACKEND,
     FLOW_FIN_CLIENT, FLOW_LAST_ACK, FLOW_REPLIED, FLOW_RST, FlowState, GlobalConfig,
 };
 use crate::tcp;
@@ -84,20 +84,31 @@ pub fn client_segment(before: u8, tcp_flags: u8) -> u8 {
 }
 
 /// The `FLOW_*` bits a backend segment with TCP flags `tcp_flags` adds to a flow whose
-/// bits are `before`.
+/// bits are `before`. A FIN before the client's means the backend closes first, so it
+/// will hold TIME_WAIT; a FIN after it may still have been sent before the backend had
+/// the client's FIN (a simultaneous close, TIME_WAIT too): [`simultaneous_close`] tells.
 #[inline(always)]
 pub fn backend_segment(before: u8, tcp_flags: u8) -> u8 {
     let mut f = resets(tcp_flags);
     if tcp_flags & tcp::FIN != 0 {
         f |= FLOW_FIN_BACKEND;
         if before & FLOW_FIN_CLIENT == 0 {
-            f |= FLOW_FIN_BACKEND_FIRST;
+            f |= FLOW_BACKEND_TIME_WAIT;
         }
     }
     if tcp_flags & (tcp::SYN | tcp::ACK) == tcp::SYN | tcp::ACK {
         f |= FLOW_REPLIED;
     }
     f
+}
+
+/// Whether the backend's first FIN, arriving after the client's FIN, was sent before the
+/// backend had that FIN: its acknowledgment number `ack` does not cover the client's
+/// sequence end `client_end` (recorded with the client's FIN). The backend then goes
+/// through CLOSING to TIME_WAIT instead of LAST_ACK to closed.
+#[inline(always)]
+pub fn simultaneous_close(ack: u32, client_end: u32) -> bool {
+    (ack.wrapping_sub(client_end) as i32) < 0
 }
 
 #[inline(always)]
@@ -125,32 +136,65 @@ pub struct Opening {
     pub tsval: Option<u32>,
 }
 
-/// Whether the SNAT port of the flow `old` (same backend, same SNAT address and port)
-/// may carry a new flow that opens with `syn` at `now`, without the backend refusing it.
-///
-/// - An open flow keeps its port until it expires (half-open flows soon).
-/// - After a RST the backend has no connection left.
-/// - A backend that closed passively (the client's FIN first) forgets the connection
+/// What a flow's entry means for its SNAT port at a given time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PortHold {
+    /// The backend has nothing left of the flow: the port may carry any new flow.
+    Free,
+    /// The flow is open (or half-open), or the backend is finishing its close: the port
+    /// is taken.
+    InUse,
+    /// The backend holds the old connection in TIME_WAIT: the port may carry only a new
+    /// flow whose SYN the backend accepts there.
+    TimeWait,
+}
+
+/// How the flow `fs` holds its SNAT port at `now`:
+/// - an open flow until it expires (half-open flows soon);
+/// - after a RST, not at all: the backend has no connection left;
+/// - a backend that closed passively (the client's FIN first) forgets the connection
 ///   once it has the client's last ACK (`FLOW_LAST_ACK`); until then, or the closed
-///   timeout, the port waits.
-/// - A backend that closed first holds TIME_WAIT for [`BACKEND_TIME_WAIT_NS`]. Linux
-///   (`tcp_timewait_state_process`) accepts a new SYN there when it passes PAWS and
-///   either its TSval is newer than the last one it saw from us or its sequence number
-///   is after the old `rcv_nxt`; any other SYN is answered with the old connection's
-///   ACK, which the client resets, then retransmits its SYN a second later. So the port
-///   is free only for a SYN that this rule accepts.
+///   timeout, the port is taken;
+/// - a backend that closed first holds TIME_WAIT for [`BACKEND_TIME_WAIT_NS`].
+#[inline(always)]
+pub fn port_hold(fs: &FlowState, cfg: &GlobalConfig, now: u64) -> PortHold {
+    let over = |done: bool| {
+        if done {
+            PortHold::Free
+        } else {
+            PortHold::InUse
+        }
+    };
+    if !closed(fs.flags) {
+        return over(expired(fs, cfg, now));
+    }
+    if fs.flags & FLOW_RST != 0 {
+        return PortHold::Free;
+    }
+    if fs.flags & FLOW_BACKEND_TIME_WAIT == 0 {
+        return over(fs.flags & FLOW_LAST_ACK != 0 || expired(fs, cfg, now));
+    }
+    if now.saturating_sub(fs.last_seen_ns) > BACKEND_TIME_WAIT_NS {
+        PortHold::Free
+    } else {
+        PortHold::TimeWait
+    }
+}
+
+/// Whether the SNAT port of the flow `old` (same backend, same SNAT address and port)
+/// may carry a new flow that opens with `syn` at `now`, without the backend refusing it
+/// ([`port_hold`]). In TIME_WAIT, Linux (`tcp_timewait_state_process`) accepts a new SYN
+/// when it passes PAWS and either its TSval is newer than the last one it saw from us or
+/// its sequence number is after the old `rcv_nxt`; any other SYN is answered with the
+/// old connection's ACK, which the client resets, then retransmits its SYN a second
+/// later. So the port is free only for a SYN that this rule accepts.
 #[inline(always)]
 pub fn port_free_for(old: &FlowState, cfg: &GlobalConfig, now: u64, syn: &Opening) -> bool {
-    if !closed(old.flags) {
-        return expired(old, cfg, now);
+    match port_hold(old, cfg, now) {
+        PortHold::Free => true,
+        PortHold::InUse => false,
+        PortHold::TimeWait => time_wait_accepts(old, syn),
     }
-    if old.flags & FLOW_RST != 0 {
-        return true;
-    }
-    if old.flags & FLOW_FIN_BACKEND_FIRST == 0 {
-        return old.flags & FLOW_LAST_ACK != 0 || expired(old, cfg, now);
-    }
-    now.saturating_sub(old.last_seen_ns) > BACKEND_TIME_WAIT_NS || time_wait_accepts(old, syn)
 }
 
 /// Linux's TIME_WAIT test for a new SYN, against the client's last sequence number and
@@ -303,12 +347,19 @@ mod tests {
             OPEN | FLOW_CLOSED | FLOW_LAST_ACK
         );
         let backend_first = run(OPEN, &[(false, FIN | ACK), (true, FIN | ACK)]);
-        assert_eq!(backend_first, OPEN | FLOW_CLOSED | FLOW_FIN_BACKEND_FIRST);
+        assert_eq!(backend_first, OPEN | FLOW_CLOSED | FLOW_BACKEND_TIME_WAIT);
         assert_eq!(
             run(OPEN, &[(false, FIN | ACK)]),
-            OPEN | FLOW_FIN_BACKEND | FLOW_FIN_BACKEND_FIRST,
+            OPEN | FLOW_FIN_BACKEND | FLOW_BACKEND_TIME_WAIT,
         );
         assert_eq!(run(OPEN, &[(true, RST)]), OPEN | FLOW_RST);
+        assert!(
+            simultaneous_close(999, 1_000),
+            "the FIN does not ack the client's"
+        );
+        assert!(!simultaneous_close(1_000, 1_000));
+        assert!(!simultaneous_close(1_001, 1_000));
+        assert!(simultaneous_close(u32::MAX, 0), "across the wrap");
         assert_eq!(run(OPEN, &[(false, RST | ACK)]), OPEN | FLOW_RST);
         assert!(!records_close(OPEN, ACK));
         assert!(records_close(OPEN, FIN | ACK));
@@ -363,8 +414,34 @@ mod tests {
     }
 
     #[test]
+    fn port_holds_follow_the_closing_order() {
+        let now = 5_001;
+        let hold = |fs: FlowState| port_hold(&fs, &CFG, now);
+        assert_eq!(hold(flow(5_000, OPEN)), PortHold::InUse);
+        assert_eq!(hold(flow(5_000, 0)), PortHold::InUse, "half-open");
+        assert_eq!(hold(flow(4_800, 0)), PortHold::Free, "half-open, expired");
+        assert_eq!(hold(closed_flow(FLOW_RST, 0, 0)), PortHold::Free);
+        assert_eq!(hold(closed_flow(FLOW_CLOSED, 0, 0)), PortHold::InUse);
+        assert_eq!(
+            hold(closed_flow(FLOW_CLOSED | FLOW_LAST_ACK, 0, 0)),
+            PortHold::Free
+        );
+        let tw = closed_flow(FLOW_CLOSED | FLOW_BACKEND_TIME_WAIT, 0, 0);
+        assert_eq!(hold(tw), PortHold::TimeWait);
+        assert_eq!(
+            port_hold(&tw, &CFG, 5_000 + 1_000),
+            PortHold::TimeWait,
+            "past the closed timeout too"
+        );
+        assert_eq!(
+            port_hold(&tw, &CFG, 5_000 + BACKEND_TIME_WAIT_NS + 1),
+            PortHold::Free
+        );
+    }
+
+    #[test]
     fn a_backend_in_time_wait_takes_only_a_syn_that_linux_accepts_there() {
-        let tw = FLOW_CLOSED | FLOW_FIN_BACKEND_FIRST;
+        let tw = FLOW_CLOSED | FLOW_BACKEND_TIME_WAIT;
         let now = 5_001;
         let free = |old: &FlowState, s: Opening| port_free_for(old, &CFG, now, &s);
         // Without timestamps: the sequence number must be after the old rcv_nxt.

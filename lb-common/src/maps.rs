@@ -126,9 +126,9 @@ pub const FLOW_REPLIED: u8 = 8;
 /// The client acknowledged after the backend's answer, or the flow was picked up from a
 /// segment other than a SYN: until then the flow is half-open (`half_open_timeout_ns`).
 pub const FLOW_ESTABLISHED: u8 = 16;
-/// The backend's FIN came before the client's: the backend closed actively and holds
-/// the connection in TIME_WAIT (see `flow::port_free_for`).
-pub const FLOW_FIN_BACKEND_FIRST: u8 = 32;
+/// The backend sent its FIN before it had the client's (it closed first, or both did at
+/// once): it holds the connection in TIME_WAIT (see `flow::port_hold`).
+pub const FLOW_BACKEND_TIME_WAIT: u8 = 32;
 /// The client acknowledged after FINs both ways: a backend that closed passively has
 /// its last ACK and has forgotten the connection.
 pub const FLOW_LAST_ACK: u8 = 64;

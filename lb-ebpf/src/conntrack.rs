@@ -2,12 +2,17 @@
 //! packet refreshes its flow. When an entry is over is `lb_common::flow`'s rule.
 
 use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
+use aya_ebpf::programs::XdpContext;
 use lb_common::{
     flow,
-    maps::{FLOW_CLIENT_TS, FlowState},
+    maps::{FLOW_BACKEND_TIME_WAIT, FLOW_CLIENT_TS, FLOW_FIN_BACKEND, FLOW_FIN_CLIENT, FlowState},
+    tcp,
 };
 
-use crate::sequence::Sequence;
+use crate::{
+    parse::Packet,
+    sequence::{self, Sequence},
+};
 
 /// CLOCK_MONOTONIC to the last tick: enough for timeouts of seconds, and in a VM it
 /// reads no clock source (the precise `bpf_ktime_get_ns` reads the TSC through the
@@ -28,11 +33,20 @@ pub fn touch_client(fs: &mut FlowState, now: u64, tcp_flags: u8) {
     add_flags(fs, flow::client_segment(fs.flags, tcp_flags));
 }
 
-/// As [`touch_client`], for a backend segment.
+/// As [`touch_client`], for a backend segment; a backend's first FIN after the client's
+/// is checked for a simultaneous close (`lb_common::flow::simultaneous_close`), which
+/// leaves the backend in TIME_WAIT too.
 #[inline(always)]
-pub fn touch_backend(fs: &mut FlowState, now: u64, tcp_flags: u8) {
-    fs.last_seen_ns = now;
-    add_flags(fs, flow::backend_segment(fs.flags, tcp_flags));
+pub fn touch_backend(ctx: &XdpContext, pkt: &Packet, fs: &mut FlowState) {
+    let before = fs.flags;
+    fs.last_seen_ns = pkt.now;
+    add_flags(fs, flow::backend_segment(before, pkt.tcp_flags));
+    if pkt.tcp_flags & tcp::FIN != 0
+        && before & (FLOW_FIN_CLIENT | FLOW_FIN_BACKEND) == FLOW_FIN_CLIENT
+        && sequence::ack(ctx, pkt).is_some_and(|ack| flow::simultaneous_close(ack, fs.close_seq))
+    {
+        add_flags(fs, FLOW_BACKEND_TIME_WAIT);
+    }
 }
 
 #[inline(always)]

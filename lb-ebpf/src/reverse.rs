@@ -50,7 +50,7 @@ pub fn reverse(ctx: &XdpContext, pkt: &mut Packet) -> Verdict {
         // its fields are harmless (see `conntrack::touch`).
         let fs = unsafe { &mut *fs };
         if fs.backend == r.backend {
-            touch_backend(fs, pkt.now, pkt.tcp_flags);
+            touch_backend(ctx, pkt, fs);
         }
     }
     let mut t = MaybeUninit::<Target>::uninit();

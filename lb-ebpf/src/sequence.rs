@@ -70,6 +70,17 @@ pub fn read(ctx: &XdpContext, pkt: &Packet) -> Option<Sequence> {
     })
 }
 
+/// The segment's acknowledgment number, host order.
+#[inline(never)]
+pub fn ack(ctx: &XdpContext, pkt: &Packet) -> Option<u32> {
+    let th = ptr_at::<TcpHdr>(ctx, pkt.l4 as usize & OFF_MASK)?;
+    // SAFETY: `ptr_at` checked the TCP header at `th` is inside the packet; read
+    // unaligned.
+    Some(u32::from_be_bytes(unsafe {
+        addr_of!((*th).ack_seq).read_unaligned()
+    }))
+}
+
 /// The sequence number after a segment starting at `seq` whose IP and TCP headers are
 /// `ip_hlen` and `doff` bytes long. The parser checked `ip_hlen + doff <= ip_len`, so
 /// the payload length does not wrap.

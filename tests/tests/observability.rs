@@ -1,5 +1,5 @@
 //! What the daemon shows: `/metrics` (valid for `promtool check metrics`, values that
-//! match the traffic, scraped by a real Prometheus server), `/health/instance` and
+//! match the traffic, SNAT ports by state, scraped by a real Prometheus server), `/health/instance` and
 //! `/health/endtoend`, and `lb stats` with backend states and active flows.
 //!
 //! Root, the `lb` binary, the eBPF object, promtool and prometheus are required (a
@@ -42,6 +42,26 @@ fn metrics(bed: &Bed, d: &Daemon) -> (String, Vec<Sample>) {
 
 fn value(samples: &[Sample], body: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     prometheus::value(samples, name, labels).unwrap_or_else(|e| panic!("{e:#}\n/metrics:\n{body}"))
+}
+
+/// lb's default SNAT port range.
+const SNAT_PORTS: (u16, u16) = (10000, 32767);
+
+/// TCP sockets in TIME_WAIT in a backend's namespace whose peer port is a SNAT port:
+/// the connections through lb that the backend's kernel still holds.
+fn snat_time_waits(ns: &lb_tests::Netns) -> usize {
+    let out = must(ns.exec("ss", &["-Htan", "state", "time-wait"]));
+    out.lines()
+        .filter_map(|l| {
+            l.split_whitespace()
+                .last()?
+                .rsplit_once(':')?
+                .1
+                .parse::<u16>()
+                .ok()
+        })
+        .filter(|p| (SNAT_PORTS.0..=SNAT_PORTS.1).contains(p))
+        .count()
 }
 
 /// After real traffic `/metrics` passes promtool, its counters equal what the client
@@ -91,6 +111,34 @@ fn metrics_pass_promtool_and_match_traffic() {
         assert!(
             of_backend("lb_health_check_duration_seconds_bucket", ("le", "+Inf")) >= 1.0,
             "{name}: the check latency histogram is empty:\n{body}"
+        );
+    }
+    // SNAT ports: none in use once the connections ended; in TIME_WAIT exactly the ports
+    // whose connection the backend's own kernel holds in TIME_WAIT (it closed first or
+    // at once with curl; where curl closed first the backend kept nothing).
+    for name in BACKEND_NAMES {
+        let addr = bed.addr(name);
+        let ports = |state| {
+            let labels = [("backend", addr.as_str()), ("state", state)];
+            value(&s, &body, "lb_snat_ports", &labels)
+        };
+        let (in_use, tw, free) = (ports("in_use"), ports("time_wait"), ports("free"));
+        assert_eq!(
+            in_use, 0.0,
+            "{name}: SNAT ports in use after the connections ended"
+        );
+        assert_eq!(
+            in_use + tw + free,
+            f64::from(SNAT_PORTS.1 - SNAT_PORTS.0 + 1),
+            "{name}: the default SNAT range, all told:\n{body}"
+        );
+        let held = snat_time_waits(&bed.backend(name).ns);
+        assert_eq!(
+            tw,
+            held as f64,
+            "{name}: lb_snat_ports in TIME_WAIT against the backend's own TIME_WAIT sockets \
+             from SNAT ports ({} connections):\n{body}",
+            spread.count(name)
         );
     }
     // Every connection made its flow entry (new flows counted CONNS above), and they are

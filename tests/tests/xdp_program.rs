@@ -12,7 +12,7 @@ use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use lb_common::maps::{
-    FLOW_ESTABLISHED, FLOW_FIN_BACKEND, FLOW_FIN_BACKEND_FIRST, FLOW_FIN_CLIENT, FLOW_LAST_ACK,
+    FLOW_BACKEND_TIME_WAIT, FLOW_ESTABLISHED, FLOW_FIN_BACKEND, FLOW_FIN_CLIENT, FLOW_LAST_ACK,
     FLOW_REPLIED, FLOW_RST, NEXT_HOP_TTL_NS,
 };
 use lb_tests::packet::{Packet, decode, flags::*};
@@ -217,7 +217,7 @@ fn backend_reply_is_rewritten_back_to_the_client() {
         let flow = lb.flow(p.client_key(CLIENT_PORT)).unwrap();
         assert_eq!(
             flow.flags,
-            FLOW_REPLIED | FLOW_FIN_BACKEND | FLOW_FIN_BACKEND_FIRST
+            FLOW_REPLIED | FLOW_FIN_BACKEND | FLOW_BACKEND_TIME_WAIT
         );
     }
 }
@@ -954,7 +954,7 @@ fn closed_flow_expires_after_the_closed_timeout_but_a_half_closed_one_does_not()
         (
             "FIN from the backend only",
             1005,
-            OPEN | FLOW_FIN_BACKEND | FLOW_FIN_BACKEND_FIRST,
+            OPEN | FLOW_FIN_BACKEND | FLOW_BACKEND_TIME_WAIT,
             false,
         ),
     ];

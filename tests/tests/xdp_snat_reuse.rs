@@ -224,6 +224,43 @@ fn a_port_in_the_backends_time_wait_goes_only_to_a_syn_the_backend_accepts() {
 }
 
 #[test]
+fn a_simultaneous_close_leaves_the_port_in_the_backends_time_wait() {
+    let p = plan4();
+    let mut lb = serving(&p, "5s");
+    let mut taken = vec![CLIENT_PORT, CLIENT_PORT + 1];
+    let end = 0x4000_0000;
+    for (what, sport, backend_ack, time_wait) in [
+        (
+            "the backend's FIN acknowledges the client's",
+            CLIENT_PORT,
+            end,
+            false,
+        ),
+        ("both FINs crossed", CLIENT_PORT + 1, end - 1, true),
+    ] {
+        let port = established(&mut lb, &p, sport, None);
+        // The client's FIN ends at `end`; then the backend's FIN with `backend_ack`, and
+        // the client's last ACK.
+        port_of(&mut lb, &segment(&p, sport, FIN | ACK, end - 1, None));
+        let mut fin = p.from_backend(0, port, FIN | ACK);
+        fin.ack = backend_ack;
+        let (action, _) = lb.from_backend(&fin.build());
+        assert_eq!(action, Action::Redirect);
+        port_of(&mut lb, &segment(&p, sport, ACK, end, None));
+        // A SYN the backend's TIME_WAIT would refuse (its sequence number is not after
+        // the old end) takes the port only if the backend is not in TIME_WAIT.
+        let c = client_first_at(&p, port, &taken);
+        taken.push(c);
+        let got = port_of(&mut lb, &segment(&p, c, SYN, end - 10, None));
+        assert_eq!(
+            got != port,
+            time_wait,
+            "{what}: port {got}, closed on {port}"
+        );
+    }
+}
+
+#[test]
 fn a_syn_on_a_closed_flow_opens_a_new_half_open_flow() {
     let p = plan4();
     let mut lb = serving(&p, "5s");

@@ -5,7 +5,7 @@
 //! `service` (the service's name), `backend` (its `IP:PORT`), `direction` (`in` is client
 //! → backend, `out` backend → client).
 
-use crate::api::report::{BackendReport, Counters, HealthReport, Report, ServiceReport};
+use crate::api::report::{BackendReport, Counters, HealthReport, Report, ServiceReport, SnatPorts};
 use crate::proxy::server::{BackendCounters, ServiceCounters};
 use lb_common::counters;
 use std::fmt::Write as _;
@@ -104,6 +104,12 @@ const BYTES: [(&str, Field); 2] = [("in", |c| c.bytes_in), ("out", |c| c.bytes_o
 /// The same for the bytes of proxied connections.
 const PROXY_BYTES: [(&str, Read<BackendCounters>); 2] =
     [("in", |b| b.bytes_in), ("out", |b| b.bytes_out)];
+/// The `state` label's values of the SNAT port gauge with what they read.
+const SNAT_STATES: [(&str, Read<SnatPorts>); 3] = [
+    ("in_use", |p| p.in_use),
+    ("time_wait", |p| p.time_wait),
+    ("free", |p| p.free),
+];
 /// The `result` label's values with the health check counters they read.
 const RESULTS: [(&str, Read<HealthReport>); 2] =
     [("pass", |h| h.checks_passed), ("fail", |h| h.checks_failed)];
@@ -238,6 +244,21 @@ pub fn render(r: &Report) -> String {
         "Configured weight of a backend (its share of the Maglev table while up).",
         backends().map(|(l, b)| (l, b.weight)),
     );
+    let snat: Vec<(Labels<'_>, &SnatPorts)> = backends()
+        .filter_map(|(mut l, b)| {
+            let p = b.snat.as_ref()?;
+            l.push(("snat_addr", p.addr.as_str()));
+            Some((l, p))
+        })
+        .collect();
+    if !snat.is_empty() {
+        w.family(
+            "lb_snat_ports",
+            "gauge",
+            "SNAT ports of a backend's SNAT address, by state: in_use (open or half-open flows, or a close the backend has not finished), time_wait (the backend holds the old connection in TIME_WAIT: only a SYN it accepts there may take the port), free.",
+            split(snat.iter().cloned(), "state", &SNAT_STATES),
+        );
+    }
 
     // Health checks, for backends that have one.
     let checked: Vec<(Labels<'_>, &HealthReport)> = backends()
@@ -417,6 +438,12 @@ mod tests {
                         bytes_out: 4000,
                         new_flows: 4,
                     },
+                    snat: Some(SnatPorts {
+                        addr: "fd00::9".into(),
+                        in_use: 3,
+                        time_wait: 1,
+                        free: 96,
+                    }),
                 }],
                 proxy: None,
             }],
@@ -476,6 +503,11 @@ lb_backend_state{{service="web",backend="[fd00::1]:80",state="drained"}} 0
 # HELP lb_backend_weight Configured weight of a backend (its share of the Maglev table while up).
 # TYPE lb_backend_weight gauge
 lb_backend_weight{{service="web",backend="[fd00::1]:80"}} 2
+# HELP lb_snat_ports SNAT ports of a backend's SNAT address, by state: in_use (open or half-open flows, or a close the backend has not finished), time_wait (the backend holds the old connection in TIME_WAIT: only a SYN it accepts there may take the port), free.
+# TYPE lb_snat_ports gauge
+lb_snat_ports{{service="web",backend="[fd00::1]:80",snat_addr="fd00::9",state="in_use"}} 3
+lb_snat_ports{{service="web",backend="[fd00::1]:80",snat_addr="fd00::9",state="time_wait"}} 1
+lb_snat_ports{{service="web",backend="[fd00::1]:80",snat_addr="fd00::9",state="free"}} 96
 # HELP lb_packets_total Packets the XDP program forwarded or passed to the kernel, by outcome.
 # TYPE lb_packets_total counter
 lb_packets_total{{outcome="forwarded_in"}} 5

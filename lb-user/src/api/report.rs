@@ -8,6 +8,7 @@ use crate::dataplane::runtime::{RuntimeError, RuntimeRecord};
 use crate::health::histogram::LatencyHistogram;
 use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray};
 use lb_common::counters::TABLE as COUNTER_TABLE;
+use lb_common::flow::{PortHold, port_hold};
 use lb_common::maps::{
     self as m, Backend, FlowKey, FlowState, GlobalConfig, TrafficCounters, names,
 };
@@ -80,6 +81,23 @@ pub struct BackendReport {
     #[serde(default)]
     pub health: Option<HealthReport>,
     pub counters: Counters,
+    /// The SNAT ports toward this backend (NAT services).
+    #[serde(default)]
+    pub snat: Option<SnatPorts>,
+}
+
+/// How the SNAT ports of one backend's SNAT address are held, by the rule the XDP
+/// program hands them out by (`lb_common::flow::port_hold`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnatPorts {
+    /// The source address the LB uses toward the backend.
+    pub addr: String,
+    /// Held by open or half-open flows, or by a close the backend has not finished.
+    pub in_use: u64,
+    /// Held by the backend's TIME_WAIT: only a SYN it accepts there may take them.
+    pub time_wait: u64,
+    /// The rest of the SNAT port range.
+    pub free: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -152,6 +170,53 @@ fn active_per_backend(
         }
     }
     active
+}
+
+/// Per backend id: how many SNAT ports its flows hold in use and in TIME_WAIT. A port
+/// is counted once, by the strongest hold of the entries naming it (an entry left by a
+/// flow that moved to another port or backend may still name it).
+fn snat_holds(
+    entries: impl IntoIterator<Item = FlowState>,
+    cfg: &GlobalConfig,
+    now: u64,
+) -> StdHashMap<u32, (u64, u64)> {
+    let mut ports: StdHashMap<(u32, u16), PortHold> = StdHashMap::new();
+    for fs in entries {
+        let hold = port_hold(&fs, cfg, now);
+        if hold == PortHold::Free {
+            continue;
+        }
+        let e = ports.entry((fs.backend, fs.snat_port)).or_insert(hold);
+        if hold == PortHold::InUse {
+            *e = hold;
+        }
+    }
+    let mut per_backend = StdHashMap::new();
+    for ((backend, _), hold) in ports {
+        let (in_use, time_wait) = per_backend.entry(backend).or_insert((0, 0));
+        match hold {
+            PortHold::InUse => *in_use += 1,
+            _ => *time_wait += 1,
+        }
+    }
+    per_backend
+}
+
+/// The SNAT ports of backend `b` (None for a backend without a SNAT address: proxy
+/// services), given its flows' holds and the configured range.
+fn snat_ports(b: &Backend, holds: Option<&(u64, u64)>, cfg: &GlobalConfig) -> Option<SnatPorts> {
+    let addr = lb_common::addr::words_to_ip(b.snat_addr, b.family)?;
+    if addr.is_unspecified() || cfg.snat_port_max < cfg.snat_port_min {
+        return None;
+    }
+    let range = u64::from(cfg.snat_port_max - cfg.snat_port_min) + 1;
+    let (in_use, time_wait) = holds.copied().unwrap_or((0, 0));
+    Some(SnatPorts {
+        addr: addr.to_string(),
+        in_use,
+        time_wait,
+        free: range.saturating_sub(in_use + time_wait),
+    })
 }
 
 /// Name of a `BACKEND_*` state of the backend map.
@@ -236,24 +301,23 @@ pub fn collect_from(rec: &RuntimeRecord) -> Result<Report, StatsError> {
     // One pass over the flow table. Entries that vanish between listing a key and
     // reading it (evicted or expired meanwhile) are skipped.
     let now = crate::sys::monotonic_ns();
-    let mut flows = 0u64;
-    let active = active_per_backend(
-        flows_map.iter().filter_map(|e| e.ok()).map(|(_, fs)| {
-            flows += 1;
-            fs
-        }),
-        &config,
-        now,
-    );
+    let entries: Vec<FlowState> = flows_map
+        .iter()
+        .filter_map(|e| e.ok())
+        .map(|(_, fs)| fs)
+        .collect();
+    let flows = entries.len() as u64;
+    let active = active_per_backend(entries.iter().copied(), &config, now);
+    let holds = snat_holds(entries, &config, now);
 
     let mut services = Vec::new();
     for s in &rec.services {
         let mut bes = Vec::new();
         for b in &s.backends {
+            let mb = backends
+                .get(&b.id, 0)
+                .map_err(map_err(names::BACKENDS, rec))?;
             let state = if b.state.is_empty() {
-                let mb = backends
-                    .get(&b.id, 0)
-                    .map_err(map_err(names::BACKENDS, rec))?;
                 map_state(mb.state).to_string()
             } else {
                 b.state.clone()
@@ -266,6 +330,9 @@ pub fn collect_from(rec: &RuntimeRecord) -> Result<Report, StatsError> {
                 active_flows: active.get(&b.id).copied().unwrap_or(0),
                 health: None,
                 counters: c.into(),
+                snat: (s.mode == crate::config::Mode::Nat.name())
+                    .then(|| snat_ports(&mb, holds.get(&b.id), &config))
+                    .flatten(),
             });
         }
         let c = traffic(&svc_stats, s.id).map_err(map_err(names::SERVICE_STATS, rec))?;
@@ -355,6 +422,12 @@ pub(crate) mod tests {
                             latency: latency.clone(),
                         }),
                         counters: counters(10 * scale, 4096 * scale, 2048 * scale, 50 * scale),
+                        snat: Some(SnatPorts {
+                            addr: "198.18.1.1".into(),
+                            in_use: 7,
+                            time_wait: 2,
+                            free: 22_759,
+                        }),
                     },
                     BackendReport {
                         addr: "198.18.1.12:80".into(),
@@ -370,6 +443,12 @@ pub(crate) mod tests {
                             latency,
                         }),
                         counters: Counters::default(),
+                        snat: Some(SnatPorts {
+                            addr: "198.18.1.1".into(),
+                            in_use: 0,
+                            time_wait: 0,
+                            free: 22_768,
+                        }),
                     },
                 ],
                 proxy: None,
@@ -413,6 +492,62 @@ pub(crate) mod tests {
         assert_eq!(active.get(&2), Some(&1));
         assert_eq!(active.get(&3), Some(&1));
         assert_eq!(active.len(), 3);
+    }
+
+    #[test]
+    fn snat_ports_count_each_port_once_by_its_strongest_hold() {
+        let cfg = GlobalConfig {
+            idle_timeout_ns: 1_000,
+            closed_timeout_ns: 100,
+            ..Default::default()
+        };
+        let now = 10_000;
+        let on = |backend: u32, port: u16, last_seen_ns: u64, flags: u8| FlowState {
+            snat_port: port.to_be(),
+            ..flow(backend, last_seen_ns, flags)
+        };
+        let open = m::FLOW_REPLIED | m::FLOW_ESTABLISHED;
+        let tw = open | m::FLOW_CLOSED | m::FLOW_BACKEND_TIME_WAIT;
+        let holds = snat_holds(
+            [
+                on(1, 100, 9_900, open),                                     // in use
+                on(1, 101, 9_900, tw),                                       // TIME_WAIT
+                on(1, 101, 9_950, open), // the same port, in use again
+                on(1, 102, 9_900, tw),   // TIME_WAIT
+                on(1, 103, 9_900, open | m::FLOW_RST), // reset: free
+                on(1, 104, 8_000, open), // idle past the timeout: free
+                on(2, 100, 9_900, m::FLOW_CLOSED | open), // the backend's LAST_ACK: in use
+                on(2, 101, 9_900, m::FLOW_CLOSED | open | m::FLOW_LAST_ACK), // free
+            ],
+            &cfg,
+            now,
+        );
+        assert_eq!(holds.get(&1), Some(&(2, 1)));
+        assert_eq!(holds.get(&2), Some(&(1, 0)));
+        let cfg = GlobalConfig {
+            snat_port_min: 10_000,
+            snat_port_max: 10_099,
+            ..cfg
+        };
+        let b = Backend {
+            snat_addr: [u32::from_ne_bytes([198, 18, 1, 1]), 0, 0, 0],
+            family: m::FAMILY_V4,
+            ..Default::default()
+        };
+        assert_eq!(
+            snat_ports(&b, holds.get(&1), &cfg),
+            Some(SnatPorts {
+                addr: "198.18.1.1".into(),
+                in_use: 2,
+                time_wait: 1,
+                free: 97,
+            })
+        );
+        let none = Backend {
+            family: m::FAMILY_V4,
+            ..Default::default()
+        };
+        assert_eq!(snat_ports(&none, None, &cfg), None, "no SNAT address");
     }
 
     #[test]

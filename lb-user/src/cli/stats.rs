@@ -3,7 +3,7 @@
 //! refreshed like `top`.
 
 use crate::api::client;
-use crate::api::report::{Counters, HealthReport, Report, StatsError, collect_from};
+use crate::api::report::{Counters, HealthReport, Report, ServiceReport, StatsError, collect_from};
 use crate::dataplane::runtime::RuntimeRecord;
 use lb_common::counters;
 use std::fmt::Write as _;
@@ -125,6 +125,7 @@ pub fn render(r: &Report) -> String {
             &s.counters,
             String::new(),
         );
+        snat_lines(&mut out, s);
     }
     // Trailing spaces of the empty health column are noise.
     let mut out: String = out
@@ -298,6 +299,7 @@ fn render_live_at(
             rates(ps.map(|p| &p.counters), &s.counters, secs),
             String::new(),
         );
+        snat_lines(&mut out, s);
     }
     let counter_rate = |name: &str, v: u64| {
         fmt_count_rate(rate(
@@ -374,6 +376,19 @@ pub fn live(interval: Duration, out: &mut impl Write) -> Result<(), StatsError> 
 const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
 
 /// One line on the connections a proxy service's daemon side handled.
+/// A line per backend with SNAT ports: how they are held (see `SnatPorts`).
+fn snat_lines(out: &mut String, s: &ServiceReport) {
+    for b in &s.backends {
+        if let Some(p) = &b.snat {
+            let _ = writeln!(
+                out,
+                "  snat {} -> {}: ports {} in use, {} in the backend's TIME_WAIT, {} free",
+                p.addr, b.addr, p.in_use, p.time_wait, p.free
+            );
+        }
+    }
+}
+
 fn proxy_line(p: &crate::proxy::server::ServiceCounters) -> String {
     let (bytes_in, bytes_out) = p
         .backends
@@ -441,6 +456,13 @@ mod tests {
             .unwrap();
         assert_eq!(total.split_whitespace().nth(1), Some("7"), "{total}");
         assert!(t.contains("drop_no_backend"), "{t}");
+        assert!(
+            t.contains(
+                "\n  snat 198.18.1.1 -> 198.18.1.12:80: ports 0 in use, 0 in the backend's \
+                 TIME_WAIT, 22768 free\n"
+            ),
+            "{t}"
+        );
         assert!(t.lines().all(|l| l == l.trim_end()), "{t:?}");
     }
 
@@ -510,7 +532,17 @@ mod tests {
             "{f}"
         );
         assert_eq!(cols_of(&f, "no_backend"), ["no_backend", "9", "3.0"]);
-        assert!(!f.contains("snat"), "zero drop counters are left out: {f}");
+        assert!(
+            !f.lines().any(|l| l.trim_start().starts_with("snat_")),
+            "zero drop counters are left out: {f}"
+        );
+        assert!(
+            f.contains(
+                "\n  snat 198.18.1.1 -> 198.18.1.11:80: ports 7 in use, 2 in the backend's \
+                 TIME_WAIT, 22759 free\n"
+            ),
+            "{f}"
+        );
     }
 
     #[test]
