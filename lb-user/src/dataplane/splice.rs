@@ -2,13 +2,15 @@
 //! loaded and attached here, written (a pair joins, hooks, leaves) for `proxy::splice`.
 
 use std::os::fd::BorrowedFd;
+use std::path::Path;
 use std::sync::Mutex;
 
 use aya::Ebpf;
-use aya::maps::{MapData, MapError, SockHash};
+use aya::maps::{Array, MapData, MapError, SockHash};
 use aya::programs::{SkSkb, sk_skb::SkSkbLink};
-use lb_common::maps::names;
+use lb_common::maps::{SpliceLayout, names};
 
+use super::kernel_btf::{self, Btf, BtfError};
 use super::{Dataplane, DataplaneError, map_error, program_error};
 
 impl Dataplane {
@@ -41,6 +43,16 @@ impl SpliceMaps {
     /// and the attachment, so `ebpf` may be dropped afterwards. Size the maps (two
     /// entries per connection; default 131072) with `EbpfLoader::set_max_entries`.
     pub fn load(ebpf: &mut Ebpf) -> Result<SpliceMaps, DataplaneError> {
+        let layout = kernel_layout(Path::new(kernel_btf::VMLINUX))?;
+        let mut layout_map: Array<&mut MapData, SpliceLayout> = ebpf
+            .map_mut(names::SPLICE_LAYOUT)
+            .ok_or(DataplaneError::MissingMap(names::SPLICE_LAYOUT))?
+            .try_into()
+            .map_err(map_error(names::SPLICE_LAYOUT))?;
+        // Before the attach: from its first skb on, lb_splice can cut bytes already had.
+        layout_map
+            .set(0, layout, 0)
+            .map_err(map_error(names::SPLICE_LAYOUT))?;
         let hook = take_sock_hash(ebpf, names::SPLICE_HOOK)?;
         let peers = take_sock_hash(ebpf, names::SPLICE)?;
         let wrap = program_error(names::PROG_SPLICE);
@@ -99,6 +111,18 @@ impl SpliceMaps {
             let _ = m.peers.remove(&c);
         }
     }
+}
+
+/// The offsets of the kernel fields `lb_splice` reads (see `SpliceLayout`), from the BTF
+/// at `btf` (the running kernel's).
+fn kernel_layout(btf: &Path) -> Result<SpliceLayout, BtfError> {
+    let btf = Btf::read(btf)?;
+    Ok(SpliceLayout {
+        skb_sk: btf.member_offset("sk_buff", "sk")?,
+        skb_seq: btf.member_offset("sk_buff", "cb")? + btf.member_offset("tcp_skb_cb", "seq")?,
+        copied_seq: btf.member_offset("tcp_sock", "copied_seq")?,
+        ready: 1,
+    })
 }
 
 /// Takes a socket hash out of the object, so the returned value owns it.
