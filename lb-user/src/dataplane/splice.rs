@@ -100,6 +100,14 @@ impl SpliceMaps {
         self.lock().hook.insert(cookie, socket, 0)
     }
 
+    /// Takes a socket out of `SPLICE_HOOK`: its verdict stops (the kernel restores its
+    /// data_ready), so what it receives from now on stays in its receive queue for user
+    /// space. It stays in `SPLICE` as its peer's redirect target. A socket not hooked
+    /// (or already closed, which removes it from every socket map) is left as it is.
+    pub fn unhook(&self, cookie: u64) {
+        let _ = self.lock().hook.remove(&cookie);
+    }
+
     /// Removes the pair's entries (missing ones are fine: closing a socket removes it
     /// from every socket map by itself).
     pub fn leave(&self, client_cookie: u64, backend_cookie: u64) {
