@@ -222,6 +222,26 @@ pub struct GlobalConfig {
 }
 const _: () = assert!(size_of::<GlobalConfig>() == 40);
 
+/// Where the sockmap splice verdict finds two kernel fields it needs, as byte offsets
+/// read from the running kernel's BTF by the daemon: the single entry of the
+/// `SPLICE_LAYOUT` array (all zero until the daemon writes it). With them `lb_splice`
+/// cuts off bytes of a received skb that the socket already has (see
+/// lb-ebpf/src/splice.rs). Host order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SpliceLayout {
+    /// `struct sk_buff`: `sk`, the owning socket.
+    pub skb_sk: u32,
+    /// `struct sk_buff`: `cb` + `struct tcp_skb_cb`: `seq`, the sequence number of the
+    /// skb's first byte (`TCP_SKB_CB(skb)->seq`).
+    pub skb_seq: u32,
+    /// `struct tcp_sock`: `copied_seq`, the next byte not yet handed on by the socket.
+    pub copied_seq: u32,
+    /// Nonzero once the daemon wrote the offsets.
+    pub ready: u32,
+}
+const _: () = assert!(size_of::<SpliceLayout>() == 16);
+
 /// Sources whose new-flow rate is tracked at once (`SOURCE_BUCKETS`); the least
 /// recently used one is forgotten when a new source comes.
 pub const MAX_SOURCES: u32 = 65_536;
@@ -304,6 +324,8 @@ pub mod names {
     pub const SPLICE: &str = "SPLICE";
     /// SockHash: socket cookie (`u64`) → the socket itself; `lb_splice` is attached here.
     pub const SPLICE_HOOK: &str = "SPLICE_HOOK";
+    /// Array of one [`super::SpliceLayout`]: kernel field offsets for `lb_splice`.
+    pub const SPLICE_LAYOUT: &str = "SPLICE_LAYOUT";
     /// The load-balancing program.
     pub const PROG_LB: &str = "lb_xdp";
     /// The TC ingress companion of `PROG_LB` on the same interfaces: sends the packets

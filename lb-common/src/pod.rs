@@ -1,8 +1,8 @@
 //! `aya::Pod` for the map types, so the daemon can read and write them.
 
 use crate::maps::{
-    Backend, FlowKey, FlowState, GlobalConfig, ReverseNat, Service, SourceKey, TrafficCounters,
-    VipKey,
+    Backend, FlowKey, FlowState, GlobalConfig, ReverseNat, Service, SourceKey, SpliceLayout,
+    TrafficCounters, VipKey,
 };
 
 // SAFETY: each type is #[repr(C)], Copy, built only from integers and integer arrays,
@@ -25,3 +25,5 @@ unsafe impl aya::Pod for GlobalConfig {}
 unsafe impl aya::Pod for TrafficCounters {}
 // SAFETY: as above.
 unsafe impl aya::Pod for SourceKey {}
+// SAFETY: as above.
+unsafe impl aya::Pod for SpliceLayout {}

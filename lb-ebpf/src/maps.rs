@@ -14,7 +14,7 @@ use lb_common::{
     maps::{
         Backend, DEFAULT_RING_SIZE, FlowKey, FlowState, GlobalConfig, MAX_BACKENDS, MAX_IFACES,
         MAX_PROXY_LISTENERS, MAX_SERVICES, MAX_SOURCES, NextHop, ReverseNat, Service, SourceKey,
-        TrafficCounters, VipKey,
+        SpliceLayout, TrafficCounters, VipKey,
     },
 };
 
@@ -109,6 +109,11 @@ pub static SPLICE: SockHash<u64> = SockHash::with_max_entries(DEFAULT_SPLICE, 0)
 /// a socket turns its redirect on (see splice.rs). Written by the daemon only.
 #[map]
 pub static SPLICE_HOOK: SockHash<u64> = SockHash::with_max_entries(DEFAULT_SPLICE, 0);
+
+/// Index 0 → the kernel field offsets `lb_splice` reads (lb_common's `SpliceLayout`);
+/// written once by the daemon before `lb_splice` is attached, read by `lb_splice`.
+#[map]
+pub static SPLICE_LAYOUT: Array<SpliceLayout> = Array::with_max_entries(1, 0);
 
 /// When this CPU last wrote a log record (coarse CLOCK_MONOTONIC ns); read and written only
 /// by `events`, so a failure that lasts (a backend without a route) logs at most once a

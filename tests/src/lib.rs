@@ -24,6 +24,7 @@ pub mod prometheus;
 pub mod receivers;
 pub mod server;
 pub mod sys;
+pub mod tap;
 pub mod test_run;
 pub mod tls;
 pub mod topology;

@@ -1,6 +1,6 @@
 //! The only module with `unsafe`: thin wrappers over the few libc calls the test bed
 //! needs (entering a namespace, signalling a process by PID, checking for root, pinning
-//! a thread to its CPU).
+//! a thread to its CPU, creating and polling a TAP device).
 #![allow(unsafe_code)]
 
 use std::fs::File;
@@ -96,4 +96,46 @@ pub fn stay_on_this_cpu() -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// Attaches `file` (an open /dev/net/tun) to a new TAP device named `name` that carries
+/// Ethernet frames without the packet-information prefix.
+pub fn tun_set_tap(file: &File, name: &str) -> io::Result<()> {
+    // struct ifreq: the name (16 bytes, NUL-terminated), then the flags (a short) in a
+    // union padded to 24 bytes.
+    let mut req = [0u8; 40];
+    let bytes = name.as_bytes();
+    if bytes.len() >= 16 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "interface name too long",
+        ));
+    }
+    req[..bytes.len()].copy_from_slice(bytes);
+    let flags = (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short;
+    req[16..18].copy_from_slice(&flags.to_ne_bytes());
+    // SAFETY: `req` is a 40-byte buffer laid out as struct ifreq and lives for the whole
+    // call; TUNSETIFF reads the name and flags from it and writes the final name back
+    // into its first 16 bytes. `file` is open for the whole call.
+    let rc = unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETIFF, req.as_mut_ptr()) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Waits up to `timeout` for `file` to be readable; false on timeout.
+pub fn wait_readable(file: &File, timeout: std::time::Duration) -> io::Result<bool> {
+    let mut pfd = libc::pollfd {
+        fd: file.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+    // SAFETY: `pfd` is one valid pollfd for the whole call and `file` stays open.
+    let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(rc > 0)
 }

@@ -16,7 +16,7 @@
 
 use std::{
     io::Write as _,
-    net::SocketAddr,
+    net::{Ipv4Addr, SocketAddr},
     process::{Command, Stdio},
     sync::{
         Arc, Mutex, MutexGuard,
@@ -31,7 +31,11 @@ use aya::{
     programs::SkLookup,
 };
 use lb_common::maps::{VipKey, names};
-use lb_tests::Netns;
+use lb_tests::{
+    Netns,
+    packet::{Packet, decode, flags},
+    tap::Tap,
+};
 use lb_user::proxy::splice::{End, Engine, SpliceError, SpliceMaps, SpliceStats, splice};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -273,6 +277,7 @@ both_engines!(
     backend_reset_resets_client,
     idle_timeout,
     slow_receiver_memory,
+    retransmission_over_received_bytes_goes_out_once,
 );
 
 const IDLE: Duration = Duration::from_secs(60);
@@ -364,6 +369,107 @@ fn eof_before_splice(engine: Engine) {
     assert_same("server → client", &got_down, &down);
     assert_eq!(stats.ended, End::ClosedBoth);
     assert_eq!(stats.engine, engine);
+}
+
+/// The peer retransmits bytes the proxy already received together with new ones, in one
+/// segment that starts before the proxy's `rcv_nxt` (a spurious retransmission that GRO
+/// merged with new segments does exactly this; seen in a 1 GiB download under CPU
+/// contention). TCP queues such a segment whole and the sockmap verdict gets it whole:
+/// the overlap must not be forwarded a second time.
+fn retransmission_over_received_bytes_goes_out_once(engine: Engine) {
+    let bed = Bed::new();
+    let tap = Tap::new("lbtap0", TAP_MAC, TAP_ADDR, PEER_ADDR, PEER_MAC).expect("TAP device");
+    let data = stream(11, 9000);
+    let (got, stats) = bed.run(30, async {
+        let front_listener = TcpListener::bind((TAP_ADDR, 0)).await.unwrap();
+        let port = front_listener.local_addr().unwrap().port();
+        let peer = TapPeer::connect(tap, port);
+        let (front, _) = front_listener.accept().await.unwrap();
+        let backend = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let back = TcpStream::connect(backend.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (mut server, _) = backend.accept().await.unwrap();
+        let proxy = start(front, back, engine, &bed.maps, IDLE);
+        // Time for the sockmap engine to hand the quiet client side to the kernel.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        peer.send(0, flags::ACK | flags::PSH, &data[..8000]);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // 5000 bytes again (more than one cut of at most 4095), then 1000 new ones.
+        peer.send(3000, flags::ACK | flags::PSH, &data[3000..]);
+        peer.send(9000, flags::ACK | flags::FIN, &[]);
+        let (got, err) = read_until_end(&mut server).await;
+        assert_eq!(err, None);
+        server.shutdown().await.unwrap();
+        (got, finished(proxy).await)
+    });
+    assert_same("client → server", &got, &data);
+    assert_eq!(stats.ended, End::ClosedBoth);
+    assert_eq!(stats.engine, engine);
+    assert_eq!(stats.bytes_in, data.len() as u64);
+}
+
+const TAP_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 9, 1);
+const TAP_MAC: [u8; 6] = [0x02, 0, 0, 0, 9, 1];
+const PEER_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 9, 2);
+const PEER_MAC: [u8; 6] = [0x02, 0, 0, 0, 9, 2];
+const PEER_PORT: u16 = 40000;
+const PEER_ISN: u32 = 1_000_000;
+
+/// A TCP client played segment by segment through a TAP device, so it can send what no
+/// socket would on demand. It never acknowledges what the proxy sends it.
+struct TapPeer {
+    tap: Tap,
+    port: u16,
+    /// The proxy's next sequence number (what we acknowledge).
+    ack: u32,
+}
+
+impl TapPeer {
+    /// The three-way handshake with a listener on TAP_ADDR:`port`.
+    fn connect(tap: Tap, port: u16) -> TapPeer {
+        let mut peer = TapPeer { tap, port, ack: 0 };
+        peer.send_raw(PEER_ISN, flags::SYN, &[]);
+        let syn_ack = peer
+            .tap
+            .recv_matching(Duration::from_secs(5), |f| {
+                decode(f).is_ok_and(|p| {
+                    p.sport == port
+                        && p.dport == PEER_PORT
+                        && p.flags & (flags::SYN | flags::ACK) == flags::SYN | flags::ACK
+                })
+            })
+            .expect("read the TAP device")
+            .expect("a SYN-ACK from the listener");
+        peer.ack = decode(&syn_ack).unwrap().seq.wrapping_add(1);
+        peer.send(0, flags::ACK, &[]);
+        peer
+    }
+
+    /// Sends `payload` at stream offset `offset` (0 = the first data byte).
+    fn send(&self, offset: u32, tcp_flags: u8, payload: &[u8]) {
+        self.send_raw(
+            PEER_ISN.wrapping_add(1).wrapping_add(offset),
+            tcp_flags,
+            payload,
+        );
+    }
+
+    fn send_raw(&self, seq: u32, tcp_flags: u8, payload: &[u8]) {
+        let mut p = Packet::tcp(
+            PEER_ADDR.into(),
+            PEER_PORT,
+            TAP_ADDR.into(),
+            self.port,
+            tcp_flags,
+        );
+        p.eth_src = PEER_MAC;
+        p.eth_dst = self.tap.mac;
+        p.seq = seq;
+        p.ack = self.ack;
+        p.payload = payload.to_vec();
+        self.tap.send(&p.build()).expect("write to the TAP device");
+    }
 }
 
 /// Which end shuts down its write side first.

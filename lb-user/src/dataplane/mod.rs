@@ -1,10 +1,11 @@
 //! The only code that touches the kernel's side of lb: it loads the eBPF object
 //! ([`load`]), writes the maps ([`maps`], and the splice engine's socket hashes in
-//! [`splice`]), attaches the programs ([`attach`]) and pins the flow tables ([`pin`]).
+//! [`splice`], with kernel field offsets from [`kernel_btf`]), attaches the programs ([`attach`]) and pins the flow tables ([`pin`]).
 //! Dropping a [`Dataplane`] detaches the programs and frees the maps.
 
 mod attach;
 pub mod ebpf_log;
+mod kernel_btf;
 mod load;
 mod maps;
 pub mod neigh;
@@ -84,6 +85,11 @@ pub enum DataplaneError {
     },
     #[error(transparent)]
     Pin(#[from] pin::PinError),
+    #[error("kernel field offsets for {}: {source}", names::PROG_SPLICE)]
+    KernelBtf {
+        #[from]
+        source: kernel_btf::BtfError,
+    },
     #[error("sockmap splice engine: {0} (try --splice pipe)")]
     Splice(#[source] Box<DataplaneError>),
     #[error(

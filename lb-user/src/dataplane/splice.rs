@@ -2,13 +2,15 @@
 //! loaded and attached here, written (a pair joins, hooks, leaves) for `proxy::splice`.
 
 use std::os::fd::BorrowedFd;
+use std::path::Path;
 use std::sync::Mutex;
 
 use aya::Ebpf;
-use aya::maps::{MapData, MapError, SockHash};
+use aya::maps::{Array, MapData, MapError, SockHash};
 use aya::programs::{SkSkb, sk_skb::SkSkbLink};
-use lb_common::maps::names;
+use lb_common::maps::{SpliceLayout, names};
 
+use super::kernel_btf::{self, Btf, BtfError};
 use super::{Dataplane, DataplaneError, map_error, program_error};
 
 impl Dataplane {
@@ -41,6 +43,16 @@ impl SpliceMaps {
     /// and the attachment, so `ebpf` may be dropped afterwards. Size the maps (two
     /// entries per connection; default 131072) with `EbpfLoader::set_max_entries`.
     pub fn load(ebpf: &mut Ebpf) -> Result<SpliceMaps, DataplaneError> {
+        let layout = kernel_layout(Path::new(kernel_btf::VMLINUX))?;
+        let mut layout_map: Array<&mut MapData, SpliceLayout> = ebpf
+            .map_mut(names::SPLICE_LAYOUT)
+            .ok_or(DataplaneError::MissingMap(names::SPLICE_LAYOUT))?
+            .try_into()
+            .map_err(map_error(names::SPLICE_LAYOUT))?;
+        // Before the attach: from its first skb on, lb_splice can cut bytes already had.
+        layout_map
+            .set(0, layout, 0)
+            .map_err(map_error(names::SPLICE_LAYOUT))?;
         let hook = take_sock_hash(ebpf, names::SPLICE_HOOK)?;
         let peers = take_sock_hash(ebpf, names::SPLICE)?;
         let wrap = program_error(names::PROG_SPLICE);
@@ -88,6 +100,14 @@ impl SpliceMaps {
         self.lock().hook.insert(cookie, socket, 0)
     }
 
+    /// Takes a socket out of `SPLICE_HOOK`: its verdict stops (the kernel restores its
+    /// data_ready), so what it receives from now on stays in its receive queue for user
+    /// space. It stays in `SPLICE` as its peer's redirect target. A socket not hooked
+    /// (or already closed, which removes it from every socket map) is left as it is.
+    pub fn unhook(&self, cookie: u64) {
+        let _ = self.lock().hook.remove(&cookie);
+    }
+
     /// Removes the pair's entries (missing ones are fine: closing a socket removes it
     /// from every socket map by itself).
     pub fn leave(&self, client_cookie: u64, backend_cookie: u64) {
@@ -99,6 +119,18 @@ impl SpliceMaps {
             let _ = m.peers.remove(&c);
         }
     }
+}
+
+/// The offsets of the kernel fields `lb_splice` reads (see `SpliceLayout`), from the BTF
+/// at `btf` (the running kernel's).
+fn kernel_layout(btf: &Path) -> Result<SpliceLayout, BtfError> {
+    let btf = Btf::read(btf)?;
+    Ok(SpliceLayout {
+        skb_sk: btf.member_offset("sk_buff", "sk")?,
+        skb_seq: btf.member_offset("sk_buff", "cb")? + btf.member_offset("tcp_skb_cb", "seq")?,
+        copied_seq: btf.member_offset("tcp_sock", "copied_seq")?,
+        ready: 1,
+    })
 }
 
 /// Takes a socket hash out of the object, so the returned value owns it.

@@ -88,9 +88,9 @@ fn forwarded(dst: BorrowedFd<'_>, base: &Baseline) -> io::Result<u64> {
 /// Where a direction of the sockmap engine stands.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Phase {
-    /// Moved by the pipe engine: at the start (until the source's receive queue holds no
-    /// partly read skb, see `sockmap_engine`), when the source could not be hooked, and
-    /// for the tail after EOF.
+    /// Moved by the pipe engine: at the start (until the source is quiescent, see
+    /// `sockmap_engine`), when the source could not be hooked, and for the tail after
+    /// EOF (then no longer hooked).
     Pipe,
     /// The source is hooked: the verdict redirects its bytes to the destination.
     Kernel,
@@ -121,10 +121,12 @@ impl MapDir {
     /// the socket lock, and every skb before the FIN was queued before it); what it did
     /// not take is still in the receive queue (the socket leaves the maps, verdict and
     /// all, when it closes: on a FIN received after our own FIN, the skb carrying that
-    /// FIN stays queued). SIOCINQ counts that rest either way (0 while still hooked).
-    /// Once flushed, returns how many of the source's bytes are still to forward: the
-    /// received ones not yet in `dst`. That, not SIOCINQ, bounds what the pipe then
-    /// reads, so a byte the kernel forwarded is never sent twice.
+    /// FIN stays queued). SIOCINQ counts that rest once the socket has left the maps;
+    /// while it is in one it reports the sockmap's own receive queue (tcp_bpf_ioctl on
+    /// 6.18), which stays empty here, so 0. Once flushed, returns how many of the
+    /// source's bytes are still to forward: the received ones not yet in `dst`. That, not
+    /// SIOCINQ, bounds what the pipe then reads, so a byte the kernel forwarded is never
+    /// sent twice.
     fn tail_flushed(
         &self,
         src: &TcpStream,
@@ -199,14 +201,16 @@ async fn socket_event(s: &TcpStream) -> io::Result<Event> {
 ///
 /// Each direction starts on the pipe engine and moves to the kernel when its source is
 /// quiescent: its pipe is empty and a splice from it found nothing. Only then is it
-/// hooked, because the verdict reads whole skbs from the head of the receive queue
-/// (tcp_read_skb) and ignores how much of the first one user space already read: an
-/// skb partly read before the hand-off (an --accept-proxy header, a read that stopped
-/// mid-skb) would be forwarded whole, its first bytes twice (seen on 6.18). A splice
-/// that comes back empty leaves no partly read skb, and whatever arrives after it is
-/// whole skbs, which the verdict forwards in order behind the bytes the pipe already
-/// delivered. A direction whose source never goes quiet (its destination never drains
-/// the pipe) simply stays on the pipe engine.
+/// hooked: with the pipe empty every byte user space took is in the destination, so
+/// the verdict's bytes queue behind them, in order. A splice that comes back empty also
+/// leaves no partly read skb at the head of the receive queue; the verdict reads whole
+/// skbs from there (tcp_read_skb), and `lb_splice` cuts off what the socket already
+/// passed on (bytes before its `copied_seq`: an skb read partly before the hand-off, an
+/// --accept-proxy header, or a retransmission overlapping received bytes), so a byte
+/// still goes out once if one were there. Whatever arrives after the empty splice is
+/// forwarded in order behind the bytes the pipe already delivered. A direction whose
+/// source never goes quiet (its destination never drains the pipe) simply stays on the
+/// pipe engine.
 pub(super) async fn sockmap_engine(
     client: &TcpStream,
     backend: &TcpStream,
@@ -291,7 +295,12 @@ pub(super) async fn sockmap_engine(
                 Phase::Kernel => {}
                 Phase::Tail => match dir.tail_flushed(src, src_base, dst, dst_base) {
                     Ok(Some(missing)) => {
-                        // The pipe moves what the kernel did not, and no more.
+                        // The pipe moves what the kernel did not, and no more. The
+                        // source leaves SPLICE_HOOK first, which stops its verdict: no
+                        // skb can then be taken by both (the verdict would also cut
+                        // what the pipe read, by copied_seq, but not run at all is
+                        // simpler to trust). A socket that already left is fine.
+                        maps.unhook(src_cookie);
                         dir.pipe.read_limit = Some(missing);
                         dir.phase = Phase::Pipe;
                         moved = true;
