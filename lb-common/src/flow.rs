@@ -226,6 +226,8 @@ mod tests {
         snat_port_max: 2,
         source_rate: 0,
         source_burst: 0,
+        snat_addrs: [0; 2],
+        _pad: [0; 6],
     };
 
     fn flow(last_seen_ns: u64, flags: u8) -> FlowState {

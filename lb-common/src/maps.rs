@@ -148,7 +148,10 @@ pub struct FlowState {
     pub snat_port: u16,
     /// `FLOW_*` bits.
     pub flags: u8,
-    pub _pad: u8,
+    /// Which SNAT address the flow uses: 0 the backend's own (`Backend::snat_addr`, the
+    /// family's first configured one or the egress address), else that entry of the
+    /// family's `SNAT_ADDRS`.
+    pub snat_idx: u8,
     /// Once the flow closes: the sequence number after the client's last segment (the
     /// backend's `rcv_nxt`), host order.
     pub close_seq: u32,
@@ -219,8 +222,25 @@ pub struct GlobalConfig {
     /// How many new flows a source may open at once before `source_rate` applies (the
     /// token bucket's size); at least 1 when `source_rate` is set.
     pub source_burst: u32,
+    /// SNAT addresses in `SNAT_ADDRS` per family (IPv4, IPv6); 0 or 1: each backend's
+    /// own address only.
+    pub snat_addrs: [u8; 2],
+    pub _pad: [u8; 6],
 }
-const _: () = assert!(size_of::<GlobalConfig>() == 40);
+const _: () = assert!(size_of::<GlobalConfig>() == 48);
+
+impl GlobalConfig {
+    /// The SNAT addresses of a family in `SNAT_ADDRS`.
+    #[inline(always)]
+    pub fn snat_addr_count(&self, family: u8) -> u32 {
+        let n = if family == FAMILY_V6 {
+            self.snat_addrs[1]
+        } else {
+            self.snat_addrs[0]
+        };
+        (n as u32).min(MAX_SNAT_ADDRS)
+    }
+}
 
 /// Where the sockmap splice verdict finds two kernel fields it needs, as byte offsets
 /// read from the running kernel's BTF by the daemon: the single entry of the
@@ -241,6 +261,20 @@ pub struct SpliceLayout {
     pub ready: u32,
 }
 const _: () = assert!(size_of::<SpliceLayout>() == 16);
+
+/// SNAT addresses per address family (`--snat-ip` repeated): `SNAT_ADDRS` holds the
+/// IPv4 ones at 0.. and the IPv6 ones from this index on.
+pub const MAX_SNAT_ADDRS: u32 = 8;
+
+/// The index in `SNAT_ADDRS` of a family's first address.
+#[inline(always)]
+pub fn snat_addrs_base(family: u8) -> u32 {
+    if family == FAMILY_V6 {
+        MAX_SNAT_ADDRS
+    } else {
+        0
+    }
+}
 
 /// Sources whose new-flow rate is tracked at once (`SOURCE_BUCKETS`); the least
 /// recently used one is forgotten when a new source comes.
@@ -316,6 +350,8 @@ pub mod names {
     pub const NEXT_HOPS: &str = "NEXT_HOPS";
     /// Source ([`super::SourceKey`]) → its new-flow token bucket (see `source_limit`).
     pub const SOURCE_BUCKETS: &str = "SOURCE_BUCKETS";
+    /// The configured SNAT addresses (`[u32; 4]` words), see `MAX_SNAT_ADDRS`.
+    pub const SNAT_ADDRS: &str = "SNAT_ADDRS";
     /// Proxy VIP:port ([`super::VipKey`]) → `u32` index into `PROXY_LISTENERS`.
     pub const PROXY_VIPS: &str = "PROXY_VIPS";
     /// SockMap of the daemon's proxy listening sockets (`sk_lookup` targets).

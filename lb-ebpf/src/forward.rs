@@ -19,7 +19,7 @@ use crate::{
     parse::Packet,
     reset,
     select::{OK, new_flow},
-    sequence, source_limit,
+    sequence, snat, source_limit,
     stack::zeroed,
     traffic::{Dir, service_traffic},
     verdict::Verdict,
@@ -94,6 +94,10 @@ fn existing_flow(ctx: &XdpContext, pkt: &Packet, cfg: &GlobalConfig, t: &mut Tar
             record_close(fs, &seq);
         }
     }
-    t.set_forward(b, fs.backend, fs.snat_port);
+    if !snat::address(b, pkt.key.family, u32::from(fs.snat_idx), t) {
+        return false;
+    }
+    t.sport = fs.snat_port;
+    t.set_forward(b, fs.backend);
     true
 }

@@ -13,8 +13,8 @@ use lb_common::{
     counters::NUM_COUNTERS,
     maps::{
         Backend, DEFAULT_RING_SIZE, FlowKey, FlowState, GlobalConfig, MAX_BACKENDS, MAX_IFACES,
-        MAX_PROXY_LISTENERS, MAX_SERVICES, MAX_SOURCES, NextHop, ReverseNat, Service, SourceKey,
-        SpliceLayout, TrafficCounters, VipKey,
+        MAX_PROXY_LISTENERS, MAX_SERVICES, MAX_SNAT_ADDRS, MAX_SOURCES, NextHop, ReverseNat,
+        Service, SourceKey, SpliceLayout, TrafficCounters, VipKey,
     },
 };
 
@@ -66,6 +66,11 @@ pub static NEXT_HOPS: PerCpuArray<NextHop> = PerCpuArray::with_max_entries(MAX_B
 
 /// Source (IPv4 address, IPv6 /64) → its new-flow token bucket (`lb_common::source_limit`:
 /// when the bucket is next full, coarse ns); written and read by the forward path for
+/// The configured SNAT addresses, IPv4 then IPv6 (`lb_common::maps::snat_addrs_base`),
+/// as network order words; written by the daemon at start, read by the forward path.
+#[map]
+pub static SNAT_ADDRS: Array<[u32; 4]> = Array::with_max_entries(2 * MAX_SNAT_ADDRS, 0);
+
 /// SYNs that would open a flow, only while `--source-rate` is set. Shared by all CPUs, so
 /// concurrent SYNs of one source may each take the same token (a small overshoot).
 #[map]

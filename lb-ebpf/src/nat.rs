@@ -28,15 +28,18 @@ pub struct Target {
     pub dport: u16,
     pub backend: u32,
     pub service: u32,
+    /// Forward direction: which of the family's SNAT addresses `src` is
+    /// (`FlowState::snat_idx`).
+    pub snat_idx: u8,
+    pub _pad: [u8; 3],
 }
 
 impl Target {
-    /// Client → VIP becomes SNAT address:port → backend.
+    /// Client → VIP becomes SNAT address:port → backend; the SNAT address and port
+    /// (`src`, `sport`, `snat_idx`) are already set (`snat`).
     #[inline(always)]
-    pub fn set_forward(&mut self, b: &Backend, id: u32, snat_port: u16) {
-        self.src = b.snat_addr;
+    pub fn set_forward(&mut self, b: &Backend, id: u32) {
         self.dst = b.addr;
-        self.sport = snat_port;
         self.dport = b.port;
         self.backend = id;
     }

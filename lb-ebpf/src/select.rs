@@ -72,15 +72,15 @@ pub fn new_flow(
         hash,
         opening: seq.opening(),
     };
-    let Some(snat_port) = claim_snat_port(pkt, cfg, b, &ids) else {
+    if !claim_snat_port(pkt, cfg, b, &ids, t) {
         return counters::DROP_SNAT_EXHAUSTED;
-    };
+    }
     let fs = FlowState {
         last_seen_ns: pkt.now,
         backend: id,
-        snat_port,
+        snat_port: t.sport,
         flags: flow::new_flow_flags(pkt.tcp_flags),
-        _pad: 0,
+        snat_idx: t.snat_idx,
         close_seq: 0,
         close_tsval: 0,
     };
@@ -88,6 +88,6 @@ pub fn new_flow(
         return counters::DROP_FLOW_TABLE_FULL;
     }
     traffic::new_flow(svc.id, id);
-    t.set_forward(b, id, snat_port);
+    t.set_forward(b, id);
     OK
 }

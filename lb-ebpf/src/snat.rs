@@ -1,14 +1,16 @@
-//! SNAT ports: a new flow claims the source port it uses toward its backend by
-//! inserting the reverse NAT entry that maps the backend's replies back to it.
+//! SNAT addresses and ports: a new flow claims the source address and port it uses
+//! toward its backend by inserting the reverse NAT entry that maps the backend's
+//! replies back to it.
 
 use aya_ebpf::bindings::{BPF_ANY, BPF_NOEXIST};
 use lb_common::{
     flow::{self, Opening},
-    maps::{Backend, FlowKey, GlobalConfig, ReverseNat},
+    maps::{Backend, FlowKey, GlobalConfig, ReverseNat, snat_addrs_base},
 };
 
 use crate::{
-    maps::{FLOWS, REVERSE_NAT},
+    maps::{FLOWS, REVERSE_NAT, SNAT_ADDRS},
+    nat::Target,
     parse::Packet,
 };
 
@@ -25,24 +27,65 @@ pub struct Ids {
     pub opening: Opening,
 }
 
-/// Claims a SNAT port toward backend `b` by inserting the reverse NAT entry; returns the
-/// port (network order). Candidates start at a port derived from the flow hash (so a
-/// flow re-created after eviction likely gets its old port back) and go up by one,
-/// wrapping inside the range. A taken port is reused if the entry is stale (its flow is
-/// gone or moved), this flow's own, or its flow is over as far as the backend is
-/// concerned for a connection opening with `ids.opening` (`flow::port_free_for`).
+/// Claims a SNAT address and port toward backend `b` by inserting the reverse NAT entry,
+/// and sets them in `t` (`src`, `sport`, `snat_idx`). With several SNAT addresses for
+/// the family, the flow hash picks one and the next is tried if the first has no port
+/// free among the probes.
 #[inline(never)]
-pub fn claim_snat_port(pkt: &Packet, cfg: &GlobalConfig, b: &Backend, ids: &Ids) -> Option<u16> {
+pub fn claim_snat_port(
+    pkt: &Packet,
+    cfg: &GlobalConfig,
+    b: &Backend,
+    ids: &Ids,
+    t: &mut Target,
+) -> bool {
+    let n = cfg.snat_addr_count(pkt.key.family);
+    let first = if n > 1 {
+        ids.hash.rotate_right(8) % n
+    } else {
+        0
+    };
+    if address(b, pkt.key.family, first, t) && claim_on(pkt, cfg, b, ids, t) {
+        return true;
+    }
+    n > 1 && address(b, pkt.key.family, (first + 1) % n, t) && claim_on(pkt, cfg, b, ids, t)
+}
+
+/// Sets SNAT address `idx` (see `FlowState::snat_idx`) as `t`'s source; false if the
+/// daemon wrote no such entry.
+#[inline(always)]
+pub fn address(b: &Backend, family: u8, idx: u32, t: &mut Target) -> bool {
+    t.snat_idx = idx as u8;
+    if idx == 0 {
+        t.src = b.snat_addr;
+        return true;
+    }
+    match SNAT_ADDRS.get(snat_addrs_base(family) + idx) {
+        Some(a) => {
+            t.src = *a;
+            true
+        }
+        None => false,
+    }
+}
+
+/// Claims a port on the address in `t.src`, into `t.sport`. Candidates start at a port derived from the flow hash
+/// (so a flow re-created after eviction likely gets its old port back) and go up by
+/// one, wrapping inside the range. A taken port is reused if the entry is stale (its
+/// flow is gone or moved), this flow's own, or its flow is over as far as the backend
+/// is concerned for a connection opening with `ids.opening` (`flow::port_free_for`).
+#[inline(never)]
+fn claim_on(pkt: &Packet, cfg: &GlobalConfig, b: &Backend, ids: &Ids, t: &mut Target) -> bool {
     let (min, max) = (cfg.snat_port_min, cfg.snat_port_max);
     if min == 0 || max < min {
-        return None;
+        return false;
     }
     let range = (max - min) as u32 + 1;
     // Other bits of the hash than the Maglev slot's, so the flows of a slot spread.
     let first = ids.hash.rotate_right(16) % range;
-    let key = FlowKey {
+    let mut key = FlowKey {
         src: b.addr,
-        dst: b.snat_addr,
+        dst: t.src,
         sport: b.port,
         dport: 0,
         proto: pkt.key.proto,
@@ -54,36 +97,36 @@ pub fn claim_snat_port(pkt: &Packet, cfg: &GlobalConfig, b: &Backend, ids: &Ids)
         backend: ids.backend,
         service_id: ids.service,
     };
-    let mut key = key;
     let mut i = 0;
     while i < SNAT_PROBES {
         let port = (min + ((first + i) % range) as u16).to_be();
         key.dport = port;
+        t.sport = port;
         if REVERSE_NAT.insert(&key, &val, BPF_NOEXIST as u64).is_ok() {
-            return Some(port);
+            return true;
         }
         if let Some(old) = REVERSE_NAT.get_ptr(&key) {
             // SAFETY: a map value stays valid for the whole program run.
-            if reusable(unsafe { &*old }, pkt, port, cfg, &ids.opening)
+            if reusable(unsafe { &*old }, pkt, t, cfg, &ids.opening)
                 && REVERSE_NAT.insert(&key, &val, BPF_ANY as u64).is_ok()
             {
-                return Some(port);
+                return true;
             }
         }
         i += 1;
     }
-    None
+    false
 }
 
 /// Whether the reverse NAT entry holding `port` may be taken over by the packet's flow:
-/// it is stale (its flow is gone, or uses another backend or port), the flow's own
+/// it is stale (its flow is gone, or uses another backend, address or port), the flow's own
 /// while open (re-created after it expired), or its flow leaves the backend ready for
 /// `opening`. Not inlined: keeps the comparison's loads off the probe loop's stack.
 #[inline(never)]
 fn reusable(
     old: &ReverseNat,
     pkt: &Packet,
-    port: u16,
+    at: &Target,
     cfg: &GlobalConfig,
     opening: &Opening,
 ) -> bool {
@@ -92,7 +135,7 @@ fn reusable(
     };
     // SAFETY: a map value stays valid for the whole program run.
     let fs = unsafe { &*fs };
-    if fs.backend != old.backend || fs.snat_port != port {
+    if fs.backend != old.backend || fs.snat_port != at.sport || fs.snat_idx != at.snat_idx {
         return true;
     }
     if old.flow == pkt.key && !flow::closed(fs.flags) {

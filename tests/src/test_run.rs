@@ -7,7 +7,7 @@
 //! neighbours), entered on the calling thread: `lb0` faces the backends, `lb1` the clients.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use anyhow::{Context, Result};
@@ -235,6 +235,9 @@ struct Reloadable {
     timeouts: Timeouts,
     /// `source_rate` and `source_burst`; `None`: the key is left out.
     source_limit: (Option<u32>, Option<u32>),
+    /// IPv4 SNAT addresses after the plan's own (a restart setting for the daemon; the
+    /// bed writes it as the daemon does at start).
+    more_snat4: &'static [Ipv4Addr],
 }
 
 /// The config file of the namespace's LB: its interfaces, timeouts, source limit, ring
@@ -268,7 +271,13 @@ fn config_text(ifaces: &[&str], r: Reloadable) -> String {
         t.idle,
         t.closed,
         t.half_open,
-        list(vec![p4.snat.to_string(), p6.snat.to_string()]),
+        list(
+            [p4.snat, p6.snat]
+                .into_iter()
+                .chain(r.more_snat4.iter().map(|a| IpAddr::V4(*a)))
+                .map(|a| a.to_string())
+                .collect()
+        ),
         service("web4", &p4),
         service("web6", &p6),
     )
@@ -340,6 +349,7 @@ impl TestRun {
         let reloadable = Reloadable {
             timeouts: DEFAULT_TIMEOUTS,
             source_limit: (None, None),
+            more_snat4: &[],
         };
         let cfg = config_from_text(&config_text(ifaces, reloadable)).expect("config");
         let mut dp = Dataplane::load(&cfg).expect("load the eBPF object (needs root)");
@@ -374,6 +384,12 @@ impl TestRun {
     /// as a daemon reload does; `None` leaves the key out.
     pub fn set_source_limit(&mut self, rate: Option<u32>, burst: Option<u32>) {
         self.reloadable.source_limit = (rate, burst);
+        self.reload_globals();
+    }
+
+    /// Adds IPv4 SNAT addresses after the plan's own.
+    pub fn set_more_snat4(&mut self, addrs: &'static [Ipv4Addr]) {
+        self.reloadable.more_snat4 = addrs;
         self.reload_globals();
     }
 

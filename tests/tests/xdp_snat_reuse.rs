@@ -6,11 +6,13 @@
 //! applies it to real segments: sequence numbers, TCP timestamps, closing order).
 //!
 //! Each case makes a second client whose first candidate port is the port under test,
-//! so where that client lands says whether the port was free.
+//! so where that client lands says whether the port was free. Several SNAT addresses
+//! each have their own ports.
 //!
 //! Needs root and a kernel with BPF_PROG_TEST_RUN for XDP: without either the tests fail
 //! (never skip) and say what is missing.
 
+use std::net::{IpAddr, Ipv4Addr};
 use std::thread::sleep;
 use std::time::Duration;
 
@@ -284,4 +286,55 @@ fn a_syn_on_a_closed_flow_opens_a_new_half_open_flow() {
     let got = port_of(&mut lb, &segment(&p, CLIENT_PORT, SYN, 7, Some(ts + 1500)));
     assert_ne!(got, port);
     assert_eq!(lb.service_stats(&p).new_flows, 3);
+}
+
+/// A second IPv4 SNAT address (198.18.0.0/15, like the plan's).
+const SECOND_SNAT: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 201);
+
+#[test]
+fn flows_spread_over_the_snat_addresses_and_each_address_has_its_own_ports() {
+    let p = plan4();
+    let mut lb = serving(&p, "5s");
+    lb.set_more_snat4(&[SECOND_SNAT]);
+    let second = IpAddr::V4(SECOND_SNAT);
+    // Three times the flows one address has ports for (SNAT_MIN..=SNAT_MAX).
+    let range = usize::from(SNAT_MAX - SNAT_MIN) + 1;
+    let mut on = std::collections::HashMap::<IpAddr, usize>::new();
+    let mut last_on_second = None;
+    for c in 20_000..20_000 + (range * 3 / 2) as u16 {
+        let (action, out) = lb.from_client(&p.from_client(c, SYN).build());
+        if action != Action::Redirect {
+            continue;
+        }
+        let got = decode(&out).unwrap();
+        *on.entry(got.src).or_default() += 1;
+        if got.src == second {
+            last_on_second = Some((c, got.sport));
+        }
+    }
+    let total: usize = on.values().sum();
+    assert!(
+        total > range,
+        "{total} flows found SNAT ports: more than one address holds ({range}); {on:?}"
+    );
+    assert_eq!(on.len(), 2, "both addresses carry flows: {on:?}");
+    assert!(on.values().all(|&n| n > range / 2), "{on:?}");
+
+    // A flow on the second address keeps it, and its backend's replies come back.
+    let (c, port) = last_on_second.expect("a flow on the second address");
+    assert_eq!(lb.flow(p.client_key(c)).unwrap().snat_idx, 1);
+    let (action, out) = lb.from_client(&p.from_client(c, ACK).build());
+    assert_eq!(action, Action::Redirect);
+    let got = decode(&out).unwrap();
+    assert_eq!(
+        (got.src, got.sport),
+        (second, port),
+        "the flow's next segment"
+    );
+    let mut reply = p.from_backend(0, port, SYN | ACK);
+    reply.dst = second;
+    let (action, out) = lb.from_backend(&reply.build());
+    assert_eq!(action, Action::Redirect, "reply to the second address");
+    let got = decode(&out).unwrap();
+    assert_eq!((got.src, got.dst, got.dport), (p.vip, p.client, c));
 }

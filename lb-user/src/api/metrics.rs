@@ -245,10 +245,12 @@ pub fn render(r: &Report) -> String {
         backends().map(|(l, b)| (l, b.weight)),
     );
     let snat: Vec<(Labels<'_>, &SnatPorts)> = backends()
-        .filter_map(|(mut l, b)| {
-            let p = b.snat.as_ref()?;
-            l.push(("snat_addr", p.addr.as_str()));
-            Some((l, p))
+        .flat_map(|(l, b)| {
+            b.snat.iter().map(move |p| {
+                let mut l = l.clone();
+                l.push(("snat_addr", p.addr.as_str()));
+                (l, p)
+            })
         })
         .collect();
     if !snat.is_empty() {
@@ -438,12 +440,12 @@ mod tests {
                         bytes_out: 4000,
                         new_flows: 4,
                     },
-                    snat: Some(SnatPorts {
+                    snat: vec![SnatPorts {
                         addr: "fd00::9".into(),
                         in_use: 3,
                         time_wait: 1,
                         free: 96,
-                    }),
+                    }],
                 }],
                 proxy: None,
             }],

@@ -81,9 +81,9 @@ pub struct BackendReport {
     #[serde(default)]
     pub health: Option<HealthReport>,
     pub counters: Counters,
-    /// The SNAT ports toward this backend (NAT services).
+    /// The SNAT ports toward this backend, per SNAT address (NAT services).
     #[serde(default)]
-    pub snat: Option<SnatPorts>,
+    pub snat: Vec<SnatPorts>,
 }
 
 /// How the SNAT ports of one backend's SNAT address are held, by the rule the XDP
@@ -172,51 +172,73 @@ fn active_per_backend(
     active
 }
 
-/// Per backend id: how many SNAT ports its flows hold in use and in TIME_WAIT. A port
-/// is counted once, by the strongest hold of the entries naming it (an entry left by a
-/// flow that moved to another port or backend may still name it).
+/// Per backend id and SNAT address index (`FlowState::snat_idx`): how many SNAT ports
+/// its flows hold in use and in TIME_WAIT. A port is counted once, by the strongest hold
+/// of the entries naming it (an entry left by a flow that moved may still name it).
 fn snat_holds(
     entries: impl IntoIterator<Item = FlowState>,
     cfg: &GlobalConfig,
     now: u64,
-) -> StdHashMap<u32, (u64, u64)> {
-    let mut ports: StdHashMap<(u32, u16), PortHold> = StdHashMap::new();
+) -> StdHashMap<(u32, u8), (u64, u64)> {
+    let mut ports: StdHashMap<(u32, u8, u16), PortHold> = StdHashMap::new();
     for fs in entries {
         let hold = port_hold(&fs, cfg, now);
         if hold == PortHold::Free {
             continue;
         }
-        let e = ports.entry((fs.backend, fs.snat_port)).or_insert(hold);
+        let e = ports
+            .entry((fs.backend, fs.snat_idx, fs.snat_port))
+            .or_insert(hold);
         if hold == PortHold::InUse {
             *e = hold;
         }
     }
-    let mut per_backend = StdHashMap::new();
-    for ((backend, _), hold) in ports {
-        let (in_use, time_wait) = per_backend.entry(backend).or_insert((0, 0));
+    let mut held = StdHashMap::new();
+    for ((backend, idx, _), hold) in ports {
+        let (in_use, time_wait) = held.entry((backend, idx)).or_insert((0, 0));
         match hold {
             PortHold::InUse => *in_use += 1,
             _ => *time_wait += 1,
         }
     }
-    per_backend
+    held
 }
 
-/// The SNAT ports of backend `b` (None for a backend without a SNAT address: proxy
-/// services), given its flows' holds and the configured range.
-fn snat_ports(b: &Backend, holds: Option<&(u64, u64)>, cfg: &GlobalConfig) -> Option<SnatPorts> {
-    let addr = lb_common::addr::words_to_ip(b.snat_addr, b.family)?;
-    if addr.is_unspecified() || cfg.snat_port_max < cfg.snat_port_min {
-        return None;
+/// The SNAT ports of backend `b` (id `id`) on each of its SNAT addresses: its own, then
+/// the family's others from `pool` (`SNAT_ADDRS`); none for a backend without a SNAT
+/// address.
+fn snat_ports(
+    id: u32,
+    b: &Backend,
+    pool: &[[u32; 4]],
+    holds: &StdHashMap<(u32, u8), (u64, u64)>,
+    cfg: &GlobalConfig,
+) -> Vec<SnatPorts> {
+    let Some(own) = lb_common::addr::words_to_ip(b.snat_addr, b.family) else {
+        return Vec::new();
+    };
+    if own.is_unspecified() || cfg.snat_port_max < cfg.snat_port_min {
+        return Vec::new();
     }
     let range = u64::from(cfg.snat_port_max - cfg.snat_port_min) + 1;
-    let (in_use, time_wait) = holds.copied().unwrap_or((0, 0));
-    Some(SnatPorts {
-        addr: addr.to_string(),
-        in_use,
-        time_wait,
-        free: range.saturating_sub(in_use + time_wait),
-    })
+    let base = m::snat_addrs_base(b.family) as usize;
+    let count = cfg.snat_addr_count(b.family) as usize;
+    let others = (1..count)
+        .filter_map(|i| pool.get(base + i))
+        .filter_map(|w| lb_common::addr::words_to_ip(*w, b.family));
+    std::iter::once(own)
+        .chain(others)
+        .enumerate()
+        .map(|(idx, addr)| {
+            let (in_use, time_wait) = holds.get(&(id, idx as u8)).copied().unwrap_or((0, 0));
+            SnatPorts {
+                addr: addr.to_string(),
+                in_use,
+                time_wait,
+                free: range.saturating_sub(in_use + time_wait),
+            }
+        })
+        .collect()
 }
 
 /// Name of a `BACKEND_*` state of the backend map.
@@ -309,6 +331,16 @@ pub fn collect_from(rec: &RuntimeRecord) -> Result<Report, StatsError> {
     let flows = entries.len() as u64;
     let active = active_per_backend(entries.iter().copied(), &config, now);
     let holds = snat_holds(entries, &config, now);
+    // The SNAT address pool (absent in a daemon older than it: each backend's own only).
+    let pool: Vec<[u32; 4]> = match open(rec, names::SNAT_ADDRS) {
+        Ok(map) => {
+            let a = Array::<MapData, [u32; 4]>::try_from(map)
+                .map_err(map_err(names::SNAT_ADDRS, rec))?;
+            a.iter().filter_map(|v| v.ok()).collect()
+        }
+        Err(StatsError::Unrecorded(_)) => Vec::new(),
+        Err(e) => return Err(e),
+    };
 
     let mut services = Vec::new();
     for s in &rec.services {
@@ -330,9 +362,11 @@ pub fn collect_from(rec: &RuntimeRecord) -> Result<Report, StatsError> {
                 active_flows: active.get(&b.id).copied().unwrap_or(0),
                 health: None,
                 counters: c.into(),
-                snat: (s.mode == crate::config::Mode::Nat.name())
-                    .then(|| snat_ports(&mb, holds.get(&b.id), &config))
-                    .flatten(),
+                snat: if s.mode == crate::config::Mode::Nat.name() {
+                    snat_ports(b.id, &mb, &pool, &holds, &config)
+                } else {
+                    Vec::new()
+                },
             });
         }
         let c = traffic(&svc_stats, s.id).map_err(map_err(names::SERVICE_STATS, rec))?;
@@ -422,12 +456,12 @@ pub(crate) mod tests {
                             latency: latency.clone(),
                         }),
                         counters: counters(10 * scale, 4096 * scale, 2048 * scale, 50 * scale),
-                        snat: Some(SnatPorts {
+                        snat: vec![SnatPorts {
                             addr: "198.18.1.1".into(),
                             in_use: 7,
                             time_wait: 2,
                             free: 22_759,
-                        }),
+                        }],
                     },
                     BackendReport {
                         addr: "198.18.1.12:80".into(),
@@ -443,12 +477,12 @@ pub(crate) mod tests {
                             latency,
                         }),
                         counters: Counters::default(),
-                        snat: Some(SnatPorts {
+                        snat: vec![SnatPorts {
                             addr: "198.18.1.1".into(),
                             in_use: 0,
                             time_wait: 0,
                             free: 22_768,
-                        }),
+                        }],
                     },
                 ],
                 proxy: None,
@@ -495,59 +529,69 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn snat_ports_count_each_port_once_by_its_strongest_hold() {
+    fn snat_ports_count_each_port_once_by_its_strongest_hold_per_address() {
         let cfg = GlobalConfig {
             idle_timeout_ns: 1_000,
             closed_timeout_ns: 100,
             ..Default::default()
         };
         let now = 10_000;
-        let on = |backend: u32, port: u16, last_seen_ns: u64, flags: u8| FlowState {
+        let on = |backend: u32, idx: u8, port: u16, last_seen_ns: u64, flags: u8| FlowState {
             snat_port: port.to_be(),
+            snat_idx: idx,
             ..flow(backend, last_seen_ns, flags)
         };
         let open = m::FLOW_REPLIED | m::FLOW_ESTABLISHED;
         let tw = open | m::FLOW_CLOSED | m::FLOW_BACKEND_TIME_WAIT;
         let holds = snat_holds(
             [
-                on(1, 100, 9_900, open),                                     // in use
-                on(1, 101, 9_900, tw),                                       // TIME_WAIT
-                on(1, 101, 9_950, open), // the same port, in use again
-                on(1, 102, 9_900, tw),   // TIME_WAIT
-                on(1, 103, 9_900, open | m::FLOW_RST), // reset: free
-                on(1, 104, 8_000, open), // idle past the timeout: free
-                on(2, 100, 9_900, m::FLOW_CLOSED | open), // the backend's LAST_ACK: in use
-                on(2, 101, 9_900, m::FLOW_CLOSED | open | m::FLOW_LAST_ACK), // free
+                on(1, 0, 100, 9_900, open),                                     // in use
+                on(1, 0, 101, 9_900, tw),                                       // TIME_WAIT
+                on(1, 0, 101, 9_950, open), // the same port, in use again
+                on(1, 0, 102, 9_900, tw),   // TIME_WAIT
+                on(1, 0, 103, 9_900, open | m::FLOW_RST), // reset: free
+                on(1, 0, 104, 8_000, open), // idle past the timeout: free
+                on(1, 1, 100, 9_900, open), // the same port on the 2nd address
+                on(2, 0, 100, 9_900, m::FLOW_CLOSED | open), // the backend's LAST_ACK: in use
+                on(2, 0, 101, 9_900, m::FLOW_CLOSED | open | m::FLOW_LAST_ACK), // free
             ],
             &cfg,
             now,
         );
-        assert_eq!(holds.get(&1), Some(&(2, 1)));
-        assert_eq!(holds.get(&2), Some(&(1, 0)));
+        assert_eq!(holds.get(&(1, 0)), Some(&(2, 1)));
+        assert_eq!(holds.get(&(1, 1)), Some(&(1, 0)));
+        assert_eq!(holds.get(&(2, 0)), Some(&(1, 0)));
+        let ip = |a: [u8; 4]| [u32::from_ne_bytes(a), 0, 0, 0];
         let cfg = GlobalConfig {
             snat_port_min: 10_000,
             snat_port_max: 10_099,
+            snat_addrs: [2, 0],
             ..cfg
         };
+        let pool = [ip([198, 18, 1, 1]), ip([198, 18, 1, 2])];
         let b = Backend {
-            snat_addr: [u32::from_ne_bytes([198, 18, 1, 1]), 0, 0, 0],
+            snat_addr: ip([198, 18, 1, 1]),
             family: m::FAMILY_V4,
             ..Default::default()
         };
+        let ports = |addr: &str, in_use, time_wait| SnatPorts {
+            addr: addr.into(),
+            in_use,
+            time_wait,
+            free: 100 - in_use - time_wait,
+        };
         assert_eq!(
-            snat_ports(&b, holds.get(&1), &cfg),
-            Some(SnatPorts {
-                addr: "198.18.1.1".into(),
-                in_use: 2,
-                time_wait: 1,
-                free: 97,
-            })
+            snat_ports(1, &b, &pool, &holds, &cfg),
+            [ports("198.18.1.1", 2, 1), ports("198.18.1.2", 1, 0)]
         );
         let none = Backend {
             family: m::FAMILY_V4,
             ..Default::default()
         };
-        assert_eq!(snat_ports(&none, None, &cfg), None, "no SNAT address");
+        assert!(
+            snat_ports(1, &none, &pool, &holds, &cfg).is_empty(),
+            "no SNAT address"
+        );
     }
 
     #[test]

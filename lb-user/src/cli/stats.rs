@@ -379,7 +379,7 @@ const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
 /// A line per backend with SNAT ports: how they are held (see `SnatPorts`).
 fn snat_lines(out: &mut String, s: &ServiceReport) {
     for b in &s.backends {
-        if let Some(p) = &b.snat {
+        for p in &b.snat {
             let _ = writeln!(
                 out,
                 "  snat {} -> {}: ports {} in use, {} in the backend's TIME_WAIT, {} free",

@@ -8,7 +8,7 @@ use super::service::services;
 use super::values::{parse_duration, parse_port_range};
 use super::*;
 use lb_common::maglev::is_prime;
-use lb_common::maps::{DEFAULT_RING_SIZE, MAX_BACKENDS, MAX_SERVICES};
+use lb_common::maps::{DEFAULT_RING_SIZE, MAX_BACKENDS, MAX_SERVICES, MAX_SNAT_ADDRS};
 use lb_common::source_limit::MAX_RATE;
 use std::collections::HashSet;
 
@@ -173,11 +173,15 @@ fn snat_ips(src: &Layered<'_>) -> Result<Vec<IpAddr>, ConfigError> {
         let ip: IpAddr = s
             .parse()
             .map_err(|_| ConfigError::new(loc.clone(), s, "not an IP address"))?;
-        if snat_ips.iter().any(|o| o.is_ipv4() == ip.is_ipv4()) {
+        let same_family = snat_ips.iter().filter(|o| o.is_ipv4() == ip.is_ipv4());
+        if same_family.clone().any(|o| *o == ip) {
+            return Err(ConfigError::new(loc.clone(), s, "given twice"));
+        }
+        if same_family.count() >= MAX_SNAT_ADDRS as usize {
             return Err(ConfigError::new(
                 loc.clone(),
                 s,
-                "one SNAT address per address family",
+                format!("at most {MAX_SNAT_ADDRS} SNAT addresses per address family"),
             ));
         }
         if ip.is_unspecified() || ip.is_multicast() {

@@ -141,7 +141,8 @@ pub struct Config {
     /// How long a flow whose handshake is not complete may stay idle (and hold its
     /// SNAT port).
     pub half_open_timeout: Duration,
-    /// At most one per family; unset families use the egress interface's address.
+    /// Up to `MAX_SNAT_ADDRS` per family, each backend's own first; an unset family uses
+    /// the egress interface's address.
     pub snat_ips: Vec<IpAddr>,
     pub snat_ports: (u16, u16),
     /// Where to pin the flow state (bpffs), so a crashed daemon's successor keeps it.

@@ -77,6 +77,17 @@ fn flags_build_a_service_with_defaults() {
     assert_eq!(c.ring_size, 65537);
     assert_eq!(c.idle_timeout, DEFAULT_IDLE_TIMEOUT);
     assert_eq!(c.half_open_timeout, DEFAULT_HALF_OPEN_TIMEOUT);
+    let several = with(&[
+        ("snat-ip", "198.18.0.1"),
+        ("snat-ip", "fd00::1"),
+        ("snat-ip", "198.18.0.2"),
+    ])
+    .unwrap();
+    assert_eq!(
+        several.snat_ips,
+        ["198.18.0.1", "fd00::1", "198.18.0.2"].map(|a| a.parse::<IpAddr>().unwrap()),
+        "several SNAT addresses per family, in order"
+    );
     assert_eq!(c.snat_ports, DEFAULT_SNAT_PORTS);
     assert_eq!(c.services.len(), 1);
     let s = &c.services[0];
@@ -155,9 +166,24 @@ fn every_bad_flag_is_named_with_its_value() {
         (&[("iface", "a/b")], "--iface", "a/b"),
         (&[("snat-ip", "nope")], "--snat-ip", "nope"),
         (
-            &[("snat-ip", "198.18.0.1"), ("snat-ip", "198.18.0.2")],
+            &[("snat-ip", "198.18.0.1"), ("snat-ip", "198.18.0.1")],
             "--snat-ip",
-            "198.18.0.2",
+            "198.18.0.1",
+        ),
+        (
+            &[
+                ("snat-ip", "198.18.0.1"),
+                ("snat-ip", "198.18.0.2"),
+                ("snat-ip", "198.18.0.3"),
+                ("snat-ip", "198.18.0.4"),
+                ("snat-ip", "198.18.0.5"),
+                ("snat-ip", "198.18.0.6"),
+                ("snat-ip", "198.18.0.7"),
+                ("snat-ip", "198.18.0.8"),
+                ("snat-ip", "198.18.0.9"),
+            ],
+            "--snat-ip",
+            "198.18.0.9",
         ),
         (&[("snat-ip", "0.0.0.0")], "--snat-ip", "0.0.0.0"),
         (&[("snat-ports", "80-90")], "--snat-ports", "80-90"),

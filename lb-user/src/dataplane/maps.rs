@@ -8,7 +8,9 @@ use std::net::{IpAddr, SocketAddr};
 use aya::maps::{Array, DevMapHash, HashMap, MapData, MapError, PerCpuArray, PerCpuValues};
 use lb_common::addr::ip_to_words;
 use lb_common::maglev::{MaglevBackend, build_table};
-use lb_common::maps::{Backend, GlobalConfig, Service, TrafficCounters, VipKey, names};
+use lb_common::maps::{
+    Backend, FAMILY_V6, GlobalConfig, Service, TrafficCounters, VipKey, names, snat_addrs_base,
+};
 
 use super::{Dataplane, DataplaneError, map_error};
 use crate::config::Config;
@@ -36,9 +38,23 @@ impl Dataplane {
     }
 
     /// Writes the global settings the program reads for every packet (timeouts, ring
-    /// size, SNAT ports, the per-source new-flow limit); a reload may change the
-    /// timeouts and the limit. Flows and the sources' buckets are left as they are.
+    /// size, SNAT addresses and ports, the per-source new-flow limit); a reload may
+    /// change the timeouts and the limit. Flows and the sources' buckets are left as they
+    /// are. The SNAT addresses go in before the counts that make the program use them.
     pub fn set_globals(&mut self, cfg: &Config) -> Result<(), DataplaneError> {
+        let mut counts = [0u8; 2];
+        {
+            let mut addrs: Array<&mut MapData, [u32; 4]> = self.map_mut(names::SNAT_ADDRS)?;
+            for ip in &cfg.snat_ips {
+                let (words, family) = ip_to_words(*ip);
+                let slot = usize::from(family == FAMILY_V6);
+                let index = snat_addrs_base(family) + u32::from(counts[slot]);
+                addrs
+                    .set(index, words, 0)
+                    .map_err(map_error(names::SNAT_ADDRS))?;
+                counts[slot] += 1;
+            }
+        }
         let global = GlobalConfig {
             idle_timeout_ns: cfg.idle_timeout.as_nanos() as u64,
             closed_timeout_ns: cfg.closed_timeout.as_nanos() as u64,
@@ -48,6 +64,8 @@ impl Dataplane {
             snat_port_max: cfg.snat_ports.1,
             source_rate: cfg.source_rate,
             source_burst: cfg.source_burst,
+            snat_addrs: counts,
+            _pad: [0; 6],
         };
         let mut config: Array<&mut MapData, GlobalConfig> = self.map_mut(names::CONFIG)?;
         config.set(0, global, 0).map_err(map_error(names::CONFIG))
