@@ -12,6 +12,7 @@ pub mod handoff;
 pub mod hash;
 pub mod maglev;
 pub mod maps;
+pub mod snat_probe;
 pub mod source_limit;
 pub mod tcp;
 

@@ -342,6 +342,8 @@ pub mod names {
     pub const MAGLEV: &str = "MAGLEV";
     pub const FLOWS: &str = "FLOWS";
     pub const REVERSE_NAT: &str = "REVERSE_NAT";
+    /// Half-open flows ([`FlowKey`] → [`FlowState`]), apart from `FLOWS`.
+    pub const HALF_OPEN: &str = "HALF_OPEN";
     pub const CONFIG: &str = "CONFIG";
     pub const TX_PORTS: &str = "TX_PORTS";
     pub const SERVICE_STATS: &str = "SERVICE_STATS";

@@ -1,18 +1,67 @@
-//! Flow-table entries on the packet path: the clock they are stamped with, and how a
+//! Flow-table entries on the packet path: where they live (half-open flows in
+//! `HALF_OPEN`, the others in `FLOWS`), the clock they are stamped with, and how a
 //! packet refreshes its flow. When an entry is over is `lb_common::flow`'s rule.
 
+use aya_ebpf::bindings::BPF_ANY;
 use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
     flow,
-    maps::{FLOW_BACKEND_TIME_WAIT, FLOW_CLIENT_TS, FLOW_FIN_BACKEND, FLOW_FIN_CLIENT, FlowState},
+    maps::{
+        FLOW_BACKEND_TIME_WAIT, FLOW_CLIENT_TS, FLOW_ESTABLISHED, FLOW_FIN_BACKEND,
+        FLOW_FIN_CLIENT, FlowKey, FlowState,
+    },
     tcp,
 };
 
 use crate::{
+    maps::{FLOWS, HALF_OPEN},
     parse::Packet,
     sequence::{self, Sequence},
 };
+
+/// A flow's entry and whether it is in `HALF_OPEN`.
+pub struct Entry {
+    pub state: *mut FlowState,
+    pub half_open: bool,
+}
+
+/// The entry of flow `key`, established or half-open.
+#[inline(always)]
+pub fn lookup(key: &FlowKey) -> Option<Entry> {
+    if let Some(state) = FLOWS.get_ptr_mut(key) {
+        return Some(Entry {
+            state,
+            half_open: false,
+        });
+    }
+    HALF_OPEN.get_ptr_mut(key).map(|state| Entry {
+        state,
+        half_open: true,
+    })
+}
+
+/// Enters a new flow: a half-open one in `HALF_OPEN` (and the key's old entry in
+/// `FLOWS`, a closed flow whose client reuses its port, goes), any other in `FLOWS`.
+/// False if the map refused it.
+#[inline(always)]
+pub fn insert(key: &FlowKey, fs: &FlowState) -> bool {
+    if fs.flags & FLOW_ESTABLISHED == 0 {
+        let _ = FLOWS.remove(key);
+        HALF_OPEN.insert(key, fs, BPF_ANY as u64).is_ok()
+    } else {
+        FLOWS.insert(key, fs, BPF_ANY as u64).is_ok()
+    }
+}
+
+/// Moves a half-open flow whose handshake just completed to `FLOWS`. If `FLOWS` refuses
+/// it (never for an LRU map), it stays half-open.
+#[inline(always)]
+pub fn promote(key: &FlowKey, fs: &FlowState) {
+    if FLOWS.insert(key, fs, BPF_ANY as u64).is_ok() {
+        let _ = HALF_OPEN.remove(key);
+    }
+}
 
 /// CLOCK_MONOTONIC to the last tick: enough for timeouts of seconds, and in a VM it
 /// reads no clock source (the precise `bpf_ktime_get_ns` reads the TSC through the

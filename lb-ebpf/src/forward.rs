@@ -6,14 +6,14 @@ use aya_ebpf::programs::XdpContext;
 use core::mem::MaybeUninit;
 use lb_common::{
     counters, flow,
-    maps::{BACKEND_DRAINING, BACKEND_UP, GlobalConfig, MODE_PROXY, Service},
+    maps::{BACKEND_DRAINING, BACKEND_UP, FLOW_ESTABLISHED, GlobalConfig, MODE_PROXY, Service},
     tcp,
 };
 
 use crate::{
-    conntrack::{now, record_close, touch_client},
+    conntrack::{self, now, record_close, touch_client},
     events, fib,
-    maps::{BACKENDS, CONFIG, FLOWS},
+    maps::{BACKENDS, CONFIG},
     nat::Target,
     packet::frame_len,
     parse::Packet,
@@ -70,12 +70,12 @@ pub fn forward(ctx: &XdpContext, pkt: &mut Packet, svc: &Service) -> Verdict {
 /// client reusing its port), which may go elsewhere and starts half-open.
 #[inline(never)]
 fn existing_flow(ctx: &XdpContext, pkt: &Packet, cfg: &GlobalConfig, t: &mut Target) -> bool {
-    let Some(fs) = FLOWS.get_ptr_mut(&pkt.key) else {
+    let Some(entry) = conntrack::lookup(&pkt.key) else {
         return false;
     };
     // SAFETY: a map value stays valid for the whole program run; concurrent writers on
-    // other CPUs only store timestamps and flag bits (see `conntrack::touch`).
-    let fs = unsafe { &mut *fs };
+    // other CPUs only store timestamps and flag bits (see `conntrack::touch_client`).
+    let fs = unsafe { &mut *entry.state };
     if flow::expired(fs, cfg, pkt.now) {
         return false;
     }
@@ -89,6 +89,9 @@ fn existing_flow(ctx: &XdpContext, pkt: &Packet, cfg: &GlobalConfig, t: &mut Tar
         return false;
     }
     touch_client(fs, pkt.now, pkt.tcp_flags);
+    if entry.half_open && fs.flags & FLOW_ESTABLISHED != 0 {
+        conntrack::promote(&pkt.key, fs);
+    }
     if flow::records_close(fs.flags, pkt.tcp_flags) {
         if let Some(seq) = sequence::read(ctx, pkt) {
             record_close(fs, &seq);

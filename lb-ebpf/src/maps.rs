@@ -42,6 +42,14 @@ pub static MAGLEV: Array<u32> = Array::with_max_entries(DEFAULT_RING_SIZE * 2, 0
 #[map]
 pub static FLOWS: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(DEFAULT_FLOWS, 0);
 
+/// Client → VIP 5-tuple → the state of a half-open flow (the client's SYN seen, its ACK
+/// of the backend's answer not yet): kept apart from `FLOWS` so that SYNs nobody
+/// completes (a flood) evict only each other, never an established flow. A flow moves to
+/// `FLOWS` when its handshake completes; an evicted one gives its SNAT port back.
+#[map]
+pub static HALF_OPEN: LruHashMap<FlowKey, FlowState> =
+    LruHashMap::with_max_entries(DEFAULT_FLOWS / 4, 0);
+
 /// Backend → SNAT address:port 5-tuple → the flow it belongs to; written by the forward
 /// path when it claims a SNAT port, read by the reverse path and by SNAT port claims.
 #[map]

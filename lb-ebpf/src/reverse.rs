@@ -5,9 +5,9 @@ use aya_ebpf::programs::XdpContext;
 use core::mem::MaybeUninit;
 
 use crate::{
-    conntrack::{now, touch_backend},
+    conntrack::{self, now, touch_backend},
     fib,
-    maps::{CONFIG, FLOWS, REVERSE_NAT},
+    maps::{CONFIG, REVERSE_NAT},
     nat::Target,
     parse::Packet,
     stack::zeroed,
@@ -45,10 +45,10 @@ pub fn reverse(ctx: &XdpContext, pkt: &mut Packet) -> Verdict {
         return Verdict::PASS;
     }
     pkt.now = now();
-    if let Some(fs) = FLOWS.get_ptr_mut(&r.flow) {
+    if let Some(entry) = conntrack::lookup(&r.flow) {
         // SAFETY: a map value stays valid for the whole program run; lost updates of
-        // its fields are harmless (see `conntrack::touch`).
-        let fs = unsafe { &mut *fs };
+        // its fields are harmless (see `conntrack::touch_client`).
+        let fs = unsafe { &mut *entry.state };
         if fs.backend == r.backend {
             touch_backend(ctx, pkt, fs);
         }

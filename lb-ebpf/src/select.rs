@@ -1,7 +1,7 @@
 //! Which service a packet is for (VIP:port), and for a new flow which backend takes it
 //! (Maglev) and the flow-table entry that pins it there.
 
-use aya_ebpf::{bindings::BPF_ANY, programs::XdpContext};
+use aya_ebpf::programs::XdpContext;
 use lb_common::{
     counters, flow,
     hash::flow_hash,
@@ -10,7 +10,8 @@ use lb_common::{
 };
 
 use crate::{
-    maps::{BACKENDS, FLOWS, MAGLEV, SERVICES},
+    conntrack,
+    maps::{BACKENDS, MAGLEV, SERVICES},
     nat::Target,
     parse::Packet,
     sequence,
@@ -84,7 +85,7 @@ pub fn new_flow(
         close_seq: 0,
         close_tsval: 0,
     };
-    if FLOWS.insert(&pkt.key, &fs, BPF_ANY as u64).is_err() {
+    if !conntrack::insert(&pkt.key, &fs) {
         return counters::DROP_FLOW_TABLE_FULL;
     }
     traffic::new_flow(svc.id, id);

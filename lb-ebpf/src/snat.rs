@@ -6,10 +6,12 @@ use aya_ebpf::bindings::{BPF_ANY, BPF_NOEXIST};
 use lb_common::{
     flow::{self, Opening},
     maps::{Backend, FlowKey, GlobalConfig, ReverseNat, snat_addrs_base},
+    snat_probe::Probe,
 };
 
 use crate::{
-    maps::{FLOWS, REVERSE_NAT, SNAT_ADDRS},
+    conntrack,
+    maps::{REVERSE_NAT, SNAT_ADDRS},
     nat::Target,
     parse::Packet,
 };
@@ -69,11 +71,12 @@ pub fn address(b: &Backend, family: u8, idx: u32, t: &mut Target) -> bool {
     }
 }
 
-/// Claims a port on the address in `t.src`, into `t.sport`. Candidates start at a port derived from the flow hash
-/// (so a flow re-created after eviction likely gets its old port back) and go up by
-/// one, wrapping inside the range. A taken port is reused if the entry is stale (its
-/// flow is gone or moved), this flow's own, or its flow is over as far as the backend
-/// is concerned for a connection opening with `ids.opening` (`flow::port_free_for`).
+/// Claims a port on the address in `t.src`, into `t.sport`, trying the flow's sequence
+/// of candidates (`lb_common::snat_probe`: it starts at the same port every time, so a
+/// flow re-created after eviction likely gets its old port back). A taken port is reused
+/// if the entry is stale (its flow is gone or moved), this flow's own, or its flow is
+/// over as far as the backend is concerned for a connection opening with `ids.opening`
+/// (`flow::port_free_for`).
 #[inline(never)]
 fn claim_on(pkt: &Packet, cfg: &GlobalConfig, b: &Backend, ids: &Ids, t: &mut Target) -> bool {
     let (min, max) = (cfg.snat_port_min, cfg.snat_port_max);
@@ -81,8 +84,7 @@ fn claim_on(pkt: &Packet, cfg: &GlobalConfig, b: &Backend, ids: &Ids, t: &mut Ta
         return false;
     }
     let range = (max - min) as u32 + 1;
-    // Other bits of the hash than the Maglev slot's, so the flows of a slot spread.
-    let first = ids.hash.rotate_right(16) % range;
+    let mut probe = Probe::new(ids.hash, u32::from(t.snat_idx), range);
     let mut key = FlowKey {
         src: b.addr,
         dst: t.src,
@@ -99,7 +101,7 @@ fn claim_on(pkt: &Packet, cfg: &GlobalConfig, b: &Backend, ids: &Ids, t: &mut Ta
     };
     let mut i = 0;
     while i < SNAT_PROBES {
-        let port = (min + ((first + i) % range) as u16).to_be();
+        let port = (min + probe.at as u16).to_be();
         key.dport = port;
         t.sport = port;
         if REVERSE_NAT.insert(&key, &val, BPF_NOEXIST as u64).is_ok() {
@@ -113,6 +115,7 @@ fn claim_on(pkt: &Packet, cfg: &GlobalConfig, b: &Backend, ids: &Ids, t: &mut Ta
                 return true;
             }
         }
+        probe.advance();
         i += 1;
     }
     false
@@ -130,11 +133,11 @@ fn reusable(
     cfg: &GlobalConfig,
     opening: &Opening,
 ) -> bool {
-    let Some(fs) = FLOWS.get_ptr(&old.flow) else {
+    let Some(entry) = conntrack::lookup(&old.flow) else {
         return true;
     };
     // SAFETY: a map value stays valid for the whole program run.
-    let fs = unsafe { &*fs };
+    let fs = unsafe { &*entry.state };
     if fs.backend != old.backend || fs.snat_port != at.sport || fs.snat_idx != at.snat_idx {
         return true;
     }

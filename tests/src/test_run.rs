@@ -20,6 +20,7 @@ use lb_common::maps::{
     BACKEND_DOWN, BACKEND_DRAINING, BACKEND_UP, FLOW_ESTABLISHED, FLOW_REPLIED, FlowKey, FlowState,
     MODE_NAT, MODE_PROXY, PROTO_TCP, ReverseNat, TrafficCounters, names,
 };
+use lb_common::snat_probe::Probe;
 use lb_user::config::{Config, FlagSettings};
 use lb_user::dataplane::Dataplane;
 
@@ -209,10 +210,24 @@ pub fn key(src: IpAddr, dst: IpAddr, sport: u16, dport: u16) -> FlowKey {
     }
 }
 
-/// The first SNAT port the program tries for the client → VIP flow `k`.
+/// The first SNAT port the program tries for the client → VIP flow `k` (on the backend's
+/// own SNAT address).
 pub fn first_snat_port(k: &FlowKey) -> u16 {
+    snat_candidates(k, 1)[0]
+}
+
+/// The first `n` SNAT ports the program tries for the flow `k`, in order (on the
+/// backend's own SNAT address).
+pub fn snat_candidates(k: &FlowKey, n: usize) -> Vec<u16> {
     let range = u32::from(SNAT_MAX - SNAT_MIN) + 1;
-    SNAT_MIN + (flow_hash(k).rotate_right(16) % range) as u16
+    let mut probe = Probe::new(flow_hash(k), 0, range);
+    (0..n)
+        .map(|_| {
+            let port = SNAT_MIN + probe.at as u16;
+            probe.advance();
+            port
+        })
+        .collect()
 }
 
 /// The idle and closed timeouts as the config file writes them.
@@ -605,8 +620,18 @@ impl TestRun {
         total
     }
 
+    /// The flow entry of `k`, established or half-open.
     pub fn flow(&mut self, k: FlowKey) -> Option<FlowState> {
-        self.flows_mut().get(&k, 0).ok()
+        self.flows_mut()
+            .get(&k, 0)
+            .ok()
+            .or_else(|| self.half_open(k))
+    }
+
+    /// The entry of `k` in the half-open flow table only.
+    pub fn half_open(&mut self, k: FlowKey) -> Option<FlowState> {
+        let map: HashMap<&mut MapData, FlowKey, FlowState> = self.map_mut(names::HALF_OPEN);
+        map.get(&k, 0).ok()
     }
 
     pub fn reverse(&mut self, k: FlowKey) -> Option<ReverseNat> {

@@ -11,7 +11,7 @@ use lb_tests::bed::Bed;
 use lb_tests::daemon::{XdpState, xdp_state};
 use lb_tests::{Daemon, Kind, Launch, Topology};
 
-const PINS: [&str; 2] = ["flows_v1", "reverse_nat_v1"];
+const PINS: [&str; 3] = ["flows_v2", "half_open_v1", "reverse_nat_v1"];
 
 /// The lock, the prerequisites and a two-armed topology.
 fn env() -> Bed {

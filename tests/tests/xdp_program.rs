@@ -18,8 +18,8 @@ use lb_common::maps::{
 use lb_tests::packet::{Packet, decode, flags::*};
 use lb_tests::test_run::{
     ACK_NO, Action, BACKEND_MACS, BACKEND_PORT, CLIENT_MAC, CLIENT_PORT, LB0_MAC, LB1_MAC, Plan,
-    SEQ, SNAT_MAX, SNAT_MIN, TestRun, Timeouts, VIP_PORT, counter, first_snat_port, key, plan4,
-    plan6, stay_on_this_cpu,
+    SEQ, TestRun, Timeouts, VIP_PORT, counter, first_snat_port, key, plan4, plan6, snat_candidates,
+    stay_on_this_cpu,
 };
 
 /// A fresh program with `p`'s service: both backends up, every new flow to backend 0.
@@ -698,15 +698,11 @@ fn snat_port_held_by_a_live_flow_is_skipped_and_a_stale_one_is_taken_over() {
     lb.live_flow_holding(&p, 0, first, other);
     let (action, out) = lb.from_client(&p.syn().build());
     assert_eq!(action, Action::Redirect);
-    let next = if first == SNAT_MAX {
-        SNAT_MIN
-    } else {
-        first + 1
-    };
+    let next = snat_candidates(&p.client_key(CLIENT_PORT), 2)[1];
     assert_eq!(
         decode(&out).unwrap().sport,
         next,
-        "next port after the held one"
+        "the flow's next candidate after the held one"
     );
     assert_eq!(
         lb.reverse(p.reverse_key(0, first)).unwrap().flow,

@@ -20,7 +20,7 @@ use lb_common::maps::{FLOW_ESTABLISHED, FLOW_REPLIED};
 use lb_tests::packet::{Packet, decode, flags::*};
 use lb_tests::test_run::{
     Action, CLIENT_PORT, Plan, SEQ, SNAT_MAX, SNAT_MIN, TestRun, Timeouts, first_snat_port, plan4,
-    plan6,
+    plan6, snat_candidates,
 };
 
 /// A fresh program with `p`'s service (every new flow to backend 0) and these timeouts.
@@ -50,9 +50,9 @@ fn client_first_at(p: &Plan, port: u16, taken: &[u16]) -> u16 {
         .unwrap_or_else(|| panic!("no client port starts at SNAT port {port}"))
 }
 
-/// The port after `port` in the SNAT range.
-fn next(port: u16) -> u16 {
-    if port == SNAT_MAX { SNAT_MIN } else { port + 1 }
+/// The SNAT port client port `c` tries after its first.
+fn second_try(p: &Plan, c: u16) -> u16 {
+    snat_candidates(&p.client_key(c), 2)[1]
 }
 
 /// A client segment without payload with sequence number `seq` and, if given, the
@@ -105,7 +105,7 @@ fn a_half_open_flow_gives_its_port_back_after_the_half_open_timeout_an_establish
             let c = client_first_at(&p, port, &taken);
             taken.push(c);
             let got = port_of(&mut lb, &p.from_client(c, SYN));
-            assert_eq!(got, next(port), "{what}: its port is held at first");
+            assert_eq!(got, second_try(&p, c), "{what}: its port is held at first");
         }
         sleep(Duration::from_millis(400));
         let c = client_first_at(&p, half_open, &taken);
@@ -143,7 +143,7 @@ fn a_reset_flow_gives_its_port_back_at_once_a_passively_closed_one_after_the_las
     taken.push(c);
     assert_eq!(
         port_of(&mut lb, &p.from_client(c, SYN)),
-        next(passive),
+        second_try(&p, c),
         "before the last ACK"
     );
     port_of(&mut lb, &p.from_client(CLIENT_PORT + 1, ACK));
@@ -337,4 +337,47 @@ fn flows_spread_over_the_snat_addresses_and_each_address_has_its_own_ports() {
     assert_eq!(action, Action::Redirect, "reply to the second address");
     let got = decode(&out).unwrap();
     assert_eq!((got.src, got.dst, got.dport), (p.vip, p.client, c));
+}
+
+#[test]
+fn a_syn_flood_cycles_through_the_half_open_table_and_leaves_established_flows_alone() {
+    let p = plan4();
+    let mut lb = serving(&p, "5s");
+    // Two addresses: 2,000 SNAT ports, more than the half-open table holds (1,024 for
+    // the bed's 4,096 flows), so the table, not the ports, is what a flood fills.
+    lb.set_more_snat4(&[SECOND_SNAT]);
+    let port = established(&mut lb, &p, CLIENT_PORT, None);
+    let key = p.client_key(CLIENT_PORT);
+    assert!(
+        lb.half_open(key).is_none(),
+        "an established flow is not half-open"
+    );
+
+    let flood = 3_000u16;
+    for c in 20_000..20_000 + flood {
+        let (action, _) = lb.from_client(&p.from_client(c, SYN).build());
+        assert_eq!(
+            action,
+            Action::Redirect,
+            "flood SYN from port {c}: counters {:?}",
+            lb.counters()
+        );
+    }
+    assert!(
+        lb.flow(p.client_key(20_000)).is_none(),
+        "the oldest half-open flows were evicted"
+    );
+    assert!(lb.half_open(p.client_key(20_000 + flood - 1)).is_some());
+    assert_eq!(lb.service_stats(&p).new_flows, 1 + u64::from(flood));
+
+    // The established flow kept its entry, backend and port.
+    let fs = lb
+        .flow(key)
+        .expect("the established flow survived the flood");
+    assert_eq!(u16::from_be(fs.snat_port), port);
+    assert_eq!(
+        port_of(&mut lb, &p.from_client(CLIENT_PORT, ACK)),
+        port,
+        "its next segment"
+    );
 }

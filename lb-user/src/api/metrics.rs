@@ -327,6 +327,12 @@ pub fn render(r: &Report) -> String {
         "Capacity of the flow table (--max-flows).",
         [(vec![], r.flow_capacity)],
     );
+    w.family(
+        "lb_half_open_flows",
+        "gauge",
+        "Entries in the half-open flow table (the client has not yet acknowledged the backend's SYN-ACK), including expired ones not evicted yet.",
+        [(vec![], r.half_open)],
+    );
     proxy(&mut w, r);
     w.out
 }
@@ -451,6 +457,7 @@ mod tests {
             }],
             flows: 6,
             flow_capacity: 1024,
+            half_open: 2,
             counters,
         }
     }
@@ -522,6 +529,9 @@ lb_flow_table_entries 6
 # HELP lb_flow_table_capacity Capacity of the flow table (--max-flows).
 # TYPE lb_flow_table_capacity gauge
 lb_flow_table_capacity 1024
+# HELP lb_half_open_flows Entries in the half-open flow table (the client has not yet acknowledged the backend's SYN-ACK), including expired ones not evicted yet.
+# TYPE lb_half_open_flows gauge
+lb_half_open_flows 2
 "#,
             version = env!("CARGO_PKG_VERSION")
         );

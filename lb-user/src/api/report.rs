@@ -123,6 +123,9 @@ pub struct Report {
     /// Entries in the flow table (live and not yet evicted idle ones), and its capacity.
     pub flows: u64,
     pub flow_capacity: u32,
+    /// Entries in the half-open flow table (flows whose handshake is not complete).
+    #[serde(default)]
+    pub half_open: u64,
     /// The global packet counters by name (`lb_common::counters::TABLE`).
     pub counters: BTreeMap<String, u64>,
 }
@@ -323,12 +326,24 @@ pub fn collect_from(rec: &RuntimeRecord) -> Result<Report, StatsError> {
     // One pass over the flow table. Entries that vanish between listing a key and
     // reading it (evicted or expired meanwhile) are skipped.
     let now = crate::sys::monotonic_ns();
-    let entries: Vec<FlowState> = flows_map
+    let mut entries: Vec<FlowState> = flows_map
         .iter()
         .filter_map(|e| e.ok())
         .map(|(_, fs)| fs)
         .collect();
     let flows = entries.len() as u64;
+    // Half-open flows (absent in a daemon older than their table).
+    let half_open_before = entries.len();
+    match open(rec, names::HALF_OPEN) {
+        Ok(map) => {
+            let half_open = HashMap::<MapData, FlowKey, FlowState>::try_from(map)
+                .map_err(map_err(names::HALF_OPEN, rec))?;
+            entries.extend(half_open.iter().filter_map(|e| e.ok()).map(|(_, fs)| fs));
+        }
+        Err(StatsError::Unrecorded(_)) => {}
+        Err(e) => return Err(e),
+    }
+    let half_open = (entries.len() - half_open_before) as u64;
     let active = active_per_backend(entries.iter().copied(), &config, now);
     let holds = snat_holds(entries, &config, now);
     // The SNAT address pool (absent in a daemon older than it: each backend's own only).
@@ -395,6 +410,7 @@ pub fn collect_from(rec: &RuntimeRecord) -> Result<Report, StatsError> {
         services,
         flows,
         flow_capacity,
+        half_open,
         counters: totals,
     })
 }
@@ -489,6 +505,7 @@ pub(crate) mod tests {
             }],
             flows: 9,
             flow_capacity: 1000,
+            half_open: 3,
             counters: counters_map,
         }
     }

@@ -58,11 +58,12 @@ pub fn render(r: &Report) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "lb pid {} on {}; flows {} of {}",
+        "lb pid {} on {}; flows {} of {}; half-open {}",
         r.pid,
         interfaces(r),
         r.flows,
-        r.flow_capacity
+        r.flow_capacity,
+        r.half_open
     );
     let w = addr_width(r, 21);
     for s in &r.services {
@@ -224,13 +225,14 @@ fn render_live_at(
     };
     let _ = writeln!(
         out,
-        "lb pid {} on {}   {}   flows {} of {}{}",
+        "lb pid {} on {}   {}   flows {} of {}{}   half-open {}",
         cur.pid,
         interfaces(cur),
         clock(now),
         cur.flows,
         cur.flow_capacity,
-        occupancy
+        occupancy,
+        cur.half_open
     );
     let w = addr_width(cur, 21);
     let header = format!(
@@ -436,7 +438,7 @@ mod tests {
     fn table_shows_state_active_flows_and_health() {
         let t = render(&sample(1));
         assert!(
-            t.starts_with("lb pid 42 on eth0 (native); flows 9 of 1000\n"),
+            t.starts_with("lb pid 42 on eth0 (native); flows 9 of 1000; half-open 3\n"),
             "{t}"
         );
         let row = t.lines().find(|l| l.contains("198.18.1.12:80")).unwrap();
@@ -484,7 +486,9 @@ mod tests {
         let at = UNIX_EPOCH + Duration::from_secs(86_400 * 3 + 3600 + 120 + 5);
         let f = render_live_at(Some(&prev), &cur, Duration::from_secs(2), at);
         assert!(
-            f.starts_with("lb pid 42 on eth0 (native)   01:02:05 UTC   flows 9 of 1000 (0.9%)\n"),
+            f.starts_with(
+                "lb pid 42 on eth0 (native)   01:02:05 UTC   flows 9 of 1000 (0.9%)   half-open 3\n"
+            ),
             "{f}"
         );
         assert!(f.contains("\nservice web 198.18.100.1:80 [nat]\n"), "{f}");

@@ -22,6 +22,7 @@ impl Dataplane {
         loader
             .map_max_entries(names::MAGLEV, maglev_entries)
             .map_max_entries(names::FLOWS, cfg.max_flows)
+            .map_max_entries(names::HALF_OPEN, half_open_entries(cfg.max_flows))
             .map_max_entries(names::REVERSE_NAT, cfg.max_flows)
             // Two sockets per proxied connection.
             .map_max_entries(names::SPLICE, cfg.max_conns.saturating_mul(2))
@@ -110,4 +111,11 @@ fn check_pinned_sizes(
         }
     }
     Ok(())
+}
+
+/// Size of the half-open flow table: a quarter of the flow table, at least 1024. A flood
+/// of SYNs nobody completes cycles through it; the newest quarter-table of them keeps
+/// its entries (and SNAT ports), the older ones give theirs back.
+pub fn half_open_entries(max_flows: u32) -> u32 {
+    (max_flows / 4).max(1024)
 }
