@@ -55,7 +55,8 @@ pub fn insert(key: &FlowKey, fs: &FlowState) -> bool {
 }
 
 /// Moves a half-open flow whose handshake just completed to `FLOWS`. If `FLOWS` refuses
-/// it (never for an LRU map), it stays half-open.
+/// it (never for an LRU map), it stays half-open. The caller must not touch `fs` (the
+/// `HALF_OPEN` entry) afterwards: a deleted LRU entry goes back to the free list at once.
 #[inline(always)]
 pub fn promote(key: &FlowKey, fs: &FlowState) {
     if FLOWS.insert(key, fs, BPF_ANY as u64).is_ok() {

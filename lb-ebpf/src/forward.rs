@@ -89,9 +89,6 @@ fn existing_flow(ctx: &XdpContext, pkt: &Packet, cfg: &GlobalConfig, t: &mut Tar
         return false;
     }
     touch_client(fs, pkt.now, pkt.tcp_flags);
-    if entry.half_open && fs.flags & FLOW_ESTABLISHED != 0 {
-        conntrack::promote(&pkt.key, fs);
-    }
     if flow::records_close(fs.flags, pkt.tcp_flags) {
         if let Some(seq) = sequence::read(ctx, pkt) {
             record_close(fs, &seq);
@@ -102,5 +99,10 @@ fn existing_flow(ctx: &XdpContext, pkt: &Packet, cfg: &GlobalConfig, t: &mut Tar
     }
     t.sport = fs.snat_port;
     t.set_forward(b, fs.backend);
+    // Last: once moved, the half-open entry may be reused by another CPU's insert, so
+    // nothing reads or writes it after this.
+    if entry.half_open && fs.flags & FLOW_ESTABLISHED != 0 {
+        conntrack::promote(&pkt.key, fs);
+    }
     true
 }
