@@ -218,7 +218,17 @@ fn connections_spread_over_two_snat_addresses() {
     let d = bed.start(&bed.args(&all, &["--snat-ip", "198.18.1.1", "--snat-ip", SECOND]));
     let spread = bed.topo.spread(false, CONNS).unwrap();
     assert_eq!(spread.failures, 0, "{spread}\ndaemon log:\n{}", d.log());
-    let (body, s) = metrics(&bed, &d);
+    // curl returns before its kernel has exchanged the last FINs and ACKs: wait until
+    // no port is in use any more (5 s at most), then compare.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let (body, s) = loop {
+        let (body, s) = metrics(&bed, &d);
+        let in_use = prometheus::sum(&s, "lb_snat_ports", &[("state", "in_use")]);
+        if in_use == 0.0 || std::time::Instant::now() >= deadline {
+            break (body, s);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
     let mut held = BTreeMap::new();
     for name in BACKEND_NAMES {
         let addr = bed.addr(name);
