@@ -93,11 +93,12 @@ pub enum DataplaneError {
     #[error("sockmap splice engine: {0} (try --splice pipe)")]
     Splice(#[source] Box<DataplaneError>),
     #[error(
-        "pinned map {path} has {entries} entries but --max-flows is {max_flows}: start with the same --max-flows, or remove the pin (losing its flows)"
+        "pinned map {path} has {entries} entries but --max-flows {max_flows} sizes it at {wanted}: start with the same --max-flows, or remove the pin (losing its flows)"
     )]
     PinnedSize {
         path: PathBuf,
         entries: u32,
+        wanted: u32,
         max_flows: u32,
     },
 }
