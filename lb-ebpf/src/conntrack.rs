@@ -54,14 +54,14 @@ pub fn insert(key: &FlowKey, fs: &FlowState) -> bool {
     }
 }
 
-/// Moves a half-open flow whose handshake just completed to `FLOWS`. If `FLOWS` refuses
-/// it (never for an LRU map), it stays half-open. The caller must not touch `fs` (the
-/// `HALF_OPEN` entry) afterwards: a deleted LRU entry goes back to the free list at once.
+/// Copies a half-open flow whose handshake just completed to `FLOWS`, where lookups find
+/// it first from now on. The `HALF_OPEN` entry is left to be evicted (or overwritten by
+/// the key's next SYN), not deleted: a deleted LRU entry goes back to the free list at
+/// once, and a packet of the flow on another CPU could still be writing to it. Marked
+/// established, it counts as half-open nowhere.
 #[inline(always)]
 pub fn promote(key: &FlowKey, fs: &FlowState) {
-    if FLOWS.insert(key, fs, BPF_ANY as u64).is_ok() {
-        let _ = HALF_OPEN.remove(key);
-    }
+    let _ = FLOWS.insert(key, fs, BPF_ANY as u64);
 }
 
 /// CLOCK_MONOTONIC to the last tick: enough for timeouts of seconds, and in a VM it

@@ -99,8 +99,7 @@ fn existing_flow(ctx: &XdpContext, pkt: &Packet, cfg: &GlobalConfig, t: &mut Tar
     }
     t.sport = fs.snat_port;
     t.set_forward(b, fs.backend);
-    // Last: once moved, the half-open entry may be reused by another CPU's insert, so
-    // nothing reads or writes it after this.
+    // Last, so the copy has every change this packet made.
     if entry.half_open && fs.flags & FLOW_ESTABLISHED != 0 {
         conntrack::promote(&pkt.key, fs);
     }

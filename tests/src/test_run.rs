@@ -628,6 +628,11 @@ impl TestRun {
             .or_else(|| self.half_open(k))
     }
 
+    /// The entry of `k` in the flow table only (not the half-open one).
+    pub fn flow_table_entry(&mut self, k: FlowKey) -> Option<FlowState> {
+        self.flows_mut().get(&k, 0).ok()
+    }
+
     /// The entry of `k` in the half-open flow table only.
     pub fn half_open(&mut self, k: FlowKey) -> Option<FlowState> {
         let map: HashMap<&mut MapData, FlowKey, FlowState> = self.map_mut(names::HALF_OPEN);
@@ -647,11 +652,18 @@ impl TestRun {
         u16::from_be(f.snat_port)
     }
 
-    /// How many entries the flow and reverse NAT tables hold.
+    /// How many flows the flow tables hold (established and half-open; a half-open entry
+    /// copied to the flow table counts once), and how many entries the reverse NAT table.
     pub fn table_sizes(&mut self) -> (usize, usize) {
-        let flows = self.flows_mut().keys().count();
+        let established = self.flows_mut().keys().count();
+        let half: HashMap<&mut MapData, FlowKey, FlowState> = self.map_mut(names::HALF_OPEN);
+        let half_open = half
+            .iter()
+            .filter_map(|e| e.ok())
+            .filter(|(_, fs)| fs.flags & FLOW_ESTABLISHED == 0)
+            .count();
         let rev: HashMap<&mut MapData, FlowKey, ReverseNat> = self.map_mut(names::REVERSE_NAT);
-        (flows, rev.keys().count())
+        (established + half_open, rev.keys().count())
     }
 
     fn flows_mut(&mut self) -> HashMap<&mut MapData, FlowKey, FlowState> {

@@ -332,13 +332,21 @@ pub fn collect_from(rec: &RuntimeRecord) -> Result<Report, StatsError> {
         .map(|(_, fs)| fs)
         .collect();
     let flows = entries.len() as u64;
-    // Half-open flows (absent in a daemon older than their table).
+    // Half-open flows (absent in a daemon older than their table). An entry marked
+    // established was copied to the flow table when its handshake completed and is only
+    // waiting to be evicted.
     let half_open_before = entries.len();
     match open(rec, names::HALF_OPEN) {
         Ok(map) => {
             let half_open = HashMap::<MapData, FlowKey, FlowState>::try_from(map)
                 .map_err(map_err(names::HALF_OPEN, rec))?;
-            entries.extend(half_open.iter().filter_map(|e| e.ok()).map(|(_, fs)| fs));
+            entries.extend(
+                half_open
+                    .iter()
+                    .filter_map(|e| e.ok())
+                    .map(|(_, fs)| fs)
+                    .filter(|fs| fs.flags & m::FLOW_ESTABLISHED == 0),
+            );
         }
         Err(StatsError::Unrecorded(_)) => {}
         Err(e) => return Err(e),
