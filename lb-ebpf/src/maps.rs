@@ -48,7 +48,7 @@ pub static FLOWS: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(
 /// `FLOWS` when its handshake completes; an evicted one gives its SNAT port back.
 #[map]
 pub static HALF_OPEN: LruHashMap<FlowKey, FlowState> =
-    LruHashMap::with_max_entries(DEFAULT_FLOWS / 4, 0);
+    LruHashMap::with_max_entries(DEFAULT_FLOWS / 16, 0);
 
 /// Backend → SNAT address:port 5-tuple → the flow it belongs to; written by the forward
 /// path when it claims a SNAT port, read by the reverse path and by SNAT port claims.

@@ -120,9 +120,12 @@ fn check_pinned_sizes(
     Ok(())
 }
 
-/// Size of the half-open flow table: a quarter of the flow table, at least 1024. A flood
-/// of SYNs nobody completes cycles through it; the newest quarter-table of them keeps
-/// its entries (and SNAT ports), the older ones give theirs back.
+/// Size of the half-open flow table: a sixteenth of the flow table, at least 1024. A
+/// flood of SYNs nobody completes cycles through it; the newest of them keep their
+/// entries and SNAT ports, the older ones give theirs back. Small on purpose: what it
+/// holds, a flood holds of the SNAT ports (16,384 at the default --max-flows, against
+/// 22,768 ports per backend and SNAT address), while a real handshake needs its entry
+/// for one round trip; even at 30,000 flood SYNs a second an entry lasts half a second.
 pub fn half_open_entries(max_flows: u32) -> u32 {
-    (max_flows / 4).max(1024)
+    (max_flows / 16).max(1024)
 }
