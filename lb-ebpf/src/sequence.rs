@@ -5,7 +5,10 @@
 
 use aya_ebpf::programs::XdpContext;
 use core::ptr::addr_of;
-use lb_common::{flow::Opening, tcp};
+use lb_common::{
+    flow::Opening,
+    tcp::{self, OPT_END, OPT_NOP, OPT_TIMESTAMPS, TIMESTAMPS_LEN},
+};
 use network_types::tcp::TcpHdr;
 
 use crate::{
@@ -13,11 +16,6 @@ use crate::{
     parse::{OFF_MASK, Packet, offset_flags},
 };
 
-/// TCP option kinds and the timestamps option's length.
-const OPT_END: u8 = 0;
-const OPT_NOP: u8 = 1;
-const OPT_TIMESTAMPS: u8 = 8;
-const TIMESTAMPS_LEN: usize = 10;
 /// Options looked at before giving up on finding the timestamps: Linux puts them third
 /// at most (MSS, SACK permitted, timestamps), other stacks after a few NOPs.
 const MAX_OPTIONS: usize = 8;
@@ -122,7 +120,7 @@ fn tsval(ctx: &XdpContext, l4: usize, doff: usize) -> Option<u32> {
             continue;
         }
         let len = len as usize;
-        if kind == OPT_TIMESTAMPS && len == TIMESTAMPS_LEN && off + len <= doff {
+        if kind == OPT_TIMESTAMPS && len == TIMESTAMPS_LEN as usize && off + len <= doff {
             let v = ptr_at::<[u8; 4]>(ctx, (l4 + off + 2) & OPT_OFF_MASK)?;
             // SAFETY: `ptr_at` checked the 4 bytes are inside the packet.
             return Some(u32::from_be_bytes(unsafe { v.read_unaligned() }));

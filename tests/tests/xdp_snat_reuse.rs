@@ -17,6 +17,7 @@ use std::thread::sleep;
 use std::time::Duration;
 
 use lb_common::maps::{FLOW_ESTABLISHED, FLOW_REPLIED};
+use lb_common::tcp::{OPT_NOP, OPT_TIMESTAMPS, TIMESTAMPS_LEN};
 use lb_tests::packet::{Packet, decode, flags::*};
 use lb_tests::test_run::{
     Action, CLIENT_PORT, Plan, SEQ, SNAT_MAX, SNAT_MIN, TestRun, Timeouts, first_snat_port, plan4,
@@ -64,7 +65,7 @@ fn segment(p: &Plan, sport: u16, flags: u8, seq: u32, tsval: Option<u32>) -> Pac
     s.payload.clear();
     if let Some(ts) = tsval {
         let mut opts = s.tcp_options.clone();
-        opts.extend_from_slice(&[1, 1, 8, 10]);
+        opts.extend_from_slice(&[OPT_NOP, OPT_NOP, OPT_TIMESTAMPS, TIMESTAMPS_LEN]);
         opts.extend_from_slice(&ts.to_be_bytes());
         opts.extend_from_slice(&0u32.to_be_bytes());
         s.tcp_options = opts;
