@@ -80,8 +80,20 @@ pub const DROP_SOURCE_RATE_LIMITED: u32 = 15;
 /// handed to the TC program as [`PASS_NO_NEIGH_OUT`] is; the daemon also warms the
 /// backends' neighbours when it moves.
 pub const PASS_NO_NEIGH_IN: u32 = 16;
+/// A SYN for a VIP under SYN pressure (or with `--syn-cookies always`) answered by the
+/// LB with a SYN cookie (XDP_TX); no state was kept.
+pub const SYN_COOKIE_SENT: u32 = 17;
+/// An ACK with a valid SYN cookie: its flow is created and the LB sends the backend the
+/// client's SYN (the SYN proxy).
+pub const SYN_COOKIE_VALID: u32 = 18;
+/// Dropped: a segment without a flow whose acknowledgment is no valid SYN cookie, for a
+/// VIP whose new flows are being opened by cookie.
+pub const DROP_SYN_COOKIE_INVALID: u32 = 19;
+/// The backend answered a proxied flow's SYN again (its SYN-ACK was retransmitted): the
+/// LB acknowledges it to the backend itself (XDP_TX).
+pub const SYN_PROXY_BACKEND_ACK: u32 = 20;
 /// Number of counters (the length of `COUNTERS`).
-pub const NUM_COUNTERS: u32 = 17;
+pub const NUM_COUNTERS: u32 = 21;
 
 const fn c(index: u32, name: &'static str, kind: Kind, help: &'static str) -> Counter {
     Counter {
@@ -197,6 +209,30 @@ pub const TABLE: [Counter; NUM_COUNTERS as usize] = {
             "passed_no_neighbour_in",
             Passed,
             "handed to the kernel after NAT, which resolves the backend's neighbour and sends it",
+        ),
+        c(
+            SYN_COOKIE_SENT,
+            "syn_cookies_sent",
+            Forwarded,
+            "a SYN answered by the LB with a SYN cookie (the VIP is under SYN pressure, or --syn-cookies always)",
+        ),
+        c(
+            SYN_COOKIE_VALID,
+            "syn_cookies_valid",
+            Forwarded,
+            "an ACK with a valid SYN cookie: the LB opened the backend's leg of its flow",
+        ),
+        c(
+            DROP_SYN_COOKIE_INVALID,
+            "drop_syn_cookie_invalid",
+            Dropped,
+            "a segment with no flow and no valid SYN cookie while the VIP's new flows are opened by cookie",
+        ),
+        c(
+            SYN_PROXY_BACKEND_ACK,
+            "syn_proxy_backend_acks",
+            Forwarded,
+            "a backend's repeated SYN-ACK of a proxied flow, acknowledged by the LB",
         ),
     ]
 };

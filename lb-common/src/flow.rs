@@ -227,7 +227,9 @@ mod tests {
         source_rate: 0,
         source_burst: 0,
         snat_addrs: [0; 2],
-        _pad: [0; 6],
+        syn_cookies: 0,
+        _pad: 0,
+        syn_cookie_rate: 0,
     };
 
     fn flow(last_seen_ns: u64, flags: u8) -> FlowState {

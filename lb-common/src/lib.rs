@@ -14,6 +14,7 @@ pub mod maglev;
 pub mod maps;
 pub mod snat_probe;
 pub mod source_limit;
+pub mod syn_proxy;
 pub mod tcp;
 
 #[cfg(feature = "std")]

@@ -142,8 +142,8 @@ pub struct FlowState {
     /// `bpf_ktime_get_coarse_ns()` of the last packet in either direction:
     /// CLOCK_MONOTONIC_COARSE, the same clock as CLOCK_MONOTONIC up to one tick behind.
     pub last_seen_ns: u64,
-    /// Backend id this flow is pinned to.
-    pub backend: u32,
+    /// Backend id this flow is pinned to (below [`MAX_BACKENDS`]).
+    pub backend: u16,
     /// Source port toward the backend, network order.
     pub snat_port: u16,
     /// `FLOW_*` bits.
@@ -152,14 +152,29 @@ pub struct FlowState {
     /// family's first configured one or the egress address), else that entry of the
     /// family's `SNAT_ADDRS`.
     pub snat_idx: u8,
+    /// `lb_common::syn_proxy::PROXY_*` bits: 0 unless the flow was opened by a SYN
+    /// cookie, when the LB opened the backend's leg itself and translates between the
+    /// two (see `syn_proxy`).
+    pub proxy: u8,
+    /// A proxied flow's window scales: the one the LB gave the client (high nibble) and
+    /// the backend's (low nibble).
+    pub wscale: u8,
     /// Once the flow closes: the sequence number after the client's last segment (the
-    /// backend's `rcv_nxt`), host order.
+    /// backend's `rcv_nxt`), host order. While a proxied flow's backend leg opens: the
+    /// client's initial sequence number.
     pub close_seq: u32,
     /// Once the flow closes: the TSval of the client's last segment (with
     /// `FLOW_CLIENT_TS`), host order.
     pub close_tsval: u32,
+    /// A proxied flow: the backend's sequence numbers minus the client's view of them
+    /// (the LB's cookie ISN); while the backend leg opens, the cookie itself. Host order.
+    pub seq_delta: u32,
+    /// A proxied flow with timestamps: the backend's TSvals minus the client's view of
+    /// them; while the backend leg opens, the TSval the LB sent the client. Host order.
+    pub ts_delta: u32,
 }
-const _: () = assert!(size_of::<FlowState>() == 24);
+const _: () = assert!(size_of::<FlowState>() == 32);
+const _: () = assert!(MAX_BACKENDS <= u16::MAX as u32);
 
 /// Value of the reverse NAT table (key: backend → SNAT address:port [`FlowKey`]).
 #[repr(C)]
@@ -225,7 +240,12 @@ pub struct GlobalConfig {
     /// SNAT addresses in `SNAT_ADDRS` per family (IPv4, IPv6); 0 or 1: each backend's
     /// own address only.
     pub snat_addrs: [u8; 2],
-    pub _pad: [u8; 6],
+    /// When new flows are answered with SYN cookies: `syn_proxy::COOKIES_*`.
+    pub syn_cookies: u8,
+    pub _pad: u8,
+    /// With `COOKIES_AUTO`: SYNs a second one VIP may get before its new flows are
+    /// opened by SYN cookie.
+    pub syn_cookie_rate: u32,
 }
 const _: () = assert!(size_of::<GlobalConfig>() == 48);
 
@@ -352,6 +372,7 @@ pub mod names {
     pub const NEXT_HOPS: &str = "NEXT_HOPS";
     /// Source ([`super::SourceKey`]) → its new-flow token bucket (see `source_limit`).
     pub const SOURCE_BUCKETS: &str = "SOURCE_BUCKETS";
+    pub const SYN_RATE: &str = "SYN_RATE";
     /// The configured SNAT addresses (`[u32; 4]` words), see `MAX_SNAT_ADDRS`.
     pub const SNAT_ADDRS: &str = "SNAT_ADDRS";
     /// Proxy VIP:port ([`super::VipKey`]) → `u32` index into `PROXY_LISTENERS`.

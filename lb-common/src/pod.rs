@@ -27,3 +27,5 @@ unsafe impl aya::Pod for TrafficCounters {}
 unsafe impl aya::Pod for SourceKey {}
 // SAFETY: as above.
 unsafe impl aya::Pod for SpliceLayout {}
+// SAFETY: as above.
+unsafe impl aya::Pod for crate::syn_proxy::SynRate {}

@@ -112,7 +112,7 @@ fn add_flags(fs: &mut FlowState, f: u8) {
 #[inline(always)]
 pub fn record_close(fs: &mut FlowState, seq: &Sequence) {
     fs.close_seq = seq.end;
-    match seq.tsval {
+    match seq.tsval() {
         Some(ts) => {
             fs.close_tsval = ts;
             add_flags(fs, FLOW_CLIENT_TS);

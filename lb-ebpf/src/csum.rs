@@ -25,3 +25,15 @@ pub fn replace<const N: usize>(old: u16, from: &[u32; N], to: &[u32; N]) -> u16 
     }
     !fold(sum)
 }
+
+/// The checksum `old` after the 32-bit word `from`, at byte offset `off` of the covered
+/// data, became `to`. At an odd offset the word's bytes straddle the 16-bit words the
+/// sum adds, and its contribution is the byte-swapped one (RFC 1071 2(B)).
+#[inline(always)]
+pub fn replace_at(old: u16, off: usize, from: u32, to: u32) -> u16 {
+    let mut d = fold((!from) as u64 + to as u64);
+    if off & 1 != 0 {
+        d = d.swap_bytes();
+    }
+    !fold((!old) as u64 + d as u64)
+}

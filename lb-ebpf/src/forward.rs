@@ -1,18 +1,23 @@
 //! Client → VIP: the packet's flow (existing, else a new one), then the rewrite toward
 //! its backend; a new flow no backend can take is answered with a RST, and a SYN over
-//! its source's new-flow rate is dropped before any flow state exists.
+//! its source's new-flow rate is dropped before any flow state exists. Under SYN
+//! pressure new flows are opened by SYN cookie instead (`syn_proxy`).
 
 use aya_ebpf::programs::XdpContext;
 use core::mem::MaybeUninit;
 use lb_common::{
     counters, flow,
-    maps::{BACKEND_DRAINING, BACKEND_UP, FLOW_ESTABLISHED, GlobalConfig, MODE_PROXY, Service},
+    maps::{
+        BACKEND_DRAINING, BACKEND_UP, FLOW_ESTABLISHED, FlowState, GlobalConfig, MODE_PROXY,
+        Service,
+    },
+    syn_proxy::COOKIES_OFF,
     tcp,
 };
 
 use crate::{
     conntrack::{self, now, record_close, touch_client},
-    events, fib,
+    cookie, events, fib,
     maps::{BACKENDS, CONFIG},
     nat::Target,
     packet::frame_len,
@@ -21,6 +26,7 @@ use crate::{
     select::{OK, new_flow},
     sequence, snat, source_limit,
     stack::zeroed,
+    syn_proxy,
     traffic::{Dir, service_traffic},
     verdict::Verdict,
 };
@@ -46,21 +52,48 @@ pub fn forward(ctx: &XdpContext, pkt: &mut Packet, svc: &Service) -> Verdict {
     let mut t = MaybeUninit::<Target>::uninit();
     let t = zeroed(&mut t);
     t.service = svc.id;
-    let found = existing_flow(ctx, pkt, cfg, t);
-    if !found {
+    if let Some(fs) = existing_flow(ctx, pkt, cfg, t) {
+        // SAFETY: a map value stays valid for the whole program run.
+        let fs = unsafe { &*fs };
+        if fs.proxy != 0 && !syn_proxy::from_client(ctx, pkt, fs) {
+            return Verdict::drop(counters::DROP_MALFORMED);
+        }
+        return fib::send(ctx, pkt, t, Dir::In);
+    }
+    let syn = pkt.tcp_flags & (tcp::SYN | tcp::ACK) == tcp::SYN;
+    if syn {
         if !source_limit::admits(pkt, cfg) {
             return Verdict::drop(counters::DROP_SOURCE_RATE_LIMITED);
         }
-        let c = new_flow(ctx, pkt, svc, cfg, t);
-        if c == counters::DROP_NO_BACKEND {
-            // Nothing can take the connection: tell the client at once, as a closed
-            // port would, rather than let it retransmit into silence.
-            return reset::answer(ctx, pkt);
+        if syn_proxy::cookie_for_syn(pkt, svc, cfg) {
+            return syn_proxy::answer_syn(ctx, pkt);
         }
-        if c != OK {
-            events::dropped(ctx, c);
-            return Verdict::drop(c);
+    } else if cfg.syn_cookies != COOKIES_OFF {
+        if cookie::valid(ctx, pkt) {
+            t.proxied = 1;
+        } else if syn_proxy::cookies_on(pkt, svc, cfg) {
+            // While cookies answer the VIP's SYNs, a segment without a flow can only
+            // be a forged or stale ACK: picking it up would let a flood of them fill
+            // the table.
+            return Verdict::drop(counters::DROP_SYN_COOKIE_INVALID);
         }
+    }
+    let c = new_flow(ctx, pkt, svc, cfg, t);
+    if c == counters::DROP_NO_BACKEND {
+        // Nothing can take the connection: tell the client at once, as a closed
+        // port would, rather than let it retransmit into silence.
+        return reset::answer(ctx, pkt);
+    }
+    if c != OK {
+        events::dropped(ctx, c);
+        return Verdict::drop(c);
+    }
+    if t.proxied != 0 {
+        if !syn_proxy::open(ctx, pkt) {
+            return Verdict::drop(counters::DROP_MALFORMED);
+        }
+        return fib::send(ctx, pkt, t, Dir::In)
+            .recount(counters::FWD_IN, counters::SYN_COOKIE_VALID);
     }
     fib::send(ctx, pkt, t, Dir::In)
 }
@@ -69,24 +102,27 @@ pub fn forward(ctx: &XdpContext, pkt: &mut Packet, svc: &Service) -> Verdict {
 /// `t` and refreshes the entry in place. A SYN on a closed flow opens a new one (a
 /// client reusing its port), which may go elsewhere and starts half-open.
 #[inline(never)]
-fn existing_flow(ctx: &XdpContext, pkt: &Packet, cfg: &GlobalConfig, t: &mut Target) -> bool {
-    let Some(entry) = conntrack::lookup(&pkt.key) else {
-        return false;
-    };
+fn existing_flow(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    cfg: &GlobalConfig,
+    t: &mut Target,
+) -> Option<*mut FlowState> {
+    let entry = conntrack::lookup(&pkt.key)?;
     // SAFETY: a map value stays valid for the whole program run; concurrent writers on
     // other CPUs only store timestamps and flag bits (see `conntrack::touch_client`).
     let fs = unsafe { &mut *entry.state };
     if flow::expired(fs, cfg, pkt.now) {
-        return false;
+        return None;
     }
     if pkt.tcp_flags & (tcp::SYN | tcp::ACK) == tcp::SYN && flow::closed(fs.flags) {
-        return false;
+        return None;
     }
-    let Some(b) = BACKENDS.get(fs.backend) else {
-        return false;
+    let Some(b) = BACKENDS.get(u32::from(fs.backend)) else {
+        return None;
     };
     if b.state != BACKEND_UP && b.state != BACKEND_DRAINING {
-        return false;
+        return None;
     }
     touch_client(fs, pkt.now, pkt.tcp_flags);
     if flow::records_close(fs.flags, pkt.tcp_flags) {
@@ -95,13 +131,13 @@ fn existing_flow(ctx: &XdpContext, pkt: &Packet, cfg: &GlobalConfig, t: &mut Tar
         }
     }
     if !snat::address(b, pkt.key.family, u32::from(fs.snat_idx), t) {
-        return false;
+        return None;
     }
     t.sport = fs.snat_port;
-    t.set_forward(b, fs.backend);
+    t.set_forward(b, u32::from(fs.backend));
     // Last, so the copy has every change this packet made.
     if entry.half_open && fs.flags & FLOW_ESTABLISHED != 0 {
         conntrack::promote(&pkt.key, fs);
     }
-    true
+    Some(entry.state)
 }

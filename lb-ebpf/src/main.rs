@@ -21,6 +21,8 @@
 #[cfg(target_arch = "bpf")]
 mod conntrack;
 #[cfg(target_arch = "bpf")]
+mod cookie;
+#[cfg(target_arch = "bpf")]
 mod dispatch;
 #[cfg(target_arch = "bpf")]
 mod events;
@@ -37,6 +39,8 @@ mod maps;
 #[cfg(target_arch = "bpf")]
 mod nat;
 #[cfg(target_arch = "bpf")]
+mod options;
+#[cfg(target_arch = "bpf")]
 mod packet;
 #[cfg(target_arch = "bpf")]
 mod parse;
@@ -44,6 +48,8 @@ mod parse;
 mod reset;
 #[cfg(target_arch = "bpf")]
 mod reverse;
+#[cfg(target_arch = "bpf")]
+mod segment;
 #[cfg(target_arch = "bpf")]
 mod select;
 #[cfg(target_arch = "bpf")]
@@ -56,6 +62,8 @@ mod source_limit;
 mod splice;
 #[cfg(target_arch = "bpf")]
 mod stack;
+#[cfg(target_arch = "bpf")]
+mod syn_proxy;
 #[cfg(target_arch = "bpf")]
 mod traffic;
 #[cfg(target_arch = "bpf")]

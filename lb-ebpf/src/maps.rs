@@ -16,7 +16,10 @@ use lb_common::{
         MAX_PROXY_LISTENERS, MAX_SERVICES, MAX_SNAT_ADDRS, MAX_SOURCES, NextHop, ReverseNat,
         Service, SourceKey, SpliceLayout, TrafficCounters, VipKey,
     },
+    syn_proxy::SynRate,
 };
+
+use crate::segment::Segment;
 
 /// Default size of the flow and reverse NAT tables (the daemon sets its own).
 const DEFAULT_FLOWS: u32 = 262_144;
@@ -84,6 +87,18 @@ pub static SNAT_ADDRS: Array<[u32; 4]> = Array::with_max_entries(2 * MAX_SNAT_AD
 #[map]
 pub static SOURCE_BUCKETS: LruHashMap<SourceKey, u64> =
     LruHashMap::with_max_entries(MAX_SOURCES, 0);
+
+/// Service id → its recent SYN count, which turns SYN cookies on (`--syn-cookies auto`).
+/// Shared by all CPUs and written without atomics (the BPF target has no fetch-add in
+/// Rust's core): CPUs counting the same VIP at once lose some of each other's counts, so
+/// with SYNs spread over several CPUs cookies start somewhat above the configured rate
+/// (at most that many times above, with every CPU's updates colliding).
+#[map]
+pub static SYN_RATE: Array<SynRate> = Array::with_max_entries(MAX_SERVICES, 0);
+
+/// Where `segment` builds a TCP segment the program writes itself (one per CPU).
+#[map]
+pub static SEGMENT_SCRATCH: PerCpuArray<Segment> = PerCpuArray::with_max_entries(1, 0);
 
 /// Service id → per-CPU traffic counters; written by both paths, read by the daemon.
 #[map]

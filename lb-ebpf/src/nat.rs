@@ -31,7 +31,9 @@ pub struct Target {
     /// Forward direction: which of the family's SNAT addresses `src` is
     /// (`FlowState::snat_idx`).
     pub snat_idx: u8,
-    pub _pad: [u8; 3],
+    /// A new flow opened by a SYN cookie's ACK (`syn_proxy`): 1.
+    pub proxied: u8,
+    pub _pad: [u8; 2],
 }
 
 impl Target {

@@ -1,5 +1,6 @@
 //! Backend → SNAT address: a reply of a NAT flow (its tuple is in the reverse NAT
-//! table) is rewritten back to VIP → client and sent on.
+//! table) is rewritten back to VIP → client and sent on; a SYN-proxied flow's is
+//! translated first (`syn_proxy`).
 
 use aya_ebpf::programs::XdpContext;
 use core::mem::MaybeUninit;
@@ -11,6 +12,7 @@ use crate::{
     nat::Target,
     parse::Packet,
     stack::zeroed,
+    syn_proxy::{self, Onward},
     traffic::Dir,
     verdict::Verdict,
 };
@@ -49,8 +51,13 @@ pub fn reverse(ctx: &XdpContext, pkt: &mut Packet) -> Verdict {
         // SAFETY: a map value stays valid for the whole program run; lost updates of
         // its fields are harmless (see `conntrack::touch_client`).
         let fs = unsafe { &mut *entry.state };
-        if fs.backend == r.backend {
+        if u32::from(fs.backend) == r.backend {
             touch_backend(ctx, pkt, fs);
+            if fs.proxy != 0 {
+                if let Onward::Done(v) = syn_proxy::from_backend(ctx, pkt, fs) {
+                    return v;
+                }
+            }
         }
     }
     let mut t = MaybeUninit::<Target>::uninit();

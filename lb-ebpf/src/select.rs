@@ -16,7 +16,7 @@ use crate::{
     parse::Packet,
     sequence,
     snat::{Ids, claim_snat_port},
-    traffic,
+    syn_proxy, traffic,
 };
 
 /// Returned by [`new_flow`] when it succeeds; otherwise it returns a drop counter.
@@ -35,10 +35,9 @@ pub fn service(pkt: &Packet) -> Option<*const Service> {
     SERVICES.get_ptr(&vip)
 }
 
-/// Creates a flow: Maglev picks the backend, then a SNAT port is claimed that the
-/// backend will take a connection on from this segment (see `snat`). Returns
-/// `DROP_NO_BACKEND` when the slot is empty or its backend cannot take new flows (not
-/// up, or not of the packet's family); the caller answers with a RST.
+/// Creates a flow: [`pick`]s its backend and SNAT port and enters it in the flow table
+/// (a SYN cookie's as `syn_proxy` says, with `t.proxied`). Returns `OK` or the counter
+/// [`pick`] or the table gave.
 #[inline(never)]
 pub fn new_flow(
     ctx: &XdpContext,
@@ -47,6 +46,46 @@ pub fn new_flow(
     cfg: &GlobalConfig,
     t: &mut Target,
 ) -> u32 {
+    let c = pick(ctx, pkt, svc, cfg, t);
+    if c != OK {
+        return c;
+    }
+    let c = enter(ctx, pkt, t);
+    if c == OK {
+        traffic::new_flow(svc.id, t.backend);
+    }
+    c
+}
+
+/// Enters the new flow toward `t` in the flow table. Its own frame: the flow entry is
+/// not on the stack while [`pick`]'s SNAT port search runs, the program's deepest call
+/// chain.
+#[inline(never)]
+fn enter(ctx: &XdpContext, pkt: &Packet, t: &Target) -> u32 {
+    let mut fs = FlowState {
+        last_seen_ns: pkt.now,
+        backend: t.backend as u16,
+        snat_port: t.sport,
+        flags: flow::new_flow_flags(pkt.tcp_flags),
+        snat_idx: t.snat_idx,
+        ..FlowState::default()
+    };
+    if t.proxied != 0 && !syn_proxy::pending_flow(ctx, pkt, &mut fs) {
+        return counters::DROP_MALFORMED;
+    }
+    if !conntrack::insert(&pkt.key, &fs) {
+        return counters::DROP_FLOW_TABLE_FULL;
+    }
+    OK
+}
+
+/// A new flow's backend and SNAT address and port: Maglev picks the backend, then a SNAT
+/// port is claimed that the backend will take a connection on from this segment (see
+/// `snat`); `t` is set toward them. Returns `DROP_NO_BACKEND` when the slot is empty or
+/// its backend cannot take new flows (not up, or not of the packet's family); the caller
+/// answers with a RST.
+#[inline(always)]
+fn pick(ctx: &XdpContext, pkt: &Packet, svc: &Service, cfg: &GlobalConfig, t: &mut Target) -> u32 {
     if cfg.ring_size == 0 {
         return counters::DROP_INTERNAL;
     }
@@ -76,19 +115,6 @@ pub fn new_flow(
     if !claim_snat_port(pkt, cfg, b, &ids, t) {
         return counters::DROP_SNAT_EXHAUSTED;
     }
-    let fs = FlowState {
-        last_seen_ns: pkt.now,
-        backend: id,
-        snat_port: t.sport,
-        flags: flow::new_flow_flags(pkt.tcp_flags),
-        snat_idx: t.snat_idx,
-        close_seq: 0,
-        close_tsval: 0,
-    };
-    if !conntrack::insert(&pkt.key, &fs) {
-        return counters::DROP_FLOW_TABLE_FULL;
-    }
-    traffic::new_flow(svc.id, id);
     t.set_forward(b, id);
     OK
 }

@@ -5,23 +5,14 @@
 
 use aya_ebpf::programs::XdpContext;
 use core::ptr::addr_of;
-use lb_common::{
-    flow::Opening,
-    tcp::{self, OPT_END, OPT_NOP, OPT_TIMESTAMPS, TIMESTAMPS_LEN},
-};
+use lb_common::{flow::Opening, tcp};
 use network_types::tcp::TcpHdr;
 
 use crate::{
+    options,
     packet::ptr_at,
     parse::{OFF_MASK, Packet, offset_flags},
 };
-
-/// Options looked at before giving up on finding the timestamps: Linux puts them third
-/// at most (MSS, SACK permitted, timestamps), other stacks after a few NOPs.
-const MAX_OPTIONS: usize = 8;
-/// Bounds option offsets (TCP header offset + up to 60) for the verifier without
-/// changing any valid one.
-const OPT_OFF_MASK: usize = 0xff;
 
 /// A client segment's place in its sequence space.
 #[derive(Clone, Copy)]
@@ -30,17 +21,30 @@ pub struct Sequence {
     pub seq: u32,
     /// The sequence number after the segment: `seq` + payload, + 1 for SYN and for FIN.
     pub end: u32,
-    /// TSval, host order, if the segment has the timestamps option.
-    pub tsval: Option<u32>,
+    /// TSval, host order, if `has_tsval` ([`Sequence::tsval`]). verifier: not an
+    /// `Option`, whose payload LLVM leaves undefined when `None` and may then fill from
+    /// any register, a pointer too, which the verifier refuses to store in 32 bits.
+    tsval: u32,
+    has_tsval: bool,
 }
 
 impl Sequence {
+    /// TSval, host order, if the segment has the timestamps option.
+    #[inline(always)]
+    pub fn tsval(&self) -> Option<u32> {
+        if self.has_tsval {
+            Some(self.tsval)
+        } else {
+            None
+        }
+    }
+
     /// What a new flow's port check needs of its opening segment.
     #[inline(always)]
     pub fn opening(&self) -> Opening {
         Opening {
             seq: self.seq,
-            tsval: self.tsval,
+            tsval: self.tsval(),
         }
     }
 }
@@ -61,10 +65,12 @@ pub fn read(ctx: &XdpContext, pkt: &Packet) -> Option<Sequence> {
             (offset_flags(th)[0] >> 4) as usize * 4,
         )
     };
+    let ts = options::timestamps(ctx, pkt);
     Some(Sequence {
         seq,
         end: end(pkt, seq, (l4 - l3) as u32, doff as u32),
-        tsval: tsval(ctx, l4, doff),
+        tsval: ts.map_or(0, |t| t.tsval),
+        has_tsval: ts.is_some(),
     })
 }
 
@@ -93,42 +99,4 @@ pub fn end(pkt: &Packet, seq: u32, ip_hlen: u32, doff: u32) -> u32 {
         end = end.wrapping_add(1);
     }
     end
-}
-
-/// The TSval of the timestamps option among the options of the TCP header at `l4`
-/// (`doff` bytes long), if present and well formed.
-#[inline(always)]
-fn tsval(ctx: &XdpContext, l4: usize, doff: usize) -> Option<u32> {
-    let mut off = TcpHdr::LEN;
-    let mut i = 0;
-    while i < MAX_OPTIONS {
-        i += 1;
-        if off >= doff {
-            return None;
-        }
-        // Kind and length in one read: a 1-byte read compiles to a `pkt >= pkt_end`
-        // test that the verifier does not take as a bound. A NOP reads its next byte too,
-        // harmlessly (it is inside the header or the packet, else the search ends).
-        let opt = ptr_at::<[u8; 2]>(ctx, (l4 + off) & OPT_OFF_MASK)?;
-        // SAFETY: `ptr_at` checked the 2 bytes are inside the packet.
-        let [kind, len] = unsafe { opt.read_unaligned() };
-        if kind == OPT_END {
-            return None;
-        }
-        if kind == OPT_NOP {
-            off += 1;
-            continue;
-        }
-        let len = len as usize;
-        if kind == OPT_TIMESTAMPS && len == TIMESTAMPS_LEN as usize && off + len <= doff {
-            let v = ptr_at::<[u8; 4]>(ctx, (l4 + off + 2) & OPT_OFF_MASK)?;
-            // SAFETY: `ptr_at` checked the 4 bytes are inside the packet.
-            return Some(u32::from_be_bytes(unsafe { v.read_unaligned() }));
-        }
-        if len < 2 {
-            return None;
-        }
-        off += len;
-    }
-    None
 }

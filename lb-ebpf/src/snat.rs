@@ -138,7 +138,10 @@ fn reusable(
     };
     // SAFETY: a map value stays valid for the whole program run.
     let fs = unsafe { &*entry.state };
-    if fs.backend != old.backend || fs.snat_port != at.sport || fs.snat_idx != at.snat_idx {
+    if u32::from(fs.backend) != old.backend
+        || fs.snat_port != at.sport
+        || fs.snat_idx != at.snat_idx
+    {
         return true;
     }
     if old.flow == pkt.key && !flow::closed(fs.flags) {

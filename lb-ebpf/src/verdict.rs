@@ -39,6 +39,16 @@ impl Verdict {
         Verdict::new(xdp_action::XDP_TX, counter)
     }
 
+    /// The same action counted under `to` instead, if it was counted under `from`.
+    #[inline(always)]
+    pub const fn recount(self, from: u32, to: u32) -> Self {
+        if self.counter() == from {
+            Verdict::new(self.action(), to)
+        } else {
+            self
+        }
+    }
+
     #[inline(always)]
     pub const fn action(self) -> u32 {
         self.0 & 0xff

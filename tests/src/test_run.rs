@@ -485,7 +485,7 @@ impl TestRun {
     pub fn flow_holding(&mut self, p: &Plan, i: usize, port: u16, other: FlowKey, fs: FlowState) {
         self.stale_reverse_entry(p, i, port, other);
         let fs = FlowState {
-            backend: p.ids[i],
+            backend: p.ids[i] as u16,
             snat_port: port.to_be(),
             ..fs
         };

@@ -11,7 +11,7 @@ use lb_tests::bed::Bed;
 use lb_tests::daemon::{XdpState, xdp_state};
 use lb_tests::{Daemon, Kind, Launch, Topology};
 
-const PINS: [&str; 3] = ["flows_v2", "half_open_v1", "reverse_nat_v1"];
+const PINS: [&str; 3] = ["flows_v3", "half_open_v2", "reverse_nat_v1"];
 
 /// The lock, the prerequisites and a two-armed topology.
 fn env() -> Bed {
@@ -155,7 +155,7 @@ fn reused_pins_of_another_size_are_refused_and_nothing_is_attached() {
 
     let args = args(&env.topo, &pins.0, &["--max-flows", "8192"]);
     refused(&env, &args, "lb-size2.log", |log| {
-        log.contains("flows_v2 has 4096 entries but --max-flows 8192 sizes it at 8192")
+        log.contains("flows_v3 has 4096 entries but --max-flows 8192 sizes it at 8192")
     });
 }
 

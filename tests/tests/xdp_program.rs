@@ -165,7 +165,7 @@ fn client_to_vip_is_rewritten_to_the_backend() {
             .flow(k)
             .unwrap_or_else(|| panic!("{what}: no flow entry"));
         assert_eq!(
-            (flow.backend, u16::from_be(flow.snat_port)),
+            (u32::from(flow.backend), u16::from_be(flow.snat_port)),
             (p.ids[0], port),
             "{what}: flow entry"
         );
@@ -442,7 +442,7 @@ fn flow_to_a_down_backend_is_rebalanced() {
         let port = lb.snat_port(&p, CLIENT_PORT);
         assert_eq!(out, to_backend(&p, &ack, 1, port).build(), "{}", p.vip);
         assert_eq!(
-            lb.flow(p.client_key(CLIENT_PORT)).unwrap().backend,
+            u32::from(lb.flow(p.client_key(CLIENT_PORT)).unwrap().backend),
             p.ids[1]
         );
         assert_eq!(lb.backend_stats(&p, 1).new_flows, 1);
@@ -914,7 +914,7 @@ fn idle_flow_expires_and_is_rebalanced() {
     sleep(idle + 100 * MS);
     assert_eq!(forward_to(&mut lb, &p, &ack), 1, "idle past the timeout");
     assert_eq!(
-        lb.flow(p.client_key(CLIENT_PORT)).unwrap().backend,
+        u32::from(lb.flow(p.client_key(CLIENT_PORT)).unwrap().backend),
         p.ids[1]
     );
     assert_eq!(lb.service_stats(&p).new_flows, 2);
@@ -976,7 +976,11 @@ fn closed_flow_expires_after_the_closed_timeout_but_a_half_closed_one_does_not()
     reply(&mut lb, &p, 1005, FIN | ACK);
     for (what, sport, f, _) in cases {
         let fs = lb.flow(p.client_key(sport)).unwrap();
-        assert_eq!((fs.backend, fs.flags), (p.ids[0], f), "{what}: flow entry");
+        assert_eq!(
+            (u32::from(fs.backend), fs.flags),
+            (p.ids[0], f),
+            "{what}: flow entry"
+        );
     }
     // Within the closed timeout even a closed flow is kept.
     assert_eq!(forward_to(&mut lb, &p, &p.from_client(1001, ACK)), 0);

@@ -169,7 +169,7 @@ fn active_per_backend(
     let mut active = StdHashMap::new();
     for fs in entries {
         if lb_common::flow::active(&fs, cfg, now) {
-            *active.entry(fs.backend).or_insert(0) += 1;
+            *active.entry(u32::from(fs.backend)).or_insert(0) += 1;
         }
     }
     active
@@ -190,7 +190,7 @@ fn snat_holds(
             continue;
         }
         let e = ports
-            .entry((fs.backend, fs.snat_idx, fs.snat_port))
+            .entry((u32::from(fs.backend), fs.snat_idx, fs.snat_port))
             .or_insert(hold);
         if hold == PortHold::InUse {
             *e = hold;
@@ -518,7 +518,7 @@ pub(crate) mod tests {
         }
     }
 
-    fn flow(backend: u32, last_seen_ns: u64, flags: u8) -> FlowState {
+    fn flow(backend: u16, last_seen_ns: u64, flags: u8) -> FlowState {
         FlowState {
             last_seen_ns,
             backend,
@@ -561,7 +561,7 @@ pub(crate) mod tests {
             ..Default::default()
         };
         let now = 10_000;
-        let on = |backend: u32, idx: u8, port: u16, last_seen_ns: u64, flags: u8| FlowState {
+        let on = |backend: u16, idx: u8, port: u16, last_seen_ns: u64, flags: u8| FlowState {
             snat_port: port.to_be(),
             snat_idx: idx,
             ..flow(backend, last_seen_ns, flags)

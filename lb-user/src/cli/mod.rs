@@ -138,6 +138,15 @@ pub struct RunArgs {
     /// rate (at least 1).
     #[arg(long, value_name = "N")]
     pub source_burst: Option<u32>,
+    /// When nat services' new flows are opened by SYN cookie (the LB answers the SYN and
+    /// opens the backend's leg itself only for a valid ACK): auto (when a VIP gets more
+    /// than --syn-cookie-rate SYNs a second; the default), always, off.
+    #[arg(long, value_name = "MODE")]
+    pub syn_cookies: Option<String>,
+    /// With --syn-cookies auto: SYNs a second one VIP may get before cookies answer
+    /// them; default 50000.
+    #[arg(long, value_name = "N")]
+    pub syn_cookie_rate: Option<u32>,
     /// Flow table size (connections remembered); default 262144.
     #[arg(long, value_name = "N")]
     pub max_flows: Option<u32>,
@@ -272,6 +281,8 @@ impl RunArgs {
             max_conns: self.max_conns,
             source_rate: self.source_rate,
             source_burst: self.source_burst,
+            syn_cookies: self.syn_cookies.clone(),
+            syn_cookie_rate: self.syn_cookie_rate,
             proxy_protocol: self.proxy_protocol.clone(),
             proxy_tlvs: [
                 (self.proxy_tlv_unique_id, "unique-id"),

@@ -54,6 +54,7 @@ fn globals(src: &Layered<'_>) -> Result<Config, ConfigError> {
         duration_setting(setting!(src, connect_timeout), DEFAULT_CONNECT_TIMEOUT)?;
     let (splice, max_conns) = proxy_globals(src)?;
     let (source_rate, source_burst) = source_limit(src)?;
+    let (syn_cookies, syn_cookie_rate) = syn_cookies(src)?;
     Ok(Config {
         ifaces,
         xdp_mode,
@@ -74,6 +75,8 @@ fn globals(src: &Layered<'_>) -> Result<Config, ConfigError> {
         max_conns,
         source_rate,
         source_burst,
+        syn_cookies,
+        syn_cookie_rate,
         services: Vec::new(),
     })
 }
@@ -114,6 +117,32 @@ fn xdp_mode(src: &Layered<'_>) -> Result<XdpModeChoice, ConfigError> {
             other => return Err(ConfigError::new(loc, other, "expected auto, native or skb")),
         },
     })
+}
+
+/// When SYN cookies answer: the mode and, for `auto`, the rate that turns them on.
+fn syn_cookies(src: &Layered<'_>) -> Result<(SynCookies, u32), ConfigError> {
+    let mode = match setting!(src, syn_cookies) {
+        None => SynCookies::Auto,
+        Some((loc, m)) => match m {
+            "auto" => SynCookies::Auto,
+            "always" => SynCookies::Always,
+            "off" => SynCookies::Off,
+            other => return Err(ConfigError::new(loc, other, "expected auto, always or off")),
+        },
+    };
+    let (flags, f) = (src.flags, src.file);
+    let rate = flags
+        .syn_cookie_rate
+        .or(f.syn_cookie_rate)
+        .unwrap_or(DEFAULT_SYN_COOKIE_RATE);
+    if rate == 0 {
+        return Err(ConfigError::new(
+            src.loc(flags.syn_cookie_rate.is_some(), "syn_cookie_rate"),
+            "0",
+            "must be at least 1 SYN a second (for cookies on every SYN, use --syn-cookies always)",
+        ));
+    }
+    Ok((mode, rate))
 }
 
 /// Where the ring size was set, for errors about it.

@@ -29,6 +29,8 @@ pub struct FileConfig {
     pub max_conns: Option<u32>,
     pub source_rate: Option<u32>,
     pub source_burst: Option<u32>,
+    pub syn_cookies: Option<String>,
+    pub syn_cookie_rate: Option<u32>,
     #[serde(default)]
     pub service: Vec<FileService>,
 }

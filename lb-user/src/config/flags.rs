@@ -33,6 +33,8 @@ pub struct FlagSettings {
     pub max_conns: Option<u32>,
     pub source_rate: Option<u32>,
     pub source_burst: Option<u32>,
+    pub syn_cookies: Option<String>,
+    pub syn_cookie_rate: Option<u32>,
     pub proxy_protocol: Option<String>,
     pub proxy_tlvs: Vec<String>,
     pub accept_proxy: bool,

@@ -40,6 +40,18 @@ pub enum XdpModeChoice {
     Skb,
 }
 
+/// When `nat` services' new flows are opened by SYN cookie (the XDP SYN proxy).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SynCookies {
+    /// When a VIP gets more SYNs a second than `syn_cookie_rate`.
+    Auto,
+    /// For every new flow.
+    Always,
+    /// Never: every SYN makes a half-open flow.
+    Off,
+}
+
 /// Forwarding mode of a service.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -162,6 +174,10 @@ pub struct Config {
     pub source_rate: u32,
     /// How many new flows a source may open at once before `source_rate` applies.
     pub source_burst: u32,
+    pub syn_cookies: SynCookies,
+    /// With `SynCookies::Auto`: SYNs a second one VIP may get before its new flows are
+    /// opened by cookie.
+    pub syn_cookie_rate: u32,
     pub services: Vec<ServiceConfig>,
 }
 
@@ -172,6 +188,9 @@ pub const DEFAULT_MAX_CONNS: u32 = 65_536;
 pub const DEFAULT_SPLICE: SpliceChoice = SpliceChoice::Pipe;
 
 pub const DEFAULT_MAX_FLOWS: u32 = 262_144;
+/// Above what a busy service opens (tens of thousands of connections a second reach
+/// the kernel's own SYN queue limits first), far below a flood.
+pub const DEFAULT_SYN_COOKIE_RATE: u32 = 50_000;
 pub const DEFAULT_MAX_SERVICES: u32 = 16;
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(350);
 pub const DEFAULT_CLOSED_TIMEOUT: Duration = Duration::from_secs(10);

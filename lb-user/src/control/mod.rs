@@ -190,7 +190,7 @@ impl Control {
             Step::RemoveService { vip } => self.dp.remove_service(*vip)?,
             Step::SetProxyVip { vip } => self.dp.set_proxy_vip(*vip)?,
             Step::RemoveProxyVip { vip } => self.dp.remove_proxy_vip(*vip)?,
-            Step::SetTimeouts { .. } | Step::SetSourceLimit { .. } => {
+            Step::SetTimeouts { .. } | Step::SetSourceLimit { .. } | Step::SetSynCookies { .. } => {
                 self.dp.set_globals(self.model.config())?
             }
             Step::StartChecker {

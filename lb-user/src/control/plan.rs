@@ -6,7 +6,7 @@
 //! the Maglev table that names it; one that stops being usable is written after the
 //! table that no longer names it. So a new flow never picks a backend that is not up.
 
-use crate::config::ProxyConfig;
+use crate::config::{ProxyConfig, SynCookies};
 use crate::health::HealthConfig;
 use lb_common::maglev::MaglevBackend;
 use std::net::{IpAddr, SocketAddr};
@@ -67,6 +67,11 @@ pub enum Step {
     SetSourceLimit {
         rate: u32,
         burst: u32,
+    },
+    /// Writes when SYN cookies answer (the running configuration's).
+    SetSynCookies {
+        mode: SynCookies,
+        rate: u32,
     },
 
     // Side effects.

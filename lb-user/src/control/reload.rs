@@ -84,6 +84,16 @@ impl Model {
                 ),
             });
         }
+        if new.syn_cookies != old.syn_cookies || new.syn_cookie_rate != old.syn_cookie_rate {
+            self.plan.push(Step::SetSynCookies {
+                mode: new.syn_cookies,
+                rate: new.syn_cookie_rate,
+            });
+            changes.push(format!(
+                "SYN cookies: {:?}, above {} SYNs a second per VIP",
+                new.syn_cookies, new.syn_cookie_rate
+            ));
+        }
         if new.idle_timeout != old.idle_timeout || new.connect_timeout != old.connect_timeout {
             self.plan.push(Step::ProxyTimeouts {
                 connect: new.connect_timeout,

@@ -13,8 +13,9 @@ use lb_common::maps::{
 };
 
 use super::{Dataplane, DataplaneError, map_error};
-use crate::config::Config;
+use crate::config::{Config, SynCookies};
 use crate::sys;
+use lb_common::syn_proxy::{COOKIES_ALWAYS, COOKIES_AUTO, COOKIES_OFF};
 
 impl Dataplane {
     /// Writes the global settings and the redirect ports. Call before
@@ -65,7 +66,13 @@ impl Dataplane {
             source_rate: cfg.source_rate,
             source_burst: cfg.source_burst,
             snat_addrs: counts,
-            _pad: [0; 6],
+            syn_cookies: match cfg.syn_cookies {
+                SynCookies::Auto => COOKIES_AUTO,
+                SynCookies::Always => COOKIES_ALWAYS,
+                SynCookies::Off => COOKIES_OFF,
+            },
+            _pad: 0,
+            syn_cookie_rate: cfg.syn_cookie_rate,
         };
         let mut config: Array<&mut MapData, GlobalConfig> = self.map_mut(names::CONFIG)?;
         config.set(0, global, 0).map_err(map_error(names::CONFIG))

@@ -14,8 +14,8 @@ use tracing::warn;
 /// Pin names carry the layout version of their value types: aya reuses a pinned map
 /// without checking its layout, so a changed struct must get a new name.
 pub const PINNED: &[(&str, &str)] = &[
-    (lb_common::maps::names::FLOWS, "flows_v2"),
-    (lb_common::maps::names::HALF_OPEN, "half_open_v1"),
+    (lb_common::maps::names::FLOWS, "flows_v3"),
+    (lb_common::maps::names::HALF_OPEN, "half_open_v2"),
     (lb_common::maps::names::REVERSE_NAT, "reverse_nat_v1"),
 ];
 

@@ -1,0 +1,332 @@
+//! The XDP SYN proxy's rules: when a VIP's new flows are opened by SYN cookie, what the
+//! cookie's SYN-ACK carries besides the cookie, and how a proxied flow's two legs (the
+//! client's with the LB, the backend's with the LB) are translated into each other.
+//!
+//! A SYN cookie (the kernel's `bpf_tcp_raw_gen_syncookie_*`) is the SYN-ACK's sequence
+//! number: it proves the ACK that echoes it comes from the client's address, and keeps
+//! no state. It cannot hold the client's options, so, as the kernel's own cookies do,
+//! the SYN-ACK's TSval carries them ([`ClientOptions`]) and the client echoes them in
+//! its TSecr; a client without timestamps gets no window scaling and no SACK, and its
+//! MSS is taken as the family's smallest class.
+//!
+//! Once the cookie is valid the LB sends the backend the client's SYN itself (the
+//! client's own sequence numbers and TSvals, so that direction needs no translation)
+//! and meanwhile holds the client with a zero window. The backend answers with its own
+//! ISN, TSval clock and window scale: from then on the backend's sequence numbers and
+//! TSvals are shifted by `FlowState::seq_delta` / `ts_delta` toward the client (and the
+//! client's acknowledgments, SACK blocks and TSecrs back), and its windows rescaled.
+
+use crate::maps::FAMILY_V6;
+
+/// `GlobalConfig::syn_cookies`: never, under SYN pressure only, for every new flow.
+pub const COOKIES_OFF: u8 = 0;
+pub const COOKIES_AUTO: u8 = 1;
+pub const COOKIES_ALWAYS: u8 = 2;
+
+/// `FlowState::proxy` bits: opened by a SYN cookie; the backend's leg is not open yet;
+/// the client uses timestamps.
+pub const PROXY_ON: u8 = 1;
+pub const PROXY_PENDING: u8 = 2;
+pub const PROXY_CLIENT_TS: u8 = 4;
+
+/// The window scale the LB offers a client that offers one: Linux's for its default
+/// receive buffers, so a Linux backend's windows usually pass unchanged.
+pub const LB_WSCALE: u8 = 7;
+/// The MSS the LB's SYN-ACK offers: what an Ethernet path toward the backends takes.
+pub const LB_MSS_V4: u16 = 1460;
+pub const LB_MSS_V6: u16 = 1440;
+/// The MSS classes a client's MSS is rounded down to (the kernel's syncookie tables):
+/// two bits of the TSval say which.
+pub const MSS_V4: [u16; 4] = [536, 1300, 1440, 1460];
+pub const MSS_V6: [u16; 4] = [1220, 1420, 1440, 8940];
+/// [`ClientOptions::wscale`] of a client that offered no window scale.
+pub const NO_WSCALE: u8 = 0xf;
+/// A SYN's window scale when it has no such option (what [`ClientOptions::of_syn`]
+/// takes).
+pub const NOT_OFFERED: u8 = 0xff;
+/// Low bits of the cookie SYN-ACK's TSval that carry [`ClientOptions`].
+pub const TS_OPTION_BITS: u32 = 7;
+const TS_OPTION_MASK: u32 = (1 << TS_OPTION_BITS) - 1;
+/// The largest window scale (RFC 7323 2.3).
+const MAX_WSCALE: u8 = 14;
+
+/// The client's SYN options the LB must give the backend, kept in the cookie SYN-ACK's
+/// TSval (and so only for clients with timestamps). Plain integers, no `Option`s: the
+/// BPF program must never see LLVM compute on an `Option`'s undefined payload (the
+/// verifier refuses to read a register nothing wrote).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientOptions {
+    /// Window scale the client offered (at most 14), or [`NO_WSCALE`].
+    pub wscale: u8,
+    /// The client offered SACK.
+    pub sack: bool,
+    /// Index of the client's MSS class in the family's table.
+    pub mss_class: u8,
+}
+
+impl ClientOptions {
+    /// The options of a SYN: its MSS (0 if none: TCP's default 536 then) rounded down to
+    /// its class, its window scale ([`NOT_OFFERED`] if none; 14 at most).
+    #[inline(always)]
+    pub fn of_syn(family: u8, mss: u16, wscale: u8, sack: bool) -> Self {
+        let table = mss_table(family);
+        let mut mss_class = 0;
+        let mut i = 1;
+        while i < table.len() {
+            if mss >= table[i] {
+                mss_class = i as u8;
+            }
+            i += 1;
+        }
+        ClientOptions {
+            wscale: if wscale == NOT_OFFERED {
+                NO_WSCALE
+            } else {
+                wscale.min(MAX_WSCALE)
+            },
+            sack,
+            mss_class,
+        }
+    }
+
+    /// The window scale the client offered, if any.
+    #[inline(always)]
+    pub fn wscale(&self) -> Option<u8> {
+        if self.wscale > MAX_WSCALE {
+            None
+        } else {
+            Some(self.wscale)
+        }
+    }
+
+    /// The client's options in the low bits of a TSval.
+    #[inline(always)]
+    pub fn encode(&self) -> u32 {
+        (self.wscale as u32 & 0xf) | (self.sack as u32) << 4 | ((self.mss_class as u32) & 3) << 5
+    }
+
+    /// The options a TSecr echoes from [`ClientOptions::encode`].
+    #[inline(always)]
+    pub fn decode(tsecr: u32) -> Self {
+        let ws = (tsecr & 0xf) as u8;
+        ClientOptions {
+            wscale: if ws > MAX_WSCALE { NO_WSCALE } else { ws },
+            sack: tsecr & 0x10 != 0,
+            mss_class: ((tsecr >> 5) & 3) as u8,
+        }
+    }
+
+    /// The MSS the backend is told.
+    #[inline(always)]
+    pub fn mss(&self, family: u8) -> u16 {
+        mss_table(family)[(self.mss_class & 3) as usize]
+    }
+
+    /// A client without timestamps: its options cannot come back with its ACK, so it
+    /// gets the safe ones (the smallest MSS class, no scaling, no SACK).
+    #[inline(always)]
+    pub fn without_timestamps() -> Self {
+        ClientOptions {
+            wscale: NO_WSCALE,
+            sack: false,
+            mss_class: 0,
+        }
+    }
+}
+
+#[inline(always)]
+fn mss_table(family: u8) -> &'static [u16; 4] {
+    if family == FAMILY_V6 {
+        &MSS_V6
+    } else {
+        &MSS_V4
+    }
+}
+
+/// The MSS the LB's SYN-ACK offers for `family`.
+#[inline(always)]
+pub fn lb_mss(family: u8) -> u16 {
+    if family == FAMILY_V6 {
+        LB_MSS_V6
+    } else {
+        LB_MSS_V4
+    }
+}
+
+/// The TSval of a cookie SYN-ACK sent at `now_ns`: a clock in units of about a
+/// millisecond (2^20 ns, as Linux's TSval clock ticks), its low bits replaced by the
+/// client's options.
+#[inline(always)]
+pub fn cookie_tsval(now_ns: u64, opts: &ClientOptions) -> u32 {
+    ((now_ns >> 20) as u32 & !TS_OPTION_MASK) | opts.encode()
+}
+
+/// A window from the backend (scaled by `backend_shift`) as the client reads it (scaled
+/// by `client_shift`, the scale the LB gave it); never more than the field holds.
+#[inline(always)]
+pub fn rescale_window(win: u16, backend_shift: u8, client_shift: u8) -> u16 {
+    let bytes = (win as u64) << (backend_shift.min(MAX_WSCALE));
+    let w = bytes >> client_shift.min(MAX_WSCALE);
+    if w > u16::MAX as u64 {
+        u16::MAX
+    } else {
+        w as u16
+    }
+}
+
+/// The scales of a proxied flow in `FlowState::wscale`: the client's view (high nibble),
+/// the backend's (low).
+#[inline(always)]
+pub fn pack_wscale(client_shift: u8, backend_shift: u8) -> u8 {
+    (client_shift.min(MAX_WSCALE) << 4) | backend_shift.min(MAX_WSCALE)
+}
+
+/// [`pack_wscale`]'s two scales: (client's view, backend's).
+#[inline(always)]
+pub fn unpack_wscale(w: u8) -> (u8, u8) {
+    (w >> 4, w & 0xf)
+}
+
+/// One VIP's recent SYN count, the entry of `SYN_RATE` (indexed by service id): SYNs in
+/// the current window of 2^30 ns (about a second) and in the one before.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SynRate {
+    pub window: u64,
+    pub count: u64,
+    pub prev: u64,
+}
+
+/// The rate window `now_ns` falls in.
+#[inline(always)]
+pub fn rate_window(now_ns: u64) -> u64 {
+    now_ns >> 30
+}
+
+impl SynRate {
+    /// Moves the counts on to `now_ns`'s window, if it is a later one.
+    #[inline(always)]
+    pub fn roll(&mut self, now_ns: u64) {
+        let w = rate_window(now_ns);
+        if self.window != w {
+            self.prev = if self.window.wrapping_add(1) == w {
+                self.count
+            } else {
+                0
+            };
+            self.count = 0;
+            self.window = w;
+        }
+    }
+
+    /// Whether the VIP gets SYNs faster than `rate` a window: in this window so far, or
+    /// in the whole last one (so cookies stay on for a window after a flood ends, and
+    /// do not switch off at every window's start during one).
+    #[inline(always)]
+    pub fn over(&self, rate: u32) -> bool {
+        self.count.max(self.prev) > rate as u64
+    }
+}
+
+/// Whether a new flow's SYN is answered with a cookie under mode `mode`.
+#[inline(always)]
+pub fn use_cookie(mode: u8, rate: &SynRate, threshold: u32) -> bool {
+    match mode {
+        COOKIES_ALWAYS => true,
+        COOKIES_AUTO => rate.over(threshold),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::maps::FAMILY_V4;
+
+    #[test]
+    fn client_options_round_trip_through_the_tsval() {
+        for ws in [NOT_OFFERED, 0, 7, 14] {
+            for sack in [false, true] {
+                for mss in [0, 536, 1299, 1300, 1460, 9000] {
+                    let o = ClientOptions::of_syn(FAMILY_V4, mss, ws, sack);
+                    let ts = cookie_tsval(123_456_789_000, &o);
+                    assert_eq!(ClientOptions::decode(ts), o, "{ws:?} {sack} {mss}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_mss_is_rounded_down_to_its_class_and_never_above_the_clients() {
+        let cases = [
+            (0, 536),
+            (1000, 536),
+            (1300, 1300),
+            (1459, 1440),
+            (1460, 1460),
+        ];
+        for (mss, want) in cases {
+            assert_eq!(
+                ClientOptions::of_syn(FAMILY_V4, mss, NOT_OFFERED, false).mss(FAMILY_V4),
+                want
+            );
+        }
+        assert_eq!(
+            ClientOptions::of_syn(FAMILY_V6, 1440, NOT_OFFERED, false).mss(FAMILY_V6),
+            1440
+        );
+        assert_eq!(ClientOptions::without_timestamps().mss(FAMILY_V6), 1220);
+        assert_eq!(
+            ClientOptions::of_syn(FAMILY_V4, 1460, 20, true).wscale(),
+            Some(14)
+        );
+        assert_eq!(
+            ClientOptions::of_syn(FAMILY_V4, 1460, NOT_OFFERED, true).wscale(),
+            None
+        );
+    }
+
+    #[test]
+    fn cookie_tsvals_move_forward_with_the_clock() {
+        let o = ClientOptions::of_syn(FAMILY_V4, 1460, 7, true);
+        let a = cookie_tsval(10_000_000_000, &o);
+        let b = cookie_tsval(10_200_000_000, &o);
+        assert!(b > a);
+        assert_eq!(a & TS_OPTION_MASK, o.encode());
+    }
+
+    #[test]
+    fn windows_are_rescaled_and_clamped() {
+        assert_eq!(rescale_window(1000, 7, 7), 1000);
+        assert_eq!(rescale_window(1000, 9, 7), 4000);
+        assert_eq!(rescale_window(1000, 5, 7), 250);
+        assert_eq!(rescale_window(65535, 14, 0), u16::MAX);
+        // A SYN-ACK's window is never scaled: from 0.
+        assert_eq!(rescale_window(64240, 0, 7), 501);
+        assert_eq!(unpack_wscale(pack_wscale(7, 9)), (7, 9));
+    }
+
+    #[test]
+    fn cookies_start_over_the_rate_and_stay_for_a_window_after() {
+        let sec = 1u64 << 30;
+        let mut r = SynRate::default();
+        r.roll(5 * sec);
+        r.count = 100;
+        assert!(!use_cookie(COOKIES_AUTO, &r, 100));
+        r.count = 101;
+        assert!(use_cookie(COOKIES_AUTO, &r, 100));
+        // The next window remembers the flood.
+        r.roll(6 * sec + 1);
+        assert_eq!((r.count, r.prev), (0, 101));
+        assert!(use_cookie(COOKIES_AUTO, &r, 100));
+        // A quiet window later, off again.
+        r.roll(7 * sec);
+        assert!(!use_cookie(COOKIES_AUTO, &r, 100));
+        // A gap of several windows forgets everything.
+        r.count = 500;
+        r.roll(20 * sec);
+        assert_eq!((r.count, r.prev), (0, 0));
+        assert!(use_cookie(COOKIES_ALWAYS, &r, 100));
+        assert!(!use_cookie(COOKIES_OFF, &r, 0));
+    }
+}
