@@ -16,7 +16,7 @@ use aya_ebpf::{
 };
 use lb_common::{
     maps::FAMILY_V4,
-    tcp::{ACK, OPT_NOP, SYN},
+    tcp::{ACK, OPT_NOP, RST, SYN},
 };
 
 use crate::{
@@ -88,25 +88,51 @@ pub fn generate(pkt: &Packet, seq: u32, mss: u16) -> Option<u32> {
     if r < 0 { None } else { Some(r as u32) }
 }
 
+/// What a segment without a flow says about a SYN cookie.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Cookie {
+    /// It acknowledges no cookie this host gave its 4-tuple lately.
+    Invalid,
+    /// The client's ACK of a cookie SYN-ACK (sequence number = its ISN + 1).
+    Ack,
+    /// A zero-window probe (sequence number = its ISN) acknowledging a cookie: the
+    /// client's ACK was lost and the window the cookie SYN-ACK gave is 0, so the
+    /// probes are all the LB will hear.
+    Probe,
+}
+
 /// Whether the packet (an ACK without SYN or RST) acknowledges a cookie this host gave
 /// its 4-tuple in the last two minutes or so.
 #[inline(never)]
-pub fn valid(ctx: &XdpContext, pkt: &Packet) -> bool {
-    if pkt.tcp_flags & (SYN | ACK | lb_common::tcp::RST) != ACK {
-        return false;
+pub fn check(ctx: &XdpContext, pkt: &Packet) -> Cookie {
+    if pkt.tcp_flags & (SYN | ACK | RST) != ACK {
+        return Cookie::Invalid;
     }
     let Some(th) = ptr_at::<[u32; 5]>(ctx, pkt.l4 as usize & OFF_MASK) else {
-        return false;
+        return Cookie::Invalid;
     };
     // SAFETY: `ptr_at` checked the 20-byte TCP header is inside the packet; unaligned.
     let mut th = unsafe { th.read_unaligned() };
     let mut ip = ip_of(pkt);
+    if valid(&mut ip, &mut th, pkt.key.family) {
+        return Cookie::Ack;
+    }
+    // The helper takes the sequence number minus one as the client's ISN.
+    th[1] = u32::from_be(th[1]).wrapping_add(1).to_be();
+    if valid(&mut ip, &mut th, pkt.key.family) {
+        return Cookie::Probe;
+    }
+    Cookie::Invalid
+}
+
+#[inline(always)]
+fn valid(ip: &mut Ip, th: &mut [u32; 5], family: u8) -> bool {
     let ipp = ip.words.as_mut_ptr();
     let thp = th.as_mut_ptr().cast::<tcphdr>();
     // SAFETY: both pointers are to initialised stack values of the sizes the helpers
     // read (`iphdr` 20 or `ipv6hdr` 40 bytes; `tcphdr` 20).
     let r = unsafe {
-        if pkt.key.family == FAMILY_V4 {
+        if family == FAMILY_V4 {
             bpf_tcp_raw_check_syncookie_ipv4(ipp.cast::<iphdr>(), thp)
         } else {
             bpf_tcp_raw_check_syncookie_ipv6(ipp.cast::<ipv6hdr>(), thp)

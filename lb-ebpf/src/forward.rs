@@ -17,7 +17,8 @@ use lb_common::{
 
 use crate::{
     conntrack::{self, now, record_close, touch_client},
-    cookie, events, fib,
+    cookie::{self, Cookie},
+    events, fib,
     maps::{BACKENDS, CONFIG},
     nat::Target,
     packet::frame_len,
@@ -69,7 +70,8 @@ pub fn forward(ctx: &XdpContext, pkt: &mut Packet, svc: &Service) -> Verdict {
             return syn_proxy::answer_syn(ctx, pkt);
         }
     } else if cfg.syn_cookies != COOKIES_OFF {
-        if cookie::valid(ctx, pkt) {
+        let c = cookie::check(ctx, pkt);
+        if c == Cookie::Ack || (c == Cookie::Probe && syn_proxy::probe_as_ack(ctx, pkt)) {
             t.proxied = 1;
         } else if syn_proxy::cookies_on(pkt, svc, cfg) {
             // While cookies answer the VIP's SYNs, a segment without a flow can only

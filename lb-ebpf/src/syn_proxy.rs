@@ -129,6 +129,13 @@ pub fn open(ctx: &XdpContext, pkt: &mut Packet) -> bool {
     pending_flow(ctx, pkt, &mut fs) && backend_syn(ctx, pkt, &fs)
 }
 
+/// Makes a zero-window probe that acknowledges a cookie look like the client's lost ACK
+/// (its sequence number one up), which then opens the flow.
+#[inline(never)]
+pub fn probe_as_ack(ctx: &XdpContext, pkt: &Packet) -> bool {
+    set_word(ctx, pkt, SEQ_OFF, |s| s.wrapping_add(1))
+}
+
 /// Makes `fs` (its backend and SNAT port set) the flow entry of a cookie ACK:
 /// half-open, marked `PROXY_PENDING`, with what the backend's answer needs (the
 /// client's ISN, the cookie, the TSval the client was given, which holds its options).
