@@ -26,12 +26,13 @@ pub fn now() -> f64 {
 
 /// The client: sequential connections to HOST:PORT, each `GET PATH` over HTTP/1.0 (so a
 /// new TCP connection every time), one record line per connection:
-/// `START END ok BODY` or `START END fail WHAT`. Stops after MAX connections, MAX_SECS
+/// `START END ok BODY` or `START END fail WHAT`, a connection failing after TIMEOUT
+/// seconds without connecting or without an answer. Stops after MAX connections, MAX_SECS
 /// seconds, or when STOP_FILE exists.
 const SHORT_CLIENT: &str = r#"
 import os, socket, sys, time
 host, port, path, out, stop = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
-max_n, max_secs, pause = int(sys.argv[6]), float(sys.argv[7]), float(sys.argv[8])
+max_n, max_secs, pause, timeout = int(sys.argv[6]), float(sys.argv[7]), float(sys.argv[8]), float(sys.argv[9])
 deadline = time.monotonic() + max_secs
 req = ("GET %s HTTP/1.0\r\nHost: vip\r\n\r\n" % path).encode()
 with open(out, "w", buffering=1) as f:
@@ -40,9 +41,9 @@ with open(out, "w", buffering=1) as f:
         n += 1
         t0 = time.time()
         try:
-            s = socket.create_connection((host, port), timeout=3)
+            s = socket.create_connection((host, port), timeout=timeout)
             try:
-                s.settimeout(3)
+                s.settimeout(timeout)
                 s.sendall(req)
                 data = b""
                 while True:
@@ -192,6 +193,9 @@ pub struct ShortOpts {
     pub max_time: Duration,
     /// Pause after each connection.
     pub pause: Duration,
+    /// How long a connection may take to connect, and then to answer: one without an
+    /// answer by then is a failure.
+    pub timeout: Duration,
 }
 
 impl Default for ShortOpts {
@@ -200,6 +204,7 @@ impl Default for ShortOpts {
             max_conns: 20_000,
             max_time: Duration::from_secs(120),
             pause: Duration::from_millis(20),
+            timeout: Duration::from_secs(3),
         }
     }
 }
@@ -241,7 +246,8 @@ impl ShortConns {
             .arg(&stop)
             .arg(opts.max_conns.to_string())
             .arg(format!("{:.3}", opts.max_time.as_secs_f64()))
-            .arg(format!("{:.3}", opts.pause.as_secs_f64()));
+            .arg(format!("{:.3}", opts.pause.as_secs_f64()))
+            .arg(format!("{:.3}", opts.timeout.as_secs_f64()));
         let bg = Bg::spawn(c, &topo.path(&format!("{tag}.out")))?;
         Ok(ShortConns { bg, records, stop })
     }

@@ -1,6 +1,7 @@
 //! A named network namespace that deletes itself on drop, after killing the processes
 //! started in it.
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -114,6 +115,13 @@ impl Netns {
         self.exec("sysctl", &args).map(drop)
     }
 
+    /// The namespace's network counters (`nstat -asz`: absolute values, zeros included,
+    /// the history file left alone), by name (`TcpExtSyncookiesSent`, ...).
+    pub fn nstat(&self) -> Result<BTreeMap<String, u64>> {
+        let out = self.exec("nstat", &["-asz"])?;
+        Ok(parse_nstat(&out))
+    }
+
     /// Starts `cmd` (built with [`Netns::command`]) in the background; it is killed by
     /// PID when the namespace is dropped. Returns its PID.
     pub fn spawn(&self, mut cmd: Command) -> Result<u32> {
@@ -202,7 +210,33 @@ pub fn wait_until(timeout: Duration, mut check: impl FnMut() -> Result<bool>) ->
     }
 }
 
+/// `NAME VALUE RATE` lines of `nstat` as a map; the `#kernel` header and anything else
+/// that is not a counter are skipped.
+fn parse_nstat(out: &str) -> BTreeMap<String, u64> {
+    out.lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let (name, value) = (f.next()?, f.next()?.parse().ok()?);
+            Some((name.to_owned(), value))
+        })
+        .collect()
+}
+
 /// `aa:bb:cc:dd:ee:ff`, as `ip` takes a link-layer address.
 pub fn mac_str(mac: [u8; 6]) -> String {
     mac.map(|b| format!("{b:02x}")).join(":")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_nstat() {
+        let out = "#kernel\nIpInReceives                    12                 0.0\nTcpExtSyncookiesSent            4711               0.0\nTcpExtSyncookiesRecv            0                  0.0\n";
+        let m = parse_nstat(out);
+        assert_eq!(m.len(), 3);
+        assert_eq!(m["TcpExtSyncookiesSent"], 4711);
+        assert_eq!(m["TcpExtSyncookiesRecv"], 0);
+    }
 }

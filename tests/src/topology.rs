@@ -400,13 +400,10 @@ impl Topology {
         let nss = std::iter::once(("client", &self.client))
             .chain(self.backends.iter().map(|b| (b.name.as_str(), &b.ns)));
         for (role, ns) in nss {
-            let out = ns.exec("nstat", &["-asz", "TcpInCsumErrors"])?;
-            let n = out
-                .lines()
-                .find_map(|l| l.strip_prefix("TcpInCsumErrors"))
-                .and_then(|rest| rest.split_whitespace().next())
-                .and_then(|v| v.parse::<u64>().ok())
-                .with_context(|| format!("no TcpInCsumErrors in nstat output:\n{out}"))?;
+            let n = *ns
+                .nstat()?
+                .get("TcpInCsumErrors")
+                .with_context(|| format!("no TcpInCsumErrors in the nstat of {role}"))?;
             if n > 0 {
                 bad.push((role.to_owned(), n));
             }

@@ -43,6 +43,7 @@ fn add_weight_drain_remove_under_load() {
             max_conns: 5_000,
             max_time: Duration::from_secs(120),
             pause: Duration::from_millis(20),
+            ..ShortOpts::default()
         },
     )
     .unwrap();
