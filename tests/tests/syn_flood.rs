@@ -189,14 +189,32 @@ fn check_reached_lb(rx: u64, sent: &Sent) {
 
 /// `nat` mode: a paced 4 MiB download (16 s at 256 KiB/s) spans the flood and arrives
 /// sha256-exact; the client's connections get through; the flood's SYNs reached the
-/// LB and were taken for new flows (each from a source of its own).
+/// LB and were taken for new flows (each from a source of its own), half-open ones
+/// that the half-open table's eviction keeps from holding SNAT ports.
 #[test]
 fn nat_mode_serves_clients_through_a_syn_flood() {
+    nat_flood(false);
+}
+
+/// As [`nat_mode_serves_clients_through_a_syn_flood`], with the flood over the VIP's
+/// SYN cookie rate: the LB answers the flood with cookies and keeps no state for it.
+#[test]
+fn nat_mode_answers_a_syn_flood_with_cookies() {
+    nat_flood(true);
+}
+
+fn nat_flood(cookies: bool) {
     let bed = Bed::new(Kind::TwoArmed);
     must(flood::sink_replies(&bed.topo.lb, Sink::Blackhole));
     let sum = must(bed.topo.create_blob(4 << 20));
     let all: Vec<(&str, u32)> = BACKEND_NAMES.iter().map(|n| (*n, 1)).collect();
-    let d = bed.start(&bed.args(&all, &[]));
+    // The flood sends about 31,000 SYNs a second: over this rate, under the default.
+    let extra: &[&str] = if cookies {
+        &["--syn-cookie-rate", "5000"]
+    } else {
+        &[]
+    };
+    let d = bed.start(&bed.args(&all, extra));
 
     let mut slow = must(SlowDownload::start(
         &bed.topo,
@@ -208,8 +226,10 @@ fn nat_mode_serves_clients_through_a_syn_flood() {
     must(slow.backend(&bed.topo, Duration::from_secs(5)));
     let mut short = must(ShortConns::start(&bed.topo, false, short_opts()));
     let (rx0, flows0) = (lb_rx_packets(&bed.topo.lb), new_flows(&d));
+    let cookies0 = counter(&d, "syn_cookies_sent");
     let seen = flood_while_connecting(&bed, &mut short);
     let (rx, flows) = (lb_rx_packets(&bed.topo.lb) - rx0, new_flows(&d) - flows0);
+    let cookies_sent = counter(&d, "syn_cookies_sent") - cookies0;
     let download_spanned = slow.running();
     let conns = must(short.stop());
     eprintln!(
@@ -218,12 +238,29 @@ fn nat_mode_serves_clients_through_a_syn_flood() {
         counter(&d, "drop_snat_ports_exhausted")
     );
     check_reached_lb(rx, &seen.sent);
-    // Every SYN of the flood is a flow of its own; a few may still be on the wire.
-    assert!(
-        flows as f64 >= 0.9 * seen.sent.syns as f64,
-        "lb counted {flows} new flows for a flood of {} SYNs",
-        seen.sent.syns
-    );
+    let syns = seen.sent.syns as f64;
+    if cookies {
+        // Past the rate's first 5,000 SYNs, every SYN is answered with a cookie and
+        // none becomes a flow: only the client's connections do.
+        assert!(
+            cookies_sent as f64 >= 0.9 * syns,
+            "{cookies_sent} cookies for a flood of {syns} SYNs"
+        );
+        assert!(
+            (flows as f64) < 0.05 * syns,
+            "{flows} new flows during a flood answered by cookies"
+        );
+    } else {
+        // Every SYN of the flood is a flow of its own; a few may still be on the wire.
+        assert!(
+            flows as f64 >= 0.9 * syns,
+            "lb counted {flows} new flows for a flood of {syns} SYNs"
+        );
+        assert_eq!(
+            cookies_sent, 0,
+            "the flood is under the default cookie rate"
+        );
+    }
     check_client(&seen);
     assert!(
         download_spanned,
