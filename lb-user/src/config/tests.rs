@@ -45,6 +45,8 @@ fn flags(args: &[(&str, &str)]) -> FlagSettings {
             "max-conns" => f.max_conns = Some(v.parse().unwrap()),
             "source-rate" => f.source_rate = Some(v.parse().unwrap()),
             "source-burst" => f.source_burst = Some(v.parse().unwrap()),
+            "syn-cookies" => f.syn_cookies = Some(v),
+            "syn-cookie-rate" => f.syn_cookie_rate = Some(v.parse().unwrap()),
             other => panic!("unknown test flag {other}"),
         }
     }
@@ -619,6 +621,43 @@ fn source_limit_is_off_by_default_and_its_burst_defaults_to_the_rate() {
     assert_eq!((c.source_rate, c.source_burst), (20, 40));
     let c = from_text(&file, &flags(&[("source-rate", "5")])).unwrap();
     assert_eq!((c.source_rate, c.source_burst), (5, 40), "the flag wins");
+}
+
+#[test]
+fn syn_cookies_default_to_auto_at_50000_and_take_flags_over_the_file() {
+    let c = with(&[]).unwrap();
+    assert_eq!(
+        (c.syn_cookies, c.syn_cookie_rate),
+        (SynCookies::Auto, 50_000)
+    );
+    let c = with(&[("syn-cookies", "always")]).unwrap();
+    assert_eq!(c.syn_cookies, SynCookies::Always);
+    let c = with(&[("syn-cookies", "off"), ("syn-cookie-rate", "7")]).unwrap();
+    assert_eq!((c.syn_cookies, c.syn_cookie_rate), (SynCookies::Off, 7));
+    let file = "syn_cookies = \"always\"\nsyn_cookie_rate = 100\n".to_string() + FILE;
+    let c = from_text(&file, &FlagSettings::default()).unwrap();
+    assert_eq!(
+        (c.syn_cookies, c.syn_cookie_rate),
+        (SynCookies::Always, 100)
+    );
+    let c = from_text(&file, &flags(&[("syn-cookies", "auto")])).unwrap();
+    assert_eq!((c.syn_cookies, c.syn_cookie_rate), (SynCookies::Auto, 100));
+}
+
+#[test]
+fn bad_syn_cookie_settings_name_the_flag_or_key() {
+    let e = err(&[("syn-cookies", "sometimes")]);
+    assert_eq!(
+        (e.location.as_str(), e.value.as_str()),
+        ("--syn-cookies", "sometimes")
+    );
+    assert!(e.reason.contains("auto, always or off"), "{e}");
+    let e = err(&[("syn-cookie-rate", "0")]);
+    assert_eq!(e.location, "--syn-cookie-rate");
+    assert!(e.reason.contains("--syn-cookies always"), "{e}");
+    let file = "syn_cookie_rate = 0\n".to_string() + FILE;
+    let e = from_text(&file, &FlagSettings::default()).unwrap_err();
+    assert!(e.to_string().contains("syn_cookie_rate"), "{e}");
 }
 
 #[test]

@@ -6,7 +6,7 @@
 use super::error::ControlError;
 use super::model::{Admin, Health, Model, check_spec, preamble};
 use super::plan::Step;
-use crate::config::{Config, ServiceConfig};
+use crate::config::{Config, ServiceConfig, SynCookies};
 use crate::health::HealthCheck;
 use crate::health::Tracker;
 use lb_common::maps::MAX_BACKENDS;
@@ -89,10 +89,14 @@ impl Model {
                 mode: new.syn_cookies,
                 rate: new.syn_cookie_rate,
             });
-            changes.push(format!(
-                "SYN cookies: {:?}, above {} SYNs a second per VIP",
-                new.syn_cookies, new.syn_cookie_rate
-            ));
+            changes.push(match new.syn_cookies {
+                SynCookies::Off => "SYN cookies: off".to_string(),
+                SynCookies::Always => "SYN cookies: always".to_string(),
+                SynCookies::Auto => format!(
+                    "SYN cookies: above {} SYNs a second per VIP",
+                    new.syn_cookie_rate
+                ),
+            });
         }
         if new.idle_timeout != old.idle_timeout || new.connect_timeout != old.connect_timeout {
             self.plan.push(Step::ProxyTimeouts {

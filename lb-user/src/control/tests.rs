@@ -620,3 +620,20 @@ fn reload_sets_the_source_limit_alone() {
         [Step::SetSourceLimit { rate: 0, burst: 1 }]
     );
 }
+
+#[test]
+fn reload_sets_the_syn_cookies_alone() {
+    let mut bed = Bed::new(&[B1, B2]);
+    let mut new = config(&[B1, B2]);
+    new.syn_cookies = crate::config::SynCookies::Always;
+    let changes = bed.model.reload(new.clone(), "lb.toml", bed.now).unwrap();
+    assert_eq!(changes, ["SYN cookies: always"]);
+    assert_eq!(
+        bed.plan().steps,
+        [Step::SetSynCookies {
+            mode: crate::config::SynCookies::Always,
+            rate: 50_000
+        }],
+        "nothing but the global settings is written: flows and tables stay"
+    );
+}
