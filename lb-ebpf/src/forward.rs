@@ -67,7 +67,13 @@ pub fn forward(ctx: &XdpContext, pkt: &mut Packet, svc: &Service) -> Verdict {
             return Verdict::drop(counters::DROP_SOURCE_RATE_LIMITED);
         }
         if syn_proxy::cookie_for_syn(pkt, svc, cfg) {
-            return syn_proxy::answer_syn(ctx, pkt);
+            // Routed as the flow's replies are (not sent back where it came from): to
+            // the client's next hop, or nowhere when the route is a blackhole.
+            if !syn_proxy::answer_syn(ctx, pkt, t) {
+                return Verdict::drop(counters::DROP_MALFORMED);
+            }
+            return fib::send(ctx, pkt, t, Dir::Out)
+                .recount(counters::FWD_OUT, counters::SYN_COOKIE_SENT);
         }
     } else if cfg.syn_cookies != COOKIES_OFF {
         let c = cookie::check(ctx, pkt);

@@ -156,6 +156,7 @@ pub fn write(ctx: &XdpContext, pkt: &mut Packet, s: &Shape) -> bool {
     pkt.l4 = (l3 + ip_hlen) as u32;
     pkt.ip_len = (ip_hlen + tcp_len) as u32;
     pkt.tcp_flags = s.flags;
+    pkt.ttl = f.ttl;
     true
 }
 

@@ -24,8 +24,9 @@ use lb_ebpf::csum;
 use network_types::tcp::TcpHdr;
 
 use crate::{
-    cookie, events,
+    cookie,
     maps::SYN_RATE,
+    nat::Target,
     options::{self, OPT_OFF_MASK, OPT_SACK},
     packet::ptr_at,
     parse::{OFF_MASK, Packet},
@@ -78,21 +79,21 @@ pub fn cookies_on(pkt: &Packet, svc: &Service, cfg: &GlobalConfig) -> bool {
     use_cookie(cfg.syn_cookies, &r, cfg.syn_cookie_rate)
 }
 
-/// Answers the client's SYN with a cookie SYN-ACK (XDP_TX): window 0, so the client
-/// sends nothing but its ACK until the backend's leg is open.
+/// Rewrites the client's SYN into the LB's cookie SYN-ACK, window 0 (so the client
+/// sends nothing but its ACK until the backend's leg is open), and sets `t` to its
+/// addresses (VIP → client; no backend) for the route out. False only where the
+/// verifier needs a branch, or when the helper cannot make a cookie.
 #[inline(never)]
-pub fn answer_syn(ctx: &XdpContext, pkt: &mut Packet) -> Verdict {
+pub fn answer_syn(ctx: &XdpContext, pkt: &mut Packet, t: &mut Target) -> bool {
     let Some((seq, _, _)) = options::numbers(ctx, pkt) else {
-        events::unreachable(ctx);
-        return Verdict::drop(counters::DROP_MALFORMED);
+        return false;
     };
     let so = options::syn_options(ctx, pkt);
     let client_ts = options::timestamps(ctx, pkt);
     let ts = client_ts.is_some();
     let tsecr = client_ts.map_or(0, |t| t.tsval);
     let Some(cookie) = cookie::generate(pkt, seq, so.mss) else {
-        events::dropped(ctx, counters::DROP_INTERNAL);
-        return Verdict::drop(counters::DROP_INTERNAL);
+        return false;
     };
     let opts = ClientOptions::of_syn(pkt.key.family, so.mss, so.wscale, so.sack);
     let s = Shape {
@@ -114,10 +115,13 @@ pub fn answer_syn(ctx: &XdpContext, pkt: &mut Packet) -> Verdict {
         answer: 1,
         _pad: [0; 3],
     };
-    if !segment::write(ctx, pkt, &s) {
-        return Verdict::drop(counters::DROP_MALFORMED);
-    }
-    Verdict::tx(counters::SYN_COOKIE_SENT)
+    t.src = pkt.key.dst;
+    t.dst = pkt.key.src;
+    t.sport = pkt.key.dport;
+    t.dport = pkt.key.sport;
+    // No backend's traffic counters.
+    t.backend = u32::MAX;
+    segment::write(ctx, pkt, &s)
 }
 
 /// Rewrites the ACK with a valid cookie whose flow `select::new_flow` just entered

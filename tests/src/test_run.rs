@@ -253,6 +253,8 @@ struct Reloadable {
     /// IPv4 SNAT addresses after the plan's own (a restart setting for the daemon; the
     /// bed writes it as the daemon does at start).
     more_snat4: &'static [Ipv4Addr],
+    /// `syn_cookies`; `None`: the key is left out (the default, auto).
+    syn_cookies: Option<&'static str>,
 }
 
 /// The config file of the namespace's LB: its interfaces, timeouts, source limit, ring
@@ -263,6 +265,7 @@ fn config_text(ifaces: &[&str], r: Reloadable) -> String {
     let limit = [("source_rate", rate), ("source_burst", burst)]
         .iter()
         .filter_map(|(k, v)| v.map(|v| format!("{k} = {v}\n")))
+        .chain(r.syn_cookies.map(|m| format!("syn_cookies = {m:?}\n")))
         .collect::<String>();
     let (p4, p6) = (plan4(), plan6());
     let list = |v: Vec<String>| {
@@ -365,6 +368,7 @@ impl TestRun {
             timeouts: DEFAULT_TIMEOUTS,
             source_limit: (None, None),
             more_snat4: &[],
+            syn_cookies: None,
         };
         let cfg = config_from_text(&config_text(ifaces, reloadable)).expect("config");
         let mut dp = Dataplane::load(&cfg).expect("load the eBPF object (needs root)");
@@ -399,6 +403,12 @@ impl TestRun {
     /// as a daemon reload does; `None` leaves the key out.
     pub fn set_source_limit(&mut self, rate: Option<u32>, burst: Option<u32>) {
         self.reloadable.source_limit = (rate, burst);
+        self.reload_globals();
+    }
+
+    /// Reloads when SYN cookies answer (`syn_cookies` in the file: auto, always, off).
+    pub fn set_syn_cookies(&mut self, mode: &'static str) {
+        self.reloadable.syn_cookies = Some(mode);
         self.reload_globals();
     }
 
