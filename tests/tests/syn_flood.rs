@@ -283,7 +283,31 @@ fn nat_flood(cookies: bool) {
         sum,
         "the download through the flood is not the blob"
     );
+    if !cookies {
+        check_half_open_expire(&d);
+    }
     bed.stop(d);
+}
+
+/// The flood's half-open flows fill their table and, once past the half-open timeout
+/// (5 s), `lb stats` counts them as expired (their SNAT ports free).
+fn check_half_open_expire(d: &Daemon) {
+    let read = || {
+        let s = must(d.stats_json());
+        (
+            s["half_open"].as_u64().unwrap_or(0),
+            s["half_open_expired"].as_u64().unwrap_or(0),
+        )
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (mut open, mut expired) = read();
+    while expired < open && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(500));
+        (open, expired) = read();
+    }
+    eprintln!("half-open flows after the flood: {open}, expired {expired}");
+    assert!(open >= 1024, "the flood filled the half-open table: {open}");
+    assert_eq!(expired, open, "every half-open flow of the flood expired");
 }
 
 /// The LB namespace's counters of the kernel's SYN cookies and listen queues.

@@ -333,6 +333,12 @@ pub fn render(r: &Report) -> String {
         "Entries in the half-open flow table (the client has not yet acknowledged the backend's SYN-ACK), including expired ones not evicted yet.",
         [(vec![], r.half_open)],
     );
+    w.family(
+        "lb_half_open_expired_flows",
+        "gauge",
+        "Half-open flows past --half-open-timeout and not evicted yet: handshakes nobody completed; their SNAT ports are free.",
+        [(vec![], r.half_open_expired)],
+    );
     proxy(&mut w, r);
     w.out
 }
@@ -458,6 +464,7 @@ mod tests {
             flows: 6,
             flow_capacity: 1024,
             half_open: 2,
+            half_open_expired: 1,
             counters,
         }
     }
@@ -532,6 +539,9 @@ lb_flow_table_capacity 1024
 # HELP lb_half_open_flows Entries in the half-open flow table (the client has not yet acknowledged the backend's SYN-ACK), including expired ones not evicted yet.
 # TYPE lb_half_open_flows gauge
 lb_half_open_flows 2
+# HELP lb_half_open_expired_flows Half-open flows past --half-open-timeout and not evicted yet: handshakes nobody completed; their SNAT ports are free.
+# TYPE lb_half_open_expired_flows gauge
+lb_half_open_expired_flows 1
 "#,
             version = env!("CARGO_PKG_VERSION")
         );

@@ -126,6 +126,10 @@ pub struct Report {
     /// Entries in the half-open flow table (flows whose handshake is not complete).
     #[serde(default)]
     pub half_open: u64,
+    /// Of those, the ones past the half-open timeout, not evicted yet: handshakes nobody
+    /// completed (a SYN flood's leftovers); their SNAT ports are free again.
+    #[serde(default)]
+    pub half_open_expired: u64,
     /// The global packet counters by name (`lb_common::counters::TABLE`).
     pub counters: BTreeMap<String, u64>,
 }
@@ -352,6 +356,10 @@ pub fn collect_from(rec: &RuntimeRecord) -> Result<Report, StatsError> {
         Err(e) => return Err(e),
     }
     let half_open = (entries.len() - half_open_before) as u64;
+    let half_open_expired = entries[half_open_before..]
+        .iter()
+        .filter(|fs| lb_common::flow::expired(fs, &config, now))
+        .count() as u64;
     let active = active_per_backend(entries.iter().copied(), &config, now);
     let holds = snat_holds(entries, &config, now);
     // The SNAT address pool (absent in a daemon older than it: each backend's own only).
@@ -419,6 +427,7 @@ pub fn collect_from(rec: &RuntimeRecord) -> Result<Report, StatsError> {
         flows,
         flow_capacity,
         half_open,
+        half_open_expired,
         counters: totals,
     })
 }
@@ -514,6 +523,7 @@ pub(crate) mod tests {
             flows: 9,
             flow_capacity: 1000,
             half_open: 3,
+            half_open_expired: 0,
             counters: counters_map,
         }
     }

@@ -58,12 +58,13 @@ pub fn render(r: &Report) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "lb pid {} on {}; flows {} of {}; half-open {}",
+        "lb pid {} on {}; flows {} of {}; half-open {} ({} expired)",
         r.pid,
         interfaces(r),
         r.flows,
         r.flow_capacity,
-        r.half_open
+        r.half_open,
+        r.half_open_expired
     );
     let w = addr_width(r, 21);
     for s in &r.services {
@@ -225,14 +226,15 @@ fn render_live_at(
     };
     let _ = writeln!(
         out,
-        "lb pid {} on {}   {}   flows {} of {}{}   half-open {}",
+        "lb pid {} on {}   {}   flows {} of {}{}   half-open {} ({} expired)",
         cur.pid,
         interfaces(cur),
         clock(now),
         cur.flows,
         cur.flow_capacity,
         occupancy,
-        cur.half_open
+        cur.half_open,
+        cur.half_open_expired
     );
     let w = addr_width(cur, 21);
     let header = format!(
@@ -438,7 +440,7 @@ mod tests {
     fn table_shows_state_active_flows_and_health() {
         let t = render(&sample(1));
         assert!(
-            t.starts_with("lb pid 42 on eth0 (native); flows 9 of 1000; half-open 3\n"),
+            t.starts_with("lb pid 42 on eth0 (native); flows 9 of 1000; half-open 3 (0 expired)\n"),
             "{t}"
         );
         let row = t.lines().find(|l| l.contains("198.18.1.12:80")).unwrap();
@@ -487,7 +489,7 @@ mod tests {
         let f = render_live_at(Some(&prev), &cur, Duration::from_secs(2), at);
         assert!(
             f.starts_with(
-                "lb pid 42 on eth0 (native)   01:02:05 UTC   flows 9 of 1000 (0.9%)   half-open 3\n"
+                "lb pid 42 on eth0 (native)   01:02:05 UTC   flows 9 of 1000 (0.9%)   half-open 3 (0 expired)\n"
             ),
             "{f}"
         );
