@@ -7,6 +7,10 @@
 //! `conntrack` refresh; `source_limit` first for a SYN opening a flow) or `reverse` (backend → client) → `nat` (rewrite, `csum`) →
 //! `fib` (next hop, cached) → `verdict` (the one counter each packet bumps). A new flow
 //! that no backend can take is answered by `reset` (a TCP RST sent back with XDP_TX).
+//! Under SYN pressure `syn_proxy` answers SYNs with `cookie`s and opens the backend's
+//! leg itself, translating between the two legs; the segments the program writes itself
+//! (RST, SYN-ACK, SYN, ACK) come from `segment`, the TCP options it reads from
+//! `options`.
 //! `traffic` counts per service and backend; `events` logs the rare drops. A packet whose
 //! next hop has no neighbour entry is passed with a note in its metadata, and `lb_neigh`
 //! (`handoff`, TC ingress on the same interfaces) sends it out through the kernel's

@@ -35,7 +35,7 @@ use crate::{
 };
 
 /// Offsets in the TCP header: sequence number, acknowledgment number, the word with the
-/// data offset, flags and window; and of the checksum.
+/// data offset, flags and window.
 const SEQ_OFF: u32 = 4;
 const ACK_OFF: u32 = 8;
 const WIN_WORD_OFF: u32 = 12;
