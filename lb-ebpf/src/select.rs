@@ -15,7 +15,7 @@ use crate::{
     nat::Target,
     parse::Packet,
     sequence,
-    snat::{Ids, claim_snat_port},
+    snat::{self, Ids, claim_snat_port},
     traffic,
 };
 
@@ -73,6 +73,7 @@ pub fn new_flow(
         hash,
         opening: seq.opening(),
     };
+    snat::previous(pkt, cfg, id, t);
     if !claim_snat_port(pkt, cfg, b, &ids, t) {
         return counters::DROP_SNAT_EXHAUSTED;
     }
