@@ -15,7 +15,7 @@ use crate::{
     nat::Target,
     parse::Packet,
     sequence,
-    snat::{Ids, claim_snat_port},
+    snat::{self, Ids, claim_snat_port},
     syn_proxy, traffic,
 };
 
@@ -112,6 +112,7 @@ fn pick(ctx: &XdpContext, pkt: &Packet, svc: &Service, cfg: &GlobalConfig, t: &m
         hash,
         opening: seq.opening(),
     };
+    snat::previous(pkt, cfg, id, t);
     if !claim_snat_port(pkt, cfg, b, &ids, t) {
         return counters::DROP_SNAT_EXHAUSTED;
     }

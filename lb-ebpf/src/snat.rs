@@ -30,9 +30,10 @@ pub struct Ids {
 }
 
 /// Claims a SNAT address and port toward backend `b` by inserting the reverse NAT entry,
-/// and sets them in `t` (`src`, `sport`, `snat_idx`). With several SNAT addresses for
-/// the family, the flow hash picks one and the next is tried if the first has no port
-/// free among the probes.
+/// and sets them in `t` (`src`, `sport`, `snat_idx`). A port `t.sport` already names
+/// (see [`previous`]) is tried first, on its address `t.snat_idx`; otherwise, with
+/// several SNAT addresses for the family, the flow hash picks one. The next address is
+/// tried if the first has no port free among the probes.
 #[inline(never)]
 pub fn claim_snat_port(
     pkt: &Packet,
@@ -42,7 +43,9 @@ pub fn claim_snat_port(
     t: &mut Target,
 ) -> bool {
     let n = cfg.snat_addr_count(pkt.key.family);
-    let first = if n > 1 {
+    let first = if t.sport != 0 {
+        u32::from(t.snat_idx)
+    } else if n > 1 {
         ids.hash.rotate_right(8) % n
     } else {
         0
@@ -50,7 +53,35 @@ pub fn claim_snat_port(
     if address(b, pkt.key.family, first, t) && claim_on(pkt, cfg, b, ids, t) {
         return true;
     }
+    t.sport = 0;
     n > 1 && address(b, pkt.key.family, (first + 1) % n, t) && claim_on(pkt, cfg, b, ids, t)
+}
+
+/// Sets `t.snat_idx` and `t.sport` to the SNAT address index and port of the packet's
+/// own previous flow (the client reuses its port) if that flow went to backend `backend`
+/// and its port is still in the range; else sets `t.sport` to 0. Taking that port again
+/// (when the backend accepts this SYN there) leaves no port naming this flow while
+/// another port carries it: such a port looks free to [`reusable`], although the backend
+/// may still hold the old connection in TIME_WAIT, with this client port's TSval clock,
+/// which another client port's SYN need not be newer than (the backend answers with an
+/// ACK, the client resets and sends its SYN again).
+#[inline(never)]
+pub fn previous(pkt: &Packet, cfg: &GlobalConfig, backend: u32, t: &mut Target) {
+    t.sport = 0;
+    let Some(entry) = conntrack::lookup(&pkt.key) else {
+        return;
+    };
+    // SAFETY: a map value stays valid for the whole program run.
+    let fs = unsafe { &*entry.state };
+    let port = u16::from_be(fs.snat_port);
+    if u32::from(fs.backend) == backend
+        && u32::from(fs.snat_idx) < cfg.snat_addr_count(pkt.key.family).max(1)
+        && port >= cfg.snat_port_min
+        && port <= cfg.snat_port_max
+    {
+        t.snat_idx = fs.snat_idx;
+        t.sport = fs.snat_port;
+    }
 }
 
 /// Sets SNAT address `idx` (see `FlowState::snat_idx`) as `t`'s source; false if the
@@ -71,8 +102,9 @@ pub fn address(b: &Backend, family: u8, idx: u32, t: &mut Target) -> bool {
     }
 }
 
-/// Claims a port on the address in `t.src`, into `t.sport`, trying the flow's sequence
-/// of candidates (`lb_common::snat_probe`: it starts at the same port every time, so a
+/// Claims a port on the address in `t.src`, into `t.sport`, trying the port `t.sport`
+/// names first if any (in place of the first candidate), then the flow's sequence of
+/// candidates (`lb_common::snat_probe`: it starts at the same port every time, so a
 /// flow re-created after eviction likely gets its old port back). A taken port is reused
 /// if the entry is stale (its flow is gone or moved), this flow's own, or its flow is
 /// over as far as the backend is concerned for a connection opening with `ids.opening`
@@ -85,6 +117,10 @@ fn claim_on(pkt: &Packet, cfg: &GlobalConfig, b: &Backend, ids: &Ids, t: &mut Ta
     }
     let range = (max - min) as u32 + 1;
     let mut probe = Probe::new(ids.hash, u32::from(t.snat_idx), range);
+    let named = u16::from_be(t.sport);
+    if named >= min && named <= max {
+        probe.at = u32::from(named - min);
+    }
     let mut key = FlowKey {
         src: b.addr,
         dst: t.src,

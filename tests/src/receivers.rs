@@ -132,6 +132,10 @@ pub struct NginxOpts {
     /// `location /ws` proxied (with the Upgrade handshake) to a WebSocket server on
     /// 127.0.0.1:PORT.
     pub ws_upstream: Option<u16>,
+    /// `listen PORT` without PROXY protocol and with a deep accept queue, answering
+    /// `GET /...` with the backend's name and no access log: a backend for connection
+    /// rates a python server cannot take.
+    pub plain_port: Option<u16>,
 }
 
 /// A running nginx and its access log.
@@ -180,6 +184,17 @@ pub fn start_nginx(ns: &Netns, dir: &Path, name: &str, opts: &NginxOpts) -> Resu
              \x20       listen [::]:{port} proxy_protocol;\n\
              \x20       access_log {d}/access.log pp;\n\
              \x20       location / {{ return 200 \"{name}\\n\"; }}\n{ws}\
+             \x20   }}\n"
+        )?;
+    }
+    if let Some(port) = opts.plain_port {
+        ports.push(port);
+        write!(
+            servers,
+            "    server {{\n\
+             \x20       listen {port} backlog=4096;\n\
+             \x20       listen [::]:{port} backlog=4096;\n\
+             \x20       location / {{ return 200 \"{name}\\n\"; }}\n\
              \x20   }}\n"
         )?;
     }

@@ -289,6 +289,33 @@ fn a_syn_on_a_closed_flow_opens_a_new_half_open_flow() {
     assert_eq!(lb.service_stats(&p).new_flows, 3);
 }
 
+#[test]
+fn a_client_reusing_its_port_gets_back_the_port_its_last_flow_had() {
+    let p = plan4();
+    let mut lb = serving(&p, "5s");
+    // Another flow holds the client's first candidate, so its flow takes its second.
+    let first = first_snat_port(&p.client_key(CLIENT_PORT));
+    let other = client_first_at(&p, first, &[CLIENT_PORT]);
+    assert_eq!(port_of(&mut lb, &p.from_client(other, SYN)), first);
+    let ts = 5_000;
+    let port = established(&mut lb, &p, CLIENT_PORT, Some(ts));
+    assert_eq!(port, second_try(&p, CLIENT_PORT));
+    backend_closes_first(&mut lb, &p, CLIENT_PORT, 0x4000_0000, Some(ts));
+    // The other flow is reset: the first candidate is free again.
+    port_of(&mut lb, &p.from_client(other, RST | ACK));
+
+    // The client reuses its port with a newer TSval: its previous port, which the
+    // backend's TIME_WAIT takes this SYN on, not the free first candidate. Had it moved,
+    // the previous port would name a flow that no longer uses it and look free...
+    let got = port_of(&mut lb, &segment(&p, CLIENT_PORT, SYN, 7, Some(ts + 1000)));
+    assert_eq!(got, port, "the first candidate is {first}");
+    // ...to a SYN from another client port whose TSval clock is behind, which the
+    // backend's TIME_WAIT there would answer with an ACK.
+    let c = client_first_at(&p, port, &[CLIENT_PORT, other]);
+    let got = port_of(&mut lb, &segment(&p, c, SYN, 7, Some(ts - 100)));
+    assert_ne!(got, port, "client port {c}");
+}
+
 /// A second IPv4 SNAT address (198.18.0.0/15, like the plan's).
 const SECOND_SNAT: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 201);
 
