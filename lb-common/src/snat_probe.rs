@@ -5,8 +5,8 @@
 //! under a flood at half occupancy, runs longer than the probe budget appear and a
 //! flow finds no port although half of them are free. Here each candidate is a fresh
 //! hash of the flow's hash and the try's number, so a budget of `n` probes fails only
-//! with the probability that `n` random ports are all taken (at half occupancy, 32 probes
-//! fail once in 4 billion). The sequence depends only on the flow hash and the SNAT
+//! with the probability that `n` random ports are all taken (at half occupancy, the program's
+//! 24 probes fail once in 17 million). The sequence depends only on the flow hash and the SNAT
 //! address index, so a flow re-created after it was evicted tries its old port first.
 
 /// A flow's walk over `range` ports on one SNAT address: offsets from the range's start.

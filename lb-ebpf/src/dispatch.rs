@@ -6,37 +6,53 @@ use core::mem::MaybeUninit;
 use lb_common::counters;
 
 use crate::{
+    fib,
     forward::forward,
+    nat::Target,
     parse::{self, Packet, Parsed},
     reverse::{is_nat_reply, reverse},
     select::service,
     stack::zeroed,
-    verdict::Verdict,
+    traffic::Dir,
+    verdict::{Step, Verdict},
 };
 
-/// The whole program, up to the verdict.
+/// The whole program, up to the verdict: the forward or reverse path decides, and a
+/// packet to send on leaves through the one call of `fib::send`.
 #[inline(always)]
 pub fn handle(ctx: &XdpContext) -> Verdict {
     let mut pkt = MaybeUninit::<Packet>::uninit();
     let pkt = zeroed(&mut pkt);
-    match parse::parse(ctx, pkt) {
-        Parsed::Skip => Verdict::PASS,
-        Parsed::LaterFragment => later_fragment(),
+    let mut t = MaybeUninit::<Target>::uninit();
+    let t = zeroed(&mut t);
+    let step = match parse::parse(ctx, pkt) {
+        Parsed::Skip => return Verdict::PASS,
+        Parsed::LaterFragment => return later_fragment(),
         parsed => {
             let svc = service(pkt);
             match (parsed, svc) {
                 (Parsed::Tcp, Some(svc)) => {
                     // SAFETY: a map value stays valid for the whole program run (RCU).
-                    forward(ctx, pkt, unsafe { &*svc })
+                    forward(ctx, pkt, unsafe { &*svc }, t)
                 }
-                (Parsed::Tcp, None) => reverse(ctx, pkt),
-                (Parsed::FirstFragment, Some(_)) => Verdict::pass(counters::PASS_FRAGMENT),
-                (Parsed::Malformed, Some(_)) => Verdict::drop(counters::DROP_MALFORMED),
+                (Parsed::Tcp, None) => reverse(ctx, pkt, t),
+                (Parsed::FirstFragment, Some(_)) => return Verdict::pass(counters::PASS_FRAGMENT),
+                (Parsed::Malformed, Some(_)) => return Verdict::drop(counters::DROP_MALFORMED),
                 (Parsed::Malformed, None) if is_nat_reply(pkt) => {
-                    Verdict::drop(counters::DROP_MALFORMED)
+                    return Verdict::drop(counters::DROP_MALFORMED);
                 }
-                _ => Verdict::PASS,
+                _ => return Verdict::PASS,
             }
+        }
+    };
+    match step {
+        Step::Done(v) => v,
+        Step::Send { dir, counter } => {
+            let fwd = match dir {
+                Dir::In => counters::FWD_IN,
+                Dir::Out => counters::FWD_OUT,
+            };
+            fib::send(ctx, pkt, t, dir).recount(fwd, counter)
         }
     }
 }

@@ -4,7 +4,6 @@
 //! pressure new flows are opened by SYN cookie instead (`syn_proxy`).
 
 use aya_ebpf::programs::XdpContext;
-use core::mem::MaybeUninit;
 use lb_common::{
     counters, flow,
     maps::{
@@ -18,7 +17,7 @@ use lb_common::{
 use crate::{
     conntrack::{self, now, record_close, touch_client},
     cookie::{self, Cookie},
-    events, fib,
+    events,
     maps::{BACKENDS, CONFIG},
     nat::Target,
     packet::frame_len,
@@ -26,54 +25,54 @@ use crate::{
     reset,
     select::{OK, new_flow},
     sequence, snat, source_limit,
-    stack::zeroed,
     syn_proxy,
     traffic::{Dir, service_traffic},
-    verdict::Verdict,
+    verdict::{Step, Verdict},
 };
 
-/// Finds or creates the flow, rewrites toward the backend, sends.
+/// Finds or creates the flow and fills `t` toward the backend (or, for a cookie
+/// SYN-ACK, back toward the client).
 #[inline(never)]
-pub fn forward(ctx: &XdpContext, pkt: &mut Packet, svc: &Service) -> Verdict {
+pub fn forward(ctx: &XdpContext, pkt: &mut Packet, svc: &Service, t: &mut Target) -> Step {
     if pkt.ttl <= 1 {
         // The kernel sends the ICMP time exceeded.
-        return Verdict::PASS;
+        return Step::Done(Verdict::PASS);
     }
     if svc.mode == MODE_PROXY {
         // The daemon terminates these connections: the local stack delivers them to
         // its socket (sk_lookup), and it counts per backend itself.
         service_traffic(svc.id, Dir::In, frame_len(ctx) as u64);
-        return Verdict::pass(counters::PASS_PROXY);
+        return Step::Done(Verdict::pass(counters::PASS_PROXY));
     }
     let Some(cfg) = CONFIG.get(0) else {
         events::dropped(ctx, counters::DROP_INTERNAL);
-        return Verdict::drop(counters::DROP_INTERNAL);
+        return Step::Done(Verdict::drop(counters::DROP_INTERNAL));
     };
     pkt.now = now();
-    let mut t = MaybeUninit::<Target>::uninit();
-    let t = zeroed(&mut t);
     t.service = svc.id;
     if let Some(fs) = existing_flow(ctx, pkt, cfg, t) {
         // SAFETY: a map value stays valid for the whole program run.
         let fs = unsafe { &*fs };
         if fs.proxy != 0 && !syn_proxy::from_client(ctx, pkt, fs) {
-            return Verdict::drop(counters::DROP_MALFORMED);
+            return Step::Done(Verdict::drop(counters::DROP_MALFORMED));
         }
-        return fib::send(ctx, pkt, t, Dir::In);
+        return Step::IN;
     }
     let syn = pkt.tcp_flags & (tcp::SYN | tcp::ACK) == tcp::SYN;
     if syn {
         if !source_limit::admits(pkt, cfg) {
-            return Verdict::drop(counters::DROP_SOURCE_RATE_LIMITED);
+            return Step::Done(Verdict::drop(counters::DROP_SOURCE_RATE_LIMITED));
         }
         if syn_proxy::cookie_for_syn(pkt, svc, cfg) {
             // Routed as the flow's replies are (not sent back where it came from): to
             // the client's next hop, or nowhere when the route is a blackhole.
             if !syn_proxy::answer_syn(ctx, pkt, t) {
-                return Verdict::drop(counters::DROP_MALFORMED);
+                return Step::Done(Verdict::drop(counters::DROP_MALFORMED));
             }
-            return fib::send(ctx, pkt, t, Dir::Out)
-                .recount(counters::FWD_OUT, counters::SYN_COOKIE_SENT);
+            return Step::Send {
+                dir: Dir::Out,
+                counter: counters::SYN_COOKIE_SENT,
+            };
         }
     } else if cfg.syn_cookies != COOKIES_OFF {
         let c = cookie::check(ctx, pkt);
@@ -83,27 +82,29 @@ pub fn forward(ctx: &XdpContext, pkt: &mut Packet, svc: &Service) -> Verdict {
             // While cookies answer the VIP's SYNs, a segment without a flow can only
             // be a forged or stale ACK: picking it up would let a flood of them fill
             // the table.
-            return Verdict::drop(counters::DROP_SYN_COOKIE_INVALID);
+            return Step::Done(Verdict::drop(counters::DROP_SYN_COOKIE_INVALID));
         }
     }
     let c = new_flow(ctx, pkt, svc, cfg, t);
     if c == counters::DROP_NO_BACKEND {
         // Nothing can take the connection: tell the client at once, as a closed
         // port would, rather than let it retransmit into silence.
-        return reset::answer(ctx, pkt);
+        return Step::Done(reset::answer(ctx, pkt));
     }
     if c != OK {
         events::dropped(ctx, c);
-        return Verdict::drop(c);
+        return Step::Done(Verdict::drop(c));
     }
     if t.proxied != 0 {
         if !syn_proxy::open(ctx, pkt) {
-            return Verdict::drop(counters::DROP_MALFORMED);
+            return Step::Done(Verdict::drop(counters::DROP_MALFORMED));
         }
-        return fib::send(ctx, pkt, t, Dir::In)
-            .recount(counters::FWD_IN, counters::SYN_COOKIE_VALID);
+        return Step::Send {
+            dir: Dir::In,
+            counter: counters::SYN_COOKIE_VALID,
+        };
     }
-    fib::send(ctx, pkt, t, Dir::In)
+    Step::IN
 }
 
 /// Uses the packet's flow entry if it is live and its backend still serves it: fills

@@ -3,18 +3,14 @@
 //! translated first (`syn_proxy`).
 
 use aya_ebpf::programs::XdpContext;
-use core::mem::MaybeUninit;
 
 use crate::{
     conntrack::{self, now, touch_backend},
-    fib,
     maps::{CONFIG, REVERSE_NAT},
     nat::Target,
     parse::Packet,
-    stack::zeroed,
     syn_proxy::{self, Onward},
-    traffic::Dir,
-    verdict::Verdict,
+    verdict::{Step, Verdict},
 };
 
 /// Whether a packet is a reply of a NAT flow (its own tuple is in the reverse table).
@@ -32,19 +28,20 @@ fn in_snat_range(pkt: &Packet) -> bool {
     port >= cfg.snat_port_min && port <= cfg.snat_port_max
 }
 
-/// If the tuple is a NAT flow's, refreshes the flow and rewrites back to VIP → client.
+/// If the tuple is a NAT flow's, refreshes the flow (translates a proxied one's segment)
+/// and fills `t` back to VIP → client.
 #[inline(never)]
-pub fn reverse(ctx: &XdpContext, pkt: &mut Packet) -> Verdict {
+pub fn reverse(ctx: &XdpContext, pkt: &mut Packet, t: &mut Target) -> Step {
     if !in_snat_range(pkt) {
-        return Verdict::PASS;
+        return Step::Done(Verdict::PASS);
     }
     let Some(r) = REVERSE_NAT.get_ptr(&pkt.key) else {
-        return Verdict::PASS;
+        return Step::Done(Verdict::PASS);
     };
     // SAFETY: a map value stays valid for the whole program run.
     let r = unsafe { &*r };
     if pkt.ttl <= 1 {
-        return Verdict::PASS;
+        return Step::Done(Verdict::PASS);
     }
     pkt.now = now();
     if let Some(entry) = conntrack::lookup(&r.flow) {
@@ -55,13 +52,11 @@ pub fn reverse(ctx: &XdpContext, pkt: &mut Packet) -> Verdict {
             touch_backend(ctx, pkt, fs);
             if fs.proxy != 0 {
                 if let Onward::Done(v) = syn_proxy::from_backend(ctx, pkt, fs) {
-                    return v;
+                    return Step::Done(v);
                 }
             }
         }
     }
-    let mut t = MaybeUninit::<Target>::uninit();
-    let t = zeroed(&mut t);
     t.set_reverse(r);
-    fib::send(ctx, pkt, t, Dir::Out)
+    Step::OUT
 }

@@ -5,7 +5,7 @@
 use aya_ebpf::bindings::xdp_action;
 use lb_common::counters;
 
-use crate::maps::COUNTERS;
+use crate::{maps::COUNTERS, traffic::Dir};
 
 /// What happens to a packet: an XDP action and the counter that says why.
 #[derive(Clone, Copy)]
@@ -58,6 +58,29 @@ impl Verdict {
     pub const fn counter(self) -> u32 {
         self.0 >> 8
     }
+}
+
+/// What the forward and reverse paths decide: a packet to send on through `fib::send`
+/// (toward `dir`, counted as `counter`), or its verdict already. The one call of
+/// `fib::send` is in `dispatch`: the verifier then checks the route out once for every
+/// path, not once per path that reaches it (it cannot merge states across call sites).
+#[derive(Clone, Copy)]
+pub enum Step {
+    Send { dir: Dir, counter: u32 },
+    Done(Verdict),
+}
+
+impl Step {
+    /// Forwarded toward the backend, counted as such.
+    pub const IN: Step = Step::Send {
+        dir: Dir::In,
+        counter: counters::FWD_IN,
+    };
+    /// Forwarded toward the client, counted as such.
+    pub const OUT: Step = Step::Send {
+        dir: Dir::Out,
+        counter: counters::FWD_OUT,
+    };
 }
 
 /// The single exit point: bumps the verdict's counter, returns its action.
