@@ -198,16 +198,17 @@ pub fn port_free_for(old: &FlowState, cfg: &GlobalConfig, now: u64, syn: &Openin
 }
 
 /// Linux's TIME_WAIT test for a new SYN, against the client's last sequence number and
-/// TSval the flow recorded. With timestamps on both, PAWS refuses a TSval more than one
-/// below the last one, and the SYN is taken when its TSval is newer or its sequence
-/// number is after the old one; otherwise only the sequence number counts.
+/// TSval the flow recorded. With timestamps on both, PAWS refuses a TSval below the last
+/// one (`tcp_paws_reject`, no window; a last TSval of 0 is not checked), and the SYN is
+/// taken when its TSval is newer or its sequence number is after the old one; otherwise
+/// only the sequence number counts.
 #[inline(always)]
 fn time_wait_accepts(old: &FlowState, syn: &Opening) -> bool {
     let seq_after = (syn.seq.wrapping_sub(old.close_seq) as i32) > 0;
     match syn.tsval {
         Some(ts) if old.flags & FLOW_CLIENT_TS != 0 => {
             let newer = ts.wrapping_sub(old.close_tsval) as i32;
-            newer > 0 || (newer >= -1 && seq_after)
+            newer > 0 || ((newer == 0 || old.close_tsval == 0) && seq_after)
         }
         _ => seq_after,
     }
@@ -459,14 +460,18 @@ mod tests {
             !free(&plain, syn(999, Some(u32::MAX / 4))),
             "the old flow had no timestamps: the SYN's TSval does not count"
         );
-        // With timestamps on both: a newer TSval, or one at most 1 older with a later
-        // sequence number.
+        // With timestamps on both: a newer TSval, or the same one with a later sequence
+        // number.
         let ts = closed_flow(tw | FLOW_CLIENT_TS, 1_000, 500);
         assert!(free(&ts, syn(0, Some(501))));
         assert!(!free(&ts, syn(0, Some(500))));
         assert!(free(&ts, syn(1_001, Some(500))));
-        assert!(free(&ts, syn(1_001, Some(499))));
+        assert!(!free(&ts, syn(1_001, Some(499))), "PAWS refuses it");
         assert!(!free(&ts, syn(1_001, Some(498))), "PAWS refuses it");
+        // A last TSval of 0 is not checked (some stacks send 0 at first).
+        let zero = closed_flow(tw | FLOW_CLIENT_TS, 1_000, 0);
+        assert!(free(&zero, syn(1_001, Some(u32::MAX))));
+        assert!(!free(&zero, syn(999, Some(u32::MAX))));
         assert!(free(&ts, syn(5, Some(500u32.wrapping_add(1 << 30)))));
         assert!(
             free(&ts, syn(1_001, None)),

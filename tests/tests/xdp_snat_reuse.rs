@@ -191,8 +191,8 @@ fn a_port_in_the_backends_time_wait_goes_only_to_a_syn_the_backend_accepts() {
         }
     }
 
-    // With timestamps: a newer TSval (or one at most 1 older with a later sequence
-    // number) is accepted.
+    // With timestamps: a newer TSval (or the same one with a later sequence number) is
+    // accepted; PAWS refuses an older one whatever its sequence number.
     let ts = 1_000_000;
     let port = established(&mut lb, &p, CLIENT_PORT + 1, Some(ts - 5));
     backend_closes_first(&mut lb, &p, CLIENT_PORT + 1, end, Some(ts));
@@ -201,6 +201,12 @@ fn a_port_in_the_backends_time_wait_goes_only_to_a_syn_the_backend_accepts() {
             "older TSval, later sequence number",
             end + 10,
             Some(ts - 2),
+            false,
+        ),
+        (
+            "TSval 1 older, later sequence number",
+            end + 10,
+            Some(ts - 1),
             false,
         ),
         (
