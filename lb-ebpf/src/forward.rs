@@ -24,8 +24,7 @@ use crate::{
     parse::Packet,
     reset,
     select::{OK, new_flow},
-    sequence, snat, source_limit,
-    syn_proxy,
+    sequence, snat, source_limit, syn_proxy,
     traffic::{Dir, service_traffic},
     verdict::{Step, Verdict},
 };
