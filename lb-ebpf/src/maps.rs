@@ -19,8 +19,6 @@ use lb_common::{
     syn_proxy::SynRate,
 };
 
-use crate::segment::Segment;
-
 /// Default size of the flow and reverse NAT tables (the daemon sets its own).
 const DEFAULT_FLOWS: u32 = 262_144;
 
@@ -95,10 +93,6 @@ pub static SOURCE_BUCKETS: LruHashMap<SourceKey, u64> =
 /// (at most that many times above, with every CPU's updates colliding).
 #[map]
 pub static SYN_RATE: Array<SynRate> = Array::with_max_entries(MAX_SERVICES, 0);
-
-/// Where `segment` builds a TCP segment the program writes itself (one per CPU).
-#[map]
-pub static SEGMENT_SCRATCH: PerCpuArray<Segment> = PerCpuArray::with_max_entries(1, 0);
 
 /// Service id → per-CPU traffic counters; written by both paths, read by the daemon.
 #[map]

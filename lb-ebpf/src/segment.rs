@@ -10,6 +10,8 @@
 
 use aya_ebpf::{
     helpers::{bpf_csum_diff, bpf_xdp_adjust_tail},
+    macros::map,
+    maps::PerCpuArray,
     programs::XdpContext,
 };
 use core::{mem::size_of, ptr};
@@ -24,7 +26,6 @@ use network_types::{
 
 pub use crate::options::NO_WSCALE;
 use crate::{
-    maps::SEGMENT_SCRATCH,
     nat::ports_word,
     packet::{frame_len, ptr_at},
     parse::{OFF_MASK, Packet},
@@ -73,11 +74,16 @@ pub struct Shape {
 /// and the length/next-header word `[0, 6, 0, len]` sums to the same 16-bit words as
 /// IPv4's `zero, protocol, TCP length` and IPv6's. Option words not used stay zero and
 /// add nothing either.
+/// Where [`write`] builds its segment (one per CPU): the program's own scratch space,
+/// not shared with the daemon, so it lives here rather than in `maps`.
+#[map]
+static SEGMENT_SCRATCH: PerCpuArray<Segment> = PerCpuArray::with_max_entries(1, 0);
+
 /// Built in this CPU's entry of `SEGMENT_SCRATCH`, not on the stack: the program's
 /// deepest call chains (an answer from the forward path) would not fit the 512 bytes
 /// all their frames share.
 #[repr(C)]
-pub struct Segment {
+struct Segment {
     src: [u32; 4],
     dst: [u32; 4],
     proto_len: u32,
