@@ -16,7 +16,7 @@ use aya_ebpf::{
 };
 use lb_common::{
     maps::FAMILY_V4,
-    tcp::{ACK, OPT_NOP, RST, SYN},
+    tcp::{ACK, OPT_MSS, OPT_NOP, RST, SYN},
 };
 
 use crate::{
@@ -27,7 +27,6 @@ use crate::{
 
 /// A TCP header with one option word (the MSS), as the generator reads it.
 const SYN_WORDS: usize = 6;
-const OPT_MSS: u8 = 2;
 
 /// An IPv4 header (20 bytes) or an IPv6 one (40) with only the addresses set: all the
 /// helpers read of it.

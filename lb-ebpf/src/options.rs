@@ -5,7 +5,9 @@
 
 use aya_ebpf::programs::XdpContext;
 use core::ptr::addr_of;
-use lb_common::tcp::{OPT_END, OPT_NOP};
+use lb_common::tcp::{
+    OPT_END, OPT_MSS, OPT_NOP, OPT_SACK_OK, OPT_TIMESTAMPS, OPT_WSCALE, TIMESTAMPS_LEN,
+};
 use network_types::tcp::TcpHdr;
 
 use crate::{
@@ -13,10 +15,6 @@ use crate::{
     parse::{OFF_MASK, Packet, offset_flags},
 };
 
-pub const OPT_MSS: u8 = 2;
-pub const OPT_WSCALE: u8 = 3;
-pub const OPT_SACK_OK: u8 = 4;
-pub const OPT_SACK: u8 = 5;
 /// Options looked at before giving up: Linux puts none after the fourth (MSS, SACK
 /// permitted, timestamps, window scale, with NOPs), other stacks after a few more NOPs.
 const MAX_OPTIONS: usize = 10;
@@ -68,8 +66,8 @@ pub fn find(ctx: &XdpContext, pkt: &Packet, kind: u8) -> Option<(u32, u32)> {
 /// The TSval and TSecr of the segment's timestamps option, and its offset.
 #[inline(always)]
 pub fn timestamps(ctx: &XdpContext, pkt: &Packet) -> Option<Timestamps> {
-    let (off, len) = find(ctx, pkt, lb_common::tcp::OPT_TIMESTAMPS)?;
-    if len != lb_common::tcp::TIMESTAMPS_LEN as u32 {
+    let (off, len) = find(ctx, pkt, OPT_TIMESTAMPS)?;
+    if len != TIMESTAMPS_LEN as u32 {
         return None;
     }
     Some(Timestamps {

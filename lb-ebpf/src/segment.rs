@@ -17,7 +17,7 @@ use aya_ebpf::{
 use core::{mem::size_of, ptr};
 use lb_common::{
     maps::{FAMILY_V4, PROTO_TCP},
-    tcp::{OPT_NOP, OPT_TIMESTAMPS, TIMESTAMPS_LEN},
+    tcp::{OPT_MSS, OPT_NOP, OPT_SACK_OK, OPT_TIMESTAMPS, OPT_WSCALE, TIMESTAMPS_LEN},
 };
 use network_types::{
     eth::EthHdr,
@@ -42,9 +42,6 @@ const TTL: u8 = 64;
 const ECN_MASK: u8 = 0x03;
 /// Don't fragment, in the IPv4 flags/fragment offset field (network order bytes).
 const IPV4_DF: [u8; 2] = [0x40, 0];
-const OPT_MSS: u8 = 2;
-const OPT_WSCALE: u8 = 3;
-const OPT_SACK_OK: u8 = 4;
 
 /// The segment to write. Numbers are host order.
 #[repr(C)]

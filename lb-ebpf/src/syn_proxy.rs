@@ -18,7 +18,7 @@ use lb_common::{
         PROXY_PENDING, cookie_tsval, lb_mss, pack_wscale, rescale_window, unpack_wscale,
         use_cookie,
     },
-    tcp::{ACK, RST, SYN},
+    tcp::{ACK, OPT_SACK, RST, SYN},
 };
 use lb_ebpf::csum;
 use network_types::tcp::TcpHdr;
@@ -27,7 +27,7 @@ use crate::{
     cookie,
     maps::SYN_RATE,
     nat::Target,
-    options::{self, OPT_OFF_MASK, OPT_SACK},
+    options::{self, OPT_OFF_MASK, Timestamps},
     packet::ptr_at,
     parse::{OFF_MASK, Packet},
     segment::{self, NO_WSCALE, Shape},
@@ -177,11 +177,7 @@ fn backend_syn(ctx: &XdpContext, pkt: &mut Packet, fs: &FlowState) -> bool {
     let Some((_, _, win)) = options::numbers(ctx, pkt) else {
         return false;
     };
-    let client_ts = if fs.proxy & PROXY_CLIENT_TS != 0 {
-        options::timestamps(ctx, pkt)
-    } else {
-        None
-    };
+    let client_ts = negotiated_timestamps(ctx, pkt, fs);
     let ts = client_ts.is_some();
     let tsval = client_ts.map_or(0, |t| t.tsval);
     let opts = if fs.proxy & PROXY_CLIENT_TS != 0 {
@@ -262,11 +258,7 @@ fn opened(ctx: &XdpContext, pkt: &mut Packet, fs: &mut FlowState) -> bool {
     };
     let cookie = fs.seq_delta;
     let lb_tsval = fs.ts_delta;
-    let backend_ts = if fs.proxy & PROXY_CLIENT_TS != 0 {
-        options::timestamps(ctx, pkt)
-    } else {
-        None
-    };
+    let backend_ts = negotiated_timestamps(ctx, pkt, fs);
     let ts = backend_ts.is_some();
     let (tsval, tsecr) = backend_ts.map_or((0, 0), |t| (t.tsval, t.tsecr));
     let backend_shift = match options::wscale(ctx, pkt) {
@@ -310,11 +302,7 @@ fn ack_backend(ctx: &XdpContext, pkt: &mut Packet, fs: &FlowState) -> Verdict {
     let Some((seq, ack, _)) = options::numbers(ctx, pkt) else {
         return Verdict::drop(counters::DROP_MALFORMED);
     };
-    let backend_ts = if fs.proxy & PROXY_CLIENT_TS != 0 {
-        options::timestamps(ctx, pkt)
-    } else {
-        None
-    };
+    let backend_ts = negotiated_timestamps(ctx, pkt, fs);
     let ts = backend_ts.is_some();
     // The backend last saw the client's TSval that it echoes.
     let (tsval, tsecr) = backend_ts.map_or((0, 0), |t| (t.tsecr, t.tsval));
@@ -388,6 +376,17 @@ fn translate_from_backend(ctx: &XdpContext, pkt: &Packet, fs: &FlowState) -> boo
         }
     }
     true
+}
+
+/// The segment's timestamps option if the flow's client uses timestamps (else the
+/// option is not the proxy's to carry over).
+#[inline(always)]
+fn negotiated_timestamps(ctx: &XdpContext, pkt: &Packet, fs: &FlowState) -> Option<Timestamps> {
+    if fs.proxy & PROXY_CLIENT_TS != 0 {
+        options::timestamps(ctx, pkt)
+    } else {
+        None
+    }
 }
 
 /// Replaces the 32-bit field (host order) at `off` bytes into the TCP header with

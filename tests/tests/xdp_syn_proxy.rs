@@ -10,14 +10,11 @@
 
 use lb_common::counters;
 use lb_common::syn_proxy::{ClientOptions, LB_WSCALE, TS_OPTION_BITS};
+use lb_common::tcp::{
+    OPT_MSS, OPT_SACK, OPT_SACK_OK, OPT_TIMESTAMPS as OPT_TS, OPT_WSCALE, TIMESTAMPS_LEN,
+};
 use lb_tests::packet::{Packet, decode, flags::*};
 use lb_tests::test_run::{Action, CLIENT_PORT, Plan, SEQ, TestRun, plan4, plan6};
-
-const OPT_MSS: u8 = 2;
-const OPT_WSCALE: u8 = 3;
-const OPT_SACK_OK: u8 = 4;
-const OPT_SACK: u8 = 5;
-const OPT_TS: u8 = 8;
 
 /// The backend's ISN and TSval clock in these tests.
 const BACKEND_ISN: u32 = 0x5000_0000;
@@ -49,7 +46,7 @@ impl Opts {
             if !self.sack_ok {
                 b.extend([1, 1]);
             }
-            b.extend([OPT_TS, 10]);
+            b.extend([OPT_TS, TIMESTAMPS_LEN]);
             b.extend(val.to_be_bytes());
             b.extend(ecr.to_be_bytes());
         }
