@@ -1,9 +1,9 @@
-//! `lb`: parse flags, then run the daemon or a client subcommand (`stats`, `ctl`).
+//! `lb`: parse flags, then run the daemon or a subcommand (`stats`, `ctl`, `down`).
 
 use clap::Parser;
 use lb_user::api::client::ClientError;
 use lb_user::cli::{Cli, Command};
-use lb_user::cli::{ctl, stats};
+use lb_user::cli::{ctl, down, stats};
 use lb_user::config::{Config, parse_duration};
 use lb_user::daemon;
 use std::io::IsTerminal;
@@ -38,6 +38,18 @@ fn main() -> ExitCode {
                     ClientError::BadAddr(_) => ExitCode::from(EXIT_USAGE),
                     _ => ExitCode::FAILURE,
                 }
+            }
+        },
+        Some(Command::Down { state_dir }) => match down::run(state_dir.as_deref()) {
+            Ok(done) => {
+                for line in done {
+                    println!("{line}");
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("lb down: error: {e}");
+                ExitCode::FAILURE
             }
         },
         None => run(&cli.run),

@@ -2,6 +2,7 @@
 //! flags and the config file share one set of checks and error messages.
 
 pub mod ctl;
+pub mod down;
 pub mod stats;
 
 use crate::config::{FlagSettings, HealthFlags};
@@ -44,6 +45,14 @@ pub enum Command {
     },
     /// Change the running daemon through its admin API (see --admin).
     Ctl(CtlArgs),
+    /// Take lb out of this network namespace: stop the daemon if one runs, detach the
+    /// programs and remove the state directory, routes and records. (Stopping the daemon
+    /// alone leaves the data path forwarding, for a restart or upgrade to adopt.)
+    Down {
+        /// The state directory, if the daemon was started with --state-dir.
+        #[arg(long, value_name = "DIR", alias = "pin-dir")]
+        state_dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -168,10 +177,11 @@ pub struct RunArgs {
     /// Services the maps are sized for; default 16.
     #[arg(long, value_name = "N")]
     pub max_services: Option<u32>,
-    /// Pin the flow tables in this bpffs directory (e.g. /sys/fs/bpf/lb), so a daemon
-    /// restarted after a crash keeps every flow; removed on a clean shutdown.
-    #[arg(long, value_name = "DIR")]
-    pub pin_dir: Option<PathBuf>,
+    /// The bpffs directory holding the data path's state (programs, links, maps), which
+    /// outlives the daemon so a restart or upgrade keeps every flow; default
+    /// /sys/fs/bpf/lb/netns-INODE for this network namespace. `lb down` removes it.
+    #[arg(long, value_name = "DIR", alias = "pin-dir")]
+    pub state_dir: Option<PathBuf>,
     /// Health check of the --vip service: tcp (connect), http:/PATH (GET, expects
     /// --health-status), or none; default tcp.
     #[arg(long, value_name = "CHECK")]
@@ -262,7 +272,7 @@ impl RunArgs {
             idle_timeout: self.idle_timeout.clone(),
             closed_timeout: self.closed_timeout.clone(),
             half_open_timeout: self.half_open_timeout.clone(),
-            pin_dir: self.pin_dir.clone(),
+            state_dir: self.state_dir.clone(),
             admin: self.admin.clone(),
             drain_timeout: self.drain_timeout.clone(),
             shutdown_timeout: self.shutdown_timeout.clone(),

@@ -42,7 +42,7 @@ fn globals(src: &Layered<'_>) -> Result<Config, ConfigError> {
         None => DEFAULT_SNAT_PORTS,
         Some((loc, s)) => parse_port_range(s).map_err(|r| ConfigError::new(loc, s, r))?,
     };
-    let pin_dir = pin_dir(src)?;
+    let state_dir = state_dir(src)?;
     let admin = admin(src)?;
     let drain_timeout = match setting!(src, drain_timeout) {
         None => DEFAULT_DRAIN_TIMEOUT,
@@ -66,7 +66,7 @@ fn globals(src: &Layered<'_>) -> Result<Config, ConfigError> {
         half_open_timeout,
         snat_ips,
         snat_ports,
-        pin_dir,
+        state_dir,
         admin,
         drain_timeout,
         shutdown_timeout,
@@ -225,18 +225,18 @@ fn snat_ips(src: &Layered<'_>) -> Result<Vec<IpAddr>, ConfigError> {
     Ok(snat_ips)
 }
 
-fn pin_dir(src: &Layered<'_>) -> Result<Option<PathBuf>, ConfigError> {
-    let pin_dir = src.flags.pin_dir.clone().or(src.file.pin_dir.clone());
-    if let Some(dir) = &pin_dir {
+fn state_dir(src: &Layered<'_>) -> Result<Option<PathBuf>, ConfigError> {
+    let state_dir = src.flags.state_dir.clone().or(src.file.state_dir.clone());
+    if let Some(dir) = &state_dir {
         if !dir.is_absolute() {
             return Err(ConfigError::new(
-                src.loc(src.flags.pin_dir.is_some(), "pin_dir"),
+                src.loc(src.flags.state_dir.is_some(), "state_dir"),
                 dir.display().to_string(),
                 "must be an absolute path, e.g. /sys/fs/bpf/lb",
             ));
         }
     }
-    Ok(pin_dir)
+    Ok(state_dir)
 }
 
 fn admin(src: &Layered<'_>) -> Result<Option<SocketAddr>, ConfigError> {

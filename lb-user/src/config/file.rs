@@ -20,7 +20,9 @@ pub struct FileConfig {
     #[serde(default)]
     pub snat_ip: Vec<String>,
     pub snat_ports: Option<String>,
-    pub pin_dir: Option<PathBuf>,
+    /// `pin_dir` is the name releases before the state directory used.
+    #[serde(alias = "pin_dir")]
+    pub state_dir: Option<PathBuf>,
     pub admin: Option<String>,
     pub drain_timeout: Option<String>,
     pub shutdown_timeout: Option<String>,

@@ -23,7 +23,7 @@ pub struct FlagSettings {
     pub idle_timeout: Option<String>,
     pub closed_timeout: Option<String>,
     pub half_open_timeout: Option<String>,
-    pub pin_dir: Option<PathBuf>,
+    pub state_dir: Option<PathBuf>,
     pub admin: Option<String>,
     pub drain_timeout: Option<String>,
     pub shutdown_timeout: Option<String>,

@@ -40,6 +40,17 @@ pub enum XdpModeChoice {
     Skb,
 }
 
+impl XdpModeChoice {
+    /// Whether an attachment in `mode` ("native" or "skb") satisfies this choice.
+    pub fn accepts(self, mode: &str) -> bool {
+        match self {
+            XdpModeChoice::Auto => true,
+            XdpModeChoice::Native => mode == "native",
+            XdpModeChoice::Skb => mode == "skb",
+        }
+    }
+}
+
 /// When `nat` services' new flows are opened by SYN cookie (the XDP SYN proxy).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -157,8 +168,9 @@ pub struct Config {
     /// the egress interface's address.
     pub snat_ips: Vec<IpAddr>,
     pub snat_ports: (u16, u16),
-    /// Where to pin the flow state (bpffs), so a crashed daemon's successor keeps it.
-    pub pin_dir: Option<PathBuf>,
+    /// The bpffs directory of the data path's state (`None`: the default for this network
+    /// namespace, see `dataplane::state`).
+    pub state_dir: Option<PathBuf>,
     /// Where the admin API listens; `None` when disabled (`--admin off`).
     pub admin: Option<SocketAddr>,
     /// How long a draining backend's flows may continue before they are cut.

@@ -25,7 +25,7 @@ fn flags(args: &[(&str, &str)]) -> FlagSettings {
             "max-flows" => f.max_flows = Some(v.parse().unwrap()),
             "ring-size" => f.ring_size = Some(v.parse().unwrap()),
             "max-services" => f.max_services = Some(v.parse().unwrap()),
-            "pin-dir" => f.pin_dir = Some(PathBuf::from(v)),
+            "state-dir" => f.state_dir = Some(PathBuf::from(v)),
             "admin" => f.admin = Some(v),
             "drain-timeout" => f.drain_timeout = Some(v),
             "shutdown-timeout" => f.shutdown_timeout = Some(v),
@@ -208,8 +208,8 @@ fn every_bad_flag_is_named_with_its_value() {
         (&[("max-services", "0")], "--max-services", "0"),
         (&[("max-services", "9999")], "--max-services", "9999"),
         (
-            &[("pin-dir", "sys/fs/bpf/lb")],
-            "--pin-dir",
+            &[("state-dir", "sys/fs/bpf/lb")],
+            "--state-dir",
             "sys/fs/bpf/lb",
         ),
     ];

@@ -6,6 +6,7 @@
 //! `model` decides (pure, unit-tested), producing a `plan`; [`Control`] executes plans
 //! against the data path, the proxy, the health checkers and the routing table.
 
+mod adoption;
 pub mod error;
 pub mod model;
 pub mod plan;
@@ -88,7 +89,17 @@ impl Control {
         health_tx: UnboundedSender<CheckResult>,
         proxy: Arc<Proxy>,
     ) -> Result<Control, ControlError> {
-        let model = Model::new(cfg, Box::new(source_address_for))?;
+        let model = match dp.adopted()? {
+            Some(adopted) => {
+                info!(
+                    services = adopted.services.len(),
+                    backends = adopted.backends.len(),
+                    "adopting the services and backends an earlier daemon left; backends keep the health state they had when it stopped (frozen while no daemon ran) until their checks say otherwise"
+                );
+                Model::adopting(cfg, Box::new(source_address_for), adopted)?
+            }
+            None => Model::new(cfg, Box::new(source_address_for))?,
+        };
         let mut c = Control {
             model,
             dp,
@@ -333,6 +344,7 @@ impl Control {
             maps: self.dp.map_ids(),
             attachments: self.dp.attachments.clone(),
             admin: self.model.config().admin,
+            state_dir: Some(self.dp.state().root().to_path_buf()),
             services: self
                 .model
                 .services()
@@ -403,18 +415,17 @@ impl Control {
         }
     }
 
-    /// Stops the checks, detaches, and removes the pins and the runtime record.
-    pub fn shutdown(&mut self) {
+    /// Stops the checks and removes the runtime record (unless a successor has written
+    /// its own). The data path stays as it is: programs, links, maps and the proxy VIPs'
+    /// local routes outlive the daemon (`lb down` removes them).
+    pub fn leave(&mut self) {
         self.stop_checkers();
-        for ip in self.model.local_routes() {
-            if let Err(e) = route::remove_local(ip) {
-                warn!(vip = %ip, cause = %e, "removing the VIP's local route");
-            }
-        }
-        self.dp.shutdown();
         if let Some(p) = self.record_path.take() {
-            if let Err(e) = std::fs::remove_file(&p) {
-                warn!(path = %p.display(), cause = %e, "removing runtime record");
+            let ours = RuntimeRecord::read(&p).is_ok_and(|r| r.pid == self.pid);
+            if ours {
+                if let Err(e) = std::fs::remove_file(&p) {
+                    warn!(path = %p.display(), cause = %e, "removing runtime record");
+                }
             }
         }
     }

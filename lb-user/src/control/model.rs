@@ -8,6 +8,7 @@ use super::error::ControlError;
 use super::plan::{Plan, Step};
 use crate::config::{BackendConfig, Config, Mode, ProxyConfig, ProxyVersion, ServiceConfig};
 use crate::dataplane::DataplaneError;
+use crate::dataplane::adopt::Adopted;
 use crate::health::histogram::LatencyHistogram;
 use crate::health::{self, CheckResult, HealthCheck, HealthConfig, Tracker, Transition};
 use crate::proxy::codec::header;
@@ -130,6 +131,15 @@ impl BackendIds {
     pub(super) fn free(&mut self, id: u32) {
         self.freed.push_back(id);
     }
+
+    /// The allocator after an earlier daemon's ids `taken`: the ids between them are free.
+    pub(super) fn taken(taken: &[u32]) -> BackendIds {
+        let next_fresh = taken.iter().max().map_or(0, |m| m + 1);
+        BackendIds {
+            next_fresh,
+            freed: (0..next_fresh).filter(|i| !taken.contains(i)).collect(),
+        }
+    }
 }
 
 /// The source address that reaches a backend: a routing lookup in the daemon
@@ -141,11 +151,14 @@ pub type SnatSource = Box<dyn Fn(SocketAddr) -> std::io::Result<IpAddr> + Send>;
 pub struct Model {
     pub(super) cfg: Config,
     pub(super) services: Vec<ServiceState>,
-    ids: BackendIds,
+    pub(super) ids: BackendIds,
     next_check_id: u64,
     /// Proxy VIP addresses with a local route, and how many services use each.
     local_routes: HashMap<IpAddr, usize>,
     snat_source: SnatSource,
+    /// What an earlier daemon left that no service of the configuration has claimed yet
+    /// (see `adoption`).
+    pub(super) adopted: Adopted,
     pub(super) plan: Vec<Step>,
 }
 
@@ -153,18 +166,32 @@ impl Model {
     /// The model of `cfg`'s services; the plan programs them all. Backends start up, as
     /// in HAProxy: the first checks run within one interval.
     pub fn new(cfg: Config, snat_source: SnatSource) -> Result<Model, ControlError> {
+        Model::adopting(cfg, snat_source, Adopted::default())
+    }
+
+    /// The model of `cfg`'s services over what an earlier daemon left in the maps: see
+    /// `adoption`.
+    pub fn adopting(
+        cfg: Config,
+        snat_source: SnatSource,
+        adopted: Adopted,
+    ) -> Result<Model, ControlError> {
+        let taken: Vec<u32> = adopted.backends.iter().map(|b| b.id).collect();
         let mut model = Model {
             cfg: cfg.clone(),
             services: Vec::new(),
-            ids: BackendIds::default(),
+            ids: BackendIds::taken(&taken),
             next_check_id: 0,
             local_routes: HashMap::new(),
             snat_source,
+            adopted,
             plan: Vec::new(),
         };
+        model.drop_unconfigured_services();
         for svc in &cfg.services {
             model.add_service(svc, true)?;
         }
+        model.drop_unclaimed_backends();
         Ok(model)
     }
 
@@ -227,16 +254,27 @@ impl Model {
         cfg: &ServiceConfig,
         at_start: bool,
     ) -> Result<(), ControlError> {
-        let used: Vec<u32> = self.services.iter().map(|s| s.id).collect();
-        let id = (0..self.cfg.max_services)
-            .find(|i| !used.contains(i))
-            .ok_or_else(|| {
-                ControlError::Conflict(format!(
-                    "no room for service {}: --max-services is {}",
-                    cfg.name, self.cfg.max_services
-                ))
-            })?;
-        self.plan.push(Step::ResetServiceCounters { id });
+        let (id, live_half) = match self.claim_service(cfg.vip) {
+            Some(kept) => kept,
+            None => {
+                let used: Vec<u32> = self
+                    .services
+                    .iter()
+                    .map(|s| s.id)
+                    .chain(self.adopted.services.iter().map(|s| s.id))
+                    .collect();
+                let id = (0..self.cfg.max_services)
+                    .find(|i| !used.contains(i))
+                    .ok_or_else(|| {
+                        ControlError::Conflict(format!(
+                            "no room for service {}: --max-services is {}",
+                            cfg.name, self.cfg.max_services
+                        ))
+                    })?;
+                self.plan.push(Step::ResetServiceCounters { id });
+                (id, 1)
+            }
+        };
         self.services.push(ServiceState {
             id,
             name: cfg.name.clone(),
@@ -244,7 +282,7 @@ impl Model {
             mode: cfg.mode,
             proxy: cfg.proxy.clone(),
             health: cfg.health.clone(),
-            live_half: 1,
+            live_half,
             table_members: None,
             backends: Vec::new(),
         });
@@ -330,19 +368,28 @@ impl Model {
                 source,
             })?,
         };
-        let id = self.ids.alloc().ok_or_else(|| {
-            ControlError::Conflict(format!(
-                "no room for backend {}: {MAX_BACKENDS} backends in use",
-                b.addr
-            ))
-        })?;
-        self.plan.push(Step::ResetBackendCounters { id });
         let svc = &self.services[si];
         let checked = svc.health.check != HealthCheck::None;
-        let health = if at_start || !checked {
-            Health::Up
-        } else {
-            Health::Initial
+        let kept = self.claim_backend(svc.id, b.addr);
+        let id = match &kept {
+            Some(k) => k.id,
+            None => {
+                let id = self.ids.alloc().ok_or_else(|| {
+                    ControlError::Conflict(format!(
+                        "no room for backend {}: {MAX_BACKENDS} backends in use",
+                        b.addr
+                    ))
+                })?;
+                self.plan.push(Step::ResetBackendCounters { id });
+                id
+            }
+        };
+        let svc = &self.services[si];
+        let health = match &kept {
+            // Frozen while no daemon ran: the checks take over from there.
+            Some(k) if checked && k.state == m::BACKEND_DOWN => Health::Down,
+            _ if at_start || !checked => Health::Up,
+            _ => Health::Initial,
         };
         let check_id = self.next_check_id;
         self.next_check_id += 1;
@@ -359,7 +406,12 @@ impl Model {
             checks_passed: 0,
             checks_failed: 0,
             latency: LatencyHistogram::default(),
-            written: Some(m::BACKEND_DOWN),
+            written: match &kept {
+                // Rewritten by the next sync only if it changes.
+                Some(k) if k.snat_ip == snat_ip => Some(k.state),
+                Some(_) => None,
+                None => Some(m::BACKEND_DOWN),
+            },
         };
         let first_delay = if at_start {
             health::spread_delay(&ip_port_bytes(b.addr), svc.health.interval)
@@ -374,13 +426,15 @@ impl Model {
                 first_delay,
             });
         }
-        self.plan.push(Step::SetBackend {
-            id,
-            service: svc.id,
-            addr: b.addr,
-            snat_ip,
-            state: m::BACKEND_DOWN,
-        });
+        if kept.is_none() {
+            self.plan.push(Step::SetBackend {
+                id,
+                service: svc.id,
+                addr: b.addr,
+                snat_ip,
+                state: m::BACKEND_DOWN,
+            });
+        }
         self.services[si].backends.push(state);
         Ok(())
     }

@@ -29,7 +29,7 @@ impl Model {
             ("max_flows", new.max_flows != old.max_flows),
             ("ring_size", new.ring_size != old.ring_size),
             ("max_services", new.max_services != old.max_services),
-            ("pin_dir", new.pin_dir != old.pin_dir),
+            ("state_dir", new.state_dir != old.state_dir),
             ("snat_ip", new.snat_ips != old.snat_ips),
             ("snat_ports", new.snat_ports != old.snat_ports),
             ("admin", new.admin != old.admin),

@@ -637,3 +637,200 @@ fn reload_sets_the_syn_cookies_alone() {
         "nothing but the global settings is written: flows and tables stay"
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// Adopting what an earlier daemon left (restart, upgrade, crash).
+
+use crate::dataplane::adopt::{Adopted, AdoptedBackend, AdoptedService};
+use lb_common::maps::MODE_NAT;
+
+const VIP: &str = "198.18.0.10:80";
+
+/// What a daemon running `config(backends)` left in the maps, read back.
+fn left_by(backends: &[&str]) -> Adopted {
+    let bed = Bed::new(backends);
+    let svc = &bed.model.services()[0];
+    Adopted {
+        services: vec![AdoptedService {
+            vip: addr(VIP),
+            id: svc.id,
+            live_half: svc.live_half,
+            mode: MODE_NAT,
+        }],
+        backends: svc
+            .backends
+            .iter()
+            .map(|b| AdoptedBackend {
+                id: b.id,
+                service: svc.id,
+                addr: b.addr,
+                snat_ip: b.snat_ip,
+                state: b.map_state(),
+            })
+            .collect(),
+    }
+}
+
+/// A bed over `adopted`, its maps holding what the earlier daemon wrote.
+fn adopting(backends: &[&str], adopted: Adopted) -> (Bed, Plan) {
+    let mut maps = Maps::default();
+    for b in &adopted.backends {
+        maps.backends.insert(b.id, b.state);
+    }
+    let model = Model::adopting(
+        config(backends),
+        Box::new(|_| unreachable!("--snat-ip is set")),
+        adopted,
+    )
+    .unwrap();
+    let mut bed = Bed {
+        model,
+        maps,
+        now: Instant::now(),
+    };
+    let plan = bed.plan();
+    (bed, plan)
+}
+
+fn resets(plan: &Plan) -> usize {
+    plan.steps
+        .iter()
+        .filter(|s| {
+            matches!(
+                s,
+                Step::ResetServiceCounters { .. } | Step::ResetBackendCounters { .. }
+            )
+        })
+        .count()
+}
+
+#[test]
+fn adopting_keeps_ids_and_counters_across_a_reordered_config() {
+    let before = left_by(&[B1, B2, B3]);
+    let id_of = |a: &str| {
+        before
+            .backends
+            .iter()
+            .find(|b| b.addr == addr(a))
+            .unwrap()
+            .id
+    };
+    let (old1, old2, old3) = (id_of(B1), id_of(B2), id_of(B3));
+    let live = before.services[0].live_half;
+    let (bed, plan) = adopting(&[B3, B1, B2], before);
+    assert_eq!((bed.id(B1), bed.id(B2), bed.id(B3)), (old1, old2, old3));
+    assert_eq!(resets(&plan), 0, "counters must carry on: {plan:#?}");
+    assert!(
+        !plan
+            .steps
+            .iter()
+            .any(|s| matches!(s, Step::SetBackend { .. })),
+        "kept backends are not rewritten: {plan:#?}"
+    );
+    // One table, into the half that is not live, naming the same backends.
+    let Step::InstallTable { half, .. } = &plan.steps[table(&plan)] else {
+        unreachable!()
+    };
+    assert_eq!(*half, 1 - live);
+    assert_eq!(bed.table(), {
+        let mut v = vec![old1, old2, old3];
+        v.sort();
+        v
+    });
+    assert_eq!(
+        (bed.state(B1), bed.state(B2), bed.state(B3)),
+        ("up", "up", "up")
+    );
+}
+
+#[test]
+fn adopting_removes_what_the_config_dropped_and_adds_what_it_gained() {
+    let mut before = left_by(&[B1, B2]);
+    // A second service of the earlier daemon, gone from the configuration.
+    before.services.push(AdoptedService {
+        vip: addr("198.18.0.20:443"),
+        id: 7,
+        live_half: 0,
+        mode: MODE_NAT,
+    });
+    before.backends.push(AdoptedBackend {
+        id: 9,
+        service: 7,
+        addr: addr("198.18.1.99:443"),
+        snat_ip: "198.18.0.1".parse().unwrap(),
+        state: BACKEND_UP,
+    });
+    let id_of = |a: &str| {
+        before
+            .backends
+            .iter()
+            .find(|b| b.addr == addr(a))
+            .unwrap()
+            .id
+    };
+    let (old1, old2) = (id_of(B1), id_of(B2));
+    let (bed, plan) = adopting(&[B2, B3], before);
+    let gone_service = position(
+        &plan,
+        "remove the dropped service",
+        |s| matches!(s, Step::RemoveService { vip } if *vip == addr("198.18.0.20:443")),
+    );
+    let gone_backend = position(&plan, "clear its backend", |s| {
+        matches!(s, Step::ClearBackend { id: 9 })
+    });
+    assert!(gone_service < gone_backend, "{plan:#?}");
+    // B1 is no longer configured: cleared after the table that drops it.
+    let cleared = position(
+        &plan,
+        "clear B1",
+        |s| matches!(s, Step::ClearBackend { id } if *id == old1),
+    );
+    assert!(table(&plan) < cleared, "{plan:#?}");
+    assert_eq!(bed.id(B2), old2);
+    let new = bed.id(B3);
+    assert!(![old1, old2, 9].contains(&new), "B3 got a taken id {new}");
+    // Only the new backend starts from zero.
+    assert_eq!(resets(&plan), 1, "{plan:#?}");
+    assert!(
+        plan.steps
+            .iter()
+            .any(|s| matches!(s, Step::ResetBackendCounters { id } if *id == new))
+    );
+    assert_eq!(bed.table(), {
+        let mut v = vec![old2, new];
+        v.sort();
+        v
+    });
+}
+
+#[test]
+fn an_adopted_down_backend_stays_down_until_its_checks_pass() {
+    let mut before = left_by(&[B1, B2]);
+    before.backends[0].state = BACKEND_DOWN;
+    let down = before.backends[0].addr.to_string();
+    let (mut bed, _) = adopting(&[B1, B2], before);
+    assert_eq!(bed.state(&down), "down");
+    assert_eq!(bed.table(), vec![bed.id(if down == B1 { B2 } else { B1 })]);
+    bed.check(&down, true);
+    assert!(bed.check(&down, true));
+    bed.plan();
+    assert_eq!(bed.state(&down), "up");
+    assert_eq!(bed.table(), bed.ids(&[B1, B2]));
+}
+
+#[test]
+fn backend_ids_after_adoption_fill_the_gaps_after_fresh_ones() {
+    let mut ids = BackendIds::taken(&[0, 2, 5]);
+    assert_eq!(ids.alloc(), Some(6));
+    ids.free(6);
+    let mut fresh = Vec::new();
+    for _ in 0..(MAX_BACKENDS - 6 - 1) {
+        fresh.push(ids.alloc().unwrap());
+    }
+    // Fresh ids run out, then the gaps of the adoption, then the freed ones.
+    assert_eq!(ids.alloc(), Some(1));
+    assert_eq!(ids.alloc(), Some(3));
+    assert_eq!(ids.alloc(), Some(4));
+    assert_eq!(ids.alloc(), Some(6));
+    assert_eq!(ids.alloc(), None);
+}

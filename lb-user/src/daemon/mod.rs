@@ -1,6 +1,11 @@
-//! The daemon's life: program the maps, attach, then serve health checks, the admin
-//! API, reloads (SIGHUP) and neighbour upkeep until SIGINT/SIGTERM, and on the way out
-//! detach and remove what it created.
+//! The daemon's life: take the data path over (from a daemon still running, see
+//! [`handover`], or from the state an earlier one left), program the maps, attach, then
+//! serve health checks, the admin API, reloads (SIGHUP) and neighbour upkeep until
+//! SIGINT/SIGTERM or a successor's hand-over. On the way out the data path stays: it
+//! forwards without a daemon until the next one adopts it (`lb down` removes it).
+
+pub mod handover;
+pub mod notify;
 
 use crate::api::report::{Report, StatsError};
 use crate::api::server as admin;
@@ -8,7 +13,8 @@ use crate::config::SpliceChoice;
 use crate::config::{Config, FlagSettings};
 use crate::control::{Control, ControlError, task};
 use crate::dataplane::neigh;
-use crate::dataplane::{Dataplane, DataplaneError};
+use crate::dataplane::runtime::{self, RuntimeRecord};
+use crate::dataplane::{Dataplane, DataplaneError, state};
 use crate::health::CheckResult;
 use crate::proxy::server::{Proxy, Settings};
 use crate::proxy::splice::Engine;
@@ -38,6 +44,10 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Runtime(#[from] runtime::RuntimeError),
+    #[error(transparent)]
+    Handover(#[from] handover::HandoverError),
 }
 
 impl StartError {
@@ -48,7 +58,7 @@ impl StartError {
             StartError::Admin { .. }
                 | StartError::Dataplane(
                     DataplaneError::UnknownIface { .. }
-                        | DataplaneError::Pin(_)
+                        | DataplaneError::State(_)
                         | DataplaneError::PinnedSize { .. }
                 )
                 | StartError::Control(ControlError::Dataplane(DataplaneError::NoSnatSource { .. }))
@@ -62,8 +72,32 @@ pub struct Started {
     admin: Option<std::net::TcpListener>,
     checks: UnboundedReceiver<CheckResult>,
     proxy: Arc<Proxy>,
-    /// Where sk_lookup delivers proxy services' connections.
-    listeners: Vec<std::net::TcpListener>,
+    /// Where sk_lookup delivers proxy services' connections: (hand-over name, socket).
+    listeners: Vec<(&'static str, std::net::TcpListener)>,
+    /// The daemon this one took over from, told once this one is ready.
+    predecessor: Option<handover::Predecessor>,
+}
+
+/// Removes a state directory this start created if the start fails, so a failed first
+/// start leaves nothing attached; an adopted one stays as the running data path uses it.
+struct FreshState(Option<std::path::PathBuf>);
+
+impl FreshState {
+    fn guard(dp: &Dataplane) -> FreshState {
+        FreshState((!dp.state().adopted()).then(|| dp.state().root().to_path_buf()))
+    }
+
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for FreshState {
+    fn drop(&mut self) {
+        if let Some(dir) = self.0.take() {
+            let _ = state::remove(&dir);
+        }
+    }
 }
 
 /// The proxy listeners, one per family. sk_lookup assigns them connections to any
@@ -96,14 +130,12 @@ fn bind_proxy_listeners() -> std::io::Result<(std::net::TcpListener, Option<std:
     Ok((v4, v6))
 }
 
-/// Binds the admin API, loads and programs the data path, then attaches it. Must run
-/// inside the tokio runtime (health checks are tasks). Nothing is left attached on
-/// error.
+/// Loads and verifies the programs, takes over from a daemon still running here (only
+/// once nothing can fail before it), binds the admin API, programs the data path (over
+/// what an earlier daemon left) and attaches it. Must run inside the tokio runtime
+/// (health checks are tasks). A failed first start leaves nothing attached; a failed
+/// start over a running or left data path leaves it as it was.
 pub fn start(cfg: Config, flags: FlagSettings) -> Result<Started, StartError> {
-    let admin = match cfg.admin {
-        Some(addr) => Some(admin::bind(addr).map_err(|source| StartError::Admin { addr, source })?),
-        None => None,
-    };
     // Each proxied connection holds 6 descriptors (2 sockets, 2 pipes of 2 ends), and
     // the pool of idle pipes up to 2 per pipe.
     let wanted =
@@ -125,9 +157,43 @@ pub fn start(cfg: Config, flags: FlagSettings) -> Result<Started, StartError> {
         Ok(_) => {}
         Err(e) => warn!(cause = %e, "raising the open-file limit"),
     }
+    let inode = runtime::netns_inode()?;
+    let running = RuntimeRecord::read(&runtime::record_path(inode))
+        .ok()
+        .map(|r| r.pid)
+        .filter(|pid| *pid != std::process::id() && crate::sys::process_alive(*pid));
+    let predecessor = handover::predecessor(inode, running)?;
     let mut dp = Dataplane::load(&cfg)?;
+    let fresh = FreshState::guard(&dp);
+    if dp.state().adopted() && predecessor.is_none() {
+        warn!(
+            state_dir = %dp.state().root().display(),
+            "no daemon ran this data path since the last one stopped: it kept forwarding, and backends' health states were frozen meanwhile"
+        );
+    }
+    let handed = match predecessor {
+        Some(p) => {
+            info!(pid = p.pid, "taking over from pid {}", p.pid);
+            Some(p.take_over(dp.state().root())?)
+        }
+        None => None,
+    };
+    let (mut handed_admin, mut handed_v4, mut handed_v6, predecessor) = match handed {
+        Some(h) => (h.admin, h.proxy_v4, h.proxy_v6, Some(h.from)),
+        None => (None, None, None, None),
+    };
+    let admin = match cfg.admin {
+        Some(addr) => match handed_admin.take() {
+            Some(l) if l.local_addr().is_ok_and(|a| a == addr) => Some(l),
+            _ => Some(admin::bind(addr).map_err(|source| StartError::Admin { addr, source })?),
+        },
+        None => None,
+    };
     dp.program_globals(&cfg)?;
-    let (v4, v6) = bind_proxy_listeners().map_err(StartError::ProxyListen)?;
+    let (v4, v6) = match handed_v4.take() {
+        Some(v4) => (v4, handed_v6.take()),
+        None => bind_proxy_listeners().map_err(StartError::ProxyListen)?,
+    };
     dp.attach_lookup(&v4, v6.as_ref())?;
     let engine = match cfg.splice {
         SpliceChoice::Sockmap => Engine::Sockmap,
@@ -150,12 +216,16 @@ pub fn start(cfg: Config, flags: FlagSettings) -> Result<Started, StartError> {
     let (ifaces, mode) = (cfg.ifaces.clone(), cfg.xdp_mode);
     let mut ctl = Control::new(dp, cfg, flags, tx, proxy.clone())?;
     ctl.dataplane_mut().attach(&ifaces, mode)?;
+    fresh.disarm();
+    let mut listeners = vec![(handover::PROXY_V4, v4)];
+    listeners.extend(v6.map(|l| (handover::PROXY_V6, l)));
     Ok(Started {
         ctl,
         admin,
         checks,
         proxy,
-        listeners: [Some(v4), v6].into_iter().flatten().collect(),
+        listeners,
+        predecessor,
     })
 }
 
@@ -176,9 +246,18 @@ pub async fn signalled() -> &'static str {
     }
 }
 
-/// Runs until `shutdown` resolves (with what asked for it, for the log), then stops
-/// accepting, lets proxied connections finish within `shutdown_timeout` (a second
-/// `shutdown` cuts them at once), and detaches.
+/// Why the daemon stops serving.
+enum Stop {
+    /// A signal, by name.
+    Signal(&'static str),
+    /// A successor asked to take over.
+    Handover(handover::Request),
+}
+
+/// Runs until `shutdown` resolves (with what asked for it, for the log) or a successor
+/// takes over, then stops accepting, lets proxied connections finish within
+/// `shutdown_timeout` (a second `shutdown` cuts them at once), and returns, leaving the
+/// data path running.
 pub async fn run<F, S>(started: Started, shutdown: S) -> anyhow::Result<()>
 where
     F: Future<Output = &'static str>,
@@ -190,9 +269,13 @@ where
         mut checks,
         proxy,
         listeners,
+        predecessor,
     } = started;
+    // Kept to hand them to a successor: the tasks own their own descriptors.
+    let mut sockets: Vec<(&'static str, std::net::TcpListener)> = Vec::new();
     let mut proxy_tasks = Vec::new();
-    for l in listeners {
+    for (name, l) in listeners {
+        sockets.push((name, l.try_clone()?));
         proxy_tasks.push(tokio::spawn(
             proxy.clone().serve(tokio::net::TcpListener::from_std(l)?),
         ));
@@ -201,11 +284,33 @@ where
     // The admin API reaches the control plane through `jobs`, run by the loop below.
     let (handle, mut jobs) = task::channel();
     let admin_task = match admin {
-        Some(l) => Some(tokio::spawn(admin::serve(
-            tokio::net::TcpListener::from_std(l)?,
-            handle,
-        ))),
+        Some(l) => {
+            sockets.push((handover::ADMIN, l.try_clone()?));
+            Some(tokio::spawn(admin::serve(
+                tokio::net::TcpListener::from_std(l)?,
+                handle,
+            )))
+        }
         None => None,
+    };
+    let (handover_tx, mut handovers) = unbounded_channel();
+    let handover_listener = match handover::Listener::bind(runtime::netns_inode()?) {
+        Ok(l) => {
+            let l = Arc::new(l);
+            let accepting = l.clone();
+            std::thread::spawn(move || {
+                while let Ok(req) = accepting.accept() {
+                    if handover_tx.send(req).is_err() {
+                        break;
+                    }
+                }
+            });
+            Some(l)
+        }
+        Err(e) => {
+            warn!(cause = %e, "no hand-over socket: an upgrade cannot take over from this daemon");
+            None
+        }
     };
     ctl.write_record();
     let ifaces = ctl.attached();
@@ -214,6 +319,17 @@ where
         .map(|p| p.display().to_string())
         .unwrap_or_default();
     info!(services = ctl.config().services.len(), ifaces = %ifaces.join(","), record = %record, "ready");
+    notify::notify(&format!("READY=1\nMAINPID={}", std::process::id()));
+    if let Some(p) = predecessor {
+        let pid = p.pid;
+        match p.done() {
+            Ok(()) => info!(
+                pid,
+                "took over from pid {pid}, which exits once its own proxied connections end"
+            ),
+            Err(e) => warn!(pid, cause = %e, "telling the previous daemon it may go"),
+        }
+    }
 
     let mut tick = tokio::time::interval(TICK);
     let mut last_refresh = tokio::time::Instant::now();
@@ -224,9 +340,23 @@ where
     let mut scanning = false;
     let stop = shutdown();
     tokio::pin!(stop);
-    let signal_name = loop {
+    let why = loop {
         tokio::select! {
-            why = &mut stop => break why,
+            why = &mut stop => break Stop::Signal(why),
+            Some(req) = handovers.recv() => {
+                let ours = ctl.dataplane().state().root();
+                if req.state_dir != ours {
+                    let reason = format!(
+                        "it runs the data path of state directory {}, not {}: two data paths cannot share the interfaces; stop it first, or give the same --state-dir",
+                        ours.display(),
+                        req.state_dir.display()
+                    );
+                    warn!(pid = req.pid, "refusing a hand-over: {reason}");
+                    req.refuse(&reason);
+                    continue;
+                }
+                break Stop::Handover(req);
+            }
             _ = sighup.recv() => {
                 info!("SIGHUP: reloading the configuration");
                 // Logged (applied or rejected) by reload itself.
@@ -272,13 +402,47 @@ where
             }
         }
     };
-    info!(signal = signal_name, "shutting down");
+    notify::notify("STOPPING=1");
     if let Some(t) = admin_task {
         t.abort();
     }
     for t in proxy_tasks {
         t.abort();
     }
+    match why {
+        Stop::Signal(name) => info!(
+            signal = name,
+            "shutting down, leaving the data path running: programs stay attached and flows forwarded until the next lb adopts them (`lb down` removes them)"
+        ),
+        Stop::Handover(req) => {
+            let pid = req.pid;
+            let fds: Vec<(&str, std::os::fd::BorrowedFd<'_>)> = sockets
+                .iter()
+                .map(|(n, l)| (*n, std::os::fd::AsFd::as_fd(l)))
+                .collect();
+            match req.hand_over(&fds) {
+                Ok(successor) => {
+                    info!(
+                        pid,
+                        "handed over to pid {pid}: its programs replace this daemon's in the links"
+                    );
+                    let ready = tokio::task::spawn_blocking(move || {
+                        successor.wait_done(Duration::from_secs(120))
+                    })
+                    .await
+                    .unwrap_or(false);
+                    if !ready {
+                        error!(
+                            pid,
+                            "the new lb (pid {pid}) did not become ready after taking over: the data path runs as it left it; start lb again"
+                        );
+                    }
+                }
+                Err(e) => error!(pid, cause = %e, "handing the sockets over"),
+            }
+        }
+    }
+    drop(sockets);
     let deadline = ctl.config().shutdown_timeout;
     let cut = tokio::select! {
         finished = proxied_connections_end(&proxy, deadline) => (!finished).then_some("the shutdown timeout"),
@@ -293,7 +457,10 @@ where
         // The aborted tasks reset their sockets as they are dropped.
         proxied_connections_end(&proxy, Duration::from_secs(1)).await;
     }
-    ctl.shutdown();
+    ctl.leave();
+    if let Some(l) = handover_listener {
+        l.remove_if_ours();
+    }
     info!("stopped");
     Ok(())
 }

@@ -1,8 +1,14 @@
 //! Attaching the programs: XDP to the LB's interfaces (with the native → skb fallback) and
 //! its TC companion (neighbour hand-off) to their ingress, sk_lookup to the network
-//! namespace, and the checks and detach of a clean shutdown.
+//! namespace. Every link is pinned in the state directory, so it outlives the daemon; a
+//! link an earlier daemon pinned gets this daemon's program in place (`BPF_LINK_UPDATE`),
+//! so the hook never runs without one.
+
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
 
 use aya::maps::{MapData, SockMap};
+use aya::programs::links::FdLink;
 use aya::programs::{
     LinkOrder, ProgramError, SchedClassifier, SkLookup, TcAttachType, XdpMode, tc::TcAttachOptions,
 };
@@ -10,15 +16,17 @@ use lb_common::maps::names;
 use tracing::{info, warn};
 
 use super::{
-    Attachment, Dataplane, DataplaneError, lb_program, map_error, neigh_program, pin, program_error,
+    Attachment, Dataplane, DataplaneError, lb_program, map_error, neigh_program, program_error,
 };
 use crate::config::XdpModeChoice;
 use crate::sys;
 
+/// Pin name of the sk_lookup link (one per network namespace).
+const LOOKUP_LINK: &str = "sk_lookup";
+
 impl Dataplane {
-    /// Registers the proxy listeners and attaches the sk_lookup program to this
-    /// network namespace, so connections to proxy VIPs land on them. The link lives as
-    /// long as the object (detached when the daemon exits).
+    /// Registers the proxy listeners and makes the network namespace's sk_lookup hook
+    /// run the lookup program, so connections to proxy VIPs land on them.
     pub fn attach_lookup(
         &mut self,
         v4: &std::net::TcpListener,
@@ -33,8 +41,7 @@ impl Dataplane {
             }
         }
         let wrap = program_error(names::PROG_LOOKUP);
-        let netns = std::fs::File::open("/proc/self/ns/net")
-            .map_err(|source| wrap(ProgramError::IOError(source)))?;
+        let pin = self.state.links_dir().join(LOOKUP_LINK);
         let prog: &mut SkLookup = self
             .ebpf
             .program_mut(names::PROG_LOOKUP)
@@ -42,22 +49,35 @@ impl Dataplane {
             .try_into()
             .map_err(wrap)?;
         prog.load().map_err(wrap)?;
-        prog.attach(netns).map_err(wrap)?;
-        info!(
-            "attached sk_lookup program {} to this network namespace",
-            names::PROG_LOOKUP
-        );
-        Ok(())
+        if pin.exists() {
+            replace_program(&pin, prog.fd().map_err(wrap)?.as_fd())?;
+            info!(
+                "replaced the sk_lookup program {} in place",
+                names::PROG_LOOKUP
+            );
+        } else {
+            let netns = std::fs::File::open("/proc/self/ns/net")
+                .map_err(|source| wrap(ProgramError::IOError(source)))?;
+            let id = prog.attach(netns).map_err(wrap)?;
+            let link: FdLink = prog.take_link(id).map_err(wrap)?.into();
+            pin_link(link, &pin, "the sk_lookup link")?;
+            info!(
+                "attached sk_lookup program {} to this network namespace",
+                names::PROG_LOOKUP
+            );
+        }
+        self.pin_program(names::PROG_LOOKUP)
     }
 
-    /// Attaches the program to every interface. On any failure the ones already attached
-    /// are detached (by dropping `self`), so a failed start leaves nothing behind.
+    /// Runs the program on every interface: in the link an earlier daemon left there,
+    /// or in a new one. Links of interfaces no longer configured (or re-created since)
+    /// are removed, which detaches them.
     pub fn attach(
         &mut self,
         ifaces: &[String],
         choice: XdpModeChoice,
     ) -> Result<(), DataplaneError> {
-        // Resolve every name first: a typo in the last --iface must not leave the first attached.
+        // Resolve every name first: a typo in the last --iface must not change the first.
         let mut resolved = Vec::new();
         for iface in ifaces {
             let idx = sys::ifindex(iface).map_err(|source| DataplaneError::UnknownIface {
@@ -66,48 +86,117 @@ impl Dataplane {
             })?;
             resolved.push((iface.clone(), idx));
         }
+        let pinned = self.pinned_links()?;
+        let mut kept = Vec::new();
         for (iface, ifindex) in resolved {
-            let prog = lb_program(&mut self.ebpf)?;
-            let (link, mode) = match choice {
-                XdpModeChoice::Skb => (prog.attach_to_if_index(ifindex, XdpMode::Skb), "skb"),
-                XdpModeChoice::Native => {
-                    (prog.attach_to_if_index(ifindex, XdpMode::Driver), "native")
+            let xdp = pinned.iter().find(|p| {
+                p.kind == "xdp"
+                    && p.iface == iface
+                    && p.ifindex == ifindex
+                    && choice.accepts(&p.mode)
+            });
+            let mode = match xdp {
+                Some(p) => {
+                    let prog = lb_program(&mut self.ebpf)?;
+                    let fd = prog.fd().map_err(program_error(names::PROG_LB))?;
+                    replace_program(&p.path, fd.as_fd())?;
+                    info!(iface = %iface, ifindex, mode = %p.mode, "replaced the XDP program {} in place", names::PROG_LB);
+                    kept.push(p.path.clone());
+                    p.mode.clone()
                 }
-                XdpModeChoice::Auto => match prog.attach_to_if_index(ifindex, XdpMode::Driver) {
-                    Ok(l) => (Ok(l), "native"),
-                    Err(e) => {
-                        warn!(iface = %iface, cause = %e, "native XDP attach failed; falling back to skb (generic) mode, which is slower");
-                        (prog.attach_to_if_index(ifindex, XdpMode::Skb), "skb")
-                    }
-                },
+                None => {
+                    let (mode, path) = self.attach_xdp(&iface, ifindex, choice)?;
+                    kept.push(path);
+                    mode.to_string()
+                }
             };
-            let link = link.map_err(|source| DataplaneError::Attach {
-                iface: iface.clone(),
-                mode,
-                source: Box::new(source),
-                hint: if mode == "native" {
-                    "the driver may lack native XDP, or another XDP program is attached (`ip link show`); try --xdp-mode skb"
-                } else {
-                    "another XDP program may be attached (`ip link show`), or the kernel lacks XDP"
-                },
-            })?;
-            info!(iface = %iface, ifindex, mode, "attached XDP program {}", names::PROG_LB);
-            self.links.push(link);
-            self.attach_neigh(&iface)?;
+            let tc = pinned
+                .iter()
+                .find(|p| p.kind == "tc" && p.iface == iface && p.ifindex == ifindex);
+            match tc {
+                Some(p) => {
+                    let prog = neigh_program(&mut self.ebpf)?;
+                    let fd = prog.fd().map_err(program_error(names::PROG_NEIGH))?;
+                    replace_program(&p.path, fd.as_fd())?;
+                    kept.push(p.path.clone());
+                }
+                None => kept.push(self.attach_neigh(&iface, ifindex)?),
+            }
             self.attachments.push(Attachment {
                 iface,
                 ifindex,
-                mode: mode.into(),
+                mode,
             });
         }
-        Ok(())
+        for stale in pinned.iter().filter(|p| !kept.contains(&p.path)) {
+            info!(link = %stale.path.display(), "removing the link of an interface no longer configured (or re-created)");
+            if let Err(e) = std::fs::remove_file(&stale.path) {
+                warn!(link = %stale.path.display(), cause = %e, "removing a stale link");
+            }
+        }
+        self.pin_program(names::PROG_LB)?;
+        self.pin_program(names::PROG_NEIGH)
+    }
+
+    /// Attaches the XDP program to a new link on `iface` and pins it; returns the mode
+    /// and the pin.
+    fn attach_xdp(
+        &mut self,
+        iface: &str,
+        ifindex: u32,
+        choice: XdpModeChoice,
+    ) -> Result<(&'static str, PathBuf), DataplaneError> {
+        // A link of the other mode (the configuration changed it) must go first: an
+        // interface has one XDP program.
+        for p in self.pinned_links()? {
+            if p.kind == "xdp" && p.iface == iface && p.ifindex == ifindex {
+                warn!(iface = %iface, from = %p.mode, "--xdp-mode changed: re-attaching, which drops packets for a moment");
+                let _ = std::fs::remove_file(&p.path);
+            }
+        }
+        let prog = lb_program(&mut self.ebpf)?;
+        let (link, mode) = match choice {
+            XdpModeChoice::Skb => (prog.attach_to_if_index(ifindex, XdpMode::Skb), "skb"),
+            XdpModeChoice::Native => (prog.attach_to_if_index(ifindex, XdpMode::Driver), "native"),
+            XdpModeChoice::Auto => match prog.attach_to_if_index(ifindex, XdpMode::Driver) {
+                Ok(l) => (Ok(l), "native"),
+                Err(e) => {
+                    warn!(iface = %iface, cause = %e, "native XDP attach failed; falling back to skb (generic) mode, which is slower");
+                    (prog.attach_to_if_index(ifindex, XdpMode::Skb), "skb")
+                }
+            },
+        };
+        let id = link.map_err(|source| DataplaneError::Attach {
+            iface: iface.to_string(),
+            mode,
+            source: Box::new(source),
+            hint: if mode == "native" {
+                "the driver may lack native XDP, or another XDP program is attached (`ip link show`); try --xdp-mode skb"
+            } else {
+                "another XDP program may be attached (`ip link show`), or the kernel lacks XDP"
+            },
+        })?;
+        let link = prog.take_link(id).map_err(program_error(names::PROG_LB))?;
+        let link = FdLink::try_from(link).map_err(|e| DataplaneError::PinLink {
+            what: format!("the XDP link of {iface}"),
+            path: self.state.links_dir(),
+            source: Box::new(e),
+        })?;
+        let path = self
+            .state
+            .links_dir()
+            .join(format!("xdp-{iface}-{ifindex}-{mode}"));
+        pin_link(link, &path, &format!("the XDP link of {iface}"))?;
+        info!(iface = %iface, ifindex, mode, "attached XDP program {}", names::PROG_LB);
+        Ok((mode, path))
     }
 
     /// Attaches the neighbour hand-off's TC program to `iface`'s ingress, ahead of any
-    /// other TCX program there: what the XDP program passes with a hand-off must reach it
-    /// unchanged.
-    fn attach_neigh(&mut self, iface: &str) -> Result<(), DataplaneError> {
-        let link = neigh_program(&mut self.ebpf)?
+    /// other TCX program there (what the XDP program passes with a hand-off must reach it
+    /// unchanged), and pins the link.
+    fn attach_neigh(&mut self, iface: &str, ifindex: u32) -> Result<PathBuf, DataplaneError> {
+        let prog = neigh_program(&mut self.ebpf)?;
+        let id = prog
             .attach_with_options(
                 iface,
                 TcAttachType::Ingress,
@@ -117,9 +206,47 @@ impl Dataplane {
                 iface: iface.to_string(),
                 source: Box::new(source),
             })?;
+        let link = prog
+            .take_link(id)
+            .map_err(program_error(names::PROG_NEIGH))?;
+        let what = format!("the TC link of {iface}");
+        let link = FdLink::try_from(link).map_err(|e| DataplaneError::PinLink {
+            what: what.clone(),
+            path: self.state.links_dir(),
+            source: Box::new(e),
+        })?;
+        let path = self.state.links_dir().join(format!("tc-{iface}-{ifindex}"));
+        pin_link(link, &path, &what)?;
         info!(iface = %iface, "attached TC program {} (ingress)", names::PROG_NEIGH);
-        self.neigh_links.push(link);
-        Ok(())
+        Ok(path)
+    }
+
+    /// Pins `program` under `progs/` for bpftool, in place of an earlier daemon's.
+    fn pin_program(&mut self, program: &'static str) -> Result<(), DataplaneError> {
+        let path = self.state.prog_path(program);
+        let _ = std::fs::remove_file(&path);
+        self.ebpf
+            .program_mut(program)
+            .ok_or(DataplaneError::MissingProgram(program))?
+            .pin(&path)
+            .map_err(|e| DataplaneError::PinLink {
+                what: format!("program {program}"),
+                path,
+                source: Box::new(e),
+            })
+    }
+
+    /// The XDP and TC links pinned in the state directory.
+    fn pinned_links(&self) -> Result<Vec<PinnedLink>, DataplaneError> {
+        let mut links = Vec::new();
+        let dir = self.state.links_dir();
+        for e in std::fs::read_dir(&dir).map_err(DataplaneError::StateIo)? {
+            let path = e.map_err(DataplaneError::StateIo)?.path();
+            if let Some(link) = PinnedLink::parse(&path) {
+                links.push(link);
+            }
+        }
+        Ok(links)
     }
 
     /// What is wrong with the attachments, if anything: an interface that is gone or
@@ -174,29 +301,82 @@ impl Dataplane {
         }
         problems
     }
+}
 
-    /// Detaches from every interface and removes the pins: a clean shutdown leaves
-    /// nothing behind. (Dropping without this also detaches, but keeps the pins.)
-    pub fn shutdown(&mut self) {
-        if let Ok(prog) = lb_program(&mut self.ebpf) {
-            for (link, a) in self.links.drain(..).zip(&self.attachments) {
-                match prog.detach(link) {
-                    Ok(()) => info!(iface = %a.iface, "detached XDP program"),
-                    Err(e) => warn!(iface = %a.iface, cause = %e, "detaching XDP program failed"),
-                }
-            }
-        }
-        if let Ok(prog) = neigh_program(&mut self.ebpf) {
-            for (link, a) in self.neigh_links.drain(..).zip(&self.attachments) {
-                match prog.detach(link) {
-                    Ok(()) => info!(iface = %a.iface, "detached TC program"),
-                    Err(e) => warn!(iface = %a.iface, cause = %e, "detaching TC program failed"),
-                }
-            }
-        }
-        if let Some(dir) = self.pin_dir.take() {
-            pin::remove(&dir);
-            info!(dir = %dir.display(), "removed pinned flow tables");
-        }
+/// A pinned XDP or TC link, as its pin name describes it: `xdp-IFACE-IFINDEX-MODE` or
+/// `tc-IFACE-IFINDEX`.
+#[derive(Debug)]
+struct PinnedLink {
+    kind: String,
+    iface: String,
+    ifindex: u32,
+    mode: String,
+    path: PathBuf,
+}
+
+impl PinnedLink {
+    fn parse(path: &Path) -> Option<PinnedLink> {
+        let name = path.file_name()?.to_str()?;
+        let (kind, rest) = name.split_once('-')?;
+        let (rest, mode) = match kind {
+            "xdp" => rest.rsplit_once('-')?,
+            "tc" => (rest, ""),
+            _ => return None,
+        };
+        let (iface, ifindex) = rest.rsplit_once('-')?;
+        Some(PinnedLink {
+            kind: kind.to_string(),
+            iface: iface.to_string(),
+            ifindex: ifindex.parse().ok()?,
+            mode: mode.to_string(),
+            path: path.to_path_buf(),
+        })
+    }
+}
+
+/// Pins `link` at `path`: from now on it outlives this process.
+fn pin_link(link: FdLink, path: &Path, what: &str) -> Result<(), DataplaneError> {
+    let _ = std::fs::remove_file(path);
+    link.pin(path).map_err(|e| DataplaneError::PinLink {
+        what: what.to_string(),
+        path: path.to_path_buf(),
+        source: Box::new(e),
+    })?;
+    Ok(())
+}
+
+/// Puts `prog` into the link pinned at `path`.
+fn replace_program(path: &Path, prog: std::os::fd::BorrowedFd<'_>) -> Result<(), DataplaneError> {
+    let err = |source| DataplaneError::LinkUpdate {
+        path: path.to_path_buf(),
+        source,
+    };
+    let link = sys::bpf_obj_get(path).map_err(err)?;
+    sys::bpf_link_update(link.as_fd(), prog).map_err(err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_pins_name_kind_interface_index_and_mode() {
+        let xdp = PinnedLink::parse(Path::new("/s/links/xdp-lb-in0-12-native")).unwrap();
+        assert_eq!(
+            (
+                xdp.kind.as_str(),
+                xdp.iface.as_str(),
+                xdp.ifindex,
+                xdp.mode.as_str()
+            ),
+            ("xdp", "lb-in0", 12, "native")
+        );
+        let tc = PinnedLink::parse(Path::new("/s/links/tc-eth0-3")).unwrap();
+        assert_eq!(
+            (tc.kind.as_str(), tc.iface.as_str(), tc.ifindex),
+            ("tc", "eth0", 3)
+        );
+        assert!(PinnedLink::parse(Path::new("/s/links/sk_lookup")).is_none());
+        assert!(PinnedLink::parse(Path::new("/s/links/xdp-eth0-x-skb")).is_none());
     }
 }

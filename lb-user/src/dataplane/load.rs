@@ -1,70 +1,107 @@
-//! Loading the embedded eBPF object: maps sized from the configuration, pinned flow
-//! tables reused (after a size check), and the XDP program and its TC companion through
-//! the verifier.
-
-use std::path::Path;
+//! Loading the embedded eBPF object: maps sized from the configuration and pinned in the
+//! state directory (or adopted from it, after a size check), and the programs through the
+//! verifier. Nothing is attached or written here, so a running data path (or the daemon
+//! being upgraded) is untouched until the caller decides.
 
 use aya::programs::ProgramError;
 use aya::{Ebpf, EbpfLoader};
 use lb_common::maps::names;
 use tracing::info;
 
-use super::{Dataplane, DataplaneError, lb_program, map_error, neigh_program, object, pin};
+use super::state::{self, StateDir};
+use super::{Dataplane, DataplaneError, lb_program, map_data, neigh_program, object};
 use crate::config::Config;
 
 impl Dataplane {
-    /// Loads the embedded object with maps sized from `cfg` and verifies the program.
-    /// Nothing is attached yet.
+    /// Loads the embedded object with maps sized from `cfg`, pinned in (or adopted from)
+    /// the state directory, and verifies the programs. Nothing is attached yet.
     pub fn load(cfg: &Config) -> Result<Dataplane, DataplaneError> {
         let bytes = object::require()?;
-        let maglev_entries = cfg.max_services * 2 * cfg.ring_size;
+        let dir = match &cfg.state_dir {
+            Some(d) => d.clone(),
+            None => state::default_dir(
+                super::runtime::netns_inode().map_err(|e| DataplaneError::Netns(Box::new(e)))?,
+            ),
+        };
+        let state = StateDir::open(&dir)?;
+        let sizes = Sizes::of(cfg);
         let mut loader = EbpfLoader::new();
         loader
-            .map_max_entries(names::MAGLEV, maglev_entries)
-            .map_max_entries(names::FLOWS, cfg.max_flows)
-            .map_max_entries(names::HALF_OPEN, half_open_entries(cfg.max_flows))
-            .map_max_entries(names::REVERSE_NAT, cfg.max_flows)
+            .map_max_entries(names::MAGLEV, sizes.maglev)
+            .map_max_entries(names::FLOWS, sizes.flows)
+            .map_max_entries(names::HALF_OPEN, sizes.half_open)
+            .map_max_entries(names::REVERSE_NAT, sizes.flows)
             // Two sockets per proxied connection.
             .map_max_entries(names::SPLICE, cfg.max_conns.saturating_mul(2))
             .map_max_entries(names::SPLICE_HOOK, cfg.max_conns.saturating_mul(2));
         super::ebpf_log::configure(&mut loader);
-        let mut reused = Vec::new();
-        if let Some(dir) = &cfg.pin_dir {
-            pin::prepare(dir)?;
-            for (map, path) in pin::paths(dir) {
-                if path.exists() {
-                    reused.push(map);
-                }
-                loader.map_pin_path(map, path);
-            }
+        for (map, path) in state.map_paths() {
+            loader.map_pin_path(map, path);
         }
-        let mut ebpf = loader
+        let loaded = loader
             .load(bytes)
-            .map_err(|e| DataplaneError::Load(Box::new(e)))?;
-        if let Some(dir) = &cfg.pin_dir {
-            check_pinned_sizes(&ebpf, cfg.max_flows, dir, &reused)?;
+            .map_err(|e| DataplaneError::Load(Box::new(e)))
+            .and_then(|ebpf| {
+                check_adopted_sizes(&ebpf, &state, &sizes)?;
+                Ok(ebpf)
+            });
+        let mut ebpf = match loaded {
+            Ok(e) => e,
+            Err(e) => {
+                // A fresh state directory goes with the failed start; an adopted one
+                // stays as the running data path uses it.
+                if !state.adopted() {
+                    let _ = state::remove(state.root());
+                }
+                return Err(e);
+            }
+        };
+        let verified = lb_program(&mut ebpf)?
+            .load()
+            .map_err(verifier_error(names::PROG_LB))
+            .and_then(|()| {
+                neigh_program(&mut ebpf)?
+                    .load()
+                    .map_err(verifier_error(names::PROG_NEIGH))
+            });
+        if let Err(e) = verified {
+            if !state.adopted() {
+                let _ = state::remove(state.root());
+            }
+            return Err(e);
         }
-        lb_program(&mut ebpf)?
-            .load()
-            .map_err(verifier_error(names::PROG_LB))?;
-        neigh_program(&mut ebpf)?
-            .load()
-            .map_err(verifier_error(names::PROG_NEIGH))?;
         super::ebpf_log::forward(&mut ebpf);
         info!(
-            maglev_entries,
+            maglev_entries = sizes.maglev,
             max_flows = cfg.max_flows,
+            state_dir = %state.root().display(),
+            state = ?state.found,
             "loaded XDP program {}",
             names::PROG_LB
         );
         Ok(Dataplane {
             ebpf,
             ring_size: cfg.ring_size,
-            pin_dir: cfg.pin_dir.clone(),
-            links: Vec::new(),
-            neigh_links: Vec::new(),
+            state,
             attachments: Vec::new(),
         })
+    }
+}
+
+/// The sizes of the maps the configuration sizes.
+struct Sizes {
+    maglev: u32,
+    flows: u32,
+    half_open: u32,
+}
+
+impl Sizes {
+    fn of(cfg: &Config) -> Sizes {
+        Sizes {
+            maglev: cfg.max_services * 2 * cfg.ring_size,
+            flows: cfg.max_flows,
+            half_open: half_open_entries(cfg.max_flows),
+        }
     }
 }
 
@@ -86,37 +123,43 @@ fn verifier_error(program: &'static str) -> impl Fn(ProgramError) -> DataplaneEr
     }
 }
 
-/// A reused pin must match this run's sizes: aya opens a pinned map as it is.
-fn check_pinned_sizes(
-    ebpf: &Ebpf,
-    max_flows: u32,
-    dir: &Path,
-    reused: &[&'static str],
-) -> Result<(), DataplaneError> {
-    for (map, path) in pin::paths(dir) {
-        let info = match ebpf.map(map) {
-            Some(aya::maps::Map::LruHashMap(d)) => d.info(),
-            _ => return Err(DataplaneError::MissingMap(map)),
-        }
-        .map_err(map_error(map))?;
-        // The size this run gives the map (see `load`).
-        let wanted = if map == names::HALF_OPEN {
-            half_open_entries(max_flows)
-        } else {
-            max_flows
-        };
-        if info.max_entries() != wanted {
+/// An adopted map must have this run's size: aya opens a pinned map as it is.
+fn check_adopted_sizes(ebpf: &Ebpf, state: &StateDir, sizes: &Sizes) -> Result<(), DataplaneError> {
+    if !state.adopted() {
+        return Ok(());
+    }
+    let wanted = [
+        (names::FLOWS, sizes.flows, "--max-flows"),
+        (names::REVERSE_NAT, sizes.flows, "--max-flows"),
+        (names::HALF_OPEN, sizes.half_open, "--max-flows"),
+        (
+            names::MAGLEV,
+            sizes.maglev,
+            "--max-services and --ring-size",
+        ),
+    ];
+    for (map, wanted, flags) in wanted {
+        let data = ebpf
+            .map(map)
+            .and_then(map_data)
+            .ok_or(DataplaneError::MissingMap(map))?;
+        let entries = data.info().map_err(super::map_error(map))?.max_entries();
+        if entries != wanted {
+            let path = state
+                .map_paths()
+                .into_iter()
+                .find(|(m, _)| *m == map)
+                .map(|(_, p)| p)
+                .unwrap_or_default();
             return Err(DataplaneError::PinnedSize {
                 path,
-                entries: info.max_entries(),
+                entries,
                 wanted,
-                max_flows,
+                flags,
             });
         }
-        if reused.contains(&map) {
-            info!(map, path = %path.display(), "reusing pinned flow table: established flows keep their backends");
-        }
     }
+    info!(dir = %state.root().display(), "adopted the pinned state: established flows keep their backends");
     Ok(())
 }
 

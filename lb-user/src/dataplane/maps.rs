@@ -198,15 +198,9 @@ impl Dataplane {
         self.ebpf
             .maps()
             .filter_map(|(name, map)| {
-                let data: &MapData = match map {
-                    aya::maps::Map::Array(d)
-                    | aya::maps::Map::HashMap(d)
-                    | aya::maps::Map::LruHashMap(d)
-                    | aya::maps::Map::PerCpuArray(d)
-                    | aya::maps::Map::DevMapHash(d) => d,
-                    _ => return None,
-                };
-                data.info().ok().map(|i| (name.to_string(), i.id()))
+                super::map_data(map)
+                    .and_then(|d| d.info().ok())
+                    .map(|i| (name.to_string(), i.id()))
             })
             .collect()
     }

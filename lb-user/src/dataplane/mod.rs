@@ -1,8 +1,11 @@
 //! The only code that touches the kernel's side of lb: it loads the eBPF object
 //! ([`load`]), writes the maps ([`maps`], and the splice engine's socket hashes in
-//! [`splice`], with kernel field offsets from [`kernel_btf`]), attaches the programs ([`attach`]) and pins the flow tables ([`pin`]).
-//! Dropping a [`Dataplane`] detaches the programs and frees the maps.
+//! [`splice`], with kernel field offsets from [`kernel_btf`]), attaches the programs
+//! ([`attach`]) and reads back what an earlier daemon left ([`adopt`]). Everything that
+//! must outlive the daemon is pinned in the state directory ([`state`]): dropping a
+//! [`Dataplane`] leaves the data path running.
 
+pub mod adopt;
 mod attach;
 pub mod ebpf_log;
 mod kernel_btf;
@@ -10,19 +13,19 @@ mod load;
 mod maps;
 pub mod neigh;
 pub mod object;
-pub mod pin;
 pub mod runtime;
 pub mod splice;
+pub mod state;
 
 pub use splice::SpliceMaps;
 
 use aya::Ebpf;
 use aya::EbpfError;
+use aya::maps::MapData;
 use aya::maps::MapError;
-use aya::programs::{
-    ProgramError, SchedClassifier, Xdp, tc::SchedClassifierLinkId, xdp::XdpLinkId,
-};
+use aya::programs::{ProgramError, SchedClassifier, Xdp};
 use lb_common::maps::names;
+use state::StateDir;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::path::PathBuf;
 
@@ -84,7 +87,22 @@ pub enum DataplaneError {
         source: std::io::Error,
     },
     #[error(transparent)]
-    Pin(#[from] pin::PinError),
+    State(#[from] state::StateError),
+    #[error("the state directory: {0}")]
+    StateIo(#[source] std::io::Error),
+    #[error("this process's network namespace: {0}")]
+    Netns(#[source] Box<runtime::RuntimeError>),
+    #[error("replacing the program in the pinned link {path}: {source}")]
+    LinkUpdate {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("pinning {what} at {path}: {source}")]
+    PinLink {
+        what: String,
+        path: PathBuf,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error("kernel field offsets for {}: {source}", names::PROG_SPLICE)]
     KernelBtf {
         #[from]
@@ -93,13 +111,13 @@ pub enum DataplaneError {
     #[error("sockmap splice engine: {0} (try --splice pipe)")]
     Splice(#[source] Box<DataplaneError>),
     #[error(
-        "pinned map {path} has {entries} entries but --max-flows {max_flows} sizes it at {wanted}: start with the same --max-flows, or remove the pin (losing its flows)"
+        "pinned map {path} has {entries} entries but {flags} size it at {wanted} in this run: start with the values the running state was made with, or run `lb down` first (which drops every flow)"
     )]
     PinnedSize {
         path: PathBuf,
         entries: u32,
         wanted: u32,
-        max_flows: u32,
+        flags: &'static str,
     },
 }
 
@@ -139,10 +157,7 @@ pub struct ServiceSlot {
 pub struct Dataplane {
     ebpf: Ebpf,
     ring_size: u32,
-    pin_dir: Option<PathBuf>,
-    links: Vec<XdpLinkId>,
-    /// The TC ingress links of `PROG_NEIGH`, one per attachment, in the same order.
-    neigh_links: Vec<SchedClassifierLinkId>,
+    state: StateDir,
     pub attachments: Vec<Attachment>,
 }
 
@@ -151,6 +166,10 @@ impl Dataplane {
     /// its maps after provisioning them through the writers.
     pub fn ebpf_mut(&mut self) -> &mut Ebpf {
         &mut self.ebpf
+    }
+
+    pub fn state(&self) -> &StateDir {
+        &self.state
     }
 
     fn map_mut<'a, T>(&'a mut self, name: &'static str) -> Result<T, DataplaneError>
@@ -162,6 +181,18 @@ impl Dataplane {
             .map_mut(name)
             .ok_or(DataplaneError::MissingMap(name))?;
         T::try_from(map).map_err(map_error(name))
+    }
+}
+
+/// The kernel side of any map type lb pins or reads.
+fn map_data(map: &aya::maps::Map) -> Option<&MapData> {
+    match map {
+        aya::maps::Map::Array(d)
+        | aya::maps::Map::HashMap(d)
+        | aya::maps::Map::LruHashMap(d)
+        | aya::maps::Map::PerCpuArray(d)
+        | aya::maps::Map::DevMapHash(d) => Some(d),
+        _ => None,
     }
 }
 

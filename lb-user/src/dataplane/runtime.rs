@@ -21,6 +21,9 @@ pub struct RuntimeRecord {
     /// The admin API's address, if it is on.
     #[serde(default)]
     pub admin: Option<std::net::SocketAddr>,
+    /// The state directory the daemon pinned its data path in.
+    #[serde(default)]
+    pub state_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -79,21 +82,32 @@ impl RuntimeRecord {
     /// Reads the record of the daemon running in this network namespace.
     pub fn read_current() -> Result<RuntimeRecord, RuntimeError> {
         let path = record_path(netns_inode()?);
-        let text = match std::fs::read(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(RuntimeError::NotRunning { path });
-            }
-            Err(source) => return Err(RuntimeError::Io { path, source }),
-        };
-        let rec: RuntimeRecord =
-            serde_json::from_slice(&text).map_err(|source| RuntimeError::Parse {
-                path: path.clone(),
-                source,
-            })?;
+        let rec = RuntimeRecord::read(&path)?;
         if !crate::sys::process_alive(rec.pid) {
             return Err(RuntimeError::Stale { path, pid: rec.pid });
         }
         Ok(rec)
+    }
+
+    /// Reads the record at `path`, whether its daemon still runs or not.
+    pub fn read(path: &std::path::Path) -> Result<RuntimeRecord, RuntimeError> {
+        let text = match std::fs::read(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(RuntimeError::NotRunning {
+                    path: path.to_path_buf(),
+                });
+            }
+            Err(source) => {
+                return Err(RuntimeError::Io {
+                    path: path.to_path_buf(),
+                    source,
+                });
+            }
+        };
+        serde_json::from_slice(&text).map_err(|source| RuntimeError::Parse {
+            path: path.to_path_buf(),
+            source,
+        })
     }
 }
