@@ -255,9 +255,9 @@ enum Stop {
 }
 
 /// Runs until `shutdown` resolves (with what asked for it, for the log) or a successor
-/// takes over, then stops accepting, lets proxied connections finish within
-/// `shutdown_timeout` (a second `shutdown` cuts them at once), and returns, leaving the
-/// data path running.
+/// takes over, then stops accepting, lets proxied connections finish (within
+/// `shutdown_timeout` after a signal, for as long as they last after a hand-over; a
+/// `shutdown` cuts them at once), and returns, leaving the data path running.
 pub async fn run<F, S>(started: Started, shutdown: S) -> anyhow::Result<()>
 where
     F: Future<Output = &'static str>,
@@ -409,6 +409,12 @@ where
     for t in proxy_tasks {
         t.abort();
     }
+    // A stop gives proxied connections the shutdown timeout; after a hand-over nothing
+    // cuts them but a signal (their successor serves everything new meanwhile).
+    let deadline = match &why {
+        Stop::Signal(_) => ctl.config().shutdown_timeout,
+        Stop::Handover(_) => Duration::MAX,
+    };
     match why {
         Stop::Signal(name) => info!(
             signal = name,
@@ -443,7 +449,6 @@ where
         }
     }
     drop(sockets);
-    let deadline = ctl.config().shutdown_timeout;
     let cut = tokio::select! {
         finished = proxied_connections_end(&proxy, deadline) => (!finished).then_some("the shutdown timeout"),
         why = shutdown() => Some(why),
@@ -476,9 +481,9 @@ async fn proxied_connections_end(proxy: &Proxy, deadline: Duration) -> bool {
         ?deadline,
         "waiting for proxied connections to end"
     );
-    let until = tokio::time::Instant::now() + deadline;
+    let until = tokio::time::Instant::now().checked_add(deadline);
     while proxy.in_use() > 0 {
-        if tokio::time::Instant::now() >= until {
+        if until.is_some_and(|u| tokio::time::Instant::now() >= u) {
             return false;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
