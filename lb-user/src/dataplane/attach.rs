@@ -80,11 +80,7 @@ impl Dataplane {
         // Resolve every name first: a typo in the last --iface must not change the first.
         let mut resolved = Vec::new();
         for iface in ifaces {
-            let idx = sys::ifindex(iface).map_err(|source| DataplaneError::UnknownIface {
-                iface: iface.clone(),
-                source,
-            })?;
-            resolved.push((iface.clone(), idx));
+            resolved.push((iface.clone(), super::maps::resolve_iface(iface)?));
         }
         let pinned = self.pinned_links()?;
         let mut kept = Vec::new();

@@ -18,16 +18,25 @@ use crate::sys;
 use lb_common::syn_proxy::{COOKIES_ALWAYS, COOKIES_AUTO, COOKIES_OFF};
 
 impl Dataplane {
-    /// Writes the global settings and the redirect ports. Call before
-    /// [`Dataplane::attach`], so no packet sees a half-filled map.
+    /// Writes the global settings and the redirect ports (removing an earlier daemon's
+    /// that the configuration no longer lists). Call before [`Dataplane::attach`], so no
+    /// packet sees a half-filled map.
     pub fn program_globals(&mut self, cfg: &Config) -> Result<(), DataplaneError> {
+        let mut wanted = Vec::new();
+        for iface in &cfg.ifaces {
+            wanted.push((iface, resolve_iface(iface)?));
+        }
         self.set_globals(cfg)?;
         let mut ports: DevMapHash<&mut MapData> = self.map_mut(names::TX_PORTS)?;
-        for iface in &cfg.ifaces {
-            let idx = sys::ifindex(iface).map_err(|source| DataplaneError::UnknownIface {
-                iface: iface.clone(),
-                source,
-            })?;
+        let stale: Vec<u32> = ports
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !wanted.iter().any(|(_, idx)| idx == k))
+            .collect();
+        for idx in stale {
+            ports.remove(idx).map_err(map_error(names::TX_PORTS))?;
+        }
+        for (iface, idx) in wanted {
             ports
                 .insert(idx, idx, None, 0)
                 .map_err(|source| DataplaneError::TxPort {
@@ -214,6 +223,14 @@ impl Dataplane {
             .map(|v| v.iter().sum())
             .unwrap_or(0)
     }
+}
+
+/// The index of interface `iface` in this network namespace.
+pub fn resolve_iface(iface: &str) -> Result<u32, DataplaneError> {
+    sys::ifindex(iface).map_err(|source| DataplaneError::UnknownIface {
+        iface: iface.to_string(),
+        source,
+    })
 }
 
 /// Index of the proxy listener of the VIP's family in `PROXY_LISTENERS`.
