@@ -36,7 +36,10 @@ use lb_tests::{
     packet::{Packet, decode, flags},
     tap::Tap,
 };
-use lb_user::proxy::splice::{End, Engine, SpliceError, SpliceMaps, SpliceStats, splice};
+use lb_user::proxy::splice::park::{Parked, ParkedState};
+use lb_user::proxy::splice::{
+    End, Engine, Outcome, SpliceError, SpliceMaps, SpliceStats, resume, splice, splice_parkable,
+};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
@@ -278,6 +281,7 @@ both_engines!(
     idle_timeout,
     slow_receiver_memory,
     retransmission_over_received_bytes_goes_out_once,
+    parked_mid_transfer_resumes_with_every_byte_once,
 );
 
 const IDLE: Duration = Duration::from_secs(60);
@@ -891,4 +895,76 @@ fn throughput_1gib() {
         }
     });
     println!("1 GiB over loopback, one stream, median of {rounds}:\n{lines}");
+}
+
+/// Sends a parked connection through a Unix socket the way an upgrade does (the state as
+/// JSON, the descriptors with SCM_RIGHTS) and takes it back on the other end: what the
+/// new daemon gets.
+fn through_unix_socket(parked: Parked) -> Parked {
+    use std::os::fd::AsFd;
+    let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+    let (state, fds) = parked.into_parts();
+    let json = serde_json::to_vec(&state).unwrap();
+    let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
+    lb_user::sys::send_with_fds(a.as_fd(), &json, &borrowed).unwrap();
+    // The old daemon closes its descriptors; the connection lives on in the new one's.
+    drop(fds);
+    let mut buf = vec![0u8; 4096];
+    let (n, got) = lb_user::sys::recv_with_fds(b.as_fd(), &mut buf).unwrap();
+    let state: ParkedState = serde_json::from_slice(&buf[..n]).unwrap();
+    Parked::from_parts(state, got).unwrap()
+}
+
+/// An upgrade parks a busy connection (both directions mid-transfer, pipes holding
+/// bytes, a sockmap pair redirecting in the kernel) and the next daemon resumes it from
+/// what was handed over, five times over: every byte arrives once and in order, and the
+/// byte counts and engine carry across.
+fn parked_mid_transfer_resumes_with_every_byte_once(engine: Engine) {
+    let bed = Bed::new();
+    let up = stream(11, 64 * MIB);
+    let down = stream(12, 64 * MIB);
+    let (got_up, got_down, stats, parks) = bed.run(120, async {
+        let s = sockets().await;
+        let c = tokio::spawn(exchange(s.client, up.clone()));
+        let srv = tokio::spawn(exchange(s.server, down.clone()));
+        let maps = bed.maps.clone();
+        let (mut tx, rx) = tokio::sync::watch::channel(false);
+        let mut run = {
+            let maps = maps.clone();
+            tokio::spawn(async move {
+                splice_parkable(s.front, s.back, engine, Some(&maps), IDLE, rx).await
+            })
+        };
+        let mut parks = 0;
+        let stats = loop {
+            if parks < 5 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                tx.send_replace(true);
+            }
+            match run.await.unwrap().expect("splice") {
+                Outcome::Ended(stats) => break stats,
+                Outcome::Parked(p) => {
+                    parks += 1;
+                    let p = through_unix_socket(p);
+                    let (next_tx, next_rx) = tokio::sync::watch::channel(false);
+                    tx = next_tx;
+                    let maps = maps.clone();
+                    run = tokio::spawn(async move { resume(p, Some(&maps), IDLE, next_rx).await });
+                }
+            }
+        };
+        let got_down = c.await.unwrap();
+        let got_up = srv.await.unwrap();
+        (got_up, got_down, stats, parks)
+    });
+    assert!(
+        parks >= 3,
+        "parked only {parks} times before the transfer ended"
+    );
+    assert_same("client → server", &got_up, &up);
+    assert_same("server → client", &got_down, &down);
+    assert_eq!(stats.ended, End::ClosedBoth);
+    assert_eq!(stats.engine, engine);
+    assert_eq!(stats.bytes_in, up.len() as u64);
+    assert_eq!(stats.bytes_out, down.len() as u64);
 }

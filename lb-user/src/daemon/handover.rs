@@ -3,9 +3,10 @@
 //! listens on a Unix socket next to its runtime record; the new one, once its programs
 //! passed the verifier, asks it to step down. The old one stops its checks and its
 //! accept loops and hands over its listening sockets (the proxy listeners and the admin
-//! API) with SCM_RIGHTS, so no connection waiting in their queues is refused; it then
-//! lets its own proxied connections finish and exits, touching no map. Messages are one
-//! JSON value per datagram of a SOCK_SEQPACKET socket.
+//! API) with SCM_RIGHTS, so no connection waiting in their queues is refused. Once the
+//! new one is ready, the old one parks every proxied connection and hands each over too
+//! (sockets, pipes and where the splice stood, see `proxy::splice::park`), then exits,
+//! touching no map. Messages are one JSON value per datagram of a SOCK_SEQPACKET socket.
 
 use serde::{Deserialize, Serialize};
 use socket2::{Domain, SockAddr, Socket, Type};
@@ -17,10 +18,15 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::dataplane::runtime::RUN_DIR;
+use crate::proxy::splice::park::{PARKED_FDS, Parked, ParkedState};
 use crate::sys;
 
 /// How long each side waits for the other's next message.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the new daemon waits for the old one's parked connections: parking waits
+/// for connections still connecting to their backend (up to 3 attempts of
+/// --connect-timeout).
+const PARK_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Names of the sockets a hand-over carries, in the order of their descriptors.
 pub const PROXY_V4: &str = "proxy-v4";
@@ -30,10 +36,24 @@ pub const ADMIN: &str = "admin";
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 enum Message {
-    Takeover { pid: u32, state_dir: PathBuf },
-    Handed { pid: u32, sockets: Vec<String> },
-    Refused { reason: String },
+    Takeover {
+        pid: u32,
+        state_dir: PathBuf,
+    },
+    Handed {
+        pid: u32,
+        sockets: Vec<String>,
+    },
+    Refused {
+        reason: String,
+    },
     Done,
+    /// A parked proxied connection; its descriptors ride along.
+    Conn {
+        state: ParkedState,
+    },
+    /// No more connections.
+    End,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -178,9 +198,30 @@ impl Predecessor {
         Ok(handed)
     }
 
-    /// Tells the old daemon that this one is ready: it may go.
-    pub fn done(self) -> io::Result<()> {
+    /// Tells the old daemon that this one is ready: it may hand over its proxied
+    /// connections and go.
+    pub fn done(&self) -> io::Result<()> {
         send(self.sock.as_fd(), &Message::Done, &[])
+    }
+
+    /// Receives the old daemon's parked connections (blocking), giving each to `adopt`;
+    /// returns how many came.
+    pub fn receive_connections(self, mut adopt: impl FnMut(Parked)) -> io::Result<usize> {
+        self.sock.set_read_timeout(Some(PARK_TIMEOUT))?;
+        let mut n = 0;
+        loop {
+            match recv(self.sock.as_fd())? {
+                Some((Message::Conn { state }, fds)) => {
+                    let parked = Parked::from_parts(state, fds).map_err(io::Error::other)?;
+                    adopt(parked);
+                    n += 1;
+                }
+                Some((Message::End, _)) | None => return Ok(n),
+                Some((other, _)) => {
+                    return Err(io::Error::other(format!("unexpected message {other:?}")));
+                }
+            }
+        }
     }
 }
 
@@ -275,9 +316,24 @@ impl Request {
 impl Successor {
     /// Waits (blocking) until the successor says it is ready: true, or it failed or
     /// went away first: false.
-    pub fn wait_done(self, timeout: Duration) -> bool {
+    pub fn wait_done(&self, timeout: Duration) -> bool {
         let _ = self.sock.set_read_timeout(Some(timeout));
         matches!(recv(self.sock.as_fd()), Ok(Some((Message::Done, _))))
+    }
+
+    /// Hands over the parked connections (blocking); returns how many went. One that
+    /// cannot be sent is reset by dropping it here.
+    pub fn send_connections(self, parked: Vec<Parked>) -> io::Result<usize> {
+        let mut sent = 0;
+        for p in parked {
+            let (state, fds) = p.into_parts();
+            debug_assert_eq!(fds.len(), PARKED_FDS);
+            let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(|f| f.as_fd()).collect();
+            send(self.sock.as_fd(), &Message::Conn { state }, &borrowed)?;
+            sent += 1;
+        }
+        send(self.sock.as_fd(), &Message::End, &[])?;
+        Ok(sent)
     }
 }
 
@@ -320,10 +376,11 @@ mod tests {
             }
             let fds: Vec<(&str, BorrowedFd<'_>)> =
                 sockets.iter().map(|(n, l)| (*n, l.as_fd())).collect();
-            let done = req
-                .hand_over(&fds)
-                .unwrap()
-                .wait_done(Duration::from_secs(5));
+            let successor = req.hand_over(&fds).unwrap();
+            let done = successor.wait_done(Duration::from_secs(5));
+            if done {
+                successor.send_connections(Vec::new()).unwrap();
+            }
             (state_dir, done)
         })
     }
@@ -351,6 +408,7 @@ mod tests {
         conn.read_exact(&mut buf).unwrap();
         assert_eq!(&buf, b"hi");
         handed.from.done().unwrap();
+        assert_eq!(handed.from.receive_connections(|_| {}).unwrap(), 0);
         let (dir, done) = old.join().unwrap();
         assert_eq!(dir, Path::new("/sys/fs/bpf/lb/x"));
         assert!(done, "the old daemon did not hear it may go");

@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 /// How often drains and the no-neighbour drop counter are looked at.
 const TICK: Duration = Duration::from_secs(1);
@@ -219,9 +219,18 @@ pub fn start(cfg: Config, flags: FlagSettings) -> Result<Started, StartError> {
         SpliceChoice::Sockmap => Engine::Sockmap,
         SpliceChoice::Pipe => Engine::Pipe,
     };
+    // The splice maps are pinned and shared with the daemon before and after this one,
+    // so a sockmap connection handed over in an upgrade goes on whatever engine this
+    // daemon starts new ones on: a pipe-engine daemon sets them up too, if it can.
     let maps = match engine {
         Engine::Sockmap => Some(Arc::new(dp.splice_maps()?)),
-        Engine::Pipe => None,
+        Engine::Pipe => match dp.splice_maps() {
+            Ok(m) => Some(Arc::new(m)),
+            Err(e) => {
+                debug!(cause = %e, "no splice maps: sockmap connections of an upgrade cannot be taken over");
+                None
+            }
+        },
     };
     let proxy = Arc::new(Proxy::new(
         Settings {
@@ -343,10 +352,22 @@ where
     if let Some(p) = predecessor {
         let pid = p.pid;
         match p.done() {
-            Ok(()) => info!(
-                pid,
-                "took over from pid {pid}, which exits once its own proxied connections end"
-            ),
+            Ok(()) => {
+                info!(pid, "took over from pid {pid}");
+                // Its proxied connections come next, parked; each goes on here.
+                let (proxy, rt) = (proxy.clone(), tokio::runtime::Handle::current());
+                tokio::task::spawn_blocking(move || {
+                    let _rt = rt.enter();
+                    match p.receive_connections(|parked| proxy.adopt(parked)) {
+                        Ok(n) => info!(
+                            pid,
+                            connections = n,
+                            "took over the proxied connections of pid {pid}"
+                        ),
+                        Err(e) => error!(pid, cause = %e, "taking over the proxied connections"),
+                    }
+                });
+            }
             Err(e) => warn!(pid, cause = %e, "telling the previous daemon it may go"),
         }
     }
@@ -453,15 +474,38 @@ where
                         "handed over to pid {pid}: its programs replace this daemon's in the links"
                     );
                     let ready = tokio::task::spawn_blocking(move || {
-                        successor.wait_done(Duration::from_secs(120))
+                        successor
+                            .wait_done(Duration::from_secs(120))
+                            .then_some(successor)
                     })
                     .await
-                    .unwrap_or(false);
-                    if !ready {
-                        error!(
+                    .ok()
+                    .flatten();
+                    match ready {
+                        Some(successor) => {
+                            let parked = proxy.park_all().await;
+                            let sent = tokio::task::spawn_blocking(move || {
+                                successor.send_connections(parked)
+                            })
+                            .await;
+                            match sent {
+                                Ok(Ok(n)) => info!(
+                                    pid,
+                                    connections = n,
+                                    "handed the proxied connections over to pid {pid}"
+                                ),
+                                Ok(Err(e)) => {
+                                    error!(pid, cause = %e, "handing the proxied connections over: the rest are reset")
+                                }
+                                Err(e) => {
+                                    error!(pid, cause = %e, "handing the proxied connections over")
+                                }
+                            }
+                        }
+                        None => error!(
                             pid,
-                            "the new lb (pid {pid}) did not become ready after taking over: the data path runs as it left it; start lb again"
-                        );
+                            "the new lb (pid {pid}) did not become ready after taking over: the data path runs as it left it, and this daemon serves its proxied connections to their end; start lb again"
+                        ),
                     }
                 }
                 Err(e) => error!(pid, cause = %e, "handing the sockets over"),

@@ -31,9 +31,8 @@ impl Dataplane {
             .map_max_entries(names::FLOWS, sizes.flows)
             .map_max_entries(names::HALF_OPEN, sizes.half_open)
             .map_max_entries(names::REVERSE_NAT, sizes.flows)
-            // Two sockets per proxied connection.
-            .map_max_entries(names::SPLICE, cfg.max_conns.saturating_mul(2))
-            .map_max_entries(names::SPLICE_HOOK, cfg.max_conns.saturating_mul(2));
+            .map_max_entries(names::SPLICE, sizes.splice)
+            .map_max_entries(names::SPLICE_HOOK, sizes.splice);
         super::ebpf_log::configure(&mut loader);
         for (map, path) in state.map_paths() {
             loader.map_pin_path(map, path);
@@ -93,6 +92,7 @@ struct Sizes {
     maglev: u32,
     flows: u32,
     half_open: u32,
+    splice: u32,
 }
 
 impl Sizes {
@@ -101,6 +101,8 @@ impl Sizes {
             maglev: cfg.max_services * 2 * cfg.ring_size,
             flows: cfg.max_flows,
             half_open: half_open_entries(cfg.max_flows),
+            // Two sockets per proxied connection.
+            splice: cfg.max_conns.saturating_mul(2),
         }
     }
 }
@@ -137,6 +139,8 @@ fn check_adopted_sizes(ebpf: &Ebpf, state: &StateDir, sizes: &Sizes) -> Result<(
             sizes.maglev,
             "--max-services and --ring-size",
         ),
+        (names::SPLICE, sizes.splice, "--max-conns"),
+        (names::SPLICE_HOOK, sizes.splice, "--max-conns"),
     ];
     for (map, wanted, flags) in wanted {
         let data = ebpf

@@ -192,7 +192,8 @@ fn map_data(map: &aya::maps::Map) -> Option<&MapData> {
         | aya::maps::Map::HashMap(d)
         | aya::maps::Map::LruHashMap(d)
         | aya::maps::Map::PerCpuArray(d)
-        | aya::maps::Map::DevMapHash(d) => Some(d),
+        | aya::maps::Map::DevMapHash(d)
+        | aya::maps::Map::SockHash(d) => Some(d),
         _ => None,
     }
 }

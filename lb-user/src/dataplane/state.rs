@@ -26,9 +26,8 @@ use tracing::{info, warn};
 /// The layout this lb writes and reads.
 pub const FORMAT: u32 = 2;
 
-/// Pinned maps and the file names that carry their layout version. Left out: the
-/// sockets of the proxy (`PROXY_LISTENERS`, `SPLICE*`, which live and die with the
-/// daemon's process), per-run scratch and the log's ring.
+/// Pinned maps and the file names that carry their layout version. Left out: the proxy
+/// listeners (each daemon sets its own), per-run scratch and the log's ring.
 pub const MAPS: &[(&str, &str)] = &[
     (names::FLOWS, "flows_v3"),
     (names::HALF_OPEN, "half_open_v2"),
@@ -46,6 +45,9 @@ pub const MAPS: &[(&str, &str)] = &[
     (names::BACKEND_STATS, "backend_stats_v1"),
     (names::COUNTERS, "counters_v1"),
     (names::PROXY_VIPS, "proxy_vips_v1"),
+    // The sockmap engine's pairs: an upgrade hands its connections over in place.
+    (names::SPLICE, "splice_v1"),
+    (names::SPLICE_HOOK, "splice_hook_v1"),
 ];
 
 /// The maps format 1 pinned, under the names format 2 keeps for them.

@@ -7,7 +7,8 @@
 use super::codec::header::{self, Tlv, canonical};
 use super::codec::parse::{self, Parsed};
 use super::codec::tls::{self, Peek};
-use super::splice::{self, Engine, SpliceMaps};
+use super::splice::park::Parked;
+use super::splice::{self, Engine, Outcome, SpliceError, SpliceMaps};
 use super::table::{ProxyTable, Target};
 use crate::config::{ProxyConfig, ProxyVersion};
 use std::collections::{BTreeMap, HashMap};
@@ -18,7 +19,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 use tokio::time::{Instant, timeout};
 use tracing::{debug, info, warn};
 
@@ -155,6 +156,10 @@ pub struct Proxy {
     /// Random per daemon, so unique ids differ across restarts and LB hosts.
     id_prefix: u64,
     next_id: AtomicU64,
+    /// Set for an upgrade: every splice parks (see `splice::park`).
+    park: watch::Sender<bool>,
+    /// The parked connections, for the successor.
+    parked: Mutex<Vec<Parked>>,
 }
 
 impl Proxy {
@@ -167,7 +172,56 @@ impl Proxy {
             max_conns,
             id_prefix: random_u64(),
             next_id: AtomicU64::new(1),
+            park: watch::channel(false).0,
+            parked: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Parks every proxied connection for a successor (an upgrade) and returns them,
+    /// once none is left running. Connections still connecting to their backend park as
+    /// soon as their splice starts. The accept loops must be stopped first.
+    pub async fn park_all(&self) -> Vec<Parked> {
+        self.park.send_replace(true);
+        while self.in_use() > 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        std::mem::take(&mut *self.parked.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Takes over a connection a predecessor parked: it goes on in this daemon, counted
+    /// with its service and backend. One whose service this daemon does not run is reset.
+    pub fn adopt(self: &Arc<Self>, parked: Parked) {
+        let (vip, backend) = match (parked.client.local_addr(), parked.backend.peer_addr()) {
+            (Ok(v), Ok(b)) => (canonical(v), canonical(b)),
+            _ => return,
+        };
+        let Some(svc) = self.service(vip) else {
+            warn!(vip = %vip, backend = %backend, "a handed-over connection's service is not configured here: reset");
+            reset_std(parked.client);
+            reset_std(parked.backend);
+            return;
+        };
+        // Over --max-conns (a smaller limit than the predecessor's) it still goes on:
+        // cutting it is what a hand-over must not do.
+        let permit = self.slots.clone().try_acquire_owned().ok();
+        let settings = self
+            .settings
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let maps = self.maps.clone();
+        let park = self.park.subscribe();
+        let cut = ResetIfCut::new(&parked.client, &parked.backend);
+        let me = self.clone();
+        tokio::spawn(async move {
+            let work = async move {
+                let r = splice::resume(parked, maps.as_deref(), settings.idle_timeout, park).await;
+                cut.disarm();
+                r
+            };
+            me.track(&svc, backend, work).await;
+            drop(permit);
+        });
     }
 
     pub fn register(&self, svc: Arc<ServiceRt>) {
@@ -311,31 +365,44 @@ impl Proxy {
         } else {
             debug!(service = %svc.name, client = %src, backend = %target.addr, "proxied connection");
         }
-        svc.with(|c| {
-            c.active += 1;
-            let b = c.backends.entry(target.addr).or_default();
-            b.connections += 1;
-            b.active += 1;
-        });
-        // Run the splice as its own task, so a drain timeout or shutdown can abort it.
         let maps = self.maps.clone();
+        let park = self.park.subscribe();
         let cut = ResetIfCut::new(&client, &backend);
-        let task = tokio::spawn(async move {
-            let ended = splice::splice(
+        let work = async move {
+            let ended = splice::splice_parkable(
                 client,
                 backend,
                 settings.engine,
                 maps.as_deref(),
                 settings.idle_timeout,
+                park,
             )
             .await;
             cut.disarm();
             ended
+        };
+        svc.with(|c| c.backends.entry(target.addr).or_default().connections += 1);
+        self.track(&svc, target.addr, work).await;
+    }
+
+    /// Runs a splice as its own task, so a drain timeout or shutdown can abort it,
+    /// counted as active on its service and backend until it ends or is parked.
+    async fn track(
+        &self,
+        svc: &Arc<ServiceRt>,
+        backend: SocketAddr,
+        work: impl Future<Output = Result<Outcome, SpliceError>> + Send + 'static,
+    ) {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        svc.with(|c| {
+            c.active += 1;
+            c.backends.entry(backend).or_default().active += 1;
         });
+        let task = tokio::spawn(work);
         svc.tasks
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .entry(target.addr)
+            .entry(backend)
             .or_default()
             .insert(id, task.abort_handle());
         let result = task.await;
@@ -343,30 +410,37 @@ impl Proxy {
             .tasks
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .get_mut(&target.addr)
+            .get_mut(&backend)
         {
             m.remove(&id);
         }
         svc.with(|c| {
             c.active -= 1;
-            let b = c.backends.entry(target.addr).or_default();
+            let b = c.backends.entry(backend).or_default();
             b.active -= 1;
-            if let Ok(Ok(stats)) = &result {
+            if let Ok(Ok(Outcome::Ended(stats))) = &result {
                 b.bytes_in += stats.bytes_in;
                 b.bytes_out += stats.bytes_out;
             }
         });
         match result {
-            Ok(Ok(stats)) => {
-                debug!(service = %svc.name, backend = %target.addr, bytes_in = stats.bytes_in, bytes_out = stats.bytes_out, ended = ?stats.ended, "connection ended")
+            Ok(Ok(Outcome::Ended(stats))) => {
+                debug!(service = %svc.name, backend = %backend, bytes_in = stats.bytes_in, bytes_out = stats.bytes_out, ended = ?stats.ended, "connection ended")
+            }
+            Ok(Ok(Outcome::Parked(p))) => {
+                debug!(service = %svc.name, backend = %backend, "connection parked for the successor");
+                self.parked
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(p);
             }
             Ok(Err(e)) => {
                 svc.error("splice");
-                warn!(service = %svc.name, backend = %target.addr, cause = %e, "connection failed");
+                warn!(service = %svc.name, backend = %backend, cause = %e, "connection failed");
             }
             Err(_) => {
                 svc.error("cut");
-                debug!(service = %svc.name, backend = %target.addr, "connection cut");
+                debug!(service = %svc.name, backend = %backend, "connection cut");
             }
         }
     }
@@ -639,6 +713,11 @@ pub fn reset(s: TcpStream) {
     drop(s);
 }
 
+fn reset_std(s: std::net::TcpStream) {
+    let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
+    drop(s);
+}
+
 /// Resets both sockets of a proxied connection whose splice task is aborted (a drain
 /// timeout, a shutdown deadline): both ends learn at once that it is over, instead of
 /// an orphaned socket trickling out what it still holds. It keeps its own descriptor of
@@ -648,9 +727,8 @@ struct ResetIfCut {
 }
 
 impl ResetIfCut {
-    fn new(client: &TcpStream, backend: &TcpStream) -> Self {
-        use std::os::fd::AsFd;
-        let dup = |s: &TcpStream| s.as_fd().try_clone_to_owned();
+    fn new<S: std::os::fd::AsFd>(client: &S, backend: &S) -> Self {
+        let dup = |s: &S| s.as_fd().try_clone_to_owned();
         // Without descriptors (EMFILE) a cut falls back to a plain close.
         let fds = dup(client).and_then(|c| Ok([c, dup(backend)?])).ok();
         ResetIfCut { fds }

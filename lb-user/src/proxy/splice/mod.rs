@@ -25,6 +25,7 @@
 //! a reset of the other (SO_LINGER 0 + close), reset both sides after `idle_timeout`
 //! without a byte in either direction, and report the bytes moved each way.
 
+pub mod park;
 mod pipe;
 mod sockmap;
 
@@ -36,7 +37,8 @@ use std::{io, net::Shutdown, time::Duration};
 use socket2::SockRef;
 use tokio::{io::Interest, net::TcpStream};
 
-use pipe::pipe_engine;
+use park::{ParkSignal, Parked, ParkedState, SockmapState};
+use pipe::{PipeDir, pipe_engine};
 use sockmap::sockmap_engine;
 
 /// How the bytes of a spliced connection move.
@@ -74,10 +76,31 @@ pub struct SpliceStats {
     pub engine: Engine,
 }
 
+/// How an engine's run ended: the connection ended, or it was parked for an upgrade.
+enum Run {
+    Ended(SpliceStats),
+    Parked {
+        up: PipeDir,
+        down: PipeDir,
+        idle: Duration,
+        /// The sockmap engine's state, and its directions' phases and hookability.
+        sockmap: Option<(SockmapState, [u8; 2], [bool; 2])>,
+    },
+}
+
+/// How a parkable splice ended.
+pub enum Outcome {
+    Ended(SpliceStats),
+    /// Parked for an upgrade (see [`park`]): the sockets and pipes, untouched.
+    Parked(Parked),
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum SpliceError {
     #[error("the sockmap splice engine needs the splice maps (SpliceMaps::load)")]
     NoMaps,
+    #[error("a parked sockmap connection could not be resumed (its sockets are gone)")]
+    NotResumed,
     #[error("{what}: {source}")]
     Io {
         what: &'static str,
@@ -101,35 +124,146 @@ pub async fn splice(
     maps: Option<&SpliceMaps>,
     idle_timeout: Duration,
 ) -> Result<SpliceStats, SpliceError> {
+    match splice_parkable(client, backend, engine, maps, idle_timeout, park::never()).await? {
+        Outcome::Ended(stats) => Ok(stats),
+        Outcome::Parked(_) => unreachable!("park::never() does not fire"),
+    }
+}
+
+/// As [`splice`], but parks the connection when `park` fires (see [`park`]).
+pub async fn splice_parkable(
+    client: TcpStream,
+    backend: TcpStream,
+    engine: Engine,
+    maps: Option<&SpliceMaps>,
+    idle_timeout: Duration,
+    mut park: ParkSignal,
+) -> Result<Outcome, SpliceError> {
     let res = match engine {
-        Engine::Pipe => pipe_engine(&client, &backend, idle_timeout).await,
+        Engine::Pipe => pipe_engine(&client, &backend, idle_timeout, &mut park, None).await,
         Engine::Sockmap => match maps {
             None => Err(SpliceError::NoMaps),
-            Some(maps) => match sockmap_engine(&client, &backend, maps, idle_timeout).await {
-                Ok(Some(stats)) => Ok(stats),
-                Ok(None) => pipe_engine(&client, &backend, idle_timeout).await,
-                Err(e) => Err(e),
-            },
-        },
-    };
-    match &res {
-        Ok(stats) => match stats.ended {
-            End::ClosedBoth => {}
-            End::ResetByClient => reset(&backend),
-            End::ResetByBackend => reset(&client),
-            End::IdleTimeout => {
-                reset(&client);
-                reset(&backend);
+            Some(maps) => {
+                match sockmap_engine(&client, &backend, maps, idle_timeout, &mut park, None).await {
+                    Ok(Some(run)) => Ok(run),
+                    Ok(None) => pipe_engine(&client, &backend, idle_timeout, &mut park, None).await,
+                    Err(e) => Err(e),
+                }
             }
         },
-        Err(_) => {
+    };
+    finish(client, backend, res)
+}
+
+/// Resumes a connection another daemon parked, on the engine it was parked from (the
+/// sockmap engine needs `maps`), until it ends or is parked again.
+pub async fn resume(
+    parked: Parked,
+    maps: Option<&SpliceMaps>,
+    idle_timeout: Duration,
+    mut park: ParkSignal,
+) -> Result<Outcome, SpliceError> {
+    let Parked {
+        client,
+        backend,
+        up_pipe,
+        down_pipe,
+        state,
+    } = parked;
+    let io = io_err("resuming a parked connection");
+    client.set_nonblocking(true).map_err(io)?;
+    backend
+        .set_nonblocking(true)
+        .map_err(io_err("resuming a parked connection"))?;
+    let client = TcpStream::from_std(client).map_err(io_err("resuming a parked connection"))?;
+    let backend = TcpStream::from_std(backend).map_err(io_err("resuming a parked connection"))?;
+    let idle = Duration::from_millis(state.idle_ms);
+    let up = PipeDir::resume(&state.up, up_pipe);
+    let down = PipeDir::resume(&state.down, down_pipe);
+    let res = match (state.sockmap, maps) {
+        (None, _) => {
+            pipe_engine(
+                &client,
+                &backend,
+                idle_timeout,
+                &mut park,
+                Some((up, down, idle)),
+            )
+            .await
+        }
+        (Some(_), None) => Err(SpliceError::NoMaps),
+        (Some(sm), Some(maps)) => {
+            let from = sockmap::Resume {
+                up: (up, state.up.phase, state.up.hookable),
+                down: (down, state.down.phase, state.down.hookable),
+                idle,
+                state: sm,
+            };
+            match sockmap_engine(&client, &backend, maps, idle_timeout, &mut park, Some(from)).await
+            {
+                Ok(Some(run)) => Ok(run),
+                Ok(None) => Err(SpliceError::NotResumed),
+                Err(e) => Err(e),
+            }
+        }
+    };
+    finish(client, backend, res)
+}
+
+/// Ends a run: resets what the end calls for, or hands back a parked connection whole.
+fn finish(
+    client: TcpStream,
+    backend: TcpStream,
+    res: Result<Run, SpliceError>,
+) -> Result<Outcome, SpliceError> {
+    match res {
+        Ok(Run::Parked {
+            up,
+            down,
+            idle,
+            sockmap,
+        }) => {
+            let (mut up_state, up_pipe) = up.park();
+            let (mut down_state, down_pipe) = down.park();
+            let sockmap = sockmap.map(|(sm, phases, hookable)| {
+                (up_state.phase, down_state.phase) = (phases[0], phases[1]);
+                (up_state.hookable, down_state.hookable) = (hookable[0], hookable[1]);
+                sm
+            });
+            let io = io_err("parking a connection");
+            Ok(Outcome::Parked(Parked {
+                client: client.into_std().map_err(io)?,
+                backend: backend.into_std().map_err(io_err("parking a connection"))?,
+                up_pipe,
+                down_pipe,
+                state: ParkedState {
+                    up: up_state,
+                    down: down_state,
+                    sockmap,
+                    idle_ms: idle.as_millis() as u64,
+                },
+            }))
+        }
+        Ok(Run::Ended(stats)) => {
+            match stats.ended {
+                End::ClosedBoth => {}
+                End::ResetByClient => reset(&backend),
+                End::ResetByBackend => reset(&client),
+                End::IdleTimeout => {
+                    reset(&client);
+                    reset(&backend);
+                }
+            }
+            // Dropping the streams closes them: a normal close after ClosedBoth, a RST
+            // where SO_LINGER 0 was set.
+            Ok(Outcome::Ended(stats))
+        }
+        Err(e) => {
             reset(&client);
             reset(&backend);
+            Err(e)
         }
     }
-    // Dropping the streams closes them: a normal close after ClosedBoth, a RST where
-    // SO_LINGER 0 was set.
-    res
 }
 
 /// Makes the next close send a RST and drop whatever is queued.

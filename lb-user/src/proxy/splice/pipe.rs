@@ -12,8 +12,9 @@ use std::{
 
 use tokio::{io::Interest, net::TcpStream, time::sleep_until};
 
+use super::park::{DirState, ParkSignal, requested};
 use super::{
-    End, Engine, PumpError, Side, SpliceError, SpliceStats, error_on, failed, io_err,
+    End, Engine, PumpError, Run, Side, SpliceError, SpliceStats, error_on, failed, io_err,
     shutdown_write,
 };
 use crate::sys;
@@ -23,10 +24,10 @@ use crate::sys;
 pub const PIPE_SIZE: usize = 1 << 20;
 
 /// A non-blocking pipe sized for splicing.
-struct Pipe {
-    read_end: OwnedFd,
-    write_end: OwnedFd,
-    cap: usize,
+pub(super) struct Pipe {
+    pub(super) read_end: OwnedFd,
+    pub(super) write_end: OwnedFd,
+    pub(super) cap: usize,
 }
 
 /// Empty pipes kept for the next connections, at most this many: a new pipe costs four
@@ -129,6 +130,42 @@ impl PipeDir {
             fin_seen: false,
             read_limit: None,
         })
+    }
+
+    /// Gives up the pipe, with whatever it holds, and says where the direction stands
+    /// (for an upgrade, see `park`).
+    pub(super) fn park(mut self) -> (DirState, Pipe) {
+        let pipe = self
+            .pipe
+            .take()
+            .expect("a direction has its pipe until dropped");
+        let state = DirState {
+            queued: self.queued,
+            moved: self.moved,
+            eof: self.eof,
+            done: self.done,
+            src_empty: self.src_empty,
+            fin_seen: self.fin_seen,
+            read_limit: self.read_limit,
+            cap: pipe.cap,
+            phase: 0,
+            hookable: false,
+        };
+        (state, pipe)
+    }
+
+    /// The direction a parked one described, over its pipe.
+    pub(super) fn resume(state: &DirState, pipe: Pipe) -> PipeDir {
+        PipeDir {
+            pipe: Some(pipe),
+            queued: state.queued,
+            moved: state.moved,
+            eof: state.eof,
+            done: state.done,
+            src_empty: state.src_empty,
+            fin_seen: state.fin_seen,
+            read_limit: state.read_limit,
+        }
     }
 
     /// Room for the next splice from `src`: the pipe's, within `read_limit`.
@@ -260,15 +297,31 @@ impl PipeDir {
     }
 }
 
+/// The pipe engine, from the start or from a parked connection's directions (`from`,
+/// with how long the connection had been idle); parks when `park` fires.
 pub(super) async fn pipe_engine(
     client: &TcpStream,
     backend: &TcpStream,
     idle_timeout: Duration,
-) -> Result<SpliceStats, SpliceError> {
-    let mut up = PipeDir::new()?;
-    let mut down = PipeDir::new()?;
-    let mut last_move = Instant::now();
+    park: &mut ParkSignal,
+    from: Option<(PipeDir, PipeDir, Duration)>,
+) -> Result<Run, SpliceError> {
+    let (mut up, mut down, idle) = match from {
+        Some(dirs) => dirs,
+        None => (PipeDir::new()?, PipeDir::new()?, Duration::ZERO),
+    };
+    let mut last_move = Instant::now()
+        .checked_sub(idle)
+        .unwrap_or_else(Instant::now);
     let ended = loop {
+        if *park.borrow() {
+            return Ok(Run::Parked {
+                up,
+                down,
+                idle: last_move.elapsed(),
+                sockmap: None,
+            });
+        }
         let moved_up = match up.pump(client, backend) {
             Ok(m) => m,
             Err(e) => break failed(e, Side::Client),
@@ -292,14 +345,15 @@ pub(super) async fn pipe_engine(
             _ = error_on(client) => break End::ResetByClient,
             _ = error_on(backend) => break End::ResetByBackend,
             _ = sleep_until((last_move + idle_timeout).into()) => break End::IdleTimeout,
+            _ = requested(park) => {}
         }
     };
-    Ok(SpliceStats {
+    Ok(Run::Ended(SpliceStats {
         bytes_in: up.moved,
         bytes_out: down.moved,
         ended,
         engine: Engine::Pipe,
-    })
+    }))
 }
 
 #[cfg(test)]

@@ -15,10 +15,11 @@ use tokio::{
     time::sleep_until,
 };
 
+use super::park::{ParkSignal, SockmapState, requested};
 use super::pipe::PipeDir;
 use super::{
-    End, Engine, PumpError, Side, SpliceError, SpliceMaps, SpliceStats, error_on, failed, io_err,
-    socket_error,
+    End, Engine, PumpError, Run, Side, SpliceError, SpliceMaps, SpliceStats, error_on, failed,
+    io_err, socket_error,
 };
 use crate::sys;
 
@@ -38,6 +39,16 @@ struct Baseline {
     /// Bytes written into the socket so far (acknowledged + still in the send queue):
     /// user space's own writes, e.g. the PROXY header.
     written: u64,
+}
+
+impl Baseline {
+    fn pair(&self) -> (u64, u64) {
+        (self.consumed, self.written)
+    }
+
+    fn from_pair((consumed, written): (u64, u64)) -> Baseline {
+        Baseline { consumed, written }
+    }
 }
 
 /// Data bytes the socket has received: `tcpi_bytes_received` counts a received FIN
@@ -85,6 +96,15 @@ fn forwarded(dst: BorrowedFd<'_>, base: &Baseline) -> io::Result<u64> {
     Ok(written(dst)?.saturating_sub(base.written))
 }
 
+/// Where a parked sockmap connection stood, to resume it: its directions (with their
+/// phase and whether they may still be hooked), how long it had been idle, and the rest.
+pub(super) struct Resume {
+    pub(super) up: (PipeDir, u8, bool),
+    pub(super) down: (PipeDir, u8, bool),
+    pub(super) idle: Duration,
+    pub(super) state: SockmapState,
+}
+
 /// Where a direction of the sockmap engine stands.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -107,6 +127,24 @@ struct MapDir {
     hookable: bool,
 }
 
+impl Phase {
+    fn code(self) -> u8 {
+        match self {
+            Phase::Pipe => 0,
+            Phase::Kernel => 1,
+            Phase::Tail => 2,
+        }
+    }
+
+    fn from_code(code: u8) -> Phase {
+        match code {
+            1 => Phase::Kernel,
+            2 => Phase::Tail,
+            _ => Phase::Pipe,
+        }
+    }
+}
+
 impl MapDir {
     fn new() -> Result<MapDir, SpliceError> {
         Ok(MapDir {
@@ -114,6 +152,18 @@ impl MapDir {
             pipe: PipeDir::new()?,
             hookable: true,
         })
+    }
+
+    fn resume((pipe, phase, hookable): (PipeDir, u8, bool)) -> MapDir {
+        MapDir {
+            phase: Phase::from_code(phase),
+            pipe,
+            hookable,
+        }
+    }
+
+    fn park(self) -> (PipeDir, u8, bool) {
+        (self.pipe, self.phase.code(), self.hookable)
     }
 
     /// In the tail phase: whether every byte the verdict redirected is in `dst`'s send
@@ -157,11 +207,15 @@ struct Joined<'a> {
     maps: &'a SpliceMaps,
     client: u64,
     backend: u64,
+    /// Parked for an upgrade: the pair stays in the (pinned) maps for the next daemon.
+    kept: bool,
 }
 
 impl Drop for Joined<'_> {
     fn drop(&mut self) {
-        self.maps.leave(self.client, self.backend);
+        if !self.kept {
+            self.maps.leave(self.client, self.backend);
+        }
     }
 }
 
@@ -216,41 +270,79 @@ pub(super) async fn sockmap_engine(
     backend: &TcpStream,
     maps: &SpliceMaps,
     idle_timeout: Duration,
-) -> Result<Option<SpliceStats>, SpliceError> {
+    park: &mut ParkSignal,
+    from: Option<Resume>,
+) -> Result<Option<Run>, SpliceError> {
     let (cfd, bfd) = (client.as_fd(), backend.as_fd());
     let (Ok(client_cookie), Ok(backend_cookie)) =
         (sys::socket_cookie(cfd), sys::socket_cookie(bfd))
     else {
         return Ok(None);
     };
-    let (Some(client_base), Some(backend_base)) = (
-        baseline(cfd).map_err(io_err("client tcp_info"))?,
-        baseline(bfd).map_err(io_err("backend tcp_info"))?,
-    ) else {
-        return Ok(None);
+    let (mut up, mut down, idle, client_base, backend_base, mut hooked) = match from {
+        Some(r) => (
+            MapDir::resume(r.up),
+            MapDir::resume(r.down),
+            r.idle,
+            Baseline::from_pair(r.state.client_base),
+            Baseline::from_pair(r.state.backend_base),
+            r.state.hooked,
+        ),
+        None => {
+            let (Some(client_base), Some(backend_base)) = (
+                baseline(cfd).map_err(io_err("client tcp_info"))?,
+                baseline(bfd).map_err(io_err("backend tcp_info"))?,
+            ) else {
+                return Ok(None);
+            };
+            if let Err(e) = maps.pair(cfd, client_cookie, bfd, backend_cookie) {
+                tracing::debug!("sockmap splice unavailable ({e}); using the pipe engine");
+                return Ok(None);
+            }
+            (
+                MapDir::new()?,
+                MapDir::new()?,
+                Duration::ZERO,
+                client_base,
+                backend_base,
+                false,
+            )
+        }
     };
-    if let Err(e) = maps.pair(cfd, client_cookie, bfd, backend_cookie) {
-        tracing::debug!("sockmap splice unavailable ({e}); using the pipe engine");
-        return Ok(None);
-    }
-    let _joined = Joined {
+    let mut joined = Joined {
         maps,
         client: client_cookie,
         backend: backend_cookie,
+        kept: false,
     };
 
-    let mut up = MapDir::new()?;
-    let mut down = MapDir::new()?;
     let tick = idle_tick(idle_timeout);
     let mut last_activity = activity(cfd, bfd);
-    let mut last_move = Instant::now();
+    let mut last_move = Instant::now()
+        .checked_sub(idle)
+        .unwrap_or_else(Instant::now);
     let mut next_check = Instant::now() + tick;
     // While a direction waits in its tail, poll quickly, then back off.
     let mut tail_poll = Duration::from_millis(1);
-    // Whether a socket was hooked (else the pipe engine did all the work).
-    let mut hooked = false;
 
     let ended = 'run: loop {
+        if *park.borrow() {
+            joined.kept = true;
+            return Ok(Some(Run::Parked {
+                idle: last_move.elapsed(),
+                sockmap: Some((
+                    SockmapState {
+                        client_base: client_base.pair(),
+                        backend_base: backend_base.pair(),
+                        hooked,
+                    },
+                    [up.phase.code(), down.phase.code()],
+                    [up.hookable, down.hookable],
+                )),
+                up: up.park().0,
+                down: down.park().0,
+            }));
+        }
         let mut moved = false;
         for (dir, src, src_base, src_cookie, dst, dst_base, side) in [
             (
@@ -340,6 +432,7 @@ pub(super) async fn sockmap_engine(
             _ = error_on(client) => break End::ResetByClient,
             _ = error_on(backend) => break End::ResetByBackend,
             _ = sleep_until(wake.into()) => {}
+            _ = requested(park) => {}
         }
         let now = Instant::now();
         if now >= next_check {
@@ -366,12 +459,12 @@ pub(super) async fn sockmap_engine(
     } else {
         Engine::Pipe
     };
-    Ok(Some(SpliceStats {
+    Ok(Some(Run::Ended(SpliceStats {
         bytes_in: moved(&up, bfd, &backend_base),
         bytes_out: moved(&down, cfd, &client_base),
         ended,
         engine,
-    }))
+    })))
 }
 
 /// A number that changes whenever a byte arrives at or is acknowledged by either socket
