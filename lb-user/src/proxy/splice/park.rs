@@ -14,8 +14,6 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use super::pipe::Pipe;
-
 /// Tells running engines to park: set to true once, for an upgrade.
 pub type ParkSignal = watch::Receiver<bool>;
 
@@ -75,12 +73,19 @@ pub struct ParkedState {
     pub idle_ms: u64,
 }
 
+/// A direction's pipe, as it travels.
+pub(super) struct PipeEnds {
+    pub(super) read_end: OwnedFd,
+    pub(super) write_end: OwnedFd,
+    pub(super) cap: usize,
+}
+
 /// A parked connection: its sockets, its pipes and where it stood.
 pub struct Parked {
     pub client: TcpStream,
     pub backend: TcpStream,
-    pub(super) up_pipe: Pipe,
-    pub(super) down_pipe: Pipe,
+    pub(super) up_pipe: PipeEnds,
+    pub(super) down_pipe: PipeEnds,
     pub state: ParkedState,
 }
 
@@ -120,12 +125,12 @@ impl Parked {
         Ok(Parked {
             client: TcpStream::from(client),
             backend: TcpStream::from(backend),
-            up_pipe: Pipe {
+            up_pipe: PipeEnds {
                 read_end: ur,
                 write_end: uw,
                 cap: state.up.cap,
             },
-            down_pipe: Pipe {
+            down_pipe: PipeEnds {
                 read_end: dr,
                 write_end: dw,
                 cap: state.down.cap,

@@ -12,7 +12,7 @@ use std::{
 
 use tokio::{io::Interest, net::TcpStream, time::sleep_until};
 
-use super::park::{DirState, ParkSignal, requested};
+use super::park::{DirState, ParkSignal, PipeEnds, requested};
 use super::{
     End, Engine, PumpError, Run, Side, SpliceError, SpliceStats, error_on, failed, io_err,
     shutdown_write,
@@ -24,10 +24,10 @@ use crate::sys;
 pub const PIPE_SIZE: usize = 1 << 20;
 
 /// A non-blocking pipe sized for splicing.
-pub(super) struct Pipe {
-    pub(super) read_end: OwnedFd,
-    pub(super) write_end: OwnedFd,
-    pub(super) cap: usize,
+struct Pipe {
+    read_end: OwnedFd,
+    write_end: OwnedFd,
+    cap: usize,
 }
 
 /// Empty pipes kept for the next connections, at most this many: a new pipe costs four
@@ -134,7 +134,7 @@ impl PipeDir {
 
     /// Gives up the pipe, with whatever it holds, and says where the direction stands
     /// (for an upgrade, see `park`).
-    pub(super) fn park(mut self) -> (DirState, Pipe) {
+    pub(super) fn park(mut self) -> (DirState, PipeEnds) {
         let pipe = self
             .pipe
             .take()
@@ -151,13 +151,22 @@ impl PipeDir {
             phase: 0,
             hookable: false,
         };
-        (state, pipe)
+        let ends = PipeEnds {
+            read_end: pipe.read_end,
+            write_end: pipe.write_end,
+            cap: pipe.cap,
+        };
+        (state, ends)
     }
 
     /// The direction a parked one described, over its pipe.
-    pub(super) fn resume(state: &DirState, pipe: Pipe) -> PipeDir {
+    pub(super) fn resume(state: &DirState, ends: PipeEnds) -> PipeDir {
         PipeDir {
-            pipe: Some(pipe),
+            pipe: Some(Pipe {
+                read_end: ends.read_end,
+                write_end: ends.write_end,
+                cap: ends.cap,
+            }),
             queued: state.queued,
             moved: state.moved,
             eof: state.eof,
