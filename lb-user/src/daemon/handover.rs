@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::dataplane::runtime::RUN_DIR;
+use crate::proxy::server::ServiceCounters;
 use crate::proxy::splice::park::{PARKED_FDS, Parked, ParkedState};
 use crate::sys;
 
@@ -51,6 +52,10 @@ enum Message {
     /// A parked proxied connection; its descriptors ride along.
     Conn {
         state: ParkedState,
+    },
+    /// The proxy services' counters, by VIP, to carry on.
+    Counters {
+        services: Vec<(std::net::SocketAddr, ServiceCounters)>,
     },
     /// No more connections.
     End,
@@ -204,9 +209,13 @@ impl Predecessor {
         send(self.sock.as_fd(), &Message::Done, &[])
     }
 
-    /// Receives the old daemon's parked connections (blocking), giving each to `adopt`;
-    /// returns how many came.
-    pub fn receive_connections(self, mut adopt: impl FnMut(Parked)) -> io::Result<usize> {
+    /// Receives the old daemon's parked connections (blocking), giving each to `adopt`,
+    /// and its proxy counters, giving them to `carry`; returns how many connections came.
+    pub fn receive_connections(
+        self,
+        mut adopt: impl FnMut(Parked),
+        mut carry: impl FnMut(std::net::SocketAddr, &ServiceCounters),
+    ) -> io::Result<usize> {
         self.sock.set_read_timeout(Some(PARK_TIMEOUT))?;
         let mut n = 0;
         loop {
@@ -215,6 +224,11 @@ impl Predecessor {
                     let parked = Parked::from_parts(state, fds).map_err(io::Error::other)?;
                     adopt(parked);
                     n += 1;
+                }
+                Some((Message::Counters { services }, _)) => {
+                    for (vip, c) in &services {
+                        carry(*vip, c);
+                    }
                 }
                 Some((Message::End, _)) | None => return Ok(n),
                 Some((other, _)) => {
@@ -321,9 +335,13 @@ impl Successor {
         matches!(recv(self.sock.as_fd()), Ok(Some((Message::Done, _))))
     }
 
-    /// Hands over the parked connections (blocking); returns how many went. One that
-    /// cannot be sent is reset by dropping it here.
-    pub fn send_connections(self, parked: Vec<Parked>) -> io::Result<usize> {
+    /// Hands over the parked connections and the proxy counters (blocking); returns how
+    /// many connections went. One that cannot be sent is reset by dropping it here.
+    pub fn send_connections(
+        self,
+        parked: Vec<Parked>,
+        counters: Vec<(std::net::SocketAddr, ServiceCounters)>,
+    ) -> io::Result<usize> {
         let mut sent = 0;
         for p in parked {
             let (state, fds) = p.into_parts();
@@ -332,6 +350,11 @@ impl Successor {
             send(self.sock.as_fd(), &Message::Conn { state }, &borrowed)?;
             sent += 1;
         }
+        send(
+            self.sock.as_fd(),
+            &Message::Counters { services: counters },
+            &[],
+        )?;
         send(self.sock.as_fd(), &Message::End, &[])?;
         Ok(sent)
     }
@@ -379,7 +402,13 @@ mod tests {
             let successor = req.hand_over(&fds).unwrap();
             let done = successor.wait_done(Duration::from_secs(5));
             if done {
-                successor.send_connections(Vec::new()).unwrap();
+                let c = ServiceCounters {
+                    connections: 7,
+                    ..Default::default()
+                };
+                successor
+                    .send_connections(Vec::new(), vec![("198.18.0.10:80".parse().unwrap(), c)])
+                    .unwrap();
             }
             (state_dir, done)
         })
@@ -408,7 +437,13 @@ mod tests {
         conn.read_exact(&mut buf).unwrap();
         assert_eq!(&buf, b"hi");
         handed.from.done().unwrap();
-        assert_eq!(handed.from.receive_connections(|_| {}).unwrap(), 0);
+        let mut carried = Vec::new();
+        let n = handed
+            .from
+            .receive_connections(|_| {}, |vip, c| carried.push((vip, c.connections)))
+            .unwrap();
+        assert_eq!(n, 0);
+        assert_eq!(carried, [("198.18.0.10:80".parse().unwrap(), 7)]);
         let (dir, done) = old.join().unwrap();
         assert_eq!(dir, Path::new("/sys/fs/bpf/lb/x"));
         assert!(done, "the old daemon did not hear it may go");

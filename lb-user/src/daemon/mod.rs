@@ -358,7 +358,11 @@ where
                 let (proxy, rt) = (proxy.clone(), tokio::runtime::Handle::current());
                 tokio::task::spawn_blocking(move || {
                     let _rt = rt.enter();
-                    match p.receive_connections(|parked| proxy.adopt(parked)) {
+                    let received = p.receive_connections(
+                        |parked| proxy.adopt(parked),
+                        |vip, counters| proxy.carry_counters(vip, counters),
+                    );
+                    match received {
                         Ok(n) => info!(
                             pid,
                             connections = n,
@@ -484,8 +488,9 @@ where
                     match ready {
                         Some(successor) => {
                             let parked = proxy.park_all().await;
+                            let counters = proxy.counters_by_vip();
                             let sent = tokio::task::spawn_blocking(move || {
-                                successor.send_connections(parked)
+                                successor.send_connections(parked, counters)
                             })
                             .await;
                             match sent {

@@ -188,6 +188,35 @@ impl Proxy {
         std::mem::take(&mut *self.parked.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
+    /// Every service's counters, by VIP, for a successor to carry on.
+    pub fn counters_by_vip(&self) -> Vec<(SocketAddr, ServiceCounters)> {
+        let services = self.services.read().unwrap_or_else(|e| e.into_inner());
+        services
+            .iter()
+            .map(|(vip, s)| (*vip, s.counters()))
+            .collect()
+    }
+
+    /// Adds a predecessor's totals to the service at `vip` (not its active count: the
+    /// connections it handed over count themselves here).
+    pub fn carry_counters(&self, vip: SocketAddr, theirs: &ServiceCounters) {
+        let Some(svc) = self.service(vip) else {
+            return;
+        };
+        svc.with(|c| {
+            c.connections += theirs.connections;
+            for (reason, n) in &theirs.errors {
+                *c.errors.entry(reason.clone()).or_default() += n;
+            }
+            for (addr, b) in &theirs.backends {
+                let mine = c.backends.entry(*addr).or_default();
+                mine.connections += b.connections;
+                mine.bytes_in += b.bytes_in;
+                mine.bytes_out += b.bytes_out;
+            }
+        });
+    }
+
     /// Takes over a connection a predecessor parked: it goes on in this daemon, counted
     /// with its service and backend. One whose service this daemon does not run is reset.
     pub fn adopt(self: &Arc<Self>, parked: Parked) {
