@@ -89,6 +89,9 @@ pub struct Daemon {
     ifaces: Vec<String>,
     log: PathBuf,
     cmdline: String,
+    /// Another daemon took the data path over from this one (an upgrade): dropping this
+    /// one must not take it down.
+    superseded: bool,
 }
 
 impl Daemon {
@@ -140,6 +143,7 @@ impl Daemon {
             ifaces: ifaces.to_vec(),
             log: log.to_owned(),
             cmdline,
+            superseded: false,
         })
     }
 
@@ -275,8 +279,9 @@ impl Daemon {
         serde_json::from_str(&out).with_context(|| format!("`lb stats --json` printed:\n{out}"))
     }
 
-    /// Stops the daemon with SIGTERM and checks it exits 0 within 10 s and leaves no
-    /// XDP program on its interfaces.
+    /// Stops the daemon with SIGTERM and checks it exits 0 within 10 s, then takes lb
+    /// out with `lb down` (the daemon leaves the data path running on purpose) and
+    /// checks no XDP program is left on its interfaces.
     pub fn stop(mut self, ns: &Netns) -> Result<()> {
         if let Some(status) = self.poll_exit() {
             bail!("lb had already exited ({status}): {}", self.context());
@@ -289,18 +294,57 @@ impl Daemon {
                 self.context()
             );
         }
-        for iface in &self.ifaces {
-            let state = xdp_state(ns, iface)?;
-            if state != XdpState::None {
-                bail!(
-                    "after lb exited, {iface} still has an XDP program ({state:?}):\n{}\n{}",
-                    ns.ip(&format!("-d link show dev {iface}"))
-                        .unwrap_or_default(),
-                    self.context()
-                );
+        self.down()?;
+        // Links go with their pins at once; under `ip netns exec` they go with the
+        // daemon's private bpffs, which the kernel releases a moment after it exits.
+        let mut left = Vec::new();
+        let gone = wait_until(Duration::from_secs(5), || {
+            left.clear();
+            for iface in &self.ifaces {
+                let state = xdp_state(ns, iface)?;
+                if state != XdpState::None {
+                    left.push(format!("{iface}: {state:?}"));
+                }
             }
+            Ok(left.is_empty())
+        });
+        if !gone {
+            bail!(
+                "after `lb down`, XDP programs are left: {left:?}\n{}",
+                self.context()
+            );
         }
         Ok(())
+    }
+
+    /// Kills the daemon with SIGKILL (no cleanup runs: the data path stays) and reaps it.
+    pub fn kill_hard(&mut self) -> Result<ExitStatus> {
+        if let Some(status) = self.poll_exit() {
+            bail!("lb had already exited ({status}): {}", self.context());
+        }
+        sys::kill(self.pid, libc::SIGKILL).context("sending SIGKILL to lb")?;
+        self.wait_exit(Duration::from_secs(10))
+    }
+
+    /// Marks the daemon as taken over by another (an upgrade): dropping it then leaves
+    /// the data path to its successor.
+    pub fn superseded(&mut self) {
+        self.superseded = true;
+    }
+
+    /// `lb down` in the daemon's namespace, launched the same way: removes what the
+    /// daemon left (data path, pins, records). Must exit 0.
+    pub fn down(&self) -> Result<String> {
+        let out = self.run_cli_any(&["down"])?;
+        if !out.status.success() {
+            bail!(
+                "`lb down` failed ({}): {}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 }
 
@@ -322,6 +366,10 @@ impl Drop for Daemon {
         }
         let _ = child.wait();
         cleanup::remove_pid(self.pid);
+        // The data path outlives the daemon: take it out, so no pins stay on the host.
+        if !self.superseded {
+            let _ = self.run_cli_any(&["down"]);
+        }
     }
 }
 

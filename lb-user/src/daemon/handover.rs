@@ -40,6 +40,10 @@ enum Message {
     Takeover {
         pid: u32,
         state_dir: PathBuf,
+        /// The state directory's (device, inode) as the new daemon sees it: the same
+        /// path on another bpf filesystem (a private mount of `ip netns exec`) is not
+        /// the same state.
+        state_id: Option<(u64, u64)>,
     },
     Handed {
         pid: u32,
@@ -162,6 +166,7 @@ impl Predecessor {
         let ask = Message::Takeover {
             pid: std::process::id(),
             state_dir: state_dir.to_path_buf(),
+            state_id: dir_id(state_dir),
         };
         send(self.sock.as_fd(), &ask, &[]).map_err(io)?;
         let (msg, fds) = recv(self.sock.as_fd()).map_err(io)?.ok_or_else(|| {
@@ -255,6 +260,12 @@ pub struct Request {
     sock: Socket,
     pub pid: u32,
     pub state_dir: PathBuf,
+    state_id: Option<(u64, u64)>,
+}
+
+/// A directory's (device, inode).
+fn dir_id(dir: &Path) -> Option<(u64, u64)> {
+    std::fs::metadata(dir).ok().map(|m| (m.dev(), m.ino()))
 }
 
 /// A successor that received the sockets.
@@ -282,11 +293,20 @@ impl Listener {
             let (conn, _) = self.sock.accept()?;
             conn.set_read_timeout(Some(REPLY_TIMEOUT))?;
             conn.set_write_timeout(Some(REPLY_TIMEOUT))?;
-            if let Ok(Some((Message::Takeover { pid, state_dir }, _))) = recv(conn.as_fd()) {
+            if let Ok(Some((
+                Message::Takeover {
+                    pid,
+                    state_dir,
+                    state_id,
+                },
+                _,
+            ))) = recv(conn.as_fd())
+            {
                 return Ok(Request {
                     sock: conn,
                     pid,
                     state_dir,
+                    state_id,
                 });
             }
         }
@@ -302,6 +322,25 @@ impl Listener {
 }
 
 impl Request {
+    /// Why this daemon, running the data path of state directory `ours`, cannot hand it
+    /// to the requester, if it cannot.
+    pub fn mismatch(&self, ours: &Path) -> Option<String> {
+        if self.state_dir != ours {
+            return Some(format!(
+                "it runs the data path of state directory {}, not {}: two data paths cannot share the interfaces; stop it first, or give the same --state-dir",
+                ours.display(),
+                self.state_dir.display()
+            ));
+        }
+        if self.state_id.is_none() || self.state_id != dir_id(ours) {
+            return Some(format!(
+                "the new lb sees another bpf filesystem at {} (`ip netns exec` gives each process a private one): an upgrade needs both daemons on the same state; start lb with `nsenter --net=/run/netns/NAME`, or give --state-dir on a bpffs mounted outside /sys",
+                ours.display()
+            ));
+        }
+        None
+    }
+
     pub fn refuse(self, reason: &str) {
         let _ = send(
             self.sock.as_fd(),
@@ -383,7 +422,14 @@ mod tests {
         refuse: bool,
     ) -> std::thread::JoinHandle<(PathBuf, bool)> {
         std::thread::spawn(move || {
-            let Some((Message::Takeover { pid, state_dir }, _)) = recv(sock.as_fd()).unwrap()
+            let Some((
+                Message::Takeover {
+                    pid,
+                    state_dir,
+                    state_id,
+                },
+                _,
+            )) = recv(sock.as_fd()).unwrap()
             else {
                 panic!("no takeover request");
             };
@@ -392,6 +438,7 @@ mod tests {
                 sock,
                 pid,
                 state_dir: state_dir.clone(),
+                state_id,
             };
             if refuse {
                 req.refuse("not today");
@@ -469,5 +516,23 @@ mod tests {
         drop(handed);
         let (_, done) = old.join().unwrap();
         assert!(!done);
+    }
+
+    #[test]
+    fn only_the_same_state_directory_on_the_same_filesystem_is_handed_over() {
+        let dir = std::env::temp_dir();
+        let req = |state_dir: &Path, state_id| Request {
+            sock: Socket::pair(Domain::UNIX, Type::SEQPACKET, None).unwrap().0,
+            pid: 1,
+            state_dir: state_dir.to_path_buf(),
+            state_id,
+        };
+        assert_eq!(req(&dir, dir_id(&dir)).mismatch(&dir), None);
+        let other = req(Path::new("/sys/fs/bpf/elsewhere"), dir_id(&dir)).mismatch(&dir);
+        assert!(other.is_some_and(|r| r.contains("--state-dir")));
+        // The same path, but another filesystem's directory (a private bpffs).
+        let private = req(&dir, Some((u64::MAX, 1))).mismatch(&dir);
+        assert!(private.is_some_and(|r| r.contains("nsenter")));
+        assert!(req(&dir, None).mismatch(&dir).is_some());
     }
 }

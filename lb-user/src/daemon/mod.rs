@@ -389,13 +389,7 @@ where
         tokio::select! {
             why = &mut stop => break Stop::Signal(why),
             Some(req) = handovers.recv() => {
-                let ours = ctl.dataplane().state().root();
-                if req.state_dir != ours {
-                    let reason = format!(
-                        "it runs the data path of state directory {}, not {}: two data paths cannot share the interfaces; stop it first, or give the same --state-dir",
-                        ours.display(),
-                        req.state_dir.display()
-                    );
+                if let Some(reason) = req.mismatch(ctl.dataplane().state().root()) {
                     warn!(pid = req.pid, "refusing a hand-over: {reason}");
                     req.refuse(&reason);
                     continue;
