@@ -353,11 +353,19 @@ try:
         s.shutdown(socket.SHUT_WR)
         res["echo"] = read_all(s).decode(errors="replace")
     elif mode == "upload":
+        # ARGS: BYTES [BYTES_PER_SECOND] to send no faster than that (a long-lived flow).
         s = connect()
         s.settimeout(60)
         n = int(args[0])
         t = time.time()
-        res["sha256"] = stream(s.sendall, n)
+        send = s.sendall
+        if len(args) > 1:
+            rate, sent = int(args[1]), [0]
+            def send(piece):
+                s.sendall(piece)
+                sent[0] += len(piece)
+                time.sleep(max(0.0, t + sent[0] / rate - time.time()))
+        res["sha256"] = stream(send, n)
         res["sent"] = n
         s.shutdown(socket.SHUT_WR)
         res["reply"] = read_all(s).decode(errors="replace").strip()

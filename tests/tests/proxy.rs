@@ -27,7 +27,7 @@ use lb_tests::prometheus;
 use lb_tests::receivers::{self, Haproxy, Nginx, NginxEntry, NginxOpts};
 use lb_tests::tls;
 use lb_tests::topology::{Backend, Kind, VIP4, VIP6};
-use lb_tests::{Daemon, cmd, unique};
+use lb_tests::{Daemon, Launch, cmd, unique};
 use serde_json::Value;
 
 /// The second client address of each family (the topology gives the client .2 / ::2).
@@ -1768,4 +1768,157 @@ fn sigterm_lets_proxied_connections_finish_within_the_shutdown_timeout() {
     );
     assert!(down["received"].as_u64().unwrap_or(0) < 3 << 20, "{down:#}");
     d.expect_log(&["cutting the proxied connections still open"]);
+}
+
+/// An upgrade in `proxy-v2` mode, with each splice engine: a second lb started beside
+/// the running one takes over. A 1 GiB upload and a 1 GiB download, paced to last
+/// across it, arrive sha256-exact; short connections made throughout are all served
+/// (none refused while the listeners change hands); and the old daemon exits while the
+/// transfers still run, so they were handed over, not waited for. Both daemons run
+/// through `nsenter`, so they share the host's bpffs, where the state lives.
+#[test]
+fn upgrade_hands_every_proxied_connection_over() {
+    let bed = bed();
+    let gib = GIB.to_string();
+    // 40 MiB/s: each transfer lasts about 26 s, longer than a new daemon takes to load
+    // and verify its programs on a busy two-CPU machine (up to 10 s seen).
+    let rate = (40u64 << 20).to_string();
+    let _sink = pp_all(&bed, 9000, "sink", &[]);
+    let source = pp_all(&bed, 9001, "source", &[&gib]);
+    for engine in ["sockmap", "pipe"] {
+        let path = bed.topo.path(&format!("{}.toml", unique("lb")));
+        let svcs = [
+            Svc {
+                health: HEALTH_NONE,
+                ..Svc::new(&bed, "up", false, 9000)
+            },
+            Svc {
+                health: HEALTH_NONE,
+                ..Svc::new(&bed, "down", false, 9001)
+            },
+        ];
+        std::fs::write(
+            &path,
+            config(&bed, &format!("splice = \"{engine}\"\n"), &svcs),
+        )
+        .unwrap();
+        let args = ["--config".to_owned(), path.display().to_string()];
+        let mut old = bed.start_via(Launch::Nsenter, &args);
+        let stop_short = std::sync::atomic::AtomicBool::new(false);
+        let (up, down, short, old_gone_at, new) = std::thread::scope(|s| {
+            let up = s.spawn(|| {
+                let r = pp_to_vip(
+                    &bed,
+                    "upload",
+                    9000,
+                    &[&gib, &rate],
+                    Duration::from_secs(60),
+                );
+                (r, std::time::Instant::now())
+            });
+            let down = s.spawn(|| {
+                let r = pp_to_vip(&bed, "download", 9001, &[&rate], Duration::from_secs(90));
+                (r, std::time::Instant::now())
+            });
+            let short = s.spawn(|| {
+                let mut results = Vec::new();
+                while !stop_short.load(std::sync::atomic::Ordering::Relaxed) {
+                    results.push(pp_to_vip(
+                        &bed,
+                        "upload",
+                        9000,
+                        &["1000"],
+                        Duration::from_secs(10),
+                    ));
+                }
+                results
+            });
+            std::thread::sleep(Duration::from_secs(2));
+            let new = bed.start_via(Launch::Nsenter, &args);
+            let status = old
+                .wait_exit(Duration::from_secs(10))
+                .unwrap_or_else(|e| panic!("{engine}: the old daemon did not go: {e:#}"));
+            let old_gone_at = std::time::Instant::now();
+            assert!(
+                status.success(),
+                "{engine}: old daemon: {status}\n{}",
+                old.log()
+            );
+            old.superseded();
+            std::thread::sleep(Duration::from_secs(1));
+            stop_short.store(true, std::sync::atomic::Ordering::Relaxed);
+            (
+                up.join().expect("upload thread"),
+                down.join().expect("download thread"),
+                short.join().expect("short connections thread"),
+                old_gone_at,
+                new,
+            )
+        });
+        let ctx = |what: &str, r: &Value| {
+            format!(
+                "{engine}: {what}: {r:#}\nold daemon:\n{}\nnew daemon:\n{}",
+                old.log(),
+                new.log()
+            )
+        };
+        let (up, up_end) = up;
+        let (down, down_end) = down;
+        assert_eq!(up["ok"], true, "{}", ctx("upload", &up));
+        assert_eq!(
+            up["reply"].as_str(),
+            Some(format!("{} {GIB}", up["sha256"].as_str().unwrap_or("?")).as_str()),
+            "{}",
+            ctx("upload: the backend received something else", &up)
+        );
+        assert_eq!(down["ok"], true, "{}", ctx("download", &down));
+        assert_eq!(
+            down["received"].as_u64(),
+            Some(GIB),
+            "{}",
+            ctx("download", &down)
+        );
+        let rec = record_of(&source, &down, Duration::from_secs(10));
+        assert_eq!(
+            rec["sha256"],
+            down["sha256"],
+            "{}",
+            ctx("download: the client received something else", &rec)
+        );
+        assert!(
+            old_gone_at < up_end && old_gone_at < down_end,
+            "{engine}: the old daemon outlived the transfers (upload {:.1} s, download {:.1} s): they were not handed over\nold daemon:\n{}\nnew daemon:\n{}",
+            up["secs"].as_f64().unwrap_or(0.0),
+            down["secs"].as_f64().unwrap_or(0.0),
+            old.log(),
+            new.log()
+        );
+        old.expect_log(&["handed the proxied connections over"]);
+        let took = new.log_lines_with(&["took over the proxied connections"]);
+        let n: u64 = took
+            .iter()
+            .filter_map(|l| l.split("connections=").nth(1))
+            .filter_map(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            .sum();
+        assert!(
+            n >= 2,
+            "{engine}: the new daemon took over {n} connections, not both transfers: {took:?}\n{}",
+            new.log()
+        );
+        assert!(
+            short.len() >= 10,
+            "{engine}: only {} short connections",
+            short.len()
+        );
+        let failed: Vec<&Value> = short.iter().filter(|r| r["ok"] != true).collect();
+        assert!(
+            failed.is_empty(),
+            "{engine}: {} of {} short connections failed across the upgrade: {failed:#?}\n{}",
+            failed.len(),
+            short.len(),
+            new.log()
+        );
+        new.stop(&bed.topo.lb)
+            .unwrap_or_else(|e| panic!("{engine}: {e:#}"));
+    }
 }
