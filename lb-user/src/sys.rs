@@ -220,6 +220,21 @@ pub fn socket_cookie(fd: BorrowedFd<'_>) -> io::Result<u64> {
     Ok(cookie)
 }
 
+/// The calling thread's network namespace's cookie (`SO_NETNS_COOKIE`): unlike its
+/// inode, never reused for another namespace until reboot.
+pub fn netns_cookie() -> io::Result<u64> {
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0")
+        .or_else(|_| std::net::UdpSocket::bind("[::1]:0"))?;
+    let mut cookie = 0u64;
+    getsockopt_into(
+        std::os::fd::AsFd::as_fd(&sock),
+        libc::SOL_SOCKET,
+        libc::SO_NETNS_COOKIE,
+        &mut cookie,
+    )?;
+    Ok(cookie)
+}
+
 /// Sets `SO_RCVLOWAT`. On TCP the kernel then checks at once whether the socket is
 /// readable and, if data is queued, calls its `sk_data_ready` (tcp_set_rcvlowat →
 /// tcp_data_ready), which is what makes a sockmap verdict read data queued before the

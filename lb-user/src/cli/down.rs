@@ -46,10 +46,16 @@ pub fn run(state_dir: Option<&Path>) -> Result<Vec<String>, DownError> {
         stop(pid)?;
         done.push(format!("stopped the lb daemon (pid {pid})"));
     }
-    let dir = state_dir
+    let dir = match state_dir
         .map(Path::to_path_buf)
         .or_else(|| record.as_ref().and_then(|r| r.state_dir.clone()))
-        .unwrap_or_else(|| state::default_dir(inode));
+    {
+        Some(d) => d,
+        None => state::default_dir().map_err(|source| DownError::Remove {
+            dir: PathBuf::from("/sys/fs/bpf/lb"),
+            source,
+        })?,
+    };
     for ip in state::pinned_proxy_vips(&dir) {
         match route::remove_local(ip) {
             Ok(()) => done.push(format!("removed the local route of proxy VIP {ip}")),

@@ -179,7 +179,7 @@ pub struct RunArgs {
     pub max_services: Option<u32>,
     /// The bpffs directory holding the data path's state (programs, links, maps), which
     /// outlives the daemon so a restart or upgrade keeps every flow; default
-    /// /sys/fs/bpf/lb/netns-INODE for this network namespace. `lb down` removes it.
+    /// /sys/fs/bpf/lb/netns-COOKIE for this network namespace. `lb down` removes it.
     #[arg(long, value_name = "DIR", alias = "pin-dir")]
     pub state_dir: Option<PathBuf>,
     /// Health check of the --vip service: tcp (connect), http:/PATH (GET, expects

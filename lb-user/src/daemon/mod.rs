@@ -181,7 +181,9 @@ pub fn start(cfg: Config, flags: FlagSettings) -> Result<Started, StartError> {
     let running = RuntimeRecord::read(&runtime::record_path(inode))
         .ok()
         .map(|r| r.pid)
-        .filter(|pid| *pid != std::process::id() && crate::sys::process_alive(*pid));
+        .filter(|pid| *pid != std::process::id() && crate::sys::process_alive(*pid))
+        // A record left by a daemon that died, its pid since reused: not an lb.
+        .filter(|pid| same_program(*pid));
     let predecessor = handover::predecessor(inode, running)?;
     let mut dp = Dataplane::load(&cfg)?;
     let fresh = FreshState::guard(&dp);
@@ -256,6 +258,15 @@ pub fn start(cfg: Config, flags: FlagSettings) -> Result<Started, StartError> {
         listeners,
         predecessor,
     })
+}
+
+/// Whether process `pid` runs the same program as this one (by `comm`, the executable's
+/// name), or one called `lb`.
+fn same_program(pid: u32) -> bool {
+    let comm = |p: &str| std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();
+    let theirs = comm(&pid.to_string());
+    let theirs = theirs.trim();
+    !theirs.is_empty() && (theirs == comm("self").trim() || theirs == "lb")
 }
 
 /// The daemon's usual end: the next SIGINT or SIGTERM, by name. Without the handlers

@@ -49,8 +49,7 @@ impl Dataplane {
             .try_into()
             .map_err(wrap)?;
         prog.load().map_err(wrap)?;
-        if pin.exists() {
-            replace_program(&pin, prog.fd().map_err(wrap)?.as_fd())?;
+        if pin.exists() && replace_or_drop(&pin, prog.fd().map_err(wrap)?.as_fd()) {
             info!(
                 "replaced the sk_lookup program {} in place",
                 names::PROG_LOOKUP
@@ -91,15 +90,20 @@ impl Dataplane {
                     && p.ifindex == ifindex
                     && choice.accepts(&p.mode)
             });
-            let mode = match xdp {
+            let replaced = match xdp {
                 Some(p) => {
                     let prog = lb_program(&mut self.ebpf)?;
                     let fd = prog.fd().map_err(program_error(names::PROG_LB))?;
-                    replace_program(&p.path, fd.as_fd())?;
-                    info!(iface = %iface, ifindex, mode = %p.mode, "replaced the XDP program {} in place", names::PROG_LB);
-                    kept.push(p.path.clone());
-                    p.mode.clone()
+                    replace_or_drop(&p.path, fd.as_fd()).then(|| {
+                        info!(iface = %iface, ifindex, mode = %p.mode, "replaced the XDP program {} in place", names::PROG_LB);
+                        kept.push(p.path.clone());
+                        p.mode.clone()
+                    })
                 }
+                None => None,
+            };
+            let mode = match replaced {
+                Some(mode) => mode,
                 None => {
                     let (mode, path) = self.attach_xdp(&iface, ifindex, choice)?;
                     kept.push(path);
@@ -109,14 +113,16 @@ impl Dataplane {
             let tc = pinned
                 .iter()
                 .find(|p| p.kind == "tc" && p.iface == iface && p.ifindex == ifindex);
-            match tc {
+            let replaced = match tc {
                 Some(p) => {
                     let prog = neigh_program(&mut self.ebpf)?;
                     let fd = prog.fd().map_err(program_error(names::PROG_NEIGH))?;
-                    replace_program(&p.path, fd.as_fd())?;
-                    kept.push(p.path.clone());
+                    replace_or_drop(&p.path, fd.as_fd()).then(|| kept.push(p.path.clone()))
                 }
-                None => kept.push(self.attach_neigh(&iface, ifindex)?),
+                None => None,
+            };
+            if replaced.is_none() {
+                kept.push(self.attach_neigh(&iface, ifindex)?);
             }
             self.attachments.push(Attachment {
                 iface,
@@ -341,14 +347,19 @@ fn pin_link(link: FdLink, path: &Path, what: &str) -> Result<(), DataplaneError>
     Ok(())
 }
 
-/// Puts `prog` into the link pinned at `path`.
-fn replace_program(path: &Path, prog: std::os::fd::BorrowedFd<'_>) -> Result<(), DataplaneError> {
-    let err = |source| DataplaneError::LinkUpdate {
-        path: path.to_path_buf(),
-        source,
-    };
-    let link = sys::bpf_obj_get(path).map_err(err)?;
-    sys::bpf_link_update(link.as_fd(), prog).map_err(err)
+/// Puts `prog` into the link pinned at `path`; true if it runs there now. A link that
+/// no longer hooks anything (its interface or namespace is gone: ENOLINK) or cannot be
+/// opened is unpinned, and false tells the caller to attach anew.
+fn replace_or_drop(path: &Path, prog: std::os::fd::BorrowedFd<'_>) -> bool {
+    let updated = sys::bpf_obj_get(path).and_then(|link| sys::bpf_link_update(link.as_fd(), prog));
+    match updated {
+        Ok(()) => true,
+        Err(e) => {
+            warn!(link = %path.display(), cause = %e, "a pinned link cannot take the new program (its hook is gone?): attaching anew");
+            let _ = std::fs::remove_file(path);
+            false
+        }
+    }
 }
 
 #[cfg(test)]

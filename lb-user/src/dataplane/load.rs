@@ -19,9 +19,7 @@ impl Dataplane {
         let bytes = object::require()?;
         let dir = match &cfg.state_dir {
             Some(d) => d.clone(),
-            None => state::default_dir(
-                super::runtime::netns_inode().map_err(|e| DataplaneError::Netns(Box::new(e)))?,
-            ),
+            None => state::default_dir().map_err(DataplaneError::StateIo)?,
         };
         let state = StateDir::open(&dir)?;
         let sizes = Sizes::of(cfg);

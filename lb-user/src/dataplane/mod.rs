@@ -91,13 +91,6 @@ pub enum DataplaneError {
     State(#[from] state::StateError),
     #[error("the state directory: {0}")]
     StateIo(#[source] std::io::Error),
-    #[error("this process's network namespace: {0}")]
-    Netns(#[source] Box<runtime::RuntimeError>),
-    #[error("replacing the program in the pinned link {path}: {source}")]
-    LinkUpdate {
-        path: PathBuf,
-        source: std::io::Error,
-    },
     #[error("pinning {what} at {path}: {source}")]
     PinLink {
         what: String,

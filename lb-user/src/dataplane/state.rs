@@ -89,11 +89,13 @@ pub struct StateDir {
     pub found: Found,
 }
 
-/// The default state directory of the network namespace with inode `netns_inode`.
-pub fn default_dir(netns_inode: u64) -> PathBuf {
-    Path::new(BPFFS_ROOT)
+/// The default state directory of this network namespace: named by its cookie, which
+/// no other namespace gets before a reboot (inodes are reused, and a directory a deleted
+/// namespace left must not be taken for this one's).
+pub fn default_dir() -> std::io::Result<PathBuf> {
+    Ok(Path::new(BPFFS_ROOT)
         .join("lb")
-        .join(format!("netns-{netns_inode}"))
+        .join(format!("netns-{}", sys::netns_cookie()?)))
 }
 
 impl StateDir {

@@ -1,0 +1,494 @@
+//! Restarts, upgrades and crashes keep every flow: the data path is pinned in the state
+//! directory and outlives the daemon. Under load (a paced download and a stream of new
+//! connections through a `nat` VIP): `kill -9` then start; SIGTERM then start with the
+//! backends reordered; an upgrade (a second daemon beside the first). Then the state of
+//! the previous layout is adopted, `lb down` leaves nothing, and bad state directories
+//! or a bad restart leave the running data path alone. (The `proxy-v2` upgrade, with its
+//! connections handed over, is in proxy.rs.)
+//!
+//! The daemons run through `nsenter --net`, which keeps the host's bpffs, as on a real
+//! LB host; `ip netns exec` gives each process a private one (last test). Runs as root
+//! with real traffic, like e2e.rs; a missing prerequisite is a failure.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use lb_tests::bed::Bed;
+use lb_tests::daemon::{XdpState, backend_new_flows, xdp_state};
+use lb_tests::load::{self, Conns, ShortConns, ShortOpts, SlowDownload};
+use lb_tests::netns::wait_until;
+use lb_tests::{Daemon, Kind, Launch, must};
+
+fn env() -> Bed {
+    Bed::new(Kind::TwoArmed)
+}
+
+/// `--iface ... --vip ... --backend b1 b2 b3` (in `order`), checked by TCP.
+fn args(bed: &Bed, order: &[&str], extra: &[&str]) -> Vec<String> {
+    let backends: Vec<(&str, u32)> = order.iter().map(|b| (*b, 1)).collect();
+    let mut more = vec!["--health", "tcp"];
+    more.extend_from_slice(lb_tests::bed::FAST_HEALTH);
+    more.extend_from_slice(extra);
+    bed.args(&backends, &more)
+}
+
+/// Traffic across a lifecycle event: a download at 256 KiB/s of a 4 MiB blob (16 s) and
+/// new connections every 20 ms.
+struct Load {
+    slow: SlowDownload,
+    want: String,
+    short: ShortConns,
+}
+
+impl Load {
+    fn start(bed: &Bed) -> Load {
+        let want = must(bed.topo.create_blob(4 << 20));
+        let slow = must(SlowDownload::start(
+            &bed.topo,
+            false,
+            "blob",
+            256 << 10,
+            Duration::from_secs(60),
+        ));
+        let mut short = must(ShortConns::start(
+            &bed.topo,
+            false,
+            ShortOpts {
+                max_time: Duration::from_secs(90),
+                ..ShortOpts::default()
+            },
+        ));
+        must(short.wait_for(20, Duration::from_secs(10)));
+        Load { slow, want, short }
+    }
+
+    /// Connections made since `t` (seconds, `load::now()`): at least `n` of them (5 s
+    /// at most to get there).
+    fn since(&mut self, t: f64, n: usize) -> Conns {
+        let mut got = None;
+        wait_until(Duration::from_secs(5), || {
+            let since = self.short.snapshot()?.since(t);
+            let enough = since.len() >= n;
+            got = Some(since);
+            Ok(enough)
+        });
+        let got = got.expect("polled once");
+        assert!(
+            got.len() >= n,
+            "only {} connections since {t}: {got}",
+            got.len()
+        );
+        got
+    }
+
+    /// Stops the connections and waits for the download: every connection succeeded and
+    /// the download is exact.
+    fn finish(mut self, logs: &str) {
+        let conns = must(self.short.stop());
+        assert!(
+            conns.failures().is_empty(),
+            "connections failed: {conns}\n{logs}"
+        );
+        let status = must(self.slow.wait(Duration::from_secs(60)));
+        assert!(
+            status.success(),
+            "the download failed: {}\n{logs}",
+            self.slow.output()
+        );
+        assert_eq!(
+            must(self.slow.sha256()),
+            self.want,
+            "the download is not exact\n{logs}"
+        );
+    }
+}
+
+/// Per-backend `new_flows` from `lb stats --json`.
+fn new_flows(d: &Daemon) -> BTreeMap<String, u64> {
+    let stats = must(d.stats_json());
+    must(backend_new_flows(&stats)).into_iter().collect()
+}
+
+/// Every counter of `after` at least its value in `before`.
+fn never_backwards(before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>) {
+    for (addr, n) in before {
+        let now = after.get(addr).copied().unwrap_or(0);
+        assert!(now >= *n, "{addr}: new_flows went from {n} to {now}");
+    }
+}
+
+/// Backend id by address, from the runtime record of the daemon in the LB namespace.
+fn backend_ids(bed: &Bed) -> BTreeMap<String, u64> {
+    let path = record_path(bed);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path:?}: {e}"));
+    let rec: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let mut ids = BTreeMap::new();
+    for s in rec["services"].as_array().unwrap() {
+        for b in s["backends"].as_array().unwrap() {
+            ids.insert(
+                b["addr"].as_str().unwrap().to_owned(),
+                b["id"].as_u64().unwrap(),
+            );
+        }
+    }
+    ids
+}
+
+fn netns_inode(bed: &Bed) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(bed.topo.lb.path()).unwrap().ino()
+}
+
+/// The runtime record of the LB namespace's daemon.
+fn record_path(bed: &Bed) -> PathBuf {
+    PathBuf::from(format!("/run/lb/netns-{}.json", netns_inode(bed)))
+}
+
+/// The state directory the LB namespace's daemon (running, or killed) recorded.
+fn default_state_dir(bed: &Bed) -> PathBuf {
+    let path = record_path(bed);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path:?}: {e}"));
+    let rec: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let dir = PathBuf::from(rec["state_dir"].as_str().expect("state_dir in the record"));
+    assert!(
+        dir.starts_with("/sys/fs/bpf/lb/netns-"),
+        "not the default state directory: {dir:?}"
+    );
+    dir
+}
+
+fn xdp_everywhere(bed: &Bed) -> bool {
+    bed.topo
+        .lb_ifaces
+        .iter()
+        .all(|i| xdp_state(&bed.topo.lb, i).unwrap() != XdpState::None)
+}
+
+fn logs(ds: &[&Daemon]) -> String {
+    ds.iter()
+        .map(|d| format!("--- lb pid {}:\n{}", d.pid(), d.log()))
+        .collect()
+}
+
+#[test]
+fn kill_9_then_start_keeps_every_flow_and_serves_the_gap() {
+    let bed = env();
+    let a = args(&bed, &["b1", "b2", "b3"], &[]);
+    let mut first = bed.start_via(Launch::Nsenter, &a);
+    let mut load = Load::start(&bed);
+    std::thread::sleep(Duration::from_secs(1));
+    let before = new_flows(&first);
+
+    must(first.kill_hard());
+    first.superseded();
+    assert!(xdp_everywhere(&bed), "the data path went with the daemon");
+    // No daemon: new connections are balanced and forwarded all the same.
+    let gap = load::now();
+    std::thread::sleep(Duration::from_millis(1500));
+    let in_gap = load.since(gap, 20);
+    assert!(in_gap.failures().is_empty(), "in the gap: {in_gap}");
+
+    let second = bed.start_via(Launch::Nsenter, &a);
+    second.expect_log(&["adopted the pinned state"]);
+    second.expect_log(&["frozen"]);
+    let after_start = load::now();
+    std::thread::sleep(Duration::from_secs(2));
+    load.since(after_start, 20);
+    never_backwards(&before, &new_flows(&second));
+    load.finish(&logs(&[&first, &second]));
+    bed.stop(second);
+}
+
+#[test]
+fn sigterm_then_start_with_the_backends_reordered_keeps_flows_and_ids() {
+    let bed = env();
+    let first = bed.start_via(Launch::Nsenter, &args(&bed, &["b1", "b2", "b3"], &[]));
+    let ids = backend_ids(&bed);
+    let mut load = Load::start(&bed);
+    std::thread::sleep(Duration::from_secs(1));
+    let before = new_flows(&first);
+
+    let mut first = first;
+    first.superseded();
+    must(first.signal(libc::SIGTERM));
+    let status = must(first.wait_exit(Duration::from_secs(10)));
+    assert!(status.success(), "{status}\n{}", first.log());
+    first.expect_log(&["leaving the data path running"]);
+    assert!(xdp_everywhere(&bed), "SIGTERM took the data path down");
+    let gap = load::now();
+    std::thread::sleep(Duration::from_secs(1));
+    load.since(gap, 10);
+
+    let second = bed.start_via(Launch::Nsenter, &args(&bed, &["b3", "b1", "b2"], &[]));
+    assert_eq!(backend_ids(&bed), ids, "backend ids moved with the order");
+    let after_start = load::now();
+    std::thread::sleep(Duration::from_secs(2));
+    load.since(after_start, 20);
+    never_backwards(&before, &new_flows(&second));
+    load.finish(&logs(&[&first, &second]));
+    bed.stop(second);
+}
+
+#[test]
+fn an_upgrade_in_nat_mode_serves_every_connection() {
+    let bed = env();
+    let a = args(&bed, &["b1", "b2", "b3"], &[]);
+    let mut old = bed.start_via(Launch::Nsenter, &a);
+    let mut load = Load::start(&bed);
+    std::thread::sleep(Duration::from_secs(1));
+    let before = new_flows(&old);
+
+    let new = bed.start_via(Launch::Nsenter, &a);
+    let status = must(old.wait_exit(Duration::from_secs(10)));
+    assert!(status.success(), "old daemon: {status}\n{}", old.log());
+    old.superseded();
+    new.expect_log(&["taking over from pid", &old.pid().to_string()]);
+    old.expect_log(&["handed over to pid", &new.pid().to_string()]);
+    let after = load::now();
+    std::thread::sleep(Duration::from_secs(2));
+    load.since(after, 20);
+    never_backwards(&before, &new_flows(&new));
+    load.finish(&logs(&[&old, &new]));
+    bed.stop(new);
+}
+
+/// A state directory of the previous layout (what `--pin-dir` wrote: the flow tables
+/// right in the directory, no format marker) is adopted and moved into the current one.
+#[test]
+fn state_of_the_previous_layout_is_adopted() {
+    let bed = env();
+    let dir = PathBuf::from(format!("/sys/fs/bpf/lbtest-{}-migrate", std::process::id()));
+    let _gone = RemoveOnDrop(dir.clone());
+    let a = args(
+        &bed,
+        &["b1", "b2", "b3"],
+        &["--state-dir", dir.to_str().unwrap()],
+    );
+    let mut first = bed.start_via(Launch::Nsenter, &a);
+    let spread = must(bed.topo.spread(false, 40));
+    assert_eq!(spread.failures, 0, "{spread}");
+    let flows = must(first.stats_json())["flows"].as_u64().unwrap();
+    assert!(flows >= 40, "{flows} flows after 40 connections");
+    must(first.kill_hard());
+    first.superseded();
+
+    // Back to format 1: the three flow tables in the directory itself, nothing else.
+    for m in ["flows_v3", "half_open_v2", "reverse_nat_v1"] {
+        std::fs::rename(dir.join("maps").join(m), dir.join(m)).unwrap();
+    }
+    for sub in ["links", "progs", "maps"] {
+        for e in std::fs::read_dir(dir.join(sub)).unwrap().flatten() {
+            std::fs::remove_file(e.path()).unwrap();
+        }
+        std::fs::remove_dir(dir.join(sub)).unwrap();
+    }
+    std::fs::remove_dir(dir.join("format-2")).unwrap();
+
+    let second = bed.start_via(Launch::Nsenter, &a);
+    second.expect_log(&["migrated the flow tables of state format 1"]);
+    let after = must(second.stats_json())["flows"].as_u64().unwrap();
+    assert!(after >= flows, "{after} flows adopted of {flows}");
+    assert!(dir.join("format-2").is_dir() && dir.join("maps").join("flows_v3").exists());
+    assert!(!dir.join("flows_v3").exists());
+    let spread = must(bed.topo.spread(false, 20));
+    assert_eq!(spread.failures, 0, "{spread}\n{}", second.log());
+    must(second.run_cli(&["down", "--state-dir", dir.to_str().unwrap()]));
+    assert!(!dir.exists(), "lb down left {dir:?}");
+}
+
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// `lb down` with a nat and a proxy-v2 service running: the daemon stops, and no XDP or
+/// TC program, pin, local route or record is left; a second `lb down` is fine too.
+#[test]
+fn lb_down_leaves_nothing() {
+    let bed = env();
+    let conf = bed.topo.path("down.toml");
+    let ifaces: Vec<String> = bed
+        .topo
+        .lb_ifaces
+        .iter()
+        .map(|i| format!("\"{i}\""))
+        .collect();
+    let b1 = bed.addr("b1");
+    std::fs::write(
+        &conf,
+        format!(
+            "iface = [{}]\nxdp_mode = \"native\"\n\n[[service]]\nname = \"web\"\nvip = \"{}\"\nbackends = [\"{b1}\"]\n\n[[service]]\nname = \"pp\"\nvip = \"{}:8443\"\nmode = \"proxy-v2\"\nbackends = [\"{}:8443\"]\n[service.health]\ncheck = \"none\"\n",
+            ifaces.join(", "),
+            bed.topo.vip_arg(false),
+            lb_tests::topology::VIP4,
+            bed.backend("b1").addr4().ip(),
+        ),
+    )
+    .unwrap();
+    let mut d = bed.start_via(
+        Launch::Nsenter,
+        &["--config".to_owned(), conf.display().to_string()],
+    );
+    let spread = must(bed.topo.spread(false, 10));
+    assert_eq!(spread.failures, 0, "{spread}");
+    let state = default_state_dir(&bed);
+    assert!(state.join("format-2").is_dir(), "no state in {state:?}");
+    let record = record_path(&bed);
+    let vip_route = || {
+        must(bed.topo.lb.ip("route show table local"))
+            .lines()
+            .any(|l| l.contains(&lb_tests::topology::VIP4.to_string()))
+    };
+    assert!(vip_route(), "no local route for the proxy VIP");
+
+    let out = must(d.down());
+    assert!(
+        !d.is_running(),
+        "the daemon still runs after lb down: {out}"
+    );
+    for iface in &bed.topo.lb_ifaces {
+        assert_eq!(
+            must(xdp_state(&bed.topo.lb, iface)),
+            XdpState::None,
+            "{out}"
+        );
+        let tc = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                bed.topo.lb.name(),
+                "bpftool",
+                "net",
+                "show",
+                "dev",
+                iface,
+            ])
+            .output()
+            .expect("bpftool");
+        let text = String::from_utf8_lossy(&tc.stdout);
+        assert!(
+            !text.contains("lb_neigh"),
+            "TC program left on {iface}: {text}"
+        );
+    }
+    assert!(!state.exists(), "{state:?} left: {out}");
+    assert!(!record.exists(), "{record:?} left: {out}");
+    assert!(!vip_route(), "the proxy VIP's local route is left: {out}");
+    let again = must(d.down());
+    assert!(again.contains("nothing to remove"), "{again}");
+}
+
+/// Starts lb with `args` through nsenter: it must exit 2 (or `code`) at once and log
+/// what `says` accepts.
+fn refused(bed: &Bed, args: &[String], log: &str, code: i32, says: &str) -> Daemon {
+    let mut d = must(bed.topo.spawn_lb(&bed.lb, Launch::Nsenter, args, log));
+    let status = must(d.wait_exit(Duration::from_secs(20)));
+    assert_eq!(status.code(), Some(code), "log:\n{}", d.log());
+    d.expect_log(&[says]);
+    d.superseded();
+    d
+}
+
+#[test]
+fn bad_state_directories_are_refused_and_leave_the_data_path_running() {
+    let bed = env();
+    // Not on a bpffs: nothing is attached.
+    let mut a = args(
+        &bed,
+        &["b1", "b2", "b3"],
+        &["--state-dir", "/tmp/lb-not-bpffs"],
+    );
+    refused(
+        &bed,
+        &a,
+        "lb-tmp.log",
+        2,
+        "--state-dir /tmp/lb-not-bpffs: not on a bpf filesystem",
+    );
+    for iface in &bed.topo.lb_ifaces {
+        assert_eq!(must(xdp_state(&bed.topo.lb, iface)), XdpState::None);
+    }
+
+    // A data path left running, then a state directory a newer lb wrote.
+    a = args(&bed, &["b1", "b2", "b3"], &[]);
+    let mut first = bed.start_via(Launch::Nsenter, &a);
+    must(first.kill_hard());
+    first.superseded();
+    let state = default_state_dir(&bed);
+    std::fs::create_dir(state.join("format-99")).unwrap();
+    refused(&bed, &a, "lb-newer.log", 2, "written by a newer lb");
+    assert!(xdp_everywhere(&bed));
+    let spread = must(bed.topo.spread(false, 20));
+    assert_eq!(spread.failures, 0, "the left data path stopped: {spread}");
+    std::fs::remove_dir(state.join("format-99")).unwrap();
+
+    // Maps sized by another --max-flows cannot be adopted.
+    let small = args(&bed, &["b1", "b2", "b3"], &["--max-flows", "8192"]);
+    refused(
+        &bed,
+        &small,
+        "lb-size.log",
+        2,
+        "flows_v3 has 262144 entries but --max-flows size it at 8192",
+    );
+    let spread = must(bed.topo.spread(false, 20));
+    assert_eq!(spread.failures, 0, "the left data path stopped: {spread}");
+
+    let second = bed.start_via(Launch::Nsenter, &a);
+    second.expect_log(&["adopted the pinned state"]);
+    drop(first);
+    bed.stop(second);
+}
+
+/// A new daemon that cannot start (a typo in --iface) or that sees another bpffs (`ip
+/// netns exec`) leaves the running one in charge.
+#[test]
+fn a_failed_upgrade_leaves_the_running_daemon_in_charge() {
+    let bed = env();
+    let a = args(&bed, &["b1", "b2", "b3"], &[]);
+    let mut old = bed.start_via(Launch::Nsenter, &a);
+    let mut bad = a.clone();
+    bad.extend(["--iface".to_owned(), "lb-nonesuch".to_owned()]);
+    refused(&bed, &bad, "lb-badiface.log", 2, "lb-nonesuch");
+    assert!(old.is_running(), "a bad --iface stopped the running daemon");
+
+    let mut private = must(
+        bed.topo
+            .spawn_lb(&bed.lb, Launch::IpNetnsExec, &a, "lb-private.log"),
+    );
+    let status = must(private.wait_exit(Duration::from_secs(20)));
+    assert_eq!(status.code(), Some(1), "{}", private.log());
+    private.expect_log(&["refused to hand over", "nsenter"]);
+    private.superseded();
+    assert!(
+        old.is_running(),
+        "a refused upgrade stopped the running daemon"
+    );
+    let spread = must(bed.topo.spread(false, 20));
+    assert_eq!(spread.failures, 0, "{spread}\n{}", old.log());
+    // The old one still answers its admin API and its checks.
+    let stats = must(old.stats_json());
+    assert_eq!(stats["pid"].as_u64(), Some(u64::from(old.pid())));
+    bed.stop(old);
+}
+
+/// Under `ip netns exec` lb mounts a private bpffs, says so, and `lb down` there is
+/// fine; nothing appears on the host's bpffs.
+#[test]
+fn under_ip_netns_exec_the_state_is_private_and_says_so() {
+    let bed = env();
+    let d = bed.start_via(Launch::IpNetnsExec, &args(&bed, &["b1", "b2", "b3"], &[]));
+    d.expect_log(&["lb mounted one", "nsenter"]);
+    assert!(
+        !default_state_dir(&bed).exists(),
+        "state on the host's bpffs"
+    );
+    let spread = must(bed.topo.spread(false, 20));
+    assert_eq!(spread.failures, 0, "{spread}");
+    bed.stop(d);
+}
