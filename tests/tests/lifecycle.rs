@@ -153,7 +153,7 @@ fn default_state_dir(bed: &Bed) -> PathBuf {
     let rec: serde_json::Value = serde_json::from_str(&text).unwrap();
     let dir = PathBuf::from(rec["state_dir"].as_str().expect("state_dir in the record"));
     assert!(
-        dir.starts_with("/sys/fs/bpf/lb/netns-"),
+        dir.to_string_lossy().starts_with("/sys/fs/bpf/lb/netns-"),
         "not the default state directory: {dir:?}"
     );
     dir
@@ -175,6 +175,7 @@ fn logs(ds: &[&Daemon]) -> String {
 #[test]
 fn kill_9_then_start_keeps_every_flow_and_serves_the_gap() {
     let bed = env();
+    let _down = DownOnDrop(&bed);
     let a = args(&bed, &["b1", "b2", "b3"], &[]);
     let mut first = bed.start_via(Launch::Nsenter, &a);
     let mut load = Load::start(&bed);
@@ -204,6 +205,7 @@ fn kill_9_then_start_keeps_every_flow_and_serves_the_gap() {
 #[test]
 fn sigterm_then_start_with_the_backends_reordered_keeps_flows_and_ids() {
     let bed = env();
+    let _down = DownOnDrop(&bed);
     let first = bed.start_via(Launch::Nsenter, &args(&bed, &["b1", "b2", "b3"], &[]));
     let ids = backend_ids(&bed);
     let mut load = Load::start(&bed);
@@ -234,6 +236,7 @@ fn sigterm_then_start_with_the_backends_reordered_keeps_flows_and_ids() {
 #[test]
 fn an_upgrade_in_nat_mode_serves_every_connection() {
     let bed = env();
+    let _down = DownOnDrop(&bed);
     let a = args(&bed, &["b1", "b2", "b3"], &[]);
     let mut old = bed.start_via(Launch::Nsenter, &a);
     let mut load = Load::start(&bed);
@@ -259,6 +262,7 @@ fn an_upgrade_in_nat_mode_serves_every_connection() {
 #[test]
 fn state_of_the_previous_layout_is_adopted() {
     let bed = env();
+    let _down = DownOnDrop(&bed);
     let dir = PathBuf::from(format!("/sys/fs/bpf/lbtest-{}-migrate", std::process::id()));
     let _gone = RemoveOnDrop(dir.clone());
     let a = args(
@@ -298,6 +302,19 @@ fn state_of_the_previous_layout_is_adopted() {
     assert!(!dir.exists(), "lb down left {dir:?}");
 }
 
+/// Takes lb out of the LB namespace when the test ends, passed or not: a daemon killed
+/// on purpose leaves its data path pinned on the host's bpffs.
+struct DownOnDrop<'a>(&'a Bed);
+
+impl Drop for DownOnDrop<'_> {
+    fn drop(&mut self) {
+        let _ = Launch::Nsenter
+            .command(&self.0.topo.lb, &self.0.lb)
+            .arg("down")
+            .output();
+    }
+}
+
 struct RemoveOnDrop(PathBuf);
 
 impl Drop for RemoveOnDrop {
@@ -311,6 +328,7 @@ impl Drop for RemoveOnDrop {
 #[test]
 fn lb_down_leaves_nothing() {
     let bed = env();
+    let _down = DownOnDrop(&bed);
     let conf = bed.topo.path("down.toml");
     let ifaces: Vec<String> = bed
         .topo
@@ -397,6 +415,7 @@ fn refused(bed: &Bed, args: &[String], log: &str, code: i32, says: &str) -> Daem
 #[test]
 fn bad_state_directories_are_refused_and_leave_the_data_path_running() {
     let bed = env();
+    let _down = DownOnDrop(&bed);
     // Not on a bpffs: nothing is attached.
     let mut a = args(
         &bed,
@@ -450,6 +469,7 @@ fn bad_state_directories_are_refused_and_leave_the_data_path_running() {
 #[test]
 fn a_failed_upgrade_leaves_the_running_daemon_in_charge() {
     let bed = env();
+    let _down = DownOnDrop(&bed);
     let a = args(&bed, &["b1", "b2", "b3"], &[]);
     let mut old = bed.start_via(Launch::Nsenter, &a);
     let mut bad = a.clone();
@@ -482,6 +502,7 @@ fn a_failed_upgrade_leaves_the_running_daemon_in_charge() {
 #[test]
 fn under_ip_netns_exec_the_state_is_private_and_says_so() {
     let bed = env();
+    let _down = DownOnDrop(&bed);
     let d = bed.start_via(Launch::IpNetnsExec, &args(&bed, &["b1", "b2", "b3"], &[]));
     d.expect_log(&["lb mounted one", "nsenter"]);
     assert!(
