@@ -77,6 +77,25 @@ pub fn xdp_state(ns: &Netns, iface: &str) -> Result<XdpState> {
     ))
 }
 
+/// Names of the TCX programs on `iface`'s ingress in `ns` (`tc filter show` does not
+/// list TCX programs, and this bpftool does not either).
+pub fn tc_ingress_programs(ns: &Netns, iface: &str) -> Result<Vec<String>> {
+    use aya::programs::{SchedClassifier, TcAttachType};
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            ns.enter()?;
+            let (_, progs) = SchedClassifier::query_tcx(iface, TcAttachType::Ingress)
+                .with_context(|| format!("querying the TCX ingress programs of {iface}"))?;
+            Ok(progs
+                .iter()
+                .map(|p| p.name_as_str().unwrap_or("?").to_owned())
+                .collect())
+        })
+        .join()
+        .unwrap_or_else(|_| bail!("the TCX query thread panicked"))
+    })
+}
+
 /// A running (or exited) `lb` daemon. Dropping it stops it (SIGTERM, then SIGKILL).
 pub struct Daemon {
     child: Option<Child>,

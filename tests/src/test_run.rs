@@ -331,6 +331,14 @@ pub struct TestRun {
     ns: Netns,
 }
 
+impl Drop for TestRun {
+    /// The object's maps are pinned in the namespace's state directory on the host's
+    /// bpffs, as the daemon's are: removed here, or they would outlive the test.
+    fn drop(&mut self) {
+        let _ = lb_user::dataplane::state::remove(self.dp.state().root());
+    }
+}
+
 impl TestRun {
     /// The namespace and the program, with both interfaces as redirect ports and the
     /// default timeouts; no service provisioned yet.

@@ -12,11 +12,10 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
 use lb_tests::bed::Bed;
-use lb_tests::daemon::{XdpState, backend_new_flows, xdp_state};
+use lb_tests::daemon::{XdpState, backend_new_flows, tc_ingress_programs, xdp_state};
 use lb_tests::load::{self, Conns, ShortConns, ShortOpts, SlowDownload};
 use lb_tests::netns::wait_until;
 use lb_tests::{Daemon, Kind, Launch, must};
@@ -105,17 +104,22 @@ impl Load {
     }
 }
 
-/// Per-backend `new_flows` from `lb stats --json`.
+/// Per-backend `new_flows` and every global packet counter from `lb stats --json`.
 fn new_flows(d: &Daemon) -> BTreeMap<String, u64> {
     let stats = must(d.stats_json());
-    must(backend_new_flows(&stats)).into_iter().collect()
+    let mut all: BTreeMap<String, u64> = must(backend_new_flows(&stats)).into_iter().collect();
+    for (name, v) in stats["counters"].as_object().expect("global counters") {
+        all.insert(format!("counter {name}"), v.as_u64().unwrap_or(0));
+    }
+    assert!(all.len() > 10, "{stats:#}");
+    all
 }
 
 /// Every counter of `after` at least its value in `before`.
 fn never_backwards(before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>) {
     for (addr, n) in before {
         let now = after.get(addr).copied().unwrap_or(0);
-        assert!(now >= *n, "{addr}: new_flows went from {n} to {now}");
+        assert!(now >= *n, "{addr} went from {n} to {now}");
     }
 }
 
@@ -363,6 +367,13 @@ fn lb_down_leaves_nothing() {
             .any(|l| l.contains(&lb_tests::topology::VIP4.to_string()))
     };
     assert!(vip_route(), "no local route for the proxy VIP");
+    for iface in &bed.topo.lb_ifaces {
+        let tc = must(tc_ingress_programs(&bed.topo.lb, iface));
+        assert!(
+            tc.iter().any(|p| p == "lb_neigh"),
+            "{iface}: TCX ingress {tc:?}"
+        );
+    }
 
     let out = must(d.down());
     assert!(
@@ -375,24 +386,8 @@ fn lb_down_leaves_nothing() {
             XdpState::None,
             "{out}"
         );
-        let tc = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                bed.topo.lb.name(),
-                "bpftool",
-                "net",
-                "show",
-                "dev",
-                iface,
-            ])
-            .output()
-            .expect("bpftool");
-        let text = String::from_utf8_lossy(&tc.stdout);
-        assert!(
-            !text.contains("lb_neigh"),
-            "TC program left on {iface}: {text}"
-        );
+        let tc = must(tc_ingress_programs(&bed.topo.lb, iface));
+        assert!(tc.is_empty(), "TCX programs left on {iface}: {tc:?}: {out}");
     }
     assert!(!state.exists(), "{state:?} left: {out}");
     assert!(!record.exists(), "{record:?} left: {out}");
