@@ -130,6 +130,30 @@ fn bind_proxy_listeners() -> std::io::Result<(std::net::TcpListener, Option<std:
     Ok((v4, v6))
 }
 
+/// What can be wrong with the configuration, found before a running daemon is asked to
+/// step down or its data path is touched: the interfaces, and a source address toward
+/// every backend without a --snat-ip of its family.
+fn preflight(cfg: &Config) -> Result<(), StartError> {
+    for iface in &cfg.ifaces {
+        crate::dataplane::resolve_iface(iface)?;
+    }
+    for b in cfg.services.iter().flat_map(|s| &s.backends) {
+        if !cfg
+            .snat_ips
+            .iter()
+            .any(|ip| ip.is_ipv4() == b.addr.is_ipv4())
+        {
+            crate::dataplane::source_address_for(b.addr).map_err(|source| {
+                ControlError::Dataplane(DataplaneError::NoSnatSource {
+                    backend: b.addr,
+                    source,
+                })
+            })?;
+        }
+    }
+    Ok(())
+}
+
 /// Loads and verifies the programs, takes over from a daemon still running here (only
 /// once nothing can fail before it), binds the admin API, programs the data path (over
 /// what an earlier daemon left) and attaches it. Must run inside the tokio runtime
@@ -157,26 +181,7 @@ pub fn start(cfg: Config, flags: FlagSettings) -> Result<Started, StartError> {
         Ok(_) => {}
         Err(e) => warn!(cause = %e, "raising the open-file limit"),
     }
-    // What can be wrong with the configuration is found before a running daemon is
-    // asked to step down or its data path is touched: the interfaces, and a source
-    // address toward every backend without a --snat-ip of its family.
-    for iface in &cfg.ifaces {
-        crate::dataplane::resolve_iface(iface)?;
-    }
-    for b in cfg.services.iter().flat_map(|s| &s.backends) {
-        if !cfg
-            .snat_ips
-            .iter()
-            .any(|ip| ip.is_ipv4() == b.addr.is_ipv4())
-        {
-            crate::dataplane::source_address_for(b.addr).map_err(|source| {
-                ControlError::Dataplane(DataplaneError::NoSnatSource {
-                    backend: b.addr,
-                    source,
-                })
-            })?;
-        }
-    }
+    preflight(&cfg)?;
     let inode = runtime::netns_inode()?;
     let running = RuntimeRecord::read(&runtime::record_path(inode))
         .ok()

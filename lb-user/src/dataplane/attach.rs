@@ -224,7 +224,7 @@ impl Dataplane {
     }
 
     /// Pins `program` under `progs/` for bpftool, in place of an earlier daemon's.
-    fn pin_program(&mut self, program: &'static str) -> Result<(), DataplaneError> {
+    pub(super) fn pin_program(&mut self, program: &'static str) -> Result<(), DataplaneError> {
         let path = self.state.prog_path(program);
         let _ = std::fs::remove_file(&path);
         self.ebpf

@@ -16,7 +16,10 @@ use super::{Dataplane, DataplaneError, map_error, program_error};
 impl Dataplane {
     /// The sockmap splice engine's maps, with `lb_splice` attached (once per daemon).
     pub fn splice_maps(&mut self) -> Result<SpliceMaps, DataplaneError> {
-        SpliceMaps::load(&mut self.ebpf).map_err(|e| DataplaneError::Splice(Box::new(e)))
+        let maps =
+            SpliceMaps::load(&mut self.ebpf).map_err(|e| DataplaneError::Splice(Box::new(e)))?;
+        self.pin_program(names::PROG_SPLICE)?;
+        Ok(maps)
     }
 }
 
