@@ -115,6 +115,21 @@ fn new_flows(d: &Daemon) -> BTreeMap<String, u64> {
     all
 }
 
+/// Each backend's passed health checks, from `lb stats --json`.
+fn checks_passed(d: &Daemon) -> BTreeMap<String, u64> {
+    let stats = must(d.stats_json());
+    let mut out = BTreeMap::new();
+    for s in stats["services"].as_array().expect("services") {
+        for b in s["backends"].as_array().expect("backends") {
+            let n = b["health"]["checks_passed"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("no health.checks_passed in {b}"));
+            out.insert(b["addr"].as_str().unwrap().to_owned(), n);
+        }
+    }
+    out
+}
+
 /// Every counter of `after` at least its value in `before`.
 fn never_backwards(before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>) {
     for (addr, n) in before {
@@ -246,8 +261,27 @@ fn an_upgrade_in_nat_mode_serves_every_connection() {
     let mut load = Load::start(&bed);
     std::thread::sleep(Duration::from_secs(1));
     let before = new_flows(&old);
+    // Enough checks that a new daemon cannot reach as many of its own within a second.
+    let mut checks_before = BTreeMap::new();
+    let enough = wait_until(Duration::from_secs(15), || {
+        checks_before = checks_passed(&old);
+        Ok(checks_before.values().all(|n| *n >= 5))
+    });
+    assert!(enough, "checks passed so far: {checks_before:?}");
 
     let new = bed.start_via(Launch::Nsenter, &a);
+    // The check totals come over with the hand-over: the metrics do not start again.
+    let mut checks_after = BTreeMap::new();
+    let carried = wait_until(Duration::from_secs(1), || {
+        checks_after = checks_passed(&new);
+        Ok(checks_before
+            .iter()
+            .all(|(a, n)| checks_after.get(a).is_some_and(|m| m >= n)))
+    });
+    assert!(
+        carried,
+        "check totals before the upgrade {checks_before:?}, right after {checks_after:?}"
+    );
     let status = must(old.wait_exit(Duration::from_secs(10)));
     assert!(status.success(), "old daemon: {status}\n{}", old.log());
     old.superseded();

@@ -6,6 +6,7 @@
 //! adds is programmed as at a first start. The first table written is then the same
 //! table, so no flow moves unless the configuration moved it.
 
+use super::CheckTotals;
 use super::model::Model;
 use super::plan::Step;
 use crate::dataplane::adopt::AdoptedBackend;
@@ -78,6 +79,23 @@ impl Model {
             info!(backend = %b.addr, id = b.id, "removing a backend of the earlier daemon that the configuration no longer has");
             self.plan.push(Step::ClearBackend { id: b.id });
             self.ids.free(b.id);
+        }
+    }
+
+    /// Adds a predecessor's check totals (an upgrade) to the backends they belong to.
+    pub(super) fn carry_check_totals(&mut self, totals: &[CheckTotals]) {
+        for t in totals {
+            let backend = self
+                .services
+                .iter_mut()
+                .filter(|s| s.name == t.service)
+                .flat_map(|s| s.backends.iter_mut())
+                .find(|b| b.addr == t.addr);
+            if let Some(b) = backend {
+                b.checks_passed += t.passed;
+                b.checks_failed += t.failed;
+                b.latency.merge(&t.latency);
+            }
         }
     }
 }

@@ -52,6 +52,17 @@ pub struct ServiceHealth {
     pub backends: Vec<BackendHealth>,
 }
 
+/// A backend's check totals, carried from a daemon to its successor in an upgrade, so
+/// the check counters the metrics export do not start again.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct CheckTotals {
+    pub service: String,
+    pub addr: SocketAddr,
+    pub passed: u64,
+    pub failed: u64,
+    pub latency: LatencyHistogram,
+}
+
 #[derive(Clone, Debug)]
 pub struct BackendHealth {
     pub addr: SocketAddr,
@@ -407,6 +418,28 @@ impl Control {
                     .collect(),
             })
             .collect()
+    }
+
+    /// Every backend's check totals, for a successor.
+    pub fn check_totals(&self) -> Vec<CheckTotals> {
+        self.model
+            .services()
+            .iter()
+            .flat_map(|s| {
+                s.backends.iter().map(|b| CheckTotals {
+                    service: s.name.clone(),
+                    addr: b.addr,
+                    passed: b.checks_passed,
+                    failed: b.checks_failed,
+                    latency: b.latency.clone(),
+                })
+            })
+            .collect()
+    }
+
+    /// Adds a predecessor's check totals to the same backends here.
+    pub fn carry_check_totals(&mut self, totals: &[CheckTotals]) {
+        self.model.carry_check_totals(totals);
     }
 
     fn stop_checkers(&mut self) {

@@ -834,3 +834,27 @@ fn backend_ids_after_adoption_fill_the_gaps_after_fresh_ones() {
     assert_eq!(ids.alloc(), Some(6));
     assert_eq!(ids.alloc(), None);
 }
+
+#[test]
+fn an_upgrade_carries_the_check_totals_to_the_same_backends() {
+    let mut bed = Bed::new(&[B1, B2]);
+    assert!(!bed.check(B1, true));
+    let mut latency = crate::health::histogram::LatencyHistogram::default();
+    latency.observe(Duration::from_millis(2));
+    let totals = |service: &str, addr_: &str| super::CheckTotals {
+        service: service.to_string(),
+        addr: addr(addr_),
+        passed: 40,
+        failed: 3,
+        latency: latency.clone(),
+    };
+    bed.model
+        .carry_check_totals(&[totals(SERVICE, B1), totals("elsewhere", B2)]);
+    let b1 = bed.backend(B1);
+    assert_eq!((b1.checks_passed, b1.checks_failed), (41, 3));
+    assert_eq!(b1.latency.count, 2);
+    // Totals of a service this daemon does not run go nowhere.
+    let b2 = bed.backend(B2);
+    assert_eq!((b2.checks_passed, b2.checks_failed), (0, 0));
+    assert!(bed.plan().is_empty(), "carrying totals writes nothing");
+}

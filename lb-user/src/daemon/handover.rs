@@ -17,6 +17,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::control::CheckTotals;
 use crate::dataplane::runtime::RUN_DIR;
 use crate::proxy::server::ServiceCounters;
 use crate::proxy::splice::park::{PARKED_FDS, Parked, ParkedState};
@@ -57,9 +58,11 @@ enum Message {
     Conn {
         state: ParkedState,
     },
-    /// The proxy services' counters, by VIP, to carry on.
+    /// The proxy services' counters, by VIP, and the backends' check totals, to carry on.
     Counters {
         services: Vec<(std::net::SocketAddr, ServiceCounters)>,
+        #[serde(default)]
+        checks: Vec<CheckTotals>,
     },
     /// No more connections.
     End,
@@ -114,6 +117,13 @@ pub struct Predecessor {
     sock: Socket,
     path: PathBuf,
     pub pid: u32,
+}
+
+/// The counters a predecessor carries over: the proxy services' (by VIP) and the
+/// backends' check totals.
+pub struct Carried {
+    pub services: Vec<(std::net::SocketAddr, ServiceCounters)>,
+    pub checks: Vec<CheckTotals>,
 }
 
 /// What the predecessor handed over.
@@ -215,11 +225,11 @@ impl Predecessor {
     }
 
     /// Receives the old daemon's parked connections (blocking), giving each to `adopt`,
-    /// and its proxy counters, giving them to `carry`; returns how many connections came.
+    /// and its counters, giving them to `carry`; returns how many connections came.
     pub fn receive_connections(
         self,
         mut adopt: impl FnMut(Parked),
-        mut carry: impl FnMut(std::net::SocketAddr, &ServiceCounters),
+        mut carry: impl FnMut(Carried),
     ) -> io::Result<usize> {
         self.sock.set_read_timeout(Some(PARK_TIMEOUT))?;
         let mut n = 0;
@@ -230,10 +240,8 @@ impl Predecessor {
                     adopt(parked);
                     n += 1;
                 }
-                Some((Message::Counters { services }, _)) => {
-                    for (vip, c) in &services {
-                        carry(*vip, c);
-                    }
+                Some((Message::Counters { services, checks }, _)) => {
+                    carry(Carried { services, checks })
                 }
                 Some((Message::End, _)) | None => return Ok(n),
                 Some((other, _)) => {
@@ -376,11 +384,7 @@ impl Successor {
 
     /// Hands over the parked connections and the proxy counters (blocking); returns how
     /// many connections went. One that cannot be sent is reset by dropping it here.
-    pub fn send_connections(
-        self,
-        parked: Vec<Parked>,
-        counters: Vec<(std::net::SocketAddr, ServiceCounters)>,
-    ) -> io::Result<usize> {
+    pub fn send_connections(self, parked: Vec<Parked>, carried: Carried) -> io::Result<usize> {
         let mut sent = 0;
         for p in parked {
             let (state, fds) = p.into_parts();
@@ -391,7 +395,10 @@ impl Successor {
         }
         send(
             self.sock.as_fd(),
-            &Message::Counters { services: counters },
+            &Message::Counters {
+                services: carried.services,
+                checks: carried.checks,
+            },
             &[],
         )?;
         send(self.sock.as_fd(), &Message::End, &[])?;
@@ -453,9 +460,11 @@ mod tests {
                     connections: 7,
                     ..Default::default()
                 };
-                successor
-                    .send_connections(Vec::new(), vec![("198.18.0.10:80".parse().unwrap(), c)])
-                    .unwrap();
+                let carried = Carried {
+                    services: vec![("198.18.0.10:80".parse().unwrap(), c)],
+                    checks: Vec::new(),
+                };
+                successor.send_connections(Vec::new(), carried).unwrap();
             }
             (state_dir, done)
         })
@@ -487,7 +496,10 @@ mod tests {
         let mut carried = Vec::new();
         let n = handed
             .from
-            .receive_connections(|_| {}, |vip, c| carried.push((vip, c.connections)))
+            .receive_connections(
+                |_| {},
+                |c| carried.extend(c.services.iter().map(|(vip, c)| (*vip, c.connections))),
+            )
             .unwrap();
         assert_eq!(n, 0);
         assert_eq!(carried, [("198.18.0.10:80".parse().unwrap(), 7)]);

@@ -326,14 +326,15 @@ where
         ));
     }
     let mut sighup = signal(SignalKind::hangup())?;
-    // The admin API reaches the control plane through `jobs`, run by the loop below.
+    // The admin API (and a predecessor's carried check totals) reach the control plane
+    // through `jobs`, run by the loop below.
     let (handle, mut jobs) = task::channel();
     let admin_task = match admin {
         Some(l) => {
             sockets.push((handover::ADMIN, l.try_clone()?));
             Some(tokio::spawn(admin::serve(
                 tokio::net::TcpListener::from_std(l)?,
-                handle,
+                handle.clone(),
             )))
         }
         None => None,
@@ -372,11 +373,19 @@ where
                 info!(pid, "took over from pid {pid}");
                 // Its proxied connections come next, parked; each goes on here.
                 let (proxy, rt) = (proxy.clone(), tokio::runtime::Handle::current());
+                let control = handle.clone();
                 tokio::task::spawn_blocking(move || {
                     let _rt = rt.enter();
                     let received = p.receive_connections(
                         |parked| proxy.adopt(parked),
-                        |vip, counters| proxy.carry_counters(vip, counters),
+                        |carried| {
+                            for (vip, counters) in &carried.services {
+                                proxy.carry_counters(*vip, counters);
+                            }
+                            let checks = carried.checks;
+                            // The check totals belong to the control plane: a job.
+                            rt.block_on(control.call(move |ctl| ctl.carry_check_totals(&checks)));
+                        },
                     );
                     match received {
                         Ok(n) => info!(
@@ -498,9 +507,12 @@ where
                     match ready {
                         Some(successor) => {
                             let parked = proxy.park_all().await;
-                            let counters = proxy.counters_by_vip();
+                            let carried = handover::Carried {
+                                services: proxy.counters_by_vip(),
+                                checks: ctl.check_totals(),
+                            };
                             let sent = tokio::task::spawn_blocking(move || {
-                                successor.send_connections(parked, counters)
+                                successor.send_connections(parked, carried)
                             })
                             .await;
                             match sent {

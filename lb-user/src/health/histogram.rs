@@ -32,6 +32,18 @@ impl LatencyHistogram {
         self.count += 1;
     }
 
+    /// Adds `other`'s observations (another daemon's, carried over an upgrade).
+    pub fn merge(&mut self, other: &LatencyHistogram) {
+        if self.counts.len() != BUCKETS.len() {
+            self.counts = vec![0; BUCKETS.len()];
+        }
+        for (mine, theirs) in self.counts.iter_mut().zip(&other.counts) {
+            *mine += theirs;
+        }
+        self.sum_seconds += other.sum_seconds;
+        self.count += other.count;
+    }
+
     /// `(le, cumulative count)` per bucket, ending with `(+Inf, count)`.
     pub fn cumulative(&self) -> Vec<(f64, u64)> {
         let mut acc = 0;
@@ -51,6 +63,28 @@ impl LatencyHistogram {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn merging_adds_every_bucket_the_sum_and_the_count() {
+        let mut a = LatencyHistogram::default();
+        a.observe(Duration::from_millis(3));
+        let mut b = LatencyHistogram::default();
+        b.observe(Duration::from_millis(3));
+        b.observe(Duration::from_secs(10));
+        a.merge(&b);
+        assert_eq!(a.count, 3);
+        assert!((a.sum_seconds - 10.006).abs() < 1e-9);
+        let le_5ms = a
+            .cumulative()
+            .into_iter()
+            .find(|(le, _)| *le >= 0.005)
+            .unwrap();
+        assert_eq!(le_5ms.1, 2);
+        // A histogram that never observed anything merges too.
+        let mut empty = LatencyHistogram::default();
+        empty.merge(&a);
+        assert_eq!(empty, a);
+    }
 
     #[test]
     fn cumulative_buckets_end_with_the_count() {
