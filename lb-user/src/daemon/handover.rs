@@ -92,8 +92,14 @@ fn send(sock: BorrowedFd<'_>, msg: &Message, fds: &[BorrowedFd<'_>]) -> io::Resu
     sys::send_with_fds(sock, &text, fds)
 }
 
+/// The largest message: room for the biggest `Counters` message (one service's counters,
+/// or a chunk of check totals).
+const MAX_MESSAGE: usize = 256 << 10;
+/// Backends' check totals per `Counters` message.
+const CHECKS_PER_MESSAGE: usize = 32;
+
 fn recv(sock: BorrowedFd<'_>) -> io::Result<Option<(Message, Vec<OwnedFd>)>> {
-    let mut buf = [0u8; 4096];
+    let mut buf = vec![0u8; MAX_MESSAGE];
     let (n, fds) = sys::recv_with_fds(sock, &mut buf)?;
     if n == 0 {
         return Ok(None);
@@ -393,14 +399,22 @@ impl Successor {
             send(self.sock.as_fd(), &Message::Conn { state }, &borrowed)?;
             sent += 1;
         }
-        send(
-            self.sock.as_fd(),
-            &Message::Counters {
-                services: carried.services,
-                checks: carried.checks,
-            },
-            &[],
-        )?;
+        // One service's counters, or a chunk of check totals, per message: a datagram
+        // has a bound (MAX_MESSAGE here, the socket buffer in the kernel).
+        for service in carried.services {
+            let msg = Message::Counters {
+                services: vec![service],
+                checks: Vec::new(),
+            };
+            send(self.sock.as_fd(), &msg, &[])?;
+        }
+        for chunk in carried.checks.chunks(CHECKS_PER_MESSAGE) {
+            let msg = Message::Counters {
+                services: Vec::new(),
+                checks: chunk.to_vec(),
+            };
+            send(self.sock.as_fd(), &msg, &[])?;
+        }
         send(self.sock.as_fd(), &Message::End, &[])?;
         Ok(sent)
     }
@@ -546,5 +560,62 @@ mod tests {
         let private = req(&dir, Some((u64::MAX, 1))).mismatch(&dir);
         assert!(private.is_some_and(|r| r.contains("nsenter")));
         assert!(req(&dir, None).mismatch(&dir).is_some());
+    }
+
+    #[test]
+    fn many_backends_check_totals_cross_in_chunks() {
+        let (pred, theirs) = pair();
+        let old = std::thread::spawn(move || {
+            let Some((
+                Message::Takeover {
+                    pid,
+                    state_dir,
+                    state_id,
+                },
+                _,
+            )) = recv(theirs.as_fd()).unwrap()
+            else {
+                panic!("no takeover request");
+            };
+            let req = Request {
+                sock: theirs,
+                pid,
+                state_dir,
+                state_id,
+            };
+            let successor = req.hand_over(&[]).unwrap();
+            assert!(successor.wait_done(Duration::from_secs(5)));
+            let checks = (0..3000u16)
+                .map(|i| CheckTotals {
+                    service: format!("service-{}", i % 16),
+                    addr: std::net::SocketAddr::from(([198, 18, 1, (i % 250) as u8], 1000 + i)),
+                    passed: u64::from(i),
+                    failed: 1,
+                    latency: Default::default(),
+                })
+                .collect();
+            successor
+                .send_connections(
+                    Vec::new(),
+                    Carried {
+                        services: Vec::new(),
+                        checks,
+                    },
+                )
+                .unwrap();
+        });
+        let handed = pred.take_over(Path::new("/d")).unwrap();
+        handed.from.done().unwrap();
+        let mut got = Vec::new();
+        handed
+            .from
+            .receive_connections(|_| {}, |c| got.extend(c.checks))
+            .unwrap();
+        old.join().unwrap();
+        assert_eq!(got.len(), 3000);
+        assert_eq!(
+            got.iter().map(|c| c.passed).sum::<u64>(),
+            (0..3000u64).sum::<u64>()
+        );
     }
 }
