@@ -116,7 +116,27 @@ fn metrics_pass_promtool_and_match_traffic() {
     }
     // SNAT ports: none in use once the connections ended; in TIME_WAIT exactly the ports
     // whose connection the backend's own kernel holds in TIME_WAIT (it closed first or
-    // at once with curl; where curl closed first the backend kept nothing).
+    // at once with curl; where curl closed first the backend kept nothing). A close whose
+    // last ACK the LB did not see holds its port until the closed timeout (10 s).
+    let in_use = |s: &[Sample], body: &str| -> f64 {
+        BACKEND_NAMES
+            .iter()
+            .map(|n| {
+                let addr = bed.addr(n);
+                value(
+                    s,
+                    body,
+                    "lb_snat_ports",
+                    &[("backend", addr.as_str()), ("state", "in_use")],
+                )
+            })
+            .sum()
+    };
+    let (mut body, mut s) = (body, s);
+    let _ = lb_tests::netns::wait_until(Duration::from_secs(12), || {
+        (body, s) = metrics(&bed, &d);
+        Ok(in_use(&s, &body) == 0.0)
+    });
     for name in BACKEND_NAMES {
         let addr = bed.addr(name);
         let ports = |state| {
