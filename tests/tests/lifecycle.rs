@@ -104,6 +104,31 @@ impl Load {
     }
 }
 
+/// Load started on `d`'s data path, with the counters a second into it.
+fn under_load(bed: &Bed, d: &Daemon) -> (Load, BTreeMap<String, u64>) {
+    let load = Load::start(bed);
+    std::thread::sleep(Duration::from_secs(1));
+    let before = new_flows(d);
+    (load, before)
+}
+
+/// After a restart or upgrade to `new`: new connections go on for 2 s, no counter went
+/// below `before`, every connection and the download were whole; then lb is stopped.
+fn carries_on(
+    bed: &Bed,
+    mut load: Load,
+    before: &BTreeMap<String, u64>,
+    old: &Daemon,
+    new: Daemon,
+) {
+    let after = load::now();
+    std::thread::sleep(Duration::from_secs(2));
+    load.since(after, 20);
+    never_backwards(before, &new_flows(&new));
+    load.finish(&logs(&[old, &new]));
+    bed.stop(new);
+}
+
 /// Per-backend `new_flows` and every global packet counter from `lb stats --json`.
 fn new_flows(d: &Daemon) -> BTreeMap<String, u64> {
     let stats = must(d.stats_json());
@@ -197,9 +222,7 @@ fn kill_9_then_start_keeps_every_flow_and_serves_the_gap() {
     let _down = DownOnDrop(&bed);
     let a = args(&bed, &["b1", "b2", "b3"], &[]);
     let mut first = bed.start_via(Launch::Nsenter, &a);
-    let mut load = Load::start(&bed);
-    std::thread::sleep(Duration::from_secs(1));
-    let before = new_flows(&first);
+    let (mut load, before) = under_load(&bed, &first);
 
     must(first.kill_hard());
     first.superseded();
@@ -213,12 +236,7 @@ fn kill_9_then_start_keeps_every_flow_and_serves_the_gap() {
     let second = bed.start_via(Launch::Nsenter, &a);
     second.expect_log(&["adopted the pinned state"]);
     second.expect_log(&["frozen"]);
-    let after_start = load::now();
-    std::thread::sleep(Duration::from_secs(2));
-    load.since(after_start, 20);
-    never_backwards(&before, &new_flows(&second));
-    load.finish(&logs(&[&first, &second]));
-    bed.stop(second);
+    carries_on(&bed, load, &before, &first, second);
 }
 
 #[test]
@@ -227,9 +245,7 @@ fn sigterm_then_start_with_the_backends_reordered_keeps_flows_and_ids() {
     let _down = DownOnDrop(&bed);
     let first = bed.start_via(Launch::Nsenter, &args(&bed, &["b1", "b2", "b3"], &[]));
     let ids = backend_ids(&bed);
-    let mut load = Load::start(&bed);
-    std::thread::sleep(Duration::from_secs(1));
-    let before = new_flows(&first);
+    let (mut load, before) = under_load(&bed, &first);
 
     let mut first = first;
     first.superseded();
@@ -244,12 +260,7 @@ fn sigterm_then_start_with_the_backends_reordered_keeps_flows_and_ids() {
 
     let second = bed.start_via(Launch::Nsenter, &args(&bed, &["b3", "b1", "b2"], &[]));
     assert_eq!(backend_ids(&bed), ids, "backend ids moved with the order");
-    let after_start = load::now();
-    std::thread::sleep(Duration::from_secs(2));
-    load.since(after_start, 20);
-    never_backwards(&before, &new_flows(&second));
-    load.finish(&logs(&[&first, &second]));
-    bed.stop(second);
+    carries_on(&bed, load, &before, &first, second);
 }
 
 #[test]
@@ -258,9 +269,7 @@ fn an_upgrade_in_nat_mode_serves_every_connection() {
     let _down = DownOnDrop(&bed);
     let a = args(&bed, &["b1", "b2", "b3"], &[]);
     let mut old = bed.start_via(Launch::Nsenter, &a);
-    let mut load = Load::start(&bed);
-    std::thread::sleep(Duration::from_secs(1));
-    let before = new_flows(&old);
+    let (load, before) = under_load(&bed, &old);
     // Enough checks that a new daemon cannot reach as many of its own within a second.
     let mut checks_before = BTreeMap::new();
     let enough = wait_until(Duration::from_secs(15), || {
@@ -287,12 +296,7 @@ fn an_upgrade_in_nat_mode_serves_every_connection() {
     old.superseded();
     new.expect_log(&["taking over from pid", &old.pid().to_string()]);
     old.expect_log(&["handed over to pid", &new.pid().to_string()]);
-    let after = load::now();
-    std::thread::sleep(Duration::from_secs(2));
-    load.since(after, 20);
-    never_backwards(&before, &new_flows(&new));
-    load.finish(&logs(&[&old, &new]));
-    bed.stop(new);
+    carries_on(&bed, load, &before, &old, new);
 }
 
 /// A state directory of the previous layout (what `--pin-dir` wrote: the flow tables

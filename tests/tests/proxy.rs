@@ -1025,6 +1025,21 @@ fn websocket_session() {
     bed.stop(d);
 }
 
+/// The bulk transfer services: `up` (port 9000, to sinks) and `down` (port 9001, from
+/// sources), unchecked.
+fn transfer_services(bed: &Bed) -> [Svc<'static>; 2] {
+    [
+        Svc {
+            health: HEALTH_NONE,
+            ..Svc::new(bed, "up", false, 9000)
+        },
+        Svc {
+            health: HEALTH_NONE,
+            ..Svc::new(bed, "down", false, 9001)
+        },
+    ]
+}
+
 /// 1 GiB up and 1 GiB down through the VIP, with each splice engine: the backend's
 /// sha256 of what it received is the client's of what it sent, and the reverse; each
 /// direction within 120 s; lb_proxy_bytes_total counts them.
@@ -1038,16 +1053,7 @@ fn one_gib_each_way_sha256_exact() {
         let d = start_with_config(
             &bed,
             &format!("splice = \"{engine}\"\n"),
-            &[
-                Svc {
-                    health: HEALTH_NONE,
-                    ..Svc::new(&bed, "up", false, 9000)
-                },
-                Svc {
-                    health: HEALTH_NONE,
-                    ..Svc::new(&bed, "down", false, 9001)
-                },
-            ],
+            &transfer_services(&bed),
         );
         let up = pp_to_vip(&bed, "upload", 9000, &[&total], Duration::from_secs(120));
         let ctx =
@@ -1787,16 +1793,7 @@ fn upgrade_hands_every_proxied_connection_over() {
     let source = pp_all(&bed, 9001, "source", &[&gib]);
     for engine in ["sockmap", "pipe"] {
         let path = bed.topo.path(&format!("{}.toml", unique("lb")));
-        let svcs = [
-            Svc {
-                health: HEALTH_NONE,
-                ..Svc::new(&bed, "up", false, 9000)
-            },
-            Svc {
-                health: HEALTH_NONE,
-                ..Svc::new(&bed, "down", false, 9001)
-            },
-        ];
+        let svcs = transfer_services(&bed);
         std::fs::write(
             &path,
             config(&bed, &format!("splice = \"{engine}\"\n"), &svcs),
