@@ -68,6 +68,14 @@ pub const MODE_NAT: u32 = 0;
 /// stack, where the daemon accepts the connections (sk_lookup) and proxies them to the
 /// backends behind a PROXY protocol header.
 pub const MODE_PROXY: u32 = 1;
+/// Forwarding mode of a service: direct server return. The client's packet goes to the
+/// backend unchanged inside an encapsulation (`Service::encap`, see `encap`); the backend
+/// answers the client directly, so only the inbound half crosses the LB.
+pub const MODE_DSR: u32 = 2;
+/// Forwarding mode of a service: destination NAT only. The destination becomes the
+/// backend's address and port and the source stays the client's; the backends route
+/// their replies back through the LB, which rewrites the source back to the VIP.
+pub const MODE_DNAT: u32 = 3;
 
 /// Value of the service map.
 #[repr(C)]
@@ -81,7 +89,11 @@ pub struct Service {
     pub table_offset: u32,
     /// One of the `MODE_*` constants.
     pub mode: u32,
-    pub _pad: u32,
+    /// [`MODE_DSR`]: one of the `encap::ENCAP_*` constants; otherwise 0.
+    pub encap: u8,
+    pub _pad: u8,
+    /// [`MODE_DSR`] with `encap::ENCAP_GUE`: the backends' GUE UDP port, network order.
+    pub gue_port: u16,
 }
 const _: () = assert!(size_of::<Service>() == 16);
 

@@ -162,7 +162,9 @@ impl Dataplane {
             id: service_id,
             table_offset: offset,
             mode,
+            encap: 0,
             _pad: 0,
+            gue_port: 0,
         };
         let mut services: HashMap<&mut MapData, VipKey, Service> = self.map_mut(names::SERVICES)?;
         services
