@@ -92,8 +92,15 @@ pub const DROP_SYN_COOKIE_INVALID: u32 = 19;
 /// The backend answered a proxied flow's SYN again (its SYN-ACK was retransmitted): the
 /// LB acknowledges it to the backend itself (XDP_TX).
 pub const SYN_PROXY_BACKEND_ACK: u32 = 20;
+/// Dropped: a DSR packet that would not fit the path MTU toward its backend once
+/// encapsulated; the client is answered with ICMP fragmentation needed / packet too big
+/// carrying the MTU left for it (XDP_TX).
+pub const DROP_TOO_BIG: u32 = 21;
+/// An ICMP error a client sent about a DSR flow (it quotes the backend's reply), sent
+/// on to the backend that owns the flow inside the service's encapsulation.
+pub const FWD_ICMP: u32 = 22;
 /// Number of counters (the length of `COUNTERS`).
-pub const NUM_COUNTERS: u32 = 21;
+pub const NUM_COUNTERS: u32 = 23;
 
 const fn c(index: u32, name: &'static str, kind: Kind, help: &'static str) -> Counter {
     Counter {
@@ -233,6 +240,18 @@ pub const TABLE: [Counter; NUM_COUNTERS as usize] = {
             "syn_proxy_backend_acks",
             Forwarded,
             "a backend's repeated SYN-ACK of a proxied flow, acknowledged by the LB",
+        ),
+        c(
+            DROP_TOO_BIG,
+            "drop_too_big",
+            Dropped,
+            "DSR packet over the path MTU toward its backend once encapsulated: answered with ICMP fragmentation needed / packet too big",
+        ),
+        c(
+            FWD_ICMP,
+            "forwarded_icmp",
+            Forwarded,
+            "ICMP error from a client about a DSR flow, sent on to the backend that owns the flow",
         ),
     ]
 };

@@ -83,6 +83,22 @@ pub fn client_segment(before: u8, tcp_flags: u8) -> u8 {
     f
 }
 
+/// The `FLOW_*` bits a client segment adds to a flow whose backend's segments never
+/// cross the LB (direct server return): a segment other than a SYN means the client has
+/// the backend's SYN-ACK (established), and its FIN is all the LB will see of the close,
+/// so it closes the flow for both sides.
+#[inline(always)]
+pub fn client_segment_one_sided(tcp_flags: u8) -> u8 {
+    let mut f = resets(tcp_flags);
+    if tcp_flags & tcp::SYN == 0 {
+        f |= FLOW_ESTABLISHED;
+    }
+    if tcp_flags & tcp::FIN != 0 {
+        f |= FLOW_CLOSED;
+    }
+    f
+}
+
 /// The `FLOW_*` bits a backend segment with TCP flags `tcp_flags` adds to a flow whose
 /// bits are `before`. A FIN before the client's means the backend closes first, so it
 /// will hold TIME_WAIT; a FIN after it may still have been sent before the backend had
@@ -229,7 +245,7 @@ mod tests {
         source_burst: 0,
         snat_addrs: [0; 2],
         syn_cookies: 0,
-        _pad: 0,
+        dnat: 0,
         syn_cookie_rate: 0,
     };
 
@@ -242,6 +258,19 @@ mod tests {
     }
 
     const OPEN: u8 = FLOW_REPLIED | FLOW_ESTABLISHED;
+
+    #[test]
+    fn a_one_sided_flow_is_established_by_the_clients_ack_and_closed_by_its_fin() {
+        assert_eq!(
+            client_segment_one_sided(tcp::SYN),
+            0,
+            "a SYN leaves it half-open"
+        );
+        assert_eq!(client_segment_one_sided(tcp::ACK), FLOW_ESTABLISHED);
+        let fin = client_segment_one_sided(tcp::FIN | tcp::ACK);
+        assert!(closed(fin) && fin & FLOW_ESTABLISHED != 0);
+        assert!(closed(client_segment_one_sided(tcp::RST)));
+    }
 
     #[test]
     fn closed_means_fin_both_ways_or_rst() {

@@ -254,7 +254,9 @@ pub struct GlobalConfig {
     pub snat_addrs: [u8; 2],
     /// When new flows are answered with SYN cookies: `syn_proxy::COOKIES_*`.
     pub syn_cookies: u8,
-    pub _pad: u8,
+    /// 1 while a DNAT service exists: the reverse table is then asked for replies to
+    /// any port (a DNAT reply goes to the client's own).
+    pub dnat: u8,
     /// With `COOKIES_AUTO`: SYNs a second one VIP may get before its new flows are
     /// opened by SYN cookie.
     pub syn_cookie_rate: u32,
@@ -397,8 +399,13 @@ pub mod names {
     pub const SPLICE_HOOK: &str = "SPLICE_HOOK";
     /// Array of one [`super::SpliceLayout`]: kernel field offsets for `lb_splice`.
     pub const SPLICE_LAYOUT: &str = "SPLICE_LAYOUT";
+    /// Program array of one: `PROG_DIRECT`, which `PROG_LB` tail-calls.
+    pub const DIRECT: &str = "DIRECT";
     /// The load-balancing program.
     pub const PROG_LB: &str = "lb_xdp";
+    /// The DSR and DNAT forward path, a program of its own (`PROG_LB` tail-calls it
+    /// through `DIRECT`) so each stays within the verifier's budget.
+    pub const PROG_DIRECT: &str = "lb_direct";
     /// The TC ingress companion of `PROG_LB` on the same interfaces: sends the packets
     /// `PROG_LB` hands off for want of a neighbour entry (`crate::handoff`).
     pub const PROG_NEIGH: &str = "lb_neigh";

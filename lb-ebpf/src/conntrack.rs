@@ -83,6 +83,14 @@ pub fn touch_client(fs: &mut FlowState, now: u64, tcp_flags: u8) {
     add_flags(fs, flow::client_segment(fs.flags, tcp_flags));
 }
 
+/// As [`touch_client`], for a flow whose backend answers the client directly (DSR): the
+/// client's segments are all the LB sees (`lb_common::flow::client_segment_one_sided`).
+#[inline(always)]
+pub fn touch_client_one_sided(fs: &mut FlowState, now: u64, tcp_flags: u8) {
+    fs.last_seen_ns = now;
+    add_flags(fs, flow::client_segment_one_sided(tcp_flags));
+}
+
 /// As [`touch_client`], for a backend segment; a backend's first FIN after the client's
 /// is checked for a simultaneous close (`lb_common::flow::simultaneous_close`), which
 /// leaves the backend in TIME_WAIT too.

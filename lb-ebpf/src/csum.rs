@@ -4,6 +4,9 @@
 //! native `u16`s of their packet bytes: a one's-complement sum is byte-order independent
 //! as long as both sides use the same view, and folding 32-bit words to 16 bits keeps it.
 
+use aya_ebpf::helpers::bpf_csum_diff;
+use core::{mem::size_of, ptr};
+
 /// Folds a 64-bit one's-complement sum to 16 bits.
 #[inline(always)]
 fn fold(sum: u64) -> u16 {
@@ -36,4 +39,55 @@ pub fn replace_at(old: u16, off: usize, from: u32, to: u32) -> u16 {
         d = d.swap_bytes();
     }
     !fold((!old) as u64 + d as u64)
+}
+
+/// The Internet checksum (RFC 1071) of `v`, a plain value of whole 32-bit words laid out
+/// as packet bytes, over `seed` (a 32-bit partial sum of other covered data, such as a
+/// pseudo-header); returned as the native `u16` of the bytes to store.
+#[inline(always)]
+pub fn of_seeded<T>(v: &mut T, seed: u32) -> u16 {
+    const { assert!(size_of::<T>() % 4 == 0 && size_of::<T>() <= 512) };
+    // SAFETY: `v` is an initialised value of `size_of::<T>()` bytes, a multiple of 4
+    // within the helper's limit; the empty `from` side may be null with size 0.
+    let sum = unsafe {
+        bpf_csum_diff(
+            ptr::null_mut(),
+            0,
+            (v as *mut T).cast(),
+            size_of::<T>() as u32,
+            seed,
+        )
+    };
+    // The helper fails only for sizes that are not multiples of 4 or too large, which
+    // the assertion rules out, so `sum` is a valid 32-bit partial sum.
+    !fold(sum as u32 as u64)
+}
+
+/// [`of_seeded`] with no other covered data.
+#[inline(always)]
+pub fn of<T>(v: &mut T) -> u16 {
+    of_seeded(v, 0)
+}
+
+/// The 32-bit partial sum of `v` (whole 32-bit words laid out as packet bytes), to seed
+/// the checksum of data that follows it (a pseudo-header's).
+#[inline(always)]
+pub fn sum_of<T>(v: &mut T) -> u32 {
+    const { assert!(size_of::<T>() % 4 == 0 && size_of::<T>() <= 512) };
+    // SAFETY: as in `of_seeded`.
+    unsafe {
+        bpf_csum_diff(
+            ptr::null_mut(),
+            0,
+            (v as *mut T).cast(),
+            size_of::<T>() as u32,
+            0,
+        ) as u32
+    }
+}
+
+/// Folds a 32-bit one's-complement partial sum (a `bpf_csum_diff` result) to 16 bits.
+#[inline(always)]
+pub fn fold32(sum: u32) -> u16 {
+    fold(sum as u64)
 }

@@ -3,10 +3,13 @@
 
 use aya_ebpf::programs::XdpContext;
 use core::mem::MaybeUninit;
-use lb_common::counters;
+use lb_common::{
+    counters,
+    maps::{MODE_DNAT, MODE_DSR},
+};
 
 use crate::{
-    fib,
+    direct, fib,
     forward::forward,
     nat::Target,
     parse::{self, Packet, Parsed},
@@ -33,7 +36,11 @@ pub fn handle(ctx: &XdpContext) -> Verdict {
             match (parsed, svc) {
                 (Parsed::Tcp, Some(svc)) => {
                     // SAFETY: a map value stays valid for the whole program run (RCU).
-                    forward(ctx, pkt, unsafe { &*svc }, t)
+                    let svc = unsafe { &*svc };
+                    if svc.mode == MODE_DSR || svc.mode == MODE_DNAT {
+                        return direct::enter(ctx);
+                    }
+                    forward(ctx, pkt, svc, t)
                 }
                 (Parsed::Tcp, None) => reverse(ctx, pkt, t),
                 (Parsed::FirstFragment, Some(_)) => return Verdict::pass(counters::PASS_FRAGMENT),
@@ -54,6 +61,7 @@ pub fn handle(ctx: &XdpContext) -> Verdict {
             };
             fib::send(ctx, pkt, t, dir).recount(fwd, counter)
         }
+        Step::Encap { .. } => Verdict::drop(counters::DROP_INTERNAL),
     }
 }
 
@@ -62,4 +70,31 @@ pub fn handle(ctx: &XdpContext) -> Verdict {
 #[inline(always)]
 fn later_fragment() -> Verdict {
     Verdict::pass(counters::PASS_FRAGMENT)
+}
+
+/// `lb_direct`'s whole program: the same parse and service lookup, then the DSR or DNAT
+/// forward path.
+#[inline(always)]
+pub fn handle_direct(ctx: &XdpContext) -> Verdict {
+    let mut pkt = MaybeUninit::<Packet>::uninit();
+    let pkt = zeroed(&mut pkt);
+    let mut t = MaybeUninit::<Target>::uninit();
+    let t = zeroed(&mut t);
+    if parse::parse(ctx, pkt) != Parsed::Tcp {
+        return Verdict::drop(counters::DROP_INTERNAL);
+    }
+    let Some(svc) = service(pkt) else {
+        // The service went away between the two programs.
+        return Verdict::PASS;
+    };
+    // SAFETY: a map value stays valid for the whole program run (RCU).
+    match direct::forward(ctx, pkt, unsafe { &*svc }, t) {
+        Step::Done(v) => v,
+        Step::Send { dir, counter } => {
+            fib::send(ctx, pkt, t, dir).recount(counters::FWD_IN, counter)
+        }
+        Step::Encap { counter } => {
+            fib::send_encapsulated(ctx, pkt, t).recount(counters::FWD_IN, counter)
+        }
+    }
 }

@@ -1,6 +1,8 @@
 //! Out of the program toward the next hop: the NAT rewrite, then the FIB lookup (toward
 //! a backend, cached per CPU for a while), the MAC rewrite, and XDP_TX or a redirect; or,
-//! when the next hop has no neighbour entry, the hand-off to the TC program.
+//! when the next hop has no neighbour entry, the hand-off to the TC program. A DSR
+//! packet is encapsulated instead of rewritten, once the route says it fits
+//! ([`send_encapsulated`]).
 
 use aya_ebpf::{
     EbpfContext,
@@ -14,12 +16,13 @@ use aya_ebpf::{
 use core::mem::{MaybeUninit, size_of};
 use lb_common::{
     counters,
+    encap::{ENCAP_GUE, IPPROTO_UDP},
     handoff::{self, Handoff},
     maps::{FAMILY_V4, NEXT_HOP_TTL_NS, NextHop, PROTO_TCP},
 };
 
 use crate::{
-    events,
+    encap, events, icmp,
     maps::{NEXT_HOPS, TX_PORTS},
     nat::{self, Target},
     packet::{frame_len, ptr_at, push_meta},
@@ -60,23 +63,7 @@ fn next_hop(ctx: &XdpContext, pkt: &Packet, t: &Target, dir: Dir) -> Verdict {
     }
     let mut p = MaybeUninit::<FibParams>::uninit();
     let p = zeroed(&mut p);
-    let ingress = ctx.ingress_ifindex() as u32;
-    p.l4_protocol = PROTO_TCP;
-    p.sport = t.sport;
-    p.dport = t.dport;
-    p.__bindgen_anon_1.tot_len = pkt.ip_len as u16;
-    p.ifindex = ingress;
-    if pkt.key.family == FAMILY_V4 {
-        p.family = AF_INET;
-        p.__bindgen_anon_2.tos = pkt.tos_flowinfo as u8;
-        p.__bindgen_anon_3.ipv4_src = t.src[0];
-        p.__bindgen_anon_4.ipv4_dst = t.dst[0];
-    } else {
-        p.family = AF_INET6;
-        p.__bindgen_anon_2.flowinfo = pkt.tos_flowinfo;
-        p.__bindgen_anon_3.ipv6_src = t.src;
-        p.__bindgen_anon_4.ipv6_dst = t.dst;
-    }
+    params(ctx, pkt, t, pkt.ip_len, p);
     // SAFETY: `p` is a valid, initialised `bpf_fib_lookup` of the size passed, and the
     // context pointer is this program's own.
     let rc = unsafe { bpf_fib_lookup(ctx.as_ptr(), p, size_of::<FibParams>() as i32, 0) };
@@ -96,6 +83,84 @@ fn next_hop(ctx: &XdpContext, pkt: &Packet, t: &Target, dir: Dir) -> Verdict {
             events::dropped(ctx, counters::DROP_NO_ROUTE);
             Verdict::drop(counters::DROP_NO_ROUTE)
         }
+    }
+}
+
+/// Sends a DSR packet toward its backend: the next hop first (the route's MTU decides
+/// whether the packet may grow), then the encapsulation, MACs and XDP_TX or a redirect.
+/// A packet that would not fit once encapsulated is answered with ICMP (`icmp`). Apart
+/// from [`send`]: the verifier walks neither path for the other's packets.
+#[inline(never)]
+pub fn send_encapsulated(ctx: &XdpContext, pkt: &Packet, t: &Target) -> Verdict {
+    let outer = t.outer_len(pkt.key.family);
+    let mut hop = Hop {
+        macs: [0; 12],
+        ifindex: 0,
+        now: pkt.now,
+        ip_len: pkt.ip_len + outer,
+        ingress: ctx.ingress_ifindex() as u32,
+    };
+    if !cached_hop(t, &mut hop) {
+        let mut p = MaybeUninit::<FibParams>::uninit();
+        let p = zeroed(&mut p);
+        params(ctx, pkt, t, hop.ip_len, p);
+        p.l4_protocol = if t.encap == ENCAP_GUE {
+            IPPROTO_UDP
+        } else {
+            PROTO_TCP
+        };
+        // SAFETY: as in `next_hop`.
+        let rc = unsafe { bpf_fib_lookup(ctx.as_ptr(), p, size_of::<FibParams>() as i32, 0) };
+        match rc as u32 {
+            BPF_FIB_LKUP_RET_SUCCESS => {
+                hop.macs[..6].copy_from_slice(&p.dmac);
+                hop.macs[6..].copy_from_slice(&p.smac);
+                hop.ifindex = p.ifindex;
+                remember_hop(t, &hop);
+            }
+            BPF_FIB_LKUP_RET_NO_NEIGH => {
+                if !encap::push(ctx, pkt, t) {
+                    return Verdict::drop(counters::DROP_MALFORMED);
+                }
+                return hand_off(ctx, t, Dir::In, p);
+            }
+            BPF_FIB_LKUP_RET_FRAG_NEEDED => {
+                // SAFETY: on FRAG_NEEDED the lookup stored the route's MTU here.
+                let mtu = unsafe { p.__bindgen_anon_1.mtu_result } as u32;
+                return icmp::too_big(ctx, pkt, mtu.saturating_sub(outer));
+            }
+            _ => {
+                events::dropped(ctx, counters::DROP_NO_ROUTE);
+                return Verdict::drop(counters::DROP_NO_ROUTE);
+            }
+        }
+    }
+    if !encap::push(ctx, pkt, t) {
+        // The frame had no headroom for the outer header.
+        return Verdict::drop(counters::DROP_MALFORMED);
+    }
+    out(ctx, t, Dir::In, &hop)
+}
+
+/// The FIB lookup's question: from `t.src` to `t.dst`, a packet of `ip_len` bytes that
+/// came in where this one did, with its ports and traffic class.
+#[inline(always)]
+fn params(ctx: &XdpContext, pkt: &Packet, t: &Target, ip_len: u32, p: &mut FibParams) {
+    p.l4_protocol = PROTO_TCP;
+    p.sport = t.sport;
+    p.dport = t.dport;
+    p.__bindgen_anon_1.tot_len = ip_len as u16;
+    p.ifindex = ctx.ingress_ifindex() as u32;
+    if pkt.key.family == FAMILY_V4 {
+        p.family = AF_INET;
+        p.__bindgen_anon_2.tos = pkt.tos_flowinfo as u8;
+        p.__bindgen_anon_3.ipv4_src = t.src[0];
+        p.__bindgen_anon_4.ipv4_dst = t.dst[0];
+    } else {
+        p.family = AF_INET6;
+        p.__bindgen_anon_2.flowinfo = pkt.tos_flowinfo;
+        p.__bindgen_anon_3.ipv6_src = t.src;
+        p.__bindgen_anon_4.ipv6_dst = t.dst;
     }
 }
 

@@ -1,14 +1,16 @@
 //! Client → VIP: the packet's flow (existing, else a new one), then the rewrite toward
 //! its backend; a new flow no backend can take is answered with a RST, and a SYN over
 //! its source's new-flow rate is dropped before any flow state exists. Under SYN
-//! pressure new flows are opened by SYN cookie instead (`syn_proxy`).
+//! pressure new flows are opened by SYN cookie instead (`syn_proxy`). DSR and DNAT
+//! services, whose flows own no port of the LB's, take their own path (`direct`,
+//! chosen in `dispatch`).
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
     counters, flow,
     maps::{
-        BACKEND_DRAINING, BACKEND_UP, FLOW_ESTABLISHED, FlowState, GlobalConfig, MODE_PROXY,
-        Service,
+        BACKEND_DRAINING, BACKEND_UP, Backend, FLOW_ESTABLISHED, FlowState, GlobalConfig,
+        MODE_PROXY, Service,
     },
     syn_proxy::COOKIES_OFF,
     tcp,
@@ -106,9 +108,8 @@ pub fn forward(ctx: &XdpContext, pkt: &mut Packet, svc: &Service, t: &mut Target
     Step::IN
 }
 
-/// Uses the packet's flow entry if it is live and its backend still serves it: fills
-/// `t` and refreshes the entry in place. A SYN on a closed flow opens a new one (a
-/// client reusing its port), which may go elsewhere and starts half-open.
+/// Uses the packet's flow entry if it has a [`live_backend`]: fills `t` and refreshes
+/// the entry in place.
 #[inline(never)]
 fn existing_flow(
     ctx: &XdpContext,
@@ -120,18 +121,7 @@ fn existing_flow(
     // SAFETY: a map value stays valid for the whole program run; concurrent writers on
     // other CPUs only store timestamps and flag bits (see `conntrack::touch_client`).
     let fs = unsafe { &mut *entry.state };
-    if flow::expired(fs, cfg, pkt.now) {
-        return None;
-    }
-    if pkt.tcp_flags & (tcp::SYN | tcp::ACK) == tcp::SYN && flow::closed(fs.flags) {
-        return None;
-    }
-    let Some(b) = BACKENDS.get(u32::from(fs.backend)) else {
-        return None;
-    };
-    if b.state != BACKEND_UP && b.state != BACKEND_DRAINING {
-        return None;
-    }
+    let b = live_backend(pkt, fs, cfg)?;
     touch_client(fs, pkt.now, pkt.tcp_flags);
     if flow::records_close(fs.flags, pkt.tcp_flags) {
         if let Some(seq) = sequence::read(ctx, pkt) {
@@ -148,4 +138,22 @@ fn existing_flow(
         conntrack::promote(&pkt.key, fs);
     }
     Some(entry.state)
+}
+
+/// The backend of the packet's flow entry `fs`, if the entry is live and the backend
+/// still serves it. A SYN on a closed flow has none: it opens a new one (a client
+/// reusing its port), which may go elsewhere and starts half-open.
+#[inline(always)]
+pub fn live_backend(pkt: &Packet, fs: &FlowState, cfg: &GlobalConfig) -> Option<&'static Backend> {
+    if flow::expired(fs, cfg, pkt.now) {
+        return None;
+    }
+    if pkt.tcp_flags & (tcp::SYN | tcp::ACK) == tcp::SYN && flow::closed(fs.flags) {
+        return None;
+    }
+    let b = BACKENDS.get(u32::from(fs.backend))?;
+    if b.state != BACKEND_UP && b.state != BACKEND_DRAINING {
+        return None;
+    }
+    Some(b)
 }

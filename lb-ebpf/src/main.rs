@@ -27,7 +27,13 @@ mod conntrack;
 #[cfg(target_arch = "bpf")]
 mod cookie;
 #[cfg(target_arch = "bpf")]
+mod direct;
+#[cfg(target_arch = "bpf")]
 mod dispatch;
+#[cfg(target_arch = "bpf")]
+mod dnat;
+#[cfg(target_arch = "bpf")]
+mod encap;
 #[cfg(target_arch = "bpf")]
 mod events;
 #[cfg(target_arch = "bpf")]
@@ -36,6 +42,8 @@ mod fib;
 mod forward;
 #[cfg(target_arch = "bpf")]
 mod handoff;
+#[cfg(target_arch = "bpf")]
+mod icmp;
 #[cfg(target_arch = "bpf")]
 mod lookup;
 #[cfg(target_arch = "bpf")]
@@ -92,6 +100,12 @@ mod entry {
     #[xdp]
     pub fn lb_xdp(ctx: XdpContext) -> u32 {
         crate::verdict::finish(crate::dispatch::handle(&ctx))
+    }
+
+    /// The DSR and DNAT forward path, tail-called by `lb_xdp` (`DIRECT`).
+    #[xdp]
+    pub fn lb_direct(ctx: XdpContext) -> u32 {
+        crate::verdict::finish(crate::dispatch::handle_direct(&ctx))
     }
 
     /// Passes every packet to the kernel.

@@ -7,7 +7,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, SockHash, SockMap},
+    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, ProgramArray, SockHash, SockMap},
 };
 use lb_common::{
     counters::NUM_COUNTERS,
@@ -142,3 +142,8 @@ pub static SPLICE_LAYOUT: Array<SpliceLayout> = Array::with_max_entries(1, 0);
 /// second per CPU, never once per packet. Not pinned: a restart may log again at once.
 #[map]
 pub static LOG_LAST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Index 0: `lb_direct`, the DSR and DNAT forward path, which `lb_xdp` tail-calls for
+/// those services' packets; written by the daemon after loading.
+#[map]
+pub static DIRECT: ProgramArray = ProgramArray::with_max_entries(1, 0);

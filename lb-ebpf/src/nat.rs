@@ -3,7 +3,10 @@
 
 use aya_ebpf::programs::XdpContext;
 use core::ptr::addr_of_mut;
-use lb_common::maps::{Backend, FAMILY_V4, PROTO_TCP, ReverseNat};
+use lb_common::{
+    encap::{self, ENCAP_GUE, gue_source_port},
+    maps::{Backend, FAMILY_V4, PROTO_TCP, ReverseNat, Service},
+};
 use lb_ebpf::csum;
 use network_types::{
     ip::{Ipv4Hdr, Ipv6Hdr},
@@ -33,7 +36,10 @@ pub struct Target {
     pub snat_idx: u8,
     /// A new flow opened by a SYN cookie's ACK (`syn_proxy`): 1.
     pub proxied: u8,
-    pub _pad: [u8; 2],
+    /// DSR: the service's `lb_common::encap::ENCAP_*` (the packet is kept whole; `src`,
+    /// `dst` and, for GUE, the ports are the outer header's); 0 otherwise.
+    pub encap: u8,
+    pub _pad: u8,
 }
 
 impl Target {
@@ -44,6 +50,27 @@ impl Target {
         self.dst = b.addr;
         self.dport = b.port;
         self.backend = id;
+    }
+
+    /// DSR toward backend `b` of service `svc`: the packet stays as it is, inside an
+    /// outer header from the LB's address toward the backend to the backend's address;
+    /// for GUE the ports become the outer UDP header's (the source from the flow hash).
+    #[inline(always)]
+    pub fn set_encap(&mut self, svc: &Service, b: &Backend, id: u32, hash: u32) {
+        self.src = b.snat_addr;
+        self.dst = b.addr;
+        self.backend = id;
+        self.encap = svc.encap;
+        if svc.encap == ENCAP_GUE {
+            self.sport = gue_source_port(hash).to_be();
+            self.dport = svc.gue_port;
+        }
+    }
+
+    /// Bytes the encapsulation adds in front of the packet.
+    #[inline(always)]
+    pub fn outer_len(&self, family: u8) -> u32 {
+        encap::overhead(self.encap, family != FAMILY_V4) as u32
     }
 
     /// Backend → SNAT address:port becomes VIP → client.

@@ -50,10 +50,11 @@ pub struct Packet {
     pub key: FlowKey,
     /// `bpf_ktime_get_coarse_ns()` when the packet arrived.
     pub now: u64,
-    /// Offset of the IP header.
-    pub l3: u32,
+    /// Offset of the IP header. (Both offsets are `u16`: the packet lives in the entry
+    /// function's stack frame, whose size bounds the deepest call chain's.)
+    pub l3: u16,
     /// Offset of the TCP header.
-    pub l4: u32,
+    pub l4: u16,
     /// IPv4 total length, or IPv6 header + payload length, host order.
     pub ip_len: u32,
     /// IPv4: the TOS byte; IPv6: the first header word masked to the flow info
@@ -82,7 +83,7 @@ pub fn parse(ctx: &XdpContext, pkt: &mut Packet) -> Parsed {
         // SAFETY: as above, for the VLAN tag.
         proto = unsafe { addr_of!((*vlan).ether_type).read_unaligned() };
     }
-    pkt.l3 = c.offset() as u32;
+    pkt.l3 = c.offset() as u16;
     if proto == EtherType::Ipv4 as u16 {
         parse_v4(ctx, c, pkt)
     } else if proto == EtherType::Ipv6 as u16 {
@@ -127,7 +128,7 @@ fn parse_v4(ctx: &XdpContext, mut c: Cursor, pkt: &mut Packet) -> Parsed {
     };
     key.sport = ports[0];
     key.dport = ports[1];
-    pkt.l4 = l4 as u32;
+    pkt.l4 = l4 as u16;
     if frag & IPV4_MF != 0 {
         return Parsed::FirstFragment;
     }
@@ -171,7 +172,7 @@ fn parse_v6(ctx: &XdpContext, mut c: Cursor, pkt: &mut Packet) -> Parsed {
     key.proto = PROTO_TCP;
     key.family = FAMILY_V6;
     key._pad = [0; 2];
-    pkt.l4 = l4 as u32;
+    pkt.l4 = l4 as u16;
     let payload = u16::from_be_bytes(ip.payload_len) as usize;
     if l4 + payload > frame_len(ctx) {
         return Parsed::Malformed;

@@ -1,6 +1,8 @@
-//! Backend → SNAT address: a reply of a NAT flow (its tuple is in the reverse NAT
-//! table) is rewritten back to VIP → client and sent on; a SYN-proxied flow's is
-//! translated first (`syn_proxy`).
+//! Backend → SNAT address (full NAT) or backend → client (DNAT): a reply of a NAT flow
+//! (its tuple is in the reverse NAT table) is rewritten back to VIP → client and sent
+//! on; a SYN-proxied flow's is translated first (`syn_proxy`). A DNAT reply's tuple has
+//! the client's own port, anywhere in the port space: outside the SNAT range the table
+//! is asked only while a DNAT service exists.
 
 use aya_ebpf::programs::XdpContext;
 
@@ -19,13 +21,15 @@ pub fn is_nat_reply(pkt: &Packet) -> bool {
     in_snat_range(pkt) && REVERSE_NAT.get_ptr(&pkt.key).is_some()
 }
 
+/// Whether the packet's tuple may be in the reverse table: a port of the SNAT range, or
+/// any while a DNAT service exists.
 #[inline(always)]
 fn in_snat_range(pkt: &Packet) -> bool {
     let Some(cfg) = CONFIG.get(0) else {
         return false;
     };
     let port = u16::from_be(pkt.key.dport);
-    port >= cfg.snat_port_min && port <= cfg.snat_port_max
+    (port >= cfg.snat_port_min && port <= cfg.snat_port_max) || cfg.dnat != 0
 }
 
 /// If the tuple is a NAT flow's, refreshes the flow (translates a proxied one's segment)

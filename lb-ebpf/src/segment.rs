@@ -9,16 +9,13 @@
 //! keeps the received addresses and is rewritten and routed on like a forwarded one.
 
 use aya_ebpf::{
-    helpers::{bpf_csum_diff, bpf_xdp_adjust_tail},
-    macros::map,
-    maps::PerCpuArray,
-    programs::XdpContext,
+    helpers::bpf_xdp_adjust_tail, macros::map, maps::PerCpuArray, programs::XdpContext,
 };
-use core::{mem::size_of, ptr};
 use lb_common::{
     maps::{FAMILY_V4, PROTO_TCP},
     tcp::{OPT_MSS, OPT_NOP, OPT_SACK_OK, OPT_TIMESTAMPS, OPT_WSCALE, TIMESTAMPS_LEN},
 };
+use lb_ebpf::csum;
 use network_types::{
     eth::EthHdr,
     ip::{Ipv4Hdr, Ipv6Hdr},
@@ -123,7 +120,7 @@ pub fn write(ctx: &XdpContext, pkt: &mut Packet, s: &Shape) -> bool {
     let words = tcp_words(s, &mut seg.tcp, ports_word(sport, dport));
     let tcp_len = words * 4;
     seg.proto_len = u32::from_ne_bytes([0, PROTO_TCP, 0, tcp_len as u8]);
-    let c = checksum(seg).to_ne_bytes();
+    let c = csum::of(seg).to_ne_bytes();
     seg.tcp[4] = u32::from_ne_bytes([c[0], c[1], 0, 0]);
 
     // verifier: the mask bounds the offset read back from the stack; it never changes it.
@@ -156,7 +153,7 @@ pub fn write(ctx: &XdpContext, pkt: &mut Packet, s: &Shape) -> bool {
     if s.answer != 0 && !swap_macs(ctx) {
         return false;
     }
-    pkt.l4 = (l3 + ip_hlen) as u32;
+    pkt.l4 = (l3 + ip_hlen) as u16;
     pkt.ip_len = (ip_hlen + tcp_len) as u32;
     pkt.tcp_flags = s.flags;
     pkt.ttl = f.ttl;
@@ -229,7 +226,7 @@ fn write_v4(ctx: &XdpContext, f: &IpFields, seg: &Segment) -> bool {
         seg.src[0],
         seg.dst[0],
     ];
-    let c = checksum(&mut h).to_ne_bytes();
+    let c = csum::of(&mut h).to_ne_bytes();
     h[2] = u32::from_ne_bytes([ttl, PROTO_TCP, c[0], c[1]]);
     // SAFETY: `ptr_at` checked the 20 bytes at `ip` are inside the packet; unaligned.
     unsafe { ip.write_unaligned(h) };
@@ -313,33 +310,4 @@ fn swap_macs(ctx: &XdpContext) -> bool {
         ]);
     }
     true
-}
-
-/// The Internet checksum (RFC 1071) of `v`, a plain value of whole 32-bit words laid out
-/// as packet bytes; returned as the native `u16` of the bytes to store.
-#[inline(always)]
-fn checksum<T>(v: &mut T) -> u16 {
-    const { assert!(size_of::<T>() % 4 == 0 && size_of::<T>() <= 512) };
-    // SAFETY: `v` is an initialised value of `size_of::<T>()` bytes, a multiple of 4
-    // within the helper's limit; the empty `from` side may be null with size 0.
-    let sum = unsafe {
-        bpf_csum_diff(
-            ptr::null_mut(),
-            0,
-            (v as *mut T).cast(),
-            size_of::<T>() as u32,
-            0,
-        )
-    };
-    // The helper fails only for sizes that are not multiples of 4 or too large, which
-    // the assertion rules out, so `sum` is a valid 32-bit partial sum.
-    !fold(sum as u32)
-}
-
-/// Folds a 32-bit one's-complement sum to 16 bits.
-#[inline(always)]
-fn fold(sum: u32) -> u16 {
-    let s = (sum & 0xffff) + (sum >> 16);
-    let s = (s & 0xffff) + (s >> 16);
-    s as u16
 }

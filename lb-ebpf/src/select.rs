@@ -6,11 +6,13 @@ use lb_common::{
     counters, flow,
     hash::flow_hash,
     maglev::{self, NO_BACKEND},
-    maps::{BACKEND_UP, FlowState, GlobalConfig, Service, VipKey},
+    maps::{BACKEND_UP, FlowState, GlobalConfig, MODE_DSR, MODE_NAT, Service, VipKey},
 };
 
 use crate::{
     conntrack,
+    direct::{aim_dnat, aim_unchanged},
+    dnat,
     maps::{BACKENDS, MAGLEV, SERVICES},
     nat::Target,
     parse::Packet,
@@ -35,6 +37,68 @@ pub fn service(pkt: &Packet) -> Option<*const Service> {
     SERVICES.get_ptr(&vip)
 }
 
+/// Creates a flow of a DSR or DNAT service, which owns no port of the LB's: Maglev picks
+/// its backend and the flow enters the flow table (a DNAT flow's reverse entry first).
+/// Returns `OK` or a drop counter (`DROP_NO_BACKEND`: the caller answers with a RST).
+/// Not [`new_flow`] with a branch inside: the verifier would walk the SNAT port search
+/// for these flows too (it cannot know the service's mode there).
+#[inline(never)]
+pub fn new_direct_flow(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    svc: &Service,
+    cfg: &GlobalConfig,
+    t: &mut Target,
+) -> u32 {
+    let c = maglev_pick(pkt, svc, cfg, t);
+    if c != OK {
+        return c;
+    }
+    // Computed again rather than carried: the target has no room to spare on the stack.
+    let (id, hash) = (t.backend, flow_hash(&pkt.key));
+    let Some(b) = BACKENDS.get(id) else {
+        return counters::DROP_NO_BACKEND;
+    };
+    if svc.mode == MODE_DSR {
+        aim_unchanged(pkt, svc, b, id, hash, t);
+    } else {
+        aim_dnat(pkt, b, id, t);
+        if !dnat::remember(pkt, b, id, svc.id) {
+            return counters::DROP_INTERNAL;
+        }
+    }
+    let c = enter(ctx, pkt, svc.mode, t);
+    if c == OK {
+        traffic::new_flow(svc.id, t.backend);
+    }
+    c
+}
+
+/// The backend Maglev gives the packet's flow, into `t.backend`: `OK`, or a drop counter if the slot is empty or its backend cannot take new
+/// flows (not up, or not of the packet's family).
+#[inline(always)]
+fn maglev_pick(pkt: &Packet, svc: &Service, cfg: &GlobalConfig, t: &mut Target) -> u32 {
+    if cfg.ring_size == 0 {
+        return counters::DROP_INTERNAL;
+    }
+    let hash = flow_hash(&pkt.key);
+    let slot = maglev::slot(hash, cfg.ring_size);
+    let Some(&id) = MAGLEV.get(svc.table_offset.wrapping_add(slot)) else {
+        return counters::DROP_INTERNAL;
+    };
+    if id == NO_BACKEND {
+        return counters::DROP_NO_BACKEND;
+    }
+    let Some(b) = BACKENDS.get(id) else {
+        return counters::DROP_NO_BACKEND;
+    };
+    if b.state != BACKEND_UP || b.family != pkt.key.family {
+        return counters::DROP_NO_BACKEND;
+    }
+    t.backend = id;
+    OK
+}
+
 /// Creates a flow: [`pick`]s its backend and SNAT port and enters it in the flow table
 /// (a SYN cookie's as `syn_proxy` says, with `t.proxied`). Returns `OK` or the counter
 /// [`pick`] or the table gave.
@@ -50,7 +114,7 @@ pub fn new_flow(
     if c != OK {
         return c;
     }
-    let c = enter(ctx, pkt, t);
+    let c = enter(ctx, pkt, svc.mode, t);
     if c == OK {
         traffic::new_flow(svc.id, t.backend);
     }
@@ -61,11 +125,12 @@ pub fn new_flow(
 /// not on the stack while [`pick`]'s SNAT port search runs, the program's deepest call
 /// chain.
 #[inline(never)]
-fn enter(ctx: &XdpContext, pkt: &Packet, t: &Target) -> u32 {
+fn enter(ctx: &XdpContext, pkt: &Packet, mode: u32, t: &Target) -> u32 {
     let mut fs = FlowState {
         last_seen_ns: pkt.now,
         backend: t.backend as u16,
-        snat_port: t.sport,
+        // Only a NAT flow owns a port of the LB's.
+        snat_port: if mode == MODE_NAT { t.sport } else { 0 },
         flags: flow::new_flow_flags(pkt.tcp_flags),
         snat_idx: t.snat_idx,
         ..FlowState::default()
@@ -86,23 +151,15 @@ fn enter(ctx: &XdpContext, pkt: &Packet, t: &Target) -> u32 {
 /// answers with a RST.
 #[inline(always)]
 fn pick(ctx: &XdpContext, pkt: &Packet, svc: &Service, cfg: &GlobalConfig, t: &mut Target) -> u32 {
-    if cfg.ring_size == 0 {
-        return counters::DROP_INTERNAL;
+    let c = maglev_pick(pkt, svc, cfg, t);
+    if c != OK {
+        return c;
     }
-    let hash = flow_hash(&pkt.key);
-    let slot = maglev::slot(hash, cfg.ring_size);
-    let Some(&id) = MAGLEV.get(svc.table_offset.wrapping_add(slot)) else {
-        return counters::DROP_INTERNAL;
-    };
-    if id == NO_BACKEND {
-        return counters::DROP_NO_BACKEND;
-    }
+    // Computed again rather than carried: the target has no room to spare on the stack.
+    let (id, hash) = (t.backend, flow_hash(&pkt.key));
     let Some(b) = BACKENDS.get(id) else {
         return counters::DROP_NO_BACKEND;
     };
-    if b.state != BACKEND_UP || b.family != pkt.key.family {
-        return counters::DROP_NO_BACKEND;
-    }
     let Some(seq) = sequence::read(ctx, pkt) else {
         return counters::DROP_INTERNAL;
     };

@@ -66,7 +66,14 @@ impl Verdict {
 /// path, not once per path that reaches it (it cannot merge states across call sites).
 #[derive(Clone, Copy)]
 pub enum Step {
-    Send { dir: Dir, counter: u32 },
+    Send {
+        dir: Dir,
+        counter: u32,
+    },
+    /// A DSR packet to encapsulate toward its backend (`fib::send_encapsulated`).
+    Encap {
+        counter: u32,
+    },
     Done(Verdict),
 }
 
@@ -74,6 +81,10 @@ impl Step {
     /// Forwarded toward the backend, counted as such.
     pub const IN: Step = Step::Send {
         dir: Dir::In,
+        counter: counters::FWD_IN,
+    };
+    /// Encapsulated toward the backend, counted as forwarded in.
+    pub const ENCAP: Step = Step::Encap {
         counter: counters::FWD_IN,
     };
     /// Forwarded toward the client, counted as such.

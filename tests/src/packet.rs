@@ -281,6 +281,12 @@ fn finish16(mut acc: u32) -> u16 {
     !(acc as u16)
 }
 
+/// The Internet checksum of `bytes` as they are (an ICMP message's, or anything whose
+/// checksum covers only itself): 0 when `bytes` holds a correct checksum.
+pub fn inet_checksum(bytes: &[u8]) -> u16 {
+    finish16(sum16(bytes, 0))
+}
+
 /// The checksum of an IPv4 header, its checksum field taken as zero.
 pub fn ipv4_checksum(header: &[u8]) -> u16 {
     let mut h = header.to_vec();

@@ -18,11 +18,11 @@ use lb_common::hash::{backend_key, flow_hash};
 use lb_common::maglev::MaglevBackend;
 use lb_common::maps::{
     BACKEND_DOWN, BACKEND_DRAINING, BACKEND_UP, FLOW_ESTABLISHED, FLOW_REPLIED, FlowKey, FlowState,
-    MODE_NAT, MODE_PROXY, PROTO_TCP, ReverseNat, TrafficCounters, names,
+    MODE_DNAT, MODE_DSR, MODE_NAT, MODE_PROXY, PROTO_TCP, ReverseNat, TrafficCounters, names,
 };
 use lb_common::snat_probe::Probe;
 use lb_user::config::{Config, FlagSettings};
-use lb_user::dataplane::Dataplane;
+use lb_user::dataplane::{Dataplane, Forwarding};
 
 use crate::netns::Netns;
 use crate::packet::{Packet, flags};
@@ -33,8 +33,8 @@ use crate::sys;
 pub mod counter {
     pub use lb_common::counters::{
         DROP_FRAG_NEEDED, DROP_MALFORMED, DROP_NO_BACKEND, DROP_NO_NEIGH, DROP_NO_ROUTE,
-        DROP_NO_TX_PORT, DROP_SOURCE_RATE_LIMITED, FWD_IN, FWD_OUT, NUM_COUNTERS, PASS,
-        PASS_FRAGMENT, PASS_NO_NEIGH_IN, PASS_NO_NEIGH_OUT, PASS_PROXY,
+        DROP_NO_TX_PORT, DROP_SOURCE_RATE_LIMITED, DROP_TOO_BIG, FWD_ICMP, FWD_IN, FWD_OUT,
+        NUM_COUNTERS, PASS, PASS_FRAGMENT, PASS_NO_NEIGH_IN, PASS_NO_NEIGH_OUT, PASS_PROXY,
     };
 }
 
@@ -454,6 +454,35 @@ impl TestRun {
         self.install(p, MODE_PROXY, &[0, 1]);
     }
 
+    /// A direct server return service (`encap`: `lb_common::encap::ENCAP_*`, `gue_port`
+    /// host order) with both backends up and every new flow to backend `to`.
+    pub fn dsr_service(&mut self, p: &Plan, encap: u8, gue_port: u16, to: usize) {
+        self.service_with_backends(p);
+        let f = Forwarding {
+            mode: MODE_DSR,
+            encap,
+            gue_port,
+        };
+        self.install_forwarding(p, f, &[to]);
+    }
+
+    /// Re-balances a DSR service: its table now names only backend `to`.
+    pub fn table_to_dsr(&mut self, p: &Plan, encap: u8, gue_port: u16, to: usize) {
+        let f = Forwarding {
+            mode: MODE_DSR,
+            encap,
+            gue_port,
+        };
+        self.install_forwarding(p, f, &[to]);
+    }
+
+    /// A destination NAT service with both backends up and every new flow to backend `to`.
+    pub fn dnat_service(&mut self, p: &Plan, to: usize) {
+        self.service_with_backends(p);
+        self.dp.set_dnat_replies(true).expect("DNAT replies on");
+        self.install(p, MODE_DNAT, &[to]);
+    }
+
     /// Re-balances the service: its table now names only backend `to`.
     pub fn table_to(&mut self, p: &Plan, to: usize) {
         self.install(p, MODE_NAT, &[to]);
@@ -547,10 +576,28 @@ impl TestRun {
     }
 
     fn install(&mut self, p: &Plan, mode: u32, members: &[usize]) {
+        self.install_forwarding(
+            p,
+            Forwarding {
+                mode,
+                encap: 0,
+                gue_port: 0,
+            },
+            members,
+        );
+    }
+
+    fn install_forwarding(&mut self, p: &Plan, forwarding: Forwarding, members: &[usize]) {
         let live = self.live_half.get(&p.service).copied().unwrap_or(1);
         let half = self
             .dp
-            .install_table(p.service, p.vip_addr(), live, mode, &p.members(members))
+            .install_table(
+                p.service,
+                p.vip_addr(),
+                live,
+                forwarding,
+                &p.members(members),
+            )
             .expect("install table");
         self.live_half.insert(p.service, half);
     }

@@ -129,10 +129,20 @@ pub struct RunArgs {
     /// Name of the service given with --vip (default "default").
     #[arg(long, value_name = "NAME")]
     pub name: Option<String>,
-    /// Forwarding mode: nat (full NAT in XDP, both directions through the LB) or
-    /// proxy-v2 (the daemon proxies each connection behind a PROXY protocol header).
+    /// Forwarding mode: nat (full NAT in XDP, both directions through the LB),
+    /// proxy-v2 (the daemon proxies each connection behind a PROXY protocol header),
+    /// dsr (the client's packet, encapsulated, to a backend that answers directly; see
+    /// --encap and `lb decap`) or dnat (destination NAT: the backends route their
+    /// replies back through the LB).
     #[arg(long, value_name = "MODE")]
     pub mode: Option<String>,
+    /// How a dsr service reaches its backends: ipip (IP in IP), gue (IP in UDP, see
+    /// --gue-port) or l2 (the backend's MAC only; backends on an LB interface's segment).
+    #[arg(long, value_name = "ENCAP")]
+    pub encap: Option<String>,
+    /// The backends' GUE port of a dsr service with --encap gue (default 6080).
+    #[arg(long, value_name = "PORT")]
+    pub gue_port: Option<u16>,
     /// Source address toward backends (one per family); default: the egress interface's.
     #[arg(long = "snat-ip", value_name = "IP")]
     pub snat_ips: Vec<String>,
@@ -263,6 +273,8 @@ impl RunArgs {
             name: self.name.clone(),
             vip: self.vip.clone(),
             mode: self.mode.clone(),
+            encap: self.encap.clone(),
+            gue_port: self.gue_port,
             backends: self.backends.clone(),
             snat_ips: self.snat_ips.clone(),
             snat_ports: self.snat_ports.clone(),

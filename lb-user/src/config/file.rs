@@ -43,6 +43,8 @@ pub struct FileService {
     pub name: String,
     pub vip: String,
     pub mode: Option<String>,
+    pub encap: Option<String>,
+    pub gue_port: Option<u16>,
     #[serde(default)]
     pub backends: Vec<FileBackend>,
     pub health: Option<FileHealth>,

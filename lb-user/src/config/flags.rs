@@ -14,6 +14,8 @@ pub struct FlagSettings {
     pub name: Option<String>,
     pub vip: Option<String>,
     pub mode: Option<String>,
+    pub encap: Option<String>,
+    pub gue_port: Option<u16>,
     pub backends: Vec<String>,
     pub snat_ips: Vec<String>,
     pub snat_ports: Option<String>,
@@ -137,7 +139,7 @@ pub(super) fn service_flag(field: &str) -> String {
         "proxy_protocol" => "--proxy-protocol".to_string(),
         "proxy_tlvs" => "--proxy-tlv-*".to_string(),
         "accept_proxy" => "--accept-proxy".to_string(),
-        other => format!("--{other}"),
+        other => format!("--{}", other.replace('_', "-")),
     }
 }
 

@@ -72,6 +72,12 @@ pub enum Mode {
     /// The daemon terminates TCP and sends each backend a PROXY protocol header with the
     /// client's address first; the bytes then move in the kernel.
     ProxyV2,
+    /// Direct server return: the client's packet, encapsulated ([`Encap`]), to a
+    /// backend that decapsulates it (`lb decap`) and answers the client directly.
+    Dsr,
+    /// Destination NAT: the client's address reaches the backend, whose replies are
+    /// routed back through the LB.
+    Dnat,
 }
 
 impl Mode {
@@ -79,8 +85,57 @@ impl Mode {
         match self {
             Mode::Nat => "nat",
             Mode::ProxyV2 => "proxy-v2",
+            Mode::Dsr => "dsr",
+            Mode::Dnat => "dnat",
         }
     }
+
+    /// Whether the backend sees the VIP's port (nothing rewrites it on the way).
+    pub fn keeps_port(self) -> bool {
+        self == Mode::Dsr
+    }
+
+    /// Whether the backend's replies cross the LB (and so its out-direction counters move).
+    pub fn replies_through_lb(self) -> bool {
+        self != Mode::Dsr
+    }
+}
+
+/// How a dsr service's packets reach the backends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EncapKind {
+    Ipip,
+    Gue,
+    L2,
+}
+
+impl EncapKind {
+    /// The data path's `lb_common::encap::ENCAP_*` value.
+    pub fn wire(self) -> u8 {
+        use lb_common::encap as e;
+        match self {
+            EncapKind::Ipip => e::ENCAP_IPIP,
+            EncapKind::Gue => e::ENCAP_GUE,
+            EncapKind::L2 => e::ENCAP_L2,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            EncapKind::Ipip => "ipip",
+            EncapKind::Gue => "gue",
+            EncapKind::L2 => "l2",
+        }
+    }
+}
+
+/// A dsr service's encapsulation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Encap {
+    pub kind: EncapKind,
+    /// The backends' GUE port (`gue` only; 0 otherwise).
+    pub gue_port: u16,
 }
 
 /// Which PROXY protocol header a proxy service sends.
@@ -140,6 +195,8 @@ pub struct ServiceConfig {
     pub name: String,
     pub vip: SocketAddr,
     pub mode: Mode,
+    /// `dsr` services only.
+    pub encap: Option<Encap>,
     pub backends: Vec<BackendConfig>,
     pub health: HealthConfig,
     /// Used by `proxy-v2` services only.
@@ -240,6 +297,11 @@ impl ConfigError {
 }
 
 impl Config {
+    /// Whether a service forwards in DNAT mode (its replies come back to any port).
+    pub fn has_dnat(&self) -> bool {
+        self.services.iter().any(|s| s.mode == Mode::Dnat)
+    }
+
     /// Builds the configuration from flags, reading `--config` if given.
     pub fn from_flags(flags: &FlagSettings) -> Result<Config, ConfigError> {
         let file = match &flags.config {

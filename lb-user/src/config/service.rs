@@ -12,6 +12,8 @@ struct ServiceFields<'a> {
     name: &'a str,
     vip: &'a str,
     mode: Option<&'a str>,
+    encap: Option<&'a str>,
+    gue_port: Option<u16>,
     backends: &'a [FileBackend],
     proxy: ProxyFields<'a>,
 }
@@ -30,6 +32,8 @@ pub(super) fn services(src: &Layered<'_>) -> Result<Vec<ServiceConfig>, ConfigEr
         || !flags.backends.is_empty()
         || flags.name.is_some()
         || flags.mode.is_some()
+        || flags.encap.is_some()
+        || flags.gue_port.is_some()
         || flags.proxy_protocol.is_some()
         || !flags.proxy_tlvs.is_empty()
         || flags.accept_proxy;
@@ -75,6 +79,8 @@ fn flag_service_config(src: &Layered<'_>) -> Result<ServiceConfig, ConfigError> 
         name: flags.name.as_deref().unwrap_or("default"),
         vip,
         mode: flags.mode.as_deref(),
+        encap: flags.encap.as_deref(),
+        gue_port: flags.gue_port,
         backends: &backends,
         proxy: ProxyFields {
             version: flags.proxy_protocol.as_deref(),
@@ -111,6 +117,8 @@ fn file_services(src: &Layered<'_>) -> Result<Vec<ServiceConfig>, ConfigError> {
             name: &s.name,
             vip: &s.vip,
             mode: s.mode.as_deref(),
+            encap: s.encap.as_deref(),
+            gue_port: s.gue_port,
             backends: &s.backends,
             proxy: ProxyFields {
                 version: s.proxy_protocol.as_deref(),
@@ -146,20 +154,24 @@ fn service(
     let mode = match s.mode.unwrap_or("nat") {
         "nat" => Mode::Nat,
         "proxy-v2" => Mode::ProxyV2,
+        "dsr" => Mode::Dsr,
+        "dnat" => Mode::Dnat,
         other => {
             return Err(ConfigError::new(
                 loc("mode"),
                 other,
-                "unknown forwarding mode (available: nat, proxy-v2)",
+                "unknown forwarding mode (available: nat, proxy-v2, dsr, dnat)",
             ));
         }
     };
     let proxy = proxy_config(mode, &s.proxy, loc)?;
+    let encap = encap(mode, s, loc)?;
     let backends = backends(name, vip, mode, s.backends, loc)?;
     Ok(ServiceConfig {
         name: name.to_string(),
         vip,
         mode,
+        encap,
         backends,
         health,
         proxy,
@@ -211,13 +223,70 @@ fn backends(
     Ok(out)
 }
 
+/// A dsr service's encapsulation (default ipip); no other mode may name one.
+fn encap(
+    mode: Mode,
+    s: &ServiceFields<'_>,
+    loc: &dyn Fn(&str) -> String,
+) -> Result<Option<Encap>, ConfigError> {
+    if mode != Mode::Dsr {
+        if let Some(e) = s.encap {
+            return Err(ConfigError::new(
+                loc("encap"),
+                e,
+                "an encapsulation needs mode dsr",
+            ));
+        }
+        if let Some(p) = s.gue_port {
+            return Err(ConfigError::new(
+                loc("gue_port"),
+                p.to_string(),
+                "a GUE port needs mode dsr with encap gue",
+            ));
+        }
+        return Ok(None);
+    }
+    let kind = match s.encap.unwrap_or("ipip") {
+        "ipip" => EncapKind::Ipip,
+        "gue" => EncapKind::Gue,
+        "l2" => EncapKind::L2,
+        other => {
+            return Err(ConfigError::new(
+                loc("encap"),
+                other,
+                "unknown encapsulation (available: ipip, gue, l2)",
+            ));
+        }
+    };
+    let gue_port = match (kind, s.gue_port) {
+        (EncapKind::Gue, None) => lb_common::encap::DEFAULT_GUE_PORT,
+        (EncapKind::Gue, Some(0)) => {
+            return Err(ConfigError::new(
+                loc("gue_port"),
+                "0",
+                "use a port from 1 to 65535",
+            ));
+        }
+        (EncapKind::Gue, Some(p)) => p,
+        (_, Some(p)) => {
+            return Err(ConfigError::new(
+                loc("gue_port"),
+                p.to_string(),
+                "a GUE port needs encap gue",
+            ));
+        }
+        (_, None) => 0,
+    };
+    Ok(Some(Encap { kind, gue_port }))
+}
+
 /// A service's PROXY protocol settings: only a `proxy-v2` service may have any.
 fn proxy_config(
     mode: Mode,
     p: &ProxyFields<'_>,
     loc: &dyn Fn(&str) -> String,
 ) -> Result<ProxyConfig, ConfigError> {
-    if mode == Mode::Nat {
+    if mode != Mode::ProxyV2 {
         let given = p
             .version
             .map(|v| ("proxy_protocol", v.to_string()))

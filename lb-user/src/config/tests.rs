@@ -16,6 +16,8 @@ fn flags(args: &[(&str, &str)]) -> FlagSettings {
             "backend" => f.backends.push(v),
             "name" => f.name = Some(v),
             "mode" => f.mode = Some(v),
+            "encap" => f.encap = Some(v),
+            "gue-port" => f.gue_port = Some(v.parse().unwrap()),
             "xdp-mode" => f.xdp_mode = Some(v),
             "snat-ip" => f.snat_ips.push(v),
             "snat-ports" => f.snat_ports = Some(v),
@@ -161,7 +163,34 @@ fn every_bad_flag_is_named_with_its_value() {
             "--backend[2]",
             "198.18.1.13:0",
         ),
-        (&[("mode", "dsr")], "--mode", "dsr"),
+        (&[("mode", "tunnel")], "--mode", "tunnel"),
+        (&[("encap", "ipip")], "--encap", "ipip"),
+        (&[("mode", "dsr"), ("encap", "vxlan")], "--encap", "vxlan"),
+        (
+            &[("mode", "dsr"), ("gue-port", "7000")],
+            "--gue-port",
+            "7000",
+        ),
+        (
+            &[("mode", "dnat"), ("gue-port", "7000")],
+            "--gue-port",
+            "7000",
+        ),
+        (
+            &[("mode", "dsr"), ("encap", "gue"), ("gue-port", "0")],
+            "--gue-port",
+            "0",
+        ),
+        (
+            &[("mode", "dsr"), ("backend", "198.18.1.13:8080")],
+            "--backend[2]",
+            "198.18.1.13:8080",
+        ),
+        (
+            &[("mode", "dnat"), ("backend", "[fd00::13]:80")],
+            "--backend[2]",
+            "[fd00::13]:80",
+        ),
         (&[("name", "bad name")], "--name", "bad name"),
         (&[("xdp-mode", "turbo")], "--xdp-mode", "turbo"),
         (&[("iface", "lb0")], "--iface", "lb0"),
@@ -333,11 +362,17 @@ fn config_file_errors_name_the_file_service_and_field() {
     )
     .unwrap_err();
     assert!(e.reason.contains("not both"), "{e}");
-    let mode = FILE.replace("mode = \"nat\"", "mode = \"dsr\"");
+    let mode = FILE.replace("mode = \"nat\"", "mode = \"tunnel\"");
     let e = from_text(&mode, &FlagSettings::default()).unwrap_err();
     assert_eq!(
         (e.location.as_str(), e.value.as_str()),
-        ("lb.toml: service[1] (web6) mode", "dsr")
+        ("lb.toml: service[1] (web6) mode", "tunnel")
+    );
+    let port = FILE.replace("mode = \"nat\"", "mode = \"dsr\"\ngue_port = 7000");
+    let e = from_text(&port, &FlagSettings::default()).unwrap_err();
+    assert_eq!(
+        (e.location.as_str(), e.value.as_str()),
+        ("lb.toml: service[1] (web6) gue_port", "7000")
     );
 }
 
@@ -692,4 +727,38 @@ fn bad_source_limits_name_the_flag_or_key() {
     let e = from_text(&file, &FlagSettings::default()).unwrap_err();
     assert_eq!(e.location, "--config");
     assert!(e.reason.contains("source_rate"), "{e}");
+}
+
+#[test]
+fn dsr_and_dnat_services_take_their_encapsulation_and_keep_ports_and_families() {
+    let c = with(&[("mode", "dsr")]).unwrap();
+    let s = &c.services[0];
+    assert_eq!(s.mode, Mode::Dsr);
+    assert_eq!(
+        s.encap,
+        Some(Encap {
+            kind: EncapKind::Ipip,
+            gue_port: 0
+        }),
+        "ipip by default"
+    );
+    let c = with(&[("mode", "dsr"), ("encap", "gue")]).unwrap();
+    assert_eq!(
+        c.services[0].encap,
+        Some(Encap {
+            kind: EncapKind::Gue,
+            gue_port: lb_common::encap::DEFAULT_GUE_PORT
+        })
+    );
+    let c = with(&[("mode", "dsr"), ("encap", "gue"), ("gue-port", "7001")]).unwrap();
+    assert_eq!(c.services[0].encap.unwrap().gue_port, 7001);
+    let c = with(&[("mode", "dsr"), ("encap", "l2")]).unwrap();
+    assert_eq!(c.services[0].encap.unwrap().kind, EncapKind::L2);
+    assert!(!c.has_dnat());
+    let c = with(&[("mode", "dnat"), ("backend", "198.18.1.13:8080")]).unwrap();
+    assert_eq!(c.services[0].mode, Mode::Dnat);
+    assert_eq!(c.services[0].encap, None);
+    assert!(c.has_dnat(), "a DNAT backend may listen on another port");
+    let e = err(&[("mode", "dsr"), ("backend", "198.18.1.13:8080")]);
+    assert!(e.reason.contains("VIP's port"), "{e}");
 }

@@ -116,12 +116,21 @@ fn check_weight(w: u32) -> Result<u32, String> {
     Ok(w)
 }
 
-/// Whether a backend can serve the VIP: a unicast address, of the VIP's family in NAT
-/// mode (a proxy may connect to either family; the header says what the client used).
+/// Whether a backend can serve the VIP: a unicast address, of the VIP's family unless
+/// proxied (a proxy may connect to either family; the header says what the client
+/// used), on the VIP's port in dsr mode (nothing rewrites the packet).
 pub fn check_backend(vip: SocketAddr, mode: Mode, be: &BackendConfig) -> Result<(), String> {
-    if mode == Mode::Nat && be.addr.is_ipv4() != vip.is_ipv4() {
+    if mode != Mode::ProxyV2 && be.addr.is_ipv4() != vip.is_ipv4() {
         return Err(format!(
-            "address family differs from the VIP {vip} (NAT does not translate between IPv4 and IPv6)"
+            "address family differs from the VIP {vip} ({} does not translate between IPv4 and IPv6)",
+            mode.name()
+        ));
+    }
+    if mode.keeps_port() && be.addr.port() != vip.port() {
+        return Err(format!(
+            "port {} differs from the VIP's {}: in dsr mode the backend receives the client's packet unchanged, so it must listen on the VIP's port",
+            be.addr.port(),
+            vip.port()
         ));
     }
     if be.addr.ip().is_unspecified() || be.addr.ip().is_multicast() || be.addr.ip().is_loopback() {

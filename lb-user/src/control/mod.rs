@@ -200,11 +200,11 @@ impl Control {
                 service,
                 vip,
                 half,
-                mode,
+                forwarding,
                 members,
             } => {
                 self.dp
-                    .install_table(*service, *vip, 1 - half.min(&1), *mode, members)?;
+                    .install_table(*service, *vip, 1 - half.min(&1), *forwarding, members)?;
             }
             Step::ClearBackend { id } => self.dp.clear_backend(*id)?,
             Step::ResetServiceCounters { id } => self.dp.reset_counters(true, *id)?,
@@ -212,6 +212,7 @@ impl Control {
             Step::RemoveService { vip } => self.dp.remove_service(*vip)?,
             Step::SetProxyVip { vip } => self.dp.set_proxy_vip(*vip)?,
             Step::RemoveProxyVip { vip } => self.dp.remove_proxy_vip(*vip)?,
+            Step::SetDnatReplies { on } => self.dp.set_dnat_replies(*on)?,
             Step::SetTimeouts { .. } | Step::SetSourceLimit { .. } | Step::SetSynCookies { .. } => {
                 self.dp.set_globals(self.model.config())?
             }

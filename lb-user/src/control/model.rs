@@ -6,8 +6,9 @@
 
 use super::error::ControlError;
 use super::plan::{Plan, Step};
-use crate::config::{BackendConfig, Config, Mode, ProxyConfig, ProxyVersion, ServiceConfig};
+use crate::config::{BackendConfig, Config, Encap, Mode, ProxyConfig, ProxyVersion, ServiceConfig};
 use crate::dataplane::DataplaneError;
+use crate::dataplane::Forwarding;
 use crate::dataplane::adopt::Adopted;
 use crate::health::histogram::LatencyHistogram;
 use crate::health::{self, CheckResult, HealthCheck, HealthConfig, Tracker, Transition};
@@ -100,6 +101,7 @@ pub struct ServiceState {
     pub name: String,
     pub vip: SocketAddr,
     pub mode: Mode,
+    pub encap: Option<Encap>,
     pub proxy: ProxyConfig,
     pub health: HealthConfig,
     pub live_half: u32,
@@ -280,6 +282,7 @@ impl Model {
             name: cfg.name.clone(),
             vip: cfg.vip,
             mode: cfg.mode,
+            encap: cfg.encap,
             proxy: cfg.proxy.clone(),
             health: cfg.health.clone(),
             live_half,
@@ -443,10 +446,7 @@ impl Model {
     /// in the order of the rule in [`super::plan`].
     pub(super) fn sync(&mut self, si: usize) {
         let svc = &mut self.services[si];
-        let mode = match svc.mode {
-            Mode::Nat => m::MODE_NAT,
-            Mode::ProxyV2 => m::MODE_PROXY,
-        };
+        let forwarding = Forwarding::of(svc.mode, svc.encap);
         let mut later = Vec::new();
         for b in &mut svc.backends {
             let want = b.map_state();
@@ -498,7 +498,7 @@ impl Model {
                 service: svc.id,
                 vip: svc.vip,
                 half,
-                mode,
+                forwarding,
                 members: members.clone(),
             });
         }
@@ -788,7 +788,7 @@ impl Model {
 /// (LOCAL in v2: "this is the proxy's own connection"; UNKNOWN in v1).
 pub(super) fn preamble(svc: &ServiceState) -> Option<Vec<u8>> {
     match (svc.mode, svc.proxy.version) {
-        (Mode::Nat, _) => None,
+        (Mode::Nat | Mode::Dsr | Mode::Dnat, _) => None,
         (Mode::ProxyV2, ProxyVersion::V2) => Some(header::encode_v2_local()),
         (Mode::ProxyV2, ProxyVersion::V1) => Some(header::encode_v1_unknown().as_bytes().to_vec()),
     }

@@ -7,6 +7,7 @@
 //! table that no longer names it. So a new flow never picks a backend that is not up.
 
 use crate::config::{ProxyConfig, SynCookies};
+use crate::dataplane::Forwarding;
 use crate::health::HealthConfig;
 use lb_common::maglev::MaglevBackend;
 use std::net::{IpAddr, SocketAddr};
@@ -31,7 +32,7 @@ pub enum Step {
         service: u32,
         vip: SocketAddr,
         half: u32,
-        mode: u32,
+        forwarding: Forwarding,
         members: Vec<MaglevBackend>,
     },
     /// Empties backend slot `id`.
@@ -72,6 +73,11 @@ pub enum Step {
     SetSynCookies {
         mode: SynCookies,
         rate: u32,
+    },
+    /// Writes whether a DNAT service exists (the running configuration's): its replies
+    /// come back to any port, so the program looks them up outside the SNAT range too.
+    SetDnatReplies {
+        on: bool,
     },
 
     // Side effects.

@@ -84,6 +84,11 @@ impl Model {
                 ),
             });
         }
+        if new.has_dnat() != old.has_dnat() {
+            // Before the services change: a new DNAT service's first replies must find
+            // the program looking for them.
+            self.plan.push(Step::SetDnatReplies { on: new.has_dnat() });
+        }
         if new.syn_cookies != old.syn_cookies || new.syn_cookie_rate != old.syn_cookie_rate {
             self.plan.push(Step::SetSynCookies {
                 mode: new.syn_cookies,
@@ -120,7 +125,14 @@ impl Model {
         while si < self.services.len() {
             let s = &self.services[si];
             match new.services.iter().find(|n| n.name == s.name) {
-                Some(n) if n.vip == s.vip && n.mode == s.mode && n.proxy == s.proxy => si += 1,
+                Some(n)
+                    if n.vip == s.vip
+                        && n.mode == s.mode
+                        && n.encap == s.encap
+                        && n.proxy == s.proxy =>
+                {
+                    si += 1
+                }
                 _ => {
                     changes.push(format!("removed service {} ({})", s.name, s.vip));
                     self.remove_service(si);

@@ -137,6 +137,7 @@ impl Dataplane {
             }
         }
         self.pin_program(names::PROG_LB)?;
+        self.pin_program(names::PROG_DIRECT)?;
         self.pin_program(names::PROG_NEIGH)
     }
 

@@ -3,13 +3,17 @@
 //! verifier. Nothing is attached or written here, so a running data path (or the daemon
 //! being upgraded) is untouched until the caller decides.
 
-use aya::programs::ProgramError;
+use aya::maps::{MapData, ProgramArray};
+use aya::programs::{ProgramError, Xdp};
 use aya::{Ebpf, EbpfLoader};
 use lb_common::maps::names;
 use tracing::info;
 
 use super::state::{self, StateDir};
-use super::{Dataplane, DataplaneError, lb_program, map_data, neigh_program, object};
+use super::{
+    Dataplane, DataplaneError, lb_program, map_data, map_error, neigh_program, object,
+    program_error,
+};
 use crate::config::Config;
 
 impl Dataplane {
@@ -60,7 +64,8 @@ impl Dataplane {
                 neigh_program(&mut ebpf)?
                     .load()
                     .map_err(verifier_error(names::PROG_NEIGH))
-            });
+            })
+            .and_then(|()| load_direct(&mut ebpf));
         if let Err(e) = verified {
             if !state.adopted() {
                 let _ = state::remove(state.root());
@@ -83,6 +88,31 @@ impl Dataplane {
             attachments: Vec::new(),
         })
     }
+}
+
+/// Loads `lb_direct` and makes it the one `lb_xdp` tail-calls: in place of an earlier
+/// daemon's, if the program array was adopted.
+fn load_direct(ebpf: &mut Ebpf) -> Result<(), DataplaneError> {
+    let prog: &mut Xdp = ebpf
+        .program_mut(names::PROG_DIRECT)
+        .ok_or(DataplaneError::MissingProgram(names::PROG_DIRECT))?
+        .try_into()
+        .map_err(program_error(names::PROG_DIRECT))?;
+    prog.load().map_err(verifier_error(names::PROG_DIRECT))?;
+    let fd = prog
+        .fd()
+        .map_err(program_error(names::PROG_DIRECT))?
+        .try_clone()
+        .map_err(|e| DataplaneError::Program {
+            program: names::PROG_DIRECT,
+            source: Box::new(e.into()),
+        })?;
+    let mut direct: ProgramArray<&mut MapData> = ebpf
+        .map_mut(names::DIRECT)
+        .ok_or(DataplaneError::MissingMap(names::DIRECT))?
+        .try_into()
+        .map_err(map_error(names::DIRECT))?;
+    direct.set(0, &fd, 0).map_err(map_error(names::DIRECT))
 }
 
 /// The sizes of the maps the configuration sizes.

@@ -13,9 +13,37 @@ use lb_common::maps::{
 };
 
 use super::{Dataplane, DataplaneError, map_error};
-use crate::config::{Config, SynCookies};
+use crate::config::{Config, Encap, Mode, SynCookies};
 use crate::sys;
 use lb_common::syn_proxy::{COOKIES_ALWAYS, COOKIES_AUTO, COOKIES_OFF};
+
+/// How the data path forwards a service's packets: the service map value's mode and
+/// encapsulation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Forwarding {
+    /// `lb_common::maps::MODE_*`.
+    pub mode: u32,
+    /// `lb_common::encap::ENCAP_*`.
+    pub encap: u8,
+    /// Host order; 0 unless GUE.
+    pub gue_port: u16,
+}
+
+impl Forwarding {
+    pub fn of(mode: Mode, encap: Option<Encap>) -> Self {
+        let mode = match mode {
+            Mode::Nat => lb_common::maps::MODE_NAT,
+            Mode::ProxyV2 => lb_common::maps::MODE_PROXY,
+            Mode::Dsr => lb_common::maps::MODE_DSR,
+            Mode::Dnat => lb_common::maps::MODE_DNAT,
+        };
+        Forwarding {
+            mode,
+            encap: encap.map_or(lb_common::encap::ENCAP_NONE, |e| e.kind.wire()),
+            gue_port: encap.map_or(0, |e| e.gue_port),
+        }
+    }
+}
 
 impl Dataplane {
     /// Writes the global settings and the redirect ports (removing an earlier daemon's
@@ -80,10 +108,19 @@ impl Dataplane {
                 SynCookies::Always => COOKIES_ALWAYS,
                 SynCookies::Off => COOKIES_OFF,
             },
-            _pad: 0,
+            dnat: u8::from(cfg.has_dnat()),
             syn_cookie_rate: cfg.syn_cookie_rate,
         };
         let mut config: Array<&mut MapData, GlobalConfig> = self.map_mut(names::CONFIG)?;
+        config.set(0, global, 0).map_err(map_error(names::CONFIG))
+    }
+
+    /// Says whether a DNAT service exists: the program then looks up replies to any port,
+    /// not only the SNAT range's. The other global settings stay as written.
+    pub fn set_dnat_replies(&mut self, on: bool) -> Result<(), DataplaneError> {
+        let mut config: Array<&mut MapData, GlobalConfig> = self.map_mut(names::CONFIG)?;
+        let mut global = config.get(&0, 0).map_err(map_error(names::CONFIG))?;
+        global.dnat = u8::from(on);
         config.set(0, global, 0).map_err(map_error(names::CONFIG))
     }
 
@@ -144,7 +181,7 @@ impl Dataplane {
         service_id: u32,
         vip: SocketAddr,
         live_half: u32,
-        mode: u32,
+        forwarding: Forwarding,
         members: &[MaglevBackend],
     ) -> Result<u32, DataplaneError> {
         let table = build_table(members, self.ring_size);
@@ -161,10 +198,10 @@ impl Dataplane {
         let value = Service {
             id: service_id,
             table_offset: offset,
-            mode,
-            encap: 0,
+            mode: forwarding.mode,
+            encap: forwarding.encap,
             _pad: 0,
-            gue_port: 0,
+            gue_port: forwarding.gue_port.to_be(),
         };
         let mut services: HashMap<&mut MapData, VipKey, Service> = self.map_mut(names::SERVICES)?;
         services

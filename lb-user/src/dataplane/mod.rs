@@ -11,7 +11,7 @@ pub mod ebpf_log;
 mod kernel_btf;
 mod load;
 mod maps;
-pub use maps::resolve_iface;
+pub use maps::{Forwarding, resolve_iface};
 pub mod neigh;
 pub mod object;
 pub mod runtime;

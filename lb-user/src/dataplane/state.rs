@@ -43,8 +43,11 @@ pub const MAPS: &[(&str, &str)] = &[
     (names::SYN_RATE, "syn_rate_v1"),
     (names::SERVICE_STATS, "service_stats_v1"),
     (names::BACKEND_STATS, "backend_stats_v1"),
-    (names::COUNTERS, "counters_v1"),
+    (names::COUNTERS, "counters_v2"),
     (names::PROXY_VIPS, "proxy_vips_v1"),
+    // Pinned, so the tail call outlives the daemon that wrote it (an unpinned program
+    // array is emptied when its last file descriptor closes).
+    (names::DIRECT, "direct_v1"),
     // The sockmap engine's pairs: an upgrade hands its connections over in place.
     (names::SPLICE, "splice_v1"),
     (names::SPLICE_HOOK, "splice_hook_v1"),
