@@ -22,11 +22,12 @@ use crate::{
     conntrack::{self, now, touch_client, touch_client_one_sided},
     events,
     forward::live_backend,
-    maps::{CONFIG, DIRECT},
+    maps::{BACKENDS, CONFIG, DIRECT},
     nat::Target,
+    parse,
     parse::Packet,
     reset,
-    select::{OK, new_direct_flow},
+    select::{OK, maglev_pick, new_direct_flow, service},
     source_limit,
     verdict::{Step, Verdict},
 };
@@ -73,6 +74,46 @@ pub fn forward(ctx: &XdpContext, pkt: &mut Packet, svc: &Service, t: &mut Target
         return Step::Done(Verdict::drop(c));
     }
     sent
+}
+
+/// An ICMP error a client sent about a DSR flow (it quotes the backend's reply: the
+/// path toward the client is too small, say) goes to the backend that owns the flow,
+/// inside the service's encapsulation, for its TCP to act on; the flow's entry says
+/// which backend, else Maglev (as for the flow's own packets). Anything else is passed.
+#[inline(never)]
+pub fn icmp_error(ctx: &XdpContext, pkt: &mut Packet, t: &mut Target) -> Step {
+    if !parse::icmp_quote(ctx, pkt) {
+        return Step::Done(Verdict::PASS);
+    }
+    let Some(svc) = service(pkt) else {
+        return Step::Done(Verdict::PASS);
+    };
+    // SAFETY: a map value stays valid for the whole program run (RCU).
+    let svc = unsafe { &*svc };
+    let Some(cfg) = CONFIG.get(0) else {
+        return Step::Done(Verdict::PASS);
+    };
+    if svc.mode != MODE_DSR {
+        return Step::Done(Verdict::PASS);
+    }
+    pkt.now = now();
+    t.service = svc.id;
+    match conntrack::lookup(&pkt.key) {
+        // SAFETY: a map value stays valid for the whole program run.
+        Some(entry) => t.backend = u32::from(unsafe { (*entry.state).backend }),
+        None => {
+            if maglev_pick(pkt, svc, cfg, t) != OK {
+                return Step::Done(Verdict::PASS);
+            }
+        }
+    }
+    let Some(b) = BACKENDS.get(t.backend) else {
+        return Step::Done(Verdict::PASS);
+    };
+    aim_unchanged(pkt, svc, b, t.backend, flow_hash(&pkt.key), t);
+    Step::Encap {
+        counter: counters::FWD_ICMP,
+    }
 }
 
 /// Uses the packet's flow entry if it is live: refreshes it and fills `t`.

@@ -31,6 +31,8 @@ pub fn handle(ctx: &XdpContext) -> Verdict {
     let step = match parse::parse(ctx, pkt) {
         Parsed::Skip => return Verdict::PASS,
         Parsed::LaterFragment => return later_fragment(),
+        // Maybe about a DSR flow: `lb_direct` reads the quote.
+        Parsed::IcmpError => return direct::enter(ctx),
         parsed => {
             let svc = service(pkt);
             match (parsed, svc) {
@@ -80,15 +82,19 @@ pub fn handle_direct(ctx: &XdpContext) -> Verdict {
     let pkt = zeroed(&mut pkt);
     let mut t = MaybeUninit::<Target>::uninit();
     let t = zeroed(&mut t);
-    if parse::parse(ctx, pkt) != Parsed::Tcp {
-        return Verdict::drop(counters::DROP_INTERNAL);
-    }
-    let Some(svc) = service(pkt) else {
-        // The service went away between the two programs.
-        return Verdict::PASS;
+    let step = match parse::parse(ctx, pkt) {
+        Parsed::Tcp => {
+            let Some(svc) = service(pkt) else {
+                // The service went away between the two programs.
+                return Verdict::PASS;
+            };
+            // SAFETY: a map value stays valid for the whole program run (RCU).
+            direct::forward(ctx, pkt, unsafe { &*svc }, t)
+        }
+        Parsed::IcmpError => direct::icmp_error(ctx, pkt, t),
+        _ => return Verdict::PASS,
     };
-    // SAFETY: a map value stays valid for the whole program run (RCU).
-    match direct::forward(ctx, pkt, unsafe { &*svc }, t) {
+    match step {
         Step::Done(v) => v,
         Step::Send { dir, counter } => {
             fib::send(ctx, pkt, t, dir).recount(counters::FWD_IN, counter)

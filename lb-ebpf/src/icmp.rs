@@ -46,7 +46,10 @@ const MIN_MTU_V6: u32 = 1280;
 /// not fit (`mtu` is what is left for the inner packet). Counted as `DROP_TOO_BIG`.
 #[inline(never)]
 pub fn too_big(ctx: &XdpContext, pkt: &Packet, mtu: u32) -> Verdict {
-    let answered = if pkt.key.family == FAMILY_V4 {
+    // An ICMP error being sent on (its `l4` is unset) is never answered with another.
+    let answered = if pkt.l4 == 0 {
+        false
+    } else if pkt.key.family == FAMILY_V4 {
         pkt.l4 == pkt.l3 + IPV4_LEN as u16 && too_big_v4(ctx, pkt, mtu.max(MIN_MTU_V4))
     } else {
         too_big_v6(ctx, pkt, mtu.max(MIN_MTU_V6))

@@ -12,7 +12,7 @@ use network_types::{
     vlan::VlanHdr,
 };
 
-use crate::packet::{Cursor, frame_len};
+use crate::packet::{Cursor, frame_len, ptr_at};
 
 /// 802.1ad (QinQ outer tag), network order as in the header: tagged like 802.1Q.
 const ETH_P_8021AD: u16 = 0x88a8_u16.to_be();
@@ -41,7 +41,23 @@ pub enum Parsed {
     FirstFragment,
     /// An IPv4 fragment after the first: no ports.
     LaterFragment,
+    /// An ICMP error (IPv4 destination unreachable or time exceeded, ICMPv6 destination
+    /// unreachable, packet too big or time exceeded): only `l3`, `ip_len`, the TOS /
+    /// flow info and the TTL are set; [`icmp_quote`] reads the flow it is about.
+    IcmpError,
 }
+
+/// IP protocol numbers of ICMP and ICMPv6.
+const PROTO_ICMP: u8 = 1;
+const PROTO_ICMPV6: u8 = 58;
+/// The ICMP error types: IPv4 destination unreachable and time exceeded; ICMPv6
+/// destination unreachable, packet too big and time exceeded.
+const ICMP_UNREACH: u8 = 3;
+const ICMP_TIME_EXCEEDED: u8 = 11;
+const ICMPV6_UNREACH: u8 = 1;
+const ICMPV6_TIME_EXCEEDED: u8 = 3;
+/// The ICMP header before the quoted packet.
+const ICMP_HLEN: usize = 8;
 
 /// The fields of a parsed packet the rest of the program uses.
 #[repr(C)]
@@ -102,10 +118,23 @@ fn parse_v4(ctx: &XdpContext, mut c: Cursor, pkt: &mut Packet) -> Parsed {
     // SAFETY: `next` checked the 20-byte header is inside the packet; its fields are
     // bytes, so the view has no alignment to respect.
     let ip = unsafe { &*ip };
-    if ip.vihl >> 4 != 4 || ip.proto != PROTO_TCP {
+    if ip.vihl >> 4 != 4 {
         return Parsed::Skip;
     }
     let ihl = (ip.vihl & 0x0f) as usize * 4;
+    if ip.proto == PROTO_ICMP && ihl == Ipv4Hdr::LEN {
+        let t = icmp_type(ctx, c.offset());
+        if t != ICMP_UNREACH && t != ICMP_TIME_EXCEEDED {
+            return Parsed::Skip;
+        }
+        pkt.ip_len = u32::from(u16::from_be_bytes(ip.tot_len));
+        pkt.tos_flowinfo = ip.tos as u32;
+        pkt.ttl = ip.ttl;
+        return Parsed::IcmpError;
+    }
+    if ip.proto != PROTO_TCP {
+        return Parsed::Skip;
+    }
     let frag = u16::from_be_bytes(ip.frags);
     let key = &mut pkt.key;
     key.src = [u32::from_ne_bytes(ip.src_addr), 0, 0, 0];
@@ -156,8 +185,22 @@ fn parse_v6(ctx: &XdpContext, mut c: Cursor, pkt: &mut Packet) -> Parsed {
     // SAFETY: `next` checked the 40-byte header is inside the packet; its fields are
     // bytes, so the view has no alignment to respect.
     let ip = unsafe { &*ip };
-    // Extension headers are not followed: only TCP directly after the header is ours.
-    if ip.vcf[0] >> 4 != 6 || ip.next_hdr != PROTO_TCP {
+    // Extension headers are not followed: only TCP (or an ICMPv6 error) directly after
+    // the header is ours.
+    if ip.vcf[0] >> 4 != 6 {
+        return Parsed::Skip;
+    }
+    if ip.next_hdr == PROTO_ICMPV6 {
+        let t = icmp_type(ctx, c.offset());
+        if !(ICMPV6_UNREACH..=ICMPV6_TIME_EXCEEDED).contains(&t) {
+            return Parsed::Skip;
+        }
+        pkt.ip_len = (Ipv6Hdr::LEN + u16::from_be_bytes(ip.payload_len) as usize) as u32;
+        pkt.tos_flowinfo = u32::from_ne_bytes(ip.vcf) & u32::from_be(0x0fff_ffff);
+        pkt.ttl = ip.hop_limit;
+        return Parsed::IcmpError;
+    }
+    if ip.next_hdr != PROTO_TCP {
         return Parsed::Skip;
     }
     let l4 = c.offset();
@@ -188,6 +231,97 @@ fn parse_v6(ctx: &XdpContext, mut c: Cursor, pkt: &mut Packet) -> Parsed {
     pkt.tos_flowinfo = u32::from_ne_bytes(ip.vcf) & u32::from_be(0x0fff_ffff);
     pkt.ttl = ip.hop_limit;
     Parsed::Tcp
+}
+
+/// The type of the ICMP message at `off`; 0 (no error type) if the packet ends first.
+#[inline(always)]
+fn icmp_type(ctx: &XdpContext, off: usize) -> u8 {
+    // verifier: a whole word, not one byte: LLVM turns the one-byte bound check into a
+    // comparison the verifier does not learn a packet range from.
+    match ptr_at::<[u8; 4]>(ctx, off) {
+        // SAFETY: `ptr_at` checked the bytes are inside the packet.
+        Some(h) => (unsafe { h.read_unaligned() })[0],
+        None => 0,
+    }
+}
+
+/// The flow an ICMP error (`Parsed::IcmpError`) is about, into `pkt.key`: it quotes a
+/// packet the VIP sent the client (a backend's reply, in DSR), so the flow is the quote's
+/// reversed. False unless the quote is of TCP with a whole IP header (no IPv4 options,
+/// no IPv6 extension headers) and its ports.
+#[inline(never)]
+pub fn icmp_quote(ctx: &XdpContext, pkt: &mut Packet) -> bool {
+    // verifier: the mask bounds the offset read back from the stack; it never changes it.
+    let l3 = pkt.l3 as usize & OFF_MASK;
+    let key = &mut pkt.key;
+    key.proto = PROTO_TCP;
+    key._pad = [0; 2];
+    // verifier: a whole word, as in `icmp_type`.
+    let Some(v) = ptr_at::<[u8; 4]>(ctx, l3) else {
+        return false;
+    };
+    // SAFETY: `ptr_at` checked the bytes are inside the packet.
+    let version = (unsafe { v.read_unaligned() })[0] >> 4;
+    let mut c = Cursor::at(l3);
+    let quoted = match version {
+        4 => key_v4(ctx, &mut c, key),
+        6 => key_v6(ctx, &mut c, key),
+        _ => false,
+    };
+    if quoted {
+        let Some(ports) = c.next::<[u16; 2]>(ctx) else {
+            return false;
+        };
+        // SAFETY: `next` checked the 4 bytes are inside the packet; read unaligned.
+        let [sport, dport] = unsafe { ports.read_unaligned() };
+        key.sport = dport;
+        key.dport = sport;
+        return true;
+    }
+    false
+}
+
+/// An IPv4 ICMP error's quoted header into `key` (reversed), the cursor after it.
+#[inline(always)]
+fn key_v4(ctx: &XdpContext, c: &mut Cursor, key: &mut FlowKey) -> bool {
+    // The outer header has no options (`parse_v4` checked).
+    if c.next::<Ipv4Hdr>(ctx).is_none() {
+        return false;
+    }
+    c.skip(ICMP_HLEN);
+    let Some(q) = c.next::<Ipv4Hdr>(ctx) else {
+        return false;
+    };
+    // SAFETY: as above, for the quoted header.
+    let q = unsafe { &*q };
+    if q.vihl != 0x45 || q.proto != PROTO_TCP {
+        return false;
+    }
+    key.src = [u32::from_ne_bytes(q.dst_addr), 0, 0, 0];
+    key.dst = [u32::from_ne_bytes(q.src_addr), 0, 0, 0];
+    key.family = FAMILY_V4;
+    true
+}
+
+/// An ICMPv6 error's quoted header into `key` (reversed), the cursor after it.
+#[inline(always)]
+fn key_v6(ctx: &XdpContext, c: &mut Cursor, key: &mut FlowKey) -> bool {
+    if c.next::<Ipv6Hdr>(ctx).is_none() {
+        return false;
+    }
+    c.skip(ICMP_HLEN);
+    let Some(q) = c.next::<Ipv6Hdr>(ctx) else {
+        return false;
+    };
+    // SAFETY: as above, for the quoted header.
+    let q = unsafe { &*q };
+    if q.next_hdr != PROTO_TCP {
+        return false;
+    }
+    key.src = words(&q.dst_addr);
+    key.dst = words(&q.src_addr);
+    key.family = FAMILY_V6;
+    true
 }
 
 /// An IPv6 address as the network order words of the maps.

@@ -77,7 +77,7 @@ pub fn new_direct_flow(
 /// The backend Maglev gives the packet's flow, into `t.backend`: `OK`, or a drop counter if the slot is empty or its backend cannot take new
 /// flows (not up, or not of the packet's family).
 #[inline(always)]
-fn maglev_pick(pkt: &Packet, svc: &Service, cfg: &GlobalConfig, t: &mut Target) -> u32 {
+pub fn maglev_pick(pkt: &Packet, svc: &Service, cfg: &GlobalConfig, t: &mut Target) -> u32 {
     if cfg.ring_size == 0 {
         return counters::DROP_INTERNAL;
     }

@@ -292,3 +292,78 @@ fn dnat_rewrites_the_destination_and_the_reply_source() {
 fn reply_key(p: &Plan, i: usize) -> FlowKey {
     lb_tests::test_run::key(p.backends[i], p.client, BACKEND_PORT, CLIENT_PORT)
 }
+
+/// An ICMP error from the client about its connection from `sport` (it quotes what the
+/// VIP sent it): IPv4 "fragmentation needed" or ICMPv6 "packet too big", MTU 1400.
+fn icmp_about(p: &Plan, sport: u16, icmp_type: u8) -> Vec<u8> {
+    let quoted = Packet::tcp(p.vip, VIP_PORT, p.client, sport, ACK).build();
+    let v4 = p.vip.is_ipv4();
+    let quote = &quoted[14..14 + if v4 { 28 } else { 48 }];
+    let mut icmp = vec![icmp_type, if v4 { 4 } else { 0 }, 0, 0, 0, 0, 0x05, 0x78];
+    icmp.extend(quote);
+    let c = inet_checksum(&icmp);
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    let mut f = Vec::new();
+    f.extend(LB1_MAC);
+    f.extend(CLIENT_MAC);
+    match (p.client, p.vip) {
+        (std::net::IpAddr::V4(s), std::net::IpAddr::V4(d)) => {
+            f.extend([0x08, 0x00, 0x45, 0]);
+            f.extend(((20 + icmp.len()) as u16).to_be_bytes());
+            f.extend([0, 0, 0, 0, 64, 1, 0, 0]);
+            f.extend(s.octets());
+            f.extend(d.octets());
+            let c = lb_tests::packet::ipv4_checksum(&f[14..34]);
+            f[24..26].copy_from_slice(&c.to_be_bytes());
+        }
+        (std::net::IpAddr::V6(s), std::net::IpAddr::V6(d)) => {
+            f.extend([0x86, 0xdd, 0x60, 0, 0, 0]);
+            f.extend((icmp.len() as u16).to_be_bytes());
+            f.extend([58, 64]);
+            f.extend(s.octets());
+            f.extend(d.octets());
+        }
+        _ => unreachable!("one family per plan"),
+    }
+    f.extend(icmp);
+    f
+}
+
+#[test]
+fn an_icmp_error_about_a_dsr_flow_goes_to_the_backend_that_owns_it() {
+    for p in [plan4(), plan6()] {
+        let error = if p.vip.is_ipv4() { 3 } else { 2 };
+        let mut lb = TestRun::new();
+        lb.dsr_service(&p, ENCAP_GUE, DEFAULT_GUE_PORT, 1);
+        lb.from_client(&p.syn().build());
+        // The table moves; the flow stays on backend 1, and so do its ICMP errors.
+        lb.table_to_dsr(&p, ENCAP_GUE, DEFAULT_GUE_PORT, 0);
+        let icmp = icmp_about(&p, CLIENT_PORT, error);
+        let (action, out, bumped) = lb.run_counted(&icmp);
+        assert_eq!(action, Action::Redirect, "{}", p.vip);
+        assert_eq!(bumped, vec![counter::FWD_ICMP], "{}", p.vip);
+        let gue = DEFAULT_GUE_PORT;
+        assert_eq!(out, outer(&p, ENCAP_GUE, gue, 1, CLIENT_PORT).wrap(&icmp));
+        // No flow: where Maglev sends the flow's packets.
+        let icmp = icmp_about(&p, CLIENT_PORT + 7, error);
+        let (_, out) = lb.from_client(&icmp);
+        assert_eq!(
+            out,
+            outer(&p, ENCAP_GUE, gue, 0, CLIENT_PORT + 7).wrap(&icmp)
+        );
+        // Not an error (an echo request), or about no VIP: the kernel's.
+        let echo = icmp_about(&p, CLIENT_PORT, if p.vip.is_ipv4() { 8 } else { 128 });
+        assert_eq!(lb.from_client(&echo).0, Action::Pass, "{}: echo", p.vip);
+        let other = Plan {
+            vip: p.backends[0],
+            ..p
+        };
+        let stray = icmp_about(&other, CLIENT_PORT, error);
+        assert_eq!(
+            lb.from_client(&stray).0,
+            Action::Pass,
+            "{}: not a VIP",
+            p.vip
+        );
+    }
+}
