@@ -136,6 +136,11 @@ pub struct NginxOpts {
     /// `GET /...` with the backend's name and no access log: a backend for connection
     /// rates a python server cannot take.
     pub plain_port: Option<u16>,
+    /// `listen PORT` without PROXY protocol, logging every request with the address it
+    /// came from (`$remote_addr`; the PROXY fields `-`), answering `GET /name` with the
+    /// backend's name, any other GET from this directory and a POST by reading the body
+    /// (any size): a backend of a DSR or DNAT service, which sees the client itself.
+    pub logged: Option<(u16, PathBuf)>,
 }
 
 /// A running nginx and its access log.
@@ -151,6 +156,9 @@ pub struct Nginx {
 /// is `addr:port`.
 const NGINX_LOG_FORMAT: &str = "pp $proxy_protocol_addr $proxy_protocol_port \
 $proxy_protocol_server_addr $proxy_protocol_server_port $remote_addr $remote_port \
+$server_port $scheme $status \"$request_uri\"";
+/// The same fields for a server without PROXY protocol: its four are `-`.
+const NGINX_PLAIN_LOG_FORMAT: &str = "pp - - - - $remote_addr $remote_port \
 $server_port $scheme $status \"$request_uri\"";
 
 /// Starts nginx in `ns` (one process, `master_process off`, in the foreground) with its
@@ -198,6 +206,22 @@ pub fn start_nginx(ns: &Netns, dir: &Path, name: &str, opts: &NginxOpts) -> Resu
              \x20   }}\n"
         )?;
     }
+    if let Some((port, root)) = &opts.logged {
+        ports.push(*port);
+        write!(
+            servers,
+            "    server {{\n\
+             \x20       listen {port} backlog=4096;\n\
+             \x20       listen [::]:{port} backlog=4096;\n\
+             \x20       access_log {d}/access.log plain;\n\
+             \x20       client_max_body_size 0;\n\
+             \x20       root {root};\n\
+             \x20       location = /name {{ return 200 \"{name}\"; }}\n\
+             \x20       location = /upload {{ return 200 \"{name} got it\\n\"; }}\n\
+             \x20   }}\n",
+            root = root.display(),
+        )?;
+    }
     if let Some((port, cert, key)) = &opts.tls {
         ports.push(*port);
         write!(
@@ -234,6 +258,7 @@ pub fn start_nginx(ns: &Netns, dir: &Path, name: &str, opts: &NginxOpts) -> Resu
          \x20   uwsgi_temp_path {d}/tmp/uwsgi;\n\
          \x20   scgi_temp_path {d}/tmp/scgi;\n\
          \x20   log_format pp '{NGINX_LOG_FORMAT}';\n\
+         \x20   log_format plain '{NGINX_PLAIN_LOG_FORMAT}';\n\
          {servers}\
          }}\n"
     );

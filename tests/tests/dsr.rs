@@ -1,0 +1,271 @@
+//! Direct server return and DNAT end to end: a real client, the LB daemon, and nginx
+//! backends that log the address each request came from.
+//!
+//! DSR runs in the one-armed topology, where client, LB and backends share a segment:
+//! the backends answer the client directly, and `lb decap` strips the encapsulation on
+//! them (ipip, gue) or nothing is to strip (l2). DNAT runs two-armed, the backends'
+//! default route through the LB, which rewrites their replies. For each: every request
+//! of hundreds is logged with the client's own address, they spread by weight, and a
+//! 100 MB download is sha256-exact. In DSR the LB's out-direction counters stay zero.
+//!
+//! Needs root, the built `lb` and its eBPF object, nginx and the test bed's tools: the
+//! tests fail (never skip) without them.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use lb_tests::bed::Bed;
+use lb_tests::client::{self, Spread};
+use lb_tests::daemon::Daemon;
+use lb_tests::dsr_backend::{Decap, start_nginx};
+use lb_tests::must;
+use lb_tests::receivers::Nginx;
+use lb_tests::topology::{Kind, Topology, VIP4, VIP6};
+
+/// The service's port: the VIP's and, in DSR, the backends'.
+const PORT: u16 = 8080;
+/// Connections for the spread.
+const CONNS: usize = 300;
+/// Percentage points a backend's share may be off its weight's.
+const TOLERANCE_PP: f64 = 10.0;
+/// The backends in use and their weights.
+const WEIGHTS: [(&str, u32); 2] = [("b1", 1), ("b2", 2)];
+
+fn vip(v6: bool) -> IpAddr {
+    if v6 { VIP6.into() } else { VIP4.into() }
+}
+
+fn url(v6: bool, path: &str) -> String {
+    match vip(v6) {
+        IpAddr::V4(a) => format!("http://{a}:{PORT}/{path}"),
+        IpAddr::V6(a) => format!("http://[{a}]:{PORT}/{path}"),
+    }
+}
+
+fn client_addr(topo: &Topology, v6: bool) -> String {
+    if v6 {
+        topo.client_v6.to_string()
+    } else {
+        topo.client_v4.to_string()
+    }
+}
+
+/// The daemon's arguments: the VIP and the backends on `PORT`, then `extra`.
+fn args(topo: &Topology, v6: bool, extra: &[&str]) -> Vec<String> {
+    let mut a: Vec<String> = Vec::new();
+    for iface in &topo.lb_ifaces {
+        a.extend(["--iface".into(), iface.clone()]);
+    }
+    let v = match vip(v6) {
+        IpAddr::V4(a) => format!("{a}:{PORT}"),
+        IpAddr::V6(a) => format!("[{a}]:{PORT}"),
+    };
+    a.extend(["--vip".into(), v]);
+    for (name, w) in WEIGHTS {
+        let b = topo.backend(name);
+        let addr = if v6 {
+            format!("[{}]:{PORT}", b.v6)
+        } else {
+            format!("{}:{PORT}", b.v4)
+        };
+        a.extend(["--backend".into(), format!("{addr}@{w}")]);
+    }
+    a.extend([
+        "--xdp-mode".into(),
+        "native".into(),
+        "--health-interval".into(),
+        "1s".into(),
+    ]);
+    a.extend(extra.iter().map(|s| s.to_string()));
+    a
+}
+
+/// The checks every mode shares: the spread by weight, every request logged with the
+/// client's address, and a 100 MB download sha256-exact.
+fn serves_the_client_itself(topo: &Topology, daemon: &Daemon, nginx: &[Nginx], v6: bool) {
+    let spread: Spread = must(client::spread(&topo.client, &url(v6, "name"), CONNS));
+    assert_eq!(
+        spread.failures,
+        0,
+        "{} of {CONNS} connections failed: {spread}\nlb log:\n{}",
+        spread.failures,
+        daemon.log()
+    );
+    if let Err(e) = spread.check_weights(&WEIGHTS, TOLERANCE_PP) {
+        panic!("{e:#}");
+    }
+    let client = client_addr(topo, v6);
+    let mut logged = BTreeMap::new();
+    for (n, (name, _)) in nginx.iter().zip(WEIGHTS) {
+        let entries = must(n.entries());
+        for e in &entries {
+            assert_eq!(
+                e.remote_addr, client,
+                "{name} logged another address: {e:?}"
+            );
+        }
+        let names = entries.iter().filter(|e| e.uri == "/name").count();
+        logged.insert(name.to_string(), names);
+    }
+    assert_eq!(
+        logged, spread.counts,
+        "what the backends logged and what the client got"
+    );
+
+    let sum = must(topo.create_blob(100 << 20));
+    let got = must(topo.download(&url(v6, "blob"), Duration::from_secs(60)));
+    assert_eq!(got, sum, "the 100 MB download");
+}
+
+fn global_counter(daemon: &Daemon, name: &str) -> u64 {
+    let stats = must(daemon.stats_json());
+    stats["counters"][name]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no counter {name} in {stats}"))
+}
+
+/// A DSR service over `encap` for one family: the whole check, then the LB and
+/// `lb decap` stop and leave nothing behind.
+fn dsr(encap: &str, v6: bool) {
+    let bed = Bed::new(Kind::OneArmed);
+    let topo = &bed.topo;
+    let vips = [VIP4.to_string(), VIP6.to_string()];
+    let mut decaps = Vec::new();
+    let mut nginx = Vec::new();
+    for (name, _) in WEIGHTS {
+        let b = topo.backend(name);
+        let mut a = vec!["--vip", &vips[0], "--vip", &vips[1], "--encap", encap];
+        // Only the LB's address may send encapsulated packets.
+        let from = [format!("{}/32", topo.lb_v4), format!("{}/128", topo.lb_v6)];
+        if encap != "l2" {
+            a.extend(["--from", &from[0], "--from", &from[1]]);
+        }
+        let log = topo.path(&format!("decap-{name}.log"));
+        decaps.push(must(Decap::start(&b.ns, &bed.lb, &a, &vips[0], &log)));
+        nginx.push(must(start_nginx(b, PORT)));
+    }
+    let daemon = bed.start(&args(topo, v6, &["--mode", "dsr", "--encap", encap]));
+    serves_the_client_itself(topo, &daemon, &nginx, v6);
+    assert_eq!(
+        global_counter(&daemon, "forwarded_out"),
+        0,
+        "DSR: the replies must not cross the LB"
+    );
+    assert!(global_counter(&daemon, "forwarded_in") > CONNS as u64);
+    bed.stop(daemon);
+    for (d, (name, _)) in decaps.into_iter().zip(WEIGHTS) {
+        let (status, log) = must(d.stop());
+        assert!(status.success(), "lb decap on {name}: {status}\n{log}");
+        let lo = must(
+            topo.backend(name)
+                .ns
+                .exec("ip", &["-o", "addr", "show", "dev", "lo"]),
+        );
+        assert!(
+            !lo.contains(&vips[0]) && !lo.contains(&vips[1]),
+            "{name}: lb decap left a VIP on lo:\n{lo}"
+        );
+    }
+}
+
+#[test]
+fn dsr_ipip_v4() {
+    dsr("ipip", false);
+}
+
+#[test]
+fn dsr_ipip_v6() {
+    dsr("ipip", true);
+}
+
+#[test]
+fn dsr_gue_v4() {
+    dsr("gue", false);
+}
+
+#[test]
+fn dsr_gue_v6() {
+    dsr("gue", true);
+}
+
+#[test]
+fn dsr_l2_v4() {
+    dsr("l2", false);
+}
+
+#[test]
+fn dsr_l2_v6() {
+    dsr("l2", true);
+}
+
+/// DNAT: the backends' default route is the LB (two-armed), which turns their replies'
+/// source back into the VIP.
+fn dnat(v6: bool) {
+    let bed = Bed::new(Kind::TwoArmed);
+    let topo = &bed.topo;
+    let nginx: Vec<Nginx> = WEIGHTS
+        .iter()
+        .map(|(name, _)| must(start_nginx(topo.backend(name), PORT)))
+        .collect();
+    let daemon = bed.start(&args(topo, v6, &["--mode", "dnat"]));
+    serves_the_client_itself(topo, &daemon, &nginx, v6);
+    assert!(global_counter(&daemon, "forwarded_out") > CONNS as u64);
+    bed.stop(daemon);
+}
+
+#[test]
+fn dnat_v4() {
+    dnat(false);
+}
+
+#[test]
+fn dnat_v6() {
+    dnat(true);
+}
+
+/// A client's full-size segments do not fit the LB's segment once encapsulated (1500 +
+/// 20 or 32 bytes): the LB answers with the MTU left, the client's path MTU discovery
+/// shrinks its segments, and a 20 MB upload arrives whole.
+#[test]
+fn an_upload_over_the_path_mtu_once_encapsulated_still_arrives() {
+    let bed = Bed::new(Kind::OneArmed);
+    let topo = &bed.topo;
+    let vips = [VIP4.to_string(), VIP6.to_string()];
+    let mut decaps = Vec::new();
+    let mut nginx = Vec::new();
+    for (name, _) in WEIGHTS {
+        let b = topo.backend(name);
+        let a = ["--vip", &vips[0], "--vip", &vips[1], "--encap", "gue"];
+        let log = topo.path(&format!("decap-{name}.log"));
+        decaps.push(must(Decap::start(&b.ns, &bed.lb, &a, &vips[0], &log)));
+        nginx.push(must(start_nginx(b, PORT)));
+    }
+    let daemon = bed.start(&args(topo, false, &["--mode", "dsr", "--encap", "gue"]));
+    let body = topo.path("upload");
+    must(std::fs::write(&body, vec![0x5au8; 20 << 20]).map_err(Into::into));
+    let out = must(topo.client.exec(
+        "curl",
+        &[
+            "-s",
+            "-o",
+            "/dev/null",
+            "-H",
+            "Expect:",
+            "--max-time",
+            "60",
+            "-w",
+            "%{http_code} %{size_upload}",
+            "--data-binary",
+            &format!("@{}", body.display()),
+            &url(false, "upload"),
+        ],
+    ));
+    assert_eq!(out.trim(), format!("200 {}", 20 << 20), "the upload");
+    assert!(
+        global_counter(&daemon, "drop_too_big") > 0,
+        "the client's full-size segments were answered with the MTU left"
+    );
+    bed.stop(daemon);
+    drop(decaps);
+}
