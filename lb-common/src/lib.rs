@@ -7,6 +7,7 @@
 #![cfg_attr(not(feature = "std"), no_std)]
 
 pub mod counters;
+pub mod decap;
 pub mod encap;
 pub mod flow;
 pub mod handoff;

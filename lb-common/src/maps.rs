@@ -401,6 +401,16 @@ pub mod names {
     pub const SPLICE_LAYOUT: &str = "SPLICE_LAYOUT";
     /// Program array of one: `PROG_DIRECT`, which `PROG_LB` tail-calls.
     pub const DIRECT: &str = "DIRECT";
+    /// `lb decap`'s maps: the VIPs (`DecapVip` → `u8`), the allowed outer sources (LPM
+    /// tries, IPv4 and IPv6), its settings (`DecapConfig`) and its counters.
+    pub const DECAP_VIPS: &str = "DECAP_VIPS";
+    pub const DECAP_FROM4: &str = "DECAP_FROM4";
+    pub const DECAP_FROM6: &str = "DECAP_FROM6";
+    pub const DECAP_CONFIG: &str = "DECAP_CONFIG";
+    pub const DECAP_COUNTERS: &str = "DECAP_COUNTERS";
+    /// `lb decap`'s programs: the XDP decapsulation and the TC egress MSS clamp.
+    pub const PROG_DECAP: &str = "lb_decap";
+    pub const PROG_DECAP_MSS: &str = "lb_decap_mss";
     /// The load-balancing program.
     pub const PROG_LB: &str = "lb_xdp";
     /// The DSR and DNAT forward path, a program of its own (`PROG_LB` tail-calls it

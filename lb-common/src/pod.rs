@@ -29,3 +29,7 @@ unsafe impl aya::Pod for SourceKey {}
 unsafe impl aya::Pod for SpliceLayout {}
 // SAFETY: as above.
 unsafe impl aya::Pod for crate::syn_proxy::SynRate {}
+// SAFETY: as above.
+unsafe impl aya::Pod for crate::decap::DecapVip {}
+// SAFETY: as above.
+unsafe impl aya::Pod for crate::decap::DecapConfig {}

@@ -27,6 +27,8 @@ mod conntrack;
 #[cfg(target_arch = "bpf")]
 mod cookie;
 #[cfg(target_arch = "bpf")]
+mod decap;
+#[cfg(target_arch = "bpf")]
 mod direct;
 #[cfg(target_arch = "bpf")]
 mod dispatch;
@@ -106,6 +108,18 @@ mod entry {
     #[xdp]
     pub fn lb_direct(ctx: XdpContext) -> u32 {
         crate::verdict::finish(crate::dispatch::handle_direct(&ctx))
+    }
+
+    /// `lb decap` on a DSR backend: strips the encapsulation of packets for its VIPs.
+    #[xdp]
+    pub fn lb_decap(ctx: XdpContext) -> u32 {
+        crate::decap::handle(&ctx)
+    }
+
+    /// `lb decap --clamp-mss`: lowers the MSS of the VIPs' SYN-ACKs (TC egress).
+    #[classifier]
+    pub fn lb_decap_mss(ctx: TcContext) -> i32 {
+        crate::decap::clamp_mss(&ctx)
     }
 
     /// Passes every packet to the kernel.

@@ -3,7 +3,7 @@
 use clap::Parser;
 use lb_user::api::client::ClientError;
 use lb_user::cli::{Cli, Command};
-use lb_user::cli::{ctl, down, stats};
+use lb_user::cli::{ctl, decap, down, stats};
 use lb_user::config::{Config, parse_duration};
 use lb_user::daemon;
 use std::io::IsTerminal;
@@ -37,6 +37,17 @@ fn main() -> ExitCode {
                 match e {
                     ClientError::BadAddr(_) => ExitCode::from(EXIT_USAGE),
                     _ => ExitCode::FAILURE,
+                }
+            }
+        },
+        Some(Command::Decap(args)) => match decap::run(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("lb decap: error: {e:#}");
+                if e.is::<decap::UsageError>() {
+                    ExitCode::from(EXIT_USAGE)
+                } else {
+                    ExitCode::FAILURE
                 }
             }
         },

@@ -2,6 +2,7 @@
 //! flags and the config file share one set of checks and error messages.
 
 pub mod ctl;
+pub mod decap;
 pub mod down;
 pub mod stats;
 
@@ -45,6 +46,10 @@ pub enum Command {
     },
     /// Change the running daemon through its admin API (see --admin).
     Ctl(CtlArgs),
+    /// On a backend of a DSR service: strip the LB's encapsulation of packets for the
+    /// VIPs (an XDP program on --iface), put the VIPs on lo, keep the host from answering
+    /// ARP for them; all undone on SIGTERM or SIGINT.
+    Decap(decap::DecapArgs),
     /// Take lb out of this network namespace: stop the daemon if one runs, detach the
     /// programs and remove the state directory, routes and records. (Stopping the daemon
     /// alone leaves the data path forwarding, for a restart or upgrade to adopt.)
