@@ -537,3 +537,103 @@ pub fn recv_with_fds(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<(usize,
     }
     Ok((n as usize, fds))
 }
+
+/// Four random bytes from the kernel (`getrandom`), e.g. a TCP initial sequence number.
+pub fn random_u32() -> io::Result<u32> {
+    let mut b = [0u8; 4];
+    // SAFETY: `b` is 4 writable bytes, the length given.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    if n == 4 {
+        Ok(u32::from_ne_bytes(b))
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// `recvfrom(2)` on a non-blocking socket: the bytes read into `buf` and the sender's
+/// IP address (a raw IPv6 socket gives it only there).
+pub fn recv_from(
+    fd: BorrowedFd<'_>,
+    buf: &mut [u8],
+) -> io::Result<(usize, Option<std::net::IpAddr>)> {
+    // SAFETY: an all-zero `sockaddr_storage` is valid.
+    let mut from: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: `buf` is writable for its length, `from` for `len` bytes; the fd is open.
+    let n = unsafe {
+        libc::recvfrom(
+            fd.as_raw_fd(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            libc::MSG_DONTWAIT,
+            (&mut from as *mut libc::sockaddr_storage).cast(),
+            &mut len,
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let ip = match i32::from(from.ss_family) {
+        libc::AF_INET => {
+            // SAFETY: the family says the storage holds a `sockaddr_in`.
+            let a =
+                unsafe { &*(&from as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            Some(std::net::Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)).into())
+        }
+        libc::AF_INET6 => {
+            // SAFETY: the family says the storage holds a `sockaddr_in6`.
+            let a =
+                unsafe { &*(&from as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            Some(std::net::Ipv6Addr::from(a.sin6_addr.s6_addr).into())
+        }
+        _ => None,
+    };
+    Ok((n as usize, ip))
+}
+
+/// Sends `data` on a `SOCK_DGRAM` packet socket to `mac` on interface `ifindex`, as
+/// ether type `ether`.
+pub fn send_packet(
+    fd: BorrowedFd<'_>,
+    ifindex: u32,
+    ether: u16,
+    mac: [u8; 6],
+    data: &[u8],
+) -> io::Result<()> {
+    // SAFETY: an all-zero `sockaddr_ll` is valid; the fields set below complete it.
+    let mut ll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    ll.sll_family = libc::AF_PACKET as u16;
+    ll.sll_protocol = ether.to_be();
+    ll.sll_ifindex = ifindex as i32;
+    ll.sll_halen = 6;
+    ll.sll_addr[..6].copy_from_slice(&mac);
+    // SAFETY: `data` is readable for its length, `ll` is a valid `sockaddr_ll` of the
+    // length given; the fd is open.
+    let n = unsafe {
+        libc::sendto(
+            fd.as_raw_fd(),
+            data.as_ptr().cast(),
+            data.len(),
+            0,
+            (&ll as *const libc::sockaddr_ll).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Registers `socket` with the current tokio runtime's reactor, for reading. Must be
+/// called inside a runtime.
+pub fn async_socket(
+    socket: socket2::Socket,
+) -> io::Result<tokio::io::unix::AsyncFd<socket2::Socket>> {
+    // SAFETY: the socket owns its descriptor, which stays open until it is dropped, and
+    // its `as_raw_fd` always returns that descriptor.
+    unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(socket, tokio::io::Interest::READABLE)
+    }
+    .map_err(io::Error::from)
+}

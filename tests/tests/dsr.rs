@@ -269,3 +269,55 @@ fn an_upload_over_the_path_mtu_once_encapsulated_still_arrives() {
     bed.stop(daemon);
     drop(decaps);
 }
+
+/// A DSR backend is checked through the service's own path: one whose `lb decap` stops
+/// (its program detached, its VIP off `lo`) fails its check although its server still
+/// answers on its own address, and new connections go to the others.
+#[test]
+fn a_backend_without_its_decapsulation_fails_its_check_and_gets_no_new_flows() {
+    let bed = Bed::new(Kind::OneArmed);
+    let topo = &bed.topo;
+    let vips = [VIP4.to_string(), VIP6.to_string()];
+    let mut decaps = Vec::new();
+    let mut nginx = Vec::new();
+    for (name, _) in WEIGHTS {
+        let b = topo.backend(name);
+        let a = ["--vip", &vips[0], "--vip", &vips[1], "--encap", "gue"];
+        let log = topo.path(&format!("decap-{name}.log"));
+        decaps.push(must(Decap::start(&b.ns, &bed.lb, &a, &vips[0], &log)));
+        nginx.push(must(start_nginx(b, PORT)));
+    }
+    let daemon = bed.start(&args(topo, false, &["--mode", "dsr", "--encap", "gue"]));
+    let both = must(client::spread(&topo.client, &url(false, "name"), 60));
+    assert!(
+        both.count("b1") > 0 && both.count("b2") > 0,
+        "both backends serve at first: {both}"
+    );
+
+    let (status, log) = must(decaps.remove(0).stop());
+    assert!(status.success(), "lb decap on b1: {status}\n{log}");
+    // Its server still answers on its own address: only the path is gone.
+    let b1 = topo.backend("b1");
+    let direct = must(client::get(
+        &topo.lb,
+        &format!("http://{}:{PORT}/name", b1.v4),
+    ));
+    assert_eq!(direct.trim(), "b1");
+    let down = lb_tests::netns::wait_until(Duration::from_secs(15), || {
+        let stats = daemon.stats_json()?;
+        let state = stats["services"][0]["backends"]
+            .as_array()
+            .and_then(|bs| bs.iter().find(|b| b["addr"] == format!("{}:{PORT}", b1.v4)))
+            .map(|b| b["state"].as_str().unwrap_or_default().to_string());
+        Ok(state.as_deref() == Some("down"))
+    });
+    assert!(
+        down,
+        "b1 is not down 15 s after its decapsulation stopped; lb log:\n{}",
+        daemon.log()
+    );
+    let after = must(client::spread(&topo.client, &url(false, "name"), 100));
+    assert_eq!(after.failures, 0, "{after}");
+    assert_eq!(after.count("b1"), 0, "b1 gets no new flows: {after}");
+    bed.stop(daemon);
+}

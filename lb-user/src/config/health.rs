@@ -32,6 +32,7 @@ pub(super) fn health(
         rise: threshold(h.rise, DEFAULT_RISE, &|| loc("rise"))?,
         fall: threshold(h.fall, DEFAULT_FALL, &|| loc("fall"))?,
         preamble: None,
+        path: None,
     })
 }
 

@@ -11,6 +11,7 @@ use crate::dataplane::DataplaneError;
 use crate::dataplane::Forwarding;
 use crate::dataplane::adopt::Adopted;
 use crate::health::histogram::LatencyHistogram;
+use crate::health::path::DsrPath;
 use crate::health::{self, CheckResult, HealthCheck, HealthConfig, Tracker, Transition};
 use crate::proxy::codec::header;
 use lb_common::addr::ip_bytes;
@@ -421,7 +422,7 @@ impl Model {
         } else {
             Duration::ZERO
         };
-        if let Some(spec) = check_spec(&svc.health, preamble(svc)) {
+        if let Some(spec) = check_spec(svc, &svc.health) {
             self.plan.push(Step::StartChecker {
                 check_id,
                 addr: b.addr,
@@ -795,10 +796,21 @@ pub(super) fn preamble(svc: &ServiceState) -> Option<Vec<u8>> {
 }
 
 /// The check a checker runs: the service's with its preamble; `None` for no check.
-pub(super) fn check_spec(h: &HealthConfig, preamble: Option<Vec<u8>>) -> Option<HealthConfig> {
+pub(super) fn check_spec(svc: &ServiceState, h: &HealthConfig) -> Option<HealthConfig> {
     h.is_checked().then(|| HealthConfig {
-        preamble,
+        preamble: preamble(svc),
+        path: dsr_path(svc),
         ..h.clone()
+    })
+}
+
+/// A DSR service's path, which its checks prove (`health::path`).
+fn dsr_path(svc: &ServiceState) -> Option<DsrPath> {
+    let encap = svc.encap.filter(|_| svc.mode == Mode::Dsr)?;
+    Some(DsrPath {
+        vip: svc.vip.ip(),
+        encap: encap.kind.wire(),
+        gue_port: encap.gue_port,
     })
 }
 

@@ -4,7 +4,7 @@
 //! refused before anything is planned.
 
 use super::error::ControlError;
-use super::model::{Admin, Health, Model, check_spec, preamble};
+use super::model::{Admin, Health, Model, check_spec};
 use super::plan::Step;
 use crate::config::{Config, ServiceConfig, SynCookies};
 use crate::health::HealthCheck;
@@ -164,7 +164,7 @@ impl Model {
         if self.services[si].health != n.health {
             self.services[si].health = n.health.clone();
             let h = n.health.clone();
-            let spec = check_spec(&h, preamble(&self.services[si]));
+            let spec = check_spec(&self.services[si], &h);
             for b in &mut self.services[si].backends {
                 let up = b.health == Health::Up || h.check == HealthCheck::None;
                 self.plan.push(Step::StopChecker {

@@ -18,6 +18,7 @@
 //!   header, so its checks send one (LOCAL in v2) first.
 
 pub mod histogram;
+pub mod path;
 pub mod probe;
 pub mod scheduler;
 pub mod spec;

@@ -113,6 +113,10 @@ async fn probe(target: SocketAddr, spec: &HealthConfig) -> Result<(), FailReason
     if spec.check == HealthCheck::None {
         return Ok(());
     }
+    if let Some(path) = &spec.path {
+        // The service's own path first: the encapsulated SYN to VIP:port.
+        super::path::syn_ack(target.ip(), target.port(), path).await?;
+    }
     let mut stream = connect(target).await?;
     let preamble = spec.preamble.as_deref().filter(|p| !p.is_empty());
     if let Some(preamble) = preamble {

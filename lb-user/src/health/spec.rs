@@ -63,6 +63,9 @@ pub struct HealthConfig {
     /// check): the PROXY header a proxy service's backends expect. Not a setting: the
     /// control plane fills it in from the service's PROXY protocol version.
     pub preamble: Option<Vec<u8>>,
+    /// A DSR service's path to its backends: each check first proves it (a SYN through
+    /// the encapsulation to VIP:port, see `path`). Not a setting either.
+    pub path: Option<super::path::DsrPath>,
 }
 
 impl Default for HealthConfig {
@@ -76,6 +79,7 @@ impl Default for HealthConfig {
             rise: DEFAULT_RISE,
             fall: DEFAULT_FALL,
             preamble: None,
+            path: None,
         }
     }
 }
@@ -93,6 +97,9 @@ impl fmt::Debug for HealthConfig {
             .field("fall", &self.fall);
         if let Some(p) = &self.preamble {
             d.field("preamble", p);
+        }
+        if let Some(p) = &self.path {
+            d.field("path", p);
         }
         d.finish()
     }
