@@ -321,3 +321,117 @@ fn a_backend_without_its_decapsulation_fails_its_check_and_gets_no_new_flows() {
     assert_eq!(after.count("b1"), 0, "b1 gets no new flows: {after}");
     bed.stop(daemon);
 }
+
+/// `lb decap` takes only encapsulated packets for its VIPs from its LBs: a GUE packet
+/// for another address, or from a host outside `--from`, passes untouched (and the
+/// kernel, which has no GUE, drops it). Bad flags change nothing.
+#[test]
+fn lb_decap_takes_only_its_vips_from_its_lbs() {
+    let bed = Bed::new(Kind::OneArmed);
+    let topo = &bed.topo;
+    let b1 = topo.backend("b1");
+    let vip = VIP4.to_string();
+    let from = format!("{}/32", topo.lb_v4);
+
+    for (bad, flag) in [
+        (vec!["--vip", "nope"], "--vip"),
+        (vec!["--vip", &vip, "--encap", "vxlan"], "--encap"),
+        (vec!["--vip", &vip, "--gue-port", "7000"], "--gue-port"),
+        (
+            vec!["--vip", &vip, "--encap", "gue", "--from", "198.18.1.1/40"],
+            "--from",
+        ),
+        (vec!["--vip", &vip, "--clamp-mss", "100"], "--clamp-mss"),
+    ] {
+        let out = must(lb_tests::cmd::output_any(
+            b1.ns
+                .command(&bed.lb.to_string_lossy())
+                .args(["decap", "--iface", "eth0"])
+                .args(&bad),
+        ));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{bad:?}: {err}");
+        assert!(err.contains(flag), "{bad:?}: the error names {flag}: {err}");
+    }
+    let link = must(b1.ns.exec("ip", &["link", "show", "eth0"]));
+    assert!(
+        !link.contains("xdp"),
+        "a bad flag attached nothing:\n{link}"
+    );
+    let lo = must(b1.ns.exec("ip", &["-o", "addr", "show", "dev", "lo"]));
+    assert!(!lo.contains(&vip), "a bad flag added no VIP:\n{lo}");
+
+    let log = topo.path("decap-b1.log");
+    let args = ["--vip", &vip, "--encap", "gue", "--from", &from];
+    let decap = must(Decap::start(&b1.ns, &bed.lb, &args, &vip, &log));
+    let gue_to = |ns: &lb_tests::Netns, inner_dst: IpAddr| {
+        let inner = lb_tests::packet::Packet::tcp(
+            topo.client_v4.into(),
+            40000,
+            inner_dst,
+            PORT,
+            lb_tests::packet::flags::SYN,
+        )
+        .build();
+        let mut payload = lb_common::encap::gue_header(lb_common::encap::IPPROTO_IPIP).to_vec();
+        payload.extend(&inner[14..]);
+        let hex: String = payload.iter().map(|b| format!("{b:02x}")).collect();
+        must(ns.exec(
+            "python3",
+            &[
+                "-c",
+                "import socket,sys; socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(bytes.fromhex(sys.argv[1]), (sys.argv[2], 6080))",
+                &hex,
+                &b1.v4.to_string(),
+            ],
+        ));
+    };
+    // Both senders know b1's MAC beforehand: nothing waits on ARP.
+    let link = must(b1.ns.exec("ip", &["-j", "link", "show", "eth0"]));
+    let link: serde_json::Value = must(serde_json::from_str(&link).map_err(Into::into));
+    let mac = link[0]["address"].as_str().expect("b1's MAC").to_string();
+    for (ns, dev) in [(&topo.lb, "lb0"), (&topo.client, "eth0")] {
+        let b1_addr = b1.v4.to_string();
+        let neigh = ["neigh", "replace", &b1_addr, "lladdr", &mac, "dev", dev];
+        must(ns.exec("ip", &neigh));
+    }
+    gue_to(&topo.lb, VIP4.into());
+    gue_to(&topo.lb, "198.18.100.99".parse().unwrap());
+    // The client's may be sent more than once: each must be refused.
+    for _ in 0..3 {
+        gue_to(&topo.client, VIP4.into());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (status, out) = must(decap.stop());
+    assert!(status.success(), "{status}\n{out}");
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("decapsulated="))
+        .unwrap_or_else(|| panic!("no counters line:\n{out}"));
+    let count = |name: &str| -> u64 {
+        line.split_whitespace()
+            .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {line}"))
+    };
+    assert_eq!(
+        count("decapsulated"),
+        1,
+        "only the LB's packet for the VIP: {line}"
+    );
+    assert_eq!(count("not_vip"), 1, "{line}");
+    assert!(
+        count("not_from_lb") >= 1,
+        "the client's packets were refused: {line}"
+    );
+    let link = must(b1.ns.exec("ip", &["link", "show", "eth0"]));
+    assert!(
+        !link.contains("xdp"),
+        "lb decap detached its program:\n{link}"
+    );
+    let arp = must(
+        b1.ns
+            .exec("sysctl", &["-n", "net.ipv4.conf.all.arp_ignore"]),
+    );
+    assert_eq!(arp.trim(), "0", "arp_ignore restored");
+}
