@@ -435,3 +435,68 @@ fn lb_decap_takes_only_its_vips_from_its_lbs() {
     );
     assert_eq!(arp.trim(), "0", "arp_ignore restored");
 }
+
+/// `lb decap --clamp-mss`: the VIP's SYN-ACKs announce at most that MSS, so the client's
+/// segments fit once encapsulated and the LB never has to answer "too big".
+#[test]
+fn a_clamped_mss_keeps_client_segments_within_the_path() {
+    let bed = Bed::new(Kind::OneArmed);
+    let topo = &bed.topo;
+    let vips = [VIP4.to_string(), VIP6.to_string()];
+    let mut decaps = Vec::new();
+    let mut nginx = Vec::new();
+    for (name, _) in WEIGHTS {
+        let b = topo.backend(name);
+        let a = ["--vip", &vips[0], "--encap", "gue", "--clamp-mss", "1400"];
+        let log = topo.path(&format!("decap-{name}.log"));
+        decaps.push(must(Decap::start(&b.ns, &bed.lb, &a, &vips[0], &log)));
+        nginx.push(must(start_nginx(b, PORT)));
+    }
+    let daemon = bed.start(&args(topo, false, &["--mode", "dsr", "--encap", "gue"]));
+    let spread = must(client::spread(&topo.client, &url(false, "name"), 20));
+    assert_eq!(spread.failures, 0, "{spread}");
+    let body = topo.path("upload");
+    must(std::fs::write(&body, vec![0x5au8; 5 << 20]).map_err(Into::into));
+    let out = must(topo.client.exec(
+        "curl",
+        &[
+            "-s",
+            "-o",
+            "/dev/null",
+            "-H",
+            "Expect:",
+            "--max-time",
+            "60",
+            "-w",
+            "%{http_code} %{size_upload}",
+            "--data-binary",
+            &format!("@{}", body.display()),
+            &url(false, "upload"),
+        ],
+    ));
+    assert_eq!(out.trim(), format!("200 {}", 5 << 20), "the upload");
+    assert_eq!(
+        global_counter(&daemon, "drop_too_big"),
+        0,
+        "segments of at most 1400 bytes fit the encapsulation"
+    );
+    bed.stop(daemon);
+    let mut clamped = 0;
+    for d in decaps {
+        let (status, log) = must(d.stop());
+        assert!(status.success(), "{status}\n{log}");
+        let line = log
+            .lines()
+            .find(|l| l.starts_with("decapsulated="))
+            .unwrap_or_else(|| panic!("no counters line:\n{log}"));
+        clamped += line
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix("mss_clamped="))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no mss_clamped in {line}"));
+    }
+    assert!(
+        clamped >= 21,
+        "every SYN-ACK of the VIP was clamped ({clamped})"
+    );
+}
