@@ -69,9 +69,7 @@ fn next_hop(ctx: &XdpContext, pkt: &Packet, t: &Target, dir: Dir) -> Verdict {
     let rc = unsafe { bpf_fib_lookup(ctx.as_ptr(), p, size_of::<FibParams>() as i32, 0) };
     match rc as u32 {
         BPF_FIB_LKUP_RET_SUCCESS => {
-            hop.macs[..6].copy_from_slice(&p.dmac);
-            hop.macs[6..].copy_from_slice(&p.smac);
-            hop.ifindex = p.ifindex;
+            hop.take(p);
             if dir == Dir::In {
                 remember_hop(t, &hop);
             }
@@ -113,9 +111,7 @@ pub fn send_encapsulated(ctx: &XdpContext, pkt: &Packet, t: &Target) -> Verdict 
         let rc = unsafe { bpf_fib_lookup(ctx.as_ptr(), p, size_of::<FibParams>() as i32, 0) };
         match rc as u32 {
             BPF_FIB_LKUP_RET_SUCCESS => {
-                hop.macs[..6].copy_from_slice(&p.dmac);
-                hop.macs[6..].copy_from_slice(&p.smac);
-                hop.ifindex = p.ifindex;
+                hop.take(p);
                 remember_hop(t, &hop);
             }
             BPF_FIB_LKUP_RET_NO_NEIGH => {
@@ -214,6 +210,16 @@ struct Hop {
     ip_len: u32,
     /// The interface the packet came in on.
     ingress: u32,
+}
+
+impl Hop {
+    /// The MACs and interface of a successful FIB lookup.
+    #[inline(always)]
+    fn take(&mut self, p: &FibParams) {
+        self.macs[..6].copy_from_slice(&p.dmac);
+        self.macs[6..].copy_from_slice(&p.smac);
+        self.ifindex = p.ifindex;
+    }
 }
 
 /// Fills `hop` from this CPU's cached next hop toward `t`'s backend if it is fresh, for

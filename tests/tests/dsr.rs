@@ -125,26 +125,73 @@ fn global_counter(daemon: &Daemon, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("no counter {name} in {stats}"))
 }
 
-/// A DSR service over `encap` for one family: the whole check, then the LB and
-/// `lb decap` stop and leave nothing behind.
-fn dsr(encap: &str, v6: bool) {
-    let bed = Bed::new(Kind::OneArmed);
+/// The backends of `WEIGHTS` as DSR backends: `lb decap` with both VIPs and `extra`,
+/// and nginx on `PORT`.
+fn dsr_backends(bed: &Bed, extra: &[&str]) -> (Vec<Decap>, Vec<Nginx>) {
     let topo = &bed.topo;
     let vips = [VIP4.to_string(), VIP6.to_string()];
     let mut decaps = Vec::new();
     let mut nginx = Vec::new();
     for (name, _) in WEIGHTS {
         let b = topo.backend(name);
-        let mut a = vec!["--vip", &vips[0], "--vip", &vips[1], "--encap", encap];
-        // Only the LB's address may send encapsulated packets.
-        let from = [format!("{}/32", topo.lb_v4), format!("{}/128", topo.lb_v6)];
-        if encap != "l2" {
-            a.extend(["--from", &from[0], "--from", &from[1]]);
-        }
+        let mut a = vec!["--vip", &vips[0], "--vip", &vips[1]];
+        a.extend(extra);
         let log = topo.path(&format!("decap-{name}.log"));
         decaps.push(must(Decap::start(&b.ns, &bed.lb, &a, &vips[0], &log)));
         nginx.push(must(start_nginx(b, PORT)));
     }
+    (decaps, nginx)
+}
+
+/// POSTs `size` bytes from the client to the VIP's `/upload`; curl's `code size_upload`.
+fn upload(topo: &Topology, size: usize) -> String {
+    let body = topo.path("upload");
+    must(std::fs::write(&body, vec![0x5au8; size]).map_err(Into::into));
+    let out = must(topo.client.exec(
+        "curl",
+        &[
+            "-s",
+            "-o",
+            "/dev/null",
+            "-H",
+            "Expect:",
+            "--max-time",
+            "60",
+            "-w",
+            "%{http_code} %{size_upload}",
+            "--data-binary",
+            &format!("@{}", body.display()),
+            &url(false, "upload"),
+        ],
+    ));
+    out.trim().to_string()
+}
+
+/// A counter of the line `lb decap` prints when it stops (`name=value ...`).
+fn decap_count(log: &str, name: &str) -> u64 {
+    let line = log
+        .lines()
+        .find(|l| l.starts_with("decapsulated="))
+        .unwrap_or_else(|| panic!("no counters line:\n{log}"));
+    line.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {line}"))
+}
+
+/// A DSR service over `encap` for one family: the whole check, then the LB and
+/// `lb decap` stop and leave nothing behind.
+fn dsr(encap: &str, v6: bool) {
+    let bed = Bed::new(Kind::OneArmed);
+    let topo = &bed.topo;
+    let vips = [VIP4.to_string(), VIP6.to_string()];
+    // Only the LB's address may send encapsulated packets.
+    let from = [format!("{}/32", topo.lb_v4), format!("{}/128", topo.lb_v6)];
+    let mut extra = vec!["--encap", encap];
+    if encap != "l2" {
+        extra.extend(["--from", &from[0], "--from", &from[1]]);
+    }
+    let (decaps, nginx) = dsr_backends(&bed, &extra);
     let daemon = bed.start(&args(topo, v6, &["--mode", "dsr", "--encap", encap]));
     serves_the_client_itself(topo, &daemon, &nginx, v6);
     assert_eq!(
@@ -231,37 +278,13 @@ fn dnat_v6() {
 fn an_upload_over_the_path_mtu_once_encapsulated_still_arrives() {
     let bed = Bed::new(Kind::OneArmed);
     let topo = &bed.topo;
-    let vips = [VIP4.to_string(), VIP6.to_string()];
-    let mut decaps = Vec::new();
-    let mut nginx = Vec::new();
-    for (name, _) in WEIGHTS {
-        let b = topo.backend(name);
-        let a = ["--vip", &vips[0], "--vip", &vips[1], "--encap", "gue"];
-        let log = topo.path(&format!("decap-{name}.log"));
-        decaps.push(must(Decap::start(&b.ns, &bed.lb, &a, &vips[0], &log)));
-        nginx.push(must(start_nginx(b, PORT)));
-    }
+    let (decaps, _nginx) = dsr_backends(&bed, &["--encap", "gue"]);
     let daemon = bed.start(&args(topo, false, &["--mode", "dsr", "--encap", "gue"]));
-    let body = topo.path("upload");
-    must(std::fs::write(&body, vec![0x5au8; 20 << 20]).map_err(Into::into));
-    let out = must(topo.client.exec(
-        "curl",
-        &[
-            "-s",
-            "-o",
-            "/dev/null",
-            "-H",
-            "Expect:",
-            "--max-time",
-            "60",
-            "-w",
-            "%{http_code} %{size_upload}",
-            "--data-binary",
-            &format!("@{}", body.display()),
-            &url(false, "upload"),
-        ],
-    ));
-    assert_eq!(out.trim(), format!("200 {}", 20 << 20), "the upload");
+    assert_eq!(
+        upload(topo, 20 << 20),
+        format!("200 {}", 20 << 20),
+        "the upload"
+    );
     assert!(
         global_counter(&daemon, "drop_too_big") > 0,
         "the client's full-size segments were answered with the MTU left"
@@ -277,16 +300,7 @@ fn an_upload_over_the_path_mtu_once_encapsulated_still_arrives() {
 fn a_backend_without_its_decapsulation_fails_its_check_and_gets_no_new_flows() {
     let bed = Bed::new(Kind::OneArmed);
     let topo = &bed.topo;
-    let vips = [VIP4.to_string(), VIP6.to_string()];
-    let mut decaps = Vec::new();
-    let mut nginx = Vec::new();
-    for (name, _) in WEIGHTS {
-        let b = topo.backend(name);
-        let a = ["--vip", &vips[0], "--vip", &vips[1], "--encap", "gue"];
-        let log = topo.path(&format!("decap-{name}.log"));
-        decaps.push(must(Decap::start(&b.ns, &bed.lb, &a, &vips[0], &log)));
-        nginx.push(must(start_nginx(b, PORT)));
-    }
+    let (mut decaps, _nginx) = dsr_backends(&bed, &["--encap", "gue"]);
     let daemon = bed.start(&args(topo, false, &["--mode", "dsr", "--encap", "gue"]));
     let both = must(client::spread(&topo.client, &url(false, "name"), 60));
     assert!(
@@ -404,16 +418,8 @@ fn lb_decap_takes_only_its_vips_from_its_lbs() {
     }
     let (status, out) = must(decap.stop());
     assert!(status.success(), "{status}\n{out}");
-    let line = out
-        .lines()
-        .find(|l| l.starts_with("decapsulated="))
-        .unwrap_or_else(|| panic!("no counters line:\n{out}"));
-    let count = |name: &str| -> u64 {
-        line.split_whitespace()
-            .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("no {name} in {line}"))
-    };
+    let count = |name: &str| decap_count(&out, name);
+    let line = &out;
     assert_eq!(
         count("decapsulated"),
         1,
@@ -442,39 +448,15 @@ fn lb_decap_takes_only_its_vips_from_its_lbs() {
 fn a_clamped_mss_keeps_client_segments_within_the_path() {
     let bed = Bed::new(Kind::OneArmed);
     let topo = &bed.topo;
-    let vips = [VIP4.to_string(), VIP6.to_string()];
-    let mut decaps = Vec::new();
-    let mut nginx = Vec::new();
-    for (name, _) in WEIGHTS {
-        let b = topo.backend(name);
-        let a = ["--vip", &vips[0], "--encap", "gue", "--clamp-mss", "1400"];
-        let log = topo.path(&format!("decap-{name}.log"));
-        decaps.push(must(Decap::start(&b.ns, &bed.lb, &a, &vips[0], &log)));
-        nginx.push(must(start_nginx(b, PORT)));
-    }
+    let (decaps, _nginx) = dsr_backends(&bed, &["--encap", "gue", "--clamp-mss", "1400"]);
     let daemon = bed.start(&args(topo, false, &["--mode", "dsr", "--encap", "gue"]));
     let spread = must(client::spread(&topo.client, &url(false, "name"), 20));
     assert_eq!(spread.failures, 0, "{spread}");
-    let body = topo.path("upload");
-    must(std::fs::write(&body, vec![0x5au8; 5 << 20]).map_err(Into::into));
-    let out = must(topo.client.exec(
-        "curl",
-        &[
-            "-s",
-            "-o",
-            "/dev/null",
-            "-H",
-            "Expect:",
-            "--max-time",
-            "60",
-            "-w",
-            "%{http_code} %{size_upload}",
-            "--data-binary",
-            &format!("@{}", body.display()),
-            &url(false, "upload"),
-        ],
-    ));
-    assert_eq!(out.trim(), format!("200 {}", 5 << 20), "the upload");
+    assert_eq!(
+        upload(topo, 5 << 20),
+        format!("200 {}", 5 << 20),
+        "the upload"
+    );
     assert_eq!(
         global_counter(&daemon, "drop_too_big"),
         0,
@@ -485,15 +467,7 @@ fn a_clamped_mss_keeps_client_segments_within_the_path() {
     for d in decaps {
         let (status, log) = must(d.stop());
         assert!(status.success(), "{status}\n{log}");
-        let line = log
-            .lines()
-            .find(|l| l.starts_with("decapsulated="))
-            .unwrap_or_else(|| panic!("no counters line:\n{log}"));
-        clamped += line
-            .split_whitespace()
-            .find_map(|kv| kv.strip_prefix("mss_clamped="))
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or_else(|| panic!("no mss_clamped in {line}"));
+        clamped += decap_count(&log, "mss_clamped");
     }
     assert!(
         clamped >= 21,
