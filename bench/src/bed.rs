@@ -38,6 +38,12 @@ pub const PPS_PORT: u16 = 9000;
 /// each backend host, so 100,000 flows find enough SNAT ports (one range per backend
 /// address and port).
 pub const PPS_BACKEND_PORTS: std::ops::RangeInclusive<u16> = 9000..=9003;
+/// The client's address (behind the LB's client-side interface).
+pub const CLIENT_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+/// The client's address on the direct return link, on the backends' segment: only
+/// lb-dsr's backends route the client's address through it (their replies bypass the
+/// LB host); a /32, so the client itself still reaches the backends through the LB.
+pub const CLIENT_RETURN_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 2);
 /// The CPU the client's load generators are pinned to.
 pub const CLIENT_CPU: &str = "0";
 /// The CPU the load balancers' processes are pinned to.
@@ -174,6 +180,7 @@ impl Bed {
         let mut xdp = BenchXdp::load(&xdp::object_path(object))?;
         xdp.attach_sink(&topo.switch, SWITCH_IF)?;
         topo.client.sysctl(CLIENT_SYSCTLS)?;
+        direct_return_link(&topo)?;
         topo.lb.sysctl(LB_SYSCTLS)?;
         for b in &topo.backends {
             b.ns.sysctl(BACKEND_SYSCTLS)?;
@@ -380,4 +387,26 @@ mod tests {
         assert!(s.contains("root /tmp/root;"), "{s}");
         assert_eq!(s.matches('{').count(), s.matches('}').count(), "{s}");
     }
+}
+
+/// A second link from the client to the backends' switch (`eth1`, `CLIENT_RETURN_V4`),
+/// for replies that must not cross the LB host (lb-dsr). The client accepts them on it:
+/// reverse-path filtering is off there (their source, the VIP, is routed via the LB).
+fn direct_return_link(topo: &Topology) -> Result<()> {
+    topo.switch.ip_batch(&format!(
+        "link add cret type veth peer name eth1 netns {client}\n\
+         link set cret master br0\n\
+         link set cret up\n",
+        client = topo.client.name(),
+    ))?;
+    topo.client.ip_batch(&format!(
+        "addr add {CLIENT_RETURN_V4}/32 dev eth1\nlink set eth1 up\n"
+    ))?;
+    topo.client.sysctl(&[
+        "net.ipv4.conf.all.rp_filter=0",
+        "net.ipv4.conf.default.rp_filter=0",
+        "net.ipv4.conf.eth1.rp_filter=0",
+    ])?;
+    topo.client.exec("ethtool", &["-K", "eth1", "tx", "off"])?;
+    Ok(())
 }

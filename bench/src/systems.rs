@@ -21,6 +21,8 @@ use std::time::Duration;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum System {
     LbNat,
+    LbDnat,
+    LbDsr,
     LbProxyV2,
     LbProxyV2Sockmap,
     Haproxy,
@@ -34,8 +36,10 @@ pub enum System {
 }
 
 /// Every system, in the order of the tables.
-pub const ALL: [System; 11] = [
+pub const ALL: [System; 13] = [
     System::LbNat,
+    System::LbDnat,
+    System::LbDsr,
     System::LbProxyV2,
     System::LbProxyV2Sockmap,
     System::Haproxy,
@@ -52,6 +56,8 @@ impl System {
     pub fn name(self) -> &'static str {
         match self {
             System::LbNat => "lb-nat",
+            System::LbDnat => "lb-dnat",
+            System::LbDsr => "lb-dsr",
             System::LbProxyV2 => "lb-proxy-v2",
             System::LbProxyV2Sockmap => "lb-proxy-v2-sockmap",
             System::Haproxy => "haproxy",
@@ -70,6 +76,12 @@ impl System {
         match self {
             System::LbNat => {
                 "lb, mode nat: XDP full NAT (native mode on the LB's veths), Maglev over the 3 backends"
+            }
+            System::LbDnat => {
+                "lb, mode dnat: XDP destination NAT (the backends see the client's address and route their replies back through the LB, which rewrites them)"
+            }
+            System::LbDsr => {
+                "lb, mode dsr, encap l2: the client's packets go to the backends unchanged but for the MAC (the VIP is on the backends' `lo`); the replies go straight to the client over a link of their own, not through the LB host"
             }
             System::LbProxyV2 => {
                 "lb, mode proxy-v2, `splice = \"pipe\"` (the default: splice(2) through a pipe), PROXY v2 header to the backends' `proxy_protocol` listeners"
@@ -106,7 +118,12 @@ impl System {
     pub fn has_own_xdp(self) -> bool {
         matches!(
             self,
-            System::LbNat | System::LbProxyV2 | System::LbProxyV2Sockmap | System::XdpBare
+            System::LbNat
+                | System::LbDnat
+                | System::LbDsr
+                | System::LbProxyV2
+                | System::LbProxyV2Sockmap
+                | System::XdpBare
         )
     }
 
@@ -123,7 +140,11 @@ impl System {
     pub fn is_lb(self) -> bool {
         matches!(
             self,
-            System::LbNat | System::LbProxyV2 | System::LbProxyV2Sockmap
+            System::LbNat
+                | System::LbDnat
+                | System::LbDsr
+                | System::LbProxyV2
+                | System::LbProxyV2Sockmap
         )
     }
 
@@ -160,7 +181,14 @@ fn lb_config(system: System, bed: &Bed) -> String {
     let (mode, splice) = match system {
         System::LbProxyV2 => ("proxy-v2", Some("pipe")),
         System::LbProxyV2Sockmap => ("proxy-v2", Some("sockmap")),
+        System::LbDnat => ("dnat", None),
+        System::LbDsr => ("dsr", None),
         _ => ("nat", None),
+    };
+    // The bulk service is full NAT except where the mode forwards bytes another way.
+    let bulk_mode = match system {
+        System::LbDnat | System::LbDsr => mode,
+        _ => "nat",
     };
     let list = |addrs: Vec<SocketAddr>| {
         addrs
@@ -199,9 +227,14 @@ fn lb_config(system: System, bed: &Bed) -> String {
     ] {
         writeln!(
             s,
-            "\n[[service]]\nname = \"{name}\"\nvip = \"{}:{port}\"\nmode = \"{}\"\nbackends = [{}]",
+            "\n[[service]]\nname = \"{name}\"\nvip = \"{}:{port}\"\nmode = \"{}\"{}\nbackends = [{}]",
             system.vip(),
-            if name == "bulk" { "nat" } else { mode },
+            if name == "bulk" { bulk_mode } else { mode },
+            if system == System::LbDsr {
+                "\nencap = \"l2\""
+            } else {
+                ""
+            },
             list(addrs)
         )
         .unwrap();
@@ -261,6 +294,9 @@ pub struct Running {
     daemon: Option<Daemon>,
     procs: Vec<Proc>,
     vip_on_lo: bool,
+    /// lb-dsr: the backends' namespaces, where the VIP is on `lo`, ARP for it is quiet
+    /// and the client is routed over the direct return link.
+    dsr_backends: Vec<String>,
     nft_table: bool,
     /// The LB namespace's name (the topology owns the namespace).
     ns: String,
@@ -347,6 +383,25 @@ impl Drop for Running {
                 &["addr", "del", &format!("{VIP}/32"), "dev", "lo"],
             );
         }
+        for ns in self.dsr_backends.drain(..) {
+            let _ = ip(&ns, &["addr", "del", &format!("{VIP}/32"), "dev", "lo"]);
+            let _ = ip(
+                &ns,
+                &["route", "del", &format!("{}/32", crate::bed::CLIENT_V4)],
+            );
+            let _ = lb_tests::cmd::run(std::process::Command::new("ip").args([
+                "netns",
+                "exec",
+                &ns,
+                "sysctl",
+                "-q",
+                "-w",
+                DSR_ARP_UNDO[0],
+                DSR_ARP_UNDO[1],
+                DSR_ARP_UNDO[2],
+                DSR_ARP_UNDO[3],
+            ]));
+        }
         if self.nft_table {
             let _ = lb_tests::cmd::run(std::process::Command::new("ip").args([
                 "netns", "exec", &self.ns, "nft", "delete", "table", "ip", "lbbench",
@@ -368,13 +423,21 @@ pub fn start(system: System, bed: &mut Bed, lb_bin: &Path) -> Result<Running> {
         daemon: None,
         procs: Vec::new(),
         vip_on_lo: false,
+        dsr_backends: Vec::new(),
         nft_table: false,
         ns,
         xdp_link: None,
     };
     let tag = system.name();
     match system {
-        System::LbNat | System::LbProxyV2 | System::LbProxyV2Sockmap => {
+        System::LbNat
+        | System::LbDnat
+        | System::LbDsr
+        | System::LbProxyV2
+        | System::LbProxyV2Sockmap => {
+            if system == System::LbDsr {
+                dsr_backends(&mut r, bed)?;
+            }
             let conf = bed.path(&format!("{tag}.toml"));
             std::fs::write(&conf, lb_config(system, bed))?;
             let args = vec!["--config".to_owned(), conf.to_string_lossy().into_owned()];
@@ -455,6 +518,42 @@ pub fn start(system: System, bed: &mut Bed, lb_bin: &Path) -> Result<Running> {
     }
     wait_serving(&mut r, bed)?;
     Ok(r)
+}
+
+/// What lb-dsr's backends need, as an operator of `--encap l2` sets it up: the VIP on
+/// `lo`, no ARP answers for it, and (the bench's own) the replies to the client over the
+/// direct return link rather than through the LB host.
+const DSR_ARP: [&str; 4] = [
+    "net.ipv4.conf.all.arp_ignore=1",
+    "net.ipv4.conf.all.arp_announce=2",
+    "net.ipv4.conf.eth0.arp_ignore=1",
+    "net.ipv4.conf.eth0.arp_announce=2",
+];
+const DSR_ARP_UNDO: [&str; 4] = [
+    "net.ipv4.conf.all.arp_ignore=0",
+    "net.ipv4.conf.all.arp_announce=0",
+    "net.ipv4.conf.eth0.arp_ignore=0",
+    "net.ipv4.conf.eth0.arp_announce=0",
+];
+
+fn dsr_backends(r: &mut Running, bed: &Bed) -> Result<()> {
+    for b in &bed.topo.backends {
+        let ns = b.ns.name().to_owned();
+        r.dsr_backends.push(ns.clone());
+        b.ns.sysctl(&DSR_ARP)?;
+        ip(&ns, &["addr", "add", &format!("{VIP}/32"), "dev", "lo"])?;
+        ip(
+            &ns,
+            &[
+                "route",
+                "add",
+                &format!("{}/32", crate::bed::CLIENT_V4),
+                "via",
+                &crate::bed::CLIENT_RETURN_V4.to_string(),
+            ],
+        )?;
+    }
+    Ok(())
 }
 
 fn add_vip(r: &mut Running) -> Result<()> {

@@ -233,7 +233,12 @@ impl Workload {
             Workload::SynFlood
                 if matches!(
                     system,
-                    System::HaproxyPp2 | System::Nginx | System::NginxPp | System::NftDnat
+                    System::HaproxyPp2
+                        | System::Nginx
+                        | System::NginxPp
+                        | System::NftDnat
+                        | System::LbDnat
+                        | System::LbDsr
                 ) =>
             {
                 Some(
