@@ -374,21 +374,6 @@ fn backend_nginx_conf(run: &Path, root: &Path) -> String {
     s
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn backend_conf_has_both_listeners() {
-        let s = super::backend_nginx_conf("/tmp/r".as_ref(), "/tmp/root".as_ref());
-        assert!(s.contains("listen 8080 backlog=8192;"), "{s}");
-        assert!(
-            s.contains("listen 8081 proxy_protocol backlog=8192;"),
-            "{s}"
-        );
-        assert!(s.contains("root /tmp/root;"), "{s}");
-        assert_eq!(s.matches('{').count(), s.matches('}').count(), "{s}");
-    }
-}
-
 /// A second link from the client to the backends' switch (`eth1`, `CLIENT_RETURN_V4`),
 /// for replies that must not cross the LB host (lb-dsr). The client accepts them on it:
 /// reverse-path filtering is off there (their source, the VIP, is routed via the LB).
@@ -409,4 +394,19 @@ fn direct_return_link(topo: &Topology) -> Result<()> {
     ])?;
     topo.client.exec("ethtool", &["-K", "eth1", "tx", "off"])?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn backend_conf_has_both_listeners() {
+        let s = super::backend_nginx_conf("/tmp/r".as_ref(), "/tmp/root".as_ref());
+        assert!(s.contains("listen 8080 backlog=8192;"), "{s}");
+        assert!(
+            s.contains("listen 8081 proxy_protocol backlog=8192;"),
+            "{s}"
+        );
+        assert!(s.contains("root /tmp/root;"), "{s}");
+        assert_eq!(s.matches('{').count(), s.matches('}').count(), "{s}");
+    }
 }

@@ -413,7 +413,7 @@ pub fn markdown(meta: &Meta, figures: &[Figure]) -> String {
         }
     }
 
-    writeln!(w, "\n## Targets (issues 5 and 11)\n").unwrap();
+    writeln!(w, "\n## Targets (issues 5, 11 and 13)\n").unwrap();
     writeln!(w, "| target | value | goal | met |\n|---|---|---|---|").unwrap();
     for (what, lb, peer, wl, m, bound, at_least) in TARGETS {
         let goal = format!("{} {bound}", if *at_least { "≥" } else { "≤" });
