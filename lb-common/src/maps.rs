@@ -13,6 +13,9 @@ pub const FAMILY_V4: u8 = 4;
 pub const FAMILY_V6: u8 = 6;
 /// IANA protocol number of TCP, the only protocol balanced today.
 pub const PROTO_TCP: u8 = 6;
+/// IP protocol numbers of ICMP and ICMPv6.
+pub const PROTO_ICMP: u8 = 1;
+pub const PROTO_ICMPV6: u8 = 58;
 
 /// Services (VIP:port) the program knows; also the length of the per-service stats array.
 pub const MAX_SERVICES: u32 = 256;

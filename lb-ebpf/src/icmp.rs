@@ -14,7 +14,10 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use core::ptr;
-use lb_common::{counters, maps::FAMILY_V4};
+use lb_common::{
+    counters,
+    maps::{FAMILY_V4, PROTO_ICMP, PROTO_ICMPV6},
+};
 use lb_ebpf::csum;
 use network_types::{eth::EthHdr, vlan::VlanHdr};
 
@@ -31,8 +34,6 @@ const ICMP_LEN: usize = 8;
 /// sequence number, which is all a receiver needs to find its socket).
 const QUOTE_V4: usize = IPV4_LEN + 8;
 const QUOTE_V6: usize = IPV6_LEN + 8;
-const PROTO_ICMP: u8 = 1;
-const PROTO_ICMPV6: u8 = 58;
 const TTL: u8 = 64;
 /// IPv4: destination unreachable, fragmentation needed; IPv6: packet too big.
 const V4_UNREACH: u8 = 3;

@@ -4,7 +4,7 @@
 
 use aya_ebpf::programs::XdpContext;
 use core::ptr::addr_of;
-use lb_common::maps::{FAMILY_V4, FAMILY_V6, FlowKey, PROTO_TCP};
+use lb_common::maps::{FAMILY_V4, FAMILY_V6, FlowKey, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP};
 use network_types::{
     eth::{EthHdr, EtherType},
     ip::{Ipv4Hdr, Ipv6Hdr},
@@ -47,9 +47,6 @@ pub enum Parsed {
     IcmpError,
 }
 
-/// IP protocol numbers of ICMP and ICMPv6.
-const PROTO_ICMP: u8 = 1;
-const PROTO_ICMPV6: u8 = 58;
 /// The ICMP error types: IPv4 destination unreachable and time exceeded; ICMPv6
 /// destination unreachable, packet too big and time exceeded.
 const ICMP_UNREACH: u8 = 3;

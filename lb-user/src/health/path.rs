@@ -13,6 +13,8 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 
 use lb_common::encap::{GUE_LEN, IPPROTO_IPIP, IPPROTO_IPV6, gue_header};
+use lb_common::maps::PROTO_TCP;
+use lb_common::tcp::{ACK, RST, SYN};
 use std::os::fd::AsFd;
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
@@ -29,11 +31,6 @@ pub struct DsrPath {
     /// GUE only, host order.
     pub gue_port: u16,
 }
-
-const SYN: u8 = 0x02;
-const RST: u8 = 0x04;
-const ACK: u8 = 0x10;
-const PROTO_TCP: u8 = 6;
 
 /// Probes `backend`'s `port` on the VIP through `path`; `Ok` on a SYN-ACK, `Refused` on
 /// a RST. Unbounded in time: the caller's check timeout bounds it.
