@@ -252,11 +252,10 @@ fn send_l2(backend: IpAddr, inner: &[u8]) -> io::Result<()> {
 /// The interface and MAC of `addr`'s neighbour entry (the daemon keeps the backends'
 /// warm), from `ip -j neigh`.
 fn neighbour(addr: IpAddr) -> io::Result<(u32, [u8; 6])> {
-    let out = std::process::Command::new("ip")
-        .args(["-j", "neigh", "show", &addr.to_string()])
-        .output()?;
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .map_err(|e| io::Error::other(format!("ip -j neigh: {e}")))?;
+    let out = crate::iproute::ip(&["-j", "neigh", "show", &addr.to_string()])
+        .map_err(io::Error::other)?;
+    let v: serde_json::Value =
+        serde_json::from_str(&out).map_err(|e| io::Error::other(format!("ip -j neigh: {e}")))?;
     let entry = v
         .as_array()
         .and_then(|a| a.iter().find(|e| e["lladdr"].is_string()))

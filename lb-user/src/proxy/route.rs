@@ -5,33 +5,10 @@
 //! socket. The daemon adds the routes at start (or when a proxy service appears) and
 //! removes them when it stops.
 
+use crate::iproute::{IpError, ip};
 use std::net::IpAddr;
-use std::process::Command;
 
-#[derive(Debug, thiserror::Error)]
-#[error("`ip {args}`: {detail}")]
-pub struct RouteError {
-    args: String,
-    detail: String,
-}
-
-fn ip(args: &[String]) -> Result<(), RouteError> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .map_err(|e| RouteError {
-            args: args.join(" "),
-            detail: format!("cannot run ip (iproute2): {e}"),
-        })?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(RouteError {
-            args: args.join(" "),
-            detail: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        })
-    }
-}
+pub type RouteError = IpError;
 
 fn route_args(verb: &str, vip: IpAddr) -> Vec<String> {
     let (fam, prefix) = match vip {
@@ -56,14 +33,14 @@ fn route_args(verb: &str, vip: IpAddr) -> Vec<String> {
 
 /// Makes the kernel deliver packets for `vip` locally. Idempotent.
 pub fn add_local(vip: IpAddr) -> Result<(), RouteError> {
-    ip(&route_args("replace", vip))
+    ip(&route_args("replace", vip)).map(drop)
 }
 
 /// Removes what [`add_local`] added; a route already gone is fine.
 pub fn remove_local(vip: IpAddr) -> Result<(), RouteError> {
     match ip(&route_args("del", vip)) {
-        Err(e) if e.detail.contains("No such process") || e.detail.contains("not found") => Ok(()),
-        r => r,
+        Err(e) if e.is_absent() => Ok(()),
+        r => r.map(drop),
     }
 }
 
