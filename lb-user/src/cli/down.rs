@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::announce;
 use crate::daemon::handover;
 use crate::dataplane::runtime::{self, RuntimeRecord};
 use crate::dataplane::state;
@@ -56,6 +57,12 @@ pub fn run(state_dir: Option<&Path>) -> Result<Vec<String>, DownError> {
             source,
         })?,
     };
+    match announce::remove_all() {
+        Ok(removed) => done.extend(removed.iter().map(|(table, vip)| {
+            format!("withdrew VIP {vip} (its route in announce table {table})")
+        })),
+        Err(e) => done.push(format!("could not remove the announced VIP routes: {e}")),
+    }
     for ip in state::pinned_proxy_vips(&dir) {
         match route::remove_local(ip) {
             Ok(()) => done.push(format!("removed the local route of proxy VIP {ip}")),

@@ -171,6 +171,11 @@ pub struct RunArgs {
     /// them; default 50000.
     #[arg(long, value_name = "N")]
     pub syn_cookie_rate: Option<u32>,
+    /// Kernel routing table (1-252) in which lb keeps a route for each VIP it can serve
+    /// (program attached, a backend up), for a routing daemon (BIRD, FRR) to announce
+    /// over BGP; default: none.
+    #[arg(long, value_name = "N")]
+    pub announce_table: Option<u32>,
     /// Flow table size (connections remembered); default 262144.
     #[arg(long, value_name = "N")]
     pub max_flows: Option<u32>,
@@ -310,6 +315,7 @@ impl RunArgs {
             source_burst: self.source_burst,
             syn_cookies: self.syn_cookies.clone(),
             syn_cookie_rate: self.syn_cookie_rate,
+            announce_table: self.announce_table,
             proxy_protocol: self.proxy_protocol.clone(),
             proxy_tlvs: [
                 (self.proxy_tlv_unique_id, "unique-id"),

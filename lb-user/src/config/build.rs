@@ -55,6 +55,7 @@ fn globals(src: &Layered<'_>) -> Result<Config, ConfigError> {
     let (splice, max_conns) = proxy_globals(src)?;
     let (source_rate, source_burst) = source_limit(src)?;
     let (syn_cookies, syn_cookie_rate) = syn_cookies(src)?;
+    let announce_table = announce_table(src)?;
     Ok(Config {
         ifaces,
         xdp_mode,
@@ -77,6 +78,7 @@ fn globals(src: &Layered<'_>) -> Result<Config, ConfigError> {
         source_burst,
         syn_cookies,
         syn_cookie_rate,
+        announce_table,
         services: Vec::new(),
     })
 }
@@ -143,6 +145,23 @@ fn syn_cookies(src: &Layered<'_>) -> Result<(SynCookies, u32), ConfigError> {
         ));
     }
     Ok((mode, rate))
+}
+
+/// The routing table VIP routes are kept in. Tables 253-255 are the kernel's own
+/// (default, main, local): a VIP route there would steer the host's own traffic.
+fn announce_table(src: &Layered<'_>) -> Result<Option<u32>, ConfigError> {
+    let (flags, f) = (src.flags, src.file);
+    let Some(table) = flags.announce_table.or(f.announce_table) else {
+        return Ok(None);
+    };
+    if !(1..=252).contains(&table) {
+        return Err(ConfigError::new(
+            src.loc(flags.announce_table.is_some(), "announce_table"),
+            table.to_string(),
+            "expected a table from 1 to 252 (0 and 253-255 are the kernel's own)",
+        ));
+    }
+    Ok(Some(table))
 }
 
 /// Where the ring size was set, for errors about it.

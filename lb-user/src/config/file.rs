@@ -33,6 +33,7 @@ pub struct FileConfig {
     pub source_burst: Option<u32>,
     pub syn_cookies: Option<String>,
     pub syn_cookie_rate: Option<u32>,
+    pub announce_table: Option<u32>,
     #[serde(default)]
     pub service: Vec<FileService>,
 }

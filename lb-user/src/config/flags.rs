@@ -37,6 +37,7 @@ pub struct FlagSettings {
     pub source_burst: Option<u32>,
     pub syn_cookies: Option<String>,
     pub syn_cookie_rate: Option<u32>,
+    pub announce_table: Option<u32>,
     pub proxy_protocol: Option<String>,
     pub proxy_tlvs: Vec<String>,
     pub accept_proxy: bool,

@@ -247,6 +247,9 @@ pub struct Config {
     /// With `SynCookies::Auto`: SYNs a second one VIP may get before its new flows are
     /// opened by cookie.
     pub syn_cookie_rate: u32,
+    /// The kernel routing table that holds a route for each VIP lb can serve, for a
+    /// routing daemon to announce; `None`: no announcing.
+    pub announce_table: Option<u32>,
     pub services: Vec<ServiceConfig>,
 }
 

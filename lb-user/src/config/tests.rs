@@ -49,6 +49,7 @@ fn flags(args: &[(&str, &str)]) -> FlagSettings {
             "source-burst" => f.source_burst = Some(v.parse().unwrap()),
             "syn-cookies" => f.syn_cookies = Some(v),
             "syn-cookie-rate" => f.syn_cookie_rate = Some(v.parse().unwrap()),
+            "announce-table" => f.announce_table = Some(v.parse().unwrap()),
             other => panic!("unknown test flag {other}"),
         }
     }
@@ -761,4 +762,29 @@ fn dsr_and_dnat_services_take_their_encapsulation_and_keep_ports_and_families() 
     assert!(c.has_dnat(), "a DNAT backend may listen on another port");
     let e = err(&[("mode", "dsr"), ("backend", "198.18.1.13:8080")]);
     assert!(e.reason.contains("VIP's port"), "{e}");
+}
+
+#[test]
+fn the_announce_table_is_off_by_default_and_never_one_of_the_kernels() {
+    assert_eq!(with(&[]).unwrap().announce_table, None);
+    assert_eq!(
+        with(&[("announce-table", "100")]).unwrap().announce_table,
+        Some(100)
+    );
+    let file = "announce_table = 7\n".to_string() + FILE;
+    let c = from_text(&file, &FlagSettings::default()).unwrap();
+    assert_eq!(c.announce_table, Some(7));
+    let c = from_text(&file, &flags(&[("announce-table", "9")])).unwrap();
+    assert_eq!(c.announce_table, Some(9), "the flag wins over the file");
+    for bad in ["0", "253", "254", "255", "1000"] {
+        let e = err(&[("announce-table", bad)]);
+        assert_eq!(
+            (e.location.as_str(), e.value.as_str()),
+            ("--announce-table", bad)
+        );
+        assert!(e.reason.contains("1 to 252"), "{e}");
+    }
+    let file = "announce_table = 254\n".to_string() + FILE;
+    let e = from_text(&file, &FlagSettings::default()).unwrap_err();
+    assert!(e.to_string().contains("announce_table"), "{e}");
 }

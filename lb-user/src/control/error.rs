@@ -22,6 +22,8 @@ pub enum ControlError {
     Dataplane(#[from] DataplaneError),
     #[error("routing a proxy VIP to this host: {0}")]
     Route(String),
+    #[error("keeping the announce table: {0}")]
+    Announce(#[from] crate::announce::AnnounceError),
 }
 
 impl ControlError {
@@ -33,7 +35,7 @@ impl ControlError {
                 400
             }
             ControlError::Conflict(_) => 409,
-            ControlError::Dataplane(_) | ControlError::Route(_) => 500,
+            ControlError::Dataplane(_) | ControlError::Route(_) | ControlError::Announce(_) => 500,
         }
     }
 }

@@ -17,6 +17,7 @@ mod tests;
 
 pub use error::ControlError;
 
+use crate::announce::Announcer;
 use crate::config::{Config, FlagSettings};
 use crate::dataplane::runtime::RuntimeRecord;
 use crate::dataplane::{BackendSlot, Dataplane, ServiceSlot, source_address_for};
@@ -89,6 +90,8 @@ pub struct Control {
     pid: u32,
     netns_inode: u64,
     record_path: Option<PathBuf>,
+    /// Keeps the announce table's VIP routes, once the data path is attached.
+    announcer: Option<Announcer>,
 }
 
 impl Control {
@@ -123,6 +126,7 @@ impl Control {
             netns_inode: crate::dataplane::runtime::netns_inode()
                 .map_err(|e| ControlError::Invalid(e.to_string()))?,
             record_path: None,
+            announcer: None,
         };
         let plan = c.model.take_plan();
         c.apply(plan)?;
@@ -169,9 +173,52 @@ impl Control {
         if changed && r.is_ok() {
             self.write_record();
         }
+        self.announce();
         let v = r?;
         applied?;
         Ok(v)
+    }
+
+    /// With `--announce-table`, starts keeping a route there for each VIP lb can serve
+    /// (call once the data path is attached and no predecessor runs).
+    pub fn start_announcing(&mut self) -> Result<(), ControlError> {
+        let Some(table) = self.model.config().announce_table else {
+            return Ok(());
+        };
+        let a = Announcer::start(table)?;
+        self.announcer = Some(a);
+        self.announce();
+        Ok(())
+    }
+
+    /// Brings the announce table in line with the VIPs that can be served now.
+    fn announce(&mut self) {
+        let Some(a) = &mut self.announcer else {
+            return;
+        };
+        let wanted = self.model.servable_vips(|vip| a.inherited(vip));
+        // Failures are logged by `sync` and retried at the next change or refresh.
+        let _ = a.sync(&wanted);
+    }
+
+    /// Reads the announce table again and repairs it (a route removed by hand comes
+    /// back); the daemon calls this periodically.
+    pub fn refresh_announcements(&mut self) {
+        if let Some(a) = &mut self.announcer {
+            if let Err(e) = a.refresh() {
+                warn!(cause = %e, "reading the announce table");
+                return;
+            }
+        }
+        self.announce();
+    }
+
+    /// The VIPs whose route is in the announce table (empty without one).
+    pub fn announced(&self) -> Vec<std::net::IpAddr> {
+        self.announcer
+            .as_ref()
+            .map(|a| a.announced().iter().copied().collect())
+            .unwrap_or_default()
     }
 
     /// Runs `plan`'s steps in order; stops at the first that fails.

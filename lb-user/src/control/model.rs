@@ -18,7 +18,7 @@ use lb_common::addr::ip_bytes;
 use lb_common::hash::backend_key;
 use lb_common::maglev::MaglevBackend;
 use lb_common::maps::{self as m, MAX_BACKENDS};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 use tracing::{info, warn};
@@ -772,6 +772,25 @@ impl Model {
             .iter()
             .filter(|s| !s.backends.iter().any(|b| b.in_table()))
             .map(|s| s.name.clone())
+            .collect()
+    }
+
+    /// The VIPs lb can serve: those of services with a backend that takes new flows and
+    /// has passed a check since this daemon started (or is not checked). `inherited`
+    /// VIPs, announced by an earlier daemon, need only the backend up.
+    pub fn servable_vips(&self, inherited: impl Fn(IpAddr) -> bool) -> BTreeSet<IpAddr> {
+        self.services
+            .iter()
+            .filter(|s| {
+                let vip = s.vip.ip();
+                s.backends.iter().any(|b| {
+                    b.in_table()
+                        && (s.health.check == HealthCheck::None
+                            || b.checks_passed > 0
+                            || inherited(vip))
+                })
+            })
+            .map(|s| s.vip.ip())
             .collect()
     }
 

@@ -23,7 +23,7 @@ impl Model {
         now: Instant,
     ) -> Result<Vec<String>, ControlError> {
         let old = &self.cfg;
-        let fixed: [(&str, bool); 11] = [
+        let fixed: [(&str, bool); 12] = [
             ("iface", new.ifaces != old.ifaces),
             ("xdp_mode", new.xdp_mode != old.xdp_mode),
             ("max_flows", new.max_flows != old.max_flows),
@@ -35,6 +35,7 @@ impl Model {
             ("admin", new.admin != old.admin),
             ("splice", new.splice != old.splice),
             ("max_conns", new.max_conns != old.max_conns),
+            ("announce_table", new.announce_table != old.announce_table),
         ];
         let needs: Vec<&str> = fixed.iter().filter(|(_, c)| *c).map(|(n, _)| *n).collect();
         if !needs.is_empty() {

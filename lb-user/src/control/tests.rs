@@ -565,10 +565,11 @@ fn reload_that_needs_a_restart_applies_nothing() {
     let mut new = config(&[B1]);
     new.ifaces = vec!["lb1".into()];
     new.max_flows *= 2;
+    new.announce_table = Some(5);
     let e = bed.model.reload(new, "lb.toml", bed.now).unwrap_err();
     assert_eq!(
         e.to_string(),
-        "lb.toml: changing iface, max_flows needs a restart of lb; nothing was applied"
+        "lb.toml: changing iface, max_flows, announce_table needs a restart of lb; nothing was applied"
     );
     assert_eq!(e.status(), 400);
     assert!(bed.plan().is_empty());
@@ -857,4 +858,36 @@ fn an_upgrade_carries_the_check_totals_to_the_same_backends() {
     let b2 = bed.backend(B2);
     assert_eq!((b2.checks_passed, b2.checks_failed), (0, 0));
     assert!(bed.plan().is_empty(), "carrying totals writes nothing");
+}
+
+/// A VIP is announced once a backend has passed a check here (a fresh daemon's
+/// backends start up, untested), or at once if an earlier daemon announced it; it is
+/// withdrawn when no backend is up.
+#[test]
+fn a_vip_is_servable_once_a_checked_backend_is_up() {
+    let vip: std::net::IpAddr = "198.18.0.10".parse().unwrap();
+    let none = |_: std::net::IpAddr| false;
+    let all = |_: std::net::IpAddr| true;
+    let mut bed = Bed::new(&[B1, B2]);
+    assert!(
+        bed.model.servable_vips(none).is_empty(),
+        "no check passed yet"
+    );
+    assert_eq!(bed.model.servable_vips(all), [vip].into());
+    bed.check(B1, true);
+    bed.plan();
+    assert_eq!(bed.model.servable_vips(none), [vip].into());
+    for _ in 0..2 {
+        bed.check(B1, false);
+        bed.check(B2, false);
+    }
+    bed.plan();
+    assert_eq!((bed.state(B1), bed.state(B2)), ("down", "down"));
+    assert!(bed.model.servable_vips(none).is_empty());
+    assert!(bed.model.servable_vips(all).is_empty(), "no backend up");
+    for _ in 0..2 {
+        bed.check(B2, true);
+    }
+    bed.plan();
+    assert_eq!(bed.model.servable_vips(none), [vip].into());
 }

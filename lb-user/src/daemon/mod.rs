@@ -30,6 +30,8 @@ use tracing::{debug, error, info, warn};
 const TICK: Duration = Duration::from_secs(1);
 /// How often backends are pinged anyway, so their neighbour entries stay resolved.
 const NEIGH_REFRESH: Duration = Duration::from_secs(30);
+/// How often the announce table is read again and repaired.
+const ANNOUNCE_REFRESH: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -136,6 +138,7 @@ fn bind_proxy_listeners() -> std::io::Result<(std::net::TcpListener, Option<std:
 fn preflight(cfg: &Config) -> Result<(), StartError> {
     for iface in &cfg.ifaces {
         crate::dataplane::resolve_iface(iface)?;
+        warn_unless_forwarding(iface, cfg);
     }
     for b in cfg.services.iter().flat_map(|s| &s.backends) {
         if !cfg
@@ -152,6 +155,24 @@ fn preflight(cfg: &Config) -> Result<(), StartError> {
         }
     }
     Ok(())
+}
+
+/// The kernel's FIB lookup from XDP refuses to name a next hop for packets that came in
+/// on an interface without forwarding: every forwarded packet would be dropped (`no
+/// route toward the next hop`). Warned, not refused: a proxy-only LB needs none.
+fn warn_unless_forwarding(iface: &str, cfg: &Config) {
+    let (v4, v6) = cfg.services.iter().fold((false, false), |(v4, v6), s| {
+        (v4 || s.vip.is_ipv4(), v6 || s.vip.is_ipv6())
+    });
+    for (on, fam) in [(v4, "ipv4"), (v6, "ipv6")] {
+        let path = format!("/proc/sys/net/{fam}/conf/{iface}/forwarding");
+        if on && std::fs::read_to_string(&path).is_ok_and(|v| v.trim() == "0") {
+            warn!(
+                iface,
+                "forwarding is off ({path} is 0): the XDP program cannot forward packets that arrive here; enable it (sysctl -w net.{fam}.conf.all.forwarding=1)"
+            );
+        }
+    }
 }
 
 /// Loads and verifies the programs, takes over from a daemon still running here (only
@@ -401,8 +422,13 @@ where
         }
     }
 
+    // Only now: a predecessor kept its routes up to date until it let go.
+    if let Err(e) = ctl.start_announcing() {
+        error!(cause = %e, "cannot keep the announce table; VIPs stay as they were there");
+    }
     let mut tick = tokio::time::interval(TICK);
     let mut last_refresh = tokio::time::Instant::now();
+    let mut last_announce = tokio::time::Instant::now();
     let mut no_neigh = ctl.dataplane().counter(PASS_NO_NEIGH_IN);
     // Counts of the flows of draining backends: the flow table scan runs on a blocking
     // thread while the loop goes on; one scan at a time.
@@ -453,6 +479,10 @@ where
                         let scan = tokio::task::spawn_blocking(move || crate::api::report::collect_from(&record)).await;
                         let _ = tx.send(scan).await;
                     });
+                }
+                if last_announce.elapsed() >= ANNOUNCE_REFRESH {
+                    last_announce = tokio::time::Instant::now();
+                    ctl.refresh_announcements();
                 }
                 let now = ctl.dataplane().counter(PASS_NO_NEIGH_IN);
                 if now != no_neigh || last_refresh.elapsed() >= NEIGH_REFRESH {
