@@ -29,6 +29,9 @@ const TEST_PACKAGES: &[&str] = &[
 /// Test tools whose packages also ship a service (the Prometheus server; nftables' unit):
 /// installed without starting it, see [`apt_install_without_starting`].
 const TEST_PACKAGES_NO_START: &[&str] = &["prometheus", "nftables"];
+/// The routing daemons of the ECMP tests and demo (tests/tests/ecmp.rs): BIRD runs the
+/// router and the LB hosts; FRR checks the shipped dist/frr/frr.conf. Both ship services.
+const ROUTING_TEST_PACKAGES_NO_START: &[&str] = &["bird2", "frr"];
 /// The PROXY protocol receivers of the proxy-v2 tests (tests/tests/proxy.rs): nginx (its
 /// Debian build has ssl, realip and `proxy_protocol` listeners) and HAProxy, which ship
 /// services, so installed without starting them.
@@ -44,7 +47,17 @@ const BENCH_PACKAGES: &[&str] = &["wrk", "fonts-dejavu-core"];
 /// For profiling what limits a figure (`perf`); the bench runs without it.
 const BENCH_OPTIONAL: &[&str] = &["linux-perf"];
 /// Servers a package's install may start despite the policy, stopped by PID.
-const SERVICES: &[&str] = &["prometheus", "nginx", "haproxy", "iperf3"];
+const SERVICES: &[&str] = &[
+    "prometheus",
+    "nginx",
+    "haproxy",
+    "iperf3",
+    "bird",
+    "watchfrr",
+    "zebra",
+    "bgpd",
+    "staticd",
+];
 /// Where Debian's invoke-rc.d looks for a policy; exit status 101 means "do not start".
 const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -59,6 +72,7 @@ pub fn ensure() -> anyhow::Result<()> {
         .collect();
     apt_install(&wanted)?;
     apt_install_without_starting(TEST_PACKAGES_NO_START)?;
+    apt_install_without_starting(ROUTING_TEST_PACKAGES_NO_START)?;
     apt_install_without_starting(PROXY_TEST_PACKAGES_NO_START)?;
     apt_install(&owned(PROXY_TEST_PACKAGES))?;
     apt_install_without_starting(BENCH_PACKAGES_NO_START)?;
