@@ -17,6 +17,8 @@ pub mod cmd;
 pub mod daemon;
 pub mod demo;
 pub mod dsr_backend;
+pub mod ecmp;
+pub mod ecmp_demo;
 pub mod encap;
 pub mod flood;
 pub mod load;

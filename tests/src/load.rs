@@ -5,14 +5,15 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::path::PathBuf;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
 
 use crate::bg::Bg;
-use crate::netns::wait_until;
+use crate::netns::{Netns, wait_until};
 use crate::topology::{PORT, Topology, VIP4, VIP6};
 use crate::unique;
 
@@ -221,17 +222,29 @@ pub struct ShortConns {
 /// topology's directory as `name` the first time; the caller adds the script's own
 /// arguments.
 fn vip_client(topo: &Topology, name: &str, text: &str, v6: bool) -> Result<Command> {
-    let script = topo.path(name);
-    if !script.exists() {
-        std::fs::write(&script, text)?;
-    }
     let host = if v6 {
         VIP6.to_string()
     } else {
         VIP4.to_string()
     };
-    let mut c = topo.client.command("python3");
-    c.arg(&script).arg(host).arg(PORT.to_string());
+    script_client(&topo.client, topo.dir.path(), name, text, &host, PORT)
+}
+
+/// `python3 DIR/NAME HOST PORT` in `client`, the script `text` written there first.
+fn script_client(
+    client: &Netns,
+    dir: &Path,
+    name: &str,
+    text: &str,
+    host: &str,
+    port: u16,
+) -> Result<Command> {
+    let script = dir.join(name);
+    if !script.exists() {
+        std::fs::write(&script, text)?;
+    }
+    let mut c = client.command("python3");
+    c.arg(&script).arg(host).arg(port.to_string());
     Ok(c)
 }
 
@@ -367,14 +380,36 @@ impl SlowDownload {
         rate: u32,
         max_time: Duration,
     ) -> Result<SlowDownload> {
+        let host = if v6 { VIP6.into() } else { VIP4.into() };
+        let url = SocketAddr::new(host, PORT);
+        SlowDownload::start_in(&topo.client, topo.dir.path(), url, path, rate, max_time)
+    }
+
+    /// As [`SlowDownload::start`], from `client` to `server`, its files in `dir`.
+    pub fn start_in(
+        client: &Netns,
+        dir: &Path,
+        server: SocketAddr,
+        path: &str,
+        rate: u32,
+        max_time: Duration,
+    ) -> Result<SlowDownload> {
         let marker = unique("slow");
-        let dest = topo.path(&format!("{marker}.download"));
-        let mut c = vip_client(topo, "slow_client.py", SLOW_CLIENT, v6)?;
+        let dest = dir.join(format!("{marker}.download"));
+        let host = server.ip().to_string();
+        let mut c = script_client(
+            client,
+            dir,
+            "slow_client.py",
+            SLOW_CLIENT,
+            &host,
+            server.port(),
+        )?;
         c.arg(format!("/{path}?{marker}"))
             .arg(&dest)
             .arg(rate.to_string())
             .arg(max_time.as_secs_f64().to_string());
-        let bg = Bg::spawn(c, &topo.path(&format!("{marker}.out")))?;
+        let bg = Bg::spawn(c, &dir.join(format!("{marker}.out")))?;
         Ok(SlowDownload { bg, dest, marker })
     }
 
