@@ -32,6 +32,8 @@ pub const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 1);
 pub const PORT: u16 = 80;
 /// The kernel table lb keeps the VIP routes in, on every host.
 pub const ANNOUNCE_TABLE: u32 = 100;
+/// The route protocol number of lb's routes there.
+pub use lb_user::announce::RTPROT_LB;
 /// The router's address on the fabric (the LB hosts' BGP peer) and toward the client.
 pub const ROUTER: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 1);
 pub const ROUTER_CLIENT_SIDE: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);

@@ -218,18 +218,6 @@ pub struct ShortConns {
     stop: PathBuf,
 }
 
-/// `python3 SCRIPT VIP PORT` in the client namespace, the script (`text`) written to the
-/// topology's directory as `name` the first time; the caller adds the script's own
-/// arguments.
-fn vip_client(topo: &Topology, name: &str, text: &str, v6: bool) -> Result<Command> {
-    let host = if v6 {
-        VIP6.to_string()
-    } else {
-        VIP4.to_string()
-    };
-    script_client(&topo.client, topo.dir.path(), name, text, &host, PORT)
-}
-
 /// `python3 DIR/NAME HOST PORT` in `client`, the script `text` written there first.
 fn script_client(
     client: &Netns,
@@ -250,10 +238,34 @@ fn script_client(
 
 impl ShortConns {
     pub fn start(topo: &Topology, v6: bool, opts: ShortOpts) -> Result<ShortConns> {
+        let host = if v6 { VIP6.into() } else { VIP4.into() };
+        ShortConns::start_in(
+            &topo.client,
+            topo.dir.path(),
+            SocketAddr::new(host, PORT),
+            opts,
+        )
+    }
+
+    /// As [`ShortConns::start`], from `client` to `server`, its files in `dir`.
+    pub fn start_in(
+        client: &Netns,
+        dir: &Path,
+        server: SocketAddr,
+        opts: ShortOpts,
+    ) -> Result<ShortConns> {
         let tag = unique("short");
-        let records = topo.path(&format!("{tag}.records"));
-        let stop = topo.path(&format!("{tag}.stop"));
-        let mut c = vip_client(topo, "short_client.py", SHORT_CLIENT, v6)?;
+        let records = dir.join(format!("{tag}.records"));
+        let stop = dir.join(format!("{tag}.stop"));
+        let host = server.ip().to_string();
+        let mut c = script_client(
+            client,
+            dir,
+            "short_client.py",
+            SHORT_CLIENT,
+            &host,
+            server.port(),
+        )?;
         c.arg("/name")
             .arg(&records)
             .arg(&stop)
@@ -261,7 +273,7 @@ impl ShortConns {
             .arg(format!("{:.3}", opts.max_time.as_secs_f64()))
             .arg(format!("{:.3}", opts.pause.as_secs_f64()))
             .arg(format!("{:.3}", opts.timeout.as_secs_f64()));
-        let bg = Bg::spawn(c, &topo.path(&format!("{tag}.out")))?;
+        let bg = Bg::spawn(c, &dir.join(format!("{tag}.out")))?;
         Ok(ShortConns { bg, records, stop })
     }
 
