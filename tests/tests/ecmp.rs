@@ -172,6 +172,14 @@ fn a_host_announces_only_what_it_can_serve() {
     must(f.hosts[1].ns.exec("nft", &["-f", &rules.to_string_lossy()]));
     must(f.wait_next_hops(&[0], CONVERGE));
     assert_eq!(must(f.announced(1)).trim(), "", "lb2's announce table");
+    // What lb reports (`lb stats`, and `lb_vip_announced` in /metrics) follows.
+    let reported = |i: usize| {
+        let s = must(f.hosts[i].lb.as_ref().expect("lb runs").stats_json());
+        assert_eq!(s["announce_table"], 100, "{s}");
+        s["announced"].clone()
+    };
+    assert_eq!(reported(0), serde_json::json!([ecmp::VIP.to_string()]));
+    assert_eq!(reported(1), serde_json::json!([]));
     all_succeed(&f, 100, "lb2 withdrawn");
     must(f.hosts[1].ns.exec("nft", &["delete table inet lbtest"]));
     must(f.wait_next_hops(&[0, 1], CONVERGE));

@@ -339,8 +339,34 @@ pub fn render(r: &Report) -> String {
         "Half-open flows past --half-open-timeout and not evicted yet: handshakes nobody completed; their SNAT ports are free.",
         [(vec![], r.half_open_expired)],
     );
+    announced(&mut w, r);
     proxy(&mut w, r);
     w.out
+}
+
+/// With `--announce-table`: 1 for each VIP whose route a routing daemon can announce, 0
+/// for a VIP lb withdrew (no backend up).
+fn announced(w: &mut Writer, r: &Report) {
+    if r.announce_table.is_none() {
+        return;
+    }
+    let mut vips: Vec<std::net::IpAddr> = r
+        .services
+        .iter()
+        .filter_map(|s| s.vip.parse::<std::net::SocketAddr>().ok())
+        .map(|a| a.ip())
+        .collect();
+    vips.sort();
+    vips.dedup();
+    let names: Vec<String> = vips.iter().map(ToString::to_string).collect();
+    w.family(
+        "lb_vip_announced",
+        "gauge",
+        "1 while the VIP's route is in the announce table (a backend is up), for the routing daemon to announce; 0 while withdrawn.",
+        vips.iter()
+            .zip(&names)
+            .map(|(v, n)| (vec![("vip", n.as_str())], u8::from(r.announced.contains(v)))),
+    );
 }
 
 /// The families of connections the daemon proxies (proxy-v2 services); left out when no
@@ -466,6 +492,8 @@ mod tests {
             half_open: 2,
             half_open_expired: 1,
             counters,
+            announce_table: None,
+            announced: Vec::new(),
         }
     }
 
@@ -546,6 +574,29 @@ lb_half_open_expired_flows 1
             version = env!("CARGO_PKG_VERSION")
         );
         assert_eq!(render(&tiny()), expected);
+    }
+
+    #[test]
+    fn announced_vips_are_1_and_withdrawn_ones_0() {
+        let mut r = tiny();
+        assert!(
+            !render(&r).contains("lb_vip_announced"),
+            "no announce table"
+        );
+        r.announce_table = Some(100);
+        let vip: std::net::SocketAddr = r.services[0].vip.parse().unwrap();
+        let line = format!("lb_vip_announced{{vip=\"{}\"}}", vip.ip());
+        assert!(
+            render(&r).contains(&format!("{line} 0\n")),
+            "{}",
+            render(&r)
+        );
+        r.announced = vec![vip.ip()];
+        assert!(
+            render(&r).contains(&format!("{line} 1\n")),
+            "{}",
+            render(&r)
+        );
     }
 
     #[test]

@@ -132,6 +132,11 @@ pub struct Report {
     pub half_open_expired: u64,
     /// The global packet counters by name (`lb_common::counters::TABLE`).
     pub counters: BTreeMap<String, u64>,
+    /// `--announce-table`, and the VIPs whose route is in it (see `announce`).
+    #[serde(default)]
+    pub announce_table: Option<u32>,
+    #[serde(default)]
+    pub announced: Vec<std::net::IpAddr>,
 }
 
 fn open(rec: &RuntimeRecord, name: &'static str) -> Result<Map, StatsError> {
@@ -429,6 +434,8 @@ pub fn collect_from(rec: &RuntimeRecord) -> Result<Report, StatsError> {
         half_open,
         half_open_expired,
         counters: totals,
+        announce_table: rec.announce_table,
+        announced: rec.announced.clone(),
     })
 }
 
@@ -525,6 +532,8 @@ pub(crate) mod tests {
             half_open: 3,
             half_open_expired: 0,
             counters: counters_map,
+            announce_table: None,
+            announced: Vec::new(),
         }
     }
 

@@ -66,6 +66,18 @@ pub fn render(r: &Report) -> String {
         r.half_open,
         r.half_open_expired
     );
+    if let Some(table) = r.announce_table {
+        let vips: Vec<String> = r.announced.iter().map(ToString::to_string).collect();
+        let _ = writeln!(
+            out,
+            "announced in table {table}: {}",
+            if vips.is_empty() {
+                "none".to_string()
+            } else {
+                vips.join(", ")
+            }
+        );
+    }
     let w = addr_width(r, 21);
     for s in &r.services {
         let _ = writeln!(out, "\nservice {} {} [{}]", s.name, s.vip, s.mode);

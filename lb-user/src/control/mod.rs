@@ -170,10 +170,10 @@ impl Control {
     fn commit<T>(&mut self, r: Result<T, ControlError>, changed: bool) -> Result<T, ControlError> {
         let plan = self.model.take_plan();
         let applied = self.apply(plan);
-        if changed && r.is_ok() {
+        let moved = self.announce();
+        if (changed && r.is_ok()) || moved {
             self.write_record();
         }
-        self.announce();
         let v = r?;
         applied?;
         Ok(v)
@@ -188,17 +188,21 @@ impl Control {
         let a = Announcer::start(table)?;
         self.announcer = Some(a);
         self.announce();
+        self.write_record();
         Ok(())
     }
 
-    /// Brings the announce table in line with the VIPs that can be served now.
-    fn announce(&mut self) {
+    /// Brings the announce table in line with the VIPs that can be served now; returns
+    /// whether what is announced changed.
+    fn announce(&mut self) -> bool {
         let Some(a) = &mut self.announcer else {
-            return;
+            return false;
         };
+        let before = a.announced().clone();
         let wanted = self.model.servable_vips(|vip| a.inherited(vip));
         // Failures are logged by `sync` and retried at the next change or refresh.
         let _ = a.sync(&wanted);
+        *a.announced() != before
     }
 
     /// Reads the announce table again and repairs it (a route removed by hand comes
@@ -210,7 +214,9 @@ impl Control {
                 return;
             }
         }
-        self.announce();
+        if self.announce() {
+            self.write_record();
+        }
     }
 
     /// The VIPs whose route is in the announce table (empty without one).
@@ -404,6 +410,8 @@ impl Control {
             attachments: self.dp.attachments.clone(),
             admin: self.model.config().admin,
             state_dir: Some(self.dp.state().root().to_path_buf()),
+            announce_table: self.announcer.as_ref().map(Announcer::table),
+            announced: self.announced(),
             services: self
                 .model
                 .services()

@@ -24,6 +24,11 @@ pub struct RuntimeRecord {
     /// The state directory the daemon pinned its data path in.
     #[serde(default)]
     pub state_dir: Option<PathBuf>,
+    /// `--announce-table`, and the VIPs whose route is in it.
+    #[serde(default)]
+    pub announce_table: Option<u32>,
+    #[serde(default)]
+    pub announced: Vec<std::net::IpAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
