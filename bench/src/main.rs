@@ -6,8 +6,8 @@
 //! Modules, lowest first (each uses only those before it): `cpu`, `cost`, `sys`, `xdp`
 //! (the bench's XDP programs), `frames` (the generator's template frames), `bed`,
 //! `systems`, `napi`, `pps`, `clients` (wrk, iperf3), `flood` (the SYN flood), `churn`
-//! (the connection-state workloads), `workloads`, `figure`, `maglev`, `report`; this
-//! file runs the plan.
+//! (the connection-state workloads), `workloads`, `figure`, `maglev`, `failover` (an LB
+//! host dies behind ECMP), `report`; this file runs the plan.
 
 // The system calls aya has no wrapper for are the only unsafe code, in `sys`.
 #![deny(unsafe_code)]
@@ -17,6 +17,7 @@ mod churn;
 mod clients;
 mod cost;
 mod cpu;
+mod failover;
 mod figure;
 mod flood;
 mod frames;
@@ -53,7 +54,8 @@ struct Opts {
     #[arg(long)]
     pub quick: bool,
     /// Only these workloads (comma-separated): conn, keepalive, bulk1, bulk4, download,
-    /// pps-1, pps-1k, pps-100k, conn-sustained, synflood.
+    /// pps-1, pps-1k, pps-100k, conn-sustained, synflood, failover (an LB host dies
+    /// behind ECMP: lb-dsr, lb-nat, nft-fullnat on a fabric of their own).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// Only these systems (comma-separated): lb-nat, lb-proxy-v2, lb-proxy-v2-sockmap,
@@ -132,6 +134,8 @@ struct Extras {
 struct Plan {
     systems: Vec<System>,
     workloads: Vec<Workload>,
+    /// Whether the failover runs (`--only` empty or naming `failover`).
+    failover: bool,
     secs: u32,
     /// `--secs`, if given: it overrides every workload's own length.
     given_secs: Option<u32>,
@@ -167,6 +171,8 @@ fn run(opts: &Opts, lb_bin: &Path, object: &Path) -> Result<()> {
     let bed = Bed::new(object)?;
     // A copy, so a rebuild of target/release/lb during the run changes nothing measured.
     let identity = lb_identity(lb_bin);
+    // The failover runs after the bed is gone, with the binary it was copied from.
+    let lb_original = lb_bin.to_path_buf();
     let lb_copy = bed.path("lb");
     std::fs::copy(lb_bin, &lb_copy)
         .with_context(|| format!("copying {} to {}", lb_bin.display(), lb_copy.display()))?;
@@ -243,7 +249,15 @@ fn run(opts: &Opts, lb_bin: &Path, object: &Path) -> Result<()> {
     } = runs;
     drop(bed);
     let mut notes = vec![identity];
-    let figures = figures(&plan, &cells, &extras, &mut notes);
+    let mut figures = figures(&plan, &cells, &extras, &mut notes);
+    if plan.failover {
+        figures.extend(failover::figures(
+            &plan.systems,
+            &lb_original,
+            object,
+            plan.quick,
+        ));
+    }
     let meta = Meta {
         date: today(),
         host: short_host(),
@@ -293,11 +307,23 @@ fn run(opts: &Opts, lb_bin: &Path, object: &Path) -> Result<()> {
 
 fn plan(opts: &Opts) -> Result<Plan> {
     let systems = select(&opts.systems, &systems::ALL, System::name, "system")?;
-    let workloads = select(&opts.only, &workloads::ALL, Workload::name, "workload")?;
+    let failover = opts.only.is_empty() || opts.only.iter().any(|w| w == failover::WORKLOAD);
+    let only: Vec<String> = opts
+        .only
+        .iter()
+        .filter(|w| *w != failover::WORKLOAD)
+        .cloned()
+        .collect();
+    let workloads = if only.is_empty() && !opts.only.is_empty() {
+        Vec::new()
+    } else {
+        select(&only, &workloads::ALL, Workload::name, "workload")?
+    };
     let (secs, repeats) = if opts.quick { (1, 1) } else { (5, 3) };
     Ok(Plan {
         systems,
         workloads,
+        failover,
         secs: opts.secs.unwrap_or(secs).clamp(1, 600),
         given_secs: opts.secs.map(|s| s.clamp(1, 600)),
         repeats: opts.repeats.unwrap_or(repeats).clamp(1, 20),

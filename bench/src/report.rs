@@ -3,9 +3,9 @@
 //! main ratios (`.png`).
 
 use crate::figure::{Figure, num};
-use crate::maglev;
 use crate::systems::System;
 use crate::workloads::{Metric, Workload};
+use crate::{failover, maglev};
 use anyhow::{Context, Result};
 use std::fmt::Write as _;
 use std::path::Path;
@@ -150,6 +150,24 @@ type Target = (
     bool,
 );
 const TARGETS: &[Target] = &[
+    (
+        "long flows kept when an LB host dies behind ECMP, dsr (%)",
+        System::LbDsr,
+        None,
+        "failover",
+        "flows_kept",
+        100.0,
+        true,
+    ),
+    (
+        "router withdraws a dead LB host within the BGP hold time + 1 s, dsr (s)",
+        System::LbDsr,
+        None,
+        "failover",
+        "withdraw",
+        4.0,
+        false,
+    ),
     (
         "new conn/s, nat vs no LB",
         System::LbNat,
@@ -413,7 +431,7 @@ pub fn markdown(meta: &Meta, figures: &[Figure]) -> String {
         }
     }
 
-    writeln!(w, "\n## Targets (issues 5, 11 and 13)\n").unwrap();
+    writeln!(w, "\n## Targets (issues 5, 11, 13 and 14)\n").unwrap();
     writeln!(w, "| target | value | goal | met |\n|---|---|---|---|").unwrap();
     for (what, lb, peer, wl, m, bound, at_least) in TARGETS {
         let goal = format!("{} {bound}", if *at_least { "≥" } else { "≤" });
@@ -463,7 +481,7 @@ pub fn markdown(meta: &Meta, figures: &[Figure]) -> String {
     let other = figures
         .iter()
         .filter(|f| f.ok() && !meta.workloads.iter().any(|w| w.name() == f.workload))
-        .filter(|f| f.workload != maglev::WORKLOAD);
+        .filter(|f| f.workload != maglev::WORKLOAD && f.workload != failover::WORKLOAD);
     if list(w, "Cost series", other, |f| {
         format!("{} {}", num(f.median.unwrap_or(0.0)), f.metric.unit)
     }) {
@@ -474,6 +492,7 @@ pub fn markdown(meta: &Meta, figures: &[Figure]) -> String {
         .unwrap();
     }
     w.push_str(&maglev::markdown(figures));
+    w.push_str(&failover::markdown(figures));
     let todos = figures.iter().filter(|f| f.status.starts_with("todo"));
     list(w, "TODO (not measured yet)", todos, |f| {
         f.status.trim_start_matches("todo: ").to_owned()
