@@ -22,7 +22,7 @@ use crate::systems::System;
 use crate::workloads::Metric;
 use anyhow::{Context, Result, bail};
 use lb_tests::ecmp::{self, ANNOUNCE_TABLE, Fabric, RTPROT_LB, VIP};
-use lb_tests::load::{ShortConns, ShortOpts, SlowDownload};
+use lb_tests::load::{ShortConns, ShortOpts};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -88,18 +88,7 @@ pub fn measure(system: System, lb_bin: &Path, object: &Path, quick: bool) -> Res
     }
     f.wait_next_hops(&[0, 1, 2], Duration::from_secs(20))?;
 
-    let mut downloads = (0..size.downloads)
-        .map(|_| {
-            SlowDownload::start_in(
-                &f.client,
-                f.dir.path(),
-                ecmp::vip_addr(),
-                "blob",
-                size.rate,
-                Duration::from_secs(120),
-            )
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let mut downloads = f.start_downloads(size.downloads, size.rate)?;
     let short = ShortConns::start_in(
         &f.client,
         f.dir.path(),

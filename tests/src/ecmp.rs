@@ -20,8 +20,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
+use crate::bed::FAST_HEALTH;
 use crate::bg::Bg;
 use crate::daemon::{Daemon, Launch};
+use crate::load::SlowDownload;
 use crate::netns::{Netns, wait_until};
 use crate::topology::TempDir;
 use crate::xdp::XdpPass;
@@ -40,17 +42,6 @@ pub const ROUTER_CLIENT_SIDE: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 pub const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
 /// MTU of the fabric behind the router (LB hosts, switch, backends).
 const FABRIC_MTU: u32 = 1600;
-/// Health checks: every second, down after 2 failures, up after 2 passes.
-const HEALTH: &[&str] = &[
-    "--health-interval",
-    "1s",
-    "--health-timeout",
-    "500ms",
-    "--healthy-threshold",
-    "2",
-    "--unhealthy-threshold",
-    "2",
-];
 
 /// The LB host `i` (0-based): name and fabric address (the router's `lbN` peers).
 pub fn host_addr(i: usize) -> Ipv4Addr {
@@ -362,7 +353,8 @@ impl Fabric {
         for i in 0..self.backends.len() {
             a.extend(["--backend".into(), format!("{}:{PORT}", backend_addr(i))]);
         }
-        a.extend(HEALTH.iter().map(|s| s.to_string()));
+        // Checks every second, down after 2 failures, up after 2 passes.
+        a.extend(FAST_HEALTH.iter().map(|s| s.to_string()));
         a.extend(extra.iter().map(|s| s.to_string()));
         a
     }
@@ -490,32 +482,46 @@ route replace default via {ROUTER}
 
     /// New flows each host's lb has opened, by host (0 for a host not running lb).
     pub fn new_flows(&self) -> Result<Vec<u64>> {
+        self.service_figure("new_flows", |s| &s["counters"]["new_flows"])
+    }
+
+    /// Active flows in each host's flow table, by host (0 for a host not running lb).
+    pub fn active_flows(&self) -> Result<Vec<u64>> {
+        self.service_figure("active_flows", |s| &s["active_flows"])
+    }
+
+    /// A figure of the service in each host's `lb stats --json`, by host.
+    fn service_figure(
+        &self,
+        name: &str,
+        get: impl Fn(&serde_json::Value) -> &serde_json::Value,
+    ) -> Result<Vec<u64>> {
         self.hosts
             .iter()
             .map(|h| match &h.lb {
                 Some(d) => {
                     let s = d.stats_json()?;
-                    s["services"][0]["counters"]["new_flows"]
+                    get(&s["services"][0])
                         .as_u64()
-                        .with_context(|| format!("no new_flows in {}'s stats: {s}", h.name))
+                        .with_context(|| format!("no {name} in {}'s stats: {s}", h.name))
                 }
                 None => Ok(0),
             })
             .collect()
     }
 
-    /// Active flows in each host's flow table, by host.
-    pub fn active_flows(&self) -> Result<Vec<u64>> {
-        self.hosts
-            .iter()
-            .map(|h| match &h.lb {
-                Some(d) => {
-                    let s = d.stats_json()?;
-                    s["services"][0]["active_flows"]
-                        .as_u64()
-                        .with_context(|| format!("no active_flows in {}'s stats: {s}", h.name))
-                }
-                None => Ok(0),
+    /// Starts `n` paced downloads of `/blob` at `rate` bytes/s (two minutes at most).
+    pub fn start_downloads(&self, n: usize, rate: u32) -> Result<Vec<SlowDownload>> {
+        (0..n)
+            .map(|_| {
+                SlowDownload::start_in(
+                    &self.client,
+                    self.dir.path(),
+                    vip_addr(),
+                    "blob",
+                    rate,
+                    Duration::from_secs(120),
+                )
             })
             .collect()
     }

@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, bail};
 
 use crate::ecmp::{self, Fabric};
-use crate::load::SlowDownload;
 
 const HOSTS: usize = 3;
 const DOWNLOADS: usize = 8;
@@ -66,18 +65,7 @@ pub fn run(lb_bin: &Path, bpf_object: &Path, mode: &str) -> Result<()> {
     step(&format!(
         "{DOWNLOADS} paced downloads of 8 MB (about 32 s each)"
     ));
-    let mut downloads = (0..DOWNLOADS)
-        .map(|_| {
-            SlowDownload::start_in(
-                &f.client,
-                f.dir.path(),
-                ecmp::vip_addr(),
-                "blob",
-                RATE,
-                Duration::from_secs(120),
-            )
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let mut downloads = f.start_downloads(DOWNLOADS, RATE)?;
     std::thread::sleep(Duration::from_secs(2));
     let active = f.active_flows()?;
     let dead = (0..HOSTS).max_by_key(|i| active[*i]).unwrap_or(0);

@@ -18,7 +18,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use lb_tests::ecmp::{self, Fabric, host_addr};
-use lb_tests::load::SlowDownload;
 use lb_tests::{bpf_object, lb_bin, must};
 
 /// Size and pace of the downloads that run through a host's loss and return: 8 MB at
@@ -82,18 +81,7 @@ fn flows_spread_over_hosts_and_survive_the_loss_of_one() {
     );
     assert!(per_host.iter().sum::<u64>() >= 300, "{per_host:?}");
 
-    let mut downloads: Vec<SlowDownload> = (0..DOWNLOADS)
-        .map(|_| {
-            must(SlowDownload::start_in(
-                &f.client,
-                f.dir.path(),
-                ecmp::vip_addr(),
-                "blob",
-                RATE,
-                Duration::from_secs(120),
-            ))
-        })
-        .collect();
+    let mut downloads = must(f.start_downloads(DOWNLOADS, RATE));
     std::thread::sleep(Duration::from_secs(2));
     // The host with the most downloads dies.
     let active = must(f.active_flows());
