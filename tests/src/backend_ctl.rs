@@ -83,9 +83,11 @@ pub fn start_server(topo: &Topology, b: &Backend) -> Result<()> {
 
 /// http.server's file serving plus `GET /health/instance`, whose status code is read
 /// from STATUS_FILE at every request. Dual-stack on `::`, threaded like http.server.
+/// With CERT and KEY, it speaks HTTPS.
 const HEALTH_SERVER: &str = r#"
-import functools, http.server, socket, sys
+import functools, http.server, socket, ssl, sys
 port, directory, status_file = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+tls = sys.argv[4:6]
 
 class Handler(http.server.SimpleHTTPRequestHandler):
     def do_GET(self):
@@ -110,7 +112,12 @@ class Server(http.server.ThreadingHTTPServer):
         self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         super().server_bind()
 
-Server(("::", port), functools.partial(Handler, directory=directory)).serve_forever()
+server = Server(("::", port), functools.partial(Handler, directory=directory))
+if tls:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(tls[0], tls[1])
+    server.socket = ctx.wrap_socket(server.socket, server_side=True)
+server.serve_forever()
 "#;
 
 /// Replaces the backend's server with one that also answers `GET /health/instance`
@@ -141,6 +148,64 @@ pub fn start_health_server(topo: &Topology, b: &Backend, status: u16) -> Result<
         bail!(
             "backend {}: /health/instance answers {got}, not {status}",
             b.name
+        );
+    }
+    Ok(())
+}
+
+/// Starts, beside the backend's server, an HTTPS server on `port` with `cert` that
+/// answers `GET /health/instance` with the same status file as [`start_health_server`]
+/// (so [`set_health_status`] sets both), and waits until it answers `status`. It stops
+/// with the backend's namespace.
+pub fn start_https_health_server(
+    topo: &Topology,
+    b: &Backend,
+    port: u16,
+    cert: &crate::tls::Cert,
+    status: u16,
+) -> Result<()> {
+    let script = topo.path("health_server.py");
+    if !script.exists() {
+        std::fs::write(&script, HEALTH_SERVER)?;
+    }
+    set_health_status(topo, b, status)?;
+    let log = next_log(topo, b);
+    let log_file = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+    let mut c = b.ns.command("python3");
+    c.arg(&script)
+        .arg(port.to_string())
+        .arg(&b.dir)
+        .arg(health_status_file(topo, b))
+        .arg(&cert.cert)
+        .arg(&cert.key)
+        .stdout(Stdio::from(log_file.try_clone()?))
+        .stderr(Stdio::from(log_file));
+    let pid = b.ns.spawn(c)?;
+    let url = format!("https://127.0.0.1:{port}/health/instance");
+    let mut seen = String::new();
+    let answered = wait_until(Duration::from_secs(15), || {
+        if !b.ns.running(pid) {
+            bail!("exited");
+        }
+        let out = cmd::output_any(b.ns.command("curl").args([
+            "-s",
+            "-k",
+            "-o",
+            "/dev/null",
+            "--max-time",
+            "1",
+            "-w",
+            "%{http_code}",
+            &url,
+        ]))?;
+        seen = String::from_utf8_lossy(&out.stdout).into_owned();
+        Ok(seen == status.to_string())
+    });
+    if !answered {
+        bail!(
+            "https health server of {} did not answer {status} at {url} within 15 s (last {seen:?}); its log:\n{}",
+            b.name,
+            std::fs::read_to_string(&log).unwrap_or_default()
         );
     }
     Ok(())

@@ -191,6 +191,104 @@ fn http_check_503_takes_backend_out_and_back() {
     bed.stop(d);
 }
 
+/// The port of the backends' HTTPS health servers.
+const HTTPS_PORT: u16 = 8443;
+/// The name in the backends' certificate.
+const CERT_HOST: &str = "backend.lb.test";
+
+/// Every backend's HTTPS health server, answering 200, with one self-signed certificate
+/// for [`CERT_HOST`] (returned: its file is the CA to verify against).
+fn https_servers(bed: &Bed) -> lb_tests::tls::Cert {
+    let cert = lb_tests::tls::self_signed(bed.topo.dir.path(), "backend", CERT_HOST).unwrap();
+    for name in BACKEND_NAMES {
+        backend_ctl::start_https_health_server(
+            &bed.topo,
+            bed.backend(name),
+            HTTPS_PORT,
+            &cert,
+            200,
+        )
+        .unwrap();
+    }
+    cert
+}
+
+/// A two-armed bed whose backends also run an HTTPS health server (a self-signed
+/// certificate for [`CERT_HOST`]) answering 200, and lb checking `https:/health/instance`
+/// on it with `extra` flags, every backend up.
+fn https_checked(extra: &[&str]) -> (Bed, Daemon, lb_tests::tls::Cert) {
+    let bed = Bed::new(Kind::TwoArmed);
+    let cert = https_servers(&bed);
+    let port = HTTPS_PORT.to_string();
+    let mut flags = vec!["--health", "https:/health/instance", "--health-port", &port];
+    flags.extend_from_slice(extra);
+    let d = start(&bed, &flags);
+    (bed, d, cert)
+}
+
+/// An https check (certificate not verified, as an NLB's): a backend whose HTTPS
+/// `/health/instance` answers 503 is taken out, and comes back with 200.
+#[test]
+fn https_check_503_takes_backend_out_and_back() {
+    let (bed, d, _cert) = https_checked(&[]);
+    let b2 = bed.backend("b2");
+    let addr = bed.addr("b2");
+    let set = |code| backend_ctl::set_health_status(&bed.topo, b2, code).unwrap();
+    let took_down = goes_down(&d, &addr, || set(503));
+    d.expect_log(&["backend down", &addr, "status 503"]);
+    spread_with(&bed, "b2", false);
+    let took_up = comes_up(&d, &addr, || set(200));
+    eprintln!("b2 down after {took_down:?}, up after {took_up:?}");
+    spread_with(&bed, "b2", true);
+    bed.stop(d);
+}
+
+/// With `--health-tls-verify` the certificate must chain to the CA file and carry the
+/// name checked (the Host header's): the right name passes; a name the certificate does
+/// not have fails every backend with a TLS error, though the servers answer 200.
+#[test]
+fn https_check_verifies_the_certificate_when_asked() {
+    let bed = Bed::new(Kind::TwoArmed);
+    let cert = https_servers(&bed);
+    let (port, ca) = (
+        HTTPS_PORT.to_string(),
+        cert.cert.to_string_lossy().into_owned(),
+    );
+    let verified = |host: &str| -> Vec<String> {
+        let mut v: Vec<String> = [
+            "--health",
+            "https:/health/instance",
+            "--health-port",
+            &port,
+            "--health-tls-verify",
+            "--health-tls-ca",
+            &ca,
+            "--health-host",
+            host,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        v.extend(FAST_HEALTH.iter().map(|s| s.to_string()));
+        v
+    };
+    let good = verified(CERT_HOST);
+    let good: Vec<&str> = good.iter().map(String::as_str).collect();
+    let d = bed.start(&bed.args(&all_named(), &good));
+    admin::wait_for(&d, SERVICE, "all up", Duration::from_secs(5), all_up(&bed))
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    // The name is wrong now: every check fails its handshake.
+    let addr = bed.addr("b1");
+    let wrong = verified("other.lb.test");
+    let wrong: Vec<&str> = wrong.iter().map(String::as_str).collect();
+    bed.stop(d);
+    let since = Instant::now();
+    let d = bed.start(&bed.args(&all_named(), &wrong));
+    expect_state_within(&d, &addr, "down", since, down_within());
+    d.expect_log(&["backend down", &addr, "tls:"]);
+    bed.stop(d);
+}
+
 /// An HTTP check of a frozen server (SIGSTOP: the kernel still accepts the connection,
 /// nothing answers) fails by timeout; thawed, it passes again.
 #[test]

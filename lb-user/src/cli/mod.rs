@@ -203,7 +203,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "DIR", alias = "pin-dir")]
     pub state_dir: Option<PathBuf>,
     /// Health check of the --vip service: tcp (connect), http:/PATH (GET, expects
-    /// --health-status), or none; default tcp.
+    /// --health-status), https:/PATH (the same over TLS), or none; default tcp.
     #[arg(long, value_name = "CHECK")]
     pub health: Option<String>,
     /// Port to check instead of each backend's own.
@@ -227,6 +227,14 @@ pub struct RunArgs {
     /// Host header of the http check; default the backend's IP:PORT.
     #[arg(long, value_name = "HOST")]
     pub health_host: Option<String>,
+    /// https checks: verify the backend's certificate (chain and name); off by default,
+    /// as an NLB's.
+    #[arg(long)]
+    pub health_tls_verify: bool,
+    /// https checks with --health-tls-verify: the CA certificates (PEM) to verify
+    /// against; default the system's.
+    #[arg(long, value_name = "FILE")]
+    pub health_tls_ca: Option<String>,
     /// Admin API (metrics, health, live changes) address; `off` disables it.
     /// Default 127.0.0.1:9100.
     #[arg(long, value_name = "IP:PORT")]
@@ -307,6 +315,8 @@ impl RunArgs {
                 fall: self.unhealthy_threshold,
                 status: self.health_status.clone(),
                 host: self.health_host.clone(),
+                tls_verify: self.health_tls_verify.then_some(true),
+                tls_ca: self.health_tls_ca.clone(),
             },
             connect_timeout: self.connect_timeout.clone(),
             splice: self.splice.clone(),

@@ -68,6 +68,8 @@ pub struct FileHealth {
     pub unhealthy_threshold: Option<u32>,
     pub status: Option<String>,
     pub host: Option<String>,
+    pub tls_verify: Option<bool>,
+    pub tls_ca: Option<String>,
 }
 
 /// A backend as `"IP:PORT[@WEIGHT]"` or `{ addr = "IP:PORT", weight = N }`.

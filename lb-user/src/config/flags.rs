@@ -55,6 +55,8 @@ pub struct HealthFlags {
     pub fall: Option<u32>,
     pub status: Option<String>,
     pub host: Option<String>,
+    pub tls_verify: Option<bool>,
+    pub tls_ca: Option<String>,
 }
 
 impl HealthFlags {
@@ -68,6 +70,8 @@ impl HealthFlags {
             || self.fall.is_some()
             || self.status.is_some()
             || self.host.is_some()
+            || self.tls_verify.is_some()
+            || self.tls_ca.is_some()
     }
 }
 
@@ -150,7 +154,7 @@ pub(super) fn health_flag(field: &str) -> String {
         "check" => "--health".to_string(),
         "rise" => "--healthy-threshold".to_string(),
         "fall" => "--unhealthy-threshold".to_string(),
-        other => format!("--health-{other}"),
+        other => format!("--health-{}", other.replace('_', "-")),
     }
 }
 
@@ -166,6 +170,8 @@ impl From<&FileHealth> for HealthFlags {
             fall: h.unhealthy_threshold,
             status: h.status.clone(),
             host: h.host.clone(),
+            tls_verify: h.tls_verify,
+            tls_ca: h.tls_ca.clone(),
         }
     }
 }

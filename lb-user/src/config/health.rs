@@ -6,8 +6,9 @@ use super::flags::HealthFlags;
 use super::values::{parse_duration, parse_status_range};
 use crate::health::spec::{
     DEFAULT_FALL, DEFAULT_HTTP_STATUS, DEFAULT_INTERVAL, DEFAULT_RISE, DEFAULT_TIMEOUT,
-    HealthCheck, HealthConfig,
+    HealthCheck, HealthConfig, TlsCheck,
 };
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// The shortest interval or timeout: shorter checks would measure the scheduler.
@@ -36,8 +37,8 @@ pub(super) fn health(
     })
 }
 
-/// `tcp` (the default), `none` or `http:/PATH` with its status range and Host header;
-/// status and host only with http.
+/// `tcp` (the default), `none`, or `http:/PATH` or `https:/PATH` with its status range
+/// and Host header (and TLS settings for https); those only with http(s).
 fn check_kind(h: &HealthFlags, loc: &dyn Fn(&str) -> String) -> Result<HealthCheck, ConfigError> {
     let status = match &h.status {
         Some(st) => {
@@ -48,13 +49,15 @@ fn check_kind(h: &HealthFlags, loc: &dyn Fn(&str) -> String) -> Result<HealthChe
     let check = match h.check.as_deref().map(str::trim) {
         None | Some("tcp") => HealthCheck::Tcp,
         Some("none") => HealthCheck::None,
-        Some(c) if c.starts_with("http:") => {
-            let path = &c["http:".len()..];
+        Some(c) if c.starts_with("http:") || c.starts_with("https:") => {
+            let (scheme, path) = c.split_once(':').unwrap_or_default();
             if !path.starts_with('/') || !is_header_text(path) {
                 return Err(ConfigError::new(
                     loc("check"),
                     c,
-                    "the HTTP check path must start with / and have no spaces, e.g. http:/health/instance",
+                    format!(
+                        "the HTTP check path must start with / and have no spaces, e.g. {scheme}:/health/instance"
+                    ),
                 ));
             }
             if let Some(host) = &h.host {
@@ -70,16 +73,34 @@ fn check_kind(h: &HealthFlags, loc: &dyn Fn(&str) -> String) -> Result<HealthChe
                 path: path.to_string(),
                 host: h.host.clone(),
                 status: status.unwrap_or(DEFAULT_HTTP_STATUS),
+                tls: (scheme == "https").then(|| tls(h, loc)).transpose()?,
             }
         }
         Some(c) => {
             return Err(ConfigError::new(
                 loc("check"),
                 c,
-                "expected tcp, http:/PATH or none",
+                "expected tcp, http:/PATH, https:/PATH or none",
             ));
         }
     };
+    let https = matches!(check, HealthCheck::Http { tls: Some(_), .. });
+    if !https {
+        if let Some(v) = h.tls_verify {
+            return Err(ConfigError::new(
+                loc("tls_verify"),
+                v.to_string(),
+                "only an https check has TLS",
+            ));
+        }
+        if let Some(ca) = &h.tls_ca {
+            return Err(ConfigError::new(
+                loc("tls_ca"),
+                ca,
+                "only an https check has TLS",
+            ));
+        }
+    }
     if !matches!(check, HealthCheck::Http { .. }) {
         if let Some(st) = &h.status {
             return Err(ConfigError::new(
@@ -97,6 +118,28 @@ fn check_kind(h: &HealthFlags, loc: &dyn Fn(&str) -> String) -> Result<HealthChe
         }
     }
     Ok(check)
+}
+
+/// An https check's TLS: verification off unless asked; a CA file only with it, read
+/// now so a bad one is an error at start (or reload), not a failing check.
+fn tls(h: &HealthFlags, loc: &dyn Fn(&str) -> String) -> Result<TlsCheck, ConfigError> {
+    let verify = h.tls_verify.unwrap_or(false);
+    let ca = match &h.tls_ca {
+        None => None,
+        Some(ca) if !verify => {
+            return Err(ConfigError::new(
+                loc("tls_ca"),
+                ca,
+                "a CA file is for verifying: set tls_verify too",
+            ));
+        }
+        Some(ca) => {
+            crate::health::tls::roots(Path::new(ca))
+                .map_err(|r| ConfigError::new(loc("tls_ca"), ca, r))?;
+            Some(PathBuf::from(ca))
+        }
+    };
+    Ok(TlsCheck { verify, ca })
 }
 
 /// No spaces or control characters: safe in a request line or header value.

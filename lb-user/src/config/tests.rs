@@ -39,6 +39,8 @@ fn flags(args: &[(&str, &str)]) -> FlagSettings {
             "unhealthy-threshold" => f.health.fall = Some(v.parse().unwrap()),
             "health-status" => f.health.status = Some(v),
             "health-host" => f.health.host = Some(v),
+            "health-tls-verify" => f.health.tls_verify = Some(v == "true"),
+            "health-tls-ca" => f.health.tls_ca = Some(v),
             "proxy-protocol" => f.proxy_protocol = Some(v),
             "proxy-tlv" => f.proxy_tlvs.push(v),
             "accept-proxy" => f.accept_proxy = v == "true",
@@ -439,7 +441,8 @@ fn http_health_flags_are_parsed() {
         HealthCheck::Http {
             path: "/health/instance".into(),
             host: Some("registry.example".into()),
-            status: (200, 299)
+            status: (200, 299),
+            tls: None,
         }
     );
     assert_eq!(h.port, Some(8080));
@@ -787,4 +790,44 @@ fn the_announce_table_is_off_by_default_and_never_one_of_the_kernels() {
     let file = "announce_table = 254\n".to_string() + FILE;
     let e = from_text(&file, &FlagSettings::default()).unwrap_err();
     assert!(e.to_string().contains("announce_table"), "{e}");
+}
+
+#[test]
+fn https_checks_verify_only_when_asked_and_read_the_ca_file_at_once() {
+    use crate::health::spec::TlsCheck;
+    let c = with(&[("health", "https:/health/instance")]).unwrap();
+    assert!(matches!(
+        &c.services[0].health.check,
+        HealthCheck::Http {
+            tls: Some(TlsCheck {
+                verify: false,
+                ca: None
+            }),
+            ..
+        }
+    ));
+    assert_eq!(
+        c.services[0].health.check.to_string(),
+        "https:/health/instance"
+    );
+    let e = err(&[("health", "http:/x"), ("health-tls-verify", "true")]);
+    assert_eq!(e.location, "--health-tls-verify");
+    assert!(e.reason.contains("only an https check"), "{e}");
+    let e = err(&[("health", "https:/x"), ("health-tls-ca", "/etc/hostname")]);
+    assert_eq!(e.location, "--health-tls-ca");
+    assert!(e.reason.contains("set tls_verify"), "{e}");
+    let e = err(&[
+        ("health", "https:/x"),
+        ("health-tls-verify", "true"),
+        ("health-tls-ca", "/nonexistent/ca.pem"),
+    ]);
+    assert_eq!(
+        (e.location.as_str(), e.value.as_str()),
+        ("--health-tls-ca", "/nonexistent/ca.pem")
+    );
+    let e = err(&[("health", "https:health")]);
+    assert!(e.reason.contains("https:/health/instance"), "{e}");
+    let file = FILE.to_string() + "[service.health]\ncheck = \"https:/h\"\ntls_ca = \"/x.pem\"\n";
+    let e = from_text(&file, &FlagSettings::default()).unwrap_err();
+    assert!(e.to_string().contains("health.tls_ca"), "{e}");
 }

@@ -1,5 +1,6 @@
-//! Active health checks of backends: what a check is (`spec`), one check (`probe`), the
-//! rise/fall state machine (`tracker`) and one checker task per backend (`scheduler`).
+//! Active health checks of backends: what a check is (`spec`), one check (`probe`, over
+//! TLS for https checks: `tls`), the rise/fall state machine (`tracker`) and one checker
+//! task per backend (`scheduler`).
 //!
 //! Why it looks like this:
 //! - The engine knows nothing of the maps. It reports each check result on a channel; the
@@ -22,6 +23,7 @@ pub mod path;
 pub mod probe;
 pub mod scheduler;
 pub mod spec;
+pub mod tls;
 pub mod tracker;
 
 #[cfg(test)]

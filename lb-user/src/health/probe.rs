@@ -39,6 +39,8 @@ pub enum FailReason {
     Status(u16),
     /// The backend answered something that is not an HTTP response.
     BadResponse(String),
+    /// The TLS handshake of an https check failed (or its certificate did not verify).
+    Tls(String),
     /// Any other socket error.
     Io(String),
 }
@@ -51,6 +53,7 @@ impl fmt::Display for FailReason {
             FailReason::Reset => f.write_str("connection reset"),
             FailReason::Status(code) => write!(f, "status {code}"),
             FailReason::BadResponse(what) => write!(f, "bad response: {what}"),
+            FailReason::Tls(what) => write!(f, "tls: {what}"),
             FailReason::Io(what) => write!(f, "error: {what}"),
         }
     }
@@ -133,7 +136,13 @@ async fn probe(target: SocketAddr, spec: &HealthConfig) -> Result<(), FailReason
             }
             Ok(())
         }
-        HealthCheck::Http { path, host, status } => {
+        HealthCheck::Http {
+            path,
+            host,
+            status,
+            tls,
+        } => {
+            let sni = host.as_deref();
             let host = host.clone().unwrap_or_else(|| host_of(target));
             let request = Request::get(path.as_str())
                 .header(HOST, &host)
@@ -146,7 +155,14 @@ async fn probe(target: SocketAddr, spec: &HealthConfig) -> Result<(), FailReason
                         "invalid check request (path {path:?}, host {host:?})"
                     ))
                 })?;
-            let code = exchange(stream, request).await?.status().as_u16();
+            let response = match tls {
+                None => exchange(stream, request).await?,
+                Some(tls) => {
+                    let stream = super::tls::connect(stream, target, sni, tls).await?;
+                    exchange(stream, request).await?
+                }
+            };
+            let code = response.status().as_u16();
             if (status.0..=status.1).contains(&code) {
                 Ok(())
             } else {
@@ -171,10 +187,13 @@ async fn connect(target: SocketAddr) -> Result<TcpStream, FailReason> {
 ///
 /// The connection is driven here rather than in a task of its own, so a check that times
 /// out drops the socket with it.
-async fn exchange(
-    stream: TcpStream,
+async fn exchange<S>(
+    stream: S,
     request: Request<Empty<Bytes>>,
-) -> Result<Response<hyper::body::Incoming>, FailReason> {
+) -> Result<Response<hyper::body::Incoming>, FailReason>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let (mut sender, conn) = http1::Builder::new()
         // As the hand-written request had them; some backends match header names exactly.
         .title_case_headers(true)
@@ -307,6 +326,7 @@ mod tests {
             path: "/".into(),
             host: Some("web.example".into()),
             status: DEFAULT_HTTP_STATUS,
+            tls: None,
         });
         assert_eq!(check_once(addr, &s).await.0, Ok(()));
         let req = String::from_utf8(seen.lock().unwrap()[0].clone()).unwrap();
@@ -328,6 +348,7 @@ mod tests {
                 path: "/".into(),
                 host: None,
                 status: (lo, hi),
+                tls: None,
             })
         };
         assert_eq!(check_once(addr, &range(200, 399)).await.0, Ok(()));

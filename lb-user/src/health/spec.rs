@@ -31,7 +31,21 @@ pub enum HealthCheck {
         host: Option<String>,
         /// Passing status codes, low and high inclusive.
         status: (u16, u16),
+        /// `https:` checks: the request goes over TLS.
+        tls: Option<TlsCheck>,
     },
+}
+
+/// The TLS of an `https:` check. As an NLB target group's, the backend's certificate
+/// is not verified unless asked (backends often have self-signed or internal ones).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsCheck {
+    /// Verify the certificate chain and name (the name is the `Host` header's host, else
+    /// the backend's address).
+    pub verify: bool,
+    /// The CA certificates (PEM) to verify against; `None`: the system's
+    /// (`/etc/ssl/certs/ca-certificates.crt`).
+    pub ca: Option<std::path::PathBuf>,
 }
 
 impl fmt::Display for HealthCheck {
@@ -39,7 +53,12 @@ impl fmt::Display for HealthCheck {
         match self {
             HealthCheck::None => f.write_str("none"),
             HealthCheck::Tcp => f.write_str("tcp"),
-            HealthCheck::Http { path, .. } => write!(f, "http:{path}"),
+            HealthCheck::Http {
+                path, tls: None, ..
+            } => write!(f, "http:{path}"),
+            HealthCheck::Http {
+                path, tls: Some(_), ..
+            } => write!(f, "https:{path}"),
         }
     }
 }
@@ -129,6 +148,7 @@ mod tests {
             path: "/health".into(),
             host: None,
             status: DEFAULT_HTTP_STATUS,
+            tls: None,
         };
         assert_eq!(http.to_string(), "http:/health");
     }

@@ -22,6 +22,7 @@ pub fn http(path: &str) -> HealthCheck {
         path: path.into(),
         host: None,
         status: DEFAULT_HTTP_STATUS,
+        tls: None,
     }
 }
 
