@@ -12,7 +12,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     // the one that acts on it.
     let build = !help && !args.iter().any(|a| a == "--no-build");
     if build {
-        setup::ensure()?;
+        setup::ensure(setup::Tier::Test)?;
         build::all()?;
         build::maglev_cost()?;
     }

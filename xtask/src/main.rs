@@ -9,6 +9,7 @@ mod setup;
 mod test;
 
 use clap::{Parser, Subcommand};
+use setup::Tier;
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "Build, run and test lb")]
@@ -19,7 +20,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Install the toolchain if missing, build the eBPF object, then `lb` in release.
+    /// Install the toolchain if missing (nothing the tests use), build the eBPF object,
+    /// then `lb` in release.
     Build,
     /// Build, then run `lb ARGS` as root; with no ARGS, run the built-in demo.
     Run {
@@ -33,7 +35,8 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Only install what building and testing need (apt packages, bpf-linker).
+    /// Only install what building, testing and the bench need (apt packages,
+    /// bpf-linker).
     Setup,
     /// Benchmark lb against HAProxy, nginx stream, nftables DNAT and no LB
     /// (results in bench/results/; `cargo xtask bench --help` lists its flags).
@@ -49,19 +52,19 @@ enum Cmd {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Cmd::Build => {
-            setup::ensure()?;
+            setup::ensure(Tier::Build)?;
             build::all()?;
         }
         Cmd::Run { args } => {
-            setup::ensure()?;
+            setup::ensure(run::tier(&args))?;
             build::all()?;
             run::run(&args)?;
         }
         Cmd::Test { args } => {
-            setup::ensure()?;
+            setup::ensure(Tier::Test)?;
             test::all(&args)?;
         }
-        Cmd::Setup => setup::ensure()?,
+        Cmd::Setup => setup::ensure(Tier::Test)?,
         Cmd::Bench { args } => bench::run(&args)?,
     }
     Ok(())

@@ -5,6 +5,16 @@ use crate::build::{ebpf_object, lb_binary};
 use crate::exec::{self, step};
 use std::process::Command;
 
+/// What `cargo xtask run ARGS` needs installed: the demos drive the test bed's tools;
+/// `lb ARGS` only lb's own.
+pub fn tier(args: &[String]) -> crate::setup::Tier {
+    if args.is_empty() || args.first().is_some_and(|a| a == "demo") {
+        crate::setup::Tier::Demo
+    } else {
+        crate::setup::Tier::Build
+    }
+}
+
 pub fn run(args: &[String]) -> anyhow::Result<()> {
     let words: Vec<&str> = args.iter().map(String::as_str).collect();
     if let ["demo", "ecmp", rest @ ..] = words.as_slice() {

@@ -15,9 +15,10 @@ const BUILD_PACKAGES: &[&str] = &[
     "libzstd-dev",
     "zlib1g-dev",
 ];
-/// Tools the tests and the demo drive.
+/// What `lb` itself runs: `ip` for the routes and addresses it keeps.
+const RUN_PACKAGES: &[&str] = &["iproute2"];
+/// Tools the tests and the demos drive.
 const TEST_PACKAGES: &[&str] = &[
-    "iproute2",
     "ethtool",
     "curl",
     "python3",
@@ -31,6 +32,7 @@ const TEST_PACKAGES: &[&str] = &[
 const TEST_PACKAGES_NO_START: &[&str] = &["prometheus", "nftables"];
 /// The routing daemons of the ECMP tests and demo (tests/tests/ecmp.rs): BIRD runs the
 /// router and the LB hosts; FRR checks the shipped dist/frr/frr.conf. Both ship services.
+/// In the demo tier: `cargo xtask run -- demo ecmp` needs BIRD.
 const ROUTING_TEST_PACKAGES_NO_START: &[&str] = &["bird2", "frr"];
 /// The PROXY protocol receivers of the proxy-v2 tests (tests/tests/proxy.rs): nginx (its
 /// Debian build has ssl, realip and `proxy_protocol` listeners) and HAProxy, which ship
@@ -64,30 +66,115 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Debian's rustc-web installs here (sysroot /usr).
 pub const EBPF_RUSTC: &str = "/usr/bin/rustc";
 
-pub fn ensure() -> anyhow::Result<()> {
-    let mut wanted: Vec<String> = BUILD_PACKAGES
+/// What a command needs installed, each tier including the ones before it: building
+/// (and running `lb`) needs the toolchain and iproute2 alone; the built-in demos need
+/// the test bed's tools; testing needs everything the tests and the bench (its smoke test
+/// runs in `cargo xtask test`) drive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Tier {
+    Build,
+    Demo,
+    Test,
+}
+
+/// A group of packages and how it is installed.
+struct Group {
+    tier: Tier,
+    packages: &'static [&'static str],
+    how: How,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum How {
+    Plain,
+    /// Their packages ship services: installed without starting them.
+    NoStart,
+    /// A failure is only a warning.
+    Optional,
+}
+
+const GROUPS: &[Group] = &[
+    Group {
+        tier: Tier::Build,
+        packages: BUILD_PACKAGES,
+        how: How::Plain,
+    },
+    Group {
+        tier: Tier::Build,
+        packages: RUN_PACKAGES,
+        how: How::Plain,
+    },
+    Group {
+        tier: Tier::Demo,
+        packages: TEST_PACKAGES,
+        how: How::Plain,
+    },
+    Group {
+        tier: Tier::Demo,
+        packages: ROUTING_TEST_PACKAGES_NO_START,
+        how: How::NoStart,
+    },
+    Group {
+        tier: Tier::Test,
+        packages: TEST_PACKAGES_NO_START,
+        how: How::NoStart,
+    },
+    Group {
+        tier: Tier::Test,
+        packages: PROXY_TEST_PACKAGES_NO_START,
+        how: How::NoStart,
+    },
+    Group {
+        tier: Tier::Test,
+        packages: PROXY_TEST_PACKAGES,
+        how: How::Plain,
+    },
+    Group {
+        tier: Tier::Test,
+        packages: BENCH_PACKAGES_NO_START,
+        how: How::NoStart,
+    },
+    Group {
+        tier: Tier::Test,
+        packages: BENCH_PACKAGES,
+        how: How::Plain,
+    },
+    Group {
+        tier: Tier::Test,
+        packages: BENCH_OPTIONAL,
+        how: How::Optional,
+    },
+];
+
+/// The packages `tier` installs (besides the LLVM of the eBPF toolchain), as
+/// [`ensure`] goes through them.
+#[cfg(test)]
+fn packages(tier: Tier) -> Vec<&'static str> {
+    GROUPS
         .iter()
-        .chain(TEST_PACKAGES)
-        .map(|s| s.to_string())
-        .collect();
-    apt_install(&wanted)?;
-    apt_install_without_starting(TEST_PACKAGES_NO_START)?;
-    apt_install_without_starting(ROUTING_TEST_PACKAGES_NO_START)?;
-    apt_install_without_starting(PROXY_TEST_PACKAGES_NO_START)?;
-    apt_install(&owned(PROXY_TEST_PACKAGES))?;
-    apt_install_without_starting(BENCH_PACKAGES_NO_START)?;
-    apt_install(&owned(BENCH_PACKAGES))?;
-    if let Err(e) = apt_install(
-        &BENCH_OPTIONAL
-            .iter()
-            .map(|s| s.to_string())
-            .collect::<Vec<_>>(),
-    ) {
-        eprintln!("warning: optional {BENCH_OPTIONAL:?} not installed (profiling only): {e:#}");
+        .filter(|g| g.tier <= tier)
+        .flat_map(|g| g.packages.iter().copied())
+        .collect()
+}
+
+/// Installs what `tier` needs, idempotently.
+pub fn ensure(tier: Tier) -> anyhow::Result<()> {
+    for g in GROUPS.iter().filter(|g| g.tier <= tier) {
+        match g.how {
+            How::Plain => apt_install(&owned(g.packages))?,
+            How::NoStart => apt_install_without_starting(g.packages)?,
+            How::Optional => {
+                if let Err(e) = apt_install(&owned(g.packages)) {
+                    eprintln!(
+                        "warning: optional {:?} not installed (profiling only): {e:#}",
+                        g.packages
+                    );
+                }
+            }
+        }
     }
     let llvm = llvm_major()?;
-    wanted = vec![format!("llvm-{llvm}-dev"), format!("libpolly-{llvm}-dev")];
-    apt_install(&wanted)?;
+    apt_install(&[format!("llvm-{llvm}-dev"), format!("libpolly-{llvm}-dev")])?;
     ensure_bpf_linker(llvm)
 }
 
@@ -242,4 +329,39 @@ fn ensure_bpf_linker(llvm: String) -> anyhow::Result<()> {
         "--features",
         &format!("llvm-{llvm}"),
     ]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A build (or `cargo xtask run -- ARGS`) on a production LB host installs nothing
+    /// the tests, the demos or the bench use.
+    #[test]
+    fn a_build_installs_no_test_or_bench_tool() {
+        let build = packages(Tier::Build);
+        for tool in packages(Tier::Test)
+            .into_iter()
+            .filter(|p| !BUILD_PACKAGES.contains(p) && !RUN_PACKAGES.contains(p))
+        {
+            assert!(!build.contains(&tool), "a build would install {tool}");
+        }
+        for tool in [
+            "nginx",
+            "haproxy",
+            "prometheus",
+            "wrk",
+            "iperf3",
+            "bird2",
+            "curl",
+        ] {
+            assert!(!build.contains(&tool), "a build would install {tool}");
+            assert!(packages(Tier::Test).contains(&tool), "testing needs {tool}");
+        }
+        assert!(
+            packages(Tier::Demo).contains(&"bird2"),
+            "the ECMP demo runs BIRD"
+        );
+        assert!(!packages(Tier::Demo).contains(&"haproxy"));
+    }
 }
