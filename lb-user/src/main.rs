@@ -1,9 +1,10 @@
-//! `lb`: parse flags, then run the daemon or a subcommand (`stats`, `ctl`, `down`).
+//! `lb`: parse flags, then run the daemon or a subcommand (`stats`, `ctl`, `decap`,
+//! `down`, `completions`).
 
 use clap::Parser;
 use lb_user::api::client::ClientError;
 use lb_user::cli::{Cli, Command};
-use lb_user::cli::{ctl, decap, down, stats};
+use lb_user::cli::{ctl, decap, docs, down, stats};
 use lb_user::config::{Config, parse_duration};
 use lb_user::daemon;
 use std::io::IsTerminal;
@@ -60,6 +61,22 @@ fn main() -> ExitCode {
             }
             Err(e) => {
                 eprintln!("lb down: error: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Some(Command::Completions { shell }) => {
+            docs::completions(shell, &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
+        Some(Command::Manpages { dir }) => match docs::manpages(&dir) {
+            Ok(pages) => {
+                for p in pages {
+                    println!("{}", p.display());
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("lb manpages: error: {}: {e}", dir.display());
                 ExitCode::FAILURE
             }
         },

@@ -4,6 +4,7 @@
 mod bench;
 mod build;
 mod exec;
+mod package;
 mod run;
 mod setup;
 mod test;
@@ -35,6 +36,13 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Build the Debian package target/debian/lb_VERSION_ARCH.deb (binary, unit,
+    /// /etc/lb/lb.toml, man pages, completions, examples).
+    Package {
+        /// Package the `lb` already built instead of building it first.
+        #[arg(long)]
+        no_build: bool,
+    },
     /// Only install what building, testing and the bench need (apt packages,
     /// bpf-linker).
     Setup,
@@ -63,6 +71,14 @@ fn main() -> anyhow::Result<()> {
         Cmd::Test { args } => {
             setup::ensure(Tier::Test)?;
             test::all(&args)?;
+        }
+        Cmd::Package { no_build } => {
+            if !no_build {
+                setup::ensure(Tier::Build)?;
+                build::all()?;
+            }
+            let deb = package::build()?;
+            println!("{}", deb.display());
         }
         Cmd::Setup => setup::ensure(Tier::Test)?,
         Cmd::Bench { args } => bench::run(&args)?,

@@ -3,6 +3,7 @@
 
 pub mod ctl;
 pub mod decap;
+pub mod docs;
 pub mod down;
 pub mod stats;
 
@@ -57,6 +58,19 @@ pub enum Command {
         /// The state directory, if the daemon was started with --state-dir.
         #[arg(long, value_name = "DIR", alias = "pin-dir")]
         state_dir: Option<PathBuf>,
+    },
+    /// Print the shell completion script for SHELL (bash, zsh, fish, elvish,
+    /// powershell), e.g. `lb completions bash > /etc/bash_completion.d/lb`.
+    Completions {
+        #[arg(value_name = "SHELL")]
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (lb.8 and one per subcommand) into DIR: what the Debian
+    /// package ships.
+    #[command(hide = true)]
+    Manpages {
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
     },
 }
 
