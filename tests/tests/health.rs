@@ -282,8 +282,9 @@ fn https_check_verifies_the_certificate_when_asked() {
     let wrong = verified("other.lb.test");
     let wrong: Vec<&str> = wrong.iter().map(String::as_str).collect();
     bed.stop(d);
-    let since = Instant::now();
     let d = bed.start(&bed.args(&all_named(), &wrong));
+    // Backends start up; the checks begin once the daemon is ready.
+    let since = Instant::now();
     expect_state_within(&d, &addr, "down", since, down_within());
     d.expect_log(&["backend down", &addr, "tls:"]);
     bed.stop(d);
