@@ -230,6 +230,50 @@ const _: () = assert!(size_of::<NextHop>() == 48);
 /// How long a [`NextHop`] entry is used before the next FIB lookup.
 pub const NEXT_HOP_TTL_NS: u64 = 1_000_000_000;
 
+/// Interfaces whose frames the XDP programs filter by destination MAC, at most.
+pub const MAX_LOCAL_MACS: usize = 8;
+
+/// The attached interfaces' MAC addresses; the single entry of the `LOCAL_MACS` array.
+/// A NIC drops unicast frames for other hosts before XDP sees them, but a veth, a bridge
+/// port or a NIC in promiscuous mode does not: without this check a frame flooded by a
+/// switch (a dead LB host's MAC aged out of its table) would be forwarded by every LB
+/// host that sees it, and a flow would reach its backend twice.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LocalMacs {
+    /// Interface indexes; 0 marks an unused slot.
+    pub ifindex: [u32; MAX_LOCAL_MACS],
+    /// Each interface's MAC, in its first six bytes.
+    pub mac: [[u8; 8]; MAX_LOCAL_MACS],
+}
+const _: () = assert!(size_of::<LocalMacs>() == 96);
+
+impl LocalMacs {
+    /// Whether a frame to `dst` that came in on `ifindex` is this host's: broadcast and
+    /// multicast are, unicast only to that interface's MAC. An interface not listed is
+    /// not filtered (the daemon lists those it attached to).
+    #[inline(always)]
+    pub fn accepts(&self, ifindex: u32, dst: &[u8; 6]) -> bool {
+        if dst[0] & 1 != 0 || ifindex == 0 {
+            return true;
+        }
+        let mut i = 0;
+        while i < MAX_LOCAL_MACS {
+            if self.ifindex[i] == ifindex {
+                let m = &self.mac[i];
+                return m[0] == dst[0]
+                    && m[1] == dst[1]
+                    && m[2] == dst[2]
+                    && m[3] == dst[3]
+                    && m[4] == dst[4]
+                    && m[5] == dst[5];
+            }
+            i += 1;
+        }
+        true
+    }
+}
+
 /// Settings that apply to every service; the single entry of the `CONFIG` array.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -383,6 +427,8 @@ pub mod names {
     pub const HALF_OPEN: &str = "HALF_OPEN";
     pub const CONFIG: &str = "CONFIG";
     pub const TX_PORTS: &str = "TX_PORTS";
+    /// The attached interfaces' MACs ([`super::LocalMacs`]), for the destination check.
+    pub const LOCAL_MACS: &str = "LOCAL_MACS";
     pub const SERVICE_STATS: &str = "SERVICE_STATS";
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
     pub const COUNTERS: &str = "COUNTERS";
@@ -430,4 +476,30 @@ pub mod names {
     /// The `sk_skb` stream verdict of the sockmap splice engine; attached to
     /// `SPLICE_HOOK`.
     pub const PROG_SPLICE: &str = "lb_splice";
+}
+
+#[cfg(test)]
+mod local_macs_tests {
+    use super::*;
+
+    #[test]
+    fn only_unicast_to_another_mac_on_a_listed_interface_is_refused() {
+        let mut m = LocalMacs::default();
+        m.ifindex[1] = 7;
+        m.mac[1] = [2, 0, 0, 0, 0, 0x11, 0, 0];
+        let mine = [2, 0, 0, 0, 0, 0x11];
+        let other = [2, 0, 0, 0, 0, 0x12];
+        assert!(m.accepts(7, &mine));
+        assert!(!m.accepts(7, &other));
+        assert!(m.accepts(7, &[0xff; 6]), "broadcast");
+        assert!(m.accepts(7, &[0x33, 0x33, 0, 0, 0, 1]), "IPv6 multicast");
+        assert!(
+            m.accepts(8, &other),
+            "an interface not listed is not filtered"
+        );
+        assert!(
+            LocalMacs::default().accepts(7, &other),
+            "an empty list filters nothing"
+        );
+    }
 }

@@ -1,8 +1,8 @@
 //! `aya::Pod` for the map types, so the daemon can read and write them.
 
 use crate::maps::{
-    Backend, FlowKey, FlowState, GlobalConfig, ReverseNat, Service, SourceKey, SpliceLayout,
-    TrafficCounters, VipKey,
+    Backend, FlowKey, FlowState, GlobalConfig, LocalMacs, ReverseNat, Service, SourceKey,
+    SpliceLayout, TrafficCounters, VipKey,
 };
 
 // SAFETY: each type is #[repr(C)], Copy, built only from integers and integer arrays,
@@ -33,3 +33,5 @@ unsafe impl aya::Pod for crate::syn_proxy::SynRate {}
 unsafe impl aya::Pod for crate::decap::DecapVip {}
 // SAFETY: as above.
 unsafe impl aya::Pod for crate::decap::DecapConfig {}
+// SAFETY: as above.
+unsafe impl aya::Pod for LocalMacs {}

@@ -12,9 +12,9 @@ use aya_ebpf::{
 use lb_common::{
     counters::NUM_COUNTERS,
     maps::{
-        Backend, DEFAULT_RING_SIZE, FlowKey, FlowState, GlobalConfig, MAX_BACKENDS, MAX_IFACES,
-        MAX_PROXY_LISTENERS, MAX_SERVICES, MAX_SNAT_ADDRS, MAX_SOURCES, NextHop, ReverseNat,
-        Service, SourceKey, SpliceLayout, TrafficCounters, VipKey,
+        Backend, DEFAULT_RING_SIZE, FlowKey, FlowState, GlobalConfig, LocalMacs, MAX_BACKENDS,
+        MAX_IFACES, MAX_PROXY_LISTENERS, MAX_SERVICES, MAX_SNAT_ADDRS, MAX_SOURCES, NextHop,
+        ReverseNat, Service, SourceKey, SpliceLayout, TrafficCounters, VipKey,
     },
     syn_proxy::SynRate,
 };
@@ -66,6 +66,11 @@ pub static CONFIG: Array<GlobalConfig> = Array::with_max_entries(1, 0);
 /// by the redirect at the end of both paths.
 #[map]
 pub static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(MAX_IFACES, 0);
+
+/// 0 → the attached interfaces' MACs; written by the daemon, read by the parser to leave
+/// frames for other hosts to the kernel (which drops them).
+#[map]
+pub static LOCAL_MACS: Array<LocalMacs> = Array::with_max_entries(1, 0);
 
 /// Backend id → per-CPU cached next hop (FIB lookup result) toward the backend; written
 /// and read by the forward path only. Per CPU, so an entry has one writer and no reader

@@ -88,6 +88,13 @@ pub fn parse(ctx: &XdpContext, pkt: &mut Packet) -> Parsed {
         return Parsed::Skip;
     };
     // SAFETY: `next` checked the header is inside the packet; read unaligned.
+    let dst = unsafe { addr_of!((*eth).dst_addr).read_unaligned() };
+    if !addressed_here(ctx, &dst) {
+        // A frame for another host (a veth, bridge port or promiscuous NIC passes it
+        // on): the kernel drops it.
+        return Parsed::Skip;
+    }
+    // SAFETY: as above.
     let mut proto = unsafe { addr_of!((*eth).ether_type).read_unaligned() };
     if proto == EtherType::Ieee8021q as u16 || proto == ETH_P_8021AD {
         let Some(vlan) = c.next::<VlanHdr>(ctx) else {
@@ -103,6 +110,15 @@ pub fn parse(ctx: &XdpContext, pkt: &mut Packet) -> Parsed {
         parse_v6(ctx, c, pkt)
     } else {
         Parsed::Skip
+    }
+}
+
+/// Whether a frame to `dst` is this host's (see `LocalMacs`).
+#[inline(always)]
+fn addressed_here(ctx: &XdpContext, dst: &[u8; 6]) -> bool {
+    match crate::maps::LOCAL_MACS.get(0) {
+        Some(macs) => macs.accepts(ctx.ingress_ifindex() as u32, dst),
+        None => true,
     }
 }
 

@@ -297,6 +297,16 @@ fn frames_that_are_not_ours_or_malformed_are_never_rewritten() {
         ),
         ("ARP", arp, Pass, counter::PASS),
         (
+            "a SYN to the VIP in a frame for another host's MAC (flooded by a switch)",
+            Packet {
+                eth_dst: [0x02, 0, 0, 0, 0x99, 0x99],
+                ..p.syn()
+            }
+            .build(),
+            Pass,
+            counter::PASS,
+        ),
+        (
             "IPv6 with an extension header",
             ipv6_ext,
             Pass,

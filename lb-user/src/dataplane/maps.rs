@@ -9,8 +9,10 @@ use aya::maps::{Array, DevMapHash, HashMap, MapData, MapError, PerCpuArray, PerC
 use lb_common::addr::ip_to_words;
 use lb_common::maglev::{MaglevBackend, build_table};
 use lb_common::maps::{
-    Backend, FAMILY_V6, GlobalConfig, Service, TrafficCounters, VipKey, names, snat_addrs_base,
+    Backend, FAMILY_V6, GlobalConfig, LocalMacs, MAX_LOCAL_MACS, Service, TrafficCounters, VipKey,
+    names, snat_addrs_base,
 };
+use tracing::warn;
 
 use super::{Dataplane, DataplaneError, map_error};
 use crate::config::{Config, Encap, Mode, SynCookies};
@@ -64,15 +66,37 @@ impl Dataplane {
         for idx in stale {
             ports.remove(idx).map_err(map_error(names::TX_PORTS))?;
         }
-        for (iface, idx) in wanted {
+        for (iface, idx) in &wanted {
             ports
-                .insert(idx, idx, None, 0)
+                .insert(*idx, *idx, None, 0)
                 .map_err(|source| DataplaneError::TxPort {
-                    iface: iface.clone(),
+                    iface: (*iface).clone(),
                     source,
                 })?;
         }
-        Ok(())
+        self.set_local_macs(&wanted)
+    }
+
+    /// Lists the interfaces' MACs for the program's destination check (`LocalMacs`). An
+    /// interface whose MAC cannot be read, or beyond the list's size, is not filtered.
+    fn set_local_macs(&mut self, ifaces: &[(&String, u32)]) -> Result<(), DataplaneError> {
+        let mut macs = LocalMacs::default();
+        let mut slot = 0;
+        for (iface, idx) in ifaces {
+            let Some(mac) = link_mac(iface) else {
+                warn!(iface = %iface, "cannot read the interface's MAC: frames for other hosts are not filtered there");
+                continue;
+            };
+            if slot == MAX_LOCAL_MACS {
+                warn!(iface = %iface, "more than {MAX_LOCAL_MACS} interfaces: frames for other hosts are not filtered on this one");
+                break;
+            }
+            macs.ifindex[slot] = *idx;
+            macs.mac[slot][..6].copy_from_slice(&mac);
+            slot += 1;
+        }
+        let mut map: Array<&mut MapData, LocalMacs> = self.map_mut(names::LOCAL_MACS)?;
+        map.set(0, macs, 0).map_err(map_error(names::LOCAL_MACS))
     }
 
     /// Writes the global settings the program reads for every packet (timeouts, ring
@@ -275,4 +299,18 @@ pub fn resolve_iface(iface: &str) -> Result<u32, DataplaneError> {
 /// Index of the proxy listener of the VIP's family in `PROXY_LISTENERS`.
 fn listener_index(vip: SocketAddr) -> u32 {
     if vip.is_ipv4() { 0 } else { 1 }
+}
+
+/// An interface's MAC, from `ip -j link` (in this process's network namespace, unlike
+/// /sys/class/net under `nsenter --net`).
+fn link_mac(iface: &str) -> Option<[u8; 6]> {
+    let out = crate::iproute::ip(&["-j", "link", "show", "dev", iface]).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&out).ok()?;
+    let text = v.get(0)?.get("address")?.as_str()?;
+    let mut mac = [0u8; 6];
+    let mut parts = text.split(':');
+    for b in &mut mac {
+        *b = u8::from_str_radix(parts.next()?, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
 }

@@ -37,6 +37,7 @@ pub const MAPS: &[(&str, &str)] = &[
     (names::MAGLEV, "maglev_v1"),
     (names::CONFIG, "config_v1"),
     (names::TX_PORTS, "tx_ports_v1"),
+    (names::LOCAL_MACS, "local_macs_v1"),
     (names::NEXT_HOPS, "next_hops_v1"),
     (names::SNAT_ADDRS, "snat_addrs_v1"),
     (names::SOURCE_BUCKETS, "source_buckets_v1"),
