@@ -4,7 +4,7 @@
 use clap::Parser;
 use lb_user::api::client::ClientError;
 use lb_user::cli::{Cli, Command};
-use lb_user::cli::{ctl, decap, docs, down, stats};
+use lb_user::cli::{ctl, decap, docs, down, explain, stats};
 use lb_user::config::{Config, parse_duration};
 use lb_user::daemon;
 use std::io::IsTerminal;
@@ -64,6 +64,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Some(Command::Explain { vip, client, json }) => explain_command(&vip, &client, json),
         Some(Command::Completions { shell }) => {
             docs::completions(shell, &mut std::io::stdout());
             ExitCode::SUCCESS
@@ -81,6 +82,39 @@ fn main() -> ExitCode {
             }
         },
         None => run(&cli.run),
+    }
+}
+
+fn explain_command(vip: &str, client: &str, json: bool) -> ExitCode {
+    let parse = |flag: &str, v: &str| {
+        v.parse::<std::net::SocketAddr>().map_err(|_| {
+            eprintln!("lb explain: error: {flag} {v:?}: not IP:PORT (IPv6 as [fd00::1]:80)");
+            ExitCode::from(EXIT_USAGE)
+        })
+    };
+    let (vip, client) = match (parse("--vip", vip), parse("--client", client)) {
+        (Ok(v), Ok(c)) => (v, c),
+        (Err(code), _) | (_, Err(code)) => return code,
+    };
+    match explain::explain(vip, client) {
+        Ok(e) if json => match serde_json::to_string_pretty(&e) {
+            Ok(text) => {
+                println!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(err) => {
+                eprintln!("lb explain: error: {err}");
+                ExitCode::FAILURE
+            }
+        },
+        Ok(e) => {
+            print!("{}", explain::render(&e));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("lb explain: error: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

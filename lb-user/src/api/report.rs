@@ -139,7 +139,8 @@ pub struct Report {
     pub announced: Vec<std::net::IpAddr>,
 }
 
-fn open(rec: &RuntimeRecord, name: &'static str) -> Result<Map, StatsError> {
+/// Opens the running daemon's map `name` by the id its runtime record gives.
+pub fn open_map(rec: &RuntimeRecord, name: &'static str) -> Result<Map, StatsError> {
     let id = *rec.maps.get(name).ok_or(StatsError::Unrecorded(name))?;
     let err = |source| StatsError::Map {
         name: name.to_string(),
@@ -311,20 +312,20 @@ impl Report {
 /// Walks the whole flow table once, to count active flows.
 pub fn collect_from(rec: &RuntimeRecord) -> Result<Report, StatsError> {
     let svc_stats =
-        PerCpuArray::<MapData, TrafficCounters>::try_from(open(rec, names::SERVICE_STATS)?)
+        PerCpuArray::<MapData, TrafficCounters>::try_from(open_map(rec, names::SERVICE_STATS)?)
             .map_err(map_err(names::SERVICE_STATS, rec))?;
     let be_stats =
-        PerCpuArray::<MapData, TrafficCounters>::try_from(open(rec, names::BACKEND_STATS)?)
+        PerCpuArray::<MapData, TrafficCounters>::try_from(open_map(rec, names::BACKEND_STATS)?)
             .map_err(map_err(names::BACKEND_STATS, rec))?;
-    let backends = Array::<MapData, Backend>::try_from(open(rec, names::BACKENDS)?)
+    let backends = Array::<MapData, Backend>::try_from(open_map(rec, names::BACKENDS)?)
         .map_err(map_err(names::BACKENDS, rec))?;
-    let counters = PerCpuArray::<MapData, u64>::try_from(open(rec, names::COUNTERS)?)
+    let counters = PerCpuArray::<MapData, u64>::try_from(open_map(rec, names::COUNTERS)?)
         .map_err(map_err(names::COUNTERS, rec))?;
-    let config = Array::<MapData, GlobalConfig>::try_from(open(rec, names::CONFIG)?)
+    let config = Array::<MapData, GlobalConfig>::try_from(open_map(rec, names::CONFIG)?)
         .map_err(map_err(names::CONFIG, rec))?
         .get(&0, 0)
         .map_err(map_err(names::CONFIG, rec))?;
-    let flows_map = open(rec, names::FLOWS)?;
+    let flows_map = open_map(rec, names::FLOWS)?;
     let flow_capacity = match &flows_map {
         Map::LruHashMap(d) | Map::HashMap(d) => d.info().map(|i| i.max_entries()).unwrap_or(0),
         _ => 0,
@@ -345,7 +346,7 @@ pub fn collect_from(rec: &RuntimeRecord) -> Result<Report, StatsError> {
     // established was copied to the flow table when its handshake completed and is only
     // waiting to be evicted.
     let half_open_before = entries.len();
-    match open(rec, names::HALF_OPEN) {
+    match open_map(rec, names::HALF_OPEN) {
         Ok(map) => {
             let half_open = HashMap::<MapData, FlowKey, FlowState>::try_from(map)
                 .map_err(map_err(names::HALF_OPEN, rec))?;
@@ -368,7 +369,7 @@ pub fn collect_from(rec: &RuntimeRecord) -> Result<Report, StatsError> {
     let active = active_per_backend(entries.iter().copied(), &config, now);
     let holds = snat_holds(entries, &config, now);
     // The SNAT address pool (absent in a daemon older than it: each backend's own only).
-    let pool: Vec<[u32; 4]> = match open(rec, names::SNAT_ADDRS) {
+    let pool: Vec<[u32; 4]> = match open_map(rec, names::SNAT_ADDRS) {
         Ok(map) => {
             let a = Array::<MapData, [u32; 4]>::try_from(map)
                 .map_err(map_err(names::SNAT_ADDRS, rec))?;

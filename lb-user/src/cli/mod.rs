@@ -5,6 +5,7 @@ pub mod ctl;
 pub mod decap;
 pub mod docs;
 pub mod down;
+pub mod explain;
 pub mod stats;
 
 use crate::config::{FlagSettings, HealthFlags};
@@ -58,6 +59,20 @@ pub enum Command {
         /// The state directory, if the daemon was started with --state-dir.
         #[arg(long, value_name = "DIR", alias = "pin-dir")]
         state_dir: Option<PathBuf>,
+    },
+    /// Explain where a client's connection to a VIP goes and why: the flow hash, the
+    /// Maglev slot and the backend it names, the flow table's entry if the connection
+    /// has one, the service's backends. Read from the running data path.
+    Explain {
+        /// The service's VIP:PORT.
+        #[arg(long, value_name = "IP:PORT")]
+        vip: String,
+        /// The client's address and source port.
+        #[arg(long, value_name = "IP:PORT")]
+        client: String,
+        /// Print JSON (its `backend` is where the packets go).
+        #[arg(long)]
+        json: bool,
     },
     /// Print the shell completion script for SHELL (bash, zsh, fish, elvish,
     /// powershell), e.g. `lb completions bash > /etc/bash_completion.d/lb`.

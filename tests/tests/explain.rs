@@ -1,0 +1,130 @@
+//! `lb explain`: for connections from fixed client ports, the backend it predicts is the
+//! one that answers them, and afterwards it reports their flow entries, which keep their
+//! backend when the Maglev table changes. Needs root, the built `lb` and its eBPF object.
+
+use std::collections::BTreeMap;
+
+use lb_tests::bed::{Bed, FAST_HEALTH};
+use lb_tests::topology::{BACKEND_NAMES, Kind, PORT, VIP4};
+use lb_tests::{Daemon, must};
+
+/// Client source ports to predict and then use.
+const PORTS: std::ops::Range<u16> = 41_000..41_024;
+
+fn explain(d: &Daemon, client: &str) -> serde_json::Value {
+    let out = d
+        .run_cli(&[
+            "explain",
+            "--vip",
+            &format!("{VIP4}:{PORT}"),
+            "--client",
+            client,
+            "--json",
+        ])
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+/// `GET /name` from the client's `port`: the backend's name.
+fn served_from(bed: &Bed, port: u16) -> String {
+    bed.topo
+        .client
+        .exec(
+            "curl",
+            &[
+                "-s",
+                "--max-time",
+                "5",
+                "--local-port",
+                &port.to_string(),
+                &format!("http://{VIP4}:{PORT}/name"),
+            ],
+        )
+        .unwrap_or_else(|e| panic!("{e:#}"))
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn explain_predicts_the_backend_and_reports_the_flow() {
+    let bed = Bed::new(Kind::TwoArmed);
+    let all: Vec<(&str, u32)> = BACKEND_NAMES.iter().map(|n| (*n, 1)).collect();
+    let d = bed.start(&bed.args(&all, FAST_HEALTH));
+    let name_of: BTreeMap<String, String> = BACKEND_NAMES
+        .iter()
+        .map(|n| (bed.addr(n), n.to_string()))
+        .collect();
+    let client = bed.topo.client_v4;
+
+    let mut predicted = BTreeMap::new();
+    for port in PORTS {
+        let e = explain(&d, &format!("{client}:{port}"));
+        assert!(e["flow"].is_null(), "no flow before the connection: {e}");
+        let backend = e["backend"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no backend: {e}"));
+        assert_eq!(e["table_backend"], e["backend"], "{e}");
+        predicted.insert(port, name_of[backend].clone());
+    }
+    let distinct: std::collections::BTreeSet<&String> = predicted.values().collect();
+    assert!(
+        distinct.len() > 1,
+        "24 ports all map to one backend: {predicted:?}"
+    );
+    for port in PORTS {
+        assert_eq!(
+            served_from(&bed, port),
+            predicted[&port],
+            "client port {port}"
+        );
+    }
+
+    // A connection that stays open (a slow download from a fixed port): its flow is
+    // reported; once its backend is drained the table names another, and the flow still
+    // says where its packets go.
+    must(bed.topo.create_blob(1 << 20));
+    let port = 42_000;
+    let mut slow = bed.topo.client.command("curl");
+    slow.args([
+        "-s",
+        "-o",
+        "/dev/null",
+        "--limit-rate",
+        "8k",
+        "--max-time",
+        "60",
+        "--local-port",
+        &port.to_string(),
+        &format!("http://{VIP4}:{PORT}/blob"),
+    ]);
+    must(bed.topo.client.spawn(slow));
+    let client_port = format!("{client}:{port}");
+    let mut e = explain(&d, &client_port);
+    for _ in 0..50 {
+        if e["flow"]["established"] == true {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        e = explain(&d, &client_port);
+    }
+    assert_eq!(e["flow"]["established"], true, "{e}");
+    assert_eq!(e["flow"]["backend"], e["backend"], "{e}");
+    let serving = e["backend"].as_str().unwrap_or_default().to_string();
+    d.run_cli(&["ctl", "drain", "default", &serving])
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let e = explain(&d, &client_port);
+    assert_ne!(e["table_backend"].as_str(), Some(serving.as_str()), "{e}");
+    assert_eq!(
+        e["backend"].as_str(),
+        Some(serving.as_str()),
+        "the flow keeps it: {e}"
+    );
+    assert!(
+        e["why"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("keeps that backend"),
+        "{e}"
+    );
+    bed.stop(d);
+}
