@@ -290,6 +290,52 @@ fn https_check_verifies_the_certificate_when_asked() {
     bed.stop(d);
 }
 
+/// Slow start: a backend that comes back up takes a share of new connections that grows
+/// over the window (9 s here) instead of a full third at once.
+#[test]
+fn a_backend_back_up_takes_a_growing_share_over_its_slow_start() {
+    let bed = Bed::new(Kind::TwoArmed);
+    for name in BACKEND_NAMES {
+        backend_ctl::start_health_server(&bed.topo, bed.backend(name), 200).unwrap();
+    }
+    let d = start(
+        &bed,
+        &["--health", "http:/health/instance", "--slow-start", "9s"],
+    );
+    let b1 = bed.backend("b1");
+    let addr = bed.addr("b1");
+    let set = |code| backend_ctl::set_health_status(&bed.topo, b1, code).unwrap();
+    goes_down(&d, &addr, || set(503));
+    comes_up(&d, &addr, || set(200));
+    let back = load::now();
+    let conns = ShortConns::start(
+        &bed.topo,
+        false,
+        ShortOpts {
+            pause: Duration::from_millis(10),
+            max_time: Duration::from_secs(20),
+            ..ShortOpts::default()
+        },
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_secs(9));
+    let all = conns.stop().unwrap();
+    assert!(all.failures().is_empty(), "{all}");
+    let early = all.between(back, back + 3.0);
+    let late = all.between(back + 6.0, back + 9.0);
+    let (e, l) = (early.share("b1"), late.share("b1"));
+    eprintln!("b1's share: {e:.1}% in the first 3 s, {l:.1}% in the last 3 s");
+    assert!(
+        early.len() >= 30 && late.len() >= 30,
+        "too few connections: {all}"
+    );
+    assert!(
+        e < 0.6 * l && l > 20.0,
+        "b1's share must grow: {e:.1}% early ({early}), {l:.1}% late ({late})"
+    );
+    bed.stop(d);
+}
+
 /// An HTTP check of a frozen server (SIGSTOP: the kernel still accepts the connection,
 /// nothing answers) fails by timeout; thawed, it passes again.
 #[test]

@@ -177,6 +177,10 @@ pub struct RunArgs {
     /// The backends' GUE port of a dsr service with --encap gue (default 6080).
     #[arg(long, value_name = "PORT")]
     pub gue_port: Option<u16>,
+    /// The --vip service's slow start: a backend that comes (back) up takes a share
+    /// growing to its weight over this time (e.g. 30s); default none.
+    #[arg(long, value_name = "DURATION")]
+    pub slow_start: Option<String>,
     /// Source address toward backends (one per family); default: the egress interface's.
     #[arg(long = "snat-ip", value_name = "IP")]
     pub snat_ips: Vec<String>,
@@ -322,6 +326,7 @@ impl RunArgs {
             mode: self.mode.clone(),
             encap: self.encap.clone(),
             gue_port: self.gue_port,
+            slow_start: self.slow_start.clone(),
             backends: self.backends.clone(),
             snat_ips: self.snat_ips.clone(),
             snat_ports: self.snat_ports.clone(),

@@ -46,6 +46,7 @@ pub struct FileService {
     pub mode: Option<String>,
     pub encap: Option<String>,
     pub gue_port: Option<u16>,
+    pub slow_start: Option<String>,
     #[serde(default)]
     pub backends: Vec<FileBackend>,
     pub health: Option<FileHealth>,

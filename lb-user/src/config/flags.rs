@@ -16,6 +16,7 @@ pub struct FlagSettings {
     pub mode: Option<String>,
     pub encap: Option<String>,
     pub gue_port: Option<u16>,
+    pub slow_start: Option<String>,
     pub backends: Vec<String>,
     pub snat_ips: Vec<String>,
     pub snat_ports: Option<String>,

@@ -201,7 +201,13 @@ pub struct ServiceConfig {
     pub health: HealthConfig,
     /// Used by `proxy-v2` services only.
     pub proxy: ProxyConfig,
+    /// A backend that comes (back) into the table takes a share growing from nothing to
+    /// its weight over this time (HAProxy's `slowstart`); zero: its full share at once.
+    pub slow_start: Duration,
 }
+
+/// The longest `slow_start`.
+pub const MAX_SLOW_START: Duration = Duration::from_secs(3600);
 
 /// Like NLB's deregistration delay.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(300);

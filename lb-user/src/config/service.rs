@@ -4,8 +4,9 @@
 use super::file::FileBackend;
 use super::flags::{HealthFlags, Layered, health_flag, service_flag};
 use super::health::health;
-use super::values::{backend_of, check_backend, parse_backend, parse_socket_addr};
+use super::values::{backend_of, check_backend, parse_backend, parse_duration, parse_socket_addr};
 use super::*;
+use std::time::Duration;
 
 /// A service's fields as written, from flags or the file.
 struct ServiceFields<'a> {
@@ -14,6 +15,7 @@ struct ServiceFields<'a> {
     mode: Option<&'a str>,
     encap: Option<&'a str>,
     gue_port: Option<u16>,
+    slow_start: Option<&'a str>,
     backends: &'a [FileBackend],
     proxy: ProxyFields<'a>,
 }
@@ -81,6 +83,7 @@ fn flag_service_config(src: &Layered<'_>) -> Result<ServiceConfig, ConfigError> 
         mode: flags.mode.as_deref(),
         encap: flags.encap.as_deref(),
         gue_port: flags.gue_port,
+        slow_start: flags.slow_start.as_deref(),
         backends: &backends,
         proxy: ProxyFields {
             version: flags.proxy_protocol.as_deref(),
@@ -119,6 +122,7 @@ fn file_services(src: &Layered<'_>) -> Result<Vec<ServiceConfig>, ConfigError> {
             mode: s.mode.as_deref(),
             encap: s.encap.as_deref(),
             gue_port: s.gue_port,
+            slow_start: s.slow_start.as_deref(),
             backends: &s.backends,
             proxy: ProxyFields {
                 version: s.proxy_protocol.as_deref(),
@@ -167,6 +171,17 @@ fn service(
     let proxy = proxy_config(mode, &s.proxy, loc)?;
     let encap = encap(mode, s, loc)?;
     let backends = backends(name, vip, mode, s.backends, loc)?;
+    let slow_start = match s.slow_start {
+        None => Duration::ZERO,
+        Some(d) => parse_duration(d).map_err(|r| ConfigError::new(loc("slow_start"), d, r))?,
+    };
+    if slow_start > MAX_SLOW_START {
+        return Err(ConfigError::new(
+            loc("slow_start"),
+            s.slow_start.unwrap_or_default(),
+            format!("at most {MAX_SLOW_START:?}"),
+        ));
+    }
     Ok(ServiceConfig {
         name: name.to_string(),
         vip,
@@ -175,6 +190,7 @@ fn service(
         backends,
         health,
         proxy,
+        slow_start,
     })
 }
 

@@ -52,6 +52,7 @@ fn flags(args: &[(&str, &str)]) -> FlagSettings {
             "syn-cookies" => f.syn_cookies = Some(v),
             "syn-cookie-rate" => f.syn_cookie_rate = Some(v.parse().unwrap()),
             "announce-table" => f.announce_table = Some(v.parse().unwrap()),
+            "slow-start" => f.slow_start = Some(v),
             other => panic!("unknown test flag {other}"),
         }
     }
@@ -830,4 +831,21 @@ fn https_checks_verify_only_when_asked_and_read_the_ca_file_at_once() {
     let file = FILE.to_string() + "[service.health]\ncheck = \"https:/h\"\ntls_ca = \"/x.pem\"\n";
     let e = from_text(&file, &FlagSettings::default()).unwrap_err();
     assert!(e.to_string().contains("health.tls_ca"), "{e}");
+}
+
+#[test]
+fn slow_start_is_off_by_default_and_a_duration_of_at_most_an_hour() {
+    assert_eq!(with(&[]).unwrap().services[0].slow_start, Duration::ZERO);
+    let c = with(&[("slow-start", "30s")]).unwrap();
+    assert_eq!(c.services[0].slow_start, Duration::from_secs(30));
+    let e = err(&[("slow-start", "soon")]);
+    assert_eq!(
+        (e.location.as_str(), e.value.as_str()),
+        ("--slow-start", "soon")
+    );
+    let e = err(&[("slow-start", "2h")]);
+    assert!(e.reason.contains("at most"), "{e}");
+    let file = FILE.to_string() + "slow_start = \"bad\"\n";
+    let e = from_text(&file, &FlagSettings::default()).unwrap_err();
+    assert!(e.to_string().contains("slow_start"), "{e}");
 }

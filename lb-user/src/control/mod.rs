@@ -352,6 +352,12 @@ impl Control {
         self.commit(r, true)
     }
 
+    /// Grows the shares of slow-starting backends (the daemon calls this every second).
+    pub fn advance_slow_start(&mut self) -> Result<(), ControlError> {
+        let ran = self.model.advance_slow_start(Instant::now());
+        self.commit(Ok(()), ran)
+    }
+
     /// While a drain runs, the record to count active flows with (the scan of the flow
     /// table runs outside the lock, then [`Control::advance_drains`] gets the counts).
     pub fn drains_pending(&self) -> Option<RuntimeRecord> {

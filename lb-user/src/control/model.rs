@@ -70,6 +70,10 @@ pub struct BackendState {
     pub latency: LatencyHistogram,
     /// The state last written to the BACKENDS map.
     pub(super) written: Option<u8>,
+    /// Whether the last table built had it, to see it come (back) in.
+    pub(super) was_in_table: bool,
+    /// When it came into the table, while its slow start lasts.
+    pub(super) ramp_since: Option<Instant>,
 }
 
 impl BackendState {
@@ -105,6 +109,8 @@ pub struct ServiceState {
     pub encap: Option<Encap>,
     pub proxy: ProxyConfig,
     pub health: HealthConfig,
+    /// See `ServiceConfig::slow_start`.
+    pub slow_start: Duration,
     pub live_half: u32,
     /// The members the live table was built from (`None` before the first build), so
     /// changes that leave them as they were do not rewrite the table.
@@ -286,6 +292,7 @@ impl Model {
             encap: cfg.encap,
             proxy: cfg.proxy.clone(),
             health: cfg.health.clone(),
+            slow_start: cfg.slow_start,
             live_half,
             table_members: None,
             backends: Vec::new(),
@@ -416,6 +423,13 @@ impl Model {
                 Some(_) => None,
                 None => Some(m::BACKEND_DOWN),
             },
+            was_in_table: false,
+            ramp_since: None,
+        };
+        // A backend of the configuration at start is not slow-started (as HAProxy).
+        let state = BackendState {
+            was_in_table: at_start && state.in_table(),
+            ..state
         };
         let first_delay = if at_start {
             health::spread_delay(&ip_port_bytes(b.addr), svc.health.interval)
@@ -446,6 +460,11 @@ impl Model {
     /// Plans the writes that bring service `si`'s backends and table to the model,
     /// in the order of the rule in [`super::plan`].
     pub(super) fn sync(&mut self, si: usize) {
+        self.sync_at(si, Instant::now());
+    }
+
+    /// [`Model::sync`] with slow starts counted at `now`.
+    fn sync_at(&mut self, si: usize, now: Instant) {
         let svc = &mut self.services[si];
         let forwarding = Forwarding::of(svc.mode, svc.encap);
         let mut later = Vec::new();
@@ -468,13 +487,22 @@ impl Model {
                 later.push(step);
             }
         }
+        for b in &mut svc.backends {
+            let in_table = b.in_table();
+            if in_table && !b.was_in_table && !svc.slow_start.is_zero() {
+                b.ramp_since = Some(now);
+            } else if !in_table {
+                b.ramp_since = None;
+            }
+            b.was_in_table = in_table;
+        }
         let members: Vec<MaglevBackend> = svc
             .backends
             .iter()
             .filter(|b| b.in_table())
             .map(|b| MaglevBackend {
                 key: backend_key(&ip_bytes(&b.addr.ip()), b.addr.port()),
-                weight: b.weight,
+                weight: table_weight(b.weight, svc.slow_start, b.ramp_since, now),
                 id: b.id,
             })
             .collect();
@@ -794,6 +822,29 @@ impl Model {
             .collect()
     }
 
+    /// Advances the slow starts: the tables of services with a backend ramping up are
+    /// rebuilt with its grown share; a ramp whose time is up ends. `true` if any ran.
+    pub fn advance_slow_start(&mut self, now: Instant) -> bool {
+        let mut any = false;
+        for si in 0..self.services.len() {
+            let svc = &mut self.services[si];
+            let mut ramping = false;
+            for b in &mut svc.backends {
+                if let Some(t0) = b.ramp_since {
+                    ramping = true;
+                    if now.saturating_duration_since(t0) >= svc.slow_start {
+                        b.ramp_since = None;
+                    }
+                }
+            }
+            if ramping {
+                any = true;
+                self.sync_at(si, now);
+            }
+        }
+        any
+    }
+
     /// Every backend address, for neighbour warm-up.
     pub fn backend_ips(&self) -> Vec<IpAddr> {
         self.services
@@ -837,4 +888,34 @@ fn ip_port_bytes(a: SocketAddr) -> Vec<u8> {
     let mut v = ip_bytes(&a.ip()).to_vec();
     v.extend_from_slice(&a.port().to_be_bytes());
     v
+}
+
+/// Table weight steps per unit of weight in a slow-starting service: a ramping backend
+/// of weight 1 grows in twentieths of its share.
+pub(super) const RAMP_STEPS: u32 = 20;
+
+/// A backend's weight in its service's Maglev table. With slow start, every weight is
+/// scaled by [`RAMP_STEPS`] so a ramping backend can take a fraction of its share: the
+/// fraction of `slow_start` elapsed since `ramp_since` (at least one step).
+pub(super) fn table_weight(
+    weight: u32,
+    slow_start: Duration,
+    ramp_since: Option<Instant>,
+    now: Instant,
+) -> u32 {
+    if slow_start.is_zero() {
+        return weight;
+    }
+    let full = weight.saturating_mul(RAMP_STEPS);
+    match ramp_since {
+        Some(t0) => {
+            let f = now.saturating_duration_since(t0).as_secs_f64() / slow_start.as_secs_f64();
+            if f >= 1.0 {
+                full
+            } else {
+                ((f64::from(full) * f).ceil() as u32).clamp(1, full.max(1))
+            }
+        }
+        None => full,
+    }
 }

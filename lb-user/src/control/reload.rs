@@ -162,6 +162,10 @@ impl Model {
     ) -> Result<Vec<String>, ControlError> {
         let mut changes = Vec::new();
         let name = n.name.clone();
+        if self.services[si].slow_start != n.slow_start {
+            self.services[si].slow_start = n.slow_start;
+            changes.push(format!("service {name}: slow start {:?}", n.slow_start));
+        }
         if self.services[si].health != n.health {
             self.services[si].health = n.health.clone();
             let h = n.health.clone();

@@ -91,11 +91,11 @@ struct Bed {
 
 impl Bed {
     fn new(backends: &[&str]) -> Bed {
-        let model = Model::new(
-            config(backends),
-            Box::new(|_| unreachable!("--snat-ip is set")),
-        )
-        .unwrap();
+        Bed::with(config(backends))
+    }
+
+    fn with(cfg: Config) -> Bed {
+        let model = Model::new(cfg, Box::new(|_| unreachable!("--snat-ip is set"))).unwrap();
         let mut bed = Bed {
             model,
             maps: Maps::default(),
@@ -890,4 +890,71 @@ fn a_vip_is_servable_once_a_checked_backend_is_up() {
     }
     bed.plan();
     assert_eq!(bed.model.servable_vips(none), [vip].into());
+}
+
+/// The weights of the last table install in `plan`, by backend id.
+fn table_weights(plan: &Plan) -> HashMap<u32, u32> {
+    plan.steps
+        .iter()
+        .rev()
+        .find_map(|s| match s {
+            Step::InstallTable { members, .. } => {
+                Some(members.iter().map(|m| (m.id, m.weight)).collect())
+            }
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no table in {plan:#?}"))
+}
+
+/// Slow start: backends of the configuration start at full weight; one that comes back
+/// up takes a share growing from one step to its weight over the window, then stays.
+#[test]
+fn a_backend_back_up_grows_to_its_weight_over_the_slow_start() {
+    use super::model::RAMP_STEPS;
+    let mut cfg = config(&[B1, B2]);
+    cfg.services[0].slow_start = Duration::from_secs(10);
+    let mut bed = Bed::with(cfg);
+    let (b1, b2) = (bed.id(B1), bed.id(B2));
+    for _ in 0..2 {
+        bed.check(B2, false);
+    }
+    let plan = bed.plan();
+    assert_eq!(table_weights(&plan), [(b1, RAMP_STEPS)].into());
+    for _ in 0..2 {
+        bed.check(B2, true);
+    }
+    let back = Instant::now();
+    let plan = bed.plan();
+    let w = table_weights(&plan);
+    assert_eq!(w[&b1], RAMP_STEPS);
+    assert!((1..=2).contains(&w[&b2]), "just back: {w:?}");
+    assert!(bed.model.advance_slow_start(back + Duration::from_secs(5)));
+    let w = table_weights(&bed.plan());
+    assert!((9..=12).contains(&w[&b2]), "halfway: {w:?}");
+    assert!(bed.model.advance_slow_start(back + Duration::from_secs(11)));
+    let w = table_weights(&bed.plan());
+    assert_eq!(w[&b2], RAMP_STEPS, "done: {w:?}");
+    assert!(
+        !bed.model.advance_slow_start(back + Duration::from_secs(12)),
+        "no ramp left"
+    );
+    assert!(bed.plan().is_empty());
+}
+
+#[test]
+fn without_slow_start_weights_are_as_configured() {
+    use super::model::table_weight;
+    let now = Instant::now();
+    assert_eq!(table_weight(3, Duration::ZERO, Some(now), now), 3);
+    let s = Duration::from_secs(10);
+    assert_eq!(table_weight(2, s, None, now), 40);
+    assert_eq!(table_weight(2, s, Some(now), now), 1);
+    assert_eq!(
+        table_weight(2, s, Some(now), now + Duration::from_secs(5)),
+        20
+    );
+    assert_eq!(
+        table_weight(2, s, Some(now), now + Duration::from_secs(60)),
+        40
+    );
 }

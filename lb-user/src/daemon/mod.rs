@@ -480,6 +480,9 @@ where
                         let _ = tx.send(scan).await;
                     });
                 }
+                if let Err(e) = ctl.advance_slow_start() {
+                    error!(cause = %e, "advancing slow starts");
+                }
                 if last_announce.elapsed() >= ANNOUNCE_REFRESH {
                     last_announce = tokio::time::Instant::now();
                     ctl.refresh_announcements();
