@@ -104,6 +104,13 @@ fn file_services(src: &Layered<'_>) -> Result<Vec<ServiceConfig>, ConfigError> {
             "health check flags apply to the service given with --vip; set `[service.health]` per service in the config file",
         ));
     }
+    if let Some(s) = &src.flags.slow_start {
+        return Err(ConfigError::new(
+            "--slow-start",
+            s,
+            "applies to the service given with --vip; set slow_start per service in the config file",
+        ));
+    }
     let mut services = Vec::new();
     for (i, s) in src.file.service.iter().enumerate() {
         let loc = |field: &str| src.at(&format!("service[{i}] ({}) {field}", s.name));

@@ -845,6 +845,8 @@ fn slow_start_is_off_by_default_and_a_duration_of_at_most_an_hour() {
     );
     let e = err(&[("slow-start", "2h")]);
     assert!(e.reason.contains("at most"), "{e}");
+    let e = from_text(FILE, &flags(&[("slow-start", "5s")])).unwrap_err();
+    assert_eq!(e.location, "--slow-start", "{e}");
     let file = FILE.to_string() + "slow_start = \"bad\"\n";
     let e = from_text(&file, &FlagSettings::default()).unwrap_err();
     assert!(e.to_string().contains("slow_start"), "{e}");
