@@ -37,8 +37,10 @@ pub fn all(args: &[String]) -> anyhow::Result<()> {
         .env("LB_BIN", lb_binary())
         // --all-targets: libs, bins, integration tests and examples; no doc tests (we
         // have none, and their empty "0 passed" lines would close the run).
+        // --no-fail-fast: a failing binary does not hide how the others fare.
         .args([
             "test",
+            "--no-fail-fast",
             "--workspace",
             "--all-targets",
             "--features",
