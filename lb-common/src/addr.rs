@@ -1,7 +1,7 @@
 //! Conversions between `std::net` addresses and the map representation (network-order
 //! bytes viewed as native `u32` words, IPv4 in word 0).
 
-use crate::maps::{FAMILY_V4, FAMILY_V6, PROTO_TCP, VipKey};
+use crate::maps::{FAMILY_V4, FAMILY_V6, FlowKey, PROTO_TCP, VipKey};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 /// Map words and family of an address.
@@ -43,6 +43,23 @@ impl VipKey {
             port: vip.port().to_be(),
             proto: PROTO_TCP,
             family,
+        }
+    }
+}
+
+impl FlowKey {
+    /// The flow key the XDP program builds for a TCP packet from `client` to `vip`.
+    pub fn tcp(client: SocketAddr, vip: SocketAddr) -> FlowKey {
+        let (src, family) = ip_to_words(client.ip());
+        let (dst, _) = ip_to_words(vip.ip());
+        FlowKey {
+            src,
+            dst,
+            sport: client.port().to_be(),
+            dport: vip.port().to_be(),
+            proto: PROTO_TCP,
+            family,
+            _pad: [0; 2],
         }
     }
 }

@@ -126,21 +126,7 @@ pub fn start_health_server(topo: &Topology, b: &Backend, status: u16) -> Result<
     if b.server_pid().is_some() {
         stop_server(b)?;
     }
-    let script = topo.path("health_server.py");
-    if !script.exists() {
-        std::fs::write(&script, HEALTH_SERVER)?;
-    }
-    set_health_status(topo, b, status)?;
-    let log = next_log(topo, b);
-    let log_file = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
-    let mut c = b.ns.command("python3");
-    c.arg(&script)
-        .arg(PORT.to_string())
-        .arg(&b.dir)
-        .arg(health_status_file(topo, b))
-        .stdout(Stdio::from(log_file.try_clone()?))
-        .stderr(Stdio::from(log_file));
-    let pid = b.ns.spawn(c)?;
+    let (pid, log) = spawn_health_server(topo, b, PORT, None, status)?;
     b.set_server_pid(Some(pid));
     server::wait_listening(&b.ns, pid, "127.0.0.1", PORT, &log)?;
     let got = health_status_seen(b)?;
@@ -151,6 +137,35 @@ pub fn start_health_server(topo: &Topology, b: &Backend, status: u16) -> Result<
         );
     }
     Ok(())
+}
+
+/// Starts [`HEALTH_SERVER`] in the backend's namespace on `port` (HTTPS with `tls`),
+/// its status file set to `status`; returns its pid and log.
+fn spawn_health_server(
+    topo: &Topology,
+    b: &Backend,
+    port: u16,
+    tls: Option<&crate::tls::Cert>,
+    status: u16,
+) -> Result<(u32, std::path::PathBuf)> {
+    let script = topo.path("health_server.py");
+    if !script.exists() {
+        std::fs::write(&script, HEALTH_SERVER)?;
+    }
+    set_health_status(topo, b, status)?;
+    let log = next_log(topo, b);
+    let log_file = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+    let mut c = b.ns.command("python3");
+    c.arg(&script)
+        .arg(port.to_string())
+        .arg(&b.dir)
+        .arg(health_status_file(topo, b));
+    if let Some(cert) = tls {
+        c.arg(&cert.cert).arg(&cert.key);
+    }
+    c.stdout(Stdio::from(log_file.try_clone()?))
+        .stderr(Stdio::from(log_file));
+    Ok((b.ns.spawn(c)?, log))
 }
 
 /// Starts, beside the backend's server, an HTTPS server on `port` with `cert` that
@@ -164,51 +179,9 @@ pub fn start_https_health_server(
     cert: &crate::tls::Cert,
     status: u16,
 ) -> Result<()> {
-    let script = topo.path("health_server.py");
-    if !script.exists() {
-        std::fs::write(&script, HEALTH_SERVER)?;
-    }
-    set_health_status(topo, b, status)?;
-    let log = next_log(topo, b);
-    let log_file = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
-    let mut c = b.ns.command("python3");
-    c.arg(&script)
-        .arg(port.to_string())
-        .arg(&b.dir)
-        .arg(health_status_file(topo, b))
-        .arg(&cert.cert)
-        .arg(&cert.key)
-        .stdout(Stdio::from(log_file.try_clone()?))
-        .stderr(Stdio::from(log_file));
-    let pid = b.ns.spawn(c)?;
+    let (pid, log) = spawn_health_server(topo, b, port, Some(cert), status)?;
     let url = format!("https://127.0.0.1:{port}/health/instance");
-    let mut seen = String::new();
-    let answered = wait_until(Duration::from_secs(15), || {
-        if !b.ns.running(pid) {
-            bail!("exited");
-        }
-        let out = cmd::output_any(b.ns.command("curl").args([
-            "-s",
-            "-k",
-            "-o",
-            "/dev/null",
-            "--max-time",
-            "1",
-            "-w",
-            "%{http_code}",
-            &url,
-        ]))?;
-        seen = String::from_utf8_lossy(&out.stdout).into_owned();
-        Ok(seen == status.to_string())
-    });
-    if !answered {
-        bail!(
-            "https health server of {} did not answer {status} at {url} within 15 s (last {seen:?}); its log:\n{}",
-            b.name,
-            std::fs::read_to_string(&log).unwrap_or_default()
-        );
-    }
-    Ok(())
+    server::wait_answering(&b.ns, pid, &url, status, &log)
 }
 
 fn health_status_file(topo: &Topology, b: &Backend) -> std::path::PathBuf {

@@ -32,7 +32,14 @@ pub fn start(ns: &Netns, bind: &str, port: u16, dir: &Path, log: &Path) -> Resul
 /// Waits until the server `pid` in `ns` answers `GET /name` on `url_host:port` from
 /// inside `ns`; fails with the server's log otherwise.
 pub fn wait_listening(ns: &Netns, pid: u32, url_host: &str, port: u16, log: &Path) -> Result<()> {
-    let url = format!("http://{url_host}:{port}/name");
+    wait_answering(ns, pid, &format!("http://{url_host}:{port}/name"), 200, log)
+}
+
+/// Waits (15 s at most) until the server `pid` in `ns` answers `GET url` from inside
+/// `ns` with `status` (an https server's certificate is not checked); fails with the
+/// server's log otherwise.
+pub fn wait_answering(ns: &Netns, pid: u32, url: &str, status: u16, log: &Path) -> Result<()> {
+    let mut seen = String::new();
     let ok = wait_until(Duration::from_secs(15), || {
         if !ns.running(pid) {
             bail!("exited");
@@ -40,20 +47,22 @@ pub fn wait_listening(ns: &Netns, pid: u32, url_host: &str, port: u16, log: &Pat
         let out = crate::cmd::output_any(ns.command("curl").args([
             "-s",
             "-g",
+            "-k",
             "-o",
             "/dev/null",
             "--max-time",
             "1",
             "-w",
             "%{http_code}",
-            &url,
+            url,
         ]))?;
-        Ok(out.stdout == b"200")
+        seen = String::from_utf8_lossy(&out.stdout).into_owned();
+        Ok(seen == status.to_string())
     });
     if !ok {
         let log = std::fs::read_to_string(log).unwrap_or_default();
         bail!(
-            "http server (pid {pid}) in {} did not answer {url} within 15 s (running: {}); its log:\n{log}",
+            "server (pid {pid}) in {} did not answer {url} with {status} within 15 s (last {seen:?}, running: {}); its log:\n{log}",
             ns.name(),
             ns.running(pid)
         );

@@ -8,13 +8,10 @@ use crate::api::report::{StatsError, open_map};
 use crate::dataplane::ServiceSlot;
 use crate::dataplane::runtime::{self, RuntimeRecord};
 use aya::maps::{Array, HashMap, MapData};
-use lb_common::addr::ip_to_words;
 use lb_common::flow::{closed, expired};
 use lb_common::hash::flow_hash;
 use lb_common::maglev::{self, NO_BACKEND};
-use lb_common::maps::{
-    FLOW_ESTABLISHED, FlowKey, FlowState, GlobalConfig, PROTO_TCP, Service, VipKey, names,
-};
+use lb_common::maps::{FLOW_ESTABLISHED, FlowKey, FlowState, GlobalConfig, Service, VipKey, names};
 use serde::Serialize;
 use std::net::SocketAddr;
 
@@ -99,7 +96,7 @@ pub fn explain(vip: SocketAddr, client: SocketAddr) -> Result<Explanation, Expla
         .map_err(|e| ExplainError::Map(names::CONFIG, e))?;
     let maglev_map = Array::<MapData, u32>::try_from(open_map(&rec, names::MAGLEV)?)
         .map_err(|e| ExplainError::Map(names::MAGLEV, e))?;
-    let key = flow_key(client, vip);
+    let key = FlowKey::tcp(client, vip);
     let hash = flow_hash(&key);
     let slot = maglev::slot(hash, config.ring_size);
     let id = maglev_map
@@ -202,21 +199,6 @@ fn decide(
     }
 }
 
-/// The flow key the XDP program builds for a client's packet to the VIP.
-fn flow_key(client: SocketAddr, vip: SocketAddr) -> FlowKey {
-    let (src, family) = ip_to_words(client.ip());
-    let (dst, _) = ip_to_words(vip.ip());
-    FlowKey {
-        src,
-        dst,
-        sport: client.port().to_be(),
-        dport: vip.port().to_be(),
-        proto: PROTO_TCP,
-        family,
-        _pad: [0; 2],
-    }
-}
-
 /// The explanation as an operator reads it.
 pub fn render(e: &Explanation) -> String {
     let mut s = format!(
@@ -265,25 +247,4 @@ pub fn render(e: &Explanation) -> String {
     }
     s.push('\n');
     s
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use lb_common::addr::words_to_ip;
-
-    #[test]
-    fn the_key_is_the_programs() {
-        let k = flow_key(
-            "198.18.0.2:40000".parse().unwrap(),
-            "198.18.100.1:80".parse().unwrap(),
-        );
-        assert_eq!(u16::from_be(k.sport), 40000);
-        assert_eq!(u16::from_be(k.dport), 80);
-        assert_eq!(
-            words_to_ip(k.src, k.family).unwrap().to_string(),
-            "198.18.0.2"
-        );
-        assert_eq!(k.proto, PROTO_TCP);
-    }
 }

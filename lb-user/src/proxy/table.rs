@@ -3,10 +3,9 @@
 //! the same 5-tuple, so a connection lands where the kernel path would have sent it.
 //! If a backend cannot be reached, the next backends in Maglev order are tried.
 
-use lb_common::addr::ip_to_words;
 use lb_common::hash::flow_hash;
 use lb_common::maglev::{NO_BACKEND, slot};
-use lb_common::maps::{FlowKey, PROTO_TCP};
+use lb_common::maps::FlowKey;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
@@ -40,7 +39,7 @@ impl ProxyTable {
         if ring == 0 {
             return out;
         }
-        let start = slot(flow_hash(&flow_key(client, vip)), ring);
+        let start = slot(flow_hash(&FlowKey::tcp(client, vip)), ring);
         for i in 0..ring {
             let id = self.slots[((start + i) % ring) as usize];
             if id == NO_BACKEND || out.iter().any(|t| t.id == id) {
@@ -54,21 +53,6 @@ impl ProxyTable {
             }
         }
         out
-    }
-}
-
-/// The flow key the XDP program would build for this connection's first packet.
-pub fn flow_key(client: SocketAddr, vip: SocketAddr) -> FlowKey {
-    let (src, family) = ip_to_words(client.ip());
-    let (dst, _) = ip_to_words(vip.ip());
-    FlowKey {
-        src,
-        dst,
-        sport: client.port().to_be(),
-        dport: vip.port().to_be(),
-        proto: PROTO_TCP,
-        family,
-        _pad: [0; 2],
     }
 }
 
@@ -100,7 +84,7 @@ mod tests {
         let vip: SocketAddr = "198.18.100.1:80".parse().unwrap();
         for port in 40000..40100u16 {
             let client = SocketAddr::new("198.18.0.2".parse().unwrap(), port);
-            let key = flow_key(client, vip);
+            let key = FlowKey::tcp(client, vip);
             let expected = t.slots[slot(flow_hash(&key), 251) as usize];
             let c = t.candidates(client, vip, 3);
             assert_eq!(c[0].id, expected);
@@ -124,7 +108,7 @@ mod tests {
 
     #[test]
     fn flow_key_matches_the_packet_layout() {
-        let k = flow_key(
+        let k = FlowKey::tcp(
             "198.18.0.2:40000".parse().unwrap(),
             "198.18.100.1:80".parse().unwrap(),
         );
