@@ -30,10 +30,11 @@ const TEST_PACKAGES: &[&str] = &[
 /// Test tools whose packages also ship a service (the Prometheus server; nftables' unit):
 /// installed without starting it, see [`apt_install_without_starting`].
 const TEST_PACKAGES_NO_START: &[&str] = &["prometheus", "nftables"];
-/// The routing daemons of the ECMP tests and demo (tests/tests/ecmp.rs): BIRD runs the
-/// router and the LB hosts; FRR checks the shipped dist/frr/frr.conf. Both ship services.
-/// In the demo tier: `cargo xtask run -- demo ecmp` needs BIRD.
-const ROUTING_TEST_PACKAGES_NO_START: &[&str] = &["bird2", "frr"];
+/// BIRD runs the router and the LB hosts of the ECMP tests and of `cargo xtask run --
+/// demo ecmp`; its package ships a service.
+const ROUTING_DEMO_PACKAGES_NO_START: &[&str] = &["bird2"];
+/// FRR: the tests check the shipped dist/frr/frr.conf with its vtysh; ships services.
+const ROUTING_TEST_PACKAGES_NO_START: &[&str] = &["frr"];
 /// The PROXY protocol receivers of the proxy-v2 tests (tests/tests/proxy.rs): nginx (its
 /// Debian build has ssl, realip and `proxy_protocol` listeners) and HAProxy, which ship
 /// services, so installed without starting them.
@@ -111,6 +112,11 @@ const GROUPS: &[Group] = &[
     },
     Group {
         tier: Tier::Demo,
+        packages: ROUTING_DEMO_PACKAGES_NO_START,
+        how: How::NoStart,
+    },
+    Group {
+        tier: Tier::Test,
         packages: ROUTING_TEST_PACKAGES_NO_START,
         how: How::NoStart,
     },
@@ -363,5 +369,9 @@ mod tests {
             "the ECMP demo runs BIRD"
         );
         assert!(!packages(Tier::Demo).contains(&"haproxy"));
+        assert!(
+            !packages(Tier::Demo).contains(&"frr"),
+            "only the tests check FRR's file"
+        );
     }
 }
