@@ -126,5 +126,46 @@ fn explain_predicts_the_backend_and_reports_the_flow() {
             .contains("keeps that backend"),
         "{e}"
     );
+
+    // A connection whose handshake never completes (the client drops the SYN-ACKs to
+    // this port): its half-open flow is reported.
+    let port = 42_001;
+    let rules = bed.topo.path("no-synack.nft");
+    must(
+        std::fs::write(
+            &rules,
+            format!(
+                "table inet explaintest {{\n chain in {{\n  type filter hook input priority 0;\n  \
+                 tcp dport {port} tcp flags & (syn | ack) == syn | ack drop\n }}\n}}\n"
+            ),
+        )
+        .map_err(Into::into),
+    );
+    must(
+        bed.topo
+            .client
+            .exec("nft", &["-f", &rules.to_string_lossy()]),
+    );
+    let mut stuck = bed.topo.client.command("curl");
+    stuck.args([
+        "-s",
+        "--max-time",
+        "8",
+        "--local-port",
+        &port.to_string(),
+        &format!("http://{VIP4}:{PORT}/name"),
+    ]);
+    must(bed.topo.client.spawn(stuck));
+    let client_port = format!("{client}:{port}");
+    let mut e = explain(&d, &client_port);
+    for _ in 0..50 {
+        if !e["flow"].is_null() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        e = explain(&d, &client_port);
+    }
+    assert_eq!(e["flow"]["established"], false, "a half-open flow: {e}");
+    assert_eq!(e["flow"]["backend"], e["backend"], "{e}");
     bed.stop(d);
 }

@@ -110,10 +110,24 @@ pub fn explain(vip: SocketAddr, client: SocketAddr) -> Result<Explanation, Expla
             .map(|b| b.addr.to_string())
     };
     let table_backend = (id != NO_BACKEND).then(|| addr_of(id)).flatten();
-    let flows = HashMap::<MapData, FlowKey, FlowState>::try_from(open_map(&rec, names::FLOWS)?)
-        .map_err(|e| ExplainError::Map(names::FLOWS, e))?;
+    // An established flow is in FLOWS; one whose handshake is not complete is in
+    // HALF_OPEN until it is (a daemon older than that table has none).
+    let lookup = |name: &'static str| -> Result<Option<FlowState>, ExplainError> {
+        let map = match open_map(&rec, name) {
+            Ok(m) => m,
+            Err(StatsError::Unrecorded(_)) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let table = HashMap::<MapData, FlowKey, FlowState>::try_from(map)
+            .map_err(|e| ExplainError::Map(name, e))?;
+        Ok(table.get(&key, 0).ok())
+    };
+    let entry = match lookup(names::FLOWS)? {
+        Some(fs) => Some(fs),
+        None => lookup(names::HALF_OPEN)?,
+    };
     let now = crate::sys::monotonic_ns();
-    let flow = flows.get(&key, 0).ok().map(|fs| FlowReport {
+    let flow = entry.map(|fs| FlowReport {
         backend: addr_of(u32::from(fs.backend)),
         established: fs.flags & FLOW_ESTABLISHED != 0,
         closed: closed(fs.flags),
