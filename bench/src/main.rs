@@ -465,10 +465,10 @@ fn session(runs: &mut Runs, system: System, label: &str) -> Result<()> {
     if let Err(e) = running.stop(bed) {
         eprintln!("bench: stopping {}: {e:#}", system.name());
         for w in &plan.workloads {
-            if let Some(c) = cells.get_mut(&(system, *w)) {
-                if c.skip.is_none() {
-                    c.errors.push(format!("stopping: {e:#}"));
-                }
+            if let Some(c) = cells.get_mut(&(system, *w))
+                && c.skip.is_none()
+            {
+                c.errors.push(format!("stopping: {e:#}"));
             }
         }
     }

@@ -97,10 +97,10 @@ fn napi_threads(iface: &str) -> Result<Vec<u32>> {
         let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
             continue;
         };
-        if let Ok(comm) = std::fs::read_to_string(e.path().join("comm")) {
-            if comm.trim_end().starts_with(&prefix) {
-                pids.push(pid);
-            }
+        if let Ok(comm) = std::fs::read_to_string(e.path().join("comm"))
+            && comm.trim_end().starts_with(&prefix)
+        {
+            pids.push(pid);
         }
     }
     Ok(pids)

@@ -337,10 +337,10 @@ impl Running {
         for p in &mut self.procs {
             p.check_running()?;
         }
-        if let Some(d) = &mut self.daemon {
-            if !d.is_running() {
-                bail!("lb exited; its log:\n{}", d.log());
-            }
+        if let Some(d) = &mut self.daemon
+            && !d.is_running()
+        {
+            bail!("lb exited; its log:\n{}", d.log());
         }
         Ok(())
     }

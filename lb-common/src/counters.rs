@@ -99,8 +99,12 @@ pub const DROP_TOO_BIG: u32 = 21;
 /// An ICMP error a client sent about a DSR flow (it quotes the backend's reply), sent
 /// on to the backend that owns the flow inside the service's encapsulation.
 pub const FWD_ICMP: u32 = 22;
+/// Dropped (or answered with a RST, with `deny = "reset"`): a segment that would open a
+/// flow to a service from a source outside its allowlist (`--allow`), or one of such a
+/// source's flows with `deny_established`; no flow state was created.
+pub const DROP_DENIED: u32 = 23;
 /// Number of counters (the length of `COUNTERS`).
-pub const NUM_COUNTERS: u32 = 23;
+pub const NUM_COUNTERS: u32 = 24;
 
 const fn c(index: u32, name: &'static str, kind: Kind, help: &'static str) -> Counter {
     Counter {
@@ -252,6 +256,12 @@ pub const TABLE: [Counter; NUM_COUNTERS as usize] = {
             "forwarded_icmp",
             Forwarded,
             "ICMP error from a client about a DSR flow, sent on to the backend that owns the flow",
+        ),
+        c(
+            DROP_DENIED,
+            "drop_denied",
+            Dropped,
+            "a segment from a source outside the service's allowlist (--allow): dropped, or answered with a RST (deny = \"reset\")",
         ),
     ]
 };

@@ -94,11 +94,102 @@ pub struct Service {
     pub mode: u32,
     /// [`MODE_DSR`]: one of the `encap::ENCAP_*` constants; otherwise 0.
     pub encap: u8,
-    pub _pad: u8,
+    /// Who may reach it: `ACCESS_*` bits; 0 lets everyone in.
+    pub access: u8,
     /// [`MODE_DSR`] with `encap::ENCAP_GUE`: the backends' GUE UDP port, network order.
     pub gue_port: u16,
 }
 const _: () = assert!(size_of::<Service>() == 16);
+
+/// [`Service::access`]: only the sources in `ALLOW` under the service's id may open a
+/// flow; the others' packets that would are refused (`drop_denied`).
+pub const ACCESS_LIST: u8 = 1;
+/// [`Service::access`]: a refused segment is answered with a TCP RST instead of dropped.
+pub const ACCESS_RESET: u8 = 2;
+/// [`Service::access`]: the flows of a source not (or no longer) in the list are refused
+/// too, not only its new ones.
+pub const ACCESS_CUT_ESTABLISHED: u8 = 4;
+
+/// [`Service::access`]: someone follows a connection of this service (`lb explain
+/// --watch`): its packets are compared with [`WatchSpec`] and the matching ones reported.
+pub const ACCESS_WATCH: u8 = 8;
+
+/// The connection `lb explain --watch` follows: the `WATCH` array's one entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WatchSpec {
+    /// The client → VIP tuple, as in its packets.
+    pub key: FlowKey,
+    /// Report one packet in `every` (at random), at least 1.
+    pub every: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<WatchSpec>() == 48);
+
+/// One packet of the watched connection, as the program saw it (`WATCH_EVENTS`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WatchEvent {
+    /// `bpf_ktime_get_coarse_ns()`.
+    pub ns: u64,
+    /// The frame's length.
+    pub len: u32,
+    /// TCP sequence and acknowledgment numbers, host order.
+    pub seq: u32,
+    pub ack: u32,
+    pub tcp_flags: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(size_of::<WatchEvent>() == 24);
+
+impl WatchEvent {
+    /// The event in a ring buffer record (native byte order, the layout above).
+    pub fn from_bytes(b: &[u8]) -> Option<WatchEvent> {
+        if b.len() < size_of::<WatchEvent>() {
+            return None;
+        }
+        let u32_at = |i: usize| u32::from_ne_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+        let mut ns = [0u8; 8];
+        ns.copy_from_slice(&b[..8]);
+        Some(WatchEvent {
+            ns: u64::from_ne_bytes(ns),
+            len: u32_at(8),
+            seq: u32_at(12),
+            ack: u32_at(16),
+            tcp_flags: b[20],
+            _pad: [0; 3],
+        })
+    }
+}
+
+/// Bytes of the `WATCH_EVENTS` ring buffer (a power of two, a multiple of the page).
+pub const WATCH_RING_BYTES: u32 = 64 * 1024;
+
+/// Entries of the `ALLOW` trie, every service's together.
+pub const MAX_ALLOW: u32 = 16_384;
+/// The `ALLOW` trie's bits before the address: the service id.
+pub const ALLOW_ID_BITS: u32 = 32;
+
+/// The data of an `ALLOW` key: the service id (big-endian, so it is the leading bits)
+/// and the address's bytes (IPv4: 4, then zeros; IPv6: 16). An entry's prefix length is
+/// [`ALLOW_ID_BITS`] plus the range's; a lookup's is the whole address's. A service's
+/// VIP has one family, and so have its clients and its ranges.
+#[inline(always)]
+pub fn allow_data(service: u32, addr: &[u8]) -> [u8; 20] {
+    let mut d = [0u8; 20];
+    let id = service.to_be_bytes();
+    let mut i = 0;
+    while i < 4 {
+        d[i] = id[i];
+        i += 1;
+    }
+    let mut j = 0;
+    while j < addr.len() && j < 16 {
+        d[4 + j] = addr[j];
+        j += 1;
+    }
+    d
+}
 
 /// Backend slot is unused.
 pub const BACKEND_EMPTY: u8 = 0;
@@ -448,6 +539,12 @@ pub mod names {
     pub const SPLICE_HOOK: &str = "SPLICE_HOOK";
     /// Array of one [`super::SpliceLayout`]: kernel field offsets for `lb_splice`.
     pub const SPLICE_LAYOUT: &str = "SPLICE_LAYOUT";
+    /// LPM trie of the services' source allowlists: [`super::allow_data`] → `u8` (1).
+    pub const ALLOW: &str = "ALLOW";
+    /// Array of one [`super::WatchSpec`]: the connection `lb explain --watch` follows.
+    pub const WATCH: &str = "WATCH";
+    /// Ring buffer of [`super::WatchEvent`]s of the watched connection.
+    pub const WATCH_EVENTS: &str = "WATCH_EVENTS";
     /// Program array of one: `PROG_DIRECT`, which `PROG_LB` tail-calls.
     pub const DIRECT: &str = "DIRECT";
     /// `lb decap`'s maps: the VIPs (`DecapVip` → `u8`), the allowed outer sources (LPM
@@ -501,5 +598,26 @@ mod local_macs_tests {
             LocalMacs::default().accepts(7, &other),
             "an empty list filters nothing"
         );
+    }
+}
+
+#[cfg(test)]
+mod watch_tests {
+    use super::WatchEvent;
+
+    #[test]
+    fn a_watch_event_reads_back_from_its_bytes() {
+        let mut b = Vec::new();
+        b.extend_from_slice(&123_456_789_u64.to_ne_bytes());
+        for v in [74_u32, 0xdead_beef, 42] {
+            b.extend_from_slice(&v.to_ne_bytes());
+        }
+        b.extend_from_slice(&[0x12, 0, 0, 0]);
+        let e = WatchEvent::from_bytes(&b).unwrap();
+        assert_eq!(
+            (e.ns, e.len, e.seq, e.ack, e.tcp_flags),
+            (123_456_789, 74, 0xdead_beef, 42, 0x12)
+        );
+        assert_eq!(WatchEvent::from_bytes(&b[..23]), None);
     }
 }

@@ -35,3 +35,7 @@ unsafe impl aya::Pod for crate::decap::DecapVip {}
 unsafe impl aya::Pod for crate::decap::DecapConfig {}
 // SAFETY: as above.
 unsafe impl aya::Pod for LocalMacs {}
+// SAFETY: as above.
+unsafe impl aya::Pod for crate::maps::WatchSpec {}
+// SAFETY: as above.
+unsafe impl aya::Pod for crate::maps::WatchEvent {}

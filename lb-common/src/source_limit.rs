@@ -55,11 +55,40 @@ pub fn admit(next_ns: Option<u64>, now: u64, rate: u32, burst: u32) -> Decision 
     }
 }
 
+/// The new flows the bucket `next_ns` holds at `now` (`burst` for a source not seen):
+/// what `lb explain` reports, by the rule [`admit`] applies.
+pub fn tokens(next_ns: Option<u64>, now: u64, rate: u32, burst: u32) -> u32 {
+    let interval = NS_PER_SEC / u64::from(rate.max(1));
+    let owed = next_ns.map_or(0, |n| n.saturating_sub(now));
+    let bucket = interval * u64::from(burst.max(1));
+    (bucket.saturating_sub(owed) / interval) as u32
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const S: u64 = NS_PER_SEC;
+
+    #[test]
+    fn tokens_count_what_admit_would_let_through() {
+        let (rate, burst, now) = (10, 3, 100 * S);
+        assert_eq!(tokens(None, now, rate, burst), 3);
+        let mut next = None;
+        for left in [2, 1, 0] {
+            let Decision::Admit { next_ns } = admit(next, now, rate, burst) else {
+                panic!("a token was left");
+            };
+            next = Some(next_ns);
+            assert_eq!(tokens(next, now, rate, burst), left);
+        }
+        assert!(matches!(
+            admit(next, now, rate, burst),
+            Decision::Deny { .. }
+        ));
+        // A tenth of a second later one token is back.
+        assert_eq!(tokens(next, now + S / 10, rate, burst), 1);
+    }
 
     /// Runs `n` new flows at `now` through the bucket, returning how many were admitted.
     fn burst_at(bucket: &mut Option<u64>, now: u64, n: u32, rate: u32, burst: u32) -> u32 {

@@ -8,7 +8,9 @@
 //! answers, and a cookie's flow would need its sequence numbers translated.
 //! A program of its own (`lb_direct`, tail-called by `lb_xdp`), not branches in
 //! `forward`: `lb_xdp` is close to the verifier's budget of a million instructions, and
-//! its SNAT port search would be walked for these flows too.
+//! its SNAT port search would be walked for these flows too. For the same reason
+//! `lb_direct` also answers the segments of any service that its allowlist refuses
+//! (`access`).
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
@@ -67,7 +69,7 @@ pub fn forward(ctx: &XdpContext, pkt: &mut Packet, svc: &Service, t: &mut Target
     }
     let c = new_direct_flow(ctx, pkt, svc, cfg, t);
     if c == counters::DROP_NO_BACKEND {
-        return Step::Done(reset::answer(ctx, pkt));
+        return Step::Done(reset::answer(ctx, pkt, counters::DROP_NO_BACKEND));
     }
     if c != OK {
         events::dropped(ctx, c);

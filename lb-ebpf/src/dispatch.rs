@@ -5,11 +5,11 @@ use aya_ebpf::programs::XdpContext;
 use core::mem::MaybeUninit;
 use lb_common::{
     counters,
-    maps::{MODE_DNAT, MODE_DSR},
+    maps::{ACCESS_WATCH, MODE_DNAT, MODE_DSR},
 };
 
 use crate::{
-    direct, fib,
+    access, direct, fib,
     forward::forward,
     nat::Target,
     parse::{self, Packet, Parsed},
@@ -18,6 +18,7 @@ use crate::{
     stack::zeroed,
     traffic::Dir,
     verdict::{Step, Verdict},
+    watch,
 };
 
 /// The whole program, up to the verdict: the forward or reverse path decides, and a
@@ -39,7 +40,12 @@ pub fn handle(ctx: &XdpContext) -> Verdict {
                 (Parsed::Tcp, Some(svc)) => {
                     // SAFETY: a map value stays valid for the whole program run (RCU).
                     let svc = unsafe { &*svc };
-                    if svc.mode == MODE_DSR || svc.mode == MODE_DNAT {
+                    if svc.access & ACCESS_WATCH != 0 {
+                        watch::note(ctx, pkt);
+                    }
+                    // `lb_direct` also answers refused sources: `lb_xdp` is close to the
+                    // verifier's budget.
+                    if svc.mode == MODE_DSR || svc.mode == MODE_DNAT || access::refused(pkt, svc) {
                         return direct::enter(ctx);
                     }
                     forward(ctx, pkt, svc, t)
@@ -74,8 +80,8 @@ fn later_fragment() -> Verdict {
     Verdict::pass(counters::PASS_FRAGMENT)
 }
 
-/// `lb_direct`'s whole program: the same parse and service lookup, then the DSR or DNAT
-/// forward path.
+/// `lb_direct`'s whole program: the same parse and service lookup, then the answer to a
+/// source the service's allowlist refuses (any mode), or the DSR or DNAT forward path.
 #[inline(always)]
 pub fn handle_direct(ctx: &XdpContext) -> Verdict {
     let mut pkt = MaybeUninit::<Packet>::uninit();
@@ -89,7 +95,16 @@ pub fn handle_direct(ctx: &XdpContext) -> Verdict {
                 return Verdict::PASS;
             };
             // SAFETY: a map value stays valid for the whole program run (RCU).
-            direct::forward(ctx, pkt, unsafe { &*svc }, t)
+            let svc = unsafe { &*svc };
+            if access::refused(pkt, svc) {
+                return access::refuse(ctx, pkt, svc);
+            }
+            if svc.mode != MODE_DSR && svc.mode != MODE_DNAT {
+                // Refused in `lb_xdp`, allowed now: the list changed in between. The
+                // next segment goes the usual way; this one is dropped, as a loss.
+                return Verdict::drop(counters::DROP_DENIED);
+            }
+            direct::forward(ctx, pkt, svc, t)
         }
         Parsed::IcmpError => direct::icmp_error(ctx, pkt, t),
         _ => return Verdict::PASS,

@@ -90,7 +90,7 @@ pub fn forward(ctx: &XdpContext, pkt: &mut Packet, svc: &Service, t: &mut Target
     if c == counters::DROP_NO_BACKEND {
         // Nothing can take the connection: tell the client at once, as a closed
         // port would, rather than let it retransmit into silence.
-        return Step::Done(reset::answer(ctx, pkt));
+        return Step::Done(reset::answer(ctx, pkt, counters::DROP_NO_BACKEND));
     }
     if c != OK {
         events::dropped(ctx, c);

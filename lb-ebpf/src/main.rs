@@ -4,7 +4,8 @@
 //! Only the entry points live here. The forwarding path reads by file name:
 //! `dispatch` (which path) → `parse` (through `packet`'s bounds-checked cursor) →
 //! `forward` (client → backend: `select` the service and backend, `snat` port,
-//! `conntrack` refresh; `source_limit` first for a SYN opening a flow) or `reverse` (backend → client) → `nat` (rewrite, `csum`) →
+//! `conntrack` refresh; `access` (the source allowlist) and `source_limit` first for a
+//! segment opening a flow) or `reverse` (backend → client) → `nat` (rewrite, `csum`) →
 //! `fib` (next hop, cached) → `verdict` (the one counter each packet bumps). A new flow
 //! that no backend can take is answered by `reset` (a TCP RST sent back with XDP_TX).
 //! Under SYN pressure `syn_proxy` answers SYNs with `cookie`s and opens the backend's
@@ -22,6 +23,8 @@
 //! The panic handler and licence come from the crate's library (`lib.rs`).
 #![cfg_attr(target_arch = "bpf", no_std, no_main)]
 
+#[cfg(target_arch = "bpf")]
+mod access;
 #[cfg(target_arch = "bpf")]
 mod conntrack;
 #[cfg(target_arch = "bpf")]
@@ -82,6 +85,8 @@ mod syn_proxy;
 mod traffic;
 #[cfg(target_arch = "bpf")]
 mod verdict;
+#[cfg(target_arch = "bpf")]
+mod watch;
 
 /// The host build of this crate is a stub so `cargo build --workspace` passes.
 #[cfg(not(target_arch = "bpf"))]

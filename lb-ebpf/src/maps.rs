@@ -7,20 +7,36 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, ProgramArray, SockHash, SockMap},
+    maps::{
+        Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf,
+        SockHash, SockMap,
+    },
 };
 use lb_common::{
     counters::NUM_COUNTERS,
     maps::{
-        Backend, DEFAULT_RING_SIZE, FlowKey, FlowState, GlobalConfig, LocalMacs, MAX_BACKENDS,
-        MAX_IFACES, MAX_PROXY_LISTENERS, MAX_SERVICES, MAX_SNAT_ADDRS, MAX_SOURCES, NextHop,
-        ReverseNat, Service, SourceKey, SpliceLayout, TrafficCounters, VipKey,
+        Backend, DEFAULT_RING_SIZE, FlowKey, FlowState, GlobalConfig, LocalMacs, MAX_ALLOW,
+        MAX_BACKENDS, MAX_IFACES, MAX_PROXY_LISTENERS, MAX_SERVICES, MAX_SNAT_ADDRS, MAX_SOURCES,
+        NextHop, ReverseNat, Service, SourceKey, SpliceLayout, TrafficCounters, VipKey,
+        WATCH_RING_BYTES, WatchSpec,
     },
     syn_proxy::SynRate,
 };
 
 /// Default size of the flow and reverse NAT tables (the daemon sets its own).
 const DEFAULT_FLOWS: u32 = 262_144;
+
+/// The connection `lb explain --watch` follows (see `watch`).
+#[map]
+pub static WATCH: Array<WatchSpec> = Array::with_max_entries(1, 0);
+
+/// Its packets, for `lb explain --watch` to read.
+#[map]
+pub static WATCH_EVENTS: RingBuf = RingBuf::with_byte_size(WATCH_RING_BYTES, 0);
+
+/// The services' source allowlists (`lb_common::maps::allow_data`); see `access`.
+#[map]
+pub static ALLOW: LpmTrie<[u8; 20], u8> = LpmTrie::with_max_entries(MAX_ALLOW, 0);
 
 /// VIP:port → service; written by the daemon, read by the forward path.
 #[map]

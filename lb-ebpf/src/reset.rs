@@ -33,10 +33,10 @@ use crate::{
 /// Answers the packet's client with a RST built in place; counted as `DROP_NO_BACKEND`
 /// whether it is answered (`XDP_TX`) or dropped (it was a RST itself).
 #[inline(never)]
-pub fn answer(ctx: &XdpContext, pkt: &mut Packet) -> Verdict {
+pub fn answer(ctx: &XdpContext, pkt: &mut Packet, counter: u32) -> Verdict {
     if pkt.tcp_flags & RST != 0 {
         // Answering a RST with a RST could loop between two such hosts.
-        return Verdict::drop(counters::DROP_NO_BACKEND);
+        return Verdict::drop(counter);
     }
     let Some(s) = shape(ctx, pkt) else {
         // verifier: the parser checked the TCP header; this path is never taken.
@@ -44,9 +44,9 @@ pub fn answer(ctx: &XdpContext, pkt: &mut Packet) -> Verdict {
         return Verdict::drop(counters::DROP_MALFORMED);
     };
     if !segment::write(ctx, pkt, &s) {
-        return Verdict::drop(counters::DROP_NO_BACKEND);
+        return Verdict::drop(counter);
     }
-    Verdict::tx(counters::DROP_NO_BACKEND)
+    Verdict::tx(counter)
 }
 
 /// The RST's numbers and flags from the received segment (see the module doc).

@@ -11,6 +11,7 @@
 //! - `control`: services and backends, and every change to them as ordered map writes.
 //! - `api` (the admin API's types, server, metrics and client), then `daemon` (start, run,
 //!   shutdown) and `cli` (flags, `lb ctl`, `lb stats`).
+//! - `fuzz`: what must hold for any admin request or config file (the fuzz targets').
 #![deny(unsafe_code)]
 
 pub mod announce;
@@ -20,6 +21,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod dataplane;
+pub mod fuzz;
 pub mod health;
 pub mod iproute;
 pub mod net;

@@ -36,7 +36,7 @@ fn main() -> ExitCode {
             Err(e) => {
                 eprintln!("lb ctl: error: {e}");
                 match e {
-                    ClientError::BadAddr(_) => ExitCode::from(EXIT_USAGE),
+                    ClientError::BadAddr(_) | ClientError::Token(_) => ExitCode::from(EXIT_USAGE),
                     _ => ExitCode::FAILURE,
                 }
             }
@@ -64,7 +64,22 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Some(Command::Explain { vip, client, json }) => explain_command(&vip, &client, json),
+        Some(Command::Explain {
+            vip,
+            client,
+            json,
+            watch,
+            every,
+            for_,
+            admin_socket,
+        }) => {
+            let watching = watch.then_some(Watching {
+                every,
+                for_,
+                admin_socket,
+            });
+            explain_command(&vip, &client, json, watching)
+        }
         Some(Command::Completions { shell }) => {
             docs::completions(shell, &mut std::io::stdout());
             ExitCode::SUCCESS
@@ -85,7 +100,14 @@ fn main() -> ExitCode {
     }
 }
 
-fn explain_command(vip: &str, client: &str, json: bool) -> ExitCode {
+/// `lb explain --watch` and its options.
+struct Watching {
+    every: u32,
+    for_: Option<String>,
+    admin_socket: Option<std::path::PathBuf>,
+}
+
+fn explain_command(vip: &str, client: &str, json: bool, watching: Option<Watching>) -> ExitCode {
     let parse = |flag: &str, v: &str| {
         v.parse::<std::net::SocketAddr>().map_err(|_| {
             eprintln!("lb explain: error: {flag} {v:?}: not IP:PORT (IPv6 as [fd00::1]:80)");
@@ -96,19 +118,76 @@ fn explain_command(vip: &str, client: &str, json: bool) -> ExitCode {
         (Ok(v), Ok(c)) => (v, c),
         (Err(code), _) | (_, Err(code)) => return code,
     };
-    match explain::explain(vip, client) {
-        Ok(e) if json => match serde_json::to_string_pretty(&e) {
-            Ok(text) => {
-                println!("{text}");
-                ExitCode::SUCCESS
-            }
-            Err(err) => {
-                eprintln!("lb explain: error: {err}");
-                ExitCode::FAILURE
+    let duration = match watching.as_ref().and_then(|w| w.for_.as_deref()) {
+        None => None,
+        Some(d) => match parse_duration(d) {
+            Ok(d) => Some(d),
+            Err(r) => {
+                eprintln!("lb explain: error: --for {d:?}: {r}");
+                return ExitCode::from(EXIT_USAGE);
             }
         },
-        Ok(e) => {
-            print!("{}", explain::render(&e));
+    };
+    if let Some(w) = &watching
+        && !(1..=lb_user::api::request::MAX_WATCH_EVERY).contains(&w.every)
+    {
+        eprintln!(
+            "lb explain: error: --every {}: 1 to {}",
+            w.every,
+            lb_user::api::request::MAX_WATCH_EVERY
+        );
+        return ExitCode::from(EXIT_USAGE);
+    }
+    match explain::explain(vip, client) {
+        Ok(e) if json => match serde_json::to_string(&e) {
+            Ok(text) if watching.is_some() => println!("{text}"),
+            Ok(_) => println!("{}", serde_json::to_string_pretty(&e).unwrap_or_default()),
+            Err(err) => {
+                eprintln!("lb explain: error: {err}");
+                return ExitCode::FAILURE;
+            }
+        },
+        Ok(e) => print!("{}", explain::render(&e)),
+        Err(e) => {
+            eprintln!("lb explain: error: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    let Some(w) = watching else {
+        return ExitCode::SUCCESS;
+    };
+    let socket = match w.admin_socket {
+        Some(p) => p,
+        None => match lb_user::dataplane::runtime::netns_inode() {
+            Ok(inode) => lb_user::dataplane::runtime::admin_socket_path(inode),
+            Err(e) => {
+                eprintln!("lb explain: error: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stop.clone();
+    if let Err(e) =
+        ctrlc::set_handler(move || flag.store(true, std::sync::atomic::Ordering::Relaxed))
+    {
+        eprintln!("lb explain: error: installing the Ctrl-C handler: {e}");
+        return ExitCode::FAILURE;
+    }
+    let mut out = std::io::stdout();
+    let watch = explain::Watch {
+        vip,
+        client,
+        every: w.every,
+        socket,
+        duration,
+        json,
+    };
+    match explain::watch(watch, &stop, &mut out) {
+        Ok(n) => {
+            if !json {
+                println!("{n} packets reported");
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {

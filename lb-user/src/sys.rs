@@ -637,3 +637,29 @@ pub fn async_socket(
     }
     .map_err(io::Error::from)
 }
+
+/// The id of group `name` (`getgrnam_r`: /etc/group or whatever NSS names); `None` if
+/// there is no such group.
+pub fn group_id(name: &str) -> io::Result<Option<u32>> {
+    let c = CString::new(name)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in group name"))?;
+    let mut buf = vec![0u8; 16 * 1024];
+    // SAFETY: an all-zero `group` is valid (null pointers, zero id); getgrnam_r fills it.
+    let mut grp: libc::group = unsafe { std::mem::zeroed() };
+    let mut found: *mut libc::group = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the call: `c` is NUL-terminated, `buf` is
+    // writable for its length, `grp` and `found` are live locals.
+    let rc = unsafe {
+        libc::getgrnam_r(
+            c.as_ptr(),
+            &mut grp,
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            &mut found,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::from_raw_os_error(rc));
+    }
+    Ok((!found.is_null()).then_some(grp.gr_gid))
+}

@@ -23,23 +23,28 @@ pub fn get(ns: &Netns, path: &str) -> Result<(u16, String)> {
 /// `GET URL` from inside `ns` (curl); returns the status and the body. A connection
 /// failure is an error.
 pub fn get_url(ns: &Netns, url: &str) -> Result<(u16, String)> {
+    curl(ns, &[], url)
+}
+
+/// curl `extra` `URL` from inside `ns` (e.g. `-X POST -H ...`, or `--unix-socket PATH`);
+/// returns the status and the body. A connection failure is an error.
+pub fn curl(ns: &Netns, extra: &[&str], url: &str) -> Result<(u16, String)> {
+    let mut args = vec![
+        "-s",
+        "-S",
+        "-g",
+        "--max-time",
+        "5",
+        "-o",
+        "-",
+        "-w",
+        "\n%{http_code}",
+    ];
+    args.extend_from_slice(extra);
+    args.push(url);
     let out = ns
-        .exec(
-            "curl",
-            &[
-                "-s",
-                "-S",
-                "-g",
-                "--max-time",
-                "5",
-                "-o",
-                "-",
-                "-w",
-                "\n%{http_code}",
-                url,
-            ],
-        )
-        .with_context(|| format!("GET {url} in {}", ns.name()))?;
+        .exec("curl", &args)
+        .with_context(|| format!("curl {extra:?} {url} in {}", ns.name()))?;
     let (body, code) = out.rsplit_once('\n').unwrap_or(("", &out));
     let code = code
         .trim()

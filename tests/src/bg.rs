@@ -46,11 +46,11 @@ impl Bg {
 
     /// The exit status, if the process has exited.
     pub fn poll(&mut self) -> Option<ExitStatus> {
-        if self.status.is_none() {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                self.status = Some(status);
-                cleanup::remove_pid(self.child.id());
-            }
+        if self.status.is_none()
+            && let Ok(Some(status)) = self.child.try_wait()
+        {
+            self.status = Some(status);
+            cleanup::remove_pid(self.child.id());
         }
         self.status
     }

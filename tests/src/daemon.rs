@@ -180,11 +180,11 @@ impl Daemon {
     }
 
     fn poll_exit(&mut self) -> Option<ExitStatus> {
-        if self.status.is_none() {
-            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
-                self.status = Some(status);
-                cleanup::remove_pid(self.pid);
-            }
+        if self.status.is_none()
+            && let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait)
+        {
+            self.status = Some(status);
+            cleanup::remove_pid(self.pid);
         }
         self.status
     }

@@ -250,10 +250,10 @@ impl PromServer {
         let deadline = Instant::now() + timeout;
         loop {
             let last = self.query(ns, query);
-            if let Ok(r) = &last {
-                if check(r) {
-                    return Ok(r.clone());
-                }
+            if let Ok(r) = &last
+                && check(r)
+            {
+                return Ok(r.clone());
             }
             if Instant::now() >= deadline {
                 bail!(

@@ -32,9 +32,10 @@ use crate::sys;
 /// lb-common's counter table.
 pub mod counter {
     pub use lb_common::counters::{
-        DROP_FRAG_NEEDED, DROP_MALFORMED, DROP_NO_BACKEND, DROP_NO_NEIGH, DROP_NO_ROUTE,
-        DROP_NO_TX_PORT, DROP_SOURCE_RATE_LIMITED, DROP_TOO_BIG, FWD_ICMP, FWD_IN, FWD_OUT,
-        NUM_COUNTERS, PASS, PASS_FRAGMENT, PASS_NO_NEIGH_IN, PASS_NO_NEIGH_OUT, PASS_PROXY,
+        DROP_DENIED, DROP_FRAG_NEEDED, DROP_MALFORMED, DROP_NO_BACKEND, DROP_NO_NEIGH,
+        DROP_NO_ROUTE, DROP_NO_TX_PORT, DROP_SOURCE_RATE_LIMITED, DROP_TOO_BIG, FWD_ICMP, FWD_IN,
+        FWD_OUT, NUM_COUNTERS, PASS, PASS_FRAGMENT, PASS_NO_NEIGH_IN, PASS_NO_NEIGH_OUT,
+        PASS_PROXY,
     };
 }
 
@@ -420,6 +421,19 @@ impl TestRun {
         self.reload_globals();
     }
 
+    /// Gives `p`'s service the allowlist `ranges` (CIDRs) with `lb_common::maps::ACCESS_*`
+    /// bits `access`, ranges first, as the daemon writes them.
+    pub fn allow(&mut self, p: &Plan, ranges: &[&str], access: u8) {
+        let ranges: Vec<lb_user::config::Cidr> =
+            ranges.iter().map(|r| r.parse().expect("a CIDR")).collect();
+        self.dp
+            .allow(p.service, &ranges, true)
+            .expect("write the allowlist");
+        self.dp
+            .set_access(p.vip_addr(), access)
+            .expect("write the access bits");
+    }
+
     /// Adds IPv4 SNAT addresses after the plan's own.
     pub fn set_more_snat4(&mut self, addrs: &'static [Ipv4Addr]) {
         self.reloadable.more_snat4 = addrs;
@@ -462,6 +476,7 @@ impl TestRun {
             mode: MODE_DSR,
             encap,
             gue_port,
+            access: 0,
         };
         self.install_forwarding(p, f, &[to]);
     }
@@ -472,6 +487,7 @@ impl TestRun {
             mode: MODE_DSR,
             encap,
             gue_port,
+            access: 0,
         };
         self.install_forwarding(p, f, &[to]);
     }
@@ -582,6 +598,7 @@ impl TestRun {
                 mode,
                 encap: 0,
                 gue_port: 0,
+                access: 0,
             },
             members,
         );

@@ -90,10 +90,10 @@ pub fn parse_identity(out: &str) -> Result<(String, String)> {
         let line = line.trim();
         if let Some(v) = line.strip_prefix("serial=") {
             serial = Some(v.to_uppercase());
-        } else if let Some((k, v)) = line.split_once('=') {
-            if k.to_lowercase().contains("fingerprint") {
-                fp = Some(v.to_uppercase());
-            }
+        } else if let Some((k, v)) = line.split_once('=')
+            && k.to_lowercase().contains("fingerprint")
+        {
+            fp = Some(v.to_uppercase());
         }
     }
     Ok((

@@ -169,3 +169,64 @@ fn explain_predicts_the_backend_and_reports_the_flow() {
     assert_eq!(e["flow"]["backend"], e["backend"], "{e}");
     bed.stop(d);
 }
+
+/// `lb explain --watch` reports the packets of the one connection it names, as the data
+/// path sees them: the client's SYN, its ACKs and its FIN, with the flow's backend; a
+/// connection from another port is not reported; at the end the watch is off.
+#[test]
+fn watch_follows_the_packets_of_one_connection() {
+    let bed = Bed::new(Kind::TwoArmed);
+    let all: Vec<(&str, u32)> = BACKEND_NAMES.iter().map(|n| (*n, 1)).collect();
+    let d = bed.start(&bed.args(&all, FAST_HEALTH));
+    let port = 41_500;
+    let client = format!("{}:{port}", bed.topo.client_v4);
+    let vip = format!("{VIP4}:{PORT}");
+    let cmd = d.cli_command(&[
+        "explain", "--vip", &vip, "--client", &client, "--json", "--watch", "--for", "6s",
+    ]);
+    let out_file = bed.topo.path("watch.out");
+    let mut watcher = lb_tests::bg::Bg::spawn(cmd, &out_file).unwrap();
+    // The explanation comes first; the watch is on once it is printed.
+    assert!(
+        lb_tests::netns::wait_until(std::time::Duration::from_secs(5), || {
+            Ok(watcher.output().lines().next().is_some())
+        }),
+        "{}",
+        watcher.output()
+    );
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let other = served_from(&bed, port + 1);
+    let served = served_from(&bed, port);
+    assert!(!served.is_empty() && !other.is_empty());
+    let status = watcher.wait(std::time::Duration::from_secs(15)).unwrap();
+    let text = watcher.output();
+    assert!(status.success(), "{text}");
+    let mut lines = text.lines();
+    let first: serde_json::Value = serde_json::from_str(lines.next().unwrap()).unwrap();
+    assert_eq!(first["client"], client.as_str(), "{text}");
+    let events: Vec<serde_json::Value> = lines
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let flags: Vec<&str> = events
+        .iter()
+        .map(|e| e["flags"].as_str().unwrap())
+        .collect();
+    assert_eq!(flags.first(), Some(&"S"), "the SYN first: {text}");
+    assert!(flags.iter().any(|f| f.contains('F')), "a FIN: {text}");
+    assert!(
+        (4..=12).contains(&events.len()),
+        "one short connection's client packets, not the other's: {text}"
+    );
+    let backend = bed.addr(&served);
+    assert!(
+        events
+            .iter()
+            .skip(1)
+            .all(|e| e["flow_backend"] == backend.as_str()),
+        "every packet after the SYN finds the flow to {backend}: {text}"
+    );
+    // Off again: the watcher said stop before it exited.
+    d.expect_log(&["reporting a connection's packets", &client]);
+    d.expect_log(&["watch ended"]);
+    bed.stop(d);
+}

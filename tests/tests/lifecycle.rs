@@ -432,6 +432,17 @@ fn lb_down_leaves_nothing() {
     assert!(!vip_route(), "the proxy VIP's local route is left: {out}");
     let again = must(d.down());
     assert!(again.contains("nothing to remove"), "{again}");
+
+    // A daemon killed outright leaves its admin socket; lb down removes it too.
+    let socket = PathBuf::from(format!("/run/lb/netns-{}-admin.sock", netns_inode(&bed)));
+    let mut d = bed.start_via(
+        Launch::Nsenter,
+        &["--config".to_owned(), conf.display().to_string()],
+    );
+    must(d.kill_hard());
+    assert!(socket.exists(), "{socket:?} gone after kill -9");
+    let out = must(d.down());
+    assert!(!socket.exists(), "{socket:?} left: {out}");
 }
 
 /// Starts lb with `args` through nsenter: it must exit 2 (or `code`) at once and log

@@ -1149,3 +1149,39 @@ fn a_rare_drop_writes_one_log_record_a_second_and_a_forwarded_packet_none() {
     assert_eq!(lb.counter(counter::DROP_NO_ROUTE), before + 20);
     assert_eq!(take(&mut logger), [], "at most one record a second");
 }
+
+/// A service's allowlist, as the program applies it: a listed source's SYN opens its
+/// flow as usual; an unlisted one's is dropped (counted as denied) or, with
+/// `ACCESS_RESET`, answered with a RST, and leaves no flow behind. Both families.
+#[test]
+fn an_unlisted_source_is_refused_before_any_state() {
+    use lb_common::maps::{ACCESS_LIST, ACCESS_RESET};
+    for p in [plan4(), plan6()] {
+        let (listed, other): (&str, IpAddr) = if p.vip.is_ipv4() {
+            ("198.18.1.0/24", [198, 18, 3, 7].into())
+        } else {
+            ("fd00:1::/64", "fd00:3::7".parse().unwrap())
+        };
+        let mut lb = serving(&p);
+        lb.allow(&p, &[listed], ACCESS_LIST);
+        assert_eq!(forward_to(&mut lb, &p, &p.syn()), 0, "{listed} is listed");
+
+        let stranger = Packet {
+            src: other,
+            ..p.syn()
+        };
+        let (action, _, bumped) = lb.run_counted(&stranger.build());
+        assert_eq!(action, Action::Drop, "{other}");
+        assert_eq!(bumped, [counter::DROP_DENIED], "{other}");
+        let k = key(other, p.vip, CLIENT_PORT, VIP_PORT);
+        assert!(lb.flow(k).is_none() && lb.half_open(k).is_none(), "{other}");
+
+        lb.allow(&p, &[listed], ACCESS_LIST | ACCESS_RESET);
+        let (action, out, bumped) = lb.run_counted(&stranger.build());
+        assert_eq!(action, Action::Tx, "{other}: answered");
+        assert_eq!(bumped, [counter::DROP_DENIED], "{other}");
+        let rst = decode(&out).expect("a RST");
+        assert_eq!((rst.dst, rst.flags & RST), (other, RST), "{rst:?}");
+        assert!(lb.flow(k).is_none() && lb.half_open(k).is_none(), "{other}");
+    }
+}

@@ -41,6 +41,9 @@ const ROUTING_TEST_PACKAGES_NO_START: &[&str] = &["frr"];
 const PROXY_TEST_PACKAGES_NO_START: &[&str] = &["nginx", "haproxy"];
 /// The proxy-v2 tests' certificate tool and WebSocket library (for Debian's python3).
 const PROXY_TEST_PACKAGES: &[&str] = &["openssl", "python3-websockets"];
+/// The DNS server of the discovery tests (tests/tests/dns.rs): dnsmasq without the
+/// package that runs it as the host's service.
+const DNS_TEST_PACKAGES: &[&str] = &["dnsmasq-base"];
 /// The bench's load balancers and servers (`cargo xtask bench` and its smoke test):
 /// HAProxy, nginx with the stream module (Debian builds it as a dynamic module, loaded
 /// with `load_module`), iperf3. Their packages ship services too.
@@ -133,6 +136,11 @@ const GROUPS: &[Group] = &[
     Group {
         tier: Tier::Test,
         packages: PROXY_TEST_PACKAGES,
+        how: How::Plain,
+    },
+    Group {
+        tier: Tier::Test,
+        packages: DNS_TEST_PACKAGES,
         how: How::Plain,
     },
     Group {

@@ -5,67 +5,126 @@ use crate::api::report::Report;
 use crate::api::request::Command;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
 use std::time::Duration;
+
+/// Where the daemon's admin API is.
+#[derive(Clone, Debug)]
+pub enum Target {
+    /// The Unix socket: the whole API.
+    Socket(PathBuf),
+    /// The TCP listener; changes need the token (`--admin-token-file` of the daemon).
+    Tcp {
+        addr: SocketAddr,
+        token: Option<String>,
+    },
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Socket(p) => write!(f, "{}", p.display()),
+            Target::Tcp { addr, .. } => write!(f, "{addr}"),
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("--admin {0:?}: not IP:PORT")]
     BadAddr(String),
     #[error(
-        "cannot reach the admin API at {addr}: {source} (is lb running in this network namespace with --admin {addr}?)"
+        "cannot reach the admin API at {at}: {source} (is lb running in this network namespace? give --admin-socket PATH if it listens elsewhere, or --admin IP:PORT)"
     )]
-    Connect {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
-    #[error("admin API at {addr}: {source}")]
-    Io {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
-    #[error("admin API at {addr}: unexpected response: {detail}")]
-    Protocol { addr: SocketAddr, detail: String },
+    Connect { at: String, source: std::io::Error },
+    #[error("admin API at {at}: {source}")]
+    Io { at: String, source: std::io::Error },
+    #[error("admin API at {at}: unexpected response: {detail}")]
+    Protocol { at: String, detail: String },
     /// The daemon refused the request; its message.
     #[error("{0}")]
     Refused(String),
     /// An argument the daemon would refuse (a malformed backend address).
     #[error("{0}")]
     Invalid(String),
+    /// The token file of `lb ctl --token-file`.
+    #[error("--token-file {0}")]
+    Token(String),
 }
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The daemon's full report (`GET /api/v1/report`), for `lb stats`.
-pub fn get_report(addr: SocketAddr) -> Result<Report, ClientError> {
-    let v = request(addr, "GET", "/api/v1/report", None)?;
+pub fn get_report(target: &Target) -> Result<Report, ClientError> {
+    let v = request(target, "GET", "/api/v1/report", None)?;
     serde_json::from_value(v).map_err(|e| ClientError::Protocol {
-        addr,
+        at: target.to_string(),
         detail: format!("report: {e}"),
     })
 }
 
 /// Sends a change request; returns the daemon's JSON answer.
-pub fn send(addr: SocketAddr, cmd: &Command) -> Result<serde_json::Value, ClientError> {
+pub fn send(target: &Target, cmd: &Command) -> Result<serde_json::Value, ClientError> {
     let (path, body) = cmd.to_wire();
-    let body = body.map(|b| serde_json::to_value(b).expect("a request body serialises"));
-    request(addr, "POST", &path, body.as_ref())
+    request(target, "POST", &path, body.as_ref())
+}
+
+/// A connected stream to the API.
+trait Stream: Read + Write {}
+impl<T: Read + Write> Stream for T {}
+
+fn connect(target: &Target) -> Result<Box<dyn Stream>, ClientError> {
+    let at = target.to_string();
+    let connect = |source| ClientError::Connect {
+        at: at.clone(),
+        source,
+    };
+    let io = |source| ClientError::Io {
+        at: at.clone(),
+        source,
+    };
+    Ok(match target {
+        Target::Socket(p) => {
+            let s = UnixStream::connect(p).map_err(connect)?;
+            s.set_read_timeout(Some(TIMEOUT)).map_err(io)?;
+            Box::new(s)
+        }
+        Target::Tcp { addr, .. } => {
+            let s = TcpStream::connect_timeout(addr, TIMEOUT).map_err(connect)?;
+            s.set_read_timeout(Some(TIMEOUT)).map_err(io)?;
+            Box::new(s)
+        }
+    })
 }
 
 /// One HTTP/1.1 request with `Connection: close`; returns the JSON body of a 2xx
 /// answer, or the daemon's error message.
 pub fn request(
-    addr: SocketAddr,
+    target: &Target,
     method: &str,
     path: &str,
     body: Option<&serde_json::Value>,
 ) -> Result<serde_json::Value, ClientError> {
-    let io = |source| ClientError::Io { addr, source };
-    let mut s = TcpStream::connect_timeout(&addr, TIMEOUT)
-        .map_err(|source| ClientError::Connect { addr, source })?;
-    s.set_read_timeout(Some(TIMEOUT)).map_err(io)?;
+    let at = target.to_string();
+    let io = |source| ClientError::Io {
+        at: at.clone(),
+        source,
+    };
+    let mut s = connect(target)?;
     let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let (host, auth) = match target {
+        Target::Socket(_) => ("localhost".to_string(), String::new()),
+        Target::Tcp { addr, token } => (
+            addr.to_string(),
+            token
+                .as_ref()
+                .map(|t| format!("Authorization: Bearer {t}\r\n"))
+                .unwrap_or_default(),
+        ),
+    };
     let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: lb-ctl\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: lb-ctl\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     s.write_all(req.as_bytes()).map_err(io)?;
@@ -75,7 +134,7 @@ pub fn request(
     let (head, body) = text
         .split_once("\r\n\r\n")
         .ok_or_else(|| ClientError::Protocol {
-            addr,
+            at: at.clone(),
             detail: format!("no end of headers in {} bytes", resp.len()),
         })?;
     let status: u16 = head
@@ -83,11 +142,11 @@ pub fn request(
         .nth(1)
         .and_then(|c| c.parse().ok())
         .ok_or_else(|| ClientError::Protocol {
-            addr,
+            at: at.clone(),
             detail: format!("status line {:?}", head.lines().next().unwrap_or("")),
         })?;
     let v: serde_json::Value = serde_json::from_str(body).map_err(|e| ClientError::Protocol {
-        addr,
+        at: at.clone(),
         detail: format!("status {status}, body not JSON ({e})"),
     })?;
     if (200..300).contains(&status) {

@@ -5,7 +5,9 @@
 //! `service` (the service's name), `backend` (its `IP:PORT`), `direction` (`in` is client
 //! → backend, `out` backend → client).
 
-use crate::api::report::{BackendReport, Counters, HealthReport, Report, ServiceReport, SnatPorts};
+use crate::api::report::{
+    BackendReport, Counters, DnsReport, HealthReport, Report, ServiceReport, SnatPorts,
+};
 use crate::proxy::server::{BackendCounters, ServiceCounters};
 use lb_common::counters;
 use std::fmt::Write as _;
@@ -113,6 +115,9 @@ const SNAT_STATES: [(&str, Read<SnatPorts>); 3] = [
 /// The `result` label's values with the health check counters they read.
 const RESULTS: [(&str, Read<HealthReport>); 2] =
     [("pass", |h| h.checks_passed), ("fail", |h| h.checks_failed)];
+
+const LOOKUPS: [(&str, Read<DnsReport>); 2] =
+    [("ok", |d| d.lookups - d.failures), ("fail", |d| d.failures)];
 
 /// Splits every row in one per key, the key's name added as `label` and its reader
 /// applied to the row, in `keys` order.
@@ -293,6 +298,29 @@ pub fn render(r: &Report) -> String {
                 h.latency.count,
             );
         }
+    }
+
+    // Lookups of backends in DNS, for services that have one.
+    let looked_up: Vec<(Labels<'_>, &DnsReport)> = (r.services.iter())
+        .filter_map(|s| {
+            s.dns
+                .as_ref()
+                .map(|d| (vec![("service", s.name.as_str())], d))
+        })
+        .collect();
+    if !looked_up.is_empty() {
+        w.family(
+            "lb_dns_lookups_total",
+            "counter",
+            "Lookups of a service's backends in DNS, by result (ok, or fail: the last good set was kept).",
+            split(looked_up.iter().cloned(), "result", &LOOKUPS),
+        );
+        w.family(
+            "lb_dns_backends",
+            "gauge",
+            "Backends in a service's last good DNS answer.",
+            looked_up.iter().map(|(l, d)| (l.clone(), d.backends.len())),
+        );
     }
 
     // What happened to packets.
@@ -486,6 +514,13 @@ mod tests {
                     }],
                 }],
                 proxy: None,
+                dns: Some(DnsReport {
+                    query: "web.lb.test:80".into(),
+                    lookups: 7,
+                    failures: 2,
+                    last_error: Some("web.lb.test: no records found".into()),
+                    backends: vec!["[fd00::1]:80@2".into()],
+                }),
             }],
             flows: 6,
             flow_capacity: 1024,
@@ -552,6 +587,13 @@ lb_backend_weight{{service="web",backend="[fd00::1]:80"}} 2
 lb_snat_ports{{service="web",backend="[fd00::1]:80",snat_addr="fd00::9",state="in_use"}} 3
 lb_snat_ports{{service="web",backend="[fd00::1]:80",snat_addr="fd00::9",state="time_wait"}} 1
 lb_snat_ports{{service="web",backend="[fd00::1]:80",snat_addr="fd00::9",state="free"}} 96
+# HELP lb_dns_lookups_total Lookups of a service's backends in DNS, by result (ok, or fail: the last good set was kept).
+# TYPE lb_dns_lookups_total counter
+lb_dns_lookups_total{{service="web",result="ok"}} 5
+lb_dns_lookups_total{{service="web",result="fail"}} 2
+# HELP lb_dns_backends Backends in a service's last good DNS answer.
+# TYPE lb_dns_backends gauge
+lb_dns_backends{{service="web"}} 1
 # HELP lb_packets_total Packets the XDP program forwarded or passed to the kernel, by outcome.
 # TYPE lb_packets_total counter
 lb_packets_total{{outcome="forwarded_in"}} 5
@@ -669,10 +711,10 @@ lb_half_open_expired_flows 1
     /// The metric family a sample line belongs to.
     fn family_of<'a>(name: &'a str, histograms: &HashSet<String>) -> &'a str {
         for suffix in ["_bucket", "_sum", "_count"] {
-            if let Some(base) = name.strip_suffix(suffix) {
-                if histograms.contains(base) {
-                    return base;
-                }
+            if let Some(base) = name.strip_suffix(suffix)
+                && histograms.contains(base)
+            {
+                return base;
             }
         }
         name

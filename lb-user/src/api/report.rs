@@ -113,6 +113,22 @@ pub struct ServiceReport {
     /// Connections the daemon proxied (proxy-v2 services; filled in by the daemon).
     #[serde(default)]
     pub proxy: Option<crate::proxy::server::ServiceCounters>,
+    /// The lookups of backends found in DNS (filled in by the daemon).
+    #[serde(default)]
+    pub dns: Option<DnsReport>,
+}
+
+/// What the lookups of a service's backends in DNS gave.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct DnsReport {
+    /// What is looked up: `NAME:PORT` or `srv:NAME`.
+    pub query: String,
+    pub lookups: u64,
+    /// Lookups that failed (no answer, no records): the last good set was kept.
+    pub failures: u64,
+    pub last_error: Option<String>,
+    /// Backends of the last good answer, `IP:PORT@WEIGHT`.
+    pub backends: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -275,6 +291,7 @@ impl Report {
             if let Some(p) = &s.proxy {
                 rs.proxy = Some(p.clone());
             }
+            rs.dns = s.dns.clone();
             let Some(check) = &s.check else {
                 continue;
             };
@@ -415,6 +432,7 @@ pub fn collect_from(rec: &RuntimeRecord) -> Result<Report, StatsError> {
             counters: c.into(),
             backends: bes,
             proxy: None,
+            dns: None,
         });
     }
     let mut totals = BTreeMap::new();
@@ -527,6 +545,7 @@ pub(crate) mod tests {
                     },
                 ],
                 proxy: None,
+                dns: None,
             }],
             flows: 9,
             flow_capacity: 1000,

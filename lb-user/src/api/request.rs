@@ -10,6 +10,13 @@ use std::net::SocketAddr;
 pub const BACKENDS: &str = "/api/v1/backends/";
 /// `POST`: re-read the config file.
 pub const RELOAD: &str = "/api/v1/reload";
+/// `POST`: report a connection's packets (`lb explain --watch`) for a while; again to
+/// go on.
+pub const WATCH: &str = "/api/v1/watch";
+/// `POST`: stop reporting them.
+pub const UNWATCH: &str = "/api/v1/watch/stop";
+/// The most `every` a watch takes (one packet in a million).
+pub const MAX_WATCH_EVERY: u32 = 1_000_000;
 
 /// A change an operator asks of the daemon.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -39,6 +46,29 @@ pub enum Command {
         addr: SocketAddr,
     },
     Reload,
+    /// Report the packets of `client` → `vip` (one in `every`).
+    Watch {
+        vip: SocketAddr,
+        client: SocketAddr,
+        every: u32,
+    },
+    Unwatch,
+}
+
+/// A watch's JSON body.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WatchOp {
+    /// `IP:PORT`.
+    pub vip: String,
+    /// `IP:PORT`.
+    pub client: String,
+    #[serde(default = "every_packet")]
+    pub every: u32,
+}
+
+fn every_packet() -> u32 {
+    1
 }
 
 /// A backend operation's JSON body.
@@ -81,16 +111,17 @@ pub fn parse_spec(s: &str) -> Result<BackendConfig, String> {
 
 impl Command {
     /// The request's path and JSON body (always `POST`).
-    pub fn to_wire(&self) -> (String, Option<BackendOp>) {
+    pub fn to_wire(&self) -> (String, Option<serde_json::Value>) {
         let op = |name: &str, service: &str, addr: SocketAddr, weight, now| {
+            let body = BackendOp {
+                service: service.to_string(),
+                addr: addr.to_string(),
+                weight,
+                now,
+            };
             (
                 format!("{BACKENDS}{name}"),
-                Some(BackendOp {
-                    service: service.to_string(),
-                    addr: addr.to_string(),
-                    weight,
-                    now,
-                }),
+                Some(serde_json::to_value(body).expect("a request body serialises")),
             )
         };
         match self {
@@ -106,16 +137,53 @@ impl Command {
             Command::Drain { service, addr } => op("drain", service, *addr, None, false),
             Command::Enable { service, addr } => op("enable", service, *addr, None, false),
             Command::Reload => (RELOAD.to_string(), None),
+            Command::Watch { vip, client, every } => {
+                let body = WatchOp {
+                    vip: vip.to_string(),
+                    client: client.to_string(),
+                    every: *every,
+                };
+                let body = serde_json::to_value(body).expect("a request body serialises");
+                (WATCH.to_string(), Some(body))
+            }
+            Command::Unwatch => (UNWATCH.to_string(), None),
         }
     }
 
     /// The command of a `POST` to `path` with `body`; `None` if `path` is no command.
     pub fn from_wire(path: &str, body: &[u8]) -> Option<Result<Command, BadRequest>> {
-        if path == RELOAD {
-            return Some(Ok(Command::Reload));
+        match path {
+            RELOAD => return Some(Ok(Command::Reload)),
+            UNWATCH => return Some(Ok(Command::Unwatch)),
+            WATCH => return Some(Self::watch(body)),
+            _ => {}
         }
         let name = path.strip_prefix(BACKENDS)?;
         Some(Self::backend_op(name, body))
+    }
+
+    fn watch(body: &[u8]) -> Result<Command, BadRequest> {
+        let op: WatchOp = serde_json::from_slice(body).map_err(|e| {
+            bad(format!(
+                "body must be JSON like {{\"vip\":\"198.18.100.1:80\",\"client\":\"198.18.0.2:41000\"}}: {e}"
+            ))
+        })?;
+        let vip = parse_socket_addr(&op.vip).map_err(|r| bad(format!("vip {:?}: {r}", op.vip)))?;
+        let client = parse_socket_addr(&op.client)
+            .map_err(|r| bad(format!("client {:?}: {r}", op.client)))?;
+        if vip.is_ipv4() != client.is_ipv4() {
+            return Err(bad(
+                "vip and client are of different address families".into()
+            ));
+        }
+        if !(1..=MAX_WATCH_EVERY).contains(&op.every) {
+            return Err(bad(format!("every: 1 to {MAX_WATCH_EVERY}")));
+        }
+        Ok(Command::Watch {
+            vip,
+            client,
+            every: op.every,
+        })
     }
 
     fn backend_op(name: &str, body: &[u8]) -> Result<Command, BadRequest> {

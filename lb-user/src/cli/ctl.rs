@@ -1,6 +1,6 @@
 //! `lb ctl`: operator commands sent to the daemon's admin API, so operators need no curl.
 
-use crate::api::client::{ClientError, request, send};
+use crate::api::client::{ClientError, Target, request, send};
 use crate::api::request::{Command, parse_addr, parse_spec};
 use crate::cli::{CtlArgs, CtlCommand};
 use std::fmt::Write as _;
@@ -8,12 +8,7 @@ use std::net::ToSocketAddrs;
 
 /// Runs one `lb ctl` command and returns what to print.
 pub fn run(args: &CtlArgs) -> Result<String, ClientError> {
-    let addr = args
-        .admin
-        .to_socket_addrs()
-        .ok()
-        .and_then(|mut a| a.next())
-        .ok_or_else(|| ClientError::BadAddr(args.admin.clone()))?;
+    let addr = &target(args)?;
     let backend = |s: &str| parse_addr(s).map_err(ClientError::Invalid);
     let cmd = match &args.command {
         CtlCommand::List { json } => {
@@ -71,6 +66,35 @@ pub fn run(args: &CtlArgs) -> Result<String, ClientError> {
         return Ok(out);
     }
     Ok(v["message"].as_str().unwrap_or("ok").to_string() + "\n")
+}
+
+/// The admin API `args` name: TCP with `--admin` (and the token of `--token-file`), else
+/// the admin socket, by default the one of this network namespace's daemon.
+fn target(args: &CtlArgs) -> Result<Target, ClientError> {
+    if let Some(a) = &args.admin {
+        let addr = (a.to_socket_addrs().ok())
+            .and_then(|mut a| a.next())
+            .ok_or_else(|| ClientError::BadAddr(a.clone()))?;
+        let token = match &args.token_file {
+            None => None,
+            Some(f) => Some(
+                std::fs::read_to_string(f)
+                    .map_err(|e| ClientError::Token(format!("{}: {e}", f.display())))?
+                    .trim()
+                    .to_string(),
+            ),
+        };
+        return Ok(Target::Tcp { addr, token });
+    }
+    let path = match &args.admin_socket {
+        Some(p) => p.clone(),
+        None => {
+            let inode = crate::dataplane::runtime::netns_inode()
+                .map_err(|e| ClientError::Invalid(e.to_string()))?;
+            crate::dataplane::runtime::admin_socket_path(inode)
+        }
+    };
+    Ok(Target::Socket(path))
 }
 
 /// The service list as a table.

@@ -20,6 +20,7 @@ use lb_common::encap::DEFAULT_GUE_PORT;
 use lb_common::maps::names;
 use tracing::{info, warn};
 
+use crate::config::Cidr;
 use crate::dataplane::object;
 use crate::sys;
 
@@ -44,37 +45,6 @@ pub struct DecapArgs {
     /// fit once encapsulated (e.g. 1440 for IPv4 gue on a 1500-byte path).
     #[arg(long, value_name = "BYTES")]
     pub clamp_mss: Option<u16>,
-}
-
-/// An address prefix (`--from`): `198.18.1.1/32`, `fd00:1::/64`; a bare address is its
-/// own /32 or /128.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Cidr {
-    addr: IpAddr,
-    prefix: u8,
-}
-
-impl std::str::FromStr for Cidr {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Cidr, String> {
-        let (addr, prefix) = match s.split_once('/') {
-            Some((a, p)) => (a, Some(p)),
-            None => (s, None),
-        };
-        let addr: IpAddr = addr
-            .parse()
-            .map_err(|_| "not an address prefix (IP/LENGTH)".to_string())?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = match prefix {
-            None => max,
-            Some(p) => match p.parse::<u8>() {
-                Ok(n) if n <= max => n,
-                _ => return Err(format!("the prefix length must be 0 to {max}")),
-            },
-        };
-        Ok(Cidr { addr, prefix })
-    }
 }
 
 /// `lb decap`'s checked settings.

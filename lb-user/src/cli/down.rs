@@ -80,7 +80,12 @@ pub fn run(state_dir: Option<&Path>) -> Result<Vec<String>, DownError> {
             removed.len()
         ));
     }
-    for path in [record_path, handover::socket_path(inode)] {
+    // The default admin socket too: a daemon killed outright leaves it behind.
+    let sockets = [
+        handover::socket_path(inode),
+        runtime::admin_socket_path(inode),
+    ];
+    for path in std::iter::once(record_path).chain(sockets) {
         if std::fs::remove_file(&path).is_ok() {
             done.push(format!("removed {}", path.display()));
         }

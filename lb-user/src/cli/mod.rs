@@ -62,7 +62,8 @@ pub enum Command {
     },
     /// Explain where a client's connection to a VIP goes and why: the flow hash, the
     /// Maglev slot and the backend it names, the flow table's entry if the connection
-    /// has one, the service's backends. Read from the running data path.
+    /// has one, the service's backends, what its allowlist and the per-source new-flow
+    /// limit say of the client. Read from the running data path.
     Explain {
         /// The service's VIP:PORT.
         #[arg(long, value_name = "IP:PORT")]
@@ -70,9 +71,24 @@ pub enum Command {
         /// The client's address and source port.
         #[arg(long, value_name = "IP:PORT")]
         client: String,
-        /// Print JSON (its `backend` is where the packets go).
+        /// Print JSON (its `backend` is where the packets go; with --watch, one object
+        /// per packet).
         #[arg(long)]
         json: bool,
+        /// Then follow the connection's packets as the data path sees them, a line
+        /// each, until Ctrl-C or --for (the daemon compares that service's packets
+        /// only while someone watches).
+        #[arg(long)]
+        watch: bool,
+        /// With --watch: report one packet in N (sampled at random).
+        #[arg(long, value_name = "N", default_value_t = 1, requires = "watch")]
+        every: u32,
+        /// With --watch: stop after this long (e.g. 30s).
+        #[arg(long = "for", value_name = "DURATION", requires = "watch")]
+        for_: Option<String>,
+        /// With --watch: the daemon's admin socket (default: this network namespace's).
+        #[arg(long, value_name = "PATH", requires = "watch")]
+        admin_socket: Option<PathBuf>,
     },
     /// Print the shell completion script for SHELL (bash, zsh, fish, elvish,
     /// powershell), e.g. `lb completions bash > /etc/bash_completion.d/lb`.
@@ -91,9 +107,17 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct CtlArgs {
-    /// The daemon's admin API address.
-    #[arg(long, value_name = "IP:PORT", default_value = crate::config::DEFAULT_ADMIN)]
-    pub admin: String,
+    /// Talk to the admin API over TCP at this address instead of its Unix socket
+    /// (changes then need --token-file).
+    #[arg(long, value_name = "IP:PORT", conflicts_with = "admin_socket")]
+    pub admin: Option<String>,
+    /// The daemon's admin socket; default: the one of the daemon in this network
+    /// namespace, /run/lb/netns-<inode>-admin.sock.
+    #[arg(long, value_name = "PATH")]
+    pub admin_socket: Option<PathBuf>,
+    /// With --admin: a file holding the daemon's admin token (its --admin-token-file).
+    #[arg(long, value_name = "FILE", requires = "admin")]
+    pub token_file: Option<PathBuf>,
     #[command(subcommand)]
     pub command: CtlCommand,
 }
@@ -160,6 +184,26 @@ pub struct RunArgs {
     /// A backend of the service, with an optional weight (default 1); repeat per backend.
     #[arg(long = "backend", value_name = "IP:PORT[@WEIGHT]")]
     pub backends: Vec<String>,
+    /// Backends found in DNS, looked up with the host's resolver: every A and AAAA
+    /// record of NAME on PORT, or srv:NAME's SRV records (port and weight from each).
+    /// Addresses that appear join health-checked; ones that vanish drain.
+    #[arg(long, value_name = "NAME:PORT|srv:NAME")]
+    pub backend_dns: Option<String>,
+    /// How often --backend-dns is looked up again (1s-1h); default: when the answer's
+    /// TTL runs out, bounded to 1s-60s.
+    #[arg(long, value_name = "DURATION")]
+    pub dns_interval: Option<String>,
+    /// Only sources in this range (IP/LENGTH, or one address) may open connections to
+    /// the --vip service, enforced in XDP; repeat it. Default: everyone.
+    #[arg(long = "allow", value_name = "CIDR")]
+    pub allow: Vec<String>,
+    /// What a source outside --allow gets: drop (default) or reset (a TCP RST).
+    #[arg(long, value_name = "drop|reset")]
+    pub deny: Option<String>,
+    /// A source outside --allow loses its established connections too (after a reload
+    /// that narrows the list).
+    #[arg(long)]
+    pub deny_established: bool,
     /// Name of the service given with --vip (default "default").
     #[arg(long, value_name = "NAME")]
     pub name: Option<String>,
@@ -268,10 +312,22 @@ pub struct RunArgs {
     /// against; default the system's.
     #[arg(long, value_name = "FILE")]
     pub health_tls_ca: Option<String>,
-    /// Admin API (metrics, health, live changes) address; `off` disables it.
-    /// Default 127.0.0.1:9100.
+    /// Admin API TCP address: metrics, health and reads for anyone who reaches it;
+    /// changes only with --admin-token-file's token. `off` disables it. Default
+    /// 127.0.0.1:9100.
     #[arg(long, value_name = "IP:PORT")]
     pub admin: Option<String>,
+    /// The admin API's Unix socket, the whole API (what `lb ctl` uses), mode 0600 owned
+    /// by root; `off` disables it. Default /run/lb/netns-<inode>-admin.sock.
+    #[arg(long, value_name = "PATH")]
+    pub admin_socket: Option<String>,
+    /// Also open the admin socket to this group (mode 0660).
+    #[arg(long, value_name = "GROUP")]
+    pub admin_group: Option<String>,
+    /// A file (not world-readable) holding the bearer token that changes (POST) over
+    /// the TCP admin API need; without it, changes over TCP are refused (403).
+    #[arg(long, value_name = "FILE")]
+    pub admin_token_file: Option<String>,
     /// How long a draining backend's flows may continue before they are cut; default 300s.
     #[arg(long, value_name = "DURATION")]
     pub drain_timeout: Option<String>,
@@ -328,6 +384,11 @@ impl RunArgs {
             gue_port: self.gue_port,
             slow_start: self.slow_start.clone(),
             backends: self.backends.clone(),
+            backend_dns: self.backend_dns.clone(),
+            allow: self.allow.clone(),
+            deny: self.deny.clone(),
+            deny_established: self.deny_established,
+            dns_interval: self.dns_interval.clone(),
             snat_ips: self.snat_ips.clone(),
             snat_ports: self.snat_ports.clone(),
             max_flows: self.max_flows,
@@ -338,6 +399,9 @@ impl RunArgs {
             half_open_timeout: self.half_open_timeout.clone(),
             state_dir: self.state_dir.clone(),
             admin: self.admin.clone(),
+            admin_socket: self.admin_socket.clone(),
+            admin_group: self.admin_group.clone(),
+            admin_token_file: self.admin_token_file.clone(),
             drain_timeout: self.drain_timeout.clone(),
             shutdown_timeout: self.shutdown_timeout.clone(),
             health: HealthFlags {

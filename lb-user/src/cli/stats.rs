@@ -15,8 +15,14 @@ pub fn collect() -> Result<Report, StatsError> {
     let rec = RuntimeRecord::read_current()?;
     // The daemon's own report adds what only it knows (health checks, proxied
     // connections); the maps alone still work with the admin API off.
-    if let Some(admin) = rec.admin {
-        if let Ok(r) = client::get_report(admin) {
+    let socket = client::Target::Socket(crate::dataplane::runtime::admin_socket_path(
+        rec.netns_inode,
+    ));
+    let tcp = rec
+        .admin
+        .map(|addr| client::Target::Tcp { addr, token: None });
+    for target in std::iter::once(socket).chain(tcp) {
+        if let Ok(r) = client::get_report(&target) {
             return Ok(r);
         }
     }
@@ -83,6 +89,9 @@ pub fn render(r: &Report) -> String {
         let _ = writeln!(out, "\nservice {} {} [{}]", s.name, s.vip, s.mode);
         if let Some(p) = &s.proxy {
             let _ = writeln!(out, "  {}", proxy_line(p));
+        }
+        if let Some(d) = &s.dns {
+            let _ = writeln!(out, "  {}", dns_line(d));
         }
         let _ = writeln!(
             out,
@@ -268,6 +277,9 @@ fn render_live_at(
         if let Some(p) = &s.proxy {
             let _ = writeln!(out, "  {}", proxy_line(p));
         }
+        if let Some(d) = &s.dns {
+            let _ = writeln!(out, "  {}", dns_line(d));
+        }
         let _ = writeln!(out, "{}", header.trim_end());
         let row = |out: &mut String,
                    name: &str,
@@ -391,7 +403,21 @@ pub fn live(interval: Duration, out: &mut impl Write) -> Result<(), StatsError> 
 
 const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
 
-/// One line on the connections a proxy service's daemon side handled.
+/// One line on a service's lookups of backends in DNS.
+fn dns_line(d: &crate::api::report::DnsReport) -> String {
+    let mut line = format!(
+        "dns {}: {} backends, {} lookups, {} failed",
+        d.query,
+        d.backends.len(),
+        d.lookups,
+        d.failures
+    );
+    if let Some(e) = &d.last_error {
+        line += &format!(" (last: {e})");
+    }
+    line
+}
+
 /// A line per backend with SNAT ports: how they are held (see `SnatPorts`).
 fn snat_lines(out: &mut String, s: &ServiceReport) {
     for b in &s.backends {
@@ -405,6 +431,7 @@ fn snat_lines(out: &mut String, s: &ServiceReport) {
     }
 }
 
+/// One line on the connections a proxy service's daemon side handled.
 fn proxy_line(p: &crate::proxy::server::ServiceCounters) -> String {
     let (bytes_in, bytes_out) = p
         .backends

@@ -44,6 +44,7 @@ fn globals(src: &Layered<'_>) -> Result<Config, ConfigError> {
     };
     let state_dir = state_dir(src)?;
     let admin = admin(src)?;
+    let (admin_socket, admin_group, admin_token) = super::admin::admin_access(src)?;
     let drain_timeout = match setting!(src, drain_timeout) {
         None => DEFAULT_DRAIN_TIMEOUT,
         Some((loc, d)) => parse_duration(d).map_err(|r| ConfigError::new(loc, d, r))?,
@@ -69,6 +70,9 @@ fn globals(src: &Layered<'_>) -> Result<Config, ConfigError> {
         snat_ports,
         state_dir,
         admin,
+        admin_socket,
+        admin_group,
+        admin_token,
         drain_timeout,
         shutdown_timeout,
         connect_timeout,
@@ -246,14 +250,14 @@ fn snat_ips(src: &Layered<'_>) -> Result<Vec<IpAddr>, ConfigError> {
 
 fn state_dir(src: &Layered<'_>) -> Result<Option<PathBuf>, ConfigError> {
     let state_dir = src.flags.state_dir.clone().or(src.file.state_dir.clone());
-    if let Some(dir) = &state_dir {
-        if !dir.is_absolute() {
-            return Err(ConfigError::new(
-                src.loc(src.flags.state_dir.is_some(), "state_dir"),
-                dir.display().to_string(),
-                "must be an absolute path, e.g. /sys/fs/bpf/lb",
-            ));
-        }
+    if let Some(dir) = &state_dir
+        && !dir.is_absolute()
+    {
+        return Err(ConfigError::new(
+            src.loc(src.flags.state_dir.is_some(), "state_dir"),
+            dir.display().to_string(),
+            "must be an absolute path, e.g. /sys/fs/bpf/lb",
+        ));
     }
     Ok(state_dir)
 }

@@ -24,6 +24,9 @@ pub struct FileConfig {
     #[serde(alias = "pin_dir")]
     pub state_dir: Option<PathBuf>,
     pub admin: Option<String>,
+    pub admin_socket: Option<String>,
+    pub admin_group: Option<String>,
+    pub admin_token_file: Option<String>,
     pub drain_timeout: Option<String>,
     pub shutdown_timeout: Option<String>,
     pub connect_timeout: Option<String>,
@@ -49,6 +52,13 @@ pub struct FileService {
     pub slow_start: Option<String>,
     #[serde(default)]
     pub backends: Vec<FileBackend>,
+    pub backends_dns: Option<String>,
+    #[serde(default)]
+    pub allow: Vec<String>,
+    pub deny: Option<String>,
+    #[serde(default)]
+    pub deny_established: bool,
+    pub dns_interval: Option<String>,
     pub health: Option<FileHealth>,
     pub proxy_protocol: Option<String>,
     #[serde(default)]

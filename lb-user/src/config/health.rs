@@ -60,14 +60,14 @@ fn check_kind(h: &HealthFlags, loc: &dyn Fn(&str) -> String) -> Result<HealthChe
                     ),
                 ));
             }
-            if let Some(host) = &h.host {
-                if host.is_empty() || !is_header_text(host) {
-                    return Err(ConfigError::new(
-                        loc("host"),
-                        host,
-                        "not a valid Host header value",
-                    ));
-                }
+            if let Some(host) = &h.host
+                && (host.is_empty() || !is_header_text(host))
+            {
+                return Err(ConfigError::new(
+                    loc("host"),
+                    host,
+                    "not a valid Host header value",
+                ));
             }
             HealthCheck::Http {
                 path: path.to_string(),

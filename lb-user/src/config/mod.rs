@@ -7,6 +7,7 @@
 //! - `build` (the global settings, then each service in `service` with its health check
 //!   in `health`) turns them into the types below.
 
+mod admin;
 mod build;
 mod file;
 mod flags;
@@ -16,11 +17,12 @@ mod service;
 mod tests;
 mod values;
 
+pub use admin::{AdminSocket, AdminToken};
 pub use file::{FileBackend, FileConfig, FileHealth, FileService, parse_file};
 pub use flags::{FlagSettings, HealthFlags};
 pub use values::{
-    check_backend, parse_backend, parse_duration, parse_port_range, parse_socket_addr,
-    parse_status_range,
+    Cidr, check_backend, parse_backend, parse_dns_query, parse_duration, parse_port_range,
+    parse_socket_addr, parse_status_range,
 };
 
 use crate::health::HealthConfig;
@@ -204,6 +206,63 @@ pub struct ServiceConfig {
     /// A backend that comes (back) into the table takes a share growing from nothing to
     /// its weight over this time (HAProxy's `slowstart`); zero: its full share at once.
     pub slow_start: Duration,
+    /// Backends found in DNS, beside `backends`.
+    pub dns: Option<DnsBackends>,
+    /// Who may open flows to it.
+    pub access: AccessConfig,
+}
+
+/// A service's source allowlist (`--allow`, `allow = [...]`), enforced in XDP before any
+/// state is created.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AccessConfig {
+    /// The ranges whose sources may open flows; empty: everyone may. Of the VIP's
+    /// family, sorted, none twice.
+    pub allow: Vec<Cidr>,
+    /// Refused segments are answered with a TCP RST (`deny = "reset"`), not dropped.
+    pub reset: bool,
+    /// A source outside the list loses its flows too (`deny_established`), not only
+    /// the chance to open new ones.
+    pub cut_established: bool,
+}
+
+/// The most ranges one service's allowlist holds.
+pub const MAX_ALLOW_PER_SERVICE: usize = 1024;
+
+/// A service's backends found in DNS (`--backend-dns`, `backends_dns`): looked up again
+/// and again; addresses that appear join as added backends, ones that vanish drain.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DnsBackends {
+    pub query: DnsQuery,
+    /// How often to look again; `None`: when the answer's TTL runs out, bounded to
+    /// [`DNS_INTERVAL_BOUNDS`].
+    pub interval: Option<Duration>,
+}
+
+/// The shortest and longest time between two lookups when the TTL sets it.
+pub const DNS_INTERVAL_BOUNDS: (Duration, Duration) =
+    (Duration::from_secs(1), Duration::from_secs(60));
+
+/// The longest `dns_interval`.
+pub const MAX_DNS_INTERVAL: Duration = Duration::from_secs(3600);
+
+/// What to look up.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DnsQuery {
+    /// `NAME:PORT`: every A and AAAA record of `name` is a backend on `port`, weight 1.
+    Host { name: String, port: u16 },
+    /// `srv:NAME`: the SRV records of `name` of the lowest priority; each target's
+    /// addresses are backends on the record's port with the record's weight.
+    Srv { name: String },
+}
+
+impl std::fmt::Display for DnsQuery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DnsQuery::Host { name, port } => write!(f, "{name}:{port}"),
+            DnsQuery::Srv { name } => write!(f, "srv:{name}"),
+        }
+    }
 }
 
 /// The longest `slow_start`.
@@ -236,6 +295,13 @@ pub struct Config {
     pub state_dir: Option<PathBuf>,
     /// Where the admin API listens; `None` when disabled (`--admin off`).
     pub admin: Option<SocketAddr>,
+    /// Where the admin socket is (the whole API, to root and `admin_group`).
+    pub admin_socket: AdminSocket,
+    /// The group (name, id) the admin socket is also open to (mode 0660).
+    pub admin_group: Option<(String, u32)>,
+    /// The bearer token that changes over the TCP listener need; `None`: no changes
+    /// over TCP.
+    pub admin_token: Option<AdminToken>,
     /// How long a draining backend's flows may continue before they are cut.
     pub drain_timeout: Duration,
     /// On SIGINT/SIGTERM, how long proxied connections may go on before the daemon exits.
@@ -312,6 +378,18 @@ impl Config {
     }
 
     /// Builds the configuration from flags, reading `--config` if given.
+    /// The configuration of file `text` (named `name` in errors) under `flags`, as
+    /// [`Config::from_flags`] builds it from a file it reads.
+    pub fn from_text(
+        text: &str,
+        name: &std::path::Path,
+        flags: &FlagSettings,
+    ) -> Result<Config, ConfigError> {
+        let file = file::parse_file(text)
+            .map_err(|r| ConfigError::new("--config", name.display().to_string(), r))?;
+        build::build(flags, Some((name.to_path_buf(), file)))
+    }
+
     pub fn from_flags(flags: &FlagSettings) -> Result<Config, ConfigError> {
         let file = match &flags.config {
             Some(path) => Some((path.clone(), file::read_file(path)?)),

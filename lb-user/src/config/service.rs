@@ -4,7 +4,9 @@
 use super::file::FileBackend;
 use super::flags::{HealthFlags, Layered, health_flag, service_flag};
 use super::health::health;
-use super::values::{backend_of, check_backend, parse_backend, parse_duration, parse_socket_addr};
+use super::values::{
+    backend_of, check_backend, parse_backend, parse_dns_query, parse_duration, parse_socket_addr,
+};
 use super::*;
 use std::time::Duration;
 
@@ -17,6 +19,11 @@ struct ServiceFields<'a> {
     gue_port: Option<u16>,
     slow_start: Option<&'a str>,
     backends: &'a [FileBackend],
+    backends_dns: Option<&'a str>,
+    dns_interval: Option<&'a str>,
+    allow: &'a [String],
+    deny: Option<&'a str>,
+    deny_established: bool,
     proxy: ProxyFields<'a>,
 }
 
@@ -32,6 +39,7 @@ pub(super) fn services(src: &Layered<'_>) -> Result<Vec<ServiceConfig>, ConfigEr
     let flags = src.flags;
     let flag_service = flags.vip.is_some()
         || !flags.backends.is_empty()
+        || flags.backend_dns.is_some()
         || flags.name.is_some()
         || flags.mode.is_some()
         || flags.encap.is_some()
@@ -85,6 +93,11 @@ fn flag_service_config(src: &Layered<'_>) -> Result<ServiceConfig, ConfigError> 
         gue_port: flags.gue_port,
         slow_start: flags.slow_start.as_deref(),
         backends: &backends,
+        backends_dns: flags.backend_dns.as_deref(),
+        dns_interval: flags.dns_interval.as_deref(),
+        allow: &flags.allow,
+        deny: flags.deny.as_deref(),
+        deny_established: flags.deny_established,
         proxy: ProxyFields {
             version: flags.proxy_protocol.as_deref(),
             tlvs: &flags.proxy_tlvs,
@@ -111,6 +124,24 @@ fn file_services(src: &Layered<'_>) -> Result<Vec<ServiceConfig>, ConfigError> {
             "applies to the service given with --vip; set slow_start per service in the config file",
         ));
     }
+    let f = src.flags;
+    let access_flag = (f.allow.first().map(|a| ("--allow", a.as_str())))
+        .or(f.deny.as_deref().map(|d| ("--deny", d)))
+        .or(f.deny_established.then_some(("--deny-established", "")));
+    if let Some((flag, value)) = access_flag {
+        return Err(ConfigError::new(
+            flag,
+            value,
+            "applies to the service given with --vip; set allow, deny and deny_established per service in the config file",
+        ));
+    }
+    if let Some(s) = &src.flags.dns_interval {
+        return Err(ConfigError::new(
+            "--dns-interval",
+            s,
+            "applies to the service given with --vip and --backend-dns; set dns_interval per service in the config file",
+        ));
+    }
     let mut services = Vec::new();
     for (i, s) in src.file.service.iter().enumerate() {
         let loc = |field: &str| src.at(&format!("service[{i}] ({}) {field}", s.name));
@@ -131,6 +162,11 @@ fn file_services(src: &Layered<'_>) -> Result<Vec<ServiceConfig>, ConfigError> {
             gue_port: s.gue_port,
             slow_start: s.slow_start.as_deref(),
             backends: &s.backends,
+            backends_dns: s.backends_dns.as_deref(),
+            dns_interval: s.dns_interval.as_deref(),
+            allow: &s.allow,
+            deny: s.deny.as_deref(),
+            deny_established: s.deny_established,
             proxy: ProxyFields {
                 version: s.proxy_protocol.as_deref(),
                 tlvs: &s.proxy_tlvs,
@@ -177,7 +213,9 @@ fn service(
     };
     let proxy = proxy_config(mode, &s.proxy, loc)?;
     let encap = encap(mode, s, loc)?;
-    let backends = backends(name, vip, mode, s.backends, loc)?;
+    let dns = dns_backends(s, loc)?;
+    let access = access(s, vip, loc)?;
+    let backends = backends(name, vip, mode, s.backends, dns.is_some(), loc)?;
     let slow_start = match s.slow_start {
         None => Duration::ZERO,
         Some(d) => parse_duration(d).map_err(|r| ConfigError::new(loc("slow_start"), d, r))?,
@@ -198,23 +236,134 @@ fn service(
         health,
         proxy,
         slow_start,
+        dns,
+        access,
     })
 }
 
-/// A service's backends: at least one, each usable for the VIP, none twice, not all of
-/// weight 0.
+/// The source allowlist: ranges of the VIP's family (a bare address is one host), none
+/// twice; what a refused source gets; whether it loses its flows too.
+fn access(
+    s: &ServiceFields<'_>,
+    vip: SocketAddr,
+    loc: &dyn Fn(&str) -> String,
+) -> Result<AccessConfig, ConfigError> {
+    let mut allow: Vec<Cidr> = Vec::new();
+    for (i, text) in s.allow.iter().enumerate() {
+        let at = || loc(&format!("allow[{i}]"));
+        let c: Cidr = text.parse().map_err(|r| ConfigError::new(at(), text, r))?;
+        if c.addr.is_ipv4() != vip.is_ipv4() {
+            return Err(ConfigError::new(
+                at(),
+                text,
+                format!(
+                    "the VIP {vip} is of the other family: its clients cannot come from this range"
+                ),
+            ));
+        }
+        if allow.contains(&c) {
+            return Err(ConfigError::new(
+                at(),
+                text,
+                "range given twice in this service",
+            ));
+        }
+        allow.push(c);
+    }
+    if allow.len() > MAX_ALLOW_PER_SERVICE {
+        return Err(ConfigError::new(
+            loc("allow"),
+            format!("{} ranges", allow.len()),
+            format!("at most {MAX_ALLOW_PER_SERVICE} per service"),
+        ));
+    }
+    allow.sort();
+    let reset = match s.deny {
+        None | Some("drop") => false,
+        Some("reset") => true,
+        Some(other) => {
+            return Err(ConfigError::new(
+                loc("deny"),
+                other,
+                "expected drop (the default) or reset",
+            ));
+        }
+    };
+    if allow.is_empty() && (s.deny.is_some() || s.deny_established) {
+        let field = if s.deny.is_some() {
+            "deny"
+        } else {
+            "deny_established"
+        };
+        return Err(ConfigError::new(
+            loc(field),
+            s.deny.unwrap_or("true"),
+            "applies to sources outside an allowlist: give allow ranges (--allow) too",
+        ));
+    }
+    Ok(AccessConfig {
+        allow,
+        reset,
+        cut_established: s.deny_established,
+    })
+}
+
+/// Backends from DNS: the name to look up and how often.
+fn dns_backends(
+    s: &ServiceFields<'_>,
+    loc: &dyn Fn(&str) -> String,
+) -> Result<Option<DnsBackends>, ConfigError> {
+    let Some(q) = s.backends_dns else {
+        if let Some(i) = s.dns_interval {
+            return Err(ConfigError::new(
+                loc("dns_interval"),
+                i,
+                "a DNS interval needs backends from DNS (backends_dns, --backend-dns)",
+            ));
+        }
+        return Ok(None);
+    };
+    let query = parse_dns_query(q).map_err(|r| ConfigError::new(loc("backends_dns"), q, r))?;
+    let interval = match s.dns_interval {
+        None => None,
+        Some(i) => {
+            let d = parse_duration(i).map_err(|r| ConfigError::new(loc("dns_interval"), i, r))?;
+            if d < DNS_INTERVAL_BOUNDS.0 || d > MAX_DNS_INTERVAL {
+                return Err(ConfigError::new(
+                    loc("dns_interval"),
+                    i,
+                    format!(
+                        "between {:?} and {MAX_DNS_INTERVAL:?}",
+                        DNS_INTERVAL_BOUNDS.0
+                    ),
+                ));
+            }
+            Some(d)
+        }
+    };
+    Ok(Some(DnsBackends { query, interval }))
+}
+
+/// A service's backends: at least one unless DNS gives them, each usable for the VIP,
+/// none twice, not all of weight 0.
 fn backends(
     name: &str,
     vip: SocketAddr,
     mode: Mode,
     written: &[FileBackend],
+    from_dns: bool,
     loc: &dyn Fn(&str) -> String,
 ) -> Result<Vec<BackendConfig>, ConfigError> {
     if written.is_empty() {
+        if from_dns {
+            return Ok(Vec::new());
+        }
         return Err(ConfigError::new(
             loc("backend"),
             "",
-            format!("service {name} has no backend: give at least one IP:PORT[@WEIGHT]"),
+            format!(
+                "service {name} has no backend: give at least one IP:PORT[@WEIGHT], or a DNS name (--backend-dns, backends_dns)"
+            ),
         ));
     }
     let mut out: Vec<BackendConfig> = Vec::new();

@@ -53,6 +53,13 @@ fn flags(args: &[(&str, &str)]) -> FlagSettings {
             "syn-cookie-rate" => f.syn_cookie_rate = Some(v.parse().unwrap()),
             "announce-table" => f.announce_table = Some(v.parse().unwrap()),
             "slow-start" => f.slow_start = Some(v),
+            "backend-dns" => f.backend_dns = Some(v),
+            "allow" => f.allow.push(v),
+            "deny" => f.deny = Some(v),
+            "admin-socket" => f.admin_socket = Some(v),
+            "admin-group" => f.admin_group = Some(v),
+            "admin-token-file" => f.admin_token_file = Some(v),
+            "dns-interval" => f.dns_interval = Some(v),
             other => panic!("unknown test flag {other}"),
         }
     }
@@ -318,8 +325,7 @@ backends = ["[fd00:1::11]:80"]
 "#;
 
 fn from_text(text: &str, f: &FlagSettings) -> Result<Config, ConfigError> {
-    let file = parse_file(text).map_err(|r| ConfigError::new("--config", "lb.toml", r))?;
-    build(f, Some((PathBuf::from("lb.toml"), file)))
+    Config::from_text(text, std::path::Path::new("lb.toml"), f)
 }
 
 #[test]
@@ -850,4 +856,189 @@ fn slow_start_is_off_by_default_and_a_duration_of_at_most_an_hour() {
     let file = FILE.to_string() + "slow_start = \"bad\"\n";
     let e = from_text(&file, &FlagSettings::default()).unwrap_err();
     assert!(e.to_string().contains("slow_start"), "{e}");
+}
+
+#[test]
+fn backends_from_dns_need_a_name_and_port_or_an_srv_name() {
+    let only_dns = |extra: &[(&str, &str)]| {
+        let mut all = vec![("iface", "lb0"), ("vip", "198.18.100.1:80")];
+        all.extend_from_slice(extra);
+        build(&flags(&all), None)
+    };
+    let c = only_dns(&[("backend-dns", "web.lb.test:8080")]).unwrap();
+    let s = &c.services[0];
+    assert!(s.backends.is_empty(), "DNS alone gives the backends");
+    assert_eq!(
+        s.dns,
+        Some(DnsBackends {
+            query: DnsQuery::Host {
+                name: "web.lb.test".into(),
+                port: 8080
+            },
+            interval: None
+        })
+    );
+    let c = with(&[
+        ("backend-dns", "srv:_http._tcp.lb.test."),
+        ("dns-interval", "10s"),
+    ])
+    .unwrap();
+    assert_eq!(
+        c.services[0].backends.len(),
+        2,
+        "beside configured backends"
+    );
+    assert_eq!(
+        c.services[0].dns,
+        Some(DnsBackends {
+            query: DnsQuery::Srv {
+                name: "_http._tcp.lb.test.".into()
+            },
+            interval: Some(Duration::from_secs(10))
+        })
+    );
+    for (bad, why) in [
+        ("web.lb.test", "NAME:PORT"),
+        ("web.lb.test:0", "port"),
+        ("198.18.1.11:80", "an address"),
+        ("web..test:80", "not a DNS name"),
+        ("srv:", "not a DNS name"),
+    ] {
+        let e = only_dns(&[("backend-dns", bad)]).unwrap_err();
+        assert_eq!(
+            (e.location.as_str(), e.value.as_str()),
+            ("--backend-dns", bad)
+        );
+        assert!(e.reason.contains(why), "{bad}: {e}");
+    }
+    let e = err(&[("dns-interval", "5s")]);
+    assert_eq!(e.location, "--dns-interval", "{e}");
+    assert!(e.reason.contains("needs backends from DNS"), "{e}");
+    let e = with(&[("backend-dns", "web.lb.test:80"), ("dns-interval", "0s")]).unwrap_err();
+    assert!(e.reason.contains("between 1s and 3600s"), "{e}");
+    let e = only_dns(&[]).unwrap_err();
+    assert!(e.reason.contains("--backend-dns"), "{e}");
+
+    let file = FILE.to_string() + "backends_dns = \"web.lb.test:80\"\ndns_interval = \"30s\"\n";
+    let c = from_text(&file, &FlagSettings::default()).unwrap();
+    let last = c.services.last().unwrap();
+    assert_eq!(
+        last.dns.as_ref().unwrap().interval,
+        Some(Duration::from_secs(30))
+    );
+    let file = FILE.to_string() + "backends_dns = \"web\"\n";
+    let e = from_text(&file, &FlagSettings::default()).unwrap_err();
+    assert!(e.to_string().contains("backends_dns"), "{e}");
+    let e = from_text(FILE, &flags(&[("dns-interval", "5s")])).unwrap_err();
+    assert_eq!(e.location, "--dns-interval", "{e}");
+}
+
+#[test]
+fn the_admin_socket_and_token_file_are_checked_at_start() {
+    use std::os::unix::fs::PermissionsExt;
+    let c = with(&[]).unwrap();
+    assert_eq!(
+        (&c.admin_socket, &c.admin_group, &c.admin_token),
+        (&AdminSocket::Default, &None, &None)
+    );
+    let c = with(&[("admin-socket", "/run/lb/a.sock"), ("admin-group", "root")]).unwrap();
+    assert_eq!(c.admin_socket, AdminSocket::At("/run/lb/a.sock".into()));
+    assert_eq!(c.admin_group, Some(("root".to_string(), 0)));
+    assert_eq!(
+        with(&[("admin-socket", "off")]).unwrap().admin_socket,
+        AdminSocket::Off
+    );
+    let e = err(&[("admin-socket", "lb.sock")]);
+    assert_eq!(e.location, "--admin-socket", "{e}");
+    let e = err(&[("admin-group", "no-such-group-lb")]);
+    assert!(e.reason.contains("no such group"), "{e}");
+    let e = err(&[("admin-socket", "off"), ("admin-group", "root")]);
+    assert!(e.reason.contains("socket is off"), "{e}");
+
+    let dir = std::env::temp_dir().join(format!("lb-cfg-token-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("token");
+    let path = file.display().to_string();
+    let write = |text: &str, mode: u32| {
+        std::fs::write(&file, text).unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).unwrap();
+    };
+    write("0123456789abcdef-token\n", 0o640);
+    let c = with(&[("admin-token-file", &path)]).unwrap();
+    let t = c.admin_token.unwrap();
+    assert!(t.matches(b"0123456789abcdef-token"));
+    assert!(!t.matches(b"0123456789abcdef-toke"));
+    assert_eq!(format!("{t:?}"), "AdminToken(..)", "Debug hides it");
+    write("0123456789abcdef-token\n", 0o644);
+    let e = err(&[("admin-token-file", &path)]);
+    assert_eq!(
+        (e.location.as_str(), e.value.as_str()),
+        ("--admin-token-file", path.as_str())
+    );
+    assert!(e.reason.contains("anyone on the host can read it"), "{e}");
+    write("short\n", 0o600);
+    assert!(
+        err(&[("admin-token-file", &path)])
+            .reason
+            .contains("at least 16")
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+    let e = err(&[("admin-token-file", &path)]);
+    assert!(e.reason.contains("cannot read it"), "{e}");
+}
+
+#[test]
+fn allowlists_are_ranges_of_the_vips_family() {
+    let c = with(&[
+        ("allow", "198.18.5.7/16"),
+        ("allow", "198.18.0.9"),
+        ("deny", "reset"),
+    ])
+    .unwrap();
+    let a = &c.services[0].access;
+    let list: Vec<String> = a.allow.iter().map(|r| r.to_string()).collect();
+    assert_eq!(
+        list,
+        ["198.18.0.0/16", "198.18.0.9/32"],
+        "host bits cleared, sorted"
+    );
+    assert!(a.reset && !a.cut_established);
+    assert!(a.allow[0].contains("198.18.200.1".parse().unwrap()));
+    assert!(!a.allow[0].contains("198.19.0.1".parse().unwrap()));
+    assert_eq!(
+        with(&[]).unwrap().services[0].access,
+        AccessConfig::default()
+    );
+
+    for (bad, why) in [
+        ("fd00::/8", "other family"),
+        ("198.18.0.0/33", "prefix length"),
+        ("somewhere", "not an address range"),
+    ] {
+        let e = err(&[("allow", bad)]);
+        assert_eq!(
+            (e.location.as_str(), e.value.as_str()),
+            ("--allow[0]", bad),
+            "{e}"
+        );
+        assert!(e.reason.contains(why), "{bad}: {e}");
+    }
+    let e = err(&[("allow", "198.18.0.0/24"), ("allow", "198.18.0.7/24")]);
+    assert!(e.reason.contains("twice"), "{e}");
+    let e = err(&[("deny", "reject")]);
+    assert_eq!(e.location, "--deny", "{e}");
+    let e = err(&[("deny", "reset")]);
+    assert!(e.reason.contains("give allow ranges"), "{e}");
+
+    let file =
+        FILE.to_string() + "allow = [\"fd00:2::/64\"]\ndeny = \"reset\"\ndeny_established = true\n";
+    let c = from_text(&file, &FlagSettings::default()).unwrap();
+    let a = &c.services.last().unwrap().access;
+    assert_eq!(a.allow, ["fd00:2::/64".parse::<Cidr>().unwrap()]);
+    assert!(a.reset && a.cut_established);
+    let file = FILE.to_string() + "allow = [\"198.18.0.0/15\"]\n";
+    let e = from_text(&file, &FlagSettings::default()).unwrap_err();
+    assert!(e.to_string().contains("allow[0]"), "{e}");
+    let e = from_text(FILE, &flags(&[("allow", "198.18.0.0/15")])).unwrap_err();
+    assert_eq!(e.location, "--allow", "{e}");
 }

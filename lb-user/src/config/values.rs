@@ -1,9 +1,9 @@
 //! Parsers of single values as written in flags or the file (durations, port ranges,
-//! `IP:PORT@WEIGHT` backends, HTTP status ranges). Each returns the reason a text is
+//! `IP:PORT@WEIGHT` backends, DNS names of backends, HTTP status ranges). Each returns the reason a text is
 //! wrong; the caller adds where it was written.
 
-use super::{BackendConfig, MAX_WEIGHT, Mode};
-use std::net::SocketAddr;
+use super::{BackendConfig, DnsQuery, MAX_WEIGHT, Mode};
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -75,10 +75,10 @@ pub fn parse_socket_addr(s: &str) -> Result<SocketAddr, String> {
     if a.port() == 0 {
         return Err("port 0 is not a service port".into());
     }
-    if let SocketAddr::V6(v6) = a {
-        if v6.scope_id() != 0 {
-            return Err("scoped (link-local %iface) addresses are not supported".into());
-        }
+    if let SocketAddr::V6(v6) = a
+        && v6.scope_id() != 0
+    {
+        return Err("scoped (link-local %iface) addresses are not supported".into());
     }
     Ok(a)
 }
@@ -98,6 +98,51 @@ pub fn parse_backend(s: &str) -> Result<BackendConfig, String> {
         addr: parse_socket_addr(addr)?,
         weight,
     })
+}
+
+/// `NAME:PORT` (A and AAAA records) or `srv:NAME` (SRV records): a DNS name of 1-253
+/// characters, labels of letters, digits, '-' and '_', an optional final dot.
+pub fn parse_dns_query(s: &str) -> Result<DnsQuery, String> {
+    if let Some(name) = s.strip_prefix("srv:") {
+        check_dns_name(name)?;
+        return Ok(DnsQuery::Srv { name: name.into() });
+    }
+    let (name, port) = s
+        .rsplit_once(':')
+        .ok_or("expected NAME:PORT (A and AAAA records) or srv:NAME (SRV records)")?;
+    let port: u16 = port
+        .parse()
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| format!("port {port:?} is not a number 1-65535"))?;
+    check_dns_name(name)?;
+    Ok(DnsQuery::Host {
+        name: name.into(),
+        port,
+    })
+}
+
+fn check_dns_name(name: &str) -> Result<(), String> {
+    if name.parse::<IpAddr>().is_ok() {
+        return Err(format!(
+            "{name} is an address, not a name: give it with --backend (backends in the file)"
+        ));
+    }
+    let labels = name.strip_suffix('.').unwrap_or(name);
+    let ok = !labels.is_empty()
+        && name.len() <= 253
+        && labels.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        });
+    if !ok {
+        return Err(format!(
+            "{name:?} is not a DNS name (labels of letters, digits, '-' and '_', separated by dots)"
+        ));
+    }
+    Ok(())
 }
 
 /// The file's long form of a backend, `{ addr = "IP:PORT", weight = N }`; weight default 1.
@@ -137,4 +182,73 @@ pub fn check_backend(vip: SocketAddr, mode: Mode, be: &BackendConfig) -> Result<
         return Err("a backend must be a unicast address reachable from the LB host".into());
     }
     Ok(())
+}
+
+/// An address range: `198.18.0.0/15`, `fd00:1::/64`; a bare address is its own /32 or
+/// /128. The address is the range's first (host bits cleared), so equal ranges compare
+/// equal however they were written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Cidr {
+    pub addr: IpAddr,
+    pub prefix: u8,
+}
+
+impl Cidr {
+    /// Whether `ip` is in the range.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, ip) {
+            (IpAddr::V4(a), IpAddr::V4(b)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(a) == u32::from(b) & mask
+            }
+            (IpAddr::V6(a), IpAddr::V6(b)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(a) == u128::from(b) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl std::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+impl std::str::FromStr for Cidr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Cidr, String> {
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = addr
+            .parse()
+            .map_err(|_| "not an address range (IP/LENGTH)".to_string())?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => match p.parse::<u8>() {
+                Ok(n) if n <= max => n,
+                _ => return Err(format!("the prefix length must be 0 to {max}")),
+            },
+        };
+        let addr = match addr {
+            IpAddr::V4(a) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
+                IpAddr::V4((u32::from(a) & mask).into())
+            }
+            IpAddr::V6(a) => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0);
+                IpAddr::V6((u128::from(a) & mask).into())
+            }
+        };
+        Ok(Cidr { addr, prefix })
+    }
 }

@@ -7,6 +7,7 @@
 //! against the data path, the proxy, the health checkers and the routing table.
 
 mod adoption;
+mod dns;
 pub mod error;
 pub mod model;
 pub mod plan;
@@ -18,6 +19,7 @@ mod tests;
 pub use error::ControlError;
 
 use crate::announce::Announcer;
+use crate::api::report::DnsReport;
 use crate::config::{Config, FlagSettings};
 use crate::dataplane::runtime::RuntimeRecord;
 use crate::dataplane::{BackendSlot, Dataplane, ServiceSlot, source_address_for};
@@ -51,6 +53,8 @@ pub struct ServiceHealth {
     /// The check's name; `None` when the service is not checked.
     pub check: Option<String>,
     pub backends: Vec<BackendHealth>,
+    /// Its lookups in DNS, when backends come from there.
+    pub dns: Option<DnsReport>,
 }
 
 /// A backend's check totals, carried from a daemon to its successor in an upgrade, so
@@ -92,6 +96,8 @@ pub struct Control {
     record_path: Option<PathBuf>,
     /// Keeps the announce table's VIP routes, once the data path is attached.
     announcer: Option<Announcer>,
+    /// The lookups of backends in DNS, by service name.
+    dns: HashMap<String, DnsReport>,
 }
 
 impl Control {
@@ -127,9 +133,18 @@ impl Control {
                 .map_err(|e| ControlError::Invalid(e.to_string()))?,
             record_path: None,
             announcer: None,
+            dns: HashMap::new(),
         };
         let plan = c.model.take_plan();
         c.apply(plan)?;
+        // What an earlier daemon allowed that no service allows now.
+        let gone = c.dp.retain_allow(&c.model.allow_entries())?;
+        if gone > 0 {
+            info!(
+                ranges = gone,
+                "removed allowlist ranges an earlier daemon left"
+            );
+        }
         Ok(c)
     }
 
@@ -208,11 +223,11 @@ impl Control {
     /// Reads the announce table again and repairs it (a route removed by hand comes
     /// back); the daemon calls this periodically.
     pub fn refresh_announcements(&mut self) {
-        if let Some(a) = &mut self.announcer {
-            if let Err(e) = a.refresh() {
-                warn!(cause = %e, "reading the announce table");
-                return;
-            }
+        if let Some(a) = &mut self.announcer
+            && let Err(e) = a.refresh()
+        {
+            warn!(cause = %e, "reading the announce table");
+            return;
         }
         if self.announce() {
             self.write_record();
@@ -259,6 +274,10 @@ impl Control {
                 self.dp
                     .install_table(*service, *vip, 1 - half.min(&1), *forwarding, members)?;
             }
+            Step::AllowAdd { service, ranges } => self.dp.allow(*service, ranges, true)?,
+            Step::AllowRemove { service, ranges } => self.dp.allow(*service, ranges, false)?,
+            Step::SetAccess { vip, access } => self.dp.set_access(*vip, *access)?,
+            Step::SetWatch { spec } => self.dp.set_watch(*spec)?,
             Step::ClearBackend { id } => self.dp.clear_backend(*id)?,
             Step::ResetServiceCounters { id } => self.dp.reset_counters(true, *id)?,
             Step::ResetBackendCounters { id } => self.dp.reset_counters(false, *id)?,
@@ -350,6 +369,12 @@ impl Control {
     ) -> Result<T, ControlError> {
         let r = decision(&mut self.model, Instant::now());
         self.commit(r, true)
+    }
+
+    /// Ends a watch nobody renewed (the daemon calls this every second).
+    pub fn expire_watch(&mut self) -> Result<(), ControlError> {
+        let ended = self.model.expire_watch(Instant::now());
+        self.commit(Ok(()), ended)
     }
 
     /// Grows the shares of slow-starting backends (the daemon calls this every second).
@@ -478,6 +503,13 @@ impl Control {
                         latency: b.latency.clone(),
                     })
                     .collect(),
+                // Only while the configuration still looks the service up.
+                dns: (self.dns.get(&s.name))
+                    .filter(|_| {
+                        (self.model.config().services.iter())
+                            .any(|c| c.name == s.name && c.dns.is_some())
+                    })
+                    .cloned(),
             })
             .collect()
     }
@@ -517,10 +549,8 @@ impl Control {
         self.stop_checkers();
         if let Some(p) = self.record_path.take() {
             let ours = RuntimeRecord::read(&p).is_ok_and(|r| r.pid == self.pid);
-            if ours {
-                if let Err(e) = std::fs::remove_file(&p) {
-                    warn!(path = %p.display(), cause = %e, "removing runtime record");
-                }
+            if ours && let Err(e) = std::fs::remove_file(&p) {
+                warn!(path = %p.display(), cause = %e, "removing runtime record");
             }
         }
     }

@@ -6,7 +6,10 @@
 
 use super::error::ControlError;
 use super::plan::{Plan, Step};
-use crate::config::{BackendConfig, Config, Encap, Mode, ProxyConfig, ProxyVersion, ServiceConfig};
+use crate::config::{
+    AccessConfig, BackendConfig, Cidr, Config, Encap, Mode, ProxyConfig, ProxyVersion,
+    ServiceConfig,
+};
 use crate::dataplane::DataplaneError;
 use crate::dataplane::Forwarding;
 use crate::dataplane::adopt::Adopted;
@@ -74,6 +77,8 @@ pub struct BackendState {
     pub(super) was_in_table: bool,
     /// When it came into the table, while its slow start lasts.
     pub(super) ramp_since: Option<Instant>,
+    /// Found in DNS: lookups add, re-weight and remove it, reloads leave it alone.
+    pub discovered: bool,
 }
 
 impl BackendState {
@@ -116,6 +121,27 @@ pub struct ServiceState {
     /// changes that leave them as they were do not rewrite the table.
     pub(super) table_members: Option<Vec<MaglevBackend>>,
     pub backends: Vec<BackendState>,
+    /// Its source allowlist, as configured.
+    pub access: AccessConfig,
+    /// The ranges in `ALLOW` and the access bits in its service entry, as last written.
+    pub(super) allow_written: Vec<Cidr>,
+    pub(super) access_written: Option<u8>,
+    /// Someone follows one of its connections (`lb explain --watch`).
+    pub(super) watched: bool,
+}
+
+/// The `lb_common::maps::ACCESS_*` bits of `a`.
+pub fn access_bits(a: &AccessConfig) -> u8 {
+    if a.allow.is_empty() {
+        return 0;
+    }
+    m::ACCESS_LIST
+        | if a.reset { m::ACCESS_RESET } else { 0 }
+        | if a.cut_established {
+            m::ACCESS_CUT_ESTABLISHED
+        } else {
+            0
+        }
 }
 
 /// Backend slot ids. Fresh ids are handed out first and freed ones are reused oldest
@@ -169,7 +195,13 @@ pub struct Model {
     /// (see `adoption`).
     pub(super) adopted: Adopted,
     pub(super) plan: Vec<Step>,
+    /// When the running watch ends unless asked for again.
+    watch_until: Option<Instant>,
 }
+
+/// How long a watch (`lb explain --watch`) lasts unless asked for again: a watcher that
+/// went away without a word costs the data path nothing after it.
+pub const WATCH_LEASE: Duration = Duration::from_secs(30);
 
 impl Model {
     /// The model of `cfg`'s services; the plan programs them all. Backends start up, as
@@ -195,6 +227,7 @@ impl Model {
             snat_source,
             adopted,
             plan: Vec::new(),
+            watch_until: None,
         };
         model.drop_unconfigured_services();
         for svc in &cfg.services {
@@ -228,10 +261,10 @@ impl Model {
     /// it did not run): the next change rewrites every backend and table.
     pub fn write_failed(&mut self, failed: &Step) {
         for s in &mut self.services {
-            if let Step::InstallTable { service, half, .. } = failed {
-                if s.id == *service {
-                    s.live_half = 1 - half.min(&1);
-                }
+            if let Step::InstallTable { service, half, .. } = failed
+                && s.id == *service
+            {
+                s.live_half = 1 - half.min(&1);
             }
             s.table_members = None;
             for b in &mut s.backends {
@@ -240,7 +273,7 @@ impl Model {
         }
     }
 
-    fn service_index(&self, name: &str) -> Result<usize, ControlError> {
+    pub(super) fn service_index(&self, name: &str) -> Result<usize, ControlError> {
         self.services
             .iter()
             .position(|s| s.name == name)
@@ -296,6 +329,10 @@ impl Model {
             live_half,
             table_members: None,
             backends: Vec::new(),
+            access: cfg.access.clone(),
+            allow_written: Vec::new(),
+            access_written: None,
+            watched: false,
         });
         let si = self.services.len() - 1;
         if cfg.mode == Mode::ProxyV2 {
@@ -305,6 +342,21 @@ impl Model {
         for b in &cfg.backends {
             self.insert_backend(si, b, at_start)?;
             added.push(b.addr.ip());
+        }
+        if cfg.dns.is_some() {
+            // An earlier daemon's backends of this service that the configuration does
+            // not name were found in DNS: kept until the first lookup says otherwise.
+            let found: Vec<SocketAddr> = (self.adopted.backends.iter())
+                .filter(|b| b.service == id)
+                .map(|b| b.addr)
+                .collect();
+            for addr in found {
+                self.insert_backend(si, &BackendConfig { addr, weight: 1 }, at_start)?;
+                if let Some(b) = self.services[si].backends.last_mut() {
+                    b.discovered = true;
+                }
+                added.push(addr.ip());
+            }
         }
         self.plan.push(Step::WarmNeighbours { ips: added });
         self.sync(si);
@@ -349,6 +401,12 @@ impl Model {
             self.remove_proxy_service(&svc.name, svc.vip);
         }
         self.plan.push(Step::RemoveService { vip: svc.vip });
+        if !svc.allow_written.is_empty() {
+            self.plan.push(Step::AllowRemove {
+                service: svc.id,
+                ranges: svc.allow_written.clone(),
+            });
+        }
         for b in &svc.backends {
             self.plan.push(Step::StopChecker {
                 check_id: b.check_id,
@@ -425,6 +483,7 @@ impl Model {
             },
             was_in_table: false,
             ramp_since: None,
+            discovered: false,
         };
         // A backend of the configuration at start is not slow-started (as HAProxy).
         let state = BackendState {
@@ -466,7 +525,22 @@ impl Model {
     /// [`Model::sync`] with slow starts counted at `now`.
     fn sync_at(&mut self, si: usize, now: Instant) {
         let svc = &mut self.services[si];
-        let forwarding = Forwarding::of(svc.mode, svc.encap);
+        let access = access_bits(&svc.access) | if svc.watched { m::ACCESS_WATCH } else { 0 };
+        let forwarding = Forwarding {
+            access,
+            ..Forwarding::of(svc.mode, svc.encap)
+        };
+        // New ranges before the bits that make the program read them (see `plan`).
+        let added: Vec<Cidr> = (svc.access.allow.iter())
+            .filter(|r| !svc.allow_written.contains(r))
+            .copied()
+            .collect();
+        if !added.is_empty() {
+            self.plan.push(Step::AllowAdd {
+                service: svc.id,
+                ranges: added,
+            });
+        }
         let mut later = Vec::new();
         for b in &mut svc.backends {
             let want = b.map_state();
@@ -530,8 +604,26 @@ impl Model {
                 forwarding,
                 members: members.clone(),
             });
+            svc.access_written = Some(access);
+        } else if svc.access_written != Some(access) {
+            self.plan.push(Step::SetAccess {
+                vip: svc.vip,
+                access,
+            });
+            svc.access_written = Some(access);
         }
         self.plan.extend(later);
+        let removed: Vec<Cidr> = (svc.allow_written.iter())
+            .filter(|r| !svc.access.allow.contains(r))
+            .copied()
+            .collect();
+        if !removed.is_empty() {
+            self.plan.push(Step::AllowRemove {
+                service: svc.id,
+                ranges: removed,
+            });
+        }
+        svc.allow_written = svc.access.allow.clone();
         if members.is_empty() {
             warn!(service = %svc.name, "no backend is up: new connections are reset");
         }
@@ -792,6 +884,68 @@ impl Model {
             }
         }
         ended
+    }
+
+    /// Reports the packets of `client` → `vip` (one in `every`) for [`WATCH_LEASE`] from
+    /// `now`: the tuple is written before the service's bit that makes the program
+    /// compare its packets with it. One watch at a time: this one replaces any other.
+    pub fn watch(
+        &mut self,
+        vip: SocketAddr,
+        client: SocketAddr,
+        every: u32,
+        now: Instant,
+    ) -> Result<String, ControlError> {
+        let si = (self.services.iter().position(|s| s.vip == vip))
+            .ok_or_else(|| ControlError::NoService(vip.to_string()))?;
+        self.plan.push(Step::SetWatch {
+            spec: Some((client, vip, every)),
+        });
+        self.mark_watched(Some(si));
+        if self.watch_until.is_none() {
+            info!(%client, %vip, every, "reporting a connection's packets (lb explain --watch)");
+        }
+        self.watch_until = Some(now + WATCH_LEASE);
+        Ok(format!(
+            "reporting the packets of {client} → {vip} for {WATCH_LEASE:?}"
+        ))
+    }
+
+    /// Stops the watch: the service's bit first, then the tuple.
+    pub fn unwatch(&mut self) -> String {
+        if self.watch_until.is_some() {
+            info!("watch ended: no connection's packets are reported");
+        }
+        self.mark_watched(None);
+        self.plan.push(Step::SetWatch { spec: None });
+        self.watch_until = None;
+        "no connection is watched".to_string()
+    }
+
+    /// Ends the watch whose lease ran out by `now`; `true` if one did.
+    pub fn expire_watch(&mut self, now: Instant) -> bool {
+        if self.watch_until.is_some_and(|t| t <= now) {
+            self.unwatch();
+            return true;
+        }
+        false
+    }
+
+    fn mark_watched(&mut self, which: Option<usize>) {
+        for si in 0..self.services.len() {
+            let on = Some(si) == which;
+            if self.services[si].watched != on {
+                self.services[si].watched = on;
+                self.sync(si);
+            }
+        }
+    }
+
+    /// Every service's allowlist ranges, by service slot: what `ALLOW` should hold.
+    pub fn allow_entries(&self) -> Vec<(u32, Cidr)> {
+        (self.services.iter())
+            .flat_map(|s| s.access.allow.iter().map(move |r| (s.id, *r)))
+            .collect()
     }
 
     /// Names of services with no backend that takes new flows.

@@ -5,8 +5,11 @@
 //! Ordering rule the model keeps: a backend that becomes usable is written (UP) before
 //! the Maglev table that names it; one that stops being usable is written after the
 //! table that no longer names it. So a new flow never picks a backend that is not up.
+//! Likewise a service's allowlist ranges are written before the flag that makes the
+//! program read them, and removed after, so no source the old and new lists both hold
+//! is ever refused.
 
-use crate::config::{ProxyConfig, SynCookies};
+use crate::config::{Cidr, ProxyConfig, SynCookies};
 use crate::dataplane::Forwarding;
 use crate::health::HealthConfig;
 use lb_common::maglev::MaglevBackend;
@@ -34,6 +37,26 @@ pub enum Step {
         half: u32,
         forwarding: Forwarding,
         members: Vec<MaglevBackend>,
+    },
+    /// Adds `ranges` to service slot `service`'s allowlist.
+    AllowAdd {
+        service: u32,
+        ranges: Vec<Cidr>,
+    },
+    /// Takes `ranges` out of service slot `service`'s allowlist.
+    AllowRemove {
+        service: u32,
+        ranges: Vec<Cidr>,
+    },
+    /// Writes the connection (client, VIP, one packet in how many) whose packets the
+    /// program reports, or none.
+    SetWatch {
+        spec: Option<(SocketAddr, SocketAddr, u32)>,
+    },
+    /// Rewrites the `lb_common::maps::ACCESS_*` bits of the VIP's service entry.
+    SetAccess {
+        vip: SocketAddr,
+        access: u8,
     },
     /// Empties backend slot `id`.
     ClearBackend {

@@ -6,7 +6,7 @@
 use super::error::ControlError;
 use super::model::{Admin, Health, Model, check_spec};
 use super::plan::Step;
-use crate::config::{Config, ServiceConfig, SynCookies};
+use crate::config::{BackendConfig, Config, ServiceConfig, SynCookies};
 use crate::health::HealthCheck;
 use crate::health::Tracker;
 use lb_common::maps::MAX_BACKENDS;
@@ -23,7 +23,7 @@ impl Model {
         now: Instant,
     ) -> Result<Vec<String>, ControlError> {
         let old = &self.cfg;
-        let fixed: [(&str, bool); 12] = [
+        let fixed: [(&str, bool); 15] = [
             ("iface", new.ifaces != old.ifaces),
             ("xdp_mode", new.xdp_mode != old.xdp_mode),
             ("max_flows", new.max_flows != old.max_flows),
@@ -33,6 +33,9 @@ impl Model {
             ("snat_ip", new.snat_ips != old.snat_ips),
             ("snat_ports", new.snat_ports != old.snat_ports),
             ("admin", new.admin != old.admin),
+            ("admin_socket", new.admin_socket != old.admin_socket),
+            ("admin_group", new.admin_group != old.admin_group),
+            ("admin_token_file", new.admin_token != old.admin_token),
             ("splice", new.splice != old.splice),
             ("max_conns", new.max_conns != old.max_conns),
             ("announce_table", new.announce_table != old.announce_table),
@@ -162,6 +165,14 @@ impl Model {
     ) -> Result<Vec<String>, ControlError> {
         let mut changes = Vec::new();
         let name = n.name.clone();
+        if self.services[si].access != n.access {
+            self.services[si].access = n.access.clone();
+            let list: Vec<String> = n.access.allow.iter().map(|r| r.to_string()).collect();
+            changes.push(match list.is_empty() {
+                true => format!("service {name}: allowlist off (everyone may connect)"),
+                false => format!("service {name}: allowlist {}", list.join(", ")),
+            });
+        }
         if self.services[si].slow_start != n.slow_start {
             self.services[si].slow_start = n.slow_start;
             changes.push(format!("service {name}: slow start {:?}", n.slow_start));
@@ -190,49 +201,75 @@ impl Model {
             }
             changes.push(format!("service {name}: health check {}", h.check));
         }
-        for bc in &n.backends {
-            match self.services[si]
-                .backends
-                .iter()
-                .position(|b| b.addr == bc.addr)
-            {
-                None => {
-                    self.insert_backend(si, bc, false)?;
-                    self.plan.push(Step::WarmNeighbours {
-                        ips: vec![bc.addr.ip()],
-                    });
-                    changes.push(format!("service {name}: added backend {}", bc.addr));
-                }
-                Some(bi) => {
-                    let b = &mut self.services[si].backends[bi];
-                    if b.weight != bc.weight {
-                        changes.push(format!(
-                            "service {name}: backend {} weight {} -> {}",
-                            bc.addr, b.weight, bc.weight
-                        ));
-                        b.weight = bc.weight;
+        changes.extend(self.reconcile_backends(si, &n.backends, false, now)?);
+        if n.dns.is_none() {
+            // No more lookups: what they found goes.
+            changes.extend(self.reconcile_backends(si, &[], true, now)?);
+        }
+        Ok(changes)
+    }
+
+    /// Brings service `si`'s configured (`discovered` false) or DNS-found backends to
+    /// `wanted`: new ones added (health-checked from `initial`), weights changed, ones
+    /// no longer wanted drained and removed. A configured backend takes over a found one
+    /// at the same address; a found one never touches a configured one.
+    pub(super) fn reconcile_backends(
+        &mut self,
+        si: usize,
+        wanted: &[BackendConfig],
+        discovered: bool,
+        now: Instant,
+    ) -> Result<Vec<String>, ControlError> {
+        let mut changes = Vec::new();
+        let name = self.services[si].name.clone();
+        for bc in wanted {
+            let Some(bi) = (self.services[si].backends.iter()).position(|b| b.addr == bc.addr)
+            else {
+                if let Err(e) = self.insert_backend(si, bc, false) {
+                    if !discovered {
+                        return Err(e);
                     }
-                    if let Admin::Draining { remove: true, .. } = b.admin {
-                        b.admin = Admin::Active;
-                        changes.push(format!("service {name}: backend {} kept", bc.addr));
-                    }
+                    changes.push(format!(
+                        "service {name}: cannot add backend {}: {e}",
+                        bc.addr
+                    ));
+                    continue;
                 }
+                if let Some(b) = self.services[si].backends.last_mut() {
+                    b.discovered = discovered;
+                }
+                self.plan.push(Step::WarmNeighbours {
+                    ips: vec![bc.addr.ip()],
+                });
+                changes.push(format!("service {name}: added backend {}", bc.addr));
+                continue;
+            };
+            let b = &mut self.services[si].backends[bi];
+            if discovered && !b.discovered {
+                continue;
+            }
+            b.discovered = discovered;
+            if b.weight != bc.weight {
+                changes.push(format!(
+                    "service {name}: backend {} weight {} -> {}",
+                    bc.addr, b.weight, bc.weight
+                ));
+                b.weight = bc.weight;
+            }
+            if let Admin::Draining { remove: true, .. } = b.admin {
+                b.admin = Admin::Active;
+                changes.push(format!("service {name}: backend {} kept", bc.addr));
             }
         }
         self.sync(si);
-        let gone: Vec<SocketAddr> = self.services[si]
-            .backends
-            .iter()
-            .filter(|b| !n.backends.iter().any(|c| c.addr == b.addr))
+        let gone: Vec<SocketAddr> = (self.services[si].backends.iter())
+            .filter(|b| b.discovered == discovered)
+            .filter(|b| !wanted.iter().any(|c| c.addr == b.addr))
             .filter(|b| !matches!(b.admin, Admin::Draining { remove: true, .. }))
             .map(|b| b.addr)
             .collect();
         for addr in gone {
-            if let Some(bi) = self.services[si]
-                .backends
-                .iter()
-                .position(|b| b.addr == addr)
-            {
+            if let Some(bi) = (self.services[si].backends.iter()).position(|b| b.addr == addr) {
                 self.start_drain(si, bi, true, now);
                 changes.push(format!(
                     "service {name}: removing backend {addr} (draining)"

@@ -674,16 +674,16 @@ fn left_by(backends: &[&str]) -> Adopted {
 
 /// A bed over `adopted`, its maps holding what the earlier daemon wrote.
 fn adopting(backends: &[&str], adopted: Adopted) -> (Bed, Plan) {
+    adopting_config(config(backends), adopted)
+}
+
+fn adopting_config(cfg: Config, adopted: Adopted) -> (Bed, Plan) {
     let mut maps = Maps::default();
     for b in &adopted.backends {
         maps.backends.insert(b.id, b.state);
     }
-    let model = Model::adopting(
-        config(backends),
-        Box::new(|_| unreachable!("--snat-ip is set")),
-        adopted,
-    )
-    .unwrap();
+    let model =
+        Model::adopting(cfg, Box::new(|_| unreachable!("--snat-ip is set")), adopted).unwrap();
     let mut bed = Bed {
         model,
         maps,
@@ -957,4 +957,235 @@ fn without_slow_start_weights_are_as_configured() {
         table_weight(2, s, Some(now), now + Duration::from_secs(60)),
         40
     );
+}
+
+/// `config(backends)` with backends also looked up in DNS.
+fn config_with_dns(backends: &[&str]) -> Config {
+    let mut cfg = config(backends);
+    cfg.services[0].dns = Some(crate::config::DnsBackends {
+        query: crate::config::DnsQuery::Host {
+            name: "web.lb.test".into(),
+            port: 80,
+        },
+        interval: None,
+    });
+    cfg
+}
+
+fn found(backends: &[(&str, u32)]) -> Vec<BackendConfig> {
+    backends
+        .iter()
+        .map(|(a, w)| BackendConfig {
+            addr: addr(a),
+            weight: *w,
+        })
+        .collect()
+}
+
+/// Addresses a lookup finds join like added backends (checked from `initial`); ones a
+/// later lookup no longer has drain and go; a configured backend is never touched.
+#[test]
+fn backends_found_in_dns_join_checked_and_vanished_ones_drain() {
+    let mut bed = Bed::with(config_with_dns(&[B1]));
+    let now = bed.now;
+    let changes = (bed.model)
+        .discovered(SERVICE, &found(&[(B2, 1), (B3, 1), (B1, 5)]), now)
+        .unwrap();
+    assert_eq!(
+        changes,
+        [
+            "service web: added backend 198.18.1.12:80",
+            "service web: added backend 198.18.1.13:80",
+        ]
+    );
+    bed.plan();
+    assert_eq!((bed.state(B2), bed.state(B3)), ("initial", "initial"));
+    assert_eq!(bed.backend(B1).weight, 1, "the configured weight stays");
+    assert!(!bed.backend(B1).discovered);
+    for _ in 0..2 {
+        bed.check(B2, true);
+        bed.check(B3, true);
+    }
+    bed.plan();
+    assert_eq!(bed.table(), bed.ids(&[B1, B2, B3]));
+
+    // B3 vanishes, B2's weight changes: B3 drains, then goes once its flows end.
+    let b3 = bed.id(B3);
+    let changes = (bed.model)
+        .discovered(SERVICE, &found(&[(B2, 3)]), now)
+        .unwrap();
+    assert_eq!(
+        changes,
+        [
+            "service web: backend 198.18.1.12:80 weight 1 -> 3",
+            "service web: removing backend 198.18.1.13:80 (draining)",
+        ]
+    );
+    let plan = bed.plan();
+    set_backend(&plan, b3, BACKEND_DRAINING);
+    assert_eq!(bed.table(), bed.ids(&[B1, B2]));
+    assert!(bed.model.advance_drains(now, |_, _| 0));
+    bed.plan();
+    assert!(
+        bed.model.services()[0]
+            .backends
+            .iter()
+            .all(|b| b.addr != addr(B3))
+    );
+
+    // A reload of the same file leaves what DNS found; one without the name drains it.
+    let same = bed
+        .model
+        .reload(config_with_dns(&[B1]), "lb.toml", now)
+        .unwrap();
+    assert!(same.is_empty(), "{same:?}");
+    assert!(bed.plan().is_empty());
+    let changes = bed.model.reload(config(&[B1]), "lb.toml", now).unwrap();
+    assert_eq!(
+        changes,
+        ["service web: removing backend 198.18.1.12:80 (draining)"]
+    );
+    bed.plan();
+    assert_eq!(bed.state(B2), "draining");
+}
+
+/// An address that cannot serve the VIP (here another family) is left out, named.
+#[test]
+fn a_found_address_of_another_family_is_left_out() {
+    let mut bed = Bed::with(config_with_dns(&[B1]));
+    let now = bed.now;
+    let changes = (bed.model)
+        .discovered(SERVICE, &found(&[("[fd00::12]:80", 1), (B2, 1)]), now)
+        .unwrap();
+    assert_eq!(changes.len(), 2, "{changes:?}");
+    assert!(
+        changes[0].starts_with("service web: left out [fd00::12]:80: address family differs"),
+        "{changes:?}"
+    );
+    assert_eq!(changes[1], "service web: added backend 198.18.1.12:80");
+    bed.plan();
+}
+
+/// After a restart, the earlier daemon's backends of a service looked up in DNS are
+/// kept with their ids and states until the first answer, not removed as unconfigured.
+#[test]
+fn adopting_keeps_the_backends_dns_found() {
+    let before = left_by(&[B1, B2]);
+    let b2 = before.backends[1].id;
+    let (bed, plan) = adopting_config(config_with_dns(&[B1]), before);
+    assert!(
+        !plan.steps.contains(&Step::ClearBackend { id: b2 }),
+        "{plan:#?}"
+    );
+    assert_eq!((bed.id(B2), bed.state(B2)), (b2, "up"));
+    assert!(bed.backend(B2).discovered);
+}
+
+fn ranges(list: &[&str]) -> Vec<crate::config::Cidr> {
+    list.iter().map(|r| r.parse().unwrap()).collect()
+}
+
+fn with_allow(list: &[&str]) -> Config {
+    let mut cfg = config(&[B1, B2]);
+    cfg.services[0].access = crate::config::AccessConfig {
+        allow: ranges(list),
+        reset: false,
+        cut_established: false,
+    };
+    cfg
+}
+
+/// Allowlist ranges are written before the service entry's bits that make the program
+/// read them, and removed after; a reload that only changes the list rewrites the bits
+/// alone (the table stays).
+#[test]
+fn allowlist_ranges_are_written_before_the_bits_and_removed_after() {
+    use lb_common::maps::{ACCESS_LIST, ACCESS_RESET};
+    let model = Model::new(
+        with_allow(&["198.18.0.0/24"]),
+        Box::new(|_| unreachable!("--snat-ip is set")),
+    )
+    .unwrap();
+    let mut bed = Bed {
+        model,
+        maps: Maps::default(),
+        now: Instant::now(),
+    };
+    let plan = bed.plan();
+    let added = position(
+        &plan,
+        "allow add",
+        |s| matches!(s, Step::AllowAdd { ranges: r, .. } if *r == ranges(&["198.18.0.0/24"])),
+    );
+    let installed = position(
+        &plan,
+        "table",
+        |s| matches!(s, Step::InstallTable { forwarding, .. } if forwarding.access == ACCESS_LIST),
+    );
+    assert!(added < installed, "{plan:#?}");
+
+    // Widened and set to reset: the new range first, then the bits; the table stays.
+    let mut wider = with_allow(&["198.18.0.0/24", "198.18.5.0/24"]);
+    wider.services[0].access.reset = true;
+    let changes = bed.model.reload(wider, "lb.toml", bed.now).unwrap();
+    assert_eq!(
+        changes,
+        ["service web: allowlist 198.18.0.0/24, 198.18.5.0/24"]
+    );
+    let plan = bed.plan();
+    assert_eq!(
+        plan.steps,
+        [
+            Step::AllowAdd {
+                service: 0,
+                ranges: ranges(&["198.18.5.0/24"])
+            },
+            Step::SetAccess {
+                vip: addr("198.18.0.10:80"),
+                access: ACCESS_LIST | ACCESS_RESET
+            },
+        ]
+    );
+
+    // Narrowed: the bits stay, the range goes. Then off: the bits first, the ranges after.
+    bed.model
+        .reload(with_allow(&["198.18.5.0/24"]), "lb.toml", bed.now)
+        .unwrap();
+    let plan = bed.plan();
+    assert_eq!(
+        plan.steps,
+        [
+            Step::SetAccess {
+                vip: addr("198.18.0.10:80"),
+                access: ACCESS_LIST
+            },
+            Step::AllowRemove {
+                service: 0,
+                ranges: ranges(&["198.18.0.0/24"])
+            },
+        ]
+    );
+    let changes = bed
+        .model
+        .reload(config(&[B1, B2]), "lb.toml", bed.now)
+        .unwrap();
+    assert_eq!(
+        changes,
+        ["service web: allowlist off (everyone may connect)"]
+    );
+    let plan = bed.plan();
+    assert_eq!(
+        plan.steps,
+        [
+            Step::SetAccess {
+                vip: addr("198.18.0.10:80"),
+                access: 0
+            },
+            Step::AllowRemove {
+                service: 0,
+                ranges: ranges(&["198.18.5.0/24"])
+            },
+        ]
+    );
+    assert!(bed.model.allow_entries().is_empty());
 }

@@ -4,13 +4,14 @@
 //! SIGINT/SIGTERM or a successor's hand-over. On the way out the data path stays: it
 //! forwards without a daemon until the next one adopts it (`lb down` removes it).
 
+mod discovery;
 pub mod handover;
 pub mod notify;
 
 use crate::api::report::{Report, StatsError};
 use crate::api::server as admin;
 use crate::config::SpliceChoice;
-use crate::config::{Config, FlagSettings};
+use crate::config::{AdminSocket, Config, FlagSettings};
 use crate::control::{Control, ControlError, task};
 use crate::dataplane::neigh;
 use crate::dataplane::runtime::{self, RuntimeRecord};
@@ -41,6 +42,14 @@ pub enum StartError {
     Control(#[from] ControlError),
     #[error("opening the proxy listeners on loopback: {0}")]
     ProxyListen(#[source] std::io::Error),
+    #[error(
+        "--admin-socket {}: cannot listen: {source} (choose another path, or --admin-socket off)",
+        path.display()
+    )]
+    AdminSocket {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
     #[error("--admin {addr}: cannot listen: {source} (choose another address, or --admin off)")]
     Admin {
         addr: SocketAddr,
@@ -58,6 +67,7 @@ impl StartError {
         matches!(
             self,
             StartError::Admin { .. }
+                | StartError::AdminSocket { .. }
                 | StartError::Dataplane(
                     DataplaneError::UnknownIface { .. }
                         | DataplaneError::State(_)
@@ -72,6 +82,7 @@ impl StartError {
 pub struct Started {
     ctl: Control,
     admin: Option<std::net::TcpListener>,
+    admin_socket: Option<admin::AdminSocketFile>,
     checks: UnboundedReceiver<CheckResult>,
     proxy: Arc<Proxy>,
     /// Where sk_lookup delivers proxy services' connections: (hand-over name, socket).
@@ -237,6 +248,18 @@ pub fn start(cfg: Config, flags: FlagSettings) -> Result<Started, StartError> {
         },
         None => None,
     };
+    let socket_path = match &cfg.admin_socket {
+        AdminSocket::Off => None,
+        AdminSocket::Default => Some(runtime::admin_socket_path(runtime::netns_inode()?)),
+        AdminSocket::At(p) => Some(p.clone()),
+    };
+    let admin_socket = match socket_path {
+        Some(path) => Some(
+            admin::bind_socket(&path, cfg.admin_group.as_ref().map(|(_, gid)| *gid))
+                .map_err(|source| StartError::AdminSocket { path, source })?,
+        ),
+        None => None,
+    };
     dp.program_globals(&cfg)?;
     let (v4, v6) = match handed_v4.take() {
         Some(v4) => (v4, handed_v6.take()),
@@ -279,6 +302,7 @@ pub fn start(cfg: Config, flags: FlagSettings) -> Result<Started, StartError> {
     Ok(Started {
         ctl,
         admin,
+        admin_socket,
         checks,
         proxy,
         listeners,
@@ -332,6 +356,7 @@ where
     let Started {
         mut ctl,
         admin,
+        mut admin_socket,
         mut checks,
         proxy,
         listeners,
@@ -350,12 +375,24 @@ where
     // The admin API (and a predecessor's carried check totals) reach the control plane
     // through `jobs`, run by the loop below.
     let (handle, mut jobs) = task::channel();
+    let mut discovery = discovery::Discovery::default();
+    discovery.sync(&ctl.config().services, &handle);
+    let socket_task = match admin_socket.as_mut().and_then(|s| s.take_listener()) {
+        Some(l) => Some(tokio::spawn(admin::serve_socket(
+            tokio::net::UnixListener::from_std(l)?,
+            handle.clone(),
+        ))),
+        None => None,
+    };
     let admin_task = match admin {
         Some(l) => {
             sockets.push((handover::ADMIN, l.try_clone()?));
             Some(tokio::spawn(admin::serve(
                 tokio::net::TcpListener::from_std(l)?,
                 handle.clone(),
+                admin::Access::Tcp {
+                    token: ctl.config().admin_token.clone(),
+                },
             )))
         }
         None => None,
@@ -483,6 +520,11 @@ where
                 if let Err(e) = ctl.advance_slow_start() {
                     error!(cause = %e, "advancing slow starts");
                 }
+                if let Err(e) = ctl.expire_watch() {
+                    error!(cause = %e, "ending a watch");
+                }
+                // A reload may have changed what to look up in DNS.
+                discovery.sync(&ctl.config().services, &handle);
                 if last_announce.elapsed() >= ANNOUNCE_REFRESH {
                     last_announce = tokio::time::Instant::now();
                     ctl.refresh_announcements();
@@ -501,6 +543,9 @@ where
     };
     notify::notify("STOPPING=1");
     if let Some(t) = admin_task {
+        t.abort();
+    }
+    if let Some(t) = socket_task {
         t.abort();
     }
     for t in proxy_tasks {

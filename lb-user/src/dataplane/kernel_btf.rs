@@ -114,10 +114,10 @@ impl Btf {
                 continue;
             }
             let inner = self.types.get((m.type_id as usize).checked_sub(1)?)?;
-            if matches!(inner.kind, KIND_STRUCT | KIND_UNION) {
-                if let Some(found) = self.find_member(inner, member, at) {
-                    return Some(found);
-                }
+            if matches!(inner.kind, KIND_STRUCT | KIND_UNION)
+                && let Some(found) = self.find_member(inner, member, at)
+            {
+                return Some(found);
             }
         }
         None

@@ -1,21 +1,22 @@
 //! The map writers: every value the XDP and sk_lookup programs read is written here
-//! (globals, backends, services and their Maglev tables, proxy VIPs), plus the reads
+//! (globals, backends, services and their Maglev tables and allowlists, proxy VIPs), plus the reads
 //! the daemon needs from its own process (map ids, global counters).
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 
+use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{Array, DevMapHash, HashMap, MapData, MapError, PerCpuArray, PerCpuValues};
 use lb_common::addr::ip_to_words;
 use lb_common::maglev::{MaglevBackend, build_table};
 use lb_common::maps::{
-    Backend, FAMILY_V6, GlobalConfig, LocalMacs, MAX_LOCAL_MACS, Service, TrafficCounters, VipKey,
-    names, snat_addrs_base,
+    Backend, FAMILY_V6, FlowKey, GlobalConfig, LocalMacs, MAX_LOCAL_MACS, Service, TrafficCounters,
+    VipKey, WatchSpec, names, snat_addrs_base,
 };
 use tracing::warn;
 
 use super::{Dataplane, DataplaneError, map_error};
-use crate::config::{Config, Encap, Mode, SynCookies};
+use crate::config::{Cidr, Config, Encap, Mode, SynCookies};
 use crate::sys;
 use lb_common::syn_proxy::{COOKIES_ALWAYS, COOKIES_AUTO, COOKIES_OFF};
 
@@ -29,6 +30,8 @@ pub struct Forwarding {
     pub encap: u8,
     /// Host order; 0 unless GUE.
     pub gue_port: u16,
+    /// `lb_common::maps::ACCESS_*`.
+    pub access: u8,
 }
 
 impl Forwarding {
@@ -43,6 +46,7 @@ impl Forwarding {
             mode,
             encap: encap.map_or(lb_common::encap::ENCAP_NONE, |e| e.kind.wire()),
             gue_port: encap.map_or(0, |e| e.gue_port),
+            access: 0,
         }
     }
 }
@@ -224,7 +228,7 @@ impl Dataplane {
             table_offset: offset,
             mode: forwarding.mode,
             encap: forwarding.encap,
-            _pad: 0,
+            access: forwarding.access,
             gue_port: forwarding.gue_port.to_be(),
         };
         let mut services: HashMap<&mut MapData, VipKey, Service> = self.map_mut(names::SERVICES)?;
@@ -232,6 +236,71 @@ impl Dataplane {
             .insert(VipKey::from_socket_addr(vip), value, 0)
             .map_err(map_error(names::SERVICES))?;
         Ok(half)
+    }
+
+    /// Adds (`on`) or removes service slot `service`'s allowlist `ranges` in `ALLOW`;
+    /// removing a range that is not there is fine.
+    pub fn allow(&mut self, service: u32, ranges: &[Cidr], on: bool) -> Result<(), DataplaneError> {
+        let mut trie: LpmTrie<&mut MapData, [u8; 20], u8> = self.map_mut(names::ALLOW)?;
+        for r in ranges {
+            let key = allow_key(service, r);
+            if on {
+                trie.insert(&key, 1, 0).map_err(map_error(names::ALLOW))?;
+            } else {
+                match trie.remove(&key) {
+                    Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                    Err(e) => return Err(map_error(names::ALLOW)(e)),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes every `ALLOW` entry but `wanted`'s (service slot, range): what an earlier
+    /// daemon left for services or ranges this configuration no longer has.
+    pub fn retain_allow(&mut self, wanted: &[(u32, Cidr)]) -> Result<usize, DataplaneError> {
+        let keep: Vec<Key<[u8; 20]>> = wanted.iter().map(|(s, r)| allow_key(*s, r)).collect();
+        let mut trie: LpmTrie<&mut MapData, [u8; 20], u8> = self.map_mut(names::ALLOW)?;
+        let gone: Vec<Key<[u8; 20]>> = (trie.keys())
+            .filter_map(Result::ok)
+            .filter(|k| {
+                !keep
+                    .iter()
+                    .any(|w| w.prefix_len() == k.prefix_len() && w.data() == k.data())
+            })
+            .collect();
+        for k in &gone {
+            match trie.remove(k) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_error(names::ALLOW)(e)),
+            }
+        }
+        Ok(gone.len())
+    }
+
+    /// Writes the connection whose packets the program reports (`WATCH`), or none.
+    pub fn set_watch(
+        &mut self,
+        spec: Option<(SocketAddr, SocketAddr, u32)>,
+    ) -> Result<(), DataplaneError> {
+        let value = spec.map_or(WatchSpec::default(), |(client, vip, every)| WatchSpec {
+            key: FlowKey::tcp(client, vip),
+            every: every.max(1),
+            _pad: 0,
+        });
+        let mut watch: Array<&mut MapData, WatchSpec> = self.map_mut(names::WATCH)?;
+        watch.set(0, value, 0).map_err(map_error(names::WATCH))
+    }
+
+    /// Rewrites the access bits of `vip`'s service entry, leaving the rest as it is.
+    pub fn set_access(&mut self, vip: SocketAddr, access: u8) -> Result<(), DataplaneError> {
+        let mut services: HashMap<&mut MapData, VipKey, Service> = self.map_mut(names::SERVICES)?;
+        let key = VipKey::from_socket_addr(vip);
+        let mut value = services.get(&key, 0).map_err(map_error(names::SERVICES))?;
+        value.access = access;
+        services
+            .insert(key, value, 0)
+            .map_err(map_error(names::SERVICES))
     }
 
     /// Stops matching `vip`: its packets go to the kernel from now on.
@@ -313,4 +382,16 @@ fn link_mac(iface: &str) -> Option<[u8; 6]> {
         *b = u8::from_str_radix(parts.next()?, 16).ok()?;
     }
     parts.next().is_none().then_some(mac)
+}
+
+/// The `ALLOW` key of service slot `service`'s range `r`.
+fn allow_key(service: u32, r: &Cidr) -> Key<[u8; 20]> {
+    let bytes = match r.addr {
+        IpAddr::V4(a) => a.octets().to_vec(),
+        IpAddr::V6(a) => a.octets().to_vec(),
+    };
+    Key::new(
+        lb_common::maps::ALLOW_ID_BITS + u32::from(r.prefix),
+        lb_common::maps::allow_data(service, &bytes),
+    )
 }

@@ -186,6 +186,8 @@ fn map_data(map: &aya::maps::Map) -> Option<&MapData> {
         | aya::maps::Map::LruHashMap(d)
         | aya::maps::Map::PerCpuArray(d)
         | aya::maps::Map::DevMapHash(d)
+        | aya::maps::Map::LpmTrie(d)
+        | aya::maps::Map::RingBuf(d)
         | aya::maps::Map::SockHash(d) => Some(d),
         _ => None,
     }

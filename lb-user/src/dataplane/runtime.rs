@@ -65,6 +65,12 @@ pub fn record_path(inode: u64) -> PathBuf {
     PathBuf::from(RUN_DIR).join(format!("netns-{inode}.json"))
 }
 
+/// The default admin socket of the daemon of network namespace `inode`, where `lb ctl`
+/// run in that namespace looks (beside the hand-over socket, `netns-<inode>.sock`).
+pub fn admin_socket_path(inode: u64) -> PathBuf {
+    PathBuf::from(RUN_DIR).join(format!("netns-{inode}-admin.sock"))
+}
+
 impl RuntimeRecord {
     /// Writes the record atomically (temp file + rename) and returns its path.
     pub fn write(&self) -> Result<PathBuf, RuntimeError> {

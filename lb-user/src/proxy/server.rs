@@ -698,15 +698,15 @@ fn build_header(
         tlvs.push(Tlv::UniqueId(unique));
     }
     if let Some(h) = hello {
-        if p.tlvs.authority {
-            if let Some(sni) = &h.sni {
-                tlvs.push(Tlv::Authority(sni));
-            }
+        if p.tlvs.authority
+            && let Some(sni) = &h.sni
+        {
+            tlvs.push(Tlv::Authority(sni));
         }
-        if p.tlvs.alpn {
-            if let Some(a) = &h.alpn {
-                tlvs.push(Tlv::Alpn(a));
-            }
+        if p.tlvs.alpn
+            && let Some(a) = &h.alpn
+        {
+            tlvs.push(Tlv::Alpn(a));
         }
     }
     if p.tlvs.crc32c {

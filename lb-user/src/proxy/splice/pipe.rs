@@ -110,10 +110,10 @@ impl Drop for PipeDir {
     /// means the pipe is empty and can serve another connection; one that still holds
     /// bytes (a reset or cut connection) is closed, which frees them.
     fn drop(&mut self) {
-        if let Some(pipe) = self.pipe.take() {
-            if self.queued == 0 {
-                pipe.recycle();
-            }
+        if let Some(pipe) = self.pipe.take()
+            && self.queued == 0
+        {
+            pipe.recycle();
         }
     }
 }

@@ -1,4 +1,5 @@
 use super::*;
+use crate::fuzz::Rng;
 use crate::proxy::codec::header::{Tlv, encode_v1, encode_v2, encode_v2_local};
 use crc32c::crc32c;
 
@@ -512,22 +513,6 @@ fn reasons_are_stable_and_distinct() {
         .to_string(),
         "PROXY v2 CRC32C mismatch: header says 0x00000001, content is 0x00000002"
     );
-}
-
-/// xorshift64*: a small deterministic generator for the mini-fuzzer.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
 }
 
 /// Valid headers to mutate: v1 and v2, both families, with TLVs and CRC32C.
