@@ -278,8 +278,63 @@ pub struct FlowState {
     /// A proxied flow with timestamps: the backend's TSvals minus the client's view of
     /// them; while the backend leg opens, the TSval the LB sent the client. Host order.
     pub ts_delta: u32,
+    /// `bpf_ktime_get_coarse_ns()` when the flow entered the table; 0 for a flow carried
+    /// over from a table of the 32-byte layout, which did not keep it.
+    pub first_seen_ns: u64,
+    /// Packets of the flow the LB forwarded, both directions. Written without atomics
+    /// by whichever CPU has the packet, so the two directions on two CPUs at once may
+    /// lose one of their increments: a close count, not an exact one.
+    pub packets: u64,
 }
-const _: () = assert!(size_of::<FlowState>() == 32);
+const _: () = assert!(size_of::<FlowState>() == 48);
+
+/// Size of a [`FlowState`] in the layout before `first_seen_ns` and `packets`: the
+/// fields before them, at the same offsets.
+pub const FLOW_STATE_32_BYTE_LAYOUT: usize = 32;
+
+impl FlowState {
+    /// The entry for one of the 32-byte layout: its fields, no age, no packets yet.
+    pub fn from_32_byte_layout(b: &[u8; FLOW_STATE_32_BYTE_LAYOUT]) -> FlowState {
+        let u16_at = |i: usize| u16::from_ne_bytes([b[i], b[i + 1]]);
+        let u32_at = |i: usize| u32::from_ne_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+        let mut last_seen = [0u8; 8];
+        last_seen.copy_from_slice(&b[0..8]);
+        FlowState {
+            last_seen_ns: u64::from_ne_bytes(last_seen),
+            backend: u16_at(8),
+            snat_port: u16_at(10),
+            flags: b[12],
+            snat_idx: b[13],
+            proxy: b[14],
+            wscale: b[15],
+            close_seq: u32_at(16),
+            close_tsval: u32_at(20),
+            seq_delta: u32_at(24),
+            ts_delta: u32_at(28),
+            first_seen_ns: 0,
+            packets: 0,
+        }
+    }
+
+    /// This entry in the 32-byte layout (what an lb of that layout left, for tests).
+    pub fn to_32_byte_layout(&self) -> [u8; FLOW_STATE_32_BYTE_LAYOUT] {
+        let mut b = [0u8; FLOW_STATE_32_BYTE_LAYOUT];
+        b[0..8].copy_from_slice(&self.last_seen_ns.to_ne_bytes());
+        b[8..10].copy_from_slice(&self.backend.to_ne_bytes());
+        b[10..12].copy_from_slice(&self.snat_port.to_ne_bytes());
+        b[12..16].copy_from_slice(&[self.flags, self.snat_idx, self.proxy, self.wscale]);
+        let words = [
+            self.close_seq,
+            self.close_tsval,
+            self.seq_delta,
+            self.ts_delta,
+        ];
+        for (i, w) in words.iter().enumerate() {
+            b[16 + 4 * i..20 + 4 * i].copy_from_slice(&w.to_ne_bytes());
+        }
+        b
+    }
+}
 const _: () = assert!(MAX_BACKENDS <= u16::MAX as u32);
 
 /// Value of the reverse NAT table (key: backend → SNAT address:port [`FlowKey`]).
@@ -597,6 +652,44 @@ mod local_macs_tests {
         assert!(
             LocalMacs::default().accepts(7, &other),
             "an empty list filters nothing"
+        );
+    }
+}
+
+#[cfg(test)]
+mod flow_layout_tests {
+    use super::*;
+
+    #[test]
+    fn the_32_byte_layout_is_the_first_32_bytes_and_reads_back() {
+        let fs = FlowState {
+            last_seen_ns: 0x0102_0304_0506_0708,
+            backend: 0x1112,
+            snat_port: 0x2122,
+            flags: 0x31,
+            snat_idx: 0x32,
+            proxy: 0x33,
+            wscale: 0x34,
+            close_seq: 0x4142_4344,
+            close_tsval: 0x5152_5354,
+            seq_delta: 0x6162_6364,
+            ts_delta: 0x7172_7374,
+            first_seen_ns: 9,
+            packets: 10,
+        };
+        // SAFETY: FlowState is repr(C) plain data of 48 bytes with no padding (its
+        // fields add up to its size), so every byte is initialised.
+        let bytes: [u8; 48] = unsafe { core::mem::transmute(fs) };
+        let old = fs.to_32_byte_layout();
+        assert_eq!(old[..], bytes[..FLOW_STATE_32_BYTE_LAYOUT]);
+        let back = FlowState::from_32_byte_layout(&old);
+        assert_eq!(
+            back,
+            FlowState {
+                first_seen_ns: 0,
+                packets: 0,
+                ..fs
+            }
         );
     }
 }

@@ -73,13 +73,15 @@ pub fn now() -> u64 {
     unsafe { bpf_ktime_get_coarse_ns() }
 }
 
-/// Stamps the flow with a client segment's time and adds the `FLOW_*` bits it brings
-/// (`lb_common::flow::client_segment`). Concurrent writers on other CPUs only store
-/// timestamps and flag bits, where a lost update is harmless; the flags are only
-/// written when they change, so the common packet dirties no more than the timestamp.
+/// Stamps the flow with a client segment's time, counts the packet and adds the
+/// `FLOW_*` bits it brings (`lb_common::flow::client_segment`). Concurrent writers on
+/// other CPUs only store timestamps, counts and flag bits, where a lost update is
+/// harmless; the flags are only written when they change, so the common packet dirties
+/// no more than the timestamp's and the count's one cache line.
 #[inline(always)]
 pub fn touch_client(fs: &mut FlowState, now: u64, tcp_flags: u8) {
     fs.last_seen_ns = now;
+    fs.packets = fs.packets.wrapping_add(1);
     add_flags(fs, flow::client_segment(fs.flags, tcp_flags));
 }
 
@@ -88,6 +90,7 @@ pub fn touch_client(fs: &mut FlowState, now: u64, tcp_flags: u8) {
 #[inline(always)]
 pub fn touch_client_one_sided(fs: &mut FlowState, now: u64, tcp_flags: u8) {
     fs.last_seen_ns = now;
+    fs.packets = fs.packets.wrapping_add(1);
     add_flags(fs, flow::client_segment_one_sided(tcp_flags));
 }
 
@@ -98,6 +101,7 @@ pub fn touch_client_one_sided(fs: &mut FlowState, now: u64, tcp_flags: u8) {
 pub fn touch_backend(ctx: &XdpContext, pkt: &Packet, fs: &mut FlowState) {
     let before = fs.flags;
     fs.last_seen_ns = pkt.now;
+    fs.packets = fs.packets.wrapping_add(1);
     add_flags(fs, flow::backend_segment(before, pkt.tcp_flags));
     if pkt.tcp_flags & tcp::FIN != 0
         && before & (FLOW_FIN_CLIENT | FLOW_FIN_BACKEND) == FLOW_FIN_CLIENT

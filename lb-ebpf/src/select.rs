@@ -128,6 +128,8 @@ pub fn new_flow(
 fn enter(ctx: &XdpContext, pkt: &Packet, mode: u32, t: &Target) -> u32 {
     let mut fs = FlowState {
         last_seen_ns: pkt.now,
+        first_seen_ns: pkt.now,
+        packets: 1,
         backend: t.backend as u16,
         // Only a NAT flow owns a port of the LB's.
         snat_port: if mode == MODE_NAT { t.sport } else { 0 },

@@ -109,6 +109,23 @@ fn explain_predicts_the_backend_and_reports_the_flow() {
     }
     assert_eq!(e["flow"]["established"], true, "{e}");
     assert_eq!(e["flow"]["backend"], e["backend"], "{e}");
+    // Its age and packet count move on with the download: at least the handshake and
+    // the request before, more packets and as many more seconds two seconds later.
+    let (age, packets) = age_and_packets(&e);
+    assert!(packets >= 3, "handshake and request at least: {e}");
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let e = explain(&d, &client_port);
+    let (age_later, packets_later) = age_and_packets(&e);
+    assert!(
+        (1.5..3.5).contains(&(age_later - age)),
+        "age {age} s, then {age_later} s two seconds later: {e}"
+    );
+    assert!(packets_later > packets, "{packets} packets, then {e}");
+    let idle = e["flow"]["idle_secs"].as_f64().unwrap_or(f64::NAN);
+    assert!(
+        idle <= age_later,
+        "idle {idle} s of an age of {age_later} s: {e}"
+    );
     let serving = e["backend"].as_str().unwrap_or_default().to_string();
     d.run_cli(&["ctl", "drain", "default", &serving])
         .unwrap_or_else(|e| panic!("{e:#}"));
@@ -167,7 +184,20 @@ fn explain_predicts_the_backend_and_reports_the_flow() {
     }
     assert_eq!(e["flow"]["established"], false, "a half-open flow: {e}");
     assert_eq!(e["flow"]["backend"], e["backend"], "{e}");
+    let (_, packets) = age_and_packets(&e);
+    assert!(packets >= 1, "its SYN at least: {e}");
     bed.stop(d);
+}
+
+/// The flow entry's age in seconds and packet count, as `lb explain --json` gives them.
+fn age_and_packets(e: &serde_json::Value) -> (f64, u64) {
+    let age = e["flow"]["age_secs"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("no age: {e}"));
+    let packets = e["flow"]["packets"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no packet count: {e}"));
+    (age, packets)
 }
 
 /// `lb explain --watch` reports the packets of the one connection it names, as the data

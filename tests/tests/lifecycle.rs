@@ -11,8 +11,11 @@
 //! with real traffic, like e2e.rs; a missing prerequisite is a failure.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+use aya::maps::{HashMap, Map, MapData, MapType};
+use lb_common::maps::{FlowKey, FlowState};
 
 use lb_tests::bed::Bed;
 use lb_tests::daemon::{XdpState, backend_new_flows, tc_ingress_programs, xdp_state};
@@ -320,10 +323,12 @@ fn state_of_the_previous_layout_is_adopted() {
     must(first.kill_hard());
     first.superseded();
 
-    // Back to format 1: the three flow tables in the directory itself, nothing else.
-    for m in ["flows_v3", "half_open_v2", "reverse_nat_v1"] {
-        std::fs::rename(dir.join("maps").join(m), dir.join(m)).unwrap();
-    }
+    // Back to format 1: the three flow tables in the directory itself (the flow
+    // entries of 32 bytes), nothing else.
+    let maps = dir.join("maps");
+    pin_in_old_layout(&maps.join("flows_v4"), &dir.join("flows_v3"));
+    pin_in_old_layout(&maps.join("half_open_v3"), &dir.join("half_open_v2"));
+    std::fs::rename(maps.join("reverse_nat_v1"), dir.join("reverse_nat_v1")).unwrap();
     for sub in ["links", "progs", "maps"] {
         for e in std::fs::read_dir(dir.join(sub)).unwrap().flatten() {
             std::fs::remove_file(e.path()).unwrap();
@@ -334,14 +339,148 @@ fn state_of_the_previous_layout_is_adopted() {
 
     let second = bed.start_via(Launch::Nsenter, &a);
     second.expect_log(&["migrated the flow tables of state format 1"]);
+    second.expect_log(&["carried the flow entries of the previous layout into flows"]);
     let after = must(second.stats_json())["flows"].as_u64().unwrap();
     assert!(after >= flows, "{after} flows adopted of {flows}");
-    assert!(dir.join("format-2").is_dir() && dir.join("maps").join("flows_v3").exists());
-    assert!(!dir.join("flows_v3").exists());
+    assert!(dir.join("format-2").is_dir() && maps.join("flows_v4").exists());
+    assert!(!dir.join("flows_v3").exists() && !maps.join("flows_v3").exists());
     let spread = must(bed.topo.spread(false, 20));
     assert_eq!(spread.failures, 0, "{spread}\n{}", second.log());
     must(second.run_cli(&["down", "--state-dir", dir.to_str().unwrap()]));
     assert!(!dir.exists(), "lb down left {dir:?}");
+}
+
+/// An upgrade from an lb whose flow entries had 32 bytes (before they kept their age
+/// and packet count): the new daemon carries every entry into its own tables with its
+/// backend and SNAT port, so a download running across the upgrade completes exact,
+/// and `lb explain` reports the carried flow with its age unknown and its packets
+/// counted since.
+#[test]
+fn an_upgrade_from_the_32_byte_flow_layout_keeps_every_flow() {
+    let bed = env();
+    let _down = DownOnDrop(&bed);
+    let a = args(&bed, &["b1", "b2", "b3"], &[]);
+    let mut first = bed.start_via(Launch::Nsenter, &a);
+    // 8 MiB at 256 KiB/s: 32 s, past the upgrade.
+    let want = must(bed.topo.create_blob(8 << 20));
+    let mut slow = must(SlowDownload::start(
+        &bed.topo,
+        false,
+        "blob",
+        256 << 10,
+        Duration::from_secs(90),
+    ));
+    let spread = must(bed.topo.spread(false, 20));
+    assert_eq!(spread.failures, 0, "{spread}");
+    std::thread::sleep(Duration::from_secs(1));
+    must(first.kill_hard());
+    first.superseded();
+
+    // What the older lb left: its tables with 32-byte entries, under their names. The
+    // attached program keeps its own (now unpinned) table meanwhile.
+    let maps = default_state_dir(&bed).join("maps");
+    let old = pin_in_old_layout(&maps.join("flows_v4"), &maps.join("flows_v3"));
+    pin_in_old_layout(&maps.join("half_open_v3"), &maps.join("half_open_v2"));
+    for m in ["flows_v4", "half_open_v3"] {
+        std::fs::remove_file(maps.join(m)).unwrap();
+    }
+    assert!(
+        old.len() >= 21,
+        "{} flows: the download and 20 more",
+        old.len()
+    );
+
+    let second = bed.start_via(Launch::Nsenter, &a);
+    second.expect_log(&["carried the flow entries of the previous layout into flows"]);
+    assert!(!maps.join("flows_v3").exists() && !maps.join("half_open_v2").exists());
+    // Every old entry still in the table kept its backend and SNAT port, its age unknown.
+    std::thread::sleep(Duration::from_secs(2));
+    let now = flow_entries(&maps.join("flows_v4"));
+    let mut moving = None;
+    for (key, was) in &old {
+        let Some((_, is)) = now.iter().find(|(k, _)| k == key) else {
+            continue;
+        };
+        assert_eq!(
+            (is.backend, is.snat_port, is.first_seen_ns),
+            (was.backend, was.snat_port, 0),
+            "{key:?}: was {was:?}, is {is:?}"
+        );
+        if is.packets > 0 {
+            moving = Some(*key);
+        }
+    }
+    // The download: the one carried flow with packets since.
+    let key = moving.unwrap_or_else(|| panic!("no carried flow moved: {now:?}"));
+    let client = format!("{}:{}", bed.topo.client_v4, u16::from_be(key.sport));
+    let vip = format!("{}:{}", lb_tests::topology::VIP4, lb_tests::topology::PORT);
+    let e: serde_json::Value = serde_json::from_str(&must(
+        second.run_cli(&["explain", "--vip", &vip, "--client", &client, "--json"]),
+    ))
+    .unwrap();
+    assert!(e["flow"]["age_secs"].is_null(), "{e}");
+    assert!(e["flow"]["packets"].as_u64().unwrap_or(0) > 0, "{e}");
+
+    let spread = must(bed.topo.spread(false, 20));
+    assert_eq!(spread.failures, 0, "{spread}\n{}", second.log());
+    let status = must(slow.wait(Duration::from_secs(90)));
+    assert!(status.success(), "the download failed: {}", slow.output());
+    assert_eq!(must(slow.sha256()), want, "the download is not exact");
+    bed.stop(second);
+}
+
+/// What an lb of the 32-byte flow entries left: `from`'s entries (a flow table of this
+/// layout) cut to that layout's values, in a new map of the same type and size pinned
+/// at `to`. Returns the entries.
+fn pin_in_old_layout(from: &Path, to: &Path) -> Vec<(FlowKey, FlowState)> {
+    let entries = flow_entries(from);
+    let data = MapData::from_pin(from).unwrap();
+    let info = data.info().unwrap();
+    let kind = match info.map_type().unwrap() {
+        MapType::LruHash => "lru_hash",
+        MapType::Hash => "hash",
+        other => panic!("{from:?} is a {other:?}"),
+    };
+    let entries_n = info.max_entries().to_string();
+    let to_s = to.to_string_lossy();
+    let args = [
+        "map",
+        "create",
+        &to_s,
+        "type",
+        kind,
+        "key",
+        "40",
+        "value",
+        "32",
+        "entries",
+        &entries_n,
+        "name",
+        "old_flows",
+    ];
+    let out = std::process::Command::new("bpftool")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "bpftool {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let map = Map::from_map_data(MapData::from_pin(to).unwrap()).unwrap();
+    let mut old: HashMap<MapData, FlowKey, [u8; 32]> = HashMap::try_from(map).unwrap();
+    for (key, fs) in &entries {
+        old.insert(key, fs.to_32_byte_layout(), 0).unwrap();
+    }
+    entries
+}
+
+/// The entries of the pinned flow table at `path`.
+fn flow_entries(path: &Path) -> Vec<(FlowKey, FlowState)> {
+    let map = Map::from_map_data(MapData::from_pin(path).unwrap()).unwrap();
+    let table: HashMap<MapData, FlowKey, FlowState> = HashMap::try_from(map).unwrap();
+    // A key can vanish between the walk and its lookup (expiry, LRU eviction).
+    table.iter().filter_map(Result::ok).collect()
 }
 
 /// Takes lb out of the LB namespace when the test ends, passed or not: a daemon killed
@@ -497,7 +636,7 @@ fn bad_state_directories_are_refused_and_leave_the_data_path_running() {
         &small,
         "lb-size.log",
         2,
-        "flows_v3 has 262144 entries but --max-flows size it at 8192",
+        "flows_v4 has 262144 entries but --max-flows size it at 8192",
     );
     let spread = must(bed.topo.spread(false, 20));
     assert_eq!(spread.failures, 0, "the left data path stopped: {spread}");

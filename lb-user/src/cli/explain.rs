@@ -97,8 +97,14 @@ pub struct FlowReport {
     pub established: bool,
     /// FIN both ways or a RST: a SYN from this port opens a new flow.
     pub closed: bool,
+    /// Seconds since its first packet; unknown (null) for a flow an upgrade carried
+    /// over from a table that did not keep it.
+    pub age_secs: Option<f64>,
     /// Seconds since its last packet.
     pub idle_secs: f64,
+    /// Packets the LB took through the entry, both directions (close, not exact: see
+    /// `lb_common::maps::FlowState::packets`).
+    pub packets: u64,
     pub expired: bool,
     /// Its source port toward the backend (nat mode).
     pub snat_port: u16,
@@ -153,7 +159,10 @@ pub fn explain(vip: SocketAddr, client: SocketAddr) -> Result<Explanation, Expla
         backend: addr_of(u32::from(fs.backend)),
         established: fs.flags & FLOW_ESTABLISHED != 0,
         closed: closed(fs.flags),
+        age_secs: (fs.first_seen_ns != 0)
+            .then(|| now.saturating_sub(fs.first_seen_ns) as f64 / 1e9),
         idle_secs: now.saturating_sub(fs.last_seen_ns) as f64 / 1e9,
+        packets: fs.packets,
         expired: expired(&fs, &config, now),
         snat_port: u16::from_be(fs.snat_port),
     });
@@ -353,7 +362,7 @@ pub fn render(e: &Explanation) -> String {
     );
     match &e.flow {
         Some(f) => s.push_str(&format!(
-            "  flow table: to {}, {}, idle {:.1} s{}{}\n",
+            "  flow table: to {}, {}, {}idle {:.1} s, {} packets{}{}\n",
             f.backend.as_deref().unwrap_or("?"),
             if f.closed {
                 "closed"
@@ -362,7 +371,12 @@ pub fn render(e: &Explanation) -> String {
             } else {
                 "half-open"
             },
+            f.age_secs.map_or_else(
+                || "age unknown, ".to_string(),
+                |a| format!("age {a:.1} s, ")
+            ),
             f.idle_secs,
+            f.packets,
             if f.snat_port != 0 {
                 format!(", SNAT port {}", f.snat_port)
             } else {

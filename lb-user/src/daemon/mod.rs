@@ -224,6 +224,7 @@ pub fn start(cfg: Config, flags: FlagSettings) -> Result<Started, StartError> {
     let predecessor = handover::predecessor(inode, running)?;
     let mut dp = Dataplane::load(&cfg)?;
     let fresh = FreshState::guard(&dp);
+    dp.carry_old_flows(false);
     if dp.state().adopted() && predecessor.is_none() {
         warn!(
             state_dir = %dp.state().root().display(),
@@ -296,6 +297,8 @@ pub fn start(cfg: Config, flags: FlagSettings) -> Result<Started, StartError> {
     let (ifaces, mode) = (cfg.ifaces.clone(), cfg.xdp_mode);
     let mut ctl = Control::new(dp, cfg, flags, tx, proxy.clone())?;
     ctl.dataplane_mut().attach(&ifaces, mode)?;
+    // The flows the replaced program opened or changed since the first carry.
+    ctl.dataplane_mut().carry_old_flows(true);
     fresh.disarm();
     let mut listeners = vec![(handover::PROXY_V4, v4)];
     listeners.extend(v6.map(|l| (handover::PROXY_V6, l)));

@@ -7,6 +7,7 @@
 
 pub mod adopt;
 mod attach;
+mod carry;
 pub mod ebpf_log;
 mod kernel_btf;
 mod load;

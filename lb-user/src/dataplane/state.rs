@@ -6,7 +6,8 @@
 //! - `format-2/`: the layout marker (an empty directory: a bpffs holds no plain files);
 //! - `maps/NAME_vN`: every map whose contents outlive the daemon; N is the layout version
 //!   of its key and value types, so a changed struct gets a new name (aya opens a pinned
-//!   map without checking its layout);
+//!   map without checking its layout); an older version is dropped, or carried into the
+//!   new map ([`CARRIED`], `super::carry`);
 //! - `progs/NAME`: the programs, for `bpftool` (the links hold them);
 //! - `links/xdp-IFACE-IFINDEX-MODE`, `links/tc-IFACE-IFINDEX`, `links/sk_lookup`: the
 //!   attachments; an interface re-created since has another index and so a stale pin.
@@ -29,8 +30,8 @@ pub const FORMAT: u32 = 2;
 /// Pinned maps and the file names that carry their layout version. Left out: the proxy
 /// listeners (each daemon sets its own), per-run scratch and the log's ring.
 pub const MAPS: &[(&str, &str)] = &[
-    (names::FLOWS, "flows_v3"),
-    (names::HALF_OPEN, "half_open_v2"),
+    (names::FLOWS, "flows_v4"),
+    (names::HALF_OPEN, "half_open_v3"),
     (names::REVERSE_NAT, "reverse_nat_v1"),
     (names::SERVICES, "services_v1"),
     (names::BACKENDS, "backends_v1"),
@@ -57,6 +58,14 @@ pub const MAPS: &[(&str, &str)] = &[
 
 /// The maps format 1 pinned, under the names format 2 keeps for them.
 const FORMAT1_MAPS: [&str; 3] = ["flows_v3", "half_open_v2", "reverse_nat_v1"];
+
+/// Pins of an older layout version whose entries the daemon carries into the current
+/// map (`super::carry`) rather than dropping them: the flow tables of the 32-byte
+/// `FlowState`, with the map each is carried into.
+pub const CARRIED: &[(&str, &str)] = &[
+    (names::FLOWS, "flows_v3"),
+    (names::HALF_OPEN, "half_open_v2"),
+];
 
 /// The default mount point of the bpf filesystem.
 const BPFFS_ROOT: &str = "/sys/fs/bpf";
@@ -172,15 +181,25 @@ impl StateDir {
         self.root.join("links")
     }
 
+    /// The pins of [`CARRIED`] maps present, with the map each is carried into.
+    pub fn carried_paths(&self) -> Vec<(&'static str, PathBuf)> {
+        CARRIED
+            .iter()
+            .map(|(map, file)| (*map, self.root.join("maps").join(file)))
+            .filter(|(_, path)| path.exists())
+            .collect()
+    }
+
     /// Removes pins of an older layout version of a map this lb pins under a new name:
-    /// there is no conversion for them, so their map starts empty.
+    /// there is no conversion for them, so their map starts empty. The [`CARRIED`] ones
+    /// stay for `super::carry`.
     fn drop_old_versions(&self) {
         let Ok(entries) = std::fs::read_dir(self.root.join("maps")) else {
             return;
         };
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            if MAPS.iter().any(|(_, file)| *file == name) {
+            if MAPS.iter().chain(CARRIED).any(|(_, file)| *file == name) {
                 continue;
             }
             warn!(pin = %e.path().display(), "removing a pinned map of another layout version: its contents are lost");
