@@ -21,6 +21,8 @@ pub mod tcp;
 
 #[cfg(feature = "std")]
 pub mod addr;
+#[cfg(feature = "std")]
+pub mod model;
 
 #[cfg(feature = "user")]
 mod pod;

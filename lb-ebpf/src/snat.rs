@@ -6,7 +6,7 @@ use aya_ebpf::bindings::{BPF_ANY, BPF_NOEXIST};
 use lb_common::{
     flow::{self, Opening},
     maps::{Backend, FlowKey, GlobalConfig, ReverseNat, snat_addrs_base},
-    snat_probe::Probe,
+    snat_probe::{PROBES, Probe},
 };
 
 use crate::{
@@ -15,13 +15,6 @@ use crate::{
     nat::Target,
     parse::Packet,
 };
-
-/// SNAT ports tried for a new flow before giving up: enough that a port whose last
-/// flow's backend would refuse this SYN (TIME_WAIT) rarely ends the search (at 80%
-/// occupancy 24 tries all fail 0.5% of the time, per SNAT address). verifier: the
-/// probe loop is most of what the verifier walks; at 32 the program with the SYN proxy
-/// and the eBPF log on went past the verifier's million instructions.
-const SNAT_PROBES: u32 = 24;
 
 /// What a new flow has chosen so far, for [`claim_snat_port`].
 pub struct Ids {
@@ -139,7 +132,7 @@ fn claim_on(pkt: &Packet, cfg: &GlobalConfig, b: &Backend, ids: &Ids, t: &mut Ta
         service_id: ids.service,
     };
     let mut i = 0;
-    while i < SNAT_PROBES {
+    while i < PROBES {
         let port = (min + probe.at as u16).to_be();
         key.dport = port;
         t.sport = port;

@@ -60,14 +60,13 @@ pub fn config_text(text: &str) {
     }
 }
 
-/// xorshift64*: the small deterministic generator of the seeded runs (here and in the
-/// PROXY parser's tests).
-#[cfg(test)]
-pub(crate) struct Rng(pub u64);
+/// xorshift64*: the small deterministic generator of the seeded runs (here, in the
+/// PROXY parser's tests and in the XDP program's differential fuzzer). The seed must
+/// not be 0.
+pub struct Rng(pub u64);
 
-#[cfg(test)]
 impl Rng {
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
@@ -76,7 +75,7 @@ impl Rng {
 
     /// Uniform-ish in `0..n` (`0` for `n` = 0).
     pub fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
+        (self.next_u64() % n.max(1) as u64) as usize
     }
 }
 
@@ -95,12 +94,12 @@ mod tests {
             let at = rng.below(len + 1);
             match rng.below(6) {
                 0 if len > 0 => buf[rng.below(len)] ^= 1 << rng.below(8),
-                1 if len > 0 => buf[rng.below(len)] = rng.next() as u8,
+                1 if len > 0 => buf[rng.below(len)] = rng.next_u64() as u8,
                 2 if len > 0 => {
                     buf.remove(rng.below(len));
                 }
                 3 => buf.truncate(at),
-                4 => buf.insert(at, rng.next() as u8),
+                4 => buf.insert(at, rng.next_u64() as u8),
                 _ => {
                     let word = dict[rng.below(dict.len())];
                     buf.splice(at..at, word.bytes());

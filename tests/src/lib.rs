@@ -16,6 +16,7 @@ pub mod client;
 pub mod cmd;
 pub mod daemon;
 pub mod demo;
+pub mod differential;
 pub mod dns;
 pub mod dsr_backend;
 pub mod ecmp;

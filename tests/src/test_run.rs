@@ -11,15 +11,17 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use anyhow::{Context, Result};
-use aya::maps::{HashMap, MapData, PerCpuArray};
+use aya::maps::{Array, HashMap, MapData, PerCpuArray};
 use aya::programs::{TestRun as _, TestRunOptions, Xdp};
 use lb_common::addr::{ip_bytes, ip_to_words};
 use lb_common::hash::{backend_key, flow_hash};
 use lb_common::maglev::MaglevBackend;
 use lb_common::maps::{
-    BACKEND_DOWN, BACKEND_DRAINING, BACKEND_UP, FLOW_ESTABLISHED, FLOW_REPLIED, FlowKey, FlowState,
-    MODE_DNAT, MODE_DSR, MODE_NAT, MODE_PROXY, PROTO_TCP, ReverseNat, TrafficCounters, names,
+    BACKEND_DOWN, BACKEND_DRAINING, BACKEND_EMPTY, BACKEND_UP, Backend, FLOW_ESTABLISHED,
+    FLOW_REPLIED, FlowKey, FlowState, GlobalConfig, MAX_BACKENDS, MODE_DNAT, MODE_DSR, MODE_NAT,
+    MODE_PROXY, PROTO_TCP, ReverseNat, Service, TrafficCounters, VipKey, names,
 };
+use lb_common::model::Model;
 use lb_common::snat_probe::Probe;
 use lb_user::config::{Config, FlagSettings};
 use lb_user::dataplane::{Dataplane, Forwarding};
@@ -454,6 +456,12 @@ impl TestRun {
         self.table_to(p, to);
     }
 
+    /// A NAT service with both backends up and in its table.
+    pub fn nat_service(&mut self, p: &Plan) {
+        self.service_with_backends(p);
+        self.install(p, MODE_NAT, &[0, 1]);
+    }
+
     /// A NAT service whose backends are up but whose table is empty: no backend to give
     /// a new connection, which is answered with a RST.
     pub fn no_backend_in_table(&mut self, p: &Plan) {
@@ -748,6 +756,82 @@ impl TestRun {
         (established + half_open, rev.keys().count())
     }
 
+    /// What the daemon wrote that the program reads for `nat` services, as the reference
+    /// model's inputs: the global settings, the services and their live Maglev tables,
+    /// the backends and the extra SNAT addresses; its flow tables empty.
+    pub fn model(&mut self) -> Model {
+        let cfg: Array<&mut MapData, GlobalConfig> = self.map_mut(names::CONFIG);
+        let cfg = cfg.get(&0, 0).expect("global settings");
+        let services: HashMap<&mut MapData, VipKey, Service> = self.map_mut(names::SERVICES);
+        let services: std::collections::HashMap<VipKey, Service> =
+            services.iter().map(|e| e.expect("service")).collect();
+        let maglev: Array<&mut MapData, u32> = self.map_mut(names::MAGLEV);
+        let mut table = std::collections::HashMap::new();
+        for svc in services.values() {
+            for slot in 0..cfg.ring_size {
+                let i = svc.table_offset + slot;
+                table.insert(i, maglev.get(&i, 0).expect("Maglev slot"));
+            }
+        }
+        let backends: Array<&mut MapData, Backend> = self.map_mut(names::BACKENDS);
+        let backends = (0..MAX_BACKENDS)
+            .map(|id| (id, backends.get(&id, 0).expect("backend slot")))
+            .filter(|(_, b)| b.state != BACKEND_EMPTY)
+            .collect();
+        let addrs: Array<&mut MapData, [u32; 4]> = self.map_mut(names::SNAT_ADDRS);
+        let snat_addrs = (0..addrs.len())
+            .map(|i| (i, addrs.get(&i, 0).expect("SNAT address")))
+            .filter(|(_, a)| *a != [0; 4])
+            .collect();
+        Model {
+            cfg,
+            services,
+            maglev: table,
+            backends,
+            snat_addrs,
+            ..Model::default()
+        }
+    }
+
+    /// The whole flow table, half-open table and reverse NAT table.
+    pub fn flow_tables(&mut self) -> FlowTables {
+        fn all<V: aya::Pod>(
+            m: HashMap<&mut MapData, FlowKey, V>,
+        ) -> std::collections::HashMap<FlowKey, V> {
+            m.iter().filter_map(|e| e.ok()).collect()
+        }
+        FlowTables {
+            flows: all(self.flows_mut()),
+            half_open: all(self.map_mut(names::HALF_OPEN)),
+            reverse: all(self.map_mut(names::REVERSE_NAT)),
+        }
+    }
+
+    /// Makes flow `k`'s entries (established and half-open) `by` ns older, as if no
+    /// packet of it had come for that long.
+    pub fn age_flow(&mut self, k: FlowKey, by: u64) {
+        for name in [names::FLOWS, names::HALF_OPEN] {
+            let mut m: HashMap<&mut MapData, FlowKey, FlowState> = self.map_mut(name);
+            if let Ok(mut fs) = m.get(&k, 0) {
+                fs.last_seen_ns = fs.last_seen_ns.saturating_sub(by);
+                m.insert(k, fs, 0).expect("flow entry");
+            }
+        }
+    }
+
+    /// Empties the flow, half-open and reverse NAT tables, as at load.
+    pub fn clear_flow_tables(&mut self) {
+        fn clear<V: aya::Pod>(mut m: HashMap<&mut MapData, FlowKey, V>) {
+            let keys: Vec<FlowKey> = m.keys().filter_map(|k| k.ok()).collect();
+            for k in keys {
+                let _ = m.remove(&k);
+            }
+        }
+        clear::<FlowState>(self.flows_mut());
+        clear::<FlowState>(self.map_mut(names::HALF_OPEN));
+        clear::<ReverseNat>(self.map_mut(names::REVERSE_NAT));
+    }
+
     fn flows_mut(&mut self) -> HashMap<&mut MapData, FlowKey, FlowState> {
         self.map_mut(names::FLOWS)
     }
@@ -770,6 +854,43 @@ impl Default for TestRun {
     fn default() -> Self {
         TestRun::new()
     }
+}
+
+/// The RST the program must send in answer to `s`: Ethernet addresses, IP addresses and
+/// ports swapped, the VLAN tag and DSCP kept (ECN cleared), TTL/hop limit 64, no IP or
+/// TCP options, no payload, window 0; IPv4 with identification 0 and DF, IPv6 with the
+/// received flow label.
+pub fn rst_for(s: &Packet, seq: u32, ack: u32, tcp_flags: u8) -> Packet {
+    Packet {
+        eth_dst: s.eth_src,
+        eth_src: s.eth_dst,
+        src: s.dst,
+        dst: s.src,
+        tos: s.tos & !0b11,
+        ttl: 64,
+        ip_id: 0,
+        df: s.src.is_ipv4(),
+        more_fragments: false,
+        frag_offset: 0,
+        ip_options: vec![],
+        sport: s.dport,
+        dport: s.sport,
+        seq,
+        ack,
+        flags: tcp_flags,
+        window: 0,
+        tcp_options: vec![],
+        payload: vec![],
+        ..s.clone()
+    }
+}
+
+/// The program's flow tables, as [`TestRun::flow_tables`] reads them.
+#[derive(Debug, Default)]
+pub struct FlowTables {
+    pub flows: std::collections::HashMap<FlowKey, FlowState>,
+    pub half_open: std::collections::HashMap<FlowKey, FlowState>,
+    pub reverse: std::collections::HashMap<FlowKey, ReverseNat>,
 }
 
 /// Keeps the test thread on its CPU: the next-hop cache is per CPU.

@@ -18,8 +18,8 @@ use lb_common::maps::{
 use lb_tests::packet::{Packet, decode, flags::*};
 use lb_tests::test_run::{
     ACK_NO, Action, BACKEND_MACS, BACKEND_PORT, CLIENT_MAC, CLIENT_PORT, LB0_MAC, LB1_MAC, Plan,
-    SEQ, TestRun, Timeouts, VIP_PORT, counter, first_snat_port, key, plan4, plan6, snat_candidates,
-    stay_on_this_cpu,
+    SEQ, TestRun, Timeouts, VIP_PORT, counter, first_snat_port, key, plan4, plan6, rst_for,
+    snat_candidates, stay_on_this_cpu,
 };
 
 /// A fresh program with `p`'s service: both backends up, every new flow to backend 0.
@@ -68,35 +68,6 @@ fn to_client(p: &Plan, input: &Packet) -> Packet {
         dport: CLIENT_PORT,
         ttl: input.ttl - 1,
         ..input.clone()
-    }
-}
-
-/// The RST the program must send in answer to `s`: Ethernet addresses, IP addresses and
-/// ports swapped, the VLAN tag and DSCP kept (ECN cleared), TTL/hop limit 64, no IP or
-/// TCP options, no payload, window 0; IPv4 with identification 0 and DF, IPv6 with the
-/// received flow label.
-fn rst_for(s: &Packet, seq: u32, ack: u32, tcp_flags: u8) -> Packet {
-    Packet {
-        eth_dst: s.eth_src,
-        eth_src: s.eth_dst,
-        src: s.dst,
-        dst: s.src,
-        tos: s.tos & !0b11,
-        ttl: 64,
-        ip_id: 0,
-        df: s.src.is_ipv4(),
-        more_fragments: false,
-        frag_offset: 0,
-        ip_options: vec![],
-        sport: s.dport,
-        dport: s.sport,
-        seq,
-        ack,
-        flags: tcp_flags,
-        window: 0,
-        tcp_options: vec![],
-        payload: vec![],
-        ..s.clone()
     }
 }
 

@@ -625,14 +625,14 @@ fn mini_fuzz_mutated_headers() {
             let len = buf.len();
             match rng.below(8) {
                 0 if len > 0 => buf[rng.below(len)] ^= 1 << rng.below(8),
-                1 if len > 0 => buf[rng.below(len)] = rng.next() as u8,
-                2 => buf.insert(rng.below(len + 1), rng.next() as u8),
+                1 if len > 0 => buf[rng.below(len)] = rng.next_u64() as u8,
+                2 => buf.insert(rng.below(len + 1), rng.next_u64() as u8),
                 3 if len > 0 => {
                     buf.remove(rng.below(len));
                 }
                 4 => buf.truncate(rng.below(len + 1)),
                 // The v2 length field and TLV lengths are the interesting bytes.
-                5 if len >= 16 => buf[14 + rng.below(2)] = rng.next() as u8,
+                5 if len >= 16 => buf[14 + rng.below(2)] = rng.next_u64() as u8,
                 6 if len > 28 => {
                     let at = 16 + rng.below(len - 16);
                     buf[at] = [0, 1, 3, 4, 5, 0xff][rng.below(6)];
@@ -666,7 +666,7 @@ fn mini_fuzz_random_bytes() {
     let mut rng = Rng(42);
     for _ in 0..20_000 {
         let len = rng.below(120);
-        let mut buf: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+        let mut buf: Vec<u8> = (0..len).map(|_| rng.next_u64() as u8).collect();
         if let Some(first) = buf.first_mut() {
             *first = [b'\r', b'P', 0x16][rng.below(3)];
         }

@@ -1,0 +1,828 @@
+//! The differential fuzzer of the XDP program: random packet sequences through the
+//! loaded program (BPF_PROG_TEST_RUN, [`TestRun`]) and through the reference model
+//! (`lb_common::model`), compared after every packet: the action, the output frame
+//! (decoded, so its checksums are checked from scratch), the counter bumped, and the
+//! flow, half-open and reverse NAT entries the packet touched; every table whole at the
+//! end of each episode.
+//!
+//! A run is a series of episodes of up to [`EPISODE`] events from empty tables: a
+//! client pool of a few ports per family (so ports are reused, flows closed and opened
+//! again on the same tuple), the backends' replies to the ports the model says the
+//! flows hold, backends going down, draining and up, and flows ageing past their
+//! timeouts. An episode that diverges is
+//! shrunk (events dropped one at a time while it still diverges) and returned as a
+//! readable reproduction.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use lb_common::maps::{
+    BACKEND_DOWN, BACKEND_DRAINING, BACKEND_UP, FAMILY_V4, FAMILY_V6, FlowKey, FlowState,
+    PROTO_TCP, ReverseNat,
+};
+use lb_common::model::{Decision, Model, Segment, Toward};
+use lb_user::fuzz::Rng;
+
+use crate::packet::{Packet, decode, flags::*};
+use crate::test_run::{
+    Action, BACKEND_MACS, CLIENT_MAC, LB0_MAC, LB1_MAC, Plan, SNAT_MAX, SNAT_MIN, TestRun,
+    Timeouts, key, plan4, plan6, rst_for,
+};
+
+/// Events per episode.
+pub const EPISODE: usize = 120;
+/// Client ports per family: few, so tuples are reused.
+const PORTS: [u16; 5] = [1001, 1002, 1003, 1004, 1005];
+
+/// One step of a sequence.
+#[derive(Clone, Debug)]
+pub enum Event {
+    /// A client segment to the family's VIP from `port`.
+    Client { fam: usize, port: u16, seg: Seg },
+    /// Backend `backend`'s segment to SNAT port `port`.
+    Backend {
+        fam: usize,
+        backend: usize,
+        port: u16,
+        seg: Seg,
+    },
+    /// Backend `backend` of the family's service changes state (`BACKEND_*`).
+    SetBackend {
+        fam: usize,
+        backend: usize,
+        state: u8,
+    },
+    /// The flow from client port `port` ages by `secs` without a packet.
+    Age { fam: usize, port: u16, secs: u64 },
+}
+
+/// Ages an [`Event::Age`] gives a flow: past the backend's TIME_WAIT (60 s) only, past
+/// the half-open timeout, past the closed one, past every one (the timeouts are
+/// [`TIMEOUTS`]; an episode's own second or so of real time moves nothing across them).
+/// The program's clock counts from boot and an entry cannot be older than that, so
+/// only the ages below the uptime are given.
+const AGES: [u64; 4] = [90, 200, 400, 700];
+
+/// Timeouts far from every age in [`AGES`] and from the length of an episode.
+const TIMEOUTS: Timeouts = Timeouts {
+    idle: "600s",
+    closed: "300s",
+    half_open: "120s",
+};
+
+/// The model's clock: far enough from 0 that entries can age by any of [`AGES`].
+const EPOCH_NS: u64 = 1 << 50;
+
+/// The TCP fields a generated segment varies.
+#[derive(Clone, Copy, Debug)]
+pub struct Seg {
+    pub flags: u8,
+    pub seq: u32,
+    pub ack: u32,
+    pub payload: usize,
+    pub tsval: Option<u32>,
+    pub ttl: u8,
+}
+
+/// Where the program and the model parted.
+#[derive(Debug)]
+pub struct Divergence {
+    /// Index of the event.
+    pub at: usize,
+    pub what: String,
+}
+
+/// A minimal sequence that diverges, for the failure message.
+pub struct Reproduction {
+    pub events: Vec<Event>,
+    pub divergence: Divergence,
+}
+
+impl fmt::Display for Reproduction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "{} events from empty tables diverge at event {}: {}",
+            self.events.len(),
+            self.divergence.at,
+            self.divergence.what
+        )?;
+        for (i, e) in self.events.iter().enumerate() {
+            writeln!(f, "  {i:3}: {}", describe(e))?;
+        }
+        Ok(())
+    }
+}
+
+/// The fuzzer: one loaded program with a `nat` service per family.
+pub struct Differential {
+    lb: TestRun,
+    plans: [Plan; 2],
+    /// Packets run so far.
+    pub packets: u64,
+    /// How many packets ended under each counter: what the run covered.
+    pub outcomes: std::collections::BTreeMap<&'static str, u64>,
+    /// The [`AGES`] this machine's uptime allows.
+    pub ages: Vec<u64>,
+}
+
+impl Default for Differential {
+    fn default() -> Self {
+        Differential::new()
+    }
+}
+
+impl Differential {
+    /// Loads the program with both services, timeouts far beyond any run and SYN
+    /// cookies off (the model's scope).
+    pub fn new() -> Differential {
+        let mut lb = TestRun::new();
+        lb.set_timeouts(TIMEOUTS);
+        lb.set_syn_cookies("off");
+        let plans = [plan4(), plan6()];
+        for p in &plans {
+            lb.nat_service(p);
+        }
+        Differential {
+            lb,
+            plans,
+            packets: 0,
+            outcomes: Default::default(),
+            ages: AGES
+                .into_iter()
+                .filter(|a| a + 10 < uptime_secs())
+                .collect(),
+        }
+    }
+
+    /// Runs episodes from `seed` until `packets` packets have run; the first divergence,
+    /// shrunk, is returned.
+    pub fn run(&mut self, seed: u64, packets: u64) -> Result<(), Reproduction> {
+        let mut rng = Rng(seed | 1);
+        while self.packets < packets {
+            let events = self.generate(&mut rng);
+            if let Err(d) = self.replay(&events) {
+                return Err(self.shrink(events, d));
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs `events` from empty tables and backends up; the first divergence.
+    pub fn replay(&mut self, events: &[Event]) -> Result<(), Divergence> {
+        self.lb.clear_flow_tables();
+        for p in self.plans {
+            for i in 0..2 {
+                self.lb.backend_up(&p, i);
+            }
+        }
+        let mut model = self.model();
+        let mut tally: HashMap<u32, u64> = HashMap::new();
+        let before = self.lb.counters();
+        for (at, e) in events.iter().enumerate() {
+            let fail = |what: String| Divergence { at, what };
+            match *e {
+                Event::SetBackend {
+                    fam,
+                    backend,
+                    state,
+                } => {
+                    let p = self.plans[fam];
+                    match state {
+                        BACKEND_UP => self.lb.backend_up(&p, backend),
+                        BACKEND_DOWN => self.lb.backend_down(&p, backend),
+                        _ => self.lb.backend_draining(&p, backend),
+                    }
+                    let id = p.ids[backend];
+                    let b = model.backends.get_mut(&id).expect("a backend of the plan");
+                    b.state = state;
+                }
+                Event::Age { fam, port, secs } => {
+                    let k = self.plans[fam].client_key(port);
+                    self.lb.age_flow(k, secs * 1_000_000_000);
+                    model.age(&k, secs * 1_000_000_000);
+                }
+                Event::Client { fam, port, seg } => {
+                    let p = self.plans[fam];
+                    let input = client_packet(&p, port, &seg);
+                    let c = self.step(&mut model, &p, &input, true).map_err(fail)?;
+                    *tally.entry(c).or_default() += 1;
+                }
+                Event::Backend {
+                    fam,
+                    backend,
+                    port,
+                    seg,
+                } => {
+                    let p = self.plans[fam];
+                    let input = backend_packet(&p, backend, port, &seg);
+                    let c = self.step(&mut model, &p, &input, false).map_err(fail)?;
+                    *tally.entry(c).or_default() += 1;
+                }
+            }
+        }
+        let end = |what: String| Divergence {
+            at: events.len(),
+            what,
+        };
+        compare_tables(&model, &self.lb.flow_tables()).map_err(end)?;
+        let after = self.lb.counters();
+        for (i, (a, b)) in after.iter().zip(&before).enumerate() {
+            let want = tally.get(&(i as u32)).copied().unwrap_or(0);
+            if a - b != want {
+                return Err(end(format!(
+                    "counter {} moved by {} over the episode, the model says {want}",
+                    lb_common::counters::TABLE[i].name,
+                    a - b
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// One packet through both; the counter the model says it bumps.
+    fn step(
+        &mut self,
+        model: &mut Model,
+        p: &Plan,
+        input: &Packet,
+        from_client: bool,
+    ) -> Result<u32, String> {
+        let seg = segment(input);
+        let want = model
+            .packet(&seg)
+            .ok_or("a packet outside the model's scope")?;
+        let frame = input.build();
+        let (action, out) = if from_client {
+            self.lb.from_client(&frame)
+        } else {
+            self.lb.from_backend(&frame)
+        };
+        self.packets += 1;
+        let name = lb_common::counters::TABLE[want.counter as usize].name;
+        *self.outcomes.entry(name).or_default() += 1;
+        let expected = match want.decision {
+            Decision::Pass => (Action::Pass, Some(input.clone())),
+            Decision::Drop => (Action::Drop, None),
+            Decision::Reset { seq, ack, flags } => {
+                (Action::Tx, Some(rst_for(input, seq, ack, flags)))
+            }
+            Decision::Forward {
+                toward,
+                src,
+                sport,
+                dst,
+                dport,
+            } => (
+                Action::Redirect,
+                Some(forwarded(p, input, toward, src, sport, dst, dport)),
+            ),
+        };
+        let program = format!("program: {action:?}, model: {want:?}");
+        if action != expected.0 {
+            return Err(format!("{}: action differs; {program}", summary(input)));
+        }
+        if let Some(frame) = expected.1 {
+            let got = decode(&out).map_err(|e| format!("{}: output {e:#}", summary(input)))?;
+            if got != frame {
+                return Err(format!(
+                    "{}: output frame differs; {program}\n  program: {}\n  model:   {}",
+                    summary(input),
+                    brief(&got),
+                    brief(&frame)
+                ));
+            }
+        }
+        self.compare_touched(model, &seg, &want.decision)?;
+        Ok(want.counter)
+    }
+
+    /// The entries the packet may have touched: its flow (the client's, or the one its
+    /// reverse entry names) in both flow tables, and the reverse entry of a forwarded
+    /// client packet.
+    fn compare_touched(
+        &mut self,
+        model: &Model,
+        seg: &Segment,
+        d: &Decision,
+    ) -> Result<(), String> {
+        let flow_key = match model.reverse.get(&seg.key) {
+            Some(r) => r.flow,
+            None => seg.key,
+        };
+        compare_entry(
+            "flow",
+            &flow_key,
+            self.lb.flow_table_entry(flow_key),
+            model.flows.get(&flow_key).copied(),
+            same_flow,
+        )?;
+        compare_entry(
+            "half-open flow",
+            &flow_key,
+            self.lb.half_open(flow_key),
+            model.half_open.get(&flow_key).copied(),
+            same_flow,
+        )?;
+        if let Decision::Forward {
+            toward: Toward::Backend,
+            src,
+            sport,
+            dst,
+            dport,
+        } = *d
+        {
+            let rkey = FlowKey {
+                src: dst,
+                dst: src,
+                sport: dport,
+                dport: sport,
+                proto: PROTO_TCP,
+                family: seg.key.family,
+                _pad: [0; 2],
+            };
+            compare_entry(
+                "reverse entry",
+                &rkey,
+                self.lb.reverse(rkey),
+                model.reverse.get(&rkey).copied(),
+                |a: &ReverseNat, b: &ReverseNat| a == b,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// An episode: mostly client segments on a few ports, backend replies on the ports
+    /// the flows hold (or any port of the range), a backend change now and then.
+    fn generate(&mut self, rng: &mut Rng) -> Vec<Event> {
+        let mut g = Generator::default();
+        // The model decides which ports flows hold; it runs beside the generator.
+        let mut model = self.model();
+        let mut events = Vec::with_capacity(EPISODE);
+        for _ in 0..EPISODE {
+            let fam = rng.below(2);
+            let p = self.plans[fam];
+            let roll = rng.below(100);
+            let e = if roll < 3 && !self.ages.is_empty() {
+                let port = PORTS[rng.below(PORTS.len())];
+                let secs = self.ages[rng.below(self.ages.len())];
+                model.age(&p.client_key(port), secs * 1_000_000_000);
+                Event::Age { fam, port, secs }
+            } else if roll < 6 {
+                let state = [BACKEND_UP, BACKEND_DOWN, BACKEND_DRAINING][rng.below(3)];
+                let backend = rng.below(2);
+                if let Some(b) = model.backends.get_mut(&p.ids[backend]) {
+                    b.state = state;
+                }
+                Event::SetBackend {
+                    fam,
+                    backend,
+                    state,
+                }
+            } else if roll < 34 {
+                g.backend(rng, &model, &p, fam)
+            } else {
+                g.client(rng, fam)
+            };
+            let seg = match &e {
+                Event::Client { port, seg, .. } => Some(client_packet(&p, *port, seg)),
+                Event::Backend {
+                    backend, port, seg, ..
+                } => Some(backend_packet(&p, *backend, *port, seg)),
+                Event::SetBackend { .. } | Event::Age { .. } => None,
+            };
+            if let Some(input) = seg {
+                model.packet(&segment(&input));
+            }
+            events.push(e);
+        }
+        events
+    }
+
+    /// The model of the loaded program, its clock at [`EPOCH_NS`].
+    fn model(&mut self) -> Model {
+        Model {
+            now: EPOCH_NS,
+            ..self.lb.model()
+        }
+    }
+
+    /// Drops events one at a time, keeping each drop after which the sequence still
+    /// diverges (anywhere); the events after the divergence go first.
+    fn shrink(&mut self, mut events: Vec<Event>, mut d: Divergence) -> Reproduction {
+        events.truncate(d.at + 1);
+        let mut i = events.len();
+        while i > 0 {
+            i -= 1;
+            if events.len() == 1 {
+                break;
+            }
+            let mut fewer = events.clone();
+            fewer.remove(i);
+            if let Err(e) = self.replay(&fewer) {
+                fewer.truncate(e.at + 1);
+                events = fewer;
+                d = e;
+                i = i.min(events.len());
+            }
+        }
+        // The reproduction's own divergence, from empty tables.
+        let divergence = self.replay(&events).err().unwrap_or(d);
+        Reproduction { events, divergence }
+    }
+}
+
+/// The per-tuple sequence and timestamp clocks of the generated clients, so that a new
+/// SYN on a reused port is sometimes after the old connection and sometimes not.
+#[derive(Default)]
+struct Generator {
+    next_seq: HashMap<(usize, u16), u32>,
+    ts: HashMap<(usize, u16), u32>,
+}
+
+impl Generator {
+    fn client(&mut self, rng: &mut Rng, fam: usize) -> Event {
+        let port = PORTS[rng.below(PORTS.len())];
+        let flags = [
+            SYN,
+            SYN,
+            ACK,
+            ACK,
+            PSH | ACK,
+            PSH | ACK,
+            FIN | ACK,
+            RST,
+            RST | ACK,
+            SYN | ACK,
+            FIN,
+        ][rng.below(11)];
+        let next = self.next_seq.entry((fam, port)).or_insert(0x1000_0000);
+        let seq = if flags & SYN != 0 {
+            // A new connection's ISN: after the old one's end, before it, or anywhere.
+            match rng.below(5) {
+                0..=2 => next.wrapping_add(1 + rng.below(100_000) as u32),
+                3 => next.wrapping_sub(1 + rng.below(1000) as u32),
+                _ => rng.next_u64() as u32,
+            }
+        } else {
+            *next
+        };
+        let payload = if flags & (SYN | RST) != 0 || rng.below(2) == 0 {
+            0
+        } else {
+            1 + rng.below(200)
+        };
+        let end = seq
+            .wrapping_add(payload as u32)
+            .wrapping_add(u32::from(flags & (SYN | FIN) != 0));
+        *next = end;
+        let clock = self.ts.entry((fam, port)).or_insert(1000);
+        let tsval = match rng.below(10) {
+            0 | 1 => None,
+            2 => Some(clock.wrapping_sub(rng.below(50) as u32)),
+            3 => Some(*clock),
+            _ => {
+                *clock = clock.wrapping_add(1 + rng.below(100) as u32);
+                Some(*clock)
+            }
+        };
+        Event::Client {
+            fam,
+            port,
+            seg: Seg {
+                flags,
+                seq,
+                ack: rng.next_u64() as u32,
+                payload,
+                tsval,
+                ttl: if rng.below(40) == 0 { 1 } else { 64 },
+            },
+        }
+    }
+
+    fn backend(&mut self, rng: &mut Rng, model: &Model, p: &Plan, fam: usize) -> Event {
+        let family = if fam == 0 { FAMILY_V4 } else { FAMILY_V6 };
+        let mut held: Vec<(&FlowKey, &ReverseNat)> = model
+            .reverse
+            .iter()
+            .filter(|(k, _)| k.family == family)
+            .collect();
+        held.sort_by_key(|(k, _)| (k.src, k.dport));
+        let (backend, port, close_seq) = match held.get(rng.below(held.len() + 1)) {
+            Some((k, r)) => {
+                let backend = p.ids.iter().position(|id| *id == r.backend).unwrap_or(0);
+                let close = model
+                    .flows
+                    .get(&r.flow)
+                    .or(model.half_open.get(&r.flow))
+                    .map_or(0, |fs| fs.close_seq);
+                (backend, u16::from_be(k.dport), close)
+            }
+            None => (
+                rng.below(2),
+                SNAT_MIN + rng.below(usize::from(SNAT_MAX - SNAT_MIN) + 1) as u16,
+                0,
+            ),
+        };
+        let flags = [
+            SYN | ACK,
+            SYN | ACK,
+            ACK,
+            PSH | ACK,
+            PSH | ACK,
+            FIN | ACK,
+            RST,
+            RST | ACK,
+        ][rng.below(8)];
+        // A FIN that acknowledges the client's FIN, or one sent before it arrived.
+        let ack = match rng.below(3) {
+            0 => close_seq,
+            1 => close_seq.wrapping_sub(1),
+            _ => rng.next_u64() as u32,
+        };
+        Event::Backend {
+            fam,
+            backend,
+            port,
+            seg: Seg {
+                flags,
+                seq: rng.next_u64() as u32,
+                ack,
+                payload: if flags & PSH != 0 {
+                    1 + rng.below(200)
+                } else {
+                    0
+                },
+                tsval: (rng.below(4) != 0).then(|| rng.next_u64() as u32),
+                ttl: if rng.below(40) == 0 { 1 } else { 64 },
+            },
+        }
+    }
+}
+
+/// Seconds since boot: the origin of the program's clock.
+fn uptime_secs() -> u64 {
+    let text = std::fs::read_to_string("/proc/uptime").expect("/proc/uptime");
+    let secs: f64 = text
+        .split_whitespace()
+        .next()
+        .and_then(|s| s.parse().ok())
+        .expect("/proc/uptime's first field");
+    secs as u64
+}
+
+/// The client's segment as it arrives on the client side.
+fn client_packet(p: &Plan, port: u16, s: &Seg) -> Packet {
+    shaped(p.from_client(port, s.flags), s)
+}
+
+/// Backend `i`'s segment to SNAT port `port`, as it arrives on the backend side.
+fn backend_packet(p: &Plan, i: usize, port: u16, s: &Seg) -> Packet {
+    shaped(p.from_backend(i, port, s.flags), s)
+}
+
+fn shaped(base: Packet, s: &Seg) -> Packet {
+    let mut options = vec![2, 4, 0x05, 0xb4]; // MSS 1460
+    match s.tsval {
+        Some(ts) => {
+            options.extend([1, 1, 8, 10]);
+            options.extend(ts.to_be_bytes());
+            options.extend(0u32.to_be_bytes());
+        }
+        None => options.extend([1, 1, 4, 2]), // NOP, NOP, SACK permitted
+    }
+    Packet {
+        seq: s.seq,
+        ack: s.ack,
+        ttl: s.ttl,
+        tcp_options: options,
+        payload: vec![b'x'; s.payload],
+        ..base
+    }
+}
+
+/// What the model sees of `p`.
+fn segment(p: &Packet) -> Segment {
+    Segment {
+        key: key(p.src, p.dst, p.sport, p.dport),
+        flags: p.flags,
+        seq: p.seq,
+        ack: p.ack,
+        payload_len: p.payload.len() as u32,
+        tsval: tsval(&p.tcp_options),
+        ttl: p.ttl,
+    }
+}
+
+/// The TSval of a timestamps option in `options`, if there is one.
+fn tsval(options: &[u8]) -> Option<u32> {
+    let mut i = 0;
+    while i < options.len() {
+        match options[i] {
+            0 => return None,
+            1 => i += 1,
+            kind => {
+                let len = usize::from(*options.get(i + 1)?).max(2);
+                if kind == 8 && len == 10 {
+                    let b = options.get(i + 2..i + 6)?;
+                    return Some(u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+                }
+                i += len;
+            }
+        }
+    }
+    None
+}
+
+/// `input` rewritten as the model says and sent on toward `toward`: MACs of the next
+/// hop, TTL one less.
+fn forwarded(
+    p: &Plan,
+    input: &Packet,
+    toward: Toward,
+    src: [u32; 4],
+    sport: u16,
+    dst: [u32; 4],
+    dport: u16,
+) -> Packet {
+    let family = if input.src.is_ipv4() {
+        FAMILY_V4
+    } else {
+        FAMILY_V6
+    };
+    let ip = |w: [u32; 4]| lb_common::addr::words_to_ip(w, family).expect("an address");
+    let (eth_dst, eth_src) = match toward {
+        Toward::Backend => {
+            let i = p.backend_index(ip(dst)).unwrap_or(0);
+            (BACKEND_MACS[i], LB0_MAC)
+        }
+        Toward::Client => (CLIENT_MAC, LB1_MAC),
+    };
+    Packet {
+        eth_dst,
+        eth_src,
+        src: ip(src),
+        dst: ip(dst),
+        sport: u16::from_be(sport),
+        dport: u16::from_be(dport),
+        ttl: input.ttl - 1,
+        ..input.clone()
+    }
+}
+
+/// A flow entry as the model keeps it: every field but the clock's.
+fn same_flow(a: &FlowState, b: &FlowState) -> bool {
+    let strip = |f: &FlowState| FlowState {
+        last_seen_ns: 0,
+        first_seen_ns: 0,
+        ..*f
+    };
+    strip(a) == strip(b)
+}
+
+fn compare_entry<V: fmt::Debug>(
+    what: &str,
+    k: &FlowKey,
+    program: Option<V>,
+    model: Option<V>,
+    same: impl Fn(&V, &V) -> bool,
+) -> Result<(), String> {
+    let agree = match (&program, &model) {
+        (Some(a), Some(b)) => same(a, b),
+        (None, None) => true,
+        _ => false,
+    };
+    if agree {
+        return Ok(());
+    }
+    Err(format!(
+        "{what} of {}: program {program:?}, model {model:?}",
+        tuple(k)
+    ))
+}
+
+/// Every table, whole.
+fn compare_tables(model: &Model, program: &crate::test_run::FlowTables) -> Result<(), String> {
+    fn table<V: fmt::Debug + Copy>(
+        what: &str,
+        program: &HashMap<FlowKey, V>,
+        model: &HashMap<FlowKey, V>,
+        same: impl Fn(&V, &V) -> bool,
+    ) -> Result<(), String> {
+        for k in program.keys().chain(model.keys()) {
+            compare_entry(
+                what,
+                k,
+                program.get(k).copied(),
+                model.get(k).copied(),
+                &same,
+            )?;
+        }
+        Ok(())
+    }
+    table("flow", &program.flows, &model.flows, same_flow)?;
+    table(
+        "half-open flow",
+        &program.half_open,
+        &model.half_open,
+        same_flow,
+    )?;
+    table("reverse entry", &program.reverse, &model.reverse, |a, b| {
+        a == b
+    })
+}
+
+fn tuple(k: &FlowKey) -> String {
+    let ip = |w: [u32; 4]| {
+        lb_common::addr::words_to_ip(w, k.family).map_or("?".to_string(), |a| a.to_string())
+    };
+    format!(
+        "{}:{} → {}:{}",
+        ip(k.src),
+        u16::from_be(k.sport),
+        ip(k.dst),
+        u16::from_be(k.dport)
+    )
+}
+
+/// A packet's fields with its payload as a length, for a divergence's message.
+fn brief(p: &Packet) -> String {
+    let without = Packet {
+        payload: Vec::new(),
+        ..p.clone()
+    };
+    format!("{without:?} + {} bytes", p.payload.len())
+}
+
+fn summary(p: &Packet) -> String {
+    format!(
+        "{}:{} → {}:{} {} seq {} ack {} len {} ttl {}",
+        p.src,
+        p.sport,
+        p.dst,
+        p.dport,
+        flag_names(p.flags),
+        p.seq,
+        p.ack,
+        p.payload.len(),
+        p.ttl
+    )
+}
+
+fn describe(e: &Event) -> String {
+    let fam = |f: usize| if f == 0 { "v4" } else { "v6" };
+    let seg = |s: &Seg| {
+        format!(
+            "{} seq {} ack {} len {} ts {:?} ttl {}",
+            flag_names(s.flags),
+            s.seq,
+            s.ack,
+            s.payload,
+            s.tsval,
+            s.ttl
+        )
+    };
+    match e {
+        Event::Client {
+            fam: f,
+            port,
+            seg: s,
+        } => {
+            format!("{} client port {port}: {}", fam(*f), seg(s))
+        }
+        Event::Backend {
+            fam: f,
+            backend,
+            port,
+            seg: s,
+        } => format!(
+            "{} backend {backend} to SNAT port {port}: {}",
+            fam(*f),
+            seg(s)
+        ),
+        Event::SetBackend {
+            fam: f,
+            backend,
+            state,
+        } => format!("{} backend {backend} state {state}", fam(*f)),
+        Event::Age { fam: f, port, secs } => {
+            format!("{} client port {port}: its flow ages {secs} s", fam(*f))
+        }
+    }
+}
+
+fn flag_names(f: u8) -> String {
+    let names = [
+        (SYN, "SYN"),
+        (ACK, "ACK"),
+        (PSH, "PSH"),
+        (FIN, "FIN"),
+        (RST, "RST"),
+    ];
+    let v: Vec<&str> = names
+        .iter()
+        .filter(|(b, _)| f & b != 0)
+        .map(|(_, n)| *n)
+        .collect();
+    v.join("|")
+}
