@@ -20,13 +20,13 @@ use lb_common::maps::{
     BACKEND_DOWN, BACKEND_DRAINING, BACKEND_UP, FAMILY_V4, FAMILY_V6, FlowKey, FlowState,
     PROTO_TCP, ReverseNat,
 };
-use lb_common::model::{Decision, Model, Segment, Toward};
+use lb_common::model::{Decision, Model, Parsed, Segment, Toward, parse};
 use lb_user::fuzz::Rng;
 
 use crate::packet::{Packet, decode, flags::*};
 use crate::test_run::{
     Action, BACKEND_MACS, CLIENT_MAC, LB0_MAC, LB1_MAC, Plan, SNAT_MAX, SNAT_MIN, TestRun,
-    Timeouts, key, plan4, plan6, rst_for,
+    Timeouts, plan4, plan6, rst_for,
 };
 
 /// Events per episode.
@@ -73,7 +73,7 @@ const TIMEOUTS: Timeouts = Timeouts {
 /// The model's clock: far enough from 0 that entries can age by any of [`AGES`].
 const EPOCH_NS: u64 = 1 << 50;
 
-/// The TCP fields a generated segment varies.
+/// The TCP fields a generated segment varies, and how its frame is bent.
 #[derive(Clone, Copy, Debug)]
 pub struct Seg {
     pub flags: u8,
@@ -82,6 +82,27 @@ pub struct Seg {
     pub payload: usize,
     pub tsval: Option<u32>,
     pub ttl: u8,
+    pub mangle: Mangle,
+}
+
+/// What is done to a segment's frame beyond its TCP fields.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mangle {
+    None,
+    /// An 802.1Q tag with this TCI.
+    Vlan(u16),
+    /// IPv4 options of this many 4-byte words (NOPs, then an end); nothing for IPv6.
+    IpOptions(u8),
+    /// An IPv4 fragment with the ports (more fragments), or one after it; nothing for
+    /// IPv6.
+    FirstFragment,
+    LaterFragment,
+    /// The frame cut after this many bytes (at least the Ethernet header's 14).
+    Truncate(usize),
+    /// The IP length field this much more than the packet's.
+    LongIpLength(u16),
+    /// The TCP data offset set to this many words (fewer than the header's 5).
+    ShortDataOffset(u8),
 }
 
 /// Where the program and the model parted.
@@ -205,7 +226,9 @@ impl Differential {
                 Event::Client { fam, port, seg } => {
                     let p = self.plans[fam];
                     let input = client_packet(&p, port, &seg);
-                    let c = self.step(&mut model, &p, &input, true).map_err(fail)?;
+                    let c = self
+                        .step(&mut model, &p, &input, seg.mangle, true)
+                        .map_err(fail)?;
                     *tally.entry(c).or_default() += 1;
                 }
                 Event::Backend {
@@ -216,7 +239,9 @@ impl Differential {
                 } => {
                     let p = self.plans[fam];
                     let input = backend_packet(&p, backend, port, &seg);
-                    let c = self.step(&mut model, &p, &input, false).map_err(fail)?;
+                    let c = self
+                        .step(&mut model, &p, &input, seg.mangle, false)
+                        .map_err(fail)?;
                     *tally.entry(c).or_default() += 1;
                 }
             }
@@ -246,13 +271,14 @@ impl Differential {
         model: &mut Model,
         p: &Plan,
         input: &Packet,
+        mangle: Mangle,
         from_client: bool,
     ) -> Result<u32, String> {
-        let seg = segment(input);
+        let frame = bent(input, mangle);
+        let input = &reshaped(input, mangle);
         let want = model
-            .packet(&seg)
+            .frame(&frame)
             .ok_or("a packet outside the model's scope")?;
-        let frame = input.build();
         let (action, out) = if from_client {
             self.lb.from_client(&frame)
         } else {
@@ -262,7 +288,7 @@ impl Differential {
         let name = lb_common::counters::TABLE[want.counter as usize].name;
         *self.outcomes.entry(name).or_default() += 1;
         let expected = match want.decision {
-            Decision::Pass => (Action::Pass, Some(input.clone())),
+            Decision::Pass => (Action::Pass, None),
             Decision::Drop => (Action::Drop, None),
             Decision::Reset { seq, ack, flags } => {
                 (Action::Tx, Some(rst_for(input, seq, ack, flags)))
@@ -279,21 +305,26 @@ impl Differential {
             ),
         };
         let program = format!("program: {action:?}, model: {want:?}");
+        let what = format!("{} ({mangle:?})", summary(input));
         if action != expected.0 {
-            return Err(format!("{}: action differs; {program}", summary(input)));
+            return Err(format!("{what}: action differs; {program}"));
+        }
+        if want.decision == Decision::Pass && out != frame {
+            return Err(format!("{what}: a passed frame was changed; {program}"));
         }
         if let Some(frame) = expected.1 {
-            let got = decode(&out).map_err(|e| format!("{}: output {e:#}", summary(input)))?;
+            let got = decode(&out).map_err(|e| format!("{what}: output {e:#}"))?;
             if got != frame {
                 return Err(format!(
-                    "{}: output frame differs; {program}\n  program: {}\n  model:   {}",
-                    summary(input),
+                    "{what}: output frame differs; {program}\n  program: {}\n  model:   {}",
                     brief(&got),
                     brief(&frame)
                 ));
             }
         }
-        self.compare_touched(model, &seg, &want.decision)?;
+        if let Parsed::Tcp(seg) = parse(&frame) {
+            self.compare_touched(model, &seg, &want.decision)?;
+        }
         Ok(want.counter)
     }
 
@@ -391,8 +422,9 @@ impl Differential {
                 } => Some(backend_packet(&p, *backend, *port, seg)),
                 Event::SetBackend { .. } | Event::Age { .. } => None,
             };
-            if let Some(input) = seg {
-                model.packet(&segment(&input));
+            if let (Some(input), Event::Client { seg, .. } | Event::Backend { seg, .. }) = (seg, &e)
+            {
+                model.frame(&bent(&input, seg.mangle));
             }
             events.push(e);
         }
@@ -496,6 +528,7 @@ impl Generator {
                 payload,
                 tsval,
                 ttl: if rng.below(40) == 0 { 1 } else { 64 },
+                mangle: mangle(rng),
             },
         }
     }
@@ -555,6 +588,7 @@ impl Generator {
                 },
                 tsval: (rng.below(4) != 0).then(|| rng.next_u64() as u32),
                 ttl: if rng.below(40) == 0 { 1 } else { 64 },
+                mangle: mangle(rng),
             },
         }
     }
@@ -601,37 +635,55 @@ fn shaped(base: Packet, s: &Seg) -> Packet {
     }
 }
 
-/// What the model sees of `p`.
-fn segment(p: &Packet) -> Segment {
-    Segment {
-        key: key(p.src, p.dst, p.sport, p.dport),
-        flags: p.flags,
-        seq: p.seq,
-        ack: p.ack,
-        payload_len: p.payload.len() as u32,
-        tsval: tsval(&p.tcp_options),
-        ttl: p.ttl,
+/// Mostly none; now and then a VLAN tag, IPv4 options, a fragment or a broken frame.
+fn mangle(rng: &mut Rng) -> Mangle {
+    match rng.below(40) {
+        0 => Mangle::Vlan(rng.below(4095) as u16 + 1),
+        1 => Mangle::IpOptions(1 + rng.below(10) as u8),
+        2 => Mangle::FirstFragment,
+        3 => Mangle::LaterFragment,
+        4 => Mangle::Truncate(14 + rng.below(80)),
+        5 => Mangle::LongIpLength(1 + rng.below(100) as u16),
+        6 => Mangle::ShortDataOffset(rng.below(5) as u8),
+        _ => Mangle::None,
     }
 }
 
-/// The TSval of a timestamps option in `options`, if there is one.
-fn tsval(options: &[u8]) -> Option<u32> {
-    let mut i = 0;
-    while i < options.len() {
-        match options[i] {
-            0 => return None,
-            1 => i += 1,
-            kind => {
-                let len = usize::from(*options.get(i + 1)?).max(2);
-                if kind == 8 && len == 10 {
-                    let b = options.get(i + 2..i + 6)?;
-                    return Some(u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
-                }
-                i += len;
-            }
+/// `p` with the header changes of `m` (tag, options, fragment fields).
+fn reshaped(p: &Packet, m: Mangle) -> Packet {
+    let v4 = p.src.is_ipv4();
+    let mut p = p.clone();
+    match m {
+        Mangle::Vlan(tci) => p.vlan = Some(tci),
+        Mangle::IpOptions(words) if v4 => {
+            p.ip_options = vec![1; usize::from(words) * 4];
+            p.ip_options[usize::from(words) * 4 - 1] = 0;
         }
+        Mangle::FirstFragment if v4 => p.more_fragments = true,
+        Mangle::LaterFragment if v4 => p.frag_offset = 185,
+        _ => {}
     }
-    None
+    p
+}
+
+/// `p`'s frame, bent as `m` says.
+fn bent(p: &Packet, m: Mangle) -> Vec<u8> {
+    let v4 = p.src.is_ipv4();
+    let p = reshaped(p, m);
+    let mut f = p.build();
+    let l3 = if p.vlan.is_some() { 18 } else { 14 };
+    let l4 = l3 + if v4 { 20 + p.ip_options.len() } else { 40 };
+    match m {
+        Mangle::Truncate(n) => f.truncate(n.min(f.len() - 1)),
+        Mangle::LongIpLength(more) => {
+            let at = if v4 { l3 + 2 } else { l3 + 4 };
+            let len = u16::from_be_bytes([f[at], f[at + 1]]).wrapping_add(more);
+            f[at..at + 2].copy_from_slice(&len.to_be_bytes());
+        }
+        Mangle::ShortDataOffset(words) => f[l4 + 12] = (words << 4) | (f[l4 + 12] & 0x0f),
+        _ => {}
+    }
+    f
 }
 
 /// `input` rewritten as the model says and sent on toward `toward`: MACs of the next
