@@ -6,8 +6,9 @@
 //! Modules, lowest first (each uses only those before it): `cpu`, `cost`, `sys`, `xdp`
 //! (the bench's XDP programs), `frames` (the generator's template frames), `bed`,
 //! `systems`, `napi`, `pps`, `clients` (wrk, iperf3), `flood` (the SYN flood), `churn`
-//! (the connection-state workloads), `workloads`, `figure`, `maglev`, `failover` (an LB
-//! host dies behind ECMP), `report`; this file runs the plan.
+//! (the connection-state workloads), `workloads`, `figure`, `maglev`, `path_cost` (the
+//! XDP program's ns per packet on each path), `failover` (an LB host dies behind ECMP),
+//! `report`; this file runs the plan.
 
 // The system calls aya has no wrapper for are the only unsafe code, in `sys`.
 #![deny(unsafe_code)]
@@ -23,6 +24,7 @@ mod flood;
 mod frames;
 mod maglev;
 mod napi;
+mod path_cost;
 mod pps;
 mod report;
 mod sys;
@@ -611,6 +613,7 @@ fn figures(
         higher_is_better,
     };
     out.extend(maglev::figures(plan.quick, notes));
+    out.extend(path_cost::figures(plan.quick, notes));
     let flow_metric = metric("memory_per_flow", "bytes", false);
     match &extras.flow_bytes {
         Some(Ok(bytes)) => out.push(Figure {

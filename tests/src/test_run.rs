@@ -631,13 +631,31 @@ impl TestRun {
 
     /// Runs one frame as if received on `ingress`; returns the action and output frame.
     pub fn run(&mut self, frame: &[u8], ingress: u32) -> (Action, Vec<u8>) {
+        let (action, out, _) = self.run_program(names::PROG_LB, frame, ingress);
+        (action, out)
+    }
+
+    /// Runs one frame through the object's program `name` as if received on `ingress`;
+    /// returns the action, the output frame and the run's time as the kernel measured
+    /// it (one run: the time includes reading its clock twice).
+    pub fn run_program(
+        &mut self,
+        name: &str,
+        frame: &[u8],
+        ingress: u32,
+    ) -> (Action, Vec<u8>, std::time::Duration) {
         let prog: &mut Xdp = self
             .dp
             .ebpf_mut()
-            .program_mut(names::PROG_LB)
-            .expect("lb_xdp in the object")
+            .program_mut(name)
+            .unwrap_or_else(|| panic!("{name} in the object"))
             .try_into()
-            .expect("lb_xdp is XDP");
+            .unwrap_or_else(|_| panic!("{name} is XDP"));
+        if prog.fd().is_err() {
+            // The daemon loads only its own programs (not the tests' `xdp_pass`).
+            prog.load()
+                .unwrap_or_else(|e| panic!("loading {name}: {e}"));
+        }
         // struct xdp_md { data, data_end, data_meta, ingress_ifindex, rx_queue_index,
         // egress_ifindex }
         let md: Vec<u8> = [0, frame.len() as u32, 0, ingress, 0, 0]
@@ -652,9 +670,11 @@ impl TestRun {
                 ctx_in: Some(&md),
                 ..TestRunOptions::new()
             })
-            .expect("BPF_PROG_TEST_RUN of lb_xdp (needs a kernel with XDP test runs)");
+            .unwrap_or_else(|e| {
+                panic!("BPF_PROG_TEST_RUN of {name} (needs a kernel with XDP test runs): {e}")
+            });
         out.truncate(r.data_size_out as usize);
-        (Action::from_xdp(r.return_value), out)
+        (Action::from_xdp(r.return_value), out, r.duration)
     }
 
     /// Runs a frame from the client side.

@@ -1,0 +1,163 @@
+//! What one packet costs the XDP program on each of its paths (issue 17), measured
+//! with BPF_PROG_TEST_RUN once per bench run: the program as the daemon loads it, with a
+//! `nat` service provisioned through the daemon's own map writers (`lb_tests::test_run`).
+//!
+//! Each figure is the mean over many runs of one frame each (a repeat count would run
+//! the program again on the frame it already rewrote, another path), less the mean of
+//! the same runs of `xdp_pass`, a program that returns at once: what remains is the
+//! path's own work. A new flow's SYN needs a new tuple per run, so those runs each use
+//! a client port of their own.
+
+use crate::figure::Figure;
+use crate::systems::System;
+use crate::workloads::Metric;
+use lb_common::maps::names;
+use lb_tests::packet::flags::{ACK, PSH, SYN};
+use lb_tests::test_run::{Action, CLIENT_PORT, Plan, TestRun, plan4, stay_on_this_cpu};
+use std::time::Duration;
+
+/// The figures' workload name.
+pub const WORKLOAD: &str = "xdp-path";
+/// Runs per path (a quick run's).
+const RUNS: (usize, usize) = (20_000, 2_000);
+/// New flows per batch: the test bed's SNAT range holds 1,000 ports per backend, and
+/// the tables are emptied at 40% (where a claim's 24 probes all fail once in 10⁹).
+const BATCH: usize = 400;
+
+/// The paths measured: figure name, and what the runs must end in.
+const PATHS: [(&str, Action); 5] = [
+    ("syn_new_flow", Action::Redirect),
+    ("established_forward", Action::Redirect),
+    ("reply", Action::Redirect),
+    ("rst_no_backend", Action::Tx),
+    ("not_for_a_vip", Action::Pass),
+];
+
+/// A figure per path, or one failed figure saying why none could be measured.
+pub fn figures(quick: bool, notes: &mut Vec<String>) -> Vec<Figure> {
+    let runs = if quick { RUNS.1 } else { RUNS.0 };
+    // TestRun enters a network namespace of its own: on a thread of its own.
+    let measured = std::thread::spawn(move || measure(runs))
+        .join()
+        .map_err(|_| "the measuring thread panicked".to_owned());
+    let metric = |name: &'static str| Metric {
+        name,
+        unit: "ns",
+        higher_is_better: false,
+    };
+    let figure = |name: &'static str, status: String, ns: Option<f64>| Figure {
+        system: System::LbNat,
+        workload: WORKLOAD.to_owned(),
+        metric: metric(name),
+        status,
+        median: ns,
+        min: ns,
+        max: ns,
+        repeats: usize::from(ns.is_some()),
+        discarded: 0,
+    };
+    match measured {
+        Ok(costs) => {
+            notes.push(format!(
+                "{WORKLOAD}: ns per packet of each path of lb_xdp (BPF_PROG_TEST_RUN, mean of \
+                 {runs} single runs less xdp_pass's, on one CPU)"
+            ));
+            costs
+                .into_iter()
+                .map(|(name, ns)| figure(name, "ok".to_owned(), Some(ns)))
+                .collect()
+        }
+        Err(e) => vec![figure(PATHS[0].0, format!("failed: {e}"), None)],
+    }
+}
+
+/// Each path's mean cost in ns, less the empty program's.
+fn measure(runs: usize) -> Vec<(&'static str, f64)> {
+    stay_on_this_cpu();
+    let mut lb = TestRun::new();
+    // SYN cookies would answer a burst of new flows this fast; their path is not this.
+    lb.set_syn_cookies("off");
+    let p = plan4();
+    lb.two_backends_up(&p, 0);
+    let frame = p.from_client(CLIENT_PORT, ACK).build();
+    let ingress = lb.lb1;
+    let empty = mean(runs, |_| {
+        lb.run_program(names::PROG_PASS, &frame, ingress).2
+    });
+    let mut out = Vec::new();
+    for (name, want) in PATHS {
+        let ns = match name {
+            "syn_new_flow" => new_flows(&mut lb, &p, runs, want),
+            _ => {
+                let (frame, ingress) = frame_for(&mut lb, &p, name);
+                mean(runs, |_| timed(&mut lb, &frame, ingress, want))
+            }
+        };
+        out.push((name, (ns - empty).max(0.0)));
+    }
+    out
+}
+
+/// The mean of `runs` SYNs of new flows, in batches from empty tables.
+fn new_flows(lb: &mut TestRun, p: &Plan, runs: usize, want: Action) -> f64 {
+    lb.clear_flow_tables();
+    mean(runs, |i| {
+        if i > 0 && i % BATCH == 0 {
+            lb.clear_flow_tables();
+        }
+        let port = 10_000 + (i % BATCH) as u16;
+        let frame = p.from_client(port, SYN).build();
+        let ingress = lb.lb1;
+        timed(lb, &frame, ingress, want)
+    })
+}
+
+/// The frame of path `name` and the interface it arrives on, with the state it needs
+/// (an established flow for the forward and reply paths; an empty table for the RST).
+fn frame_for(lb: &mut TestRun, p: &Plan, name: &str) -> (Vec<u8>, u32) {
+    lb.clear_flow_tables();
+    match name {
+        "established_forward" | "reply" => {
+            lb.table_to(p, 0);
+            lb.from_client(&p.syn().build());
+            let port = lb.snat_port(p, CLIENT_PORT);
+            lb.from_backend(&p.from_backend(0, port, SYN | ACK).build());
+            lb.from_client(&p.from_client(CLIENT_PORT, ACK).build());
+            if name == "reply" {
+                (p.from_backend(0, port, PSH | ACK).build(), lb.lb0)
+            } else {
+                (p.from_client(CLIENT_PORT, PSH | ACK).build(), lb.lb1)
+            }
+        }
+        "rst_no_backend" => {
+            lb.no_backend_in_table(p);
+            (p.syn().build(), lb.lb1)
+        }
+        _ => {
+            // A TCP segment to the LB host's own address, not a VIP: passed on.
+            let mut s = p.from_client(CLIENT_PORT, ACK);
+            s.dst = [198, 18, 1, 1].into();
+            (s.build(), lb.lb1)
+        }
+    }
+}
+
+fn timed(lb: &mut TestRun, frame: &[u8], ingress: u32, want: Action) -> Duration {
+    let before = lb.counters();
+    let (action, _, took) = lb.run_program(names::PROG_LB, frame, ingress);
+    if action != want {
+        let after = lb.counters();
+        let why: Vec<&str> = (0..after.len())
+            .filter(|&i| after[i] != before[i])
+            .map(|i| lb_common::counters::TABLE[i].name)
+            .collect();
+        panic!("{action:?} ({why:?}), not {want:?}: not the path meant");
+    }
+    took
+}
+
+/// The mean of `runs` durations, in ns.
+fn mean(runs: usize, mut run: impl FnMut(usize) -> Duration) -> f64 {
+    let total: Duration = (0..runs).map(&mut run).sum();
+    total.as_nanos() as f64 / runs as f64
+}
