@@ -226,6 +226,27 @@ fn quick_bench_writes_every_figure() {
         );
     }
     assert!(md.contains("## Maglev table build"), "{md}");
+    // The XDP program's cost on each path, measured.
+    let paths: Vec<&serde_json::Value> = figures
+        .iter()
+        .copied()
+        .filter(|f| f["workload"] == "xdp-path")
+        .collect();
+    for path in [
+        "syn_new_flow",
+        "established_forward",
+        "reply",
+        "rst_no_backend",
+        "not_for_a_vip",
+    ] {
+        let f = paths
+            .iter()
+            .find(|f| f["metric"] == path)
+            .unwrap_or_else(|| panic!("no xdp-path figure {path}:\n{md}"));
+        assert_eq!(f["status"], "ok", "{f}\nbench log:\n{log}");
+        let ns = f["median"].as_f64().unwrap_or(0.0);
+        assert!(ns > 0.0, "{path}: {ns} ns\n{md}");
+    }
     // The lb/peer ratios and the issue's targets are in the report, and nothing the
     // issue asks for is left unmeasured.
     assert!(md.contains("## Ratios lb-nat / peer"), "{md}");
