@@ -247,10 +247,7 @@ impl Dataplane {
             if on {
                 trie.insert(&key, 1, 0).map_err(map_error(names::ALLOW))?;
             } else {
-                match trie.remove(&key) {
-                    Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-                    Err(e) => return Err(map_error(names::ALLOW)(e)),
-                }
+                gone_is_fine(trie.remove(&key)).map_err(map_error(names::ALLOW))?;
             }
         }
         Ok(())
@@ -270,10 +267,7 @@ impl Dataplane {
             })
             .collect();
         for k in &gone {
-            match trie.remove(k) {
-                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-                Err(e) => return Err(map_error(names::ALLOW)(e)),
-            }
+            gone_is_fine(trie.remove(k)).map_err(map_error(names::ALLOW))?;
         }
         Ok(gone.len())
     }
@@ -328,10 +322,7 @@ impl Dataplane {
         vip: SocketAddr,
     ) -> Result<(), DataplaneError> {
         let mut vips: HashMap<&mut MapData, VipKey, V> = self.map_mut(map)?;
-        match vips.remove(&VipKey::from_socket_addr(vip)) {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(source) => Err(map_error(map)(source)),
-        }
+        gone_is_fine(vips.remove(&VipKey::from_socket_addr(vip))).map_err(map_error(map))
     }
 
     /// Kernel ids of the program's maps, for `lb stats` in another process.
@@ -385,6 +376,16 @@ fn link_mac(iface: &str) -> Option<[u8; 6]> {
 }
 
 /// The `ALLOW` key of service slot `service`'s range `r`.
+/// A removal's result, a key that was not there counted as removed: aya reports it as
+/// the system call's ENOENT, not as `MapError::KeyNotFound`.
+fn gone_is_fine(r: Result<(), MapError>) -> Result<(), MapError> {
+    match r {
+        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        Err(MapError::KeyNotFound) => Ok(()),
+        other => other,
+    }
+}
+
 fn allow_key(service: u32, r: &Cidr) -> Key<[u8; 20]> {
     let bytes = match r.addr {
         IpAddr::V4(a) => a.octets().to_vec(),
