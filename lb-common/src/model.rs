@@ -9,11 +9,12 @@
 //! table with its half-open part (promotion, a closed flow's port reuse, a SYN on a
 //! closed flow); the Maglev pick; the SNAT port claim (the client's previous port, the
 //! probe sequence, stale and reusable reverse entries, TIME_WAIT); the forward and
-//! reverse rewrites; the RST for a connection no backend takes; the verdict and its
-//! counter; per-flow packet counts.
+//! reverse rewrites; the RST for a connection no backend takes; allowlists (drop or
+//! RST, new flows only or established ones too); the verdict and its counter; per-flow
+//! packet counts.
 //!
 //! Not covered yet: other modes (proxy-v2, DSR, DNAT), SYN cookies and the SYN proxy,
-//! per-source limits, allowlists, ICMP errors, frames to another host's MAC (the
+//! per-source limits, ICMP errors, frames to another host's MAC (the
 //! interface list is empty in the model) and a full table.
 //!
 //! Time: the model's clock ([`Model::now`]) stands still while the program's runs, so a
@@ -26,9 +27,10 @@ use crate::flow::{self, Opening};
 use crate::hash::flow_hash;
 use crate::maglev::{self, NO_BACKEND};
 use crate::maps::{
-    BACKEND_DRAINING, BACKEND_UP, Backend, FAMILY_V4, FAMILY_V6, FLOW_BACKEND_TIME_WAIT,
-    FLOW_CLIENT_TS, FLOW_ESTABLISHED, FLOW_FIN_BACKEND, FLOW_FIN_CLIENT, FlowKey, FlowState,
-    GlobalConfig, MODE_NAT, ReverseNat, Service, VipKey, snat_addrs_base,
+    ACCESS_CUT_ESTABLISHED, ACCESS_LIST, ACCESS_RESET, BACKEND_DRAINING, BACKEND_UP, Backend,
+    FAMILY_V4, FAMILY_V6, FLOW_BACKEND_TIME_WAIT, FLOW_CLIENT_TS, FLOW_ESTABLISHED,
+    FLOW_FIN_BACKEND, FLOW_FIN_CLIENT, FlowKey, FlowState, GlobalConfig, MODE_NAT, MODE_PROXY,
+    ReverseNat, Service, VipKey, snat_addrs_base,
 };
 use crate::snat_probe::{PROBES, Probe};
 use crate::{counters, tcp};
@@ -297,6 +299,33 @@ pub struct Model {
     pub half_open: HashMap<FlowKey, FlowState>,
     /// Backend → SNAT address:port tuple → its flow (`REVERSE_NAT`).
     pub reverse: HashMap<FlowKey, ReverseNat>,
+    /// The allowlists (`ALLOW`), a service's ranges applying while its `access` has
+    /// `ACCESS_LIST`.
+    pub allow: Vec<AllowRange>,
+}
+
+/// A range of an allowlist: addresses whose first `prefix` bits are `addr`'s.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AllowRange {
+    pub service: u32,
+    pub family: u8,
+    /// The address's bytes (IPv4 in the first 4).
+    pub addr: [u8; 16],
+    pub prefix: u8,
+}
+
+impl AllowRange {
+    fn holds(&self, service: u32, key: &FlowKey) -> bool {
+        if self.service != service || self.family != key.family {
+            return false;
+        }
+        let mut src = [0u8; 16];
+        for (i, w) in key.src.iter().enumerate() {
+            src[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
+        }
+        let bits = usize::from(self.prefix);
+        (0..bits).all(|b| (src[b / 8] ^ self.addr[b / 8]) & (0x80 >> (b % 8)) == 0)
+    }
 }
 
 /// A flow's entry and the table it is in.
@@ -341,6 +370,7 @@ impl Model {
     /// segment to a service of a mode the model does not cover.
     pub fn packet(&mut self, s: &Segment) -> Option<Outcome> {
         match self.services.get(&vip_of(&s.key)).copied() {
+            Some(svc) if self.refused(s, &svc) => Some(refusal(s, &svc)),
             Some(svc) if svc.mode == MODE_NAT => Some(self.forward(s, &svc)),
             Some(_) => None,
             None => Some(self.reverse(s)),
@@ -355,6 +385,19 @@ impl Model {
                 fs.last_seen_ns = fs.last_seen_ns.saturating_sub(by);
             }
         }
+    }
+
+    /// Whether the service's allowlist refuses the segment: its source is not listed,
+    /// and the segment would open a flow (a SYN, or a segment no flow knows) or the
+    /// service cuts such sources' flows too.
+    fn refused(&self, s: &Segment, svc: &Service) -> bool {
+        if svc.access & ACCESS_LIST == 0 || self.allow.iter().any(|r| r.holds(svc.id, &s.key)) {
+            return false;
+        }
+        if svc.access & ACCESS_CUT_ESTABLISHED != 0 || s.flags & tcp::SYN != 0 {
+            return true;
+        }
+        svc.mode != MODE_PROXY && self.lookup(&s.key).is_none()
     }
 
     // -- The flow table ----------------------------------------------------------------
@@ -403,7 +446,7 @@ impl Model {
         }
         match self.new_flow(s, svc) {
             Ok(out) => out,
-            Err(counters::DROP_NO_BACKEND) => reset(s),
+            Err(counters::DROP_NO_BACKEND) => reset(s, counters::DROP_NO_BACKEND),
             Err(c) => Outcome::new(Decision::Drop, c),
         }
     }
@@ -695,8 +738,18 @@ fn to_backend(b: &Backend, src: [u32; 4], port: u16) -> Outcome {
     )
 }
 
-/// The answer to a connection no backend takes (RFC 9293 3.10.7.1): none to a RST.
-fn reset(s: &Segment) -> Outcome {
+/// A refused segment's answer: a RST with `ACCESS_RESET`, else nothing.
+fn refusal(s: &Segment, svc: &Service) -> Outcome {
+    if svc.access & ACCESS_RESET != 0 {
+        reset(s, counters::DROP_DENIED)
+    } else {
+        Outcome::new(Decision::Drop, counters::DROP_DENIED)
+    }
+}
+
+/// The RST that answers a segment no one takes (RFC 9293 3.10.7.1), counted under
+/// `counter`: none to a RST.
+fn reset(s: &Segment, counter: u32) -> Outcome {
     let decision = if s.flags & tcp::RST != 0 {
         Decision::Drop
     } else if s.flags & tcp::ACK != 0 {
@@ -712,7 +765,7 @@ fn reset(s: &Segment) -> Outcome {
             flags: tcp::RST | tcp::ACK,
         }
     };
-    Outcome::new(decision, counters::DROP_NO_BACKEND)
+    Outcome::new(decision, counter)
 }
 
 #[cfg(test)]

@@ -8,19 +8,21 @@
 //! A run is a series of episodes of up to [`EPISODE`] events from empty tables: a
 //! client pool of a few ports per family (so ports are reused, flows closed and opened
 //! again on the same tuple), the backends' replies to the ports the model says the
-//! flows hold, backends going down, draining and up, and flows ageing past their
-//! timeouts. An episode that diverges is
+//! flows hold, backends going down, draining and up, flows ageing past their
+//! timeouts, and allowlists coming into force and going. An episode that diverges is
 //! shrunk (events dropped one at a time while it still diverges) and returned as a
 //! readable reproduction.
 
 use std::collections::HashMap;
 use std::fmt;
 
+use std::net::IpAddr;
+
 use lb_common::maps::{
-    BACKEND_DOWN, BACKEND_DRAINING, BACKEND_UP, FAMILY_V4, FAMILY_V6, FlowKey, FlowState,
-    PROTO_TCP, ReverseNat,
+    ACCESS_CUT_ESTABLISHED, ACCESS_LIST, ACCESS_RESET, BACKEND_DOWN, BACKEND_DRAINING, BACKEND_UP,
+    FAMILY_V4, FAMILY_V6, FlowKey, FlowState, PROTO_TCP, ReverseNat, VipKey,
 };
-use lb_common::model::{Decision, Model, Parsed, Segment, Toward, parse};
+use lb_common::model::{AllowRange, Decision, Model, Parsed, Segment, Toward, parse};
 use lb_user::fuzz::Rng;
 
 use crate::packet::{Packet, decode, flags::*};
@@ -54,7 +56,17 @@ pub enum Event {
     },
     /// The flow from client port `port` ages by `secs` without a packet.
     Age { fam: usize, port: u16, secs: u64 },
+    /// The family's service gets `ACCESS_*` bits `access`, its allowlist holding the
+    /// client's address or not (it always holds a range without it).
+    SetAccess {
+        fam: usize,
+        access: u8,
+        listed: bool,
+    },
 }
+
+/// The range every service's allowlist holds, which the clients are not in.
+const OTHERS: [&str; 2] = ["198.18.9.0/24", "fd00:9::/64"];
 
 /// Ages an [`Event::Age`] gives a flow: past the backend's TIME_WAIT (60 s) only, past
 /// the half-open timeout, past the closed one, past every one (the timeouts are
@@ -231,12 +243,13 @@ impl Differential {
     /// Runs `events` from empty tables and backends up; the first divergence.
     pub fn replay(&mut self, events: &[Event]) -> Result<(), Divergence> {
         self.lb.clear_flow_tables();
+        let mut model = self.model();
         for p in self.plans {
             for i in 0..2 {
                 self.lb.backend_up(&p, i);
             }
+            set_access(&mut self.lb, &mut model, &p, 0, false);
         }
-        let mut model = self.model();
         let mut tally: HashMap<u32, u64> = HashMap::new();
         let before = self.lb.counters();
         for (at, e) in events.iter().enumerate() {
@@ -256,6 +269,14 @@ impl Differential {
                     let id = p.ids[backend];
                     let b = model.backends.get_mut(&id).expect("a backend of the plan");
                     b.state = state;
+                }
+                Event::SetAccess {
+                    fam,
+                    access,
+                    listed,
+                } => {
+                    let p = self.plans[fam];
+                    set_access(&mut self.lb, &mut model, &p, access, listed);
                 }
                 Event::Age { fam, port, secs } => {
                     let k = self.plans[fam].client_key(port);
@@ -433,12 +454,27 @@ impl Differential {
             let fam = rng.below(2);
             let p = self.plans[fam];
             let roll = rng.below(100);
-            let e = if roll < 3 && !self.ages.is_empty() {
+            let e = if roll < 2 {
+                let access = [
+                    0,
+                    ACCESS_LIST,
+                    ACCESS_LIST | ACCESS_RESET,
+                    ACCESS_LIST | ACCESS_CUT_ESTABLISHED,
+                    ACCESS_LIST | ACCESS_RESET | ACCESS_CUT_ESTABLISHED,
+                ][rng.below(5)];
+                let listed = rng.below(2) == 0;
+                model_access(&mut model, &p, access, listed);
+                Event::SetAccess {
+                    fam,
+                    access,
+                    listed,
+                }
+            } else if roll < 5 && !self.ages.is_empty() {
                 let port = PORTS[rng.below(PORTS.len())];
                 let secs = self.ages[rng.below(self.ages.len())];
                 model.age(&p.client_key(port), secs * 1_000_000_000);
                 Event::Age { fam, port, secs }
-            } else if roll < 6 {
+            } else if roll < 8 {
                 let state = [BACKEND_UP, BACKEND_DOWN, BACKEND_DRAINING][rng.below(3)];
                 let backend = rng.below(2);
                 if let Some(b) = model.backends.get_mut(&p.ids[backend]) {
@@ -459,7 +495,7 @@ impl Differential {
                 Event::Backend {
                     backend, port, seg, ..
                 } => Some(backend_packet(&p, *backend, *port, seg)),
-                Event::SetBackend { .. } | Event::Age { .. } => None,
+                Event::SetBackend { .. } | Event::Age { .. } | Event::SetAccess { .. } => None,
             };
             if let (Some(input), Event::Client { seg, .. } | Event::Backend { seg, .. }) = (seg, &e)
             {
@@ -637,19 +673,72 @@ impl Generator {
 }
 
 /// The program with a `nat` service for each plan, timeouts far beyond any episode
-/// (see [`TIMEOUTS`]) and SYN cookies off (the model's scope), and its model.
+/// (see [`TIMEOUTS`]), SYN cookies off (the model's scope) and [`OTHERS`] in the
+/// allowlists (not yet in force), and its model.
 fn load(plans: &[Plan; 2]) -> (TestRun, Model) {
     let mut lb = TestRun::new();
     lb.set_timeouts(TIMEOUTS);
     lb.set_syn_cookies("off");
-    for p in plans {
+    let mut allow = Vec::new();
+    for (p, others) in plans.iter().zip(OTHERS) {
         lb.nat_service(p);
+        lb.allow(p, &[others], 0);
+        allow.push(range(p, others));
     }
     let start = Model {
         now: EPOCH_NS,
+        allow,
         ..lb.model()
     };
     (lb, start)
+}
+
+/// The allowlist range `cidr` of `p`'s service, as the model keeps it.
+fn range(p: &Plan, cidr: &str) -> AllowRange {
+    let (addr, prefix) = cidr.split_once('/').expect("a CIDR");
+    let (family, bytes) = match addr.parse::<IpAddr>().expect("an address") {
+        IpAddr::V4(a) => (FAMILY_V4, a.octets().to_vec()),
+        IpAddr::V6(a) => (FAMILY_V6, a.octets().to_vec()),
+    };
+    let mut a = [0u8; 16];
+    a[..bytes.len()].copy_from_slice(&bytes);
+    AllowRange {
+        service: p.service,
+        family,
+        addr: a,
+        prefix: prefix.parse().expect("a prefix length"),
+    }
+}
+
+/// The client's own address as an allowlist range.
+fn client_range(p: &Plan) -> String {
+    format!("{}/{}", p.client, if p.client.is_ipv4() { 32 } else { 128 })
+}
+
+/// Gives `p`'s service the access bits and lists its client or not, in the program
+/// and in the model.
+fn set_access(lb: &mut TestRun, model: &mut Model, p: &Plan, access: u8, listed: bool) {
+    let client = client_range(p);
+    if listed {
+        lb.allow(p, &[&client], access);
+    } else {
+        lb.disallow(p, &[&client]);
+        lb.set_access(p, access);
+    }
+    model_access(model, p, access, listed);
+}
+
+/// [`set_access`]'s change to the model alone.
+fn model_access(model: &mut Model, p: &Plan, access: u8, listed: bool) {
+    let vip = VipKey::from_socket_addr(p.vip_addr());
+    if let Some(svc) = model.services.get_mut(&vip) {
+        svc.access = access;
+    }
+    let client = range(p, &client_range(p));
+    model.allow.retain(|r| *r != client);
+    if listed {
+        model.allow.push(client);
+    }
 }
 
 /// Seconds since boot: the origin of the program's clock.
@@ -918,6 +1007,15 @@ fn describe(e: &Event) -> String {
         Event::Age { fam: f, port, secs } => {
             format!("{} client port {port}: its flow ages {secs} s", fam(*f))
         }
+        Event::SetAccess {
+            fam: f,
+            access,
+            listed,
+        } => format!(
+            "{} access bits {access:#x}, client {}listed",
+            fam(*f),
+            if *listed { "" } else { "not " }
+        ),
     }
 }
 

@@ -436,6 +436,22 @@ impl TestRun {
             .expect("write the access bits");
     }
 
+    /// Takes `ranges` (CIDRs) out of `p`'s service's allowlist.
+    pub fn disallow(&mut self, p: &Plan, ranges: &[&str]) {
+        let ranges: Vec<lb_user::config::Cidr> =
+            ranges.iter().map(|r| r.parse().expect("a CIDR")).collect();
+        self.dp
+            .allow(p.service, &ranges, false)
+            .expect("write the allowlist");
+    }
+
+    /// Sets `p`'s service's `lb_common::maps::ACCESS_*` bits.
+    pub fn set_access(&mut self, p: &Plan, access: u8) {
+        self.dp
+            .set_access(p.vip_addr(), access)
+            .expect("write the access bits");
+    }
+
     /// Adds IPv4 SNAT addresses after the plan's own.
     pub fn set_more_snat4(&mut self, addrs: &'static [Ipv4Addr]) {
         self.reloadable.more_snat4 = addrs;
