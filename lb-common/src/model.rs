@@ -4,7 +4,7 @@
 //! through the model and compare what each decided and what each remembered, packet by
 //! packet (`tests/tests/model_fuzz.rs`).
 //!
-//! Covered: TCP to a `nat` VIP and its backends' replies. The parser (VLAN tags, IPv4
+//! Covered: TCP to a `nat` or `dnat` VIP and its backends' replies. The parser (VLAN tags, IPv4
 //! options, IPv6, fragments, truncated and inconsistent frames); the service match; the flow
 //! table with its half-open part (promotion, a closed flow's port reuse, a SYN on a
 //! closed flow); the Maglev pick; the SNAT port claim (the client's previous port, the
@@ -13,7 +13,7 @@
 //! RST, new flows only or established ones too); the verdict and its counter; per-flow
 //! packet counts.
 //!
-//! Not covered yet: other modes (proxy-v2, DSR, DNAT), SYN cookies and the SYN proxy,
+//! Not covered yet: the other modes (proxy-v2, DSR), SYN cookies and the SYN proxy,
 //! per-source limits, ICMP errors, frames to another host's MAC (the
 //! interface list is empty in the model) and a full table.
 //!
@@ -29,8 +29,8 @@ use crate::maglev::{self, NO_BACKEND};
 use crate::maps::{
     ACCESS_CUT_ESTABLISHED, ACCESS_LIST, ACCESS_RESET, BACKEND_DRAINING, BACKEND_UP, Backend,
     FAMILY_V4, FAMILY_V6, FLOW_BACKEND_TIME_WAIT, FLOW_CLIENT_TS, FLOW_ESTABLISHED,
-    FLOW_FIN_BACKEND, FLOW_FIN_CLIENT, FlowKey, FlowState, GlobalConfig, MODE_NAT, MODE_PROXY,
-    ReverseNat, Service, VipKey, snat_addrs_base,
+    FLOW_FIN_BACKEND, FLOW_FIN_CLIENT, FlowKey, FlowState, GlobalConfig, MODE_DNAT, MODE_NAT,
+    MODE_PROXY, ReverseNat, Service, VipKey, snat_addrs_base,
 };
 use crate::snat_probe::{PROBES, Probe};
 use crate::{counters, tcp};
@@ -367,11 +367,12 @@ impl Model {
     }
 
     /// What the program does with segment `s`, and the state it leaves; `None` for a
-    /// segment to a service of a mode the model does not cover.
+    /// segment to a service of a mode the model does not cover (proxy-v2, DSR).
     pub fn packet(&mut self, s: &Segment) -> Option<Outcome> {
         match self.services.get(&vip_of(&s.key)).copied() {
             Some(svc) if self.refused(s, &svc) => Some(refusal(s, &svc)),
             Some(svc) if svc.mode == MODE_NAT => Some(self.forward(s, &svc)),
+            Some(svc) if svc.mode == MODE_DNAT => Some(self.forward_dnat(s, &svc)),
             Some(_) => None,
             None => Some(self.reverse(s)),
         }
@@ -451,6 +452,94 @@ impl Model {
         }
     }
 
+    /// Client → VIP of a `dnat` service: only the destination changes, to the flow's
+    /// backend; a new flow's reverse entry is keyed by the client's own address and
+    /// port, where the backend's replies go.
+    fn forward_dnat(&mut self, s: &Segment, svc: &Service) -> Outcome {
+        if s.ttl <= 1 {
+            return Outcome::new(Decision::Pass, counters::PASS);
+        }
+        let dnat_to = |b: &Backend| {
+            Outcome::new(
+                Decision::Forward {
+                    toward: Toward::Backend,
+                    src: s.key.src,
+                    sport: s.key.sport,
+                    dst: b.addr,
+                    dport: b.port,
+                },
+                counters::FWD_IN,
+            )
+        };
+        if let Some(mut f) = self.lookup(&s.key)
+            && let Some(b) = self.live_backend(s, &f.fs)
+        {
+            f.fs.last_seen_ns = self.now;
+            f.fs.packets += 1;
+            f.fs.flags |= flow::client_segment(f.fs.flags, s.flags);
+            self.store(&s.key, &f);
+            if f.half_open && f.fs.flags & FLOW_ESTABLISHED != 0 {
+                self.flows.insert(s.key, f.fs);
+            }
+            return dnat_to(&b);
+        }
+        let (id, _) = match self.maglev_pick(s, svc) {
+            Ok(picked) => picked,
+            Err(counters::DROP_NO_BACKEND) => return reset(s, counters::DROP_NO_BACKEND),
+            Err(c) => return Outcome::new(Decision::Drop, c),
+        };
+        let b = self.backends[&id];
+        let back = FlowKey {
+            src: b.addr,
+            dst: s.key.src,
+            sport: b.port,
+            dport: s.key.sport,
+            ..s.key
+        };
+        self.reverse.insert(
+            back,
+            ReverseNat {
+                flow: s.key,
+                backend: id,
+                service_id: svc.id,
+            },
+        );
+        self.enter(
+            &s.key,
+            FlowState {
+                backend: id as u16,
+                flags: flow::new_flow_flags(s.flags),
+                packets: 1,
+                last_seen_ns: self.now,
+                first_seen_ns: self.now,
+                ..FlowState::default()
+            },
+        );
+        dnat_to(&b)
+    }
+
+    /// The backend Maglev gives a new flow of `svc`, and the flow hash: it must be up
+    /// and of the packet's family.
+    fn maglev_pick(&self, s: &Segment, svc: &Service) -> Result<(u32, u32), u32> {
+        if self.cfg.ring_size == 0 {
+            return Err(counters::DROP_INTERNAL);
+        }
+        let hash = flow_hash(&s.key);
+        let slot = maglev::slot(hash, self.cfg.ring_size);
+        let id = *self
+            .maglev
+            .get(&svc.table_offset.wrapping_add(slot))
+            .ok_or(counters::DROP_INTERNAL)?;
+        if id == NO_BACKEND {
+            return Err(counters::DROP_NO_BACKEND);
+        }
+        let b = self.backends.get(&id).ok_or(counters::DROP_NO_BACKEND)?;
+        if b.state != BACKEND_UP || b.family != s.key.family {
+            return Err(counters::DROP_NO_BACKEND);
+        }
+        Ok((id, hash))
+    }
+
     /// The packet's flow, if it has a live one: refreshed, and the packet sent on.
     fn existing_flow(&mut self, s: &Segment) -> Option<Outcome> {
         let mut f = self.lookup(&s.key)?;
@@ -489,22 +578,8 @@ impl Model {
     }
 
     fn new_flow(&mut self, s: &Segment, svc: &Service) -> Result<Outcome, u32> {
-        if self.cfg.ring_size == 0 {
-            return Err(counters::DROP_INTERNAL);
-        }
-        let hash = flow_hash(&s.key);
-        let slot = maglev::slot(hash, self.cfg.ring_size);
-        let id = *self
-            .maglev
-            .get(&svc.table_offset.wrapping_add(slot))
-            .ok_or(counters::DROP_INTERNAL)?;
-        if id == NO_BACKEND {
-            return Err(counters::DROP_NO_BACKEND);
-        }
-        let b = *self.backends.get(&id).ok_or(counters::DROP_NO_BACKEND)?;
-        if b.state != BACKEND_UP || b.family != s.key.family {
-            return Err(counters::DROP_NO_BACKEND);
-        }
+        let (id, hash) = self.maglev_pick(s, svc)?;
+        let b = self.backends[&id];
         let opening = Opening {
             seq: s.seq,
             tsval: s.tsval,

@@ -20,7 +20,7 @@ use std::net::IpAddr;
 
 use lb_common::maps::{
     ACCESS_CUT_ESTABLISHED, ACCESS_LIST, ACCESS_RESET, BACKEND_DOWN, BACKEND_DRAINING, BACKEND_UP,
-    FAMILY_V4, FAMILY_V6, FlowKey, FlowState, PROTO_TCP, ReverseNat, VipKey,
+    FAMILY_V4, FAMILY_V6, FlowKey, FlowState, MODE_DNAT, MODE_NAT, PROTO_TCP, ReverseNat, VipKey,
 };
 use lb_common::model::{AllowRange, Decision, Model, Parsed, Segment, Toward, parse};
 use lb_user::fuzz::Rng;
@@ -40,33 +40,52 @@ const PORTS: [u16; 5] = [1001, 1002, 1003, 1004, 1005];
 #[derive(Clone, Debug)]
 pub enum Event {
     /// A client segment to the family's VIP from `port`.
-    Client { fam: usize, port: u16, seg: Seg },
+    Client { svc: usize, port: u16, seg: Seg },
     /// Backend `backend`'s segment to SNAT port `port`.
     Backend {
-        fam: usize,
+        svc: usize,
         backend: usize,
         port: u16,
         seg: Seg,
     },
     /// Backend `backend` of the family's service changes state (`BACKEND_*`).
     SetBackend {
-        fam: usize,
+        svc: usize,
         backend: usize,
         state: u8,
     },
     /// The flow from client port `port` ages by `secs` without a packet.
-    Age { fam: usize, port: u16, secs: u64 },
+    Age { svc: usize, port: u16, secs: u64 },
     /// The family's service gets `ACCESS_*` bits `access`, its allowlist holding the
     /// client's address or not (it always holds a range without it).
     SetAccess {
-        fam: usize,
+        svc: usize,
         access: u8,
         listed: bool,
     },
 }
 
 /// The range every service's allowlist holds, which the clients are not in.
-const OTHERS: [&str; 2] = ["198.18.9.0/24", "fd00:9::/64"];
+const OTHERS: [&str; SERVICES] = ["198.18.9.0/24", "fd00:9::/64", "198.18.9.0/24"];
+
+/// The services: IPv4 `nat`, IPv6 `nat` and IPv4 `dnat` (whose backends are the IPv4
+/// ones, under ids of its own).
+const SERVICES: usize = 3;
+
+/// Which of the services is `dnat`.
+const DNAT: usize = 2;
+
+/// The plans of the services.
+fn plans() -> [Plan; SERVICES] {
+    let p4 = plan4();
+    let dnat = Plan {
+        vip: [198, 18, 2, 3].into(),
+        service: 2,
+        ids: [4, 5],
+        ..p4
+    };
+    [p4, plan6(), dnat]
+}
 
 /// Ages an [`Event::Age`] gives a flow: past the backend's TIME_WAIT (60 s) only, past
 /// the half-open timeout, past the closed one, past every one (the timeouts are
@@ -164,7 +183,7 @@ impl fmt::Display for Reproduction {
 /// The fuzzer: one loaded program with a `nat` service per family.
 pub struct Differential {
     lb: TestRun,
-    plans: [Plan; 2],
+    plans: [Plan; SERVICES],
     /// Packets run so far.
     pub packets: u64,
     /// How many packets ended under each counter: what the run covered.
@@ -189,7 +208,7 @@ impl Default for Differential {
 impl Differential {
     /// Loads the program (see [`load`]).
     pub fn new() -> Differential {
-        let plans = [plan4(), plan6()];
+        let plans = plans();
         let (lb, start) = load(&plans);
         Differential {
             start,
@@ -256,11 +275,11 @@ impl Differential {
             let fail = |what: String| Divergence { at, what };
             match *e {
                 Event::SetBackend {
-                    fam,
+                    svc,
                     backend,
                     state,
                 } => {
-                    let p = self.plans[fam];
+                    let p = self.plans[svc];
                     match state {
                         BACKEND_UP => self.lb.backend_up(&p, backend),
                         BACKEND_DOWN => self.lb.backend_down(&p, backend),
@@ -271,20 +290,20 @@ impl Differential {
                     b.state = state;
                 }
                 Event::SetAccess {
-                    fam,
+                    svc,
                     access,
                     listed,
                 } => {
-                    let p = self.plans[fam];
+                    let p = self.plans[svc];
                     set_access(&mut self.lb, &mut model, &p, access, listed);
                 }
-                Event::Age { fam, port, secs } => {
-                    let k = self.plans[fam].client_key(port);
+                Event::Age { svc, port, secs } => {
+                    let k = self.plans[svc].client_key(port);
                     self.lb.age_flow(k, secs * 1_000_000_000);
                     model.age(&k, secs * 1_000_000_000);
                 }
-                Event::Client { fam, port, seg } => {
-                    let p = self.plans[fam];
+                Event::Client { svc, port, seg } => {
+                    let p = self.plans[svc];
                     let input = client_packet(&p, port, &seg);
                     let c = self
                         .step(&mut model, &p, &input, seg.mangle, true)
@@ -292,12 +311,12 @@ impl Differential {
                     *tally.entry(c).or_default() += 1;
                 }
                 Event::Backend {
-                    fam,
+                    svc,
                     backend,
                     port,
                     seg,
                 } => {
-                    let p = self.plans[fam];
+                    let p = self.plans[svc];
                     let input = backend_packet(&p, backend, port, &seg);
                     let c = self
                         .step(&mut model, &p, &input, seg.mangle, false)
@@ -451,8 +470,8 @@ impl Differential {
         let mut model = self.model();
         let mut events = Vec::with_capacity(EPISODE);
         for _ in 0..EPISODE {
-            let fam = rng.below(2);
-            let p = self.plans[fam];
+            let svc = rng.below(SERVICES);
+            let p = self.plans[svc];
             let roll = rng.below(100);
             let e = if roll < 2 {
                 let access = [
@@ -465,7 +484,7 @@ impl Differential {
                 let listed = rng.below(2) == 0;
                 model_access(&mut model, &p, access, listed);
                 Event::SetAccess {
-                    fam,
+                    svc,
                     access,
                     listed,
                 }
@@ -473,7 +492,7 @@ impl Differential {
                 let port = PORTS[rng.below(PORTS.len())];
                 let secs = self.ages[rng.below(self.ages.len())];
                 model.age(&p.client_key(port), secs * 1_000_000_000);
-                Event::Age { fam, port, secs }
+                Event::Age { svc, port, secs }
             } else if roll < 8 {
                 let state = [BACKEND_UP, BACKEND_DOWN, BACKEND_DRAINING][rng.below(3)];
                 let backend = rng.below(2);
@@ -481,14 +500,14 @@ impl Differential {
                     b.state = state;
                 }
                 Event::SetBackend {
-                    fam,
+                    svc,
                     backend,
                     state,
                 }
             } else if roll < 34 {
-                g.backend(rng, &model, &p, fam)
+                g.backend(rng, &model, &p, svc)
             } else {
-                g.client(rng, fam)
+                g.client(rng, svc)
             };
             let seg = match &e {
                 Event::Client { port, seg, .. } => Some(client_packet(&p, *port, seg)),
@@ -551,7 +570,7 @@ struct Generator {
 }
 
 impl Generator {
-    fn client(&mut self, rng: &mut Rng, fam: usize) -> Event {
+    fn client(&mut self, rng: &mut Rng, svc: usize) -> Event {
         let port = PORTS[rng.below(PORTS.len())];
         let flags = [
             SYN,
@@ -566,7 +585,7 @@ impl Generator {
             SYN | ACK,
             FIN,
         ][rng.below(11)];
-        let next = self.next_seq.entry((fam, port)).or_insert(0x1000_0000);
+        let next = self.next_seq.entry((svc, port)).or_insert(0x1000_0000);
         let seq = if flags & SYN != 0 {
             // A new connection's ISN: after the old one's end, before it, or anywhere.
             match rng.below(5) {
@@ -586,7 +605,7 @@ impl Generator {
             .wrapping_add(payload as u32)
             .wrapping_add(u32::from(flags & (SYN | FIN) != 0));
         *next = end;
-        let clock = self.ts.entry((fam, port)).or_insert(1000);
+        let clock = self.ts.entry((svc, port)).or_insert(1000);
         let tsval = match rng.below(10) {
             0 | 1 => None,
             2 => Some(clock.wrapping_sub(rng.below(50) as u32)),
@@ -597,7 +616,7 @@ impl Generator {
             }
         };
         Event::Client {
-            fam,
+            svc,
             port,
             seg: Seg {
                 flags,
@@ -611,12 +630,11 @@ impl Generator {
         }
     }
 
-    fn backend(&mut self, rng: &mut Rng, model: &Model, p: &Plan, fam: usize) -> Event {
-        let family = if fam == 0 { FAMILY_V4 } else { FAMILY_V6 };
+    fn backend(&mut self, rng: &mut Rng, model: &Model, p: &Plan, svc: usize) -> Event {
         let mut held: Vec<(&FlowKey, &ReverseNat)> = model
             .reverse
             .iter()
-            .filter(|(k, _)| k.family == family)
+            .filter(|(_, r)| r.service_id == p.service)
             .collect();
         held.sort_by_key(|(k, _)| (k.src, k.dport));
         let (backend, port, close_seq) = match held.get(rng.below(held.len() + 1)) {
@@ -629,6 +647,7 @@ impl Generator {
                     .map_or(0, |fs| fs.close_seq);
                 (backend, u16::from_be(k.dport), close)
             }
+            None if svc == DNAT => (rng.below(2), PORTS[rng.below(PORTS.len())], 0),
             None => (
                 rng.below(2),
                 SNAT_MIN + rng.below(usize::from(SNAT_MAX - SNAT_MIN) + 1) as u16,
@@ -652,7 +671,7 @@ impl Generator {
             _ => rng.next_u64() as u32,
         };
         Event::Backend {
-            fam,
+            svc,
             backend,
             port,
             seg: Seg {
@@ -675,13 +694,13 @@ impl Generator {
 /// The program with a `nat` service for each plan, timeouts far beyond any episode
 /// (see [`TIMEOUTS`]), SYN cookies off (the model's scope) and [`OTHERS`] in the
 /// allowlists (not yet in force), and its model.
-fn load(plans: &[Plan; 2]) -> (TestRun, Model) {
+fn load(plans: &[Plan; SERVICES]) -> (TestRun, Model) {
     let mut lb = TestRun::new();
     lb.set_timeouts(TIMEOUTS);
     lb.set_syn_cookies("off");
     let mut allow = Vec::new();
-    for (p, others) in plans.iter().zip(OTHERS) {
-        lb.nat_service(p);
+    for (i, (p, others)) in plans.iter().zip(OTHERS).enumerate() {
+        lb.service_on_both(p, if i == DNAT { MODE_DNAT } else { MODE_NAT });
         lb.allow(p, &[others], 0);
         allow.push(range(p, others));
     }
@@ -757,9 +776,14 @@ fn client_packet(p: &Plan, port: u16, s: &Seg) -> Packet {
     shaped(p.from_client(port, s.flags), s)
 }
 
-/// Backend `i`'s segment to SNAT port `port`, as it arrives on the backend side.
+/// Backend `i`'s segment to SNAT port `port` (a `dnat` service's: to the client's port),
+/// as it arrives on the backend side.
 fn backend_packet(p: &Plan, i: usize, port: u16, s: &Seg) -> Packet {
-    shaped(p.from_backend(i, port, s.flags), s)
+    let mut to = p.from_backend(i, port, s.flags);
+    if p.service == plans()[DNAT].service {
+        to.dst = p.client;
+    }
+    shaped(to, s)
 }
 
 fn shaped(base: Packet, s: &Seg) -> Packet {
@@ -969,7 +993,7 @@ fn summary(p: &Packet) -> String {
 }
 
 fn describe(e: &Event) -> String {
-    let fam = |f: usize| if f == 0 { "v4" } else { "v6" };
+    let svc = |f: usize| ["v4 nat", "v6 nat", "v4 dnat"][f];
     let seg = |s: &Seg| {
         format!(
             "{} seq {} ack {} len {} ts {:?} ttl {}",
@@ -983,37 +1007,37 @@ fn describe(e: &Event) -> String {
     };
     match e {
         Event::Client {
-            fam: f,
+            svc: f,
             port,
             seg: s,
         } => {
-            format!("{} client port {port}: {}", fam(*f), seg(s))
+            format!("{} client port {port}: {}", svc(*f), seg(s))
         }
         Event::Backend {
-            fam: f,
+            svc: f,
             backend,
             port,
             seg: s,
         } => format!(
             "{} backend {backend} to SNAT port {port}: {}",
-            fam(*f),
+            svc(*f),
             seg(s)
         ),
         Event::SetBackend {
-            fam: f,
+            svc: f,
             backend,
             state,
-        } => format!("{} backend {backend} state {state}", fam(*f)),
-        Event::Age { fam: f, port, secs } => {
-            format!("{} client port {port}: its flow ages {secs} s", fam(*f))
+        } => format!("{} backend {backend} state {state}", svc(*f)),
+        Event::Age { svc: f, port, secs } => {
+            format!("{} client port {port}: its flow ages {secs} s", svc(*f))
         }
         Event::SetAccess {
-            fam: f,
+            svc: f,
             access,
             listed,
         } => format!(
             "{} access bits {access:#x}, client {}listed",
-            fam(*f),
+            svc(*f),
             if *listed { "" } else { "not " }
         ),
     }

@@ -472,10 +472,14 @@ impl TestRun {
         self.table_to(p, to);
     }
 
-    /// A NAT service with both backends up and in its table.
-    pub fn nat_service(&mut self, p: &Plan) {
+    /// A service of `mode` (`MODE_NAT` or `MODE_DNAT`) with both backends up and in
+    /// its table.
+    pub fn service_on_both(&mut self, p: &Plan, mode: u32) {
         self.service_with_backends(p);
-        self.install(p, MODE_NAT, &[0, 1]);
+        if mode == MODE_DNAT {
+            self.dp.set_dnat_replies(true).expect("DNAT replies on");
+        }
+        self.install(p, mode, &[0, 1]);
     }
 
     /// A NAT service whose backends are up but whose table is empty: no backend to give
