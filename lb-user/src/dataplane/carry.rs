@@ -5,8 +5,9 @@
 //! The earlier program keeps writing its own tables until this daemon's attach replaces
 //! it, so the entries are carried twice: before the attach, so this program starts with
 //! them, and after it, for the flows opened or changed in between; only then do the
-//! old pins go. Of two entries for one flow, the one with the later packet wins. A carried flow's age is
-//! unknown (`first_seen_ns` 0) and its packets are counted from the carry on.
+//! old pins go. Of two entries for one flow, the one with the later packet wins. A
+//! carried flow's age is unknown (`first_seen_ns` 0) and its packets are counted from
+//! the carry on.
 
 use aya::maps::{HashMap, Map, MapData};
 use lb_common::maps::{FLOW_STATE_32_BYTE_LAYOUT, FlowKey, FlowState};
@@ -16,17 +17,17 @@ use super::{Dataplane, DataplaneError, map_error};
 
 /// How the carrying went for one old table.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct Carried {
+struct Carried {
     /// Entries written into the current table.
-    pub entries: usize,
+    entries: usize,
     /// Entries the current table had already, as new as the old one or newer.
-    pub present: usize,
+    present: usize,
 }
 
 impl Dataplane {
     /// Carries the entries of every older-layout flow table in the state directory into
     /// the current one. With `last`, after the attach, the old pins are removed too. A
-    /// table that cannot be read is left (and said); its flows start again.
+    /// table that cannot be carried is said in the log; its flows start again.
     pub fn carry_old_flows(&mut self, last: bool) {
         for (map, path) in self.state.carried_paths() {
             match self.carry_one(map, &path) {
