@@ -678,7 +678,7 @@ fn reset(s: &Segment, counter: u32) -> Outcome {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::maps::PROTO_TCP;
+    use crate::maps::{FAMILY_V4, PROTO_TCP};
 
     const RING: u32 = 7;
 
