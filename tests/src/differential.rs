@@ -463,7 +463,8 @@ impl Differential {
     }
 
     /// An episode: mostly client segments on a few ports, backend replies on the ports
-    /// the flows hold (or any port of the range), a backend change now and then.
+    /// the flows hold (or any port of the range), and now and then an allowlist change,
+    /// a flow ageing or a backend changing state.
     fn generate(&mut self, rng: &mut Rng) -> Vec<Event> {
         let mut g = Generator::default();
         // The model decides which ports flows hold; it runs beside the generator.
