@@ -54,8 +54,8 @@ pub enum Event {
         backend: usize,
         state: u8,
     },
-    /// The flow from client port `port` ages by `secs` without a packet.
-    Age { svc: usize, port: u16, secs: u64 },
+    /// The flow from client port `port` ages by `ms` milliseconds without a packet.
+    Age { svc: usize, port: u16, ms: u64 },
     /// The family's service gets `ACCESS_*` bits `access`, its allowlist holding the
     /// client's address or not (it always holds a range without it).
     SetAccess {
@@ -87,21 +87,27 @@ fn plans() -> [Plan; SERVICES] {
     [p4, plan6(), dnat]
 }
 
-/// Ages an [`Event::Age`] gives a flow: past the backend's TIME_WAIT (60 s) only, past
-/// the half-open timeout, past the closed one, past every one (the timeouts are
-/// [`TIMEOUTS`]; an episode's own second or so of real time moves nothing across them).
-/// The program's clock counts from boot and an entry cannot be older than that, so
-/// only the ages below the uptime are given.
-const AGES: [u64; 4] = [90, 200, 400, 700];
+/// Ages (ms) an [`Event::Age`] gives a flow: past the backend's TIME_WAIT (60 s) only,
+/// past the half-open timeout, past the closed one, past every one (the timeouts are
+/// [`TIMEOUTS`]). No sum of them under 800 s comes within 5 s of a timeout, so the
+/// episode's own milliseconds of real time and the program's coarse clock (a tick of a
+/// few ms) never decide an expiry the model decides otherwise.
+const AGES_MS: [u64; 4] = [93_700, 211_300, 419_100, 719_300];
 
-/// Timeouts far from every age in [`AGES`] and from the length of an episode.
+/// The uptime (s) below which flows are not aged: the program's clock counts from boot,
+/// so an entry cannot be made older than that; above it, an entry whose ages add up to
+/// more than the uptime is still older than every timeout in the program as in the
+/// model.
+const AGEING_UPTIME: u64 = 740;
+
+/// Timeouts far from every sum of [`AGES_MS`] and from the length of an episode.
 const TIMEOUTS: Timeouts = Timeouts {
     idle: "600s",
     closed: "300s",
     half_open: "120s",
 };
 
-/// The model's clock: far enough from 0 that entries can age by any of [`AGES`].
+/// The model's clock: far enough from 0 that entries can age by any sum of [`AGES_MS`].
 const EPOCH_NS: u64 = 1 << 50;
 
 /// The TCP fields a generated segment varies, and how its frame is bent.
@@ -148,9 +154,8 @@ pub struct Divergence {
 pub struct Reproduction {
     pub events: Vec<Event>,
     pub divergence: Divergence,
-    /// Whether the sequence diverges again when replayed alone from empty tables; if
-    /// not, what earlier episodes left in the program (beyond its tables' contents)
-    /// matters.
+    /// Whether the sequence diverges again when replayed from empty tables; if not,
+    /// something outside the events decided it.
     pub alone: bool,
     /// The episode it came from (0 first) and the packets run before it.
     pub episode: u64,
@@ -169,7 +174,8 @@ impl fmt::Display for Reproduction {
             if self.alone {
                 ""
             } else {
-                " (only after the earlier episodes: alone they do not)"
+                " (but not when replayed again from empty tables: what decided it lies \
+                 outside the events, such as the clock or state the tables do not show)"
             },
             self.divergence.what
         )?;
@@ -188,12 +194,8 @@ pub struct Differential {
     pub packets: u64,
     /// How many packets ended under each counter: what the run covered.
     pub outcomes: std::collections::BTreeMap<&'static str, u64>,
-    /// The [`AGES`] this machine's uptime allows.
-    pub ages: Vec<u64>,
-    /// Episodes that diverged only on a long-used program, and not on a fresh one, and
-    /// the first such divergence.
-    pub evicted: u64,
-    pub evicted_first: Option<String>,
+    /// The [`AGES_MS`] this machine's uptime allows (none below [`AGEING_UPTIME`]).
+    pub ages_ms: Vec<u64>,
     /// The model of the program as loaded (backends up, tables empty), which every
     /// episode starts from.
     start: Model,
@@ -215,40 +217,24 @@ impl Differential {
             lb,
             plans,
             packets: 0,
-            evicted: 0,
-            evicted_first: None,
             outcomes: Default::default(),
-            ages: AGES
-                .into_iter()
-                .filter(|a| a + 10 < uptime_secs())
-                .collect(),
+            ages_ms: if uptime_secs() >= AGEING_UPTIME {
+                AGES_MS.to_vec()
+            } else {
+                Vec::new()
+            },
         }
     }
 
     /// Runs episodes from `seed` until `packets` packets have run; the first divergence,
     /// shrunk, is returned.
-    ///
-    /// A divergence the same episode does not show on a freshly loaded program is the
-    /// kernel's LRU maps at work, not the program's logic: after many episodes of
-    /// inserts and deletes they evict entries of a table far from full (their free
-    /// nodes sit in per-CPU lists), which the model's plain tables never do. Such an
-    /// episode is counted in [`Differential::evicted`] and the run goes on with the
-    /// fresh program.
     pub fn run(&mut self, seed: u64, packets: u64) -> Result<(), Reproduction> {
         let mut rng = Rng(seed | 1);
         let mut episode = 0;
         while self.packets < packets {
             let events = self.generate(&mut rng);
             let before = self.packets;
-            if let Err(d) = self.replay(&events).or_else(|first| {
-                (self.lb, self.start) = load(&self.plans);
-                self.replay(&events)?;
-                self.evicted += 1;
-                if self.evicted_first.is_none() {
-                    self.evicted_first = Some(first.what);
-                }
-                Ok::<(), Divergence>(())
-            }) {
+            if let Err(d) = self.replay(&events) {
                 let mut r = self.shrink(events, d);
                 r.episode = episode;
                 r.after_packets = before;
@@ -297,10 +283,10 @@ impl Differential {
                     let p = self.plans[svc];
                     set_access(&mut self.lb, &mut model, &p, access, listed);
                 }
-                Event::Age { svc, port, secs } => {
+                Event::Age { svc, port, ms } => {
                     let k = self.plans[svc].client_key(port);
-                    self.lb.age_flow(k, secs * 1_000_000_000);
-                    model.age(&k, secs * 1_000_000_000);
+                    self.lb.age_flow(k, ms * 1_000_000);
+                    model.age(&k, ms * 1_000_000);
                 }
                 Event::Client { svc, port, seg } => {
                     let p = self.plans[svc];
@@ -489,11 +475,11 @@ impl Differential {
                     access,
                     listed,
                 }
-            } else if roll < 5 && !self.ages.is_empty() {
+            } else if roll < 5 && !self.ages_ms.is_empty() {
                 let port = PORTS[rng.below(PORTS.len())];
-                let secs = self.ages[rng.below(self.ages.len())];
-                model.age(&p.client_key(port), secs * 1_000_000_000);
-                Event::Age { svc, port, secs }
+                let ms = self.ages_ms[rng.below(self.ages_ms.len())];
+                model.age(&p.client_key(port), ms * 1_000_000);
+                Event::Age { svc, port, ms }
             } else if roll < 8 {
                 let state = [BACKEND_UP, BACKEND_DOWN, BACKEND_DRAINING][rng.below(3)];
                 let backend = rng.below(2);
@@ -1029,9 +1015,11 @@ fn describe(e: &Event) -> String {
             backend,
             state,
         } => format!("{} backend {backend} state {state}", svc(*f)),
-        Event::Age { svc: f, port, secs } => {
-            format!("{} client port {port}: its flow ages {secs} s", svc(*f))
-        }
+        Event::Age { svc: f, port, ms } => format!(
+            "{} client port {port}: its flow ages {:.1} s",
+            svc(*f),
+            *ms as f64 / 1000.0
+        ),
         Event::SetAccess {
             svc: f,
             access,
