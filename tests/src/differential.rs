@@ -406,20 +406,18 @@ impl Differential {
             Some(r) => r.flow,
             None => seg.key,
         };
-        compare_entry(
-            "flow",
-            &flow_key,
-            self.lb.flow_table_entry(flow_key),
-            model.flows.get(&flow_key).copied(),
-            same_flow,
-        )?;
-        compare_entry(
-            "half-open flow",
-            &flow_key,
-            self.lb.half_open(flow_key),
-            model.half_open.get(&flow_key).copied(),
-            same_flow,
-        )?;
+        let entries = [
+            ("flow", self.lb.flow_table_entry(flow_key), &model.flows),
+            (
+                "half-open flow",
+                self.lb.half_open(flow_key),
+                &model.half_open,
+            ),
+        ];
+        for (what, program, table) in entries {
+            let modelled = table.get(&flow_key).copied();
+            compare_entry(what, &flow_key, program, modelled, same_flow)?;
+        }
         if let Decision::Forward {
             toward: Toward::Backend,
             src,
