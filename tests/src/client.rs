@@ -12,6 +12,9 @@ use crate::netns::Netns;
 
 /// URLs per curl invocation: each is a fresh TCP connection (`Connection: close`).
 const BATCH: usize = 50;
+/// Standard deviations of a binomial share that [`Spread::check_weights`]'s tolerance
+/// must span.
+const SIGMAS: f64 = 4.5;
 
 /// How `n` short connections were answered.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -44,11 +47,24 @@ impl Spread {
 
     /// Checks every backend's share against its weight within `tolerance_pp`
     /// percentage points; the error lists the whole spread.
+    ///
+    /// Client ports are random, so a share is a binomial sample: the sample must be
+    /// large enough that `tolerance_pp` is [`SIGMAS`] standard deviations of every
+    /// expected share, or the check would fail now and then on a correct LB. Too
+    /// small a sample is an error of the test.
     pub fn check_weights(&self, weights: &[(&str, u32)], tolerance_pp: f64) -> Result<()> {
         let sum: u32 = weights.iter().map(|(_, w)| w).sum();
+        let n = self.total_ok() as f64;
         let mut bad = Vec::new();
         for (name, weight) in weights {
-            let expected = 100.0 * f64::from(*weight) / f64::from(sum);
+            let p = f64::from(*weight) / f64::from(sum);
+            let sigma_pp = 100.0 * (p * (1.0 - p) / n).sqrt();
+            if tolerance_pp < SIGMAS * sigma_pp {
+                bail!(
+                    "{n} connections are too few to check {name}'s share within ±{tolerance_pp} points: one standard deviation is {sigma_pp:.2}"
+                );
+            }
+            let expected = 100.0 * p;
             let got = self.share(name);
             if (got - expected).abs() > tolerance_pp {
                 bad.push(format!(
@@ -209,9 +225,9 @@ mod tests {
     #[test]
     fn checks_weights() {
         let mut s = Spread::default();
-        s.counts.insert("b1".into(), 75);
-        s.counts.insert("b2".into(), 150);
-        s.counts.insert("b3".into(), 75);
+        s.counts.insert("b1".into(), 200);
+        s.counts.insert("b2".into(), 400);
+        s.counts.insert("b3".into(), 200);
         s.check_weights(&[("b1", 1), ("b2", 2), ("b3", 1)], 8.0)
             .unwrap();
         let err = s
@@ -224,5 +240,18 @@ mod tests {
             s.check_weights(&[("b1", 1), ("b2", 2), ("b3", 1)], 8.0)
                 .is_err()
         );
+    }
+
+    #[test]
+    fn too_small_a_sample_for_the_tolerance_is_an_error() {
+        let mut s = Spread::default();
+        s.counts.insert("b1".into(), 150);
+        s.counts.insert("b2".into(), 150);
+        let err = s
+            .check_weights(&[("b1", 1), ("b2", 1)], 8.0)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("300 connections are too few"), "{err}");
+        s.check_weights(&[("b1", 1), ("b2", 1)], 15.0).unwrap();
     }
 }

@@ -26,7 +26,7 @@ use lb_tests::topology::{Kind, Topology, VIP4, VIP6};
 /// The service's port: the VIP's and, in DSR, the backends'.
 const PORT: u16 = 8080;
 /// Connections for the spread.
-const CONNS: usize = 300;
+const CONNS: usize = 800;
 /// Percentage points a backend's share may be off its weight's.
 const TOLERANCE_PP: f64 = 10.0;
 /// The backends in use and their weights.

@@ -15,7 +15,7 @@ use lb_tests::topology::{BACKEND_NAMES, Kind, LB_IF_A};
 use lb_tests::{Daemon, Launch, Topology, client};
 
 /// Connections per distribution test.
-const CONNS: usize = 300;
+const CONNS: usize = 800;
 /// Allowed distance of a backend's share from its weight's share, percentage points.
 /// With 300 samples one standard deviation is at most 2.9 points.
 const TOLERANCE_PP: f64 = 8.0;
