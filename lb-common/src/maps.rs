@@ -376,6 +376,36 @@ const _: () = assert!(size_of::<NextHop>() == 48);
 /// How long a [`NextHop`] entry is used before the next FIB lookup.
 pub const NEXT_HOP_TTL_NS: u64 = 1_000_000_000;
 
+/// A reply's next hop toward a client as `bpf_fib_lookup` last found it: the value of
+/// the per-CPU `REPLY_HOPS` cache, a direct-mapped table indexed by
+/// [`reply_hop_slot`]. Replies are most of a download's packets, and their FIB lookup
+/// was a third of the reply path's cost; the cache holds them for
+/// [`NEXT_HOP_TTL_NS`], as `NEXT_HOPS` does toward backends. Two clients whose slots
+/// collide take turns: a miss is a lookup, never a wrong hop.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReplyHop {
+    /// The reply's source after the rewrite (the VIP): a route may depend on it.
+    pub src: [u32; 4],
+    /// The next hop toward the client address in `hop.dst`.
+    pub hop: NextHop,
+}
+const _: () = assert!(size_of::<ReplyHop>() == 64);
+
+/// Slots of the `REPLY_HOPS` cache, a power of two: 256 KiB per CPU.
+pub const REPLY_HOP_SLOTS: u32 = 4096;
+const _: () = assert!(REPLY_HOP_SLOTS.is_power_of_two());
+
+/// The `REPLY_HOPS` slot of a reply from `src` to `dst` (network order words).
+#[inline(always)]
+pub fn reply_hop_slot(src: &[u32; 4], dst: &[u32; 4]) -> u32 {
+    let s = src[0] ^ src[1] ^ src[2] ^ src[3];
+    let d = dst[0] ^ dst[1] ^ dst[2] ^ dst[3];
+    // Multiplicative hashing: the high bits mix every bit of both words.
+    let h = s.wrapping_mul(0x85eb_ca77) ^ d.wrapping_mul(0x9e37_79b1);
+    h >> (32 - REPLY_HOP_SLOTS.trailing_zeros())
+}
+
 /// Interfaces whose frames the XDP programs filter by destination MAC, at most.
 pub const MAX_LOCAL_MACS: usize = 8;
 
@@ -579,6 +609,9 @@ pub mod names {
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
     pub const COUNTERS: &str = "COUNTERS";
     pub const NEXT_HOPS: &str = "NEXT_HOPS";
+    /// Per-CPU cache of replies' next hops toward clients ([`super::ReplyHop`]); not
+    /// pinned: a new daemon starts with an empty one.
+    pub const REPLY_HOPS: &str = "REPLY_HOPS";
     /// Source ([`super::SourceKey`]) → its new-flow token bucket (see `source_limit`).
     pub const SOURCE_BUCKETS: &str = "SOURCE_BUCKETS";
     pub const SYN_RATE: &str = "SYN_RATE";
@@ -712,5 +745,40 @@ mod watch_tests {
             (123_456_789, 74, 0xdead_beef, 42, 0x12)
         );
         assert_eq!(WatchEvent::from_bytes(&b[..23]), None);
+    }
+}
+
+#[cfg(test)]
+mod reply_hop_tests {
+    use super::{REPLY_HOP_SLOTS, reply_hop_slot};
+
+    #[test]
+    fn clients_of_one_vip_spread_over_the_slots() {
+        let vip = [u32::from_ne_bytes([198, 18, 2, 1]), 0, 0, 0];
+        let mut used = [0u32; REPLY_HOP_SLOTS as usize];
+        // 4,096 consecutive client addresses, as a busy /20 sends them.
+        for i in 0..REPLY_HOP_SLOTS {
+            let client = (0xc612_4000 + i).to_be();
+            let slot = reply_hop_slot(&vip, &[client, 0, 0, 0]);
+            assert!(slot < REPLY_HOP_SLOTS);
+            used[slot as usize] += 1;
+        }
+        let filled = used.iter().filter(|&&n| n > 0).count();
+        // A uniform hash fills 1 - 1/e of them (63%); consecutive addresses must too.
+        assert!(filled > 2_400, "{filled} of {REPLY_HOP_SLOTS} slots used");
+        assert!(
+            used.iter().all(|&n| n <= 8),
+            "a slot took {:?}",
+            used.iter().max()
+        );
+    }
+
+    #[test]
+    fn the_source_takes_part_in_the_slot() {
+        let client = [u32::from_ne_bytes([198, 18, 1, 2]), 0, 0, 0];
+        let slots: std::collections::BTreeSet<u32> = (1..=64u8)
+            .map(|v| reply_hop_slot(&[u32::from_ne_bytes([198, 18, 2, v]), 0, 0, 0], &client))
+            .collect();
+        assert!(slots.len() > 48, "{} slots for 64 VIPs", slots.len());
     }
 }

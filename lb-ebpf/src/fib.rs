@@ -1,5 +1,6 @@
-//! Out of the program toward the next hop: the NAT rewrite, then the FIB lookup (toward
-//! a backend, cached per CPU for a while), the MAC rewrite, and XDP_TX or a redirect; or,
+//! Out of the program toward the next hop: the NAT rewrite, then the FIB lookup (cached
+//! per CPU for a while: per backend, and per client for replies), the MAC rewrite, and
+//! XDP_TX or a redirect; or,
 //! when the next hop has no neighbour entry, the hand-off to the TC program. A DSR
 //! packet is encapsulated instead of rewritten, once the route says it fits
 //! ([`send_encapsulated`]).
@@ -18,12 +19,12 @@ use lb_common::{
     counters,
     encap::{ENCAP_GUE, IPPROTO_UDP},
     handoff::{self, Handoff},
-    maps::{FAMILY_V4, NEXT_HOP_TTL_NS, NextHop, PROTO_TCP},
+    maps::{FAMILY_V4, NEXT_HOP_TTL_NS, NextHop, PROTO_TCP, ReplyHop, reply_hop_slot},
 };
 
 use crate::{
     encap, events, icmp,
-    maps::{NEXT_HOPS, TX_PORTS},
+    maps::{NEXT_HOPS, REPLY_HOPS, TX_PORTS},
     nat::{self, Target},
     packet::{frame_len, ptr_at, push_meta},
     parse::Packet,
@@ -47,8 +48,8 @@ pub fn send(ctx: &XdpContext, pkt: &Packet, t: &Target, dir: Dir) -> Verdict {
     next_hop(ctx, pkt, t, dir)
 }
 
-/// FIB lookup for the rewritten packet (toward a backend: the cached one while it is
-/// fresh), then MACs and XDP_TX or a redirect.
+/// FIB lookup for the rewritten packet (the cached one while it is fresh: per backend
+/// toward backends, per client and VIP for replies), then MACs and XDP_TX or a redirect.
 #[inline(never)]
 fn next_hop(ctx: &XdpContext, pkt: &Packet, t: &Target, dir: Dir) -> Verdict {
     let mut hop = Hop {
@@ -58,7 +59,11 @@ fn next_hop(ctx: &XdpContext, pkt: &Packet, t: &Target, dir: Dir) -> Verdict {
         ip_len: pkt.ip_len,
         ingress: ctx.ingress_ifindex() as u32,
     };
-    if dir == Dir::In && cached_hop(t, &mut hop) {
+    let cached = match dir {
+        Dir::In => cached_hop(t, &mut hop),
+        Dir::Out => cached_reply_hop(t, &mut hop),
+    };
+    if cached {
         return out(ctx, t, dir, &hop);
     }
     let mut p = MaybeUninit::<FibParams>::uninit();
@@ -70,8 +75,9 @@ fn next_hop(ctx: &XdpContext, pkt: &Packet, t: &Target, dir: Dir) -> Verdict {
     match rc as u32 {
         BPF_FIB_LKUP_RET_SUCCESS => {
             hop.take(p);
-            if dir == Dir::In {
-                remember_hop(t, &hop);
+            match dir {
+                Dir::In => remember_hop(t, &hop),
+                Dir::Out => remember_reply_hop(t, &hop),
             }
             out(ctx, t, dir, &hop)
         }
@@ -262,6 +268,51 @@ fn remember_hop(t: &Target, hop: &Hop) {
         max_len: hop.ip_len,
         macs: hop.macs,
         ingress: hop.ingress,
+    };
+}
+
+/// Fills `hop` from this CPU's cached next hop of replies from `t.src` to `t.dst`, on
+/// the same terms as [`cached_hop`].
+#[inline(never)]
+fn cached_reply_hop(t: &Target, hop: &mut Hop) -> bool {
+    let Some(e) = REPLY_HOPS.get_ptr(reply_hop_slot(&t.src, &t.dst)) else {
+        return false;
+    };
+    // SAFETY: as in `cached_hop`.
+    let e = unsafe { &*e };
+    let nh = &e.hop;
+    if hop.now >= nh.expires_ns
+        || e.src != t.src
+        || nh.dst != t.dst
+        || nh.ingress != hop.ingress
+        || hop.ip_len > nh.max_len
+    {
+        return false;
+    }
+    hop.macs = nh.macs;
+    hop.ifindex = nh.ifindex;
+    true
+}
+
+/// Caches the FIB lookup's answer for replies from `t.src` to `t.dst` for this CPU, in
+/// place of whatever its slot held.
+#[inline(never)]
+fn remember_reply_hop(t: &Target, hop: &Hop) {
+    let Some(e) = REPLY_HOPS.get_ptr_mut(reply_hop_slot(&t.src, &t.dst)) else {
+        return;
+    };
+    // SAFETY: as in `cached_hop`.
+    let e = unsafe { &mut *e };
+    *e = ReplyHop {
+        src: t.src,
+        hop: NextHop {
+            dst: t.dst,
+            expires_ns: hop.now + NEXT_HOP_TTL_NS,
+            ifindex: hop.ifindex,
+            max_len: hop.ip_len,
+            macs: hop.macs,
+            ingress: hop.ingress,
+        },
     };
 }
 

@@ -17,8 +17,8 @@ use lb_common::{
     maps::{
         Backend, DEFAULT_RING_SIZE, FlowKey, FlowState, GlobalConfig, LocalMacs, MAX_ALLOW,
         MAX_BACKENDS, MAX_IFACES, MAX_PROXY_LISTENERS, MAX_SERVICES, MAX_SNAT_ADDRS, MAX_SOURCES,
-        NextHop, ReverseNat, Service, SourceKey, SpliceLayout, TrafficCounters, VipKey,
-        WATCH_RING_BYTES, WatchSpec,
+        NextHop, REPLY_HOP_SLOTS, ReplyHop, ReverseNat, Service, SourceKey, SpliceLayout,
+        TrafficCounters, VipKey, WATCH_RING_BYTES, WatchSpec,
     },
     syn_proxy::SynRate,
 };
@@ -93,6 +93,11 @@ pub static LOCAL_MACS: Array<LocalMacs> = Array::with_max_entries(1, 0);
 /// sees half of an update.
 #[map]
 pub static NEXT_HOPS: PerCpuArray<NextHop> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
+
+/// `lb_common::maps::reply_hop_slot` → per-CPU cached next hop of replies toward a
+/// client; written and read by the reply path only (per CPU, as `NEXT_HOPS`).
+#[map]
+pub static REPLY_HOPS: PerCpuArray<ReplyHop> = PerCpuArray::with_max_entries(REPLY_HOP_SLOTS, 0);
 
 /// Source (IPv4 address, IPv6 /64) → its new-flow token bucket (`lb_common::source_limit`:
 /// when the bucket is next full, coarse ns); written and read by the forward path for

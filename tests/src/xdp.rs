@@ -36,6 +36,7 @@ impl XdpPass {
             names::BACKEND_STATS,
             names::COUNTERS,
             names::NEXT_HOPS,
+            names::REPLY_HOPS,
         ] {
             loader.map_max_entries(map, 1);
         }

@@ -7,13 +7,14 @@
 //! Needs root and a kernel with BPF_PROG_TEST_RUN for XDP: without either the tests fail
 //! (never skip) and say what is missing.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
+use lb_common::addr::ip_to_words;
 use lb_common::maps::{
     FLOW_BACKEND_TIME_WAIT, FLOW_ESTABLISHED, FLOW_FIN_BACKEND, FLOW_FIN_CLIENT, FLOW_LAST_ACK,
-    FLOW_REPLIED, FLOW_RST, NEXT_HOP_TTL_NS,
+    FLOW_REPLIED, FLOW_RST, NEXT_HOP_TTL_NS, reply_hop_slot,
 };
 use lb_tests::packet::{Packet, decode, flags::*};
 use lb_tests::test_run::{
@@ -813,6 +814,101 @@ fn a_packet_longer_than_the_cached_next_hop_has_seen_is_looked_up_again() {
         "short ones still go"
     );
     assert_eq!(lb.counter(counter::FWD_IN), 2);
+}
+
+#[test]
+fn a_reply_next_hop_is_reused_for_its_ttl_then_follows_a_neighbour_change() {
+    stay_on_this_cpu();
+    let p = plan4();
+    let mut lb = with_flow(&p);
+    let port = lb.snat_port(&p, CLIENT_PORT);
+    let first = p.from_backend(0, port, SYN | ACK).build();
+    let (action, out) = lb.from_backend(&first);
+    assert_eq!(action, Action::Redirect);
+    assert_eq!(decode(&out).unwrap().eth_dst, CLIENT_MAC, "looked up");
+
+    // The client's MAC changes: the flow's replies keep the cached next hop until it
+    // expires, then the FIB lookup finds the new neighbour.
+    let moved = [0x02, 0, 0, 0, 0, 0x98];
+    lb.ns().neighbour(p.client, moved, "lb1").unwrap();
+    let ack = p.from_backend(0, port, ACK).build();
+    let (action, out) = lb.from_backend(&ack);
+    assert_eq!(action, Action::Redirect);
+    assert_eq!(decode(&out).unwrap().eth_dst, CLIENT_MAC, "cached next hop");
+    sleep(Duration::from_nanos(NEXT_HOP_TTL_NS) + Duration::from_millis(100));
+    let (action, out) = lb.from_backend(&ack);
+    assert_eq!(action, Action::Redirect);
+    assert_eq!(
+        decode(&out).unwrap().eth_dst,
+        moved,
+        "looked up again after its TTL"
+    );
+    assert_eq!(lb.counter(counter::FWD_OUT), 3);
+}
+
+/// A client address of `p`'s family, on a subnet of `lb1` (`extra` is added for IPv4,
+/// whose client subnet is too small to hold one), whose replies' next hops share a
+/// `REPLY_HOPS` slot with `p.client`'s.
+fn colliding_client(lb: &TestRun, p: &Plan) -> IpAddr {
+    let (vip, _) = ip_to_words(p.vip);
+    let slot = |c: IpAddr| reply_hop_slot(&vip, &ip_to_words(c).0);
+    let want = slot(p.client);
+    let candidates: Box<dyn Iterator<Item = IpAddr>> = match p.client {
+        IpAddr::V4(_) => {
+            lb.ns().ip("addr add 198.18.64.1/18 dev lb1").unwrap();
+            Box::new((2..16_000u32).map(|i| {
+                IpAddr::from(Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 64, 0)) + i))
+            }))
+        }
+        IpAddr::V6(c) => {
+            Box::new((3..65_000u128).map(move |i| IpAddr::from(Ipv6Addr::from(u128::from(c) + i))))
+        }
+    };
+    candidates
+        .filter(|&c| c != p.client)
+        .find(|&c| slot(c) == want)
+        .expect("a client address in the same slot")
+}
+
+#[test]
+fn clients_whose_reply_hops_share_a_cache_slot_each_get_their_own_next_hop() {
+    stay_on_this_cpu();
+    for p in [plan4(), plan6()] {
+        let mut lb = with_flow(&p);
+        let q = Plan {
+            client: colliding_client(&lb, &p),
+            ..p
+        };
+        let other_mac = [0x02, 0, 0, 0, 0, 0x97];
+        lb.ns().neighbour(q.client, other_mac, "lb1").unwrap();
+        assert_eq!(
+            forward_to(&mut lb, &q, &q.syn()),
+            0,
+            "{}: the other client's SYN",
+            q.client
+        );
+        // Each reply evicts the other client's cached hop: a miss, then a lookup.
+        for round in 0..3 {
+            for (plan, mac) in [(&p, CLIENT_MAC), (&q, other_mac)] {
+                let port = lb.snat_port(plan, CLIENT_PORT);
+                let (action, out) = lb.from_backend(&plan.from_backend(0, port, SYN | ACK).build());
+                assert_eq!(
+                    action,
+                    Action::Redirect,
+                    "round {round}: reply to {}",
+                    plan.client
+                );
+                let got = decode(&out).unwrap();
+                assert_eq!(
+                    (got.dst, got.eth_dst),
+                    (plan.client, mac),
+                    "round {round}: reply to {}",
+                    plan.client
+                );
+            }
+        }
+        assert_eq!(lb.counter(counter::FWD_OUT), 6, "{}", p.client);
+    }
 }
 
 #[test]
