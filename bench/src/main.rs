@@ -27,6 +27,7 @@ mod napi;
 mod path_cost;
 mod pps;
 mod report;
+mod runtime;
 mod sys;
 mod systems;
 mod workloads;
@@ -126,6 +127,13 @@ impl Cell {
     }
 }
 
+/// lb_xdp's cost per packet under a workload's traffic (`runtime`).
+const XDP_NS: Metric = Metric {
+    name: "xdp_ns_per_packet",
+    unit: "ns",
+    higher_is_better: false,
+};
+
 /// Figures measured once, outside the workloads.
 #[derive(Default)]
 struct Extras {
@@ -208,6 +216,8 @@ fn run(opts: &Opts, lb_bin: &Path, object: &Path) -> Result<()> {
         states.push((s, state));
     }
 
+    // For lb_xdp's ns per packet under each workload (`runtime`).
+    let _stats = runtime::StatsOn::new()?;
     let mut runs = Runs {
         bed,
         lb_bin,
@@ -425,14 +435,29 @@ fn session(runs: &mut Runs, system: System, label: &str) -> Result<()> {
         // Warm-up, not recorded: caches, conntrack, the backends' first workers.
         let _ = workloads::run(Workload::KeepAlive, bed, &mut running, (0, 1));
     }
+    // lb_xdp's own run-time statistics around each run of lb-nat.
+    let lb_pid = running.daemon_pid();
+    let xdp_stats = || match (system, lb_pid) {
+        (System::LbNat, Some(pid)) => runtime::lb_xdp(pid)
+            .map_err(|e| eprintln!("bench: lb_xdp's run-time statistics: {e:#}"))
+            .ok(),
+        _ => None,
+    };
     for w in todo {
         let busy = wait_quiet(plan)?;
+        let before = xdp_stats();
         let result = workloads::run(
             w,
             bed,
             &mut running,
             w.durations(plan.given_secs, plan.quick),
-        );
+        )
+        .map(|mut sample| {
+            sample.xdp_ns = before
+                .zip(xdp_stats())
+                .and_then(|(b, a)| a.per_run_since(b));
+            sample
+        });
         let c = cells.get_mut(&(system, w)).expect("every cell exists");
         match result {
             Ok(mut sample) => {
@@ -577,7 +602,28 @@ fn figures(
                     discarded: c.discarded.len(),
                 });
             }
+            let xdp_ns: Vec<f64> = used.iter().filter_map(|s| s.xdp_ns).collect();
+            if !xdp_ns.is_empty() {
+                out.push(Figure {
+                    system: s,
+                    workload: w.name().to_owned(),
+                    metric: XDP_NS,
+                    status: "ok".to_owned(),
+                    median: Some(median(&xdp_ns)),
+                    min: Some(xdp_ns.iter().copied().fold(f64::INFINITY, f64::min)),
+                    max: Some(xdp_ns.iter().copied().fold(f64::NEG_INFINITY, f64::max)),
+                    repeats: xdp_ns.len(),
+                    discarded: c.discarded.len(),
+                });
+            }
         }
+    }
+    if out.iter().any(|f| f.metric.name == XDP_NS.name) {
+        notes.push(format!(
+            "{}: lb_xdp's mean ns per packet over each lb-nat run, warm-up included, by the \
+             kernel's run-time statistics (kernel.bpf_stats_enabled=1 for the bench)",
+            XDP_NS.name
+        ));
     }
     if discarded > 0 {
         notes.push(format!(

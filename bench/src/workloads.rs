@@ -259,6 +259,9 @@ pub struct Sample {
     pub values: Vec<f64>,
     /// Why the run does not count, if something disturbed it.
     pub disturbed: Option<String>,
+    /// `lb_xdp`'s mean ns per packet over the run, by the kernel's run-time statistics
+    /// (`runtime`): set by the caller for `lb-nat`.
+    pub xdp_ns: Option<f64>,
 }
 
 /// Runs `workload` once against `running`: `warm` seconds unmeasured (the workloads
@@ -285,6 +288,7 @@ pub fn run(
                     p.client_busy * 100.0,
                 ],
                 disturbed: p.disturbed,
+                xdp_ns: None,
             });
         }
         Workload::SynFlood => {
@@ -303,6 +307,7 @@ pub fn run(
                     flood.lb_busy * 100.0,
                 ],
                 disturbed: base.disturbed.clone().or(flood.disturbed.clone()),
+                xdp_ns: None,
             });
         }
         _ => {}
@@ -321,6 +326,7 @@ pub fn run(
                 r.client_cpu * 100.0,
             ],
             disturbed,
+            xdp_ns: None,
         });
     }
     let (http, iperf) = running.targets(bed);
@@ -401,7 +407,11 @@ pub fn run(
             vec![r.bytes as f64 * 8.0 / r.secs / 1e9, cpu / gb]
         }
     };
-    Ok(Sample { values, disturbed })
+    Ok(Sample {
+        values,
+        disturbed,
+        xdp_ns: None,
+    })
 }
 
 fn bulk_as_wrk((bytes, secs): (u64, f64)) -> Wrk {

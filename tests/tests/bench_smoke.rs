@@ -247,6 +247,20 @@ fn quick_bench_writes_every_figure() {
         let ns = f["median"].as_f64().unwrap_or(0.0);
         assert!(ns > 0.0, "{path}: {ns} ns\n{md}");
     }
+    // lb_xdp's run-time cost per packet under lb-nat's connection and download
+    // workloads: the program ran, and the kernel counted its time.
+    for workload in ["conn", "keepalive", "download"] {
+        let f = figures
+            .iter()
+            .find(|f| {
+                f["system"] == "lb-nat"
+                    && f["workload"] == workload
+                    && f["metric"] == "xdp_ns_per_packet"
+            })
+            .unwrap_or_else(|| panic!("no xdp_ns_per_packet for lb-nat {workload}:\n{md}"));
+        let ns = f["median"].as_f64().unwrap_or(0.0);
+        assert!(ns > 0.0, "lb-nat {workload}: {ns} ns per packet\n{md}");
+    }
     // The lb/peer ratios and the issue's targets are in the report, and nothing the
     // issue asks for is left unmeasured.
     assert!(md.contains("## Ratios lb-nat / peer"), "{md}");
