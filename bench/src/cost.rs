@@ -10,27 +10,29 @@ use lb_common::maps::names;
 /// The daemon's maps are told from others of the same name (the test bed's `xdp_pass`
 /// loader has its own) by the map ids in the daemon's fdinfo.
 pub fn flow_bytes(pid: u32) -> Result<f64> {
-    let ids = map_ids(pid)?;
+    let ids = held_ids(pid, "map")?;
     let out =
         lb_tests::cmd::run(std::process::Command::new("bpftool").args(["-j", "map", "show"]))?;
     per_flow(&out, &ids)
 }
 
-/// Ids of the BPF maps process `pid` holds open.
-fn map_ids(pid: u32) -> Result<Vec<u64>> {
+/// Ids of the BPF objects of one kind (`map` or `prog`) process `pid` holds open, from
+/// the `map_id:` or `prog_id:` lines of its fdinfo.
+pub fn held_ids(pid: u32, kind: &str) -> Result<Vec<u64>> {
     let dir = format!("/proc/{pid}/fdinfo");
+    let prefix = format!("{kind}_id:");
     let ids: Vec<u64> = std::fs::read_dir(&dir)
         .with_context(|| format!("reading {dir}"))?
         .flatten()
         .filter_map(|e| std::fs::read_to_string(e.path()).ok())
         .filter_map(|info| {
             info.lines()
-                .find_map(|l| l.strip_prefix("map_id:"))
+                .find_map(|l| l.strip_prefix(prefix.as_str()))
                 .and_then(|v| v.trim().parse().ok())
         })
         .collect();
     if ids.is_empty() {
-        bail!("lb (pid {pid}) holds no BPF map");
+        bail!("lb (pid {pid}) holds no BPF {kind}");
     }
     Ok(ids)
 }

@@ -54,29 +54,10 @@ impl Runs {
 /// `lb_xdp`'s statistics of the daemon `pid`: summed over its attached copies (one per
 /// interface is one program; a program loaded twice is two).
 pub fn lb_xdp(pid: u32) -> Result<Runs> {
-    let ids = prog_ids(pid)?;
+    let ids = crate::cost::held_ids(pid, "prog")?;
     let out =
         lb_tests::cmd::run(std::process::Command::new("bpftool").args(["-j", "prog", "show"]))?;
     sum_runs(&out, &ids, names::PROG_LB)
-}
-
-/// Ids of the BPF programs process `pid` holds open.
-fn prog_ids(pid: u32) -> Result<Vec<u64>> {
-    let dir = format!("/proc/{pid}/fdinfo");
-    let ids: Vec<u64> = std::fs::read_dir(&dir)
-        .with_context(|| format!("reading {dir}"))?
-        .flatten()
-        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
-        .filter_map(|info| {
-            info.lines()
-                .find_map(|l| l.strip_prefix("prog_id:"))
-                .and_then(|v| v.trim().parse().ok())
-        })
-        .collect();
-    if ids.is_empty() {
-        bail!("lb (pid {pid}) holds no BPF program");
-    }
-    Ok(ids)
 }
 
 fn sum_runs(bpftool_json: &str, ids: &[u64], name: &str) -> Result<Runs> {

@@ -226,6 +226,38 @@ impl Hop {
         self.macs[6..].copy_from_slice(&p.smac);
         self.ifindex = p.ifindex;
     }
+
+    /// Takes the MACs and interface of the cached hop `nh` toward `dst` if it is fresh,
+    /// for that address and this packet's ingress interface, and known to fit a packet
+    /// of this length.
+    #[inline(always)]
+    fn take_cached(&mut self, nh: &NextHop, dst: &[u32; 4]) -> bool {
+        if self.now >= nh.expires_ns
+            || nh.dst != *dst
+            || nh.ingress != self.ingress
+            || self.ip_len > nh.max_len
+        {
+            return false;
+        }
+        self.macs = nh.macs;
+        self.ifindex = nh.ifindex;
+        true
+    }
+
+    /// The cache entry toward `dst` for the hop a FIB lookup just found. A lookup while
+    /// the entry is fresh and for the same hop happens only for a packet longer than it
+    /// has checked, so this packet's length is the longest the route was checked for.
+    #[inline(always)]
+    fn to_cache(&self, dst: &[u32; 4]) -> NextHop {
+        NextHop {
+            dst: *dst,
+            expires_ns: self.now + NEXT_HOP_TTL_NS,
+            ifindex: self.ifindex,
+            max_len: self.ip_len,
+            macs: self.macs,
+            ingress: self.ingress,
+        }
+    }
 }
 
 /// Fills `hop` from this CPU's cached next hop toward `t`'s backend if it is fresh, for
@@ -237,17 +269,7 @@ fn cached_hop(t: &Target, hop: &mut Hop) -> bool {
     };
     // SAFETY: a map value stays valid for the whole program run, and this CPU's slot
     // has no other writer.
-    let nh = unsafe { &*nh };
-    if hop.now >= nh.expires_ns
-        || nh.dst != t.dst
-        || nh.ingress != hop.ingress
-        || hop.ip_len > nh.max_len
-    {
-        return false;
-    }
-    hop.macs = nh.macs;
-    hop.ifindex = nh.ifindex;
-    true
+    hop.take_cached(unsafe { &*nh }, &t.dst)
 }
 
 /// Caches the FIB lookup's answer toward `t`'s backend for this CPU.
@@ -257,18 +279,7 @@ fn remember_hop(t: &Target, hop: &Hop) {
         return;
     };
     // SAFETY: as in `cached_hop`.
-    let nh = unsafe { &mut *nh };
-    // A lookup while the entry is fresh and for the same hop happens only for a packet
-    // longer than it has checked, so this packet's length is the longest the route was
-    // checked for.
-    *nh = NextHop {
-        dst: t.dst,
-        expires_ns: hop.now + NEXT_HOP_TTL_NS,
-        ifindex: hop.ifindex,
-        max_len: hop.ip_len,
-        macs: hop.macs,
-        ingress: hop.ingress,
-    };
+    unsafe { *nh = hop.to_cache(&t.dst) };
 }
 
 /// Fills `hop` from this CPU's cached next hop of replies from `t.src` to `t.dst`, on
@@ -280,18 +291,7 @@ fn cached_reply_hop(t: &Target, hop: &mut Hop) -> bool {
     };
     // SAFETY: as in `cached_hop`.
     let e = unsafe { &*e };
-    let nh = &e.hop;
-    if hop.now >= nh.expires_ns
-        || e.src != t.src
-        || nh.dst != t.dst
-        || nh.ingress != hop.ingress
-        || hop.ip_len > nh.max_len
-    {
-        return false;
-    }
-    hop.macs = nh.macs;
-    hop.ifindex = nh.ifindex;
-    true
+    e.src == t.src && hop.take_cached(&e.hop, &t.dst)
 }
 
 /// Caches the FIB lookup's answer for replies from `t.src` to `t.dst` for this CPU, in
@@ -302,17 +302,11 @@ fn remember_reply_hop(t: &Target, hop: &Hop) {
         return;
     };
     // SAFETY: as in `cached_hop`.
-    let e = unsafe { &mut *e };
-    *e = ReplyHop {
-        src: t.src,
-        hop: NextHop {
-            dst: t.dst,
-            expires_ns: hop.now + NEXT_HOP_TTL_NS,
-            ifindex: hop.ifindex,
-            max_len: hop.ip_len,
-            macs: hop.macs,
-            ingress: hop.ingress,
-        },
+    unsafe {
+        *e = ReplyHop {
+            src: t.src,
+            hop: hop.to_cache(&t.dst),
+        }
     };
 }
 
