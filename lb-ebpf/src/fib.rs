@@ -1,9 +1,8 @@
 //! Out of the program toward the next hop: the NAT rewrite, then the FIB lookup (cached
 //! per CPU for a while: per backend, and per client for replies), the MAC rewrite, and
-//! XDP_TX or a redirect; or,
-//! when the next hop has no neighbour entry, the hand-off to the TC program. A DSR
-//! packet is encapsulated instead of rewritten, once the route says it fits
-//! ([`send_encapsulated`]).
+//! XDP_TX or a redirect; or, when the next hop has no neighbour entry, the hand-off to
+//! the TC program. A DSR packet is encapsulated instead of rewritten, once the route
+//! says it fits ([`send_encapsulated`]).
 
 use aya_ebpf::{
     EbpfContext,
