@@ -2,8 +2,9 @@
 //! kernel's own run-time statistics of the daemon's program (`run_time_ns / run_cnt`
 //! in `bpftool prog show`, counted while `kernel.bpf_stats_enabled` is 1), read before
 //! and after each run of `lb-nat`. Unlike `path_cost`'s BPF_PROG_TEST_RUN figures these
-//! include every packet the workload sends, on the CPU its NAPI runs on, with warm
-//! caches; they include the workload's warm-up, which is the same traffic.
+//! cover every packet the workload sends, with warm caches, on whichever CPU received
+//! it (the report's pinning note says which); they include the workload's warm-up,
+//! which is the same traffic.
 
 use anyhow::{Context, Result, bail};
 use lb_common::maps::names;
@@ -51,8 +52,8 @@ impl Runs {
     }
 }
 
-/// `lb_xdp`'s statistics of the daemon `pid`: summed over its attached copies (one per
-/// interface is one program; a program loaded twice is two).
+/// `lb_xdp`'s statistics of the daemon `pid`, summed over every `lb_xdp` it holds (one
+/// program serves all its interfaces; one it loaded again would be another).
 pub fn lb_xdp(pid: u32) -> Result<Runs> {
     let ids = crate::cost::held_ids(pid, "prog")?;
     let out =
