@@ -57,13 +57,11 @@ impl Dataplane {
                 return Err(e);
             }
         };
-        let verified = lb_program(&mut ebpf)?
-            .load()
-            .map_err(verifier_error(names::PROG_LB))
+        let verified = lb_program(&mut ebpf)
+            .and_then(|p| retrying_signals(|| p.load()).map_err(verifier_error(names::PROG_LB)))
             .and_then(|()| {
-                neigh_program(&mut ebpf)?
-                    .load()
-                    .map_err(verifier_error(names::PROG_NEIGH))
+                let p = neigh_program(&mut ebpf)?;
+                retrying_signals(|| p.load()).map_err(verifier_error(names::PROG_NEIGH))
             })
             .and_then(|()| load_direct(&mut ebpf));
         if let Err(e) = verified {
@@ -98,7 +96,7 @@ fn load_direct(ebpf: &mut Ebpf) -> Result<(), DataplaneError> {
         .ok_or(DataplaneError::MissingProgram(names::PROG_DIRECT))?
         .try_into()
         .map_err(program_error(names::PROG_DIRECT))?;
-    prog.load().map_err(verifier_error(names::PROG_DIRECT))?;
+    retrying_signals(|| prog.load()).map_err(verifier_error(names::PROG_DIRECT))?;
     let fd = prog
         .fd()
         .map_err(program_error(names::PROG_DIRECT))?
@@ -136,6 +134,23 @@ impl Sizes {
 }
 
 /// The error of a failed program load, with the verifier's log when it rejected it.
+/// Tries to load a program again when the verifier gave up because a signal arrived
+/// (EAGAIN): `lb_xdp` takes the verifier seconds, and a child process exiting meanwhile
+/// (a health check's, a test's) signals the loading thread. Any other outcome is final.
+fn retrying_signals(
+    mut load: impl FnMut() -> Result<(), ProgramError>,
+) -> Result<(), ProgramError> {
+    const TRIES: usize = 5;
+    for _ in 1..TRIES {
+        match load() {
+            Err(ProgramError::LoadError { io_error, .. })
+                if io_error.raw_os_error() == Some(libc::EAGAIN) => {}
+            done => return done,
+        }
+    }
+    load()
+}
+
 fn verifier_error(program: &'static str) -> impl Fn(ProgramError) -> DataplaneError {
     move |e| match e {
         ProgramError::LoadError {
@@ -203,4 +218,50 @@ fn check_adopted_sizes(ebpf: &Ebpf, state: &StateDir, sizes: &Sizes) -> Result<(
 /// for one round trip; even at 30,000 flood SYNs a second an entry lasts half a second.
 pub fn half_open_entries(max_flows: u32) -> u32 {
     (max_flows / 16).max(1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aya_obj::VerifierLog;
+
+    fn load_error(errno: i32) -> ProgramError {
+        ProgramError::LoadError {
+            io_error: std::io::Error::from_raw_os_error(errno),
+            verifier_log: VerifierLog::new(String::new()),
+        }
+    }
+
+    #[test]
+    fn a_load_interrupted_by_a_signal_is_tried_again() {
+        let mut calls = 0;
+        let r = retrying_signals(|| {
+            calls += 1;
+            if calls < 3 {
+                Err(load_error(libc::EAGAIN))
+            } else {
+                Ok(())
+            }
+        });
+        assert!(r.is_ok(), "{r:?}");
+        assert_eq!(calls, 3);
+    }
+
+    #[test]
+    fn a_rejection_is_final_and_signals_are_tried_a_bounded_number_of_times() {
+        let mut calls = 0;
+        let r = retrying_signals(|| {
+            calls += 1;
+            Err(load_error(libc::EACCES))
+        });
+        assert!(matches!(r, Err(ProgramError::LoadError { .. })));
+        assert_eq!(calls, 1, "the verifier's rejection is not retried");
+        let mut calls = 0;
+        let r = retrying_signals(|| {
+            calls += 1;
+            Err(load_error(libc::EAGAIN))
+        });
+        assert!(r.is_err());
+        assert_eq!(calls, 5);
+    }
 }
