@@ -92,7 +92,7 @@ pub fn during<T>(bed: &Bed, limit: Duration, f: impl FnOnce() -> T) -> Result<(T
     std::thread::scope(|s| {
         let generator = s.spawn(|| -> Result<Sent> {
             enter(client)?;
-            sys::pin_to_cpu(cpu).context("pinning the flood generator")?;
+            lb_tests::sys::pin_to_cpu(cpu).context("pinning the flood generator")?;
             let ifindex = ifindex("eth0")?;
             // The program writes the whole template into each frame: these bytes do not
             // matter.

@@ -79,7 +79,7 @@ pub fn run(bed: &mut Bed, running: &mut Running, flows: u32, secs: u32) -> Resul
     let rate = std::thread::scope(|s| {
         s.spawn(|| -> Result<Rate> {
             enter(client)?;
-            sys::pin_to_cpu(cpu).context("pinning the generator")?;
+            lb_tests::sys::pin_to_cpu(cpu).context("pinning the generator")?;
             let ifindex = ifindex("eth0")?;
             // Sends `n` frames in one call; returns how many the next call should send
             // to last about CALL at the rate this one reached.

@@ -2,6 +2,11 @@
 //! `HALF_OPEN`, the others in `FLOWS`), the clock they are stamped with, and how a
 //! packet refreshes its flow. When an entry is over is `lb_common::flow`'s rule.
 
+use core::{
+    intrinsics::{AtomicOrdering, atomic_and, atomic_or},
+    mem::offset_of,
+};
+
 use aya_ebpf::bindings::BPF_ANY;
 use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
 use aya_ebpf::programs::XdpContext;
@@ -75,9 +80,8 @@ pub fn now() -> u64 {
 
 /// Stamps the flow with a client segment's time, counts the packet and adds the
 /// `FLOW_*` bits it brings (`lb_common::flow::client_segment`). Concurrent writers on
-/// other CPUs only store timestamps, counts and flag bits, where a lost update is
-/// harmless; the flags are only written when they change, so the common packet dirties
-/// no more than the timestamp's and the count's one cache line.
+/// other CPUs store timestamps and counts, where a lost update is harmless, and flag
+/// bits, which are set atomically ([`add_flags`]).
 #[inline(always)]
 pub fn touch_client(fs: &mut FlowState, now: u64, tcp_flags: u8) {
     fs.last_seen_ns = now;
@@ -111,10 +115,55 @@ pub fn touch_backend(ctx: &XdpContext, pkt: &Packet, fs: &mut FlowState) {
     }
 }
 
+/// Sets flag bits with one atomic OR. The two directions of a flow often run at once
+/// on two CPUs (a client's FIN and a backend's FIN crossing), and a plain `|=` there
+/// could store one CPU's bits over the other's: a flow left with one FIN counts as open
+/// and holds its SNAT port until the idle timeout. Only written when a bit is new, so
+/// the common packet takes no locked instruction.
 #[inline(always)]
 fn add_flags(fs: &mut FlowState, f: u8) {
     if f & !fs.flags != 0 {
-        fs.flags |= f;
+        // SAFETY: the word is inside the entry and 8-byte aligned (`flags_word`); the
+        // OR leaves every byte but `flags` as it is.
+        unsafe {
+            atomic_or::<u64, u64, { AtomicOrdering::Relaxed }>(
+                flags_word(fs),
+                u64::from(f) << FLAGS_SHIFT,
+            )
+        };
+    }
+}
+
+/// Clears flag bits with one atomic AND, for the same reason as [`add_flags`].
+#[inline(always)]
+fn clear_flags(fs: &mut FlowState, f: u8) {
+    if f & fs.flags != 0 {
+        // SAFETY: as in `add_flags`; the AND leaves every byte but `flags` as it is.
+        unsafe {
+            atomic_and::<u64, u64, { AtomicOrdering::Relaxed }>(
+                flags_word(fs),
+                !(u64::from(f) << FLAGS_SHIFT),
+            )
+        };
+    }
+}
+
+/// Offset of the aligned 64-bit word that holds `FlowState::flags`, and the flag byte's
+/// shift inside it (little-endian: the BPF target is bpfel). 64 bits because the BPF
+/// target's narrowest atomic is 64 bits wide.
+const FLAGS_WORD: usize = offset_of!(FlowState, flags) & !7;
+const FLAGS_SHIFT: u32 = ((offset_of!(FlowState, flags) - FLAGS_WORD) * 8) as u32;
+const _: () = assert!(FLAGS_WORD + 8 <= size_of::<FlowState>());
+const _: () = assert!(align_of::<FlowState>() >= 8);
+
+#[inline(always)]
+fn flags_word(fs: &mut FlowState) -> *mut u64 {
+    // SAFETY: `FLAGS_WORD + 8` is within the entry (asserted above).
+    unsafe {
+        (fs as *mut FlowState)
+            .cast::<u8>()
+            .add(FLAGS_WORD)
+            .cast::<u64>()
     }
 }
 
@@ -129,6 +178,6 @@ pub fn record_close(fs: &mut FlowState, seq: &Sequence) {
             fs.close_tsval = ts;
             add_flags(fs, FLOW_CLIENT_TS);
         }
-        None => fs.flags &= !FLOW_CLIENT_TS,
+        None => clear_flags(fs, FLOW_CLIENT_TS),
     }
 }

@@ -22,6 +22,10 @@
 //! `lb_splice` (`splice`, the sk_skb stream verdict of the sockmap splice engine).
 //! The panic handler and licence come from the crate's library (`lib.rs`).
 #![cfg_attr(target_arch = "bpf", no_std, no_main)]
+// Flag bits are set with an atomic OR (`conntrack::add_flags`); the BPF target has no
+// compare-and-swap, so core's atomic types offer no `fetch_or` and the intrinsic is used.
+#![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
+#![cfg_attr(target_arch = "bpf", allow(internal_features))]
 
 #[cfg(target_arch = "bpf")]
 mod access;

@@ -80,16 +80,27 @@ pub fn is_root() -> bool {
 /// Keeps the calling thread on the CPU it runs on now. BPF_PROG_TEST_RUN runs the program
 /// on the caller's CPU, so per-CPU state (the next-hop cache) is then seen run after run.
 pub fn stay_on_this_cpu() -> io::Result<()> {
-    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET writes inside it (the CPU
-    // number sched_getcpu returns is below CPU_SETSIZE), and sched_setaffinity only reads
-    // it for the given size.
+    // SAFETY: sched_getcpu has no preconditions.
+    let cpu = unsafe { libc::sched_getcpu() };
+    if cpu < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    pin_to_cpu(cpu as usize)
+}
+
+/// Pins the calling thread to `cpu`.
+pub fn pin_to_cpu(cpu: usize) -> io::Result<()> {
+    if cpu >= libc::CPU_SETSIZE as usize {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("CPU {cpu} is beyond CPU_SETSIZE"),
+        ));
+    }
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET writes inside it (`cpu` is
+    // below CPU_SETSIZE), and sched_setaffinity only reads it for the given size.
     let rc = unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
-        let cpu = libc::sched_getcpu();
-        if cpu < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        libc::CPU_SET(cpu as usize, &mut set);
+        libc::CPU_SET(cpu, &mut set);
         libc::sched_setaffinity(0, size_of_val(&set), &set)
     };
     if rc != 0 {

@@ -664,6 +664,12 @@ impl TestRun {
         frame: &[u8],
         ingress: u32,
     ) -> (Action, Vec<u8>, std::time::Duration) {
+        run_xdp(self.loaded(name), frame, ingress)
+    }
+
+    /// The object's XDP program `name`, loaded (the daemon loads only its own programs,
+    /// not the tests' `xdp_pass`).
+    fn loaded(&mut self, name: &str) -> &Xdp {
         let prog: &mut Xdp = self
             .dp
             .ebpf_mut()
@@ -672,29 +678,54 @@ impl TestRun {
             .try_into()
             .unwrap_or_else(|_| panic!("{name} is XDP"));
         if prog.fd().is_err() {
-            // The daemon loads only its own programs (not the tests' `xdp_pass`).
             prog.load()
                 .unwrap_or_else(|e| panic!("loading {name}: {e}"));
         }
-        // struct xdp_md { data, data_end, data_meta, ingress_ifindex, rx_queue_index,
-        // egress_ifindex }
-        let md: Vec<u8> = [0, frame.len() as u32, 0, ingress, 0, 0]
-            .iter()
-            .flat_map(|w| w.to_ne_bytes())
-            .collect();
-        let mut out = vec![0u8; frame.len() + 512];
-        let r = prog
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                data_out: Some(&mut out),
-                ctx_in: Some(&md),
-                ..TestRunOptions::new()
-            })
-            .unwrap_or_else(|e| {
-                panic!("BPF_PROG_TEST_RUN of {name} (needs a kernel with XDP test runs): {e}")
-            });
-        out.truncate(r.data_size_out as usize);
-        (Action::from_xdp(r.return_value), out, r.duration)
+        prog
+    }
+
+    /// Runs pairs of frames through `lb_xdp` at the same instant on two CPUs, as a flow's
+    /// two directions do when both ends send at once: each pair's first frame from the
+    /// client side on CPU 0, its second from the backend side on CPU 1, both threads
+    /// released together by a spin barrier, pair after pair. Returns both actions of
+    /// each pair.
+    pub fn run_pairs_at_once(&mut self, pairs: &[(Vec<u8>, Vec<u8>)]) -> Vec<(Action, Action)> {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert!(
+            cpus >= 2,
+            "running frames at once needs two CPUs, this machine has {cpus}"
+        );
+        let (lb0, lb1) = (self.lb0, self.lb1);
+        let ns = self.ns.path();
+        let ns = &ns;
+        let prog = self.loaded(names::PROG_LB);
+        let arrived = std::sync::atomic::AtomicUsize::new(0);
+        let arrived = &arrived;
+        let side = |cpu: usize, ingress: u32, backend_side: bool| {
+            move || {
+                crate::sys::enter_netns(ns).expect("enter the namespace");
+                crate::sys::pin_to_cpu(cpu).expect("sched_setaffinity");
+                let mut actions = Vec::with_capacity(pairs.len());
+                for (i, (client, backend)) in pairs.iter().enumerate() {
+                    arrived.fetch_add(1, Ordering::AcqRel);
+                    while arrived.load(Ordering::Acquire) < 2 * (i + 1) {
+                        std::hint::spin_loop();
+                    }
+                    let frame = if backend_side { backend } else { client };
+                    actions.push(run_xdp(prog, frame, ingress).0);
+                }
+                actions
+            }
+        };
+        let (a, b) = std::thread::scope(|s| {
+            let a = s.spawn(side(0, lb1, false));
+            let b = s.spawn(side(1, lb0, true));
+            (
+                a.join().expect("client side thread"),
+                b.join().expect("backend side thread"),
+            )
+        });
+        a.into_iter().zip(b).collect()
     }
 
     /// Runs a frame from the client side.
@@ -923,6 +954,28 @@ pub fn rst_for(s: &Packet, seq: u32, ack: u32, tcp_flags: u8) -> Packet {
         payload: vec![],
         ..s.clone()
     }
+}
+
+/// Runs one frame through `prog` as if received on `ingress`: the action, the output
+/// frame and the run's time as the kernel measured it.
+fn run_xdp(prog: &Xdp, frame: &[u8], ingress: u32) -> (Action, Vec<u8>, std::time::Duration) {
+    // struct xdp_md { data, data_end, data_meta, ingress_ifindex, rx_queue_index,
+    // egress_ifindex }
+    let md: Vec<u8> = [0, frame.len() as u32, 0, ingress, 0, 0]
+        .iter()
+        .flat_map(|w| w.to_ne_bytes())
+        .collect();
+    let mut out = vec![0u8; frame.len() + 512];
+    let r = prog
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ctx_in: Some(&md),
+            ..TestRunOptions::new()
+        })
+        .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN (needs a kernel with XDP test runs): {e}"));
+    out.truncate(r.data_size_out as usize);
+    (Action::from_xdp(r.return_value), out, r.duration)
 }
 
 /// The program's flow tables, as [`TestRun::flow_tables`] reads them.
