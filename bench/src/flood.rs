@@ -4,12 +4,21 @@
 //! as fast as it goes, bounded in count and in time. Every SYN of a flood is a new flow
 //! (its own source address and port), as a spoofing attacker's are.
 //!
-//! Paced in calls of [`CHUNK`] SYNs, as many as the LB's receive ring holds: a
-//! generator call normally costs two RCU grace periods (about 20 ms here, as the kernel
-//! puts the program into its XDP dispatcher and takes it out), which would make a paced
-//! flood full-speed bursts with the LB idle in between; with the generator also attached
-//! to an idle interface (a veth of its own in the client namespace) for the flood's duration it stays in the dispatcher and a call
-//! costs microseconds.
+//! Paced in calls of [`CHUNK`] SYNs. Each BPF_PROG_TEST_RUN call makes a page pool of
+//! its own and tears it down at the end; a pool whose frames are still in flight lingers
+//! about a second, and every teardown walks all lingering ones
+//! (`mem_allocator_disconnect`). In calls of 256 SYNs at 1 Mpps that walk took 60% of
+//! the client's CPU (perf), so the generator reached 0.37 Mpps and wrk, on the same CPU,
+//! was starved; in calls of 4,096 it costs little and the flood reaches 1 Mpps. Within a
+//! call the SYNs go at the generator's full speed, in flushes of 256 (the live-frames
+//! batch; `syn_burst` in the report), faster than the LB takes SYNs (about 1 µs each),
+//! and a 256-frame veth ring absorbs little of a burst: part of each, and of the client's
+//! packets sent meanwhile, finds the ring full (`syn_in` says how much reached it).
+//!
+//! A generator call normally also costs two RCU grace periods (about 20 ms here, as the
+//! kernel puts the program into its XDP dispatcher and takes it out); with the generator
+//! also attached to an idle interface (a veth of its own in the client namespace) for the
+//! flood's duration it stays in the dispatcher and a call costs far less.
 
 use crate::bed::{Bed, CLIENT_CPU, HTTP_PORT};
 use crate::frames::{self, SYN, mac, words};
@@ -34,9 +43,9 @@ const PORTS_PER_ADDR: u32 = 64_000;
 /// 198.18.128.255), 16 million SYNs before a 5-tuple comes again, more than a flood
 /// sends.
 pub const FLOWS: u32 = PORTS_PER_ADDR * 256;
-/// SYNs per generator call: the LB's veth receive ring's size, so a burst at the
-/// generator's full speed fits in it.
-const CHUNK: u64 = 256;
+/// SYNs per generator call: few enough calls that their page pools cost little (see
+/// the module's doc).
+const CHUNK: u64 = 4096;
 /// Behind schedule by more than this, the flood gives up catching up (no bursts to
 /// make up for lost time): it then sends less than [`RATE`], and says so.
 const MAX_LAG: Duration = Duration::from_millis(5);
@@ -48,12 +57,20 @@ const HOLDER: &str = "gen0";
 pub struct Sent {
     pub syns: u64,
     pub secs: f64,
+    /// Seconds spent inside the generator's calls: the SYNs' rate within a burst is
+    /// `syns / in_calls`.
+    pub in_calls: f64,
 }
 
 impl Sent {
     /// SYNs per second it reached.
     pub fn rate(&self) -> f64 {
         self.syns as f64 / self.secs.max(1e-6)
+    }
+
+    /// SYNs per second within the generator's calls (its bursts).
+    pub fn burst_rate(&self) -> f64 {
+        self.syns as f64 / self.in_calls.max(1e-6)
     }
 }
 
@@ -102,6 +119,7 @@ pub fn during<T>(bed: &Bed, limit: Duration, f: impl FnOnce() -> T) -> Result<(T
             let mut base = start;
             let mut on_time = 0u64;
             let mut syns = 0u64;
+            let mut in_calls = Duration::ZERO;
             while !stop.load(Ordering::Relaxed) && start.elapsed() < limit && syns < cap {
                 let due = base + Duration::from_secs_f64(on_time as f64 / RATE);
                 let now = Instant::now();
@@ -113,14 +131,17 @@ pub fn during<T>(bed: &Bed, limit: Duration, f: impl FnOnce() -> T) -> Result<(T
                     (base, on_time) = (now, 0);
                 }
                 let n = CHUNK.min(cap - syns) as u32;
+                let call = Instant::now();
                 sys::test_run_live(fd.as_raw_fd(), &frame, ifindex, n)
                     .context("BPF_PROG_TEST_RUN (live frames) of bench_gen")?;
+                in_calls += call.elapsed();
                 syns += n as u64;
                 on_time += n as u64;
             }
             Ok(Sent {
                 syns,
                 secs: start.elapsed().as_secs_f64(),
+                in_calls: in_calls.as_secs_f64(),
             })
         });
         let out = f();

@@ -136,6 +136,7 @@ const DIAGNOSTICS: &[&str] = &[
     "napi_cpu",
     "syn_offered",
     "syn_in",
+    "syn_burst",
 ];
 
 /// The issues' targets: (what, lb system, peer, workload, metric, bound, at least?). The
