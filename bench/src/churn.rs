@@ -8,11 +8,10 @@ use crate::bed::{Bed, CLIENT_CPU, LB_CPU};
 use crate::clients::{CLIENT_THREADS, TcpCounters, Wrk, wrk};
 use crate::cpu::{self, Stat};
 use crate::flood::{self, Sent};
-use crate::napi::ThreadedNapi;
+use crate::napi::{self, LbRx, pass_links};
 use crate::systems::Running;
 use anyhow::{Context, Result, bail};
 use aya::programs::xdp::XdpLink;
-use lb_tests::topology::{LB_IF_A, LB_IF_B};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -264,50 +263,10 @@ fn phase(
     ))
 }
 
-/// The LB's two veths receiving in NAPI threads on the LB's CPU, for as long as this
-/// lives. A system without an XDP program of its own gets `bench_pass` on both, since a
-/// veth has a NAPI only with one.
-struct LbRx<'a> {
-    napi: Vec<ThreadedNapi<'a>>,
-    _pass: Vec<XdpLink>,
-}
-
-/// `bench_pass` on the LB's veths if `running` has no XDP program there.
-fn pass_links(bed: &mut Bed, running: &Running) -> Result<Vec<XdpLink>> {
-    if running.system.has_own_xdp() {
-        return Ok(Vec::new());
-    }
-    [LB_IF_A, LB_IF_B]
-        .into_iter()
-        .map(|iface| bed.xdp.attach_pass(&bed.topo.lb, iface))
-        .collect()
-}
-
-impl<'a> LbRx<'a> {
-    fn start(bed: &'a Bed, pass: Vec<XdpLink>) -> Result<LbRx<'a>> {
-        let napi = [LB_IF_A, LB_IF_B]
-            .into_iter()
-            .map(|iface| ThreadedNapi::start(&bed.topo.lb, iface, LB_CPU))
-            .collect::<Result<Vec<_>>>()?;
-        Ok(LbRx { napi, _pass: pass })
-    }
-
-    fn ticks(&self) -> u64 {
-        self.napi.iter().map(ThreadedNapi::ticks).sum()
-    }
-
-    fn placement(&self) -> String {
-        self.napi
-            .iter()
-            .map(ThreadedNapi::placement)
-            .collect::<Vec<_>>()
-            .join(", ")
-    }
-}
-
 /// The report's line on where the LB's receive work ran.
 pub fn placement_note() -> String {
     format!(
-        "NAPI of {LB_IF_A} and {LB_IF_B} in kernel threads pinned to CPU {LB_CPU} (`bench_pass` on both for systems without an XDP program of their own), wrk's {CLIENT_THREADS} threads on CPU {CLIENT_CPU}"
+        "{}, wrk's {CLIENT_THREADS} threads on CPU {CLIENT_CPU}",
+        napi::placement_note()
     )
 }

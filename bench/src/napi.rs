@@ -3,9 +3,13 @@
 //! veth receives in the softirq of the CPU that sent to it, the client's or a
 //! backend's.
 
+use crate::bed::{Bed, LB_CPU};
 use crate::cpu;
+use crate::systems::Running;
 use anyhow::{Context, Result, bail};
+use aya::programs::xdp::XdpLink;
 use lb_tests::Netns;
+use lb_tests::topology::{LB_IF_A, LB_IF_B};
 
 /// A veth's NAPI in its own kernel thread, pinned to a CPU, for as long as this lives.
 /// The veth needs an XDP program (it has a NAPI only then). In the packet-rate
@@ -104,4 +108,52 @@ fn napi_threads(iface: &str) -> Result<Vec<u32>> {
         }
     }
     Ok(pids)
+}
+
+/// The LB's two veths receiving in NAPI threads on the LB's CPU, for as long as this
+/// lives. A system without an XDP program of its own gets `bench_pass` on both, since a
+/// veth has a NAPI only with one.
+pub struct LbRx<'a> {
+    napi: Vec<ThreadedNapi<'a>>,
+    _pass: Vec<XdpLink>,
+}
+
+/// `bench_pass` on the LB's veths if `running` has no XDP program there.
+pub fn pass_links(bed: &mut Bed, running: &Running) -> Result<Vec<XdpLink>> {
+    if running.system.has_own_xdp() {
+        return Ok(Vec::new());
+    }
+    [LB_IF_A, LB_IF_B]
+        .into_iter()
+        .map(|iface| bed.xdp.attach_pass(&bed.topo.lb, iface))
+        .collect()
+}
+
+impl<'a> LbRx<'a> {
+    pub fn start(bed: &'a Bed, pass: Vec<XdpLink>) -> Result<LbRx<'a>> {
+        let napi = [LB_IF_A, LB_IF_B]
+            .into_iter()
+            .map(|iface| ThreadedNapi::start(&bed.topo.lb, iface, LB_CPU))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(LbRx { napi, _pass: pass })
+    }
+
+    pub fn ticks(&self) -> u64 {
+        self.napi.iter().map(ThreadedNapi::ticks).sum()
+    }
+
+    pub fn placement(&self) -> String {
+        self.napi
+            .iter()
+            .map(ThreadedNapi::placement)
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// The report's words on where the LB's receive work ran.
+pub fn placement_note() -> String {
+    format!(
+        "NAPI of {LB_IF_A} and {LB_IF_B} in kernel threads pinned to CPU {LB_CPU} (`bench_pass` on both for systems without an XDP program of their own)"
+    )
 }

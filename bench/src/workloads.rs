@@ -5,8 +5,9 @@
 use crate::bed::Bed;
 use crate::churn::{self, CONCURRENCY as CHURN_CONCURRENCY, PORT_RANGE};
 use crate::clients::{CLIENT_THREADS, TcpCounters, Wrk, iperf3, wrk};
-use crate::cpu::{snap, spent};
+use crate::cpu::{self, snap, spent};
 use crate::flood;
+use crate::napi;
 use crate::pps;
 use crate::systems::{Running, System};
 use anyhow::{Result, bail};
@@ -100,15 +101,24 @@ impl Workload {
     pub fn describe(self) -> String {
         match self {
             Workload::Conn => format!(
-                "new connections: wrk, {CLIENT_THREADS} threads, {CONN_CONCURRENCY} connections, `Connection: close` (a new TCP connection per request, checked against the client's TcpActiveOpens), GET /small (128 B)"
+                "new connections: wrk, {CLIENT_THREADS} threads, {CONN_CONCURRENCY} connections, `Connection: close` (a new TCP connection per request, checked against the client's TcpActiveOpens), GET /small (128 B); {}",
+                napi::placement_note()
             ),
             Workload::KeepAlive => format!(
-                "kept-alive requests: wrk, {CLIENT_THREADS} threads, {KEEPALIVE_CONCURRENCY} connections, GET /small (128 B)"
+                "kept-alive requests: wrk, {CLIENT_THREADS} threads, {KEEPALIVE_CONCURRENCY} connections, GET /small (128 B); {}",
+                napi::placement_note()
             ),
-            Workload::Bulk1 => "bulk, 1 stream: iperf3 -P 1 through the VIP to b1".into(),
-            Workload::Bulk4 => "bulk, 4 streams: iperf3 -P 4 through the VIP to b1".into(),
+            Workload::Bulk1 => format!(
+                "bulk, 1 stream: iperf3 -P 1 through the VIP to b1; {}",
+                napi::placement_note()
+            ),
+            Workload::Bulk4 => format!(
+                "bulk, 4 streams: iperf3 -P 4 through the VIP to b1; {}",
+                napi::placement_note()
+            ),
             Workload::Download => format!(
-                "HTTP download: wrk, {CLIENT_THREADS} threads, {DOWNLOAD_CONCURRENCY} kept-alive connections, GET /big (64 MiB); the bulk figure every system has, PROXY ones included"
+                "HTTP download: wrk, {CLIENT_THREADS} threads, {DOWNLOAD_CONCURRENCY} kept-alive connections, GET /big (64 MiB); the bulk figure every system has, PROXY ones included; {}",
+                napi::placement_note()
             ),
             Workload::Pps1 | Workload::Pps1k | Workload::Pps100k => format!(
                 "packet rate, {} concurrent flows: 64-byte TCP frames from an XDP generator (BPF_PROG_TEST_RUN live frames, XDP_TX on the client's veth, on the client's CPU), counted and dropped by an XDP sink on the switch's end of the LB's backend-side veth; `rate` = frames that came out, `offered` = frames sent",
@@ -331,10 +341,15 @@ pub fn run(
             xdp_ns: None,
         });
     }
+    // The LB's receive processing (its XDP program, or the kernel's for the others) on
+    // the LB's CPU, not in the softirq of whichever CPU sent the packet.
+    let pass = napi::pass_links(bed, running)?;
+    let rx = napi::LbRx::start(bed, pass)?;
     let (http, iperf) = running.targets(bed);
     let pids = running.lb_pids();
     let ours = bed.net_inodes();
     let opens0 = TcpCounters::read(&bed.topo.client)?.active_opens;
+    let napi0 = rx.ticks();
     let a = snap(&pids, &ours)?;
     let result = match workload {
         Workload::Conn => wrk(bed, &http, "/small", CONN_CONCURRENCY, secs, true),
@@ -349,6 +364,8 @@ pub fn run(
         | Workload::SynFlood => unreachable!("measured above"),
     };
     let b = snap(&pids, &ours)?;
+    let napi_secs = rx.ticks().saturating_sub(napi0) as f64 / cpu::ticks_per_sec();
+    drop(rx);
     let opens = TcpCounters::read(&bed.topo.client)?
         .active_opens
         .saturating_sub(opens0);
@@ -356,6 +373,8 @@ pub fn run(
     bed.check_servers()?;
     let r = result?;
     let (lb_cpu, softirq, mut disturbed) = spent(&a, &b);
+    // The NAPI threads' time is not softirq time in /proc/stat; it is the same work.
+    let softirq = softirq + napi_secs;
     let cpu = lb_cpu + softirq;
     let wall = b.at.duration_since(a.at).as_secs_f64();
     if r.requests == 0 && r.bytes == 0 {
