@@ -113,10 +113,9 @@ pub static SOURCE_BUCKETS: LruHashMap<SourceKey, u64> =
     LruHashMap::with_max_entries(MAX_SOURCES, 0);
 
 /// Service id → its recent SYN count, which turns SYN cookies on (`--syn-cookies auto`).
-/// Shared by all CPUs and written without atomics (the BPF target has no fetch-add in
-/// Rust's core): CPUs counting the same VIP at once lose some of each other's counts, so
-/// with SYNs spread over several CPUs cookies start somewhat above the configured rate
-/// (at most that many times above, with every CPU's updates colliding).
+/// Shared by all CPUs: the count is an atomic add; the move to a new window is not, so
+/// a SYN counted on one CPU just as another starts the window may be lost (a few SYNs a
+/// second at most).
 #[map]
 pub static SYN_RATE: Array<SynRate> = Array::with_max_entries(MAX_SERVICES, 0);
 

@@ -9,6 +9,7 @@
 //!   window, client → backend its acknowledgment, SACK blocks and TSecr.
 
 use aya_ebpf::programs::XdpContext;
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
 use core::ptr::addr_of_mut;
 use lb_common::{
     counters,
@@ -58,10 +59,11 @@ pub fn cookie_for_syn(pkt: &Packet, svc: &Service, cfg: &GlobalConfig) -> bool {
         return false;
     };
     // SAFETY: a map value stays valid for the whole program run. Other CPUs write it
-    // too, racily (see `maps::SYN_RATE`).
+    // too (see `maps::SYN_RATE`).
     let r = unsafe { &mut *r };
     r.roll(pkt.now);
-    r.count += 1;
+    // SAFETY: `count` is an aligned u64 inside the map value.
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut r.count, 1) };
     use_cookie(cfg.syn_cookies, r, cfg.syn_cookie_rate)
 }
 
