@@ -65,8 +65,8 @@ struct Opts {
     /// haproxy, haproxy-pp2, nginx, nginx-pp, nft-fullnat, nft-dnat, no-lb, xdp-bare.
     #[arg(long, value_delimiter = ',')]
     pub systems: Vec<String>,
-    /// Measured seconds per run (default 5, conn-sustained 30, synflood 10 per phase;
-    /// 1 with --quick).
+    /// Measured seconds per run (default 30 after 5 of warm-up, conn-sustained 30 after
+    /// 10, synflood 10 per phase after 5; 1 without warm-up with --quick).
     #[arg(long)]
     pub secs: Option<u32>,
     /// Runs per figure (default 3; 1 with --quick).
@@ -331,7 +331,12 @@ fn plan(opts: &Opts) -> Result<Plan> {
     } else {
         select(&only, &workloads::ALL, Workload::name, "workload")?
     };
-    let (secs, repeats) = if opts.quick { (1, 1) } else { (5, 3) };
+    // The default measured seconds of the workloads without their own (`durations`).
+    let (secs, repeats) = if opts.quick {
+        (1, 1)
+    } else {
+        (workloads::DEFAULT_SECS.1, 3)
+    };
     Ok(Plan {
         systems,
         workloads,

@@ -331,12 +331,13 @@ pub fn markdown(meta: &Meta, figures: &[Figure]) -> String {
     writeln!(w, "# lb benchmark, {} on `{}`\n", meta.date, meta.host).unwrap();
     writeln!(
         w,
-        "- command: `{}`\n- machine: {}, kernel {}, {} CPUs\n- {} s per run, {} repeats per figure (median, with min–max), systems interleaved round by round; whole run {:.0} s",
+        "- command: `{}`\n- machine: {}, kernel {}, {} CPUs\n- {} s measured per run, after {} s of the same traffic unmeasured (`--quick`: none; `conn-sustained` and `synflood` as their descriptions say), {} repeats per figure (median, with min–max), systems interleaved round by round; whole run {:.0} s",
         meta.command,
         meta.cpu,
         meta.kernel,
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         meta.secs,
+        crate::workloads::DEFAULT_SECS.0,
         meta.repeats,
         meta.elapsed_secs
     )

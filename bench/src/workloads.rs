@@ -10,7 +10,7 @@ use crate::flood;
 use crate::napi;
 use crate::pps;
 use crate::systems::{Running, System};
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Workload {
@@ -47,6 +47,9 @@ pub const ALL: [Workload; 10] = [
 const SUSTAINED_SECS: (u32, u32) = (10, 30);
 /// `synflood`'s default warm-up and seconds of each phase (`--quick`: 1 and 1).
 const SYNFLOOD_SECS: (u32, u32) = (5, 10);
+/// The other workloads' default warm-up (the same traffic, unmeasured: tables filled,
+/// ports in use, caches warm) and measured seconds (`--quick`: none and 1).
+pub const DEFAULT_SECS: (u32, u32) = (5, 30);
 /// Concurrent connections of the wrk workloads (all threads together).
 const CONN_CONCURRENCY: u32 = 30;
 const KEEPALIVE_CONCURRENCY: u32 = 30;
@@ -93,7 +96,7 @@ impl Workload {
             Workload::SynFlood if quick => (1, 1),
             Workload::SynFlood => SYNFLOOD_SECS,
             _ if quick => (0, 1),
-            _ => (0, 5),
+            _ => DEFAULT_SECS,
         };
         (warm, secs.unwrap_or(measured))
     }
@@ -325,6 +328,9 @@ pub fn run(
         _ => {}
     }
     if let Some(flows) = workload.pps_flows() {
+        if warm > 0 {
+            pps::run(bed, running, flows, warm).context("the warm-up")?;
+        }
         // No process of the LB's: only whether something else competed matters.
         let ours = bed.net_inodes();
         let a = snap(&[], &ours)?;
@@ -346,12 +352,7 @@ pub fn run(
     let pass = napi::pass_links(bed, running)?;
     let rx = napi::LbRx::start(bed, pass)?;
     let (http, iperf) = running.targets(bed);
-    let pids = running.lb_pids();
-    let ours = bed.net_inodes();
-    let opens0 = TcpCounters::read(&bed.topo.client)?.active_opens;
-    let napi0 = rx.ticks();
-    let a = snap(&pids, &ours)?;
-    let result = match workload {
+    let drive = |secs: u32| match workload {
         Workload::Conn => wrk(bed, &http, "/small", CONN_CONCURRENCY, secs, true),
         Workload::KeepAlive => wrk(bed, &http, "/small", KEEPALIVE_CONCURRENCY, secs, false),
         Workload::Download => wrk(bed, &http, "/big", DOWNLOAD_CONCURRENCY, secs, false),
@@ -363,6 +364,15 @@ pub fn run(
         | Workload::ConnSustained
         | Workload::SynFlood => unreachable!("measured above"),
     };
+    if warm > 0 {
+        drive(warm).context("the warm-up")?;
+    }
+    let pids = running.lb_pids();
+    let ours = bed.net_inodes();
+    let opens0 = TcpCounters::read(&bed.topo.client)?.active_opens;
+    let napi0 = rx.ticks();
+    let a = snap(&pids, &ours)?;
+    let result = drive(secs);
     let b = snap(&pids, &ours)?;
     let napi_secs = rx.ticks().saturating_sub(napi0) as f64 / cpu::ticks_per_sec();
     drop(rx);
