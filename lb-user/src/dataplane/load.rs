@@ -133,7 +133,6 @@ impl Sizes {
     }
 }
 
-/// The error of a failed program load, with the verifier's log when it rejected it.
 /// Tries to load a program again when the verifier gave up because a signal arrived
 /// (EAGAIN): `lb_xdp` takes the verifier seconds, and a child process exiting meanwhile
 /// (a health check's, a test's) signals the loading thread. Any other outcome is final.
@@ -151,6 +150,7 @@ fn retrying_signals(
     load()
 }
 
+/// The error of a failed program load, with the verifier's log when it rejected it.
 fn verifier_error(program: &'static str) -> impl Fn(ProgramError) -> DataplaneError {
     move |e| match e {
         ProgramError::LoadError {
