@@ -146,10 +146,36 @@ pub fn records_close(flags: u8, tcp_flags: u8) -> bool {
 
 /// The opening segment of a new flow, as [`port_free_for`] needs it: the sequence
 /// number and TSval (if the segment has the timestamps option) it carries.
+///
+/// verifier: the TSval is a value and a flag, not an `Option<u32>`, whose payload LLVM
+/// leaves undefined when `None` and may then fill from any register, a pointer too,
+/// which the verifier refuses to store in 32 bits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Opening {
-    pub seq: u32,
-    pub tsval: Option<u32>,
+    seq: u32,
+    tsval: u32,
+    has_tsval: bool,
+}
+
+impl Opening {
+    #[inline(always)]
+    pub fn new(seq: u32, tsval: Option<u32>) -> Self {
+        Self {
+            seq,
+            tsval: tsval.unwrap_or(0),
+            has_tsval: tsval.is_some(),
+        }
+    }
+
+    /// The TSval, if the segment has the timestamps option.
+    #[inline(always)]
+    pub fn tsval(&self) -> Option<u32> {
+        if self.has_tsval {
+            Some(self.tsval)
+        } else {
+            None
+        }
+    }
 }
 
 /// What a flow's entry means for its SNAT port at a given time.
@@ -221,7 +247,7 @@ pub fn port_free_for(old: &FlowState, cfg: &GlobalConfig, now: u64, syn: &Openin
 #[inline(always)]
 fn time_wait_accepts(old: &FlowState, syn: &Opening) -> bool {
     let seq_after = (syn.seq.wrapping_sub(old.close_seq) as i32) > 0;
-    match syn.tsval {
+    match syn.tsval() {
         Some(ts) if old.flags & FLOW_CLIENT_TS != 0 => {
             let newer = ts.wrapping_sub(old.close_tsval) as i32;
             newer > 0 || ((newer == 0 || old.close_tsval == 0) && seq_after)
@@ -409,7 +435,7 @@ mod tests {
     }
 
     fn syn(seq: u32, tsval: Option<u32>) -> Opening {
-        Opening { seq, tsval }
+        Opening::new(seq, tsval)
     }
 
     #[test]

@@ -23,6 +23,8 @@ use lb_common::{
     syn_proxy::SynRate,
 };
 
+use crate::sequence::Sequence;
+
 /// Default size of the flow and reverse NAT tables (the daemon sets its own).
 const DEFAULT_FLOWS: u32 = 262_144;
 
@@ -93,6 +95,12 @@ pub static LOCAL_MACS: Array<LocalMacs> = Array::with_max_entries(1, 0);
 /// sees half of an update.
 #[map]
 pub static NEXT_HOPS: PerCpuArray<NextHop> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
+
+/// One per-CPU slot where `sequence::read` leaves a segment's sequence fields: they
+/// are 16 bytes, too many for a return register, and the callers' frames have no 16
+/// bytes to spare on the longest call chain (the verifier's 512-byte stack).
+#[map]
+pub static SEQUENCE_SCRATCH: PerCpuArray<Sequence> = PerCpuArray::with_max_entries(1, 0);
 
 /// `lb_common::maps::reply_hop_slot` → per-CPU cached next hop of replies toward a
 /// client; written and read by the reply path only (per CPU, as `NEXT_HOPS`).

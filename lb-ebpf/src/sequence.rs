@@ -9,13 +9,14 @@ use lb_common::{flow::Opening, tcp};
 use network_types::tcp::TcpHdr;
 
 use crate::{
+    maps::SEQUENCE_SCRATCH,
     options,
     packet::ptr_at,
     parse::{OFF_MASK, Packet, offset_flags},
 };
 
 /// A client segment's place in its sequence space.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Default)]
 pub struct Sequence {
     /// Sequence number, host order.
     pub seq: u32,
@@ -42,21 +43,27 @@ impl Sequence {
     /// What a new flow's port check needs of its opening segment.
     #[inline(always)]
     pub fn opening(&self) -> Opening {
-        Opening {
-            seq: self.seq,
-            tsval: self.tsval(),
-        }
+        Opening::new(self.seq, self.tsval())
     }
 }
 
-/// Reads the segment's sequence number, end and TSval; `None` if the TCP header is not
-/// in the packet (the parser checked it is, so never in practice).
+/// Reads the segment's sequence number, end and TSval into this CPU's scratch slot
+/// and returns it; `None` if the TCP header is not in the packet (the parser checked
+/// it is, so never in practice). The slot is overwritten by the next read on this CPU,
+/// so use it within the packet's run.
+///
+/// Why a scratch slot: the value is 16 bytes, returned through the caller's stack.
+/// As `Option<Sequence>` its BTF has a niche union member at a non-zero offset, which
+/// the kernel refuses, so the object loaded without BTF; as a plain struct the
+/// returned pointer is to the caller's stack, which the verifier refuses; as an
+/// out-parameter it takes 16 bytes the longest call chain does not have.
 #[inline(never)]
-pub fn read(ctx: &XdpContext, pkt: &Packet) -> Option<Sequence> {
+pub fn read(ctx: &XdpContext, pkt: &Packet) -> Option<&'static Sequence> {
     // verifier: the mask bounds offsets read back from the stack; it never changes them.
     let l3 = pkt.l3 as usize & OFF_MASK;
     let l4 = pkt.l4 as usize & OFF_MASK;
     let th = ptr_at::<TcpHdr>(ctx, l4)?;
+    let out = SEQUENCE_SCRATCH.get_ptr_mut(0)?;
     // SAFETY: `ptr_at` checked the TCP header at `th` is inside the packet; its fields
     // are read unaligned.
     let (seq, doff) = unsafe {
@@ -66,12 +73,17 @@ pub fn read(ctx: &XdpContext, pkt: &Packet) -> Option<Sequence> {
         )
     };
     let ts = options::timestamps(ctx, pkt);
-    Some(Sequence {
-        seq,
-        end: end(pkt, seq, (l4 - l3) as u32, doff as u32),
-        tsval: ts.map_or(0, |t| t.tsval),
-        has_tsval: ts.is_some(),
-    })
+    // SAFETY: `out` is this CPU's slot of a per-CPU array, valid for the program run;
+    // nothing else runs on this CPU while the program does.
+    unsafe {
+        *out = Sequence {
+            seq,
+            end: end(pkt, seq, (l4 - l3) as u32, doff as u32),
+            tsval: ts.map_or(0, |t| t.tsval),
+            has_tsval: ts.is_some(),
+        };
+        Some(&*out)
+    }
 }
 
 /// The segment's acknowledgment number, host order.

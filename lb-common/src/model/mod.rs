@@ -412,10 +412,7 @@ impl Model {
     fn new_flow(&mut self, s: &Segment, svc: &Service) -> Result<Outcome, u32> {
         let (id, hash) = self.maglev_pick(s, svc)?;
         let b = self.backends[&id];
-        let opening = Opening {
-            seq: s.seq,
-            tsval: s.tsval,
-        };
+        let opening = Opening::new(s.seq, s.tsval);
         let claim = Claim {
             backend: id,
             service: svc.id,
