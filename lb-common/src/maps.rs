@@ -394,6 +394,9 @@ const _: () = assert!(size_of::<ReplyHop>() == 64);
 
 /// Slots of the `REPLY_HOPS` cache, a power of two: 256 KiB per CPU.
 pub const REPLY_HOP_SLOTS: u32 = 4096;
+
+/// Entries of `SNAT_SWEPT`: (backend, SNAT address) pairs whose ports all ran out lately.
+pub const SNAT_SWEPT_SLOTS: u32 = 4096;
 const _: () = assert!(REPLY_HOP_SLOTS.is_power_of_two());
 
 /// The `REPLY_HOPS` slot of a reply from `src` to `dst` (network order words).
@@ -612,6 +615,9 @@ pub mod names {
     /// Per-CPU cache of replies' next hops toward clients ([`super::ReplyHop`]); not
     /// pinned: a new daemon starts with an empty one.
     pub const REPLY_HOPS: &str = "REPLY_HOPS";
+    /// (backend << 3 | SNAT address index) → when a sweep of its SNAT ports last found
+    /// none (`snat_probe::SWEEP_HOLD_NS`); not pinned.
+    pub const SNAT_SWEPT: &str = "SNAT_SWEPT";
     /// Source ([`super::SourceKey`]) → its new-flow token bucket (see `source_limit`).
     pub const SOURCE_BUCKETS: &str = "SOURCE_BUCKETS";
     pub const SYN_RATE: &str = "SYN_RATE";

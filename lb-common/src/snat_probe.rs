@@ -1,20 +1,29 @@
-//! The order in which a new flow tries SNAT ports: a fixed pseudo-random sequence per
-//! flow over the port range.
+//! The order in which a new flow tries SNAT ports: first [`PROBES`] candidates of a
+//! fixed pseudo-random walk per flow over the port range, then, if none was free, every
+//! port of the range in turn ([`Search`]), so a flow finds a free port whenever one
+//! exists.
 //!
-//! Linear probing (try the next port, and the next) lets taken ports gather into runs:
-//! under a flood at half occupancy, runs longer than the probe budget appear and a
-//! flow finds no port although half of them are free. Here each candidate is a fresh
-//! hash of the flow's hash and the try's number, so a budget of `n` probes fails only
-//! with the probability that `n` random ports are all taken (at half occupancy, the program's
-//! 24 probes fail once in 17 million). The sequence depends only on the flow hash and the SNAT
+//! Linear probing from the start (try the next port, and the next) lets taken ports
+//! gather into runs: under a flood at half occupancy, runs longer than a probe budget
+//! appear and flows starting in them pay for the whole run. Here each early candidate is
+//! a fresh hash of the flow's hash and the try's number, so [`PROBES`] candidates all
+//! fail only with the probability that that many random ports are all taken (at half
+//! occupancy, once in 17 million; at 90%, one flow in 12): the sweep of the whole range
+//! is for a range nearly full. The walk depends only on the flow hash and the SNAT
 //! address index, so a flow re-created after it was evicted tries its old port first.
+//!
+//! A sweep that finds nothing costs a lookup per port of the range (milliseconds for a
+//! wide range), so after one, that backend's SNAT address gets only the walk for
+//! [`SWEEP_HOLD_NS`]: a flood of SYNs toward a backend whose ports are all taken does not
+//! sweep on every SYN.
 
-/// SNAT ports tried per address for a new flow before giving up: enough that a port
-/// whose last flow's backend would refuse this SYN (TIME_WAIT) rarely ends the search
-/// (at 80% occupancy 24 tries all fail 0.5% of the time, per SNAT address). verifier:
-/// the program's probe loop is most of what the verifier walks; at 32 the program with
-/// the SYN proxy and the eBPF log on went past the verifier's million instructions.
+/// Candidates of the flow's pseudo-random walk before the sweep: enough that the sweep
+/// is rare (at 80% occupancy 24 tries all fail 0.5% of the time, per SNAT address).
 pub const PROBES: u32 = 24;
+
+/// After a sweep of a backend's SNAT address found no port, how long new flows toward
+/// it try only the walk's [`PROBES`] candidates there.
+pub const SWEEP_HOLD_NS: u64 = 1_000_000_000;
 
 /// A flow's walk over `range` ports on one SNAT address: offsets from the range's start.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,7 +63,52 @@ impl Probe {
     #[inline(always)]
     pub fn advance(&mut self) {
         self.tries += 1;
-        self.at = mix(self.seed.wrapping_add(self.tries.wrapping_mul(0x9e37_79b9))) % self.range;
+        // `max(1)`: no division by zero the compiler must guard (a range is at least 1),
+        // which in the program would be a panic path the verifier refuses.
+        let range = self.range.max(1);
+        self.at = mix(self.seed.wrapping_add(self.tries.wrapping_mul(0x9e37_79b9))) % range;
+    }
+}
+
+/// A flow's whole search over `range` ports on one SNAT address: candidate `i` (asked
+/// for in order, 0, 1, 2...) is the walk's `i`th for `i` below [`PROBES`] (the first
+/// may be a port the flow names instead), then the range's ports in turn from where the
+/// walk started: [`PROBES`] candidates, or [`Search::len`] with the sweep.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Search {
+    walk: Probe,
+    sweep_from: u32,
+}
+
+impl Search {
+    /// The search of the flow with hash `hash` on address `idx`; `named`, an offset in
+    /// the range, replaces the walk's first candidate.
+    #[inline(always)]
+    pub fn new(hash: u32, idx: u32, range: u32, named: Option<u32>) -> Search {
+        let mut walk = Probe::new(hash, idx, range);
+        let sweep_from = walk.at;
+        if let Some(at) = named {
+            walk.at = at;
+        }
+        Search { walk, sweep_from }
+    }
+
+    /// Candidates of the walk and the sweep.
+    #[inline(always)]
+    pub fn len(&self) -> u32 {
+        PROBES + self.walk.range
+    }
+
+    /// The offset (in the range) of candidate `i`, the next one asked for.
+    #[inline(always)]
+    pub fn offset(&mut self, i: u32) -> u32 {
+        if i < PROBES {
+            let at = self.walk.at;
+            self.walk.advance();
+            return at;
+        }
+        let range = self.walk.range.max(1);
+        (self.sweep_from + (i - PROBES) % range) % range
     }
 }
 
@@ -111,5 +165,45 @@ mod tests {
         }
         assert!(starting_inside > 5_000, "{starting_inside}");
         assert_eq!(trapped, 0, "of {starting_inside} flows starting in the run");
+    }
+
+    /// Every offset of the search, in order.
+    fn search(hash: u32, range: u32, named: Option<u32>) -> Vec<u32> {
+        let mut s = Search::new(hash, 0, range, named);
+        (0..s.len()).map(|i| s.offset(i)).collect()
+    }
+
+    #[test]
+    fn a_search_walks_then_sweeps_every_port_of_the_range_once() {
+        for range in [1, 2, 7, 1000] {
+            for hash in [0, 9, 0xdead_beef] {
+                let all = search(hash, range, None);
+                assert_eq!(
+                    &all[..PROBES as usize],
+                    &walk(hash, 0, range, PROBES as usize)[..]
+                );
+                let mut sweep = all[PROBES as usize..].to_vec();
+                assert_eq!(sweep[0], all[0], "the sweep starts where the walk did");
+                sweep.sort_unstable();
+                assert_eq!(
+                    sweep,
+                    (0..range).collect::<Vec<_>>(),
+                    "{hash:#x} in {range}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_named_port_comes_first_and_the_sweep_still_covers_the_range() {
+        let all = search(5, 100, Some(77));
+        assert_eq!(all[0], 77);
+        assert_eq!(
+            all[1..PROBES as usize],
+            walk(5, 0, 100, PROBES as usize)[1..]
+        );
+        let mut sweep = all[PROBES as usize..].to_vec();
+        sweep.sort_unstable();
+        assert_eq!(sweep, (0..100).collect::<Vec<_>>());
     }
 }

@@ -17,13 +17,13 @@ use lb_common::{
     maps::{
         Backend, DEFAULT_RING_SIZE, FlowKey, FlowState, GlobalConfig, LocalMacs, MAX_ALLOW,
         MAX_BACKENDS, MAX_IFACES, MAX_PROXY_LISTENERS, MAX_SERVICES, MAX_SNAT_ADDRS, MAX_SOURCES,
-        NextHop, REPLY_HOP_SLOTS, ReplyHop, ReverseNat, Service, SourceKey, SpliceLayout,
-        TrafficCounters, VipKey, WATCH_RING_BYTES, WatchSpec,
+        NextHop, REPLY_HOP_SLOTS, ReplyHop, ReverseNat, SNAT_SWEPT_SLOTS, Service, SourceKey,
+        SpliceLayout, TrafficCounters, VipKey, WATCH_RING_BYTES, WatchSpec,
     },
     syn_proxy::SynRate,
 };
 
-use crate::sequence::Sequence;
+use crate::{sequence::Sequence, snat::Claim};
 
 /// Default size of the flow and reverse NAT tables (the daemon sets its own).
 const DEFAULT_FLOWS: u32 = 262_144;
@@ -102,6 +102,11 @@ pub static NEXT_HOPS: PerCpuArray<NextHop> = PerCpuArray::with_max_entries(MAX_B
 #[map]
 pub static SEQUENCE_SCRATCH: PerCpuArray<Sequence> = PerCpuArray::with_max_entries(1, 0);
 
+/// One per-CPU slot for the SNAT port search under way (`snat::Claim`), which
+/// `bpf_loop`'s turns read and update.
+#[map]
+pub static CLAIM_SCRATCH: PerCpuArray<Claim> = PerCpuArray::with_max_entries(1, 0);
+
 /// `lb_common::maps::reply_hop_slot` → per-CPU cached next hop of replies toward a
 /// client; written and read by the reply path only (per CPU, as `NEXT_HOPS`).
 #[map]
@@ -113,6 +118,12 @@ pub static REPLY_HOPS: PerCpuArray<ReplyHop> = PerCpuArray::with_max_entries(REP
 /// as network order words; written by the daemon at start, read by the forward path.
 #[map]
 pub static SNAT_ADDRS: Array<[u32; 4]> = Array::with_max_entries(2 * MAX_SNAT_ADDRS, 0);
+
+/// (backend << 3 | SNAT address index) → when a sweep of all its SNAT ports last found
+/// none: for `lb_common::snat_probe::SWEEP_HOLD_NS` after, new flows toward it try only
+/// the walk's candidates there. Entries only for ports that ran out; an LRU bounds them.
+#[map]
+pub static SNAT_SWEPT: LruHashMap<u32, u64> = LruHashMap::with_max_entries(SNAT_SWEPT_SLOTS, 0);
 
 /// SYNs that would open a flow, only while `--source-rate` is set. Shared by all CPUs, so
 /// concurrent SYNs of one source may each take the same token (a small overshoot).

@@ -2,16 +2,22 @@
 //! toward its backend by inserting the reverse NAT entry that maps the backend's
 //! replies back to it.
 
-use aya_ebpf::bindings::{BPF_ANY, BPF_NOEXIST};
+use core::ptr::null_mut;
+
+use aya_ebpf::{
+    bindings::{BPF_ANY, BPF_NOEXIST},
+    cty::c_void,
+    helpers::bpf_loop,
+};
 use lb_common::{
     flow::{self, Opening},
-    maps::{Backend, FlowKey, GlobalConfig, ReverseNat, snat_addrs_base},
-    snat_probe::{PROBES, Probe},
+    maps::{Backend, FlowKey, GlobalConfig, MAX_SNAT_ADDRS, ReverseNat, snat_addrs_base},
+    snat_probe::{PROBES, SWEEP_HOLD_NS, Search},
 };
 
 use crate::{
     conntrack,
-    maps::{REVERSE_NAT, SNAT_ADDRS},
+    maps::{CLAIM_SCRATCH, CONFIG, REVERSE_NAT, SNAT_ADDRS, SNAT_SWEPT},
     nat::Target,
     parse::Packet,
 };
@@ -28,8 +34,9 @@ pub struct Ids {
 /// Claims a SNAT address and port toward backend `b` by inserting the reverse NAT entry,
 /// and sets them in `t` (`src`, `sport`, `snat_idx`). A port `t.sport` already names
 /// (see [`previous`]) is tried first, on its address `t.snat_idx`; otherwise, with
-/// several SNAT addresses for the family, the flow hash picks one. The next address is
-/// tried if the first has no port free among the probes.
+/// several SNAT addresses for the family, the flow hash picks one. The family's other
+/// addresses follow in turn while one has no port free, so a flow finds a port whenever
+/// any address has one.
 #[inline(never)]
 pub fn claim_snat_port(
     pkt: &Packet,
@@ -38,19 +45,21 @@ pub fn claim_snat_port(
     ids: &Ids,
     t: &mut Target,
 ) -> bool {
-    let n = cfg.snat_addr_count(pkt.key.family);
+    let n = cfg.snat_addr_count(pkt.key.family).max(1);
     let first = if t.sport != 0 {
         u32::from(t.snat_idx)
-    } else if n > 1 {
-        ids.hash.rotate_right(8) % n
     } else {
-        0
+        ids.hash.rotate_right(8) % n
     };
-    if address(b, pkt.key.family, first, t) && claim_on(pkt, cfg, b, ids, t) {
-        return true;
+    let mut k = 0;
+    while k < MAX_SNAT_ADDRS && k < n {
+        if address(b, pkt.key.family, (first + k) % n, t) && claim_on(pkt, cfg, b, ids, t) {
+            return true;
+        }
+        t.sport = 0;
+        k += 1;
     }
-    t.sport = 0;
-    n > 1 && address(b, pkt.key.family, (first + 1) % n, t) && claim_on(pkt, cfg, b, ids, t)
+    false
 }
 
 /// Sets `t.snat_idx` and `t.sport` to the SNAT address index and port of the packet's
@@ -98,13 +107,13 @@ pub fn address(b: &Backend, family: u8, idx: u32, t: &mut Target) -> bool {
     }
 }
 
-/// Claims a port on the address in `t.src`, into `t.sport`, trying the port `t.sport`
-/// names first if any (in place of the first candidate), then the flow's sequence of
-/// candidates (`lb_common::snat_probe`: it starts at the same port every time, so a
-/// flow re-created after eviction likely gets its old port back). A taken port is reused
-/// if the entry is stale (its flow is gone or moved), this flow's own, or its flow is
-/// over as far as the backend is concerned for a connection opening with `ids.opening`
-/// (`flow::port_free_for`).
+/// Claims a port on the address in `t.src`, into `t.sport`: the flow's search
+/// (`lb_common::snat_probe::Search`), the port `t.sport` names first if any. The walk's
+/// candidates first; if none is free, every port of the range, unless a sweep toward
+/// this backend's address found none within `SWEEP_HOLD_NS` (`SNAT_SWEPT`). A taken port
+/// is reused if the entry is stale (its flow is gone or moved), this flow's own, or its
+/// flow is over as far as the backend is concerned for a connection opening with
+/// `ids.opening` (`flow::port_free_for`).
 #[inline(never)]
 fn claim_on(pkt: &Packet, cfg: &GlobalConfig, b: &Backend, ids: &Ids, t: &mut Target) -> bool {
     let (min, max) = (cfg.snat_port_min, cfg.snat_port_max);
@@ -112,72 +121,147 @@ fn claim_on(pkt: &Packet, cfg: &GlobalConfig, b: &Backend, ids: &Ids, t: &mut Ta
         return false;
     }
     let range = (max - min) as u32 + 1;
-    let mut probe = Probe::new(ids.hash, u32::from(t.snat_idx), range);
     let named = u16::from_be(t.sport);
-    if named >= min && named <= max {
-        probe.at = u32::from(named - min);
+    let named = (named >= min && named <= max).then(|| u32::from(named - min));
+    let Some(c) = CLAIM_SCRATCH.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: this CPU's slot of a per-CPU array, valid for the program run; nothing
+    // else runs on this CPU while the program does. Written through the raw pointer and
+    // no reference kept: `try_port` changes the slot inside `bpf_loop`'s call.
+    unsafe {
+        c.write(Claim {
+            key: FlowKey {
+                src: b.addr,
+                dst: t.src,
+                sport: b.port,
+                dport: 0,
+                proto: pkt.key.proto,
+                family: pkt.key.family,
+                _pad: [0; 2],
+            },
+            val: ReverseNat {
+                flow: pkt.key,
+                backend: ids.backend,
+                service_id: ids.service,
+            },
+            search: Search::new(ids.hash, u32::from(t.snat_idx), range, named),
+            opening: ids.opening,
+            now: pkt.now,
+            base: 0,
+            min,
+            snat_idx: t.snat_idx,
+            found: 0,
+        });
     }
-    let mut key = FlowKey {
-        src: b.addr,
-        dst: t.src,
-        sport: b.port,
-        dport: 0,
-        proto: pkt.key.proto,
-        family: pkt.key.family,
-        _pad: [0; 2],
-    };
-    let val = ReverseNat {
-        flow: pkt.key,
-        backend: ids.backend,
-        service_id: ids.service,
-    };
-    let mut i = 0;
-    while i < PROBES {
-        let port = (min + probe.at as u16).to_be();
-        key.dport = port;
+    if let Some(port) = run(PROBES) {
         t.sport = port;
-        if REVERSE_NAT.insert(&key, &val, BPF_NOEXIST as u64).is_ok() {
-            return true;
-        }
-        if let Some(old) = REVERSE_NAT.get_ptr(&key) {
-            // SAFETY: a map value stays valid for the whole program run.
-            if reusable(unsafe { &*old }, pkt, t, cfg, &ids.opening)
-                && REVERSE_NAT.insert(&key, &val, BPF_ANY as u64).is_ok()
-            {
-                return true;
-            }
-        }
-        probe.advance();
-        i += 1;
+        return true;
     }
+    let swept = (ids.backend << 3) | u32::from(t.snat_idx);
+    // SAFETY: a map value stays valid for the whole program run.
+    if unsafe { SNAT_SWEPT.get(&swept) }.is_some_and(|&at| pkt.now.wrapping_sub(at) < SWEEP_HOLD_NS)
+    {
+        return false;
+    }
+    // SAFETY: as above; `run` has returned, so nothing else touches the slot.
+    let sweep = unsafe {
+        (*c).base = PROBES;
+        (*c).search.len() - PROBES
+    };
+    if let Some(port) = run(sweep) {
+        t.sport = port;
+        return true;
+    }
+    let _ = SNAT_SWEPT.insert(&swept, &pkt.now, BPF_ANY as u64);
     false
 }
 
-/// Whether the reverse NAT entry holding `port` may be taken over by the packet's flow:
-/// it is stale (its flow is gone, or uses another backend, address or port), the flow's own
-/// while open (re-created after it expired), or its flow leaves the backend ready for
-/// `opening`. Not inlined: keeps the comparison's loads off the probe loop's stack.
+/// A port search in progress: what [`try_port`] needs. `bpf_loop` runs the candidates,
+/// so the verifier checks the loop's body once, not once per candidate, and a search
+/// can cover a whole range of ports. It lives in this CPU's slot of `CLAIM_SCRATCH`,
+/// not on the stack: the longest call chain has no room for its 150 bytes.
+#[repr(C)]
+pub struct Claim {
+    /// The reverse NAT key, its `dport` the candidate being tried.
+    key: FlowKey,
+    val: ReverseNat,
+    search: Search,
+    opening: Opening,
+    now: u64,
+    /// Candidate number of the loop's first turn.
+    base: u32,
+    min: u16,
+    snat_idx: u8,
+    /// Set when `key.dport` was claimed.
+    found: u8,
+}
+
+/// Tries the next `n` candidates of the search in this CPU's `CLAIM_SCRATCH` slot; the
+/// port claimed (network order), if one was.
+#[inline(always)]
+fn run(n: u32) -> Option<u16> {
+    // SAFETY: `try_port` is a static function of the program; it takes no context and
+    // finds the search in `CLAIM_SCRATCH`.
+    unsafe {
+        bpf_loop(n, try_port as *mut c_void, null_mut(), 0);
+    }
+    let c = CLAIM_SCRATCH.get_ptr(0)?;
+    // SAFETY: this CPU's slot, valid for the program run; read after the loop is done.
+    unsafe { ((*c).found != 0).then_some((*c).key.dport) }
+}
+
+/// One turn of [`run`]'s loop: tries candidate `base + i`; 1 (stop) once a port is
+/// claimed.
 #[inline(never)]
-fn reusable(
-    old: &ReverseNat,
-    pkt: &Packet,
-    at: &Target,
-    cfg: &GlobalConfig,
-    opening: &Opening,
-) -> bool {
+extern "C" fn try_port(i: u32, _: *mut c_void) -> i64 {
+    let (Some(c), Some(cfg)) = (CLAIM_SCRATCH.get_ptr_mut(0), CONFIG.get(0)) else {
+        return 1;
+    };
+    // SAFETY: this CPU's slot, filled by `claim_on`, which waits in `bpf_loop` for this.
+    let c = unsafe { &mut *c };
+    let port = (c.min + c.search.offset(c.base + i) as u16).to_be();
+    c.key.dport = port;
+    if REVERSE_NAT
+        .insert(&c.key, &c.val, BPF_NOEXIST as u64)
+        .is_ok()
+    {
+        c.found = 1;
+        return 1;
+    }
+    let Some(old) = REVERSE_NAT.get_ptr(&c.key) else {
+        return 0;
+    };
+    // SAFETY: a map value stays valid for the whole program run.
+    if reusable(unsafe { &*old }, c, cfg)
+        && REVERSE_NAT.insert(&c.key, &c.val, BPF_ANY as u64).is_ok()
+    {
+        c.found = 1;
+        return 1;
+    }
+    0
+}
+
+/// Whether the reverse NAT entry `old`, holding the port `c` tries, may be taken over by
+/// `c`'s flow: it is stale (its flow is gone, or uses another backend, address or port),
+/// the flow's own while open (re-created after it expired), or its flow leaves the
+/// backend ready for `c.opening`. Not inlined: keeps the comparison's loads off the
+/// loop's stack.
+#[inline(never)]
+fn reusable(old: &ReverseNat, c: &Claim, cfg: &GlobalConfig) -> bool {
     let Some(entry) = conntrack::lookup(&old.flow) else {
         return true;
     };
     // SAFETY: a map value stays valid for the whole program run.
     let fs = unsafe { &*entry.state };
     if u32::from(fs.backend) != old.backend
-        || fs.snat_port != at.sport
-        || fs.snat_idx != at.snat_idx
+        || fs.snat_port != c.key.dport
+        || fs.snat_idx != c.snat_idx
     {
         return true;
     }
-    if old.flow == pkt.key && !flow::closed(fs.flags) {
+    if old.flow == c.val.flow && !flow::closed(fs.flags) {
         return true;
     }
-    flow::port_free_for(fs, cfg, pkt.now, opening)
+    flow::port_free_for(fs, cfg, c.now, &c.opening)
 }

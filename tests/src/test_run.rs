@@ -175,7 +175,13 @@ impl Plan {
 
     /// The reverse NAT key of backend `i`'s replies to SNAT port `snat_port`.
     pub fn reverse_key(&self, i: usize, snat_port: u16) -> FlowKey {
-        key(self.backends[i], self.snat, BACKEND_PORT, snat_port)
+        self.reverse_key_on(i, self.snat, snat_port)
+    }
+
+    /// The reverse NAT key of backend `i`'s replies to SNAT address `snat`, port
+    /// `snat_port`.
+    pub fn reverse_key_on(&self, i: usize, snat: IpAddr, snat_port: u16) -> FlowKey {
+        key(self.backends[i], snat, BACKEND_PORT, snat_port)
     }
 
     /// The same plan with both backends at `addr` (e.g. one without a route).
@@ -569,6 +575,35 @@ impl TestRun {
             ..FlowState::default()
         };
         self.flow_holding(p, i, port, other, live);
+    }
+
+    /// As [`TestRun::live_flow_holding`], on SNAT address `snat`, index `idx` in the
+    /// family's list (0 the plan's own).
+    pub fn live_flow_holding_on(
+        &mut self,
+        p: &Plan,
+        i: usize,
+        (idx, snat): (u8, IpAddr),
+        port: u16,
+        other: FlowKey,
+    ) {
+        let held = ReverseNat {
+            flow: other,
+            backend: p.ids[i],
+            service_id: p.service,
+        };
+        let mut map: HashMap<&mut MapData, FlowKey, ReverseNat> = self.map_mut(names::REVERSE_NAT);
+        map.insert(p.reverse_key_on(i, snat, port), held, 0)
+            .expect("reverse NAT entry");
+        let live = FlowState {
+            last_seen_ns: u64::MAX / 2, // far in the future of the program's clock
+            flags: FLOW_REPLIED | FLOW_ESTABLISHED,
+            backend: p.ids[i] as u16,
+            snat_port: port.to_be(),
+            snat_idx: idx,
+            ..FlowState::default()
+        };
+        self.flows_mut().insert(other, live, 0).expect("flow entry");
     }
 
     /// The flow `other`, in state `fs` (its backend and port are set here), holds SNAT

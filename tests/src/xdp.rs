@@ -37,6 +37,7 @@ impl XdpPass {
             names::COUNTERS,
             names::NEXT_HOPS,
             names::REPLY_HOPS,
+            names::SNAT_SWEPT,
         ] {
             loader.map_max_entries(map, 1);
         }

@@ -5,6 +5,9 @@
 //! `lb_common::flow::port_free_for`, unit-tested there; these tests check the program
 //! applies it to real segments: sequence numbers, TCP timestamps, closing order).
 //!
+//! A new flow finds a free port whenever one exists: the last free one of the range,
+//! past every candidate of its walk; a sweep that found none holds off for a second.
+//!
 //! A flow whose two FINs cross, run at the same instant on two CPUs, must still be
 //! seen closing: the program sets flag bits atomically.
 //!
@@ -19,7 +22,10 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::thread::sleep;
 use std::time::Duration;
 
+use lb_common::counters::DROP_SNAT_EXHAUSTED;
+use lb_common::hash::flow_hash;
 use lb_common::maps::{FLOW_CLOSED, FLOW_ESTABLISHED, FLOW_REPLIED};
+use lb_common::snat_probe::{PROBES, SWEEP_HOLD_NS};
 use lb_common::tcp::{OPT_NOP, OPT_TIMESTAMPS, TIMESTAMPS_LEN};
 use lb_tests::packet::{Packet, decode, flags::*};
 use lb_tests::test_run::{
@@ -327,6 +333,8 @@ fn a_client_reusing_its_port_gets_back_the_port_its_last_flow_had() {
 
 /// A second IPv4 SNAT address (198.18.0.0/15, like the plan's).
 const SECOND_SNAT: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 201);
+/// A third.
+const THIRD_SNAT: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 202);
 
 #[test]
 fn flows_spread_over_the_snat_addresses_and_each_address_has_its_own_ports() {
@@ -472,4 +480,96 @@ fn fins_crossing_on_two_cpus_both_close_the_flow() {
         );
         lb.clear_flow_tables();
     }
+}
+
+/// With every SNAT port of the range but one held by live flows, a new flow gets that
+/// one, although its walk never tries it (the sweep of the whole range finds it). With
+/// none left the next flow is refused, and for `SWEEP_HOLD_NS` after, flows toward that
+/// backend try only their walk: a port freed meanwhile outside the walk waits for the
+/// hold to end, then the sweep finds it.
+#[test]
+fn a_new_flow_finds_the_last_free_port_and_a_sweep_that_found_none_holds_off() {
+    for p in [plan4(), plan6()] {
+        let mut lb = serving(&p, "5s");
+        let outside_walk = |c: u16, not: &[u16]| {
+            let walk = snat_candidates(&p.client_key(c), PROBES as usize);
+            (SNAT_MIN..=SNAT_MAX)
+                .find(|port| !walk.contains(port) && !not.contains(port))
+                .expect("a port outside the walk")
+        };
+        let last = outside_walk(CLIENT_PORT, &[]);
+        let holders: Vec<(u16, u16)> = (SNAT_MIN..=SNAT_MAX)
+            .filter(|&port| port != last)
+            .zip(30_000..)
+            .collect();
+        for &(port, c) in &holders {
+            lb.live_flow_holding(&p, 0, port, p.client_key(c));
+        }
+        assert_eq!(port_of(&mut lb, &p.syn()), last, "the last free port");
+
+        let exhausted = lb.counter(DROP_SNAT_EXHAUSTED);
+        let refused = |lb: &mut TestRun, c: u16, what: &str| {
+            let (action, _) = lb.from_client(&p.from_client(c, SYN).build());
+            assert_eq!(action, Action::Drop, "{what}");
+        };
+        refused(&mut lb, CLIENT_PORT + 1, "no port left");
+        assert_eq!(lb.counter(DROP_SNAT_EXHAUSTED), exhausted + 1);
+
+        let c = CLIENT_PORT + 2;
+        let freed = outside_walk(c, &[last]);
+        let (_, holder) = holders.iter().find(|(port, _)| *port == freed).unwrap();
+        lb.flow_evicted(p.client_key(*holder));
+        refused(&mut lb, c, "a port outside the walk, during the hold");
+        sleep(Duration::from_nanos(SWEEP_HOLD_NS) + Duration::from_millis(200));
+        assert_eq!(
+            port_of(&mut lb, &p.from_client(c, SYN)),
+            freed,
+            "the freed port, once the hold is over"
+        );
+    }
+}
+
+/// With three SNAT addresses, two of them full and the third with one free port, a new
+/// flow gets that port, whichever address its hash picks first (the program tries every
+/// address of the family in turn, each over its whole range); with that one taken too,
+/// the next flow is refused.
+#[test]
+fn a_new_flow_finds_the_one_free_port_on_any_of_the_snat_addresses() {
+    let p = plan4();
+    let mut lb = serving(&p, "5s");
+    lb.set_more_snat4(&[SECOND_SNAT, THIRD_SNAT]);
+    let addrs = [
+        (0u8, p.snat),
+        (1, IpAddr::V4(SECOND_SNAT)),
+        (2, IpAddr::V4(THIRD_SNAT)),
+    ];
+    let c = CLIENT_PORT;
+    // The address the flow's hash picks first (as the program does: rotated by 8).
+    let first = (flow_hash(&p.client_key(c)).rotate_right(8) % 3) as u8;
+    // The free port is on the address the search comes to last.
+    let free_on = (first + 2) % 3;
+    let free_port = SNAT_MIN + 500;
+    let mut holder = 20_000u16; // client ports apart from CLIENT_PORT's
+    for &(idx, addr) in &addrs {
+        for port in SNAT_MIN..=SNAT_MAX {
+            if (idx, port) != (free_on, free_port) {
+                lb.live_flow_holding_on(&p, 0, (idx, addr), port, p.client_key(holder));
+                holder += 1;
+            }
+        }
+    }
+    let (action, out) = lb.from_client(&p.from_client(c, SYN).build());
+    assert_eq!(action, Action::Redirect, "{:?}", lb.counters());
+    let got = decode(&out).unwrap();
+    assert_eq!(
+        (got.src, got.sport),
+        (addrs[usize::from(free_on)].1, free_port),
+        "the only free port, on address {free_on} (the flow's first is {first})"
+    );
+    assert_eq!(lb.flow(p.client_key(c)).unwrap().snat_idx, free_on);
+
+    let exhausted = lb.counter(DROP_SNAT_EXHAUSTED);
+    let (action, _) = lb.from_client(&p.from_client(c + 1, SYN).build());
+    assert_eq!(action, Action::Drop, "no port left anywhere");
+    assert_eq!(lb.counter(DROP_SNAT_EXHAUSTED), exhausted + 1);
 }

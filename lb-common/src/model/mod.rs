@@ -36,7 +36,7 @@ use crate::maps::{
     FlowKey, FlowState, GlobalConfig, MODE_DNAT, MODE_NAT, MODE_PROXY, ReverseNat, Service, VipKey,
     snat_addrs_base,
 };
-use crate::snat_probe::{PROBES, Probe};
+use crate::snat_probe::{PROBES, SWEEP_HOLD_NS, Search};
 use crate::{counters, tcp};
 
 /// A TCP segment as the program sees it once parsed.
@@ -134,6 +134,9 @@ pub struct Model {
     /// The allowlists (`ALLOW`), a service's ranges applying while its `access` has
     /// `ACCESS_LIST`.
     pub allow: Vec<AllowRange>,
+    /// (backend, SNAT address index) → when a sweep of its ports last found none
+    /// (`SNAT_SWEPT`).
+    pub swept: HashMap<(u32, u32), u64>,
 }
 
 /// A range of an allowlist: addresses whose first `prefix` bits are `addr`'s.
@@ -463,38 +466,36 @@ impl Model {
     }
 
     /// Claims an address and port toward `b`: the previous one's address first, else
-    /// the one the flow hash picks; the next address if that one has none free.
-    /// Returns the address, the port (network order) and the address index.
+    /// the one the flow hash picks; the family's other addresses in turn while one has
+    /// none free. Returns the address, the port (network order) and the address index.
     fn claim_snat_port(
         &mut self,
         s: &Segment,
         b: &Backend,
         c: &Claim,
     ) -> Option<([u32; 4], u16, u32)> {
-        let n = self.cfg.snat_addr_count(s.key.family);
+        let n = self.cfg.snat_addr_count(s.key.family).max(1);
         let previous = self.previous(s, c.backend);
         let first = match previous {
             Some((idx, _)) => idx,
-            None if n > 1 => c.hash.rotate_right(8) % n,
-            None => 0,
+            None => c.hash.rotate_right(8) % n,
         };
-        let named = previous.map(|(_, port)| port);
-        if let Some(src) = self.snat_address(b, s.key.family, first)
-            && let Some(port) = self.claim_on(s, b, c, src, first, named)
-        {
-            return Some((src, port, first));
+        let mut named = previous.map(|(_, port)| port);
+        for k in 0..n {
+            let idx = (first + k) % n;
+            if let Some(src) = self.snat_address(b, s.key.family, idx)
+                && let Some(port) = self.claim_on(s, b, c, src, idx, named)
+            {
+                return Some((src, port, idx));
+            }
+            named = None;
         }
-        if n <= 1 {
-            return None;
-        }
-        let next = (first + 1) % n;
-        let src = self.snat_address(b, s.key.family, next)?;
-        let port = self.claim_on(s, b, c, src, next, None)?;
-        Some((src, port, next))
+        None
     }
 
     /// A port on address `src` (index `idx`): `named` first if in the range, then the
-    /// flow's probe sequence; a taken port is taken over when [`Model::reusable`].
+    /// flow's search (`snat_probe::Search`; the walk alone while a failed sweep holds);
+    /// a taken port is taken over when [`Model::reusable`].
     fn claim_on(
         &mut self,
         s: &Segment,
@@ -508,19 +509,24 @@ impl Model {
         if min == 0 || max < min {
             return None;
         }
-        let mut probe = Probe::new(c.hash, idx, u32::from(max - min) + 1);
-        if let Some(port) = named.map(u16::from_be)
-            && (min..=max).contains(&port)
-        {
-            probe.at = u32::from(port - min);
-        }
+        let range = u32::from(max - min) + 1;
+        let named = named
+            .map(u16::from_be)
+            .filter(|p| (min..=max).contains(p))
+            .map(|p| u32::from(p - min));
+        let mut search = Search::new(c.hash, idx, range, named);
         let entry = ReverseNat {
             flow: s.key,
             backend: c.backend,
             service_id: c.service,
         };
-        for _ in 0..PROBES {
-            let port = (min + probe.at as u16).to_be();
+        let held = self
+            .swept
+            .get(&(c.backend, idx))
+            .is_some_and(|&at| self.now.saturating_sub(at) < SWEEP_HOLD_NS);
+        let candidates = if held { PROBES } else { search.len() };
+        for i in 0..candidates {
+            let port = (min + search.offset(i) as u16).to_be();
             let key = FlowKey {
                 src: b.addr,
                 dst: src,
@@ -538,7 +544,9 @@ impl Model {
                 self.reverse.insert(key, entry);
                 return Some(port);
             }
-            probe.advance();
+        }
+        if !held {
+            self.swept.insert((c.backend, idx), self.now);
         }
         None
     }
