@@ -73,7 +73,7 @@ impl Probe {
 /// A flow's whole search over `range` ports on one SNAT address: candidate `i` (asked
 /// for in order, 0, 1, 2...) is the walk's `i`th for `i` below [`PROBES`] (the first
 /// may be a port the flow names instead), then the range's ports in turn from where the
-/// walk started: [`PROBES`] candidates, or [`Search::len`] with the sweep.
+/// walk started: [`PROBES`] candidates, or [`Search::candidates`] with the sweep.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Search {
     walk: Probe,
@@ -95,7 +95,7 @@ impl Search {
 
     /// Candidates of the walk and the sweep.
     #[inline(always)]
-    pub fn len(&self) -> u32 {
+    pub fn candidates(&self) -> u32 {
         PROBES + self.walk.range
     }
 
@@ -170,7 +170,7 @@ mod tests {
     /// Every offset of the search, in order.
     fn search(hash: u32, range: u32, named: Option<u32>) -> Vec<u32> {
         let mut s = Search::new(hash, 0, range, named);
-        (0..s.len()).map(|i| s.offset(i)).collect()
+        (0..s.candidates()).map(|i| s.offset(i)).collect()
     }
 
     #[test]

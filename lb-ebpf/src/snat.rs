@@ -167,7 +167,7 @@ fn claim_on(pkt: &Packet, cfg: &GlobalConfig, b: &Backend, ids: &Ids, t: &mut Ta
     // SAFETY: as above; `run` has returned, so nothing else touches the slot.
     let sweep = unsafe {
         (*c).base = PROBES;
-        (*c).search.len() - PROBES
+        (*c).search.candidates() - PROBES
     };
     if let Some(port) = run(sweep) {
         t.sport = port;

@@ -524,7 +524,7 @@ impl Model {
             .swept
             .get(&(c.backend, idx))
             .is_some_and(|&at| self.now.saturating_sub(at) < SWEEP_HOLD_NS);
-        let candidates = if held { PROBES } else { search.len() };
+        let candidates = if held { PROBES } else { search.candidates() };
         for i in 0..candidates {
             let port = (min + search.offset(i) as u16).to_be();
             let key = FlowKey {
