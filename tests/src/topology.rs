@@ -232,6 +232,15 @@ impl Topology {
             .unwrap();
         }
         switch.ip_batch(&sw)?;
+        // A switch does not filter: without this, the kernel's bridge netfilter
+        // (`CONFIG_BRIDGE_NETFILTER=y` here) runs every bridged frame through the switch
+        // namespace's (empty) IP hooks, work that lands on whichever CPU forwards the
+        // frame, the LB's in the bench.
+        switch.sysctl(&[
+            "net.bridge.bridge-nf-call-iptables=0",
+            "net.bridge.bridge-nf-call-ip6tables=0",
+            "net.bridge.bridge-nf-call-arptables=0",
+        ])?;
         for b in &backends {
             b.ns.ip_batch(&format!(
                 "addr add {}/24 dev eth0\n\
