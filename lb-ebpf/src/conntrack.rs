@@ -173,7 +173,7 @@ fn flags_word(fs: &mut FlowState) -> *mut u64 {
 #[inline(always)]
 pub fn record_close(fs: &mut FlowState, seq: &Sequence) {
     fs.close_seq = seq.end;
-    match seq.tsval() {
+    match seq.start.tsval() {
         Some(ts) => {
             fs.close_tsval = ts;
             add_flags(fs, FLOW_CLIENT_TS);

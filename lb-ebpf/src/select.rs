@@ -169,7 +169,7 @@ fn pick(ctx: &XdpContext, pkt: &Packet, svc: &Service, cfg: &GlobalConfig, t: &m
         backend: id,
         service: svc.id,
         hash,
-        opening: seq.opening(),
+        opening: seq.start,
     };
     snat::previous(pkt, cfg, id, t);
     if !claim_snat_port(pkt, cfg, b, &ids, t) {

@@ -16,35 +16,14 @@ use crate::{
 };
 
 /// A client segment's place in its sequence space.
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Copy)]
 pub struct Sequence {
-    /// Sequence number, host order.
-    pub seq: u32,
-    /// The sequence number after the segment: `seq` + payload, + 1 for SYN and for FIN.
+    /// Where the segment starts, and its TSval: what a new flow's port check needs of
+    /// the segment that opens it.
+    pub start: Opening,
+    /// The sequence number after the segment: its start + payload, + 1 for SYN and for
+    /// FIN.
     pub end: u32,
-    /// TSval, host order, if `has_tsval` ([`Sequence::tsval`]). verifier: not an
-    /// `Option`, whose payload LLVM leaves undefined when `None` and may then fill from
-    /// any register, a pointer too, which the verifier refuses to store in 32 bits.
-    tsval: u32,
-    has_tsval: bool,
-}
-
-impl Sequence {
-    /// TSval, host order, if the segment has the timestamps option.
-    #[inline(always)]
-    pub fn tsval(&self) -> Option<u32> {
-        if self.has_tsval {
-            Some(self.tsval)
-        } else {
-            None
-        }
-    }
-
-    /// What a new flow's port check needs of its opening segment.
-    #[inline(always)]
-    pub fn opening(&self) -> Opening {
-        Opening::new(self.seq, self.tsval())
-    }
 }
 
 /// Reads the segment's sequence number, end and TSval into this CPU's scratch slot
@@ -77,10 +56,8 @@ pub fn read(ctx: &XdpContext, pkt: &Packet) -> Option<&'static Sequence> {
     // nothing else runs on this CPU while the program does.
     unsafe {
         *out = Sequence {
-            seq,
+            start: Opening::new(seq, ts.map(|t| t.tsval)),
             end: end(pkt, seq, (l4 - l3) as u32, doff as u32),
-            tsval: ts.map_or(0, |t| t.tsval),
-            has_tsval: ts.is_some(),
         };
         Some(&*out)
     }

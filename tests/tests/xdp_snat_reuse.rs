@@ -529,10 +529,10 @@ fn a_new_flow_finds_the_last_free_port_and_a_sweep_that_found_none_holds_off() {
     }
 }
 
-/// With three SNAT addresses, two of them full and the third with one free port, a new
-/// flow gets that port, whichever address its hash picks first (the program tries every
-/// address of the family in turn, each over its whole range); with that one taken too,
-/// the next flow is refused.
+/// With three SNAT addresses, the one a flow's hash picks first and the next one full and
+/// the last with one free port, the flow gets that port: the program tries every address
+/// of the family in turn, each over its whole range (it used to try two addresses, 24
+/// ports each). With that one taken too, the next flow is refused.
 #[test]
 fn a_new_flow_finds_the_one_free_port_on_any_of_the_snat_addresses() {
     let p = plan4();
