@@ -261,7 +261,7 @@ impl Hop {
 
 /// Fills `hop` from this CPU's cached next hop toward `t`'s backend if it is fresh, for
 /// the same address and ingress interface, and known to fit a packet of `hop.ip_len`.
-#[inline(never)]
+#[inline(always)]
 fn cached_hop(t: &Target, hop: &mut Hop) -> bool {
     let Some(nh) = NEXT_HOPS.get_ptr(t.backend) else {
         return false;

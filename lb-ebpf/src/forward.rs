@@ -110,7 +110,7 @@ pub fn forward(ctx: &XdpContext, pkt: &mut Packet, svc: &Service, t: &mut Target
 
 /// Uses the packet's flow entry if it has a [`live_backend`]: fills `t` and refreshes
 /// the entry in place.
-#[inline(never)]
+#[inline(always)]
 fn existing_flow(
     ctx: &XdpContext,
     pkt: &Packet,
