@@ -310,7 +310,10 @@ fn nat_flood(cookies: bool) {
 }
 
 /// The flood's half-open flows fill their table and, once past the half-open timeout
-/// (5 s), `lb stats` counts them as expired (their SNAT ports free).
+/// (5 s), `lb stats` counts them as expired (their SNAT ports free). The wait allows for
+/// the closed timeout (10 s) too: the client's connections stopped just before this may
+/// leave a half-open flow its kernel reset (a SYN-ACK for a closed socket), which is
+/// closed and expires 10 s after that RST, not 5.
 fn check_half_open_expire(d: &Daemon) {
     let read = || {
         let s = must(d.stats_json());
@@ -319,7 +322,7 @@ fn check_half_open_expire(d: &Daemon) {
             s["half_open_expired"].as_u64().unwrap_or(0),
         )
     };
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(20);
     let (mut open, mut expired) = read();
     while expired < open && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(500));

@@ -163,13 +163,15 @@ fn short_connections_through_the_syn_proxy_v6() {
 }
 
 /// `n` connections to the IPv4 VIP started at once from the client namespace; returns
-/// how many got an HTTP 200.
+/// how many got an HTTP 200. The timeouts leave room for three SYN retransmissions
+/// (1, 3 and 7 s): 200 SYNs at once can overrun the LB veth's 256-frame ring while the
+/// rest of the suite loads the machine, and a SYN lost there is not the LB's refusal.
 fn parallel_connections(bed: &Bed, n: usize) -> usize {
     let url = bed.topo.vip_url(false, "");
     let mut c = bed.topo.client.command("curl");
     c.args(["-s", "-g", "--parallel", "--parallel-immediate"])
         .args(["--parallel-max", &n.to_string()])
-        .args(["--connect-timeout", "5", "--max-time", "10"])
+        .args(["--connect-timeout", "15", "--max-time", "30"])
         .args(["-H", "Connection: close", "-w", "%{http_code}\\n"]);
     for _ in 0..n {
         c.args(["-o", "/dev/null", &url]);
