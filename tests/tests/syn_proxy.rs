@@ -164,8 +164,8 @@ fn short_connections_through_the_syn_proxy_v6() {
 
 /// `n` connections to the IPv4 VIP started at once from the client namespace; returns
 /// how many got an HTTP 200. The timeouts leave room for three SYN retransmissions
-/// (1, 3 and 7 s): 200 SYNs at once can overrun the LB veth's 256-frame ring while the
-/// rest of the suite loads the machine, and a SYN lost there is not the LB's refusal.
+/// (1, 3 and 7 s): under the whole suite's load, 3 of 200 connections started at once
+/// once failed to connect within 5 s (two retransmissions).
 fn parallel_connections(bed: &Bed, n: usize) -> usize {
     let url = bed.topo.vip_url(false, "");
     let mut c = bed.topo.client.command("curl");
