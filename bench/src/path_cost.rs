@@ -12,6 +12,7 @@ use crate::figure::Figure;
 use crate::systems::System;
 use crate::workloads::Metric;
 use lb_common::maps::names;
+use lb_tests::packet::Packet;
 use lb_tests::packet::flags::{ACK, PSH, SYN};
 use lb_tests::test_run::{Action, CLIENT_PORT, Plan, TestRun, plan4, stay_on_this_cpu};
 use std::time::Duration;
@@ -25,8 +26,9 @@ const RUNS: (usize, usize) = (20_000, 2_000);
 const BATCH: usize = 400;
 
 /// The paths measured: figure name, and what the runs must end in.
-const PATHS: [(&str, Action); 5] = [
+const PATHS: [(&str, Action); 6] = [
     ("syn_new_flow", Action::Redirect),
+    ("syn_cookie", Action::Tx),
     ("established_forward", Action::Redirect),
     ("reply", Action::Redirect),
     ("rst_no_backend", Action::Tx),
@@ -88,6 +90,7 @@ fn measure(runs: usize) -> Vec<(&'static str, f64)> {
     for (name, want) in PATHS {
         let ns = match name {
             "syn_new_flow" => new_flows(&mut lb, &p, runs, want),
+            "syn_cookie" => cookies(&mut lb, &p, runs, want),
             _ => {
                 let (frame, ingress) = frame_for(&mut lb, &p, name);
                 mean(runs, |_| timed(&mut lb, &frame, ingress, want))
@@ -106,10 +109,25 @@ fn new_flows(lb: &mut TestRun, p: &Plan, runs: usize, want: Action) -> f64 {
             lb.clear_flow_tables();
         }
         let port = 10_000 + (i % BATCH) as u16;
-        let frame = p.from_client(port, SYN).build();
+        let frame = linux_syn(p.from_client(port, SYN)).build();
         let ingress = lb.lb1;
         timed(lb, &frame, ingress, want)
     })
+}
+
+/// The mean of `runs` SYNs each answered with a SYN cookie (no state is kept, so
+/// every run's SYN is of a new flow).
+fn cookies(lb: &mut TestRun, p: &Plan, runs: usize, want: Action) -> f64 {
+    lb.clear_flow_tables();
+    lb.set_syn_cookies("always");
+    let ns = mean(runs, |i| {
+        let port = 10_000 + (i % 50_000) as u16;
+        let frame = linux_syn(p.from_client(port, SYN)).build();
+        let ingress = lb.lb1;
+        timed(lb, &frame, ingress, want)
+    });
+    lb.set_syn_cookies("off");
+    ns
 }
 
 /// The frame of path `name` and the interface it arrives on, with the state it needs
@@ -119,19 +137,25 @@ fn frame_for(lb: &mut TestRun, p: &Plan, name: &str) -> (Vec<u8>, u32) {
     match name {
         "established_forward" | "reply" => {
             lb.table_to(p, 0);
-            lb.from_client(&p.syn().build());
+            lb.from_client(&linux_syn(p.syn()).build());
             let port = lb.snat_port(p, CLIENT_PORT);
-            lb.from_backend(&p.from_backend(0, port, SYN | ACK).build());
-            lb.from_client(&p.from_client(CLIENT_PORT, ACK).build());
+            lb.from_backend(&linux_syn(p.from_backend(0, port, SYN | ACK)).build());
+            lb.from_client(&timestamped(p.from_client(CLIENT_PORT, ACK)).build());
             if name == "reply" {
-                (p.from_backend(0, port, PSH | ACK).build(), lb.lb0)
+                (
+                    timestamped(p.from_backend(0, port, PSH | ACK)).build(),
+                    lb.lb0,
+                )
             } else {
-                (p.from_client(CLIENT_PORT, PSH | ACK).build(), lb.lb1)
+                (
+                    timestamped(p.from_client(CLIENT_PORT, PSH | ACK)).build(),
+                    lb.lb1,
+                )
             }
         }
         "rst_no_backend" => {
             lb.no_backend_in_table(p);
-            (p.syn().build(), lb.lb1)
+            (linux_syn(p.syn()).build(), lb.lb1)
         }
         _ => {
             // A TCP segment to the LB host's own address, not a VIP: passed on.
@@ -140,6 +164,21 @@ fn frame_for(lb: &mut TestRun, p: &Plan, name: &str) -> (Vec<u8>, u32) {
             (s.build(), lb.lb1)
         }
     }
+}
+
+/// `s` with the options Linux puts on a SYN: MSS, SACK permitted, timestamps, window
+/// scale (the paths are measured on segments as a Linux peer sends them).
+fn linux_syn(mut s: Packet) -> Packet {
+    s.tcp_options = vec![
+        2, 4, 0x05, 0xb4, 4, 2, 8, 10, 0, 1, 0, 0, 0, 0, 0, 0, 1, 3, 3, 7,
+    ];
+    s
+}
+
+/// `s` with the timestamps option Linux puts on every segment after the SYN.
+fn timestamped(mut s: Packet) -> Packet {
+    s.tcp_options = vec![1, 1, 8, 10, 0, 1, 0, 2, 0, 0, 0, 1];
+    s
 }
 
 fn timed(lb: &mut TestRun, frame: &[u8], ingress: u32, want: Action) -> Duration {

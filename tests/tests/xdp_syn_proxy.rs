@@ -395,3 +395,57 @@ fn a_client_without_timestamps_gets_the_safe_options() {
         (Some(536), false, None, None)
     );
 }
+
+/// The program reads a SYN's options in one go when they are laid out as Linux sends
+/// them, and searches them one by one otherwise: the cookie SYN-ACK offers the same and
+/// its TSval carries the same client options either way.
+#[test]
+fn a_syns_options_are_read_the_same_in_any_order() {
+    let ts = [8, 10, 0, 0, 0x03, 0xe8, 0, 0, 0, 0]; // TSval 1000, TSecr 0
+    let layouts: [(&str, Vec<u8>); 4] = [
+        (
+            "Linux's",
+            [&[2, 4, 0x05, 0xb4, 4, 2][..], &ts, &[1, 3, 3, 7]].concat(),
+        ),
+        (
+            "MSS, NOP, window scale, SACK permitted, timestamps (BSD's)",
+            [&[2, 4, 0x05, 0xb4, 1, 3, 3, 7, 4, 2][..], &ts].concat(),
+        ),
+        (
+            "window scale first, timestamps last",
+            [&[1, 3, 3, 7, 2, 4, 0x05, 0xb4, 1, 1, 4, 2, 1, 1][..], &ts].concat(),
+        ),
+        (
+            "Linux's but the window scale before the timestamps",
+            [&[2, 4, 0x05, 0xb4, 4, 2, 1, 3, 3, 7][..], &ts].concat(),
+        ),
+    ];
+    for p in [plan4(), plan6()] {
+        let mut lb = proxy(&p);
+        for (i, (what, options)) in layouts.iter().enumerate() {
+            assert_eq!(options.len() % 4, 0, "{what}: whole words");
+            let mut s = p.from_client(CLIENT_PORT + i as u16, SYN);
+            s.payload.clear();
+            s.tcp_options = options.clone();
+            let (action, out) = lb.from_client(&s.build());
+            assert_eq!(action, Action::Tx, "{what}: answered with a cookie");
+            let a = decode(&out).expect("a well-formed SYN-ACK");
+            let o = Opts::parse(&a.tcp_options);
+            let lb_mss = if p.vip.is_ipv4() { 1460 } else { 1440 };
+            assert_eq!(
+                (o.mss, o.wscale, o.sack_ok),
+                (Some(lb_mss), Some(LB_WSCALE), true),
+                "{what}: what the SYN-ACK offers"
+            );
+            let (tsval, tsecr) = o.ts.unwrap_or_else(|| panic!("{what}: timestamps"));
+            assert_eq!(tsecr, 1000, "{what}: the client's TSval echoed");
+            let carried = ClientOptions::decode(tsval);
+            assert_eq!(
+                (carried.wscale(), carried.sack, carried.mss(p.family())),
+                (Some(7), true, lb_mss),
+                "{what}: the client's options carried in the TSval"
+            );
+        }
+        assert_eq!(lb.counter(counters::SYN_COOKIE_SENT), layouts.len() as u64);
+    }
+}
