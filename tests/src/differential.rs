@@ -9,7 +9,9 @@
 //! client pool of a few ports per family (so ports are reused, flows closed and opened
 //! again on the same tuple), the backends' replies to the ports the model says the
 //! flows hold, backends going down, draining and up, flows ageing past their
-//! timeouts, and allowlists coming into force and going. An episode that diverges is
+//! timeouts, and allowlists coming into force and going. Some episodes start with a
+//! service's SNAT ranges all but full (held by other live flows), so new flows search
+//! them whole and find the last free ports or none. An episode that diverges is
 //! shrunk (events dropped one at a time while it still diverges) and returned as a
 //! readable reproduction.
 
@@ -20,7 +22,8 @@ use std::net::IpAddr;
 
 use lb_common::maps::{
     ACCESS_CUT_ESTABLISHED, ACCESS_LIST, ACCESS_RESET, BACKEND_DOWN, BACKEND_DRAINING, BACKEND_UP,
-    FAMILY_V4, FAMILY_V6, FlowKey, FlowState, MODE_DNAT, MODE_NAT, PROTO_TCP, ReverseNat, VipKey,
+    FAMILY_V4, FAMILY_V6, FLOW_ESTABLISHED, FLOW_REPLIED, FlowKey, FlowState, MODE_DNAT, MODE_NAT,
+    PROTO_TCP, ReverseNat, VipKey,
 };
 use lb_common::model::{AllowRange, Decision, Model, Parsed, Segment, Toward, parse};
 use lb_user::fuzz::Rng;
@@ -63,7 +66,20 @@ pub enum Event {
         access: u8,
         listed: bool,
     },
+    /// Every SNAT port toward backend `backend` of a `nat` service but those in `free`
+    /// is held by another client's live, established flow (see [`crowd_key`]): new flows
+    /// to that backend search the whole range, and find one of `free` or none.
+    Crowd {
+        svc: usize,
+        backend: usize,
+        free: Vec<u16>,
+    },
 }
+
+/// One episode in this many starts with both backends of a `nat` service crowded
+/// ([`Event::Crowd`]): the only way the few clients of an episode reach a nearly full
+/// SNAT range, and so the sweep of the whole range and its hold.
+const CROWDED_EVERY: usize = 12;
 
 /// The range every service's allowlist holds, which the clients are not in.
 const OTHERS: [&str; SERVICES] = ["198.18.9.0/24", "fd00:9::/64", "198.18.9.0/24"];
@@ -283,6 +299,16 @@ impl Differential {
                     let p = self.plans[svc];
                     set_access(&mut self.lb, &mut model, &p, access, listed);
                 }
+                Event::Crowd {
+                    svc,
+                    backend,
+                    ref free,
+                } => {
+                    let p = self.plans[svc];
+                    for (port, other) in crowd(&mut model, &p, backend, free) {
+                        self.lb.live_flow_holding(&p, backend, port, other);
+                    }
+                }
                 Event::Age { svc, port, ms } => {
                     let k = self.plans[svc].client_key(port);
                     self.lb.age_flow(k, ms * 1_000_000);
@@ -453,7 +479,21 @@ impl Differential {
         let mut g = Generator::default();
         // The model decides which ports flows hold; it runs beside the generator.
         let mut model = self.model();
-        let mut events = Vec::with_capacity(EPISODE);
+        let mut events = Vec::with_capacity(EPISODE + 2);
+        if rng.below(CROWDED_EVERY) == 0 {
+            let svc = rng.below(DNAT);
+            for backend in 0..2 {
+                let range = usize::from(SNAT_MAX - SNAT_MIN) + 1;
+                let free = (0..rng.below(3))
+                    .map(|_| SNAT_MIN + rng.below(range) as u16)
+                    .collect();
+                let e = Event::Crowd { svc, backend, free };
+                if let Event::Crowd { free, .. } = &e {
+                    crowd(&mut model, &self.plans[svc], backend, free);
+                }
+                events.push(e);
+            }
+        }
         for _ in 0..EPISODE {
             let svc = rng.below(SERVICES);
             let p = self.plans[svc];
@@ -499,7 +539,10 @@ impl Differential {
                 Event::Backend {
                     backend, port, seg, ..
                 } => Some(backend_packet(&p, *backend, *port, seg)),
-                Event::SetBackend { .. } | Event::Age { .. } | Event::SetAccess { .. } => None,
+                Event::SetBackend { .. }
+                | Event::Age { .. }
+                | Event::SetAccess { .. }
+                | Event::Crowd { .. } => None,
             };
             if let (Some(input), Event::Client { seg, .. } | Event::Backend { seg, .. }) = (seg, &e)
             {
@@ -696,6 +739,45 @@ fn load(plans: &[Plan; SERVICES]) -> (TestRun, Model) {
     };
     (lb, start)
 }
+
+/// Enters into `model` what [`Event::Crowd`] holds: for each SNAT port toward backend
+/// `i` of `p` but `free`, the flow of [`crowd_key`] as `TestRun::live_flow_holding`
+/// writes it into the program's maps, and its reverse entry. Returns the ports and flows,
+/// for the program.
+fn crowd(model: &mut Model, p: &Plan, i: usize, free: &[u16]) -> Vec<(u16, FlowKey)> {
+    let held: Vec<(u16, FlowKey)> = (SNAT_MIN..=SNAT_MAX)
+        .filter(|port| !free.contains(port))
+        .map(|port| (port, crowd_key(p, i, port)))
+        .collect();
+    for &(port, other) in &held {
+        let fs = FlowState {
+            last_seen_ns: u64::MAX / 2,
+            flags: FLOW_REPLIED | FLOW_ESTABLISHED,
+            backend: p.ids[i] as u16,
+            snat_port: port.to_be(),
+            ..FlowState::default()
+        };
+        model.flows.insert(other, fs);
+        let held = ReverseNat {
+            flow: other,
+            backend: p.ids[i],
+            service_id: p.service,
+        };
+        model.reverse.insert(p.reverse_key(i, port), held);
+    }
+    held
+}
+
+/// The flow that holds SNAT port `port` toward backend `i` of `p` in a crowd: the
+/// client's own address (the program has its neighbour entry, so replies go out), from
+/// a source port of its own per backend and SNAT port, none of [`PORTS`].
+fn crowd_key(p: &Plan, i: usize, port: u16) -> FlowKey {
+    let range = SNAT_MAX - SNAT_MIN + 1;
+    p.client_key(CROWD_PORTS + i as u16 * range + (port - SNAT_MIN))
+}
+
+/// The first source port of the crowds' flows.
+const CROWD_PORTS: u16 = 10_000;
 
 /// The allowlist range `cidr` of `p`'s service, as the model keeps it.
 fn range(p: &Plan, cidr: &str) -> AllowRange {
@@ -1026,6 +1108,14 @@ fn describe(e: &Event) -> String {
             "{} access bits {access:#x}, client {}listed",
             svc(*f),
             if *listed { "" } else { "not " }
+        ),
+        Event::Crowd {
+            svc: f,
+            backend,
+            free,
+        } => format!(
+            "{} backend {backend}: every SNAT port held by another live flow but {free:?}",
+            svc(*f)
         ),
     }
 }

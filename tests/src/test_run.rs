@@ -925,7 +925,7 @@ impl TestRun {
         }
     }
 
-    /// Empties the flow, half-open and reverse NAT tables, as at load.
+    /// Empties the flow, half-open and reverse NAT tables and the SNAT sweeps' holds, as at load.
     pub fn clear_flow_tables(&mut self) {
         fn clear<V: aya::Pod>(mut m: HashMap<&mut MapData, FlowKey, V>) {
             let keys: Vec<FlowKey> = m.keys().filter_map(|k| k.ok()).collect();
@@ -936,6 +936,12 @@ impl TestRun {
         clear::<FlowState>(self.flows_mut());
         clear::<FlowState>(self.map_mut(names::HALF_OPEN));
         clear::<ReverseNat>(self.map_mut(names::REVERSE_NAT));
+        // A sweep's hold outlives its flows: a table emptied for a new start has none.
+        let mut swept: HashMap<&mut MapData, u32, u64> = self.map_mut(names::SNAT_SWEPT);
+        let keys: Vec<u32> = swept.keys().filter_map(|k| k.ok()).collect();
+        for k in keys {
+            let _ = swept.remove(&k);
+        }
     }
 
     fn flows_mut(&mut self) -> HashMap<&mut MapData, FlowKey, FlowState> {
