@@ -24,7 +24,7 @@ use lb_common::{
 use crate::{
     encap, events, icmp,
     maps::{NEXT_HOPS, REPLY_HOPS, TX_PORTS},
-    nat::{self, Target},
+    nat::{self, NO_BACKEND, Target},
     packet::{frame_len, ptr_at, push_meta},
     parse::Packet,
     stack::zeroed,
@@ -76,6 +76,9 @@ fn next_hop(ctx: &XdpContext, pkt: &Packet, t: &Target, dir: Dir) -> Verdict {
             hop.take(p);
             match dir {
                 Dir::In => remember_hop(t, &hop),
+                // An answer of the LB's own (a cookie SYN-ACK) is not cached: a flood's
+                // spoofed sources would each take a slot from a real flow's replies.
+                Dir::Out if t.backend == NO_BACKEND => {}
                 Dir::Out => remember_reply_hop(t, &hop),
             }
             out(ctx, t, dir, &hop)

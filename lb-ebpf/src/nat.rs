@@ -18,6 +18,10 @@ use crate::{
     parse::{OFF_MASK, Packet},
 };
 
+/// [`Target::backend`] of a segment the LB answers itself (a SYN cookie's SYN-ACK): no
+/// backend's counters, no reply next hop cached.
+pub const NO_BACKEND: u32 = u32::MAX;
+
 /// The tuple a packet is rewritten to, and whose counters it bumps.
 #[repr(C)]
 pub struct Target {

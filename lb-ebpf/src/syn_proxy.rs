@@ -27,7 +27,7 @@ use network_types::tcp::TcpHdr;
 use crate::{
     cookie,
     maps::SYN_RATE,
-    nat::Target,
+    nat::{NO_BACKEND, Target},
     options::{self, OPT_OFF_MASK, Timestamps},
     packet::ptr_at,
     parse::{OFF_MASK, Packet},
@@ -121,8 +121,7 @@ pub fn answer_syn(ctx: &XdpContext, pkt: &mut Packet, t: &mut Target) -> bool {
     t.dst = pkt.key.src;
     t.sport = pkt.key.dport;
     t.dport = pkt.key.sport;
-    // No backend's traffic counters.
-    t.backend = u32::MAX;
+    t.backend = NO_BACKEND;
     segment::write(ctx, pkt, &s)
 }
 

@@ -911,6 +911,57 @@ fn clients_whose_reply_hops_share_a_cache_slot_each_get_their_own_next_hop() {
     }
 }
 
+/// A SYN cookie's SYN-ACK finds its next hop like a reply, but does not cache it: under
+/// a flood every spoofed source would take a slot from a real flow's replies. Shown with
+/// a cookie answer to a client whose slot is the established client's: the established
+/// client's replies keep their cached hop (seen through a neighbour change, which only
+/// a new FIB lookup would pick up).
+#[test]
+fn a_syn_cookie_answer_leaves_the_reply_next_hops_cached_for_flows() {
+    stay_on_this_cpu();
+    for p in [plan4(), plan6()] {
+        let mut lb = with_flow(&p);
+        let port = lb.snat_port(&p, CLIENT_PORT);
+        let reply = p.from_backend(0, port, SYN | ACK).build();
+        let (action, out) = lb.from_backend(&reply);
+        assert_eq!(action, Action::Redirect);
+        assert_eq!(
+            decode(&out).unwrap().eth_dst,
+            CLIENT_MAC,
+            "{}: looked up",
+            p.client
+        );
+
+        let q = Plan {
+            client: colliding_client(&lb, &p),
+            ..p
+        };
+        let other_mac = [0x02, 0, 0, 0, 0, 0x97];
+        lb.ns().neighbour(q.client, other_mac, "lb1").unwrap();
+        lb.set_syn_cookies("always");
+        let (action, out) = lb.from_client(&q.syn().build());
+        assert_eq!(action, Action::Tx, "{}: answered with a cookie", q.client);
+        let answer = decode(&out).unwrap();
+        assert_eq!(
+            (answer.dst, answer.flags, answer.eth_dst),
+            (q.client, SYN | ACK, other_mac),
+            "{}: the cookie SYN-ACK goes to its own next hop",
+            q.client
+        );
+
+        let moved = [0x02, 0, 0, 0, 0, 0x98];
+        lb.ns().neighbour(p.client, moved, "lb1").unwrap();
+        let (action, out) = lb.from_backend(&p.from_backend(0, port, ACK).build());
+        assert_eq!(action, Action::Redirect);
+        assert_eq!(
+            decode(&out).unwrap().eth_dst,
+            CLIENT_MAC,
+            "{}: the flow's reply still has its cached next hop",
+            p.client
+        );
+    }
+}
+
 #[test]
 fn reply_to_a_client_without_neighbour_is_passed_rewritten() {
     let p = Plan {
