@@ -6,7 +6,9 @@
 //! the program again on the frame it already rewrote, another path), less the mean of
 //! the same runs of `xdp_pass`, a program that returns at once: what remains is the
 //! path's own work. A new flow's SYN needs a new tuple per run, so those runs each use
-//! a client port of their own.
+//! a client port of their own; a SYN answered with a cookie comes, as a flood's do, from
+//! a source address of its own too. Segments carry the options Linux sends (MSS, SACK
+//! permitted, timestamps, window scale on a SYN; timestamps after it).
 
 use crate::figure::Figure;
 use crate::systems::System;
@@ -15,6 +17,7 @@ use lb_common::maps::names;
 use lb_tests::packet::Packet;
 use lb_tests::packet::flags::{ACK, PSH, SYN};
 use lb_tests::test_run::{Action, CLIENT_PORT, Plan, TestRun, plan4, stay_on_this_cpu};
+use std::net::Ipv4Addr;
 use std::time::Duration;
 
 /// The figures' workload name.
@@ -24,6 +27,9 @@ const RUNS: (usize, usize) = (20_000, 2_000);
 /// New flows per batch: the test bed's SNAT range holds 1,000 ports per backend, and
 /// the tables are emptied at 40% (where a claim's 24 probes all fail once in 10⁹).
 const BATCH: usize = 400;
+
+/// The `syn_cookie` path's spoofed sources: 198.18.128.0/17, and only there.
+const FLOOD_SOURCES: (Ipv4Addr, u8) = (Ipv4Addr::new(198, 18, 128, 0), 17);
 
 /// The paths measured: figure name, and what the runs must end in.
 const PATHS: [(&str, Action); 6] = [
@@ -115,14 +121,25 @@ fn new_flows(lb: &mut TestRun, p: &Plan, runs: usize, want: Action) -> f64 {
     })
 }
 
-/// The mean of `runs` SYNs each answered with a SYN cookie (no state is kept, so
-/// every run's SYN is of a new flow).
+/// The mean of `runs` SYNs each answered with a SYN cookie, as in a flood: each from a
+/// source address of its own (spoofed sources behind a router, one route and one
+/// neighbour for all), so every answer looks up its next hop. No state is kept.
 fn cookies(lb: &mut TestRun, p: &Plan, runs: usize, want: Action) -> f64 {
     lb.clear_flow_tables();
+    lb.ns()
+        .ip(&format!(
+            "route add {}/{} via {} dev lb1",
+            FLOOD_SOURCES.0, FLOOD_SOURCES.1, p.client
+        ))
+        .expect("a route to the flood's sources");
     lb.set_syn_cookies("always");
+    let first = u32::from(FLOOD_SOURCES.0);
     let ns = mean(runs, |i| {
-        let port = 10_000 + (i % 50_000) as u16;
-        let frame = linux_syn(p.from_client(port, SYN)).build();
+        let source = Plan {
+            client: Ipv4Addr::from(first + 1 + (i % 30_000) as u32).into(),
+            ..*p
+        };
+        let frame = linux_syn(source.from_client(10_000 + (i % 50_000) as u16, SYN)).build();
         let ingress = lb.lb1;
         timed(lb, &frame, ingress, want)
     });
