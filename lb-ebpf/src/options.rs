@@ -1,7 +1,8 @@
 //! TCP options on the packet path: where in a segment's header an option is, and its
 //! values. One small search per option rather than one walk that notes them all: the
 //! verifier follows a loop's every path, and a walk with a branch per kind it records
-//! multiplies them past its limit.
+//! multiplies them past its limit. Most segments carry Linux's layout, which one read
+//! checks and answers before any search.
 
 use aya_ebpf::programs::XdpContext;
 use core::ptr::addr_of;
