@@ -22,8 +22,7 @@ use std::net::IpAddr;
 
 use lb_common::maps::{
     ACCESS_CUT_ESTABLISHED, ACCESS_LIST, ACCESS_RESET, BACKEND_DOWN, BACKEND_DRAINING, BACKEND_UP,
-    FAMILY_V4, FAMILY_V6, FLOW_ESTABLISHED, FLOW_REPLIED, FlowKey, FlowState, MODE_DNAT, MODE_NAT,
-    PROTO_TCP, ReverseNat, VipKey,
+    FAMILY_V4, FAMILY_V6, FlowKey, FlowState, MODE_DNAT, MODE_NAT, PROTO_TCP, ReverseNat, VipKey,
 };
 use lb_common::model::{AllowRange, Decision, Model, Parsed, Segment, Toward, parse};
 use lb_user::fuzz::Rng;
@@ -31,7 +30,7 @@ use lb_user::fuzz::Rng;
 use crate::packet::{Packet, decode, flags::*};
 use crate::test_run::{
     Action, BACKEND_MACS, CLIENT_MAC, LB0_MAC, LB1_MAC, Plan, SNAT_MAX, SNAT_MIN, TestRun,
-    Timeouts, plan4, plan6, rst_for,
+    Timeouts, live_holder, plan4, plan6, reverse_entry, rst_for,
 };
 
 /// Events per episode.
@@ -750,20 +749,10 @@ fn crowd(model: &mut Model, p: &Plan, i: usize, free: &[u16]) -> Vec<(u16, FlowK
         .map(|port| (port, crowd_key(p, i, port)))
         .collect();
     for &(port, other) in &held {
-        let fs = FlowState {
-            last_seen_ns: u64::MAX / 2,
-            flags: FLOW_REPLIED | FLOW_ESTABLISHED,
-            backend: p.ids[i] as u16,
-            snat_port: port.to_be(),
-            ..FlowState::default()
-        };
-        model.flows.insert(other, fs);
-        let held = ReverseNat {
-            flow: other,
-            backend: p.ids[i],
-            service_id: p.service,
-        };
-        model.reverse.insert(p.reverse_key(i, port), held);
+        model.flows.insert(other, live_holder(p, i, port));
+        model
+            .reverse
+            .insert(p.reverse_key(i, port), reverse_entry(p, i, other));
     }
     held
 }

@@ -327,6 +327,28 @@ pub fn config_from_text(text: &str) -> Result<Config> {
     cfg.with_context(|| format!("config:\n{text}"))
 }
 
+/// The flow entry [`TestRun::live_flow_holding`] writes for the flow holding SNAT port
+/// `port` toward backend `i` of `p`: established, replied, last seen far in the future of
+/// the program's clock.
+pub fn live_holder(p: &Plan, i: usize, port: u16) -> FlowState {
+    FlowState {
+        last_seen_ns: u64::MAX / 2,
+        flags: FLOW_REPLIED | FLOW_ESTABLISHED,
+        backend: p.ids[i] as u16,
+        snat_port: port.to_be(),
+        ..FlowState::default()
+    }
+}
+
+/// The reverse NAT entry of flow `flow` toward backend `i` of `p`.
+pub fn reverse_entry(p: &Plan, i: usize, flow: FlowKey) -> ReverseNat {
+    ReverseNat {
+        flow,
+        backend: p.ids[i],
+        service_id: p.service,
+    }
+}
+
 /// The loaded program in its own namespace, and what has been provisioned.
 pub struct TestRun {
     dp: Dataplane,
@@ -569,12 +591,7 @@ impl TestRun {
     /// `i`: what the program itself writes for a flow it forwarded (there is no daemon
     /// writer).
     pub fn live_flow_holding(&mut self, p: &Plan, i: usize, port: u16, other: FlowKey) {
-        let live = FlowState {
-            last_seen_ns: u64::MAX / 2, // far in the future of the program's clock
-            flags: FLOW_REPLIED | FLOW_ESTABLISHED,
-            ..FlowState::default()
-        };
-        self.flow_holding(p, i, port, other, live);
+        self.flow_holding(p, i, port, other, live_holder(p, i, port));
     }
 
     /// As [`TestRun::live_flow_holding`], on SNAT address `snat`, index `idx` in the
@@ -587,21 +604,13 @@ impl TestRun {
         port: u16,
         other: FlowKey,
     ) {
-        let held = ReverseNat {
-            flow: other,
-            backend: p.ids[i],
-            service_id: p.service,
-        };
+        let held = reverse_entry(p, i, other);
         let mut map: HashMap<&mut MapData, FlowKey, ReverseNat> = self.map_mut(names::REVERSE_NAT);
         map.insert(p.reverse_key_on(i, snat, port), held, 0)
             .expect("reverse NAT entry");
         let live = FlowState {
-            last_seen_ns: u64::MAX / 2, // far in the future of the program's clock
-            flags: FLOW_REPLIED | FLOW_ESTABLISHED,
-            backend: p.ids[i] as u16,
-            snat_port: port.to_be(),
             snat_idx: idx,
-            ..FlowState::default()
+            ..live_holder(p, i, port)
         };
         self.flows_mut().insert(other, live, 0).expect("flow entry");
     }
@@ -621,11 +630,7 @@ impl TestRun {
     /// A reverse NAT entry for port `port` toward backend `i` whose flow `gone` is not
     /// (or no longer) in the flow table: the port may be taken over.
     pub fn stale_reverse_entry(&mut self, p: &Plan, i: usize, port: u16, gone: FlowKey) {
-        let held = ReverseNat {
-            flow: gone,
-            backend: p.ids[i],
-            service_id: p.service,
-        };
+        let held = reverse_entry(p, i, gone);
         let mut map: HashMap<&mut MapData, FlowKey, ReverseNat> = self.map_mut(names::REVERSE_NAT);
         map.insert(p.reverse_key(i, port), held, 0)
             .expect("reverse NAT entry");
