@@ -103,8 +103,14 @@ pub const FWD_ICMP: u32 = 22;
 /// flow to a service from a source outside its allowlist (`--allow`), or one of such a
 /// source's flows with `deny_established`; no flow state was created.
 pub const DROP_DENIED: u32 = 23;
+/// A backend's SYN-ACK for a connection the LB no longer keeps (its half-open flow
+/// expired, was reset or was pushed out of the half-open table), or a backend's stale
+/// ACK to a proxied flow's SYN: the backend is answered with a RST (XDP_TX), which drops
+/// the request it held, so the SNAT port can carry a new connection at once
+/// (`flow::stale_syn_ack`). The segment is not forwarded.
+pub const DROP_STALE_BACKEND_ANSWER: u32 = 24;
 /// Number of counters (the length of `COUNTERS`).
-pub const NUM_COUNTERS: u32 = 24;
+pub const NUM_COUNTERS: u32 = 25;
 
 const fn c(index: u32, name: &'static str, kind: Kind, help: &'static str) -> Counter {
     Counter {
@@ -262,6 +268,12 @@ pub const TABLE: [Counter; NUM_COUNTERS as usize] = {
             "drop_denied",
             Dropped,
             "a segment from a source outside the service's allowlist (--allow): dropped, or answered with a RST (deny = \"reset\")",
+        ),
+        c(
+            DROP_STALE_BACKEND_ANSWER,
+            "drop_stale_backend_answer",
+            Dropped,
+            "a backend's answer to a connection the LB no longer keeps: the backend is answered with a RST, which frees the SNAT port",
         ),
     ]
 };

@@ -223,6 +223,74 @@ pub fn port_hold(fs: &FlowState, cfg: &GlobalConfig, now: u64) -> PortHold {
     }
 }
 
+/// The clock of [`SynAcks`]: units of 2^30 ns (about a second), modulo 2^12 (about 73
+/// minutes).
+const TICK_SHIFT: u32 = 30;
+const TICK_MASK: u16 = 0x0fff;
+/// SYN-ACKs counted at most.
+const MAX_SYN_ACKS: u16 = 15;
+
+/// What the LB remembers of a backend's answers to a flow's SYN while the flow is not
+/// established (`ReverseNat::syn_acks`): how many SYN-ACKs (high 4 bits) and the tick
+/// of the last (low 12 bits); 0: none, or none since the flow was established or reset.
+///
+/// A Linux backend that answered a SYN holds the request (SYN_RECV) and sends the
+/// SYN-ACK again 1, 3, 7, 15 and 31 s after the first (`tcp_synack_retries`, 5), then
+/// drops it 32 s after the last: after its n-th SYN-ACK the next comes 2^(n-1) s later.
+/// A backend that answered with a syncookie holds nothing and never sends it again.
+/// Until that next SYN-ACK is due, a new flow on the same SNAT port would meet the old
+/// request, which answers with the old acknowledgment instead of a SYN-ACK; once it
+/// comes, the LB resets the request if the flow is gone ([`stale_syn_ack`]). So the
+/// port is held from the last SYN-ACK until the next is overdue ([`request_held`]).
+pub struct SynAcks;
+
+impl SynAcks {
+    /// The value after one more SYN-ACK at `now`.
+    #[inline(always)]
+    pub fn seen(prev: u16, now: u64) -> u16 {
+        let n = (prev >> 12).saturating_add(1).min(MAX_SYN_ACKS);
+        (n << 12) | ((now >> TICK_SHIFT) as u16 & TICK_MASK)
+    }
+
+    /// `v` made `by` ns older, for tests that age entries.
+    pub fn aged(v: u16, by: u64) -> u16 {
+        if v == 0 {
+            return 0;
+        }
+        (v & !TICK_MASK) | ((v & TICK_MASK).wrapping_sub((by >> TICK_SHIFT) as u16) & TICK_MASK)
+    }
+}
+
+/// Whether the backend may still hold a request it answered (see [`SynAcks`]): its
+/// next SYN-ACK is not overdue yet. Ticks of about a second, rounded either way, get one
+/// tick of slack. An entry older than the clock's wrap may be taken for a recent one:
+/// its port is then held for a few seconds more, no worse.
+#[inline(always)]
+pub fn request_held(syn_acks: u16, now: u64) -> bool {
+    let n = syn_acks >> 12;
+    if n == 0 {
+        return false;
+    }
+    let elapsed = ((now >> TICK_SHIFT) as u16).wrapping_sub(syn_acks) & TICK_MASK;
+    // 2^(n-1) s, the last gap (32 s) once the retransmissions are done.
+    let gap_s: u16 = 1 << (n - 1).min(5);
+    // 2^30 ns is 7% more than a second: a gap of g s is at most g ticks.
+    elapsed <= gap_s + 1
+}
+
+/// Whether a backend's SYN-ACK answers a connection the LB no longer keeps: `fs` is the
+/// flow its reverse NAT entry names (`None`: gone, or moved to another backend), and it
+/// is half-open and past its timeout or closed. The backend would keep that request
+/// for up to a minute and meet the port's next flow with it ([`SynAcks`]), so the LB
+/// answers with a RST, which drops it, and the port is free at once.
+#[inline(always)]
+pub fn stale_syn_ack(fs: Option<&FlowState>, cfg: &GlobalConfig, now: u64) -> bool {
+    match fs {
+        None => true,
+        Some(fs) => fs.flags & FLOW_ESTABLISHED == 0 && (closed(fs.flags) || expired(fs, cfg, now)),
+    }
+}
+
 /// Whether the SNAT port of the flow `old` (same backend, same SNAT address and port)
 /// may carry a new flow that opens with `syn` at `now`, without the backend refusing it
 /// ([`port_hold`]). In TIME_WAIT, Linux (`tcp_timewait_state_process`) accepts a new SYN
@@ -471,6 +539,67 @@ mod tests {
             port_free_for(&passive, &CFG, 5_011, &any),
             "after the closed timeout"
         );
+    }
+
+    #[test]
+    fn a_syn_ack_is_stale_once_the_lb_keeps_no_open_or_pending_flow_for_it() {
+        let now = 5_050;
+        assert!(stale_syn_ack(None, &CFG, now), "no flow");
+        assert!(
+            !stale_syn_ack(Some(&flow(5_000, 0)), &CFG, now),
+            "half-open"
+        );
+        assert!(
+            !stale_syn_ack(Some(&flow(5_000, FLOW_REPLIED)), &CFG, now),
+            "answered, the client's ACK may still come"
+        );
+        assert!(
+            stale_syn_ack(Some(&flow(4_900, FLOW_REPLIED)), &CFG, now),
+            "half-open past its timeout"
+        );
+        assert!(stale_syn_ack(Some(&flow(5_000, FLOW_RST)), &CFG, now));
+        assert!(
+            !stale_syn_ack(Some(&flow(3_000, OPEN)), &CFG, now),
+            "established, even idle past its timeout: not a request the backend holds"
+        );
+        assert!(!stale_syn_ack(
+            Some(&flow(5_000, OPEN | FLOW_RST)),
+            &CFG,
+            now
+        ));
+    }
+
+    #[test]
+    fn a_port_is_held_until_the_backends_next_syn_ack_is_overdue() {
+        const S: u64 = 1 << 30;
+        let t0 = 1 << 40;
+        assert!(!request_held(0, t0), "no SYN-ACK: nothing held");
+        let once = SynAcks::seen(0, t0);
+        assert!(request_held(once, t0));
+        assert!(
+            request_held(once, t0 + 2 * S),
+            "the second is due 1 s after"
+        );
+        assert!(
+            !request_held(once, t0 + 3 * S),
+            "overdue: a syncookie, no request"
+        );
+        // The 5th SYN-ACK (at 15 s): the next is due 16 s later.
+        let fifth = (0..5).fold(0, |v, i| SynAcks::seen(v, t0 + i * S));
+        assert!(request_held(fifth, t0 + 4 * S + 17 * S));
+        assert!(!request_held(fifth, t0 + 4 * S + 18 * S));
+        // After the 6th and on: the backend drops the request 32 s after the last.
+        let many = (0..20).fold(0, |v, i| SynAcks::seen(v, t0 + i * S));
+        assert_eq!(many >> 12, 15, "counted up to 15");
+        assert!(request_held(many, t0 + 19 * S + 33 * S));
+        assert!(!request_held(many, t0 + 19 * S + 34 * S));
+        // Across the tick clock's wrap.
+        let late = SynAcks::seen(0, 0xfff * S);
+        assert!(request_held(late, 0x1000 * S + S));
+        assert!(!request_held(late, 0x1000 * S + 2 * S));
+        // Aged as the tests age flows.
+        assert!(!request_held(SynAcks::aged(once, 3 * S), t0));
+        assert_eq!(SynAcks::aged(0, 3 * S), 0);
     }
 
     #[test]

@@ -343,8 +343,13 @@ const _: () = assert!(MAX_BACKENDS <= u16::MAX as u32);
 pub struct ReverseNat {
     /// The flow's client → VIP key, to rewrite replies and refresh the flow entry.
     pub flow: FlowKey,
-    /// Backend id, for the per-backend counters.
-    pub backend: u32,
+    /// Backend id, for the per-backend counters (below [`MAX_BACKENDS`]).
+    pub backend: u16,
+    /// The backend's answers to the flow's SYN while it is not established
+    /// (`flow::SynAcks`): the backend may hold that request after the LB has let the
+    /// flow go (`flow::request_held`). It is the upper half of what was a 32-bit backend
+    /// id, always 0 there, so entries pinned by an earlier lb read as holding nothing.
+    pub syn_acks: u16,
     /// Service id, for the per-service counters.
     pub service_id: u32,
 }

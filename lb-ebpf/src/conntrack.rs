@@ -14,7 +14,7 @@ use lb_common::{
     flow,
     maps::{
         FLOW_BACKEND_TIME_WAIT, FLOW_CLIENT_TS, FLOW_ESTABLISHED, FLOW_FIN_BACKEND,
-        FLOW_FIN_CLIENT, FlowKey, FlowState,
+        FLOW_FIN_CLIENT, FLOW_RST, FlowKey, FlowState,
     },
     tcp,
 };
@@ -113,6 +113,13 @@ pub fn touch_backend(ctx: &XdpContext, pkt: &Packet, fs: &mut FlowState) {
     {
         add_flags(fs, FLOW_BACKEND_TIME_WAIT);
     }
+}
+
+/// Marks the flow reset: the LB reset the backend's side of it (`lb_common::flow::
+/// stale_syn_ack`), which leaves nothing holding its SNAT port.
+#[inline(always)]
+pub fn mark_reset(fs: &mut FlowState) {
+    add_flags(fs, FLOW_RST);
 }
 
 /// Sets flag bits with one atomic OR. The two directions of a flow often run at once

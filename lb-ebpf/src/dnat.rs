@@ -23,7 +23,8 @@ pub fn remember(pkt: &Packet, b: &Backend, id: u32, service: u32) -> bool {
     };
     let val = ReverseNat {
         flow: pkt.key,
-        backend: id,
+        backend: id as u16,
+        syn_acks: 0,
         service_id: service,
     };
     REVERSE_NAT.insert(&key, &val, BPF_ANY as u64).is_ok()

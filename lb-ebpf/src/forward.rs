@@ -51,7 +51,7 @@ pub fn forward(ctx: &XdpContext, pkt: &mut Packet, svc: &Service, t: &mut Target
     };
     pkt.now = now();
     t.service = svc.id;
-    if let Some(fs) = existing_flow(ctx, pkt, cfg, t) {
+    if let Some(fs) = existing_flow(ctx, pkt, svc, cfg, t) {
         // SAFETY: a map value stays valid for the whole program run.
         let fs = unsafe { &*fs };
         if fs.proxy != 0 && !syn_proxy::from_client(ctx, pkt, fs) {
@@ -108,12 +108,14 @@ pub fn forward(ctx: &XdpContext, pkt: &mut Packet, svc: &Service, t: &mut Target
     Step::IN
 }
 
-/// Uses the packet's flow entry if it has a [`live_backend`]: fills `t` and refreshes
-/// the entry in place.
+/// Uses the packet's flow entry if it has a [`live_backend`] (and the packet is not a
+/// new connection's cookie ACK, see [`cookie_reopens`]): fills `t` and refreshes the
+/// entry in place.
 #[inline(always)]
 fn existing_flow(
     ctx: &XdpContext,
     pkt: &Packet,
+    svc: &Service,
     cfg: &GlobalConfig,
     t: &mut Target,
 ) -> Option<*mut FlowState> {
@@ -121,6 +123,9 @@ fn existing_flow(
     // SAFETY: a map value stays valid for the whole program run; concurrent writers on
     // other CPUs only store timestamps and flag bits (see `conntrack::touch_client`).
     let fs = unsafe { &mut *entry.state };
+    if flow::closed(fs.flags) && cookie_reopens(ctx, pkt, svc, cfg) {
+        return None;
+    }
     let b = live_backend(pkt, fs, cfg)?;
     touch_client(fs, pkt.now, pkt.tcp_flags);
     if flow::records_close(fs.flags, pkt.tcp_flags) {
@@ -138,6 +143,19 @@ fn existing_flow(
         conntrack::promote(&pkt.key, fs);
     }
     Some(entry.state)
+}
+
+/// Whether a segment on a closed flow is the cookie ACK of a new connection from the
+/// same client port instead: while the VIP's SYNs are answered by cookie, the new
+/// connection's SYN left no state, so its ACK is the first the LB sees of it. Taken as
+/// the old flow's, it would reach the backend as a stray ACK and the new connection
+/// would never open.
+#[inline(never)]
+fn cookie_reopens(ctx: &XdpContext, pkt: &Packet, svc: &Service, cfg: &GlobalConfig) -> bool {
+    cfg.syn_cookies != COOKIES_OFF
+        && pkt.tcp_flags & (tcp::SYN | tcp::ACK | tcp::RST) == tcp::ACK
+        && syn_proxy::cookies_on(pkt, svc, cfg)
+        && cookie::check(ctx, pkt) != Cookie::Invalid
 }
 
 /// The backend of the packet's flow entry `fs`, if the entry is live and the backend

@@ -84,7 +84,7 @@ impl Target {
         self.dst = r.flow.src;
         self.sport = r.flow.dport;
         self.dport = r.flow.sport;
-        self.backend = r.backend;
+        self.backend = u32::from(r.backend);
         self.service = r.service_id;
     }
 }

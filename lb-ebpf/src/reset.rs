@@ -1,11 +1,13 @@
-//! TCP resets for connections no backend can take.
+//! TCP resets for connections no backend can take, and for a backend's answers to
+//! connections the LB no longer keeps.
 //!
 //! When a new flow finds no usable backend, silently dropping its SYN leaves the client
 //! retransmitting for a minute or more before it gives up; a RST makes it fail (or try
-//! another address) at once, as it would against a closed port. The frame that arrived
-//! is rewritten in place into the RST and sent back with `XDP_TX`: out of the same
-//! interface, with the same VLAN tag, to the MAC it came from, so no route or neighbour
-//! lookup is needed and nothing is allocated.
+//! another address) at once, as it would against a closed port. A backend's SYN-ACK to
+//! a forgotten half-open flow gets one too (`reverse`), so the backend drops the request.
+//! The frame that arrived is rewritten in place into the RST and sent back with
+//! `XDP_TX`: out of the same interface, with the same VLAN tag, to the MAC it came from,
+//! so no route or neighbour lookup is needed and nothing is allocated.
 //!
 //! The RST follows RFC 9293 section 3.10.7.1 (what Linux sends for a closed port):
 //! - a segment that is itself a RST is never answered (dropped);
@@ -30,7 +32,7 @@ use crate::{
     verdict::Verdict,
 };
 
-/// Answers the packet's client with a RST built in place; counted as `DROP_NO_BACKEND`
+/// Answers the packet's sender with a RST built in place; counted under `counter`
 /// whether it is answered (`XDP_TX`) or dropped (it was a RST itself).
 #[inline(never)]
 pub fn answer(ctx: &XdpContext, pkt: &mut Packet, counter: u32) -> Verdict {

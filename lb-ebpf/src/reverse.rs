@@ -3,14 +3,26 @@
 //! on; a SYN-proxied flow's is translated first (`syn_proxy`). A DNAT reply's tuple has
 //! the client's own port, anywhere in the port space: outside the SNAT range the table
 //! is asked only while a DNAT service exists.
+//!
+//! A backend's SYN-ACK for a connection the LB no longer keeps (a half-open flow past
+//! its timeout, reset, or pushed out of the half-open table: a flood's, most often) is
+//! answered with a RST to the backend instead (`lb_common::flow::stale_syn_ack`): the
+//! backend drops the request it would otherwise hold for a minute, against the next
+//! flow on that SNAT port.
 
 use aya_ebpf::programs::XdpContext;
+use lb_common::{
+    counters, flow,
+    maps::{FLOW_ESTABLISHED, FlowState, ReverseNat},
+    tcp,
+};
 
 use crate::{
     conntrack::{self, now, touch_backend},
     maps::{CONFIG, REVERSE_NAT},
     nat::Target,
     parse::Packet,
+    reset,
     syn_proxy::{self, Onward},
     verdict::{Step, Verdict},
 };
@@ -39,28 +51,68 @@ pub fn reverse(ctx: &XdpContext, pkt: &mut Packet, t: &mut Target) -> Step {
     if !in_snat_range(pkt) {
         return Step::Done(Verdict::PASS);
     }
-    let Some(r) = REVERSE_NAT.get_ptr(&pkt.key) else {
+    let Some(r) = REVERSE_NAT.get_ptr_mut(&pkt.key) else {
         return Step::Done(Verdict::PASS);
     };
-    // SAFETY: a map value stays valid for the whole program run.
-    let r = unsafe { &*r };
+    // SAFETY: a map value stays valid for the whole program run; a lost update of
+    // `syn_acks` (two CPUs at once) only shortens or lengthens a port's hold a little.
+    let r = unsafe { &mut *r };
     if pkt.ttl <= 1 {
         return Step::Done(Verdict::PASS);
     }
     pkt.now = now();
-    if let Some(entry) = conntrack::lookup(&r.flow) {
-        // SAFETY: a map value stays valid for the whole program run; lost updates of
-        // its fields are harmless (see `conntrack::touch_client`).
-        let fs = unsafe { &mut *entry.state };
-        if u32::from(fs.backend) == r.backend {
-            touch_backend(ctx, pkt, fs);
-            if fs.proxy != 0 {
-                if let Onward::Done(v) = syn_proxy::from_backend(ctx, pkt, fs) {
-                    return Step::Done(v);
-                }
+    // SAFETY: a map value stays valid for the whole program run; lost updates of its
+    // fields are harmless (see `conntrack::touch_client`).
+    let fs = conntrack::lookup(&r.flow)
+        .map(|entry| unsafe { &mut *entry.state })
+        .filter(|fs| fs.backend == r.backend);
+    let syn_ack = pkt.tcp_flags & (tcp::SYN | tcp::ACK) == tcp::SYN | tcp::ACK;
+    if syn_ack && stale(pkt, fs.as_deref()) {
+        r.syn_acks = 0;
+        return Step::Done(reset_backend(ctx, pkt, fs));
+    }
+    if let Some(fs) = fs {
+        touch_backend(ctx, pkt, fs);
+        remember_syn_ack(r, fs, syn_ack, pkt.now);
+        if fs.proxy != 0 {
+            if let Onward::Done(v) = syn_proxy::from_backend(ctx, pkt, fs) {
+                return Step::Done(v);
             }
         }
     }
     t.set_reverse(r);
     Step::OUT
+}
+
+/// Keeps `r.syn_acks` (`lb_common::flow::SynAcks`): the backend's SYN-ACKs while the
+/// flow is not established, 0 once it is. Written only when it changes: once or twice a
+/// connection.
+#[inline(always)]
+fn remember_syn_ack(r: &mut ReverseNat, fs: &FlowState, syn_ack: bool, now: u64) {
+    if fs.flags & FLOW_ESTABLISHED != 0 {
+        if r.syn_acks != 0 {
+            r.syn_acks = 0;
+        }
+    } else if syn_ack {
+        r.syn_acks = flow::SynAcks::seen(r.syn_acks, now);
+    }
+}
+
+/// Whether a backend's SYN-ACK answers a connection the LB no longer keeps (`fs`: the
+/// flow its reverse entry names, if it is still that backend's).
+#[inline(always)]
+fn stale(pkt: &Packet, fs: Option<&FlowState>) -> bool {
+    CONFIG
+        .get(0)
+        .is_some_and(|cfg| flow::stale_syn_ack(fs, cfg, pkt.now))
+}
+
+/// Answers the backend's stale segment with a RST (XDP_TX) and marks the flow, if any,
+/// reset: its SNAT port is free.
+#[inline(never)]
+pub fn reset_backend(ctx: &XdpContext, pkt: &mut Packet, fs: Option<&mut FlowState>) -> Verdict {
+    if let Some(fs) = fs {
+        conntrack::mark_reset(fs);
+    }
+    reset::answer(ctx, pkt, counters::DROP_STALE_BACKEND_ANSWER)
 }

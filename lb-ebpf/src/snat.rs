@@ -11,7 +11,10 @@ use aya_ebpf::{
 };
 use lb_common::{
     flow::{self, Opening},
-    maps::{Backend, FlowKey, GlobalConfig, MAX_SNAT_ADDRS, ReverseNat, snat_addrs_base},
+    maps::{
+        Backend, FLOW_ESTABLISHED, FLOW_RST, FlowKey, GlobalConfig, MAX_SNAT_ADDRS, ReverseNat,
+        snat_addrs_base,
+    },
     snat_probe::{PROBES, SWEEP_HOLD_NS, Search},
 };
 
@@ -20,6 +23,7 @@ use crate::{
     maps::{CLAIM_SCRATCH, CONFIG, REVERSE_NAT, SNAT_ADDRS, SNAT_SWEPT},
     nat::Target,
     parse::Packet,
+    syn_proxy,
 };
 
 /// What a new flow has chosen so far, for [`claim_snat_port`].
@@ -110,10 +114,9 @@ pub fn address(b: &Backend, family: u8, idx: u32, t: &mut Target) -> bool {
 /// Claims a port on the address in `t.src`, into `t.sport`: the flow's search
 /// (`lb_common::snat_probe::Search`), the port `t.sport` names first if any. The walk's
 /// candidates first; if none is free, every port of the range, unless a sweep toward
-/// this backend's address found none within `SWEEP_HOLD_NS` (`SNAT_SWEPT`). A taken port
-/// is reused if the entry is stale (its flow is gone or moved), this flow's own, or its
-/// flow is over as far as the backend is concerned for a connection opening with
-/// `ids.opening` (`flow::port_free_for`).
+/// this backend's address found none within `SWEEP_HOLD_NS` (`SNAT_SWEPT`); either way
+/// the service's SYNs are answered by cookie for a while (`syn_proxy::ports_short`). A
+/// taken port is reused when [`reusable`].
 #[inline(never)]
 fn claim_on(pkt: &Packet, cfg: &GlobalConfig, b: &Backend, ids: &Ids, t: &mut Target) -> bool {
     let (min, max) = (cfg.snat_port_min, cfg.snat_port_max);
@@ -142,7 +145,8 @@ fn claim_on(pkt: &Packet, cfg: &GlobalConfig, b: &Backend, ids: &Ids, t: &mut Ta
             },
             val: ReverseNat {
                 flow: pkt.key,
-                backend: ids.backend,
+                backend: ids.backend as u16,
+                syn_acks: 0,
                 service_id: ids.service,
             },
             search: Search::new(ids.hash, u32::from(t.snat_idx), range, named),
@@ -158,6 +162,8 @@ fn claim_on(pkt: &Packet, cfg: &GlobalConfig, b: &Backend, ids: &Ids, t: &mut Ta
         t.sport = port;
         return true;
     }
+    // The range is nearly full: let SYN cookies answer, not more flows take ports.
+    syn_proxy::ports_short(pkt.now, ids.service, cfg);
     let swept = (ids.backend << 3) | u32::from(t.snat_idx);
     // SAFETY: a map value stays valid for the whole program run.
     if unsafe { SNAT_SWEPT.get(&swept) }.is_some_and(|&at| pkt.now.wrapping_sub(at) < SWEEP_HOLD_NS)
@@ -243,25 +249,28 @@ extern "C" fn try_port(i: u32, _: *mut c_void) -> i64 {
 }
 
 /// Whether the reverse NAT entry `old`, holding the port `c` tries, may be taken over by
-/// `c`'s flow: it is stale (its flow is gone, or uses another backend, address or port),
-/// the flow's own while open (re-created after it expired), or its flow leaves the
-/// backend ready for `c.opening`. Not inlined: keeps the comparison's loads off the
+/// `c`'s flow: the flow's own while open (re-created after it expired); stale (its flow
+/// is gone, or uses another backend, address or port) while the backend holds no
+/// request it answered for it (`flow::request_held`); or its flow leaves the backend
+/// ready for `c.opening`, and was established or reset if the backend may still hold
+/// its request. Not inlined: keeps the comparison's loads off the
 /// loop's stack.
 #[inline(never)]
 fn reusable(old: &ReverseNat, c: &Claim, cfg: &GlobalConfig) -> bool {
+    let held = flow::request_held(old.syn_acks, c.now);
     let Some(entry) = conntrack::lookup(&old.flow) else {
-        return true;
+        return !held;
     };
     // SAFETY: a map value stays valid for the whole program run.
     let fs = unsafe { &*entry.state };
-    if u32::from(fs.backend) != old.backend
-        || fs.snat_port != c.key.dport
-        || fs.snat_idx != c.snat_idx
-    {
-        return true;
+    if fs.backend != old.backend || fs.snat_port != c.key.dport || fs.snat_idx != c.snat_idx {
+        return !held;
     }
     if old.flow == c.val.flow && !flow::closed(fs.flags) {
         return true;
+    }
+    if held && fs.flags & (FLOW_ESTABLISHED | FLOW_RST) == 0 {
+        return false;
     }
     flow::port_free_for(fs, cfg, c.now, &c.opening)
 }

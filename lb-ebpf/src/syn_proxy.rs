@@ -15,8 +15,8 @@ use lb_common::{
     counters,
     maps::{FlowState, GlobalConfig, Service},
     syn_proxy::{
-        COOKIES_ALWAYS, COOKIES_OFF, ClientOptions, LB_WSCALE, PROXY_CLIENT_TS, PROXY_ON,
-        PROXY_PENDING, cookie_tsval, lb_mss, pack_wscale, rescale_window, unpack_wscale,
+        COOKIES_ALWAYS, COOKIES_AUTO, COOKIES_OFF, ClientOptions, LB_WSCALE, PROXY_CLIENT_TS,
+        PROXY_ON, PROXY_PENDING, cookie_tsval, lb_mss, pack_wscale, rescale_window, unpack_wscale,
         use_cookie,
     },
     tcp::{ACK, OPT_SACK, RST, SYN},
@@ -31,6 +31,7 @@ use crate::{
     options::{self, OPT_OFF_MASK, Timestamps},
     packet::ptr_at,
     parse::{OFF_MASK, Packet},
+    reset,
     segment::{self, NO_WSCALE, Shape},
     verdict::Verdict,
 };
@@ -65,6 +66,28 @@ pub fn cookie_for_syn(pkt: &Packet, svc: &Service, cfg: &GlobalConfig) -> bool {
     // SAFETY: `count` is an aligned u64 inside the map value.
     unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut r.count, 1) };
     use_cookie(cfg.syn_cookies, r, cfg.syn_cookie_rate)
+}
+
+/// SNAT ports run short for a new flow of service `svc` (the walk found none free):
+/// under `auto`, its SYNs are answered by cookie for the rest of this rate window and
+/// the next, as over the rate, so a flood below the rate does not take the ports that
+/// remain (only a client that completes the handshake then claims one).
+#[inline(never)]
+pub fn ports_short(now: u64, svc: u32, cfg: &GlobalConfig) {
+    if cfg.syn_cookies != COOKIES_AUTO {
+        return;
+    }
+    let Some(r) = SYN_RATE.get_ptr_mut(svc) else {
+        return;
+    };
+    // SAFETY: as in `cookie_for_syn`; a store racing with other CPUs' additions loses
+    // at most their few SYNs of the count.
+    let r = unsafe { &mut *r };
+    r.roll(now);
+    let over = u64::from(cfg.syn_cookie_rate) + 1;
+    if r.count < over {
+        r.count = over;
+    }
 }
 
 /// Whether `svc`'s new flows are being opened by cookie now (a SYN would get one).
@@ -235,6 +258,11 @@ pub fn from_backend(ctx: &XdpContext, pkt: &mut Packet, fs: &mut FlowState) -> O
             opened(ctx, pkt, fs)
         } else if pkt.tcp_flags & RST != 0 {
             refused(ctx, pkt, fs)
+        } else if pkt.tcp_flags & ACK != 0 {
+            // The backend still holds an older connection on this SNAT port and
+            // answered the SYN with that one's ACK: reset it; the client's next probe
+            // brings the SYN again.
+            return Onward::Done(reset::answer(ctx, pkt, counters::DROP_STALE_BACKEND_ANSWER));
         } else {
             return Onward::Done(Verdict::drop(counters::DROP_MALFORMED));
         }

@@ -344,7 +344,8 @@ pub fn live_holder(p: &Plan, i: usize, port: u16) -> FlowState {
 pub fn reverse_entry(p: &Plan, i: usize, flow: FlowKey) -> ReverseNat {
     ReverseNat {
         flow,
-        backend: p.ids[i],
+        backend: p.ids[i] as u16,
+        syn_acks: 0,
         service_id: p.service,
     }
 }
@@ -927,6 +928,17 @@ impl TestRun {
                 fs.last_seen_ns = fs.last_seen_ns.saturating_sub(by);
                 m.insert(k, fs, 0).expect("flow entry");
             }
+        }
+        // The flow's reverse entries' SYN-ACK time (`lb_common::flow::request_held`).
+        let mut m: HashMap<&mut MapData, FlowKey, ReverseNat> = self.map_mut(names::REVERSE_NAT);
+        let aged: Vec<(FlowKey, ReverseNat)> = m
+            .iter()
+            .filter_map(|e| e.ok())
+            .filter(|(_, r)| r.flow == k && r.syn_acks != 0)
+            .collect();
+        for (key, mut r) in aged {
+            r.syn_acks = lb_common::flow::SynAcks::aged(r.syn_acks, by);
+            m.insert(key, r, 0).expect("reverse entry");
         }
     }
 

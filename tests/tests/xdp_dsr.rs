@@ -262,7 +262,7 @@ fn dnat_rewrites_the_destination_and_the_reply_source() {
         let r = lb
             .reverse(reply_key(&p, 0))
             .expect("reverse entry of the backend's replies");
-        assert_eq!((r.flow, r.backend), (k, p.ids[0]));
+        assert_eq!((r.flow, r.backend), (k, p.ids[0] as u16));
 
         let reply = Packet {
             eth_dst: LB0_MAC,

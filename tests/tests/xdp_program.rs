@@ -146,7 +146,7 @@ fn client_to_vip_is_rewritten_to_the_backend() {
             .unwrap_or_else(|| panic!("{what}: no reverse entry"));
         assert_eq!(
             (r.flow, r.backend, r.service_id),
-            (k, p.ids[0], p.service),
+            (k, p.ids[0] as u16, p.service),
             "{what}: reverse entry"
         );
         assert_eq!(lb.counter(counter::FWD_IN), 1, "{what}: FWD_IN");

@@ -1,12 +1,15 @@
 //! When a SNAT port goes back to the pool, through the `lb_xdp` program with
 //! BPF_PROG_TEST_RUN (the kit's [`TestRun`]): half-open flows give their port back after
-//! the half-open timeout while established ones keep it, and a closed flow's port goes
+//! the half-open timeout while established ones keep it (one the backend answered keeps
+//! it until the LB resets the backend's request), and a closed flow's port goes
 //! to a new flow as soon as the backend would accept that flow's SYN (the rule is
 //! `lb_common::flow::port_free_for`, unit-tested there; these tests check the program
 //! applies it to real segments: sequence numbers, TCP timestamps, closing order).
 //!
 //! A new flow finds a free port whenever one exists: the last free one of the range,
-//! past every candidate of its walk; a sweep that found none holds off for a second.
+//! past every candidate of its walk; a sweep that found none holds off for a second,
+//! and turns SYN cookies on. A port whose backend may still hold a request it answered
+//! stays taken until that request is reset or would have timed out.
 //!
 //! A flow whose two FINs cross, run at the same instant on two CPUs, must still be
 //! seen closing: the program sets flag bits atomically.
@@ -22,10 +25,10 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::thread::sleep;
 use std::time::Duration;
 
-use lb_common::counters::DROP_SNAT_EXHAUSTED;
+use lb_common::counters::{DROP_SNAT_EXHAUSTED, DROP_STALE_BACKEND_ANSWER, SYN_COOKIE_SENT};
 use lb_common::hash::flow_hash;
-use lb_common::maps::{FLOW_CLOSED, FLOW_ESTABLISHED, FLOW_REPLIED};
-use lb_common::snat_probe::{PROBES, SWEEP_HOLD_NS};
+use lb_common::maps::{FLOW_CLOSED, FLOW_ESTABLISHED, FLOW_REPLIED, FLOW_RST};
+use lb_common::snat_probe::{PROBES, Probe, SWEEP_HOLD_NS};
 use lb_common::tcp::{OPT_NOP, OPT_TIMESTAMPS, TIMESTAMPS_LEN};
 use lb_tests::packet::{Packet, decode, flags::*};
 use lb_tests::test_run::{
@@ -58,6 +61,20 @@ fn client_first_at(p: &Plan, port: u16, taken: &[u16]) -> u16 {
     (1024..=u16::MAX)
         .find(|&c| !taken.contains(&c) && first_snat_port(&p.client_key(c)) == port)
         .unwrap_or_else(|| panic!("no client port starts at SNAT port {port}"))
+}
+
+/// A client port, other than those in `taken`, whose first candidate is SNAT port
+/// `port` on address `idx` of two (the flow hash picks the address, then the port).
+fn client_first_at_on(p: &Plan, idx: u32, port: u16, taken: &[u16]) -> u16 {
+    let range = u32::from(SNAT_MAX - SNAT_MIN) + 1;
+    (1024..=u16::MAX)
+        .find(|&c| {
+            let h = flow_hash(&p.client_key(c));
+            !taken.contains(&c)
+                && h.rotate_right(8) % 2 == idx
+                && SNAT_MIN + Probe::new(h, idx, range).at as u16 == port
+        })
+        .unwrap_or_else(|| panic!("no client port starts at SNAT port {port} of address {idx}"))
 }
 
 /// The SNAT port client port `c` tries after its first.
@@ -107,8 +124,7 @@ fn backend(lb: &mut TestRun, p: &Plan, port: u16, flags: u8) {
 fn a_half_open_flow_gives_its_port_back_after_the_half_open_timeout_an_established_one_keeps_it() {
     for p in [plan4(), plan6()] {
         let mut lb = serving(&p, "200ms");
-        let half_open = port_of(&mut lb, &p.syn());
-        backend(&mut lb, &p, half_open, SYN | ACK); // answered, never acknowledged
+        let half_open = port_of(&mut lb, &p.syn()); // never answered
         let open = established(&mut lb, &p, CLIENT_PORT + 1, None);
         let mut taken = vec![CLIENT_PORT, CLIENT_PORT + 1];
         for (what, port) in [("half-open", half_open), ("established", open)] {
@@ -130,6 +146,123 @@ fn a_half_open_flow_gives_its_port_back_after_the_half_open_timeout_an_establish
         assert_ne!(got, open, "the established flow keeps its port");
         assert!(lb.flow(p.client_key(CLIENT_PORT + 1)).is_some());
     }
+}
+
+/// Sends backend 0's SYN-ACK to SNAT port `port` of address `snat` for a connection the
+/// LB no longer keeps: it must come back as the RST that drops the backend's request
+/// (from the SNAT address and port to the backend, `seq` = the SYN-ACK's
+/// acknowledgment).
+fn stale_syn_ack_is_reset(lb: &mut TestRun, p: &Plan, snat: IpAddr, port: u16) {
+    let syn_ack = Packet {
+        dst: snat,
+        ..p.from_backend(0, port, SYN | ACK)
+    };
+    let before = lb.counters()[DROP_STALE_BACKEND_ANSWER as usize];
+    let (action, out) = lb.from_backend(&syn_ack.build());
+    assert_eq!(action, Action::Tx, "the stale SYN-ACK to port {port}");
+    let rst = decode(&out).unwrap();
+    assert_eq!(
+        (rst.src, rst.sport, rst.dst, rst.dport),
+        (syn_ack.dst, syn_ack.dport, syn_ack.src, syn_ack.sport),
+        "back to the backend"
+    );
+    assert_eq!((rst.flags, rst.seq), (RST, syn_ack.ack));
+    assert_eq!(
+        lb.counters()[DROP_STALE_BACKEND_ANSWER as usize],
+        before + 1
+    );
+}
+
+/// A half-open flow the backend answered keeps its port past the half-open timeout: the
+/// backend holds the request (SYN_RECV) and would meet the port's next flow with it.
+/// The backend's next SYN-ACK, for a flow the LB no longer keeps, is answered with a RST
+/// that drops the request, and the port is free at once.
+#[test]
+fn an_answered_half_open_flow_holds_its_port_until_the_lb_resets_the_backends_request() {
+    for p in [plan4(), plan6()] {
+        let mut lb = serving(&p, "200ms");
+        let port = port_of(&mut lb, &p.syn());
+        backend(&mut lb, &p, port, SYN | ACK); // answered, never acknowledged
+        backend(&mut lb, &p, port, SYN | ACK); // again, before the timeout: sent on
+        sleep(Duration::from_millis(400));
+        let mut taken = vec![CLIENT_PORT];
+        let c = client_first_at(&p, port, &taken);
+        taken.push(c);
+        assert_eq!(
+            port_of(&mut lb, &p.from_client(c, SYN)),
+            second_try(&p, c),
+            "past the half-open timeout the backend may still hold it"
+        );
+        stale_syn_ack_is_reset(&mut lb, &p, p.snat, port);
+        assert!(
+            lb.flow(p.client_key(CLIENT_PORT)).unwrap().flags & FLOW_RST != 0,
+            "the flow is marked reset"
+        );
+        let c = client_first_at(&p, port, &taken);
+        assert_eq!(
+            port_of(&mut lb, &p.from_client(c, SYN)),
+            port,
+            "free once the backend's request is reset"
+        );
+    }
+}
+
+/// A flood's half-open flows pushed out of the half-open table leave their reverse NAT
+/// entries. The port of one the backend answered stays taken (the backend holds the
+/// request), and the backend's next SYN-ACK to it is answered with a RST, not sent on
+/// to the spoofed source: the backend drops the request and the port is free.
+#[test]
+fn a_flow_pushed_out_of_the_half_open_table_holds_its_port_until_the_backends_request_is_reset() {
+    let p = plan4();
+    let mut lb = serving(&p, "5s");
+    // Two addresses: 2,000 SNAT ports, more than the half-open table holds.
+    lb.set_more_snat4(&[SECOND_SNAT]);
+    let first = port_of(&mut lb, &p.syn());
+    let key = p.client_key(CLIENT_PORT);
+    let idx = u32::from(lb.flow(key).unwrap().snat_idx);
+    let snat = [p.snat, IpAddr::V4(SECOND_SNAT)][idx as usize];
+    let answer = Packet {
+        dst: snat,
+        ..p.from_backend(0, first, SYN | ACK)
+    };
+    assert_eq!(lb.from_backend(&answer.build()).0, Action::Redirect);
+    // Until the first flow is pushed out: its port is taken until then, so its reverse
+    // entry still names it.
+    // The half-open table is an LRU: the answered flow, looked up since it was entered,
+    // goes after a few rounds of the table.
+    let mut taken = vec![CLIENT_PORT];
+    let pushed_out = (20_000..40_000u16).find(|&c| {
+        taken.push(c);
+        let (action, _) = lb.from_client(&p.from_client(c, SYN).build());
+        assert_eq!(action, Action::Redirect, "flood SYN from port {c}");
+        lb.flow(key).is_none()
+    });
+    assert!(pushed_out.is_some(), "the first flow was never pushed out");
+    let reverse = p.reverse_key_on(0, snat, first);
+    assert_eq!(lb.reverse(reverse).map(|r| r.flow), Some(key));
+
+    // A new flow whose first candidate is that port on that address goes elsewhere.
+    let on = |lb: &mut TestRun, c: u16| {
+        let (action, out) = lb.from_client(&p.from_client(c, SYN).build());
+        assert_eq!(action, Action::Redirect);
+        let f = decode(&out).unwrap();
+        (f.src, f.sport)
+    };
+    let c = client_first_at_on(&p, idx, first, &taken);
+    taken.push(c);
+    assert_ne!(
+        on(&mut lb, c),
+        (snat, first),
+        "held while the backend may keep it"
+    );
+
+    stale_syn_ack_is_reset(&mut lb, &p, snat, first);
+    let c = client_first_at_on(&p, idx, first, &taken);
+    assert_eq!(
+        on(&mut lb, c),
+        (snat, first),
+        "free once the request is reset"
+    );
 }
 
 #[test]
@@ -491,6 +624,9 @@ fn fins_crossing_on_two_cpus_both_close_the_flow() {
 fn a_new_flow_finds_the_last_free_port_and_a_sweep_that_found_none_holds_off() {
     for p in [plan4(), plan6()] {
         let mut lb = serving(&p, "5s");
+        // Without cookies, which answer SYNs once the walk finds no port (see
+        // `ports_running_short_turn_syn_cookies_on`).
+        lb.set_syn_cookies("off");
         let outside_walk = |c: u16, not: &[u16]| {
             let walk = snat_candidates(&p.client_key(c), PROBES as usize);
             (SNAT_MIN..=SNAT_MAX)
@@ -537,6 +673,9 @@ fn a_new_flow_finds_the_last_free_port_and_a_sweep_that_found_none_holds_off() {
 fn a_new_flow_finds_the_one_free_port_on_any_of_the_snat_addresses() {
     let p = plan4();
     let mut lb = serving(&p, "5s");
+    // Without cookies, which answer SYNs once the walk finds no port (see
+    // `ports_running_short_turn_syn_cookies_on`).
+    lb.set_syn_cookies("off");
     lb.set_more_snat4(&[SECOND_SNAT, THIRD_SNAT]);
     let addrs = [
         (0u8, p.snat),
@@ -572,4 +711,26 @@ fn a_new_flow_finds_the_one_free_port_on_any_of_the_snat_addresses() {
     let (action, _) = lb.from_client(&p.from_client(c + 1, SYN).build());
     assert_eq!(action, Action::Drop, "no port left anywhere");
     assert_eq!(lb.counter(DROP_SNAT_EXHAUSTED), exhausted + 1);
+}
+
+/// With `syn_cookies = "auto"` (the default), a SYN whose walk finds no free SNAT port
+/// (the range is nearly full) turns the VIP's SYN cookies on, as its SYN rate would: the
+/// next SYNs are answered by cookie and take no port, so a flood below the rate cannot
+/// take the ports that remain; a client that completes the handshake then claims one.
+#[test]
+fn ports_running_short_turn_syn_cookies_on() {
+    for p in [plan4(), plan6()] {
+        let mut lb = serving(&p, "5s");
+        for (port, c) in (SNAT_MIN..=SNAT_MAX).zip(30_000..) {
+            lb.live_flow_holding(&p, 0, port, p.client_key(c));
+        }
+        let (action, _) = lb.from_client(&p.syn().build());
+        assert_eq!(action, Action::Drop, "no port left");
+        assert_eq!(lb.counter(DROP_SNAT_EXHAUSTED), 1);
+        let (action, out) = lb.from_client(&p.from_client(CLIENT_PORT + 1, SYN).build());
+        assert_eq!(action, Action::Tx, "the next SYN is answered by cookie");
+        assert_eq!(decode(&out).unwrap().flags, SYN | ACK);
+        assert_eq!(lb.counter(SYN_COOKIE_SENT), 1);
+        assert_eq!(lb.counter(DROP_SNAT_EXHAUSTED), 1, "and takes no port");
+    }
 }

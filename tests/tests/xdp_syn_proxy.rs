@@ -9,6 +9,7 @@
 //! (never skip) and say what is missing.
 
 use lb_common::counters;
+use lb_common::maps::FLOW_CLOSED;
 use lb_common::syn_proxy::{ClientOptions, LB_WSCALE, TS_OPTION_BITS};
 use lb_common::tcp::{
     OPT_MSS, OPT_SACK, OPT_SACK_OK, OPT_TIMESTAMPS as OPT_TS, OPT_WSCALE, TIMESTAMPS_LEN,
@@ -353,6 +354,92 @@ fn a_zero_window_probe_opens_the_flow_of_a_lost_cookie_ack() {
     assert_eq!((syn.flags, syn.seq), (SYN, SEQ));
     assert_eq!(lb.counter(counters::SYN_COOKIE_VALID), 1);
     assert_eq!(lb.counter(counters::DROP_SYN_COOKIE_INVALID), 0);
+}
+
+/// The backend still holds an older connection on the SNAT port the cookie's flow got
+/// and answers the client's SYN with that one's ACK: the LB resets the old connection
+/// (a RST to the backend, `seq` = that ACK's acknowledgment), and the client's next
+/// segment brings the SYN again on the same port.
+#[test]
+fn a_backends_stale_ack_to_the_proxied_syn_is_reset_and_the_syn_sent_again() {
+    for p in [plan4(), plan6()] {
+        let mut lb = proxy(&p);
+        let synack = cookie_synack(&mut lb, &p, CLIENT_PORT);
+        let (action, out) = lb.from_client(&client_ack(&p, CLIENT_PORT, &synack, 1001).build());
+        assert_eq!(action, Action::Redirect);
+        let syn = decode(&out).expect("a well-formed SYN");
+        let mut stale = p.from_backend(0, syn.sport, ACK);
+        stale.seq = BACKEND_ISN;
+        stale.ack = 0x7000_0000; // the old connection's, not the client's ISN + 1
+        stale.payload.clear();
+        let (action, out) = lb.from_backend(&stale.build());
+        assert_eq!(action, Action::Tx, "answered to the backend");
+        let rst = decode(&out).expect("a well-formed RST");
+        assert_eq!(
+            (rst.src, rst.sport, rst.dst, rst.dport),
+            (stale.dst, stale.dport, stale.src, stale.sport)
+        );
+        assert_eq!((rst.flags, rst.seq), (RST, stale.ack));
+        assert_eq!(lb.counter(counters::DROP_STALE_BACKEND_ANSWER), 1);
+
+        let probe = client_ack(&p, CLIENT_PORT, &synack, 1300);
+        let (action, out) = lb.from_client(&probe.build());
+        assert_eq!(action, Action::Redirect);
+        let again = decode(&out).expect("a well-formed SYN");
+        assert_eq!(
+            (again.flags, again.seq, again.sport),
+            (SYN, SEQ, syn.sport),
+            "the SYN again, on the same port"
+        );
+    }
+}
+
+/// A client reuses its port while the VIP's SYNs are answered by cookie: its old flow
+/// is closed but still in the table, and the cookie SYN-ACK left no state, so the ACK
+/// that follows must open a new flow (the client's SYN toward the backend), not pass
+/// as a stray segment of the old one.
+#[test]
+fn a_cookie_ack_on_a_closed_flows_port_opens_a_new_flow() {
+    for p in [plan4(), plan6()] {
+        let mut lb = TestRun::new();
+        lb.two_backends_up(&p, 0);
+        let (action, out) = lb.from_client(&p.syn().build());
+        assert_eq!(action, Action::Redirect);
+        let port = decode(&out).unwrap().sport;
+        for (client, flags) in [
+            (false, SYN | ACK),
+            (true, ACK),
+            (false, FIN | ACK),
+            (true, FIN | ACK),
+        ] {
+            let s = if client {
+                p.from_client(CLIENT_PORT, flags)
+            } else {
+                p.from_backend(0, port, flags)
+            };
+            let (action, _) = if client {
+                lb.from_client(&s.build())
+            } else {
+                lb.from_backend(&s.build())
+            };
+            assert_eq!(action, Action::Redirect, "the old connection's {flags:#x}");
+        }
+        assert!(
+            lb.flow(p.client_key(CLIENT_PORT))
+                .is_some_and(|f| f.flags & FLOW_CLOSED == FLOW_CLOSED)
+        );
+
+        lb.set_syn_cookies("always");
+        let synack = cookie_synack(&mut lb, &p, CLIENT_PORT);
+        let (action, out) = lb.from_client(&client_ack(&p, CLIENT_PORT, &synack, 1001).build());
+        assert_eq!(action, Action::Redirect);
+        let syn = decode(&out).expect("a well-formed SYN");
+        assert_eq!((syn.flags, syn.seq, syn.dst), (SYN, SEQ, p.backends[0]));
+        assert_eq!(lb.counter(counters::SYN_COOKIE_VALID), 1);
+        let f = lb.flow(p.client_key(CLIENT_PORT)).unwrap();
+        assert_eq!(f.flags & FLOW_CLOSED, 0, "a new flow, opening");
+        assert_ne!(f.proxy, 0);
+    }
 }
 
 /// A client without timestamps: the cookie cannot carry its options, so the backend

@@ -33,8 +33,8 @@ use crate::maglev::{self, NO_BACKEND};
 use crate::maps::{
     ACCESS_CUT_ESTABLISHED, ACCESS_LIST, ACCESS_RESET, BACKEND_DRAINING, BACKEND_UP, Backend,
     FLOW_BACKEND_TIME_WAIT, FLOW_CLIENT_TS, FLOW_ESTABLISHED, FLOW_FIN_BACKEND, FLOW_FIN_CLIENT,
-    FlowKey, FlowState, GlobalConfig, MODE_DNAT, MODE_NAT, MODE_PROXY, ReverseNat, Service, VipKey,
-    snat_addrs_base,
+    FLOW_RST, FlowKey, FlowState, GlobalConfig, MODE_DNAT, MODE_NAT, MODE_PROXY, ReverseNat,
+    Service, VipKey, snat_addrs_base,
 };
 use crate::snat_probe::{PROBES, SWEEP_HOLD_NS, Search};
 use crate::{counters, tcp};
@@ -221,6 +221,9 @@ impl Model {
                 fs.last_seen_ns = fs.last_seen_ns.saturating_sub(by);
             }
         }
+        for r in self.reverse.values_mut().filter(|r| r.flow == *key) {
+            r.syn_acks = flow::SynAcks::aged(r.syn_acks, by);
+        }
     }
 
     /// Whether the service's allowlist refuses the segment: its source is not listed,
@@ -335,7 +338,8 @@ impl Model {
             back,
             ReverseNat {
                 flow: s.key,
-                backend: id,
+                backend: id as u16,
+                syn_acks: 0,
                 service_id: svc.id,
             },
         );
@@ -517,7 +521,8 @@ impl Model {
         let mut search = Search::new(c.hash, idx, range, named);
         let entry = ReverseNat {
             flow: s.key,
-            backend: c.backend,
+            backend: c.backend as u16,
+            syn_acks: 0,
             service_id: c.service,
         };
         let held = self
@@ -552,8 +557,10 @@ impl Model {
     }
 
     /// Whether the reverse entry `old` holding `port` on address `idx` may go to the
-    /// segment's new flow: its flow is gone or moved, is this flow while open, or leaves
-    /// the backend ready for `opening`.
+    /// segment's new flow: it is this flow while open; its flow is gone or moved while
+    /// the backend holds no request it answered for it (`flow::request_held`); or its
+    /// flow leaves the backend ready for `opening`, and was established or reset if the
+    /// backend may still hold its request.
     fn reusable(
         &self,
         old: &ReverseNat,
@@ -562,22 +569,31 @@ impl Model {
         idx: u32,
         opening: &Opening,
     ) -> bool {
+        let held = flow::request_held(old.syn_acks, self.now);
         let Some(f) = self.lookup(&old.flow) else {
-            return true;
+            return !held;
         };
-        if u32::from(f.fs.backend) != old.backend
-            || f.fs.snat_port != port
-            || u32::from(f.fs.snat_idx) != idx
+        if f.fs.backend != old.backend || f.fs.snat_port != port || u32::from(f.fs.snat_idx) != idx
         {
-            return true;
+            return !held;
         }
         if old.flow == s.key && !flow::closed(f.fs.flags) {
             return true;
+        }
+        if held && f.fs.flags & (FLOW_ESTABLISHED | FLOW_RST) == 0 {
+            return false;
         }
         flow::port_free_for(&f.fs, &self.cfg, self.now, opening)
     }
 
     // -- Backend → SNAT address --------------------------------------------------------
+
+    /// Sets the reverse entry `key`'s `syn_acks` (see `flow::SynAcks`).
+    fn set_syn_acks(&mut self, key: &FlowKey, at: u16) {
+        if let Some(r) = self.reverse.get_mut(key) {
+            r.syn_acks = at;
+        }
+    }
 
     fn reverse(&mut self, s: &Segment) -> Outcome {
         let pass = Outcome::new(Decision::Pass, counters::PASS);
@@ -590,9 +606,17 @@ impl Model {
         if s.ttl <= 1 {
             return pass;
         }
-        if let Some(mut f) = self.lookup(&r.flow)
-            && u32::from(f.fs.backend) == r.backend
-        {
+        let flow = self.lookup(&r.flow).filter(|f| f.fs.backend == r.backend);
+        let syn_ack = s.flags & (tcp::SYN | tcp::ACK) == tcp::SYN | tcp::ACK;
+        if syn_ack && flow::stale_syn_ack(flow.as_ref().map(|f| &f.fs), &self.cfg, self.now) {
+            if let Some(mut f) = flow {
+                f.fs.flags |= FLOW_RST;
+                self.store(&r.flow, &f);
+            }
+            self.set_syn_acks(&s.key, 0);
+            return reset(s, counters::DROP_STALE_BACKEND_ANSWER);
+        }
+        if let Some(mut f) = flow {
             let before = f.fs.flags;
             f.fs.last_seen_ns = self.now;
             f.fs.packets += 1;
@@ -604,6 +628,11 @@ impl Model {
                 f.fs.flags |= FLOW_BACKEND_TIME_WAIT;
             }
             self.store(&r.flow, &f);
+            if f.fs.flags & FLOW_ESTABLISHED != 0 {
+                self.set_syn_acks(&s.key, 0);
+            } else if syn_ack {
+                self.set_syn_acks(&s.key, flow::SynAcks::seen(r.syn_acks, self.now));
+            }
         }
         Outcome::new(
             Decision::Forward {
