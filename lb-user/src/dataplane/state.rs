@@ -45,7 +45,7 @@ pub const MAPS: &[(&str, &str)] = &[
     (names::SYN_RATE, "syn_rate_v1"),
     (names::SERVICE_STATS, "service_stats_v1"),
     (names::BACKEND_STATS, "backend_stats_v1"),
-    (names::COUNTERS, "counters_v3"),
+    (names::COUNTERS, "counters_v4"),
     (names::ALLOW, "allow_v1"),
     (names::PROXY_VIPS, "proxy_vips_v1"),
     // Pinned, so the tail call outlives the daemon that wrote it (an unpinned program
