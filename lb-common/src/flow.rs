@@ -242,14 +242,31 @@ const MAX_SYN_ACKS: u16 = 15;
 /// request, which answers with the old acknowledgment instead of a SYN-ACK; once it
 /// comes, the LB resets the request if the flow is gone ([`stale_syn_ack`]). So the
 /// port is held from the last SYN-ACK until the next is overdue ([`request_held`]).
+///
+/// A new flow's entry starts as if answered when its SYN leaves ([`SynAcks::sent`]): a
+/// SYN-ACK lost on its way to the LB still holds the port until the backend's next one.
 pub struct SynAcks;
 
 impl SynAcks {
-    /// The value after one more SYN-ACK at `now`.
+    /// The value for a flow whose SYN goes to the backend at `now`: one answer due.
+    #[inline(always)]
+    pub fn sent(now: u64) -> u16 {
+        Self::seen(0, now)
+    }
+
+    /// The value after a SYN-ACK at `now`. One in the same tick as the last counts once:
+    /// the answer to the SYN [`SynAcks::sent`] counted, or a duplicate (the backend's
+    /// next comes a second or more later).
     #[inline(always)]
     pub fn seen(prev: u16, now: u64) -> u16 {
-        let n = (prev >> 12).saturating_add(1).min(MAX_SYN_ACKS);
-        (n << 12) | ((now >> TICK_SHIFT) as u16 & TICK_MASK)
+        let tick = (now >> TICK_SHIFT) as u16 & TICK_MASK;
+        let n = prev >> 12;
+        let n = if n != 0 && prev & TICK_MASK == tick {
+            n
+        } else {
+            n.saturating_add(1).min(MAX_SYN_ACKS)
+        };
+        (n << 12) | tick
     }
 
     /// `v` made `by` ns older, for tests that age entries.
@@ -600,6 +617,12 @@ mod tests {
         // Aged as the tests age flows.
         assert!(!request_held(SynAcks::aged(once, 3 * S), t0));
         assert_eq!(SynAcks::aged(0, 3 * S), 0);
+        // A flow's SYN counts as its first answer; the answer itself, in the same tick,
+        // does not count again, the backend's next does.
+        let sent = SynAcks::sent(t0);
+        assert_eq!(sent, once);
+        assert_eq!(SynAcks::seen(sent, t0 + S / 4), sent);
+        assert_eq!(SynAcks::seen(sent, t0 + S) >> 12, 2);
     }
 
     #[test]

@@ -146,7 +146,7 @@ fn claim_on(pkt: &Packet, cfg: &GlobalConfig, b: &Backend, ids: &Ids, t: &mut Ta
             val: ReverseNat {
                 flow: pkt.key,
                 backend: ids.backend as u16,
-                syn_acks: 0,
+                syn_acks: flow::SynAcks::sent(pkt.now),
                 service_id: ids.service,
             },
             search: Search::new(ids.hash, u32::from(t.snat_idx), range, named),

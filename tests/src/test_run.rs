@@ -637,9 +637,14 @@ impl TestRun {
             .expect("reverse NAT entry");
     }
 
-    /// The flow `k` ended and was evicted from the flow table.
+    /// The flow `k` was evicted from its table (the flow table, or the half-open one), as
+    /// the LRU does.
     pub fn flow_evicted(&mut self, k: FlowKey) {
-        self.flows_mut().remove(&k).expect("flow entry to evict");
+        if self.flows_mut().remove(&k).is_err() {
+            let mut half_open: HashMap<&mut MapData, FlowKey, FlowState> =
+                self.map_mut(names::HALF_OPEN);
+            half_open.remove(&k).expect("a flow entry to evict");
+        }
     }
 
     fn service_with_backends(&mut self, p: &Plan) {

@@ -522,7 +522,7 @@ impl Model {
         let entry = ReverseNat {
             flow: s.key,
             backend: c.backend as u16,
-            syn_acks: 0,
+            syn_acks: flow::SynAcks::sent(self.now),
             service_id: c.service,
         };
         let held = self
