@@ -12,8 +12,9 @@
 //! was starved; in calls of 4,096 it costs little and the flood reaches 1 Mpps. Within a
 //! call the SYNs go at the generator's full speed, in flushes of 256 (the live-frames
 //! batch; `syn_burst` in the report), faster than the LB takes SYNs (about 1 µs each),
-//! and a 256-frame veth ring absorbs little of a burst: part of each, and of the client's
-//! packets sent meanwhile, finds the ring full (`syn_in` says how much reached it).
+//! and a 256-frame veth ring absorbs little of a burst: part of each finds the ring full
+//! (`syn_in` says how much reached it). The client's own packets sent meanwhile wait in
+//! its eth0's queue (`churn::synflood`).
 //!
 //! A generator call normally also costs two RCU grace periods (about 20 ms here, as the
 //! kernel puts the program into its XDP dispatcher and takes it out); with the generator
