@@ -253,8 +253,7 @@ extern "C" fn try_port(i: u32, _: *mut c_void) -> i64 {
 /// is gone, or uses another backend, address or port) while the backend holds no
 /// request it answered for it (`flow::request_held`); or its flow leaves the backend
 /// ready for `c.opening`, and was established or reset if the backend may still hold
-/// its request. Not inlined: keeps the comparison's loads off the
-/// loop's stack.
+/// its request. Not inlined: keeps the comparison's loads off the loop's stack.
 #[inline(never)]
 fn reusable(old: &ReverseNat, c: &Claim, cfg: &GlobalConfig) -> bool {
     let held = flow::request_held(old.syn_acks, c.now);
