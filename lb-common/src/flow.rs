@@ -295,6 +295,50 @@ pub fn request_held(syn_acks: u16, now: u64) -> bool {
     elapsed <= gap_s + 1
 }
 
+/// `ReverseNat::syn_acks` after a backend segment of its flow, whose `FLOW_*` bits are
+/// `flow_flags` once the segment counted: 0 once the flow is established, one more
+/// SYN-ACK for a SYN-ACK before that, else as it was.
+#[inline(always)]
+pub fn syn_acks_after(prev: u16, flow_flags: u8, syn_ack: bool, now: u64) -> u16 {
+    if flow_flags & FLOW_ESTABLISHED != 0 {
+        0
+    } else if syn_ack {
+        SynAcks::seen(prev, now)
+    } else {
+        prev
+    }
+}
+
+/// Whether the SNAT port of a reverse NAT entry (its `syn_acks`) may carry a new flow
+/// opening with `opening` at `now`. `fs`: the flow the entry names, if that flow still
+/// holds this port (same backend, address and port; `None`: gone or moved); `own`: it is
+/// the new flow's own key (re-created after it expired). The port is free when it is the
+/// flow's own while open; when the flow is gone and the backend holds no request it
+/// answered for it ([`request_held`]); or when the flow leaves the backend ready for
+/// `opening` ([`port_free_for`]) and was established or reset if the backend may still
+/// hold its request.
+#[inline(always)]
+pub fn entry_free_for(
+    syn_acks: u16,
+    fs: Option<&FlowState>,
+    own: bool,
+    cfg: &GlobalConfig,
+    now: u64,
+    opening: &Opening,
+) -> bool {
+    let held = request_held(syn_acks, now);
+    let Some(fs) = fs else {
+        return !held;
+    };
+    if own && !closed(fs.flags) {
+        return true;
+    }
+    if held && fs.flags & (FLOW_ESTABLISHED | FLOW_RST) == 0 {
+        return false;
+    }
+    port_free_for(fs, cfg, now, opening)
+}
+
 /// Whether a backend's SYN-ACK answers a connection the LB no longer keeps: `fs` is the
 /// flow its reverse NAT entry names (`None`: gone, or moved to another backend), and it
 /// is half-open and past its timeout or closed. The backend would keep that request
@@ -623,6 +667,33 @@ mod tests {
         assert_eq!(sent, once);
         assert_eq!(SynAcks::seen(sent, t0 + S / 4), sent);
         assert_eq!(SynAcks::seen(sent, t0 + S) >> 12, 2);
+    }
+
+    #[test]
+    fn an_entrys_port_is_free_once_its_flow_is_over_and_no_answered_request_holds_it() {
+        let now = 5_001;
+        let any = syn(7, Some(7));
+        let held = SynAcks::sent(now);
+        let free =
+            |acks, fs: Option<&FlowState>, own| entry_free_for(acks, fs, own, &CFG, now, &any);
+        assert!(free(0, None, false), "gone, nothing answered");
+        assert!(
+            !free(held, None, false),
+            "gone, its request may still be held"
+        );
+        let half_open = flow(4_800, 0);
+        assert!(free(0, Some(&half_open), false), "expired");
+        assert!(
+            !free(held, Some(&half_open), false),
+            "expired, request held"
+        );
+        let reset = flow(4_800, FLOW_RST);
+        assert!(free(held, Some(&reset), false), "the backend had a RST");
+        assert!(
+            free(held, Some(&flow(5_000, OPEN)), true),
+            "the flow's own, open"
+        );
+        assert!(!free(0, Some(&flow(5_000, OPEN)), false), "another's, open");
     }
 
     #[test]

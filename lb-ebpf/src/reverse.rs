@@ -13,7 +13,7 @@
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
     counters, flow,
-    maps::{FLOW_ESTABLISHED, FlowState, ReverseNat},
+    maps::{FlowState, ReverseNat},
     tcp,
 };
 
@@ -84,17 +84,13 @@ pub fn reverse(ctx: &XdpContext, pkt: &mut Packet, t: &mut Target) -> Step {
     Step::OUT
 }
 
-/// Keeps `r.syn_acks` (`lb_common::flow::SynAcks`): the backend's SYN-ACKs while the
-/// flow is not established, 0 once it is. Written only when it changes: once or twice a
-/// connection.
+/// Keeps `r.syn_acks` (`lb_common::flow::syn_acks_after`). Written only when it
+/// changes: once or twice a connection.
 #[inline(always)]
 fn remember_syn_ack(r: &mut ReverseNat, fs: &FlowState, syn_ack: bool, now: u64) {
-    if fs.flags & FLOW_ESTABLISHED != 0 {
-        if r.syn_acks != 0 {
-            r.syn_acks = 0;
-        }
-    } else if syn_ack {
-        r.syn_acks = flow::SynAcks::seen(r.syn_acks, now);
+    let v = flow::syn_acks_after(r.syn_acks, fs.flags, syn_ack, now);
+    if v != r.syn_acks {
+        r.syn_acks = v;
     }
 }
 

@@ -11,10 +11,7 @@ use aya_ebpf::{
 };
 use lb_common::{
     flow::{self, Opening},
-    maps::{
-        Backend, FLOW_ESTABLISHED, FLOW_RST, FlowKey, GlobalConfig, MAX_SNAT_ADDRS, ReverseNat,
-        snat_addrs_base,
-    },
+    maps::{Backend, FlowKey, GlobalConfig, MAX_SNAT_ADDRS, ReverseNat, snat_addrs_base},
     snat_probe::{PROBES, SWEEP_HOLD_NS, Search},
 };
 
@@ -249,27 +246,22 @@ extern "C" fn try_port(i: u32, _: *mut c_void) -> i64 {
 }
 
 /// Whether the reverse NAT entry `old`, holding the port `c` tries, may be taken over by
-/// `c`'s flow: the flow's own while open (re-created after it expired); stale (its flow
-/// is gone, or uses another backend, address or port) while the backend holds no
-/// request it answered for it (`flow::request_held`); or its flow leaves the backend
-/// ready for `c.opening`, and was established or reset if the backend may still hold
-/// its request. Not inlined: keeps the comparison's loads off the loop's stack.
+/// `c`'s flow (`flow::entry_free_for`). Not inlined: keeps the comparison's loads off
+/// the loop's stack.
 #[inline(never)]
 fn reusable(old: &ReverseNat, c: &Claim, cfg: &GlobalConfig) -> bool {
-    let held = flow::request_held(old.syn_acks, c.now);
-    let Some(entry) = conntrack::lookup(&old.flow) else {
-        return !held;
-    };
     // SAFETY: a map value stays valid for the whole program run.
-    let fs = unsafe { &*entry.state };
-    if fs.backend != old.backend || fs.snat_port != c.key.dport || fs.snat_idx != c.snat_idx {
-        return !held;
-    }
-    if old.flow == c.val.flow && !flow::closed(fs.flags) {
-        return true;
-    }
-    if held && fs.flags & (FLOW_ESTABLISHED | FLOW_RST) == 0 {
-        return false;
-    }
-    flow::port_free_for(fs, cfg, c.now, &c.opening)
+    let fs = conntrack::lookup(&old.flow)
+        .map(|entry| unsafe { &*entry.state })
+        .filter(|fs| {
+            fs.backend == old.backend && fs.snat_port == c.key.dport && fs.snat_idx == c.snat_idx
+        });
+    flow::entry_free_for(
+        old.syn_acks,
+        fs,
+        old.flow == c.val.flow,
+        cfg,
+        c.now,
+        &c.opening,
+    )
 }

@@ -557,10 +557,7 @@ impl Model {
     }
 
     /// Whether the reverse entry `old` holding `port` on address `idx` may go to the
-    /// segment's new flow: it is this flow while open; its flow is gone or moved while
-    /// the backend holds no request it answered for it (`flow::request_held`); or its
-    /// flow leaves the backend ready for `opening`, and was established or reset if the
-    /// backend may still hold its request.
+    /// segment's new flow (`flow::entry_free_for`).
     fn reusable(
         &self,
         old: &ReverseNat,
@@ -569,21 +566,17 @@ impl Model {
         idx: u32,
         opening: &Opening,
     ) -> bool {
-        let held = flow::request_held(old.syn_acks, self.now);
-        let Some(f) = self.lookup(&old.flow) else {
-            return !held;
-        };
-        if f.fs.backend != old.backend || f.fs.snat_port != port || u32::from(f.fs.snat_idx) != idx
-        {
-            return !held;
-        }
-        if old.flow == s.key && !flow::closed(f.fs.flags) {
-            return true;
-        }
-        if held && f.fs.flags & (FLOW_ESTABLISHED | FLOW_RST) == 0 {
-            return false;
-        }
-        flow::port_free_for(&f.fs, &self.cfg, self.now, opening)
+        let f = self.lookup(&old.flow).filter(|f| {
+            f.fs.backend == old.backend && f.fs.snat_port == port && u32::from(f.fs.snat_idx) == idx
+        });
+        flow::entry_free_for(
+            old.syn_acks,
+            f.as_ref().map(|f| &f.fs),
+            old.flow == s.key,
+            &self.cfg,
+            self.now,
+            opening,
+        )
     }
 
     // -- Backend → SNAT address --------------------------------------------------------
@@ -628,11 +621,8 @@ impl Model {
                 f.fs.flags |= FLOW_BACKEND_TIME_WAIT;
             }
             self.store(&r.flow, &f);
-            if f.fs.flags & FLOW_ESTABLISHED != 0 {
-                self.set_syn_acks(&s.key, 0);
-            } else if syn_ack {
-                self.set_syn_acks(&s.key, flow::SynAcks::seen(r.syn_acks, self.now));
-            }
+            let syn_acks = flow::syn_acks_after(r.syn_acks, f.fs.flags, syn_ack, self.now);
+            self.set_syn_acks(&s.key, syn_acks);
         }
         Outcome::new(
             Decision::Forward {
