@@ -40,10 +40,10 @@ pub const SOURCES: (Ipv4Addr, u8) = (Ipv4Addr::new(198, 18, 128, 0), 17);
 pub const RATE: f64 = 1e6;
 /// Source ports per address in the generator (`bench_gen`'s 1024..65024).
 const PORTS_PER_ADDR: u32 = 64_000;
-/// Flows the flood cycles through: every port of 256 addresses (198.18.128.0 to
-/// 198.18.128.255), 16 million SYNs before a 5-tuple comes again, more than a flood
-/// sends.
-pub const FLOWS: u32 = PORTS_PER_ADDR * 256;
+/// Flows the flood cycles through: every port of 512 addresses (198.18.128.0 to
+/// 198.18.129.255), 32 million SYNs before a 5-tuple comes again, more than a flood of
+/// a phase (30 s and 2 more at 1 Mpps) sends.
+pub const FLOWS: u32 = PORTS_PER_ADDR * 512;
 /// SYNs per generator call: few enough calls that their page pools cost little (see
 /// the module's doc).
 const CHUNK: u64 = 4096;

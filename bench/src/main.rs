@@ -66,7 +66,7 @@ struct Opts {
     #[arg(long, value_delimiter = ',')]
     pub systems: Vec<String>,
     /// Measured seconds per run (default 30 after 5 of warm-up, conn-sustained 30 after
-    /// 10, synflood 10 per phase after 5; 1 without warm-up with --quick).
+    /// 10, synflood 30 per phase after 10; 1 without warm-up with --quick).
     #[arg(long)]
     pub secs: Option<u32>,
     /// Runs per figure (default 3; 1 with --quick).

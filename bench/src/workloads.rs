@@ -45,8 +45,9 @@ pub const ALL: [Workload; 10] = [
 
 /// `conn-sustained`'s default warm-up and measured seconds (`--quick`: 1 and 2).
 const SUSTAINED_SECS: (u32, u32) = (10, 30);
-/// `synflood`'s default warm-up and seconds of each phase (`--quick`: 1 and 1).
-const SYNFLOOD_SECS: (u32, u32) = (5, 10);
+/// `synflood`'s default warm-up and seconds of each phase (`--quick`: 1 and 1): long
+/// enough for the port holds and the cookie windows a flood sets off to settle.
+const SYNFLOOD_SECS: (u32, u32) = (10, 30);
 /// The other workloads' default warm-up (the same traffic, unmeasured: tables filled,
 /// ports in use, caches warm) and measured seconds (`--quick`: none and 1).
 pub const DEFAULT_SECS: (u32, u32) = (5, 30);
