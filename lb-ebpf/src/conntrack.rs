@@ -89,6 +89,25 @@ pub fn touch_client(fs: &mut FlowState, now: u64, tcp_flags: u8) {
     add_flags(fs, flow::client_segment(fs.flags, tcp_flags));
 }
 
+/// Refreshes the flow with a client segment ([`touch_client`]); a segment that closes
+/// it, or comes once it is closing, first records where it ends ([`record_close`]).
+/// In that order: the backend's FIN, crossing this one on another CPU, reads
+/// `close_seq` once it sees `FLOW_FIN_CLIENT` ([`touch_backend`]). The other way round
+/// it could read the value from before and take a passive close for a simultaneous one
+/// (or the reverse): the backend's TIME_WAIT miscounted, its SNAT port reused too early
+/// or held too long. (x86 keeps stores in order, and the flag bit is set with a locked
+/// instruction.) A call of its own: inlined, the sequence read would deepen
+/// `forward`'s frame past the stack the verifier allows the deepest call chain.
+#[inline(never)]
+pub fn client_segment(ctx: &XdpContext, pkt: &Packet, fs: &mut FlowState) {
+    if flow::records_close(fs.flags, pkt.tcp_flags) {
+        if let Some(seq) = sequence::read(ctx, pkt) {
+            record_close(fs, &seq);
+        }
+    }
+    touch_client(fs, pkt.now, pkt.tcp_flags);
+}
+
 /// As [`touch_client`], for a flow whose backend answers the client directly (DSR): the
 /// client's segments are all the LB sees (`lb_common::flow::client_segment_one_sided`).
 #[inline(always)]

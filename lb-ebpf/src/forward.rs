@@ -17,7 +17,7 @@ use lb_common::{
 };
 
 use crate::{
-    conntrack::{self, now, record_close, touch_client},
+    conntrack::{self, now},
     cookie::{self, Cookie},
     events,
     maps::{BACKENDS, CONFIG},
@@ -26,7 +26,7 @@ use crate::{
     parse::Packet,
     reset,
     select::{OK, new_flow},
-    sequence, snat, source_limit, syn_proxy,
+    snat, source_limit, syn_proxy,
     traffic::{Dir, service_traffic},
     verdict::{Step, Verdict},
 };
@@ -127,12 +127,7 @@ fn existing_flow(
         return None;
     }
     let b = live_backend(pkt, fs, cfg)?;
-    touch_client(fs, pkt.now, pkt.tcp_flags);
-    if flow::records_close(fs.flags, pkt.tcp_flags) {
-        if let Some(seq) = sequence::read(ctx, pkt) {
-            record_close(fs, &seq);
-        }
-    }
+    conntrack::client_segment(ctx, pkt, fs);
     if !snat::address(b, pkt.key.family, u32::from(fs.snat_idx), t) {
         return None;
     }

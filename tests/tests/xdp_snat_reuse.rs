@@ -27,7 +27,9 @@ use std::time::Duration;
 
 use lb_common::counters::{DROP_SNAT_EXHAUSTED, DROP_STALE_BACKEND_ANSWER, SYN_COOKIE_SENT};
 use lb_common::hash::flow_hash;
-use lb_common::maps::{FLOW_CLOSED, FLOW_ESTABLISHED, FLOW_REPLIED, FLOW_RST};
+use lb_common::maps::{
+    FLOW_BACKEND_TIME_WAIT, FLOW_CLOSED, FLOW_ESTABLISHED, FLOW_REPLIED, FLOW_RST,
+};
 use lb_common::snat_probe::{PROBES, Probe, SWEEP_HOLD_NS};
 use lb_common::tcp::{OPT_NOP, OPT_TIMESTAMPS, TIMESTAMPS_LEN};
 use lb_tests::packet::{Packet, decode, flags::*};
@@ -617,6 +619,64 @@ fn fins_crossing_on_two_cpus_both_close_the_flow() {
             "round {round}: {} of {FLOWS} flows lost a FIN (client ports {:?}...)",
             lost.len(),
             &lost[..lost.len().min(10)]
+        );
+        lb.clear_flow_tables();
+    }
+}
+
+/// A simultaneous close run on two CPUs at the same instant: the client's FIN, and the
+/// backend's FIN sent before the backend had the client's (its ACK stops short of it).
+/// Whichever the LB takes first, the backend ends in TIME_WAIT (it closed first, or went
+/// through CLOSING), and the flow must say so: its SNAT port may not be reused as
+/// if the backend kept nothing. The program stored where the client's FIN ends after the
+/// FIN's flag bit, so a backend's FIN in between read the flow's old `close_seq` and
+/// took the close for a passive one.
+#[test]
+fn simultaneous_fins_on_two_cpus_leave_the_backend_in_time_wait() {
+    const ROUNDS: u16 = 8;
+    // As in `fins_crossing_on_two_cpus_both_close_the_flow`.
+    const FLOWS: u16 = 500;
+    let p = plan4();
+    let mut lb = serving(&p, "1h");
+    for round in 0..ROUNDS {
+        let first = 10_000 + round * FLOWS;
+        let flows: Vec<(u16, u16)> = (first..first + FLOWS)
+            .map(|c| (c, established(&mut lb, &p, c, None)))
+            .collect();
+        let pairs: Vec<_> = flows
+            .iter()
+            .map(|&(c, port)| {
+                let mut fin = p.from_backend(0, port, FIN | ACK);
+                // Everything of the client's but its FIN (sequence SEQ + 1).
+                fin.ack = SEQ + 1;
+                (
+                    segment(&p, c, FIN | ACK, SEQ + 1, None).build(),
+                    fin.build(),
+                )
+            })
+            .collect();
+        for (i, actions) in lb.run_pairs_at_once(&pairs).into_iter().enumerate() {
+            assert_eq!(
+                actions,
+                (Action::Redirect, Action::Redirect),
+                "both FINs of client port {}",
+                flows[i].0
+            );
+        }
+        let passive: Vec<u16> = flows
+            .iter()
+            .filter(|&&(c, _)| {
+                let flags = lb.flow(p.client_key(c)).expect("the flow's entry").flags;
+                flags & FLOW_BACKEND_TIME_WAIT == 0
+            })
+            .map(|&(c, _)| c)
+            .collect();
+        assert!(
+            passive.is_empty(),
+            "round {round}: {} of {FLOWS} simultaneous closes taken for passive ones (client \
+             ports {:?}...)",
+            passive.len(),
+            &passive[..passive.len().min(10)]
         );
         lb.clear_flow_tables();
     }
