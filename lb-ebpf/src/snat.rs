@@ -8,6 +8,8 @@ use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST},
     cty::c_void,
     helpers::bpf_loop,
+    macros::map,
+    maps::HashMap,
 };
 use lb_common::{
     flow::{self, Opening},
@@ -22,6 +24,19 @@ use crate::{
     parse::Packet,
     syn_proxy,
 };
+
+/// Taken ports being handed to a new flow, one entry (the reverse NAT key) per takeover
+/// in progress ([`take_over`]). Inserting an entry with `BPF_NOEXIST` is atomic, so two
+/// CPUs that both find the same taken port reusable cannot both take it: without this,
+/// both flows went out on that port, the entry named only the second, and the first
+/// never saw its SYN-ACK. An entry lasts one takeover of one program run; the program's
+/// own map, not the daemon's, so it lives here rather than in `maps`.
+#[map]
+static TAKEOVERS: HashMap<FlowKey, u8> = HashMap::with_max_entries(TAKEOVER_SLOTS, 0);
+
+/// Takeovers at once: one per CPU running the program is the most there can be. A full
+/// map only sends a claim on to its next candidate.
+const TAKEOVER_SLOTS: u32 = 1024;
 
 /// What a new flow has chosen so far, for [`claim_snat_port`].
 pub struct Ids {
@@ -153,6 +168,7 @@ fn claim_on(pkt: &Packet, cfg: &GlobalConfig, b: &Backend, ids: &Ids, t: &mut Ta
             min,
             snat_idx: t.snat_idx,
             found: 0,
+            seen: ReverseNat::default(),
         });
     }
     if let Some(port) = run(PROBES) {
@@ -198,7 +214,32 @@ pub struct Claim {
     snat_idx: u8,
     /// Set when `key.dport` was claimed.
     found: u8,
+    /// The reverse entry found on `key.dport`, as it was when judged reusable.
+    seen: ReverseNat,
 }
+
+/// Whether reverse entry `now` is still `seen`, compared word by word without a branch
+/// per field (each one would be another path for the verifier to walk).
+#[inline(always)]
+fn unchanged(now: &ReverseNat, seen: &ReverseNat) -> bool {
+    const WORDS: usize = size_of::<ReverseNat>() / 4;
+    // SAFETY: both are `ReverseNat`s, 48 bytes of plain integers, 4-byte aligned
+    // (asserted below), read as the twelve words they are made of.
+    let (a, b) = unsafe {
+        (
+            &*(now as *const ReverseNat).cast::<[u32; WORDS]>(),
+            &*(seen as *const ReverseNat).cast::<[u32; WORDS]>(),
+        )
+    };
+    let mut diff = 0;
+    let mut i = 0;
+    while i < WORDS {
+        diff |= a[i] ^ b[i];
+        i += 1;
+    }
+    diff == 0
+}
+const _: () = assert!(size_of::<ReverseNat>() % 4 == 0 && align_of::<ReverseNat>() >= 4);
 
 /// Tries the next `n` candidates of the search in this CPU's `CLAIM_SCRATCH` slot; the
 /// port claimed (network order), if one was.
@@ -236,20 +277,38 @@ extern "C" fn try_port(i: u32, _: *mut c_void) -> i64 {
         return 0;
     };
     // SAFETY: a map value stays valid for the whole program run.
-    if reusable(unsafe { &*old }, c, cfg)
-        && REVERSE_NAT.insert(&c.key, &c.val, BPF_ANY as u64).is_ok()
-    {
+    if reusable(unsafe { &*old }, c, cfg) && take_over(c) {
         c.found = 1;
         return 1;
     }
     0
 }
 
+/// Takes the port `c.key` names, found reusable as `c.seen`, for `c`'s flow, holding its
+/// `TAKEOVERS` entry meanwhile; false if another CPU holds it, or changed the entry
+/// since (took the port: its flow's fresh entry would not be reusable). The judgement
+/// is not made again: an entry as it was is a port as free as it was.
+#[inline(always)]
+fn take_over(c: &Claim) -> bool {
+    if TAKEOVERS.insert(&c.key, &0, BPF_NOEXIST as u64).is_err() {
+        return false;
+    }
+    // SAFETY: as in `try_port`.
+    let same = REVERSE_NAT
+        .get_ptr(&c.key)
+        .is_some_and(|now| unchanged(unsafe { &*now }, &c.seen));
+    let taken = same && REVERSE_NAT.insert(&c.key, &c.val, BPF_ANY as u64).is_ok();
+    let _ = TAKEOVERS.remove(&c.key);
+    taken
+}
+
 /// Whether the reverse NAT entry `old`, holding the port `c` tries, may be taken over by
-/// `c`'s flow (`flow::entry_free_for`). Not inlined: keeps the comparison's loads off
-/// the loop's stack.
+/// `c`'s flow (`flow::entry_free_for`); keeps a copy of it in `c.seen` first, for
+/// [`take_over`] (an entry changed during the judgement no longer matches the copy).
+/// Not inlined: keeps the comparison's loads off the loop's stack.
 #[inline(never)]
-fn reusable(old: &ReverseNat, c: &Claim, cfg: &GlobalConfig) -> bool {
+fn reusable(old: &ReverseNat, c: &mut Claim, cfg: &GlobalConfig) -> bool {
+    c.seen = *old;
     // SAFETY: a map value stays valid for the whole program run.
     let fs = conntrack::lookup(&old.flow)
         .map(|entry| unsafe { &*entry.state })

@@ -736,39 +736,59 @@ impl TestRun {
     /// released together by a spin barrier, pair after pair. Returns both actions of
     /// each pair.
     pub fn run_pairs_at_once(&mut self, pairs: &[(Vec<u8>, Vec<u8>)]) -> Vec<(Action, Action)> {
+        let ingress = (self.lb1, self.lb0);
+        self.run_at_once(pairs, ingress)
+    }
+
+    /// As [`run_pairs_at_once`](Self::run_pairs_at_once), both frames of each pair from
+    /// the client side: two new connections whose SYNs the LB takes at once on two CPUs.
+    pub fn run_client_pairs_at_once(
+        &mut self,
+        pairs: &[(Vec<u8>, Vec<u8>)],
+    ) -> Vec<(Action, Action)> {
+        let ingress = (self.lb1, self.lb1);
+        self.run_at_once(pairs, ingress)
+    }
+
+    /// Runs each pair's first frame on CPU 0 as received on `ingress.0` and its second
+    /// on CPU 1 as received on `ingress.1`, at the same instant, pair after pair.
+    fn run_at_once(
+        &mut self,
+        pairs: &[(Vec<u8>, Vec<u8>)],
+        ingress: (u32, u32),
+    ) -> Vec<(Action, Action)> {
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         assert!(
             cpus >= 2,
             "running frames at once needs two CPUs, this machine has {cpus}"
         );
-        let (lb0, lb1) = (self.lb0, self.lb1);
         let ns = self.ns.path();
         let ns = &ns;
         let prog = self.loaded(names::PROG_LB);
         let arrived = std::sync::atomic::AtomicUsize::new(0);
         let arrived = &arrived;
-        let side = |cpu: usize, ingress: u32, backend_side: bool| {
+        let side = |cpu: usize, ingress: u32, second: bool| {
             move || {
                 crate::sys::enter_netns(ns).expect("enter the namespace");
                 crate::sys::pin_to_cpu(cpu).expect("sched_setaffinity");
                 let mut actions = Vec::with_capacity(pairs.len());
-                for (i, (client, backend)) in pairs.iter().enumerate() {
+                for (i, (first, then)) in pairs.iter().enumerate() {
                     arrived.fetch_add(1, Ordering::AcqRel);
                     while arrived.load(Ordering::Acquire) < 2 * (i + 1) {
                         std::hint::spin_loop();
                     }
-                    let frame = if backend_side { backend } else { client };
+                    let frame = if second { then } else { first };
                     actions.push(run_xdp(prog, frame, ingress).0);
                 }
                 actions
             }
         };
         let (a, b) = std::thread::scope(|s| {
-            let a = s.spawn(side(0, lb1, false));
-            let b = s.spawn(side(1, lb0, true));
+            let a = s.spawn(side(0, ingress.0, false));
+            let b = s.spawn(side(1, ingress.1, true));
             (
-                a.join().expect("client side thread"),
-                b.join().expect("backend side thread"),
+                a.join().expect("first frames' thread"),
+                b.join().expect("second frames' thread"),
             )
         });
         a.into_iter().zip(b).collect()

@@ -682,6 +682,71 @@ fn simultaneous_fins_on_two_cpus_leave_the_backend_in_time_wait() {
     }
 }
 
+/// Two new connections whose SNAT port walks both start at a taken but reusable port,
+/// their SYNs taken at the same instant on two CPUs: one of them gets that port, the
+/// other the next free one, and each port's reverse entry names its own flow. The
+/// program judged the port reusable and then overwrote its entry, so both CPUs could
+/// take it: both SYNs went out on one port and the entry named only one of the flows,
+/// the other flow's SYN-ACK was taken for the first's, and its client sent its SYN
+/// again (the fast port reuse test's rare SYN retransmission, with one stale answer).
+#[test]
+fn two_cpus_taking_over_one_port_at_once_do_not_both_get_it() {
+    const ROUNDS: usize = 6;
+    const PAIRS: usize = 150;
+    let p = plan4();
+    let mut lb = serving(&p, "1h");
+    for round in 0..ROUNDS {
+        // Each pair's port: spread over the range, away from the others' walks.
+        let mut taken = Vec::new();
+        let mut pairs = Vec::new();
+        for i in 0..PAIRS {
+            let port = SNAT_MIN + ((round * PAIRS + i) * 131 % 900) as u16;
+            let a = client_first_at(&p, port, &taken);
+            taken.push(a);
+            let b = client_first_at(&p, port, &taken);
+            taken.push(b);
+            // A reverse entry whose flow is gone and whose backend holds nothing.
+            lb.stale_reverse_entry(&p, 0, port, p.client_key(1_000 + i as u16));
+            pairs.push((port, a, b));
+        }
+        let frames: Vec<_> = pairs
+            .iter()
+            .map(|&(_, a, b)| (p.from_client(a, SYN).build(), p.from_client(b, SYN).build()))
+            .collect();
+        for (i, actions) in lb.run_client_pairs_at_once(&frames).into_iter().enumerate() {
+            assert_eq!(
+                actions,
+                (Action::Redirect, Action::Redirect),
+                "both SYNs of pair {i}"
+            );
+        }
+        for &(port, a, b) in &pairs {
+            let port_of = |lb: &mut TestRun, c: u16| {
+                let fs = lb.flow(p.client_key(c)).expect("the new flow's entry");
+                u16::from_be(fs.snat_port)
+            };
+            let (pa, pb) = (port_of(&mut lb, a), port_of(&mut lb, b));
+            assert_ne!(
+                pa, pb,
+                "round {round}: client ports {a} and {b} both took SNAT port {pa} (both \
+                 started at {port})"
+            );
+            for (c, snat) in [(a, pa), (b, pb)] {
+                let r = lb
+                    .reverse(p.reverse_key(0, snat))
+                    .expect("the port's entry");
+                assert_eq!(
+                    r.flow,
+                    p.client_key(c),
+                    "round {round}: SNAT port {snat}'s entry names another flow than \
+                     client port {c}'s"
+                );
+            }
+        }
+        lb.clear_flow_tables();
+    }
+}
+
 /// With every SNAT port of the range but one held by live flows, a new flow gets that
 /// one, although its walk never tries it (the sweep of the whole range finds it). With
 /// none left the next flow is refused, and for `SWEEP_HOLD_NS` after, flows toward that
