@@ -578,49 +578,18 @@ fn a_syn_flood_cycles_through_the_half_open_table_and_leaves_established_flows_a
 /// missing a FIN.
 #[test]
 fn fins_crossing_on_two_cpus_both_close_the_flow() {
-    const ROUNDS: u16 = 8;
-    // Half the kit's 1,000 SNAT ports (every flow goes to backend 0), so each SYN finds
-    // a free port within the program's probes.
-    const FLOWS: u16 = 500;
     let p = plan4();
     let mut lb = serving(&p, "1h");
-    for round in 0..ROUNDS {
-        let first = 10_000 + round * FLOWS;
-        let flows: Vec<(u16, u16)> = (first..first + FLOWS)
-            .map(|c| (c, established(&mut lb, &p, c, None)))
-            .collect();
-        let pairs: Vec<_> = flows
-            .iter()
-            .map(|&(c, port)| {
-                (
-                    segment(&p, c, FIN | ACK, SEQ + 1, None).build(),
-                    p.from_backend(0, port, FIN | ACK).build(),
-                )
-            })
-            .collect();
-        for (i, actions) in lb.run_pairs_at_once(&pairs).into_iter().enumerate() {
-            assert_eq!(
-                actions,
-                (Action::Redirect, Action::Redirect),
-                "both FINs of client port {}",
-                flows[i].0
-            );
-        }
-        let lost: Vec<u16> = flows
-            .iter()
-            .filter(|&&(c, _)| {
-                let flags = lb.flow(p.client_key(c)).expect("the flow's entry").flags;
-                flags & FLOW_CLOSED != FLOW_CLOSED
-            })
-            .map(|&(c, _)| c)
-            .collect();
+    for round in 0..FIN_ROUNDS {
+        let lost = fins_at_once(&mut lb, &p, round, None, |flags| {
+            flags & FLOW_CLOSED == FLOW_CLOSED
+        });
         assert!(
             lost.is_empty(),
-            "round {round}: {} of {FLOWS} flows lost a FIN (client ports {:?}...)",
+            "round {round}: {} of {FIN_FLOWS} flows lost a FIN (client ports {:?}...)",
             lost.len(),
             &lost[..lost.len().min(10)]
         );
-        lb.clear_flow_tables();
     }
 }
 
@@ -633,53 +602,69 @@ fn fins_crossing_on_two_cpus_both_close_the_flow() {
 /// took the close for a passive one.
 #[test]
 fn simultaneous_fins_on_two_cpus_leave_the_backend_in_time_wait() {
-    const ROUNDS: u16 = 8;
-    // As in `fins_crossing_on_two_cpus_both_close_the_flow`.
-    const FLOWS: u16 = 500;
     let p = plan4();
     let mut lb = serving(&p, "1h");
-    for round in 0..ROUNDS {
-        let first = 10_000 + round * FLOWS;
-        let flows: Vec<(u16, u16)> = (first..first + FLOWS)
-            .map(|c| (c, established(&mut lb, &p, c, None)))
-            .collect();
-        let pairs: Vec<_> = flows
-            .iter()
-            .map(|&(c, port)| {
-                let mut fin = p.from_backend(0, port, FIN | ACK);
-                // Everything of the client's but its FIN (sequence SEQ + 1).
-                fin.ack = SEQ + 1;
-                (
-                    segment(&p, c, FIN | ACK, SEQ + 1, None).build(),
-                    fin.build(),
-                )
-            })
-            .collect();
-        for (i, actions) in lb.run_pairs_at_once(&pairs).into_iter().enumerate() {
-            assert_eq!(
-                actions,
-                (Action::Redirect, Action::Redirect),
-                "both FINs of client port {}",
-                flows[i].0
-            );
-        }
-        let passive: Vec<u16> = flows
-            .iter()
-            .filter(|&&(c, _)| {
-                let flags = lb.flow(p.client_key(c)).expect("the flow's entry").flags;
-                flags & FLOW_BACKEND_TIME_WAIT == 0
-            })
-            .map(|&(c, _)| c)
-            .collect();
+    for round in 0..FIN_ROUNDS {
+        // Everything of the client's but its FIN (sequence SEQ + 1).
+        let passive = fins_at_once(&mut lb, &p, round, Some(SEQ + 1), |flags| {
+            flags & FLOW_BACKEND_TIME_WAIT != 0
+        });
         assert!(
             passive.is_empty(),
-            "round {round}: {} of {FLOWS} simultaneous closes taken for passive ones (client \
-             ports {:?}...)",
+            "round {round}: {} of {FIN_FLOWS} simultaneous closes taken for passive ones \
+             (client ports {:?}...)",
             passive.len(),
             &passive[..passive.len().min(10)]
         );
-        lb.clear_flow_tables();
     }
+}
+
+/// Rounds of the FIN tests above.
+const FIN_ROUNDS: u16 = 8;
+/// Flows a round: half the kit's 1,000 SNAT ports (every flow goes to backend 0), so
+/// each SYN finds a free port within the program's probes.
+const FIN_FLOWS: u16 = 500;
+
+/// Round `round` of a close crossing on two CPUs: `FIN_FLOWS` established flows, then
+/// each client's FIN and its backend's FIN (acknowledging `backend_ack`, else the
+/// kit's number) at the same instant. Returns the client ports whose flow's flag bits
+/// fail `ok`, and empties the tables.
+fn fins_at_once(
+    lb: &mut TestRun,
+    p: &Plan,
+    round: u16,
+    backend_ack: Option<u32>,
+    ok: impl Fn(u8) -> bool,
+) -> Vec<u16> {
+    let first = 10_000 + round * FIN_FLOWS;
+    let flows: Vec<(u16, u16)> = (first..first + FIN_FLOWS)
+        .map(|c| (c, established(lb, p, c, None)))
+        .collect();
+    let pairs: Vec<_> = flows
+        .iter()
+        .map(|&(c, port)| {
+            let mut fin = p.from_backend(0, port, FIN | ACK);
+            if let Some(ack) = backend_ack {
+                fin.ack = ack;
+            }
+            (segment(p, c, FIN | ACK, SEQ + 1, None).build(), fin.build())
+        })
+        .collect();
+    for (i, actions) in lb.run_pairs_at_once(&pairs).into_iter().enumerate() {
+        assert_eq!(
+            actions,
+            (Action::Redirect, Action::Redirect),
+            "both FINs of client port {}",
+            flows[i].0
+        );
+    }
+    let failed = flows
+        .iter()
+        .filter(|&&(c, _)| !ok(lb.flow(p.client_key(c)).expect("the flow's entry").flags))
+        .map(|&(c, _)| c)
+        .collect();
+    lb.clear_flow_tables();
+    failed
 }
 
 /// Two new connections whose SNAT port walks both start at a taken but reusable port,
