@@ -2,14 +2,17 @@
 //! toward its backend by inserting the reverse NAT entry that maps the backend's
 //! replies back to it.
 
-use core::ptr::null_mut;
+use core::{
+    intrinsics::{AtomicOrdering, atomic_xchg},
+    ptr::null_mut,
+};
 
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST},
     cty::c_void,
     helpers::bpf_loop,
     macros::map,
-    maps::HashMap,
+    maps::Array,
 };
 use lb_common::{
     flow::{self, Opening},
@@ -25,18 +28,19 @@ use crate::{
     syn_proxy,
 };
 
-/// Taken ports being handed to a new flow, one entry (the reverse NAT key) per takeover
-/// in progress ([`take_over`]). Inserting an entry with `BPF_NOEXIST` is atomic, so two
-/// CPUs that both find the same taken port reusable cannot both take it: without this,
-/// both flows went out on that port, the entry named only the second, and the first
-/// never saw its SYN-ACK. An entry lasts one takeover of one program run; the program's
-/// own map, not the daemon's, so it lives here rather than in `maps`.
+/// Lock words of port takeovers ([`take_over`]), a port's word picked by a hash of its
+/// reverse NAT key: a CPU takes a word by swapping in 1 (`BPF_XCHG`, atomic and fully
+/// ordered) and finding 0 there, and gives it back by swapping in 0. Two CPUs that both
+/// find the same taken port reusable cannot then both take it: without this, both
+/// flows went out on that port, the entry named only the second, and the first never
+/// saw its SYN-ACK. Two ports that share a word only send one claim on to its next
+/// candidate now and then. A word is held for one takeover of one program run; the
+/// program's own map, not the daemon's, so it lives here rather than in `maps`.
 #[map]
-static TAKEOVERS: HashMap<FlowKey, u8> = HashMap::with_max_entries(TAKEOVER_SLOTS, 0);
+static TAKEOVER_LOCKS: Array<u64> = Array::with_max_entries(TAKEOVER_SLOTS, 0);
 
-/// Takeovers at once: one per CPU running the program is the most there can be. A full
-/// map only sends a claim on to its next candidate.
-const TAKEOVER_SLOTS: u32 = 1024;
+/// Lock words: a power of two, many more than the CPUs that can take over at once.
+const TAKEOVER_SLOTS: u32 = 4096;
 
 /// What a new flow has chosen so far, for [`claim_snat_port`].
 pub struct Ids {
@@ -285,12 +289,19 @@ extern "C" fn try_port(i: u32, _: *mut c_void) -> i64 {
 }
 
 /// Takes the port `c.key` names, found reusable as `c.seen`, for `c`'s flow, holding its
-/// `TAKEOVERS` entry meanwhile; false if another CPU holds it, or changed the entry
-/// since (took the port: its flow's fresh entry would not be reusable). The judgement
-/// is not made again: an entry as it was is a port as free as it was.
-#[inline(always)]
+/// lock word (`TAKEOVER_LOCKS`) meanwhile; false if another CPU holds the word, or
+/// changed the entry since (took the port: its flow's fresh entry would not be
+/// reusable). The judgement is not made again: an entry as it was is a port as free as
+/// it was. A call of its own: inlined, it deepened `try_port`'s frame past the stack
+/// the verifier allows the port search's call chain.
+#[inline(never)]
 fn take_over(c: &Claim) -> bool {
-    if TAKEOVERS.insert(&c.key, &0, BPF_NOEXIST as u64).is_err() {
+    let Some(word) = TAKEOVER_LOCKS.get_ptr_mut(lock_slot(&c.key)) else {
+        return false;
+    };
+    // SAFETY: an aligned u64 of an array map's value, valid for the whole program run;
+    // every CPU touches it only with these atomic swaps.
+    if unsafe { atomic_xchg::<u64, { AtomicOrdering::SeqCst }>(word, 1) } != 0 {
         return false;
     }
     // SAFETY: as in `try_port`.
@@ -298,9 +309,20 @@ fn take_over(c: &Claim) -> bool {
         .get_ptr(&c.key)
         .is_some_and(|now| unchanged(unsafe { &*now }, &c.seen));
     let taken = same && REVERSE_NAT.insert(&c.key, &c.val, BPF_ANY as u64).is_ok();
-    let _ = TAKEOVERS.remove(&c.key);
+    // SAFETY: as above; the word is this CPU's since the swap that found 0.
+    unsafe { atomic_xchg::<u64, { AtomicOrdering::SeqCst }>(word, 0) };
     taken
 }
+
+/// The lock word of the port the reverse NAT key `k` names (backend address and port,
+/// SNAT address and port): a multiplicative hash of what tells two SNAT ports apart.
+#[inline(always)]
+fn lock_slot(k: &FlowKey) -> u32 {
+    let ports = (u32::from(k.dport) << 16) | u32::from(k.sport);
+    let mixed = k.src[0] ^ k.src[3] ^ k.dst[0] ^ k.dst[3] ^ ports;
+    mixed.wrapping_mul(0x9e37_79b1) >> (32 - TAKEOVER_SLOTS.trailing_zeros())
+}
+const _: () = assert!(TAKEOVER_SLOTS.is_power_of_two());
 
 /// Whether the reverse NAT entry `old`, holding the port `c` tries, may be taken over by
 /// `c`'s flow (`flow::entry_free_for`); keeps a copy of it in `c.seen` first, for
