@@ -167,6 +167,62 @@ fn start_lb(bed: &Bed) -> Daemon {
     bed.start(&args)
 }
 
+/// Where else a SYN or its SYN-ACK may have been lost, for a failure's message: the
+/// backends' and the LB host's kernel drop counters (listen queue overflows, resets,
+/// TIME_WAIT refusals) and the LB's veths' error and drop counters (a frame redirected
+/// into a full peer ring), each line that is not zero.
+fn losses_elsewhere(bed: &Bed) -> String {
+    const KERNEL: [&str; 8] = [
+        "Listen",
+        "Drop",
+        "Paws",
+        "Challenge",
+        "OutRsts",
+        "Abort",
+        "SynRetrans",
+        "Syncookies",
+    ];
+    let mut out = Vec::new();
+    let mut spaces = vec![("lb", &bed.topo.lb)];
+    spaces.extend(BACKENDS.iter().map(|&b| (b, &bed.backend(b).ns)));
+    for (name, ns) in spaces {
+        let counters = ns
+            .exec("nstat", &["-az"])
+            .unwrap_or_else(|e| format!("{e:#}"));
+        out.extend(
+            counters
+                .lines()
+                .filter(|l| KERNEL.iter().any(|k| l.contains(k)))
+                .filter(|l| l.split_whitespace().nth(1).is_some_and(|v| v != "0"))
+                .map(|l| {
+                    format!(
+                        "{name}: {}",
+                        l.split_whitespace().take(2).collect::<Vec<_>>().join(" ")
+                    )
+                }),
+        );
+    }
+    for dev in ["lb0", "lb1"] {
+        let stats = bed
+            .topo
+            .lb
+            .exec("ethtool", &["-S", dev])
+            .unwrap_or_else(|e| format!("{e:#}"));
+        out.extend(
+            stats
+                .lines()
+                .filter(|l| l.contains("drop") || l.contains("err"))
+                .filter(|l| !l.trim_end().ends_with(": 0"))
+                .map(|l| format!("{dev}: {}", l.trim())),
+        );
+    }
+    if out.is_empty() {
+        "nothing counted".to_owned()
+    } else {
+        out.join("; ")
+    }
+}
+
 /// Fails unless the run completed requests without errors and came round the client's
 /// port range at least [`MIN_CYCLES`] times.
 fn check_run(what: &str, wrk: &Wrk, counts: &TcpCounts) {
@@ -221,6 +277,7 @@ fn fast_port_reuse_causes_no_syn_retransmission() {
         .stats_json()
         .map(|s| s.to_string())
         .unwrap_or_else(|e| format!("{e:#}"));
+    let losses = losses_elsewhere(&bed);
     eprintln!(
         "through lb, {RUN:?}: {counts:?}, {} requests",
         through.requests
@@ -228,7 +285,7 @@ fn fast_port_reuse_causes_no_syn_retransmission() {
     check_run("through lb", &through, &counts);
     assert_eq!(
         counts.syn_retrans, 0,
-        "the client sent SYNs again through lb (none straight to a backend); {counts:?}\nlb stats: {stats}"
+        "the client sent SYNs again through lb (none straight to a backend); {counts:?}\nlb stats: {stats}\nelsewhere: {losses}"
     );
     bed.stop(d);
 }
