@@ -187,7 +187,7 @@ fn losses_elsewhere(bed: &Bed) -> String {
     spaces.extend(BACKENDS.iter().map(|&b| (b, &bed.backend(b).ns)));
     for (name, ns) in spaces {
         let counters = ns
-            .exec("nstat", &["-az"])
+            .exec("nstat", &["-asz"])
             .unwrap_or_else(|e| format!("{e:#}"));
         out.extend(
             counters
