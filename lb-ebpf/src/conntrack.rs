@@ -123,15 +123,23 @@ pub fn touch_client_one_sided(fs: &mut FlowState, now: u64, tcp_flags: u8) {
 #[inline(always)]
 pub fn touch_backend(ctx: &XdpContext, pkt: &Packet, fs: &mut FlowState) {
     let before = fs.flags;
-    fs.last_seen_ns = pkt.now;
-    fs.packets = fs.packets.wrapping_add(1);
-    add_flags(fs, flow::backend_segment(before, pkt.tcp_flags));
+    touch_backend_plain(fs, pkt.now, pkt.tcp_flags);
     if pkt.tcp_flags & tcp::FIN != 0
         && before & (FLOW_FIN_CLIENT | FLOW_FIN_BACKEND) == FLOW_FIN_CLIENT
         && sequence::ack(ctx, pkt).is_some_and(|ack| flow::simultaneous_close(ack, fs.close_seq))
     {
         add_flags(fs, FLOW_BACKEND_TIME_WAIT);
     }
+}
+
+/// [`touch_backend`] for a segment without FIN: its time, its count and the `FLOW_*`
+/// bits it brings (`lb_common::flow::backend_segment`).
+#[inline(always)]
+pub fn touch_backend_plain(fs: &mut FlowState, now: u64, tcp_flags: u8) {
+    let before = fs.flags;
+    fs.last_seen_ns = now;
+    fs.packets = fs.packets.wrapping_add(1);
+    add_flags(fs, flow::backend_segment(before, tcp_flags));
 }
 
 /// Marks the flow reset: the LB reset the backend's side of it (`lb_common::flow::

@@ -9,7 +9,7 @@ use lb_common::{
 };
 
 use crate::{
-    access, direct, fib,
+    access, direct, fast, fib,
     forward::forward,
     nat::Target,
     parse::{self, Packet, Parsed},
@@ -21,10 +21,15 @@ use crate::{
     watch,
 };
 
-/// The whole program, up to the verdict: the forward or reverse path decides, and a
-/// packet to send on leaves through the one call of `fib::send`.
+/// The whole program, up to the verdict: an established flow's plain segment takes the
+/// fast path (`fast`); for the others the forward or reverse path decides, and a packet
+/// to send on leaves through the one call of `fib::send`.
 #[inline(always)]
 pub fn handle(ctx: &XdpContext) -> Verdict {
+    let v = fast::established(ctx);
+    if v != fast::GENERAL {
+        return v;
+    }
     let mut pkt = MaybeUninit::<Packet>::uninit();
     let pkt = zeroed(&mut pkt);
     let mut t = MaybeUninit::<Target>::uninit();

@@ -51,19 +51,10 @@ pub fn send(ctx: &XdpContext, pkt: &Packet, t: &Target, dir: Dir) -> Verdict {
 /// toward backends, per client and VIP for replies), then MACs and XDP_TX or a redirect.
 #[inline(never)]
 fn next_hop(ctx: &XdpContext, pkt: &Packet, t: &Target, dir: Dir) -> Verdict {
-    let mut hop = Hop {
-        macs: [0; 12],
-        ifindex: 0,
-        now: pkt.now,
-        ip_len: pkt.ip_len,
-        ingress: ctx.ingress_ifindex() as u32,
-    };
-    let cached = match dir {
-        Dir::In => cached_hop(t, &mut hop),
-        Dir::Out => cached_reply_hop(t, &mut hop),
-    };
-    if cached {
-        return out(ctx, t, dir, &hop);
+    let mut slot = MaybeUninit::<Hop>::uninit();
+    let hop = Hop::start(&mut slot, pkt.now, pkt.ip_len, ctx.ingress_ifindex() as u32);
+    if cached(t, dir, hop) {
+        return out(ctx, t, dir, hop);
     }
     let mut p = MaybeUninit::<FibParams>::uninit();
     let p = zeroed(&mut p);
@@ -75,13 +66,13 @@ fn next_hop(ctx: &XdpContext, pkt: &Packet, t: &Target, dir: Dir) -> Verdict {
         BPF_FIB_LKUP_RET_SUCCESS => {
             hop.take(p);
             match dir {
-                Dir::In => remember_hop(t, &hop),
+                Dir::In => remember_hop(t, hop),
                 // An answer of the LB's own (a cookie SYN-ACK) is not cached: a flood's
                 // spoofed sources would each take a slot from a real flow's replies.
                 Dir::Out if t.backend == NO_BACKEND => {}
-                Dir::Out => remember_reply_hop(t, &hop),
+                Dir::Out => remember_reply_hop(t, hop),
             }
-            out(ctx, t, dir, &hop)
+            out(ctx, t, dir, hop)
         }
         BPF_FIB_LKUP_RET_NO_NEIGH => hand_off(ctx, t, dir, p),
         BPF_FIB_LKUP_RET_FRAG_NEEDED => Verdict::drop(counters::DROP_FRAG_NEEDED),
@@ -89,6 +80,18 @@ fn next_hop(ctx: &XdpContext, pkt: &Packet, t: &Target, dir: Dir) -> Verdict {
             events::dropped(ctx, counters::DROP_NO_ROUTE);
             Verdict::drop(counters::DROP_NO_ROUTE)
         }
+    }
+}
+
+/// Fills `hop` from this CPU's cache of next hops toward `t` (toward `dir`): per
+/// backend, or per client and VIP for replies. False when the entry is missing, stale,
+/// or not known to fit a packet of `hop.ip_len`: the route is then looked up. Reads only:
+/// the established fast path (`fast`) asks before it changes anything.
+#[inline(always)]
+pub fn cached(t: &Target, dir: Dir, hop: &mut Hop) -> bool {
+    match dir {
+        Dir::In => cached_hop(t, hop),
+        Dir::Out => cached_reply_hop(t, hop),
     }
 }
 
@@ -208,7 +211,7 @@ fn hand_off(ctx: &XdpContext, t: &Target, dir: Dir, p: &FibParams) -> Verdict {
 /// which the next-hop cache needs (in here, so its functions take few arguments: BPF
 /// calls pass at most five, in registers).
 #[repr(C)]
-struct Hop {
+pub struct Hop {
     /// Destination MAC, then source MAC.
     macs: [u8; 12],
     ifindex: u32,
@@ -221,6 +224,19 @@ struct Hop {
 }
 
 impl Hop {
+    /// A hop still to be found, in `slot`, for a packet of `ip_len` bytes that came in
+    /// on `ingress` at `now`. codegen: zeroed word by word in the caller's slot; a `Hop`
+    /// literal or value (`macs: [0; 12]`, a returned copy) becomes a call of the BPF
+    /// backend's byte-loop `memset`, a twentieth of an established packet's cost.
+    #[inline(always)]
+    pub fn start(slot: &mut MaybeUninit<Hop>, now: u64, ip_len: u32, ingress: u32) -> &mut Hop {
+        let hop = zeroed(slot);
+        hop.now = now;
+        hop.ip_len = ip_len;
+        hop.ingress = ingress;
+        hop
+    }
+
     /// The MACs and interface of a successful FIB lookup.
     #[inline(always)]
     fn take(&mut self, p: &FibParams) {
@@ -315,7 +331,7 @@ fn remember_reply_hop(t: &Target, hop: &Hop) {
 /// Writes the MACs and sends the packet out of the hop's interface: XDP_TX if that is
 /// where it came in, a redirect otherwise; counts its traffic.
 #[inline(always)]
-fn out(ctx: &XdpContext, t: &Target, dir: Dir, hop: &Hop) -> Verdict {
+pub fn out(ctx: &XdpContext, t: &Target, dir: Dir, hop: &Hop) -> Verdict {
     let (macs, ifindex) = (hop.macs, hop.ifindex);
     let Some(eth) = ptr_at::<[u8; 12]>(ctx, 0) else {
         // verifier: the parser read past the Ethernet header; never taken.
@@ -328,7 +344,7 @@ fn out(ctx: &XdpContext, t: &Target, dir: Dir, hop: &Hop) -> Verdict {
         Dir::In => counters::FWD_IN,
         Dir::Out => counters::FWD_OUT,
     };
-    let verdict = if ifindex == ctx.ingress_ifindex() as u32 {
+    let verdict = if ifindex == hop.ingress {
         Verdict::new(xdp_action::XDP_TX, fwd)
     } else {
         match TX_PORTS.redirect(ifindex, xdp_action::XDP_DROP as u64) {

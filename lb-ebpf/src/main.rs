@@ -2,7 +2,8 @@
 //! passes everything (tests and veth peers need an XDP program on the receiving side).
 //!
 //! Only the entry points live here. The forwarding path reads by file name:
-//! `dispatch` (which path) → `parse` (through `packet`'s bounds-checked cursor) →
+//! `dispatch` (which path: an established flow's plain segment takes `fast`, a shorter
+//! road to the same result; the others go on) → `parse` (through `packet`'s bounds-checked cursor) →
 //! `forward` (client → backend: `select` the service and backend, `snat` port,
 //! `conntrack` refresh; `access` (the source allowlist) and `source_limit` first for a
 //! segment opening a flow) or `reverse` (backend → client) → `nat` (rewrite, `csum`) →
@@ -47,6 +48,8 @@ mod dnat;
 mod encap;
 #[cfg(target_arch = "bpf")]
 mod events;
+#[cfg(target_arch = "bpf")]
+mod fast;
 #[cfg(target_arch = "bpf")]
 mod fib;
 #[cfg(target_arch = "bpf")]

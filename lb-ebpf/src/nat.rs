@@ -125,8 +125,20 @@ fn rewrite_v4(ctx: &XdpContext, pkt: &Packet, t: &Target) -> bool {
     let Some((ip, th)) = headers::<Ipv4Hdr>(ctx, pkt) else {
         return false;
     };
-    // SAFETY: `headers` checked that the IPv4 header at `ip` and the TCP header at `th`
-    // are inside the packet; every access is to their fields, unaligned-safe.
+    // SAFETY: `headers` checked that both headers are inside the packet.
+    unsafe { rewrite_v4_at(ip, th, t) };
+    true
+}
+
+/// Rewrites the IPv4 header at `ip` and the TCP header at `th` to `t` (`fast` has
+/// them without a `Packet`).
+///
+/// # Safety
+/// Both headers must lie inside the packet. Every access is to their fields and
+/// unaligned-safe.
+#[inline(always)]
+pub unsafe fn rewrite_v4_at(ip: *mut Ipv4Hdr, th: *mut TcpHdr, t: &Target) {
+    // SAFETY: the caller guarantees both headers are inside the packet.
     unsafe {
         let saddr = addr_of_mut!((*ip).src_addr).cast::<u32>();
         let daddr = addr_of_mut!((*ip).dst_addr).cast::<u32>();
@@ -159,7 +171,6 @@ fn rewrite_v4(ctx: &XdpContext, pkt: &Packet, t: &Target) -> bool {
         ports.write_unaligned(new_ports);
         (*ip).ttl = ttl - 1;
     }
-    true
 }
 
 #[inline(never)]

@@ -115,7 +115,7 @@ pub fn parse(ctx: &XdpContext, pkt: &mut Packet) -> Parsed {
 
 /// Whether a frame to `dst` is this host's (see `LocalMacs`).
 #[inline(always)]
-fn addressed_here(ctx: &XdpContext, dst: &[u8; 6]) -> bool {
+pub fn addressed_here(ctx: &XdpContext, dst: &[u8; 6]) -> bool {
     match crate::maps::LOCAL_MACS.get(0) {
         Some(macs) => macs.accepts(ctx.ingress_ifindex() as u32, dst),
         None => true,

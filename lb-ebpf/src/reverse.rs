@@ -13,7 +13,7 @@
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
     counters, flow,
-    maps::{FlowState, ReverseNat},
+    maps::{FlowState, GlobalConfig, ReverseNat},
     tcp,
 };
 
@@ -37,10 +37,16 @@ pub fn is_nat_reply(pkt: &Packet) -> bool {
 /// any while a DNAT service exists.
 #[inline(always)]
 fn in_snat_range(pkt: &Packet) -> bool {
-    let Some(cfg) = CONFIG.get(0) else {
-        return false;
-    };
-    let port = u16::from_be(pkt.key.dport);
+    CONFIG
+        .get(0)
+        .is_some_and(|cfg| port_in_snat_range(cfg, pkt.key.dport))
+}
+
+/// Whether a reply to destination port `dport` (network order) may be a NAT flow's, on
+/// the terms of [`in_snat_range`].
+#[inline(always)]
+pub fn port_in_snat_range(cfg: &GlobalConfig, dport: u16) -> bool {
+    let port = u16::from_be(dport);
     (port >= cfg.snat_port_min && port <= cfg.snat_port_max) || cfg.dnat != 0
 }
 
@@ -87,7 +93,7 @@ pub fn reverse(ctx: &XdpContext, pkt: &mut Packet, t: &mut Target) -> Step {
 /// Keeps `r.syn_acks` (`lb_common::flow::syn_acks_after`). Written only when it
 /// changes: once or twice a connection.
 #[inline(always)]
-fn remember_syn_ack(r: &mut ReverseNat, fs: &FlowState, syn_ack: bool, now: u64) {
+pub fn remember_syn_ack(r: &mut ReverseNat, fs: &FlowState, syn_ack: bool, now: u64) {
     let v = flow::syn_acks_after(r.syn_acks, fs.flags, syn_ack, now);
     if v != r.syn_acks {
         r.syn_acks = v;

@@ -8,7 +8,7 @@ use lb_common::counters;
 use crate::{maps::COUNTERS, traffic::Dir};
 
 /// What happens to a packet: an XDP action and the counter that says why.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 #[repr(transparent)]
 pub struct Verdict(u32);
 
