@@ -1,7 +1,8 @@
 //! The established fast path: most packets of a NAT flow change nothing but the flow's
 //! clock and count (an ACK or data, no SYN, FIN or RST). Such a packet is forwarded
-//! here, in either direction, with one bounds check for all its headers and nothing
-//! else on the stack: plain IPv4 (no VLAN tag, no options, not a fragment), its flow in
+//! here, in either direction, with one bounds check for all its headers and none of
+//! the general path's scratch (`Packet`, `Target`) to zero: plain IPv4 (no VLAN tag, no
+//! options, not a fragment), its flow in
 //! `FLOWS` and not closing, its next hop cached on this CPU. Such a segment for no VIP
 //! and no NAT flow (the host's own traffic) is passed here. Anything else goes the
 //! general way (`dispatch`), and so does anything this path is unsure of: it is only a
