@@ -19,8 +19,8 @@ use core::{mem::MaybeUninit, ptr::addr_of};
 use lb_common::{
     flow,
     maps::{
-        ACCESS_LIST, ACCESS_WATCH, BACKEND_DRAINING, BACKEND_UP, FAMILY_V4, FLOW_CLOSED, FLOW_RST,
-        FlowKey, GlobalConfig, MODE_NAT, PROTO_TCP, Service, VipKey,
+        ACCESS_LIST, ACCESS_WATCH, FAMILY_V4, FLOW_CLOSED, FLOW_RST, FlowKey, GlobalConfig,
+        MODE_NAT, PROTO_TCP, Service, VipKey,
     },
     tcp,
 };
@@ -29,12 +29,12 @@ use network_types::{eth::EthHdr, ip::Ipv4Hdr, tcp::TcpHdr};
 use crate::{
     conntrack::{self, now},
     fib::{self, Hop},
-    maps::{BACKENDS, CONFIG, FLOWS, REVERSE_NAT, SERVICES},
+    forward::{aim, serving_backend},
+    maps::{CONFIG, FLOWS, REVERSE_NAT, SERVICES},
     nat::{self, Target},
     packet::{frame_len, ptr_at},
     parse::{addressed_here, offset_flags},
     reverse::{port_in_snat_range, remember_syn_ack},
-    snat,
     traffic::Dir,
     verdict::Verdict,
 };
@@ -168,19 +168,13 @@ fn to_backend(ctx: &XdpContext, h: &Headers, svc: &Service, cfg: &GlobalConfig) 
     if fs.proxy != 0 || fs.flags & (FLOW_CLOSED | FLOW_RST) != 0 || flow::expired(fs, cfg, now) {
         return GENERAL;
     }
-    let id = u32::from(fs.backend);
-    let Some(b) = BACKENDS.get(id) else {
+    let Some(b) = serving_backend(u32::from(fs.backend)) else {
         return GENERAL;
     };
-    if b.state != BACKEND_UP && b.state != BACKEND_DRAINING {
-        return GENERAL;
-    }
     let mut t = target(svc.id);
-    if !snat::address(b, FAMILY_V4, u32::from(fs.snat_idx), &mut t) {
+    if !aim(b, fs, FAMILY_V4, &mut t) {
         return GENERAL;
     }
-    t.sport = fs.snat_port;
-    t.set_forward(b, id);
     let mut slot = MaybeUninit::uninit();
     let hop = Hop::start(&mut slot, now, h.ip_len, ctx.ingress_ifindex() as u32);
     if !fib::cached(&t, Dir::In, hop) {

@@ -128,16 +128,26 @@ fn existing_flow(
     }
     let b = live_backend(pkt, fs, cfg)?;
     conntrack::client_segment(ctx, pkt, fs);
-    if !snat::address(b, pkt.key.family, u32::from(fs.snat_idx), t) {
+    if !aim(b, fs, pkt.key.family, t) {
         return None;
     }
-    t.sport = fs.snat_port;
-    t.set_forward(b, u32::from(fs.backend));
     // Last, so the copy has every change this packet made.
     if entry.half_open && fs.flags & FLOW_ESTABLISHED != 0 {
         conntrack::promote(&pkt.key, fs);
     }
     Some(entry.state)
+}
+
+/// Fills `t` toward flow `fs`'s backend `b` from its SNAT address and port; false if
+/// the daemon wrote no such address (`snat::address`). Shared with the fast path.
+#[inline(always)]
+pub fn aim(b: &Backend, fs: &FlowState, family: u8, t: &mut Target) -> bool {
+    if !snat::address(b, family, u32::from(fs.snat_idx), t) {
+        return false;
+    }
+    t.sport = fs.snat_port;
+    t.set_forward(b, u32::from(fs.backend));
+    true
 }
 
 /// Whether a segment on a closed flow is the cookie ACK of a new connection from the
@@ -164,7 +174,14 @@ pub fn live_backend(pkt: &Packet, fs: &FlowState, cfg: &GlobalConfig) -> Option<
     if pkt.tcp_flags & (tcp::SYN | tcp::ACK) == tcp::SYN && flow::closed(fs.flags) {
         return None;
     }
-    let b = BACKENDS.get(u32::from(fs.backend))?;
+    serving_backend(u32::from(fs.backend))
+}
+
+/// Backend `id` if it still serves its existing flows: up, or draining (it takes no new
+/// ones). Shared with the fast path (`fast`).
+#[inline(always)]
+pub fn serving_backend(id: u32) -> Option<&'static Backend> {
+    let b = BACKENDS.get(id)?;
     if b.state != BACKEND_UP && b.state != BACKEND_DRAINING {
         return None;
     }
