@@ -133,6 +133,8 @@ const DIAGNOSTICS: &[&str] = &[
     "offered",
     "lb_cpu_busy",
     "client_cpu_busy",
+    "lb_cpu_busy_base",
+    "client_cpu_busy_base",
     "napi_cpu",
     "syn_offered",
     "syn_in",

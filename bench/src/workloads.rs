@@ -138,7 +138,7 @@ impl Workload {
                 churn::placement_note()
             ),
             Workload::SynFlood => format!(
-                "new connections during a SYN flood: as conn-sustained (ports not narrowed), {} s of warm-up, {} s without a flood (`rate_base`), then {} s during one (`rate_flood`; `--quick`: 1 s each); `ratio` = rate_flood / rate_base. The flood: spoofed SYNs to the HTTP VIP from {} addresses of {}/{} (a new 5-tuple each), from the packet-rate workloads' XDP generator on the client's CPU (which it shares with wrk), paced to {} Mpps in calls of 4,096 SYNs, each sent at the generator's full speed in flushes of 256 (bursts at `syn_burst`, faster than the LB takes SYNs, which its 256-frame veth ring cannot absorb; see bench/src/flood.rs), for the phase and 2 s more at most; `syn_offered` = what it sent per second (below {} where it could not keep up), `syn_in` = what of it the client's veth handed to the LB's receive ring per second (the rest found the ring full: the LB took no more), `syn_burst` = the rate within the generator's calls. The client's eth0 has a queue (pfifo) in both phases, as a host's NIC has, so the client's own packets wait for room in the LB's ring instead of being dropped (bench/src/churn.rs). Answers to the spoofed sources are blackholed in the LB namespace. `unanswered_flood` = `unanswered` of conn-sustained, during the flood; {}",
+                "new connections during a SYN flood: as conn-sustained (ports not narrowed), {} s of warm-up, {} s without a flood (`rate_base`), then {} s during one (`rate_flood`; `--quick`: 1 s each); `ratio` = rate_flood / rate_base. The flood: spoofed SYNs to the HTTP VIP from {} addresses of {}/{} (a new 5-tuple each), from the packet-rate workloads' XDP generator on the client's CPU (which it shares with wrk), paced to {} Mpps in calls of 4,096 SYNs, each sent at the generator's full speed in flushes of 256 (bursts at `syn_burst`, faster than the LB takes SYNs, which its 256-frame veth ring cannot absorb; see bench/src/flood.rs), for the phase and 2 s more at most; `syn_offered` = what it sent per second (below {} where it could not keep up), `syn_in` = what of it the client's veth handed to the LB's receive ring per second (the rest found the ring full: the LB took no more), `syn_burst` = the rate within the generator's calls. The client's eth0 has a queue (pfifo) in both phases, as a host's NIC has, so the client's own packets wait for room in the LB's ring instead of being dropped (bench/src/churn.rs). Answers to the spoofed sources are blackholed in the LB namespace. `unanswered_flood` = `unanswered` of conn-sustained, during the flood; `lb_cpu_busy` and `client_cpu_busy` are the LB's and the client's CPU during the flood, `_base` without it (the client's CPU also runs the generator); {}",
                 SYNFLOOD_SECS.0,
                 SYNFLOOD_SECS.1,
                 SYNFLOOD_SECS.1,
@@ -206,6 +206,9 @@ impl Workload {
             m("syn_in", "Mpps", true),
             m("syn_burst", "Mpps", true),
             m("lb_cpu_busy", "%", false),
+            m("lb_cpu_busy_base", "%", false),
+            m("client_cpu_busy", "%", false),
+            m("client_cpu_busy_base", "%", false),
         ];
         match self {
             Workload::Conn => CONN,
@@ -321,6 +324,9 @@ pub fn run(
                     flood.flood_in as f64 / r.sent.secs.max(1e-6) / 1e6,
                     r.sent.burst_rate() / 1e6,
                     flood.lb_busy * 100.0,
+                    base.lb_busy * 100.0,
+                    flood.client_busy * 100.0,
+                    base.client_busy * 100.0,
                 ],
                 disturbed: base.disturbed.clone().or(flood.disturbed.clone()),
                 xdp_ns: None,
