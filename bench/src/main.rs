@@ -723,9 +723,27 @@ fn cpu_model() -> String {
         .unwrap_or_else(|| "unknown CPU".into())
 }
 
+/// The bench command as a reader would type it again: without `--out`, whose directory
+/// is this machine's and does not change a figure.
 fn command_line() -> String {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    format!("cargo xtask {}", args.join(" "))
+    format!(
+        "cargo xtask bench {}",
+        shareable(std::env::args().skip(1)).join(" ")
+    )
+}
+
+/// `args` without `--out DIR` (or `--out=DIR`).
+fn shareable(args: impl Iterator<Item = String>) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut args = args.peekable();
+    while let Some(a) = args.next() {
+        if a == "--out" {
+            args.next();
+        } else if !a.starts_with("--out=") {
+            out.push(a);
+        }
+    }
+    out
 }
 
 /// Which lb was measured: the source commit of the tree the binary was built in (and
@@ -767,13 +785,43 @@ fn lb_identity(lb_bin: &Path) -> String {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
         .unwrap_or_default();
+    // Inside the workspace the path is given from its root: the report names no
+    // directory of this machine.
+    let root = lb_tests::workspace_root();
+    let root = root.canonicalize().unwrap_or(root);
+    let shown = lb_bin
+        .canonicalize()
+        .ok()
+        .and_then(|p| p.strip_prefix(&root).ok().map(Path::to_path_buf))
+        .unwrap_or_else(|| lb_bin.to_path_buf());
     format!(
         "lb: `{}` built {built}, source at commit {commit}{}",
-        lb_bin.display(),
+        shown.display(),
         if dirty {
             " (with uncommitted changes in the tree)"
         } else {
             ""
         }
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shareable;
+
+    #[test]
+    fn the_command_line_leaves_out_the_output_directory() {
+        let args = [
+            "--no-build",
+            "--out",
+            "/somewhere",
+            "--only",
+            "pps-1",
+            "--out=/else",
+        ];
+        assert_eq!(
+            shareable(args.iter().map(|a| a.to_string())),
+            ["--no-build", "--only", "pps-1"]
+        );
+    }
 }
