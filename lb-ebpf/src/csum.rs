@@ -20,13 +20,37 @@ fn fold(sum: u64) -> u16 {
 /// The checksum `old` after the words `from` of the covered data became `to`.
 #[inline(always)]
 pub fn replace<const N: usize>(old: u16, from: &[u32; N], to: &[u32; N]) -> u16 {
-    let mut sum = (!old) as u64;
+    let mut u = Update::new(old);
     let mut i = 0;
     while i < N {
-        sum += (!from[i]) as u64 + to[i] as u64;
+        u.word(from[i], to[i]);
         i += 1;
     }
-    !fold(sum)
+    u.finish()
+}
+
+/// A checksum updated word by word as [`replace`] does, for words rewritten one at a
+/// time: no copy of the old words is kept (an IPv6 rewrite's would be nine).
+pub struct Update(u64);
+
+impl Update {
+    /// Starts from the checksum `old`.
+    #[inline(always)]
+    pub fn new(old: u16) -> Update {
+        Update((!old) as u64)
+    }
+
+    /// A covered word went from `from` to `to`.
+    #[inline(always)]
+    pub fn word(&mut self, from: u32, to: u32) {
+        self.0 += (!from) as u64 + to as u64;
+    }
+
+    /// The new checksum.
+    #[inline(always)]
+    pub fn finish(self) -> u16 {
+        !fold(self.0)
+    }
 }
 
 /// The checksum `old` after the 32-bit word `from`, at byte offset `off` of the covered

@@ -26,7 +26,10 @@ use crate::{
 /// to send on leaves through the one call of `fib::send`.
 #[inline(always)]
 pub fn handle(ctx: &XdpContext) -> Verdict {
-    let v = fast::established(ctx);
+    let mut v = fast::established(ctx);
+    if v == fast::IPV6 {
+        v = fast::established_v6(ctx);
+    }
     if v != fast::GENERAL {
         return v;
     }

@@ -2,14 +2,15 @@
 //! clock and count (an ACK or data, no SYN, FIN or RST). Such a packet is forwarded
 //! here, in either direction, with one bounds check for all its headers and none of
 //! the general path's scratch (`Packet`, `Target`) to zero: plain IPv4 (no VLAN tag, no
-//! options, not a fragment), its flow in
+//! options, not a fragment) or IPv6, its flow in
 //! `FLOWS` and not closing, its next hop cached on this CPU. Such a segment for no VIP
 //! and no NAT flow (the host's own traffic) is passed here. Anything else goes the
 //! general way (`dispatch`), and so does anything this path is unsure of: it is only a
 //! shorter road to the result the general path gives these packets, with the same
 //! rewrite, map writes and counter, and the differential fuzzer holds it to that.
-//! IPv6 goes the general way for now: both families in one call made the fast path's
-//! stack frame, on top of `lb_xdp`'s, deeper than the verifier's 512 bytes.
+//! IPv6 (no extension header) has a call of its own, [`established_v6`]: both families
+//! in one call made the frame, on top of `lb_xdp`'s, deeper than the verifier's 512
+//! bytes.
 //!
 //! Every check comes before the first write, so a packet handed back to the general
 //! path has not been touched.
@@ -19,12 +20,16 @@ use core::{mem::MaybeUninit, ptr::addr_of};
 use lb_common::{
     flow,
     maps::{
-        ACCESS_LIST, ACCESS_WATCH, FAMILY_V4, FLOW_CLOSED, FLOW_RST, FlowKey, GlobalConfig,
-        MODE_NAT, PROTO_TCP, Service, VipKey,
+        ACCESS_LIST, ACCESS_WATCH, FAMILY_V4, FAMILY_V6, FLOW_CLOSED, FLOW_RST, FlowKey,
+        GlobalConfig, MODE_NAT, PROTO_TCP, Service, VipKey,
     },
     tcp,
 };
-use network_types::{eth::EthHdr, ip::Ipv4Hdr, tcp::TcpHdr};
+use network_types::{
+    eth::EthHdr,
+    ip::{Ipv4Hdr, Ipv6Hdr},
+    tcp::TcpHdr,
+};
 
 use crate::{
     conntrack::{self, now},
@@ -33,7 +38,7 @@ use crate::{
     maps::{CONFIG, FLOWS, REVERSE_NAT, SERVICES},
     nat::{self, Target},
     packet::{frame_len, ptr_at},
-    parse::{addressed_here, offset_flags},
+    parse::{addressed_here, offset_flags, words},
     reverse::{port_in_snat_range, remember_syn_ack},
     traffic::Dir,
     verdict::Verdict,
@@ -43,54 +48,78 @@ use crate::{
 /// action is none of XDP's.
 pub const GENERAL: Verdict = Verdict::new(0xff, 0);
 
-/// IPv4 in the Ethernet type, network order as in the header.
+/// Returned by [`established`] for an IPv6 frame: [`established_v6`] is its fast path.
+pub const IPV6: Verdict = Verdict::new(0xfe, 0);
+
+/// IPv4 and IPv6 in the Ethernet type, network order as in the header.
 const ETH_P_IP: u16 = 0x0800_u16.to_be();
+const ETH_P_IPV6: u16 = 0x86dd_u16.to_be();
 /// Version 4, a 20-byte header: no options.
 const VIHL_PLAIN: u8 = 0x45;
 /// The "more fragments" flag and the fragment offset, host order of `frags`.
 const IPV4_FRAGMENT: u16 = 0x3fff;
 const L3: usize = EthHdr::LEN;
 const L4: usize = L3 + Ipv4Hdr::LEN;
+const L4_V6: usize = L3 + Ipv6Hdr::LEN;
 
 /// The packet's headers, all inside it, and what the paths need of them.
 struct Headers {
-    ip: *mut Ipv4Hdr,
+    /// The IP header: IPv4 or IPv6 as the key's family says.
+    ip: *mut u8,
     th: *mut TcpHdr,
     key: FlowKey,
-    /// The IPv4 total length.
+    /// The IPv4 total length, or the IPv6 header and payload length.
     ip_len: u32,
     tcp_flags: u8,
 }
 
-/// Forwards the packet if it is an established NAT flow's plain segment (see the module
-/// note), passes it if it is for no VIP and no NAT flow; [`GENERAL`] otherwise, with
-/// nothing changed.
+/// Forwards the packet if it is an established NAT flow's plain IPv4 segment (see the
+/// module note), passes it if it is for no VIP and no NAT flow; [`IPV6`] for an IPv6
+/// frame, [`GENERAL`] otherwise, with nothing changed.
 #[inline(never)]
 pub fn established(ctx: &XdpContext) -> Verdict {
-    let Some(h) = headers(ctx) else {
-        return GENERAL;
-    };
+    match headers(ctx) {
+        Ok(h) => path::<FAMILY_V4>(ctx, &h),
+        Err(v) => v,
+    }
+}
+
+/// [`established`] for an IPv6 frame: the segment directly after the IPv6 header.
+#[inline(never)]
+pub fn established_v6(ctx: &XdpContext) -> Verdict {
+    match headers_v6(ctx) {
+        Some(h) => path::<FAMILY_V6>(ctx, &h),
+        None => GENERAL,
+    }
+}
+
+/// Toward the backend for a VIP, else toward the client of a NAT flow.
+#[inline(always)]
+fn path<const FAMILY: u8>(ctx: &XdpContext, h: &Headers) -> Verdict {
     let vip = VipKey {
         addr: h.key.dst,
         port: h.key.dport,
         proto: PROTO_TCP,
-        family: FAMILY_V4,
+        family: FAMILY,
     };
     let Some(cfg) = CONFIG.get(0) else {
         return GENERAL;
     };
     match SERVICES.get_ptr(&vip) {
         // SAFETY: a map value stays valid for the whole program run (RCU).
-        Some(svc) => to_backend(ctx, &h, unsafe { &*svc }, cfg),
-        None => to_client(ctx, &h, cfg),
+        Some(svc) => to_backend::<FAMILY>(ctx, h, unsafe { &*svc }, cfg),
+        None => to_client::<FAMILY>(ctx, h, cfg),
     }
 }
 
 /// The headers of a plain IPv4 TCP segment addressed to this host, as `parse` would
-/// accept them, with no SYN, FIN or RST and a TTL left to decrement.
+/// accept them, with no SYN, FIN or RST and a TTL left to decrement; `Err` with
+/// [`IPV6`] or [`GENERAL`] otherwise.
 #[inline(always)]
-fn headers(ctx: &XdpContext) -> Option<Headers> {
-    let start = ptr_at::<[u8; L4 + TcpHdr::LEN]>(ctx, 0)?.cast::<u8>();
+fn headers(ctx: &XdpContext) -> Result<Headers, Verdict> {
+    let start = ptr_at::<[u8; L4 + TcpHdr::LEN]>(ctx, 0)
+        .ok_or(GENERAL)?
+        .cast::<u8>();
     let eth = start.cast::<EthHdr>();
     // SAFETY: `ptr_at` checked that the Ethernet, IPv4 and TCP headers (at their fixed
     // offsets when there is no VLAN tag and no IPv4 option) are inside the packet; every
@@ -98,7 +127,11 @@ fn headers(ctx: &XdpContext) -> Option<Headers> {
     let (ip, th) = unsafe {
         let ether_type = addr_of!((*eth).ether_type).cast::<u16>().read_unaligned();
         if ether_type != ETH_P_IP {
-            return None;
+            return Err(if ether_type == ETH_P_IPV6 {
+                IPV6
+            } else {
+                GENERAL
+            });
         }
         (
             start.add(L3).cast::<Ipv4Hdr>(),
@@ -108,7 +141,7 @@ fn headers(ctx: &XdpContext) -> Option<Headers> {
     // SAFETY: as above.
     let dst = unsafe { addr_of!((*eth).dst_addr).read_unaligned() };
     if !addressed_here(ctx, &dst) {
-        return None;
+        return Err(GENERAL);
     }
     // SAFETY: as above.
     let v4 = unsafe { &*ip };
@@ -117,24 +150,15 @@ fn headers(ctx: &XdpContext) -> Option<Headers> {
         || v4.ttl <= 1
         || u16::from_be_bytes(v4.frags) & IPV4_FRAGMENT != 0
     {
-        return None;
+        return Err(GENERAL);
     }
     let tot_len = u16::from_be_bytes(v4.tot_len) as usize;
     if tot_len < Ipv4Hdr::LEN + TcpHdr::LEN || L3 + tot_len > frame_len(ctx) {
-        return None;
+        return Err(GENERAL);
     }
-    // SAFETY: as above.
-    let ([doff, flags], ports) =
-        unsafe { (offset_flags(th), th.cast::<[u16; 2]>().read_unaligned()) };
-    let doff = (doff >> 4) as usize * 4;
-    if doff < TcpHdr::LEN || doff > tot_len - Ipv4Hdr::LEN {
-        return None;
-    }
-    if flags & (tcp::SYN | tcp::FIN | tcp::RST) != 0 {
-        return None;
-    }
-    Some(Headers {
-        ip,
+    let (ports, tcp_flags) = plain_segment(th, tot_len - Ipv4Hdr::LEN).ok_or(GENERAL)?;
+    Ok(Headers {
+        ip: ip.cast(),
         th,
         key: FlowKey {
             src: [u32::from_ne_bytes(v4.src_addr), 0, 0, 0],
@@ -146,15 +170,79 @@ fn headers(ctx: &XdpContext) -> Option<Headers> {
             _pad: [0; 2],
         },
         ip_len: tot_len as u32,
-        tcp_flags: flags,
+        tcp_flags,
     })
+}
+
+/// [`headers`] for IPv6: TCP directly after the IPv6 header, a hop left to count down.
+#[inline(always)]
+fn headers_v6(ctx: &XdpContext) -> Option<Headers> {
+    let start = ptr_at::<[u8; L4_V6 + TcpHdr::LEN]>(ctx, 0)?.cast::<u8>();
+    let eth = start.cast::<EthHdr>();
+    // SAFETY: `ptr_at` checked that the Ethernet, IPv6 and TCP headers (at their fixed
+    // offsets when there is no VLAN tag and no extension header) are inside the packet;
+    // every read is of their fields, unaligned.
+    let (ip, th, dst) = unsafe {
+        (
+            start.add(L3).cast::<Ipv6Hdr>(),
+            start.add(L4_V6).cast::<TcpHdr>(),
+            addr_of!((*eth).dst_addr).read_unaligned(),
+        )
+    };
+    if !addressed_here(ctx, &dst) {
+        return None;
+    }
+    // SAFETY: as above.
+    let v6 = unsafe { &*ip };
+    if v6.vcf[0] >> 4 != 6 || v6.next_hdr != PROTO_TCP || v6.hop_limit <= 1 {
+        return None;
+    }
+    let payload = u16::from_be_bytes(v6.payload_len) as usize;
+    if payload < TcpHdr::LEN || L4_V6 + payload > frame_len(ctx) {
+        return None;
+    }
+    let (ports, tcp_flags) = plain_segment(th, payload)?;
+    Some(Headers {
+        ip: ip.cast(),
+        th,
+        key: FlowKey {
+            src: words(&v6.src_addr),
+            dst: words(&v6.dst_addr),
+            sport: ports[0],
+            dport: ports[1],
+            proto: PROTO_TCP,
+            family: FAMILY_V6,
+            _pad: [0; 2],
+        },
+        ip_len: (Ipv6Hdr::LEN + payload) as u32,
+        tcp_flags,
+    })
+}
+
+/// The ports and flags of the TCP header at `th`, in a segment of `len` bytes, if its
+/// header fits and it has no SYN, FIN or RST.
+#[inline(always)]
+fn plain_segment(th: *mut TcpHdr, len: usize) -> Option<([u16; 2], u8)> {
+    // SAFETY: the callers checked the TCP header is inside the packet.
+    let ([doff, flags], ports) =
+        unsafe { (offset_flags(th), th.cast::<[u16; 2]>().read_unaligned()) };
+    let doff = (doff >> 4) as usize * 4;
+    if doff < TcpHdr::LEN || doff > len || flags & (tcp::SYN | tcp::FIN | tcp::RST) != 0 {
+        return None;
+    }
+    Some((ports, flags))
 }
 
 /// Client → VIP: `forward`'s existing-flow case for a NAT service without an allowlist
 /// or a watch, whose flow is in `FLOWS`, live, not closing, not SYN-proxied, and whose
 /// backend still serves it.
 #[inline(always)]
-fn to_backend(ctx: &XdpContext, h: &Headers, svc: &Service, cfg: &GlobalConfig) -> Verdict {
+fn to_backend<const FAMILY: u8>(
+    ctx: &XdpContext,
+    h: &Headers,
+    svc: &Service,
+    cfg: &GlobalConfig,
+) -> Verdict {
     if svc.mode != MODE_NAT || svc.access & (ACCESS_LIST | ACCESS_WATCH) != 0 {
         return GENERAL;
     }
@@ -172,7 +260,7 @@ fn to_backend(ctx: &XdpContext, h: &Headers, svc: &Service, cfg: &GlobalConfig) 
         return GENERAL;
     };
     let mut t = target(svc.id);
-    if !aim(b, fs, FAMILY_V4, &mut t) {
+    if !aim(b, fs, FAMILY, &mut t) {
         return GENERAL;
     }
     let mut slot = MaybeUninit::uninit();
@@ -181,14 +269,14 @@ fn to_backend(ctx: &XdpContext, h: &Headers, svc: &Service, cfg: &GlobalConfig) 
         return GENERAL;
     }
     conntrack::touch_client(fs, now, h.tcp_flags);
-    send(ctx, h, &t, Dir::In, hop)
+    send::<FAMILY>(ctx, h, &t, Dir::In, hop)
 }
 
 /// Backend → SNAT address: `reverse`'s case of a reply whose flow is in `FLOWS` with
 /// the reverse entry's backend, and not SYN-proxied. A segment for no VIP and no NAT
 /// flow is passed here, as `reverse` would pass it.
 #[inline(always)]
-fn to_client(ctx: &XdpContext, h: &Headers, cfg: &GlobalConfig) -> Verdict {
+fn to_client<const FAMILY: u8>(ctx: &XdpContext, h: &Headers, cfg: &GlobalConfig) -> Verdict {
     if !port_in_snat_range(cfg, h.key.dport) {
         return Verdict::PASS;
     }
@@ -215,7 +303,7 @@ fn to_client(ctx: &XdpContext, h: &Headers, cfg: &GlobalConfig) -> Verdict {
     }
     conntrack::touch_backend_plain(fs, now, h.tcp_flags);
     remember_syn_ack(r, fs, false, now);
-    send(ctx, h, &t, Dir::Out, hop)
+    send::<FAMILY>(ctx, h, &t, Dir::Out, hop)
 }
 
 /// A target with every field set: the paths fill in the tuple.
@@ -237,8 +325,20 @@ fn target(service: u32) -> Target {
 
 /// The rewrite to `t` and out through `hop`, as `fib::send` does.
 #[inline(always)]
-fn send(ctx: &XdpContext, h: &Headers, t: &Target, dir: Dir, hop: &Hop) -> Verdict {
-    // SAFETY: `headers` checked both headers are inside the packet.
-    unsafe { nat::rewrite_v4_at(h.ip, h.th, t) };
+fn send<const FAMILY: u8>(
+    ctx: &XdpContext,
+    h: &Headers,
+    t: &Target,
+    dir: Dir,
+    hop: &Hop,
+) -> Verdict {
+    // SAFETY: `headers` (`headers_v6`) checked both headers are inside the packet.
+    unsafe {
+        if FAMILY == FAMILY_V4 {
+            nat::rewrite_v4_at(h.ip.cast(), h.th, t);
+        } else {
+            nat::rewrite_v6_at(h.ip.cast(), h.th, t);
+        }
+    }
     fib::out(ctx, t, dir, hop)
 }

@@ -339,7 +339,7 @@ fn key_v6(ctx: &XdpContext, c: &mut Cursor, key: &mut FlowKey) -> bool {
 
 /// An IPv6 address as the network order words of the maps.
 #[inline(always)]
-fn words(a: &[u8; 16]) -> [u32; 4] {
+pub fn words(a: &[u8; 16]) -> [u32; 4] {
     // SAFETY: `a` is 16 readable bytes; any bytes are valid `u32`s; read unaligned.
     unsafe { (a as *const [u8; 16]).cast::<[u32; 4]>().read_unaligned() }
 }
