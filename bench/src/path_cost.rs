@@ -8,7 +8,8 @@
 //! path's own work. A new flow's SYN needs a new tuple per run, so those runs each use
 //! a client port of their own; a SYN answered with a cookie comes, as a flood's do, from
 //! a source address of its own too. Segments carry the options Linux sends (MSS, SACK
-//! permitted, timestamps, window scale on a SYN; timestamps after it).
+//! permitted, timestamps, window scale on a SYN; timestamps after it). The established
+//! forward and reply paths are measured for IPv6 too (`_v6`).
 
 use crate::figure::Figure;
 use crate::systems::System;
@@ -16,7 +17,7 @@ use crate::workloads::Metric;
 use lb_common::maps::names;
 use lb_tests::packet::Packet;
 use lb_tests::packet::flags::{ACK, PSH, SYN};
-use lb_tests::test_run::{Action, CLIENT_PORT, Plan, TestRun, plan4, stay_on_this_cpu};
+use lb_tests::test_run::{Action, CLIENT_PORT, Plan, TestRun, plan4, plan6, stay_on_this_cpu};
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
@@ -31,12 +32,15 @@ const BATCH: usize = 400;
 /// The `syn_cookie` path's spoofed sources: 198.18.128.0/17, and only there.
 const FLOOD_SOURCES: (Ipv4Addr, u8) = (Ipv4Addr::new(198, 18, 128, 0), 17);
 
-/// The paths measured: figure name, and what the runs must end in.
-const PATHS: [(&str, Action); 6] = [
+/// The paths measured: figure name, and what the runs must end in. A name ending in
+/// `_v6` is its path for IPv6.
+const PATHS: [(&str, Action); 8] = [
     ("syn_new_flow", Action::Redirect),
     ("syn_cookie", Action::Tx),
     ("established_forward", Action::Redirect),
     ("reply", Action::Redirect),
+    ("established_forward_v6", Action::Redirect),
+    ("reply_v6", Action::Redirect),
     ("rst_no_backend", Action::Tx),
     ("not_for_a_vip", Action::Pass),
 ];
@@ -87,6 +91,8 @@ fn measure(runs: usize) -> Vec<(&'static str, f64)> {
     lb.set_syn_cookies("off");
     let p = plan4();
     lb.two_backends_up(&p, 0);
+    let p6 = plan6();
+    lb.two_backends_up(&p6, 0);
     let frame = p.from_client(CLIENT_PORT, ACK).build();
     let ingress = lb.lb1;
     let empty = mean(runs, |_| {
@@ -98,7 +104,10 @@ fn measure(runs: usize) -> Vec<(&'static str, f64)> {
             "syn_new_flow" => new_flows(&mut lb, &p, runs, want),
             "syn_cookie" => cookies(&mut lb, &p, runs, want),
             _ => {
-                let (frame, ingress) = frame_for(&mut lb, &p, name);
+                let (frame, ingress) = match name.strip_suffix("_v6") {
+                    Some(path) => frame_for(&mut lb, &p6, path),
+                    None => frame_for(&mut lb, &p, name),
+                };
                 mean(runs, |_| timed(&mut lb, &frame, ingress, want))
             }
         };
