@@ -58,7 +58,8 @@ fn a_burst_of_connections_from_one_source_is_held_to_its_rate() {
     let refilled = (took.as_secs_f64() * f64::from(RATE)).ceil() as usize;
     assert!(
         (RATE as usize..=RATE as usize + refilled).contains(&ok),
-        "{ok} of 50 connected in {took:?}; want the burst of {RATE} plus at most {refilled}"
+        "{ok} of 50 connected in {took:?}; want the burst of {RATE} plus at most {refilled}; lb's counters: {}",
+        must(d.stats_json())["counters"]
     );
     let dropped = rate_limited(&d);
     eprintln!("first burst: {ok} of 50 connected in {took:?}, {dropped} SYNs dropped");

@@ -442,13 +442,16 @@ fn proxy_mode_is_carried_through_a_syn_flood_by_the_kernels_syn_cookies() {
     let ok_during = check_client(&seen);
     // The flood fills the listen queue within its first ~130 ms (4,096 entries at
     // 31,000 SYNs/s) and keeps it full (their SYN-ACKs are never answered): every
-    // client connection after that, the batch after the flood included, came in on a
-    // cookie; at most the first two during the flood (one every 100 ms or more) may not have.
+    // client connection after that came in on a cookie; at most the first two during
+    // the flood (one every 100 ms or more) may not have. The batch after the flood is
+    // not counted: with the queue full of old requests the kernel cuts their SYN-ACK
+    // retries to two (`reqsk_timer_handler`), so it empties within seconds of the
+    // flood's end, and a batch that comes later connects without a cookie (it must
+    // still connect, `check_client`).
     assert!(
-        deltas["TcpExtSyncookiesRecv"] as usize + 2 >= ok_during + seen.after.len(),
-        "{} valid cookies came back for {ok_during} + {} client connections: the client was not carried by cookies: {deltas:?}; {conns}",
+        deltas["TcpExtSyncookiesRecv"] as usize + 2 >= ok_during,
+        "{} valid cookies came back for {ok_during} client connections during the flood: the client was not carried by cookies: {deltas:?}; {conns}",
         deltas["TcpExtSyncookiesRecv"],
-        seen.after.len()
     );
     bed.stop(d);
 }
