@@ -84,7 +84,8 @@ pub fn established(ctx: &XdpContext) -> Verdict {
     }
 }
 
-/// [`established`] for an IPv6 frame: the segment directly after the IPv6 header.
+/// [`established`] for a frame it found IPv6 (the Ethernet type is not read again):
+/// the segment directly after the IPv6 header.
 #[inline(never)]
 pub fn established_v6(ctx: &XdpContext) -> Verdict {
     match headers_v6(ctx) {

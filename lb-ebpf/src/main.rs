@@ -3,7 +3,8 @@
 //!
 //! Only the entry points live here. The forwarding path reads by file name:
 //! `dispatch` (which path: an established flow's plain segment takes `fast`, a shorter
-//! road to the same result; the others go on) → `parse` (through `packet`'s bounds-checked cursor) →
+//! road to the same result; the others go on) → `parse` (through `packet`'s
+//! bounds-checked cursor) →
 //! `forward` (client → backend: `select` the service and backend, `snat` port,
 //! `conntrack` refresh; `access` (the source allowlist) and `source_limit` first for a
 //! segment opening a flow) or `reverse` (backend → client) → `nat` (rewrite, `csum`) →
