@@ -279,6 +279,7 @@ both_engines!(
     client_reset_resets_backend,
     backend_reset_resets_client,
     idle_timeout,
+    aborted_splice_resets_both_ends,
     slow_receiver_memory,
     retransmission_over_received_bytes_goes_out_once,
     parked_mid_transfer_resumes_with_every_byte_once,
@@ -590,6 +591,34 @@ fn idle_timeout(engine: Engine) {
         quiet_for >= idle - Duration::from_millis(160) && quiet_for < idle * 3,
         "reset after {quiet_for:?} of silence (timeout {idle:?})"
     );
+}
+
+/// A splice whose task is aborted mid-connection (what a drain timeout or a shutdown
+/// deadline does) resets both ends: each one's read fails with a reset at once, rather
+/// than ending in a FIN as if the other side had finished.
+fn aborted_splice_resets_both_ends(engine: Engine) {
+    let bed = Bed::new();
+    bed.run(30, async {
+        let (mut client, mut server, proxy) = proxied(engine, &bed.maps, IDLE).await;
+        client.write_all(b"ping!").await.unwrap();
+        assert_eq!(read_exact_n(&mut server, 5).await, b"ping!");
+        server.write_all(b"pong!").await.unwrap();
+        assert_eq!(read_exact_n(&mut client, 5).await, b"pong!");
+        proxy.abort();
+        assert!(
+            proxy.await.unwrap_err().is_cancelled(),
+            "the splice was still running when aborted"
+        );
+        for (who, end) in [("client", &mut client), ("server", &mut server)] {
+            let (rest, err) = read_until_end(end).await;
+            assert!(rest.is_empty(), "{who} got {} more bytes", rest.len());
+            assert_eq!(
+                err,
+                Some(std::io::ErrorKind::ConnectionReset),
+                "the {who} sees a reset"
+            );
+        }
+    });
 }
 
 /// Memory figures: MemAvailable and the TCP socket memory from /proc/net/sockstat.

@@ -240,13 +240,10 @@ impl Proxy {
             .clone();
         let maps = self.maps.clone();
         let park = self.park.subscribe();
-        let cut = ResetIfCut::new(&parked.client, &parked.backend);
         let me = self.clone();
         tokio::spawn(async move {
             let work = async move {
-                let r = splice::resume(parked, maps.as_deref(), settings.idle_timeout, park).await;
-                cut.disarm();
-                r
+                splice::resume(parked, maps.as_deref(), settings.idle_timeout, park).await
             };
             me.track(&svc, backend, work).await;
             drop(permit);
@@ -396,9 +393,8 @@ impl Proxy {
         }
         let maps = self.maps.clone();
         let park = self.park.subscribe();
-        let cut = ResetIfCut::new(&client, &backend);
         let work = async move {
-            let ended = splice::splice_parkable(
+            splice::splice_parkable(
                 client,
                 backend,
                 settings.engine,
@@ -406,9 +402,7 @@ impl Proxy {
                 settings.idle_timeout,
                 park,
             )
-            .await;
-            cut.disarm();
-            ended
+            .await
         };
         svc.with(|c| c.backends.entry(target.addr).or_default().connections += 1);
         self.track(&svc, target.addr, work).await;
@@ -745,36 +739,6 @@ pub fn reset(s: TcpStream) {
 fn reset_std(s: std::net::TcpStream) {
     let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
     drop(s);
-}
-
-/// Resets both sockets of a proxied connection whose splice task is aborted (a drain
-/// timeout, a shutdown deadline): both ends learn at once that it is over, instead of
-/// an orphaned socket trickling out what it still holds. It keeps its own descriptor of
-/// each socket, so the socket is released (with the reset) whichever is dropped last.
-struct ResetIfCut {
-    fds: Option<[std::os::fd::OwnedFd; 2]>,
-}
-
-impl ResetIfCut {
-    fn new<S: std::os::fd::AsFd>(client: &S, backend: &S) -> Self {
-        let dup = |s: &S| s.as_fd().try_clone_to_owned();
-        // Without descriptors (EMFILE) a cut falls back to a plain close.
-        let fds = dup(client).and_then(|c| Ok([c, dup(backend)?])).ok();
-        ResetIfCut { fds }
-    }
-
-    /// The splice ended by itself: the sockets close as it left them.
-    fn disarm(mut self) {
-        self.fds = None;
-    }
-}
-
-impl Drop for ResetIfCut {
-    fn drop(&mut self) {
-        for fd in self.fds.iter().flatten() {
-            let _ = socket2::SockRef::from(fd).set_linger(Some(Duration::ZERO));
-        }
-    }
 }
 
 #[cfg(test)]

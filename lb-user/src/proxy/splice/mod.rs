@@ -139,6 +139,7 @@ pub async fn splice_parkable(
     idle_timeout: Duration,
     mut park: ParkSignal,
 ) -> Result<Outcome, SpliceError> {
+    let cut = ResetIfCut(&client, &backend);
     let res = match engine {
         Engine::Pipe => pipe_engine(&client, &backend, idle_timeout, &mut park, None).await,
         Engine::Sockmap => match maps {
@@ -152,6 +153,7 @@ pub async fn splice_parkable(
             }
         },
     };
+    cut.disarm();
     finish(client, backend, res)
 }
 
@@ -177,6 +179,7 @@ pub async fn resume(
         .map_err(io_err("resuming a parked connection"))?;
     let client = TcpStream::from_std(client).map_err(io_err("resuming a parked connection"))?;
     let backend = TcpStream::from_std(backend).map_err(io_err("resuming a parked connection"))?;
+    let cut = ResetIfCut(&client, &backend);
     let idle = Duration::from_millis(state.idle_ms);
     let up = PipeDir::resume(&state.up, up_pipe);
     let down = PipeDir::resume(&state.down, down_pipe);
@@ -207,7 +210,29 @@ pub async fn resume(
             }
         }
     };
+    cut.disarm();
     finish(client, backend, res)
+}
+
+/// Resets both sockets of a splice dropped before it ended (its task aborted: a drain
+/// timeout, a shutdown deadline), so both ends learn at once that it is over instead of
+/// an orphaned socket trickling out what it still holds. It borrows the splice's own
+/// streams: the borrow makes it drop before them (SO_LINGER 0 set, then the close
+/// sends the RST), with no descriptor of its own to open and close per connection.
+struct ResetIfCut<'a>(&'a TcpStream, &'a TcpStream);
+
+impl ResetIfCut<'_> {
+    /// The run ended or parked by itself: [`finish`] decides how the sockets close.
+    fn disarm(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for ResetIfCut<'_> {
+    fn drop(&mut self) {
+        reset(self.0);
+        reset(self.1);
+    }
 }
 
 /// Ends a run: resets what the end calls for, or hands back a parked connection whole.
