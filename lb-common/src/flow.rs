@@ -400,7 +400,7 @@ mod tests {
         source_burst: 0,
         snat_addrs: [0; 2],
         syn_cookies: 0,
-        dnat: 0,
+        replies: 0,
         syn_cookie_rate: 0,
     };
 

@@ -485,16 +485,46 @@ pub struct GlobalConfig {
     pub snat_addrs: [u8; 2],
     /// When new flows are answered with SYN cookies: `syn_proxy::COOKIES_*`.
     pub syn_cookies: u8,
-    /// 1 while a DNAT service exists: the reverse table is then asked for replies to
-    /// any port (a DNAT reply goes to the client's own).
-    pub dnat: u8,
+    /// Which segments may be NAT replies (`REPLIES_*` bits): with `REPLIES_ANY_PORT`
+    /// (while a DNAT service exists) the reverse table is asked for replies to any port,
+    /// since a DNAT reply goes to the client's own.
+    pub replies: u8,
     /// With `COOKIES_AUTO`: SYNs a second one VIP may get before its new flows are
     /// opened by SYN cookie.
     pub syn_cookie_rate: u32,
 }
 const _: () = assert!(size_of::<GlobalConfig>() == 48);
 
+/// `GlobalConfig::replies`: a DNAT service exists, so a reply may go to any port.
+pub const REPLIES_ANY_PORT: u8 = 1;
+/// `GlobalConfig::replies`: no service's VIP port lies in the SNAT port range, so a
+/// segment to a port of that range is for no VIP: the established fast path looks it
+/// up as a reply without asking `SERVICES` first. The daemon sets it only while that
+/// holds, and clears it before a service on such a port goes in.
+pub const REPLIES_NO_VIP: u8 = 2;
+
 impl GlobalConfig {
+    /// Whether a segment to `dport` (network order) may be a NAT reply: a port of the
+    /// SNAT range, or any while a DNAT service exists.
+    #[inline(always)]
+    pub fn reply_port(&self, dport: u16) -> bool {
+        self.in_snat_range(dport) || self.replies & REPLIES_ANY_PORT != 0
+    }
+
+    /// Whether a segment to `dport` (network order) is for no VIP whatever its address
+    /// (see [`REPLIES_NO_VIP`]).
+    #[inline(always)]
+    pub fn no_vip_on(&self, dport: u16) -> bool {
+        self.replies & (REPLIES_NO_VIP | REPLIES_ANY_PORT) == REPLIES_NO_VIP
+            && self.in_snat_range(dport)
+    }
+
+    #[inline(always)]
+    fn in_snat_range(&self, dport: u16) -> bool {
+        let port = u16::from_be(dport);
+        port >= self.snat_port_min && port <= self.snat_port_max
+    }
+
     /// The SNAT addresses of a family in `SNAT_ADDRS`.
     #[inline(always)]
     pub fn snat_addr_count(&self, family: u8) -> u32 {

@@ -94,17 +94,22 @@ pub fn established_v6(ctx: &XdpContext) -> Verdict {
     }
 }
 
-/// Toward the backend for a VIP, else toward the client of a NAT flow.
+/// Toward the backend for a VIP, else toward the client of a NAT flow. A segment to a
+/// port no VIP has (the daemon's `REPLIES_NO_VIP`) is no VIP's: a reply's lookups skip
+/// `SERVICES`.
 #[inline(always)]
 fn path<const FAMILY: u8>(ctx: &XdpContext, h: &Headers) -> Verdict {
+    let Some(cfg) = CONFIG.get(0) else {
+        return GENERAL;
+    };
+    if cfg.no_vip_on(h.key.dport) {
+        return to_client::<FAMILY>(ctx, h, cfg);
+    }
     let vip = VipKey {
         addr: h.key.dst,
         port: h.key.dport,
         proto: PROTO_TCP,
         family: FAMILY,
-    };
-    let Some(cfg) = CONFIG.get(0) else {
-        return GENERAL;
     };
     match SERVICES.get_ptr(&vip) {
         // SAFETY: a map value stays valid for the whole program run (RCU).

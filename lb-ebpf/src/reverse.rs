@@ -46,8 +46,7 @@ fn in_snat_range(pkt: &Packet) -> bool {
 /// the terms of [`in_snat_range`].
 #[inline(always)]
 pub fn port_in_snat_range(cfg: &GlobalConfig, dport: u16) -> bool {
-    let port = u16::from_be(dport);
-    (port >= cfg.snat_port_min && port <= cfg.snat_port_max) || cfg.dnat != 0
+    cfg.reply_port(dport)
 }
 
 /// If the tuple is a NAT flow's, refreshes the flow (translates a proxied one's segment)

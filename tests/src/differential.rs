@@ -22,7 +22,8 @@ use std::net::IpAddr;
 
 use lb_common::maps::{
     ACCESS_CUT_ESTABLISHED, ACCESS_LIST, ACCESS_RESET, BACKEND_DOWN, BACKEND_DRAINING, BACKEND_UP,
-    FAMILY_V4, FAMILY_V6, FlowKey, FlowState, MODE_DNAT, MODE_NAT, PROTO_TCP, ReverseNat, VipKey,
+    FAMILY_V4, FAMILY_V6, FlowKey, FlowState, MODE_DNAT, MODE_NAT, PROTO_TCP, REPLIES_ANY_PORT,
+    REPLIES_NO_VIP, ReverseNat, VipKey,
 };
 use lb_common::model::{AllowRange, Decision, Model, Parsed, Segment, Toward, parse};
 use lb_user::fuzz::Rng;
@@ -73,7 +74,17 @@ pub enum Event {
         backend: usize,
         free: Vec<u16>,
     },
+    /// The global settings' `replies` bits become `bits` (`REPLIES_*`): with
+    /// `REPLIES_NO_VIP` alone the established fast path takes a segment to a SNAT port
+    /// for a reply without asking `SERVICES` (true here: every VIP is on port 80, below
+    /// the range), which must change nothing the model sees; without `REPLIES_ANY_PORT`
+    /// the `dnat` service's replies go unseen, in the model as in the program.
+    Replies { bits: u8 },
 }
+
+/// One episode in this many starts with its own `replies` bits ([`Event::Replies`]);
+/// the others keep the daemon's (`REPLIES_ANY_PORT`, for the `dnat` service).
+const REPLIES_EVERY: usize = 2;
 
 /// One episode in this many starts with both backends of a `nat` service crowded
 /// ([`Event::Crowd`]): the only way the few clients of an episode reach a nearly full
@@ -264,6 +275,7 @@ impl Differential {
     pub fn replay(&mut self, events: &[Event]) -> Result<(), Divergence> {
         self.lb.clear_flow_tables();
         let mut model = self.model();
+        self.lb.set_replies(model.cfg.replies);
         for p in self.plans {
             for i in 0..2 {
                 self.lb.backend_up(&p, i);
@@ -307,6 +319,10 @@ impl Differential {
                     for (port, other) in crowd(&mut model, &p, backend, free) {
                         self.lb.live_flow_holding(&p, backend, port, other);
                     }
+                }
+                Event::Replies { bits } => {
+                    self.lb.set_replies(bits);
+                    model.cfg.replies = bits;
                 }
                 Event::Age { svc, port, ms } => {
                     let k = self.plans[svc].client_key(port);
@@ -478,7 +494,12 @@ impl Differential {
         let mut g = Generator::default();
         // The model decides which ports flows hold; it runs beside the generator.
         let mut model = self.model();
-        let mut events = Vec::with_capacity(EPISODE + 2);
+        let mut events = Vec::with_capacity(EPISODE + 3);
+        if rng.below(REPLIES_EVERY) == 0 {
+            let bits = [0, REPLIES_NO_VIP, REPLIES_ANY_PORT | REPLIES_NO_VIP][rng.below(3)];
+            model.cfg.replies = bits;
+            events.push(Event::Replies { bits });
+        }
         if rng.below(CROWDED_EVERY) == 0 {
             let svc = rng.below(DNAT);
             for backend in 0..2 {
@@ -541,7 +562,8 @@ impl Differential {
                 Event::SetBackend { .. }
                 | Event::Age { .. }
                 | Event::SetAccess { .. }
-                | Event::Crowd { .. } => None,
+                | Event::Crowd { .. }
+                | Event::Replies { .. } => None,
             };
             if let (Some(input), Event::Client { seg, .. } | Event::Backend { seg, .. }) = (seg, &e)
             {
@@ -1123,6 +1145,7 @@ fn describe(e: &Event) -> String {
             "{} backend {backend}: every SNAT port held by another live flow but {free:?}",
             svc(*f)
         ),
+        Event::Replies { bits } => format!("the global replies bits become {bits:#x}"),
     }
 }
 

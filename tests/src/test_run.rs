@@ -83,6 +83,8 @@ pub const ACK_NO: u32 = 0x2000_0000;
 #[derive(Clone, Copy, Debug)]
 pub struct Plan {
     pub vip: IpAddr,
+    /// The VIP's port: [`VIP_PORT`] but where a test needs another.
+    pub vip_port: u16,
     pub client: IpAddr,
     pub snat: IpAddr,
     pub backends: [IpAddr; 2],
@@ -93,6 +95,7 @@ pub struct Plan {
 pub fn plan4() -> Plan {
     Plan {
         vip: [198, 18, 2, 1].into(),
+        vip_port: VIP_PORT,
         client: [198, 18, 1, 2].into(),
         snat: [198, 18, 0, 1].into(),
         backends: [[198, 18, 0, 10].into(), [198, 18, 0, 11].into()],
@@ -105,6 +108,7 @@ pub fn plan6() -> Plan {
     let v6 = |s: &str| s.parse::<IpAddr>().expect("literal");
     Plan {
         vip: v6("fd00:2::1"),
+        vip_port: VIP_PORT,
         client: v6("fd00:1::2"),
         snat: v6("fd00::1"),
         backends: [v6("fd00::10"), v6("fd00::11")],
@@ -115,7 +119,7 @@ pub fn plan6() -> Plan {
 
 impl Plan {
     pub fn vip_addr(&self) -> SocketAddr {
-        SocketAddr::new(self.vip, VIP_PORT)
+        SocketAddr::new(self.vip, self.vip_port)
     }
 
     pub fn backend_addr(&self, i: usize) -> SocketAddr {
@@ -149,7 +153,7 @@ impl Plan {
             },
             tcp_options: vec![2, 4, 0x05, 0xb4, 1, 1, 4, 2], // MSS 1460, NOP, NOP, SACK ok
             payload: b"GET / HTTP/1.0\r\n\r\n".to_vec(),
-            ..Packet::tcp(self.client, sport, self.vip, VIP_PORT, tcp_flags)
+            ..Packet::tcp(self.client, sport, self.vip, self.vip_port, tcp_flags)
         }
     }
 
@@ -170,7 +174,7 @@ impl Plan {
 
     /// The flow key of the client's connection from `sport`.
     pub fn client_key(&self, sport: u16) -> FlowKey {
-        key(self.client, self.vip, sport, VIP_PORT)
+        key(self.client, self.vip, sport, self.vip_port)
     }
 
     /// The reverse NAT key of backend `i`'s replies to SNAT port `snat_port`.
@@ -965,6 +969,29 @@ impl TestRun {
             r.syn_acks = lb_common::flow::SynAcks::aged(r.syn_acks, by);
             m.insert(key, r, 0).expect("reverse entry");
         }
+    }
+
+    /// Removes `p`'s service, as the daemon does.
+    pub fn remove_service(&mut self, p: &Plan) {
+        self.dp
+            .remove_service(p.vip_addr())
+            .expect("remove the service");
+        self.live_half.remove(&p.service);
+    }
+
+    /// The global settings' `replies` bits (`lb_common::maps::REPLIES_*`).
+    pub fn replies(&mut self) -> u8 {
+        let cfg: Array<&mut MapData, GlobalConfig> = self.map_mut(names::CONFIG);
+        cfg.get(&0, 0).expect("global settings").replies
+    }
+
+    /// Sets the global settings' `replies` bits (`lb_common::maps::REPLIES_*`), the
+    /// rest as they are.
+    pub fn set_replies(&mut self, bits: u8) {
+        let mut cfg: Array<&mut MapData, GlobalConfig> = self.map_mut(names::CONFIG);
+        let mut global = cfg.get(&0, 0).expect("global settings");
+        global.replies = bits;
+        cfg.set(0, global, 0).expect("write the global settings");
     }
 
     /// Empties the flow, half-open and reverse NAT tables and the SNAT sweeps' holds, as at load.

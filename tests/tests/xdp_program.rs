@@ -14,13 +14,13 @@ use std::time::{Duration, Instant};
 use lb_common::addr::ip_to_words;
 use lb_common::maps::{
     FLOW_BACKEND_TIME_WAIT, FLOW_ESTABLISHED, FLOW_FIN_BACKEND, FLOW_FIN_CLIENT, FLOW_LAST_ACK,
-    FLOW_REPLIED, FLOW_RST, NEXT_HOP_TTL_NS, reply_hop_slot,
+    FLOW_REPLIED, FLOW_RST, NEXT_HOP_TTL_NS, REPLIES_NO_VIP, reply_hop_slot,
 };
 use lb_tests::packet::{Packet, decode, flags::*};
 use lb_tests::test_run::{
     ACK_NO, Action, BACKEND_MACS, BACKEND_PORT, CLIENT_MAC, CLIENT_PORT, LB0_MAC, LB1_MAC, Plan,
-    SEQ, TestRun, Timeouts, VIP_PORT, counter, first_snat_port, key, plan4, plan6, rst_for,
-    snat_candidates, stay_on_this_cpu,
+    SEQ, SNAT_MIN, TestRun, Timeouts, VIP_PORT, counter, first_snat_port, key, plan4, plan6,
+    rst_for, snat_candidates, stay_on_this_cpu,
 };
 
 /// A fresh program with `p`'s service: both backends up, every new flow to backend 0.
@@ -65,7 +65,7 @@ fn to_client(p: &Plan, input: &Packet) -> Packet {
         eth_src: LB1_MAC,
         src: p.vip,
         dst: p.client,
-        sport: VIP_PORT,
+        sport: p.vip_port,
         dport: CLIENT_PORT,
         ttl: input.ttl - 1,
         ..input.clone()
@@ -993,6 +993,61 @@ fn reply_to_a_client_without_neighbour_is_passed_rewritten() {
 const MS: Duration = Duration::from_millis(1);
 
 /// Runs a client → VIP segment that must be forwarded; returns the backend it went to.
+/// The established fast path takes a segment to a port of the SNAT range for a reply,
+/// without asking `SERVICES`, only while no VIP has such a port (`REPLIES_NO_VIP`): a
+/// service on one turns that off before it goes in, so its established segments still
+/// reach its backend, and removing it turns it back on.
+#[test]
+fn a_vip_on_a_snat_range_port_keeps_its_established_segments() {
+    let p = plan4();
+    let mut lb = serving(&p);
+    assert_eq!(
+        lb.replies(),
+        REPLIES_NO_VIP,
+        "port 80 is below the SNAT range"
+    );
+    let q = Plan {
+        vip: [198, 18, 2, 9].into(),
+        vip_port: SNAT_MIN + 7,
+        service: 3,
+        ids: [6, 7],
+        ..p
+    };
+    lb.two_backends_up(&q, 0);
+    assert_eq!(lb.replies(), 0, "{} is in the SNAT range", q.vip_addr());
+
+    assert_eq!(forward_to(&mut lb, &q, &q.syn()), 0);
+    reply(&mut lb, &q, CLIENT_PORT, SYN | ACK);
+    assert_eq!(forward_to(&mut lb, &q, &q.from_client(CLIENT_PORT, ACK)), 0);
+    assert_ne!(
+        lb.flow(q.client_key(CLIENT_PORT)).unwrap().flags & FLOW_ESTABLISHED,
+        0
+    );
+    // Segments the fast path takes, both ways.
+    let port = lb.snat_port(&q, CLIENT_PORT);
+    for _ in 0..2 {
+        let data = q.from_client(CLIENT_PORT, ACK | PSH);
+        let (action, out) = lb.from_client(&data.build());
+        assert_eq!(action, Action::Redirect, "{}'s data segment", q.vip_addr());
+        assert_eq!(out, to_backend(&q, &data, 0, port).build());
+        reply(&mut lb, &q, CLIENT_PORT, ACK);
+    }
+
+    lb.remove_service(&q);
+    assert_eq!(
+        lb.replies(),
+        REPLIES_NO_VIP,
+        "no VIP in the SNAT range again"
+    );
+    let data = q.from_client(CLIENT_PORT, ACK | PSH);
+    assert_eq!(
+        lb.from_client(&data.build()).0,
+        Action::Pass,
+        "{} is no VIP any more",
+        q.vip_addr()
+    );
+}
+
 fn forward_to(lb: &mut TestRun, p: &Plan, s: &Packet) -> usize {
     let (action, out) = lb.from_client(&s.build());
     assert_eq!(action, Action::Redirect, "client port {}: action", s.sport);

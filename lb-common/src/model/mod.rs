@@ -197,8 +197,7 @@ impl Model {
     /// Whether a reply's tuple may be in the reverse table: a port of the SNAT range,
     /// or any while a DNAT service exists.
     fn in_snat_range(&self, k: &FlowKey) -> bool {
-        let port = u16::from_be(k.dport);
-        (self.cfg.snat_port_min..=self.cfg.snat_port_max).contains(&port) || self.cfg.dnat != 0
+        self.cfg.reply_port(k.dport)
     }
 
     /// What the program does with segment `s`, and the state it leaves; `None` for a

@@ -10,8 +10,8 @@ use aya::maps::{Array, DevMapHash, HashMap, MapData, MapError, PerCpuArray, PerC
 use lb_common::addr::ip_to_words;
 use lb_common::maglev::{MaglevBackend, build_table};
 use lb_common::maps::{
-    Backend, FAMILY_V6, FlowKey, GlobalConfig, LocalMacs, MAX_LOCAL_MACS, Service, TrafficCounters,
-    VipKey, WatchSpec, names, snat_addrs_base,
+    Backend, FAMILY_V6, FlowKey, GlobalConfig, LocalMacs, MAX_LOCAL_MACS, REPLIES_ANY_PORT,
+    REPLIES_NO_VIP, Service, TrafficCounters, VipKey, WatchSpec, names, snat_addrs_base,
 };
 use tracing::warn;
 
@@ -136,20 +136,80 @@ impl Dataplane {
                 SynCookies::Always => COOKIES_ALWAYS,
                 SynCookies::Off => COOKIES_OFF,
             },
-            dnat: u8::from(cfg.has_dnat()),
+            replies: if cfg.has_dnat() { REPLIES_ANY_PORT } else { 0 },
             syn_cookie_rate: cfg.syn_cookie_rate,
         };
-        let mut config: Array<&mut MapData, GlobalConfig> = self.map_mut(names::CONFIG)?;
-        config.set(0, global, 0).map_err(map_error(names::CONFIG))
+        let no_vip = !self.vip_port_within(cfg.snat_ports)?;
+        self.write_globals(GlobalConfig {
+            replies: global.replies | if no_vip { REPLIES_NO_VIP } else { 0 },
+            ..global
+        })
     }
 
     /// Says whether a DNAT service exists: the program then looks up replies to any port,
     /// not only the SNAT range's. The other global settings stay as written.
     pub fn set_dnat_replies(&mut self, on: bool) -> Result<(), DataplaneError> {
+        let global = self.globals()?;
+        let replies = match on {
+            true => global.replies | REPLIES_ANY_PORT,
+            false => global.replies & !REPLIES_ANY_PORT,
+        };
+        self.write_globals(GlobalConfig { replies, ..global })
+    }
+
+    fn globals(&mut self) -> Result<GlobalConfig, DataplaneError> {
+        let config: Array<&mut MapData, GlobalConfig> = self.map_mut(names::CONFIG)?;
+        config.get(&0, 0).map_err(map_error(names::CONFIG))
+    }
+
+    fn write_globals(&mut self, global: GlobalConfig) -> Result<(), DataplaneError> {
         let mut config: Array<&mut MapData, GlobalConfig> = self.map_mut(names::CONFIG)?;
-        let mut global = config.get(&0, 0).map_err(map_error(names::CONFIG))?;
-        global.dnat = u8::from(on);
         config.set(0, global, 0).map_err(map_error(names::CONFIG))
+    }
+
+    /// Whether a service in `SERVICES` listens on a port of `ports` (host order, both
+    /// ends in).
+    fn vip_port_within(&mut self, ports: (u16, u16)) -> Result<bool, DataplaneError> {
+        let services: HashMap<&mut MapData, VipKey, Service> = self.map_mut(names::SERVICES)?;
+        for key in services.keys() {
+            let key = key.map_err(map_error(names::SERVICES))?;
+            if (ports.0..=ports.1).contains(&u16::from_be(key.port)) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Before a service on `vip` goes into `SERVICES`: if its port is in the SNAT range,
+    /// the program must ask `SERVICES` about segments to that range again
+    /// (`REPLIES_NO_VIP` off), or it would take the VIP's segments for replies.
+    fn vip_coming(&mut self, vip: SocketAddr) -> Result<(), DataplaneError> {
+        let global = self.globals()?;
+        let port = vip.port();
+        if global.replies & REPLIES_NO_VIP != 0
+            && (global.snat_port_min..=global.snat_port_max).contains(&port)
+        {
+            self.write_globals(GlobalConfig {
+                replies: global.replies & !REPLIES_NO_VIP,
+                ..global
+            })?;
+        }
+        Ok(())
+    }
+
+    /// After a service left `SERVICES`: once no VIP's port is in the SNAT range, the
+    /// program may skip `SERVICES` for segments to that range (`REPLIES_NO_VIP` on).
+    fn vip_gone(&mut self) -> Result<(), DataplaneError> {
+        let global = self.globals()?;
+        if global.replies & REPLIES_NO_VIP != 0
+            || self.vip_port_within((global.snat_port_min, global.snat_port_max))?
+        {
+            return Ok(());
+        }
+        self.write_globals(GlobalConfig {
+            replies: global.replies | REPLIES_NO_VIP,
+            ..global
+        })
     }
 
     /// Writes backend `id`: where it is, which SNAT address reaches it, its state.
@@ -231,6 +291,7 @@ impl Dataplane {
             access: forwarding.access,
             gue_port: forwarding.gue_port.to_be(),
         };
+        self.vip_coming(vip)?;
         let mut services: HashMap<&mut MapData, VipKey, Service> = self.map_mut(names::SERVICES)?;
         services
             .insert(VipKey::from_socket_addr(vip), value, 0)
@@ -299,7 +360,8 @@ impl Dataplane {
 
     /// Stops matching `vip`: its packets go to the kernel from now on.
     pub fn remove_service(&mut self, vip: SocketAddr) -> Result<(), DataplaneError> {
-        self.remove_vip::<Service>(names::SERVICES, vip)
+        self.remove_vip::<Service>(names::SERVICES, vip)?;
+        self.vip_gone()
     }
 
     /// Steers connections to a proxy VIP:port to the daemon's listener of its family
