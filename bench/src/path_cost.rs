@@ -14,7 +14,7 @@
 use crate::figure::Figure;
 use crate::systems::System;
 use crate::workloads::Metric;
-use lb_common::maps::names;
+use lb_common::maps::{REPLIES_NO_VIP, names};
 use lb_tests::packet::Packet;
 use lb_tests::packet::flags::{ACK, PSH, SYN};
 use lb_tests::test_run::{Action, CLIENT_PORT, Plan, TestRun, plan4, plan6, stay_on_this_cpu};
@@ -34,11 +34,14 @@ const FLOOD_SOURCES: (Ipv4Addr, u8) = (Ipv4Addr::new(198, 18, 128, 0), 17);
 
 /// The paths measured: figure name, and what the runs must end in. A name ending in
 /// `_v6` is its path for IPv6.
-const PATHS: [(&str, Action); 8] = [
+/// `reply_asking_services` is a reply while some VIP's port lies in the SNAT range,
+/// so the fast path asks `SERVICES` before the reverse table (`REPLIES_NO_VIP` off).
+const PATHS: [(&str, Action); 9] = [
     ("syn_new_flow", Action::Redirect),
     ("syn_cookie", Action::Tx),
     ("established_forward", Action::Redirect),
     ("reply", Action::Redirect),
+    ("reply_asking_services", Action::Redirect),
     ("established_forward_v6", Action::Redirect),
     ("reply_v6", Action::Redirect),
     ("rst_no_backend", Action::Tx),
@@ -103,6 +106,14 @@ fn measure(runs: usize) -> Vec<(&'static str, f64)> {
         let ns = match name {
             "syn_new_flow" => new_flows(&mut lb, &p, runs, want),
             "syn_cookie" => cookies(&mut lb, &p, runs, want),
+            "reply_asking_services" => {
+                let (frame, ingress) = frame_for(&mut lb, &p, "reply");
+                let bits = lb.replies();
+                lb.set_replies(bits & !REPLIES_NO_VIP);
+                let ns = mean(runs, |_| timed(&mut lb, &frame, ingress, want));
+                lb.set_replies(bits);
+                ns
+            }
             _ => {
                 let (frame, ingress) = match name.strip_suffix("_v6") {
                     Some(path) => frame_for(&mut lb, &p6, path),

@@ -101,6 +101,18 @@ pub struct Service {
 }
 const _: () = assert!(size_of::<Service>() == 16);
 
+/// A service slot's VIP and its `SERVICES` entry: the value of `SERVICE_SLOTS`, indexed
+/// by [`Service::id`]. The established fast path finds a flow's service through its
+/// backend ([`Backend::service_id`]) in this array instead of a hash lookup of the VIP,
+/// and trusts it only when `vip` is the segment's destination. All zero: no service.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServiceSlot {
+    pub vip: VipKey,
+    pub service: Service,
+}
+const _: () = assert!(size_of::<ServiceSlot>() == 36);
+
 /// [`Service::access`]: only the sources in `ALLOW` under the service's id may open a
 /// flow; the others' packets that would are refused (`drop_denied`).
 pub const ACCESS_LIST: u8 = 1;
@@ -633,6 +645,8 @@ impl TrafficCounters {
 /// Names of the maps in the eBPF object, used by the daemon and `lb stats`.
 pub mod names {
     pub const SERVICES: &str = "SERVICES";
+    /// Service id → its VIP and entry ([`super::ServiceSlot`]), as `SERVICES` has them.
+    pub const SERVICE_SLOTS: &str = "SERVICE_SLOTS";
     pub const BACKENDS: &str = "BACKENDS";
     pub const MAGLEV: &str = "MAGLEV";
     pub const FLOWS: &str = "FLOWS";

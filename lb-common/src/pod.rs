@@ -1,8 +1,8 @@
 //! `aya::Pod` for the map types, so the daemon can read and write them.
 
 use crate::maps::{
-    Backend, FlowKey, FlowState, GlobalConfig, LocalMacs, ReverseNat, Service, SourceKey,
-    SpliceLayout, TrafficCounters, VipKey,
+    Backend, FlowKey, FlowState, GlobalConfig, LocalMacs, ReverseNat, Service, ServiceSlot,
+    SourceKey, SpliceLayout, TrafficCounters, VipKey,
 };
 
 // SAFETY: each type is #[repr(C)], Copy, built only from integers and integer arrays,
@@ -13,6 +13,8 @@ unsafe impl aya::Pod for FlowKey {}
 unsafe impl aya::Pod for VipKey {}
 // SAFETY: as above.
 unsafe impl aya::Pod for Service {}
+// SAFETY: as above (a `VipKey` and a `Service`, 36 bytes, no padding).
+unsafe impl aya::Pod for ServiceSlot {}
 // SAFETY: as above.
 unsafe impl aya::Pod for Backend {}
 // SAFETY: as above.

@@ -4,7 +4,10 @@
 //! the general path's scratch (`Packet`, `Target`) to zero: plain IPv4 (no VLAN tag, no
 //! options, not a fragment) or IPv6, its flow in
 //! `FLOWS` and not closing, its next hop cached on this CPU. Such a segment for no VIP
-//! and no NAT flow (the host's own traffic) is passed here. Anything else goes the
+//! and no NAT flow (the host's own traffic) is passed here. The lookups are as few as
+//! the result allows: a flow's service comes from its backend's slot in
+//! `SERVICE_SLOTS` (an array), and a segment to a SNAT port skips `SERVICES` while no
+//! VIP has such a port (`REPLIES_NO_VIP`). Anything else goes the
 //! general way (`dispatch`), and so does anything this path is unsure of: it is only a
 //! shorter road to the result the general path gives these packets, with the same
 //! rewrite, map writes and counter, and the differential fuzzer holds it to that.
@@ -20,8 +23,8 @@ use core::{mem::MaybeUninit, ptr::addr_of};
 use lb_common::{
     flow,
     maps::{
-        ACCESS_LIST, ACCESS_WATCH, FAMILY_V4, FAMILY_V6, FLOW_CLOSED, FLOW_RST, FlowKey,
-        GlobalConfig, MODE_NAT, PROTO_TCP, Service, VipKey,
+        ACCESS_LIST, ACCESS_WATCH, FAMILY_V4, FAMILY_V6, FLOW_CLOSED, FLOW_RST, FlowKey, FlowState,
+        GlobalConfig, MODE_NAT, PROTO_TCP, VipKey,
     },
     tcp,
 };
@@ -35,7 +38,7 @@ use crate::{
     conntrack::{self, now},
     fib::{self, Hop},
     forward::{aim, serving_backend},
-    maps::{CONFIG, FLOWS, REVERSE_NAT, SERVICES},
+    maps::{CONFIG, FLOWS, REVERSE_NAT, SERVICE_SLOTS, SERVICES},
     nat::{self, Target},
     packet::{frame_len, ptr_at},
     parse::{addressed_here, offset_flags, words},
@@ -105,16 +108,33 @@ fn path<const FAMILY: u8>(ctx: &XdpContext, h: &Headers) -> Verdict {
     if cfg.no_vip_on(h.key.dport) {
         return to_client::<FAMILY>(ctx, h, cfg);
     }
-    let vip = VipKey {
-        addr: h.key.dst,
-        port: h.key.dport,
+    // A segment that may be a reply asks `SERVICES` first (a reply is for no VIP); any
+    // other looks for its flow first.
+    let vip = vip_of::<FAMILY>(&h.key);
+    let maybe_reply = cfg.reply_port(h.key.dport);
+    if maybe_reply && SERVICES.get_ptr(&vip).is_none() {
+        return to_client::<FAMILY>(ctx, h, cfg);
+    }
+    if let Some(fs) = FLOWS.get_ptr_mut(&h.key) {
+        // SAFETY: a map value stays valid for the whole program run; concurrent writers
+        // on other CPUs only store timestamps and flag bits (see `conntrack::touch_client`).
+        return to_backend::<FAMILY>(ctx, h, unsafe { &mut *fs }, cfg);
+    }
+    // No flow: the general way for a VIP (a flow to open), else the host's own segment.
+    if maybe_reply || SERVICES.get_ptr(&vip).is_some() {
+        return GENERAL;
+    }
+    to_client::<FAMILY>(ctx, h, cfg)
+}
+
+/// The segment's destination as a `SERVICES` key.
+#[inline(always)]
+fn vip_of<const FAMILY: u8>(key: &FlowKey) -> VipKey {
+    VipKey {
+        addr: key.dst,
+        port: key.dport,
         proto: PROTO_TCP,
         family: FAMILY,
-    };
-    match SERVICES.get_ptr(&vip) {
-        // SAFETY: a map value stays valid for the whole program run (RCU).
-        Some(svc) => to_backend::<FAMILY>(ctx, h, unsafe { &*svc }, cfg),
-        None => to_client::<FAMILY>(ctx, h, cfg),
     }
 }
 
@@ -240,24 +260,17 @@ fn plain_segment(th: *mut TcpHdr, len: usize) -> Option<([u16; 2], u8)> {
 }
 
 /// Client → VIP: `forward`'s existing-flow case for a NAT service without an allowlist
-/// or a watch, whose flow is in `FLOWS`, live, not closing, not SYN-proxied, and whose
-/// backend still serves it.
+/// or a watch, whose flow `fs` is in `FLOWS`, live, not closing, not SYN-proxied, and
+/// whose backend still serves it. The service is the backend's slot in `SERVICE_SLOTS`
+/// (an array read, not a hash lookup of the VIP), taken only if its VIP is this
+/// segment's destination, as `SERVICES` would say; else the general way decides.
 #[inline(always)]
 fn to_backend<const FAMILY: u8>(
     ctx: &XdpContext,
     h: &Headers,
-    svc: &Service,
+    fs: &mut FlowState,
     cfg: &GlobalConfig,
 ) -> Verdict {
-    if svc.mode != MODE_NAT || svc.access & (ACCESS_LIST | ACCESS_WATCH) != 0 {
-        return GENERAL;
-    }
-    let Some(fs) = FLOWS.get_ptr_mut(&h.key) else {
-        return GENERAL;
-    };
-    // SAFETY: a map value stays valid for the whole program run; concurrent writers on
-    // other CPUs only store timestamps and flag bits (see `conntrack::touch_client`).
-    let fs = unsafe { &mut *fs };
     let now = now();
     if fs.proxy != 0 || fs.flags & (FLOW_CLOSED | FLOW_RST) != 0 || flow::expired(fs, cfg, now) {
         return GENERAL;
@@ -265,6 +278,16 @@ fn to_backend<const FAMILY: u8>(
     let Some(b) = serving_backend(u32::from(fs.backend)) else {
         return GENERAL;
     };
+    let Some(slot) = SERVICE_SLOTS.get(b.service_id) else {
+        return GENERAL;
+    };
+    let svc = &slot.service;
+    if slot.vip != vip_of::<FAMILY>(&h.key)
+        || svc.mode != MODE_NAT
+        || svc.access & (ACCESS_LIST | ACCESS_WATCH) != 0
+    {
+        return GENERAL;
+    }
     let mut t = target(svc.id);
     if !aim(b, fs, FAMILY, &mut t) {
         return GENERAL;

@@ -17,8 +17,8 @@ use lb_common::{
     maps::{
         Backend, DEFAULT_RING_SIZE, FlowKey, FlowState, GlobalConfig, LocalMacs, MAX_ALLOW,
         MAX_BACKENDS, MAX_IFACES, MAX_PROXY_LISTENERS, MAX_SERVICES, MAX_SNAT_ADDRS, MAX_SOURCES,
-        NextHop, REPLY_HOP_SLOTS, ReplyHop, ReverseNat, SNAT_SWEPT_SLOTS, Service, SourceKey,
-        SpliceLayout, TrafficCounters, VipKey, WATCH_RING_BYTES, WatchSpec,
+        NextHop, REPLY_HOP_SLOTS, ReplyHop, ReverseNat, SNAT_SWEPT_SLOTS, Service, ServiceSlot,
+        SourceKey, SpliceLayout, TrafficCounters, VipKey, WATCH_RING_BYTES, WatchSpec,
     },
     syn_proxy::SynRate,
 };
@@ -43,6 +43,11 @@ pub static ALLOW: LpmTrie<[u8; 20], u8> = LpmTrie::with_max_entries(MAX_ALLOW, 0
 /// VIP:port → service; written by the daemon, read by the forward path.
 #[map]
 pub static SERVICES: HashMap<VipKey, Service> = HashMap::with_max_entries(MAX_SERVICES, 0);
+
+/// Service id → its VIP and `SERVICES` entry; written by the daemon with `SERVICES`,
+/// read by the established fast path (see `ServiceSlot`).
+#[map]
+pub static SERVICE_SLOTS: Array<ServiceSlot> = Array::with_max_entries(MAX_SERVICES, 0);
 
 /// Backend id → backend (address, SNAT address, state); written by the daemon, read by
 /// the forward path (new flows, and the state check of existing ones).

@@ -79,12 +79,16 @@ impl Dataplane {
             "loaded XDP program {}",
             names::PROG_LB
         );
-        Ok(Dataplane {
+        let mut dp = Dataplane {
             ebpf,
             ring_size: cfg.ring_size,
             state,
             attachments: Vec::new(),
-        })
+        };
+        // Nothing is attached yet: the adopted services' slots are in place before this
+        // daemon's program sees a packet.
+        dp.rebuild_service_slots()?;
+        Ok(dp)
     }
 }
 

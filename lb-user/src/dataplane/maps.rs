@@ -10,8 +10,9 @@ use aya::maps::{Array, DevMapHash, HashMap, MapData, MapError, PerCpuArray, PerC
 use lb_common::addr::ip_to_words;
 use lb_common::maglev::{MaglevBackend, build_table};
 use lb_common::maps::{
-    Backend, FAMILY_V6, FlowKey, GlobalConfig, LocalMacs, MAX_LOCAL_MACS, REPLIES_ANY_PORT,
-    REPLIES_NO_VIP, Service, TrafficCounters, VipKey, WatchSpec, names, snat_addrs_base,
+    Backend, FAMILY_V6, FlowKey, GlobalConfig, LocalMacs, MAX_LOCAL_MACS, MAX_SERVICES,
+    REPLIES_ANY_PORT, REPLIES_NO_VIP, Service, ServiceSlot, TrafficCounters, VipKey, WatchSpec,
+    names, snat_addrs_base,
 };
 use tracing::warn;
 
@@ -292,10 +293,18 @@ impl Dataplane {
             gue_port: forwarding.gue_port.to_be(),
         };
         self.vip_coming(vip)?;
+        let key = VipKey::from_socket_addr(vip);
         let mut services: HashMap<&mut MapData, VipKey, Service> = self.map_mut(names::SERVICES)?;
         services
-            .insert(VipKey::from_socket_addr(vip), value, 0)
+            .insert(key, value, 0)
             .map_err(map_error(names::SERVICES))?;
+        self.write_slot(
+            service_id,
+            ServiceSlot {
+                vip: key,
+                service: value,
+            },
+        )?;
         Ok(half)
     }
 
@@ -355,11 +364,53 @@ impl Dataplane {
         value.access = access;
         services
             .insert(key, value, 0)
-            .map_err(map_error(names::SERVICES))
+            .map_err(map_error(names::SERVICES))?;
+        self.write_slot(
+            value.id,
+            ServiceSlot {
+                vip: key,
+                service: value,
+            },
+        )
+    }
+
+    /// Writes service slot `id` of `SERVICE_SLOTS` (see [`ServiceSlot`]).
+    fn write_slot(&mut self, id: u32, slot: ServiceSlot) -> Result<(), DataplaneError> {
+        let mut slots: Array<&mut MapData, ServiceSlot> = self.map_mut(names::SERVICE_SLOTS)?;
+        slots
+            .set(id, slot, 0)
+            .map_err(map_error(names::SERVICE_SLOTS))
+    }
+
+    /// Rewrites `SERVICE_SLOTS` from `SERVICES` (an earlier daemon's, adopted, or none):
+    /// each service's slot holds its VIP and entry, every other slot is empty.
+    pub fn rebuild_service_slots(&mut self) -> Result<(), DataplaneError> {
+        let services: HashMap<&mut MapData, VipKey, Service> = self.map_mut(names::SERVICES)?;
+        let mut slots = vec![ServiceSlot::default(); MAX_SERVICES as usize];
+        for entry in services.iter() {
+            let (vip, service) = entry.map_err(map_error(names::SERVICES))?;
+            if let Some(slot) = slots.get_mut(service.id as usize) {
+                *slot = ServiceSlot { vip, service };
+            }
+        }
+        for (id, slot) in slots.into_iter().enumerate() {
+            self.write_slot(id as u32, slot)?;
+        }
+        Ok(())
     }
 
     /// Stops matching `vip`: its packets go to the kernel from now on.
     pub fn remove_service(&mut self, vip: SocketAddr) -> Result<(), DataplaneError> {
+        // Its slot first: the fast path then sends its segments the general way, which
+        // still finds the service until it goes.
+        let key = VipKey::from_socket_addr(vip);
+        let services: HashMap<&mut MapData, VipKey, Service> = self.map_mut(names::SERVICES)?;
+        if let Ok(service) = services.get(&key, 0) {
+            let slots: Array<&mut MapData, ServiceSlot> = self.map_mut(names::SERVICE_SLOTS)?;
+            if slots.get(&service.id, 0).is_ok_and(|s| s.vip == key) {
+                self.write_slot(service.id, ServiceSlot::default())?;
+            }
+        }
         self.remove_vip::<Service>(names::SERVICES, vip)?;
         self.vip_gone()
     }

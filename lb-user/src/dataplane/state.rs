@@ -34,6 +34,7 @@ pub const MAPS: &[(&str, &str)] = &[
     (names::HALF_OPEN, "half_open_v3"),
     (names::REVERSE_NAT, "reverse_nat_v1"),
     (names::SERVICES, "services_v1"),
+    (names::SERVICE_SLOTS, "service_slots_v1"),
     (names::BACKENDS, "backends_v1"),
     (names::MAGLEV, "maglev_v1"),
     (names::CONFIG, "config_v1"),
