@@ -499,7 +499,10 @@ pub struct GlobalConfig {
     pub syn_cookies: u8,
     /// Which segments may be NAT replies (`REPLIES_*` bits): with `REPLIES_ANY_PORT`
     /// (while a DNAT service exists) the reverse table is asked for replies to any port,
-    /// since a DNAT reply goes to the client's own.
+    /// since a DNAT reply goes to the client's own. Programs before the bits read this
+    /// byte as "not 0: replies to any port", which stays right for every value (with
+    /// `REPLIES_NO_VIP` alone it costs them a reverse lookup more per segment), so the
+    /// pinned `CONFIG` keeps its layout version across an upgrade.
     pub replies: u8,
     /// With `COOKIES_AUTO`: SYNs a second one VIP may get before its new flows are
     /// opened by SYN cookie.

@@ -537,16 +537,23 @@ fn backend_reset_resets_client(engine: Engine) {
     assert_eq!((stats.bytes_in, stats.bytes_out), (5, 5));
 }
 
+/// A proxied connection that has carried a ping one way and a pong back:
+/// (client, server, proxy).
+async fn ping_pong(engine: Engine, maps: &Arc<SpliceMaps>) -> (TcpStream, TcpStream, Proxy) {
+    let (mut client, mut server, proxy) = proxied(engine, maps, IDLE).await;
+    client.write_all(b"ping!").await.unwrap();
+    assert_eq!(read_exact_n(&mut server, 5).await, b"ping!");
+    server.write_all(b"pong!").await.unwrap();
+    assert_eq!(read_exact_n(&mut client, 5).await, b"pong!");
+    (client, server, proxy)
+}
+
 /// After a ping and a pong, `first` closes with a RST (linger 0): the other end's read
 /// fails with a reset, and the splice ends.
 fn reset_reaches_the_other_end(engine: Engine, first: First) -> SpliceStats {
     let bed = Bed::new();
     bed.run(30, async {
-        let (mut client, mut server, proxy) = proxied(engine, &bed.maps, IDLE).await;
-        client.write_all(b"ping!").await.unwrap();
-        assert_eq!(read_exact_n(&mut server, 5).await, b"ping!");
-        server.write_all(b"pong!").await.unwrap();
-        assert_eq!(read_exact_n(&mut client, 5).await, b"pong!");
+        let (client, server, proxy) = ping_pong(engine, &bed.maps).await;
         let (resetter, mut other) = match first {
             First::Client => (client, server),
             First::Server => (server, client),
@@ -599,11 +606,7 @@ fn idle_timeout(engine: Engine) {
 fn aborted_splice_resets_both_ends(engine: Engine) {
     let bed = Bed::new();
     bed.run(30, async {
-        let (mut client, mut server, proxy) = proxied(engine, &bed.maps, IDLE).await;
-        client.write_all(b"ping!").await.unwrap();
-        assert_eq!(read_exact_n(&mut server, 5).await, b"ping!");
-        server.write_all(b"pong!").await.unwrap();
-        assert_eq!(read_exact_n(&mut client, 5).await, b"pong!");
+        let (mut client, mut server, proxy) = ping_pong(engine, &bed.maps).await;
         proxy.abort();
         assert!(
             proxy.await.unwrap_err().is_cancelled(),
