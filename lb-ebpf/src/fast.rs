@@ -41,9 +41,10 @@ use crate::{
     maps::{CONFIG, FLOWS, REVERSE_NAT, SERVICE_SLOTS, SERVICES},
     nat::{self, Target},
     packet::{frame_len, ptr_at},
-    parse::{addressed_here, offset_flags, words},
+    parse::{addressed_here, offset_flags},
     reverse::{port_in_snat_range, remember_syn_ack},
     traffic::Dir,
+    unaligned::{load16, load32},
     verdict::Verdict,
 };
 
@@ -149,9 +150,9 @@ fn headers(ctx: &XdpContext) -> Result<Headers, Verdict> {
     let eth = start.cast::<EthHdr>();
     // SAFETY: `ptr_at` checked that the Ethernet, IPv4 and TCP headers (at their fixed
     // offsets when there is no VLAN tag and no IPv4 option) are inside the packet; every
-    // read is of their fields, unaligned.
+    // read is of their fields.
     let (ip, th) = unsafe {
-        let ether_type = addr_of!((*eth).ether_type).cast::<u16>().read_unaligned();
+        let ether_type = load16(addr_of!((*eth).ether_type).cast());
         if ether_type != ETH_P_IP {
             return Err(if ether_type == ETH_P_IPV6 {
                 IPV6
@@ -171,24 +172,28 @@ fn headers(ctx: &XdpContext) -> Result<Headers, Verdict> {
     }
     // SAFETY: as above.
     let v4 = unsafe { &*ip };
-    if v4.vihl != VIHL_PLAIN
-        || v4.proto != PROTO_TCP
-        || v4.ttl <= 1
-        || u16::from_be_bytes(v4.frags) & IPV4_FRAGMENT != 0
-    {
+    // SAFETY: as above.
+    let (frags, tot_len) = unsafe {
+        (
+            u16::from_be(load16(v4.frags.as_ptr())),
+            u16::from_be(load16(v4.tot_len.as_ptr())) as usize,
+        )
+    };
+    if v4.vihl != VIHL_PLAIN || v4.proto != PROTO_TCP || v4.ttl <= 1 || frags & IPV4_FRAGMENT != 0 {
         return Err(GENERAL);
     }
-    let tot_len = u16::from_be_bytes(v4.tot_len) as usize;
     if tot_len < Ipv4Hdr::LEN + TcpHdr::LEN || L3 + tot_len > frame_len(ctx) {
         return Err(GENERAL);
     }
     let (ports, tcp_flags) = plain_segment(th, tot_len - Ipv4Hdr::LEN).ok_or(GENERAL)?;
+    // SAFETY: as above.
+    let (src, dst) = unsafe { (load32(v4.src_addr.as_ptr()), load32(v4.dst_addr.as_ptr())) };
     Ok(Headers {
         ip: ip.cast(),
         th,
         key: FlowKey {
-            src: [u32::from_ne_bytes(v4.src_addr), 0, 0, 0],
-            dst: [u32::from_ne_bytes(v4.dst_addr), 0, 0, 0],
+            src: [src, 0, 0, 0],
+            dst: [dst, 0, 0, 0],
             sport: ports[0],
             dport: ports[1],
             proto: PROTO_TCP,
@@ -223,7 +228,8 @@ fn headers_v6(ctx: &XdpContext) -> Option<Headers> {
     if v6.vcf[0] >> 4 != 6 || v6.next_hdr != PROTO_TCP || v6.hop_limit <= 1 {
         return None;
     }
-    let payload = u16::from_be_bytes(v6.payload_len) as usize;
+    // SAFETY: as above.
+    let payload = u16::from_be(unsafe { load16(v6.payload_len.as_ptr()) }) as usize;
     if payload < TcpHdr::LEN || L4_V6 + payload > frame_len(ctx) {
         return None;
     }
@@ -232,8 +238,10 @@ fn headers_v6(ctx: &XdpContext) -> Option<Headers> {
         ip: ip.cast(),
         th,
         key: FlowKey {
-            src: words(&v6.src_addr),
-            dst: words(&v6.dst_addr),
+            // SAFETY: as above.
+            src: unsafe { words(v6.src_addr.as_ptr()) },
+            // SAFETY: as above.
+            dst: unsafe { words(v6.dst_addr.as_ptr()) },
             sport: ports[0],
             dport: ports[1],
             proto: PROTO_TCP,
@@ -245,13 +253,34 @@ fn headers_v6(ctx: &XdpContext) -> Option<Headers> {
     })
 }
 
+/// The 16 bytes of an IPv6 address at `p` as the `FlowKey`'s words.
+///
+/// # Safety
+/// `p..p + 16` must be inside the packet.
+#[inline(always)]
+unsafe fn words(p: *const u8) -> [u32; 4] {
+    // SAFETY: the caller checked the 16 bytes.
+    unsafe {
+        [
+            load32(p),
+            load32(p.add(4)),
+            load32(p.add(8)),
+            load32(p.add(12)),
+        ]
+    }
+}
+
 /// The ports and flags of the TCP header at `th`, in a segment of `len` bytes, if its
 /// header fits and it has no SYN, FIN or RST.
 #[inline(always)]
 fn plain_segment(th: *mut TcpHdr, len: usize) -> Option<([u16; 2], u8)> {
     // SAFETY: the callers checked the TCP header is inside the packet.
-    let ([doff, flags], ports) =
-        unsafe { (offset_flags(th), th.cast::<[u16; 2]>().read_unaligned()) };
+    let ([doff, flags], ports) = unsafe { (offset_flags(th), load32(th.cast())) };
+    let p = ports.to_ne_bytes();
+    let ports = [
+        u16::from_ne_bytes([p[0], p[1]]),
+        u16::from_ne_bytes([p[2], p[3]]),
+    ];
     let doff = (doff >> 4) as usize * 4;
     if doff < TcpHdr::LEN || doff > len || flags & (tcp::SYN | tcp::FIN | tcp::RST) != 0 {
         return None;

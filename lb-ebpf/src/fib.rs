@@ -29,6 +29,7 @@ use crate::{
     parse::Packet,
     stack::zeroed,
     traffic::{Dir, traffic},
+    unaligned::store32,
     verdict::Verdict,
 };
 
@@ -332,14 +333,21 @@ fn remember_reply_hop(t: &Target, hop: &Hop) {
 /// where it came in, a redirect otherwise; counts its traffic.
 #[inline(always)]
 pub fn out(ctx: &XdpContext, t: &Target, dir: Dir, hop: &Hop) -> Verdict {
-    let (macs, ifindex) = (hop.macs, hop.ifindex);
+    let ifindex = hop.ifindex;
     let Some(eth) = ptr_at::<[u8; 12]>(ctx, 0) else {
         // verifier: the parser read past the Ethernet header; never taken.
         events::unreachable(ctx);
         return Verdict::drop(counters::DROP_MALFORMED);
     };
-    // SAFETY: `ptr_at` checked the 12 MAC bytes are inside the packet.
-    unsafe { eth.write_unaligned(macs) };
+    let eth = eth.cast::<u8>();
+    let m = &hop.macs;
+    // SAFETY: `ptr_at` checked the 12 MAC bytes are inside the packet. Three words, not
+    // a 12-byte copy: that is a call of a byte-loop `memmove`.
+    unsafe {
+        store32(eth, u32::from_ne_bytes([m[0], m[1], m[2], m[3]]));
+        store32(eth.add(4), u32::from_ne_bytes([m[4], m[5], m[6], m[7]]));
+        store32(eth.add(8), u32::from_ne_bytes([m[8], m[9], m[10], m[11]]));
+    }
     let fwd = match dir {
         Dir::In => counters::FWD_IN,
         Dir::Out => counters::FWD_OUT,

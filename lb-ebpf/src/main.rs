@@ -7,9 +7,10 @@
 //! bounds-checked cursor) →
 //! `forward` (client → backend: `select` the service and backend, `snat` port,
 //! `conntrack` refresh; `access` (the source allowlist) and `source_limit` first for a
-//! segment opening a flow) or `reverse` (backend → client) → `nat` (rewrite, `csum`) →
-//! `fib` (next hop, cached) → `verdict` (the one counter each packet bumps). A new flow
-//! that no backend can take is answered by `reset` (a TCP RST sent back with XDP_TX).
+//! segment opening a flow) or `reverse` (backend → client) → `nat` (rewrite, `csum`;
+//! packet words through `unaligned`) → `fib` (next hop, cached) → `verdict` (the one
+//! counter each packet bumps). A new flow that no backend can take is answered by
+//! `reset` (a TCP RST sent back with XDP_TX).
 //! Under SYN pressure `syn_proxy` answers SYNs with `cookie`s and opens the backend's
 //! leg itself, translating between the two legs; the segments the program writes itself
 //! (RST, SYN-ACK, SYN, ACK) come from `segment`, the TCP options it reads from
@@ -30,6 +31,9 @@
 // offer none of these and the intrinsics are used.
 #![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
 #![cfg_attr(target_arch = "bpf", allow(internal_features))]
+// Packet words are loaded and stored at any alignment with one BPF instruction each,
+// written as inline assembly (`unaligned`).
+#![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 
 #[cfg(target_arch = "bpf")]
 mod access;
@@ -93,6 +97,8 @@ mod stack;
 mod syn_proxy;
 #[cfg(target_arch = "bpf")]
 mod traffic;
+#[cfg(target_arch = "bpf")]
+mod unaligned;
 #[cfg(target_arch = "bpf")]
 mod verdict;
 #[cfg(target_arch = "bpf")]

@@ -16,6 +16,7 @@ use network_types::{
 use crate::{
     packet::ptr_at,
     parse::{OFF_MASK, Packet},
+    unaligned::{load16, load32, store16, store32},
 };
 
 /// [`Target::backend`] of a segment the LB answers itself (a SYN cookie's SYN-ACK): no
@@ -134,41 +135,42 @@ fn rewrite_v4(ctx: &XdpContext, pkt: &Packet, t: &Target) -> bool {
 /// them without a `Packet`).
 ///
 /// # Safety
-/// Both headers must lie inside the packet. Every access is to their fields and
-/// unaligned-safe.
+/// Both headers must lie inside the packet. Every access is to their fields, by
+/// `unaligned`'s single loads and stores.
 #[inline(always)]
 pub unsafe fn rewrite_v4_at(ip: *mut Ipv4Hdr, th: *mut TcpHdr, t: &Target) {
-    // SAFETY: the caller guarantees both headers are inside the packet.
+    // SAFETY: the caller guarantees both headers are inside the packet; every access is
+    // to their fields.
     unsafe {
-        let saddr = addr_of_mut!((*ip).src_addr).cast::<u32>();
-        let daddr = addr_of_mut!((*ip).dst_addr).cast::<u32>();
+        let saddr = addr_of_mut!((*ip).src_addr).cast::<u8>();
+        let daddr = addr_of_mut!((*ip).dst_addr).cast::<u8>();
         // The ports open the TCP header.
-        let ports = th.cast::<u32>();
-        let old_src = saddr.read_unaligned();
-        let old_dst = daddr.read_unaligned();
-        let old_ports = ports.read_unaligned();
+        let ports = th.cast::<u8>();
+        let old_src = load32(saddr);
+        let old_dst = load32(daddr);
+        let old_ports = load32(ports);
         let new_ports = ports_word(t.sport, t.dport);
         let ttl = (*ip).ttl;
 
         // IP header checksum: addresses and the TTL/protocol word.
-        let ipc = addr_of_mut!((*ip).check).cast::<u16>();
+        let ipc = addr_of_mut!((*ip).check).cast::<u8>();
         let from = [old_src, old_dst, u32::from_ne_bytes([ttl, PROTO_TCP, 0, 0])];
         let to = [
             t.src[0],
             t.dst[0],
             u32::from_ne_bytes([ttl - 1, PROTO_TCP, 0, 0]),
         ];
-        ipc.write_unaligned(csum::replace(ipc.read_unaligned(), &from, &to));
+        store16(ipc, csum::replace(load16(ipc), &from, &to));
 
         // TCP checksum: pseudo-header addresses and the ports.
-        let tcpc = addr_of_mut!((*th).check).cast::<u16>();
+        let tcpc = addr_of_mut!((*th).check).cast::<u8>();
         let from = [old_src, old_dst, old_ports];
         let to = [t.src[0], t.dst[0], new_ports];
-        tcpc.write_unaligned(csum::replace(tcpc.read_unaligned(), &from, &to));
+        store16(tcpc, csum::replace(load16(tcpc), &from, &to));
 
-        saddr.write_unaligned(t.src[0]);
-        daddr.write_unaligned(t.dst[0]);
-        ports.write_unaligned(new_ports);
+        store32(saddr, t.src[0]);
+        store32(daddr, t.dst[0]);
+        store32(ports, new_ports);
         (*ip).ttl = ttl - 1;
     }
 }
@@ -188,24 +190,24 @@ fn rewrite_v6(ctx: &XdpContext, pkt: &Packet, t: &Target) -> bool {
 /// rewrite's temporaries took that frame past the verifier's stack limit.
 ///
 /// # Safety
-/// Both headers must lie inside the packet. Every access is to their fields and
-/// unaligned-safe.
+/// Both headers must lie inside the packet. Every access is to their fields, by
+/// `unaligned`'s single loads and stores.
 #[inline(never)]
 pub unsafe fn rewrite_v6_at(ip: *mut Ipv6Hdr, th: *mut TcpHdr, t: &Target) {
     // SAFETY: the caller guarantees both headers are inside the packet; the addresses
     // are the IPv6 header's last 32 bytes (source, then destination).
     unsafe {
-        let addrs = addr_of_mut!((*ip).src_addr).cast::<u32>();
-        let tcpc = addr_of_mut!((*th).check).cast::<u16>();
-        let mut sum = csum::Update::new(tcpc.read_unaligned());
+        let addrs = addr_of_mut!((*ip).src_addr).cast::<u8>();
+        let tcpc = addr_of_mut!((*th).check).cast::<u8>();
+        let mut sum = csum::Update::new(load16(tcpc));
         let mut i = 0;
         while i < 4 {
-            swap_word(&mut sum, addrs.add(i), t.src[i]);
-            swap_word(&mut sum, addrs.add(4 + i), t.dst[i]);
+            swap_word(&mut sum, addrs.add(4 * i), t.src[i]);
+            swap_word(&mut sum, addrs.add(16 + 4 * i), t.dst[i]);
             i += 1;
         }
-        swap_word(&mut sum, th.cast::<u32>(), ports_word(t.sport, t.dport));
-        tcpc.write_unaligned(sum.finish());
+        swap_word(&mut sum, th.cast::<u8>(), ports_word(t.sport, t.dport));
+        store16(tcpc, sum.finish());
         (*ip).hop_limit -= 1;
     }
 }
@@ -215,10 +217,10 @@ pub unsafe fn rewrite_v6_at(ip: *mut Ipv6Hdr, th: *mut TcpHdr, t: &Target) {
 /// # Safety
 /// `w` must point at four bytes inside the packet.
 #[inline(always)]
-unsafe fn swap_word(sum: &mut csum::Update, w: *mut u32, to: u32) {
-    // SAFETY: the caller guarantees the word is inside the packet; unaligned access.
+unsafe fn swap_word(sum: &mut csum::Update, w: *mut u8, to: u32) {
+    // SAFETY: the caller guarantees the word is inside the packet.
     unsafe {
-        sum.word(w.read_unaligned(), to);
-        w.write_unaligned(to);
+        sum.word(load32(w), to);
+        store32(w, to);
     }
 }
