@@ -41,7 +41,7 @@ use crate::{
     maps::{CONFIG, FLOWS, REVERSE_NAT, SERVICE_SLOTS, SERVICES},
     nat::{self, Target},
     packet::{frame_len, ptr_at},
-    parse::{addressed_here, offset_flags},
+    parse::{addressed_here, offset_flags, words},
     reverse::{port_in_snat_range, remember_syn_ack},
     traffic::Dir,
     unaligned::{load16, load32},
@@ -238,10 +238,8 @@ fn headers_v6(ctx: &XdpContext) -> Option<Headers> {
         ip: ip.cast(),
         th,
         key: FlowKey {
-            // SAFETY: as above.
-            src: unsafe { words(v6.src_addr.as_ptr()) },
-            // SAFETY: as above.
-            dst: unsafe { words(v6.dst_addr.as_ptr()) },
+            src: words(&v6.src_addr),
+            dst: words(&v6.dst_addr),
             sport: ports[0],
             dport: ports[1],
             proto: PROTO_TCP,
@@ -251,23 +249,6 @@ fn headers_v6(ctx: &XdpContext) -> Option<Headers> {
         ip_len: (Ipv6Hdr::LEN + payload) as u32,
         tcp_flags,
     })
-}
-
-/// The 16 bytes of an IPv6 address at `p` as the `FlowKey`'s words.
-///
-/// # Safety
-/// `p..p + 16` must be inside the packet.
-#[inline(always)]
-unsafe fn words(p: *const u8) -> [u32; 4] {
-    // SAFETY: the caller checked the 16 bytes.
-    unsafe {
-        [
-            load32(p),
-            load32(p.add(4)),
-            load32(p.add(8)),
-            load32(p.add(12)),
-        ]
-    }
 }
 
 /// The ports and flags of the TCP header at `th`, in a segment of `len` bytes, if its

@@ -12,7 +12,10 @@ use network_types::{
     vlan::VlanHdr,
 };
 
-use crate::packet::{Cursor, frame_len, ptr_at};
+use crate::{
+    packet::{Cursor, frame_len, ptr_at},
+    unaligned::{load16, load32},
+};
 
 /// 802.1ad (QinQ outer tag), network order as in the header: tagged like 802.1Q.
 const ETH_P_8021AD: u16 = 0x88a8_u16.to_be();
@@ -148,10 +151,17 @@ fn parse_v4(ctx: &XdpContext, mut c: Cursor, pkt: &mut Packet) -> Parsed {
     if ip.proto != PROTO_TCP {
         return Parsed::Skip;
     }
-    let frag = u16::from_be_bytes(ip.frags);
+    // SAFETY: the fields are in the packet (checked above).
+    let (frag, src, dst) = unsafe {
+        (
+            u16::from_be(load16(ip.frags.as_ptr())),
+            load32(ip.src_addr.as_ptr()),
+            load32(ip.dst_addr.as_ptr()),
+        )
+    };
     let key = &mut pkt.key;
-    key.src = [u32::from_ne_bytes(ip.src_addr), 0, 0, 0];
-    key.dst = [u32::from_ne_bytes(ip.dst_addr), 0, 0, 0];
+    key.src = [src, 0, 0, 0];
+    key.dst = [dst, 0, 0, 0];
     key.proto = PROTO_TCP;
     key.family = FAMILY_V4;
     key._pad = [0; 2];
@@ -337,11 +347,20 @@ fn key_v6(ctx: &XdpContext, c: &mut Cursor, key: &mut FlowKey) -> bool {
     true
 }
 
-/// An IPv6 address as the network order words of the maps.
+/// An IPv6 address in the packet as the network order words of the maps.
 #[inline(always)]
 pub fn words(a: &[u8; 16]) -> [u32; 4] {
-    // SAFETY: `a` is 16 readable bytes; any bytes are valid `u32`s; read unaligned.
-    unsafe { (a as *const [u8; 16]).cast::<[u32; 4]>().read_unaligned() }
+    let p = a.as_ptr();
+    // SAFETY: `a` is 16 readable bytes, a field of a header in the packet (every caller's;
+    // `unaligned` is for packet memory).
+    unsafe {
+        [
+            load32(p),
+            load32(p.add(4)),
+            load32(p.add(8)),
+            load32(p.add(12)),
+        ]
+    }
 }
 
 /// The two ports (network order) at the cursor, the first thing of a TCP header, which
@@ -349,8 +368,12 @@ pub fn words(a: &[u8; 16]) -> [u32; 4] {
 #[inline(always)]
 fn ports(ctx: &XdpContext, c: &Cursor) -> Option<[u16; 2]> {
     let p = Cursor::at(c.offset()).next::<[u16; 2]>(ctx)?;
-    // SAFETY: `next` checked the 4 bytes are inside the packet; read unaligned.
-    Some(unsafe { p.read_unaligned() })
+    // SAFETY: `next` checked the 4 bytes are inside the packet.
+    let w = unsafe { load32(p.cast()) }.to_ne_bytes();
+    Some([
+        u16::from_ne_bytes([w[0], w[1]]),
+        u16::from_ne_bytes([w[2], w[3]]),
+    ])
 }
 
 /// Validates the TCP header at the cursor and returns its length; records its flags.
