@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
+use crate::daemon::READY_WITHIN;
 use crate::load::SlowDownload;
 use crate::topology::{Backend, Kind, Topology};
 use crate::{Daemon, Launch};
@@ -126,11 +127,17 @@ impl Bed {
     /// Starts `lb ARGS` in the LB namespace through `launch` and waits until ready; each
     /// start logs to a file of its own.
     pub fn start_via(&self, launch: Launch, args: &[String]) -> Daemon {
+        self.start_within(launch, args, READY_WITHIN)
+    }
+
+    /// [`start_via`](Self::start_via), ready within `within`: for a daemon that loads
+    /// while the bed is busy.
+    pub fn start_within(&self, launch: Launch, args: &[String], within: Duration) -> Daemon {
         static N: AtomicU32 = AtomicU32::new(0);
         let log = format!("lb-{}.log", N.fetch_add(1, Ordering::Relaxed));
         self.topo
             .spawn_lb(&self.lb, launch, args, &log)
-            .and_then(|d| d.ready(&self.topo.lb))
+            .and_then(|mut d| d.wait_ready(&self.topo.lb, within).map(|()| d))
             .unwrap_or_else(|e| panic!("starting lb {args:?}: {e:#}"))
     }
 }

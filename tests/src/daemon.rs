@@ -10,6 +10,10 @@ use anyhow::{Context, Result, bail};
 use crate::netns::{Netns, wait_until};
 use crate::{cleanup, cmd, sys};
 
+/// How long a started daemon has to be ready: load and verify its programs, attach
+/// them, and say `ready`.
+pub const READY_WITHIN: Duration = Duration::from_secs(20);
+
 /// How the daemon enters the LB namespace. Users do both; they differ in bpffs:
 /// `ip netns exec` remounts /sys (no bpffs at /sys/fs/bpf), `nsenter --net` keeps the
 /// host's mounts.
@@ -190,9 +194,9 @@ impl Daemon {
     }
 
     /// Waits until lb is ready: its log says `ready` and every interface has an XDP
-    /// program (20 s at most); hands the daemon back.
+    /// program ([`READY_WITHIN`] at most); hands the daemon back.
     pub fn ready(mut self, ns: &Netns) -> Result<Daemon> {
-        self.wait_ready(ns, Duration::from_secs(20))?;
+        self.wait_ready(ns, READY_WITHIN)?;
         Ok(self)
     }
 
