@@ -41,7 +41,7 @@ use crate::{
     maps::{CONFIG, FLOWS, REVERSE_NAT, SERVICE_SLOTS, SERVICES},
     nat::{self, Target},
     packet::{frame_len, ptr_at},
-    parse::{addressed_here, offset_flags, words},
+    parse::{addressed_here, offset_flags, port_pair, words},
     reverse::{port_in_snat_range, remember_syn_ack},
     traffic::Dir,
     unaligned::{load16, load32},
@@ -256,12 +256,7 @@ fn headers_v6(ctx: &XdpContext) -> Option<Headers> {
 #[inline(always)]
 fn plain_segment(th: *mut TcpHdr, len: usize) -> Option<([u16; 2], u8)> {
     // SAFETY: the callers checked the TCP header is inside the packet.
-    let ([doff, flags], ports) = unsafe { (offset_flags(th), load32(th.cast())) };
-    let p = ports.to_ne_bytes();
-    let ports = [
-        u16::from_ne_bytes([p[0], p[1]]),
-        u16::from_ne_bytes([p[2], p[3]]),
-    ];
+    let ([doff, flags], ports) = unsafe { (offset_flags(th), port_pair(th.cast())) };
     let doff = (doff >> 4) as usize * 4;
     if doff < TcpHdr::LEN || doff > len || flags & (tcp::SYN | tcp::FIN | tcp::RST) != 0 {
         return None;

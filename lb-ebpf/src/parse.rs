@@ -295,8 +295,8 @@ pub fn icmp_quote(ctx: &XdpContext, pkt: &mut Packet) -> bool {
         let Some(ports) = c.next::<[u16; 2]>(ctx) else {
             return false;
         };
-        // SAFETY: `next` checked the 4 bytes are inside the packet; read unaligned.
-        let [sport, dport] = unsafe { ports.read_unaligned() };
+        // SAFETY: `next` checked the 4 bytes are inside the packet.
+        let [sport, dport] = unsafe { port_pair(ports.cast()) };
         key.sport = dport;
         key.dport = sport;
         return true;
@@ -369,11 +369,22 @@ pub fn words(a: &[u8; 16]) -> [u32; 4] {
 fn ports(ctx: &XdpContext, c: &Cursor) -> Option<[u16; 2]> {
     let p = Cursor::at(c.offset()).next::<[u16; 2]>(ctx)?;
     // SAFETY: `next` checked the 4 bytes are inside the packet.
-    let w = unsafe { load32(p.cast()) }.to_ne_bytes();
-    Some([
+    Some(unsafe { port_pair(p.cast()) })
+}
+
+/// The source and destination ports (network order) of the TCP header at `th`, read in
+/// one load.
+///
+/// # Safety
+/// The header's first 4 bytes must be inside the packet.
+#[inline(always)]
+pub unsafe fn port_pair(th: *const u8) -> [u16; 2] {
+    // SAFETY: the caller checked the 4 bytes.
+    let w = unsafe { load32(th) }.to_ne_bytes();
+    [
         u16::from_ne_bytes([w[0], w[1]]),
         u16::from_ne_bytes([w[2], w[3]]),
-    ])
+    ]
 }
 
 /// Validates the TCP header at the cursor and returns its length; records its flags.
