@@ -281,7 +281,8 @@ impl SynAcks {
 /// Whether the backend may still hold a request it answered (see [`SynAcks`]): its
 /// next SYN-ACK is not overdue yet. Ticks of about a second, rounded either way, get one
 /// tick of slack. An entry older than the clock's wrap may be taken for a recent one:
-/// its port is then held for a few seconds more, no worse.
+/// its port is then held for a few seconds more, no worse. A SYN-ACK a tick ahead of
+/// `now` counts as just seen: another CPU's clock may lag this one's that much.
 #[inline(always)]
 pub fn request_held(syn_acks: u16, now: u64) -> bool {
     let n = syn_acks >> 12;
@@ -292,7 +293,7 @@ pub fn request_held(syn_acks: u16, now: u64) -> bool {
     // 2^(n-1) s, the last gap (32 s) once the retransmissions are done.
     let gap_s: u16 = 1 << (n - 1).min(5);
     // 2^30 ns is 7% more than a second: a gap of g s is at most g ticks.
-    elapsed <= gap_s + 1
+    elapsed <= gap_s + 1 || elapsed == TICK_MASK
 }
 
 /// `ReverseNat::syn_acks` after a backend segment of its flow, whose `FLOW_*` bits are
@@ -658,6 +659,9 @@ mod tests {
         let late = SynAcks::seen(0, 0xfff * S);
         assert!(request_held(late, 0x1000 * S + S));
         assert!(!request_held(late, 0x1000 * S + 2 * S));
+        // Read on a CPU whose clock lags by a tick, across a tick's edge.
+        let edge = SynAcks::seen(0, t0 + S);
+        assert!(request_held(edge, t0 + S - 1), "a tick behind is now");
         // Aged as the tests age flows.
         assert!(!request_held(SynAcks::aged(once, 3 * S), t0));
         assert_eq!(SynAcks::aged(0, 3 * S), 0);

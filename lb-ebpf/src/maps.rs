@@ -112,6 +112,19 @@ pub static SEQUENCE_SCRATCH: PerCpuArray<Sequence> = PerCpuArray::with_max_entri
 #[map]
 pub static CLAIM_SCRATCH: PerCpuArray<Claim> = PerCpuArray::with_max_entries(1, 0);
 
+/// This CPU's last read of the coarse clock and the tick it was read in
+/// (`conntrack::now`).
+#[map]
+pub static CLOCK: PerCpuArray<Clock> = PerCpuArray::with_max_entries(1, 0);
+
+/// A cached clock reading: `ns` as read during jiffy `tick`; 0 before the first.
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub struct Clock {
+    pub tick: u64,
+    pub ns: u64,
+}
+
 /// `lb_common::maps::reply_hop_slot` → per-CPU cached next hop of replies toward a
 /// client; written and read by the reply path only (per CPU, as `NEXT_HOPS`).
 #[map]

@@ -183,7 +183,8 @@ fn claim_on(pkt: &Packet, cfg: &GlobalConfig, b: &Backend, ids: &Ids, t: &mut Ta
     syn_proxy::ports_short(pkt.now, ids.service, cfg);
     let swept = (ids.backend << 3) | u32::from(t.snat_idx);
     // SAFETY: a map value stays valid for the whole program run.
-    if unsafe { SNAT_SWEPT.get(&swept) }.is_some_and(|&at| pkt.now.wrapping_sub(at) < SWEEP_HOLD_NS)
+    if unsafe { SNAT_SWEPT.get(&swept) }
+        .is_some_and(|&at| pkt.now.saturating_sub(at) < SWEEP_HOLD_NS)
     {
         return false;
     }

@@ -1079,6 +1079,55 @@ fn serving4_with_timeouts(idle: &'static str, closed: &'static str) -> (Plan, Te
     (p, lb)
 }
 
+/// CLOCK_MONOTONIC_COARSE (ns) and its resolution, one tick.
+fn coarse_clock() -> (u64, u64) {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    let mut tick = now;
+    // SAFETY: both are valid out-parameters.
+    let ok = unsafe {
+        libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut now) == 0
+            && libc::clock_getres(libc::CLOCK_MONOTONIC_COARSE, &mut tick) == 0
+    };
+    assert!(ok, "clock_gettime(CLOCK_MONOTONIC_COARSE)");
+    let ns = |t: libc::timespec| t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64;
+    (ns(now), ns(tick))
+}
+
+/// The program keeps the coarse clock per CPU and reads it again only in a new tick:
+/// a flow's stamp is the coarse clock of its packet, at most a tick behind, on the
+/// established fast path and the general path alike, and it moves on with the clock.
+#[test]
+fn flows_are_stamped_with_the_coarse_clock_as_it_moves_on() {
+    stay_on_this_cpu();
+    let p = plan4();
+    let mut lb = serving(&p);
+    let ack = p.from_client(CLIENT_PORT, ACK);
+    let mut stamps = Vec::new();
+    for (what, s) in [("SYN", p.syn()), ("ACK", ack.clone()), ("ACK", ack)]
+        .iter()
+        .cycle()
+        .take(9)
+    {
+        let (before, tick) = coarse_clock();
+        assert_eq!(forward_to(&mut lb, &p, s), 0);
+        let (after, _) = coarse_clock();
+        let stamp = lb.flow(p.client_key(CLIENT_PORT)).unwrap().last_seen_ns;
+        assert!(
+            stamp + tick >= before && stamp <= after,
+            "{what}: stamped {stamp}, clock {before}..{after} (tick {tick} ns)"
+        );
+        stamps.push(stamp);
+        sleep(Duration::from_nanos(3 * tick));
+    }
+    assert!(
+        stamps.windows(2).all(|w| w[1] > w[0]),
+        "each packet three ticks after the last gets a later stamp: {stamps:?}"
+    );
+}
+
 #[test]
 fn idle_flow_expires_and_is_rebalanced() {
     let idle = 200 * MS;
