@@ -1098,30 +1098,44 @@ fn coarse_clock() -> (u64, u64) {
 
 /// The program keeps the coarse clock per CPU and reads it again only in a new tick:
 /// a flow's stamp is the coarse clock of its packet, at most a tick behind, on the
-/// established fast path and the general path alike, and it moves on with the clock.
+/// general path (the SYN, the backend's SYN-ACK) and on the established fast path (the
+/// client's ACKs once the flow is in the flow table), and it moves on with the clock.
 #[test]
 fn flows_are_stamped_with_the_coarse_clock_as_it_moves_on() {
     stay_on_this_cpu();
     let p = plan4();
     let mut lb = serving(&p);
-    let ack = p.from_client(CLIENT_PORT, ACK);
+    let key = p.client_key(CLIENT_PORT);
     let mut stamps = Vec::new();
-    for (what, s) in [("SYN", p.syn()), ("ACK", ack.clone()), ("ACK", ack)]
-        .iter()
-        .cycle()
-        .take(9)
-    {
+    let mut stamped = |lb: &mut TestRun, what: &str, frame: &[u8], from_client: bool| {
         let (before, tick) = coarse_clock();
-        assert_eq!(forward_to(&mut lb, &p, s), 0);
+        let (action, _) = if from_client {
+            lb.from_client(frame)
+        } else {
+            lb.from_backend(frame)
+        };
         let (after, _) = coarse_clock();
-        let stamp = lb.flow(p.client_key(CLIENT_PORT)).unwrap().last_seen_ns;
+        assert_eq!(action, Action::Redirect, "{what}");
+        let stamp = lb.flow(key).unwrap().last_seen_ns;
         assert!(
             stamp + tick >= before && stamp <= after,
             "{what}: stamped {stamp}, clock {before}..{after} (tick {tick} ns)"
         );
         stamps.push(stamp);
         sleep(Duration::from_nanos(3 * tick));
+    };
+    stamped(&mut lb, "SYN", &p.syn().build(), true);
+    let port = lb.snat_port(&p, CLIENT_PORT);
+    let syn_ack = p.from_backend(0, port, SYN | ACK).build();
+    stamped(&mut lb, "SYN-ACK", &syn_ack, false);
+    let ack = p.from_client(CLIENT_PORT, ACK).build();
+    for _ in 0..6 {
+        stamped(&mut lb, "ACK", &ack, true);
     }
+    assert!(
+        lb.flow_table_entry(key).is_some(),
+        "the ACKs went the fast path's way: the flow is established"
+    );
     assert!(
         stamps.windows(2).all(|w| w[1] > w[0]),
         "each packet three ticks after the last gets a later stamp: {stamps:?}"
