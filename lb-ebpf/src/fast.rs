@@ -41,7 +41,7 @@ use crate::{
     maps::{CONFIG, FLOWS, REVERSE_NAT, SERVICE_SLOTS, SERVICES},
     nat::{self, Target},
     packet::{frame_len, ptr_at},
-    parse::{addressed_here, offset_flags, port_pair, words},
+    parse::{addressed_here, dst_mac, offset_flags, port_pair, words},
     reverse::{port_in_snat_range, remember_syn_ack},
     traffic::Dir,
     unaligned::{load16, load32},
@@ -166,8 +166,7 @@ fn headers(ctx: &XdpContext) -> Result<Headers, Verdict> {
         )
     };
     // SAFETY: as above.
-    let dst = unsafe { addr_of!((*eth).dst_addr).read_unaligned() };
-    if !addressed_here(ctx, &dst) {
+    if !addressed_here(ctx, unsafe { dst_mac(start) }) {
         return Err(GENERAL);
     }
     // SAFETY: as above.
@@ -209,7 +208,6 @@ fn headers(ctx: &XdpContext) -> Result<Headers, Verdict> {
 #[inline(always)]
 fn headers_v6(ctx: &XdpContext) -> Option<Headers> {
     let start = ptr_at::<[u8; L4_V6 + TcpHdr::LEN]>(ctx, 0)?.cast::<u8>();
-    let eth = start.cast::<EthHdr>();
     // SAFETY: `ptr_at` checked that the Ethernet, IPv6 and TCP headers (at their fixed
     // offsets when there is no VLAN tag and no extension header) are inside the packet;
     // every read is of their fields, unaligned.
@@ -217,10 +215,10 @@ fn headers_v6(ctx: &XdpContext) -> Option<Headers> {
         (
             start.add(L3).cast::<Ipv6Hdr>(),
             start.add(L4_V6).cast::<TcpHdr>(),
-            addr_of!((*eth).dst_addr).read_unaligned(),
+            dst_mac(start),
         )
     };
-    if !addressed_here(ctx, &dst) {
+    if !addressed_here(ctx, dst) {
         return None;
     }
     // SAFETY: as above.

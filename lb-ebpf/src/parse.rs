@@ -90,9 +90,9 @@ pub fn parse(ctx: &XdpContext, pkt: &mut Packet) -> Parsed {
     let Some(eth) = c.next::<EthHdr>(ctx) else {
         return Parsed::Skip;
     };
-    // SAFETY: `next` checked the header is inside the packet; read unaligned.
-    let dst = unsafe { addr_of!((*eth).dst_addr).read_unaligned() };
-    if !addressed_here(ctx, &dst) {
+    // SAFETY: `next` checked the header is inside the packet.
+    let dst = unsafe { dst_mac(eth.cast()) };
+    if !addressed_here(ctx, dst) {
         // A frame for another host (a veth, bridge port or promiscuous NIC passes it
         // on): the kernel drops it.
         return Parsed::Skip;
@@ -116,9 +116,21 @@ pub fn parse(ctx: &XdpContext, pkt: &mut Packet) -> Parsed {
     }
 }
 
-/// Whether a frame to `dst` is this host's (see `LocalMacs`).
+/// The destination MAC of the Ethernet header at `eth` as a `lb_common::maps::mac_word`:
+/// two loads, where six bytes took six.
+///
+/// # Safety
+/// The header's first six bytes must be inside the packet.
 #[inline(always)]
-pub fn addressed_here(ctx: &XdpContext, dst: &[u8; 6]) -> bool {
+pub unsafe fn dst_mac(eth: *const u8) -> u64 {
+    // SAFETY: the caller's promise; `load32`/`load16` read unaligned.
+    unsafe { u64::from(load32(eth)) | u64::from(load16(eth.add(4))) << 32 }
+}
+
+/// Whether a frame to `dst` (a `lb_common::maps::mac_word`) is this host's (see
+/// `LocalMacs`).
+#[inline(always)]
+pub fn addressed_here(ctx: &XdpContext, dst: u64) -> bool {
     match crate::maps::LOCAL_MACS.get(0) {
         Some(macs) => macs.accepts(ctx.ingress_ifindex() as u32, dst),
         None => true,

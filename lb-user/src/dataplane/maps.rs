@@ -12,7 +12,7 @@ use lb_common::maglev::{MaglevBackend, build_table};
 use lb_common::maps::{
     Backend, FAMILY_V6, FlowKey, GlobalConfig, LocalMacs, MAX_LOCAL_MACS, MAX_SERVICES,
     REPLIES_ANY_PORT, REPLIES_NO_VIP, Service, ServiceSlot, TrafficCounters, VipKey, WatchSpec,
-    names, snat_addrs_base,
+    mac_word, names, snat_addrs_base,
 };
 use tracing::warn;
 
@@ -97,7 +97,7 @@ impl Dataplane {
                 break;
             }
             macs.ifindex[slot] = *idx;
-            macs.mac[slot][..6].copy_from_slice(&mac);
+            macs.mac[slot] = mac_word(&mac);
             slot += 1;
         }
         let mut map: Array<&mut MapData, LocalMacs> = self.map_mut(names::LOCAL_MACS)?;
