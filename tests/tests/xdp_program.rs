@@ -391,6 +391,21 @@ fn frames_that_are_not_ours_or_malformed_are_never_rewritten() {
     assert_eq!(lb.counter(counter::FWD_IN), 0, "nothing forwarded");
 }
 
+/// As [`serving`], with the client's connection from [`CLIENT_PORT`] through its
+/// handshake (SYN, the backend's SYN-ACK, the client's ACK) to backend 0: established,
+/// in the flow table. Its SNAT port too.
+fn established(p: &Plan) -> (TestRun, u16) {
+    let mut lb = serving(p);
+    assert_eq!(lb.from_client(&p.syn().build()).0, Action::Redirect);
+    let port = lb.snat_port(p, CLIENT_PORT);
+    let syn_ack = p.from_backend(0, port, SYN | ACK).build();
+    assert_eq!(lb.from_backend(&syn_ack).0, Action::Redirect);
+    let ack = p.from_client(CLIENT_PORT, ACK).build();
+    assert_eq!(lb.from_client(&ack).0, Action::Redirect);
+    assert!(lb.flow_table_entry(p.client_key(CLIENT_PORT)).is_some());
+    (lb, port)
+}
+
 /// An established flow's segments (the fast path's) in frames for another MAC than
 /// the receiving interface's are passed untouched: a MAC that differs in its first
 /// byte, in its last, or is the LB's other interface's. The same segments to the
@@ -398,52 +413,41 @@ fn frames_that_are_not_ours_or_malformed_are_never_rewritten() {
 #[test]
 fn established_segments_for_another_mac_are_passed_untouched() {
     for p in [plan4(), plan6()] {
-        let mut lb = serving(&p);
-        assert_eq!(lb.from_client(&p.syn().build()).0, Action::Redirect);
-        let port = lb.snat_port(&p, CLIENT_PORT);
-        let syn_ack = p.from_backend(0, port, SYN | ACK).build();
-        assert_eq!(lb.from_backend(&syn_ack).0, Action::Redirect);
+        let (mut lb, port) = established(&p);
         let ack = p.from_client(CLIENT_PORT, ACK);
-        assert_eq!(lb.from_client(&ack.build()).0, Action::Redirect);
-        assert!(lb.flow_table_entry(p.client_key(CLIENT_PORT)).is_some());
         let reply = p.from_backend(0, port, ACK);
-        let others = |own: [u8; 6], other_iface: [u8; 6]| {
+        let forwarded = (lb.counter(counter::FWD_IN), lb.counter(counter::FWD_OUT));
+        // (whose segment, it, the receiving interface's MAC, the other interface's).
+        for (whose, s, own, other_iface) in [
+            ("client's", &ack, LB1_MAC, LB0_MAC),
+            ("backend's", &reply, LB0_MAC, LB1_MAC),
+        ] {
             let mut first = own;
             first[0] ^= 0x04;
             let mut last = own;
             last[5] ^= 0x40;
-            [
+            for (mac, what) in [
                 (first, "first byte"),
                 (last, "last byte"),
                 (other_iface, "other interface"),
-            ]
-        };
-        let forwarded = (lb.counter(counter::FWD_IN), lb.counter(counter::FWD_OUT));
-        for (mac, what) in others(LB1_MAC, LB0_MAC) {
-            let frame = Packet {
-                eth_dst: mac,
-                ..ack.clone()
+            ] {
+                let frame = Packet {
+                    eth_dst: mac,
+                    ..s.clone()
+                }
+                .build();
+                let got = if whose == "client's" {
+                    lb.from_client(&frame)
+                } else {
+                    lb.from_backend(&frame)
+                };
+                assert_eq!(
+                    got,
+                    (Action::Pass, frame.clone()),
+                    "{}: {whose} ACK, MAC off in its {what}",
+                    p.vip
+                );
             }
-            .build();
-            assert_eq!(
-                lb.from_client(&frame),
-                (Action::Pass, frame.clone()),
-                "{}: client's ACK, MAC off in its {what}",
-                p.vip
-            );
-        }
-        for (mac, what) in others(LB0_MAC, LB1_MAC) {
-            let frame = Packet {
-                eth_dst: mac,
-                ..reply.clone()
-            }
-            .build();
-            assert_eq!(
-                lb.from_backend(&frame),
-                (Action::Pass, frame.clone()),
-                "{}: backend's ACK, MAC off in its {what}",
-                p.vip
-            );
         }
         assert_eq!(
             (lb.counter(counter::FWD_IN), lb.counter(counter::FWD_OUT)),
