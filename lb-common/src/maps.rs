@@ -473,6 +473,16 @@ impl LocalMacs {
     }
 }
 
+/// One CPU's cached reading of the coarse clock: `ns` as read during jiffy `tick` (the
+/// program's `conntrack::now`); `ns` 0 before the first. The per-CPU `CLOCK` array's
+/// value; not pinned.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Clock {
+    pub tick: u64,
+    pub ns: u64,
+}
+
 /// Settings that apply to every service; the single entry of the `CONFIG` array.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -667,6 +677,8 @@ pub mod names {
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
     pub const COUNTERS: &str = "COUNTERS";
     pub const NEXT_HOPS: &str = "NEXT_HOPS";
+    /// Per-CPU cached coarse clock reading ([`super::Clock`]); not pinned.
+    pub const CLOCK: &str = "CLOCK";
     /// Per-CPU cache of replies' next hops toward clients ([`super::ReplyHop`]); not
     /// pinned: a new daemon starts with an empty one.
     pub const REPLY_HOPS: &str = "REPLY_HOPS";

@@ -1,7 +1,7 @@
 //! `aya::Pod` for the map types, so the daemon can read and write them.
 
 use crate::maps::{
-    Backend, FlowKey, FlowState, GlobalConfig, LocalMacs, ReverseNat, Service, ServiceSlot,
+    Backend, Clock, FlowKey, FlowState, GlobalConfig, LocalMacs, ReverseNat, Service, ServiceSlot,
     SourceKey, SpliceLayout, TrafficCounters, VipKey,
 };
 
@@ -37,6 +37,8 @@ unsafe impl aya::Pod for crate::decap::DecapVip {}
 unsafe impl aya::Pod for crate::decap::DecapConfig {}
 // SAFETY: as above.
 unsafe impl aya::Pod for LocalMacs {}
+// SAFETY: as above.
+unsafe impl aya::Pod for Clock {}
 // SAFETY: as above.
 unsafe impl aya::Pod for crate::maps::WatchSpec {}
 // SAFETY: as above.

@@ -15,7 +15,7 @@ use aya_ebpf::{
 use lb_common::{
     counters::NUM_COUNTERS,
     maps::{
-        Backend, DEFAULT_RING_SIZE, FlowKey, FlowState, GlobalConfig, LocalMacs, MAX_ALLOW,
+        Backend, Clock, DEFAULT_RING_SIZE, FlowKey, FlowState, GlobalConfig, LocalMacs, MAX_ALLOW,
         MAX_BACKENDS, MAX_IFACES, MAX_PROXY_LISTENERS, MAX_SERVICES, MAX_SNAT_ADDRS, MAX_SOURCES,
         NextHop, REPLY_HOP_SLOTS, ReplyHop, ReverseNat, SNAT_SWEPT_SLOTS, Service, ServiceSlot,
         SourceKey, SpliceLayout, TrafficCounters, VipKey, WATCH_RING_BYTES, WatchSpec,
@@ -116,14 +116,6 @@ pub static CLAIM_SCRATCH: PerCpuArray<Claim> = PerCpuArray::with_max_entries(1, 
 /// (`conntrack::now`).
 #[map]
 pub static CLOCK: PerCpuArray<Clock> = PerCpuArray::with_max_entries(1, 0);
-
-/// A cached clock reading: `ns` as read during jiffy `tick`; 0 before the first.
-#[derive(Clone, Copy)]
-#[repr(C)]
-pub struct Clock {
-    pub tick: u64,
-    pub ns: u64,
-}
 
 /// `lb_common::maps::reply_hop_slot` → per-CPU cached next hop of replies toward a
 /// client; written and read by the reply path only (per CPU, as `NEXT_HOPS`).

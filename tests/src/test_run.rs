@@ -17,7 +17,7 @@ use lb_common::addr::{ip_bytes, ip_to_words};
 use lb_common::hash::{backend_key, flow_hash};
 use lb_common::maglev::MaglevBackend;
 use lb_common::maps::{
-    BACKEND_DOWN, BACKEND_DRAINING, BACKEND_EMPTY, BACKEND_UP, Backend, FLOW_ESTABLISHED,
+    BACKEND_DOWN, BACKEND_DRAINING, BACKEND_EMPTY, BACKEND_UP, Backend, Clock, FLOW_ESTABLISHED,
     FLOW_REPLIED, FlowKey, FlowState, GlobalConfig, MAX_BACKENDS, MODE_DNAT, MODE_DSR, MODE_NAT,
     MODE_PROXY, PROTO_TCP, ReverseNat, Service, TrafficCounters, VipKey, names,
 };
@@ -849,6 +849,19 @@ impl TestRun {
             total.add(v);
         }
         total
+    }
+
+    /// Each CPU's cached clock reading (`CLOCK`), by CPU.
+    pub fn clock_slots(&mut self) -> Vec<Clock> {
+        let m: PerCpuArray<&mut MapData, Clock> = self.map_mut(names::CLOCK);
+        m.get(&0, 0).expect("CLOCK").iter().copied().collect()
+    }
+
+    /// Writes each CPU's cached clock reading.
+    pub fn set_clock_slots(&mut self, slots: Vec<Clock>) {
+        let mut m: PerCpuArray<&mut MapData, Clock> = self.map_mut(names::CLOCK);
+        let values = aya::maps::PerCpuValues::try_from(slots).expect("one slot per CPU");
+        m.set(0, values, 0).expect("write CLOCK");
     }
 
     /// The flow entry of `k`, established or half-open.

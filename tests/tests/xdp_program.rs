@@ -1211,6 +1211,41 @@ fn flows_are_stamped_with_the_coarse_clock_as_it_moves_on() {
     );
 }
 
+/// Within a tick the time comes from this CPU's slot, not the clock: a marker written
+/// into the slot (its tick kept) stamps the next packet's flow. A try whose packet comes
+/// in the next tick reads the clock again (a stamp no older than the last); one of a
+/// few dozen tries stays within its tick.
+#[test]
+fn within_a_tick_the_time_comes_from_this_cpus_slot() {
+    stay_on_this_cpu();
+    let p = plan4();
+    let (mut lb, _) = established(&p);
+    let key = p.client_key(CLIENT_PORT);
+    let ack = p.from_client(CLIENT_PORT, ACK).build();
+    for _ in 0..50 {
+        assert_eq!(lb.from_client(&ack).0, Action::Redirect);
+        let stamp = lb.flow(key).unwrap().last_seen_ns;
+        let mut slots = lb.clock_slots();
+        let cpu = slots
+            .iter()
+            .position(|c| c.ns == stamp)
+            .expect("this CPU's slot holds the packet's time");
+        let marker = stamp - 1_000_000_007;
+        slots[cpu].ns = marker;
+        lb.set_clock_slots(slots);
+        assert_eq!(lb.from_client(&ack).0, Action::Redirect);
+        let got = lb.flow(key).unwrap().last_seen_ns;
+        if got == marker {
+            return;
+        }
+        assert!(
+            got >= stamp,
+            "a new tick reads the clock again: {got} after {stamp}"
+        );
+    }
+    panic!("in 50 tries no packet took its time from the slot");
+}
+
 #[test]
 fn idle_flow_expires_and_is_rebalanced() {
     let idle = 200 * MS;
