@@ -440,13 +440,17 @@ fn session(runs: &mut Runs, system: System, label: &str) -> Result<()> {
         // Warm-up, not recorded: caches, conntrack, the backends' first workers.
         let _ = workloads::run(Workload::KeepAlive, bed, &mut running, (0, 1));
     }
-    // lb_xdp's own run-time statistics around each run of lb-nat.
+    // lb_xdp's own run-time statistics around each run of lb-nat, and the bare
+    // redirect's around each of xdp-bare (the floor lb_xdp's figure stands on).
     let lb_pid = running.daemon_pid();
-    let xdp_stats = || match (system, lb_pid) {
-        (System::LbNat, Some(pid)) => runtime::lb_xdp(pid)
-            .map_err(|e| eprintln!("bench: lb_xdp's run-time statistics: {e:#}"))
-            .ok(),
-        _ => None,
+    let xdp_stats = || {
+        let runs = match (system, lb_pid) {
+            (System::LbNat, Some(pid)) => runtime::lb_xdp(pid),
+            (System::XdpBare, _) => runtime::bare_redirect(),
+            _ => return None,
+        };
+        runs.map_err(|e| eprintln!("bench: {}'s run-time statistics: {e:#}", system.name()))
+            .ok()
     };
     for w in todo {
         let busy = wait_quiet(plan)?;
@@ -626,7 +630,9 @@ fn figures(
     if out.iter().any(|f| f.metric.name == XDP_NS.name) {
         notes.push(format!(
             "{}: lb_xdp's mean ns per packet over each lb-nat run, warm-up included, by the \
-             kernel's run-time statistics (kernel.bpf_stats_enabled=1 for the bench)",
+             kernel's run-time statistics (kernel.bpf_stats_enabled=1 for the bench); for \
+             xdp-bare, its program's (a redirect and nothing else): the floor any XDP \
+             program's figure here stands on, the statistics' own two clock reads included",
             XDP_NS.name
         ));
     }

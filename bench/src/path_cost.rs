@@ -2,10 +2,11 @@
 //! with BPF_PROG_TEST_RUN once per bench run: the program as the daemon loads it, with a
 //! `nat` service provisioned through the daemon's own map writers (`lb_tests::test_run`).
 //!
-//! Each figure is the mean over many runs of one frame each (a repeat count would run
-//! the program again on the frame it already rewrote, another path), less the mean of
-//! the same runs of `xdp_pass`, a program that returns at once: what remains is the
-//! path's own work. A new flow's SYN needs a new tuple per run, so those runs each use
+//! Each run is of one frame (a repeat count would run the program again on the frame it
+//! already rewrote, another path), followed by a run of `xdp_pass`, a program that
+//! returns at once, on the same frame: the difference is the path's own work. The
+//! figure is the median over blocks of [`BLOCK`] runs of the block's mean difference,
+//! so a burst of the host's noise moves one block, not the figure. A new flow's SYN needs a new tuple per run, so those runs each use
 //! a client port of their own; a SYN answered with a cookie comes, as a flood's do, from
 //! a source address of its own too. Segments carry the options Linux sends (MSS, SACK
 //! permitted, timestamps, window scale on a SYN; timestamps after it). The established
@@ -19,7 +20,6 @@ use lb_tests::packet::Packet;
 use lb_tests::packet::flags::{ACK, PSH, SYN};
 use lb_tests::test_run::{Action, CLIENT_PORT, Plan, TestRun, plan4, plan6, stay_on_this_cpu};
 use std::net::Ipv4Addr;
-use std::time::Duration;
 
 /// The figures' workload name.
 pub const WORKLOAD: &str = "xdp-path";
@@ -28,6 +28,9 @@ const RUNS: (usize, usize) = (20_000, 2_000);
 /// New flows per batch: the test bed's SNAT range holds 1,000 ports per backend, and
 /// the tables are emptied at 40% (where a claim's 24 probes all fail once in 10⁹).
 const BATCH: usize = 400;
+/// Runs per block of the median ([`typical`]): a batch, so every block of new flows
+/// starts from empty tables.
+const BLOCK: usize = BATCH;
 
 /// The `syn_cookie` path's spoofed sources: 198.18.128.0/17, and only there.
 const FLOOD_SOURCES: (Ipv4Addr, u8) = (Ipv4Addr::new(198, 18, 128, 0), 17);
@@ -74,8 +77,9 @@ pub fn figures(quick: bool, notes: &mut Vec<String>) -> Vec<Figure> {
     match measured {
         Ok(costs) => {
             notes.push(format!(
-                "{WORKLOAD}: ns per packet of each path of lb_xdp (BPF_PROG_TEST_RUN, mean of \
-                 {runs} single runs less xdp_pass's, on one CPU)"
+                "{WORKLOAD}: ns per packet of each path of lb_xdp (BPF_PROG_TEST_RUN: {runs} \
+                 single runs, each less a run of xdp_pass on the same frame; the median of \
+                 the means of blocks of {BLOCK}; on one CPU)"
             ));
             costs
                 .into_iter()
@@ -86,7 +90,7 @@ pub fn figures(quick: bool, notes: &mut Vec<String>) -> Vec<Figure> {
     }
 }
 
-/// Each path's mean cost in ns, less the empty program's.
+/// Each path's cost in ns, less the empty program's.
 fn measure(runs: usize) -> Vec<(&'static str, f64)> {
     stay_on_this_cpu();
     let mut lb = TestRun::new();
@@ -96,11 +100,6 @@ fn measure(runs: usize) -> Vec<(&'static str, f64)> {
     lb.two_backends_up(&p, 0);
     let p6 = plan6();
     lb.two_backends_up(&p6, 0);
-    let frame = p.from_client(CLIENT_PORT, ACK).build();
-    let ingress = lb.lb1;
-    let empty = mean(runs, |_| {
-        lb.run_program(names::PROG_PASS, &frame, ingress).2
-    });
     let mut out = Vec::new();
     for (name, want) in PATHS {
         let ns = match name {
@@ -110,7 +109,7 @@ fn measure(runs: usize) -> Vec<(&'static str, f64)> {
                 let (frame, ingress) = frame_for(&mut lb, &p, "reply");
                 let bits = lb.replies();
                 lb.set_replies(bits & !REPLIES_NO_VIP);
-                let ns = mean(runs, |_| timed(&mut lb, &frame, ingress, want));
+                let ns = typical(runs, |_| timed(&mut lb, &frame, ingress, want));
                 lb.set_replies(bits);
                 ns
             }
@@ -119,29 +118,31 @@ fn measure(runs: usize) -> Vec<(&'static str, f64)> {
                     Some(path) => frame_for(&mut lb, &p6, path),
                     None => frame_for(&mut lb, &p, name),
                 };
-                mean(runs, |_| timed(&mut lb, &frame, ingress, want))
+                typical(runs, |_| timed(&mut lb, &frame, ingress, want))
             }
         };
-        out.push((name, (ns - empty).max(0.0)));
+        out.push((name, ns.max(0.0)));
     }
     out
 }
 
-/// The mean of `runs` SYNs of new flows, in batches from empty tables.
+/// The cost of `runs` SYNs of new flows, in batches from empty tables. The frames are
+/// built before the runs: building one between two runs cooled the caches of the next.
 fn new_flows(lb: &mut TestRun, p: &Plan, runs: usize, want: Action) -> f64 {
+    let frames: Vec<Vec<u8>> = (0..BATCH)
+        .map(|i| linux_syn(p.from_client(10_000 + i as u16, SYN)).build())
+        .collect();
+    let ingress = lb.lb1;
     lb.clear_flow_tables();
-    mean(runs, |i| {
+    typical(runs, |i| {
         if i > 0 && i % BATCH == 0 {
             lb.clear_flow_tables();
         }
-        let port = 10_000 + (i % BATCH) as u16;
-        let frame = linux_syn(p.from_client(port, SYN)).build();
-        let ingress = lb.lb1;
-        timed(lb, &frame, ingress, want)
+        timed(lb, &frames[i % BATCH], ingress, want)
     })
 }
 
-/// The mean of `runs` SYNs each answered with a SYN cookie, as in a flood: each from a
+/// The cost of `runs` SYNs each answered with a SYN cookie, as in a flood: each from a
 /// source address of its own (spoofed sources behind a router, one route and one
 /// neighbour for all), so every answer looks up its next hop. No state is kept.
 fn cookies(lb: &mut TestRun, p: &Plan, runs: usize, want: Action) -> f64 {
@@ -154,15 +155,18 @@ fn cookies(lb: &mut TestRun, p: &Plan, runs: usize, want: Action) -> f64 {
         .expect("a route to the flood's sources");
     lb.set_syn_cookies("always");
     let first = u32::from(FLOOD_SOURCES.0);
-    let ns = mean(runs, |i| {
-        let source = Plan {
-            client: Ipv4Addr::from(first + 1 + (i % 30_000) as u32).into(),
-            ..*p
-        };
-        let frame = linux_syn(source.from_client(10_000 + (i % 50_000) as u16, SYN)).build();
-        let ingress = lb.lb1;
-        timed(lb, &frame, ingress, want)
-    });
+    // Built before the runs, as in `new_flows`.
+    let frames: Vec<Vec<u8>> = (0..runs)
+        .map(|i| {
+            let source = Plan {
+                client: Ipv4Addr::from(first + 1 + (i % 30_000) as u32).into(),
+                ..*p
+            };
+            linux_syn(source.from_client(10_000 + (i % 50_000) as u16, SYN)).build()
+        })
+        .collect();
+    let ingress = lb.lb1;
+    let ns = typical(runs, |i| timed(lb, &frames[i], ingress, want));
     lb.set_syn_cookies("off");
     ns
 }
@@ -218,22 +222,35 @@ fn timestamped(mut s: Packet) -> Packet {
     s
 }
 
-fn timed(lb: &mut TestRun, frame: &[u8], ingress: u32, want: Action) -> Duration {
-    let before = lb.counters();
+/// One timed run of `frame`, which must end in `want`. The counters that say which path
+/// a run took are read only once it has missed, around a run of the frame again: read
+/// around every run, their reading (a copy of every CPU's slots) left each measured run
+/// with colder caches than the empty program's it is measured against.
+fn timed(lb: &mut TestRun, frame: &[u8], ingress: u32, want: Action) -> f64 {
     let (action, _, took) = lb.run_program(names::PROG_LB, frame, ingress);
+    let (.., empty) = lb.run_program(names::PROG_PASS, frame, ingress);
     if action != want {
+        let before = lb.counters();
+        let (again, ..) = lb.run_program(names::PROG_LB, frame, ingress);
         let after = lb.counters();
         let why: Vec<&str> = (0..after.len())
             .filter(|&i| after[i] != before[i])
             .map(|i| lb_common::counters::TABLE[i].name)
             .collect();
-        panic!("{action:?} ({why:?}), not {want:?}: not the path meant");
+        panic!("{action:?}, not {want:?}: not the path meant (run again: {again:?}, {why:?})");
     }
-    took
+    took.as_nanos() as f64 - empty.as_nanos() as f64
 }
 
-/// The mean of `runs` durations, in ns.
-fn mean(runs: usize, mut run: impl FnMut(usize) -> Duration) -> f64 {
-    let total: Duration = (0..runs).map(&mut run).sum();
-    total.as_nanos() as f64 / runs as f64
+/// The median over blocks of [`BLOCK`] runs of each block's mean, in ns.
+fn typical(runs: usize, mut run: impl FnMut(usize) -> f64) -> f64 {
+    let mut blocks: Vec<f64> = (0..runs.div_ceil(BLOCK))
+        .map(|b| {
+            let block = b * BLOCK..((b + 1) * BLOCK).min(runs);
+            let n = block.len() as f64;
+            block.map(&mut run).sum::<f64>() / n
+        })
+        .collect();
+    blocks.sort_by(f64::total_cmp);
+    blocks[blocks.len() / 2]
 }

@@ -55,10 +55,21 @@ impl Runs {
 /// `lb_xdp`'s statistics of the daemon `pid`, summed over every `lb_xdp` it holds (one
 /// program serves all its interfaces; one it loaded again would be another).
 pub fn lb_xdp(pid: u32) -> Result<Runs> {
+    held_runs(pid, names::PROG_LB)
+}
+
+/// `bench_redirect`'s statistics, which the bench itself loads: the floor of the
+/// figure above, what a program that only redirects costs on this host, the two clock
+/// reads the statistics add to every run included.
+pub fn bare_redirect() -> Result<Runs> {
+    held_runs(std::process::id(), "bench_redirect")
+}
+
+fn held_runs(pid: u32, name: &str) -> Result<Runs> {
     let ids = crate::cost::held_ids(pid, "prog")?;
     let out =
         lb_tests::cmd::run(std::process::Command::new("bpftool").args(["-j", "prog", "show"]))?;
-    sum_runs(&out, &ids, names::PROG_LB)
+    sum_runs(&out, &ids, name)
 }
 
 fn sum_runs(bpftool_json: &str, ids: &[u64], name: &str) -> Result<Runs> {
@@ -79,7 +90,7 @@ fn sum_runs(bpftool_json: &str, ids: &[u64], name: &str) -> Result<Runs> {
         runs.count += p["run_cnt"].as_u64().unwrap_or(0);
     }
     if !found {
-        bail!("no program {name} among lb's programs {ids:?}");
+        bail!("no program {name} among the programs {ids:?}");
     }
     Ok(runs)
 }
