@@ -19,10 +19,13 @@ use lb_common::{
     tcp::{ACK, OPT_MSS, OPT_NOP, RST, SYN},
 };
 
+use core::mem::MaybeUninit;
+
 use crate::{
     nat::ports_word,
     packet::ptr_at,
     parse::{OFF_MASK, Packet},
+    stack::zeroed,
 };
 
 /// A TCP header with one option word (the MSS), as the generator reads it.
@@ -35,11 +38,13 @@ struct Ip {
     words: [u32; 10],
 }
 
-/// The header view the helpers take: addresses at their place in an IPv4 or IPv6 header.
+/// The header view the helpers take, in `slot`: addresses at their place in an IPv4 or
+/// IPv6 header. codegen: zeroed word by word (`stack::zeroed`); a literal of zeros
+/// became a byte-loop `memset` call.
 #[inline(always)]
-fn ip_of(pkt: &Packet) -> Ip {
+fn ip_of<'a>(pkt: &Packet, slot: &'a mut MaybeUninit<Ip>) -> &'a mut Ip {
     let k = &pkt.key;
-    let mut ip = Ip { words: [0; 10] };
+    let ip = zeroed(slot);
     if k.family == FAMILY_V4 {
         // Version/IHL first; source and destination are words 3 and 4.
         ip.words[0] = u32::from_ne_bytes([0x45, 0, 0, 0]);
@@ -57,7 +62,8 @@ fn ip_of(pkt: &Packet) -> Ip {
 /// `seq` and MSS option `mss` (0: none).
 #[inline(never)]
 pub fn generate(pkt: &Packet, seq: u32, mss: u16) -> Option<u32> {
-    let mut ip = ip_of(pkt);
+    let mut slot = MaybeUninit::uninit();
+    let ip = ip_of(pkt, &mut slot);
     let m = mss.to_be_bytes();
     let mut th: [u32; SYN_WORDS] = [
         ports_word(pkt.key.sport, pkt.key.dport),
@@ -112,13 +118,14 @@ pub fn check(ctx: &XdpContext, pkt: &Packet) -> Cookie {
     };
     // SAFETY: `ptr_at` checked the 20-byte TCP header is inside the packet; unaligned.
     let mut th = unsafe { th.read_unaligned() };
-    let mut ip = ip_of(pkt);
-    if valid(&mut ip, &mut th, pkt.key.family) {
+    let mut slot = MaybeUninit::uninit();
+    let ip = ip_of(pkt, &mut slot);
+    if valid(ip, &mut th, pkt.key.family) {
         return Cookie::Ack;
     }
     // The helper takes the sequence number minus one as the client's ISN.
     th[1] = u32::from_be(th[1]).wrapping_add(1).to_be();
-    if valid(&mut ip, &mut th, pkt.key.family) {
+    if valid(ip, &mut th, pkt.key.family) {
         return Cookie::Probe;
     }
     Cookie::Invalid

@@ -26,6 +26,7 @@ use crate::{
     nat::ports_word,
     packet::{frame_len, ptr_at},
     parse::{OFF_MASK, Packet},
+    stack::zero_words,
 };
 
 const IPV4_HLEN: usize = Ipv4Hdr::LEN;
@@ -110,7 +111,7 @@ pub fn write(ctx: &XdpContext, pkt: &mut Packet, s: &Shape) -> bool {
     let seg = unsafe { &mut *seg };
     seg.src = pkt.key.src;
     seg.dst = pkt.key.dst;
-    seg.tcp = [0; MAX_TCP_WORDS];
+    zero_words(&mut seg.tcp);
     let (mut sport, mut dport) = (pkt.key.sport, pkt.key.dport);
     if s.answer != 0 {
         seg.src = pkt.key.dst;

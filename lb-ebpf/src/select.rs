@@ -2,6 +2,7 @@
 //! (Maglev) and the flow-table entry that pins it there.
 
 use aya_ebpf::programs::XdpContext;
+use core::mem::MaybeUninit;
 use lb_common::{
     counters, flow,
     hash::flow_hash,
@@ -18,6 +19,7 @@ use crate::{
     parse::Packet,
     sequence,
     snat::{self, Ids, claim_snat_port},
+    stack::zeroed,
     syn_proxy, traffic,
 };
 
@@ -127,21 +129,22 @@ pub fn new_flow(
 /// chain.
 #[inline(never)]
 fn enter(ctx: &XdpContext, pkt: &Packet, mode: u32, t: &Target) -> u32 {
-    let mut fs = FlowState {
-        last_seen_ns: pkt.now,
-        first_seen_ns: pkt.now,
-        packets: 1,
-        backend: t.backend as u16,
-        // Only a NAT flow owns a port of the LB's.
-        snat_port: if mode == MODE_NAT { t.sport } else { 0 },
-        flags: flow::new_flow_flags(pkt.tcp_flags),
-        snat_idx: t.snat_idx,
-        ..FlowState::default()
-    };
-    if t.proxied != 0 && !syn_proxy::pending_flow(ctx, pkt, &mut fs) {
+    // codegen: zeroed word by word, then filled in; `..FlowState::default()` zeroed the
+    // rest with a byte-loop `memset` call.
+    let mut slot = MaybeUninit::<FlowState>::uninit();
+    let fs = zeroed(&mut slot);
+    fs.last_seen_ns = pkt.now;
+    fs.first_seen_ns = pkt.now;
+    fs.packets = 1;
+    fs.backend = t.backend as u16;
+    // Only a NAT flow owns a port of the LB's.
+    fs.snat_port = if mode == MODE_NAT { t.sport } else { 0 };
+    fs.flags = flow::new_flow_flags(pkt.tcp_flags);
+    fs.snat_idx = t.snat_idx;
+    if t.proxied != 0 && !syn_proxy::pending_flow(ctx, pkt, fs) {
         return counters::DROP_MALFORMED;
     }
-    if !conntrack::insert(&pkt.key, &fs) {
+    if !conntrack::insert(&pkt.key, fs) {
         return counters::DROP_FLOW_TABLE_FULL;
     }
     OK

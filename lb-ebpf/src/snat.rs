@@ -4,7 +4,7 @@
 
 use core::{
     intrinsics::{AtomicOrdering, atomic_xchg},
-    ptr::null_mut,
+    ptr::{addr_of_mut, null_mut},
 };
 
 use aya_ebpf::{
@@ -147,33 +147,33 @@ fn claim_on(pkt: &Packet, cfg: &GlobalConfig, b: &Backend, ids: &Ids, t: &mut Ta
     };
     // SAFETY: this CPU's slot of a per-CPU array, valid for the program run; nothing
     // else runs on this CPU while the program does. Written through the raw pointer and
-    // no reference kept: `try_port` changes the slot inside `bpf_loop`'s call.
+    // no reference kept: `try_port` changes the slot inside `bpf_loop`'s call. Every
+    // field but `seen`, which `reusable` writes before `take_over` reads it: zeroed
+    // here, it and the padding byte before it made a 49-byte `memset`, a byte loop of
+    // about 250 instructions per new flow.
     unsafe {
-        c.write(Claim {
-            key: FlowKey {
-                src: b.addr,
-                dst: t.src,
-                sport: b.port,
-                dport: 0,
-                proto: pkt.key.proto,
-                family: pkt.key.family,
-                _pad: [0; 2],
-            },
-            val: ReverseNat {
-                flow: pkt.key,
-                backend: ids.backend as u16,
-                syn_acks: flow::SynAcks::sent(pkt.now),
-                service_id: ids.service,
-            },
-            search: Search::new(ids.hash, u32::from(t.snat_idx), range, named),
-            opening: ids.opening,
-            now: pkt.now,
-            base: 0,
-            min,
-            snat_idx: t.snat_idx,
-            found: 0,
-            seen: ReverseNat::default(),
+        addr_of_mut!((*c).key).write(FlowKey {
+            src: b.addr,
+            dst: t.src,
+            sport: b.port,
+            dport: 0,
+            proto: pkt.key.proto,
+            family: pkt.key.family,
+            _pad: [0; 2],
         });
+        addr_of_mut!((*c).val).write(ReverseNat {
+            flow: pkt.key,
+            backend: ids.backend as u16,
+            syn_acks: flow::SynAcks::sent(pkt.now),
+            service_id: ids.service,
+        });
+        addr_of_mut!((*c).search).write(Search::new(ids.hash, u32::from(t.snat_idx), range, named));
+        addr_of_mut!((*c).opening).write(ids.opening);
+        addr_of_mut!((*c).now).write(pkt.now);
+        addr_of_mut!((*c).base).write(0);
+        addr_of_mut!((*c).min).write(min);
+        addr_of_mut!((*c).snat_idx).write(t.snat_idx);
+        addr_of_mut!((*c).found).write(0);
     }
     if let Some(port) = run(PROBES) {
         t.sport = port;

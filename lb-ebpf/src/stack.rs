@@ -19,3 +19,16 @@ pub fn zeroed<T>(v: &mut MaybeUninit<T>) -> &mut T {
     // when zeroed.
     unsafe { v.assume_init_mut() }
 }
+
+/// Zeroes `w` with 32-bit stores, as [`zeroed`] does: an array of zeros assigned became
+/// a byte-loop `memset` call.
+#[inline(always)]
+pub fn zero_words<const N: usize>(w: &mut [u32; N]) {
+    let p = w.as_mut_ptr();
+    let mut i = 0;
+    while i < N {
+        // SAFETY: `i < N`: the store is inside `w`, and aligned as its words are.
+        unsafe { p.add(i).write_volatile(0) };
+        i += 1;
+    }
+}

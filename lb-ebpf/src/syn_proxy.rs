@@ -10,6 +10,7 @@
 
 use aya_ebpf::programs::XdpContext;
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
+use core::mem::MaybeUninit;
 use core::ptr::addr_of_mut;
 use lb_common::{
     counters,
@@ -33,6 +34,7 @@ use crate::{
     parse::{OFF_MASK, Packet},
     reset,
     segment::{self, NO_WSCALE, Shape},
+    stack::zeroed,
     verdict::Verdict,
 };
 
@@ -153,8 +155,10 @@ pub fn answer_syn(ctx: &XdpContext, pkt: &mut Packet, t: &mut Target) -> bool {
 /// forwarded packet, counted as `SYN_COOKIE_VALID`).
 #[inline(never)]
 pub fn open(ctx: &XdpContext, pkt: &mut Packet) -> bool {
-    let mut fs = FlowState::default();
-    pending_flow(ctx, pkt, &mut fs) && backend_syn(ctx, pkt, &fs)
+    // codegen: zeroed word by word; `FlowState::default()` was a byte-loop `memset` call.
+    let mut slot = MaybeUninit::uninit();
+    let fs = zeroed(&mut slot);
+    pending_flow(ctx, pkt, fs) && backend_syn(ctx, pkt, fs)
 }
 
 /// Makes a zero-window probe that acknowledges a cookie look like the client's lost ACK
