@@ -6,9 +6,9 @@
 //! already rewrote, another path), followed by a run of `xdp_pass`, a program that
 //! returns at once, on the same frame: the difference is the path's own work. The
 //! figure is the median over blocks of [`BLOCK`] runs of the block's mean difference,
-//! so a burst of the host's noise moves one block, not the figure. A new flow's SYN needs a new tuple per run, so those runs each use
-//! a client port of their own; a SYN answered with a cookie comes, as a flood's do, from
-//! a source address of its own too. Segments carry the options Linux sends (MSS, SACK
+//! so a burst of the host's noise moves one block, not the figure. A new flow's SYN
+//! needs a new tuple per run, so those runs each use a client port of their own; a SYN
+//! answered with a cookie comes, as a flood's do, from a source address of its own too. Segments carry the options Linux sends (MSS, SACK
 //! permitted, timestamps, window scale on a SYN; timestamps after it). The established
 //! forward and reply paths are measured for IPv6 too (`_v6`).
 

@@ -14,12 +14,11 @@ use aya_ebpf::{
     },
     programs::XdpContext,
 };
+use core::mem::MaybeUninit;
 use lb_common::{
     maps::FAMILY_V4,
     tcp::{ACK, OPT_MSS, OPT_NOP, RST, SYN},
 };
-
-use core::mem::MaybeUninit;
 
 use crate::{
     nat::ports_word,

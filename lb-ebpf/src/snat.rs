@@ -219,7 +219,8 @@ pub struct Claim {
     snat_idx: u8,
     /// Set when `key.dport` was claimed.
     found: u8,
-    /// The reverse entry found on `key.dport`, as it was when judged reusable.
+    /// The reverse entry found on `key.dport`, as it was when judged reusable: written by
+    /// `reusable` before `take_over` reads it, and left from an earlier claim otherwise.
     seen: ReverseNat,
 }
 
