@@ -10,14 +10,19 @@
 //! needs a new tuple per run, so those runs each use a client port of their own; a SYN
 //! answered with a cookie comes, as a flood's do, from a source address of its own too. Segments carry the options Linux sends (MSS, SACK
 //! permitted, timestamps, window scale on a SYN; timestamps after it). The established
-//! forward and reply paths are measured for IPv6 too (`_v6`).
+//! forward and reply paths are measured for IPv6 too (`_v6`). `short_connection` is the
+//! mean over the nine segments of a short HTTP connection that the backend closes
+//! (issue 17's "average over short connections", here per packet of the program alone),
+//! with two of its steps the other paths do not show: the handshake's ACK
+//! (`handshake_ack`, the flow leaves the half-open table) and the client's ACK of the
+//! backend's FIN (`ack_of_fin`, a closing segment, which goes the general way).
 
 use crate::figure::Figure;
 use crate::systems::System;
 use crate::workloads::Metric;
 use lb_common::maps::{REPLIES_NO_VIP, names};
 use lb_tests::packet::Packet;
-use lb_tests::packet::flags::{ACK, PSH, SYN};
+use lb_tests::packet::flags::{ACK, FIN, PSH, SYN};
 use lb_tests::test_run::{Action, CLIENT_PORT, Plan, TestRun, plan4, plan6, stay_on_this_cpu};
 use std::net::Ipv4Addr;
 
@@ -39,7 +44,7 @@ const FLOOD_SOURCES: (Ipv4Addr, u8) = (Ipv4Addr::new(198, 18, 128, 0), 17);
 /// `_v6` is its path for IPv6.
 /// `reply_asking_services` is a reply while some VIP's port lies in the SNAT range,
 /// so the fast path asks `SERVICES` before the reverse table (`REPLIES_NO_VIP` off).
-const PATHS: [(&str, Action); 9] = [
+const PATHS: [(&str, Action); 10] = [
     ("syn_new_flow", Action::Redirect),
     ("syn_cookie", Action::Tx),
     ("established_forward", Action::Redirect),
@@ -49,7 +54,29 @@ const PATHS: [(&str, Action); 9] = [
     ("reply_v6", Action::Redirect),
     ("rst_no_backend", Action::Tx),
     ("not_for_a_vip", Action::Pass),
+    ("short_connection", Action::Redirect),
 ];
+
+/// The segments of a short connection ([`short_connections`]), in order, and the side
+/// each comes from: an HTTP/1.0 exchange that the backend closes first, as a web server
+/// does.
+const SHORT: [(&str, Side); 9] = [
+    ("syn", Side::Client),
+    ("syn_ack", Side::Backend),
+    ("handshake_ack", Side::Client),
+    ("request", Side::Client),
+    ("response", Side::Backend),
+    ("backend_fin", Side::Backend),
+    ("ack_of_fin", Side::Client),
+    ("client_fin", Side::Client),
+    ("last_ack", Side::Backend),
+];
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Client,
+    Backend,
+}
 
 /// A figure per path, or one failed figure saying why none could be measured.
 pub fn figures(quick: bool, notes: &mut Vec<String>) -> Vec<Figure> {
@@ -105,6 +132,20 @@ fn measure(runs: usize) -> Vec<(&'static str, f64)> {
         let ns = match name {
             "syn_new_flow" => new_flows(&mut lb, &p, runs, want),
             "syn_cookie" => cookies(&mut lb, &p, runs, want),
+            "short_connection" => {
+                let steps = short_connections(&mut lb, &p, runs, want);
+                for (&(step, _), ns) in SHORT.iter().zip(&steps) {
+                    // The handshake's ACK moves the flow out of the half-open table,
+                    // and the closing segments go the general way: the two costs a
+                    // short connection has that the other paths do not show.
+                    match step {
+                        "handshake_ack" => out.push(("handshake_ack", ns.max(0.0))),
+                        "ack_of_fin" => out.push(("ack_of_fin", ns.max(0.0))),
+                        _ => {}
+                    }
+                }
+                steps.iter().sum::<f64>() / steps.len() as f64
+            }
             "reply_asking_services" => {
                 let (frame, ingress) = frame_for(&mut lb, &p, "reply");
                 let bits = lb.replies();
@@ -169,6 +210,89 @@ fn cookies(lb: &mut TestRun, p: &Plan, runs: usize, want: Action) -> f64 {
     let ns = typical(runs, |i| timed(lb, &frames[i], ingress, want));
     lb.set_syn_cookies("off");
     ns
+}
+
+/// The cost of each segment of [`SHORT`], over `runs` connections in batches of
+/// [`BATCH`] from empty tables, all on backend 0: each step's median over the batches
+/// of its batch mean. A step runs for the whole batch before the next, with its frames
+/// built before it (the SYN-ACKs' destination ports are the ports the SYNs claimed), so
+/// no step's runs follow a frame build or a map read. The sequence numbers are the
+/// exchange's own, so the closing segments take the paths a real close takes.
+fn short_connections(lb: &mut TestRun, p: &Plan, runs: usize, want: Action) -> Vec<f64> {
+    const CLIENT_ISN: u32 = 1_000;
+    const BACKEND_ISN: u32 = 50_000;
+    let request = p.from_client(CLIENT_PORT, ACK).payload.len() as u32;
+    let response = p.from_backend(0, CLIENT_PORT, ACK).payload.len() as u32;
+    // Sequence and acknowledgment numbers of each step after the SYN.
+    let (c, b) = (CLIENT_ISN + 1, BACKEND_ISN + 1);
+    let numbers = [
+        (CLIENT_ISN, 0),
+        (BACKEND_ISN, c),
+        (c, b),
+        (c, b),
+        (b, c + request),
+        (b + response, c + request),
+        (c + request, b + response + 1),
+        (c + request, b + response + 1),
+        (b + response + 1, c + request + 1),
+    ];
+    let flags = [
+        SYN,
+        SYN | ACK,
+        ACK,
+        PSH | ACK,
+        PSH | ACK,
+        FIN | ACK,
+        ACK,
+        FIN | ACK,
+        ACK,
+    ];
+    lb.table_to(p, 0);
+    let mut per_step: Vec<Vec<f64>> = vec![Vec::new(); SHORT.len()];
+    for _ in 0..runs.div_ceil(BATCH) {
+        lb.clear_flow_tables();
+        let mut ports = Vec::new();
+        for (k, &(_, side)) in SHORT.iter().enumerate() {
+            let (seq, ack) = numbers[k];
+            let frames: Vec<Vec<u8>> = (0..BATCH)
+                .map(|i| {
+                    let client_port = 10_000 + i as u16;
+                    let mut s = match side {
+                        Side::Client => p.from_client(client_port, flags[k]),
+                        Side::Backend => p.from_backend(0, ports[i], flags[k]),
+                    };
+                    s = if flags[k] & SYN != 0 {
+                        linux_syn(s)
+                    } else {
+                        timestamped(s)
+                    };
+                    (s.seq, s.ack) = (seq, ack);
+                    if flags[k] & PSH == 0 {
+                        s.payload.clear();
+                    }
+                    s.build()
+                })
+                .collect();
+            let ingress = match side {
+                Side::Client => lb.lb1,
+                Side::Backend => lb.lb0,
+            };
+            let total: f64 = frames.iter().map(|f| timed(lb, f, ingress, want)).sum();
+            per_step[k].push(total / BATCH as f64);
+            if k == 0 {
+                ports = (0..BATCH)
+                    .map(|i| lb.snat_port(p, 10_000 + i as u16))
+                    .collect();
+            }
+        }
+    }
+    per_step
+        .iter_mut()
+        .map(|means| {
+            means.sort_by(f64::total_cmp);
+            means[means.len() / 2]
+        })
+        .collect()
 }
 
 /// The frame of path `name` and the interface it arrives on, with the state it needs

@@ -5,7 +5,7 @@
 use crate::figure::{Figure, num};
 use crate::systems::System;
 use crate::workloads::{Metric, Workload};
-use crate::{failover, maglev};
+use crate::{failover, maglev, path_cost};
 use anyhow::{Context, Result};
 use std::fmt::Write as _;
 use std::path::Path;
@@ -307,6 +307,42 @@ const TARGETS: &[Target] = &[
         true,
     ),
     (
+        "ns per packet in lb_xdp, established forward (xdp-path)",
+        System::LbNat,
+        None,
+        path_cost::WORKLOAD,
+        "established_forward",
+        100.0,
+        false,
+    ),
+    (
+        "ns per packet in lb_xdp, a short connection's segments on average (xdp-path)",
+        System::LbNat,
+        None,
+        path_cost::WORKLOAD,
+        "short_connection",
+        400.0,
+        false,
+    ),
+    (
+        "ns per packet in lb_xdp under traffic, download (established flows)",
+        System::LbNat,
+        None,
+        "download",
+        "xdp_ns_per_packet",
+        100.0,
+        false,
+    ),
+    (
+        "ns per packet in lb_xdp under traffic, conn (short connections)",
+        System::LbNat,
+        None,
+        "conn",
+        "xdp_ns_per_packet",
+        400.0,
+        false,
+    ),
+    (
         "sustained new conn/s (ports reused), nat vs nftables full NAT",
         System::LbNat,
         Some(System::NftFullnat),
@@ -435,7 +471,7 @@ pub fn markdown(meta: &Meta, figures: &[Figure]) -> String {
         }
     }
 
-    writeln!(w, "\n## Targets (issues 5, 11, 13 and 14)\n").unwrap();
+    writeln!(w, "\n## Targets (issues 5, 11, 13, 14 and 17)\n").unwrap();
     writeln!(w, "| target | value | goal | met |\n|---|---|---|---|").unwrap();
     for (what, lb, peer, wl, m, bound, at_least) in TARGETS {
         let goal = format!("{} {bound}", if *at_least { "≥" } else { "≤" });

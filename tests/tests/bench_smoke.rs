@@ -238,6 +238,9 @@ fn quick_bench_writes_every_figure() {
         "reply",
         "rst_no_backend",
         "not_for_a_vip",
+        "handshake_ack",
+        "ack_of_fin",
+        "short_connection",
     ] {
         let f = paths
             .iter()
@@ -266,5 +269,11 @@ fn quick_bench_writes_every_figure() {
     assert!(md.contains("## Ratios lb-nat / peer"), "{md}");
     assert!(md.contains("## Targets"), "{md}");
     assert!(md.contains("XDP packet rate, 1,000 flows"), "{md}");
+    assert!(
+        md.contains(
+            "| ns per packet in lb_xdp, a short connection's segments on average (xdp-path) | "
+        ) && !md.contains("short connection's segments on average (xdp-path) | not measured"),
+        "{md}"
+    );
     assert!(!md.contains("TODO"), "{md}");
 }
