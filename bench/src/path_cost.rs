@@ -57,20 +57,25 @@ const PATHS: [(&str, Action); 10] = [
     ("short_connection", Action::Redirect),
 ];
 
-/// The segments of a short connection ([`short_connections`]), in order, and the side
-/// each comes from: an HTTP/1.0 exchange that the backend closes first, as a web server
-/// does.
-const SHORT: [(&str, Side); 9] = [
-    ("syn", Side::Client),
-    ("syn_ack", Side::Backend),
-    ("handshake_ack", Side::Client),
-    ("request", Side::Client),
-    ("response", Side::Backend),
-    ("backend_fin", Side::Backend),
-    ("ack_of_fin", Side::Client),
-    ("client_fin", Side::Client),
-    ("last_ack", Side::Backend),
+/// The segments of a short connection ([`short_connections`]), in order: the side each
+/// comes from and its TCP flags. An HTTP/1.0 exchange that the backend closes first, as
+/// a web server does.
+const SHORT: [(&str, Side, u8); 9] = [
+    ("syn", Side::Client, SYN),
+    ("syn_ack", Side::Backend, SYN | ACK),
+    ("handshake_ack", Side::Client, ACK),
+    ("request", Side::Client, PSH | ACK),
+    ("response", Side::Backend, PSH | ACK),
+    ("backend_fin", Side::Backend, FIN | ACK),
+    ("ack_of_fin", Side::Client, ACK),
+    ("client_fin", Side::Client, FIN | ACK),
+    ("last_ack", Side::Backend, ACK),
 ];
+
+/// The steps of [`SHORT`] reported on their own: the two costs a short connection has
+/// that the other paths do not show. The handshake's ACK copies the flow out of the
+/// half-open table; a closing flow's segment goes the general way.
+const SHOWN_APART: [&str; 2] = ["handshake_ack", "ack_of_fin"];
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Side {
@@ -134,14 +139,9 @@ fn measure(runs: usize) -> Vec<(&'static str, f64)> {
             "syn_cookie" => cookies(&mut lb, &p, runs, want),
             "short_connection" => {
                 let steps = short_connections(&mut lb, &p, runs, want);
-                for (&(step, _), ns) in SHORT.iter().zip(&steps) {
-                    // The handshake's ACK moves the flow out of the half-open table,
-                    // and the closing segments go the general way: the two costs a
-                    // short connection has that the other paths do not show.
-                    match step {
-                        "handshake_ack" => out.push(("handshake_ack", ns.max(0.0))),
-                        "ack_of_fin" => out.push(("ack_of_fin", ns.max(0.0))),
-                        _ => {}
+                for (&(step, ..), &ns) in SHORT.iter().zip(&steps) {
+                    if SHOWN_APART.contains(&step) {
+                        out.push((step, ns.max(0.0)));
                     }
                 }
                 steps.iter().sum::<f64>() / steps.len() as f64
@@ -223,7 +223,7 @@ fn short_connections(lb: &mut TestRun, p: &Plan, runs: usize, want: Action) -> V
     const BACKEND_ISN: u32 = 50_000;
     let request = p.from_client(CLIENT_PORT, ACK).payload.len() as u32;
     let response = p.from_backend(0, CLIENT_PORT, ACK).payload.len() as u32;
-    // Sequence and acknowledgment numbers of each step after the SYN.
+    // Each step's sequence and acknowledgment numbers, in the order of `SHORT`.
     let (c, b) = (CLIENT_ISN + 1, BACKEND_ISN + 1);
     let numbers = [
         (CLIENT_ISN, 0),
@@ -236,38 +236,27 @@ fn short_connections(lb: &mut TestRun, p: &Plan, runs: usize, want: Action) -> V
         (c + request, b + response + 1),
         (b + response + 1, c + request + 1),
     ];
-    let flags = [
-        SYN,
-        SYN | ACK,
-        ACK,
-        PSH | ACK,
-        PSH | ACK,
-        FIN | ACK,
-        ACK,
-        FIN | ACK,
-        ACK,
-    ];
     lb.table_to(p, 0);
     let mut per_step: Vec<Vec<f64>> = vec![Vec::new(); SHORT.len()];
     for _ in 0..runs.div_ceil(BATCH) {
         lb.clear_flow_tables();
         let mut ports = Vec::new();
-        for (k, &(_, side)) in SHORT.iter().enumerate() {
+        for (k, &(_, side, flags)) in SHORT.iter().enumerate() {
             let (seq, ack) = numbers[k];
             let frames: Vec<Vec<u8>> = (0..BATCH)
                 .map(|i| {
                     let client_port = 10_000 + i as u16;
                     let mut s = match side {
-                        Side::Client => p.from_client(client_port, flags[k]),
-                        Side::Backend => p.from_backend(0, ports[i], flags[k]),
+                        Side::Client => p.from_client(client_port, flags),
+                        Side::Backend => p.from_backend(0, ports[i], flags),
                     };
-                    s = if flags[k] & SYN != 0 {
+                    s = if flags & SYN != 0 {
                         linux_syn(s)
                     } else {
                         timestamped(s)
                     };
                     (s.seq, s.ack) = (seq, ack);
-                    if flags[k] & PSH == 0 {
+                    if flags & PSH == 0 {
                         s.payload.clear();
                     }
                     s.build()

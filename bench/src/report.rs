@@ -481,7 +481,12 @@ pub fn markdown(meta: &Meta, figures: &[Figure]) -> String {
         };
         let (v, met) = match measured {
             Some(r) => (
-                format!("{r:.2}"),
+                // Ratios to two places; ns, % and the like, whose goals are large, whole.
+                if *bound >= 10.0 {
+                    format!("{r:.0}")
+                } else {
+                    format!("{r:.2}")
+                },
                 if (*at_least && r >= *bound) || (!*at_least && r <= *bound) {
                     "yes"
                 } else {
