@@ -292,6 +292,10 @@ impl Proxy {
 
     /// Accepts connections on `listener` until the task is dropped.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        // Linux copies a listener's TCP_NODELAY into each connection it accepts: set
+        // once here (on a listener handed over by an older daemon too), it saves a
+        // system call per connection.
+        let nodelay_inherited = socket2::SockRef::from(&listener).set_nodelay(true).is_ok();
         loop {
             let (client, peer) =
                 crate::net::accept(&listener, "proxy", Duration::from_millis(50)).await;
@@ -312,6 +316,9 @@ impl Proxy {
             };
             let me = self.clone();
             tokio::spawn(async move {
+                if !nodelay_inherited {
+                    let _ = client.set_nodelay(true);
+                }
                 me.handle(svc, client, canonical(peer), vip).await;
                 drop(permit);
             });
@@ -325,7 +332,6 @@ impl Proxy {
         peer: SocketAddr,
         vip: SocketAddr,
     ) {
-        let _ = client.set_nodelay(true);
         svc.with(|c| c.connections += 1);
         let (src, dst) = if svc.proxy.accept_proxy {
             match read_proxy_header(&mut client).await {
@@ -793,6 +799,19 @@ mod tests {
     fn unique_ids_differ_per_connection() {
         assert_ne!(unique_id(1, 1), unique_id(1, 2));
         assert_ne!(unique_id(1, 1), unique_id(2, 1));
+    }
+
+    /// `serve` sets TCP_NODELAY on the listener only: the kernel must copy it into the
+    /// connections it accepts (and leave it off where the listener has it off).
+    #[tokio::test]
+    async fn accepted_connections_inherit_the_listeners_nodelay() {
+        for nodelay in [true, false] {
+            let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            socket2::SockRef::from(&l).set_nodelay(nodelay).unwrap();
+            let _c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+            let (accepted, _) = l.accept().await.unwrap();
+            assert_eq!(accepted.nodelay().unwrap(), nodelay);
+        }
     }
 
     /// A backend on loopback that reads the PROXY header, then echoes.
