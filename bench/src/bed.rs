@@ -153,6 +153,52 @@ pub fn pinned(ns: &Netns, cpu: &str, program: &str) -> Command {
     c
 }
 
+/// Where the backends' servers (nginx, iperf3) run: issue 17 compares proxies with the
+/// backends on the LB's CPU as well as off it, and a user-space proxy's figure depends
+/// on whether the backends compete with it.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BackendCpu {
+    /// Not pinned: the scheduler places them.
+    #[default]
+    Any,
+    /// Pinned to the LB's CPU, where the load balancer's processes run.
+    Lb,
+    /// Pinned off the LB's CPU: on this two-CPU machine the client's.
+    Own,
+}
+
+impl BackendCpu {
+    /// The CPU the backends are pinned to, if any.
+    pub fn cpu(self) -> Option<&'static str> {
+        match self {
+            BackendCpu::Any => None,
+            BackendCpu::Lb => Some(LB_CPU),
+            BackendCpu::Own => Some(CLIENT_CPU),
+        }
+    }
+
+    /// The layout in the report's words.
+    pub fn describe(self) -> &'static str {
+        match self {
+            BackendCpu::Any => "the backends (nginx, 2 workers each; iperf3) are not pinned",
+            BackendCpu::Lb => {
+                "the backends (nginx, 2 workers each; iperf3) are pinned to CPU 1, the LB's (`--backend-cpu lb`)"
+            }
+            BackendCpu::Own => {
+                "the backends (nginx, 2 workers each; iperf3) are pinned to CPU 0, off the LB's, which they share with the client (`--backend-cpu own`)"
+            }
+        }
+    }
+}
+
+/// `program` inside `ns`, on `cpu` if one is given.
+fn placed(ns: &Netns, cpu: Option<&str>, program: &str) -> Command {
+    match cpu {
+        Some(cpu) => pinned(ns, cpu, program),
+        None => ns.command(program),
+    }
+}
+
 /// The LB's veth peers: the client's end and the switch's end (see `Topology::build`).
 const CLIENT_IF: &str = "eth0";
 pub const SWITCH_IF: &str = "up0";
@@ -168,11 +214,16 @@ pub struct Bed {
     pub topo: Topology,
     /// The body of `/small`.
     pub small: String,
+    /// Where the backends' servers run.
+    pub backend_cpu: BackendCpu,
+    /// lb's HTTP service admits the client's address only (`--filter-flood`).
+    pub flood_filtered: bool,
 }
 
 impl Bed {
-    /// Builds the topology, tunes its namespaces and starts the backends' servers.
-    pub fn new(object: &Path) -> Result<Bed> {
+    /// Builds the topology, tunes its namespaces and starts the backends' servers
+    /// where `backend_cpu` says.
+    pub fn new(object: &Path, backend_cpu: BackendCpu) -> Result<Bed> {
         let topo = Topology::build(Kind::TwoArmed, XdpPeers::Skip)
             .context("building the two-armed topology")?;
         let mut pass = XdpPass::load(object)?;
@@ -199,6 +250,8 @@ impl Bed {
             xdp,
             topo,
             small,
+            backend_cpu,
+            flood_filtered: false,
         };
         bed.start_backends(&big)?;
         Ok(bed)
@@ -216,7 +269,7 @@ impl Bed {
             let conf = run.join("nginx.conf");
             std::fs::write(&conf, backend_nginx_conf(&run, &root))?;
             check_nginx_conf(&b.ns, &conf)?;
-            let mut c = b.ns.command("nginx");
+            let mut c = placed(&b.ns, self.backend_cpu.cpu(), "nginx");
             c.arg("-c").arg(&conf);
             let p = Proc::spawn(
                 &format!("nginx on backend {}", b.name),
@@ -228,7 +281,7 @@ impl Bed {
         // One iperf3 server: the bulk service has one backend, since iperf3's control
         // and data connections must meet the same server.
         let b1 = &self.topo.backends[0];
-        let mut c = b1.ns.command("iperf3");
+        let mut c = placed(&b1.ns, self.backend_cpu.cpu(), "iperf3");
         c.args(["-s", "-p", &IPERF_PORT.to_string()]);
         let p = Proc::spawn(
             "iperf3 server on b1",

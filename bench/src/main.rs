@@ -75,6 +75,15 @@ struct Opts {
     /// Where the results go.
     #[arg(long, default_value = "bench/results")]
     pub out: PathBuf,
+    /// Where the backends' servers run: `any` (not pinned), `lb` (on the LB's CPU) or
+    /// `own` (off it, on the client's CPU on this two-CPU machine).
+    #[arg(long, value_enum, default_value_t)]
+    pub backend_cpu: bed::BackendCpu,
+    /// lb's HTTP service admits only the client's address, so a SYN flood's spoofed
+    /// SYNs are dropped by its security group at the least cost an LB can drop them:
+    /// `synflood`'s ratio is then the most this machine allows any LB.
+    #[arg(long)]
+    pub filter_flood: bool,
     /// Skip installing and building: use the built `lb` ($LB_BIN or target/release/lb)
     /// and eBPF object ($LB_EBPF_OBJECT or the default path), as the smoke test does.
     /// (`cargo xtask bench` acts on it; the bench itself always uses those.)
@@ -178,7 +187,8 @@ fn run(opts: &Opts, lb_bin: &Path, object: &Path) -> Result<()> {
         };
 
     eprintln!("\n==> bench: building the namespaces, backends (nginx, iperf3)");
-    let bed = Bed::new(object)?;
+    let mut bed = Bed::new(object, opts.backend_cpu)?;
+    bed.flood_filtered = opts.filter_flood;
     // A copy, so a rebuild of target/release/lb during the run changes nothing measured.
     let identity = lb_identity(lb_bin);
     // The failover runs after the bed is gone, with the binary it was copied from.
@@ -261,6 +271,12 @@ fn run(opts: &Opts, lb_bin: &Path, object: &Path) -> Result<()> {
     } = runs;
     drop(bed);
     let mut notes = vec![identity];
+    if opts.filter_flood {
+        notes.push(format!(
+            "`--filter-flood`: lb's HTTP service admits {} only (`allow`), so the SYN flood is dropped by its security group before any flow lookup or cookie; `synflood`'s ratio is then the most this machine allows an LB",
+            bed::CLIENT_V4
+        ));
+    }
     let mut figures = figures(&plan, &cells, &extras, &mut notes);
     if plan.failover {
         figures.extend(failover::figures(
@@ -284,6 +300,7 @@ fn run(opts: &Opts, lb_bin: &Path, object: &Path) -> Result<()> {
         elapsed_secs: started.elapsed().as_secs_f64(),
         systems: states,
         workloads: plan.workloads.clone(),
+        backend_cpu: opts.backend_cpu,
         notes,
     };
     std::fs::create_dir_all(&opts.out)

@@ -2,6 +2,7 @@
 //! every figure, the lb/peer ratios and the issue's targets (`.md`), and a chart of the
 //! main ratios (`.png`).
 
+use crate::bed::BackendCpu;
 use crate::figure::{Figure, num};
 use crate::systems::System;
 use crate::workloads::{Metric, Workload};
@@ -23,6 +24,8 @@ pub struct Meta {
     /// Systems as selected, with their state (`ok`, `not built yet ...`).
     pub systems: Vec<(System, String)>,
     pub workloads: Vec<Workload>,
+    /// Where the backends' servers ran.
+    pub backend_cpu: BackendCpu,
     pub notes: Vec<String>,
 }
 
@@ -382,10 +385,11 @@ pub fn markdown(meta: &Meta, figures: &[Figure]) -> String {
     .unwrap();
     writeln!(
         w,
-        "- pinning: the client's load generators (wrk with 3 threads, iperf3) run on CPU 0 and the load balancers' processes (HAProxy, nginx, lb's daemon) on CPU 1 (taskset), so a user-space proxy does not compete with the client for a core; the backends (nginx, 2 workers each; iperf3) are not pinned. Kernel paths (lb's XDP program, nftables, plain forwarding) run where the LB's veths receive: in every connection workload (`conn`, `keepalive`, `download`, `bulk1`, `bulk4`, `conn-sustained`, `synflood`) both of the LB's veths receive in NAPI kernel threads pinned to CPU 1, with `bench_pass` on both for systems without an XDP program of their own (a veth has a NAPI only with one), so every system's receive processing runs on the LB's CPU, not in the softirq of the CPU that sent the packet. In the packet-rate workloads the generator runs on CPU 0 and the LB's client-side veth receives in a NAPI kernel thread pinned to CPU 1. The SYN flood's generator runs on CPU 0 beside wrk.\n\
+        "- pinning: the client's load generators (wrk with 3 threads, iperf3) run on CPU 0 and the load balancers' processes (HAProxy, nginx, lb's daemon) on CPU 1 (taskset), so a user-space proxy does not compete with the client for a core; {}. Kernel paths (lb's XDP program, nftables, plain forwarding) run where the LB's veths receive: in every connection workload (`conn`, `keepalive`, `download`, `bulk1`, `bulk4`, `conn-sustained`, `synflood`) both of the LB's veths receive in NAPI kernel threads pinned to CPU 1, with `bench_pass` on both for systems without an XDP program of their own (a veth has a NAPI only with one), so every system's receive processing runs on the LB's CPU, not in the softirq of the CPU that sent the packet. In the packet-rate workloads the generator runs on CPU 0 and the LB's client-side veth receives in a NAPI kernel thread pinned to CPU 1. The SYN flood's generator runs on CPU 0 beside wrk.\n\
          - equal terms: one topology for every system (client, LB host, switch, 3 backends in network namespaces, veths), an XDP program on each of the LB's veth peers (`xdp_pass` on the client's end; on the switch's end the packet-rate sink, which passes all other traffic) and tx checksumming off on the client's and backends' veths (see TOOLCHAIN.md) whichever system runs.\n\
          - CPU = CPU time of the LB's processes + machine-wide softirq time (from /proc/stat; this kernel samples softirq time on ticks, CONFIG_IRQ_TIME_ACCOUNTING is off) + the LB's NAPI threads' time (`softirq` includes them: the same work in a thread), per 1000 connections or requests, or per GB. Softirq includes the client's and backends' own network processing, so compare against no-lb, which has only that.\n\
-         - disturbed runs (machine busy before the run, stolen time, or a result more than 25% off the median of its repeats) are thrown away and run again."
+         - disturbed runs (machine busy before the run, stolen time, or a result more than 25% off the median of its repeats) are thrown away and run again.",
+        meta.backend_cpu.describe()
     )
     .unwrap();
     writeln!(

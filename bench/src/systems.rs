@@ -5,8 +5,8 @@
 //! more arm in [`start`].
 
 use crate::bed::{
-    Bed, HTTP_PORT, IPERF_PORT, LB_CPU, NGINX_STREAM_MODULE, PPS_BACKEND_PORTS, PPS_PORT,
-    PROXY_PORT, Proc, VIP, check_nginx_conf, nginx_common, pinned,
+    Bed, CLIENT_V4, HTTP_PORT, IPERF_PORT, LB_CPU, NGINX_STREAM_MODULE, PPS_BACKEND_PORTS,
+    PPS_PORT, PROXY_PORT, Proc, VIP, check_nginx_conf, nginx_common, pinned,
 };
 use crate::cpu;
 use anyhow::{Context, Result, bail};
@@ -238,6 +238,11 @@ fn lb_config(system: System, bed: &Bed) -> String {
             list(addrs)
         )
         .unwrap();
+        if name == "web" && bed.flood_filtered {
+            // `--filter-flood`: only the client may open connections, so the flood's
+            // SYNs are dropped at the security group, before any flow lookup or cookie.
+            writeln!(s, "allow = [\"{CLIENT_V4}/32\"]").unwrap();
+        }
     }
     if system == System::LbNat {
         // The packet-rate workloads' service: nothing listens behind it (the sink drops
@@ -385,10 +390,7 @@ impl Drop for Running {
         }
         for ns in self.dsr_backends.drain(..) {
             let _ = ip(&ns, &["addr", "del", &format!("{VIP}/32"), "dev", "lo"]);
-            let _ = ip(
-                &ns,
-                &["route", "del", &format!("{}/32", crate::bed::CLIENT_V4)],
-            );
+            let _ = ip(&ns, &["route", "del", &format!("{CLIENT_V4}/32")]);
             let _ = lb_tests::cmd::run(std::process::Command::new("ip").args([
                 "netns",
                 "exec",
@@ -441,15 +443,27 @@ pub fn start(system: System, bed: &mut Bed, lb_bin: &Path) -> Result<Running> {
             let conf = bed.path(&format!("{tag}.toml"));
             std::fs::write(&conf, lb_config(system, bed))?;
             let args = vec!["--config".to_owned(), conf.to_string_lossy().into_owned()];
-            let d = Daemon::start(
-                &bed.topo.lb,
-                lb_bin,
-                Launch::Nsenter,
-                &args,
-                &bed.topo.lb_ifaces,
-                &bed.path(&format!("{tag}.log")),
-            )?;
-            // The daemon's threads (control plane only; the data path runs in softirq).
+            let log = bed.path(&format!("{tag}.log"));
+            // Started on the LB's CPU, as HAProxy and nginx are (`taskset -c`): the
+            // daemon sizes its runtime to the CPUs it may use, one worker thread here.
+            // Pinned only after its start, it ran two on that one CPU.
+            let d = std::thread::scope(|s| {
+                s.spawn(|| {
+                    lb_tests::sys::pin_to_cpu(LB_CPU.parse().expect("a CPU number"))
+                        .context("pinning the thread that starts lb")?;
+                    Daemon::start(
+                        &bed.topo.lb,
+                        lb_bin,
+                        Launch::Nsenter,
+                        &args,
+                        &bed.topo.lb_ifaces,
+                        &log,
+                    )
+                })
+                .join()
+                .map_err(|_| anyhow::anyhow!("the thread starting lb panicked"))?
+            })?;
+            // Every thread of the daemon, as started (the data path runs in softirq).
             lb_tests::cmd::run(std::process::Command::new("taskset").args([
                 "-a",
                 "-p",
