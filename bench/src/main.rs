@@ -301,6 +301,7 @@ fn run(opts: &Opts, lb_bin: &Path, object: &Path) -> Result<()> {
         systems: states,
         workloads: plan.workloads.clone(),
         backend_cpu: opts.backend_cpu,
+        flood_filtered: opts.filter_flood,
         notes,
     };
     std::fs::create_dir_all(&opts.out)
