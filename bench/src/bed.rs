@@ -178,16 +178,15 @@ impl BackendCpu {
     }
 
     /// The layout in the report's words.
-    pub fn describe(self) -> &'static str {
-        match self {
-            BackendCpu::Any => "the backends (nginx, 2 workers each; iperf3) are not pinned",
-            BackendCpu::Lb => {
-                "the backends (nginx, 2 workers each; iperf3) are pinned to CPU 1, the LB's (`--backend-cpu lb`)"
-            }
+    pub fn describe(self) -> String {
+        let place = match self {
+            BackendCpu::Any => "are not pinned",
+            BackendCpu::Lb => "are pinned to CPU 1, the LB's (`--backend-cpu lb`)",
             BackendCpu::Own => {
-                "the backends (nginx, 2 workers each; iperf3) are pinned to CPU 0, off the LB's, which they share with the client (`--backend-cpu own`)"
+                "are pinned to CPU 0, off the LB's, which they share with the client (`--backend-cpu own`)"
             }
-        }
+        };
+        format!("the backends (nginx, 2 workers each; iperf3) {place}")
     }
 }
 

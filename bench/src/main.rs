@@ -273,7 +273,7 @@ fn run(opts: &Opts, lb_bin: &Path, object: &Path) -> Result<()> {
     let mut notes = vec![identity];
     if opts.filter_flood {
         notes.push(format!(
-            "`--filter-flood`: lb's HTTP service admits {} only (`allow`), so the SYN flood is dropped by its security group before any flow lookup or cookie; `synflood`'s ratio is then the most this machine allows an LB",
+            "`--filter-flood`: lb's HTTP service admits {} only (`allow`), so the SYN flood is dropped by its security group before any flow lookup or cookie; `synflood`'s ratio is then the most this machine allows an LB (the allowlist applies to every workload of the run, whose lb figures include its check)",
             bed::CLIENT_V4
         ));
     }
@@ -315,13 +315,18 @@ fn run(opts: &Opts, lb_bin: &Path, object: &Path) -> Result<()> {
     report::write_jsonl(&jsonl, &figures)?;
     let text = report::markdown(&meta, &figures);
     std::fs::write(&md, &text).with_context(|| format!("writing {}", md.display()))?;
-    report::chart(&png, &meta, &figures)?;
+    let chart = if report::chart(&png, &meta, &figures)? {
+        format!(" and {}", png.display())
+    } else {
+        // A chart from an earlier run of the day would read as this one's.
+        let _ = std::fs::remove_file(&png);
+        " (no chart: lb-nat has no peer's figures in this run)".to_owned()
+    };
     println!("{text}");
     eprintln!(
-        "bench: wrote {}, {} and {} in {:.0} s",
+        "bench: wrote {} and {}{chart} in {:.0} s",
         jsonl.display(),
         md.display(),
-        png.display(),
         meta.elapsed_secs
     );
     let failed: Vec<String> = cells

@@ -657,7 +657,10 @@ const COST: &[(&str, &str, &str)] = &[
 pub const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
 
 /// Grouped bars of lb-nat / peer: speed (higher is better) and CPU cost (lower is).
-pub fn chart(path: &Path, meta: &Meta, figures: &[Figure]) -> Result<()> {
+/// Draws the chart at `path`; false, with nothing written, when lb-nat has no ratio to
+/// any peer in it (a run of other systems, or of lb-nat alone): an empty chart says
+/// nothing.
+pub fn chart(path: &Path, meta: &Meta, figures: &[Figure]) -> Result<bool> {
     use plotters::prelude::*;
     static FONT_SET: std::sync::Once = std::sync::Once::new();
     let mut font_err = None;
@@ -682,6 +685,14 @@ pub fn chart(path: &Path, meta: &Meta, figures: &[Figure]) -> Result<()> {
         .filter(|(s, st)| !s.is_lb() && st == "ok")
         .map(|(s, _)| *s)
         .collect();
+    let any_bar = SPEED.iter().chain(COST).any(|(_, wl, m)| {
+        peers
+            .iter()
+            .any(|p| ratio(figures, lb, *p, wl, m).is_some())
+    });
+    if !any_bar {
+        return Ok(false);
+    }
     let colors = [
         RGBColor(0x1f, 0x77, 0xb4),
         RGBColor(0xff, 0x7f, 0x0e),
@@ -781,5 +792,5 @@ pub fn chart(path: &Path, meta: &Meta, figures: &[Figure]) -> Result<()> {
             .map_err(|e| anyhow::anyhow!("{e}"))?;
     }
     root.present().map_err(|e| anyhow::anyhow!("{e}"))?;
-    Ok(())
+    Ok(true)
 }
