@@ -814,6 +814,23 @@ mod tests {
         }
     }
 
+    /// `serve` turns TCP_NODELAY on on the listener it is given (off, as a listener
+    /// handed over by an older daemon may be), so its connections inherit it.
+    #[tokio::test]
+    async fn serve_sets_nodelay_on_its_listener() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        socket2::SockRef::from(&listener)
+            .set_nodelay(false)
+            .unwrap();
+        let probe = std::os::fd::AsFd::as_fd(&listener)
+            .try_clone_to_owned()
+            .unwrap();
+        let (_proxy, _svc, vip) = proxy_on(listener, 4).await;
+        let mut c = TcpStream::connect(vip).await.unwrap();
+        echo_once(&mut c).await.unwrap();
+        assert!(socket2::SockRef::from(&probe).nodelay().unwrap());
+    }
+
     /// A backend on loopback that reads the PROXY header, then echoes.
     async fn echo_backend() -> SocketAddr {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -844,8 +861,15 @@ mod tests {
     /// A proxy on loopback (no sk_lookup needed: the service's VIP is the listener's
     /// own address) in front of one echo backend.
     async fn proxy(max_conns: u32) -> (Arc<Proxy>, Arc<ServiceRt>, SocketAddr) {
+        proxy_on(TcpListener::bind("127.0.0.1:0").await.unwrap(), max_conns).await
+    }
+
+    /// [`proxy`] serving `listener`.
+    async fn proxy_on(
+        listener: TcpListener,
+        max_conns: u32,
+    ) -> (Arc<Proxy>, Arc<ServiceRt>, SocketAddr) {
         let backend = echo_backend().await;
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let vip = listener.local_addr().unwrap();
         let proxy = Arc::new(Proxy::new(
             Settings {
