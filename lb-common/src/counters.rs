@@ -109,8 +109,11 @@ pub const DROP_DENIED: u32 = 23;
 /// the request it held, so the SNAT port can carry a new connection at once
 /// (`flow::stale_syn_ack`). The segment is not forwarded.
 pub const DROP_STALE_BACKEND_ANSWER: u32 = 24;
+/// A SYN that opened a flow without a cookie while the VIP's new flows are opened by
+/// cookie (`auto`): its source passed a cookie lately (`syn_proxy::TRUST_NS`).
+pub const SYN_TRUSTED: u32 = 25;
 /// Number of counters (the length of `COUNTERS`).
-pub const NUM_COUNTERS: u32 = 25;
+pub const NUM_COUNTERS: u32 = 26;
 
 const fn c(index: u32, name: &'static str, kind: Kind, help: &'static str) -> Counter {
     Counter {
@@ -274,6 +277,12 @@ pub const TABLE: [Counter; NUM_COUNTERS as usize] = {
             "drop_stale_backend_answer",
             Dropped,
             "a backend's answer to a connection the LB no longer keeps: the backend is answered with a RST, which frees the SNAT port",
+        ),
+        c(
+            SYN_TRUSTED,
+            "syn_trusted",
+            Forwarded,
+            "a SYN that opened a flow without a cookie while the VIP is under SYN pressure: its source passed a cookie in the last minute",
         ),
     ]
 };

@@ -603,7 +603,11 @@ pub fn snat_addrs_base(family: u8) -> u32 {
 /// recently used one is forgotten when a new source comes.
 pub const MAX_SOURCES: u32 = 65_536;
 
-/// Key of the per-source token buckets: the client address, IPv6 masked to its /64 (a
+/// Sources that passed a SYN cookie remembered at once (`TRUSTED_SOURCES`); only a valid
+/// cookie ACK enters one, so a spoofed flood cannot push real clients out.
+pub const MAX_TRUSTED_SOURCES: u32 = 65_536;
+
+/// Key of the per-source token buckets (and of `TRUSTED_SOURCES`): the client address, IPv6 masked to its /64 (a
 /// host commonly holds a whole /64, so per-address buckets would be no limit).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -688,6 +692,12 @@ pub mod names {
     /// Source ([`super::SourceKey`]) → its new-flow token bucket (see `source_limit`).
     pub const SOURCE_BUCKETS: &str = "SOURCE_BUCKETS";
     pub const SYN_RATE: &str = "SYN_RATE";
+    /// Source ([`super::SourceKey`]) → coarse ns of its last valid SYN cookie ACK (see
+    /// `syn_proxy::TRUST_NS`).
+    pub const TRUSTED_SOURCES: &str = "TRUSTED_SOURCES";
+    /// Service id → `syn_proxy::short_mark` of when its SNAT ports last ran short (`u64`,
+    /// 0: never); not pinned: it matters for two seconds.
+    pub const PORTS_SHORT: &str = "PORTS_SHORT";
     /// The configured SNAT addresses (`[u32; 4]` words), see `MAX_SNAT_ADDRS`.
     pub const SNAT_ADDRS: &str = "SNAT_ADDRS";
     /// Proxy VIP:port ([`super::VipKey`]) → `u32` index into `PROXY_LISTENERS`.

@@ -228,6 +228,32 @@ impl SynRate {
     }
 }
 
+/// How long a source that passed a SYN cookie is trusted: under `auto`, its SYNs open
+/// flows as they would without the pressure for this long after its last valid cookie
+/// ACK. A spoofed flood never passes one, so only real clients gain it; a client that
+/// reconnects often is then spared the cookie's extra round trip through the LB (the
+/// backend's leg opened only after the client's ACK) and its flows the translated path.
+/// Trust ends on its own: the next SYN after it gets a cookie, and a valid ACK renews it.
+pub const TRUST_NS: u64 = 60_000_000_000;
+
+/// Whether a source whose last valid cookie ACK came at `passed_ns` is still trusted at
+/// `now_ns` (see [`TRUST_NS`]) for a VIP whose SNAT ports last ran short in rate window
+/// `short_window` (0: never; see [`short_mark`]): while ports run short, in that window
+/// and the next, every SYN gets a cookie, so no source can take the ports that remain.
+#[inline(always)]
+pub fn trusted(passed_ns: u64, now_ns: u64, short_window: u64) -> bool {
+    let w = rate_window(now_ns);
+    let short = short_window != 0 && w <= short_window && w + 1 >= short_window;
+    !short && passed_ns <= now_ns && now_ns - passed_ns < TRUST_NS
+}
+
+/// What `PORTS_SHORT` holds for a VIP whose SNAT ports ran short at `now_ns`: the last
+/// rate window the shortage counts for (this one and the next), never 0.
+#[inline(always)]
+pub fn short_mark(now_ns: u64) -> u64 {
+    rate_window(now_ns) + 1
+}
+
 /// Whether a new flow's SYN is answered with a cookie under mode `mode`.
 #[inline(always)]
 pub fn use_cookie(mode: u8, rate: &SynRate, threshold: u32) -> bool {
@@ -242,6 +268,30 @@ pub fn use_cookie(mode: u8, rate: &SynRate, threshold: u32) -> bool {
 mod tests {
     use super::*;
     use crate::maps::FAMILY_V4;
+
+    #[test]
+    fn trust_lasts_trust_ns_after_the_cookie() {
+        let passed = 5_000_000_000_000;
+        assert!(trusted(passed, passed, 0));
+        assert!(trusted(passed, passed + TRUST_NS - 1, 0));
+        assert!(!trusted(passed, passed + TRUST_NS, 0));
+        // A stamp from a later clock than this CPU's (another CPU's, a tick ahead) is
+        // trusted only once this clock reaches it.
+        assert!(!trusted(passed, passed - 1, 0));
+    }
+
+    #[test]
+    fn no_trust_while_ports_run_short_and_the_window_after() {
+        let passed = 5_000_000_000_000;
+        let short_at = passed + 10_000_000_000;
+        let mark = short_mark(short_at);
+        // The window before the shortage was not short.
+        assert!(trusted(passed, short_at - (1 << 30), mark));
+        assert!(!trusted(passed, short_at, mark));
+        let next = (rate_window(short_at) + 1) << 30;
+        assert!(!trusted(passed, next, mark));
+        assert!(trusted(passed, next + (1 << 30), mark));
+    }
 
     #[test]
     fn client_options_round_trip_through_the_tsval() {

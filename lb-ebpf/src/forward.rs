@@ -26,7 +26,8 @@ use crate::{
     parse::Packet,
     reset,
     select::{OK, new_flow},
-    snat, source_limit, syn_proxy,
+    snat, source_limit,
+    syn_proxy::{self, SynAnswer},
     traffic::{Dir, service_traffic},
     verdict::{Step, Verdict},
 };
@@ -60,11 +61,16 @@ pub fn forward(ctx: &XdpContext, pkt: &mut Packet, svc: &Service, t: &mut Target
         return Step::IN;
     }
     let syn = pkt.tcp_flags & (tcp::SYN | tcp::ACK) == tcp::SYN;
+    let mut counter = counters::FWD_IN;
     if syn {
         if !source_limit::admits(pkt, cfg) {
             return Step::Done(Verdict::drop(counters::DROP_SOURCE_RATE_LIMITED));
         }
-        if syn_proxy::cookie_for_syn(pkt, svc, cfg) {
+        let answer = syn_proxy::answer_for_syn(pkt, svc, cfg);
+        if answer == SynAnswer::Trusted {
+            counter = counters::SYN_TRUSTED;
+        }
+        if answer == SynAnswer::Cookie {
             // Routed as the flow's replies are (not sent back where it came from): to
             // the client's next hop, or nowhere when the route is a blackhole.
             if !syn_proxy::answer_syn(ctx, pkt, t) {
@@ -79,6 +85,7 @@ pub fn forward(ctx: &XdpContext, pkt: &mut Packet, svc: &Service, t: &mut Target
         let c = cookie::check(ctx, pkt);
         if c == Cookie::Ack || (c == Cookie::Probe && syn_proxy::probe_as_ack(ctx, pkt)) {
             t.proxied = 1;
+            syn_proxy::passed(pkt);
         } else if syn_proxy::cookies_on(pkt, svc, cfg) {
             // While cookies answer the VIP's SYNs, a segment without a flow can only
             // be a forged or stale ACK: picking it up would let a flood of them fill
@@ -105,7 +112,10 @@ pub fn forward(ctx: &XdpContext, pkt: &mut Packet, svc: &Service, t: &mut Target
             counter: counters::SYN_COOKIE_VALID,
         };
     }
-    Step::IN
+    Step::Send {
+        dir: Dir::In,
+        counter,
+    }
 }
 
 /// Uses the packet's flow entry if it has a [`live_backend`] (and the packet is not a

@@ -26,7 +26,7 @@
 //! The panic handler and licence come from the crate's library (`lib.rs`).
 #![cfg_attr(target_arch = "bpf", no_std, no_main)]
 // Flag bits are set with an atomic OR (`conntrack::add_flags`), SYNs counted with an
-// atomic add (`syn_proxy::cookie_for_syn`) and port takeovers locked with an atomic swap
+// atomic add (`syn_proxy::answer_for_syn`) and port takeovers locked with an atomic swap
 // (`snat::take_over`). The BPF target has no compare-and-swap, so core's atomic types
 // offer none of these and the intrinsics are used.
 #![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]

@@ -17,8 +17,9 @@ use lb_common::{
     maps::{
         Backend, Clock, DEFAULT_RING_SIZE, FlowKey, FlowState, GlobalConfig, LocalMacs, MAX_ALLOW,
         MAX_BACKENDS, MAX_IFACES, MAX_PROXY_LISTENERS, MAX_SERVICES, MAX_SNAT_ADDRS, MAX_SOURCES,
-        NextHop, REPLY_HOP_SLOTS, ReplyHop, ReverseNat, SNAT_SWEPT_SLOTS, Service, ServiceSlot,
-        SourceKey, SpliceLayout, TrafficCounters, VipKey, WATCH_RING_BYTES, WatchSpec,
+        MAX_TRUSTED_SOURCES, NextHop, REPLY_HOP_SLOTS, ReplyHop, ReverseNat, SNAT_SWEPT_SLOTS,
+        Service, ServiceSlot, SourceKey, SpliceLayout, TrafficCounters, VipKey, WATCH_RING_BYTES,
+        WatchSpec,
     },
     syn_proxy::SynRate,
 };
@@ -147,6 +148,20 @@ pub static SOURCE_BUCKETS: LruHashMap<SourceKey, u64> =
 /// second at most).
 #[map]
 pub static SYN_RATE: Array<SynRate> = Array::with_max_entries(MAX_SERVICES, 0);
+
+/// Source (IPv4 address, IPv6 /64) → when its last valid SYN cookie ACK came (coarse
+/// ns): under `auto` its SYNs open flows without a cookie for
+/// `lb_common::syn_proxy::TRUST_NS` after. Entered only by the forward path on a valid
+/// cookie, so a spoofed flood adds nothing to it.
+#[map]
+pub static TRUSTED_SOURCES: LruHashMap<SourceKey, u64> =
+    LruHashMap::with_max_entries(MAX_TRUSTED_SOURCES, 0);
+
+/// Service id → `lb_common::syn_proxy::short_mark` of when a new flow last found no free
+/// SNAT port (0: never): no source is trusted past the cookie meanwhile. Written by
+/// `syn_proxy::ports_short`, a plain store (the latest CPU's mark stands).
+#[map]
+pub static PORTS_SHORT: Array<u64> = Array::with_max_entries(MAX_SERVICES, 0);
 
 /// Service id → per-CPU traffic counters; written by both paths, read by the daemon.
 #[map]

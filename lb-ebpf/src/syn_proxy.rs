@@ -8,17 +8,17 @@
 //! - every later segment is translated: backend → client its sequence number, TSval and
 //!   window, client → backend its acknowledgment, SACK blocks and TSecr.
 
-use aya_ebpf::programs::XdpContext;
+use aya_ebpf::{bindings::BPF_ANY, programs::XdpContext};
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 use core::mem::MaybeUninit;
 use core::ptr::addr_of_mut;
 use lb_common::{
     counters,
-    maps::{FlowState, GlobalConfig, Service},
+    maps::{FlowState, GlobalConfig, Service, SourceKey},
     syn_proxy::{
         COOKIES_ALWAYS, COOKIES_AUTO, COOKIES_OFF, ClientOptions, LB_WSCALE, PROXY_CLIENT_TS,
-        PROXY_ON, PROXY_PENDING, cookie_tsval, lb_mss, pack_wscale, rescale_window, unpack_wscale,
-        use_cookie,
+        PROXY_ON, PROXY_PENDING, cookie_tsval, lb_mss, pack_wscale, rescale_window, short_mark,
+        trusted, unpack_wscale, use_cookie,
     },
     tcp::{ACK, OPT_SACK, RST, SYN},
 };
@@ -27,7 +27,7 @@ use network_types::tcp::TcpHdr;
 
 use crate::{
     cookie,
-    maps::SYN_RATE,
+    maps::{PORTS_SHORT, SYN_RATE, TRUSTED_SOURCES},
     nat::{NO_BACKEND, Target},
     options::{self, OPT_OFF_MASK, Timestamps},
     packet::ptr_at,
@@ -49,17 +49,29 @@ const MAX_SACK_EDGES: u32 = 8;
 /// clients (the client's next segment brings its real window).
 const BACKEND_ACK_WINDOW: u16 = (u16::MAX as u32 >> LB_WSCALE) as u16;
 
-/// Counts a SYN opening a new flow of `svc` and says whether a cookie answers it.
+/// What answers a SYN that opens a new flow.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum SynAnswer {
+    /// Its flow, as without SYN pressure.
+    Flow,
+    /// A cookie SYN-ACK from the LB.
+    Cookie,
+    /// Its flow, though the VIP is under SYN pressure: its source passed a cookie lately
+    /// (`lb_common::syn_proxy::TRUST_NS`).
+    Trusted,
+}
+
+/// Counts a SYN opening a new flow of `svc` and says what answers it.
 #[inline(never)]
-pub fn cookie_for_syn(pkt: &Packet, svc: &Service, cfg: &GlobalConfig) -> bool {
+pub fn answer_for_syn(pkt: &Packet, svc: &Service, cfg: &GlobalConfig) -> SynAnswer {
     if cfg.syn_cookies == COOKIES_OFF {
-        return false;
+        return SynAnswer::Flow;
     }
     if cfg.syn_cookies == COOKIES_ALWAYS {
-        return true;
+        return SynAnswer::Cookie;
     }
     let Some(r) = SYN_RATE.get_ptr_mut(svc.id) else {
-        return false;
+        return SynAnswer::Flow;
     };
     // SAFETY: a map value stays valid for the whole program run. Other CPUs write it
     // too (see `maps::SYN_RATE`).
@@ -67,7 +79,37 @@ pub fn cookie_for_syn(pkt: &Packet, svc: &Service, cfg: &GlobalConfig) -> bool {
     r.roll(pkt.now);
     // SAFETY: `count` is an aligned u64 inside the map value.
     unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut r.count, 1) };
-    use_cookie(cfg.syn_cookies, r, cfg.syn_cookie_rate)
+    if !use_cookie(cfg.syn_cookies, r, cfg.syn_cookie_rate) {
+        SynAnswer::Flow
+    } else if source_trusted(pkt, svc.id) {
+        SynAnswer::Trusted
+    } else {
+        SynAnswer::Cookie
+    }
+}
+
+/// Whether the packet's source passed a cookie lately and `svc`'s SNAT ports are not
+/// running short (`lb_common::syn_proxy::trusted`).
+#[inline(always)]
+fn source_trusted(pkt: &Packet, svc: u32) -> bool {
+    let key = SourceKey::of(&pkt.key.src, pkt.key.family);
+    let Some(p) = TRUSTED_SOURCES.get_ptr(&key) else {
+        return false;
+    };
+    // SAFETY: a map value stays valid for the whole program run (RCU); a u64 store by
+    // another CPU is never seen half done.
+    let passed = unsafe { *p };
+    let short = PORTS_SHORT.get(svc).copied().unwrap_or(0);
+    trusted(passed, pkt.now, short)
+}
+
+/// Notes that the packet's source just passed a cookie (its ACK carried a valid one):
+/// it is trusted from now on (`TRUSTED_SOURCES`).
+#[inline(never)]
+pub fn passed(pkt: &Packet) {
+    let key = SourceKey::of(&pkt.key.src, pkt.key.family);
+    // A full map forgets its least recently used source.
+    let _ = TRUSTED_SOURCES.insert(&key, &pkt.now, BPF_ANY as u64);
 }
 
 /// SNAT ports run short for a new flow of service `svc` (the walk found none free):
@@ -82,13 +124,18 @@ pub fn ports_short(now: u64, svc: u32, cfg: &GlobalConfig) {
     let Some(r) = SYN_RATE.get_ptr_mut(svc) else {
         return;
     };
-    // SAFETY: as in `cookie_for_syn`; a store racing with other CPUs' additions loses
+    // SAFETY: as in `answer_for_syn`; a store racing with other CPUs' additions loses
     // at most their few SYNs of the count.
     let r = unsafe { &mut *r };
     r.roll(now);
     let over = u64::from(cfg.syn_cookie_rate) + 1;
     if r.count < over {
         r.count = over;
+    }
+    if let Some(m) = PORTS_SHORT.get_ptr_mut(svc) {
+        // SAFETY: a map value stays valid for the whole program run; a u64 store is
+        // never seen half done, and whichever CPU's mark lands last is as good.
+        unsafe { *m = short_mark(now) };
     }
 }
 

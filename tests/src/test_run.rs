@@ -268,6 +268,8 @@ struct Reloadable {
     more_snat4: &'static [Ipv4Addr],
     /// `syn_cookies`; `None`: the key is left out (the default, auto).
     syn_cookies: Option<&'static str>,
+    /// `syn_cookie_rate`; `None`: the key is left out (the default).
+    syn_cookie_rate: Option<u32>,
 }
 
 /// The config file of the namespace's LB: its interfaces, timeouts, source limit, ring
@@ -279,6 +281,10 @@ fn config_text(ifaces: &[&str], r: Reloadable) -> String {
         .iter()
         .filter_map(|(k, v)| v.map(|v| format!("{k} = {v}\n")))
         .chain(r.syn_cookies.map(|m| format!("syn_cookies = {m:?}\n")))
+        .chain(
+            r.syn_cookie_rate
+                .map(|n| format!("syn_cookie_rate = {n}\n")),
+        )
         .collect::<String>();
     let (p4, p6) = (plan4(), plan6());
     let list = |v: Vec<String>| {
@@ -413,6 +419,7 @@ impl TestRun {
             source_limit: (None, None),
             more_snat4: &[],
             syn_cookies: None,
+            syn_cookie_rate: None,
         };
         let cfg = config_from_text(&config_text(ifaces, reloadable)).expect("config");
         let mut dp = Dataplane::load(&cfg).expect("load the eBPF object (needs root)");
@@ -453,6 +460,13 @@ impl TestRun {
     /// Reloads when SYN cookies answer (`syn_cookies` in the file: auto, always, off).
     pub fn set_syn_cookies(&mut self, mode: &'static str) {
         self.reloadable.syn_cookies = Some(mode);
+        self.reload_globals();
+    }
+
+    /// Reloads the SYNs a second a VIP takes before `auto` answers them by cookie
+    /// (`syn_cookie_rate` in the file).
+    pub fn set_syn_cookie_rate(&mut self, rate: u32) {
+        self.reloadable.syn_cookie_rate = Some(rate);
         self.reload_globals();
     }
 

@@ -267,10 +267,12 @@ fn nat_flood(cookies: bool) {
     // A cookie SYN-ACK is routed as replies are: to the spoofed sources' blackhole.
     let answered = |d: &Daemon| counter(d, "syn_cookies_sent") + counter(d, "drop_no_route");
     let cookies0 = counter(&d, "syn_cookies_sent");
+    let trusted0 = counter(&d, "syn_trusted");
     let answered0 = answered(&d);
     let seen = flood_while_connecting(&bed, &mut short);
     let (wire, flows) = (Wire::read(&bed).since(wire0), new_flows(&d) - flows0);
     let cookies_sent = counter(&d, "syn_cookies_sent") - cookies0;
+    let trusted = counter(&d, "syn_trusted") - trusted0;
     let cookies_answered = answered(&d) - answered0;
     let download_spanned = slow.running();
     let conns = must(short.stop());
@@ -290,6 +292,12 @@ fn nat_flood(cookies: bool) {
             "{cookies_answered} SYNs answered with cookies for a flood of {syns} SYNs"
         );
         assert!(cookies_sent >= 1, "the client's own SYNs got cookies too");
+        // Once the client's ACK carried a valid cookie, its address is real: its next
+        // SYNs open flows without one.
+        assert!(
+            trusted >= 1,
+            "none of the client's SYNs was let through as a trusted source's"
+        );
         assert!(
             (flows as f64) < 0.05 * syns,
             "{flows} new flows during a flood answered by cookies"

@@ -15,7 +15,9 @@ use lb_common::tcp::{
     OPT_MSS, OPT_SACK, OPT_SACK_OK, OPT_TIMESTAMPS as OPT_TS, OPT_WSCALE, TIMESTAMPS_LEN,
 };
 use lb_tests::packet::{Packet, decode, flags::*};
-use lb_tests::test_run::{Action, CLIENT_PORT, Plan, SEQ, TestRun, plan4, plan6};
+use lb_tests::test_run::{
+    Action, CLIENT_PORT, Plan, SEQ, SNAT_MAX, SNAT_MIN, TestRun, plan4, plan6,
+};
 
 /// The backend's ISN and TSval clock in these tests.
 const BACKEND_ISN: u32 = 0x5000_0000;
@@ -534,5 +536,69 @@ fn a_syns_options_are_read_the_same_in_any_order() {
             );
         }
         assert_eq!(lb.counter(counters::SYN_COOKIE_SENT), layouts.len() as u64);
+    }
+}
+
+/// Under `auto`, a source that passed a cookie is trusted (`syn_proxy::TRUST_NS`): while
+/// the VIP is over its SYN rate, that source's SYNs open flows as they would without the
+/// pressure (counted as `syn_trusted`) and other sources' get cookies; once the VIP's
+/// SNAT ports run short, the trusted source's SYNs get cookies too.
+#[test]
+fn a_source_that_passed_a_cookie_opens_flows_without_one_until_ports_run_short() {
+    for (p, strangers, stranger) in [
+        (plan4(), "198.18.128.0/17", "198.18.128.1"),
+        (plan6(), "fd00:99::/64", "fd00:99::1"),
+    ] {
+        let mut lb = proxy(&p);
+        lb.ns()
+            .ip(&format!("route add {strangers} via {} dev lb1", p.client))
+            .expect("a route to the other sources");
+        let other = Plan {
+            client: stranger.parse().unwrap(),
+            ..p
+        };
+        let synack = cookie_synack(&mut lb, &p, CLIENT_PORT);
+        let (action, _) = lb.from_client(&client_ack(&p, CLIENT_PORT, &synack, 1001).build());
+        assert_eq!(action, Action::Redirect, "the cookie passed");
+
+        lb.set_syn_cookies("auto");
+        lb.set_syn_cookie_rate(1);
+        let (action, _) = lb.from_client(&client_syn(&other, CLIENT_PORT).build());
+        assert_eq!(action, Action::Redirect, "under the rate: a flow");
+        // Over the rate from here on (for this rate window and the next: a test that
+        // meets a window's end still is).
+        let (action, out) = lb.from_client(&client_syn(&other, CLIENT_PORT + 1).build());
+        assert_eq!(action, Action::Tx, "any other source gets a cookie");
+        assert_eq!(decode(&out).unwrap().flags, SYN | ACK);
+        assert_eq!(lb.counter(counters::SYN_COOKIE_SENT), 2);
+
+        let (action, out) = lb.from_client(&client_syn(&p, CLIENT_PORT + 1).build());
+        assert_eq!(
+            action,
+            Action::Redirect,
+            "the trusted source's SYN opens its flow"
+        );
+        let syn = decode(&out).expect("a well-formed SYN");
+        assert_eq!((syn.flags, syn.seq, syn.dst), (SYN, SEQ, p.backends[0]));
+        assert_eq!(lb.counter(counters::SYN_TRUSTED), 1);
+        assert_eq!(lb.counter(counters::SYN_COOKIE_SENT), 2);
+        let f = lb.flow(p.client_key(CLIENT_PORT + 1)).expect("its flow");
+        assert_eq!(f.proxy, 0, "not proxied: no translation");
+
+        for (port, c) in (SNAT_MIN..=SNAT_MAX).zip(30_000..) {
+            lb.live_flow_holding(&p, 0, port, p.client_key(c));
+        }
+        let (action, _) = lb.from_client(&client_syn(&p, CLIENT_PORT + 2).build());
+        assert_eq!(action, Action::Drop, "no port left");
+        assert_eq!(lb.counter(counters::DROP_SNAT_EXHAUSTED), 1);
+        let (action, out) = lb.from_client(&client_syn(&p, CLIENT_PORT + 3).build());
+        assert_eq!(
+            action,
+            Action::Tx,
+            "while ports run short the trusted source gets a cookie too"
+        );
+        assert_eq!(decode(&out).unwrap().flags, SYN | ACK);
+        assert_eq!(lb.counter(counters::SYN_COOKIE_SENT), 3);
+        assert_eq!(lb.counter(counters::SYN_TRUSTED), 1);
     }
 }

@@ -44,9 +44,10 @@ pub const MAPS: &[(&str, &str)] = &[
     (names::SNAT_ADDRS, "snat_addrs_v1"),
     (names::SOURCE_BUCKETS, "source_buckets_v1"),
     (names::SYN_RATE, "syn_rate_v1"),
+    (names::TRUSTED_SOURCES, "trusted_sources_v1"),
     (names::SERVICE_STATS, "service_stats_v1"),
     (names::BACKEND_STATS, "backend_stats_v1"),
-    (names::COUNTERS, "counters_v4"),
+    (names::COUNTERS, "counters_v5"),
     (names::ALLOW, "allow_v1"),
     (names::PROXY_VIPS, "proxy_vips_v1"),
     // Pinned, so the tail call outlives the daemon that wrote it (an unpinned program
