@@ -207,6 +207,7 @@ fn load() -> Result<Ebpf> {
         names::REVERSE_NAT,
         names::MAGLEV,
         names::SOURCE_BUCKETS,
+        names::TRUSTED_SOURCES,
         names::SPLICE,
         names::SPLICE_HOOK,
     ] {
