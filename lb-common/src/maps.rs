@@ -695,9 +695,9 @@ pub mod names {
     /// Source ([`super::SourceKey`]) → coarse ns of its last valid SYN cookie ACK (see
     /// `syn_proxy::TRUST_NS`).
     pub const TRUSTED_SOURCES: &str = "TRUSTED_SOURCES";
-    /// Service id → `syn_proxy::short_mark` of when its SNAT ports last ran short (`u64`,
+    /// Service id → `syn_proxy::short_mark` of when its SNAT ports last ran out (`u64`,
     /// 0: never); not pinned: it matters for two seconds.
-    pub const PORTS_SHORT: &str = "PORTS_SHORT";
+    pub const PORTS_OUT: &str = "PORTS_OUT";
     /// The configured SNAT addresses (`[u32; 4]` words), see `MAX_SNAT_ADDRS`.
     pub const SNAT_ADDRS: &str = "SNAT_ADDRS";
     /// Proxy VIP:port ([`super::VipKey`]) → `u32` index into `PROXY_LISTENERS`.

@@ -187,8 +187,17 @@ pub fn unpack_wscale(w: u8) -> (u8, u8) {
     (w >> 4, w & 0xf)
 }
 
-/// One VIP's recent SYN count, the entry of `SYN_RATE` (indexed by service id): SYNs in
-/// the current window of 2^30 ns (about a second) and in the one before.
+/// One VIP's recent unanswered SYNs, the entry of `SYN_RATE` (indexed by service id):
+/// in the current rate window ([`RATE_WINDOW_SHIFT`]) and in the one before, the SYNs
+/// that opened a flow or got a cookie less the handshakes completed. Both counts are
+/// signed (`i64` in a `u64`): a window's completions may answer the last one's SYNs.
+///
+/// Real clients answer their SYN-ACKs, so their SYNs cancel out however many there are;
+/// a flood's never do. So the count finds a flood the LB takes in below any rate it
+/// could set for SYNs alone: on a busy host the LB took a flood of a million SYNs a
+/// second in at 20,000-30,000 a second while it opened their flows (its receive ring
+/// dropped the rest), under the 50,000 SYNs a second that used to turn cookies on, and
+/// let 22,000 flows through to the backends before it saw more.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SynRate {
@@ -197,10 +206,27 @@ pub struct SynRate {
     pub prev: u64,
 }
 
+/// The rate window is 2^26 ns (about 67 ms, a sixteenth of a second): a flood is caught
+/// within that, having opened at most a sixteenth of the rate's flows. Each of
+/// those is a request the backend holds and answers again for a minute (`flow::SynAcks`)
+/// and a SNAT port: in windows of a second, a flood's first second of 50,000 flows made
+/// the backends repeat 50,000 SYN-ACKs at 1, 3 and 7 s, which crowded out the real
+/// clients' answers and took every second SNAT port for several seconds.
+pub const RATE_WINDOW_SHIFT: u32 = 26;
+
 /// The rate window `now_ns` falls in.
 #[inline(always)]
 pub fn rate_window(now_ns: u64) -> u64 {
-    now_ns >> 30
+    now_ns >> RATE_WINDOW_SHIFT
+}
+
+/// Unanswered SYNs a rate window may bring under `rate` a second: its share of the
+/// second, rounded up, and at least one (a rate of 1 a second lets one SYN through a
+/// window).
+#[inline(always)]
+pub fn window_allowance(rate: u32) -> u64 {
+    let window_ns = 1u64 << RATE_WINDOW_SHIFT;
+    (rate as u64 * window_ns).div_ceil(1_000_000_000).max(1)
 }
 
 impl SynRate {
@@ -219,12 +245,14 @@ impl SynRate {
         }
     }
 
-    /// Whether the VIP gets SYNs faster than `rate` a window: in this window so far, or
-    /// in the whole last one (so cookies stay on for a window after a flood ends, and
-    /// do not switch off at every window's start during one).
+    /// Whether the VIP's SYNs go unanswered faster than `rate` a second: more than a
+    /// window's [`window_allowance`] in this window so far, or in the whole last one (so
+    /// cookies stay on for a window after a flood ends, and do not switch off at every
+    /// window's start during one).
     #[inline(always)]
     pub fn over(&self, rate: u32) -> bool {
-        self.count.max(self.prev) > rate as u64
+        let allowance = window_allowance(rate) as i64;
+        self.count as i64 > allowance || self.prev as i64 > allowance
     }
 }
 
@@ -236,22 +264,26 @@ impl SynRate {
 /// Trust ends on its own: the next SYN after it gets a cookie, and a valid ACK renews it.
 pub const TRUST_NS: u64 = 60_000_000_000;
 
+/// The windows of a SNAT port shortage: 2^30 ns, about a second.
+const SHORT_WINDOW_SHIFT: u32 = 30;
+
 /// Whether a source whose last valid cookie ACK came at `passed_ns` is still trusted at
-/// `now_ns` (see [`TRUST_NS`]) for a VIP whose SNAT ports last ran short in rate window
-/// `short_window` (0: never; see [`short_mark`]): while ports run short, in that window
-/// and the next, every SYN gets a cookie, so no source can take the ports that remain.
+/// `now_ns` (see [`TRUST_NS`]) for a VIP whose SNAT ports last ran out in shortage
+/// window `short_window` (0: never; see [`short_mark`]): while they are out, in that
+/// window and the next, every SYN gets a cookie, so no source can take a port another
+/// flow gives back.
 #[inline(always)]
 pub fn trusted(passed_ns: u64, now_ns: u64, short_window: u64) -> bool {
-    let w = rate_window(now_ns);
+    let w = now_ns >> SHORT_WINDOW_SHIFT;
     let short = short_window != 0 && w <= short_window && w + 1 >= short_window;
     !short && passed_ns <= now_ns && now_ns - passed_ns < TRUST_NS
 }
 
-/// What `PORTS_SHORT` holds for a VIP whose SNAT ports ran short at `now_ns`: the last
-/// rate window the shortage counts for (this one and the next), never 0.
+/// What `PORTS_OUT` holds for a VIP whose SNAT ports ran out at `now_ns`: the last
+/// shortage window (about a second) it counts for (this one and the next), never 0.
 #[inline(always)]
 pub fn short_mark(now_ns: u64) -> u64 {
-    rate_window(now_ns) + 1
+    (now_ns >> SHORT_WINDOW_SHIFT) + 1
 }
 
 /// Whether a new flow's SYN is answered with a cookie under mode `mode`.
@@ -288,7 +320,7 @@ mod tests {
         // The window before the shortage was not short.
         assert!(trusted(passed, short_at - (1 << 30), mark));
         assert!(!trusted(passed, short_at, mark));
-        let next = (rate_window(short_at) + 1) << 30;
+        let next = ((short_at >> SHORT_WINDOW_SHIFT) + 1) << SHORT_WINDOW_SHIFT;
         assert!(!trusted(passed, next, mark));
         assert!(trusted(passed, next + (1 << 30), mark));
     }
@@ -357,26 +389,55 @@ mod tests {
     }
 
     #[test]
+    fn a_window_allows_its_share_of_the_rate_rounded_up() {
+        // The default: 50,000 a second are 3,355.4 a window.
+        assert_eq!(window_allowance(50_000), 3356);
+        assert_eq!(window_allowance(1), 1);
+        assert_eq!(window_allowance(15), 2);
+        assert_eq!(window_allowance(u32::MAX), 288_230_377);
+    }
+
+    #[test]
+    fn more_handshakes_than_syns_in_a_window_is_not_a_flood() {
+        // The window's completions answer the last window's SYNs: the count goes below
+        // zero, which must not read as a huge number of unanswered SYNs.
+        let r = SynRate {
+            window: 9,
+            count: (-40i64) as u64,
+            prev: 3,
+        };
+        assert!(!r.over(1500));
+        let r = SynRate {
+            prev: (-1i64) as u64,
+            ..r
+        };
+        assert!(!r.over(1));
+    }
+
+    #[test]
     fn cookies_start_over_the_rate_and_stay_for_a_window_after() {
-        let sec = 1u64 << 30;
+        let window = 1u64 << RATE_WINDOW_SHIFT;
+        // 1,500 SYNs a second are 100.66 in a window of 2^26 ns: 101 pass.
+        let rate = 1500;
+        assert_eq!(window_allowance(rate), 101);
         let mut r = SynRate::default();
-        r.roll(5 * sec);
-        r.count = 100;
-        assert!(!use_cookie(COOKIES_AUTO, &r, 100));
+        r.roll(5 * window);
         r.count = 101;
-        assert!(use_cookie(COOKIES_AUTO, &r, 100));
+        assert!(!use_cookie(COOKIES_AUTO, &r, rate));
+        r.count = 102;
+        assert!(use_cookie(COOKIES_AUTO, &r, rate));
         // The next window remembers the flood.
-        r.roll(6 * sec + 1);
-        assert_eq!((r.count, r.prev), (0, 101));
-        assert!(use_cookie(COOKIES_AUTO, &r, 100));
+        r.roll(6 * window + 1);
+        assert_eq!((r.count, r.prev), (0, 102));
+        assert!(use_cookie(COOKIES_AUTO, &r, rate));
         // A quiet window later, off again.
-        r.roll(7 * sec);
-        assert!(!use_cookie(COOKIES_AUTO, &r, 100));
+        r.roll(7 * window);
+        assert!(!use_cookie(COOKIES_AUTO, &r, rate));
         // A gap of several windows forgets everything.
         r.count = 500;
-        r.roll(20 * sec);
+        r.roll(20 * window);
         assert_eq!((r.count, r.prev), (0, 0));
-        assert!(use_cookie(COOKIES_ALWAYS, &r, 100));
+        assert!(use_cookie(COOKIES_ALWAYS, &r, rate));
         assert!(!use_cookie(COOKIES_OFF, &r, 0));
     }
 }

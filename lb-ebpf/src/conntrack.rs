@@ -49,11 +49,22 @@ pub fn lookup(key: &FlowKey) -> Option<Entry> {
 /// Enters a new flow: a half-open one in `HALF_OPEN` (and the key's old entry in
 /// `FLOWS`, a closed flow whose client reuses its port, goes), any other in `FLOWS`.
 /// False if the map refused it.
+///
+/// A new half-open entry is looked up once right away: that sets its LRU reference
+/// bit, as the backend's SYN-ACK would a moment later. The kernel's LRU takes the room
+/// for a new entry first from entries without that bit, and it takes them from the
+/// newest when none of the older ones lacks it: in a table full of flows whose SYN-ACKs
+/// set it (a flood's, and the completed flows the table keeps until they are pushed
+/// out), each new flow pushed out the one before it, before its SYN-ACK came.
 #[inline(always)]
 pub fn insert(key: &FlowKey, fs: &FlowState) -> bool {
     if fs.flags & FLOW_ESTABLISHED == 0 {
         let _ = FLOWS.remove(key);
-        HALF_OPEN.insert(key, fs, BPF_ANY as u64).is_ok()
+        let ok = HALF_OPEN.insert(key, fs, BPF_ANY as u64).is_ok();
+        if ok {
+            let _ = HALF_OPEN.get_ptr(key);
+        }
+        ok
     } else {
         FLOWS.insert(key, fs, BPF_ANY as u64).is_ok()
     }

@@ -144,6 +144,7 @@ fn existing_flow(
     // Last, so the copy has every change this packet made.
     if entry.half_open && fs.flags & FLOW_ESTABLISHED != 0 {
         conntrack::promote(&pkt.key, fs);
+        syn_proxy::answered(pkt.now, svc.id, cfg);
     }
     Some(entry.state)
 }

@@ -157,11 +157,11 @@ pub static SYN_RATE: Array<SynRate> = Array::with_max_entries(MAX_SERVICES, 0);
 pub static TRUSTED_SOURCES: LruHashMap<SourceKey, u64> =
     LruHashMap::with_max_entries(MAX_TRUSTED_SOURCES, 0);
 
-/// Service id → `lb_common::syn_proxy::short_mark` of when a new flow last found no free
-/// SNAT port (0: never): no source is trusted past the cookie meanwhile. Written by
-/// `syn_proxy::ports_short`, a plain store (the latest CPU's mark stands).
+/// Service id → `lb_common::syn_proxy::short_mark` of when a new flow's sweep last found
+/// no free SNAT port (0: never): no source is trusted past the cookie meanwhile. Written
+/// by `syn_proxy::ports_out`, a plain store (the latest CPU's mark stands).
 #[map]
-pub static PORTS_SHORT: Array<u64> = Array::with_max_entries(MAX_SERVICES, 0);
+pub static PORTS_OUT: Array<u64> = Array::with_max_entries(MAX_SERVICES, 0);
 
 /// Service id → per-CPU traffic counters; written by both paths, read by the daemon.
 #[map]

@@ -177,6 +177,7 @@ fn pick(ctx: &XdpContext, pkt: &Packet, svc: &Service, cfg: &GlobalConfig, t: &m
     };
     snat::previous(pkt, cfg, id, t);
     if !claim_snat_port(pkt, cfg, b, &ids, t) {
+        syn_proxy::ports_out(pkt.now, svc.id, cfg);
         return counters::DROP_SNAT_EXHAUSTED;
     }
     t.set_forward(b, id);

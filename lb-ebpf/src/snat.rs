@@ -131,8 +131,8 @@ pub fn address(b: &Backend, family: u8, idx: u32, t: &mut Target) -> bool {
 /// (`lb_common::snat_probe::Search`), the port `t.sport` names first if any. The walk's
 /// candidates first; if none is free, every port of the range, unless a sweep toward
 /// this backend's address found none within `SWEEP_HOLD_NS` (`SNAT_SWEPT`); either way
-/// the service's SYNs are answered by cookie for a while (`syn_proxy::ports_short`). A
-/// taken port is reused when [`reusable`].
+/// the service's untrusted SYNs are answered by cookie for a while
+/// (`syn_proxy::ports_short`). A taken port is reused when [`reusable`].
 #[inline(never)]
 fn claim_on(pkt: &Packet, cfg: &GlobalConfig, b: &Backend, ids: &Ids, t: &mut Target) -> bool {
     let (min, max) = (cfg.snat_port_min, cfg.snat_port_max);
@@ -179,7 +179,8 @@ fn claim_on(pkt: &Packet, cfg: &GlobalConfig, b: &Backend, ids: &Ids, t: &mut Ta
         t.sport = port;
         return true;
     }
-    // The range is nearly full: let SYN cookies answer, not more flows take ports.
+    // The range is nearly full: let SYN cookies answer, not more untrusted flows take
+    // ports.
     syn_proxy::ports_short(pkt.now, ids.service, cfg);
     let swept = (ids.backend << 3) | u32::from(t.snat_idx);
     // SAFETY: a map value stays valid for the whole program run.

@@ -17,8 +17,8 @@ use lb_common::{
     maps::{FlowState, GlobalConfig, Service, SourceKey},
     syn_proxy::{
         COOKIES_ALWAYS, COOKIES_AUTO, COOKIES_OFF, ClientOptions, LB_WSCALE, PROXY_CLIENT_TS,
-        PROXY_ON, PROXY_PENDING, cookie_tsval, lb_mss, pack_wscale, rescale_window, short_mark,
-        trusted, unpack_wscale, use_cookie,
+        PROXY_ON, PROXY_PENDING, SynRate, cookie_tsval, lb_mss, pack_wscale, rescale_window,
+        short_mark, trusted, unpack_wscale, use_cookie, window_allowance,
     },
     tcp::{ACK, OPT_SACK, RST, SYN},
 };
@@ -27,7 +27,7 @@ use network_types::tcp::TcpHdr;
 
 use crate::{
     cookie,
-    maps::{PORTS_SHORT, SYN_RATE, TRUSTED_SOURCES},
+    maps::{PORTS_OUT, SYN_RATE, TRUSTED_SOURCES},
     nat::{NO_BACKEND, Target},
     options::{self, OPT_OFF_MASK, Timestamps},
     packet::ptr_at,
@@ -61,22 +61,17 @@ pub enum SynAnswer {
     Trusted,
 }
 
-/// Counts a SYN opening a new flow of `svc` and says what answers it.
+/// Counts a SYN opening a new flow of `svc` as unanswered (until its handshake
+/// completes, [`answered`]) and says what answers it.
 #[inline(never)]
 pub fn answer_for_syn(pkt: &Packet, svc: &Service, cfg: &GlobalConfig) -> SynAnswer {
-    if cfg.syn_cookies == COOKIES_OFF {
-        return SynAnswer::Flow;
-    }
     if cfg.syn_cookies == COOKIES_ALWAYS {
         return SynAnswer::Cookie;
     }
-    let Some(r) = SYN_RATE.get_ptr_mut(svc.id) else {
+    let Some(r) = auto_rate(pkt.now, svc.id, cfg) else {
+        // Off.
         return SynAnswer::Flow;
     };
-    // SAFETY: a map value stays valid for the whole program run. Other CPUs write it
-    // too (see `maps::SYN_RATE`).
-    let r = unsafe { &mut *r };
-    r.roll(pkt.now);
     // SAFETY: `count` is an aligned u64 inside the map value.
     unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut r.count, 1) };
     if !use_cookie(cfg.syn_cookies, r, cfg.syn_cookie_rate) {
@@ -88,8 +83,8 @@ pub fn answer_for_syn(pkt: &Packet, svc: &Service, cfg: &GlobalConfig) -> SynAns
     }
 }
 
-/// Whether the packet's source passed a cookie lately and `svc`'s SNAT ports are not
-/// running short (`lb_common::syn_proxy::trusted`).
+/// Whether the packet's source passed a cookie lately and `svc`'s SNAT ports have not
+/// run out (`lb_common::syn_proxy::trusted`).
 #[inline(always)]
 fn source_trusted(pkt: &Packet, svc: u32) -> bool {
     let key = SourceKey::of(&pkt.key.src, pkt.key.family);
@@ -99,7 +94,7 @@ fn source_trusted(pkt: &Packet, svc: u32) -> bool {
     // SAFETY: a map value stays valid for the whole program run (RCU); a u64 store by
     // another CPU is never seen half done.
     let passed = unsafe { *p };
-    let short = PORTS_SHORT.get(svc).copied().unwrap_or(0);
+    let short = PORTS_OUT.get(svc).copied().unwrap_or(0);
     trusted(passed, pkt.now, short)
 }
 
@@ -112,27 +107,59 @@ pub fn passed(pkt: &Packet) {
     let _ = TRUSTED_SOURCES.insert(&key, &pkt.now, BPF_ANY as u64);
 }
 
-/// SNAT ports run short for a new flow of service `svc` (the walk found none free):
-/// under `auto`, its SYNs are answered by cookie for the rest of this rate window and
-/// the next, as over the rate, so a flood below the rate does not take the ports that
-/// remain (only a client that completes the handshake then claims one).
+/// Service `svc`'s count of unanswered SYNs, moved on to `now`'s window; `None` unless
+/// cookies are `auto`, the only mode it decides.
+#[inline(always)]
+fn auto_rate(now: u64, svc: u32, cfg: &GlobalConfig) -> Option<&'static mut SynRate> {
+    if cfg.syn_cookies != COOKIES_AUTO {
+        return None;
+    }
+    let r = SYN_RATE.get_ptr_mut(svc)?;
+    // SAFETY: a map value stays valid for the whole program run, the only time the
+    // reference is used. Other CPUs write it too (see `maps::SYN_RATE`).
+    let r = unsafe { &mut *r };
+    r.roll(now);
+    Some(r)
+}
+
+/// A flow of service `svc` completed its handshake (the client acknowledged the
+/// backend's SYN-ACK): under `auto`, its SYN is answered and no longer counts toward
+/// the VIP's unanswered SYNs (`lb_common::syn_proxy::SynRate`).
+#[inline(never)]
+pub fn answered(now: u64, svc: u32, cfg: &GlobalConfig) {
+    if let Some(r) = auto_rate(now, svc, cfg) {
+        // SAFETY: `count` is an aligned u64 inside the map value; adding 2^64 - 1 is
+        // subtracting one from the signed count.
+        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut r.count, u64::MAX) };
+    }
+}
+
+/// SNAT ports run short for a new flow of service `svc` (the walk's tries found none
+/// free): under `auto`, its SYNs are answered by cookie for the rest of this rate window
+/// and the next, as over the rate, so a flood below the rate does not take the ports
+/// that remain (only a client that completes the handshake, or a trusted one, then
+/// claims one). A store racing with other CPUs' additions loses at most their few SYNs
+/// of the count.
 #[inline(never)]
 pub fn ports_short(now: u64, svc: u32, cfg: &GlobalConfig) {
+    if let Some(r) = auto_rate(now, svc, cfg) {
+        let over = window_allowance(cfg.syn_cookie_rate) + 1;
+        if (r.count as i64) < over as i64 {
+            r.count = over;
+        }
+    }
+}
+
+/// SNAT ports ran out for a new flow of service `svc` (its sweep found none free, or
+/// one lately did): for the rest of this second and the next, trusted sources get
+/// cookies too (`lb_common::syn_proxy::trusted`), so none takes a port another flow
+/// gives back before a client that completes a handshake can.
+#[inline(never)]
+pub fn ports_out(now: u64, svc: u32, cfg: &GlobalConfig) {
     if cfg.syn_cookies != COOKIES_AUTO {
         return;
     }
-    let Some(r) = SYN_RATE.get_ptr_mut(svc) else {
-        return;
-    };
-    // SAFETY: as in `answer_for_syn`; a store racing with other CPUs' additions loses
-    // at most their few SYNs of the count.
-    let r = unsafe { &mut *r };
-    r.roll(now);
-    let over = u64::from(cfg.syn_cookie_rate) + 1;
-    if r.count < over {
-        r.count = over;
-    }
-    if let Some(m) = PORTS_SHORT.get_ptr_mut(svc) {
+    if let Some(m) = PORTS_OUT.get_ptr_mut(svc) {
         // SAFETY: a map value stays valid for the whole program run; a u64 store is
         // never seen half done, and whichever CPU's mark lands last is as good.
         unsafe { *m = short_mark(now) };

@@ -189,16 +189,16 @@ fn auto_mode_answers_with_cookies_only_over_the_rate() {
     let bed = Bed::new(Kind::TwoArmed);
     let d = bed.start(&bed.args(
         &all_backends(),
-        &["--syn-cookies", "auto", "--syn-cookie-rate", "100"],
+        &["--syn-cookies", "auto", "--syn-cookie-rate", "400"],
     ));
     assert_eq!(parallel_connections(&bed, 20), 20);
     assert_eq!(
         counter(&d, "syn_cookies_sent"),
         0,
-        "20 SYNs are under the rate of 100 a second"
+        "20 SYNs are under the rate of 400 a second (27 in a rate window of 2^26 ns)"
     );
-    // Past the rate's window (about a second, and the one after it).
-    std::thread::sleep(Duration::from_millis(2200));
+    // Past the rate's window (about 67 ms, and the one after it).
+    std::thread::sleep(Duration::from_millis(500));
     assert_eq!(parallel_connections(&bed, 200), 200, "lb log:\n{}", d.log());
     let sent = counter(&d, "syn_cookies_sent");
     let trusted = counter(&d, "syn_trusted");
@@ -208,7 +208,7 @@ fn auto_mode_answers_with_cookies_only_over_the_rate() {
     );
     assert!(
         (50..=200).contains(&(sent + trusted)),
-        "200 SYNs at once are over 100 a second: those past the rate get cookies or are trusted ({sent} + {trusted})"
+        "200 SYNs at once are over 400 a second: those past the rate get cookies or are trusted ({sent} + {trusted})"
     );
     assert_eq!(counter(&d, "syn_cookies_valid"), sent);
     bed.stop(d);

@@ -39,9 +39,12 @@ use lb_tests::test_run::{
 };
 
 /// A fresh program with `p`'s service (every new flow to backend 0) and these timeouts.
+/// Its SYN cookie rate is far above the bursts of SYNs these tests send without
+/// completing a handshake: their SYNs open flows unless ports run short.
 fn serving(p: &Plan, half_open: &'static str) -> TestRun {
     let mut lb = TestRun::new();
     lb.two_backends_up(p, 0);
+    lb.set_syn_cookie_rate(100_000_000);
     lb.set_timeouts(Timeouts {
         idle: "1h",
         closed: "1h",
@@ -849,5 +852,36 @@ fn ports_running_short_turn_syn_cookies_on() {
         assert_eq!(decode(&out).unwrap().flags, SYN | ACK);
         assert_eq!(lb.counter(SYN_COOKIE_SENT), 1);
         assert_eq!(lb.counter(DROP_SNAT_EXHAUSTED), 1, "and takes no port");
+    }
+}
+
+/// Under `auto`, the SYN cookie rate counts the SYNs no handshake answers: a client that
+/// completes each handshake opens flows without cookies however fast it goes, even at a
+/// rate of one a second; SYNs left unanswered get cookies once they pass the rate.
+#[test]
+fn syn_cookies_count_only_the_syns_no_handshake_answers() {
+    for p in [plan4(), plan6()] {
+        let mut lb = serving(&p, "5s");
+        lb.set_syn_cookie_rate(1);
+        for sport in 2000..2010 {
+            established(&mut lb, &p, sport, None);
+        }
+        assert_eq!(
+            lb.counter(SYN_COOKIE_SENT),
+            0,
+            "ten answered SYNs at a rate of one a second"
+        );
+        port_of(&mut lb, &segment(&p, 3000, SYN, SEQ, None));
+        // The second unanswered SYN is over the rate; the third, should a rate window
+        // have ended between the two (the count starts again, the last window's is 1).
+        let cookie_at = (3001..3003).find(|&sport| {
+            let (action, _) = lb.from_client(&segment(&p, sport, SYN, SEQ, None).build());
+            action == Action::Tx
+        });
+        assert!(
+            cookie_at.is_some(),
+            "unanswered SYNs past the rate got no cookie"
+        );
+        assert_eq!(lb.counter(SYN_COOKIE_SENT), 1);
     }
 }

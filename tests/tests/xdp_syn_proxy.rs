@@ -9,7 +9,9 @@
 //! (never skip) and say what is missing.
 
 use lb_common::counters;
+use lb_common::hash::flow_hash;
 use lb_common::maps::FLOW_CLOSED;
+use lb_common::snat_probe::{PROBES, Search};
 use lb_common::syn_proxy::{ClientOptions, LB_WSCALE, TS_OPTION_BITS};
 use lb_common::tcp::{
     OPT_MSS, OPT_SACK, OPT_SACK_OK, OPT_TIMESTAMPS as OPT_TS, OPT_WSCALE, TIMESTAMPS_LEN,
@@ -541,10 +543,12 @@ fn a_syns_options_are_read_the_same_in_any_order() {
 
 /// Under `auto`, a source that passed a cookie is trusted (`syn_proxy::TRUST_NS`): while
 /// the VIP is over its SYN rate, that source's SYNs open flows as they would without the
-/// pressure (counted as `syn_trusted`) and other sources' get cookies; once the VIP's
-/// SNAT ports run short, the trusted source's SYNs get cookies too.
+/// pressure (counted as `syn_trusted`) and other sources' get cookies. While the VIP's
+/// SNAT ports run short (the walk's tries find none, the sweep one) the trusted source
+/// still opens flows and only strangers get cookies; once they run out (the sweep finds
+/// none), the trusted source's SYNs get cookies too.
 #[test]
-fn a_source_that_passed_a_cookie_opens_flows_without_one_until_ports_run_short() {
+fn a_source_that_passed_a_cookie_opens_flows_without_one_until_ports_run_out() {
     for (p, strangers, stranger) in [
         (plan4(), "198.18.128.0/17", "198.18.128.1"),
         (plan6(), "fd00:99::/64", "fd00:99::1"),
@@ -585,20 +589,60 @@ fn a_source_that_passed_a_cookie_opens_flows_without_one_until_ports_run_short()
         let f = lb.flow(p.client_key(CLIENT_PORT + 1)).expect("its flow");
         assert_eq!(f.proxy, 0, "not proxied: no translation");
 
+        // Every port taken but one the next flow's walk does not try: its tries fail,
+        // its sweep finds that one.
+        let range = u32::from(SNAT_MAX - SNAT_MIN) + 1;
+        let mut search = Search::new(flow_hash(&p.client_key(CLIENT_PORT + 2)), 0, range, None);
+        let walk: Vec<u32> = (0..PROBES).map(|i| search.offset(i)).collect();
+        let spare = (0..range).find(|o| !walk.contains(o)).unwrap();
+        let spare = SNAT_MIN + spare as u16;
         for (port, c) in (SNAT_MIN..=SNAT_MAX).zip(30_000..) {
-            lb.live_flow_holding(&p, 0, port, p.client_key(c));
+            if port != spare {
+                lb.live_flow_holding(&p, 0, port, p.client_key(c));
+            }
         }
         let (action, _) = lb.from_client(&client_syn(&p, CLIENT_PORT + 2).build());
-        assert_eq!(action, Action::Drop, "no port left");
-        assert_eq!(lb.counter(counters::DROP_SNAT_EXHAUSTED), 1);
-        let (action, out) = lb.from_client(&client_syn(&p, CLIENT_PORT + 3).build());
+        assert_eq!(
+            action,
+            Action::Redirect,
+            "the sweep finds the last port for the trusted source"
+        );
+        let f = lb.flow(p.client_key(CLIENT_PORT + 2)).expect("its flow");
+        assert_eq!(u16::from_be(f.snat_port), spare);
+        let (action, out) = lb.from_client(&client_syn(&other, CLIENT_PORT + 2).build());
         assert_eq!(
             action,
             Action::Tx,
-            "while ports run short the trusted source gets a cookie too"
+            "while ports run short a stranger gets a cookie"
         );
         assert_eq!(decode(&out).unwrap().flags, SYN | ACK);
         assert_eq!(lb.counter(counters::SYN_COOKIE_SENT), 3);
-        assert_eq!(lb.counter(counters::SYN_TRUSTED), 1);
+        // A port comes back: the trusted source, not a stranger, gets it.
+        let freed = if spare == SNAT_MIN {
+            SNAT_MIN + 1
+        } else {
+            SNAT_MIN
+        };
+        lb.flow_evicted(p.client_key(30_000 + (freed - SNAT_MIN)));
+        let (action, _) = lb.from_client(&client_syn(&p, CLIENT_PORT + 3).build());
+        assert_eq!(
+            action,
+            Action::Redirect,
+            "while ports run short the trusted source still opens flows"
+        );
+        let f = lb.flow(p.client_key(CLIENT_PORT + 3)).expect("its flow");
+        assert_eq!(u16::from_be(f.snat_port), freed);
+
+        let (action, _) = lb.from_client(&client_syn(&p, CLIENT_PORT + 4).build());
+        assert_eq!(action, Action::Drop, "no port left");
+        assert_eq!(lb.counter(counters::DROP_SNAT_EXHAUSTED), 1);
+        let (action, out) = lb.from_client(&client_syn(&p, CLIENT_PORT + 5).build());
+        assert_eq!(
+            action,
+            Action::Tx,
+            "once ports run out the trusted source gets a cookie too"
+        );
+        assert_eq!(decode(&out).unwrap().flags, SYN | ACK);
+        assert_eq!(lb.counter(counters::SYN_COOKIE_SENT), 4);
     }
 }

@@ -240,12 +240,13 @@ pub struct RunArgs {
     #[arg(long, value_name = "N")]
     pub source_burst: Option<u32>,
     /// When nat services' new flows are opened by SYN cookie (the LB answers the SYN and
-    /// opens the backend's leg itself only for a valid ACK): auto (when a VIP gets more
-    /// than --syn-cookie-rate SYNs a second; the default), always, off.
+    /// opens the backend's leg itself only for a valid ACK): auto (when a VIP's SYNs go
+    /// unanswered faster than --syn-cookie-rate a second; the default), always, off.
     #[arg(long, value_name = "MODE")]
     pub syn_cookies: Option<String>,
-    /// With --syn-cookies auto: SYNs a second one VIP may get before cookies answer
-    /// them; default 50000.
+    /// With --syn-cookies auto: SYNs a second one VIP may leave unanswered (SYNs less
+    /// completed handshakes, a sixteenth of it in each window of about 67 ms) before
+    /// cookies answer them; default 5000.
     #[arg(long, value_name = "N")]
     pub syn_cookie_rate: Option<u32>,
     /// Kernel routing table (1-252) in which lb keeps a route for each VIP it can serve

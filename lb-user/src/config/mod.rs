@@ -57,7 +57,8 @@ impl XdpModeChoice {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SynCookies {
-    /// When a VIP gets more SYNs a second than `syn_cookie_rate`.
+    /// When a VIP's SYNs go unanswered (no completed handshake) faster than
+    /// `syn_cookie_rate` a second.
     Auto,
     /// For every new flow.
     Always,
@@ -332,9 +333,11 @@ pub const DEFAULT_MAX_CONNS: u32 = 65_536;
 pub const DEFAULT_SPLICE: SpliceChoice = SpliceChoice::Pipe;
 
 pub const DEFAULT_MAX_FLOWS: u32 = 262_144;
-/// Above what a busy service opens (tens of thousands of connections a second reach
-/// the kernel's own SYN queue limits first), far below a flood.
-pub const DEFAULT_SYN_COOKIE_RATE: u32 = 50_000;
+/// Unanswered SYNs a second: real clients answer theirs whatever their rate, so this
+/// is far above what they leave (a lost SYN-ACK, a client gone mid-handshake) and far
+/// below a flood, of which a loaded LB may take in only a few tens of thousands a
+/// second (`lb_common::syn_proxy::SynRate`).
+pub const DEFAULT_SYN_COOKIE_RATE: u32 = 5_000;
 pub const DEFAULT_MAX_SERVICES: u32 = 16;
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(350);
 pub const DEFAULT_CLOSED_TIMEOUT: Duration = Duration::from_secs(10);

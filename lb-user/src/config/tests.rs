@@ -670,11 +670,11 @@ fn source_limit_is_off_by_default_and_its_burst_defaults_to_the_rate() {
 }
 
 #[test]
-fn syn_cookies_default_to_auto_at_50000_and_take_flags_over_the_file() {
+fn syn_cookies_default_to_auto_at_5000_and_take_flags_over_the_file() {
     let c = with(&[]).unwrap();
     assert_eq!(
         (c.syn_cookies, c.syn_cookie_rate),
-        (SynCookies::Auto, 50_000)
+        (SynCookies::Auto, 5_000)
     );
     let c = with(&[("syn-cookies", "always")]).unwrap();
     assert_eq!(c.syn_cookies, SynCookies::Always);

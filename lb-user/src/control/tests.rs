@@ -633,7 +633,7 @@ fn reload_sets_the_syn_cookies_alone() {
         bed.plan().steps,
         [Step::SetSynCookies {
             mode: crate::config::SynCookies::Always,
-            rate: 50_000
+            rate: crate::config::DEFAULT_SYN_COOKIE_RATE
         }],
         "nothing but the global settings is written: flows and tables stay"
     );
