@@ -207,11 +207,11 @@ pub struct SynRate {
 }
 
 /// The rate window is 2^26 ns (about 67 ms, a sixteenth of a second): a flood is caught
-/// within that, having opened at most a sixteenth of the rate's flows. Each of
-/// those is a request the backend holds and answers again for a minute (`flow::SynAcks`)
-/// and a SNAT port: in windows of a second, a flood's first second of 50,000 flows made
-/// the backends repeat 50,000 SYN-ACKs at 1, 3 and 7 s, which crowded out the real
-/// clients' answers and took every second SNAT port for several seconds.
+/// within that, having opened at most a sixteenth of the rate's flows. Each flow let
+/// through is a request the backend holds and answers again for up to a minute
+/// (`flow::SynAcks`), and a SNAT port: with windows of a second, the bench's flood put
+/// tens of thousands through before cookies started, and the backends' repeated
+/// SYN-ACKs crowded the real clients' answers out of the LB's receive ring for seconds.
 pub const RATE_WINDOW_SHIFT: u32 = 26;
 
 /// The rate window `now_ns` falls in.
