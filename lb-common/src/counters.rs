@@ -60,7 +60,7 @@ pub const DROP_SNAT_EXHAUSTED: u32 = 7;
 /// Dropped: the FIB has no route (or forwarding is disabled, or the route is not unicast).
 pub const DROP_NO_ROUTE: u32 = 8;
 /// Dropped: the next hop's neighbour (MAC) is not known and the packet could not be handed
-/// to the kernel to resolve it (no room for the hand-off in the packet's metadata area).
+/// to the kernel to resolve it (the daemon had not written the hand-off mark yet).
 pub const DROP_NO_NEIGH: u32 = 9;
 /// Dropped: the packet is larger than the egress MTU.
 pub const DROP_FRAG_NEEDED: u32 = 10;

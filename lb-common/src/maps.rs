@@ -677,6 +677,9 @@ pub mod names {
     pub const TX_PORTS: &str = "TX_PORTS";
     /// The attached interfaces' MACs ([`super::LocalMacs`]), for the destination check.
     pub const LOCAL_MACS: &str = "LOCAL_MACS";
+    /// Array of one `u64`: the host's hand-off mark (`crate::handoff::mark`), which the
+    /// daemon writes once and both `PROG_LB` and `PROG_NEIGH` read.
+    pub const HANDOFF_MARK: &str = "HANDOFF_MARK";
     pub const SERVICE_STATS: &str = "SERVICE_STATS";
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
     pub const COUNTERS: &str = "COUNTERS";

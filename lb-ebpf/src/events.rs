@@ -41,7 +41,7 @@ pub fn dropped(ctx: &XdpContext, counter: u32) {
         counters::DROP_SNAT_EXHAUSTED => "every SNAT port tried toward the backend is taken",
         counters::DROP_NO_ROUTE => "no route toward the next hop",
         counters::DROP_NO_NEIGH => {
-            "no neighbour entry for the next hop, and no metadata room to hand it to TC"
+            "no neighbour entry for the next hop, and no hand-off mark yet to hand it to TC"
         }
         counters::DROP_INTERNAL => {
             return internal(ctx, "a map entry the daemon writes is missing");

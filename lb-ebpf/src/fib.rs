@@ -17,15 +17,15 @@ use core::mem::{MaybeUninit, size_of};
 use lb_common::{
     counters,
     encap::{ENCAP_GUE, IPPROTO_UDP},
-    handoff::{self, Handoff},
+    handoff,
     maps::{FAMILY_V4, NEXT_HOP_TTL_NS, NextHop, PROTO_TCP, ReplyHop, reply_hop_slot},
 };
 
 use crate::{
     encap, events, icmp,
-    maps::{NEXT_HOPS, REPLY_HOPS, TX_PORTS},
+    maps::{HANDOFF_MARK, NEXT_HOPS, REPLY_HOPS, TX_PORTS},
     nat::{self, NO_BACKEND, Target},
-    packet::{frame_len, ptr_at, push_meta},
+    packet::{frame_len, ptr_at},
     parse::Packet,
     stack::zeroed,
     traffic::{Dir, traffic},
@@ -173,35 +173,33 @@ fn params(ctx: &XdpContext, pkt: &Packet, t: &Target, ip_len: u32, p: &mut FibPa
 }
 
 /// The next hop has no neighbour entry, and XDP cannot make the kernel resolve one: the
-/// rewritten packet is passed with the FIB's answer in its metadata, for `lb_neigh` (TC
-/// ingress, `handoff`) to send out through the kernel's neighbour resolution. Passing it
-/// bare would not do: the kernel would deliver it locally when the VIP is a local address.
+/// rewritten packet is passed with the host's hand-off mark and the FIB's egress
+/// interface written over its Ethernet addresses (`lb_common::handoff`), for `lb_neigh`
+/// (TC ingress, `handoff`) to send out through the kernel's neighbour resolution. Passing
+/// it bare would not do: the kernel would deliver it locally when the VIP is a local
+/// address.
 #[inline(never)]
 fn hand_off(ctx: &XdpContext, t: &Target, dir: Dir, p: &FibParams) -> Verdict {
-    let len = frame_len(ctx) as u64;
-    let Some(meta) = push_meta::<Handoff>(ctx) else {
+    let mark = HANDOFF_MARK.get(0).copied().unwrap_or(0);
+    let Some(eth) = ptr_at::<[u8; handoff::LEN]>(ctx, 0) else {
+        // verifier: the parser read past the Ethernet header; never taken.
+        events::unreachable(ctx);
+        return Verdict::drop(counters::DROP_MALFORMED);
+    };
+    if !handoff::is_mark(mark) {
+        // The daemon has not written the mark yet: no TC program would take the frame.
         events::dropped(ctx, counters::DROP_NO_NEIGH);
         return Verdict::drop(counters::DROP_NO_NEIGH);
-    };
-    // On NO_NEIGH the lookup has filled in the egress interface and the next hop (the
-    // gateway, or the destination on a connected route), in its own family.
-    let mut h = Handoff {
-        magic: handoff::MAGIC,
-        ifindex: p.ifindex,
-        family: handoff::FAMILY_INET,
-        addr: [0; 4],
-    };
-    if p.family == AF_INET {
-        // SAFETY: an AF_INET answer's destination is the IPv4 member.
-        h.addr[0] = unsafe { p.__bindgen_anon_4.ipv4_dst };
-    } else {
-        h.family = handoff::FAMILY_INET6;
-        // SAFETY: an AF_INET6 answer's destination is the IPv6 member.
-        h.addr = unsafe { p.__bindgen_anon_4.ipv6_dst };
     }
-    // SAFETY: `push_meta` checked the whole `Handoff` lies before the frame.
-    unsafe { meta.write_unaligned(h) };
-    traffic(t.service, t.backend, dir, len);
+    let eth = eth.cast::<u8>();
+    // SAFETY: `ptr_at` checked the 12 address bytes are inside the packet. Three words,
+    // as in `out`. On NO_NEIGH the lookup has filled in the egress interface.
+    unsafe {
+        store32(eth, mark as u32);
+        store32(eth.add(4), (mark >> 32) as u32);
+        store32(eth.add(8), p.ifindex);
+    }
+    traffic(t.service, t.backend, dir, frame_len(ctx) as u64);
     match dir {
         Dir::In => Verdict::pass(counters::PASS_NO_NEIGH_IN),
         Dir::Out => Verdict::pass(counters::PASS_NO_NEIGH_OUT),

@@ -1,17 +1,18 @@
 //! The TC half of the neighbour hand-off (`lb_common::handoff`): a packet `fib` passed with
-//! a [`Handoff`] in its metadata goes out of the FIB's interface through the kernel's
-//! neighbour resolution (`bpf_redirect_neigh`: ARP/ND, the packet queued meanwhile). Every
-//! other packet has no such metadata and goes on untouched after two loads and a compare.
+//! the host's mark over its Ethernet addresses goes out of the interface the mark names
+//! through the kernel's neighbour resolution (`bpf_redirect_neigh`: a route lookup for the
+//! packet's destination on that interface, then ARP/ND, the packet queued meanwhile).
+//! Every other packet goes on untouched after an array read and a compare.
 
 use aya_ebpf::{
-    bindings::{__sk_buff, TC_ACT_SHOT, TC_ACT_UNSPEC, bpf_redir_neigh},
+    bindings::{__sk_buff, TC_ACT_SHOT, TC_ACT_UNSPEC},
     helpers::bpf_redirect_neigh,
     programs::TcContext,
 };
-use core::mem::{MaybeUninit, size_of};
-use lb_common::handoff::{self, Handoff};
+use core::ptr::null_mut;
+use lb_common::handoff;
 
-use crate::stack::zeroed;
+use crate::{maps::HANDOFF_MARK, unaligned::load32};
 
 /// The skb, read with a volatile load so the context loads stay here (see `packet::raw`).
 #[inline(always)]
@@ -24,28 +25,29 @@ fn raw(ctx: &TcContext) -> *mut __sk_buff {
 /// program or the stack (`TC_ACT_UNSPEC`, TCX's "next").
 #[inline(always)]
 pub fn handle(ctx: &TcContext) -> i32 {
+    let Some(&mark) = HANDOFF_MARK.get(0) else {
+        return TC_ACT_UNSPEC;
+    };
+    if !handoff::is_mark(mark) {
+        return TC_ACT_UNSPEC;
+    }
     let skb = raw(ctx);
-    // SAFETY: the context pointer is valid for the whole program run.
-    let (meta, data) = unsafe { ((*skb).data_meta as usize, (*skb).data as usize) };
-    // verifier: proves the whole `Handoff` lies inside the metadata area.
-    if meta + size_of::<Handoff>() > data {
+    // SAFETY: the context pointer is valid for the whole program run. At TC ingress
+    // `data` is the Ethernet header.
+    let (data, end) = unsafe { ((*skb).data as usize, (*skb).data_end as usize) };
+    // verifier: proves the addresses lie inside the packet.
+    if data + handoff::LEN > end {
         return TC_ACT_UNSPEC;
     }
-    // SAFETY: checked just above to lie between `data_meta` and `data`.
-    let h = unsafe { (meta as *const Handoff).read_unaligned() };
-    if h.magic != handoff::MAGIC {
+    let eth = data as *const u8;
+    // SAFETY: checked just above to lie inside the packet; unaligned loads.
+    let (lo, hi, ifindex) = unsafe { (load32(eth), load32(eth.add(4)), load32(eth.add(8))) };
+    if u64::from(lo) | u64::from(hi) << 32 != mark {
         return TC_ACT_UNSPEC;
     }
-    let mut nh = MaybeUninit::<bpf_redir_neigh>::uninit();
-    let nh = zeroed(&mut nh);
-    nh.nh_family = h.family;
-    if h.family == handoff::FAMILY_INET {
-        nh.__bindgen_anon_1.ipv4_nh = h.addr[0];
-    } else {
-        nh.__bindgen_anon_1.ipv6_nh = h.addr;
-    }
-    // SAFETY: `nh` is an initialised `bpf_redir_neigh` of the size passed, on the stack.
-    let rc = unsafe { bpf_redirect_neigh(h.ifindex, nh, size_of::<bpf_redir_neigh>() as i32, 0) };
+    // SAFETY: no next hop is passed (a null pointer of length 0): the helper looks the
+    // route up itself, as its documentation allows.
+    let rc = unsafe { bpf_redirect_neigh(ifindex, null_mut(), 0, 0) };
     // TC_ACT_REDIRECT on success; the helper rejects only flags, so anything else means
     // the packet cannot go anywhere sensible.
     if rc < 0 { TC_ACT_SHOT } else { rc as i32 }

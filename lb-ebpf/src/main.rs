@@ -16,9 +16,9 @@
 //! (RST, SYN-ACK, SYN, ACK) come from `segment`, the TCP options it reads from
 //! `options`.
 //! `traffic` counts per service and backend; `events` logs the rare drops. A packet whose
-//! next hop has no neighbour entry is passed with a note in its metadata, and `lb_neigh`
-//! (`handoff`, TC ingress on the same interfaces) sends it out through the kernel's
-//! neighbour resolution.
+//! next hop has no neighbour entry is passed with a mark over its Ethernet addresses, and
+//! `lb_neigh` (`handoff`, TC ingress on the same interfaces) sends it out through the
+//! kernel's neighbour resolution.
 //!
 //! Proxy (PROXY protocol) services add two socket programs: `lb_lookup` (`lookup`, an
 //! sk_lookup program handing VIP:port connections to the daemon's listener) and

@@ -96,6 +96,12 @@ pub static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(MAX_IFACES, 0);
 #[map]
 pub static LOCAL_MACS: Array<LocalMacs> = Array::with_max_entries(1, 0);
 
+/// 0 → the host's hand-off mark (`lb_common::handoff::mark`; 0 until the daemon writes
+/// it): `fib` writes it over a handed-off frame's Ethernet addresses, and `lb_neigh`
+/// (`handoff`) takes only frames that carry it.
+#[map]
+pub static HANDOFF_MARK: Array<u64> = Array::with_max_entries(1, 0);
+
 /// Backend id → per-CPU cached next hop (FIB lookup result) toward the backend; written
 /// and read by the forward path only. Per CPU, so an entry has one writer and no reader
 /// sees half of an update.

@@ -1,8 +1,8 @@
 //! The one way the programs touch packet bytes: [`ptr_at`] checks an access against
 //! `data_end`, and a [`Cursor`] walks the headers with it (check, advance, return the
-//! next header as a `network-types` view); [`push_meta`] writes before the frame.
+//! next header as a `network-types` view).
 
-use aya_ebpf::{bindings::xdp_md, helpers::bpf_xdp_adjust_meta, programs::XdpContext};
+use aya_ebpf::{bindings::xdp_md, programs::XdpContext};
 use core::mem::size_of;
 
 /// The context pointer, read with a volatile load so that the context field loads
@@ -46,26 +46,6 @@ pub fn ptr_at<T>(ctx: &XdpContext, off: usize) -> Option<*mut T> {
         return None;
     }
     Some((start + off) as *mut T)
-}
-
-/// Grows the packet's metadata area (the bytes before the frame, which the kernel keeps
-/// with the packet up to the TC hook) by `size_of::<T>()` and returns a pointer to it.
-/// Invalidates every packet pointer taken before.
-#[inline(always)]
-pub fn push_meta<T>(ctx: &XdpContext) -> Option<*mut T> {
-    let len = size_of::<T>() as i32;
-    // SAFETY: the context pointer is this program's own; the helper only moves
-    // `data_meta`, checking the headroom itself.
-    if unsafe { bpf_xdp_adjust_meta(ctx.ctx, -len) } != 0 {
-        return None;
-    }
-    // SAFETY: as in `data`.
-    let meta = unsafe { (*raw(ctx)).data_meta as usize };
-    // verifier: the metadata must be proven to end before the frame starts.
-    if meta + size_of::<T>() > data(ctx) {
-        return None;
-    }
-    Some(meta as *mut T)
 }
 
 /// Walks a packet's headers front to back.

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use anyhow::{Context, Result};
 use aya::maps::{Array, HashMap, MapData, PerCpuArray};
-use aya::programs::{TestRun as _, TestRunOptions, Xdp};
+use aya::programs::{SchedClassifier, TestRun as _, TestRunOptions, Xdp};
 use lb_common::addr::{ip_bytes, ip_to_words};
 use lb_common::hash::{backend_key, flow_hash};
 use lb_common::maglev::MaglevBackend;
@@ -1004,6 +1004,42 @@ impl TestRun {
             .remove_service(p.vip_addr())
             .expect("remove the service");
         self.live_half.remove(&p.service);
+    }
+
+    /// Runs `frame` through the TC companion `lb_neigh` as if it came in at TC ingress:
+    /// its return value (`TC_ACT_REDIRECT`, 7, when it sends the frame through the
+    /// kernel's neighbour resolution; a test run does not send it).
+    pub fn run_neigh(&mut self, frame: &[u8]) -> i32 {
+        let prog: &SchedClassifier = self
+            .ebpf_mut()
+            .program(names::PROG_NEIGH)
+            .expect("lb_neigh in the object")
+            .try_into()
+            .expect("lb_neigh is a classifier");
+        let mut out = vec![0u8; frame.len() + 512];
+        let r = prog
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ..TestRunOptions::new()
+            })
+            .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN of lb_neigh: {e}"));
+        r.return_value as i32
+    }
+
+    /// The host's hand-off mark, as the daemon's map writers set it.
+    pub fn handoff_mark(&mut self) -> u64 {
+        let map: Array<&mut MapData, u64> = self.map_mut(names::HANDOFF_MARK);
+        map.get(&0, 0).expect("the hand-off mark")
+    }
+
+    /// The hand-off at the start of a frame the program passed (`lb_common::handoff`),
+    /// and the frame after its Ethernet addresses; the hand-off must be there.
+    pub fn handed_off(&mut self, out: &[u8]) -> (lb_common::handoff::Handoff, Vec<u8>) {
+        let mark = self.handoff_mark();
+        let h = lb_common::handoff::Handoff::decode(out, mark)
+            .unwrap_or_else(|| panic!("no hand-off (mark {mark:#x}) in {out:?}"));
+        (h, out[lb_common::handoff::LEN..].to_vec())
     }
 
     /// The global settings' `replies` bits (`lb_common::maps::REPLIES_*`).

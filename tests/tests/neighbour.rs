@@ -31,7 +31,7 @@ const ONE_ND_RETRY: &str = "2.5";
 
 /// lb in nat mode over backend `b1` alone, for the family `v6`, with the VIP also on
 /// the LB's client-side interface if `vip_local`, XDP attached in `mode` (`native`, or
-/// `skb`: generic XDP hands the metadata to TC by another path in the kernel).
+/// `skb`: generic XDP passes the marked frame to TC by another path in the kernel).
 fn lb_over_b1(bed: &Bed, v6: bool, vip_local: bool, mode: &str) -> Daemon {
     let topo = &bed.topo;
     if vip_local {

@@ -1,50 +1,43 @@
 //! Packet-level tests of the neighbour hand-off (`lb_common::handoff`) with
 //! BPF_PROG_TEST_RUN: when the FIB lookup finds no neighbour entry for the next hop, the
-//! program passes the rewritten frame with a `Handoff` in its metadata area, which the
-//! test run returns in front of the frame. Toward a client and toward a backend, IPv4 and
-//! IPv6, on a connected route and through a gateway. (End to end, with the TC program
-//! sending such packets, in `neighbour.rs`.)
+//! program passes the rewritten frame with the host's hand-off mark and the egress
+//! interface over its Ethernet addresses; the TC companion `lb_neigh` sends such a frame
+//! through the kernel's neighbour resolution (`TC_ACT_REDIRECT`) and leaves every other
+//! frame alone. Toward a client and toward a backend, IPv4 and IPv6, on a connected route
+//! and through a gateway. (End to end, with the kernel resolving the neighbour and the
+//! packet arriving, in `neighbour.rs`.)
 //!
-//! Needs root and BPF_PROG_TEST_RUN for XDP; without either the tests fail, never skip.
+//! Needs root and BPF_PROG_TEST_RUN for XDP and TC; without either the tests fail, never
+//! skip.
 
 use std::net::IpAddr;
 
-use lb_common::handoff::{self, FAMILY_INET, FAMILY_INET6, Handoff};
+use lb_common::handoff;
 use lb_tests::packet::{decode, flags::*};
 use lb_tests::test_run::{
     Action, BACKEND_PORT, CLIENT_PORT, Plan, TestRun, VIP_PORT, counter, plan4, plan6,
 };
 
-/// The next hop a hand-off names.
-fn next_hop(h: &Handoff) -> IpAddr {
-    let bytes: Vec<u8> = h.addr.iter().flat_map(|w| w.to_ne_bytes()).collect();
-    if h.family == FAMILY_INET {
-        IpAddr::from(<[u8; 4]>::try_from(&bytes[..4]).expect("4 bytes"))
-    } else {
-        IpAddr::from(<[u8; 16]>::try_from(&bytes[..]).expect("16 bytes"))
-    }
-}
+/// `lb_neigh`'s verdicts: the frame sent through the neighbour resolution, or left to
+/// the next TC program and the stack.
+const TC_ACT_REDIRECT: i32 = 7;
+const TC_ACT_UNSPEC: i32 = -1;
 
 /// The interface index of `name` in the test run's namespace (the thread is in it).
 fn ifindex(name: &str) -> u32 {
     lb_user::sys::ifindex(name).expect("interface index")
 }
 
-/// Splits a passed frame into its hand-off and the frame itself; the hand-off must be
-/// there.
-fn handed_off(out: &[u8]) -> (Handoff, lb_tests::packet::Packet) {
-    let h = Handoff::decode(out).unwrap_or_else(|| panic!("no hand-off in front of {out:?}"));
-    let frame = decode(&out[handoff::LEN..]).expect("the frame after the hand-off");
-    (h, frame)
-}
-
-/// `p`'s family as a hand-off states it.
-fn family(p: &Plan) -> u32 {
-    if p.vip.is_ipv4() {
-        FAMILY_INET
-    } else {
-        FAMILY_INET6
-    }
+/// The interface a passed frame is handed off to, and the frame, which `lb_neigh` must
+/// send on; the hand-off must be there.
+fn handed_off(lb: &mut TestRun, out: &[u8]) -> (u32, lb_tests::packet::Packet) {
+    let (h, _) = lb.handed_off(out);
+    assert_eq!(
+        lb.run_neigh(out),
+        TC_ACT_REDIRECT,
+        "lb_neigh sends the handed-off frame"
+    );
+    (h.ifindex, decode(out).expect("the handed-off frame"))
 }
 
 /// A client without a neighbour entry on `lb1` (the kit gives the plan's own one a
@@ -58,7 +51,7 @@ fn unknown_client(p: &Plan) -> IpAddr {
 }
 
 #[test]
-fn reply_to_a_client_without_neighbour_is_handed_off_with_the_client_as_next_hop() {
+fn reply_to_a_client_without_neighbour_is_handed_off_out_of_the_clients_interface() {
     for base in [plan4(), plan6()] {
         let p = Plan {
             client: unknown_client(&base),
@@ -72,12 +65,8 @@ fn reply_to_a_client_without_neighbour_is_handed_off_with_the_client_as_next_hop
         let (action, out) = lb.from_backend(&p.from_backend(0, port, SYN | ACK).build());
         assert_eq!(action, Action::Pass, "{}", p.vip);
         assert_eq!(lb.counter(counter::PASS_NO_NEIGH_OUT), before + 1);
-        let (h, frame) = handed_off(&out);
-        assert_eq!(
-            (h.ifindex, h.family, next_hop(&h)),
-            (ifindex("lb1"), family(&p), p.client),
-            "out of lb1, to the client itself"
-        );
+        let (iface, frame) = handed_off(&mut lb, &out);
+        assert_eq!(iface, ifindex("lb1"), "out of lb1, toward the client");
         assert_eq!(
             (frame.src, frame.sport, frame.dst, frame.dport),
             (p.vip, VIP_PORT, p.client, CLIENT_PORT),
@@ -87,8 +76,8 @@ fn reply_to_a_client_without_neighbour_is_handed_off_with_the_client_as_next_hop
 }
 
 #[test]
-fn forward_to_a_backend_without_neighbour_is_handed_off_with_the_next_hop() {
-    // (what, the backends' address, a route to add for them, the expected next hop)
+fn forward_to_a_backend_without_neighbour_is_handed_off_out_of_the_routes_interface() {
+    // (what, the backends' address, a route to add for them through a gateway)
     let gw4: IpAddr = [198, 18, 0, 99].into();
     let gw6: IpAddr = "fd00::99".parse().expect("literal");
     let cases = [
@@ -132,16 +121,37 @@ fn forward_to_a_backend_without_neighbour_is_handed_off_with_the_next_hop() {
             (Action::Pass, vec![counter::PASS_NO_NEIGH_IN]),
             "{what}"
         );
-        let (h, frame) = handed_off(&out);
-        assert_eq!(
-            (h.ifindex, h.family, next_hop(&h)),
-            (ifindex("lb0"), family(&p), gateway.unwrap_or(backend)),
-            "{what}: out of lb0 to the next hop"
-        );
+        let (iface, frame) = handed_off(&mut lb, &out);
+        assert_eq!(iface, ifindex("lb0"), "{what}: out of lb0, the route's");
         assert_eq!(
             (frame.src, frame.dst, frame.dport),
             (p.snat, backend, BACKEND_PORT),
             "{what}: rewritten to SNAT → backend"
         );
     }
+}
+
+#[test]
+fn lb_neigh_leaves_every_frame_without_the_hosts_mark_alone() {
+    let p = plan4();
+    let mut lb = TestRun::new();
+    lb.two_backends_up(&p, 0);
+    let mark = lb.handoff_mark();
+    assert!(
+        handoff::is_mark(mark),
+        "the daemon's writers set a mark: {mark:#x}"
+    );
+    let plain = p.syn().build();
+    assert_eq!(lb.run_neigh(&plain), TC_ACT_UNSPEC, "a frame as it came in");
+    // Another mark, one bit off: only the host's exact mark counts.
+    let other = handoff::Handoff {
+        mark: mark ^ 0x0100,
+        ifindex: ifindex("lb0"),
+    };
+    let mut forged = plain.clone();
+    forged[..handoff::LEN].copy_from_slice(&other.encode());
+    assert_eq!(lb.run_neigh(&forged), TC_ACT_UNSPEC, "another mark");
+    let own = handoff::Handoff { mark, ..other };
+    forged[..handoff::LEN].copy_from_slice(&own.encode());
+    assert_eq!(lb.run_neigh(&forged), TC_ACT_REDIRECT, "the host's mark");
 }

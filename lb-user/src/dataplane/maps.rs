@@ -8,6 +8,7 @@ use std::net::{IpAddr, SocketAddr};
 use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{Array, DevMapHash, HashMap, MapData, MapError, PerCpuArray, PerCpuValues};
 use lb_common::addr::ip_to_words;
+use lb_common::handoff;
 use lb_common::maglev::{MaglevBackend, build_table};
 use lb_common::maps::{
     Backend, FAMILY_V6, FlowKey, GlobalConfig, LocalMacs, MAX_LOCAL_MACS, MAX_SERVICES,
@@ -79,7 +80,25 @@ impl Dataplane {
                     source,
                 })?;
         }
-        self.set_local_macs(&wanted)
+        self.set_local_macs(&wanted)?;
+        self.set_handoff_mark()
+    }
+
+    /// Writes the host's hand-off mark (`lb_common::handoff`) unless the map, pinned by
+    /// an earlier daemon, already holds one: the programs that daemon left attached mark
+    /// their hand-offs with it until this daemon's replace them.
+    fn set_handoff_mark(&mut self) -> Result<(), DataplaneError> {
+        let mut map: Array<&mut MapData, u64> = self.map_mut(names::HANDOFF_MARK)?;
+        let held = map.get(&0, 0).map_err(map_error(names::HANDOFF_MARK))?;
+        if handoff::is_mark(held) {
+            return Ok(());
+        }
+        let mut random = [0u8; 8];
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut random))
+            .map_err(DataplaneError::Random)?;
+        map.set(0, handoff::mark(random), 0)
+            .map_err(map_error(names::HANDOFF_MARK))
     }
 
     /// Lists the interfaces' MACs for the program's destination check (`LocalMacs`). An

@@ -76,6 +76,8 @@ pub enum DataplaneError {
     },
     #[error("writing map {map}: {source}")]
     Map { map: &'static str, source: MapError },
+    #[error("reading /dev/urandom for the hand-off mark: {0}")]
+    Random(#[source] std::io::Error),
     #[error("adding {iface} to the redirect map {}: {source}", names::TX_PORTS)]
     TxPort {
         iface: String,

@@ -40,6 +40,8 @@ pub const MAPS: &[(&str, &str)] = &[
     (names::CONFIG, "config_v1"),
     (names::TX_PORTS, "tx_ports_v1"),
     (names::LOCAL_MACS, "local_macs_v1"),
+    // Pinned, so an upgrade's programs mark hand-offs as the old ones did.
+    (names::HANDOFF_MARK, "handoff_mark_v1"),
     (names::NEXT_HOPS, "next_hops_v1"),
     (names::SNAT_ADDRS, "snat_addrs_v1"),
     (names::SOURCE_BUCKETS, "source_buckets_v1"),
