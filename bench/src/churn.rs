@@ -7,7 +7,7 @@
 use crate::bed::{Bed, CLIENT_CPU, LB_CPU};
 use crate::clients::{CLIENT_THREADS, TcpCounters, Wrk, wrk};
 use crate::cpu::{self, Stat};
-use crate::flood::{self, Sent};
+use crate::flood::{self, Flood, Sent};
 use crate::napi::{self, LbRx, pass_links};
 use crate::systems::Running;
 use anyhow::{Context, Result, bail};
@@ -83,7 +83,7 @@ pub struct FloodRun {
 /// `synflood`: `warm` seconds unmeasured, `secs` without a flood, then `secs` during
 /// one.
 pub fn synflood(bed: &mut Bed, running: &mut Running, warm: u32, secs: u32) -> Result<FloodRun> {
-    let _held = flood::arm(bed, running.system.vip())?;
+    let syns = flood::arm(bed, running.system.vip())?;
     // The spoofed sources' answers die in the LB namespace (as if sent to a far
     // internet): no loop, no cost of delivering them to anyone, nothing leaves the bed.
     let (net, len) = flood::SOURCES;
@@ -97,7 +97,7 @@ pub fn synflood(bed: &mut Bed, running: &mut Running, warm: u32, secs: u32) -> R
         // A little longer than wrk's run: the flood is on before its first connection
         // and until its last. No request during it is a figure (0), not a failure.
         let limit = Duration::from_secs(secs as u64 + 2);
-        let (flood, sent) = phase(bed, running, &rx, &to, secs, Some(limit))?;
+        let (flood, sent) = phase(bed, running, &rx, &to, secs, Some((&syns, limit)))?;
         Ok(FloodRun {
             base,
             flood,
@@ -117,8 +117,8 @@ pub fn synflood(bed: &mut Bed, running: &mut Running, warm: u32, secs: u32) -> R
 /// Gives the client's `eth0` a queue, as a host's NIC has (a veth has none): while the
 /// LB's receive ring is full, the kernel holds the client's own packets back in it
 /// instead of dropping them (veth stops a device's queue while the peer's ring is full;
-/// `tc -s qdisc` counts the requeues). The flood's frames, sent by XDP, bypass it and
-/// still find the ring full (`syn_in`). Without the queue a client packet that met a
+/// `tc -s qdisc` counts the requeues). The flood's frames bypass it (the generator's
+/// socket skips the qdisc) and are dropped where they find the ring full (`syn_in`). Without the queue a client packet that met a
 /// full ring was lost and cost a retransmission timeout: the figure measured the bed's
 /// ring, not the LB.
 fn queue_client_packets(bed: &Bed) -> Result<()> {
@@ -228,17 +228,16 @@ fn phase(
     rx: &LbRx,
     to: &[SocketAddr],
     secs: u32,
-    flood: Option<Duration>,
+    flood: Option<(&Flood, Duration)>,
 ) -> Result<(Phase, Option<Sent>)> {
     let ours = bed.net_inodes();
     let pids = running.lb_pids();
     let counter = || -> Result<u64> { Ok(running.lb_counter(SNAT_EXHAUSTED)?.unwrap_or(0)) };
     let cpus =
         || -> Result<(Stat, Stat)> { Ok((Stat::read_cpu(LB_CPU)?, Stat::read_cpu(CLIENT_CPU)?)) };
-    let (snat0, tcp0, in0, napi0, cpus0) = (
+    let (snat0, tcp0, napi0, cpus0) = (
         counter()?,
         TcpCounters::read(&bed.topo.client)?,
-        flood::reached_lb(bed)?,
         rx.ticks(),
         cpus()?,
     );
@@ -252,17 +251,16 @@ fn phase(
         })
     };
     let (wrk, sent) = match flood {
-        Some(limit) => {
-            let (r, sent) = flood::during(bed, limit, client)?;
+        Some((syns, limit)) => {
+            let (r, sent) = syns.during(bed, limit, client)?;
             (r, Some(sent))
         }
         None => (client(), None),
     };
     let b = cpu::snap(&pids, &ours)?;
-    let (napi1, cpus1, in1, tcp1, snat1) = (
+    let (napi1, cpus1, tcp1, snat1) = (
         rx.ticks(),
         cpus()?,
-        flood::reached_lb(bed)?,
         TcpCounters::read(&bed.topo.client)?,
         counter()?,
     );
@@ -281,7 +279,7 @@ fn phase(
             lb_busy: share(&cpus0.0, &cpus1.0),
             client_busy: share(&cpus0.1, &cpus1.1),
             napi_busy: napi1.saturating_sub(napi0) as f64 / cpu::ticks_per_sec() / wall.max(1e-6),
-            flood_in: in1.saturating_sub(in0),
+            flood_in: sent.map_or(0, |s| s.reached_lb),
             disturbed,
         },
         sent,

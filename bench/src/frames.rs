@@ -1,8 +1,7 @@
 //! The generator's template frames: one TCP segment with its Ethernet and IPv4
-//! headers, checksums right, that `bench_gen` copies into every frame it sends before it
-//! sets the flow's source port and address.
+//! headers, checksums right, from which the generator (`sender`) makes every flow's frame
+//! by setting its source port and address.
 
-use crate::xdp::TEMPLATE_WORDS;
 use anyhow::{Context, Result, anyhow};
 use lb_tests::Netns;
 use lb_tests::packet::Packet;
@@ -33,17 +32,6 @@ pub fn frame(
     let mut f = p.build();
     f.resize(FRAME_LEN, 0);
     f
-}
-
-/// The first [`TEMPLATE_WORDS`] words of `frame`, as the program copies them.
-pub fn words(frame: &[u8]) -> [u64; TEMPLATE_WORDS] {
-    let mut w = [0u64; TEMPLATE_WORDS];
-    for (i, chunk) in frame.chunks(8).take(TEMPLATE_WORDS).enumerate() {
-        let mut b = [0u8; 8];
-        b[..chunk.len()].copy_from_slice(chunk);
-        w[i] = u64::from_ne_bytes(b);
-    }
-    w
 }
 
 /// The MAC address of `iface` in `ns`.

@@ -4,7 +4,8 @@
 //! clients, in one run (issue 5). Writes `bench/results/<date>-<host>.{jsonl,md,png}`.
 //!
 //! Modules, lowest first (each uses only those before it): `cpu`, `cost`, `sys`, `xdp`
-//! (the bench's XDP programs), `frames` (the generator's template frames), `bed`,
+//! (the bench's XDP programs), `frames` (the generator's template frames), `sender` (the
+//! packet generator: an AF_PACKET sender), `bed`,
 //! `systems`, `napi`, `pps`, `clients` (wrk, iperf3), `flood` (the SYN flood), `churn`
 //! (the connection-state workloads), `workloads`, `figure`, `maglev`, `path_cost` (the
 //! XDP program's ns per packet on each path), `failover` (an LB host dies behind ECMP),
@@ -28,6 +29,7 @@ mod path_cost;
 mod pps;
 mod report;
 mod runtime;
+mod sender;
 mod sys;
 mod systems;
 mod workloads;

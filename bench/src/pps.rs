@@ -2,34 +2,29 @@
 //! cycling through 1, 1,000 or 100,000 flows, into the LB namespace's XDP path, and
 //! counted where they leave it.
 //!
-//! The frames come from `bench_gen` (the `lb-bench-xdp` object) run with
-//! BPF_PROG_TEST_RUN in live-frames mode on the client's veth: the kernel sends each
-//! frame with XDP_TX, so no socket, qdisc or user-space copy limits the rate. They
-//! enter the LB's `lb0`, where lb's `lb_xdp` (or, for the ceiling, `bench_redirect`)
-//! sends them out of `lb1`, and `bench_sink` on the switch's end of that veth counts
-//! and drops them. Frames go to the `pps` service ([`PPS_PORT`]), whose backends are
-//! never health-checked, and the sink drops only TCP to the `pps` backends' ports, so
-//! the other workloads' traffic passes it untouched.
+//! The frames come from the bench's user-space generator ([`sender`]) on the client's
+//! veth, on a thread pinned to the client's CPU: an AF_PACKET socket that bypasses the
+//! qdisc sends them in calls of 256, so on a full ring they are dropped, not queued.
+//! (Until kernel 6.18.44-fc-v1300 they came from `bench_gen`, an XDP program run with
+//! BPF_PROG_TEST_RUN in live-frames mode; that kernel refuses live frames with EPERM.)
+//! They enter the LB's `lb0`, where lb's `lb_xdp` (or, for the ceiling,
+//! `bench_redirect`) sends them out of `lb1`, and `bench_sink` on the switch's end of
+//! that veth counts and drops them. Frames go to the `pps` service ([`PPS_PORT`]), whose
+//! backends are never health-checked, and the sink drops only TCP to the `pps` backends'
+//! ports, so the other workloads' traffic passes it untouched.
 
 use crate::bed::{Bed, CLIENT_CPU, LB_CPU, PPS_PORT};
 use crate::cpu::Stat;
-use crate::frames::{self, ACK, mac, words};
+use crate::frames::{self, ACK, mac};
 use crate::napi::ThreadedNapi;
-use crate::sys;
+use crate::sender::{BATCH, Generator};
 use crate::systems::Running;
-use crate::xdp::{enter, ifindex};
+use crate::xdp::enter;
 use anyhow::{Context, Result, anyhow, bail};
-use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
-/// Frames of the first BPF_PROG_TEST_RUN call. Every call waits for two RCU grace
-/// periods (the kernel installs the program in its XDP dispatcher and removes it), during
-/// which nothing is sent, so later calls are sized to last about [`CALL`] each.
-const FIRST_CALL: u32 = 1 << 18;
-const CALL: Duration = Duration::from_secs(1);
-/// The most frames of one call (a few seconds at the rates a veth reaches), which bounds
-/// how far a run can overshoot its time.
-const MAX_CALL: u32 = 1 << 24;
+/// Frames sent between two looks at the clock: 64 calls, a few milliseconds.
+const CHUNK: u64 = 64 * BATCH as u64;
 /// Unmeasured time first: every flow is created and the rings fill.
 const WARMUP: Duration = Duration::from_secs(1);
 
@@ -37,7 +32,7 @@ const WARMUP: Duration = Duration::from_secs(1);
 pub struct Rate {
     /// Frames per second that came out of the system under test.
     pub delivered: f64,
-    /// Frames per second the generator sent.
+    /// Frames per second the generator sent (those the LB's full ring dropped too).
     pub offered: f64,
     /// Share of the LB's CPU busy meanwhile (its NAPI thread: the system under test).
     pub lb_cpu: f64,
@@ -68,11 +63,8 @@ pub fn run(bed: &mut Bed, running: &mut Running, flows: u32, secs: u32) -> Resul
         PPS_PORT,
         ACK,
     );
-    bed.xdp
-        .set_generator(flows, topo.client_v4, words(&frame))?;
     let (xdp, topo) = (&bed.xdp, &bed.topo);
     let _napi = ThreadedNapi::start(&topo.lb, lb_tests::topology::LB_IF_A, LB_CPU)?;
-    let gen_fd = xdp.generator_fd()?;
     let client = &topo.client;
     let cpu: usize = CLIENT_CPU.parse().expect("a CPU number");
     let measure = Duration::from_secs(secs.into());
@@ -80,22 +72,11 @@ pub fn run(bed: &mut Bed, running: &mut Running, flows: u32, secs: u32) -> Resul
         s.spawn(|| -> Result<Rate> {
             enter(client)?;
             lb_tests::sys::pin_to_cpu(cpu).context("pinning the generator")?;
-            let ifindex = ifindex("eth0")?;
-            // Sends `n` frames in one call; returns how many the next call should send
-            // to last about CALL at the rate this one reached.
-            let send = |n: u32| -> Result<u32> {
-                let t = Instant::now();
-                sys::test_run_live(gen_fd.as_raw_fd(), &frame, ifindex, n)
-                    .context("BPF_PROG_TEST_RUN (live frames) of bench_gen")?;
-                let rate = n as f64 / t.elapsed().as_secs_f64().max(1e-6);
-                Ok((rate * CALL.as_secs_f64()).clamp(FIRST_CALL as f64, MAX_CALL as f64) as u32)
-            };
+            let mut generator = Generator::open("eth0", &frame, flows)?;
             let warm = Instant::now();
             let mut sent = 0u64;
-            let mut chunk = FIRST_CALL;
             while warm.elapsed() < WARMUP || sent < 2 * flows as u64 {
-                sent += chunk as u64;
-                chunk = send(chunk)?;
+                sent += generator.send(CHUNK)?.sent;
                 if warm.elapsed() > WARMUP * 10 {
                     bail!("the warm-up did not send {} frames in 10 s", 2 * flows);
                 }
@@ -106,9 +87,8 @@ pub fn run(bed: &mut Bed, running: &mut Running, flows: u32, secs: u32) -> Resul
             let (c0, s0, t0) = (cpus()?, xdp.sunk()?, Instant::now());
             let mut sent = 0u64;
             while t0.elapsed() < measure {
-                sent += chunk as u64;
-                chunk = send(chunk)?;
-                if t0.elapsed() > measure + 10 * CALL {
+                sent += generator.send(CHUNK)?.sent;
+                if t0.elapsed() > measure + Duration::from_secs(10) {
                     bail!(
                         "the generator overran its {} s by more than 10 s",
                         measure.as_secs()

@@ -1,63 +1,122 @@
-//! The few system calls aya has no wrapper for: the bench's only unsafe code.
+//! The few system calls the bench needs that neither aya nor std wraps: the bench's only
+//! unsafe code.
 
 #![allow(unsafe_code)]
 
 use std::ffi::CString;
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
-const BPF_PROG_TEST_RUN: libc::c_long = 10;
-const BPF_F_TEST_XDP_LIVE_FRAMES: u32 = 1 << 1;
-/// The kernel's most frames per live-frames batch.
-const BATCH: u32 = 256;
+// Not in the `libc` crate for this target: `linux/if_packet.h`, `asm-generic/socket.h`.
+const PACKET_QDISC_BYPASS: libc::c_int = 20;
+const SO_SNDBUFFORCE: libc::c_int = 32;
 
-/// `union bpf_attr`'s `test` member.
-#[repr(C)]
-#[derive(Default)]
-struct TestRun {
-    prog_fd: u32,
-    retval: u32,
-    data_size_in: u32,
-    data_size_out: u32,
-    data_in: u64,
-    data_out: u64,
-    repeat: u32,
-    duration: u32,
-    ctx_size_in: u32,
-    ctx_size_out: u32,
-    ctx_in: u64,
-    ctx_out: u64,
-    flags: u32,
-    cpu: u32,
-    batch_size: u32,
-    _pad: u32,
+/// An AF_PACKET raw socket bound to one interface for sending whole Ethernet frames:
+/// the packet-rate workloads' and the SYN flood's generator.
+///
+/// It bypasses the interface's qdisc (`PACKET_QDISC_BYPASS`): a frame goes straight to
+/// the driver's transmit, as the old XDP generator's XDP_TX did, so on a veth a frame
+/// that finds the peer's receive ring full is dropped, not queued.
+pub struct PacketSocket {
+    fd: OwnedFd,
+    // Rebuilt for every call, kept to reuse their allocations.
+    iovecs: Vec<libc::iovec>,
+    headers: Vec<libc::mmsghdr>,
 }
 
-/// Runs the XDP program `prog` `repeat` times on `frame` as if received on
-/// `ifindex`, sending what it returns XDP_TX for out of that interface.
-pub fn test_run_live(prog: RawFd, frame: &[u8], ifindex: u32, repeat: u32) -> io::Result<()> {
-    // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index,
-    // egress_ifindex.
-    let ctx: [u32; 6] = [0, frame.len() as u32, 0, ifindex, 0, 0];
-    let attr = TestRun {
-        prog_fd: prog as u32,
-        data_size_in: frame.len() as u32,
-        data_in: frame.as_ptr() as u64,
-        repeat,
-        ctx_size_in: std::mem::size_of_val(&ctx) as u32,
-        ctx_in: ctx.as_ptr() as u64,
-        flags: BPF_F_TEST_XDP_LIVE_FRAMES,
-        batch_size: BATCH,
-        ..TestRun::default()
-    };
-    // SAFETY: `attr` is a valid `bpf_attr` prefix of the size passed, and the frame
-    // and context it points to outlive the call; the kernel only reads them.
+impl PacketSocket {
+    /// A socket on interface `ifindex` of the calling thread's namespace. It takes no
+    /// frames in (protocol 0), so receiving costs nothing; `sndbuf` bytes of frames may be
+    /// in flight before a send blocks, at most `timeout` (then it fails with
+    /// `WouldBlock`).
+    pub fn open(ifindex: u32, sndbuf: usize, timeout: std::time::Duration) -> io::Result<Self> {
+        // SAFETY: plain system call with constant arguments; the descriptor it returns
+        // is owned by nothing else.
+        let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+        if raw < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `raw` is a descriptor just returned by socket(2), owned only here.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let one: libc::c_int = 1;
+        setsockopt(&fd, libc::SOL_PACKET, PACKET_QDISC_BYPASS, &one)?;
+        // FORCE: above the `wmem_max` sysctl (the bench runs as root).
+        let bytes = libc::c_int::try_from(sndbuf).unwrap_or(libc::c_int::MAX);
+        setsockopt(&fd, libc::SOL_SOCKET, SO_SNDBUFFORCE, &bytes)?;
+        let tv = libc::timeval {
+            tv_sec: timeout.as_secs() as libc::time_t,
+            tv_usec: timeout.subsec_micros() as libc::suseconds_t,
+        };
+        setsockopt(&fd, libc::SOL_SOCKET, libc::SO_SNDTIMEO, &tv)?;
+        let addr = libc::sockaddr_ll {
+            sll_family: libc::AF_PACKET as u16,
+            sll_protocol: 0,
+            sll_ifindex: ifindex as i32,
+            sll_hatype: 0,
+            sll_pkttype: 0,
+            sll_halen: 0,
+            sll_addr: [0; 8],
+        };
+        // SAFETY: `addr` is a valid `sockaddr_ll` of the length passed, read by the
+        // kernel during the call only.
+        let rc = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                &addr as *const libc::sockaddr_ll as *const libc::sockaddr,
+                std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(PacketSocket {
+            fd,
+            iovecs: Vec::new(),
+            headers: Vec::new(),
+        })
+    }
+
+    /// Sends `frames` (each a whole Ethernet frame) in one `sendmmsg` call, out of the
+    /// bound interface. Returns how many went before the first that failed (the kernel
+    /// reports only that count, not the failure, once one went); fails only if the first
+    /// did (ENOBUFS: the driver dropped it, e.g. a veth whose peer's ring is full).
+    pub fn send<F: AsRef<[u8]>>(&mut self, frames: &[F]) -> io::Result<usize> {
+        self.iovecs.clear();
+        self.iovecs.extend(frames.iter().map(|f| libc::iovec {
+            iov_base: f.as_ref().as_ptr() as *mut libc::c_void,
+            iov_len: f.as_ref().len(),
+        }));
+        self.headers.clear();
+        for iov in &mut self.iovecs {
+            // SAFETY: `mmsghdr` is plain data for which all zeroes is a valid value (no
+            // address, no control data, no flags).
+            let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
+            h.msg_hdr.msg_iov = iov;
+            h.msg_hdr.msg_iovlen = 1;
+            self.headers.push(h);
+        }
+        let n = libc::c_uint::try_from(self.headers.len()).unwrap_or(libc::c_uint::MAX);
+        // SAFETY: every header points to one iovec in `self.iovecs`, and every iovec to
+        // a frame borrowed from `frames`, all alive and unmoved for the whole call; the
+        // kernel reads the frames and writes only the headers' `msg_len`.
+        let rc = unsafe { libc::sendmmsg(self.fd.as_raw_fd(), self.headers.as_mut_ptr(), n, 0) };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(rc as usize)
+    }
+}
+
+fn setsockopt<T>(fd: &OwnedFd, level: libc::c_int, name: libc::c_int, value: &T) -> io::Result<()> {
+    // SAFETY: `value` points to a live `T` of the size passed, which is the type the
+    // option (`name`) takes; the kernel only reads it during the call.
     let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_TEST_RUN,
-            &attr as *const TestRun,
-            std::mem::size_of::<TestRun>(),
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            value as *const T as *const libc::c_void,
+            std::mem::size_of::<T>() as libc::socklen_t,
         )
     };
     if rc != 0 {

@@ -1,5 +1,5 @@
 //! The bench's own XDP programs (the `lb-bench-xdp` object, built next to lb's): the
-//! packet-rate generator, the sink that counts what comes out, the bare-redirect
+//! sink that counts what comes out of the packet-rate workloads, the bare-redirect
 //! ceiling and a pass-through; and attaching them inside the bed's namespaces.
 
 use anyhow::{Context, Result, anyhow};
@@ -7,16 +7,11 @@ use aya::maps::{Array, DevMap, PerCpuArray};
 use aya::programs::{Xdp, XdpMode, xdp::XdpLink};
 use aya::{Ebpf, EbpfLoader};
 use lb_tests::Netns;
-use std::net::Ipv4Addr;
-use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 
 /// What the sink counts and drops: TCP to these ports (the `pps` service's backend
 /// ports, the bed's `PPS_BACKEND_PORTS`), so the other workloads' traffic passes it.
 const SINK_PORTS: (u16, u16) = (9000, 9003);
-/// The template's length in the generator's map, in 8-byte words: the headers (54
-/// bytes) and two bytes of padding.
-pub const TEMPLATE_WORDS: usize = 7;
 
 /// The object with the bench's XDP programs, next to lb's object.
 pub fn object_path(lb_object: &Path) -> PathBuf {
@@ -36,7 +31,7 @@ impl BenchXdp {
                 object.display()
             )
         })?;
-        for name in ["bench_gen", "bench_redirect", "bench_pass", "bench_sink"] {
+        for name in ["bench_redirect", "bench_pass", "bench_sink"] {
             xdp(&mut ebpf, name)?
                 .load()
                 .with_context(|| format!("loading program `{name}`"))?;
@@ -79,40 +74,6 @@ impl BenchXdp {
         Ok(prog.take_link(id)?)
     }
 
-    /// Attaches the generator to `iface` in `ns` in generic (SKB) mode, where it sees no
-    /// frame (an idle one); detached when the link drops. While attached, the
-    /// program stays in the kernel's XDP dispatcher, so a BPF_PROG_TEST_RUN of it no
-    /// longer installs and removes it there, with an RCU grace period each: a short
-    /// call costs microseconds instead of tens of milliseconds.
-    pub fn hold_generator(&mut self, ns: &Netns, iface: &str) -> Result<XdpLink> {
-        let prog = xdp(&mut self.ebpf, "bench_gen")?;
-        let id = in_netns(ns, || prog.attach(iface, XdpMode::Skb))
-            .with_context(|| format!("attaching bench_gen to {iface} in {}", ns.name()))?;
-        Ok(prog.take_link(id)?)
-    }
-
-    /// Sets the generator's flow count, first source address and frame template (its
-    /// first [`TEMPLATE_WORDS`] words).
-    pub fn set_generator(
-        &mut self,
-        flows: u32,
-        src: Ipv4Addr,
-        template: [u64; TEMPLATE_WORDS],
-    ) -> Result<()> {
-        let mut cfg: Array<_, u32> = Array::try_from(map(&mut self.ebpf, "GEN")?)?;
-        cfg.set(0, flows.max(1), 0)?;
-        cfg.set(1, u32::from_ne_bytes(src.octets()), 0)?;
-        let mut words: Array<_, [u64; TEMPLATE_WORDS]> =
-            Array::try_from(map(&mut self.ebpf, "TEMPLATE")?)?;
-        words.set(0, template, 0)?;
-        Ok(())
-    }
-
-    /// The generator `bench_gen`, to run with BPF_PROG_TEST_RUN.
-    pub fn generator_fd(&self) -> Result<BorrowedFd<'_>> {
-        Ok(xdp_ref(&self.ebpf, "bench_gen")?.fd()?.as_fd())
-    }
-
     /// Frames the sink has dropped so far, over all CPUs.
     pub fn sunk(&self) -> Result<u64> {
         let count: PerCpuArray<_, u64> = PerCpuArray::try_from(
@@ -126,13 +87,6 @@ impl BenchXdp {
 
 fn xdp<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {
     ebpf.program_mut(name)
-        .ok_or_else(|| anyhow!("program `{name}` not in the bench object"))?
-        .try_into()
-        .with_context(|| format!("`{name}` is not an XDP program"))
-}
-
-fn xdp_ref<'a>(ebpf: &'a Ebpf, name: &str) -> Result<&'a Xdp> {
-    ebpf.program(name)
         .ok_or_else(|| anyhow!("program `{name}` not in the bench object"))?
         .try_into()
         .with_context(|| format!("`{name}` is not an XDP program"))

@@ -1,20 +1,19 @@
 //! XDP programs for `cargo xtask bench`'s packet-rate workloads, in their own object
 //! (`lb-bench-xdp`) so the daemon never loads them:
 //!
-//! - `bench_gen`: the packet generator. User space runs it with BPF_PROG_TEST_RUN in
-//!   live-frames mode on the client's interface; each run writes the headers of
-//!   `TEMPLATE` into the frame (live frames recycle their pages, so a frame comes back
-//!   as the load balancer rewrote it), sets the source port (and, past 64,000 flows,
-//!   source address) of the next of `flows` 5-tuples, fixes the checksums, and sends
-//!   the frame with XDP_TX.
 //! - `bench_redirect`: the bare ceiling. It redirects every frame to the one port of
 //!   `REDIRECT` and does nothing else: no XDP program on this path can be faster.
 //! - `bench_pass`: passes every frame to the kernel: the LB-side program for a kernel
-//!   path (nftables) under test, since a veth only takes the generator's frames when
-//!   its receiving end runs an XDP program.
+//!   path (nftables) under test, so the LB's veth has a NAPI to receive in (a veth
+//!   runs one only with an XDP program).
 //! - `bench_sink`: the far end. It counts and drops the bench's frames (TCP to the
 //!   ports in `SINK_PORTS`) and passes everything else, so it can stay attached while
 //!   the other workloads run through it.
+//!
+//! The frames come from a user-space generator (the bench's `sender` module, an AF_PACKET
+//! socket). Its predecessor `bench_gen`, run here with BPF_PROG_TEST_RUN in live-frames
+//! mode (`BPF_F_TEST_XDP_LIVE_FRAMES`, frames sent with XDP_TX), is gone: kernel
+//! 6.18.44-fc-v1300 refuses live frames with EPERM.
 #![cfg_attr(target_arch = "bpf", no_std, no_main)]
 
 /// The host build of this crate is a stub so `cargo build --workspace` passes.
@@ -23,29 +22,14 @@ fn main() {}
 
 #[cfg(target_arch = "bpf")]
 mod programs {
-    // The library also gives this object its panic handler and licence.
     use aya_ebpf::{
         bindings::xdp_action,
         macros::{map, xdp},
         maps::{Array, DevMap, PerCpuArray},
         programs::XdpContext,
     };
-    use lb_ebpf::csum;
-
-    /// `GEN[0]`: how many flows the generator cycles through (at least 1).
-    /// `GEN[1]`: the first source address, as its packet bytes read as a native `u32`.
-    #[map]
-    static GEN: Array<u32> = Array::with_max_entries(2, 0);
-
-    /// The generator's headers (Ethernet, IPv4 without options, TCP; checksums right),
-    /// with room to copy whole words.
-    #[map]
-    static TEMPLATE: Array<[u64; TEMPLATE_WORDS]> = Array::with_max_entries(1, 0);
-    const TEMPLATE_WORDS: usize = 7;
-
-    /// Per-CPU count of frames generated, which picks each frame's flow.
-    #[map]
-    static GEN_SEQ: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+    // The library gives this object its panic handler and licence.
+    use lb_ebpf as _;
 
     /// The one egress port of `bench_redirect`.
     #[map]
@@ -61,71 +45,6 @@ mod programs {
 
     const ETH_LEN: usize = 14;
     const IPV4_LEN: usize = 20;
-    /// Source ports per source address: 1024..65024.
-    const PORTS_PER_ADDR: u32 = 64_000;
-    const FIRST_PORT: u32 = 1024;
-
-    /// The generator's frame: Ethernet, IPv4 without options, TCP.
-    #[xdp]
-    pub fn bench_gen(ctx: XdpContext) -> u32 {
-        let (data, end) = (ctx.data(), ctx.data_end());
-        if data + TEMPLATE_WORDS * 8 > end {
-            return xdp_action::XDP_ABORTED;
-        }
-        let (Some(&flows), Some(&base), Some(template)) = (GEN.get(0), GEN.get(1), TEMPLATE.get(0))
-        else {
-            return xdp_action::XDP_ABORTED;
-        };
-        let frame = data as *mut u64;
-        let mut w = 0;
-        while w < TEMPLATE_WORDS {
-            // SAFETY: the bounds check above covers TEMPLATE_WORDS words; unaligned
-            // since the frame's alignment is the driver's.
-            unsafe { frame.add(w).write_unaligned(template[w]) };
-            w += 1;
-        }
-        let Some(seq) = GEN_SEQ.get_ptr_mut(0) else {
-            return xdp_action::XDP_ABORTED;
-        };
-        // SAFETY: a per-CPU slot has one writer (this CPU, preemption off).
-        let n = unsafe {
-            let n = *seq;
-            *seq = n.wrapping_add(1);
-            n
-        };
-        let index = n % flows.max(1);
-        let src = u32::from_be(base)
-            .wrapping_add(index / PORTS_PER_ADDR)
-            .to_be();
-        let sport = (FIRST_PORT + index % PORTS_PER_ADDR) as u16;
-
-        let ip = (data + ETH_LEN) as *mut u8;
-        let tcp = (data + ETH_LEN + IPV4_LEN) as *mut u8;
-        // SAFETY: the bounds check above covers the IPv4 and TCP headers; unaligned
-        // accesses because the frame's layout decides the alignment.
-        unsafe {
-            let src_p = ip.add(12) as *mut u32;
-            let ports_p = tcp as *mut u32;
-            let ip_csum_p = ip.add(10) as *mut u16;
-            let tcp_csum_p = tcp.add(16) as *mut u16;
-            let old_src = src_p.read_unaligned();
-            let old_ports = ports_p.read_unaligned();
-            let mut ports = old_ports.to_ne_bytes();
-            ports[..2].copy_from_slice(&sport.to_be_bytes());
-            let new_ports = u32::from_ne_bytes(ports);
-            src_p.write_unaligned(src);
-            ports_p.write_unaligned(new_ports);
-            let ip_csum = csum::replace(ip_csum_p.read_unaligned(), &[old_src], &[src]);
-            ip_csum_p.write_unaligned(ip_csum);
-            let tcp_csum = csum::replace(
-                tcp_csum_p.read_unaligned(),
-                &[old_src, old_ports],
-                &[src, new_ports],
-            );
-            tcp_csum_p.write_unaligned(tcp_csum);
-        }
-        xdp_action::XDP_TX
-    }
 
     /// Redirects every frame to `REDIRECT[0]`.
     #[xdp]
