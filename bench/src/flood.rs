@@ -1,5 +1,5 @@
 //! The SYN flood of the `synflood` workload: SYNs to the HTTP VIP from spoofed sources
-//! inside [`SOURCES`] only, sent by the bench's generator ([`sender`], the packet-rate
+//! inside [`SOURCES`] only, sent by the bench's generator ([`crate::sender`], the packet-rate
 //! workloads' AF_PACKET sender on the client's veth, on the client's CPU, which it
 //! shares with wrk), bounded in count and in time. Every SYN of a flood is a new flow
 //! (its own source address and port), as a spoofing attacker's are.

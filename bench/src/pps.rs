@@ -2,7 +2,7 @@
 //! cycling through 1, 1,000 or 100,000 flows, into the LB namespace's XDP path, and
 //! counted where they leave it.
 //!
-//! The frames come from the bench's user-space generator ([`sender`]) on the client's
+//! The frames come from the bench's user-space generator ([`crate::sender`]) on the client's
 //! veth, on a thread pinned to the client's CPU: an AF_PACKET socket that bypasses the
 //! qdisc sends them in calls of 256, so on a full ring they are dropped, not queued.
 //! (Until kernel 6.18.44-fc-v1300 they came from `bench_gen`, an XDP program run with

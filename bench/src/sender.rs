@@ -1,6 +1,6 @@
 //! The packet generator of the packet-rate workloads and the SYN flood: 64-byte TCP
 //! frames sent from user space, [`BATCH`] to a `sendmmsg` call, through an AF_PACKET
-//! raw socket on the client's veth that bypasses its qdisc ([`sys::PacketSocket`]),
+//! raw socket on the client's veth that bypasses its qdisc ([`crate::sys::PacketSocket`]),
 //! each frame with the 5-tuple of the next of N flows.
 //!
 //! It replaces `bench_gen`, an XDP program run with BPF_PROG_TEST_RUN in live-frames
