@@ -125,7 +125,7 @@ impl Workload {
                 napi::placement_note()
             ),
             Workload::Pps1 | Workload::Pps1k | Workload::Pps100k => format!(
-                "packet rate, {} concurrent flows: 64-byte TCP frames from a user-space generator (an AF_PACKET socket on the client's veth that bypasses its qdisc, sendmmsg in calls of 256, on the client's CPU; the XDP live-frames generator of earlier runs is refused by this kernel), counted and dropped by an XDP sink on the switch's end of the LB's backend-side veth; `rate` = frames that came out, `offered` = frames sent (those dropped at the LB's full veth ring too)",
+                "packet rate, {} concurrent flows: 64-byte TCP frames from a user-space generator (an AF_PACKET socket on the client's veth that bypasses its qdisc, sendmmsg in calls of 256, on the client's CPU; the XDP live-frames generator of earlier runs is refused by this kernel), counted and dropped by an XDP sink on the switch's end of the LB's backend-side veth; `rate` = frames that came out, `offered` = frames sent (those dropped at the LB's full veth ring too). The frames reach the LB's veth as socket buffers, which it copies into XDP buffers on the LB's CPU before any system's program runs (the live-frames generator's were XDP frames, not copied), so rates are not comparable with runs before 2026-12-08 and the ratio to xdp-bare is pulled toward 1; `xdp_ns_per_packet` times the program alone",
                 self.pps_flows().unwrap_or(0)
             ),
             Workload::ConnSustained => format!(
