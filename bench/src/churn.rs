@@ -118,9 +118,9 @@ pub fn synflood(bed: &mut Bed, running: &mut Running, warm: u32, secs: u32) -> R
 /// LB's receive ring is full, the kernel holds the client's own packets back in it
 /// instead of dropping them (veth stops a device's queue while the peer's ring is full;
 /// `tc -s qdisc` counts the requeues). The flood's frames bypass it (the generator's
-/// socket skips the qdisc) and are dropped where they find the ring full (`syn_in`). Without the queue a client packet that met a
-/// full ring was lost and cost a retransmission timeout: the figure measured the bed's
-/// ring, not the LB.
+/// socket skips the qdisc) and are dropped where they find the ring full (`syn_in`).
+/// Without the queue a client packet that met a full ring was lost and cost a
+/// retransmission timeout: the figure measured the bed's ring, not the LB.
 fn queue_client_packets(bed: &Bed) -> Result<()> {
     bed.topo
         .client
