@@ -12,6 +12,7 @@
 use crate::frames::FRAME_LEN;
 use crate::sys::{self, PacketSocket};
 use anyhow::{Context, Result, bail};
+use lb_tests::packet::{finish16, sum16};
 use std::io;
 use std::time::Duration;
 
@@ -64,13 +65,13 @@ impl Flows {
         let tcp_len = ip_len - (TCP - ETH_LEN);
         // Pseudo header: the addresses (the source's added per frame), zero and the
         // protocol, the TCP length.
-        let pseudo = sum(&zeroed[IP_SRC + 4..IP_SRC + 8]) + 6 + tcp_len as u32;
+        let pseudo = sum16(&zeroed[IP_SRC + 4..IP_SRC + 8], 6 + tcp_len as u32);
         Flows {
             template: t,
             flows: flows.max(1),
             src,
-            ip_sum: sum(&zeroed[ETH_LEN..TCP]),
-            tcp_sum: pseudo + sum(&zeroed[TCP..TCP + tcp_len]),
+            ip_sum: sum16(&zeroed[ETH_LEN..TCP], 0),
+            tcp_sum: sum16(&zeroed[TCP..TCP + tcp_len], pseudo),
             next: 0,
         }
     }
@@ -82,8 +83,8 @@ impl Flows {
         let src = self.src.wrapping_add(i / PORTS_PER_ADDR);
         let sport = (FIRST_PORT + i % PORTS_PER_ADDR) as u16;
         let addr = (src >> 16) + (src & 0xffff);
-        let ip_csum = !fold(self.ip_sum + addr);
-        let tcp_csum = !fold(self.tcp_sum + addr + sport as u32);
+        let ip_csum = finish16(self.ip_sum + addr);
+        let tcp_csum = finish16(self.tcp_sum + addr + sport as u32);
         *frame = self.template;
         frame[IP_SRC..IP_SRC + 4].copy_from_slice(&src.to_be_bytes());
         frame[IP_CSUM..IP_CSUM + 2].copy_from_slice(&ip_csum.to_be_bytes());
@@ -96,21 +97,6 @@ impl Flows {
     pub fn last_source(&self) -> std::net::Ipv4Addr {
         std::net::Ipv4Addr::from(self.src.wrapping_add((self.flows - 1) / PORTS_PER_ADDR))
     }
-}
-
-/// The sum of `bytes` as big-endian 16-bit words (an even number of bytes), unfolded.
-fn sum(bytes: &[u8]) -> u32 {
-    bytes
-        .chunks(2)
-        .map(|w| u16::from_be_bytes([w[0], w[1]]) as u32)
-        .sum()
-}
-
-fn fold(mut s: u32) -> u16 {
-    while s > 0xffff {
-        s = (s >> 16) + (s & 0xffff);
-    }
-    s as u16
 }
 
 /// What some sends did.

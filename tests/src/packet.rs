@@ -261,8 +261,9 @@ fn be16(b: &[u8], off: usize) -> u16 {
 }
 
 /// One's-complement sum of big-endian 16-bit words (an odd tail padded with zero),
-/// not yet folded.
-fn sum16(data: &[u8], mut acc: u32) -> u32 {
+/// not yet folded: added to `acc`, so partial sums can be kept and completed later (the
+/// bench's generator precomputes the parts of a frame that do not change).
+pub fn sum16(data: &[u8], mut acc: u32) -> u32 {
     let mut chunks = data.chunks_exact(2);
     for c in &mut chunks {
         acc += u32::from(u16::from_be_bytes([c[0], c[1]]));
@@ -274,7 +275,7 @@ fn sum16(data: &[u8], mut acc: u32) -> u32 {
 }
 
 /// Folds the carries and complements: the Internet checksum (RFC 1071).
-fn finish16(mut acc: u32) -> u16 {
+pub fn finish16(mut acc: u32) -> u16 {
     while acc > 0xffff {
         acc = (acc & 0xffff) + (acc >> 16);
     }
