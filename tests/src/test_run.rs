@@ -505,6 +505,13 @@ impl TestRun {
         self.reload_globals();
     }
 
+    /// Writes the global settings and ports again with the daemon's start-up writer, as a
+    /// daemon started over this one's pinned maps does.
+    pub fn program_globals_again(&mut self) {
+        let cfg = config_from_text(&config_text(&self.ifaces, self.reloadable)).expect("config");
+        self.dp.program_globals(&cfg).expect("program globals");
+    }
+
     fn reload_globals(&mut self) {
         let cfg = config_from_text(&config_text(&self.ifaces, self.reloadable)).expect("config");
         self.dp.set_globals(&cfg).expect("set the global settings");
@@ -1031,6 +1038,13 @@ impl TestRun {
     pub fn handoff_mark(&mut self) -> u64 {
         let map: Array<&mut MapData, u64> = self.map_mut(names::HANDOFF_MARK);
         map.get(&0, 0).expect("the hand-off mark")
+    }
+
+    /// Overwrites the hand-off mark's map entry (as a pin left by another writer could
+    /// hold).
+    pub fn set_handoff_mark(&mut self, mark: u64) {
+        let mut map: Array<&mut MapData, u64> = self.map_mut(names::HANDOFF_MARK);
+        map.set(0, mark, 0).expect("write the hand-off mark");
     }
 
     /// The hand-off at the start of a frame the program passed (`lb_common::handoff`),

@@ -155,3 +155,23 @@ fn lb_neigh_leaves_every_frame_without_the_hosts_mark_alone() {
     forged[..handoff::LEN].copy_from_slice(&own.encode());
     assert_eq!(lb.run_neigh(&forged), TC_ACT_REDIRECT, "the host's mark");
 }
+
+#[test]
+fn the_daemon_keeps_a_pinned_mark_and_replaces_anything_else() {
+    let p = plan4();
+    let mut lb = TestRun::new();
+    lb.two_backends_up(&p, 0);
+    let first = lb.handoff_mark();
+    // A daemon started over these maps keeps the mark: the programs still attached
+    // mark their hand-offs with it until the new ones replace them.
+    lb.program_globals_again();
+    assert_eq!(lb.handoff_mark(), first, "kept across a second start");
+    // A value no daemon writes (none yet, or not shaped as a mark) is replaced.
+    for held in [0, first & !0x02] {
+        lb.set_handoff_mark(held);
+        lb.program_globals_again();
+        let now = lb.handoff_mark();
+        assert!(handoff::is_mark(now), "{held:#x} replaced by {now:#x}");
+        assert_ne!(now, held);
+    }
+}
